@@ -1,0 +1,20 @@
+//! The contract between spillway's pipeline and its sinks. This crate is a leaf: it knows nothing
+//! of configuration, sources, the WAL or retries.
+//!
+//! Module map:
+//! - [`batch`]: `Record` and `Batch`, what the pipeline hands a sink.
+//! - [`sink`]: the `Sink` trait (one attempt per call; retries belong to the pipeline).
+//! - [`error`]: `SinkError`, classified as retriable, permanent or partial.
+//! - [`codec`]: the compressions every byte-oriented sink shares (none, gzip, zstd).
+//! - [`testkit`]: an in-memory sink and the conformance checks every sink must pass.
+
+pub mod batch;
+pub mod codec;
+pub mod error;
+pub mod sink;
+pub mod testkit;
+
+pub use batch::{Batch, Record};
+pub use codec::Compression;
+pub use error::{ErrorClass, RecordFailure, SinkError};
+pub use sink::{ErrorOutput, Sink};
