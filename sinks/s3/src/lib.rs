@@ -1,0 +1,20 @@
+//! spillway's object-store sink: batches become objects in a local folder (`file://`, the
+//! embedded default) or an S3-compatible bucket (`s3://`, AWS or MinIO), under Firehose's key
+//! layout and prefix expressions. Depends only on `spillway-sink-api` and `object_store`.
+//!
+//! Module map:
+//! - [`config`]: `S3SinkConfig` (the YAML `sink:` block), pure `validate`, and `build`.
+//! - [`key`]: prefix expressions (`!{timestamp:..}`, `!{firehose:..}`, partition keys) and
+//!   Firehose object names; pure.
+//! - [`sink`]: `S3Sink`, the `Sink` and `ErrorOutput` implementations (single PUT or multipart).
+//! - [`error`]: classification of object store failures into `SinkError`.
+
+pub mod config;
+pub mod error;
+pub mod key;
+pub mod sink;
+
+pub use config::{ConfigProblem, Destination, S3SinkConfig};
+pub use error::is_destination_state;
+pub use key::{PrefixError, PrefixKind, PrefixTemplate};
+pub use sink::S3Sink;

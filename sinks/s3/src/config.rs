@@ -1,0 +1,563 @@
+//! `S3SinkConfig`: the `sink:` block of a stream whose `type` is `s3`, its pure validation
+//! ([`S3SinkConfig::validate`], no disk or network) and [`S3SinkConfig::build`], which creates the
+//! local folder or the S3 client. Field names follow Firehose's `ExtendedS3DestinationConfiguration`
+//! where it has one (`prefix`, `error_output_prefix`, `compression`, `file_extension`).
+//!
+//! Credentials never need to sit in the YAML: when `access_key_id` is absent, the standard AWS
+//! sources are used (environment, web identity, ECS / EKS container credentials, instance metadata).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::{BackoffConfig, ObjectStore, RetryConfig};
+use serde::Deserialize;
+use spillway_sink_api::{Compression, SinkError};
+
+use crate::key::{PrefixKind, PrefixTemplate};
+use crate::sink::{S3Sink, StoreKind};
+
+const MIB: u64 = 1024 * 1024;
+/// S3's smallest part (except the last) and largest part.
+const MIN_PART_SIZE_MIB: u64 = 5;
+const MAX_PART_SIZE_MIB: u64 = 5 * 1024;
+/// Firehose's `FileExtension` length limit.
+const MAX_FILE_EXTENSION_LEN: usize = 128;
+
+/// The S3 sink's configuration, as written under `streams[].sink` with `type: s3`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3SinkConfig {
+    /// `file://./var/out` (relative to the working directory), `file:///abs/path`, or
+    /// `s3://bucket`.
+    pub url: String,
+    /// Firehose prefix expression; default `yyyy/MM/dd/HH/` (UTC, oldest record's arrival).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Where error output goes; default `<error-output-type>/yyyy/MM/dd/HH/`.
+    #[serde(default)]
+    pub error_output_prefix: Option<String>,
+    #[serde(default)]
+    pub compression: Compression,
+    /// Replaces the compression's extension (`.gz`, `.zst`); `""` means none.
+    #[serde(default)]
+    pub file_extension: Option<String>,
+
+    /// S3-compatible endpoint such as `http://127.0.0.1:9000` (MinIO); default: AWS.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Default: `AWS_REGION` / `AWS_DEFAULT_REGION`, else `us-east-1`.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Path-style requests (`endpoint/bucket/key`); default true when `endpoint` is set.
+    #[serde(default)]
+    pub path_style: Option<bool>,
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    #[serde(default)]
+    pub session_token: Option<String>,
+    /// Allow plain HTTP; default true when `endpoint` starts with `http://`.
+    #[serde(default)]
+    pub allow_http: Option<bool>,
+
+    /// Objects larger than this (after compression) are written with a multipart upload.
+    #[serde(default = "default_multipart_threshold_mib")]
+    pub multipart_threshold_mib: u64,
+    /// Part size of multipart uploads; at least 5 (S3's minimum).
+    #[serde(default = "default_part_size_mib")]
+    pub part_size_mib: u64,
+}
+
+fn default_multipart_threshold_mib() -> u64 {
+    16
+}
+
+fn default_part_size_mib() -> u64 {
+    8
+}
+
+/// One validation problem; `field` is relative to the `sink` key (e.g. `prefix`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigProblem {
+    fn new(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Where objects go, parsed from `url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// A folder; relative paths are resolved from the working directory at build time.
+    LocalDir(PathBuf),
+    S3 {
+        bucket: String,
+    },
+}
+
+impl Destination {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if let Some(path) = url.strip_prefix("file://") {
+            if path.is_empty() {
+                return Err("a file:// url needs a path, e.g. file://./var/out".to_string());
+            }
+            return Ok(Destination::LocalDir(PathBuf::from(path)));
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let bucket = rest.strip_suffix('/').unwrap_or(rest);
+            if bucket.contains('/') {
+                return Err(format!(
+                    "`{url}` has a path after the bucket; use `prefix` for the key prefix and `s3://<bucket>` here"
+                ));
+            }
+            check_bucket_name(bucket)?;
+            return Ok(Destination::S3 {
+                bucket: bucket.to_string(),
+            });
+        }
+        Err(format!("`{url}` must start with file:// or s3://"))
+    }
+}
+
+/// S3 bucket naming rules (3–63 chars of lowercase letters, digits, `.` and `-`, starting and
+/// ending with a letter or digit).
+fn check_bucket_name(bucket: &str) -> Result<(), String> {
+    if bucket.is_empty() {
+        return Err("an s3:// url needs a bucket name, e.g. s3://my-bucket".to_string());
+    }
+    let valid_chars = bucket
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-');
+    let valid_ends = bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !(3..=63).contains(&bucket.len()) || !valid_chars || !valid_ends {
+        return Err(format!(
+            "`{bucket}` is not a valid bucket name (3-63 lowercase letters, digits, `.` or `-`, starting and ending with a letter or digit)"
+        ));
+    }
+    Ok(())
+}
+
+/// Firehose's `FileExtension` rule: `^$|\.[0-9a-z!\-_.*'()]+`, at most 128 characters.
+fn check_file_extension(extension: &str) -> Result<(), String> {
+    if extension.is_empty() {
+        return Ok(());
+    }
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "!-_.*'()".contains(c);
+    let rest = extension.strip_prefix('.');
+    let valid = rest.is_some_and(|rest| !rest.is_empty() && rest.chars().all(allowed));
+    if !valid || extension.len() > MAX_FILE_EXTENSION_LEN {
+        return Err(format!(
+            "`{extension}` must be empty or a `.` followed by lowercase letters, digits or !-_.*'() (at most {MAX_FILE_EXTENSION_LEN} characters)"
+        ));
+    }
+    Ok(())
+}
+
+impl S3SinkConfig {
+    /// Every problem in this block, with its field; pure (no disk, no network).
+    pub fn validate(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+
+        let destination = Destination::parse(&self.url);
+        if let Err(message) = &destination {
+            problems.push(ConfigProblem::new("url", message.clone()));
+        }
+
+        let data_prefix = PrefixTemplate::parse(self.prefix.as_deref(), PrefixKind::Data);
+        if let Err(error) = &data_prefix {
+            problems.push(ConfigProblem::new("prefix", error.to_string()));
+        }
+        if let Err(error) =
+            PrefixTemplate::parse(self.error_output_prefix.as_deref(), PrefixKind::Error)
+        {
+            problems.push(ConfigProblem::new("error_output_prefix", error.to_string()));
+        }
+        // Firehose requires an explicit error prefix with dynamic partitioning; without partition
+        // keys the default `<error-output-type>/yyyy/MM/dd/HH/` is used.
+        let dynamic_partitioning = data_prefix
+            .as_ref()
+            .is_ok_and(PrefixTemplate::has_partition_keys);
+        if dynamic_partitioning && self.error_output_prefix.is_none() {
+            problems.push(ConfigProblem::new(
+                "error_output_prefix",
+                "is required when prefix uses partition keys (!{partitionKeyFromQuery:..} / !{partitionKeyFromLambda:..})",
+            ));
+        }
+
+        if let Some(extension) = &self.file_extension
+            && let Err(message) = check_file_extension(extension)
+        {
+            problems.push(ConfigProblem::new("file_extension", message));
+        }
+
+        if !(MIN_PART_SIZE_MIB..=MAX_PART_SIZE_MIB).contains(&self.part_size_mib) {
+            problems.push(ConfigProblem::new(
+                "part_size_mib",
+                format!("must be between {MIN_PART_SIZE_MIB} and {MAX_PART_SIZE_MIB} (S3 part size limits)"),
+            ));
+        }
+
+        if matches!(destination, Ok(Destination::LocalDir(_))) {
+            problems.extend(
+                self.s3_only_fields_set()
+                    .into_iter()
+                    .map(|field| ConfigProblem::new(field, "only applies to s3:// urls")),
+            );
+        }
+        if let Some(endpoint) = &self.endpoint
+            && let Err(message) = check_endpoint(endpoint)
+        {
+            problems.push(ConfigProblem::new("endpoint", message));
+        }
+        if self.access_key_id.is_some() != self.secret_access_key.is_some() {
+            let missing = if self.access_key_id.is_some() {
+                "secret_access_key"
+            } else {
+                "access_key_id"
+            };
+            problems.push(ConfigProblem::new(
+                missing,
+                "access_key_id and secret_access_key must be set together",
+            ));
+        }
+        if self.session_token.is_some() && self.access_key_id.is_none() {
+            problems.push(ConfigProblem::new(
+                "session_token",
+                "needs access_key_id and secret_access_key",
+            ));
+        }
+        problems
+    }
+
+    fn s3_only_fields_set(&self) -> Vec<&'static str> {
+        let fields = [
+            ("endpoint", self.endpoint.is_some()),
+            ("region", self.region.is_some()),
+            ("path_style", self.path_style.is_some()),
+            ("access_key_id", self.access_key_id.is_some()),
+            ("secret_access_key", self.secret_access_key.is_some()),
+            ("session_token", self.session_token.is_some()),
+            ("allow_http", self.allow_http.is_some()),
+        ];
+        fields
+            .into_iter()
+            .filter(|(_, set)| *set)
+            .map(|(field, _)| field)
+            .collect()
+    }
+
+    /// Create the sink for `stream`: the local folder (created if missing) or the S3 client.
+    /// No request is sent; call [`spillway_sink_api::Sink::healthcheck`] to check reachability.
+    pub fn build(&self, stream: &str) -> Result<S3Sink, SinkError> {
+        let problems = self.validate();
+        if !problems.is_empty() {
+            let listed: Vec<String> = problems
+                .iter()
+                .map(|problem| format!("{}: {}", problem.field, problem.message))
+                .collect();
+            return Err(SinkError::permanent(
+                "S3.InvalidConfiguration",
+                listed.join("; "),
+            ));
+        }
+        let invalid = |message: String| SinkError::permanent("S3.InvalidConfiguration", message);
+        let prefix = PrefixTemplate::parse(self.prefix.as_deref(), PrefixKind::Data)
+            .map_err(|error| invalid(error.to_string()))?;
+        let error_prefix =
+            PrefixTemplate::parse(self.error_output_prefix.as_deref(), PrefixKind::Error)
+                .map_err(|error| invalid(error.to_string()))?;
+        let destination = Destination::parse(&self.url).map_err(invalid)?;
+
+        let (store, kind): (Arc<dyn ObjectStore>, StoreKind) = match destination {
+            Destination::LocalDir(path) => (Arc::new(self.build_local(&path)?), StoreKind::Local),
+            Destination::S3 { bucket } => (Arc::new(self.build_s3(&bucket)?), StoreKind::S3),
+        };
+        let extension = match &self.file_extension {
+            Some(extension) => extension.clone(),
+            None => self.compression.extension().to_string(),
+        };
+        Ok(S3Sink::new(crate::sink::SinkParts {
+            stream: stream.to_string(),
+            url: self.url.clone(),
+            store,
+            kind,
+            prefix,
+            error_prefix,
+            compression: self.compression,
+            extension,
+            multipart_threshold: self.multipart_threshold_mib.saturating_mul(MIB),
+            part_size: self.part_size_mib.saturating_mul(MIB),
+        }))
+    }
+
+    fn build_local(&self, path: &std::path::Path) -> Result<LocalFileSystem, SinkError> {
+        let absolute = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            let working_dir = std::env::current_dir().map_err(|error| {
+                SinkError::permanent(
+                    "S3.InvalidConfiguration",
+                    "cannot read the working directory",
+                )
+                .with_source(error)
+            })?;
+            working_dir.join(path)
+        };
+        std::fs::create_dir_all(&absolute).map_err(|error| {
+            let message = format!("cannot create output folder `{}`", absolute.display());
+            SinkError::retriable("S3.AccessDenied", message).with_source(error)
+        })?;
+        LocalFileSystem::new_with_prefix(&absolute).map_err(|error| {
+            let message = format!("cannot open output folder `{}`", absolute.display());
+            SinkError::retriable("S3.AccessDenied", message).with_source(error)
+        })
+    }
+
+    fn build_s3(&self, bucket: &str) -> Result<object_store::aws::AmazonS3, SinkError> {
+        // The pipeline owns retries; object_store only smooths over a brief blip.
+        let retry = RetryConfig {
+            backoff: BackoffConfig::default(),
+            max_retries: 2,
+            retry_timeout: Duration::from_secs(15),
+        };
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(retry);
+        if let Some(region) = &self.region {
+            builder = builder.with_region(region);
+        }
+        if let Some(endpoint) = &self.endpoint {
+            builder = builder.with_endpoint(endpoint.trim_end_matches('/'));
+        }
+        let path_style = self.path_style.unwrap_or(self.endpoint.is_some());
+        if self.path_style.is_some() || self.endpoint.is_some() {
+            builder = builder.with_virtual_hosted_style_request(!path_style);
+        }
+        let endpoint_is_http = self
+            .endpoint
+            .as_deref()
+            .is_some_and(|endpoint| endpoint.starts_with("http://"));
+        if let Some(allow_http) = self.allow_http.or(endpoint_is_http.then_some(true)) {
+            builder = builder.with_allow_http(allow_http);
+        }
+        if let (Some(access_key_id), Some(secret_access_key)) =
+            (&self.access_key_id, &self.secret_access_key)
+        {
+            builder = builder
+                .with_access_key_id(access_key_id)
+                .with_secret_access_key(secret_access_key);
+            if let Some(session_token) = &self.session_token {
+                builder = builder.with_token(session_token);
+            }
+        }
+        builder.build().map_err(|error| {
+            SinkError::permanent(
+                "S3.InvalidConfiguration",
+                format!("cannot configure the S3 client for bucket `{bucket}`"),
+            )
+            .with_source(error)
+        })
+    }
+}
+
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let parsed =
+        url::Url::parse(endpoint).map_err(|error| format!("`{endpoint}` is not a url: {error}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("`{endpoint}` must be an http:// or https:// url"));
+    }
+    if parsed.host_str().is_none() {
+        return Err(format!("`{endpoint}` has no host"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(url: &str) -> S3SinkConfig {
+        S3SinkConfig {
+            url: url.to_string(),
+            prefix: None,
+            error_output_prefix: None,
+            compression: Compression::None,
+            file_extension: None,
+            endpoint: None,
+            region: None,
+            path_style: None,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            allow_http: None,
+            multipart_threshold_mib: default_multipart_threshold_mib(),
+            part_size_mib: default_part_size_mib(),
+        }
+    }
+
+    fn fields(problems: &[ConfigProblem]) -> Vec<&str> {
+        problems
+            .iter()
+            .map(|problem| problem.field.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            Destination::parse("file://./var/out"),
+            Ok(Destination::LocalDir(PathBuf::from("./var/out")))
+        );
+        assert_eq!(
+            Destination::parse("file:///srv/out"),
+            Ok(Destination::LocalDir(PathBuf::from("/srv/out")))
+        );
+        assert_eq!(
+            Destination::parse("s3://my-bucket"),
+            Ok(Destination::S3 {
+                bucket: "my-bucket".to_string()
+            })
+        );
+        assert_eq!(
+            Destination::parse("s3://my-bucket/"),
+            Ok(Destination::S3 {
+                bucket: "my-bucket".to_string()
+            })
+        );
+        for bad in [
+            "http://x",
+            "file://",
+            "s3://",
+            "s3://My_Bucket",
+            "s3://b/path",
+            "./var/out",
+        ] {
+            assert!(Destination::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(config("file://./var/out").validate(), Vec::new());
+        assert_eq!(config("s3://bucket").validate(), Vec::new());
+    }
+
+    #[test]
+    fn deserializes_with_defaults_and_rejects_unknown_fields() {
+        let parsed: S3SinkConfig = serde_json::from_str(
+            r#"{"url":"s3://b-1","compression":"gzip","endpoint":"http://127.0.0.1:9000"}"#,
+        )
+        .expect("config parses");
+        assert_eq!(parsed.compression, Compression::Gzip);
+        assert_eq!(
+            (parsed.multipart_threshold_mib, parsed.part_size_mib),
+            (16, 8)
+        );
+        assert!(parsed.validate().is_empty());
+
+        let unknown = serde_json::from_str::<S3SinkConfig>(r#"{"url":"s3://b-1","bukcet":"x"}"#);
+        assert!(unknown.is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_field() {
+        let mut bad = config("ftp://x");
+        bad.prefix = Some("logs/!{time:yyyy}/".to_string());
+        bad.error_output_prefix = Some("errors/!{timestamp:yyyy}/".to_string());
+        bad.file_extension = Some("gz".to_string());
+        bad.part_size_mib = 4;
+        bad.endpoint = Some("localhost:9000".to_string());
+        bad.access_key_id = Some("key".to_string());
+        let problems = bad.validate();
+        assert_eq!(
+            fields(&problems),
+            vec![
+                "url",
+                "prefix",
+                "error_output_prefix",
+                "file_extension",
+                "part_size_mib",
+                "endpoint",
+                "secret_access_key"
+            ],
+            "{problems:?}"
+        );
+        assert!(problems.iter().all(|problem| {
+            let first = problem.message.chars().next().unwrap_or('a');
+            !problem.message.ends_with('.') && !first.is_uppercase()
+        }));
+    }
+
+    #[test]
+    fn prefix_rules() {
+        let mut with_error_type = config("s3://bucket");
+        with_error_type.prefix = Some("!{firehose:error-output-type}/".to_string());
+        assert_eq!(fields(&with_error_type.validate()), vec!["prefix"]);
+
+        let mut dynamic = config("s3://bucket");
+        dynamic.prefix = Some("service=!{partitionKeyFromQuery:service}/".to_string());
+        assert_eq!(fields(&dynamic.validate()), vec!["error_output_prefix"]);
+        dynamic.error_output_prefix = Some("errors/!{firehose:error-output-type}/".to_string());
+        assert!(dynamic.validate().is_empty());
+
+        let mut unterminated = config("s3://bucket");
+        unterminated.prefix = Some("logs/!{timestamp:yyyy".to_string());
+        assert_eq!(fields(&unterminated.validate()), vec!["prefix"]);
+    }
+
+    #[test]
+    fn file_extensions() {
+        for good in ["", ".gz", ".json.gz", ".log_(1)*!'-"] {
+            assert_eq!(check_file_extension(good), Ok(()), "{good}");
+        }
+        for bad in ["gz", ".", ".GZ", ".a b", ".a/b"] {
+            assert!(check_file_extension(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn s3_options_on_a_local_url_are_reported() {
+        let mut local = config("file://./out");
+        local.endpoint = Some("http://127.0.0.1:9000".to_string());
+        local.region = Some("eu-west-1".to_string());
+        assert_eq!(fields(&local.validate()), vec!["endpoint", "region"]);
+    }
+
+    #[test]
+    fn build_rejects_an_invalid_config_as_permanent() {
+        let error = config("ftp://x").build("s").expect_err("build fails");
+        assert_eq!(error.code, "S3.InvalidConfiguration");
+        assert!(!error.is_retriable());
+    }
+
+    #[test]
+    fn build_creates_a_missing_local_folder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("nested/out");
+        let url = format!("file://{}", target.display());
+        config(&url).build("s").expect("build succeeds");
+        assert!(target.is_dir());
+    }
+
+    #[test]
+    fn build_s3_with_static_credentials_and_endpoint() {
+        let mut s3 = config("s3://bucket");
+        s3.endpoint = Some("http://127.0.0.1:9000".to_string());
+        s3.access_key_id = Some("minioadmin".to_string());
+        s3.secret_access_key = Some("minioadmin".to_string());
+        s3.region = Some("us-east-1".to_string());
+        s3.build("s").expect("build succeeds without a request");
+    }
+}

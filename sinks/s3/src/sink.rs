@@ -1,0 +1,300 @@
+//! `S3Sink`: writes one batch as one object (compressed on a blocking thread, uploaded with a
+//! single PUT or, above the threshold, a multipart upload) and error records as newline JSON
+//! objects under the error output prefix. One attempt per call: retries belong to the pipeline.
+//! A batch's key depends only on the batch, so a replayed batch overwrites its own object.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{
+    Attribute, Attributes, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, WriteMultipart,
+};
+use spillway_sink_api::{Batch, Compression, ErrorOutput, Sink, SinkError};
+use uuid::Uuid;
+
+use crate::error::{Operation, classify, encode_failed, encode_task_failed};
+use crate::key::{PrefixTemplate, RenderContext, RenderError, batch_instant, object_name};
+
+/// Content type Firehose gives delivered objects.
+const CONTENT_TYPE: &str = "application/octet-stream";
+
+/// Parts of a multipart upload in flight at once.
+const MAX_CONCURRENT_PARTS: usize = 4;
+
+/// Which object store is behind the sink; the local filesystem rejects object attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreKind {
+    Local,
+    S3,
+}
+
+/// Everything `S3SinkConfig::build` resolved.
+pub(crate) struct SinkParts {
+    pub stream: String,
+    pub url: String,
+    pub store: Arc<dyn ObjectStore>,
+    pub kind: StoreKind,
+    pub prefix: PrefixTemplate,
+    pub error_prefix: PrefixTemplate,
+    pub compression: Compression,
+    pub extension: String,
+    pub multipart_threshold: u64,
+    pub part_size: u64,
+}
+
+/// The object-store sink: a local folder or an S3 / MinIO bucket.
+pub struct S3Sink {
+    parts: SinkParts,
+}
+
+impl std::fmt::Debug for S3Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Sink")
+            .field("stream", &self.parts.stream)
+            .field("url", &self.parts.url)
+            .field("compression", &self.parts.compression)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Sink {
+    pub(crate) fn new(parts: SinkParts) -> Self {
+        Self { parts }
+    }
+
+    /// The stream this sink was built for.
+    pub fn stream(&self) -> &str {
+        &self.parts.stream
+    }
+
+    /// The object key `write` uses for this batch (no partition keys).
+    pub fn object_key(&self, batch: &Batch) -> Result<String, SinkError> {
+        self.object_key_with_partition_keys(batch, &BTreeMap::new())
+    }
+
+    /// The object key for a batch of one dynamic partition.
+    pub fn object_key_with_partition_keys(
+        &self,
+        batch: &Batch,
+        partition_keys: &BTreeMap<String, String>,
+    ) -> Result<String, SinkError> {
+        let instant = batch_instant(batch.oldest_arrival_ms()).map_err(render_failed)?;
+        let context = RenderContext {
+            instant,
+            batch_id: batch.id,
+            error_output_type: None,
+            partition_keys,
+        };
+        let prefix = self.parts.prefix.render(&context).map_err(render_failed)?;
+        let name = object_name(&batch.stream, &instant, batch.id, &self.parts.extension);
+        Ok(format!("{prefix}{name}"))
+    }
+
+    /// The key `write_error_records` uses for this batch and error output type. Error objects are
+    /// newline JSON and never compressed, so they carry no extension.
+    pub fn error_object_key(
+        &self,
+        batch: &Batch,
+        error_output_type: &str,
+    ) -> Result<String, SinkError> {
+        let partition_keys = BTreeMap::new();
+        let instant = batch_instant(batch.oldest_arrival_ms()).map_err(render_failed)?;
+        let context = RenderContext {
+            instant,
+            batch_id: batch.id,
+            error_output_type: Some(error_output_type),
+            partition_keys: &partition_keys,
+        };
+        let prefix = self
+            .parts
+            .error_prefix
+            .render(&context)
+            .map_err(render_failed)?;
+        // A prefix without the error output type would give every type of one batch the same
+        // key; derive a per-type id so they do not overwrite each other (still stable on replay).
+        let id = if self.parts.error_prefix.has_error_output_type() {
+            batch.id
+        } else {
+            Uuid::new_v5(&batch.id, error_output_type.as_bytes())
+        };
+        let name = object_name(&batch.stream, &instant, id, "");
+        Ok(format!("{prefix}{name}"))
+    }
+
+    /// Write a batch of one dynamic partition, rendering partition key expressions from
+    /// `partition_keys`. [`Sink::write`] is this with no partition keys.
+    pub async fn write_with_partition_keys(
+        &self,
+        batch: &Batch,
+        partition_keys: &BTreeMap<String, String>,
+    ) -> Result<(), SinkError> {
+        if batch.records.is_empty() {
+            return Ok(());
+        }
+        let key = self.object_key_with_partition_keys(batch, partition_keys)?;
+        let location = parse_location(&key)?;
+
+        let compression = self.parts.compression;
+        let records = batch.records.clone();
+        let encoded = tokio::task::spawn_blocking(move || compression.encode(&records))
+            .await
+            .map_err(encode_task_failed)?
+            .map_err(encode_failed)?;
+        let encoded = Bytes::from(encoded);
+        let size = encoded.len();
+
+        let multipart = size as u64 > self.parts.multipart_threshold;
+        if multipart {
+            self.put_multipart(&location, encoded)
+                .await
+                .map_err(|error| classify(error, Operation::Write, &key))?;
+        } else {
+            self.put(&location, encoded)
+                .await
+                .map_err(|error| classify(error, Operation::Write, &key))?;
+        }
+        tracing::debug!(
+            stream = %batch.stream,
+            batch_id = %batch.id,
+            key = %key,
+            records = batch.records.len(),
+            bytes = size,
+            multipart,
+            "wrote object"
+        );
+        Ok(())
+    }
+
+    async fn put(&self, location: &Path, payload: Bytes) -> object_store::Result<()> {
+        let options = PutOptions {
+            attributes: self.attributes(),
+            ..PutOptions::default()
+        };
+        self.parts
+            .store
+            .put_opts(location, PutPayload::from(payload), options)
+            .await?;
+        Ok(())
+    }
+
+    async fn put_multipart(&self, location: &Path, payload: Bytes) -> object_store::Result<()> {
+        let options = PutMultipartOptions {
+            attributes: self.attributes(),
+            ..PutMultipartOptions::default()
+        };
+        let upload = self
+            .parts
+            .store
+            .put_multipart_opts(location, options)
+            .await?;
+        let part_size = usize::try_from(self.parts.part_size).unwrap_or(usize::MAX);
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, part_size);
+        let mut offset = 0;
+        while offset < payload.len() {
+            let end = payload.len().min(offset.saturating_add(part_size));
+            if let Err(error) = writer.wait_for_capacity(MAX_CONCURRENT_PARTS).await {
+                abort(writer, location).await;
+                return Err(error);
+            }
+            writer.put(payload.slice(offset..end));
+            offset = end;
+        }
+        // `finish` aborts the upload itself when a part or the completion fails.
+        writer.finish().await?;
+        Ok(())
+    }
+
+    fn attributes(&self) -> Attributes {
+        match self.parts.kind {
+            StoreKind::Local => Attributes::new(),
+            StoreKind::S3 => Attributes::from_iter([(Attribute::ContentType, CONTENT_TYPE)]),
+        }
+    }
+}
+
+async fn abort(writer: WriteMultipart, location: &Path) {
+    if let Err(error) = writer.abort().await {
+        tracing::warn!(key = %location, error = %error, "aborting a failed multipart upload failed");
+    }
+}
+
+fn parse_location(key: &str) -> Result<Path, SinkError> {
+    Path::parse(key).map_err(|error| {
+        SinkError::permanent(
+            "S3.InvalidKey",
+            format!("`{key}` is not a valid object key"),
+        )
+        .with_source(error)
+    })
+}
+
+/// A key that cannot be rendered for this batch (missing partition key, empty batch): the batch
+/// itself is at fault, so retrying cannot help.
+fn render_failed(error: RenderError) -> SinkError {
+    SinkError::permanent("S3.InvalidKey", "cannot build the object key").with_source(error)
+}
+
+#[async_trait]
+impl Sink for S3Sink {
+    async fn write(&self, batch: &Batch) -> Result<(), SinkError> {
+        self.write_with_partition_keys(batch, &BTreeMap::new())
+            .await
+    }
+
+    /// A listing of the prefix's fixed part: proves the bucket (or folder) exists and the
+    /// credentials may read it, without writing anything.
+    async fn healthcheck(&self) -> Result<(), SinkError> {
+        let root = self.parts.prefix.literal_root();
+        let location = if root.is_empty() {
+            None
+        } else {
+            Some(parse_location(root)?)
+        };
+        match self
+            .parts
+            .store
+            .list_with_delimiter(location.as_ref())
+            .await
+        {
+            Ok(_) => Ok(()),
+            // A local folder that does not exist yet is created on the first write.
+            Err(object_store::Error::NotFound { .. }) if self.parts.kind == StoreKind::Local => {
+                Ok(())
+            }
+            Err(error) => Err(classify(error, Operation::Healthcheck, root)),
+        }
+    }
+
+    async fn close(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ErrorOutput for S3Sink {
+    async fn write_error_records(
+        &self,
+        batch: &Batch,
+        error_output_type: &str,
+        lines: Vec<u8>,
+    ) -> Result<(), SinkError> {
+        let key = self.error_object_key(batch, error_output_type)?;
+        let location = parse_location(&key)?;
+        let size = lines.len();
+        self.put(&location, Bytes::from(lines))
+            .await
+            .map_err(|error| classify(error, Operation::WriteErrorRecords, &key))?;
+        tracing::debug!(
+            stream = %batch.stream,
+            batch_id = %batch.id,
+            key = %key,
+            error_output_type,
+            bytes = size,
+            "wrote error output object"
+        );
+        Ok(())
+    }
+}
