@@ -164,7 +164,7 @@ wait_ready() { # SERVICE: bounded wait; on timeout or death, print the log tail 
 # ---- PostgreSQL ---------------------------------------------------------------------------
 pg_bin() { # the newest Debian server install (its binaries are not on PATH)
 	local dir
-	dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)"
+	dir="$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n1 || true)"
 	if [[ -n "$dir" && -x "$dir/initdb" ]]; then
 		echo "$dir"
 	elif command -v pg_config >/dev/null && [[ -x "$(pg_config --bindir)/initdb" ]]; then
@@ -476,10 +476,15 @@ cmd_up() {
 }
 
 cmd_down() {
-	local svc
+	local svc pids=()
 	with_lock
+	# stop side by side (each waits at most ~20s for its own PID)
 	for svc in "${SERVICES[@]}"; do
-		stop_service "$svc"
+		stop_service "$svc" &
+		pids+=($!)
+	done
+	for svc in "${pids[@]}"; do
+		wait "$svc" || true
 	done
 	# the postgres cluster may live outside the run dir; it is throwaway
 	if [[ -f "$RUN/postgres.dir" ]]; then
@@ -500,6 +505,9 @@ cmd_status() {
 		fi
 		printf '%-11s %-32s 127.0.0.1:%s\n' "$svc" "$state" "$(service_port "$svc")"
 	done
+	printf 'versions: MinIO %s, OpenSearch %s, kinesalite %s, %s, %s\n' "$MINIO_VERSION" "$OPENSEARCH_VERSION" \
+		"$KINESALITE_VERSION" "$(grep -o '^moto[^ ]*' "$PY_SRC/requirements.txt")" \
+		"$( (pg_bin >/dev/null && "$(pg_bin)/postgres" --version) || echo 'PostgreSQL not installed')"
 	printf 'cache: %s\nlogs:  %s\n' "$CACHE" "$LOGS"
 	return "$all"
 }

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The one test command: starts the real test services, runs fmt + clippy + the whole test
+# suite including the service-backed (#[ignore = "needs services: scripts/test.sh"]) tests,
+# and stops the services again, also on failure.
+#
+#   scripts/test.sh                    # everything
+#   scripts/test.sh --test s3_minio    # extra arguments go to `cargo test`
+#   scripts/test.sh -p spillway -- name_filter
+#
+# Environment: SPILLWAY_CACHE_DIR (default ~/.cache/spillway) holds the installed services;
+# SPILLWAY_KEEP_SERVICES=1 leaves them running afterwards. See docs/testing.md.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [[ "${CI:-}" == true ]]; then
+	# nothing here may wait for a person
+	exec </dev/null
+	export DEBIAN_FRONTEND=noninteractive CARGO_TERM_PROGRESS_WHEN=never
+fi
+
+log() { printf '[test.sh] %s\n' "$*" >&2; }
+now() { date +%s.%N; }
+took() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
+
+# cargo arguments before a `--`, test-binary arguments after it
+cargo_args=()
+test_args=()
+seen_sep=0
+for arg in "$@"; do
+	if ((seen_sep == 0)) && [[ "$arg" == -- ]]; then
+		seen_sep=1
+	elif ((seen_sep == 0)); then
+		cargo_args+=("$arg")
+	else
+		test_args+=("$arg")
+	fi
+done
+
+t_all="$(now)"
+timings=()
+
+services_started=0
+finish() {
+	local rc=$?
+	if ((services_started == 1)); then
+		if [[ "${SPILLWAY_KEEP_SERVICES:-0}" == 1 ]]; then
+			log "SPILLWAY_KEEP_SERVICES=1: leaving the services running (scripts/services.sh down stops them)"
+		else
+			local t
+			t="$(now)"
+			scripts/services.sh down || log "warning: scripts/services.sh down failed"
+			timings+=("services down: $(took "$t")")
+		fi
+	fi
+	if ((${#timings[@]} > 0)); then
+		log "timings:"
+		printf '[test.sh]   %s\n' "${timings[@]}" >&2
+	fi
+	log "total $(took "$t_all"), exit code $rc"
+	exit "$rc"
+}
+trap finish EXIT
+
+step() { # NAME CMD...: run one step, record its time, stop at its failure
+	local name="$1" t
+	shift
+	t="$(now)"
+	log "$name: $*"
+	if "$@"; then
+		timings+=("$name: $(took "$t")")
+	else
+		local rc=$?
+		timings+=("$name: $(took "$t") (FAILED, exit $rc)")
+		log "$name failed (exit $rc)"
+		exit "$rc"
+	fi
+}
+
+step "cargo fmt" cargo fmt --all --check
+
+services_started=1
+step "services up" scripts/services.sh up
+eval "$(scripts/services.sh env)"
+
+step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+step "cargo test" cargo test --workspace "${cargo_args[@]}" -- --include-ignored "${test_args[@]}"
