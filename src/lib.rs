@@ -1,0 +1,27 @@
+//! spillway: a self-hosted delivery service that does what Amazon Data Firehose does. Records come
+//! in (Firehose Direct PUT API, NDJSON), are appended to a write-ahead log before they are
+//! acknowledged, buffered per stream until a size or time hint, and delivered to a sink (S3 /
+//! MinIO / a local folder) with retries, an error output and effectively-once batch identities.
+//!
+//! Module map (a record's way through, see DESIGN.md):
+//! - [`config`]: YAML model, `${ENV}` interpolation, validation with YAML paths and positions.
+//! - [`sources`]: push handlers (`direct_put`, `http`) appending to the WAL through `Ingest`.
+//! - [`wal`]: segment files with checksums, group commit, recovery, trimming.
+//! - [`pipeline`]: buffer → intent → sink → checkpoint, with retries and the error output.
+//! - [`checkpoint`]: the per-stream delivered position.
+//! - [`sinks`]: the registry mapping a YAML `sink.type` to a sink crate.
+//! - [`server`]: the HTTP router (`/`, `/streams/{name}/records`, `/health`, `/metrics`).
+//! - [`metrics`]: counters in Prometheus text format.
+//! - [`app`]: wiring and ordered shutdown.
+//! - [`client`]: the `put` and `bench` commands' Firehose client side.
+
+pub mod app;
+pub mod checkpoint;
+pub mod client;
+pub mod config;
+pub mod metrics;
+pub mod pipeline;
+pub mod server;
+pub mod sinks;
+pub mod sources;
+pub mod wal;

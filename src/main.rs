@@ -1,1 +1,187 @@
-fn main() {}
+//! The `spillway` command line: `run`, `validate`, `put`, `bench`. The only place that uses
+//! `anyhow`; everything below it returns typed errors.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use spillway::app::App;
+use spillway::client::{bench, put};
+use spillway::config;
+
+#[derive(Parser)]
+#[command(name = "spillway", version, about = "Firehose-compatible delivery: streams in, buffered durable objects out")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the Firehose API and deliver every configured stream until SIGTERM / Ctrl-C.
+    Run {
+        /// Configuration file (YAML).
+        #[arg(short, long, default_value = "config/local.yaml")]
+        config: PathBuf,
+    },
+    /// Check a configuration file and list every problem; exits non-zero if there is one.
+    Validate {
+        #[arg(short, long, default_value = "config/local.yaml")]
+        config: PathBuf,
+    },
+    /// Send the lines of files (or `-` for stdin) to a delivery stream with PutRecordBatch.
+    Put {
+        /// Delivery stream name.
+        #[arg(short, long)]
+        stream: String,
+        /// Firehose endpoint (spillway's `server.listen`, or a real Firehose endpoint).
+        #[arg(short, long, default_value = "http://127.0.0.1:4573", env = "SPILLWAY_ENDPOINT")]
+        endpoint: String,
+        #[arg(long, default_value = "us-east-1", env = "AWS_REGION")]
+        region: String,
+        /// Drop each line's trailing newline instead of sending it as part of the record.
+        #[arg(long)]
+        strip_newlines: bool,
+        /// Attempts per batch before giving up (only failed entries are resent).
+        #[arg(long, default_value_t = 10)]
+        max_attempts: u32,
+        /// Files to send, one record per line.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Load-test a running spillway and report accepted/drained throughput, CPU and peak RSS.
+    Bench {
+        #[arg(short, long, default_value = "http://127.0.0.1:4573")]
+        endpoint: String,
+        #[arg(short, long, default_value = "bench")]
+        stream: String,
+        /// Total record bytes to send.
+        #[arg(long, default_value_t = 256)]
+        total_mib: u64,
+        /// Concurrent keep-alive clients.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// ~350-byte access-log lines per record (6 makes a 500-record batch about 1 MiB).
+        #[arg(long, default_value_t = 6)]
+        lines_per_record: usize,
+        /// Give up waiting for delivery after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        drain_timeout_seconds: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SPILLWAY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate { config } => validate(&config),
+        command => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")
+            .and_then(|runtime| runtime.block_on(run_async(command))),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    match config::load_file(path) {
+        Ok(config) => {
+            println!("{}: ok ({} stream(s))", path.display(), config.streams.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Validate { .. } => unreachable!("validate runs without a runtime"),
+        Command::Run { config } => {
+            let config = config::load_file(&config).map_err(|error| anyhow::anyhow!("{error}"))?;
+            let app = App::start(config).await?;
+            println!("spillway listening on http://{}", app.local_addr());
+            app.run_until(shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Put { stream, endpoint, region, strip_newlines, max_attempts, files } => {
+            let options =
+                put::PutOptions { stream, endpoint, region, files, keep_newlines: !strip_newlines, max_attempts };
+            let summary = put::put(options).await?;
+            println!(
+                "sent {} records ({} bytes) in {} PutRecordBatch calls in {:.2} s; {} entries resent",
+                summary.records,
+                summary.bytes,
+                summary.calls,
+                summary.elapsed.as_secs_f64(),
+                summary.resent_records
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { endpoint, stream, total_mib, clients, lines_per_record, drain_timeout_seconds } => {
+            let options = bench::BenchOptions {
+                endpoint,
+                stream,
+                total_mib,
+                clients,
+                lines_per_record,
+                drain_timeout: Duration::from_secs(drain_timeout_seconds),
+            };
+            let report = bench::run(options).await?;
+            println!("{}", report.render());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Resolves on the first SIGTERM or Ctrl-C; a second one exits at once (acknowledged records are
+/// in the WAL and are delivered on the next start).
+async fn shutdown_signal() {
+    wait_for_signal().await;
+    tracing::info!("shutting down; send the signal again to exit at once");
+    tokio::spawn(async {
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting now; undelivered records stay in the wal");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,316 @@
+//! The YAML configuration model: typed structs with Firehose-named fields and defaults, and the
+//! pure validation that lists every problem with its YAML path. Parsing (and `${ENV}`
+//! interpolation) lives in [`yaml`] so the parser can be swapped; nothing here touches the network
+//! or the disk.
+
+mod interpolate;
+mod yaml;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+pub use yaml::{ConfigError, load_file, parse_str};
+
+use crate::sinks::SinkConfig;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Where the WAL, checkpoints and delivery intents live.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub wal: WalConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    pub streams: Vec<StreamConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the Direct PUT API, the NDJSON endpoint, `/health` and `/metrics`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Region and account used in ARNs that `DescribeDeliveryStream` reports.
+    #[serde(default = "default_region")]
+    pub region: String,
+    #[serde(default = "default_account_id")]
+    pub account_id: String,
+    /// On SIGTERM / Ctrl-C, how long to wait for buffers to flush and deliveries to finish before
+    /// exiting anyway (what is left stays in the WAL and is delivered on the next start).
+    #[serde(default = "default_shutdown_grace_seconds")]
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            region: default_region(),
+            account_id: default_account_id(),
+            shutdown_grace_seconds: default_shutdown_grace_seconds(),
+        }
+    }
+}
+
+/// When an appended record is forced to disk before the client is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// fsync before every acknowledgement; concurrent requests share one fsync (group commit).
+    #[default]
+    Always,
+    /// Acknowledge after the write; fsync every `fsync_interval_ms`. A machine crash (not a
+    /// process crash) can lose the last interval.
+    Interval,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WalConfig {
+    #[serde(default)]
+    pub fsync: FsyncPolicy,
+    #[serde(default = "default_fsync_interval_ms")]
+    pub fsync_interval_ms: u64,
+    /// A new segment file starts when the current one reaches this size.
+    #[serde(default = "default_segment_mib")]
+    pub segment_mib: u64,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        Self {
+            fsync: FsyncPolicy::default(),
+            fsync_interval_ms: default_fsync_interval_ms(),
+            segment_mib: default_segment_mib(),
+        }
+    }
+}
+
+/// Resource limits: past them, Direct PUT answers `ServiceUnavailableException` ("Slow down.")
+/// so clients back off, and nothing already acknowledged is affected.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Undelivered WAL bytes per stream.
+    #[serde(default = "default_max_wal_mib")]
+    pub max_wal_mib: u64,
+    /// Request bodies held in memory at once, over all connections; further requests wait.
+    #[serde(default = "default_max_inflight_request_mib")]
+    pub max_inflight_request_mib: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { max_wal_mib: default_max_wal_mib(), max_inflight_request_mib: default_max_inflight_request_mib() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    /// Delivery stream name, as in Firehose: 1–64 characters of `[a-zA-Z0-9_.-]`.
+    pub name: String,
+    #[serde(default)]
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub processing: ProcessingConfig,
+    #[serde(default)]
+    pub buffering: BufferingConfig,
+    pub sink: SinkConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// Records pushed with the Firehose API (`PutRecord`, `PutRecordBatch`) or as NDJSON.
+    #[default]
+    DirectPut,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessingConfig {
+    /// Firehose's `AppendDelimiterToRecord`: `newline` appends `\n` to every record.
+    #[serde(default)]
+    pub record_delimiter: RecordDelimiter,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordDelimiter {
+    /// Records are concatenated as sent (Firehose's default).
+    #[default]
+    None,
+    Newline,
+}
+
+/// Firehose's `BufferingHints`: a buffer is flushed when either is reached, whichever first.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferingConfig {
+    #[serde(default = "default_size_mib")]
+    pub size_mib: u64,
+    #[serde(default = "default_interval_seconds")]
+    pub interval_seconds: u64,
+}
+
+impl Default for BufferingConfig {
+    fn default() -> Self {
+        Self { size_mib: default_size_mib(), interval_seconds: default_interval_seconds() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// How long a retriable delivery failure is retried before the records go to the error
+    /// output. Firehose keeps retrying S3 for 24 hours.
+    #[serde(default = "default_retry_duration_seconds")]
+    pub duration_seconds: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self { duration_seconds: default_retry_duration_seconds() }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./var/spillway")
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 4573))
+}
+fn default_region() -> String {
+    "us-east-1".to_string()
+}
+fn default_account_id() -> String {
+    "000000000000".to_string()
+}
+fn default_shutdown_grace_seconds() -> u64 {
+    60
+}
+fn default_fsync_interval_ms() -> u64 {
+    200
+}
+fn default_segment_mib() -> u64 {
+    64
+}
+fn default_max_wal_mib() -> u64 {
+    4096
+}
+fn default_max_inflight_request_mib() -> u64 {
+    64
+}
+fn default_size_mib() -> u64 {
+    5
+}
+fn default_interval_seconds() -> u64 {
+    300
+}
+fn default_retry_duration_seconds() -> u64 {
+    86_400
+}
+
+/// One validation problem, located by its YAML path (e.g. `streams[0].buffering.size_mib`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+impl Config {
+    /// Every rule the types cannot express, all problems at once. Pure: no disk, no network.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut push = |path: String, message: String| problems.push(Problem { path, message });
+
+        if self.streams.is_empty() {
+            push("streams".into(), "at least one stream is required".into());
+        }
+        if !(1..=1024).contains(&self.wal.segment_mib) {
+            push("wal.segment_mib".into(), format!("must be between 1 and 1024 (got {})", self.wal.segment_mib));
+        }
+        if self.wal.fsync_interval_ms == 0 || self.wal.fsync_interval_ms > 60_000 {
+            push(
+                "wal.fsync_interval_ms".into(),
+                format!("must be between 1 and 60000 (got {})", self.wal.fsync_interval_ms),
+            );
+        }
+        if self.limits.max_inflight_request_mib < 8 {
+            push(
+                "limits.max_inflight_request_mib".into(),
+                format!("must be at least 8, two full 4 MiB batches (got {})", self.limits.max_inflight_request_mib),
+            );
+        }
+
+        let mut seen = BTreeSet::new();
+        for (index, stream) in self.streams.iter().enumerate() {
+            let at = |field: &str| format!("streams[{index}].{field}");
+            if !is_valid_stream_name(&stream.name) {
+                push(at("name"), format!("{:?} must be 1-64 characters of [a-zA-Z0-9_.-]", stream.name));
+            }
+            if !seen.insert(stream.name.as_str()) {
+                push(at("name"), format!("duplicate stream name {:?}", stream.name));
+            }
+            let size_range = stream.sink.buffer_size_range_mib();
+            if !size_range.contains(&stream.buffering.size_mib) {
+                push(
+                    at("buffering.size_mib"),
+                    format!(
+                        "must be between {} and {} for a {} sink (got {})",
+                        size_range.start(),
+                        size_range.end(),
+                        stream.sink.type_name(),
+                        stream.buffering.size_mib
+                    ),
+                );
+            }
+            if stream.buffering.interval_seconds > 900 {
+                push(
+                    at("buffering.interval_seconds"),
+                    format!("must be between 0 and 900 (got {})", stream.buffering.interval_seconds),
+                );
+            }
+            if stream.buffering.size_mib * 2 > self.limits.max_wal_mib {
+                push(
+                    at("buffering.size_mib"),
+                    format!(
+                        "must be at most half of limits.max_wal_mib ({}), or the WAL fills before a buffer does",
+                        self.limits.max_wal_mib
+                    ),
+                );
+            }
+            for problem in stream.sink.validate() {
+                push(at(&format!("sink.{}", problem.path)), problem.message);
+            }
+        }
+        problems
+    }
+
+    pub fn stream(&self, name: &str) -> Option<&StreamConfig> {
+        self.streams.iter().find(|stream| stream.name == name)
+    }
+}
+
+/// Firehose's `DeliveryStreamName` constraint.
+pub fn is_valid_stream_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-'))
+}

@@ -1,0 +1,104 @@
+//! Counters users watch, named after Firehose's CloudWatch metrics where one exists, exported in
+//! Prometheus text format on `/metrics`, with the process's CPU time and peak RSS (read by the
+//! benchmark).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One stream's counters. All monotonic except `wal_bytes`.
+#[derive(Default)]
+pub struct StreamMetrics {
+    pub incoming_records: AtomicU64,
+    pub incoming_bytes: AtomicU64,
+    pub incoming_put_requests: AtomicU64,
+    pub throttled_records: AtomicU64,
+    pub delivered_records: AtomicU64,
+    pub delivered_bytes: AtomicU64,
+    pub delivered_batches: AtomicU64,
+    pub delivery_retries: AtomicU64,
+    pub error_output_records: AtomicU64,
+}
+
+impl StreamMetrics {
+    pub fn add(counter: &AtomicU64, value: u64) {
+        counter.fetch_add(value, Ordering::Relaxed);
+    }
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    streams: BTreeMap<String, (Arc<StreamMetrics>, Box<dyn Fn() -> u64 + Send + Sync>)>,
+}
+
+impl Metrics {
+    /// Register a stream; `wal_bytes` reads its current WAL size.
+    pub fn register(&mut self, stream: &str, wal_bytes: Box<dyn Fn() -> u64 + Send + Sync>) -> Arc<StreamMetrics> {
+        let metrics = Arc::new(StreamMetrics::default());
+        self.streams.insert(stream.to_string(), (metrics.clone(), wal_bytes));
+        metrics
+    }
+
+    pub fn stream(&self, stream: &str) -> Option<&Arc<StreamMetrics>> {
+        self.streams.get(stream).map(|(metrics, _)| metrics)
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let counters: [(&str, &str, fn(&StreamMetrics) -> &AtomicU64); 9] = [
+            ("spillway_incoming_records_total", "records accepted", |m| &m.incoming_records),
+            ("spillway_incoming_bytes_total", "bytes accepted", |m| &m.incoming_bytes),
+            ("spillway_incoming_put_requests_total", "put requests accepted", |m| &m.incoming_put_requests),
+            ("spillway_throttled_records_total", "records refused with ServiceUnavailableException", |m| {
+                &m.throttled_records
+            }),
+            ("spillway_delivered_records_total", "records delivered to the sink", |m| &m.delivered_records),
+            ("spillway_delivered_bytes_total", "record bytes delivered (before compression)", |m| &m.delivered_bytes),
+            ("spillway_delivered_batches_total", "batches delivered", |m| &m.delivered_batches),
+            ("spillway_delivery_retries_total", "retried sink writes", |m| &m.delivery_retries),
+            ("spillway_error_output_records_total", "records written to the error output", |m| &m.error_output_records),
+        ];
+        for (name, help, counter) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (stream, (metrics, _)) in &self.streams {
+                let _ = writeln!(out, "{name}{{stream=\"{stream}\"}} {}", counter(metrics).load(Ordering::Relaxed));
+            }
+        }
+        let _ =
+            writeln!(out, "# HELP spillway_wal_bytes undelivered bytes in the WAL\n# TYPE spillway_wal_bytes gauge");
+        for (stream, (_, wal_bytes)) in &self.streams {
+            let _ = writeln!(out, "spillway_wal_bytes{{stream=\"{stream}\"}} {}", wal_bytes());
+        }
+        if let Some(cpu) = process_cpu_seconds() {
+            let _ = writeln!(out, "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu:.3}");
+        }
+        if let Some(peak) = process_peak_rss_bytes() {
+            let _ = writeln!(out, "# TYPE process_peak_rss_bytes gauge\nprocess_peak_rss_bytes {peak}");
+        }
+        out
+    }
+}
+
+/// User + system CPU time of this process, from `/proc/self/stat` (Linux only).
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let user: f64 = fields.get(11)?.parse().ok()?;
+    let system: f64 = fields.get(12)?.parse().ok()?;
+    Some((user + system) / clock_ticks_per_second())
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // sysconf(_SC_CLK_TCK) is 100 on every Linux target we run on.
+    100.0
+}
+
+/// Peak resident set size (`VmHWM`), from `/proc/self/status` (Linux only).
+fn process_peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

@@ -1,0 +1,62 @@
+//! The sink registry: the one place that maps a YAML `sink.type` to a sink crate. Adding a sink is
+//! a new crate under `sinks/` plus one variant here. An unknown type is a parse error that lists
+//! the valid ones.
+
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use spillway_sink_api::{ErrorOutput, Sink, SinkError};
+use spillway_sink_s3::S3SinkConfig;
+
+use crate::config::Problem;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SinkConfig {
+    /// Objects in a local folder (`file://`) or an S3-compatible bucket (`s3://`).
+    S3(S3SinkConfig),
+}
+
+/// A built sink and where its undeliverable records go.
+pub struct BuiltSink {
+    pub sink: Arc<dyn Sink>,
+    pub error_output: Arc<dyn ErrorOutput>,
+    /// `!{firehose:error-output-type}` for records this sink refused.
+    pub failure_output_type: &'static str,
+}
+
+impl SinkConfig {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SinkConfig::S3(_) => "s3",
+        }
+    }
+
+    /// Firehose's `BufferingHints.SizeInMBs` range for this destination.
+    pub fn buffer_size_range_mib(&self) -> RangeInclusive<u64> {
+        match self {
+            SinkConfig::S3(_) => 1..=128,
+        }
+    }
+
+    /// Problems with paths relative to the `sink` key.
+    pub fn validate(&self) -> Vec<Problem> {
+        match self {
+            SinkConfig::S3(config) => config
+                .validate()
+                .into_iter()
+                .map(|problem| Problem { path: problem.field, message: problem.message })
+                .collect(),
+        }
+    }
+
+    pub async fn build(&self, stream: &str) -> Result<BuiltSink, SinkError> {
+        match self {
+            SinkConfig::S3(config) => {
+                let sink = Arc::new(config.build(stream)?);
+                Ok(BuiltSink { sink: sink.clone(), error_output: sink, failure_output_type: "s3-failed" })
+            }
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The Firehose Direct PUT API over AWS JSON 1.1: `POST /` with
+//! `X-Amz-Target: Firehose_20150804.<Operation>`. `PutRecord` and `PutRecordBatch` append to the
+//! WAL; `ListDeliveryStreams` and `DescribeDeliveryStream` answer from the YAML. Request limits,
+//! response shapes and `__type` error names follow Firehose so AWS SDKs, the AWS CLI and Fluent
+//! Bit work unchanged. Requests are not SigV4-verified: bind to loopback or a trusted network.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Ingest, IngestError, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_RECORD_BYTES, MAX_REQUEST_BODY_BYTES};
+use crate::sinks::SinkConfig;
+
+const TARGET_PREFIX: &str = "Firehose_20150804.";
+const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+
+/// A Firehose error response: HTTP status, `__type`, message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+    fn invalid_argument(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "InvalidArgumentException", message)
+    }
+    fn serialization(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "SerializationException", message)
+    }
+    fn not_found(stream: &str, ingest: &Ingest) -> Self {
+        let message = format!("Firehose {stream} under account {} not found.", ingest.config.server.account_id);
+        Self::new(StatusCode::BAD_REQUEST, "ResourceNotFoundException", message)
+    }
+    fn from_ingest(error: IngestError, stream: &str, ingest: &Ingest) -> Self {
+        match error {
+            IngestError::UnknownStream => Self::not_found(stream, ingest),
+            IngestError::Throttled => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableException", "Slow down.")
+            }
+            IngestError::Internal(message) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", message),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "__type": self.code, "message": self.message }).to_string();
+        let mut response = (self.status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        headers.insert("x-amzn-errortype", HeaderValue::from_static(self.code));
+        response
+    }
+}
+
+fn ok_json(value: Value) -> Response {
+    let mut response = (StatusCode::OK, value.to_string()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    response
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PutRecordRequest<'a> {
+    #[serde(borrow)]
+    delivery_stream_name: Cow<'a, str>,
+    #[serde(borrow)]
+    record: RecordIn<'a>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PutRecordBatchRequest<'a> {
+    #[serde(borrow)]
+    delivery_stream_name: Cow<'a, str>,
+    #[serde(borrow)]
+    records: Vec<RecordIn<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RecordIn<'a> {
+    #[serde(borrow)]
+    data: Cow<'a, str>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct ListRequest {
+    limit: Option<usize>,
+    delivery_stream_type: Option<String>,
+    exclusive_start_delivery_stream_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DescribeRequest {
+    delivery_stream_name: String,
+}
+
+/// `POST /`: dispatch on `X-Amz-Target`.
+pub async fn handle(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Body) -> Response {
+    match dispatch(&ingest, &headers, body).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn dispatch(ingest: &Ingest, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let target = headers.get("x-amz-target").and_then(|value| value.to_str().ok()).unwrap_or_default();
+    let Some(operation) = target.strip_prefix(TARGET_PREFIX) else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "UnknownOperationException",
+            format!("missing or unknown X-Amz-Target {target:?}; expected {TARGET_PREFIX}<Operation>"),
+        ));
+    };
+    let declared_len = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok())
+        .unwrap_or(MAX_REQUEST_BODY_BYTES);
+    if declared_len > MAX_REQUEST_BODY_BYTES {
+        return Err(ApiError::invalid_argument(format!(
+            "request body of {declared_len} bytes exceeds the {MAX_BATCH_BYTES}-byte batch limit"
+        )));
+    }
+    let _memory = ingest.reserve_body(declared_len).await;
+    let body = axum::body::to_bytes(body, MAX_REQUEST_BODY_BYTES)
+        .await
+        .map_err(|error| ApiError::invalid_argument(format!("cannot read the request body: {error}")))?;
+    match operation {
+        "PutRecord" => put_record(ingest, &body).await,
+        "PutRecordBatch" => put_record_batch(ingest, &body).await,
+        "ListDeliveryStreams" => list_delivery_streams(ingest, &body),
+        "DescribeDeliveryStream" => describe_delivery_stream(ingest, &body),
+        other => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "UnknownOperationException",
+            format!("operation {other} is not supported by spillway"),
+        )),
+    }
+}
+
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    let body = if body.is_empty() { b"{}".as_slice() } else { body };
+    serde_json::from_slice(body).map_err(|error| ApiError::serialization(format!("malformed request body: {error}")))
+}
+
+/// Decode one record's base64 data and check Firehose's per-record limit.
+fn decode_record(data: &str, member: &str) -> Result<Bytes, ApiError> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|error| ApiError::serialization(format!("'{member}.data' is not valid base64: {error}")))?;
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(ApiError::invalid_argument(format!(
+            "1 validation error detected: Value at '{member}.data' failed to satisfy constraint: \
+             Member must have length less than or equal to {MAX_RECORD_BYTES}"
+        )));
+    }
+    Ok(Bytes::from(bytes))
+}
+
+async fn put_record(ingest: &Ingest, body: &[u8]) -> Result<Response, ApiError> {
+    let request: PutRecordRequest = parse(body)?;
+    let stream = request.delivery_stream_name.as_ref();
+    if !ingest.streams.contains_key(stream) {
+        return Err(ApiError::not_found(stream, ingest));
+    }
+    let record = decode_record(&request.record.data, "record")?;
+    let range =
+        ingest.append(stream, vec![record]).await.map_err(|error| ApiError::from_ingest(error, stream, ingest))?;
+    Ok(ok_json(json!({ "RecordId": ingest.record_id(range.start), "Encrypted": false })))
+}
+
+async fn put_record_batch(ingest: &Ingest, body: &[u8]) -> Result<Response, ApiError> {
+    let request: PutRecordBatchRequest = parse(body)?;
+    let stream = request.delivery_stream_name.as_ref();
+    if !ingest.streams.contains_key(stream) {
+        return Err(ApiError::not_found(stream, ingest));
+    }
+    let count = request.records.len();
+    if count == 0 || count > MAX_BATCH_RECORDS {
+        return Err(ApiError::invalid_argument(format!(
+            "1 validation error detected: Value at 'records' failed to satisfy constraint: \
+             Member must have length between 1 and {MAX_BATCH_RECORDS} (got {count})"
+        )));
+    }
+    let mut records = Vec::with_capacity(count);
+    let mut total = 0;
+    for (index, record) in request.records.iter().enumerate() {
+        let bytes = decode_record(&record.data, &format!("records.{}.member", index + 1))?;
+        total += bytes.len();
+        records.push(bytes);
+    }
+    if total > MAX_BATCH_BYTES {
+        return Err(ApiError::invalid_argument(format!(
+            "records total {total} bytes, over the {MAX_BATCH_BYTES}-byte limit of one PutRecordBatch"
+        )));
+    }
+    // The batch is appended all or nothing, so no entry fails alone: FailedPutCount is 0 on success.
+    let range = ingest.append(stream, records).await.map_err(|error| ApiError::from_ingest(error, stream, ingest))?;
+    let responses: Vec<Value> = range.map(|sequence| json!({ "RecordId": ingest.record_id(sequence) })).collect();
+    Ok(ok_json(json!({ "FailedPutCount": 0, "Encrypted": false, "RequestResponses": responses })))
+}
+
+fn list_delivery_streams(ingest: &Ingest, body: &[u8]) -> Result<Response, ApiError> {
+    let request: ListRequest = parse(body)?;
+    let limit = request.limit.unwrap_or(10);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::invalid_argument("Limit must be between 1 and 10000"));
+    }
+    // Every stream configured here is a DirectPut stream.
+    let type_matches = request.delivery_stream_type.as_deref().is_none_or(|kind| kind == "DirectPut");
+    let names: Vec<&String> = ingest
+        .streams
+        .keys()
+        .filter(|_| type_matches)
+        .filter(|name| request.exclusive_start_delivery_stream_name.as_ref().is_none_or(|start| *name > start))
+        .collect();
+    let has_more = names.len() > limit;
+    let page: Vec<&String> = names.into_iter().take(limit).collect();
+    Ok(ok_json(json!({ "DeliveryStreamNames": page, "HasMoreDeliveryStreams": has_more })))
+}
+
+fn describe_delivery_stream(ingest: &Ingest, body: &[u8]) -> Result<Response, ApiError> {
+    let request: DescribeRequest = parse(body)?;
+    let name = request.delivery_stream_name.as_str();
+    let Some(stream) = ingest.streams.get(name) else {
+        return Err(ApiError::not_found(name, ingest));
+    };
+    let server = &ingest.config.server;
+    let config = &stream.config;
+    let started = ingest.started_at_seconds();
+    let destination = match &config.sink {
+        SinkConfig::S3(s3) => json!({
+            "DestinationId": "destinationId-000000000001",
+            "ExtendedS3DestinationDescription": {
+                "BucketARN": bucket_arn(&s3.url),
+                "RoleARN": format!("arn:aws:iam::{}:role/spillway", server.account_id),
+                "Prefix": s3.prefix.clone().unwrap_or_default(),
+                "ErrorOutputPrefix": s3.error_output_prefix.clone().unwrap_or_default(),
+                "BufferingHints": {
+                    "SizeInMBs": config.buffering.size_mib,
+                    "IntervalInSeconds": config.buffering.interval_seconds,
+                },
+                "CompressionFormat": match s3.compression {
+                    spillway_sink_api::Compression::None => "UNCOMPRESSED",
+                    spillway_sink_api::Compression::Gzip => "GZIP",
+                    spillway_sink_api::Compression::Zstd => "ZSTD",
+                },
+                "EncryptionConfiguration": { "NoEncryptionConfig": "NoEncryption" },
+            },
+        }),
+    };
+    Ok(ok_json(json!({
+        "DeliveryStreamDescription": {
+            "DeliveryStreamName": name,
+            "DeliveryStreamARN": format!("arn:aws:firehose:{}:{}:deliverystream/{name}", server.region, server.account_id),
+            "DeliveryStreamStatus": "ACTIVE",
+            "DeliveryStreamType": "DirectPut",
+            "VersionId": "1",
+            "CreateTimestamp": started,
+            "LastUpdateTimestamp": started,
+            "Destinations": [destination],
+            "HasMoreDestinations": false,
+        }
+    })))
+}
+
+/// The ARN Firehose reports for the destination bucket; a local folder gets a pseudo-ARN.
+fn bucket_arn(url: &str) -> String {
+    match spillway_sink_s3::Destination::parse(url) {
+        Ok(spillway_sink_s3::Destination::S3 { bucket }) => format!("arn:aws:s3:::{bucket}"),
+        _ => format!("arn:aws:s3:::{url}"),
+    }
+}

@@ -1,0 +1,164 @@
+//! The write-ahead log of pushed records, one per delivery stream. A record is acknowledged only
+//! after its frame is written (and, with `fsync: always`, synced). One writer thread owns the
+//! files; concurrent appends queue up and share one write + fsync (group commit). Delivery reads
+//! the same files back through a [`WalReader`], so recovery after a crash and normal delivery
+//! are one code path. Delivered segments are deleted by [`Wal::trim`].
+//!
+//! Must not: interpret record bytes, or know about batches and sinks.
+
+mod frame;
+mod reader;
+mod segment;
+mod writer;
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, watch};
+
+pub use frame::Frame;
+pub use reader::WalReader;
+pub use segment::ScanError;
+
+use crate::config::FsyncPolicy;
+
+#[derive(Debug, Clone)]
+pub struct WalOptions {
+    pub dir: PathBuf,
+    pub fsync: FsyncPolicy,
+    pub fsync_interval: Duration,
+    pub segment_bytes: u64,
+    /// Appends are refused (`WalError::Full`) while the undelivered bytes exceed this.
+    pub max_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("wal is full ({used} of {limit} bytes undelivered)")]
+    Full { used: u64, limit: u64 },
+    #[error("wal i/o error in {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Scan(#[from] ScanError),
+    #[error("wal writer has stopped")]
+    Closed,
+    #[error("wal segment {path} is corrupt at offset {offset}: {reason}")]
+    Corrupt { path: PathBuf, offset: u64, reason: String },
+    #[error("wal is missing records from sequence {sequence}: no segment holds them")]
+    Gap { sequence: u64 },
+}
+
+impl WalError {
+    /// Full and a stopped writer pass; the client may retry. I/O and corruption need an operator.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, WalError::Full { .. } | WalError::Closed)
+    }
+}
+
+/// What opening the WAL found on disk.
+#[derive(Debug, Clone)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    pub bytes: u64,
+    /// Sequence the next append gets.
+    pub next_sequence: u64,
+    /// Set when a torn last frame (a crash mid-write) was cut off: segment and reason.
+    pub truncated_tail: Option<String>,
+}
+
+/// Handle to a stream's WAL; cheap to clone.
+#[derive(Clone)]
+pub struct Wal {
+    commands: std::sync::mpsc::Sender<writer::Command>,
+    committed: watch::Receiver<u64>,
+    disk_bytes: Arc<AtomicU64>,
+    dir: PathBuf,
+    writer: Arc<writer::WriterThread>,
+}
+
+impl Wal {
+    /// Open (creating if needed) the WAL in `options.dir`, cut off a torn tail, and start the
+    /// writer. `delivered` is the stream's checkpoint: sequences continue from it when every
+    /// segment was already trimmed.
+    pub fn open(options: WalOptions, delivered: u64) -> Result<(Wal, RecoveryReport), WalError> {
+        let io_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| WalError::Io { path, source }
+        };
+        std::fs::create_dir_all(&options.dir).map_err(io_error(&options.dir))?;
+        let segments = segment::list(&options.dir).map_err(io_error(&options.dir))?;
+        let mut disk_bytes = 0;
+        for segment in &segments {
+            disk_bytes += std::fs::metadata(&segment.path).map_err(io_error(&segment.path))?.len();
+        }
+        let mut truncated_tail = None;
+        let next_sequence = match segments.last() {
+            None => delivered,
+            Some(last) => {
+                let scan = segment::scan(last)?;
+                if let Some(reason) = scan.torn {
+                    let file =
+                        std::fs::OpenOptions::new().write(true).open(&last.path).map_err(io_error(&last.path))?;
+                    let old_len = file.metadata().map_err(io_error(&last.path))?.len();
+                    file.set_len(scan.valid_len).map_err(io_error(&last.path))?;
+                    file.sync_all().map_err(io_error(&last.path))?;
+                    disk_bytes -= old_len - scan.valid_len;
+                    truncated_tail = Some(format!(
+                        "{}: cut {} bytes at offset {} ({reason})",
+                        last.path.display(),
+                        old_len - scan.valid_len,
+                        scan.valid_len
+                    ));
+                }
+                scan.end_sequence.max(delivered)
+            }
+        };
+        let report = RecoveryReport { segments: segments.len(), bytes: disk_bytes, next_sequence, truncated_tail };
+        let disk_bytes = Arc::new(AtomicU64::new(disk_bytes));
+        let (committed_tx, committed) = watch::channel(next_sequence);
+        let (commands, writer) =
+            writer::WriterThread::spawn(options.clone(), segments, next_sequence, disk_bytes.clone(), committed_tx)?;
+        Ok((Wal { commands, committed, disk_bytes, dir: options.dir, writer: Arc::new(writer) }, report))
+    }
+
+    /// Append one request's records as a single frame (all or nothing). Resolves once the frame
+    /// is durable per the fsync policy, with the sequences the records got.
+    pub async fn append(&self, arrival_ms: i64, records: Vec<Bytes>) -> Result<Range<u64>, WalError> {
+        let (reply, response) = oneshot::channel();
+        self.commands.send(writer::Command::Append { arrival_ms, records, reply }).map_err(|_| WalError::Closed)?;
+        response.await.map_err(|_| WalError::Closed)?
+    }
+
+    /// Delete segments whose records are all below `delivered` (the checkpoint).
+    pub fn trim(&self, delivered: u64) {
+        // A stopped writer has nothing left to trim; the next start trims instead.
+        let _ = self.commands.send(writer::Command::Trim { delivered });
+    }
+
+    /// The sequence below which every record is durably appended; changes on every commit.
+    pub fn committed(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
+    }
+
+    pub fn disk_bytes(&self) -> u64 {
+        self.disk_bytes.load(Ordering::Relaxed)
+    }
+
+    /// A reader positioned at `from` (usually the checkpoint).
+    pub fn reader(&self, from: u64) -> WalReader {
+        WalReader::new(self.dir.clone(), from)
+    }
+
+    /// Stop the writer after the queued appends, syncing the last segment.
+    pub fn close(&self) {
+        let _ = self.commands.send(writer::Command::Shutdown);
+        self.writer.join();
+    }
+}
+
+#[cfg(test)]
+mod tests;
