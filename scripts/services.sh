@@ -415,20 +415,24 @@ with_lock() { # serialise concurrent up/down on one cache dir
 }
 
 cmd_install() {
-	local t0 name pids=() names=() starts=() failed=0 i
+	local t0 name pids=() names=() failed=0 i
 	t0="$(now)"
 	mkdir -p "$INSTALL_LOGS"
 	install_postgres
 	# the rest are independent downloads/builds: run them side by side
 	for name in minio opensearch kinesalite venv; do
-		("install_$name") >"$INSTALL_LOGS/$name.log" 2>&1 &
+		rm -f "$INSTALL_LOGS/$name.time"
+		(
+			start="$(now)"
+			"install_$name"
+			elapsed "$start" >"$INSTALL_LOGS/$name.time"
+		) >"$INSTALL_LOGS/$name.log" 2>&1 &
 		pids+=($!)
 		names+=("$name")
-		starts+=("$(now)")
 	done
 	for i in "${!pids[@]}"; do
 		if wait "${pids[$i]}"; then
-			log "install ${names[$i]}: ok ($(elapsed "${starts[$i]}"))"
+			log "install ${names[$i]}: ok ($(cat "$INSTALL_LOGS/${names[$i]}.time" 2>/dev/null || echo '?'))"
 		else
 			log "install ${names[$i]}: FAILED (log: $INSTALL_LOGS/${names[$i]}.log)"
 			tail_log "$INSTALL_LOGS/${names[$i]}.log"

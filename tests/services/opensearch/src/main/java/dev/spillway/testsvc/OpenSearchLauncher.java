@@ -15,10 +15,12 @@ import org.opensearch.common.settings.Settings;
 import org.opensearch.env.Environment;
 import org.opensearch.index.mapper.MapperExtrasPlugin;
 import org.opensearch.index.reindex.ReindexPlugin;
+import org.opensearch.ingest.common.IngestCommonPlugin;
 import org.opensearch.node.InternalSettingsPreparer;
 import org.opensearch.node.Node;
 import org.opensearch.painless.PainlessPlugin;
 import org.opensearch.plugins.Plugin;
+import org.opensearch.script.mustache.MustachePlugin;
 import org.opensearch.transport.Netty4Plugin;
 
 /**
@@ -40,7 +42,9 @@ public final class OpenSearchLauncher {
         CommonAnalysisPlugin.class,  // analysis-common: lowercase, whitespace, ngram, ...
         MapperExtrasPlugin.class,    // mapper-extras: scaled_float, token_count, rank_feature, ...
         PainlessPlugin.class,        // lang-painless: scripts in updates, queries, pipelines
-        ReindexPlugin.class          // reindex: _reindex, _update_by_query, _delete_by_query
+        ReindexPlugin.class,         // reindex: _reindex, _update_by_query, _delete_by_query
+        IngestCommonPlugin.class,    // ingest-common: pipeline processors (set, rename, date, json, ...)
+        MustachePlugin.class         // lang-mustache: search templates
     );
 
     /** Exposes Node's protected constructor that takes classpath plugins. */
