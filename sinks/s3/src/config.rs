@@ -89,10 +89,7 @@ pub struct ConfigProblem {
 
 impl ConfigProblem {
     fn new(field: &str, message: impl Into<String>) -> Self {
-        Self {
-            field: field.to_string(),
-            message: message.into(),
-        }
+        Self { field: field.to_string(), message: message.into() }
     }
 }
 
@@ -122,9 +119,7 @@ impl Destination {
                 ));
             }
             check_bucket_name(bucket)?;
-            return Ok(Destination::S3 {
-                bucket: bucket.to_string(),
-            });
+            return Ok(Destination::S3 { bucket: bucket.to_string() });
         }
         Err(format!("`{url}` must start with file:// or s3://"))
     }
@@ -136,9 +131,7 @@ fn check_bucket_name(bucket: &str) -> Result<(), String> {
     if bucket.is_empty() {
         return Err("an s3:// url needs a bucket name, e.g. s3://my-bucket".to_string());
     }
-    let valid_chars = bucket
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-');
+    let valid_chars = bucket.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-');
     let valid_ends = bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
         && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
     if !(3..=63).contains(&bucket.len()) || !valid_chars || !valid_ends {
@@ -179,16 +172,12 @@ impl S3SinkConfig {
         if let Err(error) = &data_prefix {
             problems.push(ConfigProblem::new("prefix", error.to_string()));
         }
-        if let Err(error) =
-            PrefixTemplate::parse(self.error_output_prefix.as_deref(), PrefixKind::Error)
-        {
+        if let Err(error) = PrefixTemplate::parse(self.error_output_prefix.as_deref(), PrefixKind::Error) {
             problems.push(ConfigProblem::new("error_output_prefix", error.to_string()));
         }
         // Firehose requires an explicit error prefix with dynamic partitioning; without partition
         // keys the default `<error-output-type>/yyyy/MM/dd/HH/` is used.
-        let dynamic_partitioning = data_prefix
-            .as_ref()
-            .is_ok_and(PrefixTemplate::has_partition_keys);
+        let dynamic_partitioning = data_prefix.as_ref().is_ok_and(PrefixTemplate::has_partition_keys);
         if dynamic_partitioning && self.error_output_prefix.is_none() {
             problems.push(ConfigProblem::new(
                 "error_output_prefix",
@@ -222,21 +211,11 @@ impl S3SinkConfig {
             problems.push(ConfigProblem::new("endpoint", message));
         }
         if self.access_key_id.is_some() != self.secret_access_key.is_some() {
-            let missing = if self.access_key_id.is_some() {
-                "secret_access_key"
-            } else {
-                "access_key_id"
-            };
-            problems.push(ConfigProblem::new(
-                missing,
-                "access_key_id and secret_access_key must be set together",
-            ));
+            let missing = if self.access_key_id.is_some() { "secret_access_key" } else { "access_key_id" };
+            problems.push(ConfigProblem::new(missing, "access_key_id and secret_access_key must be set together"));
         }
         if self.session_token.is_some() && self.access_key_id.is_none() {
-            problems.push(ConfigProblem::new(
-                "session_token",
-                "needs access_key_id and secret_access_key",
-            ));
+            problems.push(ConfigProblem::new("session_token", "needs access_key_id and secret_access_key"));
         }
         problems
     }
@@ -251,11 +230,7 @@ impl S3SinkConfig {
             ("session_token", self.session_token.is_some()),
             ("allow_http", self.allow_http.is_some()),
         ];
-        fields
-            .into_iter()
-            .filter(|(_, set)| *set)
-            .map(|(field, _)| field)
-            .collect()
+        fields.into_iter().filter(|(_, set)| *set).map(|(field, _)| field).collect()
     }
 
     /// Create the sink for `stream`: the local folder (created if missing) or the S3 client.
@@ -263,21 +238,15 @@ impl S3SinkConfig {
     pub fn build(&self, stream: &str) -> Result<S3Sink, SinkError> {
         let problems = self.validate();
         if !problems.is_empty() {
-            let listed: Vec<String> = problems
-                .iter()
-                .map(|problem| format!("{}: {}", problem.field, problem.message))
-                .collect();
-            return Err(SinkError::permanent(
-                "S3.InvalidConfiguration",
-                listed.join("; "),
-            ));
+            let listed: Vec<String> =
+                problems.iter().map(|problem| format!("{}: {}", problem.field, problem.message)).collect();
+            return Err(SinkError::permanent("S3.InvalidConfiguration", listed.join("; ")));
         }
         let invalid = |message: String| SinkError::permanent("S3.InvalidConfiguration", message);
         let prefix = PrefixTemplate::parse(self.prefix.as_deref(), PrefixKind::Data)
             .map_err(|error| invalid(error.to_string()))?;
-        let error_prefix =
-            PrefixTemplate::parse(self.error_output_prefix.as_deref(), PrefixKind::Error)
-                .map_err(|error| invalid(error.to_string()))?;
+        let error_prefix = PrefixTemplate::parse(self.error_output_prefix.as_deref(), PrefixKind::Error)
+            .map_err(|error| invalid(error.to_string()))?;
         let destination = Destination::parse(&self.url).map_err(invalid)?;
 
         let (store, kind): (Arc<dyn ObjectStore>, StoreKind) = match destination {
@@ -307,11 +276,7 @@ impl S3SinkConfig {
             path.to_path_buf()
         } else {
             let working_dir = std::env::current_dir().map_err(|error| {
-                SinkError::permanent(
-                    "S3.InvalidConfiguration",
-                    "cannot read the working directory",
-                )
-                .with_source(error)
+                SinkError::permanent("S3.InvalidConfiguration", "cannot read the working directory").with_source(error)
             })?;
             working_dir.join(path)
         };
@@ -327,14 +292,9 @@ impl S3SinkConfig {
 
     fn build_s3(&self, bucket: &str) -> Result<object_store::aws::AmazonS3, SinkError> {
         // The pipeline owns retries; object_store only smooths over a brief blip.
-        let retry = RetryConfig {
-            backoff: BackoffConfig::default(),
-            max_retries: 2,
-            retry_timeout: Duration::from_secs(15),
-        };
-        let mut builder = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .with_retry(retry);
+        let retry =
+            RetryConfig { backoff: BackoffConfig::default(), max_retries: 2, retry_timeout: Duration::from_secs(15) };
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry);
         if let Some(region) = &self.region {
             builder = builder.with_region(region);
         }
@@ -345,19 +305,12 @@ impl S3SinkConfig {
         if self.path_style.is_some() || self.endpoint.is_some() {
             builder = builder.with_virtual_hosted_style_request(!path_style);
         }
-        let endpoint_is_http = self
-            .endpoint
-            .as_deref()
-            .is_some_and(|endpoint| endpoint.starts_with("http://"));
+        let endpoint_is_http = self.endpoint.as_deref().is_some_and(|endpoint| endpoint.starts_with("http://"));
         if let Some(allow_http) = self.allow_http.or(endpoint_is_http.then_some(true)) {
             builder = builder.with_allow_http(allow_http);
         }
-        if let (Some(access_key_id), Some(secret_access_key)) =
-            (&self.access_key_id, &self.secret_access_key)
-        {
-            builder = builder
-                .with_access_key_id(access_key_id)
-                .with_secret_access_key(secret_access_key);
+        if let (Some(access_key_id), Some(secret_access_key)) = (&self.access_key_id, &self.secret_access_key) {
+            builder = builder.with_access_key_id(access_key_id).with_secret_access_key(secret_access_key);
             if let Some(session_token) = &self.session_token {
                 builder = builder.with_token(session_token);
             }
@@ -373,8 +326,7 @@ impl S3SinkConfig {
 }
 
 fn check_endpoint(endpoint: &str) -> Result<(), String> {
-    let parsed =
-        url::Url::parse(endpoint).map_err(|error| format!("`{endpoint}` is not a url: {error}"))?;
+    let parsed = url::Url::parse(endpoint).map_err(|error| format!("`{endpoint}` is not a url: {error}"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(format!("`{endpoint}` must be an http:// or https:// url"));
     }
@@ -408,42 +360,16 @@ mod tests {
     }
 
     fn fields(problems: &[ConfigProblem]) -> Vec<&str> {
-        problems
-            .iter()
-            .map(|problem| problem.field.as_str())
-            .collect()
+        problems.iter().map(|problem| problem.field.as_str()).collect()
     }
 
     #[test]
     fn urls() {
-        assert_eq!(
-            Destination::parse("file://./var/out"),
-            Ok(Destination::LocalDir(PathBuf::from("./var/out")))
-        );
-        assert_eq!(
-            Destination::parse("file:///srv/out"),
-            Ok(Destination::LocalDir(PathBuf::from("/srv/out")))
-        );
-        assert_eq!(
-            Destination::parse("s3://my-bucket"),
-            Ok(Destination::S3 {
-                bucket: "my-bucket".to_string()
-            })
-        );
-        assert_eq!(
-            Destination::parse("s3://my-bucket/"),
-            Ok(Destination::S3 {
-                bucket: "my-bucket".to_string()
-            })
-        );
-        for bad in [
-            "http://x",
-            "file://",
-            "s3://",
-            "s3://My_Bucket",
-            "s3://b/path",
-            "./var/out",
-        ] {
+        assert_eq!(Destination::parse("file://./var/out"), Ok(Destination::LocalDir(PathBuf::from("./var/out"))));
+        assert_eq!(Destination::parse("file:///srv/out"), Ok(Destination::LocalDir(PathBuf::from("/srv/out"))));
+        assert_eq!(Destination::parse("s3://my-bucket"), Ok(Destination::S3 { bucket: "my-bucket".to_string() }));
+        assert_eq!(Destination::parse("s3://my-bucket/"), Ok(Destination::S3 { bucket: "my-bucket".to_string() }));
+        for bad in ["http://x", "file://", "s3://", "s3://My_Bucket", "s3://b/path", "./var/out"] {
             assert!(Destination::parse(bad).is_err(), "{bad}");
         }
     }
@@ -456,19 +382,30 @@ mod tests {
 
     #[test]
     fn deserializes_with_defaults_and_rejects_unknown_fields() {
-        let parsed: S3SinkConfig = serde_json::from_str(
-            r#"{"url":"s3://b-1","compression":"gzip","endpoint":"http://127.0.0.1:9000"}"#,
-        )
-        .expect("config parses");
+        let parsed: S3SinkConfig =
+            serde_json::from_str(r#"{"url":"s3://b-1","compression":"gzip","endpoint":"http://127.0.0.1:9000"}"#)
+                .expect("config parses");
         assert_eq!(parsed.compression, Compression::Gzip);
-        assert_eq!(
-            (parsed.multipart_threshold_mib, parsed.part_size_mib),
-            (16, 8)
-        );
+        assert_eq!((parsed.multipart_threshold_mib, parsed.part_size_mib), (16, 8));
         assert!(parsed.validate().is_empty());
 
         let unknown = serde_json::from_str::<S3SinkConfig>(r#"{"url":"s3://b-1","bukcet":"x"}"#);
         assert!(unknown.is_err());
+    }
+
+    #[test]
+    fn deserializes_inside_an_internally_tagged_sink_enum() {
+        // The root crate's registry wraps this struct in `#[serde(tag = "type")]`.
+        #[derive(Debug, Deserialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        enum Registry {
+            S3(S3SinkConfig),
+        }
+        let parsed: Registry = serde_json::from_str(r#"{"type":"s3","url":"file://./out","prefix":"logs/"}"#)
+            .expect("tagged config parses");
+        let Registry::S3(config) = parsed;
+        assert_eq!(config.prefix.as_deref(), Some("logs/"));
+        assert!(serde_json::from_str::<Registry>(r#"{"type":"s3","url":"file://./out","nope":1}"#).is_err());
     }
 
     #[test]

@@ -61,11 +61,8 @@ pub(crate) fn classify(error: object_store::Error, operation: Operation, key: &s
     let message = format!("{} `{key}` failed", operation.describe());
 
     let (retriable, code) = match &error {
-        object_store::Error::NotFound { .. } => {
-            (true, s3_code.unwrap_or_else(|| "NoSuchBucket".to_string()))
-        }
-        object_store::Error::PermissionDenied { .. }
-        | object_store::Error::Unauthenticated { .. } => {
+        object_store::Error::NotFound { .. } => (true, s3_code.unwrap_or_else(|| "NoSuchBucket".to_string())),
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
             (true, s3_code.unwrap_or_else(|| "AccessDenied".to_string()))
         }
         object_store::Error::Precondition { .. }
@@ -75,9 +72,7 @@ pub(crate) fn classify(error: object_store::Error, operation: Operation, key: &s
             (false, "NotSupported".to_string())
         }
         object_store::Error::InvalidPath { .. } => (false, "InvalidKey".to_string()),
-        object_store::Error::UnknownConfigurationKey { .. } => {
-            (false, "InvalidConfiguration".to_string())
-        }
+        object_store::Error::UnknownConfigurationKey { .. } => (false, "InvalidConfiguration".to_string()),
         object_store::Error::JoinError { .. } => (true, "UploadTaskFailed".to_string()),
         _ => match (s3_code, io_kind) {
             (Some(code), _) => (!PERMANENT_S3_CODES.contains(&code.as_str()), code),
@@ -86,11 +81,7 @@ pub(crate) fn classify(error: object_store::Error, operation: Operation, key: &s
         },
     };
     let code = format!("S3.{code}");
-    let classified = if retriable {
-        SinkError::retriable(code, message)
-    } else {
-        SinkError::permanent(code, message)
-    };
+    let classified = if retriable { SinkError::retriable(code, message) } else { SinkError::permanent(code, message) };
     classified.with_source(error)
 }
 
@@ -123,8 +114,7 @@ fn code_in_body(text: &str) -> Option<String> {
     let start = text.find("<Code>")? + "<Code>".len();
     let length = text[start..].find("</Code>")?;
     let code = &text[start..start + length];
-    let well_formed =
-        !code.is_empty() && code.len() <= 64 && code.chars().all(|c| c.is_ascii_alphanumeric());
+    let well_formed = !code.is_empty() && code.len() <= 64 && code.chars().all(|c| c.is_ascii_alphanumeric());
     well_formed.then(|| code.to_string())
 }
 
@@ -147,8 +137,7 @@ pub(crate) fn encode_failed(error: io::Error) -> SinkError {
 
 /// The encoding task panicked or was cancelled (shutdown): try again.
 pub(crate) fn encode_task_failed(error: tokio::task::JoinError) -> SinkError {
-    SinkError::retriable("S3.EncodeFailed", "the compression task did not complete")
-        .with_source(error)
+    SinkError::retriable("S3.EncodeFailed", "the compression task did not complete").with_source(error)
 }
 
 #[cfg(test)]
@@ -165,10 +154,7 @@ mod tests {
 
     #[test]
     fn missing_bucket_on_write_is_retriable_no_such_bucket() {
-        let error = object_store::Error::NotFound {
-            path: "a/b".to_string(),
-            source: boxed(NO_SUCH_BUCKET_BODY),
-        };
+        let error = object_store::Error::NotFound { path: "a/b".to_string(), source: boxed(NO_SUCH_BUCKET_BODY) };
         let classified = classify(error, Operation::Write, "a/b");
         assert_eq!(classified.class, ErrorClass::Retriable);
         assert_eq!(classified.code, "S3.NoSuchBucket");
@@ -178,119 +164,64 @@ mod tests {
 
     #[test]
     fn missing_bucket_in_a_generic_list_error_is_found_in_the_body() {
-        let error = object_store::Error::Generic {
-            store: "S3",
-            source: boxed(NO_SUCH_BUCKET_BODY),
-        };
+        let error = object_store::Error::Generic { store: "S3", source: boxed(NO_SUCH_BUCKET_BODY) };
         let classified = classify(error, Operation::Healthcheck, "");
-        assert_eq!(
-            (classified.class, classified.code.as_str()),
-            (ErrorClass::Retriable, "S3.NoSuchBucket")
-        );
+        assert_eq!((classified.class, classified.code.as_str()), (ErrorClass::Retriable, "S3.NoSuchBucket"));
     }
 
     #[test]
     fn denied_access_is_retriable() {
-        let error = object_store::Error::PermissionDenied {
-            path: "k".to_string(),
-            source: boxed("403 Forbidden"),
-        };
+        let error = object_store::Error::PermissionDenied { path: "k".to_string(), source: boxed("403 Forbidden") };
         let classified = classify(error, Operation::Write, "k");
-        assert_eq!(
-            (classified.class, classified.code.as_str()),
-            (ErrorClass::Retriable, "S3.AccessDenied")
-        );
+        assert_eq!((classified.class, classified.code.as_str()), (ErrorClass::Retriable, "S3.AccessDenied"));
 
         let body = "403 Forbidden: <Error><Code>InvalidAccessKeyId</Code></Error>";
-        let error = object_store::Error::PermissionDenied {
-            path: "k".to_string(),
-            source: boxed(body),
-        };
+        let error = object_store::Error::PermissionDenied { path: "k".to_string(), source: boxed(body) };
         let classified = classify(error, Operation::Write, "k");
-        assert_eq!(
-            (classified.class, classified.code.as_str()),
-            (ErrorClass::Retriable, "S3.InvalidAccessKeyId")
-        );
+        assert_eq!((classified.class, classified.code.as_str()), (ErrorClass::Retriable, "S3.InvalidAccessKeyId"));
     }
 
     #[test]
     fn oversize_objects_are_permanent() {
         let body = "400 Bad Request: <Error><Code>EntityTooLarge</Code></Error>";
-        let error = object_store::Error::Generic {
-            store: "S3",
-            source: boxed(body),
-        };
+        let error = object_store::Error::Generic { store: "S3", source: boxed(body) };
         let classified = classify(error, Operation::Write, "k");
-        assert_eq!(
-            (classified.class, classified.code.as_str()),
-            (ErrorClass::Permanent, "S3.EntityTooLarge")
-        );
+        assert_eq!((classified.class, classified.code.as_str()), (ErrorClass::Permanent, "S3.EntityTooLarge"));
     }
 
     #[test]
     fn server_errors_and_transport_failures_are_retriable() {
         let body = "503 Service Unavailable: <Error><Code>SlowDown</Code></Error>";
-        let error = object_store::Error::Generic {
-            store: "S3",
-            source: boxed(body),
-        };
+        let error = object_store::Error::Generic { store: "S3", source: boxed(body) };
         let classified = classify(error, Operation::Write, "k");
-        assert_eq!(
-            (classified.class, classified.code.as_str()),
-            (ErrorClass::Retriable, "S3.SlowDown")
-        );
+        assert_eq!((classified.class, classified.code.as_str()), (ErrorClass::Retriable, "S3.SlowDown"));
 
-        let error = object_store::Error::Generic {
-            store: "S3",
-            source: boxed("error sending request: connection refused"),
-        };
+        let error =
+            object_store::Error::Generic { store: "S3", source: boxed("error sending request: connection refused") };
         let classified = classify(error, Operation::Write, "k");
-        assert_eq!(
-            (classified.class, classified.code.as_str()),
-            (ErrorClass::Retriable, "S3.RequestFailed")
-        );
+        assert_eq!((classified.class, classified.code.as_str()), (ErrorClass::Retriable, "S3.RequestFailed"));
         assert!(!is_destination_state(&classified));
     }
 
     #[test]
     fn local_io_errors_map_by_kind() {
         let io_error = io::Error::new(io::ErrorKind::StorageFull, "no space left on device");
-        let error = object_store::Error::Generic {
-            store: "LocalFileSystem",
-            source: Box::new(io_error),
-        };
+        let error = object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(io_error) };
         let classified = classify(error, Operation::Write, "k");
-        assert_eq!(
-            (classified.class, classified.code.as_str()),
-            (ErrorClass::Retriable, "S3.StorageFull")
-        );
+        assert_eq!((classified.class, classified.code.as_str()), (ErrorClass::Retriable, "S3.StorageFull"));
     }
 
     #[test]
     fn request_shape_errors_are_permanent() {
-        let error = object_store::Error::Precondition {
-            path: "k".to_string(),
-            source: boxed("412"),
-        };
-        assert_eq!(
-            classify(error, Operation::Write, "k").class,
-            ErrorClass::Permanent
-        );
-        let error = object_store::Error::NotSupported {
-            source: boxed("no"),
-        };
-        assert_eq!(
-            classify(error, Operation::Write, "k").class,
-            ErrorClass::Permanent
-        );
+        let error = object_store::Error::Precondition { path: "k".to_string(), source: boxed("412") };
+        assert_eq!(classify(error, Operation::Write, "k").class, ErrorClass::Permanent);
+        let error = object_store::Error::NotSupported { source: boxed("no") };
+        assert_eq!(classify(error, Operation::Write, "k").class, ErrorClass::Permanent);
     }
 
     #[test]
     fn encode_failures_are_permanent() {
         let classified = encode_failed(io::Error::other("boom"));
-        assert_eq!(
-            (classified.class, classified.code.as_str()),
-            (ErrorClass::Permanent, "S3.EncodeFailed")
-        );
+        assert_eq!((classified.class, classified.code.as_str()), (ErrorClass::Permanent, "S3.EncodeFailed"));
     }
 }

@@ -45,9 +45,7 @@ pub enum PrefixError {
     Nested(usize),
     #[error("expression `!{{{0}}}` is not of the form `!{{namespace:value}}`")]
     MissingNamespace(String),
-    #[error(
-        "unknown namespace `{0}` (expected timestamp, firehose, partitionKeyFromQuery or partitionKeyFromLambda)"
-    )]
+    #[error("unknown namespace `{0}` (expected timestamp, firehose, partitionKeyFromQuery or partitionKeyFromLambda)")]
     UnknownNamespace(String),
     #[error("unknown firehose expression `{0}` (expected random-string or error-output-type)")]
     UnknownFirehoseValue(String),
@@ -59,15 +57,11 @@ pub enum PrefixError {
     ErrorTypeInDataPrefix,
     #[error("partition key expressions are not allowed in error_output_prefix")]
     PartitionKeyInErrorPrefix,
-    #[error(
-        "an error_output_prefix with expressions must include `!{{firehose:error-output-type}}`"
-    )]
+    #[error("an error_output_prefix with expressions must include `!{{firehose:error-output-type}}`")]
     ErrorPrefixWithoutErrorType,
     #[error("prefix is {0} characters long; the maximum is {MAX_PREFIX_LEN}")]
     TooLong(usize),
-    #[error(
-        "prefix must not start with `/` or contain `//` (object stores reject empty path segments)"
-    )]
+    #[error("prefix must not start with `/` or contain `//` (object stores reject empty path segments)")]
     EmptySegment,
 }
 
@@ -100,10 +94,7 @@ pub enum Segment {
     Timestamp(TimestampPattern),
     RandomString,
     ErrorOutputType,
-    PartitionKey {
-        source: PartitionKeySource,
-        name: String,
-    },
+    PartitionKey { source: PartitionKeySource, name: String },
 }
 
 /// A prefix parsed once, rendered per batch.
@@ -138,12 +129,8 @@ impl PrefixTemplate {
         if prefix.starts_with('/') || prefix.contains("//") {
             return Err(PrefixError::EmptySegment);
         }
-        let has_timestamp = segments
-            .iter()
-            .any(|segment| matches!(segment, Segment::Timestamp(_)));
-        let has_partition_key = segments
-            .iter()
-            .any(|segment| matches!(segment, Segment::PartitionKey { .. }));
+        let has_timestamp = segments.iter().any(|segment| matches!(segment, Segment::Timestamp(_)));
+        let has_partition_key = segments.iter().any(|segment| matches!(segment, Segment::PartitionKey { .. }));
         if !has_timestamp && !has_partition_key {
             segments.push(Segment::Timestamp(default_time_path()));
         }
@@ -166,15 +153,11 @@ impl PrefixTemplate {
     }
 
     pub fn has_error_output_type(&self) -> bool {
-        self.segments
-            .iter()
-            .any(|segment| matches!(segment, Segment::ErrorOutputType))
+        self.segments.iter().any(|segment| matches!(segment, Segment::ErrorOutputType))
     }
 
     pub fn has_partition_keys(&self) -> bool {
-        self.segments
-            .iter()
-            .any(|segment| matches!(segment, Segment::PartitionKey { .. }))
+        self.segments.iter().any(|segment| matches!(segment, Segment::PartitionKey { .. }))
     }
 
     /// The literal text before the first expression, cut back to its last `/`: the part of the
@@ -201,13 +184,9 @@ impl PrefixTemplate {
                     random_index += 1;
                 }
                 Segment::ErrorOutputType => {
-                    let error_output_type = context
-                        .error_output_type
-                        .ok_or(RenderError::MissingErrorOutputType)?;
+                    let error_output_type = context.error_output_type.ok_or(RenderError::MissingErrorOutputType)?;
                     if !is_valid_key_segment(error_output_type) {
-                        return Err(RenderError::BadErrorOutputType(
-                            error_output_type.to_string(),
-                        ));
+                        return Err(RenderError::BadErrorOutputType(error_output_type.to_string()));
                     }
                     out.push_str(error_output_type);
                 }
@@ -230,11 +209,7 @@ fn default_time_path() -> TimestampPattern {
 }
 
 fn is_valid_key_segment(text: &str) -> bool {
-    !text.is_empty()
-        && text != "."
-        && text != ".."
-        && !text.contains('/')
-        && !text.chars().any(char::is_control)
+    !text.is_empty() && text != "." && text != ".." && !text.contains('/') && !text.chars().any(char::is_control)
 }
 
 fn parse_segments(prefix: &str) -> Result<Vec<Segment>, PrefixError> {
@@ -284,32 +259,21 @@ fn parse_expression(body: &str) -> Result<Segment, PrefixError> {
             } else {
                 PartitionKeySource::Lambda
             };
-            Ok(Segment::PartitionKey {
-                source,
-                name: value.to_string(),
-            })
+            Ok(Segment::PartitionKey { source, name: value.to_string() })
         }
         other => Err(PrefixError::UnknownNamespace(other.to_string())),
     }
 }
 
 fn check_rules(segments: &[Segment], kind: PrefixKind) -> Result<(), PrefixError> {
-    let has_expression = segments
-        .iter()
-        .any(|segment| !matches!(segment, Segment::Literal(_)));
-    let has_error_type = segments
-        .iter()
-        .any(|segment| matches!(segment, Segment::ErrorOutputType));
-    let has_partition_key = segments
-        .iter()
-        .any(|segment| matches!(segment, Segment::PartitionKey { .. }));
+    let has_expression = segments.iter().any(|segment| !matches!(segment, Segment::Literal(_)));
+    let has_error_type = segments.iter().any(|segment| matches!(segment, Segment::ErrorOutputType));
+    let has_partition_key = segments.iter().any(|segment| matches!(segment, Segment::PartitionKey { .. }));
     match kind {
         PrefixKind::Data if has_error_type => Err(PrefixError::ErrorTypeInDataPrefix),
         PrefixKind::Data => Ok(()),
         PrefixKind::Error if has_partition_key => Err(PrefixError::PartitionKeyInErrorPrefix),
-        PrefixKind::Error if has_expression && !has_error_type => {
-            Err(PrefixError::ErrorPrefixWithoutErrorType)
-        }
+        PrefixKind::Error if has_expression && !has_error_type => Err(PrefixError::ErrorPrefixWithoutErrorType),
         PrefixKind::Error => Ok(()),
     }
 }
@@ -378,22 +342,11 @@ const MONTHS: [&str; 12] = [
     "November",
     "December",
 ];
-const WEEKDAYS: [&str; 7] = [
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-    "Sunday",
-];
+const WEEKDAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
 
 impl TimestampPattern {
     pub fn parse(pattern: &str) -> Result<Self, PrefixError> {
-        let bad = |reason: String| PrefixError::BadTimestamp {
-            pattern: pattern.to_string(),
-            reason,
-        };
+        let bad = |reason: String| PrefixError::BadTimestamp { pattern: pattern.to_string(), reason };
         if pattern.is_empty() {
             return Err(bad("the pattern is empty".to_string()));
         }
@@ -430,22 +383,14 @@ impl TimestampPattern {
                 continue;
             }
             if current.is_ascii_alphabetic() {
-                let count = chars[index..]
-                    .iter()
-                    .take_while(|next| **next == current)
-                    .count();
+                let count = chars[index..].iter().take_while(|next| **next == current).count();
                 check_field(current, count).map_err(bad)?;
-                items.push(PatternItem::Field {
-                    letter: current,
-                    count,
-                });
+                items.push(PatternItem::Field { letter: current, count });
                 index += count;
                 continue;
             }
             if matches!(current, '[' | ']' | '#' | '{' | '}') {
-                return Err(bad(format!(
-                    "`{current}` is reserved; quote it to use it as text"
-                )));
+                return Err(bad(format!("`{current}` is reserved; quote it to use it as text")));
             }
             push_literal(&mut items, &current.to_string());
             index += 1;
@@ -486,15 +431,11 @@ fn check_field(letter: char, count: usize) -> Result<(), String> {
         'S' => 9,
         'a' => 1,
         other => {
-            return Err(format!(
-                "pattern letter `{other}` is not supported; quote it to use it as text"
-            ));
+            return Err(format!("pattern letter `{other}` is not supported; quote it to use it as text"));
         }
     };
     if count > max {
-        return Err(format!(
-            "too many pattern letters `{letter}` ({count}, at most {max})"
-        ));
+        return Err(format!("too many pattern letters `{letter}` ({count}, at most {max})"));
     }
     Ok(())
 }
@@ -591,48 +532,27 @@ mod tests {
 
     #[test]
     fn literal_prefix_gets_the_time_path_appended_without_a_slash() {
-        assert_eq!(
-            render(Some("logs/"), PrefixKind::Data, None),
-            "logs/2026/11/25/17/"
-        );
-        assert_eq!(
-            render(Some("legacy"), PrefixKind::Data, None),
-            "legacy2026/11/25/17/"
-        );
+        assert_eq!(render(Some("logs/"), PrefixKind::Data, None), "logs/2026/11/25/17/");
+        assert_eq!(render(Some("legacy"), PrefixKind::Data, None), "legacy2026/11/25/17/");
     }
 
     #[test]
     fn a_prefix_with_a_timestamp_gets_nothing_appended() {
-        let rendered = render(
-            Some("logs/!{timestamp:yyyy-MM-dd}/"),
-            PrefixKind::Data,
-            None,
-        );
+        let rendered = render(Some("logs/!{timestamp:yyyy-MM-dd}/"), PrefixKind::Data, None);
         assert_eq!(rendered, "logs/2026-11-25/");
     }
 
     #[test]
     fn a_prefix_with_only_random_string_still_gets_the_time_path() {
-        let rendered = render(
-            Some("logs/!{firehose:random-string}/"),
-            PrefixKind::Data,
-            None,
-        );
+        let rendered = render(Some("logs/!{firehose:random-string}/"), PrefixKind::Data, None);
         assert!(rendered.starts_with("logs/"), "{rendered}");
         assert!(rendered.ends_with("/2026/11/25/17/"), "{rendered}");
     }
 
     #[test]
     fn timestamp_fields() {
-        let pattern = |text: &str| {
-            TimestampPattern::parse(text)
-                .expect("pattern parses")
-                .format(&instant())
-        };
-        assert_eq!(
-            pattern("yyyy/MM/dd/HH/mm/ss.SSS"),
-            "2026/11/25/17/04/09.123"
-        );
+        let pattern = |text: &str| TimestampPattern::parse(text).expect("pattern parses").format(&instant());
+        assert_eq!(pattern("yyyy/MM/dd/HH/mm/ss.SSS"), "2026/11/25/17/04/09.123");
         assert_eq!(pattern("yy"), "26");
         assert_eq!(pattern("y M d H m s"), "2026 11 25 17 4 9");
         assert_eq!(pattern("S"), "1");
@@ -644,11 +564,7 @@ mod tests {
 
     #[test]
     fn timestamp_quoting() {
-        let pattern = |text: &str| {
-            TimestampPattern::parse(text)
-                .expect("pattern parses")
-                .format(&instant())
-        };
+        let pattern = |text: &str| TimestampPattern::parse(text).expect("pattern parses").format(&instant());
         assert_eq!(pattern("'year='yyyy'/month='MM"), "year=2026/month=11");
         assert_eq!(pattern("yyyy''MM"), "2026'11");
         assert_eq!(pattern("'it''s' HH"), "it's 17");
@@ -657,48 +573,27 @@ mod tests {
 
     #[test]
     fn hive_style_prefix() {
-        let rendered = render(
-            Some("year=!{timestamp:yyyy}/month=!{timestamp:MM}/day=!{timestamp:dd}/"),
-            PrefixKind::Data,
-            None,
-        );
+        let rendered =
+            render(Some("year=!{timestamp:yyyy}/month=!{timestamp:MM}/day=!{timestamp:dd}/"), PrefixKind::Data, None);
         assert_eq!(rendered, "year=2026/month=11/day=25/");
     }
 
     #[test]
     fn bad_timestamp_patterns_are_rejected() {
-        for pattern in [
-            "",
-            "yyyy/ZZ",
-            "'open",
-            "yyyy[MM]",
-            "ddd",
-            "SSSSSSSSSS",
-            "HHH",
-        ] {
+        for pattern in ["", "yyyy/ZZ", "'open", "yyyy[MM]", "ddd", "SSSSSSSSSS", "HHH"] {
             let error = TimestampPattern::parse(pattern).expect_err(pattern);
-            assert!(
-                matches!(error, PrefixError::BadTimestamp { .. }),
-                "{pattern}: {error}"
-            );
+            assert!(matches!(error, PrefixError::BadTimestamp { .. }), "{pattern}: {error}");
         }
     }
 
     #[test]
     fn random_string_is_eleven_lowercase_alphanumerics_and_stable_per_batch() {
         let keys = BTreeMap::new();
-        let template = PrefixTemplate::parse(
-            Some("a/!{firehose:random-string}/!{firehose:random-string}/"),
-            PrefixKind::Data,
-        )
-        .expect("prefix parses");
+        let template =
+            PrefixTemplate::parse(Some("a/!{firehose:random-string}/!{firehose:random-string}/"), PrefixKind::Data)
+                .expect("prefix parses");
         let batch_id = Uuid::new_v4();
-        let context = RenderContext {
-            instant: instant(),
-            batch_id,
-            error_output_type: None,
-            partition_keys: &keys,
-        };
+        let context = RenderContext { instant: instant(), batch_id, error_output_type: None, partition_keys: &keys };
         let first = template.render(&context).expect("renders");
         let second = template.render(&context).expect("renders");
         assert_eq!(first, second, "a replayed batch gets the same key");
@@ -706,12 +601,7 @@ mod tests {
         let parts: Vec<&str> = first.split('/').collect();
         for random in [parts[1], parts[2]] {
             assert_eq!(random.len(), 11, "{first}");
-            assert!(
-                random
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()),
-                "{first}"
-            );
+            assert!(random.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()), "{first}");
         }
         assert_ne!(parts[1], parts[2], "each occurrence differs");
 
@@ -721,11 +611,7 @@ mod tests {
             error_output_type: None,
             partition_keys: &keys,
         };
-        assert_ne!(
-            template.render(&other).expect("renders"),
-            first,
-            "another batch gets another string"
-        );
+        assert_ne!(template.render(&other).expect("renders"), first, "another batch gets another string");
     }
 
     #[test]
@@ -748,14 +634,7 @@ mod tests {
 
     #[test]
     fn literal_error_prefix_gets_the_time_path() {
-        assert_eq!(
-            render(
-                Some("errors/"),
-                PrefixKind::Error,
-                Some("processing-failed")
-            ),
-            "errors/2026/11/25/17/"
-        );
+        assert_eq!(render(Some("errors/"), PrefixKind::Error, Some("processing-failed")), "errors/2026/11/25/17/");
     }
 
     #[test]
@@ -768,14 +647,8 @@ mod tests {
             error_output_type,
             partition_keys: &keys,
         };
-        assert_eq!(
-            template.render(&context(None)),
-            Err(RenderError::MissingErrorOutputType)
-        );
-        assert_eq!(
-            template.render(&context(Some("a/b"))),
-            Err(RenderError::BadErrorOutputType("a/b".to_string()))
-        );
+        assert_eq!(template.render(&context(None)), Err(RenderError::MissingErrorOutputType));
+        assert_eq!(template.render(&context(Some("a/b"))), Err(RenderError::BadErrorOutputType("a/b".to_string())));
     }
 
     #[test]
@@ -788,28 +661,14 @@ mod tests {
         assert!(template.has_partition_keys());
         let mut keys = BTreeMap::new();
         keys.insert("service".to_string(), "api".to_string());
-        let context = RenderContext {
-            instant: instant(),
-            batch_id: Uuid::nil(),
-            error_output_type: None,
-            partition_keys: &keys,
-        };
-        assert_eq!(
-            template.render(&context),
-            Err(RenderError::MissingPartitionKey("team".to_string()))
-        );
+        let context =
+            RenderContext { instant: instant(), batch_id: Uuid::nil(), error_output_type: None, partition_keys: &keys };
+        assert_eq!(template.render(&context), Err(RenderError::MissingPartitionKey("team".to_string())));
 
         keys.insert("team".to_string(), "core".to_string());
-        let context = RenderContext {
-            instant: instant(),
-            batch_id: Uuid::nil(),
-            error_output_type: None,
-            partition_keys: &keys,
-        };
-        assert_eq!(
-            template.render(&context).expect("renders"),
-            "service=api/team=core/"
-        );
+        let context =
+            RenderContext { instant: instant(), batch_id: Uuid::nil(), error_output_type: None, partition_keys: &keys };
+        assert_eq!(template.render(&context).expect("renders"), "service=api/team=core/");
     }
 
     #[test]
@@ -818,31 +677,15 @@ mod tests {
             ("logs/!{timestamp:yyyy", PrefixError::Unterminated(5)),
             ("logs/!{timestamp:!{x}", PrefixError::Nested(17)),
             ("!{yyyy}", PrefixError::MissingNamespace("yyyy".to_string())),
-            (
-                "!{time:yyyy}",
-                PrefixError::UnknownNamespace("time".to_string()),
-            ),
-            (
-                "!{firehose:random}",
-                PrefixError::UnknownFirehoseValue("random".to_string()),
-            ),
-            (
-                "!{partitionKeyFromQuery:}",
-                PrefixError::EmptyPartitionKey("partitionKeyFromQuery".to_string()),
-            ),
-            (
-                "!{firehose:error-output-type}/",
-                PrefixError::ErrorTypeInDataPrefix,
-            ),
+            ("!{time:yyyy}", PrefixError::UnknownNamespace("time".to_string())),
+            ("!{firehose:random}", PrefixError::UnknownFirehoseValue("random".to_string())),
+            ("!{partitionKeyFromQuery:}", PrefixError::EmptyPartitionKey("partitionKeyFromQuery".to_string())),
+            ("!{firehose:error-output-type}/", PrefixError::ErrorTypeInDataPrefix),
             ("/logs/", PrefixError::EmptySegment),
             ("logs//x/", PrefixError::EmptySegment),
         ];
         for (prefix, expected) in cases {
-            assert_eq!(
-                PrefixTemplate::parse(Some(prefix), PrefixKind::Data).as_ref(),
-                Err(expected),
-                "{prefix}"
-            );
+            assert_eq!(PrefixTemplate::parse(Some(prefix), PrefixKind::Data).as_ref(), Err(expected), "{prefix}");
         }
         let too_long = "a".repeat(MAX_PREFIX_LEN + 1);
         assert_eq!(
@@ -869,10 +712,7 @@ mod tests {
     #[test]
     fn literal_root_is_the_fixed_part_of_the_key_space() {
         let root = |prefix: Option<&str>| {
-            PrefixTemplate::parse(prefix, PrefixKind::Data)
-                .expect("parses")
-                .literal_root()
-                .to_string()
+            PrefixTemplate::parse(prefix, PrefixKind::Data).expect("parses").literal_root().to_string()
         };
         assert_eq!(root(None), "");
         assert_eq!(root(Some("logs/app/")), "logs/app");

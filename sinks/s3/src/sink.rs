@@ -9,9 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use object_store::path::Path;
-use object_store::{
-    Attribute, Attributes, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, WriteMultipart,
-};
+use object_store::{Attribute, Attributes, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, WriteMultipart};
 use spillway_sink_api::{Batch, Compression, ErrorOutput, Sink, SinkError};
 use uuid::Uuid;
 
@@ -82,12 +80,7 @@ impl S3Sink {
         partition_keys: &BTreeMap<String, String>,
     ) -> Result<String, SinkError> {
         let instant = batch_instant(batch.oldest_arrival_ms()).map_err(render_failed)?;
-        let context = RenderContext {
-            instant,
-            batch_id: batch.id,
-            error_output_type: None,
-            partition_keys,
-        };
+        let context = RenderContext { instant, batch_id: batch.id, error_output_type: None, partition_keys };
         let prefix = self.parts.prefix.render(&context).map_err(render_failed)?;
         let name = object_name(&batch.stream, &instant, batch.id, &self.parts.extension);
         Ok(format!("{prefix}{name}"))
@@ -95,11 +88,7 @@ impl S3Sink {
 
     /// The key `write_error_records` uses for this batch and error output type. Error objects are
     /// newline JSON and never compressed, so they carry no extension.
-    pub fn error_object_key(
-        &self,
-        batch: &Batch,
-        error_output_type: &str,
-    ) -> Result<String, SinkError> {
+    pub fn error_object_key(&self, batch: &Batch, error_output_type: &str) -> Result<String, SinkError> {
         let partition_keys = BTreeMap::new();
         let instant = batch_instant(batch.oldest_arrival_ms()).map_err(render_failed)?;
         let context = RenderContext {
@@ -108,11 +97,7 @@ impl S3Sink {
             error_output_type: Some(error_output_type),
             partition_keys: &partition_keys,
         };
-        let prefix = self
-            .parts
-            .error_prefix
-            .render(&context)
-            .map_err(render_failed)?;
+        let prefix = self.parts.error_prefix.render(&context).map_err(render_failed)?;
         // A prefix without the error output type would give every type of one batch the same
         // key; derive a per-type id so they do not overwrite each other (still stable on replay).
         let id = if self.parts.error_prefix.has_error_output_type() {
@@ -148,13 +133,9 @@ impl S3Sink {
 
         let multipart = size as u64 > self.parts.multipart_threshold;
         if multipart {
-            self.put_multipart(&location, encoded)
-                .await
-                .map_err(|error| classify(error, Operation::Write, &key))?;
+            self.put_multipart(&location, encoded).await.map_err(|error| classify(error, Operation::Write, &key))?;
         } else {
-            self.put(&location, encoded)
-                .await
-                .map_err(|error| classify(error, Operation::Write, &key))?;
+            self.put(&location, encoded).await.map_err(|error| classify(error, Operation::Write, &key))?;
         }
         tracing::debug!(
             stream = %batch.stream,
@@ -169,27 +150,14 @@ impl S3Sink {
     }
 
     async fn put(&self, location: &Path, payload: Bytes) -> object_store::Result<()> {
-        let options = PutOptions {
-            attributes: self.attributes(),
-            ..PutOptions::default()
-        };
-        self.parts
-            .store
-            .put_opts(location, PutPayload::from(payload), options)
-            .await?;
+        let options = PutOptions { attributes: self.attributes(), ..PutOptions::default() };
+        self.parts.store.put_opts(location, PutPayload::from(payload), options).await?;
         Ok(())
     }
 
     async fn put_multipart(&self, location: &Path, payload: Bytes) -> object_store::Result<()> {
-        let options = PutMultipartOptions {
-            attributes: self.attributes(),
-            ..PutMultipartOptions::default()
-        };
-        let upload = self
-            .parts
-            .store
-            .put_multipart_opts(location, options)
-            .await?;
+        let options = PutMultipartOptions { attributes: self.attributes(), ..PutMultipartOptions::default() };
+        let upload = self.parts.store.put_multipart_opts(location, options).await?;
         let part_size = usize::try_from(self.parts.part_size).unwrap_or(usize::MAX);
         let mut writer = WriteMultipart::new_with_chunk_size(upload, part_size);
         let mut offset = 0;
@@ -223,11 +191,7 @@ async fn abort(writer: WriteMultipart, location: &Path) {
 
 fn parse_location(key: &str) -> Result<Path, SinkError> {
     Path::parse(key).map_err(|error| {
-        SinkError::permanent(
-            "S3.InvalidKey",
-            format!("`{key}` is not a valid object key"),
-        )
-        .with_source(error)
+        SinkError::permanent("S3.InvalidKey", format!("`{key}` is not a valid object key")).with_source(error)
     })
 }
 
@@ -240,30 +204,18 @@ fn render_failed(error: RenderError) -> SinkError {
 #[async_trait]
 impl Sink for S3Sink {
     async fn write(&self, batch: &Batch) -> Result<(), SinkError> {
-        self.write_with_partition_keys(batch, &BTreeMap::new())
-            .await
+        self.write_with_partition_keys(batch, &BTreeMap::new()).await
     }
 
     /// A listing of the prefix's fixed part: proves the bucket (or folder) exists and the
     /// credentials may read it, without writing anything.
     async fn healthcheck(&self) -> Result<(), SinkError> {
         let root = self.parts.prefix.literal_root();
-        let location = if root.is_empty() {
-            None
-        } else {
-            Some(parse_location(root)?)
-        };
-        match self
-            .parts
-            .store
-            .list_with_delimiter(location.as_ref())
-            .await
-        {
+        let location = if root.is_empty() { None } else { Some(parse_location(root)?) };
+        match self.parts.store.list_with_delimiter(location.as_ref()).await {
             Ok(_) => Ok(()),
             // A local folder that does not exist yet is created on the first write.
-            Err(object_store::Error::NotFound { .. }) if self.parts.kind == StoreKind::Local => {
-                Ok(())
-            }
+            Err(object_store::Error::NotFound { .. }) if self.parts.kind == StoreKind::Local => Ok(()),
             Err(error) => Err(classify(error, Operation::Healthcheck, root)),
         }
     }
