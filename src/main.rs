@@ -41,9 +41,10 @@ enum Command {
         endpoint: String,
         #[arg(long, default_value = "us-east-1", env = "AWS_REGION")]
         region: String,
-        /// Drop each line's trailing newline instead of sending it as part of the record.
+        /// Send each line with its trailing newline (by default the newline is dropped; set
+        /// `processing.record_delimiter: newline` on the stream to get one record per line).
         #[arg(long)]
-        strip_newlines: bool,
+        keep_newlines: bool,
         /// Attempts per batch before giving up (only failed entries are resent).
         #[arg(long, default_value_t = 10)]
         max_attempts: u32,
@@ -122,9 +123,8 @@ async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
             app.run_until(shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Put { stream, endpoint, region, strip_newlines, max_attempts, files } => {
-            let options =
-                put::PutOptions { stream, endpoint, region, files, keep_newlines: !strip_newlines, max_attempts };
+        Command::Put { stream, endpoint, region, keep_newlines, max_attempts, files } => {
+            let options = put::PutOptions { stream, endpoint, region, files, keep_newlines, max_attempts };
             let summary = put::put(options).await?;
             println!(
                 "sent {} records ({} bytes) in {} PutRecordBatch calls in {:.2} s; {} entries resent",

@@ -82,14 +82,18 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
     if problems.is_empty() { Ok(config) } else { Err(ConfigError::Invalid { path: path.to_path_buf(), problems }) }
 }
 
-/// serde_yaml prefixes its own path and appends " at line L column C"; we print both ourselves.
+/// serde_yaml prefixes its own path and adds " at line L column C"; we print both ourselves.
 fn strip_location(message: &str) -> String {
-    let message = match message.rfind(" at line ") {
-        Some(index) => &message[..index],
-        None => message,
-    };
+    let mut message = message.to_string();
+    if let Some(start) = message.find(" at line ")
+        && let Some(column) = message[start..].find(" column ")
+    {
+        let digits_start = start + column + " column ".len();
+        let digits_len = message[digits_start..].chars().take_while(char::is_ascii_digit).count();
+        message.replace_range(start..digits_start + digits_len, "");
+    }
     match message.split_once(": ") {
         Some((head, rest)) if !head.contains(char::is_whitespace) => rest.to_string(),
-        _ => message.to_string(),
+        _ => message,
     }
 }

@@ -1,0 +1,132 @@
+//! The command line as users meet it: `validate` on good and broken YAML, `--version`, and
+//! `put` sending a file to a running spillway.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Spillway, local_objects, local_yaml};
+
+fn spillway(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_spillway")).args(args).current_dir(dir).output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
+#[test]
+fn validate_accepts_the_shipped_examples() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (code, stdout, stderr) = spillway(&["validate", "--config", "config/local.yaml"], root);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("ok"));
+    let output = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["validate", "-c", "config/minio.yaml"])
+        .current_dir(root)
+        .env("AWS_ACCESS_KEY_ID", "k")
+        .env("AWS_SECRET_ACCESS_KEY", "s")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn validate_reports_malformed_yaml_with_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("broken.yaml"), "streams:\n  - name: a\n    sink: { type: s3, url: [unclosed\n")
+        .unwrap();
+    let (code, _, stderr) = spillway(&["validate", "-c", "broken.yaml"], dir.path());
+    assert_ne!(code, 0);
+    assert!(
+        stderr.starts_with(
+            "broken.yaml:4:1: at streams[0].sink.url: did not find expected ',' or ']', while parsing a flow sequence"
+        ),
+        "line and column first: {stderr}"
+    );
+
+    std::fs::write(
+        dir.path().join("typo.yaml"),
+        "streams:\n  - name: a\n    buffering: { size_mb: 5 }\n    sink: { type: s3, url: file://out }\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = spillway(&["validate", "-c", "typo.yaml"], dir.path());
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("typo.yaml:3:")
+            && stderr.contains("streams[0].buffering")
+            && stderr.contains("unknown field `size_mb`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn validate_lists_every_problem_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "streams:\n  - name: 'bad name!'\n    buffering: { size_mib: 500, interval_seconds: 901 }\n    sink: { type: s3, url: 'ftp://x' }\n  - name: dup\n    sink: { type: s3, url: file://a }\n  - name: dup\n    sink: { type: s3, url: file://b }\n";
+    std::fs::write(dir.path().join("bad.yaml"), yaml).unwrap();
+    let (code, _, stderr) = spillway(&["validate", "-c", "bad.yaml"], dir.path());
+    assert_ne!(code, 0);
+    for expected in [
+        "streams[0].name",
+        "streams[0].buffering.size_mib: must be between 1 and 128",
+        "streams[0].buffering.interval_seconds: must be between 0 and 900",
+        "streams[0].sink.url",
+        "streams[2].name: duplicate stream name",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn validate_names_unset_environment_variables_and_unknown_sink_types() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("env.yaml"),
+        "streams:\n  - name: a\n    sink: { type: s3, url: 's3://${SPILLWAY_TEST_UNSET_BUCKET}' }\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = spillway(&["validate", "-c", "env.yaml"], dir.path());
+    assert_ne!(code, 0);
+    assert!(stderr.contains("line 3 column 34: ${SPILLWAY_TEST_UNSET_BUCKET}"), "{stderr}");
+
+    std::fs::write(dir.path().join("kafka.yaml"), "streams:\n  - name: a\n    sink: { type: kafka }\n").unwrap();
+    let (code, _, stderr) = spillway(&["validate", "-c", "kafka.yaml"], dir.path());
+    assert_ne!(code, 0);
+    assert!(stderr.contains("unknown variant `kafka`, expected `s3`"), "{stderr}");
+}
+
+#[test]
+fn version_and_help() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, _) = spillway(&["--version"], dir.path());
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("spillway "));
+    let (code, stdout, _) = spillway(&["--help"], dir.path());
+    assert_eq!(code, 0);
+    for command in ["run", "validate", "put", "bench"] {
+        assert!(stdout.contains(command));
+    }
+}
+
+#[tokio::test]
+async fn put_sends_every_line_of_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml =
+        local_yaml(5, 900, "").replace("    sink:\n", "    processing: { record_delimiter: newline }\n    sink:\n");
+    let server = Spillway::start(dir.path(), &yaml);
+    let lines: String = (0..1234).map(|index| format!("{{\"line\":{index}}}\n")).collect();
+    std::fs::write(dir.path().join("lines.ndjson"), &lines).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["put", "--stream", "app-logs", "--endpoint", &server.endpoint, "lines.ndjson"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("sent 1234 records") && stdout.contains("in 3 PutRecordBatch calls"), "{stdout}");
+    assert_eq!(server.terminate(), 0);
+    let objects = local_objects(&dir.path().join("out"));
+    assert_eq!(objects.iter().flat_map(|object| object.1.clone()).collect::<Vec<u8>>(), lines.into_bytes());
+}

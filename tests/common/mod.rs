@@ -1,0 +1,184 @@
+//! Test harness for end-to-end tests: start the real `spillway` binary from a YAML file in a
+//! temporary directory, talk to it with the real `aws-sdk-firehose` client, and read what landed
+//! in the sink. Waits are bounded polls, never fixed sleeps.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_firehose::Client;
+use aws_sdk_firehose::config::{BehaviorVersion, Credentials, Region};
+
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// A spillway process; killed (SIGKILL) on drop if still running.
+pub struct Spillway {
+    pub child: Child,
+    pub endpoint: String,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Spillway {
+    /// Write `yaml` to `<dir>/spillway.yaml` and start `spillway run` in `dir`.
+    pub fn start(dir: &Path, yaml: &str) -> Spillway {
+        let config = dir.join("spillway.yaml");
+        std::fs::write(&config, yaml).expect("write config");
+        Self::start_with_config(dir, &config)
+    }
+
+    pub fn start_with_config(dir: &Path, config: &Path) -> Spillway {
+        let log = dir.join(format!(
+            "spillway-{}.log",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        ));
+        let log_file = std::fs::File::create(&log).expect("create log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_spillway"))
+            .args(["run", "--config"])
+            .arg(config)
+            .current_dir(dir)
+            .env("SPILLWAY_LOG", "info,spillway=debug")
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .expect("start spillway");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+        let endpoint = line
+            .trim()
+            .strip_prefix("spillway listening on ")
+            .unwrap_or_else(|| {
+                panic!("spillway did not start: {line:?}\n{}", std::fs::read_to_string(&log).unwrap_or_default())
+            })
+            .to_string();
+        Spillway { child, endpoint, dir: dir.to_path_buf(), log }
+    }
+
+    pub async fn client(&self) -> Client {
+        firehose_client(&self.endpoint).await
+    }
+
+    /// SIGTERM, then wait for a clean exit; returns the exit status code.
+    pub fn terminate(mut self) -> i32 {
+        signal(&self.child, "TERM");
+        let status = wait_exit(&mut self.child, WAIT);
+        status.code().unwrap_or(-1)
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill");
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Spillway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill").args(["-s", name, &child.id().to_string()]).status().expect("kill command");
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "spillway did not exit within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub async fn firehose_client(endpoint: &str) -> Client {
+    let config = aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+        .load()
+        .await;
+    Client::new(&config)
+}
+
+/// Every regular file under `root`, sorted by path.
+pub fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Decompress an object according to its extension.
+pub fn decode_object(name: &str, bytes: &[u8]) -> Vec<u8> {
+    if name.ends_with(".gz") {
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(bytes).read_to_end(&mut out).expect("gunzip");
+        out
+    } else {
+        bytes.to_vec()
+    }
+}
+
+/// Poll until `condition` returns Some, or panic after `timeout`.
+pub async fn eventually<T>(timeout: Duration, what: &str, mut condition: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = condition() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Objects (decoded) in a local sink folder, sorted by key; keys relative to the folder.
+pub fn local_objects(root: &Path) -> Vec<(String, Vec<u8>)> {
+    files_under(root)
+        .into_iter()
+        .filter_map(|path| {
+            let key = path.strip_prefix(root).ok()?.to_string_lossy().to_string();
+            let bytes = std::fs::read(&path).ok()?;
+            Some((key.clone(), decode_object(&key, &bytes)))
+        })
+        .collect()
+}
+
+/// A local-sink YAML for tests.
+pub fn local_yaml(size_mib: u64, interval_seconds: u64, extra_stream_yaml: &str) -> String {
+    format!(
+        "server:\n  listen: 127.0.0.1:0\n  shutdown_grace_seconds: 30\n\
+         data_dir: ./data\n\
+         streams:\n\
+         \x20 - name: app-logs\n\
+         \x20   buffering: {{ size_mib: {size_mib}, interval_seconds: {interval_seconds} }}\n\
+         \x20   sink:\n\
+         \x20     type: s3\n\
+         \x20     url: file://./out\n\
+         \x20     compression: gzip\n\
+         {extra_stream_yaml}"
+    )
+}
