@@ -107,7 +107,17 @@ public final class OpenSearchLauncher {
         Environment environment = InternalSettingsPreparer.prepareEnvironment(
             settings, Map.of(), home.resolve("config"), () -> settings.get("node.name"));
 
-        Node node = new EmbeddedNode(environment, MODULES);
+        // Any failure while building or starting the node ends the process at once (threads
+        // the node already started must not keep a half-built JVM alive).
+        final Node node;
+        try {
+            node = new EmbeddedNode(environment, MODULES);
+        } catch (Throwable t) {
+            System.err.println("opensearch-launcher: node could not be created: " + t);
+            t.printStackTrace();
+            Runtime.getRuntime().halt(1);
+            return;
+        }
         CountDownLatch stopped = new CountDownLatch(1);
         Runtime.getRuntime().addShutdownHook(new Thread(() -> {
             try {
