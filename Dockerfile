@@ -1,0 +1,14 @@
+# Multi-stage build: compile spillway, ship it on a slim Debian base.
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin spillway
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
+COPY --from=build /src/target/release/spillway /usr/local/bin/spillway
+COPY config /etc/spillway
+WORKDIR /var/lib/spillway
+EXPOSE 4573
+ENTRYPOINT ["spillway"]
+CMD ["run", "--config", "/etc/spillway/minio.yaml"]
