@@ -8,7 +8,7 @@ use std::io::Read;
 
 use aws_sdk_firehose::primitives::Blob;
 use aws_sdk_firehose::types::Record;
-use common::{Spillway, WAIT, eventually};
+use common::{Spillway, WAIT};
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run scripts/test.sh (it starts the services)"))
@@ -151,5 +151,4 @@ async fn sigkill_then_restart_delivers_to_minio_without_duplicates() {
     assert_eq!(restarted.terminate(), 0);
     let delivered: Vec<u8> = objects(&s3, &bucket).await.into_iter().flat_map(|object| object.1).collect();
     assert_eq!(delivered, expected);
-    let _ = eventually; // shared helper used by other tests in this crate
 }
