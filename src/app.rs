@@ -60,6 +60,7 @@ impl App {
         let mut metrics = Metrics::default();
         let mut streams = BTreeMap::new();
         let mut loops = Vec::new();
+        let mut stopped_flags = Vec::new();
         let mut wals = Vec::new();
         for stream in &config.streams {
             let name = stream.name.clone();
@@ -115,20 +116,25 @@ impl App {
                 delimiter: stream.processing.record_delimiter,
             });
             wals.push(wal.clone());
-            streams.insert(name, StreamIngest { config: stream.clone(), wal, metrics: stream_metrics });
+            let stopped = Arc::new(std::sync::OnceLock::new());
+            stopped_flags.push(stopped.clone());
+            streams.insert(name, StreamIngest { config: stream.clone(), wal, metrics: stream_metrics, stopped });
         }
 
         let (stop_delivery, stop_rx) = watch::channel(false);
         let pipelines = loops
             .into_iter()
-            .map(|delivery_loop| {
+            .zip(stopped_flags)
+            .map(|(delivery_loop, stopped)| {
                 let stream = delivery_loop.stream.clone();
                 let run = delivery_loop.run(stop_rx.clone());
+                let stream_name = stream.clone();
                 let task = tokio::spawn(async move {
                     let result = run.await;
                     if let Err(error) = &result {
                         // Only this stream stops; its records stay in the WAL.
-                        tracing::error!(%error, "delivery stopped; fix the cause and restart");
+                        tracing::error!(%stream_name, %error, "delivery stopped; fix the cause and restart");
+                        let _ = stopped.set(error.to_string());
                     }
                     result
                 });

@@ -68,6 +68,8 @@ impl DeliveryLoop {
         let mut next_batch_start = delivered;
         let mut in_flight = FuturesOrdered::new();
         let mut stopping = *stop.borrow();
+        let recovery_started = Instant::now();
+        let mut backlog_end = Some(*committed_rx.borrow()).filter(|&end| end > delivered);
 
         loop {
             let committed = *committed_rx.borrow_and_update();
@@ -115,6 +117,10 @@ impl DeliveryLoop {
             tokio::select! {
                 Some(intent) = in_flight.next(), if !in_flight.is_empty() => {
                     self.complete(&intent)?;
+                    if backlog_end.is_some_and(|end| intent.end >= end) {
+                        backlog_end = None;
+                        tracing::info!(stream = %self.stream, recovery_ms = recovery_started.elapsed().as_millis() as u64, "records left in the wal by the last run are delivered");
+                    }
                 }
                 changed = committed_rx.changed(), if caught_up && !stopping => {
                     if changed.is_err() {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
@@ -21,8 +21,14 @@ pub fn router(ingest: Arc<Ingest>) -> Router {
         .with_state(ingest)
 }
 
-async fn health() -> &'static str {
-    "ok\n"
+/// 200 "ok" while every stream delivers; 503 naming the streams that stopped.
+async fn health(State(ingest): State<Arc<Ingest>>) -> Response {
+    let stopped = ingest.stopped_streams();
+    if stopped.is_empty() {
+        return "ok\n".into_response();
+    }
+    let lines: String = stopped.iter().map(|(stream, reason)| format!("stream {stream} stopped: {reason}\n")).collect();
+    (StatusCode::SERVICE_UNAVAILABLE, lines).into_response()
 }
 
 async fn metrics(State(ingest): State<Arc<Ingest>>) -> Response {

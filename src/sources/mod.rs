@@ -30,6 +30,9 @@ pub struct StreamIngest {
     pub config: StreamConfig,
     pub wal: Wal,
     pub metrics: Arc<StreamMetrics>,
+    /// Set when the stream's delivery stopped (e.g. a corrupt WAL segment): intake stops too,
+    /// so nothing more piles up behind a stream that cannot deliver.
+    pub stopped: Arc<std::sync::OnceLock<String>>,
 }
 
 /// Shared by every push handler: the streams by name, and the memory budget for request bodies.
@@ -83,6 +86,9 @@ impl Ingest {
     /// Append one request's records to the stream's WAL, all or nothing.
     pub async fn append(&self, stream: &str, records: Vec<Bytes>) -> Result<Range<u64>, IngestError> {
         let target = self.streams.get(stream).ok_or(IngestError::UnknownStream)?;
+        if let Some(reason) = target.stopped.get() {
+            return Err(IngestError::Internal(format!("stream {stream} stopped delivering: {reason}")));
+        }
         let count = records.len() as u64;
         let bytes: u64 = records.iter().map(|record| record.len() as u64).sum();
         let arrival_ms = chrono::Utc::now().timestamp_millis();
@@ -103,6 +109,14 @@ impl Ingest {
                 Err(IngestError::Internal(error.to_string()))
             }
         }
+    }
+
+    /// Streams whose delivery stopped, with the reason.
+    pub fn stopped_streams(&self) -> Vec<(String, String)> {
+        self.streams
+            .iter()
+            .filter_map(|(name, stream)| stream.stopped.get().map(|reason| (name.clone(), reason.clone())))
+            .collect()
     }
 
     /// When this process started; reported as the streams' creation time.

@@ -39,6 +39,11 @@ pub struct S3SinkConfig {
     /// Where error output goes; default `<error-output-type>/yyyy/MM/dd/HH/`.
     #[serde(default)]
     pub error_output_prefix: Option<String>,
+    /// A different bucket or folder for the error output (same endpoint and credentials), so
+    /// records can be set aside even when the main bucket is missing or refuses writes.
+    /// Default: `url`.
+    #[serde(default)]
+    pub error_output_url: Option<String>,
     #[serde(default)]
     pub compression: Compression,
     /// Replaces the compression's extension (`.gz`, `.zst`); `""` means none.
@@ -167,6 +172,17 @@ impl S3SinkConfig {
         if let Err(message) = &destination {
             problems.push(ConfigProblem::new("url", message.clone()));
         }
+        if let Some(error_url) = &self.error_output_url {
+            match (Destination::parse(error_url), &destination) {
+                (Err(message), _) => problems.push(ConfigProblem::new("error_output_url", message)),
+                (Ok(Destination::LocalDir(_)), Ok(Destination::S3 { .. }))
+                | (Ok(Destination::S3 { .. }), Ok(Destination::LocalDir(_))) => problems.push(ConfigProblem::new(
+                    "error_output_url",
+                    "must use the same scheme as url (both file:// or both s3://)",
+                )),
+                _ => {}
+            }
+        }
 
         let data_prefix = PrefixTemplate::parse(self.prefix.as_deref(), PrefixKind::Data);
         if let Err(error) = &data_prefix {
@@ -249,9 +265,10 @@ impl S3SinkConfig {
             .map_err(|error| invalid(error.to_string()))?;
         let destination = Destination::parse(&self.url).map_err(invalid)?;
 
-        let (store, kind): (Arc<dyn ObjectStore>, StoreKind) = match destination {
-            Destination::LocalDir(path) => (Arc::new(self.build_local(&path)?), StoreKind::Local),
-            Destination::S3 { bucket } => (Arc::new(self.build_s3(&bucket)?), StoreKind::S3),
+        let (store, kind) = self.build_store(destination)?;
+        let error_store = match &self.error_output_url {
+            Some(error_url) => self.build_store(Destination::parse(error_url).map_err(invalid)?)?.0,
+            None => store.clone(),
         };
         let extension = match &self.file_extension {
             Some(extension) => extension.clone(),
@@ -261,6 +278,7 @@ impl S3SinkConfig {
             stream: stream.to_string(),
             url: self.url.clone(),
             store,
+            error_store,
             kind,
             prefix,
             error_prefix,
@@ -269,6 +287,13 @@ impl S3SinkConfig {
             multipart_threshold: self.multipart_threshold_mib.saturating_mul(MIB),
             part_size: self.part_size_mib.saturating_mul(MIB),
         }))
+    }
+
+    fn build_store(&self, destination: Destination) -> Result<(Arc<dyn ObjectStore>, StoreKind), SinkError> {
+        Ok(match destination {
+            Destination::LocalDir(path) => (Arc::new(self.build_local(&path)?), StoreKind::Local),
+            Destination::S3 { bucket } => (Arc::new(self.build_s3(&bucket)?), StoreKind::S3),
+        })
     }
 
     fn build_local(&self, path: &std::path::Path) -> Result<LocalFileSystem, SinkError> {
@@ -345,6 +370,7 @@ mod tests {
             url: url.to_string(),
             prefix: None,
             error_output_prefix: None,
+            error_output_url: None,
             compression: Compression::None,
             file_extension: None,
             endpoint: None,

@@ -34,6 +34,8 @@ pub(crate) struct SinkParts {
     pub stream: String,
     pub url: String,
     pub store: Arc<dyn ObjectStore>,
+    /// Where error records go: `store`, or the store of `error_output_url`.
+    pub error_store: Arc<dyn ObjectStore>,
     pub kind: StoreKind,
     pub prefix: PrefixTemplate,
     pub error_prefix: PrefixTemplate,
@@ -236,8 +238,12 @@ impl ErrorOutput for S3Sink {
         let key = self.error_object_key(batch, error_output_type)?;
         let location = parse_location(&key)?;
         let size = lines.len();
-        self.put(&location, Bytes::from(lines))
+        let options = PutOptions { attributes: self.attributes(), ..PutOptions::default() };
+        self.parts
+            .error_store
+            .put_opts(&location, PutPayload::from(Bytes::from(lines)), options)
             .await
+            .map(|_| ())
             .map_err(|error| classify(error, Operation::WriteErrorRecords, &key))?;
         tracing::debug!(
             stream = %batch.stream,
