@@ -1,0 +1,327 @@
+//! Delivery guarantees under failure, black-box against real MinIO: crashes at random moments,
+//! a MinIO outage, a missing bucket routed to the error output, and back-pressure. Every test
+//! checks the sink's content record by record: every acknowledged record exactly once.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_firehose::primitives::Blob;
+use aws_sdk_firehose::types::Record;
+use base64::Engine;
+use common::Spillway;
+use common::s3::{self, env};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// What the clients did: ids the server acknowledged, and ids sent whose outcome is unknown
+/// (the connection died with the server). Unknown ones may or may not be delivered.
+#[derive(Default)]
+struct Ledger {
+    acknowledged: BTreeSet<String>,
+    unknown: BTreeSet<String>,
+}
+
+/// `clients` tasks push batches of unique JSON records until `stop` is set or a call fails with
+/// a connection error (the server died). A call refused with ServiceUnavailableException is
+/// retried after a pause, as the SDK's caller would.
+async fn push_until_stopped(
+    endpoint: String,
+    clients: usize,
+    tag: String,
+    seed: u64,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> u64 {
+    let mut tasks = Vec::new();
+    for client_index in 0..clients {
+        let (endpoint, tag, ledger, stop) = (endpoint.clone(), tag.clone(), ledger.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = common::firehose_client(&endpoint).await;
+            let mut rng = StdRng::seed_from_u64(seed ^ client_index as u64);
+            let mut throttled = 0u64;
+            let mut counter = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let size = rng.random_range(1..=200);
+                let ids: Vec<String> = (0..size)
+                    .map(|_| {
+                        counter += 1;
+                        format!("{tag}-c{client_index}-{counter}")
+                    })
+                    .collect();
+                loop {
+                    let records = ids
+                        .iter()
+                        .map(|id| Record::builder().data(Blob::new(format!("{{\"id\":\"{id}\",\"pad\":\"{}\"}}\n", "x".repeat(200)))).build().unwrap())
+                        .collect();
+                    let result = client.put_record_batch().delivery_stream_name("app-logs").set_records(Some(records)).send().await;
+                    match result {
+                        Ok(output) => {
+                            assert_eq!(output.failed_put_count(), 0, "batches are all or nothing");
+                            ledger.lock().unwrap().acknowledged.extend(ids.iter().cloned());
+                            break;
+                        }
+                        Err(error) => {
+                            let throttle = error.as_service_error().is_some_and(|e| e.is_service_unavailable_exception());
+                            if throttle && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                                throttled += 1;
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                continue;
+                            }
+                            ledger.lock().unwrap().unknown.extend(ids.iter().cloned());
+                            return throttled;
+                        }
+                    }
+                }
+            }
+            throttled
+        }));
+    }
+    let mut throttled = 0;
+    for task in tasks {
+        throttled += task.await.expect("client task");
+    }
+    throttled
+}
+
+/// Record ids in delivered objects, with how often each appears.
+fn delivered_ids(objects: &[(String, Vec<u8>)]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for (_, body) in objects {
+        for line in body.split(|&byte| byte == b'\n').filter(|line| !line.is_empty()) {
+            let value: serde_json::Value = serde_json::from_slice(line).expect("delivered record is the JSON sent");
+            *counts.entry(value["id"].as_str().unwrap().to_string()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+fn assert_exactly_once(ledger: &Ledger, delivered: &BTreeMap<String, usize>) {
+    let duplicates: Vec<_> = delivered.iter().filter(|(_, count)| **count > 1).take(5).collect();
+    assert!(duplicates.is_empty(), "records delivered twice: {duplicates:?}");
+    let missing: Vec<_> = ledger.acknowledged.iter().filter(|id| !delivered.contains_key(*id)).take(5).collect();
+    assert!(missing.is_empty(), "acknowledged records missing: {missing:?} (of {})", ledger.acknowledged.len());
+    let invented: Vec<_> = delivered
+        .keys()
+        .filter(|id| !ledger.acknowledged.contains(*id) && !ledger.unknown.contains(*id))
+        .take(5)
+        .collect();
+    assert!(invented.is_empty(), "records nobody sent: {invented:?}");
+}
+
+fn stream_yaml(sink: &str, extra: &str) -> String {
+    format!(
+        "server: {{ listen: 127.0.0.1:0, shutdown_grace_seconds: 60 }}\n\
+         data_dir: ./data\n\
+         {extra}\
+         streams:\n\
+         \x20 - name: app-logs\n\
+         \x20   buffering: {{ size_mib: 1, interval_seconds: 1 }}\n\
+         {sink}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
+    let seed: u64 = std::env::var("SPILLWAY_CHAOS_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or(20261125);
+    let rounds: usize = std::env::var("SPILLWAY_CHAOS_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(20);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let s3 = s3::client().await;
+    let bucket = s3::new_bucket(&s3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = stream_yaml(&s3::sink_yaml(&bucket, &env("SPILLWAY_TEST_S3_ENDPOINT")), "");
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    for round in 0..rounds {
+        let spillway = Spillway::start(dir.path(), &yaml);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pushers = tokio::spawn(push_until_stopped(spillway.endpoint.clone(), 4, format!("r{round}"), rng.random(), ledger.clone(), stop.clone()));
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..2500))).await;
+        spillway.kill();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        pushers.await.unwrap();
+    }
+    let final_run = Spillway::start(dir.path(), &yaml);
+    assert_eq!(final_run.terminate(), 0);
+
+    let ledger = ledger.lock().unwrap();
+    assert!(ledger.acknowledged.len() > 1000, "the clients got work done: {}", ledger.acknowledged.len());
+    let delivered = delivered_ids(&s3::objects(&s3, &bucket, "").await);
+    assert_exactly_once(&ledger, &delivered);
+    eprintln!(
+        "seed {seed}: {rounds} SIGKILL rounds, {} acknowledged, {} unacknowledged at a kill, {} delivered",
+        ledger.acknowledged.len(),
+        ledger.unknown.len(),
+        delivered.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn a_missing_bucket_routes_records_to_the_error_output_and_a_fixed_config_delivers() {
+    let s3 = s3::client().await;
+    let errors_bucket = s3::new_bucket(&s3).await;
+    let good_bucket = s3::new_bucket(&s3).await;
+    let missing_bucket = format!("spillway-missing-{}", uuid::Uuid::new_v4().simple());
+    let endpoint = env("SPILLWAY_TEST_S3_ENDPOINT");
+    let dir = tempfile::tempdir().unwrap();
+    let broken_sink = format!(
+        "{}      error_output_url: s3://{errors_bucket}\n      error_output_prefix: 'errors/!{{firehose:error-output-type}}/'\n    retry: {{ duration_seconds: 2 }}\n",
+        s3::sink_yaml(&missing_bucket, &endpoint)
+    );
+    let spillway = Spillway::start(dir.path(), &stream_yaml(&broken_sink, ""));
+    let client = spillway.client().await;
+    let sent: Vec<String> = (0..20).map(|index| format!("{{\"id\":\"lost-{index}\"}}\n")).collect();
+    let records = sent.iter().map(|data| Record::builder().data(Blob::new(data.clone())).build().unwrap()).collect();
+    client.put_record_batch().delivery_stream_name("app-logs").set_records(Some(records)).send().await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let error_objects = loop {
+        let objects = s3::objects(&s3, &errors_bucket, "errors/").await;
+        if !objects.is_empty() {
+            break objects;
+        }
+        assert!(Instant::now() < deadline, "no error output after 60 s:\n{}", spillway.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(error_objects[0].0.starts_with("errors/s3-failed/"), "{}", error_objects[0].0);
+    let lines: Vec<serde_json::Value> = error_objects
+        .iter()
+        .flat_map(|(_, body)| body.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect::<Vec<_>>())
+        .collect();
+    assert_eq!(lines.len(), 20);
+    for (line, expected) in lines.iter().zip(&sent) {
+        assert_eq!(line["errorCode"], "S3.NoSuchBucket", "{line}");
+        assert!(line["errorMessage"].as_str().unwrap().contains(&missing_bucket), "{line}");
+        assert!(line["attemptsMade"].as_u64().unwrap() >= 1);
+        assert!(line["arrivalTimestamp"].as_i64().unwrap() > 1_700_000_000_000);
+        assert!(line["attemptEndingTimestamp"].as_i64().unwrap() >= line["arrivalTimestamp"].as_i64().unwrap());
+        let raw = base64::engine::general_purpose::STANDARD.decode(line["rawData"].as_str().unwrap()).unwrap();
+        assert_eq!(String::from_utf8(raw).unwrap(), *expected);
+    }
+    assert!(spillway.log_text().contains("records routed to the error output"));
+    assert_eq!(spillway.terminate(), 0);
+
+    // The operator fixes the bucket name; new records are delivered, the routed ones are not resent.
+    let fixed = stream_yaml(&s3::sink_yaml(&good_bucket, &endpoint), "");
+    let spillway = Spillway::start(dir.path(), &fixed);
+    let client = spillway.client().await;
+    client.put_record().delivery_stream_name("app-logs").record(Record::builder().data(Blob::new("{\"id\":\"after-fix\"}\n")).build().unwrap()).send().await.unwrap();
+    assert_eq!(spillway.terminate(), 0);
+    let delivered = delivered_ids(&s3::objects(&s3, &good_bucket, "").await);
+    assert_eq!(delivered.keys().collect::<Vec<_>>(), ["after-fix"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn back_pressure_throttles_fast_clients_and_delivers_everything_once() {
+    let s3 = s3::client().await;
+    let bucket = format!("spillway-late-{}", uuid::Uuid::new_v4().simple());
+    let dir = tempfile::tempdir().unwrap();
+    // The bucket does not exist yet: deliveries fail (retriably), the 16 MiB WAL fills, puts are
+    // refused with ServiceUnavailableException until the bucket appears.
+    let yaml = stream_yaml(
+        &s3::sink_yaml(&bucket, &env("SPILLWAY_TEST_S3_ENDPOINT")),
+        "limits: { max_wal_mib: 16, max_inflight_request_mib: 8 }\nwal: { segment_mib: 2 }\n",
+    );
+    let spillway = Spillway::start(dir.path(), &yaml);
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pushers = tokio::spawn(push_until_stopped(spillway.endpoint.clone(), 4, "bp".into(), 7, ledger.clone(), stop.clone()));
+    let http = reqwest::Client::new();
+    let metrics_url = format!("{}/metrics", spillway.endpoint);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let metrics = http.get(&metrics_url).send().await.unwrap().text().await.unwrap();
+        let throttled = metrics.lines().find(|l| l.starts_with("spillway_throttled_records_total")).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        if throttled > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "clients were never throttled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s3.create_bucket().bucket(&bucket).send().await.expect("create the bucket late");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let throttled_calls = pushers.await.unwrap();
+    assert!(throttled_calls > 0, "clients saw ServiceUnavailableException");
+
+    let metrics = http.get(&metrics_url).send().await.unwrap().text().await.unwrap();
+    let peak_rss: u64 = metrics.lines().find(|l| l.starts_with("process_peak_rss_bytes")).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap();
+    assert_eq!(spillway.terminate(), 0);
+    // Bound: a fixed ~64 MiB for the runtime, clients and code, plus the configured in-flight
+    // request memory (8 MiB) and three 1 MiB buffers (one filling, two in flight).
+    let bound = (64 + 8 + 3) << 20;
+    assert!(peak_rss < bound, "peak RSS {} MiB over the {} MiB bound", peak_rss >> 20, bound >> 20);
+    let ledger = ledger.lock().unwrap();
+    let delivered = delivered_ids(&s3::objects(&s3, &bucket, "").await);
+    assert!(ledger.unknown.is_empty(), "no call failed for any other reason than throttling");
+    assert_exactly_once(&ledger, &delivered);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn a_minio_outage_of_60_seconds_loses_and_duplicates_nothing() {
+    // A MinIO of this test's own, so stopping it does not disturb other tests.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let data = tempfile::tempdir().unwrap();
+    let start_minio = || {
+        std::process::Command::new(env("SPILLWAY_TEST_MINIO_BIN"))
+            .args(["server", "--address", &format!("127.0.0.1:{port}"), "--console-address", "127.0.0.1:0"])
+            .arg(data.path())
+            .env("MINIO_ROOT_USER", env("SPILLWAY_TEST_S3_ACCESS_KEY"))
+            .env("MINIO_ROOT_PASSWORD", env("SPILLWAY_TEST_S3_SECRET_KEY"))
+            .env("MINIO_BROWSER", "off")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start minio")
+    };
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let wait_ready = || async {
+        let http = reqwest::Client::new();
+        for _ in 0..300 {
+            if http.get(format!("{endpoint}/minio/health/ready")).send().await.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("minio on {endpoint} not ready");
+    };
+    let mut minio = start_minio();
+    wait_ready().await;
+    let s3 = s3::client_for(&endpoint).await;
+    let bucket = s3::new_bucket(&s3).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let spillway = Spillway::start(dir.path(), &stream_yaml(&s3::sink_yaml(&bucket, &endpoint), ""));
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pushers = tokio::spawn(push_until_stopped(spillway.endpoint.clone(), 4, "outage".into(), 11, ledger.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    minio.kill().unwrap();
+    minio.wait().unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let mut minio = start_minio();
+    wait_ready().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    pushers.await.unwrap();
+
+    let metrics = reqwest::get(format!("{}/metrics", spillway.endpoint)).await.unwrap().text().await.unwrap();
+    let retries: u64 = metrics.lines().find(|l| l.starts_with("spillway_delivery_retries_total")).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap();
+    assert!(retries > 0, "retries are visible in metrics");
+    assert!(spillway.log_text().contains("delivery failed, retrying"), "and in the log");
+    assert_eq!(spillway.terminate(), 0);
+    let ledger = ledger.lock().unwrap();
+    assert!(ledger.unknown.is_empty(), "intake never failed during the outage");
+    let delivered = delivered_ids(&s3::objects(&s3, &bucket, "").await);
+    assert_exactly_once(&ledger, &delivered);
+    let _ = minio.kill();
+    let _ = minio.wait();
+}
