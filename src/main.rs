@@ -118,9 +118,10 @@ async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
         Command::Validate { .. } => unreachable!("validate runs without a runtime"),
         Command::Run { config } => {
             let config = config::load_file(&config).map_err(|error| anyhow::anyhow!("{error}"))?;
+            let signals = ShutdownSignals::install().context("cannot install signal handlers")?;
             let app = App::start(config).await?;
             println!("spillway listening on http://{}", app.local_addr());
-            app.run_until(shutdown_signal()).await?;
+            app.run_until(signals.first_then_exit_on_second()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Put { stream, endpoint, region, keep_newlines, max_attempts, files } => {
@@ -152,36 +153,35 @@ async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Resolves on the first SIGTERM or Ctrl-C; a second one exits at once (acknowledged records are
-/// in the WAL and are delivered on the next start).
-async fn shutdown_signal() {
-    wait_for_signal().await;
-    tracing::info!("shutting down; send the signal again to exit at once");
-    tokio::spawn(async {
-        wait_for_signal().await;
-        tracing::warn!("second signal: exiting now; undelivered records stay in the wal");
-        std::process::exit(130);
-    });
+/// SIGTERM and SIGINT (Ctrl-C) handlers, installed before the server announces itself so a
+/// signal sent right after start is never lost to the default action.
+struct ShutdownSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+impl ShutdownSignals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self { terminate: signal(SignalKind::terminate())?, interrupt: signal(SignalKind::interrupt())? })
+    }
+
+    async fn next(&mut self) {
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = terminate.recv() => {}
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+
+    /// Resolves on the first signal; a second one exits at once (acknowledged records are in
+    /// the WAL and are delivered on the next start).
+    async fn first_then_exit_on_second(mut self) {
+        self.next().await;
+        tracing::info!("shutting down; send the signal again to exit at once");
+        tokio::spawn(async move {
+            self.next().await;
+            tracing::warn!("second signal: exiting now; undelivered records stay in the wal");
+            std::process::exit(130);
+        });
     }
 }

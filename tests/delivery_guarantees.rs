@@ -16,17 +16,23 @@ use common::s3::{self, env};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+/// Pause between one client's calls: about 4 × 2 MiB/s, enough load to keep batches in flight
+/// at every kill without making the test about throughput.
+const PACE: Duration = Duration::from_millis(20);
+
 /// What the clients did: ids the server acknowledged, and ids sent whose outcome is unknown
 /// (the connection died with the server). Unknown ones may or may not be delivered.
 #[derive(Default)]
 struct Ledger {
     acknowledged: BTreeSet<String>,
     unknown: BTreeSet<String>,
+    /// The errors that ended a client, for the failure message.
+    errors: Vec<String>,
 }
 
-/// `clients` tasks push batches of unique JSON records until `stop` is set or a call fails with
-/// a connection error (the server died). A call refused with ServiceUnavailableException is
-/// retried after a pause, as the SDK's caller would.
+/// `clients` tasks push batches of unique JSON records, one call every `PACE` per client, until
+/// `stop` is set or a call fails with a connection error (the server died). A call refused with
+/// ServiceUnavailableException is retried after a pause, as the SDK's caller would.
 async fn push_until_stopped(
     endpoint: String,
     clients: usize,
@@ -44,6 +50,7 @@ async fn push_until_stopped(
             let mut throttled = 0u64;
             let mut counter = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(PACE).await;
                 let size = rng.random_range(1..=200);
                 let ids: Vec<String> = (0..size)
                     .map(|_| {
@@ -54,9 +61,19 @@ async fn push_until_stopped(
                 loop {
                     let records = ids
                         .iter()
-                        .map(|id| Record::builder().data(Blob::new(format!("{{\"id\":\"{id}\",\"pad\":\"{}\"}}\n", "x".repeat(200)))).build().unwrap())
+                        .map(|id| {
+                            Record::builder()
+                                .data(Blob::new(format!("{{\"id\":\"{id}\",\"pad\":\"{}\"}}\n", "x".repeat(200))))
+                                .build()
+                                .unwrap()
+                        })
                         .collect();
-                    let result = client.put_record_batch().delivery_stream_name("app-logs").set_records(Some(records)).send().await;
+                    let result = client
+                        .put_record_batch()
+                        .delivery_stream_name("app-logs")
+                        .set_records(Some(records))
+                        .send()
+                        .await;
                     match result {
                         Ok(output) => {
                             assert_eq!(output.failed_put_count(), 0, "batches are all or nothing");
@@ -64,13 +81,20 @@ async fn push_until_stopped(
                             break;
                         }
                         Err(error) => {
-                            let throttle = error.as_service_error().is_some_and(|e| e.is_service_unavailable_exception());
-                            if throttle && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            let throttle =
+                                error.as_service_error().is_some_and(|e| e.is_service_unavailable_exception());
+                            if throttle {
+                                // Refused as a whole: nothing of it was appended.
+                                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                                    return throttled;
+                                }
                                 throttled += 1;
                                 tokio::time::sleep(Duration::from_millis(100)).await;
                                 continue;
                             }
-                            ledger.lock().unwrap().unknown.extend(ids.iter().cloned());
+                            let mut ledger = ledger.lock().unwrap();
+                            ledger.unknown.extend(ids.iter().cloned());
+                            ledger.errors.push(aws_sdk_firehose::error::DisplayErrorContext(&error).to_string());
                             return throttled;
                         }
                     }
@@ -137,7 +161,14 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     for round in 0..rounds {
         let spillway = Spillway::start(dir.path(), &yaml);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let pushers = tokio::spawn(push_until_stopped(spillway.endpoint.clone(), 4, format!("r{round}"), rng.random(), ledger.clone(), stop.clone()));
+        let pushers = tokio::spawn(push_until_stopped(
+            spillway.endpoint.clone(),
+            4,
+            format!("r{round}"),
+            rng.random(),
+            ledger.clone(),
+            stop.clone(),
+        ));
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..2500))).await;
         spillway.kill();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -189,7 +220,12 @@ async fn a_missing_bucket_routes_records_to_the_error_output_and_a_fixed_config_
     assert!(error_objects[0].0.starts_with("errors/s3-failed/"), "{}", error_objects[0].0);
     let lines: Vec<serde_json::Value> = error_objects
         .iter()
-        .flat_map(|(_, body)| body.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect::<Vec<_>>())
+        .flat_map(|(_, body)| {
+            body.split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|l| serde_json::from_slice(l).unwrap())
+                .collect::<Vec<_>>()
+        })
         .collect();
     assert_eq!(lines.len(), 20);
     for (line, expected) in lines.iter().zip(&sent) {
@@ -208,7 +244,13 @@ async fn a_missing_bucket_routes_records_to_the_error_output_and_a_fixed_config_
     let fixed = stream_yaml(&s3::sink_yaml(&good_bucket, &endpoint), "");
     let spillway = Spillway::start(dir.path(), &fixed);
     let client = spillway.client().await;
-    client.put_record().delivery_stream_name("app-logs").record(Record::builder().data(Blob::new("{\"id\":\"after-fix\"}\n")).build().unwrap()).send().await.unwrap();
+    client
+        .put_record()
+        .delivery_stream_name("app-logs")
+        .record(Record::builder().data(Blob::new("{\"id\":\"after-fix\"}\n")).build().unwrap())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(spillway.terminate(), 0);
     let delivered = delivered_ids(&s3::objects(&s3, &good_bucket, "").await);
     assert_eq!(delivered.keys().collect::<Vec<_>>(), ["after-fix"]);
@@ -229,13 +271,19 @@ async fn back_pressure_throttles_fast_clients_and_delivers_everything_once() {
     let spillway = Spillway::start(dir.path(), &yaml);
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let pushers = tokio::spawn(push_until_stopped(spillway.endpoint.clone(), 4, "bp".into(), 7, ledger.clone(), stop.clone()));
+    let pushers =
+        tokio::spawn(push_until_stopped(spillway.endpoint.clone(), 4, "bp".into(), 7, ledger.clone(), stop.clone()));
     let http = reqwest::Client::new();
     let metrics_url = format!("{}/metrics", spillway.endpoint);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let metrics = http.get(&metrics_url).send().await.unwrap().text().await.unwrap();
-        let throttled = metrics.lines().find(|l| l.starts_with("spillway_throttled_records_total")).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let throttled = metrics
+            .lines()
+            .find(|l| l.starts_with("spillway_throttled_records_total"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
         if throttled > 0 {
             break;
         }
@@ -249,7 +297,12 @@ async fn back_pressure_throttles_fast_clients_and_delivers_everything_once() {
     assert!(throttled_calls > 0, "clients saw ServiceUnavailableException");
 
     let metrics = http.get(&metrics_url).send().await.unwrap().text().await.unwrap();
-    let peak_rss: u64 = metrics.lines().find(|l| l.starts_with("process_peak_rss_bytes")).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap();
+    let peak_rss: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("process_peak_rss_bytes"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
     assert_eq!(spillway.terminate(), 0);
     // Bound: a fixed ~64 MiB for the runtime, clients and code, plus the configured in-flight
     // request memory (8 MiB) and three 1 MiB buffers (one filling, two in flight).
@@ -257,7 +310,7 @@ async fn back_pressure_throttles_fast_clients_and_delivers_everything_once() {
     assert!(peak_rss < bound, "peak RSS {} MiB over the {} MiB bound", peak_rss >> 20, bound >> 20);
     let ledger = ledger.lock().unwrap();
     let delivered = delivered_ids(&s3::objects(&s3, &bucket, "").await);
-    assert!(ledger.unknown.is_empty(), "no call failed for any other reason than throttling");
+    assert!(ledger.unknown.is_empty(), "no call failed for any other reason than throttling: {:?}", ledger.errors);
     assert_exactly_once(&ledger, &delivered);
 }
 
@@ -299,10 +352,19 @@ async fn a_minio_outage_of_60_seconds_loses_and_duplicates_nothing() {
     let bucket = s3::new_bucket(&s3).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let spillway = Spillway::start(dir.path(), &stream_yaml(&s3::sink_yaml(&bucket, &endpoint), ""));
+    // A small WAL: during the outage clients are throttled rather than piling up gigabytes.
+    let yaml = stream_yaml(&s3::sink_yaml(&bucket, &endpoint), "limits: { max_wal_mib: 64 }\n");
+    let spillway = Spillway::start(dir.path(), &yaml);
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let pushers = tokio::spawn(push_until_stopped(spillway.endpoint.clone(), 4, "outage".into(), 11, ledger.clone(), stop.clone()));
+    let pushers = tokio::spawn(push_until_stopped(
+        spillway.endpoint.clone(),
+        4,
+        "outage".into(),
+        11,
+        ledger.clone(),
+        stop.clone(),
+    ));
     tokio::time::sleep(Duration::from_secs(3)).await;
     minio.kill().unwrap();
     minio.wait().unwrap();
@@ -314,12 +376,17 @@ async fn a_minio_outage_of_60_seconds_loses_and_duplicates_nothing() {
     pushers.await.unwrap();
 
     let metrics = reqwest::get(format!("{}/metrics", spillway.endpoint)).await.unwrap().text().await.unwrap();
-    let retries: u64 = metrics.lines().find(|l| l.starts_with("spillway_delivery_retries_total")).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap();
+    let retries: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("spillway_delivery_retries_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
     assert!(retries > 0, "retries are visible in metrics");
     assert!(spillway.log_text().contains("delivery failed, retrying"), "and in the log");
     assert_eq!(spillway.terminate(), 0);
     let ledger = ledger.lock().unwrap();
-    assert!(ledger.unknown.is_empty(), "intake never failed during the outage");
+    assert!(ledger.unknown.is_empty(), "intake never failed during the outage: {:?}", ledger.errors);
     let delivered = delivered_ids(&s3::objects(&s3, &bucket, "").await);
     assert_exactly_once(&ledger, &delivered);
     let _ = minio.kill();

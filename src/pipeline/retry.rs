@@ -68,9 +68,13 @@ impl Delivery {
                     return;
                 }
                 _ => {
-                    let all: Vec<(usize, &str, &str)> = (0..batch.records.len())
-                        .map(|index| (index, error.code.as_str(), error.message.as_str()))
-                        .collect();
+                    // The source (e.g. the S3 response) says which bucket or key, and why.
+                    let message = match &error.source {
+                        Some(source) => format!("{}: {source}", error.message),
+                        None => error.message.clone(),
+                    };
+                    let all: Vec<(usize, &str, &str)> =
+                        (0..batch.records.len()).map(|index| (index, error.code.as_str(), message.as_str())).collect();
                     self.route_to_error_output(batch, &all, attempts).await;
                     return;
                 }

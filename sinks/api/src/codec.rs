@@ -80,11 +80,7 @@ mod tests {
 
     fn records() -> Vec<Record> {
         (0..100u64)
-            .map(|sequence| Record {
-                data: Bytes::from(format!("{{\"n\":{sequence}}}\n")),
-                arrival_ms: 0,
-                sequence,
-            })
+            .map(|sequence| Record { data: Bytes::from(format!("{{\"n\":{sequence}}}\n")), arrival_ms: 0, sequence })
             .collect()
     }
 

@@ -30,11 +30,7 @@ impl MemorySink {
 
     /// Every record delivered, ordered by sequence.
     pub fn records(&self) -> Vec<Record> {
-        let mut records: Vec<Record> = self
-            .lock_written()
-            .values()
-            .flat_map(|batch| batch.records.clone())
-            .collect();
+        let mut records: Vec<Record> = self.lock_written().values().flat_map(|batch| batch.records.clone()).collect();
         records.sort_by_key(|record| record.sequence);
         records
     }
