@@ -31,7 +31,7 @@ pub enum AppError {
     #[error("stream {stream}: {source}")]
     Intent { stream: String, source: IntentError },
     #[error("stream {stream}: cannot build its sink: {source}")]
-    Sink { stream: String, source: spillway_sink_api::SinkError },
+    Sink { stream: String, source: Box<spillway_sink_api::SinkError> },
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("stream {stream}: delivery stopped: {source}")]
@@ -91,8 +91,11 @@ impl App {
                 recovery_ms = started.elapsed().as_millis() as u64,
                 "wal opened"
             );
-            let built =
-                stream.sink.build(&name).await.map_err(|source| AppError::Sink { stream: name.clone(), source })?;
+            let built = stream
+                .sink
+                .build(&name)
+                .await
+                .map_err(|source| AppError::Sink { stream: name.clone(), source: Box::new(source) })?;
             let wal_for_metrics = wal.clone();
             let stream_metrics = metrics.register(&name, Box::new(move || wal_for_metrics.disk_bytes()));
             let delivery = Arc::new(Delivery {

@@ -27,14 +27,20 @@ impl StreamMetrics {
     }
 }
 
+/// Reads a stream's current WAL size when metrics are rendered.
+pub type WalBytesProbe = Box<dyn Fn() -> u64 + Send + Sync>;
+
+/// Picks one counter out of a stream's metrics.
+type CounterOf = fn(&StreamMetrics) -> &AtomicU64;
+
 #[derive(Default)]
 pub struct Metrics {
-    streams: BTreeMap<String, (Arc<StreamMetrics>, Box<dyn Fn() -> u64 + Send + Sync>)>,
+    streams: BTreeMap<String, (Arc<StreamMetrics>, WalBytesProbe)>,
 }
 
 impl Metrics {
     /// Register a stream; `wal_bytes` reads its current WAL size.
-    pub fn register(&mut self, stream: &str, wal_bytes: Box<dyn Fn() -> u64 + Send + Sync>) -> Arc<StreamMetrics> {
+    pub fn register(&mut self, stream: &str, wal_bytes: WalBytesProbe) -> Arc<StreamMetrics> {
         let metrics = Arc::new(StreamMetrics::default());
         self.streams.insert(stream.to_string(), (metrics.clone(), wal_bytes));
         metrics
@@ -46,7 +52,7 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, fn(&StreamMetrics) -> &AtomicU64); 9] = [
+        let counters: [(&str, &str, CounterOf); 9] = [
             ("spillway_incoming_records_total", "records accepted", |m| &m.incoming_records),
             ("spillway_incoming_bytes_total", "bytes accepted", |m| &m.incoming_bytes),
             ("spillway_incoming_put_requests_total", "put requests accepted", |m| &m.incoming_put_requests),

@@ -177,7 +177,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let final_run = Spillway::start(dir.path(), &yaml);
     assert_eq!(final_run.terminate(), 0);
 
-    let ledger = ledger.lock().unwrap();
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     assert!(ledger.acknowledged.len() > 1000, "the clients got work done: {}", ledger.acknowledged.len());
     let delivered = delivered_ids(&s3::objects(&s3, &bucket, "").await);
     assert_exactly_once(&ledger, &delivered);
@@ -308,7 +308,7 @@ async fn back_pressure_throttles_fast_clients_and_delivers_everything_once() {
     // request memory (8 MiB) and three 1 MiB buffers (one filling, two in flight).
     let bound = (64 + 8 + 3) << 20;
     assert!(peak_rss < bound, "peak RSS {} MiB over the {} MiB bound", peak_rss >> 20, bound >> 20);
-    let ledger = ledger.lock().unwrap();
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     let delivered = delivered_ids(&s3::objects(&s3, &bucket, "").await);
     assert!(ledger.unknown.is_empty(), "no call failed for any other reason than throttling: {:?}", ledger.errors);
     assert_exactly_once(&ledger, &delivered);
@@ -385,7 +385,7 @@ async fn a_minio_outage_of_60_seconds_loses_and_duplicates_nothing() {
     assert!(retries > 0, "retries are visible in metrics");
     assert!(spillway.log_text().contains("delivery failed, retrying"), "and in the log");
     assert_eq!(spillway.terminate(), 0);
-    let ledger = ledger.lock().unwrap();
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     assert!(ledger.unknown.is_empty(), "intake never failed during the outage: {:?}", ledger.errors);
     let delivered = delivered_ids(&s3::objects(&s3, &bucket, "").await);
     assert_exactly_once(&ledger, &delivered);

@@ -22,8 +22,11 @@ use crate::config::FsyncPolicy;
 /// Most bytes written in one group; keeps one slow group from delaying every acknowledgement.
 const MAX_GROUP_BYTES: usize = 32 << 20;
 
+/// Where an append's outcome is sent: the sequences its records got, or why it failed.
+pub type AppendReply = oneshot::Sender<Result<Range<u64>, WalError>>;
+
 pub enum Command {
-    Append { arrival_ms: i64, records: Vec<Bytes>, reply: oneshot::Sender<Result<Range<u64>, WalError>> },
+    Append { arrival_ms: i64, records: Vec<Bytes>, reply: AppendReply },
     Trim { delivered: u64 },
     Shutdown,
 }
@@ -156,7 +159,7 @@ impl Writer {
         }
     }
 
-    fn write_group(&mut self, appends: Vec<(i64, Vec<Bytes>, oneshot::Sender<Result<Range<u64>, WalError>>)>) {
+    fn write_group(&mut self, appends: Vec<(i64, Vec<Bytes>, AppendReply)>) {
         if let Some(reason) = &self.failed {
             for (_, _, reply) in appends {
                 let _ = reply.send(Err(self.io_error(std::io::Error::other(reason.clone()))));
