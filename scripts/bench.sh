@@ -58,7 +58,7 @@ wal: { fsync: $fsync }
 limits: { max_wal_mib: $max_wal }
 streams:
   - name: bench
-    buffering: { size_mib: $size_mib, interval_seconds: 60 }
+    buffering: { size_mib: $size_mib, interval_seconds: 1 }
     sink:
       type: s3
 $sink_yaml
@@ -77,15 +77,18 @@ start_server() {
 
 echo "== sink=$sink total=${total_mib}MiB buffer=${size_mib}MiB fsync=$fsync compression=$compression ($(nproc) cores)"
 if ((recovery_mib > 0)); then
-	# Fill the WAL with a sink that cannot deliver in time (buffer larger than the data, long
-	# interval), SIGKILL, then time the restart until everything is delivered.
-	sed -i "s/size_mib: $size_mib, interval_seconds: 60/size_mib: 128, interval_seconds: 900/" "$work/bench.yaml"
-	sed -i "s/max_wal_mib: $max_wal/max_wal_mib: $((recovery_mib * 2))/" "$work/bench.yaml"
+	# Fill the WAL while the sink is unreachable (deliveries fail and are retried, nothing is
+	# trimmed), SIGKILL, then restart with the real sink and time it until the backlog is delivered.
+	cp "$work/bench.yaml" "$work/deliver.yaml"
+	sed -i -e "s/max_wal_mib: $max_wal/max_wal_mib: $((recovery_mib * 2))/" \
+		-e 's|^      url: .*|      url: s3://unreachable\n      endpoint: http://127.0.0.1:9\n      access_key_id: x\n      secret_access_key: y|' \
+		-e '/^      endpoint: http:\/\/127.0.0.1:18/d;/^      region: /d' "$work/bench.yaml"
 	start_server
 	"$bin" bench --endpoint "http://127.0.0.1:$port" --stream bench --total-mib "$recovery_mib" --drain-timeout-seconds 1 >/dev/null 2>&1 || true
 	kill -9 "$server_pid"; wait "$server_pid" 2>/dev/null || true
 	echo "wal before restart: $(du -sh "$work/data/streams/bench/wal" | cut -f1)"
-	sed -i "s/size_mib: 128, interval_seconds: 900/size_mib: $size_mib, interval_seconds: 60/" "$work/bench.yaml"
+	cp "$work/deliver.yaml" "$work/bench.yaml"
+	sed -i "s/max_wal_mib: $max_wal/max_wal_mib: $((recovery_mib * 2))/" "$work/bench.yaml"
 	started=$(date +%s.%N)
 	start_server
 	ready=$(date +%s.%N)

@@ -40,6 +40,13 @@ impl SinkConfig {
         }
     }
 
+    /// Allowed `retry.duration_seconds`: Firehose retries S3 for up to 24 hours.
+    pub fn retry_duration_range_seconds(&self) -> RangeInclusive<u64> {
+        match self {
+            SinkConfig::S3(_) => 0..=86_400,
+        }
+    }
+
     /// Problems with paths relative to the `sink` key.
     pub fn validate(&self) -> Vec<Problem> {
         match self {

@@ -64,7 +64,7 @@ fn validate_reports_malformed_yaml_with_line_and_column() {
 #[test]
 fn validate_lists_every_problem_with_its_path() {
     let dir = tempfile::tempdir().unwrap();
-    let yaml = "streams:\n  - name: 'bad name!'\n    buffering: { size_mib: 500, interval_seconds: 901 }\n    sink: { type: s3, url: 'ftp://x' }\n  - name: dup\n    sink: { type: s3, url: file://a }\n  - name: dup\n    sink: { type: s3, url: file://b }\n";
+    let yaml = "streams:\n  - name: 'bad name!'\n    buffering: { size_mib: 500, interval_seconds: 901 }\n    retry: { duration_seconds: 100000 }\n    sink: { type: s3, url: 'ftp://x' }\n  - name: dup\n    sink: { type: s3, url: file://a }\n  - name: dup\n    sink: { type: s3, url: file://b }\n";
     std::fs::write(dir.path().join("bad.yaml"), yaml).unwrap();
     let (code, _, stderr) = spillway(&["validate", "-c", "bad.yaml"], dir.path());
     assert_ne!(code, 0);
@@ -72,6 +72,7 @@ fn validate_lists_every_problem_with_its_path() {
         "streams[0].name",
         "streams[0].buffering.size_mib: must be between 1 and 128",
         "streams[0].buffering.interval_seconds: must be between 0 and 900",
+        "streams[0].retry.duration_seconds: must be between 0 and 86400",
         "streams[0].sink.url",
         "streams[2].name: duplicate stream name",
     ] {

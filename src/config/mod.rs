@@ -297,6 +297,19 @@ impl Config {
                     ),
                 );
             }
+            let retry_range = stream.sink.retry_duration_range_seconds();
+            if !retry_range.contains(&stream.retry.duration_seconds) {
+                push(
+                    at("retry.duration_seconds"),
+                    format!(
+                        "must be between {} and {} for a {} sink (got {})",
+                        retry_range.start(),
+                        retry_range.end(),
+                        stream.sink.type_name(),
+                        stream.retry.duration_seconds
+                    ),
+                );
+            }
             for problem in stream.sink.validate() {
                 push(at(&format!("sink.{}", problem.path)), problem.message);
             }

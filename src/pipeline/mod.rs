@@ -85,9 +85,9 @@ impl DeliveryLoop {
                 })
                 .await?;
                 reader = Some(returned);
-                let now = Instant::now();
+                let (now, now_ms) = (Instant::now(), chrono::Utc::now().timestamp_millis());
                 for frame in frames? {
-                    buffer.push_frame(frame, now);
+                    buffer.push_frame(frame, now, now_ms);
                 }
                 continue;
             }
@@ -146,9 +146,9 @@ impl DeliveryLoop {
             let end = intent.end;
             let frames = tokio::task::spawn_blocking(move || reader.read(end, usize::MAX)).await??;
             let mut buffer = Buffer::new(self.delimiter);
-            let now = Instant::now();
+            let (now, now_ms) = (Instant::now(), chrono::Utc::now().timestamp_millis());
             for frame in frames {
-                buffer.push_frame(frame, now);
+                buffer.push_frame(frame, now, now_ms);
             }
             let mut records = buffer.take();
             records.retain(|record| record.sequence < intent.end);

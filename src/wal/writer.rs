@@ -21,6 +21,8 @@ use crate::config::FsyncPolicy;
 
 /// Most bytes written in one group; keeps one slow group from delaying every acknowledgement.
 const MAX_GROUP_BYTES: usize = 32 << 20;
+/// Capacity of the group buffer kept between groups.
+const KEEP_GROUP_BUFFER_BYTES: usize = 4 << 20;
 
 /// Where an append's outcome is sent: the sequences its records got, or why it failed.
 pub type AppendReply = oneshot::Sender<Result<Range<u64>, WalError>>;
@@ -213,6 +215,9 @@ impl Writer {
         }
         self.active_len += self.buffer.len() as u64;
         self.disk_bytes.fetch_add(self.buffer.len() as u64, Ordering::Relaxed);
+        // A burst can grow the group buffer to MAX_GROUP_BYTES; do not keep that much around.
+        self.buffer.clear();
+        self.buffer.shrink_to(KEEP_GROUP_BUFFER_BYTES);
         self.next_sequence = sequence;
         self.committed.send_replace(sequence);
         for (range, reply) in accepted {
