@@ -51,6 +51,11 @@ finish() {
 			t="$(now)"
 			scripts/services.sh down || log "warning: scripts/services.sh down failed"
 			timings+=("services down: $(took "$t")")
+			if scripts/services.sh status | grep -q ' running'; then
+				log "error: a service is still running after down:"
+				scripts/services.sh status >&2
+				((rc == 0)) && rc=1
+			fi
 		fi
 	fi
 	if ((${#timings[@]} > 0)); then
@@ -82,6 +87,15 @@ step "cargo fmt" cargo fmt --all --check
 services_started=1
 step "services up" scripts/services.sh up
 eval "$(scripts/services.sh env)"
+
+up_again_is_a_noop() { # a second `up` must leave every service (and its PID) as it was
+	local before after
+	before="$(scripts/services.sh status)"
+	scripts/services.sh up
+	after="$(scripts/services.sh status)"
+	[[ "$before" == "$after" ]] || { printf 'status changed:\n%s\n---\n%s\n' "$before" "$after" >&2; return 1; }
+}
+step "services up again (no-op)" up_again_is_a_noop
 
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test" cargo test --workspace "${cargo_args[@]}" -- --include-ignored "${test_args[@]}"

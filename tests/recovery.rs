@@ -46,7 +46,7 @@ async fn a_torn_tail_is_cut_off_and_every_acknowledged_record_is_delivered() {
     assert_eq!(restarted.terminate(), 0);
     let log = std::fs::read_to_string(log_path).unwrap();
     assert!(log.contains("cut off a torn wal tail"), "{log}");
-    let delivered: Vec<u8> = local_objects(&dir.path().join("out")).into_iter().flat_map(|object| object.1).collect();
+    let delivered = common::concat_in_sent_order(local_objects(&dir.path().join("out")), &expected);
     assert_eq!(delivered, expected);
 }
 

@@ -184,3 +184,17 @@ pub fn local_yaml(size_mib: u64, interval_seconds: u64, extra_stream_yaml: &str)
          {extra_stream_yaml}"
     )
 }
+
+/// Concatenate objects in the order their contents appear in `expected`. Object keys only sort by
+/// the second their oldest record arrived (then by a uuid), so two objects of one second may list
+/// in either order; each object must still be one contiguous, in-order run of what was sent.
+pub fn concat_in_sent_order(mut objects: Vec<(String, Vec<u8>)>, expected: &[u8]) -> Vec<u8> {
+    let position = |body: &[u8]| {
+        if body.is_empty() {
+            return Some(0);
+        }
+        expected.windows(body.len()).position(|window| window == body)
+    };
+    objects.sort_by_key(|(_, body)| position(body).unwrap_or(usize::MAX));
+    objects.into_iter().flat_map(|(_, body)| body).collect()
+}
