@@ -17,6 +17,13 @@ use spillway::config;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc options read at start-up (the `_rjem_` prefix is tikv-jemallocator's): few arenas,
+/// since a few threads do all the large allocations, and freed pages returned within a second.
+#[cfg(not(target_env = "msvc"))]
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static malloc_conf: &u8 = &b"narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0];
+
 #[derive(Parser)]
 #[command(name = "spillway", version, about = "Firehose-compatible delivery: streams in, buffered durable objects out")]
 struct Cli {

@@ -143,8 +143,8 @@ async fn dispatch(ingest: &Ingest, headers: &HeaderMap, body: Body) -> Result<Re
         .await
         .map_err(|error| ApiError::invalid_argument(format!("cannot read the request body: {error}")))?;
     match operation {
-        "PutRecord" => put_record(ingest, &body).await,
-        "PutRecordBatch" => put_record_batch(ingest, &body).await,
+        "PutRecord" => put_record(ingest, body).await,
+        "PutRecordBatch" => put_record_batch(ingest, body).await,
         "ListDeliveryStreams" => list_delivery_streams(ingest, &body),
         "DescribeDeliveryStream" => describe_delivery_stream(ingest, &body),
         other => Err(ApiError::new(
@@ -174,24 +174,36 @@ fn decode_record(data: &str, member: &str) -> Result<Bytes, ApiError> {
     Ok(Bytes::from(bytes))
 }
 
-async fn put_record(ingest: &Ingest, body: &[u8]) -> Result<Response, ApiError> {
-    let request: PutRecordRequest = parse(body)?;
-    let stream = request.delivery_stream_name.as_ref();
-    if !ingest.streams.contains_key(stream) {
-        return Err(ApiError::not_found(stream, ingest));
+/// Decoding a request (JSON, then base64) costs CPU in proportion to its size: bodies above this
+/// are decoded on the blocking pool so the runtime keeps serving other connections meanwhile.
+const DECODE_INLINE_MAX_BYTES: usize = 64 * 1024;
+
+async fn decode_off_runtime<T: Send + 'static>(
+    body: Bytes,
+    decode: fn(&[u8]) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    if body.len() <= DECODE_INLINE_MAX_BYTES {
+        return decode(&body);
     }
-    let record = decode_record(&request.record.data, "record")?;
-    let range =
-        ingest.append(stream, vec![record]).await.map_err(|error| ApiError::from_ingest(error, stream, ingest))?;
-    Ok(ok_json(json!({ "RecordId": ingest.record_id(range.start), "Encrypted": false })))
+    tokio::task::spawn_blocking(move || decode(&body)).await.map_err(|error| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", format!("decoding failed: {error}"))
+    })?
 }
 
-async fn put_record_batch(ingest: &Ingest, body: &[u8]) -> Result<Response, ApiError> {
+/// A decoded put: the stream name and the records' raw bytes.
+struct DecodedPut {
+    stream: String,
+    records: Vec<Bytes>,
+}
+
+fn decode_put_record(body: &[u8]) -> Result<DecodedPut, ApiError> {
+    let request: PutRecordRequest = parse(body)?;
+    let record = decode_record(&request.record.data, "record")?;
+    Ok(DecodedPut { stream: request.delivery_stream_name.into_owned(), records: vec![record] })
+}
+
+fn decode_put_record_batch(body: &[u8]) -> Result<DecodedPut, ApiError> {
     let request: PutRecordBatchRequest = parse(body)?;
-    let stream = request.delivery_stream_name.as_ref();
-    if !ingest.streams.contains_key(stream) {
-        return Err(ApiError::not_found(stream, ingest));
-    }
     let count = request.records.len();
     if count == 0 || count > MAX_BATCH_RECORDS {
         return Err(ApiError::invalid_argument(format!(
@@ -211,8 +223,25 @@ async fn put_record_batch(ingest: &Ingest, body: &[u8]) -> Result<Response, ApiE
             "records total {total} bytes, over the {MAX_BATCH_BYTES}-byte limit of one PutRecordBatch"
         )));
     }
+    Ok(DecodedPut { stream: request.delivery_stream_name.into_owned(), records })
+}
+
+/// Append a decoded put to its stream's WAL.
+async fn append(ingest: &Ingest, put: DecodedPut) -> Result<std::ops::Range<u64>, ApiError> {
+    if !ingest.streams.contains_key(&put.stream) {
+        return Err(ApiError::not_found(&put.stream, ingest));
+    }
+    ingest.append(&put.stream, put.records).await.map_err(|error| ApiError::from_ingest(error, &put.stream, ingest))
+}
+
+async fn put_record(ingest: &Ingest, body: Bytes) -> Result<Response, ApiError> {
+    let range = append(ingest, decode_off_runtime(body, decode_put_record).await?).await?;
+    Ok(ok_json(json!({ "RecordId": ingest.record_id(range.start), "Encrypted": false })))
+}
+
+async fn put_record_batch(ingest: &Ingest, body: Bytes) -> Result<Response, ApiError> {
+    let range = append(ingest, decode_off_runtime(body, decode_put_record_batch).await?).await?;
     // The batch is appended all or nothing, so no entry fails alone: FailedPutCount is 0 on success.
-    let range = ingest.append(stream, records).await.map_err(|error| ApiError::from_ingest(error, stream, ingest))?;
     let responses: Vec<Value> = range.map(|sequence| json!({ "RecordId": ingest.record_id(sequence) })).collect();
     Ok(ok_json(json!({ "FailedPutCount": 0, "Encrypted": false, "RequestResponses": responses })))
 }
