@@ -46,10 +46,6 @@ impl Metrics {
         metrics
     }
 
-    pub fn stream(&self, stream: &str) -> Option<&Arc<StreamMetrics>> {
-        self.streams.get(stream).map(|(metrics, _)| metrics)
-    }
-
     pub fn render(&self) -> String {
         let mut out = String::new();
         let counters: [(&str, &str, CounterOf); 9] = [

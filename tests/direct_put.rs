@@ -3,12 +3,19 @@
 
 mod common;
 
-use std::time::Duration;
-
 use aws_sdk_firehose::error::ProvideErrorMetadata;
 use aws_sdk_firehose::primitives::Blob;
 use aws_sdk_firehose::types::Record;
 use common::{Spillway, WAIT, eventually, local_objects, local_yaml};
+
+/// Wait (bounded) until the local sink folder holds at least one object; return them all.
+async fn first_objects(out: &std::path::Path, what: &str) -> Vec<(String, Vec<u8>)> {
+    eventually(WAIT, what, || {
+        let objects = local_objects(out);
+        (!objects.is_empty()).then_some(objects)
+    })
+    .await
+}
 
 fn record(data: impl Into<Vec<u8>>) -> Record {
     Record::builder().data(Blob::new(data)).build().expect("record")
@@ -138,11 +145,7 @@ async fn a_full_size_buffer_flushes_before_its_interval() {
         client.put_record_batch().delivery_stream_name("app-logs").set_records(Some(records)).send().await.unwrap();
     }
     let out = dir.path().join("out");
-    let objects = eventually(WAIT, "a size-triggered object", || {
-        let objects = local_objects(&out);
-        (!objects.is_empty()).then_some(objects)
-    })
-    .await;
+    let objects = first_objects(&out, "a size-triggered object").await;
     assert!(objects[0].1.len() >= 1 << 20, "flushed at the 1 MiB hint, got {} bytes", objects[0].1.len());
     assert_eq!(spillway.terminate(), 0);
     let total: usize = local_objects(&out).iter().map(|object| object.1.len()).sum();
@@ -156,11 +159,7 @@ async fn an_idle_stream_flushes_when_its_interval_passes() {
     let client = spillway.client().await;
     client.put_record().delivery_stream_name("app-logs").record(record("one\n")).send().await.unwrap();
     let out = dir.path().join("out");
-    let objects = eventually(Duration::from_secs(30), "an interval-triggered object", || {
-        let objects = local_objects(&out);
-        (!objects.is_empty()).then_some(objects)
-    })
-    .await;
+    let objects = first_objects(&out, "an interval-triggered object").await;
     assert_eq!(objects[0].1, b"one\n");
     assert_eq!(spillway.terminate(), 0);
 }
@@ -175,11 +174,7 @@ async fn zero_interval_delivers_as_soon_as_possible_with_newline_delimiters() {
     let records = vec![record("{\"a\":1}"), record("{\"b\":2}")];
     client.put_record_batch().delivery_stream_name("app-logs").set_records(Some(records)).send().await.unwrap();
     let out = dir.path().join("out");
-    let objects = eventually(Duration::from_secs(30), "an immediate object", || {
-        let objects = local_objects(&out);
-        (!objects.is_empty()).then_some(objects)
-    })
-    .await;
+    let objects = first_objects(&out, "an immediate object").await;
     assert_eq!(objects[0].1, b"{\"a\":1}\n{\"b\":2}\n");
     assert_eq!(spillway.terminate(), 0);
 }

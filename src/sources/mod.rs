@@ -15,7 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Config, StreamConfig};
 use crate::metrics::{Metrics, StreamMetrics};
-use crate::wal::{Wal, WalError};
+use crate::wal::Wal;
 
 /// Firehose's limit on one record's data: 1,000 KiB.
 pub const MAX_RECORD_BYTES: usize = 1_024_000;
@@ -99,7 +99,7 @@ impl Ingest {
                 StreamMetrics::add(&target.metrics.incoming_put_requests, 1);
                 Ok(range)
             }
-            Err(error @ (WalError::Full { .. } | WalError::Closed)) => {
+            Err(error) if error.is_retriable() => {
                 StreamMetrics::add(&target.metrics.throttled_records, count);
                 tracing::warn!(stream, records = count, %error, "throttling a put");
                 Err(IngestError::Throttled)
