@@ -129,3 +129,24 @@ async fn corruption_in_the_middle_names_segment_and_offset() {
     assert!(message.contains("offset 0"), "{message}");
     wal.close();
 }
+
+#[tokio::test]
+async fn interval_fsync_acknowledges_after_the_write_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let interval = WalOptions { fsync: FsyncPolicy::Interval, segment_bytes: 1 << 20, ..options(dir.path()) };
+    let (wal, _) = Wal::open(interval.clone(), 0).unwrap();
+    let mut expected = Vec::new();
+    for round in 0..5 {
+        let batch = records(&format!("i{round}"), 4);
+        wal.append(0, batch.clone()).await.unwrap();
+        expected.extend(batch);
+    }
+    assert_eq!(read_all(&wal, 0), expected, "readable before the timed fsync");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    wal.close();
+    let (wal, report) = Wal::open(interval, 0).unwrap();
+    assert_eq!(report.next_sequence, 20);
+    assert!(report.truncated_tail.is_none());
+    assert_eq!(read_all(&wal, 0), expected);
+    wal.close();
+}
