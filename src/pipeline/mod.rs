@@ -183,3 +183,6 @@ async fn sleep_until_option(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests;
