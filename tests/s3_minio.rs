@@ -127,3 +127,47 @@ async fn sigkill_then_restart_delivers_to_minio_without_duplicates() {
     let delivered = common::concat_in_sent_order(objects(&s3, &bucket).await, &expected);
     assert_eq!(delivered, expected);
 }
+
+#[tokio::test]
+#[ignore = "needs services: scripts/test.sh"]
+async fn credentials_come_from_an_aws_profile_when_the_yaml_names_none() {
+    let s3 = s3_client().await;
+    let bucket = format!("spillway-{}", uuid::Uuid::new_v4().simple());
+    s3.create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("aws-credentials");
+    std::fs::write(
+        &credentials,
+        format!(
+            "[spillway-test]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            env("SPILLWAY_TEST_S3_ACCESS_KEY"),
+            env("SPILLWAY_TEST_S3_SECRET_KEY")
+        ),
+    )
+    .unwrap();
+    let yaml = format!(
+        "server: {{ listen: 127.0.0.1:0 }}\ndata_dir: ./data\nstreams:\n  - name: app-logs\n    sink:\n      type: s3\n      url: s3://{bucket}\n      endpoint: {}\n      region: {}\n",
+        env("SPILLWAY_TEST_S3_ENDPOINT"),
+        env("SPILLWAY_TEST_S3_REGION")
+    );
+    let config = dir.path().join("spillway.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let spillway = Spillway::start_with_env(
+        dir.path(),
+        &config,
+        &[
+            ("AWS_SHARED_CREDENTIALS_FILE", credentials.to_str().unwrap()),
+            ("AWS_PROFILE", "spillway-test"),
+            ("AWS_CONFIG_FILE", "/nonexistent"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+        &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"],
+    );
+    let firehose = spillway.client().await;
+    let record = Record::builder().data(Blob::new("{\"from\":\"profile\"}\n")).build().unwrap();
+    firehose.put_record().delivery_stream_name("app-logs").record(record).send().await.unwrap();
+    assert_eq!(spillway.terminate(), 0);
+    let objects = objects(&s3, &bucket).await;
+    assert_eq!(objects.len(), 1, "signed with the profile's keys, MinIO accepted the object");
+    assert_eq!(objects[0].1, b"{\"from\":\"profile\"}\n");
+}

@@ -33,20 +33,31 @@ impl Spillway {
     }
 
     pub fn start_with_config(dir: &Path, config: &Path) -> Spillway {
+        Self::start_with_env(dir, config, &[], &[])
+    }
+
+    /// Start with extra environment variables set and others removed.
+    pub fn start_with_env(dir: &Path, config: &Path, set: &[(&str, &str)], remove: &[&str]) -> Spillway {
         let log = dir.join(format!(
             "spillway-{}.log",
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
         ));
         let log_file = std::fs::File::create(&log).expect("create log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_spillway"));
+        command
             .args(["run", "--config"])
             .arg(config)
             .current_dir(dir)
             .env("SPILLWAY_LOG", "info,spillway=debug")
             .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .expect("start spillway");
+            .stderr(log_file);
+        for (name, value) in set {
+            command.env(name, value);
+        }
+        for name in remove {
+            command.env_remove(name);
+        }
+        let mut child = command.spawn().expect("start spillway");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("read the listening line");

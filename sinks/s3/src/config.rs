@@ -339,6 +339,8 @@ impl S3SinkConfig {
             if let Some(session_token) = &self.session_token {
                 builder = builder.with_token(session_token);
             }
+        } else {
+            builder = builder.with_credentials(Arc::new(crate::credentials::AwsChainCredentials::default()));
         }
         builder.build().map_err(|error| {
             SinkError::permanent(

@@ -8,8 +8,11 @@
 //!   Firehose object names; pure.
 //! - [`sink`]: `S3Sink`, the `Sink` and `ErrorOutput` implementations (single PUT or multipart).
 //! - [`error`]: classification of object store failures into `SinkError`.
+//! - `credentials`: the standard AWS credential chain (profiles, SSO, roles) when the YAML names
+//!   no keys.
 
 pub mod config;
+mod credentials;
 pub mod error;
 pub mod key;
 pub mod sink;
