@@ -82,6 +82,12 @@ impl Metrics {
     }
 }
 
+/// The value of the first sample named `name` (with its labels, if any, e.g.
+/// `spillway_delivered_bytes_total{stream="logs"}`) in Prometheus text as `render` writes it.
+pub fn read_metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')).and_then(|value| value.trim().parse().ok())
+}
+
 /// User + system CPU time of this process, from `/proc/self/stat` (Linux only).
 fn process_cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
@@ -103,4 +109,21 @@ fn process_peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_samples_read_back_by_name_and_labels() {
+        let mut metrics = Metrics::default();
+        let logs = metrics.register("logs", Box::new(|| 7));
+        StreamMetrics::add(&logs.delivered_bytes, 1234);
+        let text = metrics.render();
+        assert_eq!(read_metric(&text, "spillway_delivered_bytes_total{stream=\"logs\"}"), Some(1234.0));
+        assert_eq!(read_metric(&text, "spillway_wal_bytes{stream=\"logs\"}"), Some(7.0));
+        assert_eq!(read_metric(&text, "spillway_delivered_bytes_total{stream=\"other\"}"), None);
+        assert!(read_metric(&text, "process_cpu_seconds_total").is_some());
+    }
 }

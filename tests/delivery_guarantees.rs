@@ -273,18 +273,10 @@ async fn back_pressure_throttles_fast_clients_and_delivers_everything_once() {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let pushers =
         tokio::spawn(push_until_stopped(spillway.endpoint.clone(), 4, "bp".into(), 7, ledger.clone(), stop.clone()));
-    let http = reqwest::Client::new();
-    let metrics_url = format!("{}/metrics", spillway.endpoint);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let metrics = http.get(&metrics_url).send().await.unwrap().text().await.unwrap();
-        let throttled = metrics
-            .lines()
-            .find(|l| l.starts_with("spillway_throttled_records_total"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-        if throttled > 0 {
+        let throttled = spillway.metric("spillway_throttled_records_total{stream=\"app-logs\"}").await.unwrap_or(0.0);
+        if throttled > 0.0 {
             break;
         }
         assert!(Instant::now() < deadline, "clients were never throttled");
@@ -296,13 +288,7 @@ async fn back_pressure_throttles_fast_clients_and_delivers_everything_once() {
     let throttled_calls = pushers.await.unwrap();
     assert!(throttled_calls > 0, "clients saw ServiceUnavailableException");
 
-    let metrics = http.get(&metrics_url).send().await.unwrap().text().await.unwrap();
-    let peak_rss: u64 = metrics
-        .lines()
-        .find(|l| l.starts_with("process_peak_rss_bytes"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let peak_rss = spillway.metric("process_peak_rss_bytes").await.expect("peak rss metric") as u64;
     assert_eq!(spillway.terminate(), 0);
     // Bound: a fixed ~64 MiB for the runtime, clients and code, plus the configured in-flight
     // request memory (8 MiB) and three 1 MiB buffers (one filling, two in flight).
@@ -375,14 +361,9 @@ async fn a_minio_outage_of_60_seconds_loses_and_duplicates_nothing() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     pushers.await.unwrap();
 
-    let metrics = reqwest::get(format!("{}/metrics", spillway.endpoint)).await.unwrap().text().await.unwrap();
-    let retries: u64 = metrics
-        .lines()
-        .find(|l| l.starts_with("spillway_delivery_retries_total"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    assert!(retries > 0, "retries are visible in metrics");
+    let retries =
+        spillway.metric("spillway_delivery_retries_total{stream=\"app-logs\"}").await.expect("retries metric");
+    assert!(retries > 0.0, "retries are visible in metrics");
     assert!(spillway.log_text().contains("delivery failed, retrying"), "and in the log");
     assert_eq!(spillway.terminate(), 0);
     let ledger = std::mem::take(&mut *ledger.lock().unwrap());

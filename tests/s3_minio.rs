@@ -8,17 +8,11 @@ use aws_sdk_firehose::primitives::Blob;
 use aws_sdk_firehose::types::Record;
 use common::{Spillway, WAIT};
 
-use common::s3::{env, objects as prefixed_objects};
+use common::s3::{self, env};
 
-async fn s3_client() -> aws_sdk_s3::Client {
-    common::s3::client().await
-}
-
-async fn objects(s3: &aws_sdk_s3::Client, bucket: &str) -> Vec<(String, Vec<u8>)> {
-    prefixed_objects(s3, bucket, "").await
-}
-
-fn minio_yaml(bucket: &str, extra_sink: &str) -> String {
+/// A stream with newline-delimited records and a dated prefix, delivering to `bucket` on the
+/// test MinIO with the keys from the environment.
+fn minio_yaml(bucket: &str) -> String {
     format!(
         "server: {{ listen: 127.0.0.1:0 }}\n\
          data_dir: ./data\n\
@@ -26,28 +20,20 @@ fn minio_yaml(bucket: &str, extra_sink: &str) -> String {
          \x20 - name: app-logs\n\
          \x20   processing: {{ record_delimiter: newline }}\n\
          \x20   buffering: {{ size_mib: 1, interval_seconds: 900 }}\n\
-         \x20   sink:\n\
-         \x20     type: s3\n\
-         \x20     url: s3://{bucket}\n\
-         \x20     endpoint: ${{SPILLWAY_TEST_S3_ENDPOINT}}\n\
-         \x20     region: ${{SPILLWAY_TEST_S3_REGION}}\n\
-         \x20     access_key_id: ${{SPILLWAY_TEST_S3_ACCESS_KEY}}\n\
-         \x20     secret_access_key: ${{SPILLWAY_TEST_S3_SECRET_KEY}}\n\
-         \x20     prefix: 'logs/!{{timestamp:yyyy/MM/dd}}/'\n\
-         \x20     compression: gzip\n\
-         {extra_sink}"
+         {}\
+         \x20     prefix: 'logs/!{{timestamp:yyyy/MM/dd}}/'\n",
+        s3::sink_yaml(bucket, "${SPILLWAY_TEST_S3_ENDPOINT}")
     )
 }
 
 #[tokio::test]
 #[ignore = "needs services: scripts/test.sh"]
 async fn direct_put_to_minio_delivers_gzip_objects_readable_by_aws_clients() {
-    let s3 = s3_client().await;
-    let bucket = format!("spillway-{}", uuid::Uuid::new_v4().simple());
-    s3.create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    let s3 = s3::client().await;
+    let bucket = s3::new_bucket(&s3).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let spillway = Spillway::start(dir.path(), &minio_yaml(&bucket, ""));
+    let spillway = Spillway::start(dir.path(), &minio_yaml(&bucket));
     let firehose = spillway.client().await;
     let mut expected = Vec::new();
     // 4 × 500 records of ~1 KiB: the 1 MiB size hint flushes while running (after the third
@@ -79,7 +65,7 @@ async fn direct_put_to_minio_delivers_gzip_objects_readable_by_aws_clients() {
     assert!(first.is_some(), "a size-triggered object reached MinIO while spillway ran");
     assert_eq!(spillway.terminate(), 0);
 
-    let objects = objects(&s3, &bucket).await;
+    let objects = s3::objects(&s3, &bucket, "").await;
     assert!(objects.len() >= 2, "size flush + shutdown flush");
     for (key, _) in &objects {
         assert!(key.starts_with("logs/") && key.ends_with(".gz") && key.contains("/app-logs-1-"), "{key}");
@@ -104,11 +90,10 @@ async fn direct_put_to_minio_delivers_gzip_objects_readable_by_aws_clients() {
 #[tokio::test]
 #[ignore = "needs services: scripts/test.sh"]
 async fn sigkill_then_restart_delivers_to_minio_without_duplicates() {
-    let s3 = s3_client().await;
-    let bucket = format!("spillway-{}", uuid::Uuid::new_v4().simple());
-    s3.create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    let s3 = s3::client().await;
+    let bucket = s3::new_bucket(&s3).await;
     let dir = tempfile::tempdir().unwrap();
-    let yaml = minio_yaml(&bucket, "");
+    let yaml = minio_yaml(&bucket);
     let spillway = Spillway::start(dir.path(), &yaml);
     let firehose = spillway.client().await;
     let mut expected = Vec::new();
@@ -124,16 +109,15 @@ async fn sigkill_then_restart_delivers_to_minio_without_duplicates() {
     spillway.kill();
     let restarted = Spillway::start(dir.path(), &yaml);
     assert_eq!(restarted.terminate(), 0);
-    let delivered = common::concat_in_sent_order(objects(&s3, &bucket).await, &expected);
+    let delivered = common::concat_in_sent_order(s3::objects(&s3, &bucket, "").await, &expected);
     assert_eq!(delivered, expected);
 }
 
 #[tokio::test]
 #[ignore = "needs services: scripts/test.sh"]
 async fn credentials_come_from_an_aws_profile_when_the_yaml_names_none() {
-    let s3 = s3_client().await;
-    let bucket = format!("spillway-{}", uuid::Uuid::new_v4().simple());
-    s3.create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    let s3 = s3::client().await;
+    let bucket = s3::new_bucket(&s3).await;
     let dir = tempfile::tempdir().unwrap();
     let credentials = dir.path().join("aws-credentials");
     std::fs::write(
@@ -167,7 +151,7 @@ async fn credentials_come_from_an_aws_profile_when_the_yaml_names_none() {
     let record = Record::builder().data(Blob::new("{\"from\":\"profile\"}\n")).build().unwrap();
     firehose.put_record().delivery_stream_name("app-logs").record(record).send().await.unwrap();
     assert_eq!(spillway.terminate(), 0);
-    let objects = objects(&s3, &bucket).await;
+    let objects = s3::objects(&s3, &bucket, "").await;
     assert_eq!(objects.len(), 1, "signed with the profile's keys, MinIO accepted the object");
     assert_eq!(objects[0].1, b"{\"from\":\"profile\"}\n");
 }

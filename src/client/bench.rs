@@ -208,11 +208,7 @@ async fn scrape(client: &reqwest::Client, options: &BenchOptions) -> Result<Scra
     let url = format!("{}/metrics", options.endpoint.trim_end_matches('/'));
     let text = client.get(url).send().await?.text().await?;
     let value = |name: &str| -> Result<f64, BenchError> {
-        text.lines()
-            .find(|line| line.starts_with(name))
-            .and_then(|line| line.rsplit(' ').next())
-            .and_then(|value| value.parse().ok())
-            .ok_or_else(|| BenchError::MissingMetric(name.to_string()))
+        crate::metrics::read_metric(&text, name).ok_or_else(|| BenchError::MissingMetric(name.to_string()))
     };
     let delivered_name = format!("spillway_delivered_bytes_total{{stream=\"{}\"}}", options.stream);
     Ok(Scrape {

@@ -88,6 +88,12 @@ impl Spillway {
         let _ = self.child.wait();
     }
 
+    /// One value from the running server's `/metrics`.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = reqwest::get(format!("{}/metrics", self.endpoint)).await.ok()?.text().await.ok()?;
+        spillway::metrics::read_metric(&text, name)
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
