@@ -47,6 +47,11 @@ pub struct ServerConfig {
     /// exiting anyway (what is left stays in the WAL and is delivered on the next start).
     #[serde(default = "default_shutdown_grace_seconds")]
     pub shutdown_grace_seconds: u64,
+    /// A request whose body has not fully arrived within this many seconds is answered
+    /// `408 Request Timeout` and dropped, so a client that trickles its body cannot hold a
+    /// connection and its share of the body memory budget forever.
+    #[serde(default = "default_request_timeout_seconds")]
+    pub request_timeout_seconds: u64,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +61,7 @@ impl Default for ServerConfig {
             region: default_region(),
             account_id: default_account_id(),
             shutdown_grace_seconds: default_shutdown_grace_seconds(),
+            request_timeout_seconds: default_request_timeout_seconds(),
         }
     }
 }
@@ -105,11 +111,25 @@ pub struct LimitsConfig {
     /// Request bodies held in memory at once, over all connections; further requests wait.
     #[serde(default = "default_max_inflight_request_mib")]
     pub max_inflight_request_mib: u64,
+    /// How long a request may wait for its share of `max_inflight_request_mib` before it is
+    /// answered `ServiceUnavailableException` (the client backs off and retries).
+    #[serde(default = "default_body_wait_ms")]
+    pub body_wait_ms: u64,
+    /// How long a put waits for room when the stream's WAL is full before it is answered
+    /// `ServiceUnavailableException`. Producers that re-send a whole chunk on any 503 (Fluent
+    /// Bit's `kinesis_firehose`) duplicate less when short outages are absorbed here.
+    #[serde(default = "default_full_wait_ms")]
+    pub full_wait_ms: u64,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { max_wal_mib: default_max_wal_mib(), max_inflight_request_mib: default_max_inflight_request_mib() }
+        Self {
+            max_wal_mib: default_max_wal_mib(),
+            max_inflight_request_mib: default_max_inflight_request_mib(),
+            body_wait_ms: default_body_wait_ms(),
+            full_wait_ms: default_full_wait_ms(),
+        }
     }
 }
 
@@ -200,6 +220,15 @@ fn default_account_id() -> String {
 fn default_shutdown_grace_seconds() -> u64 {
     60
 }
+fn default_request_timeout_seconds() -> u64 {
+    30
+}
+fn default_body_wait_ms() -> u64 {
+    5_000
+}
+fn default_full_wait_ms() -> u64 {
+    5_000
+}
 fn default_fsync_interval_ms() -> u64 {
     200
 }
@@ -221,6 +250,12 @@ fn default_interval_seconds() -> u64 {
 fn default_retry_duration_seconds() -> u64 {
     86_400
 }
+
+/// Bounds that keep a typo from meaning "wait an hour" or "use a petabyte".
+const MAX_SHUTDOWN_GRACE_SECONDS: u64 = 3_600;
+const MIN_WAL_MIB: u64 = 8;
+const MAX_WAL_MIB: u64 = 1 << 20;
+const MAX_WAIT_MS: u64 = 60_000;
 
 /// One validation problem, located by its YAML path (e.g. `streams[0].buffering.size_mib`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,6 +287,37 @@ impl Config {
                 "wal.fsync_interval_ms".into(),
                 format!("must be between 1 and 60000 (got {})", self.wal.fsync_interval_ms),
             );
+        }
+        if self.server.shutdown_grace_seconds > MAX_SHUTDOWN_GRACE_SECONDS {
+            push(
+                "server.shutdown_grace_seconds".into(),
+                format!(
+                    "must be at most {MAX_SHUTDOWN_GRACE_SECONDS} (got {}); what is left at exit stays in the WAL",
+                    self.server.shutdown_grace_seconds
+                ),
+            );
+        }
+        if !(1..=600).contains(&self.server.request_timeout_seconds) {
+            push(
+                "server.request_timeout_seconds".into(),
+                format!("must be between 1 and 600 (got {})", self.server.request_timeout_seconds),
+            );
+        }
+        if !(MIN_WAL_MIB..=MAX_WAL_MIB).contains(&self.limits.max_wal_mib) {
+            push(
+                "limits.max_wal_mib".into(),
+                format!(
+                    "must be between {MIN_WAL_MIB} (room for the largest request, 4 MiB, twice) and {MAX_WAL_MIB} (got {})",
+                    self.limits.max_wal_mib
+                ),
+            );
+        }
+        for (field, value) in
+            [("limits.body_wait_ms", self.limits.body_wait_ms), ("limits.full_wait_ms", self.limits.full_wait_ms)]
+        {
+            if value > MAX_WAIT_MS {
+                push(field.into(), format!("must be between 0 and {MAX_WAIT_MS} (got {value})"));
+            }
         }
         if self.limits.max_inflight_request_mib < 8 {
             push(
