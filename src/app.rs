@@ -16,7 +16,9 @@ use uuid::Uuid;
 use crate::checkpoint::{Checkpoint, CheckpointError, write_atomically};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::pipeline::{Delivery, DeliveryLoop, IntentError, IntentLog, PipelineError};
+use crate::pipeline::{
+    BatchingOptions, Delivery, DeliveryLoop, IntentError, IntentLog, MemoryBudget, PipelineError, Router,
+};
 use crate::sources::{Ingest, StreamIngest};
 use crate::wal::{Wal, WalError, WalOptions};
 
@@ -58,6 +60,7 @@ impl App {
         let instance_id = load_or_create_instance_id(&data_dir)?;
 
         let mut metrics = Metrics::default();
+        let budget = MemoryBudget::new((config.limits.max_open_batches_mib << 20) as usize);
         let mut streams = BTreeMap::new();
         let mut loops = Vec::new();
         let mut stopped_flags = Vec::new();
@@ -98,12 +101,16 @@ impl App {
                 .map_err(|source| AppError::Sink { stream: name.clone(), source: Box::new(source) })?;
             let wal_for_metrics = wal.clone();
             let stream_metrics = metrics.register(&name, Box::new(move || wal_for_metrics.disk_bytes()));
+            let router = Router::new(None, stream.processing.record_delimiter);
             let delivery = Arc::new(Delivery {
                 sink: built.sink,
                 error_output: built.error_output,
                 failure_output_type: built.failure_output_type,
                 retry_duration: Duration::from_secs(stream.retry.duration_seconds),
                 metrics: stream_metrics.clone(),
+                wal: wal.clone(),
+                encoders: built.encoders.clone(),
+                delimiter: stream.processing.record_delimiter.suffix(),
             });
             let intents =
                 IntentLog::open(&stream_dir).map_err(|source| AppError::Intent { stream: name.clone(), source })?;
@@ -114,9 +121,14 @@ impl App {
                 intents,
                 delivery,
                 instance_id,
-                size_bytes: (stream.buffering.size_mib << 20) as usize,
-                interval: Duration::from_secs(stream.buffering.interval_seconds),
-                delimiter: stream.processing.record_delimiter,
+                router,
+                encoders: built.encoders,
+                batching: BatchingOptions {
+                    size_bytes: (stream.buffering.size_mib << 20) as usize,
+                    interval: Duration::from_secs(stream.buffering.interval_seconds),
+                    max_partitions: 500,
+                },
+                budget: budget.clone(),
             });
             wals.push(wal.clone());
             let stopped = Arc::new(std::sync::OnceLock::new());

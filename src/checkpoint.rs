@@ -20,6 +20,7 @@ struct Stored {
     delivered: u64,
 }
 
+#[derive(Debug, Clone)]
 pub struct Checkpoint {
     path: PathBuf,
 }

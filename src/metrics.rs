@@ -19,6 +19,8 @@ pub struct StreamMetrics {
     pub delivered_batches: AtomicU64,
     pub delivery_retries: AtomicU64,
     pub error_output_records: AtomicU64,
+    /// Batches closed early because a new partition would pass `max_active_partitions`.
+    pub partition_count_exceeded: AtomicU64,
 }
 
 impl StreamMetrics {
@@ -48,7 +50,7 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, CounterOf); 9] = [
+        let counters: [(&str, &str, CounterOf); 10] = [
             ("spillway_incoming_records_total", "records accepted", |m| &m.incoming_records),
             ("spillway_incoming_bytes_total", "bytes accepted", |m| &m.incoming_bytes),
             ("spillway_incoming_put_requests_total", "put requests accepted", |m| &m.incoming_put_requests),
@@ -60,6 +62,11 @@ impl Metrics {
             ("spillway_delivered_batches_total", "batches delivered", |m| &m.delivered_batches),
             ("spillway_delivery_retries_total", "retried sink writes", |m| &m.delivery_retries),
             ("spillway_error_output_records_total", "records written to the error output", |m| &m.error_output_records),
+            (
+                "spillway_partition_count_exceeded_total",
+                "batches closed early because a new partition passed max_active_partitions",
+                |m| &m.partition_count_exceeded,
+            ),
         ];
         for (name, help, counter) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");

@@ -6,7 +6,7 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use serde::Deserialize;
-use spillway_sink_api::{ErrorOutput, Sink, SinkError};
+use spillway_sink_api::{EncoderFactory, ErrorOutput, Sink, SinkError};
 use spillway_sink_s3::S3SinkConfig;
 
 use crate::config::Problem;
@@ -18,9 +18,10 @@ pub enum SinkConfig {
     S3(S3SinkConfig),
 }
 
-/// A built sink and where its undeliverable records go.
+/// A built sink, the encoder its open batches are held in, and where undeliverable records go.
 pub struct BuiltSink {
     pub sink: Arc<dyn Sink>,
+    pub encoders: Arc<dyn EncoderFactory>,
     pub error_output: Arc<dyn ErrorOutput>,
     /// `!{firehose:error-output-type}` for records this sink refused.
     pub failure_output_type: &'static str,
@@ -62,7 +63,12 @@ impl SinkConfig {
         match self {
             SinkConfig::S3(config) => {
                 let sink = Arc::new(config.build(stream)?);
-                Ok(BuiltSink { sink: sink.clone(), error_output: sink, failure_output_type: "s3-failed" })
+                Ok(BuiltSink {
+                    encoders: Arc::new(sink.encoder_factory()),
+                    sink: sink.clone(),
+                    error_output: sink,
+                    failure_output_type: "s3-failed",
+                })
             }
         }
     }

@@ -120,6 +120,10 @@ pub struct LimitsConfig {
     /// Bit's `kinesis_firehose`) duplicate less when short outages are absorbed here.
     #[serde(default = "default_full_wait_ms")]
     pub full_wait_ms: u64,
+    /// Encoded open batches held in memory across all streams and partitions; past it the
+    /// largest open batch is closed (delivered) early.
+    #[serde(default = "default_max_open_batches_mib")]
+    pub max_open_batches_mib: u64,
 }
 
 impl Default for LimitsConfig {
@@ -129,6 +133,7 @@ impl Default for LimitsConfig {
             max_inflight_request_mib: default_max_inflight_request_mib(),
             body_wait_ms: default_body_wait_ms(),
             full_wait_ms: default_full_wait_ms(),
+            max_open_batches_mib: default_max_open_batches_mib(),
         }
     }
 }
@@ -172,6 +177,16 @@ pub enum RecordDelimiter {
     #[default]
     None,
     Newline,
+}
+
+impl RecordDelimiter {
+    /// The bytes appended to every record.
+    pub fn suffix(self) -> &'static [u8] {
+        match self {
+            RecordDelimiter::None => b"",
+            RecordDelimiter::Newline => b"\n",
+        }
+    }
 }
 
 /// Firehose's `BufferingHints`: a buffer is flushed when either is reached, whichever first.
@@ -228,6 +243,9 @@ fn default_body_wait_ms() -> u64 {
 }
 fn default_full_wait_ms() -> u64 {
     5_000
+}
+fn default_max_open_batches_mib() -> u64 {
+    256
 }
 fn default_fsync_interval_ms() -> u64 {
     200
@@ -318,6 +336,12 @@ impl Config {
             if value > MAX_WAIT_MS {
                 push(field.into(), format!("must be between 0 and {MAX_WAIT_MS} (got {value})"));
             }
+        }
+        if !(4..=65_536).contains(&self.limits.max_open_batches_mib) {
+            push(
+                "limits.max_open_batches_mib".into(),
+                format!("must be between 4 and 65536 (got {})", self.limits.max_open_batches_mib),
+            );
         }
         if self.limits.max_inflight_request_mib < 8 {
             push(

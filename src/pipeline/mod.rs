@@ -1,46 +1,67 @@
-//! Delivery of one stream: read committed records back from the WAL, buffer them until the size or
-//! interval hint, record the batch's intent, hand it to the sink (retries and error output in
-//! [`retry`]), then move the checkpoint and trim the WAL — strictly in sequence order, with up to
-//! [`MAX_IN_FLIGHT`] batches being written at once so compression uses every core.
+//! Delivery of one stream: read committed records back from the WAL, route each into its
+//! partition's open batch (held encoded), close batches on size / interval / stop / partition cap /
+//! memory budget, record each batch's intent, hand it to the sink (retries and error output in
+//! [`retry`]), and move the **watermark** — the lowest sequence not yet delivered by any batch —
+//! which is the checkpoint and the WAL's trim point. Batches of different partitions complete in
+//! any order; a slow partition holds the watermark back but not the others' deliveries.
 //!
-//! Must not: parse records or know a sink's protocol.
+//! CPU work (reading frames, routing, encoding) runs in [`assemble`] on the blocking pool; file
+//! work (intents, checkpoint) too. This task only orchestrates.
+//!
+//! Must not: parse records beyond routing, or know a sink's protocol.
 
-mod buffer;
+pub mod assemble;
 pub mod intent;
+pub mod open_batch;
 pub mod retry;
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use futures::stream::FuturesOrdered;
-use spillway_sink_api::{Batch, Record};
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use spillway_sink_api::{Batch, EncoderFactory, RawEncoderFactory};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::checkpoint::{Checkpoint, CheckpointError};
-use crate::config::RecordDelimiter;
-use crate::wal::{Wal, WalError, WalReader};
-pub use buffer::Buffer;
-pub use intent::{Intent, IntentError, IntentLog};
-pub use retry::Delivery;
+use crate::wal::{Wal, WalError};
+pub use assemble::{AssembleError, Assembler, Claimed, PartitionFailure, Partitioner, Router};
+pub use intent::{Intent, IntentError, IntentLog, IntentState};
+pub use open_batch::{ClosedBatch, MemoryBudget, OpenBatches, Route};
+pub use retry::{Delivery, DeliveryError};
 
-/// Batches written concurrently per stream; checkpoints still advance in order.
-pub const MAX_IN_FLIGHT: usize = 2;
-/// Most record bytes read from the WAL in one blocking call.
-const READ_CHUNK_BYTES: usize = 8 << 20;
+/// Batches written concurrently per stream (S3 PUTs are latency-bound; many partitions close at
+/// once when their intervals pass).
+pub const MAX_IN_FLIGHT: usize = 8;
+/// Most record bytes read from the WAL in one blocking step.
+const READ_CHUNK_BYTES: usize = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error(transparent)]
     Wal(#[from] WalError),
     #[error(transparent)]
+    Assemble(#[from] AssembleError),
+    #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Intent(#[from] IntentError),
-    #[error("wal reader task failed: {0}")]
+    #[error(transparent)]
+    Delivery(#[from] DeliveryError),
+    #[error("a blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+}
+
+/// How a stream's batches are shaped.
+#[derive(Clone)]
+pub struct BatchingOptions {
+    pub size_bytes: usize,
+    pub interval: Duration,
+    pub max_partitions: usize,
 }
 
 pub struct DeliveryLoop {
@@ -49,75 +70,149 @@ pub struct DeliveryLoop {
     pub checkpoint: Checkpoint,
     pub intents: IntentLog,
     pub delivery: Arc<Delivery>,
-    /// Seeds batch ids: the same (instance, stream, first sequence) always gives the same id.
+    /// Seeds batch ids: the same (instance, stream, route, first sequence) gives the same id.
     pub instance_id: Uuid,
-    pub size_bytes: usize,
-    pub interval: Duration,
-    pub delimiter: RecordDelimiter,
+    pub router: Router,
+    pub encoders: Arc<dyn EncoderFactory>,
+    pub batching: BatchingOptions,
+    pub budget: Arc<MemoryBudget>,
+}
+
+/// A batch handed to the sink, and what the loop needs when it comes back.
+struct Completed {
+    intent: Intent,
+    result: Result<(), DeliveryError>,
+}
+
+/// The loop's bookkeeping of batches between "closed" and "watermark passed".
+#[derive(Default)]
+struct Ledger {
+    /// Starts of batches recorded but not yet delivered (a multiset).
+    in_flight_starts: BTreeMap<u64, usize>,
+    /// Done intents above the watermark, removed once it passes their end.
+    done: Vec<Intent>,
+    /// The checkpoint as stored.
+    stored: u64,
+}
+
+impl Ledger {
+    fn add_in_flight(&mut self, start: u64) {
+        *self.in_flight_starts.entry(start).or_default() += 1;
+    }
+
+    fn remove_in_flight(&mut self, start: u64) {
+        if let Some(count) = self.in_flight_starts.get_mut(&start) {
+            *count -= 1;
+            if *count == 0 {
+                self.in_flight_starts.remove(&start);
+            }
+        }
+    }
+
+    fn lowest_in_flight(&self) -> Option<u64> {
+        self.in_flight_starts.keys().next().copied()
+    }
 }
 
 impl DeliveryLoop {
     /// Run until `stop` turns true and every committed record is delivered.
     pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), PipelineError> {
-        let mut delivered = self.checkpoint.load()?;
-        delivered = self.replay_intents(delivered).await?;
+        let (checkpoint, intents) = (self.checkpoint.clone(), self.intents.clone());
+        let (stored, recorded) = tokio::task::spawn_blocking(move || -> Result<(u64, Vec<Intent>), PipelineError> {
+            Ok((checkpoint.load()?, intents.load()?))
+        })
+        .await??;
 
-        let mut reader = Some(self.wal.reader(delivered));
+        let mut ledger = Ledger { stored, ..Ledger::default() };
+        let mut in_flight: FuturesUnordered<BoxFuture<'static, Completed>> = FuturesUnordered::new();
+        let mut stale = Vec::new();
+        let mut claimed = Vec::new();
+        for intent in recorded {
+            if intent.end <= stored {
+                stale.push(intent);
+                continue;
+            }
+            claimed.push((intent.route(), intent.start..intent.end));
+            match intent.state {
+                IntentState::Done => ledger.done.push(intent),
+                IntentState::Pending => {
+                    let batch = self.rebuild(&intent).await?;
+                    tracing::info!(stream = %self.stream, batch = %intent.id, start = intent.start, end = intent.end, records = batch.record_count(), "re-sending a batch recorded before a restart");
+                    ledger.add_in_flight(intent.start);
+                    in_flight.push(self.send(intent, batch));
+                }
+            }
+        }
+        self.remove_intents(stale).await?;
+
+        let open = OpenBatches::new(
+            self.encoders.clone(),
+            Arc::new(RawEncoderFactory { compression: spillway_sink_api::Compression::None }),
+            self.batching.size_bytes,
+            self.batching.interval,
+            self.batching.max_partitions,
+            self.budget.clone(),
+        );
+        let mut assembler =
+            Some(Assembler::new(self.wal.reader(stored), open, self.router.clone(), Claimed::new(claimed)));
         let mut committed_rx = self.wal.committed();
-        let mut buffer = Buffer::new(self.delimiter);
-        let mut next_batch_start = delivered;
-        let mut in_flight = FuturesOrdered::new();
+        let mut closed_queue: VecDeque<ClosedBatch> = VecDeque::new();
         let mut stopping = *stop.borrow();
         let recovery_started = Instant::now();
-        let mut backlog_end = Some(*committed_rx.borrow()).filter(|&end| end > delivered);
+        let mut backlog_end = Some(*committed_rx.borrow()).filter(|&end| end > stored);
 
         loop {
             let committed = *committed_rx.borrow_and_update();
-            let position = reader.as_ref().map(WalReader::position).unwrap_or(committed);
+            let (position, has_open, deadline) = match assembler.as_ref() {
+                Some(current) => (current.position(), current.has_open_batches(), current.next_deadline()),
+                None => return Err(WalError::Closed.into()),
+            };
             let caught_up = position >= committed;
 
-            if !caught_up && buffer.bytes() < self.size_bytes {
-                let budget = (self.size_bytes - buffer.bytes()).min(READ_CHUNK_BYTES);
-                let mut taken = reader.take().ok_or(WalError::Closed)?;
-                let (returned, frames) = tokio::task::spawn_blocking(move || {
-                    let frames = taken.read(committed, budget);
-                    (taken, frames)
-                })
-                .await?;
-                reader = Some(returned);
-                let (now, now_ms) = (Instant::now(), chrono::Utc::now().timestamp_millis());
-                for frame in frames? {
-                    buffer.push_frame(frame, now, now_ms);
+            // Hand closed batches to the sink while there is room in flight.
+            if !closed_queue.is_empty() && in_flight.len() < MAX_IN_FLIGHT {
+                let room = MAX_IN_FLIGHT - in_flight.len();
+                let ready: Vec<ClosedBatch> = closed_queue.drain(..room.min(closed_queue.len())).collect();
+                for (intent, batch) in self.record_intents(ready).await? {
+                    ledger.add_in_flight(intent.start);
+                    in_flight.push(self.send(intent, batch));
                 }
                 continue;
             }
 
-            let interval_elapsed = buffer.opened_at().is_some_and(|opened| opened.elapsed() >= self.interval);
-            let flush_due = !buffer.is_empty()
-                && (buffer.bytes() >= self.size_bytes || interval_elapsed || (stopping && caught_up));
-            if flush_due && in_flight.len() < MAX_IN_FLIGHT {
-                let records = buffer.take();
-                let intent = self.intent_for(next_batch_start, &records);
-                next_batch_start = intent.end;
-                self.intents.record(&intent)?;
-                let batch = Batch { stream: self.stream.clone(), id: intent.id, records };
-                let delivery = self.delivery.clone();
-                in_flight.push_back(async move {
-                    delivery.deliver(&batch).await;
-                    intent
-                });
+            // Read on while nothing waits for a slot (back-pressure: closed batches hold memory).
+            if !caught_up && closed_queue.is_empty() {
+                let mut taken = assembler.take().ok_or(WalError::Closed)?;
+                let (returned, closed) = tokio::task::spawn_blocking(move || {
+                    let closed = taken.fill(committed, READ_CHUNK_BYTES);
+                    (taken, closed)
+                })
+                .await?;
+                let returned = assembler.insert(returned);
+                closed_queue.extend(closed?);
+                self.note_early_closes(returned);
+                self.advance_watermark(&mut ledger, returned, &closed_queue).await?;
                 continue;
             }
 
-            if stopping && caught_up && buffer.is_empty() && in_flight.is_empty() {
+            if stopping && caught_up && has_open {
+                let closed = self.close_due(&mut assembler, Instant::now(), true).await?;
+                closed_queue.extend(closed);
+                continue;
+            }
+            if stopping && caught_up && !has_open && closed_queue.is_empty() && in_flight.is_empty() {
                 return Ok(());
             }
 
-            let deadline = buffer.opened_at().map(|opened| opened + self.interval);
             tokio::select! {
-                Some(intent) = in_flight.next(), if !in_flight.is_empty() => {
-                    self.complete(&intent)?;
-                    if backlog_end.is_some_and(|end| intent.end >= end) {
+                Some(completed) = in_flight.next(), if !in_flight.is_empty() => {
+                    completed.result?;
+                    let intent = completed.intent;
+                    ledger.remove_in_flight(intent.start);
+                    let end = intent.end;
+                    let current = assembler.as_mut().ok_or(WalError::Closed)?;
+                    self.finish(&mut ledger, current, &closed_queue, intent).await?;
+                    if backlog_end.is_some_and(|backlog| end >= backlog && ledger.stored >= backlog) {
                         backlog_end = None;
                         tracing::info!(stream = %self.stream, recovery_ms = recovery_started.elapsed().as_millis() as u64, "records left in the wal by the last run are delivered");
                     }
@@ -127,7 +222,10 @@ impl DeliveryLoop {
                         stopping = true;
                     }
                 }
-                () = sleep_until_option(deadline), if deadline.is_some() && in_flight.len() < MAX_IN_FLIGHT => {}
+                () = sleep_until_option(deadline), if deadline.is_some() && closed_queue.is_empty() => {
+                    let closed = self.close_due(&mut assembler, Instant::now(), false).await?;
+                    closed_queue.extend(closed);
+                }
                 _ = stop.changed(), if !stopping => {
                     stopping = true;
                 }
@@ -135,45 +233,178 @@ impl DeliveryLoop {
         }
     }
 
-    /// Re-send batches whose intent was recorded but whose checkpoint was not, under the same id.
-    async fn replay_intents(&self, mut delivered: u64) -> Result<u64, PipelineError> {
-        for intent in self.intents.pending()? {
-            if intent.end <= delivered {
-                self.intents.remove(&intent)?;
-                continue;
+    async fn close_due(
+        &self,
+        assembler: &mut Option<Assembler>,
+        now: Instant,
+        all: bool,
+    ) -> Result<Vec<ClosedBatch>, PipelineError> {
+        let mut taken = assembler.take().ok_or(WalError::Closed)?;
+        let (returned, closed) = tokio::task::spawn_blocking(move || {
+            let closed = taken.close_due(now, all);
+            (taken, closed)
+        })
+        .await?;
+        *assembler = Some(returned);
+        Ok(closed?)
+    }
+
+    /// Record the intents of closed batches (one blocking call for all: a burst of partitions
+    /// closing together shares the fsyncs' latency) and turn them into batches.
+    async fn record_intents(&self, ready: Vec<ClosedBatch>) -> Result<Vec<(Intent, Batch)>, PipelineError> {
+        let prepared: Vec<(Intent, Batch)> = ready
+            .into_iter()
+            .map(|closed| {
+                let intent = Intent::new(&self.instance_id, &self.stream, &closed.route, closed.start, closed.end);
+                let batch = self.batch_of(&intent, closed);
+                (intent, batch)
+            })
+            .collect();
+        let intents = self.intents.clone();
+        let to_record: Vec<Intent> = prepared.iter().map(|(intent, _)| intent.clone()).collect();
+        tokio::task::spawn_blocking(move || -> Result<(), IntentError> {
+            for intent in &to_record {
+                intents.record(intent)?;
             }
-            let mut reader = self.wal.reader(intent.start);
-            let end = intent.end;
-            let frames = tokio::task::spawn_blocking(move || reader.read(end, usize::MAX)).await??;
-            let mut buffer = Buffer::new(self.delimiter);
-            let (now, now_ms) = (Instant::now(), chrono::Utc::now().timestamp_millis());
-            for frame in frames {
-                buffer.push_frame(frame, now, now_ms);
-            }
-            let mut records = buffer.take();
-            records.retain(|record| record.sequence < intent.end);
-            tracing::info!(stream = %self.stream, batch = %intent.id, start = intent.start, end = intent.end, "re-sending a batch recorded before a restart");
-            let batch = Batch { stream: self.stream.clone(), id: intent.id, records };
-            self.delivery.deliver(&batch).await;
-            self.complete(&intent)?;
-            delivered = intent.end;
+            Ok(())
+        })
+        .await??;
+        Ok(prepared)
+    }
+
+    fn batch_of(&self, intent: &Intent, closed: ClosedBatch) -> Batch {
+        Batch {
+            stream: self.stream.clone(),
+            id: intent.id,
+            partition: closed.route.partition.as_ref().clone(),
+            start: closed.start,
+            end: closed.end,
+            sequences: closed.sequences,
+            record_bytes: closed.record_bytes,
+            oldest_arrival_ms: closed.oldest_arrival_ms,
+            payload: closed.payload,
         }
-        Ok(delivered)
     }
 
-    fn intent_for(&self, start: u64, records: &[Record]) -> Intent {
-        let end = records.last().map(|record| record.sequence + 1).unwrap_or(start);
-        let name = format!("{}/{start}", self.stream);
-        Intent { id: Uuid::new_v5(&self.instance_id, name.as_bytes()), start, end }
+    fn send(&self, intent: Intent, batch: Batch) -> BoxFuture<'static, Completed> {
+        let delivery = self.delivery.clone();
+        Box::pin(async move {
+            let result = delivery.deliver(&batch, intent.error_output_type.as_deref()).await;
+            Completed { intent, result }
+        })
     }
 
-    /// The batch is delivered (or in the error output): move the checkpoint, drop the intent,
-    /// trim the WAL.
-    fn complete(&self, intent: &Intent) -> Result<(), PipelineError> {
-        self.checkpoint.store(intent.end)?;
-        self.intents.remove(intent)?;
-        self.wal.trim(intent.end);
+    /// Rebuild a pending intent's batch from the WAL, under its recorded id.
+    async fn rebuild(&self, intent: &Intent) -> Result<Batch, PipelineError> {
+        let reader = self.wal.reader(intent.start);
+        let router = self.router.clone();
+        let route = intent.route();
+        let end = intent.end;
+        // No size hint, cap or budget: the rebuilt batch is exactly the recorded range.
+        let open = OpenBatches::new(
+            self.encoders.clone(),
+            Arc::new(RawEncoderFactory { compression: spillway_sink_api::Compression::None }),
+            usize::MAX,
+            Duration::from_secs(u64::MAX / 4),
+            usize::MAX,
+            MemoryBudget::new(usize::MAX),
+        );
+        let closed =
+            tokio::task::spawn_blocking(move || assemble::rebuild(reader, &router, open, &route, end)).await??;
+        let closed = closed.unwrap_or(ClosedBatch {
+            route: intent.route(),
+            start: intent.start,
+            end: intent.end,
+            sequences: Default::default(),
+            record_bytes: 0,
+            oldest_arrival_ms: 0,
+            payload: Default::default(),
+        });
+        Ok(self.batch_of(intent, closed))
+    }
+
+    /// A batch left: mark its intent done (or drop it when the watermark passes it at once),
+    /// then move the watermark.
+    async fn finish(
+        &self,
+        ledger: &mut Ledger,
+        assembler: &mut Assembler,
+        queue: &VecDeque<ClosedBatch>,
+        mut intent: Intent,
+    ) -> Result<(), PipelineError> {
+        let watermark = self.watermark(ledger, assembler, queue);
+        if watermark < intent.end {
+            // Records of other batches below it are still on their way: remember that this one
+            // left, so a restart skips its records instead of sending them again.
+            intent.state = IntentState::Done;
+            let (intents, done) = (self.intents.clone(), intent.clone());
+            tokio::task::spawn_blocking(move || intents.record(&done)).await??;
+        }
+        ledger.done.push(intent);
+        self.advance_watermark(ledger, assembler, queue).await
+    }
+
+    /// The lowest sequence not yet delivered: nothing below it is unread, open, queued or in flight.
+    fn watermark(&self, ledger: &Ledger, assembler: &Assembler, queue: &VecDeque<ClosedBatch>) -> u64 {
+        let mut watermark = assembler.position();
+        for candidate in
+            [assembler.lowest_open_start(), ledger.lowest_in_flight(), queue.iter().map(|closed| closed.start).min()]
+                .into_iter()
+                .flatten()
+        {
+            watermark = watermark.min(candidate);
+        }
+        watermark
+    }
+
+    /// Store the watermark as the checkpoint when it moved, drop intents below it, trim the WAL.
+    async fn advance_watermark(
+        &self,
+        ledger: &mut Ledger,
+        assembler: &mut Assembler,
+        queue: &VecDeque<ClosedBatch>,
+    ) -> Result<(), PipelineError> {
+        let watermark = self.watermark(ledger, assembler, queue);
+        if watermark <= ledger.stored {
+            return Ok(());
+        }
+        let passed: Vec<Intent> = {
+            let (passed, kept) =
+                std::mem::take(&mut ledger.done).into_iter().partition(|intent| intent.end <= watermark);
+            ledger.done = kept;
+            passed
+        };
+        let checkpoint = self.checkpoint.clone();
+        tokio::task::spawn_blocking(move || checkpoint.store(watermark)).await??;
+        ledger.stored = watermark;
+        self.remove_intents(passed).await?;
+        assembler.release_claims_below(watermark);
+        self.wal.trim(watermark);
         Ok(())
+    }
+
+    async fn remove_intents(&self, intents: Vec<Intent>) -> Result<(), PipelineError> {
+        if intents.is_empty() {
+            return Ok(());
+        }
+        let log = self.intents.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), IntentError> {
+            for intent in &intents {
+                log.remove(intent)?;
+            }
+            Ok(())
+        })
+        .await??;
+        Ok(())
+    }
+
+    fn note_early_closes(&self, assembler: &mut Assembler) {
+        for reason in assembler.take_early_closes() {
+            tracing::debug!(stream = %self.stream, ?reason, partitions = assembler.partition_count(), "closed a batch early");
+            if reason == open_batch::EarlyClose::PartitionCap {
+                self.delivery.metrics.partition_count_exceeded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
     }
 }
 

@@ -3,16 +3,21 @@
 //! failures and exhausted retries send the affected records to the error output as Firehose
 //! error JSON. Nothing is dropped: the error output itself is retried until it succeeds.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use bytes::Bytes;
 use rand::Rng;
 use serde::Serialize;
-use spillway_sink_api::{Batch, ErrorClass, ErrorOutput, Record, Sink};
+use spillway_sink_api::{
+    Batch, EncodeError, EncoderFactory, ErrorClass, ErrorOutput, Record, RecordFailure, SequenceSet, Sink,
+};
 use tokio::time::Instant;
 
 use crate::metrics::StreamMetrics;
+use crate::wal::{Wal, WalError};
 
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
@@ -24,6 +29,13 @@ pub struct Delivery {
     pub failure_output_type: &'static str,
     pub retry_duration: Duration,
     pub metrics: Arc<StreamMetrics>,
+    /// Where a batch's raw records are read back from (for error records and partial retries):
+    /// batches hold only their encoded payload.
+    pub wal: Wal,
+    /// The sink's encoder, to re-encode the records of a partial retry.
+    pub encoders: Arc<dyn EncoderFactory>,
+    /// Appended to every record (the stream's `record_delimiter`).
+    pub delimiter: &'static [u8],
 }
 
 /// Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^attempt)].
@@ -33,20 +45,40 @@ pub fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
     jittered.max(retry_after.unwrap_or_default())
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("cannot read the batch's records back from the wal: {0}")]
+    Wal(#[from] WalError),
+    #[error("cannot re-encode records for a retry: {0}")]
+    Encode(#[from] EncodeError),
+    #[error("a blocking task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
 impl Delivery {
-    /// Deliver the batch or route its records to the error output; returns when one of the two
-    /// has durably happened.
-    pub async fn deliver(&self, batch: &Batch) {
+    /// Deliver the batch (to the sink, or, for a batch of error records, to the error output)
+    /// or route its records to the error output; returns when one of the two has durably
+    /// happened for every record. Fails only when the WAL cannot give the records back.
+    ///
+    /// A partial failure re-sends only the records that failed retriably (re-encoded, under the
+    /// same batch id: sinks with per-record outcomes key records by sequence, not by batch) until
+    /// the retry duration ends; records that failed permanently go to the error output at once.
+    pub async fn deliver(&self, batch: &Batch, error_output_type: Option<&str>) -> Result<(), DeliveryError> {
+        if let Some(error_output_type) = error_output_type {
+            self.write_error_output(batch, error_output_type, batch.payload.to_bytes(), batch.record_count()).await;
+            return Ok(());
+        }
         let started = Instant::now();
         let mut attempts: u32 = 0;
+        // The records still to deliver: the whole batch at first, then what failed retriably.
+        let mut pending: Option<Batch> = None;
         loop {
             attempts += 1;
-            let error = match self.sink.write(batch).await {
+            let current = pending.as_ref().unwrap_or(batch);
+            let error = match self.sink.write(current).await {
                 Ok(()) => {
-                    StreamMetrics::add(&self.metrics.delivered_records, batch.records.len() as u64);
-                    StreamMetrics::add(&self.metrics.delivered_bytes, batch.byte_len() as u64);
-                    StreamMetrics::add(&self.metrics.delivered_batches, 1);
-                    return;
+                    self.count_delivered(current.record_count(), current.record_bytes);
+                    return Ok(());
                 }
                 Err(error) => error,
             };
@@ -59,13 +91,40 @@ impl Delivery {
                     tokio::time::sleep(wait).await;
                 }
                 ErrorClass::Partial => {
-                    let failed: Vec<(usize, &str, &str)> = error
-                        .failures
+                    let records = self.records_of(current).await?;
+                    let (retry, give_up): (Vec<&RecordFailure>, Vec<&RecordFailure>) =
+                        error.failures.iter().partition(|failure| failure.retriable && within_duration);
+                    let failed_indices: BTreeSet<usize> = error.failures.iter().map(|failure| failure.index).collect();
+                    let written: Vec<&Record> = records
                         .iter()
-                        .map(|failure| (failure.index, failure.code.as_str(), failure.message.as_str()))
+                        .enumerate()
+                        .filter(|(index, _)| !failed_indices.contains(index))
+                        .map(|(_, record)| record)
                         .collect();
-                    self.route_to_error_output(batch, &failed, attempts).await;
-                    return;
+                    self.count_delivered(written.len(), written.iter().map(|record| record.data.len()).sum());
+                    if !give_up.is_empty() {
+                        let failed: Vec<Failed> = give_up
+                            .iter()
+                            .filter_map(|failure| {
+                                Some(Failed {
+                                    record: records.get(failure.index)?.clone(),
+                                    code: failure.code.clone(),
+                                    message: failure.message.clone(),
+                                })
+                            })
+                            .collect();
+                        self.route_to_error_output(current, failed, attempts).await;
+                    }
+                    if retry.is_empty() {
+                        return Ok(());
+                    }
+                    let retried: Vec<Record> =
+                        retry.iter().filter_map(|failure| records.get(failure.index).cloned()).collect();
+                    StreamMetrics::add(&self.metrics.delivery_retries, 1);
+                    let wait = backoff(attempts, error.retry_after);
+                    tracing::warn!(stream = %batch.stream, batch = %batch.id, attempts, records = retried.len(), wait_ms = wait.as_millis() as u64, "some records failed retriably, re-sending them");
+                    pending = Some(self.reencode(batch, retried).await?);
+                    tokio::time::sleep(wait).await;
                 }
                 _ => {
                     // The source (e.g. the S3 response) says which bucket or key, and why.
@@ -73,34 +132,106 @@ impl Delivery {
                         Some(source) => format!("{}: {source}", error.message),
                         None => error.message.clone(),
                     };
-                    let all: Vec<(usize, &str, &str)> =
-                        (0..batch.records.len()).map(|index| (index, error.code.as_str(), message.as_str())).collect();
-                    self.route_to_error_output(batch, &all, attempts).await;
-                    return;
+                    let failed = self
+                        .records_of(current)
+                        .await?
+                        .into_iter()
+                        .map(|record| Failed { record, code: error.code.clone(), message: message.clone() })
+                        .collect();
+                    self.route_to_error_output(current, failed, attempts).await;
+                    return Ok(());
                 }
             }
         }
     }
 
-    /// Write Firehose error records for `failed` (index, code, message) under the error prefix.
-    async fn route_to_error_output(&self, batch: &Batch, failed: &[(usize, &str, &str)], attempts: u32) {
-        let ending_ms = chrono::Utc::now().timestamp_millis();
-        let mut lines = Vec::new();
-        for &(index, code, message) in failed {
-            let Some(record) = batch.records.get(index) else { continue };
-            let document = error_record(record, code, message, attempts, ending_ms);
-            if serde_json::to_writer(&mut lines, &document).is_ok() {
-                lines.push(b'\n');
+    fn count_delivered(&self, records: usize, bytes: usize) {
+        StreamMetrics::add(&self.metrics.delivered_records, records as u64);
+        StreamMetrics::add(&self.metrics.delivered_bytes, bytes as u64);
+        StreamMetrics::add(&self.metrics.delivered_batches, 1);
+    }
+
+    /// The batch's records as they arrived (no delimiter), read back from the WAL, in the
+    /// batch's order.
+    async fn records_of(&self, batch: &Batch) -> Result<Vec<Record>, DeliveryError> {
+        let sequences = batch.sequences.clone();
+        let Some(first) = sequences.nth(0) else { return Ok(Vec::new()) };
+        let end = sequences.runs().last().map_or(first, |run| run.end);
+        let mut reader = self.wal.reader(first);
+        let records = tokio::task::spawn_blocking(move || -> Result<Vec<Record>, WalError> {
+            let mut records = Vec::with_capacity(sequences.len());
+            while reader.position() < end {
+                let frames = reader.read(end, 8 << 20)?;
+                if frames.is_empty() {
+                    break;
+                }
+                for frame in frames {
+                    for (offset, data) in frame.records.into_iter().enumerate() {
+                        let sequence = frame.first_sequence + offset as u64;
+                        if sequences.contains(sequence) {
+                            records.push(Record { data, arrival_ms: frame.arrival_ms, sequence });
+                        }
+                    }
+                }
             }
-        }
-        let count = failed.len() as u64;
+            Ok(records)
+        })
+        .await??;
+        Ok(records)
+    }
+
+    /// A batch of some of `batch`'s records, encoded again, under the same id.
+    async fn reencode(&self, batch: &Batch, records: Vec<Record>) -> Result<Batch, DeliveryError> {
+        let (encoders, delimiter) = (self.encoders.clone(), self.delimiter);
+        let (stream, id, partition) = (batch.stream.clone(), batch.id, batch.partition.clone());
+        let rebuilt = tokio::task::spawn_blocking(move || -> Result<Batch, EncodeError> {
+            let mut encoder = encoders.new_encoder(spillway_sink_api::encode::DEFAULT_CHUNK_BYTES);
+            let mut sequences = SequenceSet::default();
+            for record in &records {
+                encoder.push(&record.data, delimiter)?;
+                sequences.push(record.sequence);
+            }
+            Ok(Batch {
+                stream,
+                id,
+                partition,
+                start: records.first().map_or(0, |record| record.sequence),
+                end: records.last().map_or(0, |record| record.sequence + 1),
+                record_bytes: records.iter().map(|record| record.data.len() + delimiter.len()).sum(),
+                oldest_arrival_ms: records.iter().map(|record| record.arrival_ms).min().unwrap_or(0),
+                sequences,
+                payload: encoder.finish()?,
+            })
+        })
+        .await??;
+        Ok(rebuilt)
+    }
+
+    /// Write Firehose error records for `failed` under the error prefix. Encoding (JSON and
+    /// base64 of every record, up to a whole batch) runs on the blocking pool.
+    async fn route_to_error_output(&self, batch: &Batch, failed: Vec<Failed>, attempts: u32) {
+        let count = failed.len();
+        let first_code = failed.first().map(|failure| failure.code.clone()).unwrap_or_default();
+        let lines = match tokio::task::spawn_blocking(move || encode_error_records(&failed, attempts)).await {
+            Ok(lines) => Bytes::from(lines),
+            Err(join) => {
+                // Only a panic in serde_json could get here; the records stay in the WAL.
+                tracing::error!(stream = %batch.stream, batch = %batch.id, error = %join, "encoding error records failed");
+                return;
+            }
+        };
+        tracing::error!(stream = %batch.stream, batch = %batch.id, records = count, error_output_type = self.failure_output_type, code = %first_code, "routing records to the error output");
+        self.write_error_output(batch, self.failure_output_type, lines, count).await;
+    }
+
+    /// Write error records, retrying until it succeeds: nothing is dropped.
+    async fn write_error_output(&self, batch: &Batch, error_output_type: &str, lines: Bytes, count: usize) {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            match self.error_output.write_error_records(batch, self.failure_output_type, lines.clone()).await {
+            match self.error_output.write_error_records(batch, error_output_type, lines.to_vec()).await {
                 Ok(()) => {
-                    StreamMetrics::add(&self.metrics.error_output_records, count);
-                    tracing::error!(stream = %batch.stream, batch = %batch.id, records = count, error_output_type = self.failure_output_type, code = failed.first().map(|f| f.1).unwrap_or(""), "records routed to the error output");
+                    StreamMetrics::add(&self.metrics.error_output_records, count as u64);
                     return;
                 }
                 Err(error) => {
@@ -111,6 +242,31 @@ impl Delivery {
             }
         }
     }
+}
+
+/// A record that goes to the error output, and why.
+struct Failed {
+    record: Record,
+    code: String,
+    message: String,
+}
+
+/// Newline-delimited Firehose error records.
+fn encode_error_records(failed: &[Failed], attempts: u32) -> Vec<u8> {
+    let ending_ms = chrono::Utc::now().timestamp_millis();
+    let mut lines = Vec::new();
+    for failure in failed {
+        lines.extend(error_record_line(&failure.record, &failure.code, &failure.message, attempts, ending_ms));
+    }
+    lines
+}
+
+/// One Firehose error record as a JSON line (with its newline).
+pub fn error_record_line(record: &Record, code: &str, message: &str, attempts: u32, ending_ms: i64) -> Vec<u8> {
+    let document = error_record(record, code, message, attempts, ending_ms);
+    let mut line = serde_json::to_vec(&document).unwrap_or_default();
+    line.push(b'\n');
+    line
 }
 
 /// Firehose's error output record.

@@ -1,31 +1,31 @@
-//! The delivery loop against the in-memory sink: intent replay under the recorded id, interval
-//! flushes on paused time, retries, and the error output. End-to-end behaviour through real
-//! processes is in `tests/`.
+//! The delivery loop against the in-memory sink: intent replay under the recorded id, done intents
+//! skipped after a restart, partitions completing out of order with the watermark held by the
+//! slowest, interval flushes on paused time, retries, partial failures and the error output.
+//! End-to-end behaviour through real processes is in `tests/`.
 
-use std::sync::Mutex;
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use async_trait::async_trait;
 use bytes::Bytes;
-use spillway_sink_api::testkit::MemorySink;
-use spillway_sink_api::{ErrorOutput, SinkError};
+use spillway_sink_api::testkit::{MemoryEncoderFactory, MemorySink};
+use spillway_sink_api::{PartitionKeys, RecordFailure, SinkError};
 
 use super::*;
-use crate::config::FsyncPolicy;
+use crate::config::{FsyncPolicy, RecordDelimiter};
 use crate::metrics::StreamMetrics;
 use crate::wal::WalOptions;
 
-/// Collects error output documents in memory.
-#[derive(Default)]
-struct MemoryErrorOutput {
-    written: Mutex<Vec<(Uuid, String, Vec<u8>)>>,
-}
+/// Partitions JSON-free test records `"<key>:<n>"` by the text before the colon; `bad:` fails.
+struct PrefixPartitioner;
 
-#[async_trait]
-impl ErrorOutput for MemoryErrorOutput {
-    async fn write_error_records(&self, batch: &Batch, kind: &str, lines: Vec<u8>) -> Result<(), SinkError> {
-        self.written.lock().unwrap().push((batch.id, kind.to_string(), lines));
-        Ok(())
+impl Partitioner for PrefixPartitioner {
+    fn partition(&self, record: &[u8]) -> Result<PartitionKeys, PartitionFailure> {
+        let text = String::from_utf8_lossy(record);
+        let key = text.split(':').next().unwrap_or_default().to_string();
+        if key == "bad" {
+            return Err(PartitionFailure { code: "Test.NoKey".into(), message: "no key".into() });
+        }
+        Ok(PartitionKeys::from([("k".to_string(), key)]))
     }
 }
 
@@ -34,7 +34,6 @@ struct Harness {
     stream_dir: std::path::PathBuf,
     wal: Wal,
     sink: Arc<MemorySink>,
-    errors: Arc<MemoryErrorOutput>,
     metrics: Arc<StreamMetrics>,
 }
 
@@ -55,12 +54,22 @@ impl Harness {
             stream_dir,
             wal,
             sink: Arc::new(MemorySink::default()),
-            errors: Arc::new(MemoryErrorOutput::default()),
             metrics: Arc::new(StreamMetrics::default()),
         }
     }
 
     fn delivery_loop(&self, size_bytes: usize, interval: Duration, retry: Duration) -> DeliveryLoop {
+        self.delivery_loop_with(size_bytes, interval, retry, None)
+    }
+
+    fn delivery_loop_with(
+        &self,
+        size_bytes: usize,
+        interval: Duration,
+        retry: Duration,
+        partitioner: Option<Arc<dyn Partitioner>>,
+    ) -> DeliveryLoop {
+        let encoders: Arc<dyn EncoderFactory> = Arc::new(MemoryEncoderFactory);
         DeliveryLoop {
             stream: "s".into(),
             wal: self.wal.clone(),
@@ -68,15 +77,19 @@ impl Harness {
             intents: IntentLog::open(&self.stream_dir).unwrap(),
             delivery: Arc::new(Delivery {
                 sink: self.sink.clone(),
-                error_output: self.errors.clone(),
+                error_output: self.sink.clone(),
                 failure_output_type: "test-failed",
                 retry_duration: retry,
                 metrics: self.metrics.clone(),
+                wal: self.wal.clone(),
+                encoders: encoders.clone(),
+                delimiter: b"",
             }),
             instance_id: Uuid::from_u128(7),
-            size_bytes,
-            interval,
-            delimiter: RecordDelimiter::None,
+            router: Router::new(partitioner, RecordDelimiter::None),
+            encoders,
+            batching: BatchingOptions { size_bytes, interval, max_partitions: 500 },
+            budget: MemoryBudget::new(64 << 20),
         }
     }
 
@@ -84,6 +97,27 @@ impl Harness {
         let records = (0..count).map(|index| Bytes::from(format!("r{index}"))).collect();
         self.wal.append(chrono::Utc::now().timestamp_millis(), records).await.unwrap();
     }
+
+    async fn append_lines(&self, lines: &[&str]) {
+        let records = lines.iter().map(|line| Bytes::from(line.to_string())).collect();
+        self.wal.append(chrono::Utc::now().timestamp_millis(), records).await.unwrap();
+    }
+
+    fn intents(&self) -> Vec<Intent> {
+        IntentLog::open(&self.stream_dir).unwrap().load().unwrap()
+    }
+
+    fn delivered(&self) -> Vec<(u64, String)> {
+        self.sink
+            .records()
+            .into_iter()
+            .map(|record| (record.sequence, String::from_utf8_lossy(&record.data).into_owned()))
+            .collect()
+    }
+}
+
+fn partition(value: &str) -> Route {
+    Route::sink(Arc::new(PartitionKeys::from([("k".to_string(), value.to_string())])))
 }
 
 #[tokio::test]
@@ -91,7 +125,8 @@ async fn a_recorded_intent_is_resent_under_its_id_before_the_rest() {
     let harness = Harness::new();
     harness.append(5).await;
     harness.append(3).await;
-    let recorded = Intent { id: Uuid::from_u128(42), start: 0, end: 5 };
+    // A batch of the first five records, recorded (pending) by the run before a crash.
+    let recorded = Intent::new(&Uuid::from_u128(7), "s", &Route::sink(Arc::default()), 0, 5);
     IntentLog::open(&harness.stream_dir).unwrap().record(&recorded).unwrap();
 
     let (_stop, stop_rx) = watch::channel(true);
@@ -99,31 +134,34 @@ async fn a_recorded_intent_is_resent_under_its_id_before_the_rest() {
 
     let batches = harness.sink.batches();
     let replayed = batches.iter().find(|batch| batch.id == recorded.id).expect("the intent's batch id");
-    assert_eq!(replayed.records.iter().map(|r| r.sequence).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    assert_eq!(replayed.sequences.iter().collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
     assert_eq!(batches.len(), 2, "then the rest as a batch of its own");
     assert_eq!(harness.sink.records().len(), 8);
     assert_eq!(Checkpoint::new(&harness.stream_dir).load().unwrap(), 8);
-    assert!(IntentLog::open(&harness.stream_dir).unwrap().pending().unwrap().is_empty());
+    assert!(harness.intents().is_empty());
     harness.wal.close();
 }
 
-#[tokio::test(start_paused = true)]
-async fn an_idle_buffer_flushes_when_its_interval_has_passed() {
+/// Real time, not paused: with a paused clock, tokio advances time while the loop waits for its
+/// blocking steps, so "not before the interval" would race.
+#[tokio::test]
+async fn an_idle_batch_closes_when_its_interval_has_passed() {
     let harness = Harness::new();
     let (stop, stop_rx) = watch::channel(false);
-    let task =
-        tokio::spawn(harness.delivery_loop(1 << 20, Duration::from_secs(60), Duration::from_secs(60)).run(stop_rx));
+    let interval = Duration::from_millis(800);
+    let task = tokio::spawn(harness.delivery_loop(1 << 20, interval, Duration::from_secs(60)).run(stop_rx));
+    let appended = std::time::Instant::now();
     harness.append(2).await;
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(harness.sink.batches().is_empty(), "not before the interval");
-    tokio::time::sleep(Duration::from_secs(31)).await;
-    for _ in 0..100 {
+    for _ in 0..500 {
         if !harness.sink.batches().is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(harness.sink.records().len(), 2, "flushed by the interval with no new record");
+    assert_eq!(harness.sink.records().len(), 2, "closed by the interval with no new record");
+    assert!(appended.elapsed() >= interval);
     stop.send(true).unwrap();
     task.await.unwrap().unwrap();
     harness.wal.close();
@@ -138,26 +176,183 @@ async fn a_retriable_failure_is_retried_and_a_permanent_one_goes_to_the_error_ou
     harness.delivery_loop(1 << 20, Duration::from_secs(900), Duration::from_secs(60)).run(stop_rx).await.unwrap();
     assert_eq!(harness.sink.records().len(), 3, "delivered after the retry");
     assert_eq!(harness.metrics.delivery_retries.load(Ordering::Relaxed), 1);
-    assert!(harness.errors.written.lock().unwrap().is_empty());
+    assert!(harness.sink.error_lines().is_empty());
 
     harness.sink.fail_next(SinkError::permanent("Test.Refused", "never"));
     harness.append(2).await;
     let (_stop, stop_rx) = watch::channel(true);
     harness.delivery_loop(1 << 20, Duration::from_secs(900), Duration::from_secs(60)).run(stop_rx).await.unwrap();
-    let written = harness.errors.written.lock().unwrap().clone();
-    assert_eq!(written.len(), 1);
-    assert_eq!(written[0].1, "test-failed");
-    let lines: Vec<serde_json::Value> = written[0]
-        .2
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).unwrap())
-        .collect();
+    let written = harness.sink.error_lines();
+    assert!(written.iter().all(|(kind, _)| kind == "test-failed"));
+    let lines: Vec<serde_json::Value> = written.iter().map(|(_, line)| serde_json::from_slice(line).unwrap()).collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["errorCode"], "Test.Refused");
     assert_eq!(lines[0]["attemptsMade"], 1);
     assert_eq!(lines[1]["rawData"], "cjE=", "base64 of the record's bytes");
     assert_eq!(harness.metrics.error_output_records.load(Ordering::Relaxed), 2);
     assert_eq!(Checkpoint::new(&harness.stream_dir).load().unwrap(), 5, "routed records count as done");
+    harness.wal.close();
+}
+
+#[tokio::test]
+async fn partitions_get_their_own_batches_and_key_failures_go_to_the_error_output() {
+    let harness = Harness::new();
+    harness.append_lines(&["a:1", "b:1", "a:2", "bad:1", "b:2", "c:1"]).await;
+    let (_stop, stop_rx) = watch::channel(true);
+    harness
+        .delivery_loop_with(
+            1 << 20,
+            Duration::from_secs(900),
+            Duration::from_secs(60),
+            Some(Arc::new(PrefixPartitioner)),
+        )
+        .run(stop_rx)
+        .await
+        .unwrap();
+    let mut by_partition: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for batch in harness.sink.batches() {
+        by_partition.entry(batch.partition["k"].clone()).or_default().extend(batch.sequences.iter());
+    }
+    assert_eq!(
+        by_partition,
+        BTreeMap::from([("a".into(), vec![0, 2]), ("b".into(), vec![1, 4]), ("c".into(), vec![5])])
+    );
+    let errors = harness.sink.error_lines();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].0, "processing-failed");
+    let line: serde_json::Value = serde_json::from_slice(&errors[0].1).unwrap();
+    assert_eq!((line["errorCode"].as_str(), line["rawData"].as_str()), (Some("Test.NoKey"), Some("YmFkOjE=")));
+    assert_eq!(Checkpoint::new(&harness.stream_dir).load().unwrap(), 6);
+    assert!(harness.intents().is_empty());
+    harness.wal.close();
+}
+
+#[tokio::test]
+async fn done_intents_above_the_checkpoint_are_skipped_after_a_restart() {
+    let harness = Harness::new();
+    harness.append_lines(&["a:1", "b:1", "a:2", "b:2", "a:3"]).await;
+    // Before the crash: b's batch [1, 4) had left (done); a's batch [0, 3) was recorded but its
+    // outcome is unknown (pending); the checkpoint is still 0.
+    let log = IntentLog::open(&harness.stream_dir).unwrap();
+    let mut done = Intent::new(&Uuid::from_u128(7), "s", &partition("b"), 1, 4);
+    done.state = IntentState::Done;
+    log.record(&done).unwrap();
+    let pending = Intent::new(&Uuid::from_u128(7), "s", &partition("a"), 0, 3);
+    log.record(&pending).unwrap();
+
+    let (_stop, stop_rx) = watch::channel(true);
+    harness
+        .delivery_loop_with(
+            1 << 20,
+            Duration::from_secs(900),
+            Duration::from_secs(60),
+            Some(Arc::new(PrefixPartitioner)),
+        )
+        .run(stop_rx)
+        .await
+        .unwrap();
+    let batches = harness.sink.batches();
+    let resent = batches.iter().find(|batch| batch.id == pending.id).expect("the pending batch, under its id");
+    assert_eq!(resent.sequences.iter().collect::<Vec<_>>(), vec![0, 2]);
+    assert!(batches.iter().all(|batch| batch.id != done.id), "the done batch is not sent again");
+    assert_eq!(harness.delivered(), vec![(0, "a:1".into()), (2, "a:2".into()), (4, "a:3".into())]);
+    assert_eq!(Checkpoint::new(&harness.stream_dir).load().unwrap(), 5);
+    assert!(harness.intents().is_empty(), "intents below the watermark are removed");
+    harness.wal.close();
+}
+
+/// A sink whose writes for one partition wait until released, to complete batches out of order.
+struct HeldSink {
+    inner: MemorySink,
+    held_partition: String,
+    release: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl spillway_sink_api::Sink for HeldSink {
+    async fn write(&self, batch: &Batch) -> Result<(), SinkError> {
+        if batch.partition.get("k") == Some(&self.held_partition) {
+            self.release.notified().await;
+        }
+        self.inner.write(batch).await
+    }
+    async fn healthcheck(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+    async fn close(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_slow_partition_holds_the_watermark_but_not_the_others() {
+    let harness = Harness::new();
+    let held = Arc::new(HeldSink {
+        inner: MemorySink::default(),
+        held_partition: "slow".into(),
+        release: tokio::sync::Notify::new(),
+    });
+    let mut delivery_loop = harness.delivery_loop_with(
+        4,
+        Duration::from_secs(900),
+        Duration::from_secs(60),
+        Some(Arc::new(PrefixPartitioner)),
+    );
+    delivery_loop.delivery = Arc::new(Delivery {
+        sink: held.clone(),
+        error_output: harness.sink.clone(),
+        failure_output_type: "test-failed",
+        retry_duration: Duration::from_secs(60),
+        metrics: harness.metrics.clone(),
+        wal: harness.wal.clone(),
+        encoders: Arc::new(MemoryEncoderFactory),
+        delimiter: b"",
+    });
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(delivery_loop.run(stop_rx));
+    // Each record fills its batch (size hint 4 bytes).
+    harness.append_lines(&["slow:1", "fast:1", "fast:2"]).await;
+    for _ in 0..500 {
+        if held.inner.batches().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(held.inner.batches().len(), 2, "the fast partition's batches left");
+    assert_eq!(Checkpoint::new(&harness.stream_dir).load().unwrap(), 0, "the slow batch holds the watermark");
+    let states: Vec<IntentState> = harness.intents().iter().map(|intent| intent.state).collect();
+    assert_eq!(states, vec![IntentState::Pending, IntentState::Done, IntentState::Done]);
+
+    held.release.notify_one();
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(held.inner.batches().len(), 3);
+    assert_eq!(Checkpoint::new(&harness.stream_dir).load().unwrap(), 3);
+    assert!(harness.intents().is_empty());
+    harness.wal.close();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partial_failure_resends_only_the_retriable_records() {
+    let harness = Harness::new();
+    let failure = |index, retriable| RecordFailure {
+        index,
+        retriable,
+        code: "Test.Item".into(),
+        message: format!("item {index}"),
+    };
+    harness.sink.fail_next(SinkError::partial(vec![failure(1, true), failure(2, false)]));
+    harness.append(4).await;
+    let (_stop, stop_rx) = watch::channel(true);
+    harness.delivery_loop(1 << 20, Duration::from_secs(900), Duration::from_secs(60)).run(stop_rx).await.unwrap();
+    // The memory sink keeps the last write per batch id: the retry of record 1.
+    let batches = harness.sink.batches();
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0].sequences.iter().collect::<Vec<_>>(), vec![1], "only the retriable record is re-sent");
+    let errors = harness.sink.error_lines();
+    assert_eq!(errors.len(), 1, "the permanent failure goes to the error output");
+    let line: serde_json::Value = serde_json::from_slice(&errors[0].1).unwrap();
+    assert_eq!(line["rawData"], "cjI=");
+    assert_eq!(harness.metrics.delivered_records.load(Ordering::Relaxed), 3);
     harness.wal.close();
 }

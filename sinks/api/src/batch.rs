@@ -1,39 +1,140 @@
-//! What leaves a buffer: records of one stream (and one dynamic partition) with a stable identity.
-//! A batch's `id` is derived from its recorded intent, so a batch re-sent after a crash carries the
-//! same id and a sink can make the retry idempotent (same object key, same document ids).
+//! What the pipeline hands a sink: a [`Batch`] is one closed open batch of one dynamic partition,
+//! already encoded by the sink's own encoder, with enough identity to be reproduced from the WAL
+//! (stream, partition, `[start, end)`) and to map per-record outcomes back to sequences.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
 
 use bytes::Bytes;
 use uuid::Uuid;
 
-/// One record as delivered: its bytes after processing, when it arrived, and where it came from.
+use crate::encode::Payload;
+
+/// One record: its bytes as the sink should write them, when it arrived, and its position in the
+/// stream's WAL. Used where records are needed one by one (error output, per-record sinks).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub data: Bytes,
-    /// Arrival time at spillway (or the source's approximate arrival time), epoch milliseconds.
+    /// Arrival time at spillway (epoch milliseconds, UTC), Firehose's `approximateArrivalTimestamp`.
     pub arrival_ms: i64,
-    /// Position of the record in its source partition.
+    /// Position in the stream's WAL; unique per stream.
     pub sequence: u64,
 }
 
-/// A contiguous, non-empty run of records that a sink writes as one unit.
+/// A dynamic partition's key values (`!{partitionKeyFromQuery:k}` → value); empty without
+/// dynamic partitioning.
+pub type PartitionKeys = BTreeMap<String, String>;
+
+/// The sequences a batch holds, as sorted runs: one run for a stream without partitions, about
+/// one per record when many partitions interleave.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SequenceSet {
+    runs: Vec<Range<u64>>,
+    len: usize,
+}
+
+impl SequenceSet {
+    /// Add a sequence greater than every one already added.
+    pub fn push(&mut self, sequence: u64) {
+        self.len += 1;
+        if let Some(last) = self.runs.last_mut()
+            && last.end == sequence
+        {
+            last.end += 1;
+            return;
+        }
+        self.runs.push(sequence..sequence + 1);
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn runs(&self) -> &[Range<u64>] {
+        &self.runs
+    }
+
+    pub fn contains(&self, sequence: u64) -> bool {
+        let index = self.runs.partition_point(|run| run.end <= sequence);
+        self.runs.get(index).is_some_and(|run| run.contains(&sequence))
+    }
+
+    /// The `index`-th sequence (0-based), as per-record outcomes name records by index.
+    pub fn nth(&self, mut index: usize) -> Option<u64> {
+        for run in &self.runs {
+            let run_len = (run.end - run.start) as usize;
+            if index < run_len {
+                return Some(run.start + index as u64);
+            }
+            index -= run_len;
+        }
+        None
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.runs.iter().flat_map(|run| run.clone())
+    }
+
+    /// Bytes this set keeps in memory.
+    pub fn held_bytes(&self) -> usize {
+        self.runs.capacity() * std::mem::size_of::<Range<u64>>()
+    }
+}
+
+/// A closed batch, encoded.
 #[derive(Debug, Clone)]
 pub struct Batch {
-    /// Delivery stream name (`streams[].name`).
     pub stream: String,
-    /// Stable identity: the same batch re-sent after a restart has the same id.
+    /// Stable identity: the same batch re-sent after a restart has the same id (derived from
+    /// instance, stream, partition and `start`).
     pub id: Uuid,
-    pub records: Vec<Record>,
+    pub partition: PartitionKeys,
+    /// WAL range from the batch's first record to after its last; its records are exactly the
+    /// records in this range that map to `partition`.
+    pub start: u64,
+    pub end: u64,
+    /// The sequences of its records, in the order the payload holds them.
+    pub sequences: SequenceSet,
+    /// Sum of the records' sizes before encoding (Firehose counts buffer size this way).
+    pub record_bytes: usize,
+    /// Arrival time of the oldest record; Firehose names objects and evaluates `!{timestamp:..}`
+    /// with it.
+    pub oldest_arrival_ms: i64,
+    /// The records as the sink's encoder wrote them.
+    pub payload: Payload,
 }
 
 impl Batch {
-    /// Sum of the records' sizes in bytes (before compression), as Firehose counts buffer size.
-    pub fn byte_len(&self) -> usize {
-        self.records.iter().map(|record| record.data.len()).sum()
+    pub fn record_count(&self) -> usize {
+        self.sequences.len()
     }
 
-    /// Arrival time of the oldest record; Firehose names objects and evaluates `!{timestamp:..}`
-    /// with it. `None` for an empty batch.
-    pub fn oldest_arrival_ms(&self) -> Option<i64> {
-        self.records.iter().map(|record| record.arrival_ms).min()
+    pub fn is_empty(&self) -> bool {
+        self.sequences.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_sets_keep_runs_and_answer_by_index() {
+        let mut set = SequenceSet::default();
+        for sequence in [3, 4, 5, 9, 10, 20] {
+            set.push(sequence);
+        }
+        assert_eq!(set.runs(), &[3..6, 9..11, 20..21]);
+        assert_eq!(set.len(), 6);
+        assert_eq!(set.nth(0), Some(3));
+        assert_eq!(set.nth(3), Some(9));
+        assert_eq!(set.nth(5), Some(20));
+        assert_eq!(set.nth(6), None);
+        assert!(set.contains(10) && !set.contains(11) && !set.contains(2));
+        assert_eq!(set.iter().collect::<Vec<_>>(), vec![3, 4, 5, 9, 10, 20]);
     }
 }

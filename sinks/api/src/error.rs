@@ -22,7 +22,7 @@ pub enum ErrorClass {
 /// A record the sink could not write in an otherwise accepted batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordFailure {
-    /// Index into `Batch::records`.
+    /// Position of the record in the batch (the order of `Batch::sequences` and of the payload).
     pub index: usize,
     pub retriable: bool,
     /// Firehose-style error code, e.g. `OpenSearch.MapperParsingException`.

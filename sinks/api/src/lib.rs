@@ -2,7 +2,8 @@
 //! of configuration, sources, the WAL or retries.
 //!
 //! Module map:
-//! - [`batch`]: `Record` and `Batch`, what the pipeline hands a sink.
+//! - [`batch`]: `Record`, `SequenceSet` and `Batch` (a closed, encoded batch of one partition).
+//! - [`encode`]: the `Encoder` an open batch is held in, and the raw (+ gzip / zstd) encoder.
 //! - [`sink`]: the `Sink` trait (one attempt per call; retries belong to the pipeline).
 //! - [`error`]: `SinkError`, classified as retriable, permanent or partial.
 //! - [`codec`]: the compressions every byte-oriented sink shares (none, gzip, zstd).
@@ -10,11 +11,13 @@
 
 pub mod batch;
 pub mod codec;
+pub mod encode;
 pub mod error;
 pub mod sink;
 pub mod testkit;
 
-pub use batch::{Batch, Record};
+pub use batch::{Batch, PartitionKeys, Record, SequenceSet};
 pub use codec::Compression;
+pub use encode::{EncodeError, Encoder, EncoderFactory, Payload, RawEncoder, RawEncoderFactory};
 pub use error::{ErrorClass, RecordFailure, SinkError};
 pub use sink::{ErrorOutput, Sink};

@@ -130,16 +130,6 @@ fn io_error_kind(error: &object_store::Error) -> Option<io::ErrorKind> {
     None
 }
 
-/// A batch whose bytes could not be encoded: retrying cannot help.
-pub(crate) fn encode_failed(error: io::Error) -> SinkError {
-    SinkError::permanent("S3.EncodeFailed", "compressing the batch failed").with_source(error)
-}
-
-/// The encoding task panicked or was cancelled (shutdown): try again.
-pub(crate) fn encode_task_failed(error: tokio::task::JoinError) -> SinkError {
-    SinkError::retriable("S3.EncodeFailed", "the compression task did not complete").with_source(error)
-}
-
 #[cfg(test)]
 mod tests {
     use spillway_sink_api::ErrorClass;
@@ -217,11 +207,5 @@ mod tests {
         assert_eq!(classify(error, Operation::Write, "k").class, ErrorClass::Permanent);
         let error = object_store::Error::NotSupported { source: boxed("no") };
         assert_eq!(classify(error, Operation::Write, "k").class, ErrorClass::Permanent);
-    }
-
-    #[test]
-    fn encode_failures_are_permanent() {
-        let classified = encode_failed(io::Error::other("boom"));
-        assert_eq!((classified.class, classified.code.as_str()), (ErrorClass::Permanent, "S3.EncodeFailed"));
     }
 }

@@ -10,10 +10,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{Attribute, Attributes, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, WriteMultipart};
-use spillway_sink_api::{Batch, Compression, ErrorOutput, Sink, SinkError};
+use spillway_sink_api::{Batch, Compression, ErrorOutput, Payload, RawEncoderFactory, Sink, SinkError};
 use uuid::Uuid;
 
-use crate::error::{Operation, classify, encode_failed, encode_task_failed};
+use crate::error::{Operation, classify};
 use crate::key::{PrefixTemplate, RenderContext, RenderError, batch_instant, object_name};
 
 /// Content type Firehose gives delivered objects.
@@ -65,24 +65,23 @@ impl S3Sink {
         Self { parts }
     }
 
+    /// The encoder open batches of this sink are held in: records as sent, then the configured
+    /// compression.
+    pub fn encoder_factory(&self) -> RawEncoderFactory {
+        RawEncoderFactory { compression: self.parts.compression }
+    }
+
     /// The stream this sink was built for.
     pub fn stream(&self) -> &str {
         &self.parts.stream
     }
 
-    /// The object key `write` uses for this batch (no partition keys).
+    /// The object key `write` uses for this batch: the prefix rendered with the batch's oldest
+    /// arrival time and partition keys, then Firehose's object name.
     pub fn object_key(&self, batch: &Batch) -> Result<String, SinkError> {
-        self.object_key_with_partition_keys(batch, &BTreeMap::new())
-    }
-
-    /// The object key for a batch of one dynamic partition.
-    pub fn object_key_with_partition_keys(
-        &self,
-        batch: &Batch,
-        partition_keys: &BTreeMap<String, String>,
-    ) -> Result<String, SinkError> {
-        let instant = batch_instant(batch.oldest_arrival_ms()).map_err(render_failed)?;
-        let context = RenderContext { instant, batch_id: batch.id, error_output_type: None, partition_keys };
+        let instant = batch_instant(Some(batch.oldest_arrival_ms)).map_err(render_failed)?;
+        let context =
+            RenderContext { instant, batch_id: batch.id, error_output_type: None, partition_keys: &batch.partition };
         let prefix = self.parts.prefix.render(&context).map_err(render_failed)?;
         let name = object_name(&batch.stream, &instant, batch.id, &self.parts.extension);
         Ok(format!("{prefix}{name}"))
@@ -92,7 +91,7 @@ impl S3Sink {
     /// newline JSON and never compressed, so they carry no extension.
     pub fn error_object_key(&self, batch: &Batch, error_output_type: &str) -> Result<String, SinkError> {
         let partition_keys = BTreeMap::new();
-        let instant = batch_instant(batch.oldest_arrival_ms()).map_err(render_failed)?;
+        let instant = batch_instant(Some(batch.oldest_arrival_ms)).map_err(render_failed)?;
         let context = RenderContext {
             instant,
             batch_id: batch.id,
@@ -111,66 +110,26 @@ impl S3Sink {
         Ok(format!("{prefix}{name}"))
     }
 
-    /// Write a batch of one dynamic partition, rendering partition key expressions from
-    /// `partition_keys`. [`Sink::write`] is this with no partition keys.
-    pub async fn write_with_partition_keys(
-        &self,
-        batch: &Batch,
-        partition_keys: &BTreeMap<String, String>,
-    ) -> Result<(), SinkError> {
-        if batch.records.is_empty() {
-            return Ok(());
-        }
-        let key = self.object_key_with_partition_keys(batch, partition_keys)?;
-        let location = parse_location(&key)?;
-
-        let compression = self.parts.compression;
-        let records = batch.records.clone();
-        let encoded = tokio::task::spawn_blocking(move || compression.encode(&records))
-            .await
-            .map_err(encode_task_failed)?
-            .map_err(encode_failed)?;
-        let encoded = Bytes::from(encoded);
-        let size = encoded.len();
-
-        let multipart = size as u64 > self.parts.multipart_threshold;
-        if multipart {
-            self.put_multipart(&location, encoded).await.map_err(|error| classify(error, Operation::Write, &key))?;
-        } else {
-            self.put(&location, encoded).await.map_err(|error| classify(error, Operation::Write, &key))?;
-        }
-        tracing::debug!(
-            stream = %batch.stream,
-            batch_id = %batch.id,
-            key = %key,
-            records = batch.records.len(),
-            bytes = size,
-            multipart,
-            "wrote object"
-        );
-        Ok(())
-    }
-
-    async fn put(&self, location: &Path, payload: Bytes) -> object_store::Result<()> {
+    async fn put(&self, location: &Path, payload: &Payload) -> object_store::Result<()> {
         let options = PutOptions { attributes: self.attributes(), ..PutOptions::default() };
-        self.parts.store.put_opts(location, PutPayload::from(payload), options).await?;
+        let body: PutPayload = payload.chunks().iter().cloned().collect();
+        self.parts.store.put_opts(location, body, options).await?;
         Ok(())
     }
 
-    async fn put_multipart(&self, location: &Path, payload: Bytes) -> object_store::Result<()> {
+    /// Upload the payload's chunks as parts (`WriteMultipart` regroups them into `part_size`
+    /// parts), never joining the whole object in memory.
+    async fn put_multipart(&self, location: &Path, payload: &Payload) -> object_store::Result<()> {
         let options = PutMultipartOptions { attributes: self.attributes(), ..PutMultipartOptions::default() };
         let upload = self.parts.store.put_multipart_opts(location, options).await?;
         let part_size = usize::try_from(self.parts.part_size).unwrap_or(usize::MAX);
         let mut writer = WriteMultipart::new_with_chunk_size(upload, part_size);
-        let mut offset = 0;
-        while offset < payload.len() {
-            let end = payload.len().min(offset.saturating_add(part_size));
+        for chunk in payload.chunks() {
             if let Err(error) = writer.wait_for_capacity(MAX_CONCURRENT_PARTS).await {
                 abort(writer, location).await;
                 return Err(error);
             }
-            writer.put(payload.slice(offset..end));
-            offset = end;
+            writer.put(chunk.clone());
         }
         // `finish` aborts the upload itself when a part or the completion fails.
         writer.finish().await?;
@@ -205,8 +164,32 @@ fn render_failed(error: RenderError) -> SinkError {
 
 #[async_trait]
 impl Sink for S3Sink {
+    /// One object per batch, from the payload the pipeline encoded; a single PUT, or a
+    /// multipart upload above the threshold.
     async fn write(&self, batch: &Batch) -> Result<(), SinkError> {
-        self.write_with_partition_keys(batch, &BTreeMap::new()).await
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let key = self.object_key(batch)?;
+        let location = parse_location(&key)?;
+        let size = batch.payload.len();
+        let multipart = size as u64 > self.parts.multipart_threshold;
+        let written = if multipart {
+            self.put_multipart(&location, &batch.payload).await
+        } else {
+            self.put(&location, &batch.payload).await
+        };
+        written.map_err(|error| classify(error, Operation::Write, &key))?;
+        tracing::debug!(
+            stream = %batch.stream,
+            batch_id = %batch.id,
+            key = %key,
+            records = batch.record_count(),
+            bytes = size,
+            multipart,
+            "wrote object"
+        );
+        Ok(())
     }
 
     /// A listing of the prefix's fixed part: proves the bucket (or folder) exists and the

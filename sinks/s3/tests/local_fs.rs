@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use spillway_sink_api::testkit::{ReadBack, check_conformance, sample_batch};
-use spillway_sink_api::{Batch, Compression, ErrorOutput, Record, Sink};
+use spillway_sink_api::testkit::{ReadBack, check_conformance, encode_batch, sample_batch, sample_records};
+use spillway_sink_api::{Batch, Compression, ErrorOutput, PartitionKeys, Record, Sink};
 use spillway_sink_s3::{S3Sink, S3SinkConfig};
 use uuid::Uuid;
 
@@ -56,8 +56,8 @@ fn decode(compression: Compression, bytes: &[u8]) -> Vec<u8> {
     }
 }
 
-fn concatenated(batch: &Batch) -> Vec<u8> {
-    batch.records.iter().flat_map(|record| record.data.to_vec()).collect()
+fn concatenated(records: &[Record]) -> Vec<u8> {
+    records.iter().flat_map(|record| record.data.to_vec()).collect()
 }
 
 struct LocalReadBack {
@@ -72,7 +72,17 @@ impl ReadBack for LocalReadBack {
         files(&self.dir)
             .into_iter()
             .filter(|(key, _)| key.contains(&id))
+            .filter(|(key, _)| !key.contains("failed/"))
             .map(|(_, path)| decode(self.compression, &std::fs::read(path).expect("read object")))
+            .collect()
+    }
+
+    async fn read_error_output(&self, batch: &Batch, error_output_type: &str) -> Vec<Vec<u8>> {
+        let id = batch.id.hyphenated().to_string();
+        files(&self.dir)
+            .into_iter()
+            .filter(|(key, _)| key.contains(&id) && key.starts_with(error_output_type))
+            .map(|(_, path)| std::fs::read(path).expect("read error object"))
             .collect()
     }
 }
@@ -103,7 +113,8 @@ async fn local_sink_passes_conformance() {
         let compression: Compression =
             serde_json::from_value(serde_json::json!(compression)).expect("compression parses");
         let reader = LocalReadBack { dir: dir.path().to_path_buf(), compression };
-        check_conformance(&sink, &reader, "stream").await;
+        let factory = sink.encoder_factory();
+        check_conformance(&sink, &sink, &factory, &reader, "stream", PartitionKeys::new()).await;
     }
 }
 
@@ -111,7 +122,7 @@ async fn local_sink_passes_conformance() {
 async fn gzip_object_has_the_firehose_key_and_round_trips() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sink = build(dir.path(), serde_json::json!({ "compression": "gzip" }));
-    let batch = sample_batch("stream", Uuid::new_v4(), 20);
+    let batch = sample_batch(&sink.encoder_factory(), "stream", Uuid::new_v4(), 20);
     sink.write(&batch).await.expect("write");
 
     let written = files(dir.path());
@@ -122,7 +133,7 @@ async fn gzip_object_has_the_firehose_key_and_round_trips() {
     // sample_batch's oldest record arrived at 1_764_000_000_000 ms = 2025-11-24T16:00:00Z.
     let expected_name = format!("2025/11/24/16/stream-1-2025-11-24-16-00-00-{}.gz", batch.id);
     assert_eq!(key, &expected_name);
-    assert_eq!(decode(Compression::Gzip, &std::fs::read(path).expect("read")), concatenated(&batch));
+    assert_eq!(decode(Compression::Gzip, &std::fs::read(path).expect("read")), concatenated(&sample_records(20)));
 }
 
 #[tokio::test]
@@ -136,7 +147,7 @@ async fn prefix_expressions_and_file_extension_shape_the_key() {
             "file_extension": ".json.gz",
         }),
     );
-    let batch = sample_batch("stream", Uuid::new_v4(), 3);
+    let batch = sample_batch(&sink.encoder_factory(), "stream", Uuid::new_v4(), 3);
     sink.write(&batch).await.expect("write");
     let keys: Vec<String> = files(dir.path()).into_iter().map(|(key, _)| key).collect();
     assert_eq!(keys, vec![format!("logs/year=2025/month=11/stream-1-2025-11-24-16-00-00-{}.json.gz", batch.id)]);
@@ -147,14 +158,15 @@ async fn large_objects_go_through_multipart_upload() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sink = build(dir.path(), serde_json::json!({ "multipart_threshold_mib": 1, "part_size_mib": 5 }));
     // 6 MiB in 96 records of 64 KiB, each a different byte so part boundaries are checked.
-    let records = (0..96u64)
+    let records: Vec<Record> = (0..96u64)
         .map(|sequence| Record {
             data: Bytes::from(vec![b'a' + (sequence % 26) as u8; 64 * 1024]),
             arrival_ms: 1_764_000_000_000,
             sequence,
         })
         .collect();
-    let batch = Batch { stream: "stream".to_string(), id: Uuid::new_v4(), records };
+    let batch = encode_batch(&sink.encoder_factory(), "stream", Uuid::new_v4(), PartitionKeys::new(), &records);
+    assert!(batch.payload.chunks().len() > 1, "the payload arrives in several chunks");
     sink.write(&batch).await.expect("multipart write");
     sink.write(&batch).await.expect("multipart replay");
 
@@ -162,14 +174,14 @@ async fn large_objects_go_through_multipart_upload() {
     assert_eq!(written.len(), 1, "one object, no leftover staging files: {written:?}");
     let bytes = std::fs::read(&written[0].1).expect("read");
     assert_eq!(bytes.len(), 6 * 1024 * 1024);
-    assert!(bytes == concatenated(&batch), "multipart object differs from the records");
+    assert!(bytes == concatenated(&records), "multipart object differs from the records");
 }
 
 #[tokio::test]
 async fn error_records_go_under_the_error_output_prefix() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sink = build(dir.path(), serde_json::json!({ "compression": "gzip" }));
-    let batch = sample_batch("stream", Uuid::new_v4(), 2);
+    let batch = sample_batch(&sink.encoder_factory(), "stream", Uuid::new_v4(), 2);
     let lines = b"{\"errorCode\":\"Lambda.FunctionError\"}\n".to_vec();
     sink.write_error_records(&batch, "processing-failed", lines.clone()).await.expect("error output");
     sink.write_error_records(&batch, "processing-failed", lines.clone()).await.expect("error output replay");
@@ -184,7 +196,7 @@ async fn error_records_go_under_the_error_output_prefix() {
 async fn literal_error_prefix_keeps_error_types_apart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sink = build(dir.path(), serde_json::json!({ "error_output_prefix": "errors/" }));
-    let batch = sample_batch("stream", Uuid::new_v4(), 2);
+    let batch = sample_batch(&sink.encoder_factory(), "stream", Uuid::new_v4(), 2);
     sink.write_error_records(&batch, "processing-failed", b"a\n".to_vec()).await.expect("first type");
     sink.write_error_records(&batch, "format-conversion-failed", b"b\n".to_vec()).await.expect("second type");
     let keys: Vec<String> = files(dir.path()).into_iter().map(|(key, _)| key).collect();
@@ -202,13 +214,14 @@ async fn missing_partition_key_is_a_permanent_error() {
             "error_output_prefix": "errors/!{firehose:error-output-type}/",
         }),
     );
-    let batch = sample_batch("stream", Uuid::new_v4(), 2);
+    let batch = sample_batch(&sink.encoder_factory(), "stream", Uuid::new_v4(), 2);
     let error = sink.write(&batch).await.expect_err("no partition keys");
     assert_eq!(error.code, "S3.InvalidKey");
     assert!(!error.is_retriable());
 
-    let keys = std::collections::BTreeMap::from([("service".to_string(), "api".to_string())]);
-    sink.write_with_partition_keys(&batch, &keys).await.expect("write with keys");
+    let keys = PartitionKeys::from([("service".to_string(), "api".to_string())]);
+    let batch = encode_batch(&sink.encoder_factory(), "stream", batch.id, keys, &sample_records(2));
+    sink.write(&batch).await.expect("write with keys");
     let written: Vec<String> = files(dir.path()).into_iter().map(|(key, _)| key).collect();
     assert_eq!(written, vec![format!("service=api/stream-1-2025-11-24-16-00-00-{}", batch.id)]);
 }

@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use bytes::Bytes;
-use spillway_sink_api::testkit::{ReadBack, check_conformance, sample_batch};
-use spillway_sink_api::{Batch, ErrorClass, ErrorOutput, Record, Sink};
+use spillway_sink_api::testkit::{ReadBack, check_conformance, encode_batch, sample_batch};
+use spillway_sink_api::{Batch, ErrorClass, ErrorOutput, PartitionKeys, Record, Sink};
 use spillway_sink_s3::{S3Sink, S3SinkConfig, is_destination_state};
 use uuid::Uuid;
 
@@ -90,7 +90,16 @@ impl ReadBack for TestBucket {
     async fn read_back(&self, batch: &Batch) -> Vec<Vec<u8>> {
         let id = batch.id.hyphenated().to_string();
         let mut copies = Vec::new();
-        for key in self.keys().await.into_iter().filter(|key| key.contains(&id)) {
+        for key in self.keys().await.into_iter().filter(|key| key.contains(&id) && !key.contains("failed/")) {
+            copies.push(self.get(&key).await.0);
+        }
+        copies
+    }
+
+    async fn read_error_output(&self, batch: &Batch, error_output_type: &str) -> Vec<Vec<u8>> {
+        let id = batch.id.hyphenated().to_string();
+        let mut copies = Vec::new();
+        for key in self.keys().await.into_iter().filter(|key| key.contains(&id) && key.starts_with(error_output_type)) {
             copies.push(self.get(&key).await.0);
         }
         copies
@@ -119,9 +128,41 @@ async fn minio_sink_passes_conformance() {
     let service = service();
     let bucket = TestBucket::create(&service, "conformance").await;
     let sink = sink_for(&service, &bucket.name, serde_json::json!({}));
-    check_conformance(&sink, &bucket, "stream").await;
+    let factory = sink.encoder_factory();
+    check_conformance(&sink, &sink, &factory, &bucket, "stream", PartitionKeys::new()).await;
 
-    let batch = sample_batch("stream", Uuid::new_v4(), 3);
+    // The same checks for a partitioned prefix: partition values land in the key.
+    let partitioned = sink_for(
+        &service,
+        &bucket.name,
+        serde_json::json!({
+            "prefix": "service=!{partitionKeyFromQuery:service}/",
+            "error_output_prefix": "!{firehose:error-output-type}/",
+            "compression": "gzip",
+        }),
+    );
+    let keys = PartitionKeys::from([("service".to_string(), "api".to_string())]);
+    let factory = partitioned.encoder_factory();
+    struct Gunzip<'a>(&'a TestBucket);
+    #[async_trait]
+    impl ReadBack for Gunzip<'_> {
+        async fn read_back(&self, batch: &Batch) -> Vec<Vec<u8>> {
+            let mut decoded = Vec::new();
+            for body in self.0.read_back(batch).await {
+                let mut out = Vec::new();
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut out).expect("gunzip");
+                decoded.push(out);
+            }
+            decoded
+        }
+        async fn read_error_output(&self, batch: &Batch, error_output_type: &str) -> Vec<Vec<u8>> {
+            self.0.read_error_output(batch, error_output_type).await
+        }
+    }
+    check_conformance(&partitioned, &partitioned, &factory, &Gunzip(&bucket), "stream", keys).await;
+    assert!(bucket.keys().await.iter().any(|key| key.starts_with("service=api/stream-1-")));
+
+    let batch = sample_batch(&sink.encoder_factory(), "stream", Uuid::new_v4(), 3);
     sink.write(&batch).await.expect("write");
     let key = sink.object_key(&batch).expect("key");
     let (_, content_type) = bucket.get(&key).await;
@@ -144,8 +185,8 @@ async fn minio_multipart_upload_above_the_threshold() {
             sequence,
         })
         .collect();
-    let batch = Batch { stream: "stream".to_string(), id: Uuid::new_v4(), records };
-    let expected: Vec<u8> = batch.records.iter().flat_map(|record| record.data.to_vec()).collect();
+    let batch = encode_batch(&sink.encoder_factory(), "stream", Uuid::new_v4(), PartitionKeys::new(), &records);
+    let expected: Vec<u8> = records.iter().flat_map(|record| record.data.to_vec()).collect();
 
     sink.write(&batch).await.expect("multipart write");
     sink.write(&batch).await.expect("multipart replay");
@@ -167,7 +208,7 @@ async fn minio_error_output_is_written_uncompressed() {
     let service = service();
     let bucket = TestBucket::create(&service, "errors").await;
     let sink = sink_for(&service, &bucket.name, serde_json::json!({ "compression": "gzip" }));
-    let batch = sample_batch("stream", Uuid::new_v4(), 2);
+    let batch = sample_batch(&sink.encoder_factory(), "stream", Uuid::new_v4(), 2);
     let lines = b"{\"errorCode\":\"Lambda.FunctionError\"}\n".to_vec();
     sink.write_error_records(&batch, "processing-failed", lines.clone()).await.expect("error output");
 
@@ -184,7 +225,10 @@ async fn minio_missing_bucket_is_retriable_no_such_bucket() {
     let missing = unique_bucket("missing");
     let sink = sink_for(&service, &missing, serde_json::json!({}));
 
-    let write_error = sink.write(&sample_batch("stream", Uuid::new_v4(), 2)).await.expect_err("bucket is missing");
+    let write_error = sink
+        .write(&sample_batch(&sink.encoder_factory(), "stream", Uuid::new_v4(), 2))
+        .await
+        .expect_err("bucket is missing");
     assert_eq!(
         (write_error.class, write_error.code.as_str()),
         (ErrorClass::Retriable, "S3.NoSuchBucket"),
@@ -208,7 +252,10 @@ async fn minio_bad_credentials_are_retriable() {
     let wrong = Service { secret_key: "not-the-secret".to_string(), ..service };
     let sink = sink_for(&wrong, &bucket.name, serde_json::json!({}));
 
-    let error = sink.write(&sample_batch("stream", Uuid::new_v4(), 2)).await.expect_err("wrong secret");
+    let error = sink
+        .write(&sample_batch(&sink.encoder_factory(), "stream", Uuid::new_v4(), 2))
+        .await
+        .expect_err("wrong secret");
     assert_eq!((error.class, error.code.as_str()), (ErrorClass::Retriable, "S3.SignatureDoesNotMatch"), "{error}");
     assert!(is_destination_state(&error));
     bucket.delete().await;

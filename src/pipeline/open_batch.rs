@@ -1,0 +1,352 @@
+//! Open batches: per route (a dynamic partition, or an error output type), the records waiting to
+//! leave, held *encoded* by the sink's encoder as they arrive. A batch closes on its size hint
+//! (record bytes before encoding, as Firehose counts), its interval (counted from its oldest
+//! record's arrival), the stream stopping, the partition cap, or the memory budget (the largest
+//! closes first).
+//!
+//! Must not: read the WAL, or know about intents and sinks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use spillway_sink_api::{EncodeError, Encoder, EncoderFactory, PartitionKeys, Payload, SequenceSet};
+use tokio::time::Instant;
+
+/// Where a record goes: the sink, under a partition, or an error output type.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Route {
+    pub partition: Arc<PartitionKeys>,
+    /// `Some(type)` for records routed to the error output (`!{firehose:error-output-type}`).
+    pub error_output_type: Option<String>,
+}
+
+impl Route {
+    pub fn sink(partition: Arc<PartitionKeys>) -> Self {
+        Self { partition, error_output_type: None }
+    }
+
+    pub fn error_output(error_output_type: &str) -> Self {
+        Self { partition: Arc::default(), error_output_type: Some(error_output_type.to_string()) }
+    }
+}
+
+/// Open-batch bytes held in memory across every stream, against `limits.max_open_batches_mib`.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    held: AtomicUsize,
+    limit: usize,
+}
+
+impl MemoryBudget {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self { held: AtomicUsize::new(0), limit })
+    }
+
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    fn exceeded(&self) -> bool {
+        self.held() > self.limit
+    }
+
+    fn update(&self, before: usize, after: usize) {
+        if after >= before {
+            self.held.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.held.fetch_sub(before - after, Ordering::Relaxed);
+        }
+    }
+}
+
+struct OpenBatch {
+    encoder: Box<dyn Encoder>,
+    start: u64,
+    sequences: SequenceSet,
+    record_bytes: usize,
+    oldest_arrival_ms: i64,
+    /// The oldest record's arrival on the monotonic clock; the interval counts from here.
+    opened_at: Instant,
+    /// What this batch last reported to the budget.
+    held: usize,
+}
+
+/// A closed batch: everything the pipeline needs to record its intent and hand it to the sink.
+pub struct ClosedBatch {
+    pub route: Route,
+    pub start: u64,
+    pub end: u64,
+    pub sequences: SequenceSet,
+    pub record_bytes: usize,
+    pub oldest_arrival_ms: i64,
+    pub payload: Payload,
+}
+
+/// Why a batch closed before its hints, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EarlyClose {
+    PartitionCap,
+    MemoryBudget,
+}
+
+pub struct OpenBatches {
+    batches: HashMap<Route, OpenBatch>,
+    sink_encoders: Arc<dyn EncoderFactory>,
+    error_encoders: Arc<dyn EncoderFactory>,
+    size_bytes: usize,
+    interval: Duration,
+    max_partitions: usize,
+    budget: Arc<MemoryBudget>,
+    /// Batches closed early since the last `take_early_closes`.
+    early_closes: Vec<EarlyClose>,
+}
+
+/// Bounds of the staging chunk an encoder may hold before it compresses.
+const MIN_CHUNK_BYTES: usize = 64 * 1024;
+const MAX_CHUNK_BYTES: usize = 1 << 20;
+
+impl OpenBatches {
+    pub fn new(
+        sink_encoders: Arc<dyn EncoderFactory>,
+        error_encoders: Arc<dyn EncoderFactory>,
+        size_bytes: usize,
+        interval: Duration,
+        max_partitions: usize,
+        budget: Arc<MemoryBudget>,
+    ) -> Self {
+        Self {
+            batches: HashMap::new(),
+            sink_encoders,
+            error_encoders,
+            size_bytes: size_bytes.max(1),
+            interval,
+            max_partitions: max_partitions.max(1),
+            budget,
+            early_closes: Vec::new(),
+        }
+    }
+
+    /// Add a record (and its delimiter, `suffix`) to its route's open batch, opening one if needed. Returns the batches this
+    /// closed: the record's own when it reached the size hint, or others closed to respect the
+    /// partition cap or the memory budget.
+    pub fn push(
+        &mut self,
+        route: &Route,
+        sequence: u64,
+        data: &[u8],
+        suffix: &[u8],
+        arrival_ms: i64,
+        arrived_at: Instant,
+    ) -> Result<Vec<ClosedBatch>, EncodeError> {
+        let mut closed = Vec::new();
+        if !self.batches.contains_key(route) {
+            let sink_partitions = self.batches.keys().filter(|open| open.error_output_type.is_none()).count();
+            if route.error_output_type.is_none() && sink_partitions >= self.max_partitions {
+                // Past the cap the oldest partition's batch leaves early: memory stays bounded
+                // and nothing goes to the error output (Firehose would send the record there).
+                if let Some(oldest) = self.oldest_sink_route() {
+                    closed.push(self.close(&oldest)?);
+                    self.early_closes.push(EarlyClose::PartitionCap);
+                }
+            }
+            let chunk_bytes = self.chunk_bytes_hint();
+            let factory = if route.error_output_type.is_some() { &self.error_encoders } else { &self.sink_encoders };
+            let batch = OpenBatch {
+                encoder: factory.new_encoder(chunk_bytes),
+                start: sequence,
+                sequences: SequenceSet::default(),
+                record_bytes: 0,
+                oldest_arrival_ms: arrival_ms,
+                opened_at: arrived_at,
+                held: 0,
+            };
+            self.batches.insert(route.clone(), batch);
+        }
+        let Some(batch) = self.batches.get_mut(route) else { return Ok(closed) };
+        batch.encoder.push(data, suffix)?;
+        batch.sequences.push(sequence);
+        batch.record_bytes += data.len() + suffix.len();
+        batch.oldest_arrival_ms = batch.oldest_arrival_ms.min(arrival_ms);
+        batch.opened_at = batch.opened_at.min(arrived_at);
+        let held = batch.encoder.held_bytes() + batch.sequences.held_bytes();
+        self.budget.update(batch.held, held);
+        batch.held = held;
+        if batch.record_bytes >= self.size_bytes {
+            closed.push(self.close(route)?);
+        }
+        while self.budget.exceeded() {
+            let Some(largest) = self.largest_route() else { break };
+            closed.push(self.close(&largest)?);
+            self.early_closes.push(EarlyClose::MemoryBudget);
+        }
+        Ok(closed)
+    }
+
+    /// Close every batch whose interval has passed (or all of them).
+    pub fn close_due(&mut self, now: Instant, all: bool) -> Result<Vec<ClosedBatch>, EncodeError> {
+        let due: Vec<Route> = self
+            .batches
+            .iter()
+            .filter(|(_, batch)| all || now >= batch.opened_at + self.interval)
+            .map(|(route, _)| route.clone())
+            .collect();
+        due.iter().map(|route| self.close(route)).collect()
+    }
+
+    /// When the next batch's interval passes.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.batches.values().map(|batch| batch.opened_at + self.interval).min()
+    }
+
+    /// The lowest sequence held by an open batch: the watermark cannot pass it.
+    pub fn lowest_start(&self) -> Option<u64> {
+        self.batches.values().map(|batch| batch.start).min()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    pub fn partition_count(&self) -> usize {
+        self.batches.len()
+    }
+
+    pub fn take_early_closes(&mut self) -> Vec<EarlyClose> {
+        std::mem::take(&mut self.early_closes)
+    }
+
+    fn close(&mut self, route: &Route) -> Result<ClosedBatch, EncodeError> {
+        let Some(batch) = self.batches.remove(route) else {
+            return Err(EncodeError::Record(format!("no open batch for {route:?}")));
+        };
+        self.budget.update(batch.held, 0);
+        let end = batch.sequences.runs().last().map_or(batch.start, |run| run.end);
+        Ok(ClosedBatch {
+            route: route.clone(),
+            start: batch.start,
+            end,
+            sequences: batch.sequences,
+            record_bytes: batch.record_bytes,
+            oldest_arrival_ms: batch.oldest_arrival_ms,
+            payload: batch.encoder.finish()?,
+        })
+    }
+
+    fn oldest_sink_route(&self) -> Option<Route> {
+        self.batches
+            .iter()
+            .filter(|(route, _)| route.error_output_type.is_none())
+            .min_by_key(|(_, batch)| batch.opened_at)
+            .map(|(route, _)| route.clone())
+    }
+
+    fn largest_route(&self) -> Option<Route> {
+        self.batches.iter().max_by_key(|(_, batch)| batch.held).map(|(route, _)| route.clone())
+    }
+
+    /// Many open batches stage less each, so the staging they hold together stays a small part
+    /// of the budget.
+    fn chunk_bytes_hint(&self) -> usize {
+        let share = self.budget.limit() / 4 / (self.batches.len() + 1);
+        share.clamp(MIN_CHUNK_BYTES, MAX_CHUNK_BYTES)
+    }
+}
+
+impl Drop for OpenBatches {
+    fn drop(&mut self) {
+        let held: usize = self.batches.values().map(|batch| batch.held).sum();
+        self.budget.update(held, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use spillway_sink_api::testkit::MemoryEncoderFactory;
+
+    use super::*;
+
+    fn batches(size_bytes: usize, max_partitions: usize, budget: usize) -> OpenBatches {
+        OpenBatches::new(
+            Arc::new(MemoryEncoderFactory),
+            Arc::new(MemoryEncoderFactory),
+            size_bytes,
+            Duration::from_secs(60),
+            max_partitions,
+            MemoryBudget::new(budget),
+        )
+    }
+
+    fn route(value: &str) -> Route {
+        Route::sink(Arc::new(PartitionKeys::from([("k".to_string(), value.to_string())])))
+    }
+
+    #[test]
+    fn a_batch_closes_at_its_size_and_keeps_its_sequences() {
+        let mut open = batches(10, 10, 1 << 30);
+        let now = Instant::now();
+        assert!(open.push(&route("a"), 3, b"12345", b"", 100, now).unwrap().is_empty());
+        assert!(open.push(&route("b"), 4, b"x", b"", 90, now).unwrap().is_empty());
+        let closed = open.push(&route("a"), 5, b"67890", b"", 80, now).unwrap();
+        assert_eq!(closed.len(), 1);
+        assert_eq!((closed[0].start, closed[0].end, closed[0].record_bytes), (3, 6, 10));
+        assert_eq!(closed[0].sequences.iter().collect::<Vec<_>>(), vec![3, 5]);
+        assert_eq!(closed[0].oldest_arrival_ms, 80);
+        assert_eq!(open.lowest_start(), Some(4));
+    }
+
+    #[test]
+    fn the_partition_cap_closes_the_oldest_batch_first() {
+        let mut open = batches(1 << 20, 2, 1 << 30);
+        let now = Instant::now();
+        open.push(&route("a"), 0, b"a", b"", 0, now).unwrap();
+        open.push(&route("b"), 1, b"b", b"", 0, now + Duration::from_secs(1)).unwrap();
+        let closed = open.push(&route("c"), 2, b"c", b"", 0, now + Duration::from_secs(2)).unwrap();
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].route, route("a"));
+        assert_eq!(open.partition_count(), 2);
+        assert_eq!(open.take_early_closes(), vec![EarlyClose::PartitionCap]);
+    }
+
+    #[test]
+    fn the_memory_budget_closes_the_largest_batch() {
+        let budget = MemoryBudget::new(4096);
+        let mut open = OpenBatches::new(
+            Arc::new(MemoryEncoderFactory),
+            Arc::new(MemoryEncoderFactory),
+            1 << 30,
+            Duration::from_secs(60),
+            100,
+            budget.clone(),
+        );
+        let now = Instant::now();
+        open.push(&route("small"), 0, b"s", b"", 0, now).unwrap();
+        let mut closed = Vec::new();
+        for sequence in 1..100 {
+            closed.extend(open.push(&route("big"), sequence, &[b'x'; 100], b"", 0, now).unwrap());
+        }
+        assert!(!closed.is_empty() && closed.iter().all(|batch| batch.route == route("big")));
+        assert!(budget.held() <= 4096 + 1024);
+        drop(open);
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
+    fn intervals_close_idle_batches() {
+        let mut open = batches(1 << 20, 10, 1 << 30);
+        let now = Instant::now();
+        open.push(&route("a"), 0, b"a", b"", 0, now).unwrap();
+        open.push(&route("b"), 1, b"b", b"", 0, now + Duration::from_secs(30)).unwrap();
+        assert_eq!(open.next_deadline(), Some(now + Duration::from_secs(60)));
+        let closed = open.close_due(now + Duration::from_secs(61), false).unwrap();
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].route, route("a"));
+        assert_eq!(open.close_due(now, true).unwrap().len(), 1);
+        assert!(open.is_empty());
+    }
+}
