@@ -215,38 +215,47 @@ fn is_all_zero(file: &mut File, from: u64, file_len: u64) -> io::Result<bool> {
 
 /// The first offset at or after `from` holding a frame that verifies and whose first sequence
 /// could follow `expected_sequence` (records are contiguous in a segment and each takes at least
-/// 4 bytes, so it is at most `(offset - from) / 4` above it). Reads the file once; only damage
-/// makes anyone call this.
+/// 4 bytes, so it is at most `(offset - from) / 4` above it). Reads the file in windows, so
+/// memory stays small whatever the segment size; only damage makes anyone call this.
 pub fn find_verifiable_frame(
     file: &mut File,
     from: u64,
     file_len: u64,
     expected_sequence: u64,
 ) -> io::Result<Option<(u64, Frame)>> {
-    let minimum_frame = (HEADER_LEN + frame::PAYLOAD_FIXED_LEN) as u64;
-    if file_len < from + minimum_frame {
-        return Ok(None);
-    }
-    file.seek(SeekFrom::Start(from))?;
-    let mut rest = vec![0u8; (file_len - from) as usize];
-    file.read_exact(&mut rest)?;
-    for start in 0..rest.len() {
-        let Some(header) = rest.get(start..start + HEADER_LEN) else { break };
-        let Ok(header) = <[u8; HEADER_LEN]>::try_from(header) else { break };
-        let (payload_len, checksum) = frame::parse_header(&header);
-        if payload_len < frame::PAYLOAD_FIXED_LEN {
-            continue;
+    use std::os::unix::fs::FileExt;
+
+    const WINDOW_BYTES: usize = 1 << 20;
+    // A candidate needs its header and the first sequence at the start of its payload.
+    const PROBE_LEN: usize = HEADER_LEN + 8;
+    let mut window = vec![0u8; WINDOW_BYTES + PROBE_LEN];
+    let mut window_start = from;
+    while window_start + PROBE_LEN as u64 <= file_len {
+        let window_len = (file_len - window_start).min(window.len() as u64) as usize;
+        file.read_exact_at(&mut window[..window_len], window_start)?;
+        let probes = window_len - PROBE_LEN + 1;
+        for start in 0..probes.min(WINDOW_BYTES) {
+            let offset = window_start + start as u64;
+            let Ok(header) = <[u8; HEADER_LEN]>::try_from(&window[start..start + HEADER_LEN]) else { break };
+            let (payload_len, checksum) = frame::parse_header(&header);
+            let frame_end = offset + HEADER_LEN as u64 + payload_len as u64;
+            if payload_len < frame::PAYLOAD_FIXED_LEN || frame_end > file_len {
+                continue;
+            }
+            let sequence_bytes = &window[start + HEADER_LEN..start + PROBE_LEN];
+            let first_sequence = u64::from_le_bytes(sequence_bytes.try_into().unwrap_or_default());
+            let skipped_bytes = offset + 1 - from;
+            let highest_plausible = expected_sequence.saturating_add(skipped_bytes / frame::MIN_RECORD_LEN as u64 + 1);
+            if first_sequence < expected_sequence || first_sequence > highest_plausible {
+                continue;
+            }
+            let mut payload = BytesMut::zeroed(payload_len);
+            file.read_exact_at(&mut payload, offset + HEADER_LEN as u64)?;
+            if let Ok(found) = frame::decode(payload.freeze(), checksum) {
+                return Ok(Some((offset, found)));
+            }
         }
-        let payload_start = start + HEADER_LEN;
-        let Some(payload) = rest.get(payload_start..payload_start + payload_len) else { continue };
-        let first_sequence = u64::from_le_bytes(payload[..8].try_into().unwrap_or_default());
-        let highest_plausible = expected_sequence.saturating_add(start as u64 / frame::MIN_RECORD_LEN as u64 + 1);
-        if first_sequence < expected_sequence || first_sequence > highest_plausible {
-            continue;
-        }
-        if let Ok(found) = frame::decode(Bytes::copy_from_slice(payload), checksum) {
-            return Ok(Some((from + start as u64, found)));
-        }
+        window_start += WINDOW_BYTES as u64;
     }
     Ok(None)
 }
