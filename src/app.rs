@@ -1,6 +1,7 @@
 //! Wiring: builds every stream (WAL, sink, delivery loop) from a validated `Config`, serves the
 //! HTTP front, and shuts down in order: stop intake → flush buffers → finish deliveries → commit
-//! checkpoints → close the WAL.
+//! checkpoints → close the WAL. A stream whose WAL cannot be opened (damage, I/O) is marked
+//! stopped with the reason and gets no delivery loop; every other stream runs.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,14 +21,12 @@ use crate::pipeline::{
     BatchingOptions, Delivery, DeliveryLoop, IntentError, IntentLog, MemoryBudget, PipelineError, Router,
 };
 use crate::sources::{Ingest, StreamIngest};
-use crate::wal::{Wal, WalError, WalOptions};
+use crate::wal::{Wal, WalOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("cannot use data_dir {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
-    #[error("stream {stream}: {source}")]
-    Wal { stream: String, source: WalError },
     #[error("stream {stream}: {source}")]
     Checkpoint { stream: String, source: CheckpointError },
     #[error("stream {stream}: {source}")]
@@ -81,8 +80,24 @@ impl App {
                 segment_bytes: config.wal.segment_mib << 20,
                 max_bytes: config.limits.max_wal_mib << 20,
             };
-            let (wal, report) =
-                Wal::open(options, delivered).map_err(|source| AppError::Wal { stream: name.clone(), source })?;
+            let wal_dir = options.dir.clone();
+            let (wal, report) = match Wal::open(options, delivered) {
+                Ok(opened) => opened,
+                Err(error) => {
+                    // Only this stream stops; its files stay for `spillway wal inspect`.
+                    let reason = format!(
+                        "{error}; its wal files are kept: see `spillway wal inspect --stream {name}` and `spillway wal quarantine`"
+                    );
+                    tracing::error!(stream = %name, %error, "cannot open the wal; this stream is stopped, the others run");
+                    let wal = Wal::unavailable(wal_dir);
+                    let wal_for_metrics = wal.clone();
+                    let stream_metrics = metrics.register(&name, Box::new(move || wal_for_metrics.disk_bytes()));
+                    let stopped = Arc::new(std::sync::OnceLock::from(reason));
+                    streams
+                        .insert(name, StreamIngest { config: stream.clone(), wal, metrics: stream_metrics, stopped });
+                    continue;
+                }
+            };
             if let Some(truncated) = &report.truncated_tail {
                 tracing::warn!(stream = %name, %truncated, "cut off a torn wal tail left by a crash");
             }

@@ -1,4 +1,4 @@
-//! The `spillway` command line: `run`, `validate`, `put`, `bench`. The only place that uses
+//! The `spillway` command line: `run`, `validate`, `put`, `bench`, `wal inspect|quarantine`. The only place that uses
 //! `anyhow`; everything below it returns typed errors.
 
 use std::path::PathBuf;
@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use spillway::app::App;
 use spillway::client::{bench, put};
 use spillway::config;
+use spillway::wal::inspect;
 
 /// jemalloc returns freed memory to the system; glibc's per-thread arenas keep large freed
 /// buffers (batches, compressed objects), which more than doubled peak RSS with 64 MiB buffers.
@@ -84,6 +85,39 @@ enum Command {
         #[arg(long, default_value_t = 600)]
         drain_timeout_seconds: u64,
     },
+    /// Look at or repair a stream's write-ahead log. Run these with spillway stopped: they read
+    /// and rewrite the files under data_dir directly.
+    Wal {
+        #[command(subcommand)]
+        command: WalCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum WalCommand {
+    /// Print a stream's data_dir paths, checkpoint, every segment (sequences, frames, records,
+    /// ok / torn tail / damaged at offset), set-aside ranges and pending intents. Read-only;
+    /// run it with spillway stopped, since it checksums every segment.
+    Inspect {
+        #[arg(short, long, default_value = "config/local.yaml")]
+        config: PathBuf,
+        /// Delivery stream name.
+        #[arg(short, long)]
+        stream: String,
+    },
+    /// Set a damaged segment aside so the stream can start again: moves it into
+    /// `<stream dir>/wal-quarantine/` (never deletes), keeps the good frames before the damage,
+    /// and prints the sequence range whose records will not be delivered. Run it with spillway
+    /// stopped. Exits 1 when there is nothing to do.
+    Quarantine {
+        #[arg(short, long, default_value = "config/local.yaml")]
+        config: PathBuf,
+        #[arg(short, long)]
+        stream: String,
+        /// The segment to set aside (file name or path); by default the first damaged one.
+        #[arg(long)]
+        segment: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -98,6 +132,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate { config } => validate(&config),
+        Command::Wal { command } => wal_command(command),
         command => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -126,9 +161,54 @@ fn validate(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn wal_command(command: WalCommand) -> anyhow::Result<ExitCode> {
+    let (config_path, stream) = match &command {
+        WalCommand::Inspect { config, stream } | WalCommand::Quarantine { config, stream, .. } => (config, stream),
+    };
+    let config = config::load_file(config_path).map_err(|error| anyhow::anyhow!("{error}"))?;
+    if !config.streams.iter().any(|configured| &configured.name == stream) {
+        let known: Vec<&str> = config.streams.iter().map(|configured| configured.name.as_str()).collect();
+        eprintln!("unknown stream {stream:?} in {}; streams: {}", config_path.display(), known.join(", "));
+        return Ok(ExitCode::FAILURE);
+    }
+    match command {
+        WalCommand::Inspect { stream, .. } => {
+            let inspection = inspect::inspect(&config.data_dir, &stream)?;
+            print!("{inspection}");
+            Ok(ExitCode::SUCCESS)
+        }
+        WalCommand::Quarantine { stream, segment, .. } => {
+            match inspect::quarantine(&config.data_dir, &stream, segment.as_deref())? {
+                inspect::QuarantineOutcome::NothingToDo(why) => {
+                    println!("nothing to do: {why}");
+                    Ok(ExitCode::FAILURE)
+                }
+                inspect::QuarantineOutcome::SetAside(set_aside) => {
+                    println!(
+                        "set aside sequences {}..{} (end exclusive) of stream {stream}: segment {} is damaged at offset {} ({})",
+                        set_aside.start,
+                        set_aside.end,
+                        set_aside.original_segment.display(),
+                        set_aside.damaged_offset,
+                        set_aside.reason
+                    );
+                    println!(
+                        "kept the {} bytes of good frames before the damage in {}; the original is in {}",
+                        set_aside.kept_bytes,
+                        set_aside.original_segment.display(),
+                        set_aside.quarantined_segment.display()
+                    );
+                    println!("records in that range will not be delivered; start spillway to deliver the rest");
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+    }
+}
+
 async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Validate { .. } => unreachable!("validate runs without a runtime"),
+        Command::Validate { .. } | Command::Wal { .. } => unreachable!("runs without a runtime"),
         Command::Run { config } => {
             let config = config::load_file(&config).map_err(|error| anyhow::anyhow!("{error}"))?;
             let signals = ShutdownSignals::install().context("cannot install signal handlers")?;

@@ -8,7 +8,10 @@
 use bytes::{Buf, Bytes};
 
 pub const HEADER_LEN: usize = 8;
-const PAYLOAD_FIXED_LEN: usize = 8 + 8 + 4;
+pub const PAYLOAD_FIXED_LEN: usize = 8 + 8 + 4;
+/// Every record takes at least its 4-byte length prefix, so a payload of `n` bytes after the
+/// fixed fields holds at most `n / 4` records.
+pub const MIN_RECORD_LEN: usize = 4;
 
 /// A decoded frame; `records` are zero-copy slices of the payload.
 #[derive(Debug, Clone)]
@@ -72,6 +75,10 @@ pub fn decode(payload: Bytes, checksum: u32) -> Result<Frame, DecodeError> {
     let first_sequence = cursor.get_u64_le();
     let arrival_ms = cursor.get_i64_le();
     let count = cursor.get_u32_le() as usize;
+    // `count` comes from the file: never allocate more than the payload can hold.
+    if count > cursor.remaining() / MIN_RECORD_LEN {
+        return Err(DecodeError::Malformed("record count larger than the payload can hold"));
+    }
     let mut records = Vec::with_capacity(count);
     for _ in 0..count {
         if cursor.remaining() < 4 {
@@ -112,5 +119,19 @@ mod tests {
         let mut corrupted = out[HEADER_LEN..].to_vec();
         corrupted[10] ^= 1;
         assert_eq!(decode(Bytes::from(corrupted), checksum).unwrap_err(), DecodeError::Checksum);
+    }
+
+    #[test]
+    fn a_record_count_the_payload_cannot_hold_is_malformed_before_allocating() {
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&7u64.to_le_bytes());
+        payload.extend_from_slice(&0i64.to_le_bytes());
+        payload.extend_from_slice(&u32::MAX.to_le_bytes());
+        payload.extend_from_slice(&[0u8; 8]);
+        let checksum = crc32c::crc32c(&payload);
+        assert_eq!(
+            decode(Bytes::from(payload), checksum).unwrap_err(),
+            DecodeError::Malformed("record count larger than the payload can hold")
+        );
     }
 }

@@ -7,6 +7,7 @@
 //! Must not: interpret record bytes, or know about batches and sinks.
 
 mod frame;
+pub mod inspect;
 mod reader;
 mod segment;
 mod writer;
@@ -66,7 +67,8 @@ pub struct RecoveryReport {
     pub bytes: u64,
     /// Sequence the next append gets.
     pub next_sequence: u64,
-    /// Set when a torn last frame (a crash mid-write) was cut off: segment and reason.
+    /// Set when a torn tail (a crash mid-write, or a zero-filled extension after a power loss)
+    /// was cut off: segment, offset and reason.
     pub truncated_tail: Option<String>,
 }
 
@@ -77,13 +79,17 @@ pub struct Wal {
     committed: watch::Receiver<u64>,
     disk_bytes: Arc<AtomicU64>,
     dir: PathBuf,
-    writer: Arc<writer::WriterThread>,
+    /// None for [`Wal::unavailable`]: no writer was started.
+    writer: Option<Arc<writer::WriterThread>>,
 }
 
 impl Wal {
     /// Open (creating if needed) the WAL in `options.dir`, cut off a torn tail, and start the
     /// writer. `delivered` is the stream's checkpoint: sequences continue from it when every
-    /// segment was already trimmed.
+    /// segment was already trimmed. Only the last segment is checksummed (start-up stays fast
+    /// whatever the backlog); damage in older segments is found by the reader. Damage in the
+    /// last segment's acknowledged data fails the open with `WalError::Scan(ScanError::Corrupt)`
+    /// naming segment and offset, and leaves every file as it was.
     pub fn open(options: WalOptions, delivered: u64) -> Result<(Wal, RecoveryReport), WalError> {
         let io_error = |path: &Path| {
             let path = path.to_path_buf();
@@ -91,28 +97,29 @@ impl Wal {
         };
         std::fs::create_dir_all(&options.dir).map_err(io_error(&options.dir))?;
         let segments = segment::list(&options.dir).map_err(io_error(&options.dir))?;
-        let mut disk_bytes = 0;
-        for segment in &segments {
-            disk_bytes += std::fs::metadata(&segment.path).map_err(io_error(&segment.path))?.len();
-        }
+        let mut disk_bytes = total_len(&segments)?;
         let mut truncated_tail = None;
         let next_sequence = match segments.last() {
             None => delivered,
             Some(last) => {
-                let scan = segment::scan(last)?;
-                if let Some(reason) = scan.torn {
-                    let file =
-                        std::fs::OpenOptions::new().write(true).open(&last.path).map_err(io_error(&last.path))?;
-                    let old_len = file.metadata().map_err(io_error(&last.path))?.len();
-                    file.set_len(scan.valid_len).map_err(io_error(&last.path))?;
-                    file.sync_all().map_err(io_error(&last.path))?;
-                    disk_bytes -= old_len - scan.valid_len;
-                    truncated_tail = Some(format!(
-                        "{}: cut {} bytes at offset {} ({reason})",
-                        last.path.display(),
-                        old_len - scan.valid_len,
-                        scan.valid_len
-                    ));
+                let scan = segment::scan(last, segment::TailPolicy::LastSegment)?;
+                match scan.status {
+                    segment::SegmentStatus::Ok => {}
+                    segment::SegmentStatus::Damaged { offset, reason } => {
+                        return Err(ScanError::Corrupt { path: last.path.clone(), offset, reason }.into());
+                    }
+                    segment::SegmentStatus::TornTail { offset, reason } => {
+                        let file =
+                            std::fs::OpenOptions::new().write(true).open(&last.path).map_err(io_error(&last.path))?;
+                        file.set_len(offset).map_err(io_error(&last.path))?;
+                        file.sync_all().map_err(io_error(&last.path))?;
+                        let cut_bytes = scan.file_len - offset;
+                        disk_bytes -= cut_bytes;
+                        truncated_tail = Some(format!(
+                            "{}: cut {cut_bytes} bytes at offset {offset} ({reason})",
+                            last.path.display()
+                        ));
+                    }
                 }
                 scan.end_sequence.max(delivered)
             }
@@ -122,7 +129,17 @@ impl Wal {
         let (committed_tx, committed) = watch::channel(next_sequence);
         let (commands, writer) =
             writer::WriterThread::spawn(options.clone(), segments, next_sequence, disk_bytes.clone(), committed_tx)?;
-        Ok((Wal { commands, committed, disk_bytes, dir: options.dir, writer: Arc::new(writer) }, report))
+        Ok((Wal { commands, committed, disk_bytes, dir: options.dir, writer: Some(Arc::new(writer)) }, report))
+    }
+
+    /// A handle for a stream whose WAL could not be opened: no writer runs, appends fail with
+    /// `WalError::Closed`, nothing is committed, and the files stay as they are for an operator
+    /// (`spillway wal inspect` / `quarantine`). `disk_bytes` reports what the segments hold.
+    pub fn unavailable(dir: PathBuf) -> Wal {
+        let held_bytes = segment::list(&dir).ok().and_then(|segments| total_len(&segments).ok()).unwrap_or(0);
+        let (commands, _no_writer) = std::sync::mpsc::channel();
+        let (_never_committed, committed) = watch::channel(0);
+        Wal { commands, committed, disk_bytes: Arc::new(AtomicU64::new(held_bytes)), dir, writer: None }
     }
 
     /// Append one request's records as a single frame (all or nothing). Resolves once the frame
@@ -156,8 +173,20 @@ impl Wal {
     /// Stop the writer after the queued appends, syncing the last segment.
     pub fn close(&self) {
         let _ = self.commands.send(writer::Command::Shutdown);
-        self.writer.join();
+        if let Some(writer) = &self.writer {
+            writer.join();
+        }
     }
+}
+
+fn total_len(segments: &[segment::SegmentFile]) -> Result<u64, WalError> {
+    let mut bytes = 0;
+    for segment in segments {
+        let metadata =
+            std::fs::metadata(&segment.path).map_err(|source| WalError::Io { path: segment.path.clone(), source })?;
+        bytes += metadata.len();
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -1,13 +1,15 @@
 //! Sequential reader over a stream's WAL from a given sequence, used for delivery and recovery
 //! alike. It reads only below the committed sequence, so it never sees a half-written frame; a
 //! bad checksum there is corruption and stops the stream with the segment and offset named.
+//! Where an operator set a damaged range aside (`spillway wal quarantine`), the reader skips
+//! that range with a warning naming it; any other missing range is `WalError::Gap`.
 //! Blocking file I/O: call it from `spawn_blocking`.
 
 use std::fs::File;
 use std::path::PathBuf;
 
 use super::segment::{self, ReadOutcome, SegmentFile};
-use super::{Frame, WalError};
+use super::{Frame, WalError, inspect};
 
 pub struct WalReader {
     dir: PathBuf,
@@ -38,7 +40,10 @@ impl WalReader {
         let mut frames = Vec::new();
         let mut bytes = 0;
         while self.next_sequence < committed && bytes < max_bytes {
-            let mut frame = self.next_frame()?;
+            let Some(mut frame) = self.next_frame()? else {
+                // The position jumped over a set-aside range; check it against `committed` again.
+                continue;
+            };
             if frame.end_sequence() <= self.next_sequence {
                 continue;
             }
@@ -54,8 +59,9 @@ impl WalReader {
         Ok(frames)
     }
 
-    /// The next whole frame, moving to the following segment at the end of one.
-    fn next_frame(&mut self) -> Result<Frame, WalError> {
+    /// The next whole frame, moving to the following segment at the end of one. None when the
+    /// position jumped over a range set aside by `spillway wal quarantine`.
+    fn next_frame(&mut self) -> Result<Option<Frame>, WalError> {
         loop {
             if self.open.is_none() {
                 self.open = Some(self.open_segment()?);
@@ -66,19 +72,46 @@ impl WalReader {
             match segment::read_frame(&mut open.file, open.offset, file_len).map_err(io_error)? {
                 ReadOutcome::Frame { frame, next_offset } => {
                     open.offset = next_offset;
-                    return Ok(frame);
+                    return Ok(Some(frame));
                 }
                 ReadOutcome::End => {
-                    // Committed records lie beyond this segment: they are in the next one.
+                    // Committed records lie beyond this segment: they are in the next one, or
+                    // an operator set them aside.
+                    let finished = open.segment.path.clone();
                     self.open = None;
-                    let next = self.find_segment_starting_at(self.next_sequence)?;
-                    self.open = Some(open_at_start(next)?);
+                    // An empty segment starts where it ends: never "move on" to itself.
+                    let next = self.find_segment_starting_at(self.next_sequence)?.filter(|next| next.path != finished);
+                    match next {
+                        Some(next) => self.open = Some(open_at_start(next)?),
+                        None => {
+                            self.skip_set_aside_range()?;
+                            return Ok(None);
+                        }
+                    }
                 }
-                ReadOutcome::TornTail { reason } | ReadOutcome::Corrupt { reason } => {
+                ReadOutcome::Damaged { reason, .. } => {
                     return Err(WalError::Corrupt { path: open.segment.path.clone(), offset: open.offset, reason });
                 }
             }
         }
+    }
+
+    /// Move past the set-aside range holding the position, or fail with `WalError::Gap`.
+    fn skip_set_aside_range(&mut self) -> Result<(), WalError> {
+        let set_aside = inspect::set_aside_ranges(&self.dir)?;
+        let Some(range) = set_aside.iter().find(|range| range.contains(self.next_sequence)) else {
+            return Err(WalError::Gap { sequence: self.next_sequence });
+        };
+        tracing::warn!(
+            wal = %self.dir.display(),
+            first_skipped = self.next_sequence,
+            set_aside_start = range.start,
+            set_aside_end = range.end,
+            quarantined_segment = %range.quarantined_segment.display(),
+            "skipping wal records an operator set aside with `spillway wal quarantine`"
+        );
+        self.next_sequence = range.end;
+        Ok(())
     }
 
     /// The segment that holds `next_sequence`: the last one starting at or before it.
@@ -92,9 +125,9 @@ impl WalReader {
         open_at_start(holder)
     }
 
-    fn find_segment_starting_at(&self, sequence: u64) -> Result<SegmentFile, WalError> {
+    fn find_segment_starting_at(&self, sequence: u64) -> Result<Option<SegmentFile>, WalError> {
         let segments = segment::list(&self.dir).map_err(|source| WalError::Io { path: self.dir.clone(), source })?;
-        segments.into_iter().find(|segment| segment.first_sequence == sequence).ok_or(WalError::Gap { sequence })
+        Ok(segments.into_iter().find(|segment| segment.first_sequence == sequence))
     }
 }
 

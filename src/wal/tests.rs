@@ -150,3 +150,130 @@ async fn interval_fsync_acknowledges_after_the_write_and_survives_a_reopen() {
     assert_eq!(read_all(&wal, 0), expected);
     wal.close();
 }
+
+/// Three frames of three records in one segment; returns the offsets where frames 2 and 3 start.
+async fn three_frames_in_one_segment(dir: &Path) -> (segment::SegmentFile, u64, u64) {
+    let (wal, _) = Wal::open(WalOptions { segment_bytes: 1 << 20, ..options(dir) }, 0).unwrap();
+    let mut frame_ends = Vec::new();
+    for name in ["a", "b", "c"] {
+        wal.append(0, records(name, 3)).await.unwrap();
+        let last = segment::list(dir).unwrap().pop().unwrap();
+        frame_ends.push(std::fs::metadata(&last.path).unwrap().len());
+    }
+    wal.close();
+    (segment::list(dir).unwrap().pop().unwrap(), frame_ends[0], frame_ends[1])
+}
+
+#[tokio::test]
+async fn a_zero_filled_tail_after_a_power_loss_is_cut_and_appends_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(WalOptions { segment_bytes: 1 << 20, ..options(dir.path()) }, 0).unwrap();
+    wal.append(0, records("a", 3)).await.unwrap();
+    wal.close();
+    let last = segment::list(dir.path()).unwrap().pop().unwrap();
+    let good_len = std::fs::metadata(&last.path).unwrap().len();
+    // The file was extended but its data never reached the disk.
+    std::fs::OpenOptions::new().append(true).open(&last.path).unwrap().write_all(&[0u8; 4096]).unwrap();
+
+    let (wal, report) = Wal::open(options(dir.path()), 0).unwrap();
+    let truncated = report.truncated_tail.unwrap();
+    assert!(truncated.contains(&format!("offset {good_len}")) && truncated.contains("zero bytes"), "{truncated}");
+    assert_eq!(std::fs::metadata(&last.path).unwrap().len(), good_len);
+    assert_eq!(report.next_sequence, 3);
+    wal.append(0, records("b", 2)).await.unwrap();
+    let all = read_all(&wal, 0);
+    assert_eq!(all.len(), 5);
+    assert!(all[3].starts_with(b"b-0000"));
+    wal.close();
+}
+
+#[tokio::test]
+async fn damage_followed_by_good_frames_in_the_last_segment_fails_the_open_naming_segment_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (last, second_frame_offset, _) = three_frames_in_one_segment(dir.path()).await;
+    let original = std::fs::read(&last.path).unwrap();
+    // A flipped high byte in the second frame's length: it now "runs past the end of the file",
+    // which alone looks like a torn write, but the third frame after it still verifies.
+    let mut bytes = original.clone();
+    bytes[second_frame_offset as usize + 3] ^= 0x40;
+    std::fs::write(&last.path, &bytes).unwrap();
+
+    let error = Wal::open(options(dir.path()), 0).err().expect("damage in acknowledged data fails the open");
+    let message = error.to_string();
+    assert!(message.contains(&last.path.display().to_string()), "{message}");
+    assert!(message.contains(&format!("offset {second_frame_offset}")), "{message}");
+    assert_eq!(std::fs::read(&last.path).unwrap(), bytes, "nothing is cut");
+
+    // A flipped payload byte with data after it: damage too.
+    let mut bytes = original;
+    bytes[second_frame_offset as usize + 40] ^= 0xff;
+    std::fs::write(&last.path, &bytes).unwrap();
+    let message = Wal::open(options(dir.path()), 0).err().expect("damage fails the open").to_string();
+    assert!(message.contains(&format!("offset {second_frame_offset}: checksum mismatch")), "{message}");
+}
+
+#[tokio::test]
+async fn quarantining_a_damaged_last_segment_skips_exactly_its_range_and_never_reuses_sequences() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let paths = inspect::StreamPaths::new(data_dir.path(), "s");
+    let (last, second_frame_offset, _) = three_frames_in_one_segment(&paths.wal_dir).await;
+    let mut bytes = std::fs::read(&last.path).unwrap();
+    bytes[second_frame_offset as usize + 40] ^= 0xff;
+    std::fs::write(&last.path, &bytes).unwrap();
+    let inspection = inspect::inspect(data_dir.path(), "s").unwrap().to_string();
+    assert!(inspection.contains(&format!("DAMAGED at offset {second_frame_offset}")), "{inspection}");
+
+    let inspect::QuarantineOutcome::SetAside(set_aside) = inspect::quarantine(data_dir.path(), "s", None).unwrap()
+    else {
+        panic!("a damaged segment is set aside");
+    };
+    assert_eq!((set_aside.start, set_aside.end), (3, 6), "resync saves the third frame: only frame two is set aside");
+    assert_eq!(std::fs::read(&set_aside.quarantined_segment).unwrap(), bytes, "the original bytes are kept");
+    assert_eq!(std::fs::metadata(&last.path).unwrap().len(), second_frame_offset, "good frames stay");
+
+    let (wal, report) = Wal::open(options(&paths.wal_dir), 0).unwrap();
+    assert_eq!(report.next_sequence, 9, "sequences continue after the saved frame");
+    wal.append(0, records("d", 2)).await.unwrap();
+    let all = read_all(&wal, 0);
+    let prefixes: Vec<_> = all.iter().map(|record| String::from_utf8_lossy(&record[..6]).to_string()).collect();
+    assert_eq!(prefixes, ["a-0000", "a-0001", "a-0002", "c-0000", "c-0001", "c-0002", "d-0000", "d-0001"]);
+    wal.close();
+    let again = inspect::quarantine(data_dir.path(), "s", None).unwrap();
+    assert!(matches!(again, inspect::QuarantineOutcome::NothingToDo(_)), "{again:?}");
+}
+
+#[tokio::test]
+async fn quarantining_a_damaged_middle_segment_lets_the_reader_skip_to_the_next_segment() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let paths = inspect::StreamPaths::new(data_dir.path(), "s");
+    let (wal, _) = Wal::open(options(&paths.wal_dir), 0).unwrap();
+    for round in 0..10 {
+        wal.append(0, records(&format!("r{round}"), 10)).await.unwrap();
+    }
+    wal.close();
+    let segments = segment::list(&paths.wal_dir).unwrap();
+    assert!(segments.len() >= 3);
+    let damaged = &segments[1];
+    let next_first_sequence = segments[2].first_sequence;
+    let mut bytes = std::fs::read(&damaged.path).unwrap();
+    bytes[200] ^= 0xff;
+    std::fs::write(&damaged.path, &bytes).unwrap();
+
+    let (wal, _) = Wal::open(options(&paths.wal_dir), 0).unwrap();
+    let committed = *wal.committed().borrow();
+    assert!(matches!(wal.reader(0).read(committed, usize::MAX), Err(WalError::Corrupt { .. })));
+    wal.close();
+
+    let named = Some(damaged.path.file_name().unwrap().as_ref());
+    let inspect::QuarantineOutcome::SetAside(set_aside) = inspect::quarantine(data_dir.path(), "s", named).unwrap()
+    else {
+        panic!("the named segment is set aside");
+    };
+    // Byte 200 is in the segment's first frame; the frames after it verify and are kept.
+    assert_eq!((set_aside.start, set_aside.end), (damaged.first_sequence, damaged.first_sequence + 10));
+    assert!(set_aside.end < next_first_sequence);
+    let (wal, _) = Wal::open(options(&paths.wal_dir), 0).unwrap();
+    assert_eq!(read_all(&wal, 0).len(), 90);
+    assert_eq!(read_all(&wal, set_aside.start + 1).len() as u64, 100 - set_aside.end, "from inside the range");
+    wal.close();
+}
