@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::checkpoint::{Checkpoint, CheckpointError, write_atomically};
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WalSize};
 use crate::pipeline::{Delivery, DeliveryLoop, IntentError, IntentLog, PipelineError};
 use crate::sources::{Ingest, StreamIngest};
 use crate::wal::{Wal, WalError, WalOptions};
@@ -77,6 +77,7 @@ impl App {
                 fsync_interval: Duration::from_millis(config.wal.fsync_interval_ms),
                 segment_bytes: config.wal.segment_mib << 20,
                 max_bytes: config.limits.max_wal_mib << 20,
+                full_wait: Duration::from_millis(config.limits.full_wait_ms),
             };
             let (wal, report) =
                 Wal::open(options, delivered).map_err(|source| AppError::Wal { stream: name.clone(), source })?;
@@ -97,7 +98,13 @@ impl App {
                 .await
                 .map_err(|source| AppError::Sink { stream: name.clone(), source: Box::new(source) })?;
             let wal_for_metrics = wal.clone();
-            let stream_metrics = metrics.register(&name, Box::new(move || wal_for_metrics.disk_bytes()));
+            let stream_metrics = metrics.register(
+                &name,
+                Box::new(move || WalSize {
+                    undelivered_bytes: wal_for_metrics.undelivered_bytes(),
+                    disk_bytes: wal_for_metrics.disk_bytes(),
+                }),
+            );
             let delivery = Arc::new(Delivery {
                 sink: built.sink,
                 error_output: built.error_output,
