@@ -88,7 +88,8 @@ impl App {
                 stream = %name,
                 segments = report.segments,
                 undelivered_records = report.next_sequence.saturating_sub(delivered),
-                wal_bytes = report.bytes,
+                undelivered_bytes = wal.undelivered_bytes(),
+                wal_disk_bytes = report.bytes,
                 recovery_ms = started.elapsed().as_millis() as u64,
                 "wal opened"
             );
