@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::checkpoint::{Checkpoint, CheckpointError, write_atomically};
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WalSize};
 use crate::pipeline::{
     BatchingOptions, Delivery, DeliveryLoop, IntentError, IntentLog, MemoryBudget, PipelineError, Router,
 };
@@ -79,6 +79,7 @@ impl App {
                 fsync_interval: Duration::from_millis(config.wal.fsync_interval_ms),
                 segment_bytes: config.wal.segment_mib << 20,
                 max_bytes: config.limits.max_wal_mib << 20,
+                full_wait: Duration::from_millis(config.limits.full_wait_ms),
             };
             let wal_dir = options.dir.clone();
             let (wal, report) = match Wal::open(options, delivered) {
@@ -91,7 +92,10 @@ impl App {
                     tracing::error!(stream = %name, %error, "cannot open the wal; this stream is stopped, the others run");
                     let wal = Wal::unavailable(wal_dir);
                     let wal_for_metrics = wal.clone();
-                    let stream_metrics = metrics.register(&name, Box::new(move || wal_for_metrics.disk_bytes()));
+                    let stream_metrics = metrics.register(
+                        &name,
+                        Box::new(move || WalSize { undelivered_bytes: 0, disk_bytes: wal_for_metrics.disk_bytes() }),
+                    );
                     let stopped = Arc::new(std::sync::OnceLock::from(reason));
                     streams
                         .insert(name, StreamIngest { config: stream.clone(), wal, metrics: stream_metrics, stopped });
@@ -105,7 +109,8 @@ impl App {
                 stream = %name,
                 segments = report.segments,
                 undelivered_records = report.next_sequence.saturating_sub(delivered),
-                wal_bytes = report.bytes,
+                undelivered_bytes = wal.undelivered_bytes(),
+                wal_disk_bytes = report.bytes,
                 recovery_ms = started.elapsed().as_millis() as u64,
                 "wal opened"
             );
@@ -115,7 +120,13 @@ impl App {
                 .await
                 .map_err(|source| AppError::Sink { stream: name.clone(), source: Box::new(source) })?;
             let wal_for_metrics = wal.clone();
-            let stream_metrics = metrics.register(&name, Box::new(move || wal_for_metrics.disk_bytes()));
+            let stream_metrics = metrics.register(
+                &name,
+                Box::new(move || WalSize {
+                    undelivered_bytes: wal_for_metrics.undelivered_bytes(),
+                    disk_bytes: wal_for_metrics.disk_bytes(),
+                }),
+            );
             let router = Router::new(None, stream.processing.record_delimiter);
             let delivery = Arc::new(Delivery {
                 sink: built.sink,

@@ -7,7 +7,7 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// One stream's counters. All monotonic except `wal_bytes`.
+/// One stream's counters, all monotonic (the WAL size gauges come from a [`WalSizeProbe`]).
 #[derive(Default)]
 pub struct StreamMetrics {
     pub incoming_records: AtomicU64,
@@ -29,22 +29,34 @@ impl StreamMetrics {
     }
 }
 
+/// A stream's WAL size, read when metrics are rendered.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WalSize {
+    /// Bytes of frames not yet delivered (what `limits.max_wal_mib` bounds).
+    pub undelivered_bytes: u64,
+    /// Size of the segment files, which may still hold delivered frames.
+    pub disk_bytes: u64,
+}
+
 /// Reads a stream's current WAL size when metrics are rendered.
-pub type WalBytesProbe = Box<dyn Fn() -> u64 + Send + Sync>;
+pub type WalSizeProbe = Box<dyn Fn() -> WalSize + Send + Sync>;
 
 /// Picks one counter out of a stream's metrics.
 type CounterOf = fn(&StreamMetrics) -> &AtomicU64;
 
+/// Picks one gauge out of a stream's WAL size.
+type WalGaugeOf = fn(&WalSize) -> u64;
+
 #[derive(Default)]
 pub struct Metrics {
-    streams: BTreeMap<String, (Arc<StreamMetrics>, WalBytesProbe)>,
+    streams: BTreeMap<String, (Arc<StreamMetrics>, WalSizeProbe)>,
 }
 
 impl Metrics {
-    /// Register a stream; `wal_bytes` reads its current WAL size.
-    pub fn register(&mut self, stream: &str, wal_bytes: WalBytesProbe) -> Arc<StreamMetrics> {
+    /// Register a stream; `wal_size` reads its current WAL size.
+    pub fn register(&mut self, stream: &str, wal_size: WalSizeProbe) -> Arc<StreamMetrics> {
         let metrics = Arc::new(StreamMetrics::default());
-        self.streams.insert(stream.to_string(), (metrics.clone(), wal_bytes));
+        self.streams.insert(stream.to_string(), (metrics.clone(), wal_size));
         metrics
     }
 
@@ -74,10 +86,21 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{stream=\"{stream}\"}} {}", counter(metrics).load(Ordering::Relaxed));
             }
         }
-        let _ =
-            writeln!(out, "# HELP spillway_wal_bytes undelivered bytes in the WAL\n# TYPE spillway_wal_bytes gauge");
-        for (stream, (_, wal_bytes)) in &self.streams {
-            let _ = writeln!(out, "spillway_wal_bytes{{stream=\"{stream}\"}} {}", wal_bytes());
+        let sizes: Vec<(&String, WalSize)> =
+            self.streams.iter().map(|(stream, (_, wal_size))| (stream, wal_size())).collect();
+        let gauges: [(&str, &str, WalGaugeOf); 2] = [
+            ("spillway_wal_bytes", "undelivered bytes in the WAL (bounded by limits.max_wal_mib)", |size| {
+                size.undelivered_bytes
+            }),
+            ("spillway_wal_disk_bytes", "size of the WAL segment files, delivered parts included", |size| {
+                size.disk_bytes
+            }),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (stream, size) in &sizes {
+                let _ = writeln!(out, "{name}{{stream=\"{stream}\"}} {}", value(size));
+            }
         }
         if let Some(cpu) = process_cpu_seconds() {
             let _ = writeln!(out, "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu:.3}");
@@ -125,11 +148,12 @@ mod tests {
     #[test]
     fn rendered_samples_read_back_by_name_and_labels() {
         let mut metrics = Metrics::default();
-        let logs = metrics.register("logs", Box::new(|| 7));
+        let logs = metrics.register("logs", Box::new(|| WalSize { undelivered_bytes: 7, disk_bytes: 9 }));
         StreamMetrics::add(&logs.delivered_bytes, 1234);
         let text = metrics.render();
         assert_eq!(read_metric(&text, "spillway_delivered_bytes_total{stream=\"logs\"}"), Some(1234.0));
         assert_eq!(read_metric(&text, "spillway_wal_bytes{stream=\"logs\"}"), Some(7.0));
+        assert_eq!(read_metric(&text, "spillway_wal_disk_bytes{stream=\"logs\"}"), Some(9.0));
         assert_eq!(read_metric(&text, "spillway_delivered_bytes_total{stream=\"other\"}"), None);
         assert!(read_metric(&text, "process_cpu_seconds_total").is_some());
     }

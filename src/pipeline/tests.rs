@@ -47,6 +47,7 @@ impl Harness {
             fsync_interval: Duration::from_millis(10),
             segment_bytes: 1 << 20,
             max_bytes: 1 << 30,
+            full_wait: Duration::ZERO,
         };
         let (wal, _) = Wal::open(options, 0).unwrap();
         Self {

@@ -123,10 +123,11 @@ pub struct Inspection {
     pub checkpoint: u64,
     pub segments: Vec<SegmentReport>,
     pub set_aside: Vec<SetAside>,
+    /// Recorded intents: pending (to re-send) and done (to skip) batches above the checkpoint.
     pub pending_intents: Vec<Intent>,
 }
 
-/// Read a stream's checkpoint, checksum every segment, list set-aside ranges and pending intents.
+/// Read a stream's checkpoint, checksum every segment, list set-aside ranges and recorded intents.
 pub fn inspect(data_dir: &Path, stream: &str) -> Result<Inspection, InspectError> {
     let paths = StreamPaths::new(data_dir, stream);
     let checkpoint = Checkpoint::new(&paths.stream_dir).load()?;
@@ -136,7 +137,7 @@ pub fn inspect(data_dir: &Path, stream: &str) -> Result<Inspection, InspectError
     }
     let set_aside = read_set_aside_records(&paths.quarantine_dir)?;
     let pending_intents = if paths.stream_dir.join("intents").is_dir() {
-        IntentLog::open(&paths.stream_dir)?.pending()?
+        IntentLog::open(&paths.stream_dir)?.load()?
     } else {
         Vec::new()
     };
@@ -201,9 +202,14 @@ impl fmt::Display for Inspection {
                 range.quarantined_segment.display()
             )?;
         }
-        writeln!(out, "pending intents ({}):", self.pending_intents.len())?;
+        writeln!(out, "intents ({}):", self.pending_intents.len())?;
         for intent in &self.pending_intents {
-            writeln!(out, "  {}  start {}  end {}", intent.id, intent.start, intent.end)?;
+            let route = match (&intent.error_output_type, intent.partition.is_empty()) {
+                (Some(error_output_type), _) => format!("  error output {error_output_type}"),
+                (None, false) => format!("  partition {:?}", intent.partition),
+                (None, true) => String::new(),
+            };
+            writeln!(out, "  {}  start {}  end {}  {:?}{route}", intent.id, intent.start, intent.end, intent.state)?;
         }
         Ok(())
     }

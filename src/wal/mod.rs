@@ -33,8 +33,12 @@ pub struct WalOptions {
     pub fsync: FsyncPolicy,
     pub fsync_interval: Duration,
     pub segment_bytes: u64,
-    /// Appends are refused (`WalError::Full`) while the undelivered bytes exceed this.
+    /// Undelivered bytes (frames not yet below the checkpoint) may not exceed this; an append
+    /// that does not fit waits for a trim.
     pub max_bytes: u64,
+    /// How long an append waits for room in a full WAL before it fails with `WalError::Full`;
+    /// zero refuses at once.
+    pub full_wait: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +49,8 @@ pub enum WalError {
     Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Scan(#[from] ScanError),
+    #[error("wal refuses appends after an i/o error in {path} ({reason}); restart spillway")]
+    Failed { path: PathBuf, reason: String },
     #[error("wal writer has stopped")]
     Closed,
     #[error("wal segment {path} is corrupt at offset {offset}: {reason}")]
@@ -127,8 +133,14 @@ impl Wal {
         let report = RecoveryReport { segments: segments.len(), bytes: disk_bytes, next_sequence, truncated_tail };
         let disk_bytes = Arc::new(AtomicU64::new(disk_bytes));
         let (committed_tx, committed) = watch::channel(next_sequence);
-        let (commands, writer) =
-            writer::WriterThread::spawn(options.clone(), segments, next_sequence, disk_bytes.clone(), committed_tx)?;
+        let (commands, writer) = writer::WriterThread::spawn(
+            options.clone(),
+            segments,
+            next_sequence,
+            delivered,
+            disk_bytes.clone(),
+            committed_tx,
+        )?;
         Ok((Wal { commands, committed, disk_bytes, dir: options.dir, writer: Some(Arc::new(writer)) }, report))
     }
 
@@ -150,7 +162,8 @@ impl Wal {
         response.await.map_err(|_| WalError::Closed)?
     }
 
-    /// Delete segments whose records are all below `delivered` (the checkpoint).
+    /// Release the budget of records below `delivered` (the checkpoint), waking appends that
+    /// wait for room, and delete segments whose records are all below it.
     pub fn trim(&self, delivered: u64) {
         // A stopped writer has nothing left to trim; the next start trims instead.
         let _ = self.commands.send(writer::Command::Trim { delivered });
@@ -161,8 +174,15 @@ impl Wal {
         self.committed.clone()
     }
 
+    /// Size of the segment files, delivered parts included (the active segment and a closed
+    /// one the checkpoint is still inside are kept whole).
     pub fn disk_bytes(&self) -> u64 {
         self.disk_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of frames not yet delivered: what `max_bytes` limits.
+    pub fn undelivered_bytes(&self) -> u64 {
+        self.writer.as_ref().map_or(0, |writer| writer.undelivered_bytes())
     }
 
     /// A reader positioned at `from` (usually the checkpoint).

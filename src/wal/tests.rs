@@ -14,6 +14,7 @@ fn options(dir: &Path) -> WalOptions {
         fsync_interval: Duration::from_millis(10),
         segment_bytes: 4096,
         max_bytes: 1 << 30,
+        full_wait: Duration::ZERO,
     }
 }
 
@@ -80,10 +81,169 @@ async fn a_full_wal_refuses_appends_until_trimmed() {
     let dir = tempfile::tempdir().unwrap();
     let (wal, _) = Wal::open(WalOptions { max_bytes: 3000, ..options(dir.path()) }, 0).unwrap();
     wal.append(0, records("a", 10)).await.unwrap();
-    wal.append(0, records("b", 10)).await.unwrap();
+    let second = wal.append(0, records("b", 10)).await.unwrap();
+    let started = std::time::Instant::now();
     let error = wal.append(0, records("c", 10)).await.unwrap_err();
     assert!(matches!(error, WalError::Full { .. }), "{error}");
     assert!(error.is_retriable());
+    assert!(started.elapsed() < Duration::from_secs(1), "full_wait 0 refuses at once");
+    wal.trim(second.end);
+    wal.append(0, records("c", 10)).await.expect("a trim makes room");
+    wal.close();
+}
+
+/// Appends into a WAL with `max_bytes` far below the segment size until one is refused;
+/// returns the committed sequence.
+async fn fill(wal: &Wal, prefix: &str) -> u64 {
+    for round in 0.. {
+        match wal.append(0, records(&format!("{prefix}{round}"), 10)).await {
+            Ok(_) => continue,
+            Err(WalError::Full { .. }) => break,
+            Err(error) => panic!("unexpected append error: {error}"),
+        }
+    }
+    *wal.committed().borrow()
+}
+
+fn small_budget(dir: &Path) -> WalOptions {
+    WalOptions { segment_bytes: 1 << 20, max_bytes: 64 << 10, ..options(dir) }
+}
+
+#[tokio::test]
+async fn a_wal_smaller_than_one_segment_drains_and_reclaims_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(small_budget(dir.path()), 0).unwrap();
+    for round in 0..4 {
+        let committed = fill(&wal, &format!("round{round}-")).await;
+        assert!(wal.undelivered_bytes() <= 64 << 10);
+        wal.trim(committed);
+        // Appends and trims are handled in order: this append sees the trim.
+        let range = wal.append(0, records("after", 10)).await.expect("delivered bytes no longer count");
+        assert_eq!(range.start, committed);
+        let segments = segment::list(dir.path()).unwrap();
+        assert_eq!(segments.len(), 1, "the delivered segment was closed early and deleted: {segments:?}");
+        assert_eq!(segments[0].first_sequence, committed);
+        assert_eq!(wal.disk_bytes(), std::fs::metadata(&segments[0].path).unwrap().len());
+        assert_eq!(wal.undelivered_bytes(), wal.disk_bytes());
+        wal.trim(range.end);
+    }
+    wal.close();
+}
+
+#[tokio::test]
+async fn after_a_reopen_only_records_past_the_checkpoint_count_as_undelivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(small_budget(dir.path()), 0).unwrap();
+    let committed = fill(&wal, "a").await;
+    wal.close();
+
+    // Everything was delivered before the restart: the full WAL takes appends again.
+    let (wal, report) = Wal::open(small_budget(dir.path()), committed).unwrap();
+    assert_eq!(report.next_sequence, committed);
+    assert_eq!(wal.undelivered_bytes(), 0);
+    assert!(wal.disk_bytes() > 0);
+    wal.append(0, records("b", 10)).await.expect("delivered bytes do not count after a reopen");
+    wal.close();
+
+    // A checkpoint inside the active segment: the frames from it on count, the earlier do not.
+    let (wal, _) = Wal::open(options(dir.path()), committed / 2).unwrap();
+    let undelivered = wal.undelivered_bytes();
+    assert!(undelivered > 0 && undelivered < wal.disk_bytes(), "{undelivered} of {}", wal.disk_bytes());
+    wal.close();
+    let (wal, _) = Wal::open(options(dir.path()), 0).unwrap();
+    assert_eq!(wal.undelivered_bytes(), wal.disk_bytes());
+    wal.close();
+
+    // Closed segments count whole until the checkpoint passes their end.
+    let rotating = WalOptions { segment_bytes: 4096, ..options(dir.path()) };
+    let (wal, _) = Wal::open(rotating.clone(), 0).unwrap();
+    for round in 0..10 {
+        wal.append(0, records(&format!("c{round}"), 10)).await.unwrap();
+    }
+    let end = *wal.committed().borrow();
+    wal.close();
+    let segments = segment::list(dir.path()).unwrap();
+    assert!(segments.len() > 2);
+    let (wal, _) = Wal::open(rotating, segments[1].first_sequence).unwrap();
+    let first_len = std::fs::metadata(&segments[0].path).unwrap().len();
+    assert_eq!(wal.undelivered_bytes(), wal.disk_bytes() - first_len);
+    wal.trim(end);
+    wal.append(0, records("d", 1)).await.unwrap();
+    assert!(wal.undelivered_bytes() < 4096);
+    wal.close();
+}
+
+fn frame_len(records: &[Bytes]) -> u64 {
+    frame::encoded_len(records) as u64
+}
+
+/// A WAL whose budget is exactly `max_bytes`, waiting `full_wait` for room.
+fn budget(dir: &Path, max_bytes: u64, full_wait: Duration) -> WalOptions {
+    WalOptions { segment_bytes: 1 << 20, max_bytes, full_wait, ..options(dir) }
+}
+
+#[tokio::test]
+async fn a_waiting_append_succeeds_when_a_trim_makes_room_within_full_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let max_bytes = 3 * frame_len(&records("a0", 10));
+    let (wal, _) = Wal::open(budget(dir.path(), max_bytes, Duration::from_secs(10)), 0).unwrap();
+    for round in 0..3 {
+        wal.append(0, records(&format!("a{round}"), 10)).await.unwrap();
+    }
+    let waiting = tokio::spawn({
+        let wal = wal.clone();
+        async move { wal.append(0, records("a3", 10)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "a full wal keeps the append waiting");
+    wal.trim(10);
+    let range = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap().unwrap();
+    assert_eq!(range, 30..40);
+    wal.close();
+}
+
+#[tokio::test]
+async fn a_waiting_append_fails_with_full_when_no_trim_comes_within_full_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let full_wait = Duration::from_millis(300);
+    let max_bytes = 2 * frame_len(&records("a", 10));
+    let (wal, _) = Wal::open(budget(dir.path(), max_bytes, full_wait), 0).unwrap();
+    wal.append(0, records("a", 10)).await.unwrap();
+    wal.append(0, records("b", 10)).await.unwrap();
+    let started = std::time::Instant::now();
+    let error = wal.append(0, records("c", 10)).await.unwrap_err();
+    assert!(matches!(error, WalError::Full { .. }), "{error}");
+    assert!(started.elapsed() >= full_wait, "{:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    wal.close();
+}
+
+#[tokio::test]
+async fn appends_wait_in_arrival_order_so_a_big_one_is_not_starved() {
+    let dir = tempfile::tempdir().unwrap();
+    let small_len = frame_len(&records("s", 10));
+    let max_bytes = 3 * frame_len(&records("a0", 10)) + small_len;
+    assert!(frame_len(&records("big", 20)) > small_len);
+    let (wal, _) = Wal::open(budget(dir.path(), max_bytes, Duration::from_secs(10)), 0).unwrap();
+    for round in 0..3 {
+        wal.append(0, records(&format!("a{round}"), 10)).await.unwrap();
+    }
+    // Room for the small append only: the big one waits, the small one queues behind it.
+    let big = tokio::spawn({
+        let wal = wal.clone();
+        async move { wal.append(0, records("big", 20)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let small = tokio::spawn({
+        let wal = wal.clone();
+        async move { wal.append(0, records("s", 10)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!big.is_finished() && !small.is_finished());
+    wal.trim(30);
+    let big = tokio::time::timeout(Duration::from_secs(5), big).await.unwrap().unwrap().unwrap();
+    let small = tokio::time::timeout(Duration::from_secs(5), small).await.unwrap().unwrap().unwrap();
+    assert_eq!((big, small), (30..50, 50..60));
     wal.close();
 }
 
@@ -275,5 +435,40 @@ async fn quarantining_a_damaged_middle_segment_lets_the_reader_skip_to_the_next_
     let (wal, _) = Wal::open(options(&paths.wal_dir), 0).unwrap();
     assert_eq!(read_all(&wal, 0).len(), 90);
     assert_eq!(read_all(&wal, set_aside.start + 1).len() as u64, 100 - set_aside.end, "from inside the range");
+}
+
+#[tokio::test]
+async fn a_failed_fsync_fails_its_group_and_every_later_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(options(dir.path()), 0).unwrap();
+    wal.append(0, records("a", 2)).await.unwrap();
+    writer::fail_points::fail_syncs_in(dir.path(), true);
+    let error = wal.append(0, records("b", 2)).await.unwrap_err();
+    assert!(matches!(&error, WalError::Io { path, .. } if path.starts_with(dir.path())), "{error}");
+    assert!(!error.is_retriable());
+    // The disk may have dropped the pages: no retried fsync may pretend otherwise, even one that
+    // would now succeed.
+    writer::fail_points::fail_syncs_in(dir.path(), false);
+    for _ in 0..2 {
+        let error = wal.append(0, records("c", 2)).await.unwrap_err();
+        assert!(matches!(&error, WalError::Failed { reason, .. } if reason.contains("fsync")), "{error}");
+        assert!(!error.is_retriable());
+    }
+    assert_eq!(*wal.committed().borrow(), 2, "nothing after the failure is committed");
+    wal.close();
+}
+
+#[tokio::test]
+async fn a_failed_timed_fsync_fails_every_later_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let interval = WalOptions { fsync: FsyncPolicy::Interval, ..options(dir.path()) };
+    let (wal, _) = Wal::open(interval, 0).unwrap();
+    writer::fail_points::fail_syncs_in(dir.path(), true);
+    wal.append(0, records("a", 2)).await.expect("acknowledged before the timed fsync");
+    // The writer wakes for the due fsync by itself.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    writer::fail_points::fail_syncs_in(dir.path(), false);
+    let error = wal.append(0, records("b", 2)).await.unwrap_err();
+    assert!(matches!(&error, WalError::Failed { .. }), "{error}");
     wal.close();
 }

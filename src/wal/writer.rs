@@ -1,21 +1,28 @@
 //! The WAL writer thread: drains queued appends, writes them as consecutive frames with one
 //! `write`, syncs once per group (`fsync: always`) or on a timer (`interval`), then acknowledges.
 //! It runs on a dedicated OS thread because every step is blocking file I/O.
+//!
+//! It also owns the WAL's budget: only *undelivered* bytes count against `max_bytes`. An append
+//! that does not fit waits (first come, first served) until a trim makes room or `full_wait`
+//! passes. A segment that is mostly delivered is closed early, so a trim can delete it even when
+//! `max_bytes` is below the segment size. After a failed fsync the WAL refuses every append until
+//! a restart: the kernel may have dropped the dirty pages, and a retried fsync would lie.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
-use super::segment::{self, SegmentFile};
+use super::segment::{self, ReadOutcome, SegmentFile};
 use super::{WalError, WalOptions, frame};
 use crate::config::FsyncPolicy;
 
@@ -23,6 +30,15 @@ use crate::config::FsyncPolicy;
 const MAX_GROUP_BYTES: usize = 32 << 20;
 /// Capacity of the group buffer kept between groups.
 const KEEP_GROUP_BUFFER_BYTES: usize = 4 << 20;
+/// Most commands taken off the channel before the queued appends are written.
+const MAX_COMMANDS_PER_ROUND: usize = 4096;
+/// A mostly delivered active segment is closed early once this many of its bytes are delivered
+/// (or an eighth of `max_bytes`, if smaller), so trimming can delete it.
+const RECLAIM_MIN_BYTES: u64 = 4 << 20;
+/// A write group joins the previous backlog entry while that holds less than
+/// `max_bytes / BACKLOG_ENTRIES_PER_BUDGET`: the bookkeeping stays about this many entries
+/// whatever the put sizes, and a trim releases room in steps of at most that share.
+const BACKLOG_ENTRIES_PER_BUDGET: u64 = 1024;
 
 /// Where an append's outcome is sent: the sequences its records got, or why it failed.
 pub type AppendReply = oneshot::Sender<Result<Range<u64>, WalError>>;
@@ -35,23 +51,33 @@ pub enum Command {
 
 pub struct WriterThread {
     handle: Mutex<Option<JoinHandle<()>>>,
+    undelivered_bytes: Arc<AtomicU64>,
 }
 
 impl WriterThread {
+    /// Start the writer on the segments `Wal::open` found (torn tail already cut). `delivered`
+    /// is the checkpoint: bytes below it do not count against `max_bytes`.
     pub fn spawn(
         options: WalOptions,
         segments: Vec<SegmentFile>,
         next_sequence: u64,
+        delivered: u64,
         disk_bytes: Arc<AtomicU64>,
         committed: watch::Sender<u64>,
     ) -> Result<(Sender<Command>, WriterThread), WalError> {
-        let mut state = Writer::open(options, segments, next_sequence, disk_bytes, committed)?;
+        let mut state = Writer::open(options, segments, next_sequence, delivered, disk_bytes, committed)?;
+        let undelivered_bytes = state.backlog.shared_total.clone();
         let (sender, receiver) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("spillway-wal".into())
             .spawn(move || state.run(receiver))
             .map_err(|source| WalError::Io { path: "wal writer thread".into(), source })?;
-        Ok((sender, WriterThread { handle: Mutex::new(Some(handle)) }))
+        Ok((sender, WriterThread { handle: Mutex::new(Some(handle)), undelivered_bytes }))
+    }
+
+    /// Bytes of frames not yet delivered: what `max_bytes` limits.
+    pub fn undelivered_bytes(&self) -> u64 {
+        self.undelivered_bytes.load(Ordering::Relaxed)
     }
 
     pub fn join(&self) {
@@ -62,6 +88,102 @@ impl WriterThread {
     }
 }
 
+/// An append waiting for its group, or for room in a full WAL.
+struct QueuedAppend {
+    arrival_ms: i64,
+    records: Vec<Bytes>,
+    reply: AppendReply,
+    frame_len: u64,
+    /// When a full WAL answers `Full` instead of waiting longer.
+    give_up_at: Instant,
+}
+
+/// Undelivered bytes as (end sequence, bytes) entries, oldest first: an entry is released when
+/// the checkpoint reaches its end. Entries never span two segments.
+struct Backlog {
+    entries: VecDeque<BacklogEntry>,
+    total: u64,
+    /// `total`, readable by the metrics probe.
+    shared_total: Arc<AtomicU64>,
+    /// Undelivered bytes in the active segment; the rest of it is delivered and reclaimable.
+    active_bytes: u64,
+    merge_below: u64,
+}
+
+struct BacklogEntry {
+    end_sequence: u64,
+    bytes: u64,
+    in_active_segment: bool,
+}
+
+impl Backlog {
+    fn new(max_bytes: u64) -> Backlog {
+        Backlog {
+            entries: VecDeque::new(),
+            total: 0,
+            shared_total: Arc::new(AtomicU64::new(0)),
+            active_bytes: 0,
+            merge_below: max_bytes / BACKLOG_ENTRIES_PER_BUDGET,
+        }
+    }
+
+    /// Bytes of a closed segment (found on open) whose records end at `end_sequence`.
+    fn add_closed(&mut self, end_sequence: u64, bytes: u64) {
+        self.entries.push_back(BacklogEntry { end_sequence, bytes, in_active_segment: false });
+        self.total += bytes;
+        self.publish();
+    }
+
+    /// Bytes written to the active segment, holding records below `end_sequence`.
+    fn add_active(&mut self, end_sequence: u64, bytes: u64) {
+        self.total += bytes;
+        self.active_bytes += bytes;
+        match self.entries.back_mut() {
+            Some(last) if last.in_active_segment && last.bytes < self.merge_below => {
+                last.end_sequence = end_sequence;
+                last.bytes += bytes;
+            }
+            _ => self.entries.push_back(BacklogEntry { end_sequence, bytes, in_active_segment: true }),
+        }
+        self.publish();
+    }
+
+    /// Release every entry whose records are all below `delivered`.
+    fn release(&mut self, delivered: u64) {
+        while let Some(first) = self.entries.front()
+            && first.end_sequence <= delivered
+        {
+            if first.in_active_segment {
+                self.active_bytes -= first.bytes;
+            }
+            self.total -= first.bytes;
+            self.entries.pop_front();
+        }
+        self.publish();
+    }
+
+    fn segment_closed(&mut self) {
+        for entry in self.entries.iter_mut().rev() {
+            if !entry.in_active_segment {
+                break;
+            }
+            entry.in_active_segment = false;
+        }
+        self.active_bytes = 0;
+    }
+
+    fn publish(&self) {
+        self.shared_total.store(self.total, Ordering::Relaxed);
+    }
+}
+
+/// Why the WAL refuses appends for good.
+#[derive(Clone)]
+struct Failure {
+    path: PathBuf,
+    reason: String,
+}
+
 struct Writer {
     options: WalOptions,
     /// Closed segments, oldest first (the active one is not in this list).
@@ -70,11 +192,16 @@ struct Writer {
     file: File,
     active_len: u64,
     next_sequence: u64,
+    /// The highest checkpoint trimmed to.
+    delivered: u64,
     disk_bytes: Arc<AtomicU64>,
+    backlog: Backlog,
+    queue: VecDeque<QueuedAppend>,
     committed: watch::Sender<u64>,
     unsynced_since: Option<Instant>,
-    /// Set after an I/O error we could not roll back; every later append fails with it.
-    failed: Option<String>,
+    /// Set after a failed fsync or an I/O error we could not roll back; every later append
+    /// fails with it.
+    failed: Option<Failure>,
     buffer: Vec<u8>,
 }
 
@@ -83,6 +210,7 @@ impl Writer {
         options: WalOptions,
         mut segments: Vec<SegmentFile>,
         next_sequence: u64,
+        delivered: u64,
         disk_bytes: Arc<AtomicU64>,
         committed: watch::Sender<u64>,
     ) -> Result<Writer, WalError> {
@@ -96,6 +224,21 @@ impl Writer {
         let file = open_append(&active.path)?;
         sync_dir(&options.dir)?;
         let active_len = file.metadata().map_err(|source| WalError::Io { path: active.path.clone(), source })?.len();
+        let mut backlog = Backlog::new(options.max_bytes);
+        for (index, closed) in segments.iter().enumerate() {
+            let end_sequence = segments.get(index + 1).unwrap_or(&active).first_sequence;
+            if end_sequence <= delivered {
+                continue;
+            }
+            let len = std::fs::metadata(&closed.path)
+                .map_err(|source| WalError::Io { path: closed.path.clone(), source })?
+                .len();
+            backlog.add_closed(end_sequence, len);
+        }
+        let active_undelivered = undelivered_bytes_in(&active, active_len, next_sequence, delivered)?;
+        if active_undelivered > 0 {
+            backlog.add_active(next_sequence, active_undelivered);
+        }
         Ok(Writer {
             options,
             closed: segments,
@@ -103,7 +246,10 @@ impl Writer {
             file,
             active_len,
             next_sequence,
+            delivered,
             disk_bytes,
+            backlog,
+            queue: VecDeque::new(),
             committed,
             unsynced_since: None,
             failed: None,
@@ -112,99 +258,175 @@ impl Writer {
     }
 
     fn run(&mut self, commands: Receiver<Command>) {
-        loop {
-            let first = match self.options.fsync {
-                FsyncPolicy::Always => commands.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                FsyncPolicy::Interval => {
-                    let wait = match self.unsynced_since {
-                        Some(since) => self.options.fsync_interval.saturating_sub(since.elapsed()),
-                        None => Duration::from_secs(3600),
-                    };
-                    commands.recv_timeout(wait)
-                }
-            };
-            let first = match first {
-                Ok(command) => command,
-                Err(RecvTimeoutError::Timeout) => {
-                    self.sync_if_due();
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
-            let mut appends = Vec::new();
-            let mut group_bytes = 0;
-            let mut shutdown = false;
-            let mut next = Some(first);
-            while let Some(command) = next.take() {
-                match command {
-                    Command::Append { arrival_ms, records, reply } => {
-                        group_bytes += frame::encoded_len(&records);
-                        appends.push((arrival_ms, records, reply));
+        let mut shutdown = false;
+        while !shutdown {
+            let first = if self.front_can_be_written() {
+                // Queued work is ready: take what has arrived meanwhile, but do not block.
+                match commands.try_recv() {
+                    Ok(command) => Some(command),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => {
+                        shutdown = true;
+                        None
                     }
-                    Command::Trim { delivered } => self.trim(delivered),
-                    Command::Shutdown => shutdown = true,
                 }
-                if !shutdown && group_bytes < MAX_GROUP_BYTES {
-                    next = commands.try_recv().ok();
+            } else {
+                let received = match self.next_wake_up() {
+                    Some(wake_up) => commands.recv_timeout(wake_up.saturating_duration_since(Instant::now())),
+                    None => commands.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                };
+                match received {
+                    Ok(command) => Some(command),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        shutdown = true;
+                        None
+                    }
+                }
+            };
+            if let Some(first) = first {
+                shutdown |= self.handle(first);
+                let mut taken = 1;
+                while !shutdown && taken < MAX_COMMANDS_PER_ROUND {
+                    let Ok(command) = commands.try_recv() else { break };
+                    shutdown |= self.handle(command);
+                    taken += 1;
                 }
             }
-            if !appends.is_empty() {
-                self.write_group(appends);
-            }
+            self.write_next_group();
+            self.refuse_expired(Instant::now());
             self.sync_if_due();
-            if shutdown {
-                break;
-            }
         }
-        if self.unsynced_since.is_some() {
-            let _ = self.file.sync_data();
+        // Shutting down: write what fits; the rest could only wait for a trim that will not come.
+        while self.front_can_be_written() {
+            self.write_next_group();
+        }
+        while let Some(queued) = self.queue.pop_front() {
+            let _ = queued.reply.send(Err(WalError::Closed));
+        }
+        if self.unsynced_since.is_some()
+            && self.failed.is_none()
+            && let Err(error) = self.sync_active()
+        {
+            self.fail("fsync", &error);
         }
     }
 
-    fn write_group(&mut self, appends: Vec<(i64, Vec<Bytes>, AppendReply)>) {
-        if let Some(reason) = &self.failed {
-            for (_, _, reply) in appends {
-                let _ = reply.send(Err(self.io_error(std::io::Error::other(reason.clone()))));
+    /// Apply one command; true when it asks the writer to stop.
+    fn handle(&mut self, command: Command) -> bool {
+        match command {
+            Command::Append { arrival_ms, records, reply } => {
+                let frame_len = frame::encoded_len(&records) as u64;
+                let give_up_at = Instant::now() + self.options.full_wait;
+                self.queue.push_back(QueuedAppend { arrival_ms, records, reply, frame_len, give_up_at });
+                false
+            }
+            Command::Trim { delivered } => {
+                self.trim(delivered);
+                false
+            }
+            Command::Shutdown => true,
+        }
+    }
+
+    /// True when the first queued append can be answered now: it fits, or the WAL has failed.
+    fn front_can_be_written(&self) -> bool {
+        match self.queue.front() {
+            None => false,
+            Some(front) => self.failed.is_some() || self.fits(0, front.frame_len),
+        }
+    }
+
+    fn fits(&self, pending: u64, frame_len: u64) -> bool {
+        self.backlog.total + pending + frame_len <= self.options.max_bytes
+    }
+
+    /// The earliest of the timed fsync and the first waiting append's deadline.
+    fn next_wake_up(&self) -> Option<Instant> {
+        let fsync_due = match self.options.fsync {
+            FsyncPolicy::Interval => self.unsynced_since.map(|since| since + self.options.fsync_interval),
+            FsyncPolicy::Always => None,
+        };
+        // Appends queue in arrival order with one `full_wait`, so the first gives up first.
+        let give_up = self.queue.front().map(|front| front.give_up_at);
+        match (fsync_due, give_up) {
+            (Some(fsync_due), Some(give_up)) => Some(fsync_due.min(give_up)),
+            (fsync_due, give_up) => fsync_due.or(give_up),
+        }
+    }
+
+    /// Write the queued appends that fit, in arrival order, as one group. An append that does
+    /// not fit stops the group: later ones wait behind it, so a big put is not starved.
+    fn write_next_group(&mut self) {
+        if let Some(failure) = self.failed.clone() {
+            while let Some(queued) = self.queue.pop_front() {
+                let _ = queued.reply.send(Err(failure.to_error()));
             }
             return;
         }
+        let mut group = Vec::new();
+        let mut group_bytes = 0;
+        while let Some(front) = self.queue.front()
+            && group_bytes < MAX_GROUP_BYTES as u64
+            && self.fits(group_bytes, front.frame_len)
+        {
+            group_bytes += front.frame_len;
+            group.extend(self.queue.pop_front());
+        }
+        if !group.is_empty() {
+            self.write_group(group);
+        }
+    }
+
+    /// Answer `Full` to the appends at the front that still do not fit and whose wait is over,
+    /// and at once to one that could not fit even in an empty WAL.
+    fn refuse_expired(&mut self, now: Instant) {
+        while let Some(front) = self.queue.front()
+            && !self.fits(0, front.frame_len)
+            && (front.give_up_at <= now || front.frame_len > self.options.max_bytes)
+        {
+            let used = self.backlog.total;
+            if let Some(refused) = self.queue.pop_front() {
+                let _ = refused.reply.send(Err(WalError::Full { used, limit: self.options.max_bytes }));
+            }
+        }
+    }
+
+    fn write_group(&mut self, group: Vec<QueuedAppend>) {
         if self.active_len >= self.options.segment_bytes
             && let Err(error) = self.rotate()
         {
-            for (_, _, reply) in appends {
-                let _ = reply.send(Err(self.io_error(std::io::Error::other(error.to_string()))));
+            for queued in group {
+                let _ = queued.reply.send(Err(error.duplicate()));
             }
             return;
         }
         self.buffer.clear();
-        let mut accepted = Vec::with_capacity(appends.len());
+        let mut accepted = Vec::with_capacity(group.len());
         let mut sequence = self.next_sequence;
-        let used = self.disk_bytes.load(Ordering::Relaxed);
-        for (arrival_ms, records, reply) in appends {
-            let frame_len = frame::encoded_len(&records) as u64;
-            let pending = used + self.buffer.len() as u64;
-            if pending + frame_len > self.options.max_bytes {
-                let _ = reply.send(Err(WalError::Full { used: pending, limit: self.options.max_bytes }));
-                continue;
-            }
-            frame::encode(sequence, arrival_ms, &records, &mut self.buffer);
-            let range = sequence..sequence + records.len() as u64;
+        for queued in group {
+            frame::encode(sequence, queued.arrival_ms, &queued.records, &mut self.buffer);
+            let range = sequence..sequence + queued.records.len() as u64;
             sequence = range.end;
-            accepted.push((range, reply));
+            accepted.push((range, queued.reply));
         }
-        if accepted.is_empty() {
+        if let Err(error) = self.file.write_all(&self.buffer) {
+            let rolled_back = self.file.set_len(self.active_len).is_ok();
+            tracing::error!(segment = %self.active.path.display(), %error, rolled_back, "wal write failed");
+            if !rolled_back {
+                self.fail("write", &error);
+            }
+            for (_, reply) in accepted {
+                let _ = reply.send(Err(self.io_error(std::io::Error::new(error.kind(), error.to_string()))));
+            }
             return;
         }
-        let written = self.file.write_all(&self.buffer).and_then(|()| match self.options.fsync {
-            FsyncPolicy::Always => self.file.sync_data(),
-            FsyncPolicy::Interval => Ok(()),
-        });
-        if let Err(error) = written {
-            let rolled_back = self.file.set_len(self.active_len).is_ok();
-            if !rolled_back {
-                self.failed = Some(format!("unrecoverable write error: {error}"));
-            }
-            tracing::error!(segment = %self.active.path.display(), %error, rolled_back, "wal write failed");
+        if self.options.fsync == FsyncPolicy::Always
+            && let Err(error) = self.sync_active()
+        {
+            // Best effort, so a restart is less likely to deliver records whose put failed.
+            let _ = self.file.set_len(self.active_len);
+            self.fail("fsync", &error);
             for (_, reply) in accepted {
                 let _ = reply.send(Err(self.io_error(std::io::Error::new(error.kind(), error.to_string()))));
             }
@@ -213,8 +435,10 @@ impl Writer {
         if self.options.fsync == FsyncPolicy::Interval && self.unsynced_since.is_none() {
             self.unsynced_since = Some(Instant::now());
         }
-        self.active_len += self.buffer.len() as u64;
-        self.disk_bytes.fetch_add(self.buffer.len() as u64, Ordering::Relaxed);
+        let written = self.buffer.len() as u64;
+        self.active_len += written;
+        self.disk_bytes.fetch_add(written, Ordering::Relaxed);
+        self.backlog.add_active(sequence, written);
         // A burst can grow the group buffer to MAX_GROUP_BYTES; do not keep that much around.
         self.buffer.clear();
         self.buffer.shrink_to(KEEP_GROUP_BUFFER_BYTES);
@@ -230,33 +454,52 @@ impl Writer {
         if since.elapsed() < self.options.fsync_interval {
             return;
         }
-        if let Err(error) = self.file.sync_data() {
-            tracing::error!(segment = %self.active.path.display(), %error, "wal fsync failed");
-            self.failed = Some(format!("fsync failed: {error}"));
-        }
         self.unsynced_since = None;
+        // Never fsync a file again after a failed fsync: it could report success for lost pages.
+        if self.failed.is_some() {
+            return;
+        }
+        if let Err(error) = self.sync_active() {
+            self.fail("fsync", &error);
+        }
     }
 
+    /// Close the active segment and start a new one at the next sequence.
     fn rotate(&mut self) -> Result<(), WalError> {
-        self.file.sync_data().map_err(|source| self.io_error(source))?;
+        if let Err(error) = self.sync_active() {
+            self.fail("fsync", &error);
+            return Err(self.io_error(error));
+        }
+        self.unsynced_since = None;
         let path = segment::segment_path(&self.options.dir, self.next_sequence);
         let file = open_append(&path)?;
-        sync_dir(&self.options.dir)?;
+        if let Err(error) = sync_dir(&self.options.dir) {
+            self.fail("directory fsync", &std::io::Error::other(error.to_string()));
+            return Err(error);
+        }
         let previous = std::mem::replace(&mut self.active, SegmentFile { first_sequence: self.next_sequence, path });
         self.closed.push(previous);
         self.file = file;
         self.active_len = 0;
-        self.unsynced_since = None;
+        self.backlog.segment_closed();
         Ok(())
     }
 
-    /// Delete closed segments entirely below `delivered`. A segment's records end where the next
-    /// segment starts; the active segment is never deleted.
+    /// Release the budget below `delivered`, close the active segment early when most of it is
+    /// delivered, and delete closed segments entirely below `delivered`. A segment's records end
+    /// where the next segment starts; the active segment is never deleted.
     fn trim(&mut self, delivered: u64) {
+        self.delivered = self.delivered.max(delivered);
+        self.backlog.release(self.delivered);
+        if self.active_is_mostly_delivered()
+            && let Err(error) = self.rotate()
+        {
+            tracing::warn!(segment = %self.active.path.display(), %error, "cannot close a delivered wal segment");
+        }
         let mut keep_from = 0;
         for index in 0..self.closed.len() {
             let end = self.closed.get(index + 1).unwrap_or(&self.active).first_sequence;
-            if end > delivered {
+            if end > self.delivered {
                 break;
             }
             let segment = &self.closed[index];
@@ -275,8 +518,92 @@ impl Writer {
         self.closed.drain(..keep_from);
     }
 
+    /// At least half of the active segment, and enough bytes to be worth a new file, is
+    /// delivered: closing it lets the next trim delete it without waiting for `segment_bytes`.
+    fn active_is_mostly_delivered(&self) -> bool {
+        if self.failed.is_some() || self.next_sequence == self.active.first_sequence {
+            return false;
+        }
+        let delivered_bytes = self.active_len.saturating_sub(self.backlog.active_bytes);
+        let worth_reclaiming = RECLAIM_MIN_BYTES.min(self.options.max_bytes / 8).max(1);
+        delivered_bytes * 2 >= self.active_len && delivered_bytes >= worth_reclaiming
+    }
+
+    /// `sync_data` on the active segment; tests can make it fail for one WAL directory.
+    fn sync_active(&self) -> std::io::Result<()> {
+        #[cfg(test)]
+        if fail_points::sync_fails_in(&self.options.dir) {
+            return Err(std::io::Error::other("injected fsync failure"));
+        }
+        self.file.sync_data()
+    }
+
+    /// Refuse appends for good, logging once with the segment that failed.
+    fn fail(&mut self, operation: &str, error: &std::io::Error) {
+        if self.failed.is_some() {
+            return;
+        }
+        tracing::error!(
+            segment = %self.active.path.display(),
+            %error,
+            "wal {operation} failed; refusing appends until a restart"
+        );
+        self.failed = Some(Failure { path: self.active.path.clone(), reason: format!("{operation} failed: {error}") });
+    }
+
     fn io_error(&self, source: std::io::Error) -> WalError {
         WalError::Io { path: self.active.path.clone(), source }
+    }
+}
+
+impl Failure {
+    fn to_error(&self) -> WalError {
+        WalError::Failed { path: self.path.clone(), reason: self.reason.clone() }
+    }
+}
+
+impl WalError {
+    /// The same error for another waiter (I/O errors are not `Clone`).
+    fn duplicate(&self) -> WalError {
+        match self {
+            WalError::Io { path, source } => {
+                WalError::Io { path: path.clone(), source: std::io::Error::new(source.kind(), source.to_string()) }
+            }
+            WalError::Failed { path, reason } => WalError::Failed { path: path.clone(), reason: reason.clone() },
+            other => WalError::Io { path: PathBuf::new(), source: std::io::Error::other(other.to_string()) },
+        }
+    }
+}
+
+/// Bytes of the frames in the active segment that hold records at or after `delivered`.
+/// Scans the file only when the checkpoint falls inside it.
+fn undelivered_bytes_in(
+    active: &SegmentFile,
+    active_len: u64,
+    next_sequence: u64,
+    delivered: u64,
+) -> Result<u64, WalError> {
+    if delivered <= active.first_sequence {
+        return Ok(active_len);
+    }
+    if delivered >= next_sequence {
+        return Ok(0);
+    }
+    let io_error = |source| WalError::Io { path: active.path.clone(), source };
+    let mut file = File::open(&active.path).map_err(io_error)?;
+    let mut offset = 0;
+    loop {
+        match segment::read_frame(&mut file, offset, active_len).map_err(io_error)? {
+            ReadOutcome::Frame { frame, next_offset } => {
+                if frame.end_sequence() > delivered {
+                    return Ok(active_len - offset);
+                }
+                offset = next_offset;
+            }
+            ReadOutcome::End => return Ok(0),
+            // Open already cut a torn tail; count anything unreadable as undelivered.
+            ReadOutcome::Damaged { .. } => return Ok(active_len - offset),
+        }
     }
 }
 
@@ -291,4 +618,26 @@ fn open_append(path: &Path) -> Result<File, WalError> {
 /// Make a created or deleted file name durable.
 fn sync_dir(dir: &Path) -> Result<(), WalError> {
     File::open(dir).and_then(|dir| dir.sync_all()).map_err(|source| WalError::Io { path: dir.to_path_buf(), source })
+}
+
+/// Failures tests inject into the writer, which real files cannot be made to produce.
+#[cfg(test)]
+pub(super) mod fail_points {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    static FAILING_SYNC_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    /// Make every fsync of a segment in `dir` fail (`true`) or work again (`false`).
+    pub fn fail_syncs_in(dir: &Path, failing: bool) {
+        let mut dirs = FAILING_SYNC_DIRS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        dirs.retain(|failing_dir| failing_dir != dir);
+        if failing {
+            dirs.push(dir.to_path_buf());
+        }
+    }
+
+    pub(super) fn sync_fails_in(dir: &Path) -> bool {
+        FAILING_SYNC_DIRS.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter().any(|failing| failing == dir)
+    }
 }
