@@ -18,8 +18,10 @@ use crate::checkpoint::{Checkpoint, CheckpointError, write_atomically};
 use crate::config::Config;
 use crate::metrics::{Metrics, WalSize};
 use crate::pipeline::{
-    BatchingOptions, Delivery, DeliveryLoop, IntentError, IntentLog, MemoryBudget, PipelineError, Router,
+    BatchingOptions, Delivery, DeliveryLoop, IntentError, IntentLog, JqPartitioner, MemoryBudget, Partitioner,
+    PipelineError, Router,
 };
+use crate::processing::PartitionKeys;
 use crate::sources::{Ingest, StreamIngest};
 use crate::wal::{Wal, WalOptions};
 
@@ -33,6 +35,8 @@ pub enum AppError {
     Intent { stream: String, source: IntentError },
     #[error("stream {stream}: cannot build its sink: {source}")]
     Sink { stream: String, source: Box<spillway_sink_api::SinkError> },
+    #[error("stream {stream}: {message}")]
+    Processing { stream: String, message: String },
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("stream {stream}: delivery stopped: {source}")]
@@ -127,12 +131,22 @@ impl App {
                     disk_bytes: wal_for_metrics.disk_bytes(),
                 }),
             );
-            let router = Router::new(None, stream.processing.record_delimiter);
+            let partition_keys = stream.processing.partition_keys();
+            let partitioner: Option<Arc<dyn Partitioner>> = if partition_keys.is_empty() {
+                None
+            } else {
+                let compiled = PartitionKeys::compile(&partition_keys).map_err(|problems| AppError::Processing {
+                    stream: name.clone(),
+                    message: problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+                })?;
+                Some(Arc::new(JqPartitioner::new(compiled)))
+            };
+            let router = Router::new(partitioner, stream.processing.record_delimiter);
             let delivery = Arc::new(Delivery {
                 sink: built.sink,
                 error_output: built.error_output,
                 failure_output_type: built.failure_output_type,
-                retry_duration: Duration::from_secs(stream.retry.duration_seconds),
+                retry_duration: Duration::from_secs(stream.retry_duration_seconds()),
                 metrics: stream_metrics.clone(),
                 wal: wal.clone(),
                 encoders: built.encoders.clone(),
@@ -152,7 +166,7 @@ impl App {
                 batching: BatchingOptions {
                     size_bytes: (stream.buffering.size_mib << 20) as usize,
                     interval: Duration::from_secs(stream.buffering.interval_seconds),
-                    max_partitions: 500,
+                    max_partitions: stream.processing.max_active_partitions(),
                 },
                 budget: budget.clone(),
             });

@@ -155,6 +155,17 @@ pub struct StreamConfig {
     pub retry: RetryConfig,
 }
 
+impl StreamConfig {
+    /// How long retriable delivery failures are retried: with dynamic partitioning Firehose uses
+    /// its `RetryOptions` (`dynamic_partitioning.retry_duration_seconds`), else `retry.duration_seconds`.
+    pub fn retry_duration_seconds(&self) -> u64 {
+        match &self.processing.dynamic_partitioning {
+            Some(dynamic) if dynamic.enabled => dynamic.retry_duration_seconds,
+            _ => self.retry.duration_seconds,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SourceConfig {
@@ -184,6 +195,14 @@ impl ProcessingConfig {
             _ => BTreeMap::new(),
         }
     }
+
+    /// The partition cap: `max_active_partitions` with dynamic partitioning, else 1 (one batch).
+    pub fn max_active_partitions(&self) -> usize {
+        match &self.dynamic_partitioning {
+            Some(dynamic) if dynamic.enabled => dynamic.max_active_partitions as usize,
+            _ => 1,
+        }
+    }
 }
 
 /// `processing.dynamic_partitioning`.
@@ -200,9 +219,11 @@ pub struct DynamicPartitioningConfig {
     /// output under `metadata-extraction-failed`.
     #[serde(default)]
     pub keys: BTreeMap<String, String>,
-    /// Partitions with an open or undelivered batch at once. Firehose allows 500 by default
-    /// (raisable to 5,000); a record for a further partition goes to the error output under
-    /// `activePartitionExceeded`.
+    /// Partitions with an open batch at once (Firehose: 500 by default, raisable to 5,000). Past
+    /// it spillway closes (delivers) the oldest open batch to make room, so memory stays bounded
+    /// and nothing goes to the error output — Firehose would send the record there under
+    /// `activePartitionExceeded`. Each early close counts in
+    /// `spillway_partition_count_exceeded_total`.
     #[serde(default = "default_max_active_partitions")]
     pub max_active_partitions: u32,
     /// Firehose's `RetryOptions.DurationInSeconds` for dynamic partitioning (0-7200): how long

@@ -28,7 +28,43 @@ pub struct PartitionFailure {
 /// Computes a record's dynamic partition. Must be deterministic: a batch is rebuilt from the WAL
 /// after a crash by routing its range again.
 pub trait Partitioner: Send + Sync + 'static {
-    fn partition(&self, record: &[u8]) -> Result<PartitionKeys, PartitionFailure>;
+    fn partition(&self, record: &[u8]) -> Result<Arc<PartitionKeys>, PartitionFailure>;
+}
+
+/// Partition keys from jq expressions (`processing.dynamic_partitioning.keys`). The map of each
+/// distinct partition is built once and shared, so routing a record allocates no map.
+pub struct JqPartitioner {
+    keys: crate::processing::PartitionKeys,
+    maps: std::sync::Mutex<std::collections::HashMap<crate::processing::PartitionValues, Arc<PartitionKeys>>>,
+}
+
+/// Distinct partitions whose maps are kept; past it the cache starts afresh (partitions are
+/// bounded by `max_active_partitions` anyway).
+const MAX_CACHED_PARTITIONS: usize = 16_384;
+
+impl JqPartitioner {
+    pub fn new(keys: crate::processing::PartitionKeys) -> Self {
+        Self { keys, maps: std::sync::Mutex::default() }
+    }
+}
+
+impl Partitioner for JqPartitioner {
+    fn partition(&self, record: &[u8]) -> Result<Arc<PartitionKeys>, PartitionFailure> {
+        let values = self
+            .keys
+            .evaluate(record)
+            .map_err(|error| PartitionFailure { code: error.code.to_string(), message: error.message })?;
+        let mut maps = self.maps.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(map) = maps.get(&values) {
+            return Ok(map.clone());
+        }
+        if maps.len() >= MAX_CACHED_PARTITIONS {
+            maps.clear();
+        }
+        let map = Arc::new(values.as_map());
+        maps.insert(values, map.clone());
+        Ok(map)
+    }
 }
 
 /// Routing shared by the live path and the rebuilding of recorded batches.
@@ -53,7 +89,7 @@ impl Router {
         Self {
             partitioner,
             delimiter,
-            partition_failure_type: "processing-failed",
+            partition_failure_type: crate::processing::METADATA_EXTRACTION_OUTPUT_TYPE,
             no_partition: Arc::new(PartitionKeys::new()),
         }
     }
@@ -67,7 +103,7 @@ impl Router {
             return Routed::Sink { route: Route::sink(self.no_partition.clone()), data };
         };
         match partitioner.partition(data) {
-            Ok(keys) => Routed::Sink { route: Route::sink(Arc::new(keys)), data },
+            Ok(keys) => Routed::Sink { route: Route::sink(keys), data },
             Err(failure) => {
                 let record = Record { data: bytes::Bytes::copy_from_slice(data), arrival_ms, sequence };
                 let ending_ms = chrono::Utc::now().timestamp_millis();

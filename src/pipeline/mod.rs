@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::wal::{Wal, WalError};
-pub use assemble::{AssembleError, Assembler, Claimed, PartitionFailure, Partitioner, Router};
+pub use assemble::{AssembleError, Assembler, Claimed, JqPartitioner, PartitionFailure, Partitioner, Router};
 pub use intent::{Intent, IntentError, IntentLog, IntentState};
 pub use open_batch::{ClosedBatch, MemoryBudget, OpenBatches, Route};
 pub use retry::{Delivery, DeliveryError};

@@ -19,13 +19,13 @@ use crate::wal::WalOptions;
 struct PrefixPartitioner;
 
 impl Partitioner for PrefixPartitioner {
-    fn partition(&self, record: &[u8]) -> Result<PartitionKeys, PartitionFailure> {
+    fn partition(&self, record: &[u8]) -> Result<Arc<PartitionKeys>, PartitionFailure> {
         let text = String::from_utf8_lossy(record);
         let key = text.split(':').next().unwrap_or_default().to_string();
         if key == "bad" {
             return Err(PartitionFailure { code: "Test.NoKey".into(), message: "no key".into() });
         }
-        Ok(PartitionKeys::from([("k".to_string(), key)]))
+        Ok(Arc::new(PartitionKeys::from([("k".to_string(), key)])))
     }
 }
 
@@ -220,7 +220,7 @@ async fn partitions_get_their_own_batches_and_key_failures_go_to_the_error_outpu
     );
     let errors = harness.sink.error_lines();
     assert_eq!(errors.len(), 1);
-    assert_eq!(errors[0].0, "processing-failed");
+    assert_eq!(errors[0].0, "metadata-extraction-failed");
     let line: serde_json::Value = serde_json::from_slice(&errors[0].1).unwrap();
     assert_eq!((line["errorCode"].as_str(), line["rawData"].as_str()), (Some("Test.NoKey"), Some("YmFkOjE=")));
     assert_eq!(Checkpoint::new(&harness.stream_dir).load().unwrap(), 6);
