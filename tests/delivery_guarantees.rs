@@ -41,6 +41,19 @@ async fn push_until_stopped(
     ledger: Arc<Mutex<Ledger>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> u64 {
+    push_partitioned_until_stopped(endpoint, clients, tag, seed, ledger, stop, 1).await
+}
+
+/// As `push_until_stopped`, with each record's `service` field one of `partitions` values.
+async fn push_partitioned_until_stopped(
+    endpoint: String,
+    clients: usize,
+    tag: String,
+    seed: u64,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    partitions: u64,
+) -> u64 {
     let mut tasks = Vec::new();
     for client_index in 0..clients {
         let (endpoint, tag, ledger, stop) = (endpoint.clone(), tag.clone(), ledger.clone(), stop.clone());
@@ -63,7 +76,11 @@ async fn push_until_stopped(
                         .iter()
                         .map(|id| {
                             Record::builder()
-                                .data(Blob::new(format!("{{\"id\":\"{id}\",\"pad\":\"{}\"}}\n", "x".repeat(200))))
+                                .data(Blob::new(format!(
+                                    "{{\"id\":\"{id}\",\"service\":\"svc-{}\",\"pad\":\"{}\"}}\n",
+                                    service_of(id, partitions),
+                                    "x".repeat(200)
+                                )))
                                 .build()
                                 .unwrap()
                         })
@@ -108,6 +125,11 @@ async fn push_until_stopped(
         throttled += task.await.expect("client task");
     }
     throttled
+}
+
+/// A record's partition, derived from its id so the delivered object can be checked against it.
+fn service_of(id: &str, partitions: u64) -> u64 {
+    id.bytes().fold(0u64, |hash, byte| hash.wrapping_mul(31).wrapping_add(byte as u64)) % partitions
 }
 
 /// Record ids in delivered objects, with how often each appears.
@@ -186,6 +208,74 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         ledger.acknowledged.len(),
         ledger.unknown.len(),
         delivered.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn sigkill_at_random_moments_with_24_partitions_loses_and_duplicates_nothing() {
+    const PARTITIONS: u64 = 24;
+    let seed: u64 = std::env::var("SPILLWAY_CHAOS_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or(20261126);
+    let rounds: usize = std::env::var("SPILLWAY_CHAOS_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(20);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let s3 = s3::client().await;
+    let bucket = s3::new_bucket(&s3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!(
+        "{}      prefix: 'logs/service=!{{partitionKeyFromQuery:service}}/'\n\
+         \x20     error_output_prefix: 'errors/!{{firehose:error-output-type}}/'\n\
+         \x20   processing:\n\
+         \x20     dynamic_partitioning: {{ keys: {{ service: .service }} }}\n",
+        s3::sink_yaml(&bucket, &env("SPILLWAY_TEST_S3_ENDPOINT"))
+    );
+    // Small batches: with 24 partitions at ~2 MiB/s, batches close by size and by interval, out
+    // of order across partitions, so kills land between done intents and the watermark.
+    let yaml = stream_yaml(&sink, "");
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    for round in 0..rounds {
+        let spillway = Spillway::start(dir.path(), &yaml);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pushers = tokio::spawn(push_partitioned_until_stopped(
+            spillway.endpoint.clone(),
+            4,
+            format!("p{round}"),
+            rng.random(),
+            ledger.clone(),
+            stop.clone(),
+            PARTITIONS,
+        ));
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..2500))).await;
+        spillway.kill();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        pushers.await.unwrap();
+    }
+    let final_run = Spillway::start(dir.path(), &yaml);
+    assert_eq!(final_run.terminate(), 0);
+
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
+    assert!(ledger.acknowledged.len() > 1000, "the clients got work done: {}", ledger.acknowledged.len());
+    let objects = s3::objects(&s3, &bucket, "").await;
+    assert!(objects.iter().all(|(key, _)| key.starts_with("logs/service=svc-")), "no error output, keys partitioned");
+    // Every record sits under its own partition's prefix.
+    for (key, body) in &objects {
+        for line in body.split(|&byte| byte == b'\n').filter(|line| !line.is_empty()) {
+            let value: serde_json::Value = serde_json::from_slice(line).unwrap();
+            let id = value["id"].as_str().unwrap();
+            let expected = format!("logs/service=svc-{}/", service_of(id, PARTITIONS));
+            assert!(key.starts_with(&expected), "{id} in {key}");
+        }
+    }
+    let partitions_seen: std::collections::BTreeSet<&str> =
+        objects.iter().filter_map(|(key, _)| key.split('/').nth(1)).collect();
+    assert!(partitions_seen.len() >= 20, "at least 20 active partitions: {}", partitions_seen.len());
+    let delivered = delivered_ids(&objects);
+    assert_exactly_once(&ledger, &delivered);
+    eprintln!(
+        "seed {seed}: {rounds} SIGKILL rounds over {PARTITIONS} partitions, {} acknowledged, {} unacknowledged at a kill, {} delivered in {} objects",
+        ledger.acknowledged.len(),
+        ledger.unknown.len(),
+        delivered.len(),
+        objects.len()
     );
 }
 
