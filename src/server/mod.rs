@@ -1,24 +1,85 @@
-//! The HTTP front: routes for the Direct PUT API, NDJSON ingest, `/health` and `/metrics`.
+//! The HTTP front: routes for the Direct PUT API, NDJSON ingest, `/health` and `/metrics`, and
+//! the request limits in front of the ingest routes: a body-size limit and a whole-request
+//! deadline (`server.request_timeout_seconds`), both from `tower-http`, with their answers
+//! reshaped into each route's error format.
 //!
 //! Must not: hold records; handlers append to the WAL through `Ingest` and return.
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
 
-use crate::sources::{Ingest, direct_put, http};
+use crate::sources::{Ingest, MAX_REQUEST_BODY_BYTES, declared_body_len, direct_put, http};
+
+#[cfg(test)]
+mod tests;
 
 pub fn router(ingest: Arc<Ingest>) -> Router {
+    let timeout_seconds = ingest.config.server.request_timeout_seconds;
+    let firehose = with_request_limits(post(direct_put::handle), timeout_seconds).layer(middleware::from_fn(
+        move |request: Request, next: Next| firehose_limit_answers(request, next, timeout_seconds),
+    ));
+    let ndjson = with_request_limits(post(http::handle), timeout_seconds).layer(middleware::from_fn(
+        move |request: Request, next: Next| ndjson_limit_answers(request, next, timeout_seconds),
+    ));
     Router::new()
-        .route("/", post(direct_put::handle))
-        .route("/streams/{stream}/records", post(http::handle))
+        .route("/", firehose)
+        .route("/streams/{stream}/records", ndjson)
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .with_state(ingest)
+}
+
+/// The limits every ingest route has. The deadline covers the whole request — reading the body,
+/// waiting for the body budget, appending — so a client that trickles its body (one byte now and
+/// then) is cut off too; `RequestBodyTimeoutLayer` would not do that, as it restarts its timer
+/// on every frame. When the deadline passes, the handler is dropped with the body-budget permit
+/// it holds. The size limit refuses a `Content-Length` over the limit before any budget is
+/// reserved, and stops a chunked body at the limit.
+fn with_request_limits(route: MethodRouter<Arc<Ingest>>, timeout_seconds: u64) -> MethodRouter<Arc<Ingest>> {
+    let deadline = TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(timeout_seconds));
+    route.layer::<_, Infallible>(deadline).layer::<_, Infallible>(RequestBodyLimitLayer::new(MAX_REQUEST_BODY_BYTES))
+}
+
+/// `tower-http` answers 408 and 413 with an empty or plain-text body; the route's own handler
+/// never answers those without its error format, so such a response came from the limits.
+fn is_bare_limit_answer(response: &Response, status: StatusCode, own_content_type: &str) -> bool {
+    let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok());
+    response.status() == status && content_type.is_none_or(|value| !value.starts_with(own_content_type))
+}
+
+/// Firehose clients parse `__type` from every error: give the limits' answers that shape.
+async fn firehose_limit_answers(request: Request, next: Next, timeout_seconds: u64) -> Response {
+    let declared = declared_body_len(request.headers());
+    let response = next.run(request).await;
+    if is_bare_limit_answer(&response, StatusCode::REQUEST_TIMEOUT, "application/x-amz-json") {
+        return direct_put::ApiError::request_timeout(timeout_seconds).into_response();
+    }
+    if is_bare_limit_answer(&response, StatusCode::PAYLOAD_TOO_LARGE, "application/x-amz-json") {
+        // Firehose answers an oversized call 400 InvalidArgumentException, not 413.
+        return direct_put::ApiError::body_too_large(declared).into_response();
+    }
+    response
+}
+
+async fn ndjson_limit_answers(request: Request, next: Next, timeout_seconds: u64) -> Response {
+    let response = next.run(request).await;
+    if is_bare_limit_answer(&response, StatusCode::REQUEST_TIMEOUT, "application/json") {
+        return http::request_timeout(timeout_seconds);
+    }
+    if is_bare_limit_answer(&response, StatusCode::PAYLOAD_TOO_LARGE, "application/json") {
+        return http::body_too_large();
+    }
+    response
 }
 
 /// 200 "ok" while every stream delivers; 503 naming the streams that stopped.

@@ -16,7 +16,10 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Ingest, IngestError, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_RECORD_BYTES, MAX_REQUEST_BODY_BYTES};
+use super::{
+    Ingest, IngestError, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_RECORD_BYTES, MAX_REQUEST_BODY_BYTES,
+    decode_off_runtime,
+};
 use crate::sinks::SinkConfig;
 
 const TARGET_PREFIX: &str = "Firehose_20150804.";
@@ -43,6 +46,21 @@ impl ApiError {
     fn not_found(stream: &str, ingest: &Ingest) -> Self {
         let message = format!("Firehose {stream} under account {} not found.", ingest.config.server.account_id);
         Self::new(StatusCode::BAD_REQUEST, "ResourceNotFoundException", message)
+    }
+    /// The answer to a body over [`MAX_REQUEST_BODY_BYTES`] (refused by the router's body limit
+    /// before the handler runs); `declared` is the request's `Content-Length`, when it had one.
+    pub(crate) fn body_too_large(declared: Option<usize>) -> Self {
+        let size = declared.map_or_else(|| "over the limit".to_string(), |bytes| format!("of {bytes} bytes"));
+        Self::invalid_argument(format!("request body {size} exceeds the {MAX_BATCH_BYTES}-byte batch limit"))
+    }
+    /// The answer to a request not completed within `server.request_timeout_seconds` (a body
+    /// that trickles in). AWS SDKs retry `RequestTimeoutException` as a transient error.
+    pub(crate) fn request_timeout(seconds: u64) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeoutException",
+            format!("request not completed within {seconds} seconds"),
+        )
     }
     fn from_ingest(error: IngestError, stream: &str, ingest: &Ingest) -> Self {
         match error {
@@ -128,17 +146,13 @@ async fn dispatch(ingest: &Ingest, headers: &HeaderMap, body: Body) -> Result<Re
             format!("missing or unknown X-Amz-Target {target:?}; expected {TARGET_PREFIX}<Operation>"),
         ));
     };
-    let declared_len = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<usize>().ok())
-        .unwrap_or(MAX_REQUEST_BODY_BYTES);
-    if declared_len > MAX_REQUEST_BODY_BYTES {
-        return Err(ApiError::invalid_argument(format!(
-            "request body of {declared_len} bytes exceeds the {MAX_BATCH_BYTES}-byte batch limit"
-        )));
-    }
-    let _memory = ingest.reserve_body(declared_len).await;
+    // A declared length over the limit never gets here: the router's body limit refuses it. A
+    // body without one (chunked) may be up to the limit, so it reserves that much.
+    let declared_len = super::declared_body_len(headers).unwrap_or(MAX_REQUEST_BODY_BYTES);
+    let _memory = ingest
+        .reserve_body(declared_len.min(MAX_REQUEST_BODY_BYTES))
+        .await
+        .map_err(|error| ApiError::from_ingest(error, "", ingest))?;
     let body = axum::body::to_bytes(body, MAX_REQUEST_BODY_BYTES)
         .await
         .map_err(|error| ApiError::invalid_argument(format!("cannot read the request body: {error}")))?;
@@ -174,20 +188,11 @@ fn decode_record(data: &str, member: &str) -> Result<Bytes, ApiError> {
     Ok(Bytes::from(bytes))
 }
 
-/// Decoding a request (JSON, then base64) costs CPU in proportion to its size: bodies above this
-/// are decoded on the blocking pool so the runtime keeps serving other connections meanwhile.
-const DECODE_INLINE_MAX_BYTES: usize = 64 * 1024;
-
-async fn decode_off_runtime<T: Send + 'static>(
-    body: Bytes,
-    decode: fn(&[u8]) -> Result<T, ApiError>,
-) -> Result<T, ApiError> {
-    if body.len() <= DECODE_INLINE_MAX_BYTES {
-        return decode(&body);
-    }
-    tokio::task::spawn_blocking(move || decode(&body)).await.map_err(|error| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", format!("decoding failed: {error}"))
-    })?
+/// Decode a put body (JSON, then base64), off the runtime when it is large.
+async fn decode_put(body: Bytes, decode: fn(&[u8]) -> Result<DecodedPut, ApiError>) -> Result<DecodedPut, ApiError> {
+    decode_off_runtime(body, move |body| decode(&body))
+        .await
+        .map_err(|error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", error.to_string()))?
 }
 
 /// A decoded put: the stream name and the records' raw bytes.
@@ -235,12 +240,12 @@ async fn append(ingest: &Ingest, put: DecodedPut) -> Result<std::ops::Range<u64>
 }
 
 async fn put_record(ingest: &Ingest, body: Bytes) -> Result<Response, ApiError> {
-    let range = append(ingest, decode_off_runtime(body, decode_put_record).await?).await?;
+    let range = append(ingest, decode_put(body, decode_put_record).await?).await?;
     Ok(ok_json(json!({ "RecordId": ingest.record_id(range.start), "Encrypted": false })))
 }
 
 async fn put_record_batch(ingest: &Ingest, body: Bytes) -> Result<Response, ApiError> {
-    let range = append(ingest, decode_off_runtime(body, decode_put_record_batch).await?).await?;
+    let range = append(ingest, decode_put(body, decode_put_record_batch).await?).await?;
     // The batch is appended all or nothing, so no entry fails alone: FailedPutCount is 0 on success.
     let responses: Vec<Value> = range.map(|sequence| json!({ "RecordId": ingest.record_id(sequence) })).collect();
     Ok(ok_json(json!({ "FailedPutCount": 0, "Encrypted": false, "RequestResponses": responses })))

@@ -1,22 +1,47 @@
 //! NDJSON over HTTP for curl users: `POST /streams/{name}/records` with one JSON document per
 //! line. Every line must be valid JSON and within Firehose's record limit; the request is appended
 //! all or nothing. Blank lines are skipped; the newline is not part of the record (set
-//! `processing.record_delimiter: newline` to keep lines apart in objects).
+//! `processing.record_delimiter: newline` to keep lines apart in objects). A request holds at
+//! most [`MAX_NDJSON_RECORDS`] lines: each record costs memory beyond its bytes, so a body of tiny
+//! lines must not turn into millions of them (see docs/benchmarks.md for the measurement).
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::json;
 
-use super::{Ingest, IngestError, MAX_RECORD_BYTES, MAX_REQUEST_BODY_BYTES};
+use super::{Ingest, IngestError, MAX_RECORD_BYTES, MAX_REQUEST_BODY_BYTES, declared_body_len, decode_off_runtime};
 
-fn error(status: StatusCode, code: &str, message: String) -> Response {
+/// Most records (non-blank lines) in one request. Firehose caps a call at 500 records; NDJSON
+/// senders (curl, log shippers) batch more small lines, so the cap is higher, but bounded: a 6 MiB
+/// body of `1\n` lines would otherwise be ~3 million records (measured in docs/benchmarks.md).
+pub const MAX_NDJSON_RECORDS: usize = 10_000;
+
+pub(crate) fn error(status: StatusCode, code: &str, message: String) -> Response {
     (status, Json(json!({ "error": code, "message": message }))).into_response()
+}
+
+/// The answer to a body over [`MAX_REQUEST_BODY_BYTES`], from the handler or the router's limit.
+pub(crate) fn body_too_large() -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "InvalidArgumentException",
+        format!("request body over {MAX_REQUEST_BODY_BYTES} bytes; split it into several requests"),
+    )
+}
+
+/// The answer to a request not completed within `server.request_timeout_seconds`.
+pub(crate) fn request_timeout(seconds: u64) -> Response {
+    error(
+        StatusCode::REQUEST_TIMEOUT,
+        "RequestTimeoutException",
+        format!("request not completed within {seconds} seconds"),
+    )
 }
 
 pub async fn handle(
@@ -28,25 +53,20 @@ pub async fn handle(
     if !ingest.streams.contains_key(&stream) {
         return error(StatusCode::NOT_FOUND, "ResourceNotFoundException", format!("stream {stream} is not configured"));
     }
-    let declared_len = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<usize>().ok())
-        .unwrap_or(MAX_REQUEST_BODY_BYTES);
-    let _memory = ingest.reserve_body(declared_len.min(MAX_REQUEST_BODY_BYTES)).await;
+    let declared_len = declared_body_len(&headers).unwrap_or(MAX_REQUEST_BODY_BYTES);
+    // Held until the records are appended: the body and the records sliced from it live that long.
+    let _memory = match ingest.reserve_body(declared_len.min(MAX_REQUEST_BODY_BYTES)).await {
+        Ok(permit) => permit,
+        Err(other) => return ingest_error(other),
+    };
     let body = match axum::body::to_bytes(body, MAX_REQUEST_BODY_BYTES).await {
         Ok(body) => body,
-        Err(_) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "InvalidArgumentException",
-                format!("request body over {MAX_REQUEST_BODY_BYTES} bytes; split it into several requests"),
-            );
-        }
+        Err(_) => return body_too_large(),
     };
-    let records = match split_lines(&body) {
-        Ok(records) => records,
-        Err(message) => return error(StatusCode::BAD_REQUEST, "InvalidArgumentException", message),
+    let records = match decode_off_runtime(body, |body| split_lines(&body)).await {
+        Ok(Ok(records)) => records,
+        Ok(Err(message)) => return error(StatusCode::BAD_REQUEST, "InvalidArgumentException", message),
+        Err(other) => return ingest_error(other),
     };
     if records.is_empty() {
         return error(StatusCode::BAD_REQUEST, "InvalidArgumentException", "no records in the body".into());
@@ -54,14 +74,24 @@ pub async fn handle(
     let count = records.len();
     match ingest.append(&stream, records).await {
         Ok(range) => Json(json!({ "accepted": count, "firstSequence": range.start })).into_response(),
-        Err(IngestError::Throttled) => {
-            error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableException", "Slow down.".into())
-        }
-        Err(other) => error(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", other.to_string()),
+        Err(other) => ingest_error(other),
     }
 }
 
-/// One record per non-blank line, each checked to be JSON; errors name the line.
+fn ingest_error(failure: IngestError) -> Response {
+    match failure {
+        IngestError::Throttled => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableException", "Slow down.".into())
+        }
+        IngestError::UnknownStream => {
+            error(StatusCode::NOT_FOUND, "ResourceNotFoundException", "stream is not configured".into())
+        }
+        IngestError::Internal(message) => error(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", message),
+    }
+}
+
+/// One record per non-blank line, each checked to be JSON; errors name the line. Stops at the
+/// first line over [`MAX_NDJSON_RECORDS`], before building more records than a request may hold.
 fn split_lines(body: &Bytes) -> Result<Vec<Bytes>, String> {
     let mut records = Vec::new();
     let mut start = 0;
@@ -72,6 +102,12 @@ fn split_lines(body: &Bytes) -> Result<Vec<Bytes>, String> {
         start = end + 1;
         if record.iter().all(u8::is_ascii_whitespace) {
             continue;
+        }
+        if records.len() == MAX_NDJSON_RECORDS {
+            return Err(format!(
+                "line {}: more than {MAX_NDJSON_RECORDS} records in one request (the per-request record limit); split the body into several requests",
+                index + 1
+            ));
         }
         if record.len() > MAX_RECORD_BYTES {
             return Err(format!("line {}: record of {} bytes exceeds {MAX_RECORD_BYTES}", index + 1, record.len()));
@@ -94,5 +130,14 @@ mod tests {
         assert_eq!(split_lines(&body).unwrap(), vec![Bytes::from("{\"a\":1}"), Bytes::from("{\"b\":2}")]);
         let bad = Bytes::from_static(b"{\"a\":1}\nnot json\n");
         assert!(split_lines(&bad).unwrap_err().starts_with("line 2: invalid JSON"));
+    }
+
+    #[test]
+    fn more_lines_than_the_record_limit_are_refused_naming_it() {
+        let at_limit = Bytes::from("1\n".repeat(MAX_NDJSON_RECORDS));
+        assert_eq!(split_lines(&at_limit).map(|records| records.len()), Ok(MAX_NDJSON_RECORDS));
+        let over = Bytes::from("1\n".repeat(MAX_NDJSON_RECORDS + 1));
+        let message = split_lines(&over).unwrap_err();
+        assert!(message.contains(&format!("more than {MAX_NDJSON_RECORDS} records")), "{message}");
     }
 }

@@ -6,9 +6,10 @@
 pub mod direct_put;
 pub mod http;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -46,6 +47,94 @@ pub struct Ingest {
     /// Prefix of record ids, unique per instance.
     pub record_id_prefix: String,
     started_at_seconds: i64,
+    /// Throttled puts per stream: one warning per interval, not one per request, so a producer
+    /// hammering a full WAL cannot flood the log.
+    throttled_puts: ThrottleLog,
+    /// Requests that gave up waiting for the body budget (no stream is known before the body is
+    /// read, so they share one key).
+    body_budget_timeouts: ThrottleLog,
+}
+
+/// How often a throttling warning may repeat (per stream).
+pub const THROTTLE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Below this size a body is decoded on the runtime thread; above, on the blocking pool. Decoding
+/// (JSON, base64, line splitting) costs CPU in proportion to the size, and a multi-MiB body would
+/// otherwise stall every other connection served by the same worker thread.
+pub const DECODE_INLINE_MAX_BYTES: usize = 64 * 1024;
+
+/// The request's `Content-Length`, when it has a valid one.
+pub fn declared_body_len(headers: &axum::http::HeaderMap) -> Option<usize> {
+    headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok())
+}
+
+/// Run `decode` on `body`: inline when small, on the blocking pool otherwise. The outer error is
+/// only a panicked or cancelled decode task; the inner one is the decoder's own answer.
+pub async fn decode_off_runtime<T, E>(
+    body: Bytes,
+    decode: impl FnOnce(Bytes) -> Result<T, E> + Send + 'static,
+) -> Result<Result<T, E>, IngestError>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    if body.len() <= DECODE_INLINE_MAX_BYTES {
+        return Ok(decode(body));
+    }
+    tokio::task::spawn_blocking(move || decode(body))
+        .await
+        .map_err(|error| IngestError::Internal(format!("decoding the request body failed: {error}")))
+}
+
+/// Counts throttled puts per key and says when a summary line is due: the first event logs at
+/// once, later ones within `interval` of the last line are only counted and reported, summed, by
+/// the next line. The clock is passed in so the limiter is testable without sleeping.
+#[derive(Debug)]
+pub struct ThrottleLog {
+    interval: Duration,
+    windows: Mutex<HashMap<String, ThrottleWindow>>,
+}
+
+#[derive(Debug, Default)]
+struct ThrottleWindow {
+    last_logged: Option<Instant>,
+    puts: u64,
+    records: u64,
+}
+
+/// What a due warning reports: puts and records throttled since the previous line, this one included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleSummary {
+    pub puts: u64,
+    pub records: u64,
+}
+
+impl ThrottleLog {
+    pub fn new(interval: Duration) -> Self {
+        Self { interval, windows: Mutex::new(HashMap::new()) }
+    }
+
+    /// Count one throttled put of `records` under `key`; `Some` when a line should be logged now.
+    pub fn note(&self, key: &str, records: u64, now: Instant) -> Option<ThrottleSummary> {
+        // A poisoned lock only means another thread panicked mid-count; the counts stay usable.
+        let mut windows = self.windows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !windows.contains_key(key) {
+            windows.insert(key.to_string(), ThrottleWindow::default());
+        }
+        let window = windows.get_mut(key)?;
+        window.puts += 1;
+        window.records += records;
+        let due = window.last_logged.is_none_or(|last| now.saturating_duration_since(last) >= self.interval);
+        if !due {
+            return None;
+        }
+        let summary = ThrottleSummary { puts: window.puts, records: window.records };
+        *window = ThrottleWindow { last_logged: Some(now), puts: 0, records: 0 };
+        Some(summary)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,13 +163,37 @@ impl Ingest {
             body_budget_kib,
             record_id_prefix,
             started_at_seconds: chrono::Utc::now().timestamp(),
+            throttled_puts: ThrottleLog::new(THROTTLE_LOG_INTERVAL),
+            body_budget_timeouts: ThrottleLog::new(THROTTLE_LOG_INTERVAL),
         }
     }
 
-    /// Reserve memory for a request body of (at most) `bytes`; waits while the budget is spent.
-    pub async fn reserve_body(&self, bytes: usize) -> OwnedSemaphorePermit {
+    /// Reserve memory for a request body of (at most) `bytes`. Waits while the budget is spent,
+    /// but at most `limits.body_wait_ms`: then the request is refused with
+    /// [`IngestError::Throttled`] (the client backs off), so no request waits forever.
+    pub async fn reserve_body(&self, bytes: usize) -> Result<OwnedSemaphorePermit, IngestError> {
         let kib = (bytes / 1024 + 1).min(self.body_budget_kib) as u32;
-        self.body_budget.clone().acquire_many_owned(kib).await.expect("the body budget semaphore is never closed")
+        let wait = Duration::from_millis(self.config.limits.body_wait_ms);
+        match tokio::time::timeout(wait, self.body_budget.clone().acquire_many_owned(kib)).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_closed)) => Err(IngestError::Internal("the request body budget is closed".into())),
+            Err(_elapsed) => {
+                if let Some(summary) = self.body_budget_timeouts.note("", 0, Instant::now()) {
+                    tracing::warn!(
+                        requests = summary.puts,
+                        wait_ms = wait.as_millis() as u64,
+                        budget_mib = self.config.limits.max_inflight_request_mib,
+                        "request body budget spent; answering slow down"
+                    );
+                }
+                Err(IngestError::Throttled)
+            }
+        }
+    }
+
+    /// KiB of the request body budget not reserved right now.
+    pub fn body_budget_available_kib(&self) -> usize {
+        self.body_budget.available_permits()
     }
 
     /// Append one request's records to the stream's WAL, all or nothing.
@@ -101,7 +214,16 @@ impl Ingest {
             }
             Err(error) if error.is_retriable() => {
                 StreamMetrics::add(&target.metrics.throttled_records, count);
-                tracing::warn!(stream, records = count, %error, "throttling a put");
+                if let Some(summary) = self.throttled_puts.note(stream, count, Instant::now()) {
+                    tracing::warn!(
+                        stream,
+                        throttled_puts = summary.puts,
+                        throttled_records = summary.records,
+                        since_seconds = THROTTLE_LOG_INTERVAL.as_secs(),
+                        %error,
+                        "throttling puts"
+                    );
+                }
                 Err(IngestError::Throttled)
             }
             Err(error) => {
@@ -127,5 +249,26 @@ impl Ingest {
     /// Firehose-style record id: opaque, unique, 56+ characters.
     pub fn record_id(&self, sequence: u64) -> String {
         format!("{}{sequence:024}", self.record_id_prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_log_warns_once_per_interval_with_the_count() {
+        let log = ThrottleLog::new(Duration::from_secs(10));
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        assert_eq!(log.note("a", 5, at(0)), Some(ThrottleSummary { puts: 1, records: 5 }), "the first one logs");
+        for second in 1..10 {
+            assert_eq!(log.note("a", 2, at(second)), None, "suppressed within the interval");
+        }
+        assert_eq!(log.note("b", 1, at(3)), Some(ThrottleSummary { puts: 1, records: 1 }), "streams are apart");
+        // Ten seconds after the last line: the nine suppressed puts and this one.
+        assert_eq!(log.note("a", 2, at(10)), Some(ThrottleSummary { puts: 10, records: 20 }));
+        assert_eq!(log.note("a", 1, at(11)), None);
+        assert_eq!(log.note("a", 1, at(25)), Some(ThrottleSummary { puts: 2, records: 2 }));
     }
 }

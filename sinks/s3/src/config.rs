@@ -309,10 +309,14 @@ impl S3SinkConfig {
             let message = format!("cannot create output folder `{}`", absolute.display());
             SinkError::retriable("S3.AccessDenied", message).with_source(error)
         })?;
-        LocalFileSystem::new_with_prefix(&absolute).map_err(|error| {
+        let store = LocalFileSystem::new_with_prefix(&absolute).map_err(|error| {
             let message = format!("cannot open output folder `{}`", absolute.display());
             SinkError::retriable("S3.AccessDenied", message).with_source(error)
-        })
+        })?;
+        // A delivered batch lets the WAL below it be trimmed, so "written" must mean on disk, as
+        // with S3: fsync the object and the directories its write changed (object_store does
+        // both, on its blocking pool, before `put` returns).
+        Ok(store.with_fsync(true))
     }
 
     fn build_s3(&self, bucket: &str) -> Result<object_store::aws::AmazonS3, SinkError> {
@@ -514,6 +518,65 @@ mod tests {
         let url = format!("file://{}", target.display());
         config(&url).build("s").expect("build succeeds");
         assert!(target.is_dir());
+    }
+
+    #[test]
+    fn the_local_store_fsyncs_its_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("file://{}", dir.path().display());
+        let destination = Destination::parse(&url).expect("url parses");
+        let (store, kind) = config(&url).build_store(destination).expect("local store builds");
+        assert_eq!(kind, StoreKind::Local);
+        // object_store exposes the setting only through Debug.
+        assert!(format!("{store:?}").contains("fsync: true"), "{store:?}");
+    }
+
+    /// Observes the syscalls: strace attaches to this test process while the store writes an
+    /// object two new directories deep, and must see an fsync of the object and of each directory
+    /// whose entries changed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs strace and ptrace: cargo test -p spillway-sink-s3 -- --ignored local_objects_are_fsynced"]
+    async fn local_objects_are_fsynced() {
+        use object_store::ObjectStoreExt;
+        use std::io::BufRead;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("file://{}", dir.path().display());
+        let (store, _) = config(&url).build_store(Destination::parse(&url).expect("url")).expect("store builds");
+        let trace = dir.path().join("strace.txt");
+        let mut strace = std::process::Command::new("strace")
+            .args(["-f", "-y", "-e", "trace=fsync,fdatasync", "-o"])
+            .arg(&trace)
+            .args(["-p", &std::process::id().to_string()])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("strace runs (apt-get install strace)");
+        // strace says "Process <pid> attached" on stderr once it traces us. Its stderr is read to
+        // the end on a thread: a closed pipe would kill strace with SIGPIPE at its next message.
+        let stderr = strace.stderr.take().expect("strace stderr");
+        let (lines, attached) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        let first_line = attached.recv_timeout(std::time::Duration::from_secs(10)).expect("strace reports");
+        assert!(first_line.contains("attached"), "strace did not attach: {first_line}");
+
+        let location = object_store::path::Path::from("out/a/b/object.txt");
+        store.put(&location, bytes::Bytes::from_static(b"hello").into()).await.expect("put succeeds");
+
+        let stopped = std::process::Command::new("kill").args(["-INT", &strace.id().to_string()]).status();
+        assert!(stopped.is_ok_and(|status| status.success()));
+        strace.wait().expect("strace exits");
+        let syscalls = std::fs::read_to_string(&trace).expect("trace written");
+        let root = dir.path().display().to_string();
+        for synced in [format!("{root}/out/a/b/object.txt"), format!("{root}/out/a/b>"), format!("{root}/out>")] {
+            assert!(
+                syscalls.lines().any(|line| line.contains("fsync(") && line.contains(synced.as_str())),
+                "no fsync of {synced}:\n{syscalls}"
+            );
+        }
     }
 
     #[test]
