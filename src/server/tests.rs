@@ -38,10 +38,11 @@ fn harness(server_yaml: &str, limits_yaml: &str) -> Harness {
         fsync_interval: Duration::from_millis(10),
         segment_bytes: 1 << 20,
         max_bytes: 1 << 30,
+        full_wait: Duration::ZERO,
     };
     let (wal, _) = Wal::open(options, 0).expect("wal opens");
     let mut metrics = Metrics::default();
-    let stream_metrics = metrics.register("s", Box::new(|| 0));
+    let stream_metrics = metrics.register("s", Box::new(crate::metrics::WalSize::default));
     let stream_config = config.streams[0].clone();
     let streams = BTreeMap::from([(
         "s".to_string(),
