@@ -200,6 +200,15 @@ as_pg() { # run a command as the postgres user when we are root (postgres refuse
 	if [[ "$(id -u)" == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
+# Test tools from Debian: strace observes the local sink's fsyncs (sinks/s3 config tests).
+install_test_tools() {
+	command -v strace >/dev/null && return 0
+	[[ "$(id -u)" == 0 ]] || die "strace not found; install Debian's strace package"
+	log "installing Debian's strace (apt-get)"
+	DEBIAN_FRONTEND=noninteractive apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q strace
+}
+
 install_postgres() {
 	if pg_bin >/dev/null; then
 		return 0
@@ -419,6 +428,7 @@ cmd_install() {
 	t0="$(now)"
 	mkdir -p "$INSTALL_LOGS"
 	install_postgres
+	install_test_tools
 	# the rest are independent downloads/builds: run them side by side
 	for name in minio opensearch kinesalite venv; do
 		rm -f "$INSTALL_LOGS/$name.time"

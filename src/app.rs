@@ -240,7 +240,13 @@ impl App {
     pub async fn shutdown(self) -> Result<(), AppError> {
         tracing::info!("stopping intake");
         let _ = self.stop_intake.send(true);
-        let _ = self.server.await;
+        // Connections that never finish (a client that stalls its headers, idle keep-alives) must
+        // not hold the shutdown past the grace period.
+        let mut server = self.server;
+        if tokio::time::timeout(self.grace, &mut server).await.is_err() {
+            tracing::warn!(grace_seconds = self.grace.as_secs(), "http connections still open after the grace period; closing them");
+            server.abort();
+        }
         tracing::info!("flushing buffers");
         let _ = self.stop_delivery.send(true);
         let mut first_error = None;
