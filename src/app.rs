@@ -240,17 +240,18 @@ impl App {
     pub async fn shutdown(self) -> Result<(), AppError> {
         tracing::info!("stopping intake");
         let _ = self.stop_intake.send(true);
+        // One deadline for the whole shutdown: draining connections and finishing deliveries.
+        let deadline = tokio::time::Instant::now() + self.grace;
         // Connections that never finish (a client that stalls its headers, idle keep-alives) must
         // not hold the shutdown past the grace period.
         let mut server = self.server;
-        if tokio::time::timeout(self.grace, &mut server).await.is_err() {
+        if tokio::time::timeout_at(deadline, &mut server).await.is_err() {
             tracing::warn!(grace_seconds = self.grace.as_secs(), "http connections still open after the grace period; closing them");
             server.abort();
         }
         tracing::info!("flushing buffers");
         let _ = self.stop_delivery.send(true);
         let mut first_error = None;
-        let deadline = tokio::time::Instant::now() + self.grace;
         for (stream, handle) in self.pipelines {
             match tokio::time::timeout_at(deadline, handle).await {
                 Ok(Ok(Ok(()))) => {}
