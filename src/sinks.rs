@@ -10,7 +10,7 @@ use spillway_sink_api::{EncoderFactory, ErrorOutput, Sink, SinkError};
 pub use spillway_sink_s3::key::PartitionKeySource;
 use spillway_sink_s3::{PrefixError, PrefixKind, PrefixTemplate, S3SinkConfig};
 
-use crate::config::Problem;
+use crate::config::{Problem, StreamConfig};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -87,6 +87,40 @@ impl SinkConfig {
         }
     }
 
+    /// The destination as `DescribeDeliveryStream` reports it (Firehose's `DestinationDescription`).
+    pub fn describe_destination(&self, account_id: &str, stream: &StreamConfig) -> serde_json::Value {
+        match self {
+            SinkConfig::S3(s3) => {
+                let mut description = serde_json::json!({
+                    "BucketARN": bucket_arn(&s3.url),
+                    "RoleARN": format!("arn:aws:iam::{account_id}:role/spillway"),
+                    "Prefix": s3.prefix.clone().unwrap_or_default(),
+                    "ErrorOutputPrefix": s3.error_output_prefix.clone().unwrap_or_default(),
+                    "BufferingHints": {
+                        "SizeInMBs": stream.buffering.size_mib,
+                        "IntervalInSeconds": stream.buffering.interval_seconds,
+                    },
+                    "CompressionFormat": match s3.compression {
+                        spillway_sink_api::Compression::None => "UNCOMPRESSED",
+                        spillway_sink_api::Compression::Gzip => "GZIP",
+                        spillway_sink_api::Compression::Zstd => "ZSTD",
+                    },
+                    "EncryptionConfiguration": { "NoEncryptionConfig": "NoEncryption" },
+                });
+                if let Some(dynamic) = &stream.processing.dynamic_partitioning {
+                    description["DynamicPartitioningConfiguration"] = serde_json::json!({
+                        "Enabled": dynamic.enabled,
+                        "RetryOptions": { "DurationInSeconds": dynamic.retry_duration_seconds },
+                    });
+                }
+                serde_json::json!({
+                    "DestinationId": "destinationId-000000000001",
+                    "ExtendedS3DestinationDescription": description,
+                })
+            }
+        }
+    }
+
     pub async fn build(&self, stream: &str) -> Result<BuiltSink, SinkError> {
         match self {
             SinkConfig::S3(config) => {
@@ -99,5 +133,13 @@ impl SinkConfig {
                 })
             }
         }
+    }
+}
+
+/// The ARN Firehose reports for the destination bucket; a local folder gets a pseudo-ARN.
+fn bucket_arn(url: &str) -> String {
+    match spillway_sink_s3::Destination::parse(url) {
+        Ok(spillway_sink_s3::Destination::S3 { bucket }) => format!("arn:aws:s3:::{bucket}"),
+        _ => format!("arn:aws:s3:::{url}"),
     }
 }

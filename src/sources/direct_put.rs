@@ -20,7 +20,6 @@ use super::{
     Ingest, IngestError, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_RECORD_BYTES, MAX_REQUEST_BODY_BYTES,
     decode_off_runtime,
 };
-use crate::sinks::SinkConfig;
 
 const TARGET_PREFIX: &str = "Firehose_20150804.";
 const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
@@ -279,27 +278,7 @@ fn describe_delivery_stream(ingest: &Ingest, body: &[u8]) -> Result<Response, Ap
     let server = &ingest.config.server;
     let config = &stream.config;
     let started = ingest.started_at_seconds();
-    let destination = match &config.sink {
-        SinkConfig::S3(s3) => json!({
-            "DestinationId": "destinationId-000000000001",
-            "ExtendedS3DestinationDescription": {
-                "BucketARN": bucket_arn(&s3.url),
-                "RoleARN": format!("arn:aws:iam::{}:role/spillway", server.account_id),
-                "Prefix": s3.prefix.clone().unwrap_or_default(),
-                "ErrorOutputPrefix": s3.error_output_prefix.clone().unwrap_or_default(),
-                "BufferingHints": {
-                    "SizeInMBs": config.buffering.size_mib,
-                    "IntervalInSeconds": config.buffering.interval_seconds,
-                },
-                "CompressionFormat": match s3.compression {
-                    spillway_sink_api::Compression::None => "UNCOMPRESSED",
-                    spillway_sink_api::Compression::Gzip => "GZIP",
-                    spillway_sink_api::Compression::Zstd => "ZSTD",
-                },
-                "EncryptionConfiguration": { "NoEncryptionConfig": "NoEncryption" },
-            },
-        }),
-    };
+    let destination = config.sink.describe_destination(&server.account_id, config);
     Ok(ok_json(json!({
         "DeliveryStreamDescription": {
             "DeliveryStreamName": name,
@@ -313,12 +292,4 @@ fn describe_delivery_stream(ingest: &Ingest, body: &[u8]) -> Result<Response, Ap
             "HasMoreDestinations": false,
         }
     })))
-}
-
-/// The ARN Firehose reports for the destination bucket; a local folder gets a pseudo-ARN.
-fn bucket_arn(url: &str) -> String {
-    match spillway_sink_s3::Destination::parse(url) {
-        Ok(spillway_sink_s3::Destination::S3 { bucket }) => format!("arn:aws:s3:::{bucket}"),
-        _ => format!("arn:aws:s3:::{url}"),
-    }
 }

@@ -3,7 +3,13 @@
 //! ```text
 //! frame   = payload_len: u32 LE | crc32c(payload): u32 LE | payload
 //! payload = first_sequence: u64 LE | arrival_ms: i64 LE | count: u32 LE | (len: u32 LE | bytes){count}
+//!           [ source ]
+//! source  = shard_len: u16 LE | shard | position_len: u16 LE | position
 //! ```
+//!
+//! `source` is present only in frames of a pulled shard (Kinesis, DynamoDB Streams, a tailed
+//! file): the shard and its own cursor after the frame's last record, so a pull source resumes
+//! from what the WAL holds. Frames written before it existed simply have none.
 
 use bytes::{Buf, Bytes};
 
@@ -13,12 +19,25 @@ pub const PAYLOAD_FIXED_LEN: usize = 8 + 8 + 4;
 /// fixed fields holds at most `n / 4` records.
 pub const MIN_RECORD_LEN: usize = 4;
 
+/// A pulled shard's cursor after a frame's last record.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourcePosition {
+    /// The shard: a Kinesis shard id, a tailed file's identity, ….
+    pub shard: String,
+    /// The shard's own cursor, opaque to the WAL (a sequence number, an inode + offset, …).
+    pub position: String,
+}
+
+/// Most bytes of a shard name or a position (a u16 length).
+pub const MAX_SOURCE_FIELD_LEN: usize = u16::MAX as usize;
+
 /// A decoded frame; `records` are zero-copy slices of the payload.
 #[derive(Debug, Clone)]
 pub struct Frame {
     pub first_sequence: u64,
     pub arrival_ms: i64,
     pub records: Vec<Bytes>,
+    pub source: Option<SourcePosition>,
 }
 
 impl Frame {
@@ -28,11 +47,20 @@ impl Frame {
 }
 
 /// Size of the frame that `encode` writes for these records.
-pub fn encoded_len(records: &[Bytes]) -> usize {
-    HEADER_LEN + PAYLOAD_FIXED_LEN + records.iter().map(|record| 4 + record.len()).sum::<usize>()
+pub fn encoded_len(records: &[Bytes], source: Option<&SourcePosition>) -> usize {
+    let source_len = source.map_or(0, |source| 4 + source.shard.len() + source.position.len());
+    HEADER_LEN + PAYLOAD_FIXED_LEN + records.iter().map(|record| 4 + record.len()).sum::<usize>() + source_len
 }
 
-pub fn encode(first_sequence: u64, arrival_ms: i64, records: &[Bytes], out: &mut Vec<u8>) {
+/// Append one frame to `out`. A source position's fields must be at most
+/// [`MAX_SOURCE_FIELD_LEN`] bytes (checked by `Wal::append_pulled`).
+pub fn encode(
+    first_sequence: u64,
+    arrival_ms: i64,
+    records: &[Bytes],
+    source: Option<&SourcePosition>,
+    out: &mut Vec<u8>,
+) {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER_LEN]);
     out.extend_from_slice(&first_sequence.to_le_bytes());
@@ -41,6 +69,13 @@ pub fn encode(first_sequence: u64, arrival_ms: i64, records: &[Bytes], out: &mut
     for record in records {
         out.extend_from_slice(&(record.len() as u32).to_le_bytes());
         out.extend_from_slice(record);
+    }
+    if let Some(source) = source {
+        for field in [source.shard.as_bytes(), source.position.as_bytes()] {
+            let len = field.len().min(MAX_SOURCE_FIELD_LEN);
+            out.extend_from_slice(&(len as u16).to_le_bytes());
+            out.extend_from_slice(&field[..len]);
+        }
     }
     let payload = &out[start + HEADER_LEN..];
     let payload_len = payload.len() as u32;
@@ -90,10 +125,28 @@ pub fn decode(payload: Bytes, checksum: u32) -> Result<Frame, DecodeError> {
         }
         records.push(cursor.split_to(len));
     }
+    let source = if cursor.has_remaining() { Some(decode_source(&mut cursor)?) } else { None };
     if cursor.has_remaining() {
-        return Err(DecodeError::Malformed("trailing bytes after the last record"));
+        return Err(DecodeError::Malformed("trailing bytes after the source position"));
     }
-    Ok(Frame { first_sequence, arrival_ms, records })
+    Ok(Frame { first_sequence, arrival_ms, records, source })
+}
+
+fn decode_source(cursor: &mut Bytes) -> Result<SourcePosition, DecodeError> {
+    let mut field = || -> Result<String, DecodeError> {
+        if cursor.remaining() < 2 {
+            return Err(DecodeError::Malformed("source position field length past the payload"));
+        }
+        let len = cursor.get_u16_le() as usize;
+        if cursor.remaining() < len {
+            return Err(DecodeError::Malformed("source position field past the payload"));
+        }
+        String::from_utf8(cursor.split_to(len).to_vec())
+            .map_err(|_| DecodeError::Malformed("source position is not UTF-8"))
+    };
+    let shard = field()?;
+    let position = field()?;
+    Ok(SourcePosition { shard, position })
 }
 
 #[cfg(test)]
@@ -104,8 +157,8 @@ mod tests {
     fn round_trips_and_detects_a_flipped_bit() {
         let records = vec![Bytes::from_static(b"one"), Bytes::new(), Bytes::from(vec![0u8, 255, 7])];
         let mut out = Vec::new();
-        encode(42, 1_700_000_000_123, &records, &mut out);
-        assert_eq!(out.len(), encoded_len(&records));
+        encode(42, 1_700_000_000_123, &records, None, &mut out);
+        assert_eq!(out.len(), encoded_len(&records, None));
 
         let header: [u8; HEADER_LEN] = out[..HEADER_LEN].try_into().unwrap();
         let (payload_len, checksum) = parse_header(&header);
@@ -119,6 +172,18 @@ mod tests {
         let mut corrupted = out[HEADER_LEN..].to_vec();
         corrupted[10] ^= 1;
         assert_eq!(decode(Bytes::from(corrupted), checksum).unwrap_err(), DecodeError::Checksum);
+    }
+
+    #[test]
+    fn a_pulled_frame_carries_its_source_position() {
+        let records = vec![Bytes::from_static(b"one"), Bytes::from_static(b"two")];
+        let source = SourcePosition { shard: "shardId-000000000001".into(), position: "4959…0001".into() };
+        let mut out = Vec::new();
+        encode(7, 1, &records, Some(&source), &mut out);
+        assert_eq!(out.len(), encoded_len(&records, Some(&source)));
+        let (_, checksum) = parse_header(&out[..HEADER_LEN].try_into().unwrap());
+        let frame = decode(Bytes::copy_from_slice(&out[HEADER_LEN..]), checksum).unwrap();
+        assert_eq!((frame.records, frame.source), (records, Some(source)));
     }
 
     #[test]

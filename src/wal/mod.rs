@@ -8,6 +8,7 @@
 
 mod frame;
 pub mod inspect;
+mod positions;
 mod reader;
 mod segment;
 mod writer;
@@ -21,7 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
-pub use frame::Frame;
+pub use frame::{Frame, MAX_SOURCE_FIELD_LEN, SourcePosition};
 pub use reader::WalReader;
 pub use segment::ScanError;
 
@@ -57,6 +58,8 @@ pub enum WalError {
     Corrupt { path: PathBuf, offset: u64, reason: String },
     #[error("wal is missing records from sequence {sequence}: no segment holds them")]
     Gap { sequence: u64 },
+    #[error("a source position's shard or position is longer than {limit} bytes")]
+    SourcePositionTooLong { limit: usize },
 }
 
 impl WalError {
@@ -76,6 +79,8 @@ pub struct RecoveryReport {
     /// Set when a torn tail (a crash mid-write, or a zero-filled extension after a power loss)
     /// was cut off: segment, offset and reason.
     pub truncated_tail: Option<String>,
+    /// Frames read after the saved positions file to bring source positions up to date.
+    pub position_frames_read: u64,
 }
 
 /// Handle to a stream's WAL; cheap to clone.
@@ -87,6 +92,8 @@ pub struct Wal {
     dir: PathBuf,
     /// None for [`Wal::unavailable`]: no writer was started.
     writer: Option<Arc<writer::WriterThread>>,
+    /// Pulled shards' positions as durably appended.
+    positions: positions::SharedPositions,
 }
 
 impl Wal {
@@ -130,7 +137,15 @@ impl Wal {
                 scan.end_sequence.max(delivered)
             }
         };
-        let report = RecoveryReport { segments: segments.len(), bytes: disk_bytes, next_sequence, truncated_tail };
+        let (recovered_positions, position_frames_read) = positions::recover(&options.dir, next_sequence)?;
+        let positions: positions::SharedPositions = Arc::new(std::sync::Mutex::new(recovered_positions));
+        let report = RecoveryReport {
+            segments: segments.len(),
+            bytes: disk_bytes,
+            next_sequence,
+            truncated_tail,
+            position_frames_read,
+        };
         let disk_bytes = Arc::new(AtomicU64::new(disk_bytes));
         let (committed_tx, committed) = watch::channel(next_sequence);
         let (commands, writer) = writer::WriterThread::spawn(
@@ -140,8 +155,10 @@ impl Wal {
             delivered,
             disk_bytes.clone(),
             committed_tx,
+            positions.clone(),
         )?;
-        Ok((Wal { commands, committed, disk_bytes, dir: options.dir, writer: Some(Arc::new(writer)) }, report))
+        let wal = Wal { commands, committed, disk_bytes, dir: options.dir, writer: Some(Arc::new(writer)), positions };
+        Ok((wal, report))
     }
 
     /// A handle for a stream whose WAL could not be opened: no writer runs, appends fail with
@@ -151,15 +168,47 @@ impl Wal {
         let held_bytes = segment::list(&dir).ok().and_then(|segments| total_len(&segments).ok()).unwrap_or(0);
         let (commands, _no_writer) = std::sync::mpsc::channel();
         let (_never_committed, committed) = watch::channel(0);
-        Wal { commands, committed, disk_bytes: Arc::new(AtomicU64::new(held_bytes)), dir, writer: None }
+        let disk_bytes = Arc::new(AtomicU64::new(held_bytes));
+        Wal { commands, committed, disk_bytes, dir, writer: None, positions: Arc::default() }
     }
 
     /// Append one request's records as a single frame (all or nothing). Resolves once the frame
     /// is durable per the fsync policy, with the sequences the records got.
     pub async fn append(&self, arrival_ms: i64, records: Vec<Bytes>) -> Result<Range<u64>, WalError> {
+        self.append_frame(arrival_ms, records, None).await
+    }
+
+    /// Append records pulled from a shard, with the shard's position after the last of them.
+    /// Once this resolves, [`Wal::positions`] (now and after any restart) holds `source`, so the
+    /// shard reader resumes after these records: never skipping, never repeating.
+    pub async fn append_pulled(
+        &self,
+        arrival_ms: i64,
+        records: Vec<Bytes>,
+        source: SourcePosition,
+    ) -> Result<Range<u64>, WalError> {
+        if source.shard.len() > MAX_SOURCE_FIELD_LEN || source.position.len() > MAX_SOURCE_FIELD_LEN {
+            return Err(WalError::SourcePositionTooLong { limit: MAX_SOURCE_FIELD_LEN });
+        }
+        self.append_frame(arrival_ms, records, Some(source)).await
+    }
+
+    async fn append_frame(
+        &self,
+        arrival_ms: i64,
+        records: Vec<Bytes>,
+        source: Option<SourcePosition>,
+    ) -> Result<Range<u64>, WalError> {
         let (reply, response) = oneshot::channel();
-        self.commands.send(writer::Command::Append { arrival_ms, records, reply }).map_err(|_| WalError::Closed)?;
+        let command = writer::Command::Append { arrival_ms, records, source, reply };
+        self.commands.send(command).map_err(|_| WalError::Closed)?;
         response.await.map_err(|_| WalError::Closed)?
+    }
+
+    /// Each pulled shard's position after the newest record the WAL durably holds (delivered or
+    /// not): where its reader resumes.
+    pub fn positions(&self) -> std::collections::BTreeMap<String, String> {
+        self.positions.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     /// Release the budget of records below `delivered` (the checkpoint), waking appends that

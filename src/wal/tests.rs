@@ -174,7 +174,7 @@ async fn after_a_reopen_only_records_past_the_checkpoint_count_as_undelivered() 
 }
 
 fn frame_len(records: &[Bytes]) -> u64 {
-    frame::encoded_len(records) as u64
+    frame::encoded_len(records, None) as u64
 }
 
 /// A WAL whose budget is exactly `max_bytes`, waiting `full_wait` for room.
@@ -257,7 +257,7 @@ async fn a_torn_tail_is_cut_off_and_appends_continue() {
     let good_len = std::fs::metadata(&last.path).unwrap().len();
     // A crash in the middle of the next frame: its header promises more than was written.
     let mut torn = Vec::new();
-    frame::encode(3, 0, &records("torn", 2), &mut torn);
+    frame::encode(3, 0, &records("torn", 2), None, &mut torn);
     std::fs::OpenOptions::new().append(true).open(&last.path).unwrap().write_all(&torn[..torn.len() / 2]).unwrap();
 
     let (wal, report) = Wal::open(options(dir.path()), 0).unwrap();
@@ -470,5 +470,53 @@ async fn a_failed_timed_fsync_fails_every_later_append() {
     writer::fail_points::fail_syncs_in(dir.path(), false);
     let error = wal.append(0, records("b", 2)).await.unwrap_err();
     assert!(matches!(&error, WalError::Failed { .. }), "{error}");
+    wal.close();
+}
+
+fn shard_position(shard: &str, position: u64) -> SourcePosition {
+    SourcePosition { shard: shard.to_string(), position: format!("{position:020}") }
+}
+
+#[tokio::test]
+async fn pulled_positions_survive_a_reopen_and_a_fully_delivered_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(options(dir.path()), 0).unwrap();
+    for round in 0..30u64 {
+        let shard = if round % 2 == 0 { "shard-a" } else { "shard-b" };
+        wal.append_pulled(0, records(shard, 3), shard_position(shard, round)).await.unwrap();
+        wal.append(0, records("pushed", 1)).await.unwrap();
+    }
+    let expected = std::collections::BTreeMap::from([
+        ("shard-a".to_string(), format!("{:020}", 28)),
+        ("shard-b".to_string(), format!("{:020}", 29)),
+    ]);
+    assert_eq!(wal.positions(), expected, "visible as soon as the appends are durable");
+    wal.close();
+
+    // A crash right after the appends: the file may be older than the frames; the frames after
+    // it bring the positions up to date.
+    let (wal, report) = Wal::open(options(dir.path()), 0).unwrap();
+    assert_eq!(wal.positions(), expected);
+    assert!(report.position_frames_read < 120, "only frames after the saved file are read");
+
+    // Everything delivered: every segment is deleted, the positions stay.
+    let committed = *wal.committed().borrow();
+    wal.trim(committed);
+    wal.append(0, records("later", 1)).await.unwrap();
+    wal.trim(committed + 1);
+    wal.close();
+    let (wal, _) = Wal::open(options(dir.path()), committed + 1).unwrap();
+    assert_eq!(wal.positions(), expected);
+    wal.close();
+}
+
+#[tokio::test]
+async fn a_source_position_that_cannot_be_stored_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(options(dir.path()), 0).unwrap();
+    let too_long = SourcePosition { shard: "s".into(), position: "9".repeat(MAX_SOURCE_FIELD_LEN + 1) };
+    let error = wal.append_pulled(0, records("x", 1), too_long).await.unwrap_err();
+    assert!(matches!(error, WalError::SourcePositionTooLong { .. }), "{error}");
+    assert!(wal.positions().is_empty());
     wal.close();
 }

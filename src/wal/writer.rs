@@ -17,12 +17,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
 use super::segment::{self, ReadOutcome, SegmentFile};
+use super::frame::SourcePosition;
+use super::positions::{self, SharedPositions};
 use super::{WalError, WalOptions, frame};
 use crate::config::FsyncPolicy;
 
@@ -44,7 +46,7 @@ const BACKLOG_ENTRIES_PER_BUDGET: u64 = 1024;
 pub type AppendReply = oneshot::Sender<Result<Range<u64>, WalError>>;
 
 pub enum Command {
-    Append { arrival_ms: i64, records: Vec<Bytes>, reply: AppendReply },
+    Append { arrival_ms: i64, records: Vec<Bytes>, source: Option<SourcePosition>, reply: AppendReply },
     Trim { delivered: u64 },
     Shutdown,
 }
@@ -64,8 +66,9 @@ impl WriterThread {
         delivered: u64,
         disk_bytes: Arc<AtomicU64>,
         committed: watch::Sender<u64>,
+        positions: SharedPositions,
     ) -> Result<(Sender<Command>, WriterThread), WalError> {
-        let mut state = Writer::open(options, segments, next_sequence, delivered, disk_bytes, committed)?;
+        let mut state = Writer::open(options, segments, next_sequence, delivered, disk_bytes, committed, positions)?;
         let undelivered_bytes = state.backlog.shared_total.clone();
         let (sender, receiver) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
@@ -92,6 +95,7 @@ impl WriterThread {
 struct QueuedAppend {
     arrival_ms: i64,
     records: Vec<Bytes>,
+    source: Option<SourcePosition>,
     reply: AppendReply,
     frame_len: u64,
     /// When a full WAL answers `Full` instead of waiting longer.
@@ -203,6 +207,71 @@ struct Writer {
     /// fails with it.
     failed: Option<Failure>,
     buffer: Vec<u8>,
+    positions: PositionTracker,
+}
+
+/// Source positions as the writer moves them: written → synced (shared with readers) → saved.
+struct PositionTracker {
+    shared: SharedPositions,
+    /// Written but not yet synced (`fsync: interval`), with the sequence after each frame.
+    unsynced: Vec<(u64, SourcePosition)>,
+    /// Every frame below this is synced and reflected in `shared`.
+    synced_at: u64,
+    saved_at_sequence: u64,
+    saved_at: Instant,
+}
+
+/// How often the positions file is rewritten while records flow (and before segments go).
+const POSITIONS_SAVE_INTERVAL: Duration = Duration::from_secs(1);
+
+impl PositionTracker {
+    fn new(shared: SharedPositions, next_sequence: u64) -> Self {
+        Self {
+            shared,
+            unsynced: Vec::new(),
+            synced_at: next_sequence,
+            saved_at_sequence: next_sequence,
+            saved_at: Instant::now(),
+        }
+    }
+
+    fn written(&mut self, sources: Vec<SourcePosition>, end: u64) {
+        self.unsynced.extend(sources.into_iter().map(|source| (end, source)));
+    }
+
+    /// Everything below `sequence` is durable: its positions become visible.
+    fn synced(&mut self, sequence: u64) {
+        if !self.unsynced.is_empty() {
+            let mut shared = self.shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (_, source) in self.unsynced.drain(..) {
+                shared.insert(source.shard, source.position);
+            }
+        }
+        self.synced_at = self.synced_at.max(sequence);
+    }
+
+    /// Save when a second has passed since the last save and frames were added (or `force`).
+    /// False when the save failed (then nothing that relies on it may happen).
+    fn save_if_due(&mut self, dir: &Path, force: bool) -> bool {
+        if self.synced_at == self.saved_at_sequence {
+            return true;
+        }
+        if !force && self.saved_at.elapsed() < POSITIONS_SAVE_INTERVAL {
+            return true;
+        }
+        let snapshot = self.shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        match positions::save(dir, self.synced_at, &snapshot) {
+            Ok(()) => {
+                self.saved_at_sequence = self.synced_at;
+                self.saved_at = Instant::now();
+                true
+            }
+            Err(error) => {
+                tracing::warn!(dir = %dir.display(), %error, "cannot save wal source positions");
+                false
+            }
+        }
+    }
 }
 
 impl Writer {
@@ -213,6 +282,7 @@ impl Writer {
         delivered: u64,
         disk_bytes: Arc<AtomicU64>,
         committed: watch::Sender<u64>,
+        positions: SharedPositions,
     ) -> Result<Writer, WalError> {
         let active = match segments.pop() {
             Some(last) => last,
@@ -254,6 +324,7 @@ impl Writer {
             unsynced_since: None,
             failed: None,
             buffer: Vec::new(),
+            positions: PositionTracker::new(positions, next_sequence),
         })
     }
 
@@ -310,15 +381,19 @@ impl Writer {
         {
             self.fail("fsync", &error);
         }
+        if self.failed.is_none() {
+            self.positions.synced(self.next_sequence);
+            self.positions.save_if_due(&self.options.dir, true);
+        }
     }
 
     /// Apply one command; true when it asks the writer to stop.
     fn handle(&mut self, command: Command) -> bool {
         match command {
-            Command::Append { arrival_ms, records, reply } => {
-                let frame_len = frame::encoded_len(&records) as u64;
+            Command::Append { arrival_ms, records, source, reply } => {
+                let frame_len = frame::encoded_len(&records, source.as_ref()) as u64;
                 let give_up_at = Instant::now() + self.options.full_wait;
-                self.queue.push_back(QueuedAppend { arrival_ms, records, reply, frame_len, give_up_at });
+                self.queue.push_back(QueuedAppend { arrival_ms, records, source, reply, frame_len, give_up_at });
                 false
             }
             Command::Trim { delivered } => {
@@ -404,10 +479,12 @@ impl Writer {
         self.buffer.clear();
         let mut accepted = Vec::with_capacity(group.len());
         let mut sequence = self.next_sequence;
+        let mut sources = Vec::new();
         for queued in group {
-            frame::encode(sequence, queued.arrival_ms, &queued.records, &mut self.buffer);
+            frame::encode(sequence, queued.arrival_ms, &queued.records, queued.source.as_ref(), &mut self.buffer);
             let range = sequence..sequence + queued.records.len() as u64;
             sequence = range.end;
+            sources.extend(queued.source);
             accepted.push((range, queued.reply));
         }
         if let Err(error) = self.file.write_all(&self.buffer) {
@@ -443,6 +520,11 @@ impl Writer {
         self.buffer.clear();
         self.buffer.shrink_to(KEEP_GROUP_BUFFER_BYTES);
         self.next_sequence = sequence;
+        self.positions.written(sources, sequence);
+        if self.options.fsync == FsyncPolicy::Always {
+            self.positions.synced(sequence);
+            self.positions.save_if_due(&self.options.dir, false);
+        }
         self.committed.send_replace(sequence);
         for (range, reply) in accepted {
             let _ = reply.send(Ok(range));
@@ -461,7 +543,10 @@ impl Writer {
         }
         if let Err(error) = self.sync_active() {
             self.fail("fsync", &error);
+            return;
         }
+        self.positions.synced(self.next_sequence);
+        self.positions.save_if_due(&self.options.dir, false);
     }
 
     /// Close the active segment and start a new one at the next sequence.
@@ -471,6 +556,7 @@ impl Writer {
             return Err(self.io_error(error));
         }
         self.unsynced_since = None;
+        self.positions.synced(self.next_sequence);
         let path = segment::segment_path(&self.options.dir, self.next_sequence);
         let file = open_append(&path)?;
         if let Err(error) = sync_dir(&self.options.dir) {
@@ -495,6 +581,13 @@ impl Writer {
             && let Err(error) = self.rotate()
         {
             tracing::warn!(segment = %self.active.path.display(), %error, "cannot close a delivered wal segment");
+        }
+        // Positions of frames about to be deleted must be in the positions file first.
+        let deletes_any = self.closed.first().is_some_and(|_| {
+            self.closed.get(1).unwrap_or(&self.active).first_sequence <= self.delivered
+        });
+        if deletes_any && !self.positions.save_if_due(&self.options.dir, true) {
+            return;
         }
         let mut keep_from = 0;
         for index in 0..self.closed.len() {
