@@ -49,6 +49,8 @@ pub enum AppError {
 pub struct App {
     addr: SocketAddr,
     stop_intake: watch::Sender<bool>,
+    /// Pull sources' reader tasks (tailed files, …); they stop with intake.
+    readers: Vec<JoinHandle<()>>,
     stop_delivery: watch::Sender<bool>,
     server: JoinHandle<Result<(), std::io::Error>>,
     pipelines: Vec<(String, JoinHandle<Result<(), PipelineError>>)>,
@@ -64,6 +66,9 @@ impl App {
 
         let mut metrics = Metrics::default();
         let budget = MemoryBudget::new((config.limits.max_open_batches_mib << 20) as usize);
+        // Stops intake: the HTTP server and the pull sources' readers.
+        let (stop_intake, _) = watch::channel(false);
+        let mut readers = Vec::new();
         let mut streams = BTreeMap::new();
         let mut loops = Vec::new();
         let mut stopped_flags = Vec::new();
@@ -173,6 +178,7 @@ impl App {
             wals.push(wal.clone());
             let stopped = Arc::new(std::sync::OnceLock::new());
             stopped_flags.push(stopped.clone());
+            readers.extend(stream.source.spawn_readers(&name, &wal, stop_intake.subscribe()));
             streams.insert(name, StreamIngest { config: stream.clone(), wal, metrics: stream_metrics, stopped });
         }
 
@@ -203,7 +209,7 @@ impl App {
         let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
         let record_id_prefix = instance_id.simple().to_string();
         let ingest = Arc::new(Ingest::new(config, streams, Arc::new(metrics), record_id_prefix));
-        let (stop_intake, mut intake_rx) = watch::channel(false);
+        let mut intake_rx = stop_intake.subscribe();
         let router = crate::server::router(ingest);
         let server = tokio::spawn(async move {
             axum::serve(listener, router)
@@ -212,7 +218,7 @@ impl App {
                 })
                 .await
         });
-        Ok(App { addr, stop_intake, stop_delivery, server, pipelines, wals, grace })
+        Ok(App { addr, stop_intake, stop_delivery, server, readers, pipelines, wals, grace })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -244,9 +250,15 @@ impl App {
         let deadline = tokio::time::Instant::now() + self.grace;
         // Connections that never finish (a client that stalls its headers, idle keep-alives) must
         // not hold the shutdown past the grace period.
+        for reader in self.readers {
+            let _ = tokio::time::timeout_at(deadline, reader).await;
+        }
         let mut server = self.server;
         if tokio::time::timeout_at(deadline, &mut server).await.is_err() {
-            tracing::warn!(grace_seconds = self.grace.as_secs(), "http connections still open after the grace period; closing them");
+            tracing::warn!(
+                grace_seconds = self.grace.as_secs(),
+                "http connections still open after the grace period; closing them"
+            );
             server.abort();
         }
         tracing::info!("flushing buffers");

@@ -17,6 +17,7 @@ pub use yaml::{ConfigError, load_file, parse_str};
 
 use crate::processing::PartitionKeys;
 use crate::sinks::{PartitionKeySource, SinkConfig};
+use crate::sources::SourceConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,14 +165,6 @@ impl StreamConfig {
             _ => self.retry.duration_seconds,
         }
     }
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum SourceConfig {
-    /// Records pushed with the Firehose API (`PutRecord`, `PutRecordBatch`) or as NDJSON.
-    #[default]
-    DirectPut,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

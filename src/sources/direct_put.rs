@@ -67,6 +67,7 @@ impl ApiError {
             IngestError::Throttled => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableException", "Slow down.")
             }
+            error @ IngestError::NotPushable { .. } => Self::invalid_argument(error.to_string()),
             IngestError::Internal(message) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", message),
         }
     }

@@ -86,6 +86,9 @@ fn ingest_error(failure: IngestError) -> Response {
         IngestError::UnknownStream => {
             error(StatusCode::NOT_FOUND, "ResourceNotFoundException", "stream is not configured".into())
         }
+        not_pushable @ IngestError::NotPushable { .. } => {
+            error(StatusCode::BAD_REQUEST, "InvalidArgumentException", not_pushable.to_string())
+        }
         IngestError::Internal(message) => error(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", message),
     }
 }

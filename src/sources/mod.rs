@@ -4,6 +4,7 @@
 //! Must not: buffer or deliver; that is the pipeline's job.
 
 pub mod direct_put;
+pub mod file;
 pub mod http;
 
 use std::collections::{BTreeMap, HashMap};
@@ -12,11 +13,65 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use serde::Deserialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::config::{Config, StreamConfig};
 use crate::metrics::{Metrics, StreamMetrics};
 use crate::wal::Wal;
+
+/// The source registry: the one place that maps a YAML `source.type` to a source. Push sources
+/// (the Firehose API and NDJSON) are served by the HTTP router and append through [`Ingest`];
+/// pull sources run a reader task per stream that appends with its shard position
+/// ([`crate::wal::Wal::append_pulled`]) and resumes from [`crate::wal::Wal::positions`]. Adding
+/// a source is a module plus one variant here.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// Records pushed with the Firehose API (`PutRecord`, `PutRecordBatch`) or as NDJSON.
+    #[default]
+    DirectPut,
+    /// Lines of a tailed log file.
+    File(file::FileSourceConfig),
+}
+
+impl SourceConfig {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SourceConfig::DirectPut => "direct_put",
+            SourceConfig::File(_) => "file",
+        }
+    }
+
+    /// Whether clients may push records into the stream (Firehose: only `DirectPut` streams
+    /// accept `PutRecord`).
+    pub fn accepts_puts(&self) -> bool {
+        matches!(self, SourceConfig::DirectPut)
+    }
+
+    /// Problems as (field under `source`, message). Pure.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        match self {
+            SourceConfig::DirectPut => Vec::new(),
+            SourceConfig::File(config) => config.validate(),
+        }
+    }
+
+    /// Start the stream's pull readers, if it has any; they stop when `stop` turns true.
+    pub fn spawn_readers(
+        &self,
+        stream: &str,
+        wal: &Wal,
+        stop: watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        match self {
+            SourceConfig::DirectPut => Vec::new(),
+            SourceConfig::File(config) => {
+                vec![tokio::spawn(file::run(stream.to_string(), config.clone(), wal.clone(), stop))]
+            }
+        }
+    }
+}
 
 /// Firehose's limit on one record's data: 1,000 KiB.
 pub const MAX_RECORD_BYTES: usize = 1_024_000;
@@ -143,6 +198,9 @@ pub enum IngestError {
     UnknownStream,
     #[error("slow down")]
     Throttled,
+    /// The stream reads its records from a source of its own (e.g. a tailed file).
+    #[error("stream {stream} reads from its {source_type} source and does not accept puts")]
+    NotPushable { stream: String, source_type: &'static str },
     #[error("{0}")]
     Internal(String),
 }
@@ -199,6 +257,12 @@ impl Ingest {
     /// Append one request's records to the stream's WAL, all or nothing.
     pub async fn append(&self, stream: &str, records: Vec<Bytes>) -> Result<Range<u64>, IngestError> {
         let target = self.streams.get(stream).ok_or(IngestError::UnknownStream)?;
+        if !target.config.source.accepts_puts() {
+            return Err(IngestError::NotPushable {
+                stream: stream.to_string(),
+                source_type: target.config.source.type_name(),
+            });
+        }
         if let Some(reason) = target.stopped.get() {
             return Err(IngestError::Internal(format!("stream {stream} stopped delivering: {reason}")));
         }

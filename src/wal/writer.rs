@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
-use super::segment::{self, ReadOutcome, SegmentFile};
 use super::frame::SourcePosition;
 use super::positions::{self, SharedPositions};
+use super::segment::{self, ReadOutcome, SegmentFile};
 use super::{WalError, WalOptions, frame};
 use crate::config::FsyncPolicy;
 
@@ -583,9 +583,10 @@ impl Writer {
             tracing::warn!(segment = %self.active.path.display(), %error, "cannot close a delivered wal segment");
         }
         // Positions of frames about to be deleted must be in the positions file first.
-        let deletes_any = self.closed.first().is_some_and(|_| {
-            self.closed.get(1).unwrap_or(&self.active).first_sequence <= self.delivered
-        });
+        let deletes_any = self
+            .closed
+            .first()
+            .is_some_and(|_| self.closed.get(1).unwrap_or(&self.active).first_sequence <= self.delivered);
         if deletes_any && !self.positions.save_if_due(&self.options.dir, true) {
             return;
         }
