@@ -7,6 +7,7 @@
 //! - [`config`]: YAML model, `${ENV}` interpolation, validation with YAML paths and positions.
 //! - [`sources`]: push handlers (`direct_put`, `http`) appending to the WAL through `Ingest`.
 //! - [`wal`]: segment files with checksums, group commit, recovery, trimming.
+//! - [`processing`]: what a record's content decides: its dynamic partition (jq keys).
 //! - [`pipeline`]: buffer → intent → sink → checkpoint, with retries and the error output.
 //! - [`checkpoint`]: the per-stream delivered position.
 //! - [`sinks`]: the registry mapping a YAML `sink.type` to a sink crate.
@@ -21,6 +22,7 @@ pub mod client;
 pub mod config;
 pub mod metrics;
 pub mod pipeline;
+pub mod processing;
 pub mod server;
 pub mod sinks;
 pub mod sources;

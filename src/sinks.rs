@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use spillway_sink_api::{EncoderFactory, ErrorOutput, Sink, SinkError};
-use spillway_sink_s3::S3SinkConfig;
+pub use spillway_sink_s3::key::PartitionKeySource;
+use spillway_sink_s3::{PrefixError, PrefixKind, PrefixTemplate, S3SinkConfig};
 
 use crate::config::Problem;
 
@@ -56,6 +57,33 @@ impl SinkConfig {
                 .into_iter()
                 .map(|problem| Problem { path: problem.field, message: problem.message })
                 .collect(),
+        }
+    }
+
+    /// The partition keys the sink's data prefix names (`!{partitionKeyFromQuery:k}` /
+    /// `!{partitionKeyFromLambda:k}`), in order of appearance. An unparsable prefix is an error
+    /// here too; [`SinkConfig::validate`] already reports it with its field.
+    pub fn partition_keys_in_prefix(&self) -> Result<Vec<(PartitionKeySource, String)>, PrefixError> {
+        match self {
+            SinkConfig::S3(config) => {
+                let template = PrefixTemplate::parse(config.prefix.as_deref(), PrefixKind::Data)?;
+                Ok(template.partition_keys().map(|(source, name)| (source, name.to_string())).collect())
+            }
+        }
+    }
+
+    /// Whether an error output prefix is configured (Firehose requires one with dynamic
+    /// partitioning).
+    pub fn has_error_output_prefix(&self) -> bool {
+        match self {
+            SinkConfig::S3(config) => config.error_output_prefix.is_some(),
+        }
+    }
+
+    /// Firehose supports dynamic partitioning on S3 destinations only.
+    pub fn supports_dynamic_partitioning(&self) -> bool {
+        match self {
+            SinkConfig::S3(_) => true,
         }
     }
 

@@ -30,6 +30,19 @@ fn validate_accepts_the_shipped_examples() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let (code, _, stderr) = spillway(&["validate", "-c", "config/partitioned.yaml"], root);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn validate_requires_dynamic_partitioning_for_partition_keys_in_the_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "streams:\n  - name: a\n    sink:\n      type: s3\n      url: file://out\n      prefix: 'svc=!{partitionKeyFromQuery:service}/'\n      error_output_prefix: 'errors/!{firehose:error-output-type}/'\n";
+    std::fs::write(dir.path().join("keys.yaml"), yaml).unwrap();
+    let (code, _, stderr) = spillway(&["validate", "-c", "keys.yaml"], dir.path());
+    assert_ne!(code, 0);
+    assert!(stderr.contains("streams[0].sink.prefix"), "{stderr}");
+    assert!(stderr.contains("partitionKeyFromQuery:service"), "{stderr}");
 }
 
 #[test]

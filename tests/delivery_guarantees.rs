@@ -266,7 +266,8 @@ async fn back_pressure_throttles_fast_clients_and_delivers_everything_once() {
     // refused with ServiceUnavailableException until the bucket appears.
     let yaml = stream_yaml(
         &s3::sink_yaml(&bucket, &env("SPILLWAY_TEST_S3_ENDPOINT")),
-        "limits: { max_wal_mib: 16, max_inflight_request_mib: 8 }\nwal: { segment_mib: 2 }\n",
+        // full_wait_ms 0: refuse at once, so the clients themselves see the back-pressure.
+        "limits: { max_wal_mib: 16, max_inflight_request_mib: 8, full_wait_ms: 0 }\nwal: { segment_mib: 2 }\n",
     );
     let spillway = Spillway::start(dir.path(), &yaml);
     let ledger = Arc::new(Mutex::new(Ledger::default()));

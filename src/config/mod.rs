@@ -6,7 +6,7 @@
 mod interpolate;
 mod yaml;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,7 +15,8 @@ use serde::Deserialize;
 
 pub use yaml::{ConfigError, load_file, parse_str};
 
-use crate::sinks::SinkConfig;
+use crate::processing::PartitionKeys;
+use crate::sinks::{PartitionKeySource, SinkConfig};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -168,6 +169,46 @@ pub struct ProcessingConfig {
     /// Firehose's `AppendDelimiterToRecord`: `newline` appends `\n` to every record.
     #[serde(default)]
     pub record_delimiter: RecordDelimiter,
+    /// Firehose's `DynamicPartitioningConfiguration` plus its `MetadataExtraction` processor:
+    /// records are grouped by the values of jq keys, named in the sink prefix as
+    /// `!{partitionKeyFromQuery:<key>}`.
+    #[serde(default)]
+    pub dynamic_partitioning: Option<DynamicPartitioningConfig>,
+}
+
+impl ProcessingConfig {
+    /// The partition keys in force: empty unless dynamic partitioning is present and enabled.
+    pub fn partition_keys(&self) -> BTreeMap<String, String> {
+        match &self.dynamic_partitioning {
+            Some(dynamic) if dynamic.enabled => dynamic.keys.clone(),
+            _ => BTreeMap::new(),
+        }
+    }
+}
+
+/// `processing.dynamic_partitioning`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicPartitioningConfig {
+    /// Firehose's `Enabled`; true when the block is present, so `enabled: false` keeps the block
+    /// around while switching it off.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Key name → jq expression evaluated on each record (a JSON object), like Firehose's
+    /// `MetadataExtractionQuery` `{service: .service, year: .ts | strftime("%Y")}`. Each must
+    /// yield exactly one string, number or boolean; otherwise the record goes to the error
+    /// output under `metadata-extraction-failed`.
+    #[serde(default)]
+    pub keys: BTreeMap<String, String>,
+    /// Partitions with an open or undelivered batch at once. Firehose allows 500 by default
+    /// (raisable to 5,000); a record for a further partition goes to the error output under
+    /// `activePartitionExceeded`.
+    #[serde(default = "default_max_active_partitions")]
+    pub max_active_partitions: u32,
+    /// Firehose's `RetryOptions.DurationInSeconds` for dynamic partitioning (0-7200): how long
+    /// delivery of a partition's batch is retried before its records go to the error output.
+    #[serde(default = "default_partitioning_retry_duration_seconds")]
+    pub retry_duration_seconds: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -268,12 +309,25 @@ fn default_interval_seconds() -> u64 {
 fn default_retry_duration_seconds() -> u64 {
     86_400
 }
+fn default_true() -> bool {
+    true
+}
+fn default_max_active_partitions() -> u32 {
+    500
+}
+fn default_partitioning_retry_duration_seconds() -> u64 {
+    300
+}
 
 /// Bounds that keep a typo from meaning "wait an hour" or "use a petabyte".
 const MAX_SHUTDOWN_GRACE_SECONDS: u64 = 3_600;
 const MIN_WAL_MIB: u64 = 8;
 const MAX_WAL_MIB: u64 = 1 << 20;
 const MAX_WAIT_MS: u64 = 60_000;
+/// Firehose's active partition quota: 500 by default, raisable to 5,000.
+const MAX_ACTIVE_PARTITIONS: u32 = 5_000;
+/// Firehose's `RetryOptions.DurationInSeconds` range for dynamic partitioning.
+const MAX_PARTITIONING_RETRY_SECONDS: u64 = 7_200;
 
 /// One validation problem, located by its YAML path (e.g. `streams[0].buffering.size_mib`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -400,7 +454,12 @@ impl Config {
                     ),
                 );
             }
-            for problem in stream.sink.validate() {
+            let sink_problems = stream.sink.validate();
+            let sink_reported = |field: &str| sink_problems.iter().any(|problem| problem.path == field);
+            for problem in dynamic_partitioning_problems(stream, &sink_reported) {
+                push(at(&problem.path), problem.message);
+            }
+            for problem in sink_problems {
                 push(at(&format!("sink.{}", problem.path)), problem.message);
             }
         }
@@ -412,8 +471,203 @@ impl Config {
     }
 }
 
+/// `processing.dynamic_partitioning` and how the sink prefix uses it; paths are relative to the
+/// stream. `sink_reported(field)` says whether the sink's own validation already flagged a field.
+fn dynamic_partitioning_problems(stream: &StreamConfig, sink_reported: &dyn Fn(&str) -> bool) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut push = |path: &str, message: String| problems.push(Problem { path: path.to_string(), message });
+    let block = "processing.dynamic_partitioning";
+    let enabled_keys = stream.processing.partition_keys();
+
+    if let Some(dynamic) = &stream.processing.dynamic_partitioning {
+        if !stream.sink.supports_dynamic_partitioning() {
+            push(block, format!("is not supported by a {} sink (Firehose: S3 only)", stream.sink.type_name()));
+        }
+        if dynamic.enabled && dynamic.keys.is_empty() {
+            push(&format!("{block}.keys"), "at least one key is required when dynamic partitioning is enabled".into());
+        }
+        if dynamic.keys.contains_key("") {
+            push(&format!("{block}.keys"), "a key name must not be empty".into());
+        }
+        if !(1..=MAX_ACTIVE_PARTITIONS).contains(&dynamic.max_active_partitions) {
+            push(
+                &format!("{block}.max_active_partitions"),
+                format!("must be between 1 and {MAX_ACTIVE_PARTITIONS} (got {})", dynamic.max_active_partitions),
+            );
+        }
+        if dynamic.retry_duration_seconds > MAX_PARTITIONING_RETRY_SECONDS {
+            push(
+                &format!("{block}.retry_duration_seconds"),
+                format!(
+                    "must be between 0 and {MAX_PARTITIONING_RETRY_SECONDS} (got {})",
+                    dynamic.retry_duration_seconds
+                ),
+            );
+        }
+        // Disabled keys are still compiled: a typo should not wait until someone enables them.
+        if let Err(errors) = PartitionKeys::compile(&dynamic.keys) {
+            for error in errors {
+                push(&format!("{block}.keys.{}", error.key), error.message);
+            }
+        }
+        // Firehose requires an error output prefix whenever dynamic partitioning is enabled.
+        if dynamic.enabled && !stream.sink.has_error_output_prefix() && !sink_reported("error_output_prefix") {
+            push("sink.error_output_prefix", "is required when dynamic partitioning is enabled".into());
+        }
+    }
+
+    // An unparsable prefix is reported by the sink's own validation.
+    let Ok(named) = stream.sink.partition_keys_in_prefix() else {
+        return problems;
+    };
+    let mut reported = BTreeSet::new();
+    for (source, name) in named {
+        if !reported.insert((source == PartitionKeySource::Query, name.clone())) {
+            continue;
+        }
+        match source {
+            PartitionKeySource::Query if enabled_keys.is_empty() => push(
+                "sink.prefix",
+                format!("uses !{{partitionKeyFromQuery:{name}}} but processing.dynamic_partitioning is not enabled"),
+            ),
+            PartitionKeySource::Query if !enabled_keys.contains_key(&name) => push(
+                "sink.prefix",
+                format!("uses !{{partitionKeyFromQuery:{name}}} but {block}.keys has no key `{name}`"),
+            ),
+            PartitionKeySource::Query => {}
+            PartitionKeySource::Lambda => push(
+                "sink.prefix",
+                format!(
+                    "uses !{{partitionKeyFromLambda:{name}}}, which needs a Lambda transform returning partition keys; spillway has none, use partitionKeyFromQuery"
+                ),
+            ),
+        }
+    }
+    problems
+}
+
 /// Firehose's `DeliveryStreamName` constraint.
 pub fn is_valid_stream_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// One stream with the given `processing:` and `sink:` bodies (flow YAML).
+    fn problems(processing: &str, sink: &str) -> Vec<Problem> {
+        let yaml = format!("streams:\n  - name: s\n    processing: {processing}\n    sink: {sink}\n");
+        match serde_yaml_ng::from_str::<Config>(&yaml) {
+            Ok(config) => config.validate(),
+            Err(error) => panic!("{error}"),
+        }
+    }
+
+    fn paths(problems: &[Problem]) -> Vec<&str> {
+        problems.iter().map(|problem| problem.path.as_str()).collect()
+    }
+
+    const PARTITIONED_SINK: &str = "{ type: s3, url: 'file://out', prefix: 'svc=!{partitionKeyFromQuery:service}/', error_output_prefix: 'errors/!{firehose:error-output-type}/' }";
+
+    #[test]
+    fn dynamic_partitioning_defaults_and_a_valid_stream() {
+        let yaml = format!(
+            "streams:\n  - name: s\n    processing: {{ dynamic_partitioning: {{ keys: {{ service: '.service' }} }} }}\n    sink: {PARTITIONED_SINK}\n"
+        );
+        let config = parse_str(&yaml, Path::new("test.yaml")).unwrap();
+        let dynamic = config.streams[0].processing.dynamic_partitioning.clone().unwrap();
+        assert!(dynamic.enabled);
+        assert_eq!(dynamic.max_active_partitions, 500);
+        assert_eq!(dynamic.retry_duration_seconds, 300);
+        assert_eq!(config.validate(), []);
+        assert_eq!(config.streams[0].processing.partition_keys().len(), 1);
+    }
+
+    #[test]
+    fn prefix_keys_need_dynamic_partitioning_with_that_key() {
+        let found = problems("{}", PARTITIONED_SINK);
+        assert_eq!(paths(&found), ["streams[0].sink.prefix"]);
+        assert!(found[0].message.contains("not enabled"), "{}", found[0]);
+
+        let found = problems("{ dynamic_partitioning: { keys: { team: '.team' } } }", PARTITIONED_SINK);
+        assert_eq!(paths(&found), ["streams[0].sink.prefix"]);
+        assert!(found[0].message.contains("no key `service`"), "{}", found[0]);
+
+        let found =
+            problems("{ dynamic_partitioning: { enabled: false, keys: { service: '.service' } } }", PARTITIONED_SINK);
+        assert_eq!(paths(&found), ["streams[0].sink.prefix"]);
+    }
+
+    #[test]
+    fn dynamic_partitioning_requires_an_error_output_prefix_once() {
+        let keys = "{ dynamic_partitioning: { keys: { service: '.service' } } }";
+        // The prefix names the key: the sink's own rule reports it, not twice.
+        let found = problems(keys, "{ type: s3, url: 'file://out', prefix: 'svc=!{partitionKeyFromQuery:service}/' }");
+        assert_eq!(paths(&found), ["streams[0].sink.error_output_prefix"]);
+        // Keys unused by the prefix are allowed, but the error prefix is still required.
+        let found = problems(keys, "{ type: s3, url: 'file://out' }");
+        assert_eq!(paths(&found), ["streams[0].sink.error_output_prefix"]);
+        assert!(found[0].message.contains("dynamic partitioning"), "{}", found[0]);
+        let found = problems(keys, "{ type: s3, url: 'file://out', error_output_prefix: 'errors/' }");
+        assert_eq!(found, []);
+    }
+
+    #[test]
+    fn keys_must_compile_and_have_names() {
+        let found = problems(
+            "{ dynamic_partitioning: { keys: { '': '.a', broken: '.a |', fine: '.b', unknown: 'nope(1)' } } }",
+            "{ type: s3, url: 'file://out', error_output_prefix: 'errors/' }",
+        );
+        assert_eq!(
+            paths(&found),
+            [
+                "streams[0].processing.dynamic_partitioning.keys",
+                "streams[0].processing.dynamic_partitioning.keys.broken",
+                "streams[0].processing.dynamic_partitioning.keys.unknown",
+            ]
+        );
+        assert!(found[2].message.contains("undefined filter `nope`"), "{}", found[2]);
+
+        let found = problems(
+            "{ dynamic_partitioning: { keys: {} } }",
+            "{ type: s3, url: 'file://out', error_output_prefix: 'errors/' }",
+        );
+        assert_eq!(paths(&found), ["streams[0].processing.dynamic_partitioning.keys"]);
+    }
+
+    #[test]
+    fn partition_limits_follow_firehose() {
+        let found = problems(
+            "{ dynamic_partitioning: { keys: { a: '.a' }, max_active_partitions: 5001, retry_duration_seconds: 7201 } }",
+            "{ type: s3, url: 'file://out', error_output_prefix: 'errors/' }",
+        );
+        assert_eq!(
+            paths(&found),
+            [
+                "streams[0].processing.dynamic_partitioning.max_active_partitions",
+                "streams[0].processing.dynamic_partitioning.retry_duration_seconds",
+            ]
+        );
+        let found = problems(
+            "{ dynamic_partitioning: { keys: { a: '.a' }, max_active_partitions: 0 } }",
+            "{ type: s3, url: 'file://out', error_output_prefix: 'errors/' }",
+        );
+        assert_eq!(paths(&found), ["streams[0].processing.dynamic_partitioning.max_active_partitions"]);
+        let yaml = "streams:\n  - name: s\n    processing: { dynamic_partitioning: { keys: {}, max_partitions: 1 } }\n    sink: { type: s3, url: 'file://out' }\n";
+        assert!(parse_str(yaml, Path::new("test.yaml")).is_err(), "unknown fields are refused");
+    }
+
+    #[test]
+    fn lambda_partition_keys_are_refused() {
+        let found = problems(
+            "{}",
+            "{ type: s3, url: 'file://out', prefix: 't=!{partitionKeyFromLambda:team}/', error_output_prefix: 'errors/!{firehose:error-output-type}/' }",
+        );
+        assert_eq!(paths(&found), ["streams[0].sink.prefix"]);
+        assert!(found[0].message.contains("Lambda"), "{}", found[0]);
+    }
 }

@@ -220,8 +220,8 @@ impl Delivery {
                 return;
             }
         };
-        tracing::error!(stream = %batch.stream, batch = %batch.id, records = count, error_output_type = self.failure_output_type, code = %first_code, "routing records to the error output");
         self.write_error_output(batch, self.failure_output_type, lines, count).await;
+        tracing::error!(stream = %batch.stream, batch = %batch.id, records = count, error_output_type = self.failure_output_type, code = %first_code, "records routed to the error output");
     }
 
     /// Write error records, retrying until it succeeds: nothing is dropped.

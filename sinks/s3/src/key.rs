@@ -160,6 +160,15 @@ impl PrefixTemplate {
         self.segments.iter().any(|segment| matches!(segment, Segment::PartitionKey { .. }))
     }
 
+    /// The partition keys the template names, in order of appearance (repeats included), so
+    /// configuration validation can check each is defined.
+    pub fn partition_keys(&self) -> impl Iterator<Item = (PartitionKeySource, &str)> {
+        self.segments.iter().filter_map(|segment| match segment {
+            Segment::PartitionKey { source, name } => Some((*source, name.as_str())),
+            _ => None,
+        })
+    }
+
     /// The literal text before the first expression, cut back to its last `/`: the part of the
     /// key space every object of this template lives under (used by the healthcheck).
     pub fn literal_root(&self) -> &str {
@@ -649,6 +658,21 @@ mod tests {
         };
         assert_eq!(template.render(&context(None)), Err(RenderError::MissingErrorOutputType));
         assert_eq!(template.render(&context(Some("a/b"))), Err(RenderError::BadErrorOutputType("a/b".to_string())));
+    }
+
+    #[test]
+    fn partition_keys_lists_the_named_keys_in_order() {
+        let template = PrefixTemplate::parse(
+            Some("a=!{partitionKeyFromQuery:a}/!{timestamp:yyyy}/b=!{partitionKeyFromLambda:b}/!{partitionKeyFromQuery:a}/"),
+            PrefixKind::Data,
+        )
+        .unwrap();
+        let keys: Vec<_> = template.partition_keys().collect();
+        assert_eq!(
+            keys,
+            [(PartitionKeySource::Query, "a"), (PartitionKeySource::Lambda, "b"), (PartitionKeySource::Query, "a")]
+        );
+        assert_eq!(PrefixTemplate::parse(None, PrefixKind::Data).unwrap().partition_keys().count(), 0);
     }
 
     #[test]

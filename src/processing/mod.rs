@@ -1,0 +1,11 @@
+//! Record processing between the WAL and the open batches: what a record's content decides
+//! (today its dynamic partition, see [`partition`]). Everything here is pure and deterministic —
+//! a replayed record must land in the same partition — and must not do I/O, read the clock, or
+//! know about batches, sinks or the WAL.
+
+pub mod partition;
+
+pub use partition::{
+    KeyCompileError, KeyError, METADATA_EXTRACTION_FAILED, METADATA_EXTRACTION_OUTPUT_TYPE, PartitionKeys,
+    PartitionValues,
+};
