@@ -18,12 +18,12 @@
 #                                                      # values (one line per record: a key needs one JSON object)
 #   scripts/bench.sh --codec-only                      # only the codec figures, no server
 # Other options: --codec-mib N (codec input, default min(256, total)), --no-codec (skip the codec),
-# --port N. The binary is $CARGO_TARGET_DIR/release/spillway (default target/).
+# --port N, --drain-timeout SECONDS (default 600). The binary is $CARGO_TARGET_DIR/release/spillway (default target/).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 sink=local total_mib=256 size_mib=5 fsync=always compression=gzip recovery_mib=0 port=4599
-lines_per_record= partitions=0 codec_mib=256 codec=yes codec_only=no
+lines_per_record= partitions=0 codec_mib=256 codec=yes codec_only=no drain_timeout=600
 while (($#)); do
 	case "$1" in
 	--lines-per-record) lines_per_record=$2; shift 2 ;;
@@ -32,6 +32,7 @@ while (($#)); do
 	--no-codec) codec=no; shift ;;
 	--codec-only) codec_only=yes; shift ;;
 	--port) port=$2; shift 2 ;;
+	--drain-timeout) drain_timeout=$2; shift 2 ;;
 	--sink) sink=$2; shift 2 ;;
 	--total-mib) total_mib=$2; shift 2 ;;
 	--size-mib) size_mib=$2; shift 2 ;;
@@ -80,6 +81,7 @@ cleanup() {
 	rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 143' INT TERM
 
 case "$sink" in
 local)
@@ -170,7 +172,12 @@ if ((recovery_mib > 0)); then
 fi
 
 start_server
-"$bin" bench --endpoint "http://127.0.0.1:$port" --stream bench --total-mib "$total_mib" "${gen_args[@]}" "${codec_args[@]}"
+if ! "$bin" bench --endpoint "http://127.0.0.1:$port" --stream bench --total-mib "$total_mib" "${gen_args[@]}" \
+	"${codec_args[@]}" --drain-timeout-seconds "$drain_timeout"; then
+	echo "the load run failed; last lines of the server log:" >&2
+	tail -n 20 "$work/server.log" >&2
+	exit 1
+fi
 if ((partitions > 0)) && [[ $sink == local ]]; then
 	made=$(find "$work/out/logs" -mindepth 1 -maxdepth 1 -type d -name 'service=*' 2>/dev/null | wc -l)
 	echo "partitions: $made of $partitions service=* prefixes written"
