@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use spillway::app::App;
-use spillway::client::{bench, put};
+use spillway::client::{bench, codec_bench, put};
 use spillway::config;
 use spillway::wal::inspect;
 
@@ -81,9 +81,22 @@ enum Command {
         /// ~350-byte access-log lines per record (6 makes a 500-record batch about 1 MiB).
         #[arg(long, default_value_t = 6)]
         lines_per_record: usize,
+        /// Give every line a `"service"` field spread over this many values (0: none).
+        #[arg(long, default_value_t = 0)]
+        partitions: usize,
         /// Give up waiting for delivery after this many seconds.
         #[arg(long, default_value_t = 600)]
         drain_timeout_seconds: u64,
+        /// Before sending, measure gzip -6 and zstd -3 alone on the same bytes and report
+        /// spillway's figures as ratios to this codec's (gzip or zstd).
+        #[arg(long, value_parser = parse_codec)]
+        codec_baseline: Option<codec_bench::Codec>,
+        /// Bytes (MiB, at most --total-mib) the codec measurement compresses.
+        #[arg(long, default_value_t = 256)]
+        codec_mib: u64,
+        /// Only measure the codecs on the bytes a run would send; no server needed.
+        #[arg(long, hide = true)]
+        codec_only: bool,
     },
     /// Look at or repair a stream's write-ahead log. Run these with spillway stopped: they read
     /// and rewrite the files under data_dir directly.
@@ -230,20 +243,44 @@ async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { endpoint, stream, total_mib, clients, lines_per_record, drain_timeout_seconds } => {
+        Command::Bench {
+            endpoint,
+            stream,
+            total_mib,
+            clients,
+            lines_per_record,
+            partitions,
+            drain_timeout_seconds,
+            codec_baseline,
+            codec_mib,
+            codec_only,
+        } => {
             let options = bench::BenchOptions {
                 endpoint,
                 stream,
                 total_mib,
                 clients,
                 lines_per_record,
+                partitions,
                 drain_timeout: Duration::from_secs(drain_timeout_seconds),
+                codec_baseline,
+                codec_mib,
             };
+            if codec_only {
+                println!("machine: {}", codec_bench::machine_description());
+                let report = tokio::task::spawn_blocking(move || bench::codec_only(&options)).await??;
+                println!("{}", report.render());
+                return Ok(ExitCode::SUCCESS);
+            }
             let report = bench::run(options).await?;
             println!("{}", report.render());
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn parse_codec(name: &str) -> Result<codec_bench::Codec, String> {
+    codec_bench::Codec::parse(name).ok_or_else(|| format!("`{name}` is not gzip or zstd"))
 }
 
 /// SIGTERM and SIGINT (Ctrl-C) handlers, installed before the server announces itself so a

@@ -3,6 +3,7 @@
 //! `PutRecordBatch` calls within Firehose's limits (500 records, 4 MiB).
 
 pub mod bench;
+pub mod codec_bench;
 pub mod put;
 
 use aws_sdk_firehose::Client;
