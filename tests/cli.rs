@@ -30,8 +30,10 @@ fn validate_accepts_the_shipped_examples() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let (code, _, stderr) = spillway(&["validate", "-c", "config/partitioned.yaml"], root);
-    assert_eq!(code, 0, "{stderr}");
+    for example in ["config/partitioned.yaml", "config/tail.yaml"] {
+        let (code, _, stderr) = spillway(&["validate", "-c", example], root);
+        assert_eq!(code, 0, "{example}: {stderr}");
+    }
 }
 
 #[test]
