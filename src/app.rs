@@ -25,6 +25,9 @@ use crate::processing::PartitionKeys;
 use crate::sources::{Ingest, StreamIngest};
 use crate::wal::{Wal, WalOptions};
 
+/// How long the start-up sink check may take before spillway starts anyway.
+const SINK_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("cannot use data_dir {path}: {source}")]
@@ -128,6 +131,19 @@ impl App {
                 .build(&name)
                 .await
                 .map_err(|source| AppError::Sink { stream: name.clone(), source: Box::new(source) })?;
+            // A destination that is down is not a reason to refuse records (they wait in the
+            // WAL), but the operator should hear about it at once, not at the first batch.
+            match tokio::time::timeout(SINK_CHECK_TIMEOUT, built.sink.healthcheck()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(stream = %name, %error, "sink healthcheck failed at start-up; records wait in the wal")
+                }
+                Err(_) => tracing::warn!(
+                    stream = %name,
+                    timeout_seconds = SINK_CHECK_TIMEOUT.as_secs(),
+                    "sink healthcheck did not answer at start-up; records wait in the wal"
+                ),
+            }
             let wal_for_metrics = wal.clone();
             let stream_metrics = metrics.register(
                 &name,
