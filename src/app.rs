@@ -92,6 +92,7 @@ impl App {
                 segment_bytes: config.wal.segment_mib << 20,
                 max_bytes: config.limits.max_wal_mib << 20,
                 full_wait: Duration::from_millis(config.limits.full_wait_ms),
+                track_positions: !stream.source.accepts_puts(),
             };
             let wal_dir = options.dir.clone();
             let (wal, report) = match Wal::open(options, delivered) {

@@ -48,6 +48,7 @@ impl Harness {
             segment_bytes: 1 << 20,
             max_bytes: 1 << 30,
             full_wait: Duration::ZERO,
+            track_positions: false,
         };
         let (wal, _) = Wal::open(options, 0).unwrap();
         Self {

@@ -39,6 +39,7 @@ fn harness(server_yaml: &str, limits_yaml: &str) -> Harness {
         segment_bytes: 1 << 20,
         max_bytes: 1 << 30,
         full_wait: Duration::ZERO,
+        track_positions: false,
     };
     let (wal, _) = Wal::open(options, 0).expect("wal opens");
     let mut metrics = Metrics::default();

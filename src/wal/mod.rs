@@ -40,6 +40,9 @@ pub struct WalOptions {
     /// How long an append waits for room in a full WAL before it fails with `WalError::Full`;
     /// zero refuses at once.
     pub full_wait: Duration,
+    /// The stream has a pull source: keep the shards' positions (recovered at open, saved about
+    /// once a second). Push-only streams skip both, so opening never reads the backlog.
+    pub track_positions: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +140,8 @@ impl Wal {
                 scan.end_sequence.max(delivered)
             }
         };
-        let (recovered_positions, position_frames_read) = positions::recover(&options.dir, next_sequence)?;
+        let (recovered_positions, position_frames_read) =
+            if options.track_positions { positions::recover(&options.dir, next_sequence)? } else { Default::default() };
         let positions: positions::SharedPositions = Arc::new(std::sync::Mutex::new(recovered_positions));
         let report = RecoveryReport {
             segments: segments.len(),

@@ -15,6 +15,7 @@ fn options(dir: &Path) -> WalOptions {
         segment_bytes: 4096,
         max_bytes: 1 << 30,
         full_wait: Duration::ZERO,
+        track_positions: false,
     }
 }
 
@@ -480,6 +481,7 @@ fn shard_position(shard: &str, position: u64) -> SourcePosition {
 #[tokio::test]
 async fn pulled_positions_survive_a_reopen_and_a_fully_delivered_wal() {
     let dir = tempfile::tempdir().unwrap();
+    let options = |dir: &Path| WalOptions { track_positions: true, ..options(dir) };
     let (wal, _) = Wal::open(options(dir.path()), 0).unwrap();
     for round in 0..30u64 {
         let shard = if round % 2 == 0 { "shard-a" } else { "shard-b" };
@@ -513,7 +515,7 @@ async fn pulled_positions_survive_a_reopen_and_a_fully_delivered_wal() {
 #[tokio::test]
 async fn a_source_position_that_cannot_be_stored_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = Wal::open(options(dir.path()), 0).unwrap();
+    let (wal, _) = Wal::open(WalOptions { track_positions: true, ..options(dir.path()) }, 0).unwrap();
     let too_long = SourcePosition { shard: "s".into(), position: "9".repeat(MAX_SOURCE_FIELD_LEN + 1) };
     let error = wal.append_pulled(0, records("x", 1), too_long).await.unwrap_err();
     assert!(matches!(error, WalError::SourcePositionTooLong { .. }), "{error}");

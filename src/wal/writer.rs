@@ -212,6 +212,8 @@ struct Writer {
 
 /// Source positions as the writer moves them: written → synced (shared with readers) → saved.
 struct PositionTracker {
+    /// Off for push-only streams: nothing to keep, no file to write.
+    enabled: bool,
     shared: SharedPositions,
     /// Written but not yet synced (`fsync: interval`), with the sequence after each frame.
     unsynced: Vec<(u64, SourcePosition)>,
@@ -225,8 +227,9 @@ struct PositionTracker {
 const POSITIONS_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl PositionTracker {
-    fn new(shared: SharedPositions, next_sequence: u64) -> Self {
+    fn new(enabled: bool, shared: SharedPositions, next_sequence: u64) -> Self {
         Self {
+            enabled,
             shared,
             unsynced: Vec::new(),
             synced_at: next_sequence,
@@ -253,7 +256,7 @@ impl PositionTracker {
     /// Save when a second has passed since the last save and frames were added (or `force`).
     /// False when the save failed (then nothing that relies on it may happen).
     fn save_if_due(&mut self, dir: &Path, force: bool) -> bool {
-        if self.synced_at == self.saved_at_sequence {
+        if !self.enabled || self.synced_at == self.saved_at_sequence {
             return true;
         }
         if !force && self.saved_at.elapsed() < POSITIONS_SAVE_INTERVAL {
@@ -291,6 +294,7 @@ impl Writer {
                 SegmentFile { first_sequence: next_sequence, path }
             }
         };
+        let track_positions = options.track_positions;
         let file = open_append(&active.path)?;
         sync_dir(&options.dir)?;
         let active_len = file.metadata().map_err(|source| WalError::Io { path: active.path.clone(), source })?.len();
@@ -324,7 +328,7 @@ impl Writer {
             unsynced_since: None,
             failed: None,
             buffer: Vec::new(),
-            positions: PositionTracker::new(positions, next_sequence),
+            positions: PositionTracker::new(track_positions, positions, next_sequence),
         })
     }
 
