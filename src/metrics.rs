@@ -51,8 +51,11 @@ type WalGaugeOf = fn(&WalSize) -> u64;
 /// them), so the table sits behind a lock that is only held to register, remove or render.
 #[derive(Default)]
 pub struct Metrics {
-    streams: RwLock<BTreeMap<String, (Arc<StreamMetrics>, Arc<WalSizeProbe>)>>,
+    streams: RwLock<BTreeMap<String, Registered>>,
 }
+
+/// One registered stream: its counters and its WAL size probe.
+type Registered = (Arc<StreamMetrics>, Arc<WalSizeProbe>);
 
 impl Metrics {
     /// Register a stream (again: a re-registered stream keeps counting from zero); `wal_size`
@@ -72,7 +75,7 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         // A snapshot, so the lock is not held while the WAL sizes are read.
-        let streams: BTreeMap<String, (Arc<StreamMetrics>, Arc<WalSizeProbe>)> =
+        let streams: BTreeMap<String, Registered> =
             self.streams.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let mut out = String::new();
         let counters: [(&str, &str, CounterOf); 10] = [

@@ -380,3 +380,60 @@ async fn yaml_streams_are_read_only_and_bad_requests_get_aws_errors() {
         .expect("raw request");
     assert!(response.headers().contains_key("x-amzn-requestid"));
 }
+
+/// The same Terraform sequence driven by boto3 (a user's script or an `awslocal`-style tool).
+#[tokio::test]
+#[ignore = "needs services: scripts/test.sh"]
+async fn terraform_sequence_with_boto3() {
+    let python = common::s3::env("SPILLWAY_TEST_PYTHON");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spillway = Spillway::start(dir.path(), &yaml());
+    let script = r#"
+import os, sys, time, boto3
+fh = boto3.client('firehose', endpoint_url=os.environ['ENDPOINT'], region_name='us-east-1',
+                  aws_access_key_id='test', aws_secret_access_key='test')
+name = 'py-stream'
+dest = {'RoleARN': 'arn:aws:iam::000000000000:role/firehose', 'BucketARN': 'arn:aws:s3:::py-bucket',
+        'Prefix': 'v1/', 'BufferingHints': {'SizeInMBs': 1, 'IntervalInSeconds': 1},
+        'CompressionFormat': 'UNCOMPRESSED', 'CloudWatchLoggingOptions': {'Enabled': False},
+        'ProcessingConfiguration': {'Enabled': True, 'Processors': [{'Type': 'AppendDelimiterToRecord'}]},
+        'S3BackupMode': 'Disabled', 'CustomTimeZone': 'UTC'}
+fh.create_delivery_stream(DeliveryStreamName=name, DeliveryStreamType='DirectPut',
+                          ExtendedS3DestinationConfiguration=dest, Tags=[{'Key': 'team', 'Value': 'data'}])
+while fh.describe_delivery_stream(DeliveryStreamName=name)['DeliveryStreamDescription']['DeliveryStreamStatus'] != 'ACTIVE':
+    time.sleep(0.1)
+d = fh.describe_delivery_stream(DeliveryStreamName=name)['DeliveryStreamDescription']
+assert fh.list_tags_for_delivery_stream(DeliveryStreamName=name)['Tags'] == [{'Key': 'team', 'Value': 'data'}]
+fh.put_record_batch(DeliveryStreamName=name, Records=[{'Data': b'{"n":1}'}])
+fh.update_destination(DeliveryStreamName=name, CurrentDeliveryStreamVersionId=d['VersionId'],
+                      DestinationId=d['Destinations'][0]['DestinationId'],
+                      ExtendedS3DestinationUpdate=dict(dest, Prefix='v2/'))
+fh.tag_delivery_stream(DeliveryStreamName=name, Tags=[{'Key': 'env', 'Value': 'test'}])
+d = fh.describe_delivery_stream(DeliveryStreamName=name)['DeliveryStreamDescription']
+assert d['VersionId'] == '2', d['VersionId']
+assert d['Destinations'][0]['ExtendedS3DestinationDescription']['Prefix'] == 'v2/'
+try:
+    fh.update_destination(DeliveryStreamName=name, CurrentDeliveryStreamVersionId='1',
+                          DestinationId='destinationId-000000000001', ExtendedS3DestinationUpdate={'Prefix': 'x/'})
+    sys.exit('stale update accepted')
+except fh.exceptions.ConcurrentModificationException:
+    pass
+fh.delete_delivery_stream(DeliveryStreamName=name)
+while True:
+    try:
+        fh.describe_delivery_stream(DeliveryStreamName=name)
+        time.sleep(0.1)
+    except fh.exceptions.ResourceNotFoundException:
+        break
+print('ok')
+"#;
+    let output = std::process::Command::new(python)
+        .args(["-c", script])
+        .env("ENDPOINT", &spillway.endpoint)
+        .output()
+        .expect("run python");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ok");
+    let lines = delivered_lines(&dir.path().join("buckets/py-bucket"));
+    assert_eq!(lines, ["{\"n\":1}"], "the record accepted before the update and the delete was delivered");
+}
