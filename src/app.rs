@@ -86,7 +86,11 @@ impl App {
         let api_records = catalog::load_api_records(&data_dir)
             .map_err(|source| AppError::Catalog { stream: String::new(), source })?;
         let mut deleting = Vec::new();
-        for record in api_records {
+        for mut record in api_records {
+            // A create interrupted by a crash: the stream builds now, so it is active.
+            if record.status == catalog::StreamStatus::Creating {
+                record.status = catalog::StreamStatus::Active;
+            }
             if streams.contains_key(&record.name) {
                 tracing::warn!(stream = %record.name, "a YAML stream has the name of an API-created stream; the YAML one is used");
                 continue;
