@@ -1,7 +1,8 @@
-//! Wiring: builds every stream (WAL, sink, delivery loop) from a validated `Config`, serves the
-//! HTTP front, and shuts down in order: stop intake → flush buffers → finish deliveries → commit
-//! checkpoints → close the WAL. A stream whose WAL cannot be opened (damage, I/O) is marked
-//! stopped with the reason and gets no delivery loop; every other stream runs.
+//! Wiring: starts every stream — the YAML ones, then those created through the API (from the
+//! catalog under `data_dir`) — through [`crate::streams::Lifecycle`], serves the HTTP front, and
+//! shuts down in order: stop intake → flush buffers → finish deliveries → commit checkpoints →
+//! close the WAL. A stream whose WAL cannot be opened (damage, I/O) is marked stopped with the
+//! reason and gets no delivery loop; every other stream runs.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,19 +15,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::checkpoint::{Checkpoint, CheckpointError, write_atomically};
+use crate::catalog::{self, CatalogError};
+use crate::checkpoint::{CheckpointError, write_atomically};
 use crate::config::Config;
-use crate::metrics::{Metrics, WalSize};
-use crate::pipeline::{
-    BatchingOptions, Delivery, DeliveryLoop, IntentError, IntentLog, JqPartitioner, MemoryBudget, Partitioner,
-    PipelineError, Router,
-};
-use crate::processing::PartitionKeys;
-use crate::sources::{Ingest, StreamIngest};
-use crate::wal::{Wal, WalOptions};
-
-/// How long the start-up sink check may take before spillway starts anyway.
-const SINK_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::metrics::Metrics;
+use crate::pipeline::{IntentError, MemoryBudget, PipelineError};
+use crate::sources::Ingest;
+use crate::streams::{Lifecycle, StreamEnv};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -34,6 +29,8 @@ pub enum AppError {
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("stream {stream}: {source}")]
     Checkpoint { stream: String, source: CheckpointError },
+    #[error("stream {stream}: {source}")]
+    Catalog { stream: String, source: CatalogError },
     #[error("stream {stream}: {source}")]
     Intent { stream: String, source: IntentError },
     #[error("stream {stream}: cannot build its sink: {source}")]
@@ -48,16 +45,12 @@ pub enum AppError {
     Server(std::io::Error),
 }
 
-/// A running spillway: the HTTP server and one delivery loop per stream.
+/// A running spillway: the HTTP server and the streams' lifecycle (one delivery loop per stream).
 pub struct App {
     addr: SocketAddr,
     stop_intake: watch::Sender<bool>,
-    /// Pull sources' reader tasks (tailed files, …); they stop with intake.
-    readers: Vec<JoinHandle<()>>,
-    stop_delivery: watch::Sender<bool>,
     server: JoinHandle<Result<(), std::io::Error>>,
-    pipelines: Vec<(String, JoinHandle<Result<(), PipelineError>>)>,
-    wals: Vec<Wal>,
+    lifecycle: Arc<Lifecycle>,
     grace: Duration,
 }
 
@@ -67,166 +60,63 @@ impl App {
         std::fs::create_dir_all(&data_dir).map_err(|source| AppError::DataDir { path: data_dir.clone(), source })?;
         let instance_id = load_or_create_instance_id(&data_dir)?;
 
-        let mut metrics = Metrics::default();
-        let budget = MemoryBudget::new((config.limits.max_open_batches_mib << 20) as usize);
-        // Stops intake: the HTTP server and the pull sources' readers.
-        let (stop_intake, _) = watch::channel(false);
-        let mut readers = Vec::new();
+        let metrics = Arc::new(Metrics::default());
+        let lifecycle = Arc::new(Lifecycle::new(StreamEnv {
+            data_dir: data_dir.clone(),
+            wal: config.wal.clone(),
+            limits: config.limits.clone(),
+            instance_id,
+            budget: MemoryBudget::new((config.limits.max_open_batches_mib << 20) as usize),
+            metrics: metrics.clone(),
+        }));
+        let now_ms = chrono::Utc::now().timestamp_millis();
         let mut streams = BTreeMap::new();
-        let mut loops = Vec::new();
-        let mut stopped_flags = Vec::new();
-        let mut wals = Vec::new();
         for stream in &config.streams {
-            let name = stream.name.clone();
-            let stream_dir = data_dir.join("streams").join(&name);
-            let checkpoint = Checkpoint::new(&stream_dir);
-            std::fs::create_dir_all(&stream_dir)
-                .map_err(|source| AppError::DataDir { path: stream_dir.clone(), source })?;
-            let delivered =
-                checkpoint.load().map_err(|source| AppError::Checkpoint { stream: name.clone(), source })?;
-            let started = std::time::Instant::now();
-            let options = WalOptions {
-                dir: stream_dir.join("wal"),
-                fsync: config.wal.fsync,
-                fsync_interval: Duration::from_millis(config.wal.fsync_interval_ms),
-                segment_bytes: config.wal.segment_mib << 20,
-                max_bytes: config.limits.max_wal_mib << 20,
-                full_wait: Duration::from_millis(config.limits.full_wait_ms),
-                track_positions: !stream.source.accepts_puts(),
-            };
-            let wal_dir = options.dir.clone();
-            let (wal, report) = match Wal::open(options, delivered) {
-                Ok(opened) => opened,
-                Err(error) => {
-                    // Only this stream stops; its files stay for `spillway wal inspect`.
-                    let reason = format!(
-                        "{error}; its wal files are kept: see `spillway wal inspect --stream {name}` and `spillway wal quarantine`"
-                    );
-                    tracing::error!(stream = %name, %error, "cannot open the wal; this stream is stopped, the others run");
-                    let wal = Wal::unavailable(wal_dir);
-                    let wal_for_metrics = wal.clone();
-                    let stream_metrics = metrics.register(
-                        &name,
-                        Box::new(move || WalSize { undelivered_bytes: 0, disk_bytes: wal_for_metrics.disk_bytes() }),
-                    );
-                    let stopped = Arc::new(std::sync::OnceLock::from(reason));
-                    streams
-                        .insert(name, StreamIngest { config: stream.clone(), wal, metrics: stream_metrics, stopped });
-                    continue;
-                }
-            };
-            if let Some(truncated) = &report.truncated_tail {
-                tracing::warn!(stream = %name, %truncated, "cut off a torn wal tail left by a crash");
-            }
-            tracing::info!(
-                stream = %name,
-                segments = report.segments,
-                undelivered_records = report.next_sequence.saturating_sub(delivered),
-                undelivered_bytes = wal.undelivered_bytes(),
-                wal_disk_bytes = report.bytes,
-                recovery_ms = started.elapsed().as_millis() as u64,
-                "wal opened"
-            );
-            let built = stream
-                .sink
-                .build(&name)
-                .await
-                .map_err(|source| AppError::Sink { stream: name.clone(), source: Box::new(source) })?;
-            // A destination that is down is not a reason to refuse records (they wait in the
-            // WAL), but the operator should hear about it at once, not at the first batch.
-            match tokio::time::timeout(SINK_CHECK_TIMEOUT, built.sink.healthcheck()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    tracing::warn!(stream = %name, %error, "sink healthcheck failed at start-up; records wait in the wal")
-                }
-                Err(_) => tracing::warn!(
-                    stream = %name,
-                    timeout_seconds = SINK_CHECK_TIMEOUT.as_secs(),
-                    "sink healthcheck did not answer at start-up; records wait in the wal"
-                ),
-            }
-            let wal_for_metrics = wal.clone();
-            let stream_metrics = metrics.register(
-                &name,
-                Box::new(move || WalSize {
-                    undelivered_bytes: wal_for_metrics.undelivered_bytes(),
-                    disk_bytes: wal_for_metrics.disk_bytes(),
-                }),
-            );
-            let partition_keys = stream.processing.partition_keys();
-            let partitioner: Option<Arc<dyn Partitioner>> = if partition_keys.is_empty() {
-                None
-            } else {
-                let compiled = PartitionKeys::compile(&partition_keys).map_err(|problems| AppError::Processing {
-                    stream: name.clone(),
-                    message: problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
-                })?;
-                Some(Arc::new(JqPartitioner::new(compiled)))
-            };
-            let router = Router::new(partitioner, stream.processing.record_delimiter);
-            let delivery = Arc::new(Delivery {
-                sink: built.sink,
-                error_output: built.error_output,
-                failure_output_type: built.failure_output_type,
-                retry_duration: Duration::from_secs(stream.retry_duration_seconds()),
-                metrics: stream_metrics.clone(),
-                wal: wal.clone(),
-                encoders: built.encoders.clone(),
-                delimiter: stream.processing.record_delimiter.suffix(),
-            });
-            let intents =
-                IntentLog::open(&stream_dir).map_err(|source| AppError::Intent { stream: name.clone(), source })?;
-            loops.push(DeliveryLoop {
-                stream: name.clone(),
-                wal: wal.clone(),
-                checkpoint,
-                intents,
-                delivery,
-                instance_id,
-                router,
-                encoders: built.encoders,
-                batching: BatchingOptions {
-                    size_bytes: (stream.buffering.size_mib << 20) as usize,
-                    interval: Duration::from_secs(stream.buffering.interval_seconds),
-                    max_partitions: stream.processing.max_active_partitions(),
-                },
-                budget: budget.clone(),
-            });
-            wals.push(wal.clone());
-            let stopped = Arc::new(std::sync::OnceLock::new());
-            stopped_flags.push(stopped.clone());
-            readers.extend(stream.source.spawn_readers(&name, &wal, stop_intake.subscribe()));
-            streams.insert(name, StreamIngest { config: stream.clone(), wal, metrics: stream_metrics, stopped });
+            let record = catalog::load_yaml_record(
+                &lifecycle.stream_dir(&stream.name),
+                &stream.name,
+                &catalog::fingerprint(stream),
+                now_ms,
+            )
+            .map_err(|source| AppError::Catalog { stream: stream.name.clone(), source })?;
+            let ingest = lifecycle.start(stream, record).await?;
+            streams.insert(stream.name.clone(), ingest);
         }
-
-        let (stop_delivery, stop_rx) = watch::channel(false);
-        let pipelines = loops
-            .into_iter()
-            .zip(stopped_flags)
-            .map(|(delivery_loop, stopped)| {
-                let stream = delivery_loop.stream.clone();
-                let run = delivery_loop.run(stop_rx.clone());
-                let stream_name = stream.clone();
-                let task = tokio::spawn(async move {
-                    let result = run.await;
-                    if let Err(error) = &result {
-                        // Only this stream stops; its records stay in the WAL.
-                        tracing::error!(%stream_name, %error, "delivery stopped; fix the cause and restart");
-                        let _ = stopped.set(error.to_string());
-                    }
-                    result
-                });
-                (stream, task)
-            })
-            .collect();
+        // Streams created through the API, as they were last described.
+        let api_records = catalog::load_api_records(&data_dir)
+            .map_err(|source| AppError::Catalog { stream: String::new(), source })?;
+        let mut deleting = Vec::new();
+        for mut record in api_records {
+            // A create interrupted by a crash: the stream builds now, so it is active.
+            if record.status == catalog::StreamStatus::Creating {
+                record.status = catalog::StreamStatus::Active;
+            }
+            if streams.contains_key(&record.name) {
+                tracing::warn!(stream = %record.name, "a YAML stream has the name of an API-created stream; the YAML one is used");
+                continue;
+            }
+            let stream_config = crate::sources::direct_put::control::stream_config_for(&config, &record)
+                .map_err(|message| AppError::Processing { stream: record.name.clone(), message })?;
+            if record.status == catalog::StreamStatus::Deleting {
+                deleting.push(record.name.clone());
+            }
+            let name = record.name.clone();
+            let ingest = lifecycle.start(&stream_config, record).await?;
+            streams.insert(name, ingest);
+        }
 
         let addr = config.server.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| AppError::Listen { addr, source })?;
         let addr = listener.local_addr().map_err(|source| AppError::Listen { addr, source })?;
         let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
         let record_id_prefix = instance_id.simple().to_string();
-        let ingest = Arc::new(Ingest::new(config, streams, Arc::new(metrics), record_id_prefix));
-        let mut intake_rx = stop_intake.subscribe();
+        let ingest =
+            Arc::new(Ingest::new(config, streams, metrics, record_id_prefix).with_lifecycle(lifecycle.clone()));
+        // A delete interrupted by a restart resumes: deliver what is left, then remove.
+        for name in deleting {
+            crate::sources::direct_put::control::resume_delete(ingest.clone(), name);
+        }
+        let (stop_intake, mut intake_rx) = watch::channel(false);
         let router = crate::server::router(ingest);
         let server = tokio::spawn(async move {
             axum::serve(listener, router)
@@ -235,7 +125,7 @@ impl App {
                 })
                 .await
         });
-        Ok(App { addr, stop_intake, stop_delivery, server, readers, pipelines, wals, grace })
+        Ok(App { addr, stop_intake, server, lifecycle, grace })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -265,11 +155,9 @@ impl App {
         let _ = self.stop_intake.send(true);
         // One deadline for the whole shutdown: draining connections and finishing deliveries.
         let deadline = tokio::time::Instant::now() + self.grace;
+        self.lifecycle.stop_readers(deadline).await;
         // Connections that never finish (a client that stalls its headers, idle keep-alives) must
         // not hold the shutdown past the grace period.
-        for reader in self.readers {
-            let _ = tokio::time::timeout_at(deadline, reader).await;
-        }
         let mut server = self.server;
         if tokio::time::timeout_at(deadline, &mut server).await.is_err() {
             tracing::warn!(
@@ -279,25 +167,7 @@ impl App {
             server.abort();
         }
         tracing::info!("flushing buffers");
-        let _ = self.stop_delivery.send(true);
-        let mut first_error = None;
-        for (stream, handle) in self.pipelines {
-            match tokio::time::timeout_at(deadline, handle).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(source))) => {
-                    tracing::error!(%stream, error = %source, "delivery stopped with an error");
-                    first_error.get_or_insert(AppError::Pipeline { stream, source });
-                }
-                Ok(Err(join)) => tracing::error!(%stream, error = %join, "delivery task failed"),
-                Err(_) => {
-                    tracing::warn!(%stream, grace_seconds = self.grace.as_secs(), "grace period over; undelivered records stay in the wal for the next start")
-                }
-            }
-        }
-        for wal in &self.wals {
-            let wal = wal.clone();
-            let _ = tokio::task::spawn_blocking(move || wal.close()).await;
-        }
+        let first_error = self.lifecycle.shutdown(deadline, self.grace).await;
         tracing::info!("stopped");
         match first_error {
             Some(error) => Err(error),

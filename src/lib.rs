@@ -5,7 +5,10 @@
 //!
 //! Module map (a record's way through, see DESIGN.md):
 //! - [`config`]: YAML model, `${ENV}` interpolation, validation with YAML paths and positions.
-//! - [`sources`]: push handlers (`direct_put`, `http`) appending to the WAL through `Ingest`.
+//! - [`sources`]: push handlers (`direct_put`, `http`) appending to the WAL through `Ingest`;
+//!   the Firehose control plane in `sources::direct_put::control`.
+//! - [`streams`]: one stream's lifecycle (WAL, sink, delivery loop), for YAML and API streams.
+//! - [`catalog`]: stream status, version, tags; API-created streams persisted under `data_dir`.
 //! - [`wal`]: segment files with checksums, group commit, recovery, trimming.
 //! - [`processing`]: what a record's content decides: its dynamic partition (jq keys).
 //! - [`pipeline`]: buffer → intent → sink → checkpoint, with retries and the error output.
@@ -17,6 +20,7 @@
 //! - [`client`]: the `put` and `bench` commands' Firehose client side.
 
 pub mod app;
+pub mod catalog;
 pub mod checkpoint;
 pub mod client;
 pub mod config;
@@ -26,4 +30,5 @@ pub mod processing;
 pub mod server;
 pub mod sinks;
 pub mod sources;
+pub mod streams;
 pub mod wal;

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 /// One stream's counters, all monotonic (the WAL size gauges come from a [`WalSizeProbe`]).
 #[derive(Default)]
@@ -47,20 +47,36 @@ type CounterOf = fn(&StreamMetrics) -> &AtomicU64;
 /// Picks one gauge out of a stream's WAL size.
 type WalGaugeOf = fn(&WalSize) -> u64;
 
+/// Every stream's counters. Streams come and go at runtime (the control plane creates and deletes
+/// them), so the table sits behind a lock that is only held to register, remove or render.
 #[derive(Default)]
 pub struct Metrics {
-    streams: BTreeMap<String, (Arc<StreamMetrics>, WalSizeProbe)>,
+    streams: RwLock<BTreeMap<String, Registered>>,
 }
 
+/// One registered stream: its counters and its WAL size probe.
+type Registered = (Arc<StreamMetrics>, Arc<WalSizeProbe>);
+
 impl Metrics {
-    /// Register a stream; `wal_size` reads its current WAL size.
-    pub fn register(&mut self, stream: &str, wal_size: WalSizeProbe) -> Arc<StreamMetrics> {
+    /// Register a stream (again: a re-registered stream keeps counting from zero); `wal_size`
+    /// reads its current WAL size.
+    pub fn register(&self, stream: &str, wal_size: WalSizeProbe) -> Arc<StreamMetrics> {
         let metrics = Arc::new(StreamMetrics::default());
-        self.streams.insert(stream.to_string(), (metrics.clone(), wal_size));
+        let mut streams = self.streams.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        streams.insert(stream.to_string(), (metrics.clone(), Arc::new(wal_size)));
         metrics
     }
 
+    /// Forget a deleted stream.
+    pub fn unregister(&self, stream: &str) {
+        let mut streams = self.streams.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        streams.remove(stream);
+    }
+
     pub fn render(&self) -> String {
+        // A snapshot, so the lock is not held while the WAL sizes are read.
+        let streams: BTreeMap<String, Registered> =
+            self.streams.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let mut out = String::new();
         let counters: [(&str, &str, CounterOf); 10] = [
             ("spillway_incoming_records_total", "records accepted", |m| &m.incoming_records),
@@ -82,12 +98,12 @@ impl Metrics {
         ];
         for (name, help, counter) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (stream, (metrics, _)) in &self.streams {
+            for (stream, (metrics, _)) in &streams {
                 let _ = writeln!(out, "{name}{{stream=\"{stream}\"}} {}", counter(metrics).load(Ordering::Relaxed));
             }
         }
         let sizes: Vec<(&String, WalSize)> =
-            self.streams.iter().map(|(stream, (_, wal_size))| (stream, wal_size())).collect();
+            streams.iter().map(|(stream, (_, wal_size))| (stream, wal_size())).collect();
         let gauges: [(&str, &str, WalGaugeOf); 2] = [
             ("spillway_wal_bytes", "undelivered bytes in the WAL (bounded by limits.max_wal_mib)", |size| {
                 size.undelivered_bytes
@@ -147,7 +163,7 @@ mod tests {
 
     #[test]
     fn rendered_samples_read_back_by_name_and_labels() {
-        let mut metrics = Metrics::default();
+        let metrics = Metrics::default();
         let logs = metrics.register("logs", Box::new(|| WalSize { undelivered_bytes: 7, disk_bytes: 9 }));
         StreamMetrics::add(&logs.delivered_bytes, 1234);
         let text = metrics.render();

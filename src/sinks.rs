@@ -6,11 +6,12 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use serde::Deserialize;
-use spillway_sink_api::{EncoderFactory, ErrorOutput, Sink, SinkError};
+use serde_json::{Value, json};
+use spillway_sink_api::{Compression, EncoderFactory, ErrorOutput, Sink, SinkError};
 pub use spillway_sink_s3::key::PartitionKeySource;
 use spillway_sink_s3::{PrefixError, PrefixKind, PrefixTemplate, S3SinkConfig};
 
-use crate::config::{Problem, StreamConfig};
+use crate::config::{Problem, RecordDelimiter, StreamConfig};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -87,44 +88,12 @@ impl SinkConfig {
         }
     }
 
-    /// The destination as `DescribeDeliveryStream` reports it (Firehose's `DestinationDescription`).
-    pub fn describe_destination(&self, account_id: &str, stream: &StreamConfig) -> serde_json::Value {
-        match self {
-            SinkConfig::S3(s3) => {
-                let mut description = serde_json::json!({
-                    "BucketARN": bucket_arn(&s3.url),
-                    "RoleARN": format!("arn:aws:iam::{account_id}:role/spillway"),
-                    "Prefix": s3.prefix.clone().unwrap_or_default(),
-                    "ErrorOutputPrefix": s3.error_output_prefix.clone().unwrap_or_default(),
-                    "BufferingHints": {
-                        "SizeInMBs": stream.buffering.size_mib,
-                        "IntervalInSeconds": stream.buffering.interval_seconds,
-                    },
-                    "CompressionFormat": match s3.compression {
-                        spillway_sink_api::Compression::None => "UNCOMPRESSED",
-                        spillway_sink_api::Compression::Gzip => "GZIP",
-                        spillway_sink_api::Compression::Zstd => "ZSTD",
-                    },
-                    "EncryptionConfiguration": { "NoEncryptionConfig": "NoEncryption" },
-                });
-                if let Some(dynamic) = &stream.processing.dynamic_partitioning {
-                    description["DynamicPartitioningConfiguration"] = serde_json::json!({
-                        "Enabled": dynamic.enabled,
-                        "RetryOptions": { "DurationInSeconds": dynamic.retry_duration_seconds },
-                    });
-                }
-                serde_json::json!({
-                    "DestinationId": "destinationId-000000000001",
-                    "ExtendedS3DestinationDescription": description,
-                })
-            }
-        }
-    }
-
-    pub async fn build(&self, stream: &str) -> Result<BuiltSink, SinkError> {
+    /// Build the sink; object names (where the sink has them) carry `version_id`, the stream's
+    /// Firehose `VersionId`.
+    pub async fn build(&self, stream: &str, version_id: u64) -> Result<BuiltSink, SinkError> {
         match self {
             SinkConfig::S3(config) => {
-                let sink = Arc::new(config.build(stream)?);
+                let sink = Arc::new(config.build_versioned(stream, version_id)?);
                 Ok(BuiltSink {
                     encoders: Arc::new(sink.encoder_factory()),
                     sink: sink.clone(),
@@ -136,10 +105,145 @@ impl SinkConfig {
     }
 }
 
-/// The ARN Firehose reports for the destination bucket; a local folder gets a pseudo-ARN.
-fn bucket_arn(url: &str) -> String {
+/// What a destination description needs besides the stream's configuration: the identities the
+/// API was given (an API-created stream names its role and bucket; a YAML stream names neither).
+#[derive(Debug, Clone, Default)]
+pub struct DescribeContext<'a> {
+    pub account_id: &'a str,
+    /// `RoleARN` as received; default `arn:aws:iam::<account>:role/spillway`.
+    pub role_arn: Option<&'a str>,
+    /// `BucketARN` as received; default derived from the sink's url.
+    pub bucket_arn: Option<&'a str>,
+    /// `CloudWatchLoggingOptions` as received; default disabled (spillway logs to stderr).
+    pub cloud_watch_logging_options: Option<&'a Value>,
+}
+
+impl SinkConfig {
+    /// The stream's entry in `DescribeDeliveryStream`'s `Destinations`, shaped as Firehose's
+    /// service model has it (botocore `firehose/2015-08-04/service-2.json`): `DestinationId` plus
+    /// the destination type's description(s). Values outside the model's enums (zstd) are
+    /// reported in `Spillway*` extension members, which SDKs ignore.
+    pub fn describe_destination(&self, stream: &StreamConfig, context: &DescribeContext<'_>) -> Value {
+        match self {
+            SinkConfig::S3(s3) => describe_s3(s3, stream, context),
+        }
+    }
+}
+
+/// Firehose's only destination id: one destination per stream.
+pub const DESTINATION_ID: &str = "destinationId-000000000001";
+
+fn describe_s3(s3: &S3SinkConfig, stream: &StreamConfig, context: &DescribeContext<'_>) -> Value {
+    let role_arn =
+        context.role_arn.map_or_else(|| format!("arn:aws:iam::{}:role/spillway", context.account_id), str::to_string);
+    let bucket_arn = context.bucket_arn.map_or_else(|| bucket_arn_for_url(&s3.url), str::to_string);
+    let (compression_format, spillway_compression) = match s3.compression {
+        Compression::None => ("UNCOMPRESSED", None),
+        Compression::Gzip => ("GZIP", None),
+        // Not in the model's CompressionFormat enum: SDKs could not parse it.
+        Compression::Zstd => ("UNCOMPRESSED", Some("ZSTD")),
+    };
+    let cloud_watch = context.cloud_watch_logging_options.cloned().unwrap_or_else(|| json!({ "Enabled": false }));
+    let mut base = json!({
+        "RoleARN": role_arn,
+        "BucketARN": bucket_arn,
+        "BufferingHints": {
+            "SizeInMBs": stream.buffering.size_mib,
+            "IntervalInSeconds": stream.buffering.interval_seconds,
+        },
+        "CompressionFormat": compression_format,
+        "EncryptionConfiguration": { "NoEncryptionConfig": "NoEncryption" },
+        "CloudWatchLoggingOptions": cloud_watch,
+    });
+    if let Some(prefix) = &s3.prefix {
+        base["Prefix"] = json!(prefix);
+    }
+    if let Some(error_prefix) = &s3.error_output_prefix {
+        base["ErrorOutputPrefix"] = json!(error_prefix);
+    }
+    let mut extended = base.clone();
+    extended["ProcessingConfiguration"] = processing_configuration(stream);
+    extended["S3BackupMode"] = json!("Disabled");
+    // Prefixes and object names are rendered in UTC.
+    extended["CustomTimeZone"] = json!("UTC");
+    if let Some(extension) = &s3.file_extension {
+        extended["FileExtension"] = json!(extension);
+    }
+    if let Some(dynamic) = &stream.processing.dynamic_partitioning {
+        extended["DynamicPartitioningConfiguration"] = json!({
+            "Enabled": dynamic.enabled,
+            "RetryOptions": { "DurationInSeconds": dynamic.retry_duration_seconds },
+        });
+    }
+    if let Some(compression) = spillway_compression {
+        extended["SpillwayCompressionFormat"] = json!(compression);
+    }
+    if bucket_arn_is_derived_from_local(context, &s3.url) {
+        extended["SpillwayDestinationUrl"] = json!(s3.url);
+    }
+    json!({
+        "DestinationId": DESTINATION_ID,
+        "S3DestinationDescription": base,
+        "ExtendedS3DestinationDescription": extended,
+    })
+}
+
+fn bucket_arn_is_derived_from_local(context: &DescribeContext<'_>, url: &str) -> bool {
+    context.bucket_arn.is_none() && url.starts_with("file://")
+}
+
+/// Firehose's `ProcessingConfiguration` for what spillway does to records: `AppendDelimiterToRecord`
+/// for `record_delimiter: newline`, `MetadataExtraction` (jq) for dynamic partitioning keys.
+fn processing_configuration(stream: &StreamConfig) -> Value {
+    let mut processors = Vec::new();
+    let keys = stream.processing.partition_keys();
+    if !keys.is_empty() {
+        let query = keys.iter().map(|(key, expression)| format!("{key}:{expression}")).collect::<Vec<_>>().join(",");
+        processors.push(json!({
+            "Type": "MetadataExtraction",
+            "Parameters": [
+                { "ParameterName": "MetadataExtractionQuery", "ParameterValue": format!("{{{query}}}") },
+                { "ParameterName": "JsonParsingEngine", "ParameterValue": "JQ-1.6" },
+            ],
+        }));
+    }
+    if stream.processing.record_delimiter == RecordDelimiter::Newline {
+        processors.push(json!({ "Type": "AppendDelimiterToRecord", "Parameters": [] }));
+    }
+    json!({ "Enabled": !processors.is_empty(), "Processors": processors })
+}
+
+/// The `BucketARN` reported for a sink url. A local folder has no bucket: it gets a valid
+/// pseudo-bucket `spillway-local-<folder name>` (the url itself is in `SpillwayDestinationUrl`).
+pub fn bucket_arn_for_url(url: &str) -> String {
     match spillway_sink_s3::Destination::parse(url) {
         Ok(spillway_sink_s3::Destination::S3 { bucket }) => format!("arn:aws:s3:::{bucket}"),
-        _ => format!("arn:aws:s3:::{url}"),
+        _ => {
+            let folder = url.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
+            let cleaned: String = folder
+                .chars()
+                .map(|c| c.to_ascii_lowercase())
+                .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+                .collect();
+            let name = format!("spillway-local-{}", cleaned.trim_matches('-'));
+            let name = name.trim_end_matches('-');
+            let bounded: String = name.chars().take(63).collect();
+            format!("arn:aws:s3:::{}", bounded.trim_end_matches('-'))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_folders_get_valid_bucket_arns() {
+        assert_eq!(bucket_arn_for_url("s3://logs-bucket"), "arn:aws:s3:::logs-bucket");
+        assert_eq!(bucket_arn_for_url("file://./var/Out_Dir/"), "arn:aws:s3:::spillway-local-out-dir");
+        assert_eq!(bucket_arn_for_url("file://./"), "arn:aws:s3:::spillway-local");
+        let long = format!("file:///{}", "a".repeat(100));
+        let arn = bucket_arn_for_url(&long);
+        assert!(arn.len() - "arn:aws:s3:::".len() <= 63, "{arn}");
     }
 }

@@ -87,13 +87,14 @@ async fn every_refusal_has_firehose_error_type_and_loses_nothing_else() {
 
     let oversize =
         client.put_record().delivery_stream_name("app-logs").record(record(vec![b'x'; 1_024_001])).send().await;
+    // Model-constraint violations are ValidationException, worded as AWS words them.
     let error = oversize.expect_err("a record over 1,000 KiB is refused").into_service_error();
-    assert!(error.is_invalid_argument_exception(), "{error:?}");
+    assert_eq!(error.code(), Some("ValidationException"), "{error:?}");
     assert!(error.message().unwrap_or_default().contains("1024000"), "{error:?}");
 
     let too_many: Vec<Record> = (0..501).map(|index| record(json_record(index))).collect();
     let error = client.put_record_batch().delivery_stream_name("app-logs").set_records(Some(too_many)).send().await;
-    assert!(error.expect_err("501 records").into_service_error().is_invalid_argument_exception());
+    assert_eq!(error.expect_err("501 records").into_service_error().code(), Some("ValidationException"));
 
     let too_big: Vec<Record> = (0..5).map(|_| record(vec![b'y'; 1_000_000])).collect();
     let error = client.put_record_batch().delivery_stream_name("app-logs").set_records(Some(too_big)).send().await;
@@ -123,6 +124,9 @@ async fn every_refusal_has_firehose_error_type_and_loses_nothing_else() {
         assert_eq!(json["__type"], "SerializationException", "{what}");
     }
     let response = raw("Firehose_20150804.CreateDeliveryStream", "{}").await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.json::<serde_json::Value>().await.unwrap()["__type"], "ValidationException");
+    let response = raw("Firehose_20150804.NoSuchOperation", "{}").await.unwrap();
     assert_eq!(response.status(), 400);
     assert_eq!(response.json::<serde_json::Value>().await.unwrap()["__type"], "UnknownOperationException");
 

@@ -31,7 +31,99 @@ pub struct Config {
     pub wal: WalConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// How streams created through the Firehose API reach their destination.
+    #[serde(default)]
+    pub api_defaults: ApiDefaultsConfig,
+    /// Streams defined here are read-only to the API. None at all is valid: then every stream
+    /// is created through the API (`CreateDeliveryStream`).
+    #[serde(default)]
     pub streams: Vec<StreamConfig>,
+}
+
+/// `api_defaults`: what an API-created stream's destination does not say. Firehose's
+/// `ExtendedS3DestinationConfiguration` names only a `BucketARN` (and a `RoleARN` spillway does not
+/// assume), so the endpoint, region and credentials come from here, or from the standard AWS
+/// configuration (`AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`, `AWS_REGION`, the credential chain).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiDefaultsConfig {
+    #[serde(default)]
+    pub s3: ApiS3Defaults,
+}
+
+/// `api_defaults.s3`: the connection fields of an `s3` sink (same names and meaning as
+/// `streams[].sink`), plus `url`, where a bucket goes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiS3Defaults {
+    /// The sink url for a `BucketARN`, with `{bucket}` replaced by the bucket name: `s3://{bucket}`
+    /// (the default), or `file://./buckets/{bucket}` to keep API-created streams on local disk.
+    #[serde(default = "default_api_s3_url")]
+    pub url: String,
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub path_style: Option<bool>,
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    #[serde(default)]
+    pub session_token: Option<String>,
+    #[serde(default)]
+    pub allow_http: Option<bool>,
+}
+
+impl Default for ApiS3Defaults {
+    fn default() -> Self {
+        Self {
+            url: default_api_s3_url(),
+            endpoint: None,
+            region: None,
+            path_style: None,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            allow_http: None,
+        }
+    }
+}
+
+impl ApiS3Defaults {
+    /// The sink url for `bucket`.
+    pub fn url_for(&self, bucket: &str) -> String {
+        self.url.replace("{bucket}", bucket)
+    }
+
+    /// The connection fields as `s3` sink YAML keys (only those set), for building an
+    /// API-created stream's sink configuration.
+    pub fn connection_fields(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut fields = serde_json::Map::new();
+        let strings = [
+            ("endpoint", &self.endpoint),
+            ("region", &self.region),
+            ("access_key_id", &self.access_key_id),
+            ("secret_access_key", &self.secret_access_key),
+            ("session_token", &self.session_token),
+        ];
+        for (key, value) in strings {
+            if let Some(value) = value {
+                fields.insert(key.to_string(), serde_json::Value::from(value.clone()));
+            }
+        }
+        for (key, value) in [("path_style", self.path_style), ("allow_http", self.allow_http)] {
+            if let Some(value) = value {
+                fields.insert(key.to_string(), serde_json::Value::from(value));
+            }
+        }
+        fields
+    }
+}
+
+fn default_api_s3_url() -> String {
+    "s3://{bucket}".to_string()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -362,8 +454,9 @@ impl Config {
         let mut problems = Vec::new();
         let mut push = |path: String, message: String| problems.push(Problem { path, message });
 
-        if self.streams.is_empty() {
-            push("streams".into(), "at least one stream is required".into());
+        let example_url = self.api_defaults.s3.url_for("example-bucket");
+        if let Err(message) = spillway_sink_s3::Destination::parse(&example_url) {
+            push("api_defaults.s3.url".into(), format!("{message} (after replacing {{bucket}})"));
         }
         if !(1..=1024).contains(&self.wal.segment_mib) {
             push("wal.segment_mib".into(), format!("must be between 1 and 1024 (got {})", self.wal.segment_mib));

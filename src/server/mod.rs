@@ -58,16 +58,19 @@ fn is_bare_limit_answer(response: &Response, status: StatusCode, own_content_typ
 }
 
 /// Firehose clients parse `__type` from every error: give the limits' answers that shape.
+/// Every answer, the limits' too, carries `x-amzn-RequestId`.
 async fn firehose_limit_answers(request: Request, next: Next, timeout_seconds: u64) -> Response {
     let declared = declared_body_len(request.headers());
     let response = next.run(request).await;
-    if is_bare_limit_answer(&response, StatusCode::REQUEST_TIMEOUT, "application/x-amz-json") {
-        return direct_put::ApiError::request_timeout(timeout_seconds).into_response();
-    }
-    if is_bare_limit_answer(&response, StatusCode::PAYLOAD_TOO_LARGE, "application/x-amz-json") {
+    let mut response = if is_bare_limit_answer(&response, StatusCode::REQUEST_TIMEOUT, "application/x-amz-json") {
+        direct_put::ApiError::request_timeout(timeout_seconds).into_response()
+    } else if is_bare_limit_answer(&response, StatusCode::PAYLOAD_TOO_LARGE, "application/x-amz-json") {
         // Firehose answers an oversized call 400 InvalidArgumentException, not 413.
-        return direct_put::ApiError::body_too_large(declared).into_response();
-    }
+        direct_put::ApiError::body_too_large(declared).into_response()
+    } else {
+        response
+    };
+    direct_put::with_request_id(&mut response);
     response
 }
 

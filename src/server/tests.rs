@@ -42,12 +42,18 @@ fn harness(server_yaml: &str, limits_yaml: &str) -> Harness {
         track_positions: false,
     };
     let (wal, _) = Wal::open(options, 0).expect("wal opens");
-    let mut metrics = Metrics::default();
+    let metrics = Metrics::default();
     let stream_metrics = metrics.register("s", Box::new(crate::metrics::WalSize::default));
     let stream_config = config.streams[0].clone();
     let streams = BTreeMap::from([(
         "s".to_string(),
-        StreamIngest { config: stream_config, wal, metrics: stream_metrics, stopped: Arc::default() },
+        StreamIngest {
+            config: stream_config,
+            record: Arc::new(crate::catalog::StreamRecord::new("s", crate::catalog::StreamOrigin::Yaml, 0)),
+            wal,
+            metrics: stream_metrics,
+            stopped: Arc::default(),
+        },
     )]);
     let ingest = Arc::new(Ingest::new(config, streams, Arc::new(metrics), "test".into()));
     Harness { _dir: dir, ingest }

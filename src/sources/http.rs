@@ -50,7 +50,7 @@ pub async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if !ingest.streams.contains_key(&stream) {
+    if ingest.stream(&stream).is_none() {
         return error(StatusCode::NOT_FOUND, "ResourceNotFoundException", format!("stream {stream} is not configured"));
     }
     let declared_len = declared_body_len(&headers).unwrap_or(MAX_REQUEST_BODY_BYTES);
@@ -89,6 +89,11 @@ fn ingest_error(failure: IngestError) -> Response {
         not_pushable @ IngestError::NotPushable { .. } => {
             error(StatusCode::BAD_REQUEST, "InvalidArgumentException", not_pushable.to_string())
         }
+        IngestError::NotActive(status) => error(
+            StatusCode::CONFLICT,
+            "ResourceInUseException",
+            format!("stream is {} and takes no records", status.as_str()),
+        ),
         IngestError::Internal(message) => error(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", message),
     }
 }

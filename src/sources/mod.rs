@@ -9,15 +9,17 @@ pub mod http;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
+use crate::catalog::{StreamRecord, StreamStatus};
 use crate::config::{Config, StreamConfig};
 use crate::metrics::{Metrics, StreamMetrics};
+use crate::streams::Lifecycle;
 use crate::wal::Wal;
 
 /// The source registry: the one place that maps a YAML `source.type` to a source. Push sources
@@ -81,9 +83,13 @@ pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Largest request body read: a full 4 MiB batch in base64 plus JSON framing.
 pub const MAX_REQUEST_BODY_BYTES: usize = 6 * 1024 * 1024;
 
-/// A pushed stream's entry point.
+/// A pushed stream's entry point. Cheap to clone: a change (tags, status, a new destination)
+/// builds a changed copy and swaps it into [`Ingest`]'s table.
+#[derive(Clone)]
 pub struct StreamIngest {
     pub config: StreamConfig,
+    /// What the control plane reports and persists: status, version, timestamps, tags.
+    pub record: Arc<StreamRecord>,
     pub wal: Wal,
     pub metrics: Arc<StreamMetrics>,
     /// Set when the stream's delivery stopped (e.g. a corrupt WAL segment): intake stops too,
@@ -93,7 +99,13 @@ pub struct StreamIngest {
 
 /// Shared by every push handler: the streams by name, and the memory budget for request bodies.
 pub struct Ingest {
-    pub streams: BTreeMap<String, StreamIngest>,
+    /// The stream table. The control plane adds, replaces and removes entries at runtime, so
+    /// handlers take a snapshot of one entry ([`Ingest::stream`]) and never hold the lock across
+    /// an `.await`.
+    streams: RwLock<BTreeMap<String, Arc<StreamIngest>>>,
+    /// Builds, restarts and stops streams at runtime; `None` in router tests that need no
+    /// control plane.
+    pub lifecycle: Option<Arc<Lifecycle>>,
     pub config: Config,
     pub metrics: Arc<Metrics>,
     /// Permits are KiB of request bodies held in memory; a request waits for its share.
@@ -101,7 +113,6 @@ pub struct Ingest {
     body_budget_kib: usize,
     /// Prefix of record ids, unique per instance.
     pub record_id_prefix: String,
-    started_at_seconds: i64,
     /// Throttled puts per stream: one warning per interval, not one per request, so a producer
     /// hammering a full WAL cannot flood the log.
     throttled_puts: ThrottleLog,
@@ -201,6 +212,8 @@ pub enum IngestError {
     /// The stream reads its records from a source of its own (e.g. a tailed file).
     #[error("stream {stream} reads from its {source_type} source and does not accept puts")]
     NotPushable { stream: String, source_type: &'static str },
+    #[error("stream is {0:?}")]
+    NotActive(StreamStatus),
     #[error("{0}")]
     Internal(String),
 }
@@ -213,17 +226,53 @@ impl Ingest {
         record_id_prefix: String,
     ) -> Self {
         let body_budget_kib = (config.limits.max_inflight_request_mib as usize) * 1024;
+        let streams = streams.into_iter().map(|(name, stream)| (name, Arc::new(stream))).collect();
         Self {
-            streams,
+            streams: RwLock::new(streams),
+            lifecycle: None,
             config,
             metrics,
             body_budget: Arc::new(Semaphore::new(body_budget_kib)),
             body_budget_kib,
             record_id_prefix,
-            started_at_seconds: chrono::Utc::now().timestamp(),
             throttled_puts: ThrottleLog::new(THROTTLE_LOG_INTERVAL),
             body_budget_timeouts: ThrottleLog::new(THROTTLE_LOG_INTERVAL),
         }
+    }
+
+    /// Attach the runtime stream lifecycle (create, update, delete through the API).
+    pub fn with_lifecycle(mut self, lifecycle: Arc<Lifecycle>) -> Self {
+        self.lifecycle = Some(lifecycle);
+        self
+    }
+
+    /// A snapshot of one stream's entry.
+    pub fn stream(&self, name: &str) -> Option<Arc<StreamIngest>> {
+        self.streams.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned()
+    }
+
+    /// Stream names in alphabetical order (Firehose lists them so).
+    pub fn stream_names(&self) -> Vec<String> {
+        self.streams.read().unwrap_or_else(std::sync::PoisonError::into_inner).keys().cloned().collect()
+    }
+
+    /// Add or replace a stream's entry.
+    pub fn put_stream(&self, name: &str, stream: StreamIngest) {
+        let mut streams = self.streams.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        streams.insert(name.to_string(), Arc::new(stream));
+    }
+
+    /// Replace a stream's record (status, tags, version) and keep everything else.
+    pub fn update_record(&self, name: &str, record: StreamRecord) -> Option<Arc<StreamIngest>> {
+        let mut streams = self.streams.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = streams.get(name)?;
+        let changed = Arc::new(StreamIngest { record: Arc::new(record), ..StreamIngest::clone(current) });
+        streams.insert(name.to_string(), changed.clone());
+        Some(changed)
+    }
+
+    pub fn remove_stream(&self, name: &str) -> Option<Arc<StreamIngest>> {
+        self.streams.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name)
     }
 
     /// Reserve memory for a request body of (at most) `bytes`. Waits while the budget is spent,
@@ -256,12 +305,16 @@ impl Ingest {
 
     /// Append one request's records to the stream's WAL, all or nothing.
     pub async fn append(&self, stream: &str, records: Vec<Bytes>) -> Result<Range<u64>, IngestError> {
-        let target = self.streams.get(stream).ok_or(IngestError::UnknownStream)?;
+        let target = self.stream(stream).ok_or(IngestError::UnknownStream)?;
         if !target.config.source.accepts_puts() {
             return Err(IngestError::NotPushable {
                 stream: stream.to_string(),
                 source_type: target.config.source.type_name(),
             });
+        }
+        if target.record.status != StreamStatus::Active {
+            // A stream being deleted takes nothing more: what it holds is being delivered.
+            return Err(IngestError::NotActive(target.record.status));
         }
         if let Some(reason) = target.stopped.get() {
             return Err(IngestError::Internal(format!("stream {stream} stopped delivering: {reason}")));
@@ -300,14 +353,11 @@ impl Ingest {
     /// Streams whose delivery stopped, with the reason.
     pub fn stopped_streams(&self) -> Vec<(String, String)> {
         self.streams
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
             .filter_map(|(name, stream)| stream.stopped.get().map(|reason| (name.clone(), reason.clone())))
             .collect()
-    }
-
-    /// When this process started; reported as the streams' creation time.
-    pub fn started_at_seconds(&self) -> i64 {
-        self.started_at_seconds
     }
 
     /// Firehose-style record id: opaque, unique, 56+ characters.

@@ -50,7 +50,8 @@ pub struct S3SinkConfig {
     #[serde(default)]
     pub file_extension: Option<String>,
 
-    /// S3-compatible endpoint such as `http://127.0.0.1:9000` (MinIO); default: AWS.
+    /// S3-compatible endpoint such as `http://127.0.0.1:9000` (MinIO); default:
+    /// `AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`, else AWS.
     #[serde(default)]
     pub endpoint: Option<String>,
     /// Default: `AWS_REGION` / `AWS_DEFAULT_REGION`, else `us-east-1`.
@@ -249,9 +250,15 @@ impl S3SinkConfig {
         fields.into_iter().filter(|(_, set)| *set).map(|(field, _)| field).collect()
     }
 
-    /// Create the sink for `stream`: the local folder (created if missing) or the S3 client.
-    /// No request is sent; call [`spillway_sink_api::Sink::healthcheck`] to check reachability.
+    /// Create the sink for `stream` at `VersionId` 1; see [`S3SinkConfig::build_versioned`].
     pub fn build(&self, stream: &str) -> Result<S3Sink, SinkError> {
+        self.build_versioned(stream, 1)
+    }
+
+    /// Create the sink for `stream`: the local folder (created if missing) or the S3 client.
+    /// Object names carry `version_id` (Firehose's `VersionId`). No request is sent; call
+    /// [`spillway_sink_api::Sink::healthcheck`] to check reachability.
+    pub fn build_versioned(&self, stream: &str, version_id: u64) -> Result<S3Sink, SinkError> {
         let problems = self.validate();
         if !problems.is_empty() {
             let listed: Vec<String> =
@@ -276,6 +283,7 @@ impl S3SinkConfig {
         };
         Ok(S3Sink::new(crate::sink::SinkParts {
             stream: stream.to_string(),
+            version_id,
             url: self.url.clone(),
             store,
             error_store,
@@ -327,14 +335,18 @@ impl S3SinkConfig {
         if let Some(region) = &self.region {
             builder = builder.with_region(region);
         }
-        if let Some(endpoint) = &self.endpoint {
+        // `endpoint`, else the standard AWS variables (`AWS_ENDPOINT_URL_S3`, then
+        // `AWS_ENDPOINT_URL`), which `from_env` also reads; an endpoint from either place means
+        // path-style and, for `http://`, plain HTTP unless set otherwise.
+        let endpoint = self.endpoint.clone().or_else(endpoint_from_env);
+        if let Some(endpoint) = &endpoint {
             builder = builder.with_endpoint(endpoint.trim_end_matches('/'));
         }
-        let path_style = self.path_style.unwrap_or(self.endpoint.is_some());
-        if self.path_style.is_some() || self.endpoint.is_some() {
+        let path_style = self.path_style.unwrap_or(endpoint.is_some());
+        if self.path_style.is_some() || endpoint.is_some() {
             builder = builder.with_virtual_hosted_style_request(!path_style);
         }
-        let endpoint_is_http = self.endpoint.as_deref().is_some_and(|endpoint| endpoint.starts_with("http://"));
+        let endpoint_is_http = endpoint.as_deref().is_some_and(|endpoint| endpoint.starts_with("http://"));
         if let Some(allow_http) = self.allow_http.or(endpoint_is_http.then_some(true)) {
             builder = builder.with_allow_http(allow_http);
         }
@@ -354,6 +366,14 @@ impl S3SinkConfig {
             .with_source(error)
         })
     }
+}
+
+/// The S3 endpoint the standard AWS configuration names: `AWS_ENDPOINT_URL_S3`, then
+/// `AWS_ENDPOINT_URL` (the SDKs' service-specific and global endpoint variables).
+fn endpoint_from_env() -> Option<String> {
+    ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+        .into_iter()
+        .find_map(|name| std::env::var(name).ok().filter(|value| !value.trim().is_empty()))
 }
 
 fn check_endpoint(endpoint: &str) -> Result<(), String> {

@@ -14,9 +14,6 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use uuid::Uuid;
 
-/// Firehose's `VersionId` in object names; spillway has no configuration versions, so always 1.
-const VERSION_ID: u32 = 1;
-
 /// The time path Firehose uses as the default prefix and appends to a prefix without one.
 pub const DEFAULT_TIME_PATH: &str = "yyyy/MM/dd/HH/";
 
@@ -302,10 +299,12 @@ fn random_string(batch_id: Uuid, occurrence: u32) -> String {
     out
 }
 
-/// The object name after the prefix: `<stream>-1-<yyyy>-<MM>-<dd>-<HH>-<mm>-<ss>-<uuid><ext>`.
-pub fn object_name(stream: &str, instant: &DateTime<Utc>, id: Uuid, extension: &str) -> String {
+/// The object name after the prefix:
+/// `<stream>-<VersionId>-<yyyy>-<MM>-<dd>-<HH>-<mm>-<ss>-<uuid><ext>`; `version_id` is the stream's
+/// Firehose `VersionId` (1 until its destination changes).
+pub fn object_name(stream: &str, version_id: u64, instant: &DateTime<Utc>, id: Uuid, extension: &str) -> String {
     format!(
-        "{stream}-{VERSION_ID}-{:04}-{:02}-{:02}-{:02}-{:02}-{:02}-{}{extension}",
+        "{stream}-{version_id}-{:04}-{:02}-{:02}-{:02}-{:02}-{:02}-{}{extension}",
         instant.year(),
         instant.month(),
         instant.day(),
@@ -748,8 +747,12 @@ mod tests {
     fn object_name_shape() {
         let id = Uuid::parse_str("6f1c2d3e-4a5b-4c6d-8e9f-0a1b2c3d4e5f").expect("uuid");
         assert_eq!(
-            object_name("app-logs", &instant(), id, ".gz"),
+            object_name("app-logs", 1, &instant(), id, ".gz"),
             "app-logs-1-2026-11-25-17-04-09-6f1c2d3e-4a5b-4c6d-8e9f-0a1b2c3d4e5f.gz"
+        );
+        assert_eq!(
+            object_name("s", 12, &instant(), id, ""),
+            "s-12-2026-11-25-17-04-09-6f1c2d3e-4a5b-4c6d-8e9f-0a1b2c3d4e5f"
         );
     }
 

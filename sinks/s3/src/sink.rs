@@ -32,6 +32,8 @@ pub(crate) enum StoreKind {
 /// Everything `S3SinkConfig::build` resolved.
 pub(crate) struct SinkParts {
     pub stream: String,
+    /// Firehose's `VersionId`, in object names.
+    pub version_id: u64,
     pub url: String,
     pub store: Arc<dyn ObjectStore>,
     /// Where error records go: `store`, or the store of `error_output_url`.
@@ -83,7 +85,7 @@ impl S3Sink {
         let context =
             RenderContext { instant, batch_id: batch.id, error_output_type: None, partition_keys: &batch.partition };
         let prefix = self.parts.prefix.render(&context).map_err(render_failed)?;
-        let name = object_name(&batch.stream, &instant, batch.id, &self.parts.extension);
+        let name = object_name(&batch.stream, self.parts.version_id, &instant, batch.id, &self.parts.extension);
         Ok(format!("{prefix}{name}"))
     }
 
@@ -106,7 +108,7 @@ impl S3Sink {
         } else {
             Uuid::new_v5(&batch.id, error_output_type.as_bytes())
         };
-        let name = object_name(&batch.stream, &instant, id, "");
+        let name = object_name(&batch.stream, self.parts.version_id, &instant, id, "");
         Ok(format!("{prefix}{name}"))
     }
 

@@ -1,8 +1,14 @@
-//! The Firehose Direct PUT API over AWS JSON 1.1: `POST /` with
-//! `X-Amz-Target: Firehose_20150804.<Operation>`. `PutRecord` and `PutRecordBatch` append to the
-//! WAL; `ListDeliveryStreams` and `DescribeDeliveryStream` answer from the YAML. Request limits,
-//! response shapes and `__type` error names follow Firehose so AWS SDKs, the AWS CLI and Fluent
-//! Bit work unchanged. Requests are not SigV4-verified: bind to loopback or a trusted network.
+//! The Firehose API over AWS JSON 1.1: `POST /` with `X-Amz-Target: Firehose_20150804.<Operation>`.
+//! This module owns the wire protocol (dispatch, error shapes, `x-amzn-RequestId` on every
+//! response) and the data plane: `PutRecord` and `PutRecordBatch` append to the WAL. The control
+//! plane (create, describe, update, delete, tags, encryption) is in [`control`]. Request limits,
+//! response shapes and `__type` error names follow Firehose so AWS SDKs, the AWS CLI, Terraform
+//! and Fluent Bit work unchanged. Requests are not SigV4-verified: bind to loopback or a trusted
+//! network.
+
+pub mod control;
+pub mod s3_destination;
+pub mod validation;
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -33,16 +39,38 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    pub(crate) fn code(&self) -> &'static str {
+        self.code
+    }
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+    /// A model-constraint violation, worded as AWS words it (see [`validation`]).
+    pub(crate) fn validation(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "ValidationException", message)
+    }
+    pub(crate) fn resource_in_use(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "ResourceInUseException", message)
+    }
+    pub(crate) fn concurrent_modification(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "ConcurrentModificationException", message)
+    }
+    pub(crate) fn limit_exceeded(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "LimitExceededException", message)
+    }
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", message)
+    }
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self { status, code, message: message.into() }
     }
-    fn invalid_argument(message: impl Into<String>) -> Self {
+    pub(crate) fn invalid_argument(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "InvalidArgumentException", message)
     }
-    fn serialization(message: impl Into<String>) -> Self {
+    pub(crate) fn serialization(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "SerializationException", message)
     }
-    fn not_found(stream: &str, ingest: &Ingest) -> Self {
+    pub(crate) fn not_found(stream: &str, ingest: &Ingest) -> Self {
         let message = format!("Firehose {stream} under account {} not found.", ingest.config.server.account_id);
         Self::new(StatusCode::BAD_REQUEST, "ResourceNotFoundException", message)
     }
@@ -68,6 +96,11 @@ impl ApiError {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableException", "Slow down.")
             }
             error @ IngestError::NotPushable { .. } => Self::invalid_argument(error.to_string()),
+            IngestError::NotActive(status) => Self::resource_in_use(format!(
+                "Firehose {stream} under account {} is in the {} state and takes no records.",
+                ingest.config.server.account_id,
+                status.as_str()
+            )),
             IngestError::Internal(message) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", message),
         }
     }
@@ -84,7 +117,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn ok_json(value: Value) -> Response {
+pub(crate) fn ok_json(value: Value) -> Response {
     let mut response = (StatusCode::OK, value.to_string()).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
     response
@@ -115,29 +148,30 @@ struct RecordIn<'a> {
     data: Cow<'a, str>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "PascalCase")]
-struct ListRequest {
-    limit: Option<usize>,
-    delivery_stream_type: Option<String>,
-    exclusive_start_delivery_stream_name: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct DescribeRequest {
-    delivery_stream_name: String,
-}
-
 /// `POST /`: dispatch on `X-Amz-Target`.
 pub async fn handle(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Body) -> Response {
-    match dispatch(&ingest, &headers, body).await {
+    let mut response = match dispatch(&ingest, &headers, body).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
+    };
+    with_request_id(&mut response);
+    response
+}
+
+/// Every AWS response names its request: `x-amzn-RequestId` (SDKs put it in their errors and
+/// debug logs). Responses made outside the handler (limits) get one too, through the router.
+pub fn with_request_id(response: &mut Response) {
+    if response.headers().contains_key(REQUEST_ID_HEADER) {
+        return;
+    }
+    if let Ok(value) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
 }
 
-async fn dispatch(ingest: &Ingest, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub const REQUEST_ID_HEADER: &str = "x-amzn-requestid";
+
+async fn dispatch(ingest: &Arc<Ingest>, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     let target = headers.get("x-amz-target").and_then(|value| value.to_str().ok()).unwrap_or_default();
     let Some(operation) = target.strip_prefix(TARGET_PREFIX) else {
         return Err(ApiError::new(
@@ -159,8 +193,7 @@ async fn dispatch(ingest: &Ingest, headers: &HeaderMap, body: Body) -> Result<Re
     match operation {
         "PutRecord" => put_record(ingest, body).await,
         "PutRecordBatch" => put_record_batch(ingest, body).await,
-        "ListDeliveryStreams" => list_delivery_streams(ingest, &body),
-        "DescribeDeliveryStream" => describe_delivery_stream(ingest, &body),
+        other if control::OPERATIONS.contains(&other) => control::dispatch(ingest, other, &body).await,
         other => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "UnknownOperationException",
@@ -171,7 +204,7 @@ async fn dispatch(ingest: &Ingest, headers: &HeaderMap, body: Body) -> Result<Re
 
 /// Parse a request body. sonic-rs (SIMD) rather than serde_json: parsing the base64 text of a
 /// `PutRecordBatch` was the largest per-byte cost of ingest after compression.
-fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+pub(crate) fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     let body = if body.is_empty() { b"{}".as_slice() } else { body };
     sonic_rs::from_slice(body).map_err(|error| ApiError::serialization(format!("malformed request body: {error}")))
 }
@@ -197,7 +230,7 @@ fn decode_records<'a>(
             codec.decode(text.as_bytes(), base64_simd::Out::from_slice(&mut buffer[start..])).map_err(invalid)?.len();
         buffer.truncate(start + decoded_len);
         if decoded_len > MAX_RECORD_BYTES {
-            return Err(ApiError::invalid_argument(format!(
+            return Err(ApiError::validation(format!(
                 "1 validation error detected: Value at '{}.data' failed to satisfy constraint: \
                  Member must have length less than or equal to {MAX_RECORD_BYTES}",
                 member(index)
@@ -240,19 +273,18 @@ fn decode_put_record(body: &[u8]) -> Result<DecodedPut, ApiError> {
 fn decode_put_record_batch(body: &[u8]) -> Result<DecodedPut, ApiError> {
     let request: PutRecordBatchRequest = parse(body)?;
     let count = request.records.len();
-    if count == 0 || count > MAX_BATCH_RECORDS {
-        return Err(ApiError::invalid_argument(format!(
-            "1 validation error detected: Value at 'records' failed to satisfy constraint: \
-             Member must have length between 1 and {MAX_BATCH_RECORDS} (got {count})"
-        )));
-    }
+    let mut violations = validation::Violations::new();
+    violations.stream_name(&request.delivery_stream_name, "deliveryStreamName");
+    violations.list_length(count, "records", 1, MAX_BATCH_RECORDS);
+    violations.finish()?;
     let records = decode_records(request.records.iter().map(|record| record.data.as_ref()), |index| {
         format!("records.{}.member", index + 1)
     })?;
     let total: usize = records.iter().map(Bytes::len).sum();
     if total > MAX_BATCH_BYTES {
+        // Firehose's own words for it (an InvalidArgumentException, not a model constraint).
         return Err(ApiError::invalid_argument(format!(
-            "records total {total} bytes, over the {MAX_BATCH_BYTES}-byte limit of one PutRecordBatch"
+            "Records size exceeds 4 MB limit (got {total} bytes, limit {MAX_BATCH_BYTES})"
         )));
     }
     Ok(DecodedPut { stream: request.delivery_stream_name.into_owned(), records })
@@ -260,7 +292,7 @@ fn decode_put_record_batch(body: &[u8]) -> Result<DecodedPut, ApiError> {
 
 /// Append a decoded put to its stream's WAL.
 async fn append(ingest: &Ingest, put: DecodedPut) -> Result<std::ops::Range<u64>, ApiError> {
-    if !ingest.streams.contains_key(&put.stream) {
+    if ingest.stream(&put.stream).is_none() {
         return Err(ApiError::not_found(&put.stream, ingest));
     }
     ingest.append(&put.stream, put.records).await.map_err(|error| ApiError::from_ingest(error, &put.stream, ingest))
@@ -287,48 +319,4 @@ async fn put_record_batch(ingest: &Ingest, body: Bytes) -> Result<Response, ApiE
     let mut response = (StatusCode::OK, body).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
     Ok(response)
-}
-
-fn list_delivery_streams(ingest: &Ingest, body: &[u8]) -> Result<Response, ApiError> {
-    let request: ListRequest = parse(body)?;
-    let limit = request.limit.unwrap_or(10);
-    if !(1..=10_000).contains(&limit) {
-        return Err(ApiError::invalid_argument("Limit must be between 1 and 10000"));
-    }
-    // Every stream configured here is a DirectPut stream.
-    let type_matches = request.delivery_stream_type.as_deref().is_none_or(|kind| kind == "DirectPut");
-    let names: Vec<&String> = ingest
-        .streams
-        .keys()
-        .filter(|_| type_matches)
-        .filter(|name| request.exclusive_start_delivery_stream_name.as_ref().is_none_or(|start| *name > start))
-        .collect();
-    let has_more = names.len() > limit;
-    let page: Vec<&String> = names.into_iter().take(limit).collect();
-    Ok(ok_json(json!({ "DeliveryStreamNames": page, "HasMoreDeliveryStreams": has_more })))
-}
-
-fn describe_delivery_stream(ingest: &Ingest, body: &[u8]) -> Result<Response, ApiError> {
-    let request: DescribeRequest = parse(body)?;
-    let name = request.delivery_stream_name.as_str();
-    let Some(stream) = ingest.streams.get(name) else {
-        return Err(ApiError::not_found(name, ingest));
-    };
-    let server = &ingest.config.server;
-    let config = &stream.config;
-    let started = ingest.started_at_seconds();
-    let destination = config.sink.describe_destination(&server.account_id, config);
-    Ok(ok_json(json!({
-        "DeliveryStreamDescription": {
-            "DeliveryStreamName": name,
-            "DeliveryStreamARN": format!("arn:aws:firehose:{}:{}:deliverystream/{name}", server.region, server.account_id),
-            "DeliveryStreamStatus": "ACTIVE",
-            "DeliveryStreamType": "DirectPut",
-            "VersionId": "1",
-            "CreateTimestamp": started,
-            "LastUpdateTimestamp": started,
-            "Destinations": [destination],
-            "HasMoreDestinations": false,
-        }
-    })))
 }

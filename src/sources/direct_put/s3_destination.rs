@@ -1,0 +1,400 @@
+//! Firehose's S3 destination shapes (`ExtendedS3DestinationConfiguration`,
+//! `S3DestinationConfiguration` and their `…Update` forms) turned into a spillway `StreamConfig`,
+//! so an API-created stream runs through exactly the code a YAML stream does. What spillway cannot
+//! do is refused with `InvalidArgumentException` naming it, never silently ignored.
+//!
+//! The destination is kept as the JSON object received (updates merged member by member, as
+//! Firehose does for the same destination type) and converted again at every start, so the
+//! `api_defaults` block in force applies.
+//!
+//! Must not: persist anything or start streams.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::ApiError;
+use super::validation::Violations;
+use crate::config::{
+    BufferingConfig, Config, DynamicPartitioningConfig, ProcessingConfig, RecordDelimiter, RetryConfig, SourceConfig,
+    StreamConfig,
+};
+use crate::sinks::SinkConfig;
+
+/// Firehose's `CompressionFormat` enum.
+const COMPRESSION_FORMATS: &[&str] = &["UNCOMPRESSED", "GZIP", "ZIP", "Snappy", "HADOOP_SNAPPY"];
+const PROCESSOR_TYPES: &[&str] = &[
+    "RecordDeAggregation",
+    "Decompression",
+    "CloudWatchLogProcessing",
+    "Lambda",
+    "MetadataExtraction",
+    "AppendDelimiterToRecord",
+];
+/// Firehose's default active-partition quota.
+const DEFAULT_MAX_ACTIVE_PARTITIONS: u32 = 500;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct S3DestinationIn {
+    #[serde(rename = "RoleARN")]
+    role_arn: Option<String>,
+    #[serde(rename = "BucketARN")]
+    bucket_arn: Option<String>,
+    prefix: Option<String>,
+    error_output_prefix: Option<String>,
+    buffering_hints: Option<BufferingHintsIn>,
+    compression_format: Option<String>,
+    encryption_configuration: Option<Value>,
+    #[serde(rename = "CloudWatchLoggingOptions")]
+    _cloud_watch_logging_options: Option<Value>,
+    processing_configuration: Option<ProcessingIn>,
+    #[serde(rename = "S3BackupMode")]
+    s3_backup_mode: Option<String>,
+    data_format_conversion_configuration: Option<Value>,
+    dynamic_partitioning_configuration: Option<DynamicPartitioningIn>,
+    file_extension: Option<String>,
+    custom_time_zone: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct BufferingHintsIn {
+    #[serde(rename = "SizeInMBs")]
+    size_in_mbs: Option<i64>,
+    interval_in_seconds: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ProcessingIn {
+    enabled: Option<bool>,
+    #[serde(default)]
+    processors: Vec<ProcessorIn>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ProcessorIn {
+    #[serde(rename = "Type")]
+    kind: String,
+    #[serde(default)]
+    parameters: Vec<ParameterIn>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ParameterIn {
+    parameter_name: String,
+    parameter_value: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DynamicPartitioningIn {
+    enabled: Option<bool>,
+    retry_options: Option<RetryOptionsIn>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RetryOptionsIn {
+    duration_in_seconds: Option<i64>,
+}
+
+/// The bucket name of an S3 bucket ARN (`arn:<partition>:s3:::<bucket>`).
+pub fn bucket_of_arn(arn: &str) -> Option<&str> {
+    let mut parts = arn.splitn(6, ':');
+    let (scheme, _partition, service, region, account, resource) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let is_bucket_arn = scheme == "arn" && service == "s3" && region.is_empty() && account.is_empty();
+    (is_bucket_arn && !resource.is_empty() && !resource.contains('/')).then_some(resource)
+}
+
+/// Merge an `…DestinationUpdate` into the stored destination, member by member.
+pub fn merge_update(stored: &Value, update: &Value) -> Value {
+    let mut merged: Map<String, Value> = stored.as_object().cloned().unwrap_or_default();
+    if let Some(members) = update.as_object() {
+        for (key, value) in members {
+            merged.insert(key.clone(), value.clone());
+        }
+    }
+    Value::Object(merged)
+}
+
+/// The stream configuration for an API-created stream named `name` whose destination is
+/// `destination` (an `ExtendedS3DestinationConfiguration` object), under `config`'s defaults.
+/// `member` names the destination in validation messages (`extendedS3DestinationConfiguration`).
+pub fn stream_config(config: &Config, name: &str, destination: &Value, member: &str) -> Result<StreamConfig, ApiError> {
+    let parsed: S3DestinationIn = serde_json::from_value(destination.clone())
+        .map_err(|error| ApiError::serialization(format!("malformed {member}: {error}")))?;
+
+    let mut violations = Violations::new();
+    violations.required(parsed.role_arn.as_ref(), &format!("{member}.roleARN"));
+    violations.required(parsed.bucket_arn.as_ref(), &format!("{member}.bucketARN"));
+    let hints = parsed.buffering_hints.unwrap_or_default();
+    if let Some(size) = hints.size_in_mbs {
+        violations.range(size, &format!("{member}.bufferingHints.sizeInMBs"), 1, 128);
+    }
+    if let Some(interval) = hints.interval_in_seconds {
+        violations.range(interval, &format!("{member}.bufferingHints.intervalInSeconds"), 0, 900);
+    }
+    if let Some(format) = &parsed.compression_format {
+        violations.one_of(format, &format!("{member}.compressionFormat"), COMPRESSION_FORMATS);
+    }
+    for (field, value) in [("prefix", &parsed.prefix), ("errorOutputPrefix", &parsed.error_output_prefix)] {
+        if let Some(value) = value {
+            violations.length(value, &format!("{member}.{field}"), 0, 1024);
+        }
+    }
+    if let Some(processing) = &parsed.processing_configuration {
+        for (index, processor) in processing.processors.iter().enumerate() {
+            violations.one_of(
+                &processor.kind,
+                &format!("{member}.processingConfiguration.processors.{}.member.type", index + 1),
+                PROCESSOR_TYPES,
+            );
+        }
+    }
+    violations.finish()?;
+
+    let unsupported = |what: &str| ApiError::invalid_argument(format!("{what} is not supported by spillway"));
+    let bucket_arn = parsed.bucket_arn.as_deref().unwrap_or_default();
+    let Some(bucket) = bucket_of_arn(bucket_arn) else {
+        return Err(ApiError::invalid_argument(format!(
+            "BucketARN {bucket_arn} is not an S3 bucket ARN (arn:aws:s3:::<bucket>)"
+        )));
+    };
+    let compression = match parsed.compression_format.as_deref().unwrap_or("UNCOMPRESSED") {
+        "UNCOMPRESSED" => "none",
+        "GZIP" => "gzip",
+        other => return Err(unsupported(&format!("CompressionFormat {other} (supported: UNCOMPRESSED, GZIP)"))),
+    };
+    if let Some(encryption) = &parsed.encryption_configuration
+        && encryption.get("KMSEncryptionConfig").is_some()
+    {
+        return Err(unsupported(
+            "EncryptionConfiguration.KMSEncryptionConfig (objects are written with the bucket's default encryption)",
+        ));
+    }
+    if parsed.s3_backup_mode.as_deref().is_some_and(|mode| mode != "Disabled") {
+        return Err(unsupported("S3BackupMode Enabled"));
+    }
+    if parsed
+        .data_format_conversion_configuration
+        .as_ref()
+        .is_some_and(|conversion| conversion.get("Enabled").and_then(Value::as_bool).unwrap_or(true))
+    {
+        return Err(unsupported("DataFormatConversionConfiguration"));
+    }
+    if let Some(zone) = parsed.custom_time_zone.as_deref()
+        && !(zone.is_empty() || zone == "UTC")
+    {
+        return Err(unsupported(&format!("CustomTimeZone {zone} (prefixes are rendered in UTC)")));
+    }
+
+    let mut record_delimiter = RecordDelimiter::None;
+    let mut partition_keys = BTreeMap::new();
+    let processing = parsed.processing_configuration.unwrap_or_default();
+    if processing.enabled.unwrap_or(!processing.processors.is_empty()) {
+        for processor in &processing.processors {
+            match processor.kind.as_str() {
+                "AppendDelimiterToRecord" => record_delimiter = RecordDelimiter::Newline,
+                "MetadataExtraction" => {
+                    let query = processor
+                        .parameters
+                        .iter()
+                        .find(|parameter| parameter.parameter_name == "MetadataExtractionQuery")
+                        .map(|parameter| parameter.parameter_value.as_str())
+                        .ok_or_else(|| {
+                            ApiError::invalid_argument("MetadataExtraction needs a MetadataExtractionQuery parameter")
+                        })?;
+                    partition_keys = parse_metadata_query(query).map_err(ApiError::invalid_argument)?;
+                }
+                other => return Err(unsupported(&format!("processor type {other}"))),
+            }
+        }
+    }
+    let dynamic = parsed.dynamic_partitioning_configuration.unwrap_or_default();
+    let dynamic_partitioning = if dynamic.enabled.unwrap_or(false) {
+        if partition_keys.is_empty() {
+            return Err(ApiError::invalid_argument(
+                "DynamicPartitioningConfiguration is enabled but no MetadataExtraction processor names partition keys (partitionKeyFromLambda is not supported by spillway)",
+            ));
+        }
+        let retry = dynamic.retry_options.and_then(|options| options.duration_in_seconds).unwrap_or(300);
+        Some(DynamicPartitioningConfig {
+            enabled: true,
+            keys: partition_keys,
+            max_active_partitions: DEFAULT_MAX_ACTIVE_PARTITIONS,
+            retry_duration_seconds: u64::try_from(retry).unwrap_or(0),
+        })
+    } else {
+        None
+    };
+
+    let defaults = &config.api_defaults.s3;
+    let mut sink = defaults.connection_fields();
+    if defaults.url_for(bucket).starts_with("file://") {
+        // Connection fields apply to s3:// only; a local folder takes none of them.
+        sink.clear();
+    }
+    sink.insert("type".into(), "s3".into());
+    sink.insert("url".into(), defaults.url_for(bucket).into());
+    sink.insert("compression".into(), compression.into());
+    for (key, value) in [
+        ("prefix", &parsed.prefix),
+        ("error_output_prefix", &parsed.error_output_prefix),
+        ("file_extension", &parsed.file_extension),
+    ] {
+        // Firehose treats an empty prefix as none.
+        if let Some(value) = value.as_ref().filter(|value| !value.is_empty() || key == "file_extension") {
+            sink.insert(key.into(), value.clone().into());
+        }
+    }
+    let sink: SinkConfig = serde_json::from_value(Value::Object(sink))
+        .map_err(|error| ApiError::invalid_argument(format!("cannot make a sink for {bucket_arn}: {error}")))?;
+    let stream = StreamConfig {
+        name: name.to_string(),
+        source: SourceConfig::DirectPut,
+        processing: ProcessingConfig { record_delimiter, dynamic_partitioning },
+        buffering: BufferingConfig {
+            size_mib: hints.size_in_mbs.map_or(5, |size| size as u64),
+            interval_seconds: hints.interval_in_seconds.map_or(300, |interval| interval as u64),
+        },
+        sink,
+        retry: RetryConfig::default(),
+    };
+    check_like_yaml(config, &stream)?;
+    Ok(stream)
+}
+
+/// The same validation a YAML stream gets, its problems listed in one `InvalidArgumentException`.
+fn check_like_yaml(config: &Config, stream: &StreamConfig) -> Result<(), ApiError> {
+    let alone = Config { streams: vec![stream.clone()], ..config.clone() };
+    let problems: Vec<String> = alone
+        .validate()
+        .into_iter()
+        .filter_map(|problem| {
+            let field = problem.path.strip_prefix("streams[0].")?;
+            Some(format!("{field}: {}", problem.message))
+        })
+        .collect();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::invalid_argument(problems.join("; ")))
+}
+
+/// Keys of a `MetadataExtractionQuery` written as a jq object of key/expression pairs,
+/// `{customer_id: .customer_id, year: .ts | strftime("%Y")}`, split at top-level commas.
+fn parse_metadata_query(query: &str) -> Result<BTreeMap<String, String>, String> {
+    let invalid = || {
+        format!(
+            "MetadataExtractionQuery {query} must be a jq object of key: expression pairs, e.g. {{id:.customer_id}}"
+        )
+    };
+    let inner = query.trim().strip_prefix('{').and_then(|rest| rest.strip_suffix('}')).ok_or_else(invalid)?;
+    let mut pairs = Vec::new();
+    let (mut depth, mut in_string, mut escaped, mut start) = (0i32, false, false, 0);
+    for (index, c) in inner.char_indices() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => depth -= 1,
+            ',' if depth == 0 => {
+                pairs.push(&inner[start..index]);
+                start = index + 1;
+            }
+            _ => {}
+        }
+    }
+    pairs.push(&inner[start..]);
+    let mut keys = BTreeMap::new();
+    for pair in pairs {
+        let (key, expression) = pair.split_once(':').ok_or_else(invalid)?;
+        let key = key.trim().trim_matches('"');
+        let expression = expression.trim();
+        if key.is_empty() || expression.is_empty() {
+            return Err(invalid());
+        }
+        keys.insert(key.to_string(), expression.to_string());
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_arns() {
+        assert_eq!(bucket_of_arn("arn:aws:s3:::my-bucket"), Some("my-bucket"));
+        assert_eq!(bucket_of_arn("arn:aws-cn:s3:::b1"), Some("b1"));
+        assert_eq!(bucket_of_arn("arn:aws:s3:::b/key"), None);
+        assert_eq!(bucket_of_arn("arn:aws:iam::123:role/x"), None);
+        assert_eq!(bucket_of_arn("s3://b"), None);
+    }
+
+    #[test]
+    fn metadata_queries_split_at_top_level_commas() {
+        let keys =
+            parse_metadata_query(r#"{customer_id:.customer_id, year: .ts | strftime("%Y,%m")}"#).expect("parses");
+        assert_eq!(keys.get("customer_id").map(String::as_str), Some(".customer_id"));
+        assert_eq!(keys.get("year").map(String::as_str), Some(r#".ts | strftime("%Y,%m")"#));
+        assert!(parse_metadata_query(".a").is_err());
+    }
+
+    fn config() -> Config {
+        crate::config::parse_str(
+            "api_defaults: { s3: { url: 'file://./buckets/{bucket}' } }\n",
+            std::path::Path::new("t.yaml"),
+        )
+        .expect("config")
+    }
+
+    #[test]
+    fn an_extended_s3_destination_becomes_a_local_stream() {
+        let destination = serde_json::json!({
+            "RoleARN": "arn:aws:iam::000000000000:role/firehose",
+            "BucketARN": "arn:aws:s3:::logs",
+            "Prefix": "p/",
+            "BufferingHints": { "SizeInMBs": 1, "IntervalInSeconds": 60 },
+            "CompressionFormat": "GZIP",
+            "ProcessingConfiguration": { "Enabled": true, "Processors": [{ "Type": "AppendDelimiterToRecord" }] },
+            "CloudWatchLoggingOptions": { "Enabled": false },
+            "S3BackupMode": "Disabled",
+        });
+        let stream =
+            stream_config(&config(), "s", &destination, "extendedS3DestinationConfiguration").expect("converts");
+        let SinkConfig::S3(s3) = &stream.sink;
+        assert_eq!(s3.url, "file://./buckets/logs");
+        assert_eq!(s3.prefix.as_deref(), Some("p/"));
+        assert_eq!(stream.processing.record_delimiter, RecordDelimiter::Newline);
+        assert_eq!((stream.buffering.size_mib, stream.buffering.interval_seconds), (1, 60));
+    }
+
+    #[test]
+    fn unsupported_and_invalid_members_are_named() {
+        let base = serde_json::json!({ "RoleARN": "arn:aws:iam::0:role/r", "BucketARN": "arn:aws:s3:::logs" });
+        let with = |key: &str, value: Value| merge_update(&base, &serde_json::json!({ key: value }));
+        let error = stream_config(&config(), "s", &with("CompressionFormat", "ZIP".into()), "d").expect_err("zip");
+        assert_eq!(error.code(), "InvalidArgumentException");
+        assert!(error.message().contains("ZIP"), "{}", error.message());
+        let error = stream_config(&config(), "s", &with("CompressionFormat", "BROTLI".into()), "d").expect_err("enum");
+        assert_eq!(error.code(), "ValidationException");
+        assert!(error.message().contains("at 'd.compressionFormat'"), "{}", error.message());
+        let error = stream_config(&config(), "s", &serde_json::json!({ "RoleARN": "r" }), "d").expect_err("required");
+        assert!(error.message().contains("Value null at 'd.bucketARN'"), "{}", error.message());
+    }
+}

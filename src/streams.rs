@@ -1,0 +1,443 @@
+//! Stream lifecycle: the one place a stream is built — WAL, sink, delivery loop — from its
+//! `StreamConfig`, and stopped again. YAML streams at start-up and API-created streams at runtime
+//! (create, update, delete) go through the same functions, so both run the same code.
+//!
+//! Each stream's delivery loop has its own stop channel: stopping one stream (delete, or a new
+//! destination) lets its loop deliver what the WAL holds and end, without touching the others.
+//!
+//! Must not: answer HTTP or persist the catalog; the control plane does that around these calls.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::app::AppError;
+use crate::catalog::StreamRecord;
+use crate::checkpoint::Checkpoint;
+use crate::config::{LimitsConfig, StreamConfig, WalConfig};
+use crate::metrics::{Metrics, StreamMetrics, WalSize};
+use crate::pipeline::{
+    BatchingOptions, Delivery, DeliveryLoop, IntentLog, JqPartitioner, MemoryBudget, Partitioner, PipelineError, Router,
+};
+use crate::processing::PartitionKeys;
+use crate::sources::StreamIngest;
+use crate::wal::{Wal, WalOptions};
+
+/// What every stream's build shares.
+pub struct StreamEnv {
+    pub data_dir: PathBuf,
+    pub wal: WalConfig,
+    pub limits: LimitsConfig,
+    pub instance_id: Uuid,
+    pub budget: Arc<MemoryBudget>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A stream's running parts: its WAL and, unless the WAL could not be opened, its delivery task.
+struct Running {
+    wal: Wal,
+    metrics: Arc<StreamMetrics>,
+    stopped: Arc<OnceLock<String>>,
+    delivery: Option<DeliveryTask>,
+    /// The pull source's readers (a tailed file, …) and their stop switch; none for push sources.
+    readers: Readers,
+}
+
+/// A stream's pull-source reader tasks; they append to the WAL independently of delivery, so a
+/// restart with a new destination leaves them running.
+#[derive(Default)]
+struct Readers {
+    stop: Option<watch::Sender<bool>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Readers {
+    fn spawn(config: &StreamConfig, wal: &Wal) -> Self {
+        let (stop, stop_rx) = watch::channel(false);
+        let tasks = config.source.spawn_readers(&config.name, wal, stop_rx);
+        if tasks.is_empty() { Self::default() } else { Self { stop: Some(stop), tasks } }
+    }
+
+    /// Stop reading and wait (until `deadline`) for the current append to finish.
+    async fn stop(self, deadline: tokio::time::Instant) {
+        if let Some(stop) = self.stop {
+            let _ = stop.send(true);
+        }
+        for task in self.tasks {
+            let _ = tokio::time::timeout_at(deadline, task).await;
+        }
+    }
+}
+
+/// How long the start-up sink check may take before the stream starts anyway.
+const SINK_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct DeliveryTask {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), PipelineError>>,
+}
+
+/// How a stream's delivery ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// Close open batches, deliver everything committed to the WAL, then end.
+    Drain,
+    /// End now; undelivered records stay in the WAL.
+    Abort,
+}
+
+/// Builds, restarts and stops streams; owns their delivery tasks.
+pub struct Lifecycle {
+    env: StreamEnv,
+    running: Mutex<BTreeMap<String, Running>>,
+    /// Serialises control-plane changes (create, update, delete, tag), so two of them never
+    /// interleave on one stream's files. Held across awaits, hence tokio's mutex.
+    pub control: tokio::sync::Mutex<()>,
+}
+
+impl Lifecycle {
+    pub fn new(env: StreamEnv) -> Self {
+        Self { env, running: Mutex::new(BTreeMap::new()), control: tokio::sync::Mutex::new(()) }
+    }
+
+    pub fn env(&self) -> &StreamEnv {
+        &self.env
+    }
+
+    /// The stream's folder under `data_dir` (WAL, checkpoint, intents).
+    pub fn stream_dir(&self, name: &str) -> PathBuf {
+        stream_dir(&self.env.data_dir, name)
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Running>> {
+        self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Open the stream's WAL (on the blocking pool), build its sink and start its delivery loop.
+    /// A WAL that cannot be opened stops only this stream: it is returned marked stopped with
+    /// the reason, and gets no delivery loop.
+    pub async fn start(&self, config: &StreamConfig, record: StreamRecord) -> Result<StreamIngest, AppError> {
+        let name = config.name.clone();
+        let opened = {
+            let (dir, options) = (self.stream_dir(&name), self.wal_options(config));
+            let name = name.clone();
+            tokio::task::spawn_blocking(move || open_wal(&name, &dir, options)).await.map_err(|join| {
+                AppError::DataDir { path: self.stream_dir(&config.name), source: std::io::Error::other(join) }
+            })??
+        };
+        let wal = opened.wal.clone();
+        let probe_wal = wal.clone();
+        let metrics = self.env.metrics.register(
+            &name,
+            Box::new(move || WalSize {
+                undelivered_bytes: probe_wal.undelivered_bytes(),
+                disk_bytes: probe_wal.disk_bytes(),
+            }),
+        );
+        let stopped = Arc::new(OnceLock::new());
+        let delivery = match opened.failure {
+            Some(reason) => {
+                let _ = stopped.set(reason);
+                None
+            }
+            None => match self.start_delivery(config, record.version_id, &wal, &metrics, &stopped).await {
+                Ok(delivery) => Some(delivery),
+                Err(error) => {
+                    // Nothing was accepted yet through this build: undo it.
+                    self.env.metrics.unregister(&name);
+                    let _ = tokio::task::spawn_blocking(move || wal.close()).await;
+                    return Err(error);
+                }
+            },
+        };
+        // A stream whose WAL could not be opened reads nothing.
+        let readers = if delivery.is_some() { Readers::spawn(config, &wal) } else { Readers::default() };
+        self.running().insert(
+            name,
+            Running { wal: wal.clone(), metrics: metrics.clone(), stopped: stopped.clone(), delivery, readers },
+        );
+        Ok(StreamIngest { config: config.clone(), record: Arc::new(record), wal, metrics, stopped })
+    }
+
+    /// Stop the stream's delivery after it delivered what it holds, then start it again with
+    /// `config` (a new destination) on the same WAL. Appends continue meanwhile.
+    pub async fn restart(&self, config: &StreamConfig, record: StreamRecord) -> Result<StreamIngest, AppError> {
+        let name = config.name.clone();
+        let had_delivery = self.running().get(&name).is_some_and(|current| current.delivery.is_some());
+        let stop_result = self.stop_delivery(&name, StopMode::Drain).await;
+        let current = self.running().get(&name).map(|current| (current.wal.clone(), current.metrics.clone()));
+        let Some((wal, metrics)) = current else {
+            return self.start(config, record).await;
+        };
+        if let Err(error) = stop_result {
+            // The old loop failed (its records stay in the WAL); the new sink gets a fresh try.
+            tracing::warn!(stream = %name, %error, "delivery ended with an error before the restart");
+        }
+        // A stream whose WAL could not be opened has no delivery to restart and stays stopped.
+        let stopped = match self.running().get(&name) {
+            Some(current) if !had_delivery => current.stopped.clone(),
+            _ => Arc::new(OnceLock::new()),
+        };
+        let delivery = if had_delivery {
+            Some(self.start_delivery(config, record.version_id, &wal, &metrics, &stopped).await?)
+        } else {
+            None
+        };
+        if let Some(current) = self.running().get_mut(&name) {
+            current.delivery = delivery;
+            current.stopped = stopped.clone();
+        }
+        Ok(StreamIngest { config: config.clone(), record: Arc::new(record), wal, metrics, stopped })
+    }
+
+    /// End the stream's delivery (see [`StopMode`]), close its WAL and forget it. Returns the
+    /// WAL's committed end and the checkpoint, so the caller can tell whether anything is left.
+    pub async fn remove(&self, name: &str, mode: StopMode) -> Result<Removed, AppError> {
+        let readers = self.running().get_mut(name).map(|stream| std::mem::take(&mut stream.readers));
+        if let Some(readers) = readers {
+            readers.stop(tokio::time::Instant::now() + Duration::from_secs(30)).await;
+        }
+        let stop_result = self.stop_delivery(name, mode).await;
+        let Some(running) = self.running().remove(name) else {
+            return Ok(Removed { committed: 0, delivered: 0 });
+        };
+        if let Err(error) = stop_result {
+            tracing::warn!(stream = %name, %error, "delivery ended with an error while the stream was removed");
+        }
+        self.env.metrics.unregister(name);
+        let wal = running.wal;
+        let committed = *wal.committed().borrow();
+        let dir = self.stream_dir(name);
+        let checkpoint = Checkpoint::new(&dir);
+        let stream = name.to_string();
+        let delivered = tokio::task::spawn_blocking(move || {
+            wal.close();
+            checkpoint.load()
+        })
+        .await
+        .map_err(|join| AppError::DataDir { path: dir.clone(), source: std::io::Error::other(join) })?
+        .map_err(|source| AppError::Checkpoint { stream, source })?;
+        Ok(Removed { committed, delivered })
+    }
+
+    /// Stop every pull source's readers (intake ends with them), waiting until `deadline` at most.
+    pub async fn stop_readers(&self, deadline: tokio::time::Instant) {
+        let all: Vec<Readers> =
+            self.running().values_mut().map(|stream| std::mem::take(&mut stream.readers)).collect();
+        for readers in all {
+            readers.stop(deadline).await;
+        }
+    }
+
+    /// Stop every stream's delivery (each drains what its WAL holds) until `deadline`, then
+    /// close every WAL. The first delivery error is returned.
+    pub async fn shutdown(&self, deadline: tokio::time::Instant, grace: Duration) -> Option<AppError> {
+        let tasks: Vec<(String, DeliveryTask)> = {
+            let mut running = self.running();
+            running.iter_mut().filter_map(|(name, stream)| Some((name.clone(), stream.delivery.take()?))).collect()
+        };
+        for (_, delivery) in &tasks {
+            let _ = delivery.stop.send(true);
+        }
+        let mut first_error = None;
+        for (stream, delivery) in tasks {
+            match tokio::time::timeout_at(deadline, delivery.task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(source))) => {
+                    tracing::error!(%stream, error = %source, "delivery stopped with an error");
+                    first_error.get_or_insert(AppError::Pipeline { stream, source });
+                }
+                Ok(Err(join)) => tracing::error!(%stream, error = %join, "delivery task failed"),
+                Err(_) => {
+                    tracing::warn!(%stream, grace_seconds = grace.as_secs(), "grace period over; undelivered records stay in the wal for the next start")
+                }
+            }
+        }
+        let wals: Vec<Wal> = self.running().values().map(|stream| stream.wal.clone()).collect();
+        for wal in wals {
+            let _ = tokio::task::spawn_blocking(move || wal.close()).await;
+        }
+        first_error
+    }
+
+    /// Stop the stream's delivery loop and wait for it; `Ok` when it had none.
+    async fn stop_delivery(&self, name: &str, mode: StopMode) -> Result<(), PipelineError> {
+        let delivery = self.running().get_mut(name).and_then(|stream| stream.delivery.take());
+        let Some(delivery) = delivery else { return Ok(()) };
+        if mode == StopMode::Abort {
+            delivery.task.abort();
+            let _ = delivery.task.await;
+            return Ok(());
+        }
+        let _ = delivery.stop.send(true);
+        match delivery.task.await {
+            Ok(result) => result,
+            Err(join) => Err(PipelineError::Join(join)),
+        }
+    }
+
+    fn wal_options(&self, config: &StreamConfig) -> WalOptions {
+        WalOptions {
+            dir: self.stream_dir(&config.name).join("wal"),
+            fsync: self.env.wal.fsync,
+            fsync_interval: Duration::from_millis(self.env.wal.fsync_interval_ms),
+            segment_bytes: self.env.wal.segment_mib << 20,
+            max_bytes: self.env.limits.max_wal_mib << 20,
+            full_wait: Duration::from_millis(self.env.limits.full_wait_ms),
+            track_positions: !config.source.accepts_puts(),
+        }
+    }
+
+    /// Build the sink and the delivery loop for `config` over `wal`, and spawn the loop.
+    async fn start_delivery(
+        &self,
+        config: &StreamConfig,
+        version_id: u64,
+        wal: &Wal,
+        metrics: &Arc<StreamMetrics>,
+        stopped: &Arc<OnceLock<String>>,
+    ) -> Result<DeliveryTask, AppError> {
+        let name = config.name.clone();
+        let stream_dir = self.stream_dir(&name);
+        let built = config
+            .sink
+            .build(&name, version_id)
+            .await
+            .map_err(|source| AppError::Sink { stream: name.clone(), source: Box::new(source) })?;
+        // A destination that is down is not a reason to refuse records (they wait in the WAL),
+        // but the operator should hear about it at once, not at the first batch.
+        match tokio::time::timeout(SINK_CHECK_TIMEOUT, built.sink.healthcheck()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(stream = %name, %error, "sink healthcheck failed at start; records wait in the wal")
+            }
+            Err(_) => tracing::warn!(
+                stream = %name,
+                timeout_seconds = SINK_CHECK_TIMEOUT.as_secs(),
+                "sink healthcheck did not answer at start; records wait in the wal"
+            ),
+        }
+        let partition_keys = config.processing.partition_keys();
+        let partitioner: Option<Arc<dyn Partitioner>> = if partition_keys.is_empty() {
+            None
+        } else {
+            let compiled = PartitionKeys::compile(&partition_keys).map_err(|problems| AppError::Processing {
+                stream: name.clone(),
+                message: problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+            })?;
+            Some(Arc::new(JqPartitioner::new(compiled)))
+        };
+        let router = Router::new(partitioner, config.processing.record_delimiter);
+        let delivery = Arc::new(Delivery {
+            sink: built.sink,
+            error_output: built.error_output,
+            failure_output_type: built.failure_output_type,
+            retry_duration: Duration::from_secs(config.retry_duration_seconds()),
+            metrics: metrics.clone(),
+            wal: wal.clone(),
+            encoders: built.encoders.clone(),
+            delimiter: config.processing.record_delimiter.suffix(),
+        });
+        let intents = {
+            let dir = stream_dir.clone();
+            tokio::task::spawn_blocking(move || IntentLog::open(&dir))
+                .await
+                .map_err(|join| AppError::DataDir { path: stream_dir.clone(), source: std::io::Error::other(join) })?
+                .map_err(|source| AppError::Intent { stream: name.clone(), source })?
+        };
+        let delivery_loop = DeliveryLoop {
+            stream: name.clone(),
+            wal: wal.clone(),
+            checkpoint: Checkpoint::new(&stream_dir),
+            intents,
+            delivery,
+            instance_id: self.env.instance_id,
+            router,
+            encoders: built.encoders,
+            batching: BatchingOptions {
+                size_bytes: (config.buffering.size_mib << 20) as usize,
+                interval: Duration::from_secs(config.buffering.interval_seconds),
+                max_partitions: config.processing.max_active_partitions(),
+            },
+            budget: self.env.budget.clone(),
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let run = delivery_loop.run(stop_rx);
+        let stopped = stopped.clone();
+        let task = tokio::spawn(async move {
+            let result = run.await;
+            if let Err(error) = &result {
+                // Only this stream stops; its records stay in the WAL.
+                tracing::error!(stream_name = %name, %error, "delivery stopped; fix the cause and restart");
+                let _ = stopped.set(error.to_string());
+            }
+            result
+        });
+        Ok(DeliveryTask { stop, task })
+    }
+}
+
+/// What [`Lifecycle::remove`] left behind: everything below `committed` was appended, everything
+/// below `delivered` left for the sink or the error output.
+#[derive(Debug, Clone, Copy)]
+pub struct Removed {
+    pub committed: u64,
+    pub delivered: u64,
+}
+
+impl Removed {
+    /// Whether records were appended that were not delivered.
+    pub fn has_undelivered(&self) -> bool {
+        self.committed > self.delivered
+    }
+}
+
+pub fn stream_dir(data_dir: &Path, name: &str) -> PathBuf {
+    data_dir.join("streams").join(name)
+}
+
+struct OpenedWal {
+    wal: Wal,
+    /// Why the WAL could not be opened; the stream is then stopped.
+    failure: Option<String>,
+}
+
+/// Blocking: create the stream's folder and open its WAL from the stored checkpoint.
+fn open_wal(name: &str, stream_dir: &Path, options: WalOptions) -> Result<OpenedWal, AppError> {
+    std::fs::create_dir_all(stream_dir)
+        .map_err(|source| AppError::DataDir { path: stream_dir.to_path_buf(), source })?;
+    let delivered = Checkpoint::new(stream_dir)
+        .load()
+        .map_err(|source| AppError::Checkpoint { stream: name.to_string(), source })?;
+    let started = std::time::Instant::now();
+    let wal_dir = options.dir.clone();
+    let (wal, report) = match Wal::open(options, delivered) {
+        Ok(opened) => opened,
+        Err(error) => {
+            // Only this stream stops; its files stay for `spillway wal inspect`.
+            let reason = format!(
+                "{error}; its wal files are kept: see `spillway wal inspect --stream {name}` and `spillway wal quarantine`"
+            );
+            tracing::error!(stream = %name, %error, "cannot open the wal; this stream is stopped, the others run");
+            return Ok(OpenedWal { wal: Wal::unavailable(wal_dir), failure: Some(reason) });
+        }
+    };
+    if let Some(truncated) = &report.truncated_tail {
+        tracing::warn!(stream = %name, %truncated, "cut off a torn wal tail left by a crash");
+    }
+    tracing::info!(
+        stream = %name,
+        segments = report.segments,
+        undelivered_records = report.next_sequence.saturating_sub(delivered),
+        undelivered_bytes = wal.undelivered_bytes(),
+        wal_disk_bytes = report.bytes,
+        recovery_ms = started.elapsed().as_millis() as u64,
+        "wal opened"
+    );
+    Ok(OpenedWal { wal, failure: None })
+}

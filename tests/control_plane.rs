@@ -1,0 +1,439 @@
+//! The Firehose control plane end to end: the real `spillway` binary, the real
+//! `aws-sdk-firehose` client. Streams created through the API deliver to a local folder through
+//! the `api_defaults` block, survive a restart and are gone after delete; YAML streams refuse
+//! changes; bad requests get AWS's error types.
+
+mod common;
+
+use std::time::Duration;
+
+use aws_sdk_firehose::Client;
+use aws_sdk_firehose::error::ProvideErrorMetadata;
+use aws_sdk_firehose::primitives::Blob;
+use aws_sdk_firehose::types::{
+    BufferingHints, CloudWatchLoggingOptions, CompressionFormat, DeliveryStreamStatus, DeliveryStreamType,
+    ExtendedS3DestinationConfiguration, ExtendedS3DestinationUpdate, ProcessingConfiguration, Processor, ProcessorType,
+    Record, S3BackupMode, Tag,
+};
+use common::{Spillway, WAIT, eventually, local_objects};
+
+const ROLE_ARN: &str = "arn:aws:iam::000000000000:role/firehose";
+
+fn yaml() -> String {
+    "server:\n  listen: 127.0.0.1:0\n  shutdown_grace_seconds: 30\n\
+     data_dir: ./data\n\
+     api_defaults:\n  s3:\n    url: file://./buckets/{bucket}\n\
+     streams:\n\
+     \x20 - name: yaml-logs\n\
+     \x20   sink: { type: s3, url: file://./yaml-out }\n"
+        .to_string()
+}
+
+/// What Terraform's `extended_s3_configuration` block sends with its defaults filled in
+/// (`expandExtendedS3DestinationConfiguration`): disabled logging, disabled processing, backup
+/// `Disabled`, time zone `UTC`.
+fn terraform_destination(bucket: &str, prefix: &str) -> ExtendedS3DestinationConfiguration {
+    ExtendedS3DestinationConfiguration::builder()
+        .role_arn(ROLE_ARN)
+        .bucket_arn(format!("arn:aws:s3:::{bucket}"))
+        .prefix(prefix)
+        .buffering_hints(BufferingHints::builder().size_in_mbs(1).interval_in_seconds(1).build())
+        .compression_format(CompressionFormat::Uncompressed)
+        .cloud_watch_logging_options(CloudWatchLoggingOptions::builder().enabled(false).build())
+        .processing_configuration(
+            ProcessingConfiguration::builder()
+                .enabled(true)
+                .processors(
+                    Processor::builder().r#type(ProcessorType::AppendDelimiterToRecord).build().expect("processor"),
+                )
+                .build(),
+        )
+        .s3_backup_mode(S3BackupMode::Disabled)
+        .custom_time_zone("UTC")
+        .build()
+        .expect("destination")
+}
+
+async fn describe_status(client: &Client, name: &str) -> Result<DeliveryStreamStatus, String> {
+    match client.describe_delivery_stream().delivery_stream_name(name).send().await {
+        Ok(output) => Ok(output.delivery_stream_description().expect("description").delivery_stream_status().clone()),
+        Err(error) => Err(error.into_service_error().code().unwrap_or("unknown").to_string()),
+    }
+}
+
+/// Poll describe (bounded) until `done` says so; Terraform's waiters poll the same way.
+async fn wait_for(
+    client: &Client,
+    name: &str,
+    what: &str,
+    done: impl Fn(&Result<DeliveryStreamStatus, String>) -> bool,
+) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let status = describe_status(client, name).await;
+        if done(&status) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}: last {status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn put_lines(client: &Client, name: &str, lines: &[&str]) {
+    let records: Vec<Record> =
+        lines.iter().map(|line| Record::builder().data(Blob::new(line.as_bytes())).build().expect("record")).collect();
+    let output = client
+        .put_record_batch()
+        .delivery_stream_name(name)
+        .set_records(Some(records))
+        .send()
+        .await
+        .expect("batch accepted");
+    assert_eq!(output.failed_put_count(), 0);
+}
+
+/// All lines delivered under `folder` (newline-delimited objects), sorted.
+fn delivered_lines(folder: &std::path::Path) -> Vec<String> {
+    let mut lines: Vec<String> = local_objects(folder)
+        .into_iter()
+        .flat_map(|(_, bytes)| String::from_utf8_lossy(&bytes).lines().map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// The call sequence of Terraform's AWS provider for `aws_kinesis_firehose_delivery_stream`
+/// (hashicorp/terraform-provider-aws `internal/service/firehose/delivery_stream.go`:
+/// `resourceDeliveryStreamCreate` → `CreateDeliveryStream` then `waitDeliveryStreamCreated`
+/// (describe until ACTIVE); `resourceDeliveryStreamRead` → `DescribeDeliveryStream` and, through
+/// transparent tagging, `ListTagsForDeliveryStream`; `resourceDeliveryStreamUpdate` →
+/// `UpdateDestination` with `CurrentDeliveryStreamVersionId` and `DestinationId` from the last
+/// read, then `TagDeliveryStream` / `UntagDeliveryStream`; `resourceDeliveryStreamDelete` →
+/// `DeleteDeliveryStream` then `waitDeliveryStreamDeleted` (describe until
+/// `ResourceNotFoundException`)), with records put and delivered in between.
+#[tokio::test]
+async fn terraform_sequence_with_the_rust_sdk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spillway = Spillway::start(dir.path(), &yaml());
+    let client = spillway.client().await;
+    let name = "tf-stream";
+
+    // Create.
+    let created = client
+        .create_delivery_stream()
+        .delivery_stream_name(name)
+        .delivery_stream_type(DeliveryStreamType::DirectPut)
+        .extended_s3_destination_configuration(terraform_destination("tf-bucket", "v1/"))
+        .tags(Tag::builder().key("team").value("data").build().expect("tag"))
+        .send()
+        .await
+        .expect("created");
+    assert_eq!(created.delivery_stream_arn(), Some("arn:aws:firehose:us-east-1:000000000000:deliverystream/tf-stream"));
+    wait_for(&client, name, "ACTIVE", |status| status.as_ref().is_ok_and(|s| *s == DeliveryStreamStatus::Active)).await;
+
+    // Read.
+    let described = client.describe_delivery_stream().delivery_stream_name(name).send().await.expect("described");
+    let description = described.delivery_stream_description().expect("description");
+    assert_eq!(description.version_id(), "1");
+    let created_at = description.create_timestamp().expect("create timestamp").secs();
+    let destination = &description.destinations()[0];
+    let destination_id = destination.destination_id().to_string();
+    let extended = destination.extended_s3_destination_description().expect("extended s3");
+    assert_eq!(extended.bucket_arn(), "arn:aws:s3:::tf-bucket");
+    assert_eq!(extended.role_arn(), ROLE_ARN);
+    assert_eq!(extended.prefix(), Some("v1/"));
+    assert_eq!(extended.compression_format(), &CompressionFormat::Uncompressed);
+    assert_eq!(extended.s3_backup_mode(), Some(&S3BackupMode::Disabled));
+    let processors = extended.processing_configuration().expect("processing").processors();
+    assert_eq!(processors[0].r#type(), &ProcessorType::AppendDelimiterToRecord);
+    assert!(destination.s3_destination_description().is_some(), "both descriptions, as AWS returns them");
+    let tags = client.list_tags_for_delivery_stream().delivery_stream_name(name).send().await.expect("tags");
+    assert_eq!(tags.tags().iter().map(|tag| (tag.key(), tag.value())).collect::<Vec<_>>(), [("team", Some("data"))]);
+    assert!(!tags.has_more_tags());
+
+    // Records flow through the API-created stream into the defaults block's folder.
+    put_lines(&client, name, &["{\"n\":1}", "{\"n\":2}"]).await;
+    let bucket = dir.path().join("buckets/tf-bucket");
+    eventually(WAIT, "the first records delivered", || (delivered_lines(&bucket).len() == 2).then_some(())).await;
+    let keys: Vec<String> = local_objects(&bucket).into_iter().map(|(key, _)| key).collect();
+    assert!(keys.iter().all(|key| key.starts_with("v1/") && key.contains("/tf-stream-1-")), "{keys:?}");
+
+    // Update with a stale version: refused.
+    let stale = client
+        .update_destination()
+        .delivery_stream_name(name)
+        .current_delivery_stream_version_id("7")
+        .destination_id(&destination_id)
+        .extended_s3_destination_update(ExtendedS3DestinationUpdate::builder().prefix("v2/").build())
+        .send()
+        .await
+        .expect_err("stale version");
+    assert_eq!(stale.into_service_error().code(), Some("ConcurrentModificationException"));
+
+    // Update (Terraform sends the whole block again; only the prefix changed).
+    client
+        .update_destination()
+        .delivery_stream_name(name)
+        .current_delivery_stream_version_id("1")
+        .destination_id(&destination_id)
+        .extended_s3_destination_update(
+            ExtendedS3DestinationUpdate::builder()
+                .role_arn(ROLE_ARN)
+                .bucket_arn("arn:aws:s3:::tf-bucket")
+                .prefix("v2/")
+                .buffering_hints(BufferingHints::builder().size_in_mbs(1).interval_in_seconds(1).build())
+                .compression_format(CompressionFormat::Uncompressed)
+                .s3_backup_mode(S3BackupMode::Disabled)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("updated");
+    client
+        .tag_delivery_stream()
+        .delivery_stream_name(name)
+        .tags(Tag::builder().key("env").value("test").build().expect("tag"))
+        .send()
+        .await
+        .expect("tagged");
+    client.untag_delivery_stream().delivery_stream_name(name).tag_keys("team").send().await.expect("untagged");
+
+    let described = client.describe_delivery_stream().delivery_stream_name(name).send().await.expect("described");
+    let description = described.delivery_stream_description().expect("description");
+    assert_eq!(description.version_id(), "2", "VersionId grows with the destination");
+    assert_eq!(description.create_timestamp().expect("create timestamp").secs(), created_at, "stable CreateTimestamp");
+    let extended = description.destinations()[0].extended_s3_destination_description().expect("extended s3");
+    assert_eq!(extended.prefix(), Some("v2/"));
+    let tags = client.list_tags_for_delivery_stream().delivery_stream_name(name).send().await.expect("tags");
+    assert_eq!(tags.tags().iter().map(|tag| (tag.key(), tag.value())).collect::<Vec<_>>(), [("env", Some("test"))]);
+
+    // New objects carry the new prefix and version.
+    put_lines(&client, name, &["{\"n\":3}"]).await;
+    eventually(WAIT, "records after the update delivered", || (delivered_lines(&bucket).len() == 3).then_some(()))
+        .await;
+    let keys: Vec<String> = local_objects(&bucket).into_iter().map(|(key, _)| key).collect();
+    assert!(keys.iter().any(|key| key.starts_with("v2/") && key.contains("/tf-stream-2-")), "{keys:?}");
+
+    // Delete.
+    client.delete_delivery_stream().delivery_stream_name(name).send().await.expect("deleted");
+    wait_for(&client, name, "ResourceNotFoundException", |status| {
+        status.as_ref().is_err_and(|code| code == "ResourceNotFoundException")
+    })
+    .await;
+    let names = client.list_delivery_streams().send().await.expect("listed");
+    assert_eq!(names.delivery_stream_names(), ["yaml-logs"]);
+    assert!(!dir.path().join("data/streams/tf-stream").exists(), "the stream's files are removed");
+    assert_eq!(delivered_lines(&bucket), ["{\"n\":1}", "{\"n\":2}", "{\"n\":3}"], "everything accepted was delivered");
+}
+
+#[tokio::test]
+async fn an_api_stream_survives_a_restart_and_keeps_delivering() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spillway = Spillway::start(dir.path(), &yaml());
+    let client = spillway.client().await;
+    client
+        .create_delivery_stream()
+        .delivery_stream_name("kept")
+        .extended_s3_destination_configuration(terraform_destination("kept-bucket", "p/"))
+        .send()
+        .await
+        .expect("created");
+    put_lines(&client, "kept", &["a"]).await;
+    let bucket = dir.path().join("buckets/kept-bucket");
+    eventually(WAIT, "delivery before the restart", || (delivered_lines(&bucket).len() == 1).then_some(())).await;
+    let before = client.describe_delivery_stream().delivery_stream_name("kept").send().await.expect("described");
+    assert_eq!(spillway.terminate(), 0);
+
+    let spillway = Spillway::start(dir.path(), &yaml());
+    let client = spillway.client().await;
+    let after = client.describe_delivery_stream().delivery_stream_name("kept").send().await.expect("still described");
+    let (before, after) =
+        (before.delivery_stream_description().expect("d"), after.delivery_stream_description().expect("d"));
+    assert_eq!(after.delivery_stream_status(), &DeliveryStreamStatus::Active);
+    assert_eq!(after.create_timestamp(), before.create_timestamp(), "CreateTimestamp is persisted");
+    assert_eq!(after.version_id(), before.version_id());
+    put_lines(&client, "kept", &["b"]).await;
+    eventually(WAIT, "delivery after the restart", || (delivered_lines(&bucket).len() == 2).then_some(())).await;
+    assert_eq!(delivered_lines(&bucket), ["a", "b"]);
+
+    client.delete_delivery_stream().delivery_stream_name("kept").send().await.expect("deleted");
+    wait_for(&client, "kept", "ResourceNotFoundException", |status| {
+        status.as_ref().is_err_and(|code| code == "ResourceNotFoundException")
+    })
+    .await;
+    assert_eq!(spillway.terminate(), 0);
+    let spillway = Spillway::start(dir.path(), &yaml());
+    let client = spillway.client().await;
+    let gone = describe_status(&client, "kept").await;
+    assert_eq!(gone, Err("ResourceNotFoundException".to_string()), "still gone after a restart");
+}
+
+#[tokio::test]
+async fn yaml_streams_are_read_only_and_bad_requests_get_aws_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spillway = Spillway::start(dir.path(), &yaml());
+    let client = spillway.client().await;
+    let code = |error: aws_sdk_firehose::Error| error.code().unwrap_or("none").to_string();
+
+    let delete = client.delete_delivery_stream().delivery_stream_name("yaml-logs").send().await.expect_err("yaml");
+    assert_eq!(code(delete.into()), "ResourceInUseException");
+    let tag = client
+        .tag_delivery_stream()
+        .delivery_stream_name("yaml-logs")
+        .tags(Tag::builder().key("k").value("v").build().expect("tag"))
+        .send()
+        .await
+        .expect_err("yaml");
+    assert_eq!(code(tag.into()), "ResourceInUseException");
+    let update = client
+        .update_destination()
+        .delivery_stream_name("yaml-logs")
+        .current_delivery_stream_version_id("1")
+        .destination_id("destinationId-000000000001")
+        .extended_s3_destination_update(ExtendedS3DestinationUpdate::builder().prefix("x/").build())
+        .send()
+        .await
+        .expect_err("yaml");
+    assert_eq!(code(update.into()), "ResourceInUseException");
+
+    // A YAML stream describes with valid ARNs and a stable creation time.
+    let described = client.describe_delivery_stream().delivery_stream_name("yaml-logs").send().await.expect("d");
+    let extended = described.delivery_stream_description().expect("d").destinations()[0]
+        .extended_s3_destination_description()
+        .expect("extended")
+        .clone();
+    assert_eq!(extended.bucket_arn(), "arn:aws:s3:::spillway-local-yaml-out");
+
+    let unsupported = client
+        .create_delivery_stream()
+        .delivery_stream_name("to-kinesis")
+        .delivery_stream_type(DeliveryStreamType::KinesisStreamAsSource)
+        .extended_s3_destination_configuration(terraform_destination("b-1", "p/"))
+        .send()
+        .await
+        .expect_err("unsupported source");
+    let unsupported: aws_sdk_firehose::Error = unsupported.into();
+    assert_eq!(unsupported.code(), Some("InvalidArgumentException"));
+    assert!(unsupported.message().unwrap_or_default().contains("KinesisStreamAsSource"));
+
+    let zip = client
+        .create_delivery_stream()
+        .delivery_stream_name("zipped")
+        .extended_s3_destination_configuration(
+            ExtendedS3DestinationConfiguration::builder()
+                .role_arn(ROLE_ARN)
+                .bucket_arn("arn:aws:s3:::b-1")
+                .compression_format(CompressionFormat::Zip)
+                .build()
+                .expect("destination"),
+        )
+        .send()
+        .await
+        .expect_err("zip");
+    assert_eq!(code(zip.into()), "InvalidArgumentException");
+
+    let bad_name = client.describe_delivery_stream().delivery_stream_name("bad name!").send().await.expect_err("name");
+    let bad_name: aws_sdk_firehose::Error = bad_name.into();
+    assert_eq!(bad_name.code(), Some("ValidationException"));
+    assert!(
+        bad_name
+            .message()
+            .unwrap_or_default()
+            .starts_with("1 validation error detected: Value 'bad name!' at 'deliveryStreamName'")
+    );
+
+    let too_many: Vec<Record> =
+        (0..501).map(|_| Record::builder().data(Blob::new("x")).build().expect("record")).collect();
+    let batch = client
+        .put_record_batch()
+        .delivery_stream_name("yaml-logs")
+        .set_records(Some(too_many))
+        .send()
+        .await
+        .expect_err("501 records");
+    let batch: aws_sdk_firehose::Error = batch.into();
+    assert_eq!(batch.code(), Some("ValidationException"));
+    assert_eq!(
+        batch.message(),
+        Some(
+            "1 validation error detected: Value '[...]' at 'records' failed to satisfy constraint: Member must have length less than or equal to 500"
+        )
+    );
+
+    let created = client
+        .create_delivery_stream()
+        .delivery_stream_name("yaml-logs")
+        .extended_s3_destination_configuration(terraform_destination("b-1", "p/"))
+        .send()
+        .await
+        .expect_err("exists");
+    assert_eq!(code(created.into()), "ResourceInUseException");
+
+    // Every response names its request.
+    let response = reqwest::Client::new()
+        .post(&spillway.endpoint)
+        .header("x-amz-target", "Firehose_20150804.ListDeliveryStreams")
+        .header("content-type", "application/x-amz-json-1.1")
+        .body("{}")
+        .send()
+        .await
+        .expect("raw request");
+    assert!(response.headers().contains_key("x-amzn-requestid"));
+}
+
+/// The same Terraform sequence driven by boto3 (a user's script or an `awslocal`-style tool).
+#[tokio::test]
+#[ignore = "needs services: scripts/test.sh"]
+async fn terraform_sequence_with_boto3() {
+    let python = common::s3::env("SPILLWAY_TEST_PYTHON");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spillway = Spillway::start(dir.path(), &yaml());
+    let script = r#"
+import os, sys, time, boto3
+fh = boto3.client('firehose', endpoint_url=os.environ['ENDPOINT'], region_name='us-east-1',
+                  aws_access_key_id='test', aws_secret_access_key='test')
+name = 'py-stream'
+dest = {'RoleARN': 'arn:aws:iam::000000000000:role/firehose', 'BucketARN': 'arn:aws:s3:::py-bucket',
+        'Prefix': 'v1/', 'BufferingHints': {'SizeInMBs': 1, 'IntervalInSeconds': 1},
+        'CompressionFormat': 'UNCOMPRESSED', 'CloudWatchLoggingOptions': {'Enabled': False},
+        'ProcessingConfiguration': {'Enabled': True, 'Processors': [{'Type': 'AppendDelimiterToRecord'}]},
+        'S3BackupMode': 'Disabled', 'CustomTimeZone': 'UTC'}
+fh.create_delivery_stream(DeliveryStreamName=name, DeliveryStreamType='DirectPut',
+                          ExtendedS3DestinationConfiguration=dest, Tags=[{'Key': 'team', 'Value': 'data'}])
+while fh.describe_delivery_stream(DeliveryStreamName=name)['DeliveryStreamDescription']['DeliveryStreamStatus'] != 'ACTIVE':
+    time.sleep(0.1)
+d = fh.describe_delivery_stream(DeliveryStreamName=name)['DeliveryStreamDescription']
+assert fh.list_tags_for_delivery_stream(DeliveryStreamName=name)['Tags'] == [{'Key': 'team', 'Value': 'data'}]
+fh.put_record_batch(DeliveryStreamName=name, Records=[{'Data': b'{"n":1}'}])
+fh.update_destination(DeliveryStreamName=name, CurrentDeliveryStreamVersionId=d['VersionId'],
+                      DestinationId=d['Destinations'][0]['DestinationId'],
+                      ExtendedS3DestinationUpdate=dict(dest, Prefix='v2/'))
+fh.tag_delivery_stream(DeliveryStreamName=name, Tags=[{'Key': 'env', 'Value': 'test'}])
+d = fh.describe_delivery_stream(DeliveryStreamName=name)['DeliveryStreamDescription']
+assert d['VersionId'] == '2', d['VersionId']
+assert d['Destinations'][0]['ExtendedS3DestinationDescription']['Prefix'] == 'v2/'
+try:
+    fh.update_destination(DeliveryStreamName=name, CurrentDeliveryStreamVersionId='1',
+                          DestinationId='destinationId-000000000001', ExtendedS3DestinationUpdate={'Prefix': 'x/'})
+    sys.exit('stale update accepted')
+except fh.exceptions.ConcurrentModificationException:
+    pass
+fh.delete_delivery_stream(DeliveryStreamName=name)
+while True:
+    try:
+        fh.describe_delivery_stream(DeliveryStreamName=name)
+        time.sleep(0.1)
+    except fh.exceptions.ResourceNotFoundException:
+        break
+print('ok')
+"#;
+    let output = std::process::Command::new(python)
+        .args(["-c", script])
+        .env("ENDPOINT", &spillway.endpoint)
+        .output()
+        .expect("run python");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ok");
+    let lines = delivered_lines(&dir.path().join("buckets/py-bucket"));
+    assert_eq!(lines, ["{\"n\":1}"], "the record accepted before the update and the delete was delivered");
+}
