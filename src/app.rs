@@ -64,6 +64,7 @@ impl App {
 
         let mut metrics = Metrics::default();
         let budget = MemoryBudget::new((config.limits.max_open_batches_mib << 20) as usize);
+        metrics.register_open_batch_budget(budget.clone());
         let mut streams = BTreeMap::new();
         let mut loops = Vec::new();
         let mut stopped_flags = Vec::new();
@@ -98,6 +99,7 @@ impl App {
                     let wal_for_metrics = wal.clone();
                     let stream_metrics = metrics.register(
                         &name,
+                        stream.sink.type_name(),
                         Box::new(move || WalSize { undelivered_bytes: 0, disk_bytes: wal_for_metrics.disk_bytes() }),
                     );
                     let stopped = Arc::new(std::sync::OnceLock::from(reason));
@@ -126,6 +128,7 @@ impl App {
             let wal_for_metrics = wal.clone();
             let stream_metrics = metrics.register(
                 &name,
+                stream.sink.type_name(),
                 Box::new(move || WalSize {
                     undelivered_bytes: wal_for_metrics.undelivered_bytes(),
                     disk_bytes: wal_for_metrics.disk_bytes(),
@@ -246,7 +249,10 @@ impl App {
         // not hold the shutdown past the grace period.
         let mut server = self.server;
         if tokio::time::timeout_at(deadline, &mut server).await.is_err() {
-            tracing::warn!(grace_seconds = self.grace.as_secs(), "http connections still open after the grace period; closing them");
+            tracing::warn!(
+                grace_seconds = self.grace.as_secs(),
+                "http connections still open after the grace period; closing them"
+            );
             server.abort();
         }
         tracing::info!("flushing buffers");

@@ -94,6 +94,6 @@ async fn health(State(ingest): State<Arc<Ingest>>) -> Response {
 
 async fn metrics(State(ingest): State<Arc<Ingest>>) -> Response {
     let mut response = ingest.metrics.render().into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
     response
 }

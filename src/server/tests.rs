@@ -42,7 +42,7 @@ fn harness(server_yaml: &str, limits_yaml: &str) -> Harness {
     };
     let (wal, _) = Wal::open(options, 0).expect("wal opens");
     let mut metrics = Metrics::default();
-    let stream_metrics = metrics.register("s", Box::new(crate::metrics::WalSize::default));
+    let stream_metrics = metrics.register("s", "s3", Box::new(crate::metrics::WalSize::default));
     let stream_config = config.streams[0].clone();
     let streams = BTreeMap::from([(
         "s".to_string(),

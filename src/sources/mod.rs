@@ -205,15 +205,18 @@ impl Ingest {
         let count = records.len() as u64;
         let bytes: u64 = records.iter().map(|record| record.len() as u64).sum();
         let arrival_ms = chrono::Utc::now().timestamp_millis();
+        let started = Instant::now();
         match target.wal.append(arrival_ms, records).await {
             Ok(range) => {
-                StreamMetrics::add(&target.metrics.incoming_records, count);
-                StreamMetrics::add(&target.metrics.incoming_bytes, bytes);
-                StreamMetrics::add(&target.metrics.incoming_put_requests, 1);
+                let metrics: &StreamMetrics = &target.metrics;
+                metrics.put_latency.observe(started.elapsed().as_secs_f64());
+                metrics.incoming_records.inc_by(count);
+                metrics.incoming_bytes.inc_by(bytes);
+                metrics.incoming_put_requests.inc();
                 Ok(range)
             }
             Err(error) if error.is_retriable() => {
-                StreamMetrics::add(&target.metrics.throttled_records, count);
+                target.metrics.throttled_records.inc_by(count);
                 if let Some(summary) = self.throttled_puts.note(stream, count, Instant::now()) {
                     tracing::warn!(
                         stream,
