@@ -22,6 +22,7 @@ use crate::pipeline::{
     PipelineError, Router,
 };
 use crate::processing::PartitionKeys;
+use crate::server::health::{self, CheckedSink, Readiness};
 use crate::sources::{Ingest, StreamIngest};
 use crate::wal::{Wal, WalOptions};
 
@@ -54,6 +55,7 @@ pub struct App {
     pipelines: Vec<(String, JoinHandle<Result<(), PipelineError>>)>,
     wals: Vec<Wal>,
     grace: Duration,
+    readiness: Arc<Readiness>,
 }
 
 impl App {
@@ -69,6 +71,7 @@ impl App {
         let mut loops = Vec::new();
         let mut stopped_flags = Vec::new();
         let mut wals = Vec::new();
+        let mut checked_sinks = Vec::new();
         for stream in &config.streams {
             let name = stream.name.clone();
             let stream_dir = data_dir.join("streams").join(&name);
@@ -145,6 +148,11 @@ impl App {
                 Some(Arc::new(JqPartitioner::new(compiled)))
             };
             let router = Router::new(partitioner, stream.processing.record_delimiter);
+            checked_sinks.push(CheckedSink {
+                stream: name.clone(),
+                sink: built.sink.clone(),
+                metrics: stream_metrics.clone(),
+            });
             let delivery = Arc::new(Delivery {
                 sink: built.sink,
                 error_output: built.error_output,
@@ -205,7 +213,12 @@ impl App {
         let addr = listener.local_addr().map_err(|source| AppError::Listen { addr, source })?;
         let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
         let record_id_prefix = instance_id.simple().to_string();
+        let healthcheck_interval = Duration::from_secs(config.server.healthcheck_interval_seconds);
         let ingest = Arc::new(Ingest::new(config, streams, Arc::new(metrics), record_id_prefix));
+        // The first round runs before serving, so `/ready` is decided from the first request on.
+        let readiness = ingest.readiness.clone();
+        health::check_all(&checked_sinks, &readiness).await;
+        tokio::spawn(health::run_healthchecks(checked_sinks, readiness.clone(), healthcheck_interval, stop_rx));
         let (stop_intake, mut intake_rx) = watch::channel(false);
         let router = crate::server::router(ingest);
         let server = tokio::spawn(async move {
@@ -215,7 +228,7 @@ impl App {
                 })
                 .await
         });
-        Ok(App { addr, stop_intake, stop_delivery, server, pipelines, wals, grace })
+        Ok(App { addr, stop_intake, stop_delivery, server, pipelines, wals, grace, readiness })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -241,6 +254,7 @@ impl App {
 
     /// Stop intake, flush every buffer, wait for deliveries up to the grace period, close WALs.
     pub async fn shutdown(self) -> Result<(), AppError> {
+        self.readiness.set_shutting_down();
         tracing::info!("stopping intake");
         let _ = self.stop_intake.send(true);
         // One deadline for the whole shutdown: draining connections and finishing deliveries.

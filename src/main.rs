@@ -1,4 +1,5 @@
-//! The `spillway` command line: `run`, `validate`, `put`, `bench`, `wal inspect|quarantine`. The only place that uses
+//! The `spillway` command line: `run`, `validate`, `put`, `bench`, `health`, `status`,
+//! `wal inspect|quarantine`. The only place that uses
 //! `anyhow`; everything below it returns typed errors.
 
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use spillway::app::App;
-use spillway::client::{bench, put};
+use spillway::client::{bench, put, status};
 use spillway::config;
 use spillway::wal::inspect;
 
@@ -84,6 +85,27 @@ enum Command {
         /// Give up waiting for delivery after this many seconds.
         #[arg(long, default_value_t = 600)]
         drain_timeout_seconds: u64,
+    },
+    /// Probe a running spillway's `/health` (or `/ready`): prints the answer, exits 0 on 200 and
+    /// 1 otherwise. For container healthchecks; the runtime image needs no curl.
+    Health {
+        #[arg(short, long, default_value = "http://127.0.0.1:4573", env = "SPILLWAY_ENDPOINT")]
+        endpoint: String,
+        /// Probe readiness (sinks healthy, no stream stopped, not shutting down) instead of liveness.
+        #[arg(long)]
+        ready: bool,
+    },
+    /// Per-stream table from a running spillway's `/metrics`: records/s, MiB/s, data freshness,
+    /// WAL backlog, open partitions, retries, error-output records, sink health.
+    Status {
+        #[arg(short, long, default_value = "http://127.0.0.1:4573", env = "SPILLWAY_ENDPOINT")]
+        endpoint: String,
+        /// Refresh the table until interrupted.
+        #[arg(short, long)]
+        watch: bool,
+        /// Seconds between the two scrapes rates are computed from (and between refreshes).
+        #[arg(long, default_value_t = 2.0)]
+        interval_seconds: f64,
     },
     /// Look at or repair a stream's write-ahead log. Run these with spillway stopped: they read
     /// and rewrite the files under data_dir directly.
@@ -228,6 +250,24 @@ async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
                 summary.elapsed.as_secs_f64(),
                 summary.resent_records
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Health { endpoint, ready } => match status::probe(&endpoint, ready).await {
+            Ok(body) => {
+                print!("{body}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(error) => {
+                eprintln!("{error}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Status { endpoint, watch, interval_seconds } => {
+            let interval = Duration::try_from_secs_f64(interval_seconds)
+                .ok()
+                .filter(|interval| !interval.is_zero())
+                .context("--interval-seconds must be a positive number")?;
+            status::run(&endpoint, interval, watch).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { endpoint, stream, total_mib, clients, lines_per_record, drain_timeout_seconds } => {

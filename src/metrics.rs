@@ -94,6 +94,8 @@ pub struct StreamMetrics {
     pub partition_count_exceeded: Counter,
     /// Partitions with an open batch right now.
     pub open_partitions: Gauge,
+    /// 1 when the sink's last healthcheck passed, else 0.
+    pub sink_up: Gauge,
     /// Arrival time (Unix ms) of the oldest record not yet delivered, 0 when there is none; the
     /// freshness gauge is its age at scrape time.
     oldest_undelivered_arrival_ms: Arc<AtomicI64>,
@@ -116,6 +118,7 @@ impl Default for StreamMetrics {
             delivery_latency: delivery_latency_buckets(),
             partition_count_exceeded: Counter::default(),
             open_partitions: Gauge::default(),
+            sink_up: Gauge::default(),
             oldest_undelivered_arrival_ms: Arc::default(),
         }
     }
@@ -169,6 +172,7 @@ struct Families {
     delivery_latency: HistogramFamily<SinkLabels>,
     partition_count_exceeded: CounterFamily,
     open_partitions: Family<StreamLabels, Gauge>,
+    sink_up: Family<SinkLabels, Gauge>,
 }
 
 impl Families {
@@ -188,6 +192,7 @@ impl Families {
             delivery_latency: Family::new_with_constructor(delivery_latency_buckets),
             partition_count_exceeded: Family::default(),
             open_partitions: Family::default(),
+            sink_up: Family::default(),
         };
         // Counters get their `_total` suffix from the encoder.
         let f = &families;
@@ -238,6 +243,11 @@ impl Families {
         );
         registry.register("spillway_open_partitions", "partitions with an open batch", f.open_partitions.clone());
         registry.register(
+            "spillway_sink_up",
+            "1 when the sink's last background healthcheck passed, else 0",
+            f.sink_up.clone(),
+        );
+        registry.register(
             "spillway_wal_fsync_seconds",
             "duration of wal fsyncs (group commit), all streams",
             WAL_FSYNC_SECONDS.clone(),
@@ -284,6 +294,7 @@ impl Metrics {
             delivery_latency: f.delivery_latency.get_or_create_owned(&by_sink),
             partition_count_exceeded: f.partition_count_exceeded.get_or_create_owned(&by_stream),
             open_partitions: f.open_partitions.get_or_create_owned(&by_stream),
+            sink_up: f.sink_up.get_or_create_owned(&by_sink),
             oldest_undelivered_arrival_ms: Arc::default(),
         });
         let stream_state = ScrapedStream { labels: by_sink, wal_size, metrics: metrics.clone() };

@@ -118,3 +118,78 @@ async fn freshness_grows_while_records_wait_in_an_open_batch() {
     let landed: usize = local_objects(&dir.path().join("out-slow")).iter().map(|(_, bytes)| bytes.len()).sum();
     assert_eq!(landed, 500);
 }
+
+/// Take a local sink down: its folder becomes a regular file, so writes and listings fail even
+/// for root (see `tests/wal_full.rs`).
+fn sink_down(out: &std::path::Path) {
+    std::fs::remove_dir_all(out).unwrap();
+    std::fs::write(out, b"not a folder").unwrap();
+}
+
+fn sink_up(out: &std::path::Path) {
+    std::fs::remove_file(out).unwrap();
+    std::fs::create_dir(out).unwrap();
+}
+
+/// `spillway <args>`: exit code and stdout + stderr.
+fn spillway_command(args: &[&str]) -> (i32, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_spillway")).args(args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.code().unwrap_or(-1), text)
+}
+
+/// Poll `/ready` until it answers `status`; its body then.
+async fn wait_for_ready_status(spillway: &Spillway, status: u16) -> String {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let response = reqwest::get(format!("{}/ready", spillway.endpoint)).await.unwrap();
+        let answered = response.status().as_u16();
+        let body = response.text().await.unwrap();
+        if answered == status {
+            return body;
+        }
+        assert!(std::time::Instant::now() < deadline, "/ready still answers {answered}: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn ready_turns_503_while_the_sink_is_unreachable_and_200_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out-fast");
+    std::fs::create_dir(&out).unwrap();
+    let yaml =
+        YAML.replace("shutdown_grace_seconds: 30\n", "shutdown_grace_seconds: 30\n  healthcheck_interval_seconds: 1\n");
+    let spillway = Spillway::start(dir.path(), &yaml);
+    let endpoint = spillway.endpoint.clone();
+
+    // The first healthchecks ran before the server listened: ready at once.
+    let ready = reqwest::get(format!("{endpoint}/ready")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(ready.text().await.unwrap(), "ready\n");
+    assert_eq!(spillway_command(&["health", "--ready", "--endpoint", &endpoint]).0, 0);
+    assert_eq!(spillway.metric("spillway_sink_up{stream=\"fast\"}").await, Some(1.0));
+
+    sink_down(&out);
+    let body = wait_for_ready_status(&spillway, 503).await;
+    assert!(body.contains("stream fast: s3 sink healthcheck failed") && !body.contains("stream slow"), "{body}");
+    let (code, text) = spillway_command(&["health", "--ready", "--endpoint", &endpoint]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("503") && text.contains("stream fast"), "{text}");
+    // Liveness does not depend on sinks.
+    assert_eq!(spillway_command(&["health", "--endpoint", &endpoint]).0, 0);
+    assert_eq!(spillway.metric("spillway_sink_up{stream=\"fast\"}").await, Some(0.0));
+    let (code, table) = spillway_command(&["status", "--endpoint", &endpoint, "--interval-seconds", "0.2"]);
+    assert_eq!(code, 0, "{table}");
+    let fast_row = table.lines().find(|line| line.starts_with("fast ")).unwrap_or_else(|| panic!("{table}"));
+    assert!(fast_row.ends_with("DOWN"), "{table}");
+    assert!(table.lines().any(|line| line.starts_with("slow ") && line.ends_with("up")), "{table}");
+
+    sink_up(&out);
+    wait_for_ready_status(&spillway, 200).await;
+    assert_eq!(spillway_command(&["health", "--ready", "--endpoint", &endpoint]).0, 0);
+    assert!(spillway.log_text().contains("sink healthcheck passes again"));
+    assert_eq!(spillway.terminate(), 0);
+    // Not running: both probes fail.
+    assert_eq!(spillway_command(&["health", "--endpoint", &endpoint]).0, 1);
+}

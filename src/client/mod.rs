@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod put;
+pub mod status;
 
 use aws_sdk_firehose::Client;
 use aws_sdk_firehose::config::{BehaviorVersion, Credentials, Region};

@@ -1,4 +1,5 @@
-//! The HTTP front: routes for the Direct PUT API, NDJSON ingest, `/health` and `/metrics`, and
+//! The HTTP front: routes for the Direct PUT API, NDJSON ingest, `/health`, `/ready` ([`health`])
+//! and `/metrics`, and
 //! the request limits in front of the ingest routes: a body-size limit and a whole-request
 //! deadline (`server.request_timeout_seconds`), both from `tower-http`, with their answers
 //! reshaped into each route's error format.
@@ -20,6 +21,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::sources::{Ingest, MAX_REQUEST_BODY_BYTES, declared_body_len, direct_put, http};
 
+pub mod health;
 #[cfg(test)]
 mod tests;
 
@@ -34,7 +36,8 @@ pub fn router(ingest: Arc<Ingest>) -> Router {
     Router::new()
         .route("/", firehose)
         .route("/streams/{stream}/records", ndjson)
-        .route("/health", get(health))
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
         .route("/metrics", get(metrics))
         .with_state(ingest)
 }
@@ -80,16 +83,6 @@ async fn ndjson_limit_answers(request: Request, next: Next, timeout_seconds: u64
         return http::body_too_large();
     }
     response
-}
-
-/// 200 "ok" while every stream delivers; 503 naming the streams that stopped.
-async fn health(State(ingest): State<Arc<Ingest>>) -> Response {
-    let stopped = ingest.stopped_streams();
-    if stopped.is_empty() {
-        return "ok\n".into_response();
-    }
-    let lines: String = stopped.iter().map(|(stream, reason)| format!("stream {stream} stopped: {reason}\n")).collect();
-    (StatusCode::SERVICE_UNAVAILABLE, lines).into_response()
 }
 
 async fn metrics(State(ingest): State<Arc<Ingest>>) -> Response {

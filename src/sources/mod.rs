@@ -16,6 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Config, StreamConfig};
 use crate::metrics::{Metrics, StreamMetrics};
+use crate::server::health::Readiness;
 use crate::wal::Wal;
 
 /// Firehose's limit on one record's data: 1,000 KiB.
@@ -46,6 +47,8 @@ pub struct Ingest {
     body_budget_kib: usize,
     /// Prefix of record ids, unique per instance.
     pub record_id_prefix: String,
+    /// What `/ready` answers from: sink healthchecks and shutdown.
+    pub readiness: Arc<Readiness>,
     started_at_seconds: i64,
     /// Throttled puts per stream: one warning per interval, not one per request, so a producer
     /// hammering a full WAL cannot flood the log.
@@ -155,7 +158,15 @@ impl Ingest {
         record_id_prefix: String,
     ) -> Self {
         let body_budget_kib = (config.limits.max_inflight_request_mib as usize) * 1024;
+        // A stream stopped at start (its WAL could not be opened) has no sink to check.
+        let readiness = Readiness::new(
+            streams
+                .iter()
+                .filter(|(_, stream)| stream.stopped.get().is_none())
+                .map(|(name, stream)| (name.as_str(), stream.config.sink.type_name())),
+        );
         Self {
+            readiness,
             streams,
             config,
             metrics,

@@ -98,6 +98,17 @@ impl ConfigProblem {
     }
 }
 
+/// A local folder's path, relative ones resolved from the working directory.
+fn absolute_path(path: &std::path::Path) -> Result<PathBuf, SinkError> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    let working_dir = std::env::current_dir().map_err(|error| {
+        SinkError::permanent("S3.InvalidConfiguration", "cannot read the working directory").with_source(error)
+    })?;
+    Ok(working_dir.join(path))
+}
+
 /// Where objects go, parsed from `url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
@@ -265,6 +276,10 @@ impl S3SinkConfig {
             .map_err(|error| invalid(error.to_string()))?;
         let destination = Destination::parse(&self.url).map_err(invalid)?;
 
+        let local_root = match &destination {
+            Destination::LocalDir(path) => Some(absolute_path(path)?),
+            Destination::S3 { .. } => None,
+        };
         let (store, kind) = self.build_store(destination)?;
         let error_store = match &self.error_output_url {
             Some(error_url) => self.build_store(Destination::parse(error_url).map_err(invalid)?)?.0,
@@ -280,6 +295,7 @@ impl S3SinkConfig {
             store,
             error_store,
             kind,
+            local_root,
             prefix,
             error_prefix,
             compression: self.compression,
@@ -297,14 +313,7 @@ impl S3SinkConfig {
     }
 
     fn build_local(&self, path: &std::path::Path) -> Result<LocalFileSystem, SinkError> {
-        let absolute = if path.is_absolute() {
-            path.to_path_buf()
-        } else {
-            let working_dir = std::env::current_dir().map_err(|error| {
-                SinkError::permanent("S3.InvalidConfiguration", "cannot read the working directory").with_source(error)
-            })?;
-            working_dir.join(path)
-        };
+        let absolute = absolute_path(path)?;
         std::fs::create_dir_all(&absolute).map_err(|error| {
             let message = format!("cannot create output folder `{}`", absolute.display());
             SinkError::retriable("S3.AccessDenied", message).with_source(error)
