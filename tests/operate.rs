@@ -193,3 +193,126 @@ async fn ready_turns_503_while_the_sink_is_unreachable_and_200_after() {
     // Not running: both probes fail.
     assert_eq!(spillway_command(&["health", "--endpoint", &endpoint]).0, 1);
 }
+
+/// A fake S3 endpoint (path style) that accepts every request for `errors-bucket` and answers
+/// every other `503 Slow Down`; it keeps the request heads, to show that the sink really signed
+/// requests with the configured credentials.
+async fn refusing_s3() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut connection, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 8192];
+                while !request.windows(4).any(|window| window == b"\r\n\r\n") {
+                    match connection.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => request.extend_from_slice(&buffer[..read]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&request).to_string();
+                let accepted = head.lines().next().is_some_and(|line| line.contains(" /errors-bucket/"));
+                seen.lock().unwrap().push(head);
+                let answer = if accepted {
+                    "HTTP/1.1 200 OK\r\nETag: \"e\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                } else {
+                    "HTTP/1.1 503 Slow Down\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                };
+                let _ = connection.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (endpoint, heads)
+}
+
+#[tokio::test]
+async fn json_logs_show_deliveries_and_error_routing_and_never_a_secret() {
+    const KEY: &str = "AKIDSPILLWAYKEY7Q3X";
+    const SECRET: &str = "s3cr3t-Zq9vW2pL8mT4yR6nB1xK5cH7";
+    let (s3_endpoint, heads) = refusing_s3().await;
+    let dir = tempfile::tempdir().unwrap();
+    // `secure` writes to a bucket that always answers 503 and gives up after no retry time, so its
+    // records are routed to the error output bucket; `plain` delivers to a local folder.
+    let yaml = format!(
+        "server:\n  listen: 127.0.0.1:0\n  shutdown_grace_seconds: 5\n  healthcheck_interval_seconds: 1\n\
+         data_dir: ./data\n\
+         streams:\n\
+         \x20 - name: secure\n\
+         \x20   buffering: {{ size_mib: 1, interval_seconds: 1 }}\n\
+         \x20   retry: {{ duration_seconds: 0 }}\n\
+         \x20   sink:\n\
+         \x20     type: s3\n\
+         \x20     url: s3://logs-bucket\n\
+         \x20     endpoint: {s3_endpoint}\n\
+         \x20     access_key_id: ${{KEY}}\n\
+         \x20     secret_access_key: ${{SECRET}}\n\
+         \x20     error_output_url: s3://errors-bucket\n\
+         \x20 - name: plain\n\
+         \x20   buffering: {{ size_mib: 1, interval_seconds: 1 }}\n\
+         \x20   sink: {{ type: s3, url: file://./out }}\n"
+    );
+    let config = dir.path().join("spillway.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let spillway = Spillway::start_with_env(
+        dir.path(),
+        &config,
+        &[("KEY", KEY), ("SECRET", SECRET), ("SPILLWAY_LOG", "debug"), ("SPILLWAY_LOG_FORMAT", "json")],
+        &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"],
+    );
+    let client = spillway.client().await;
+    for stream in ["secure", "plain"] {
+        let record = Record::builder().data(Blob::new(format!("{{\"to\":\"{stream}\"}}\n"))).build().unwrap();
+        client.put_record_batch().delivery_stream_name(stream).records(record).send().await.unwrap();
+    }
+    wait_for_metric(&spillway, "spillway_error_output_records_total{stream=\"secure\"}", 1.0).await;
+    wait_for_metric(&spillway, "spillway_delivered_records_total{stream=\"plain\"}", 1.0).await;
+    let metrics = reqwest::get(format!("{}/metrics", spillway.endpoint)).await.unwrap().text().await.unwrap();
+    let ready = reqwest::get(format!("{}/ready", spillway.endpoint)).await.unwrap().text().await.unwrap();
+    assert!(ready.contains("stream secure: s3 sink healthcheck failed"), "{ready}");
+    let log_path = spillway.log.clone();
+    assert_eq!(spillway.terminate(), 0);
+
+    // The credentials were in use: the fake S3 saw requests signed with the key id.
+    assert!(heads.lock().unwrap().iter().any(|head| head.contains(KEY)), "no signed request reached the fake s3");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    for (what, text) in [("log", &log), ("/metrics", &metrics), ("/ready", &ready)] {
+        assert!(!text.contains(SECRET) && !text.contains(KEY), "a credential leaked into the {what}");
+    }
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("not json ({error}): {line}")))
+        .collect();
+    let find = |message: &str| {
+        lines.iter().find(|line| line["message"] == message).unwrap_or_else(|| panic!("no {message:?} line in {log}"))
+    };
+    let delivered = find("batch delivered");
+    assert_eq!(delivered["level"], "DEBUG");
+    assert_eq!(delivered["stream"], "plain");
+    assert_eq!(delivered["records"], 1);
+    let routed = find("records routed to the error output");
+    assert_eq!(routed["level"], "WARN");
+    assert_eq!(routed["stream"], "secure");
+    assert_eq!(routed["records"], 1);
+    assert!(routed["code"].as_str().is_some_and(|code| !code.is_empty()), "{routed}");
+
+    // A configuration error elsewhere in the file does not echo the interpolated secret either.
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config).unwrap().replace("interval_seconds: 1 }", "interval_secs: 1 }"),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["validate", "--config"])
+        .arg(&config)
+        .envs([("KEY", KEY), ("SECRET", SECRET)])
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!output.status.success() && text.contains("interval_secs"), "{text}");
+    assert!(!text.contains(SECRET) && !text.contains(KEY), "validate printed a credential: {text}");
+}

@@ -14,7 +14,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::{BackoffConfig, ObjectStore, RetryConfig};
 use serde::Deserialize;
-use spillway_sink_api::{Compression, SinkError};
+use spillway_sink_api::{Compression, Secret, SinkError};
 
 use crate::key::{PrefixKind, PrefixTemplate};
 use crate::sink::{S3Sink, StoreKind};
@@ -59,12 +59,13 @@ pub struct S3SinkConfig {
     /// Path-style requests (`endpoint/bucket/key`); default true when `endpoint` is set.
     #[serde(default)]
     pub path_style: Option<bool>,
+    /// Credentials are [`Secret`]s: `{:?}` of this config never shows them.
     #[serde(default)]
-    pub access_key_id: Option<String>,
+    pub access_key_id: Option<Secret>,
     #[serde(default)]
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<Secret>,
     #[serde(default)]
-    pub session_token: Option<String>,
+    pub session_token: Option<Secret>,
     /// Allow plain HTTP; default true when `endpoint` starts with `http://`.
     #[serde(default)]
     pub allow_http: Option<bool>,
@@ -348,9 +349,10 @@ impl S3SinkConfig {
             builder = builder.with_allow_http(allow_http);
         }
         if let (Some(access_key_id), Some(secret_access_key)) = (&self.access_key_id, &self.secret_access_key) {
-            builder = builder.with_access_key_id(access_key_id).with_secret_access_key(secret_access_key);
+            builder =
+                builder.with_access_key_id(access_key_id.expose()).with_secret_access_key(secret_access_key.expose());
             if let Some(session_token) = &self.session_token {
-                builder = builder.with_token(session_token);
+                builder = builder.with_token(session_token.expose());
             }
         } else {
             builder = builder.with_credentials(Arc::new(crate::credentials::AwsChainCredentials::default()));
@@ -457,7 +459,7 @@ mod tests {
         bad.file_extension = Some("gz".to_string());
         bad.part_size_mib = 4;
         bad.endpoint = Some("localhost:9000".to_string());
-        bad.access_key_id = Some("key".to_string());
+        bad.access_key_id = Some(Secret::new("key"));
         let problems = bad.validate();
         assert_eq!(
             fields(&problems),
