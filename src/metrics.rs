@@ -99,6 +99,15 @@ pub struct StreamMetrics {
     /// Arrival time (Unix ms) of the oldest record not yet delivered, 0 when there is none; the
     /// freshness gauge is its age at scrape time.
     oldest_undelivered_arrival_ms: Arc<AtomicI64>,
+    /// The last delivery error, for the status page (not a metric: its text varies).
+    last_error: Arc<Mutex<Option<LastError>>>,
+}
+
+/// A delivery error as the status page shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LastError {
+    pub at_ms: i64,
+    pub message: String,
 }
 
 impl Default for StreamMetrics {
@@ -120,6 +129,7 @@ impl Default for StreamMetrics {
             open_partitions: Gauge::default(),
             sink_up: Gauge::default(),
             oldest_undelivered_arrival_ms: Arc::default(),
+            last_error: Arc::default(),
         }
     }
 }
@@ -129,6 +139,16 @@ impl StreamMetrics {
     /// oldest record it holds (open, queued or in flight), or `None` when it holds none.
     pub fn set_oldest_undelivered(&self, arrival_ms: Option<i64>) {
         self.oldest_undelivered_arrival_ms.store(arrival_ms.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Remember a delivery error (a failed write, records routed to the error output).
+    pub fn note_error(&self, message: String) {
+        let at_ms = chrono::Utc::now().timestamp_millis();
+        *self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(LastError { at_ms, message });
+    }
+
+    pub fn last_error(&self) -> Option<LastError> {
+        self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Age in seconds of the oldest undelivered record at `now_ms`; 0 when nothing waits.
@@ -296,6 +316,7 @@ impl Metrics {
             open_partitions: f.open_partitions.get_or_create_owned(&by_stream),
             sink_up: f.sink_up.get_or_create_owned(&by_sink),
             oldest_undelivered_arrival_ms: Arc::default(),
+            last_error: Arc::default(),
         });
         let stream_state = ScrapedStream { labels: by_sink, wal_size, metrics: metrics.clone() };
         self.scraped.streams().insert(stream.to_string(), stream_state);

@@ -274,13 +274,29 @@ async fn json_logs_show_deliveries_and_error_routing_and_never_a_secret() {
     let metrics = reqwest::get(format!("{}/metrics", spillway.endpoint)).await.unwrap().text().await.unwrap();
     let ready = reqwest::get(format!("{}/ready", spillway.endpoint)).await.unwrap().text().await.unwrap();
     assert!(ready.contains("stream secure: s3 sink healthcheck failed"), "{ready}");
+    // The status page's data: source, sink and the last error with its time.
+    let status_text = reqwest::get(format!("{}/api/status", spillway.endpoint)).await.unwrap().text().await.unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status_text).unwrap();
+    assert_eq!(status["ready"], false);
+    let secure = &status["streams"][1];
+    assert_eq!(
+        (&secure["name"], &secure["source"], &secure["sink"]),
+        (&"secure".into(), &"direct_put".into(), &"s3".into())
+    );
+    let last_error = secure["last_error"]["message"].as_str().unwrap_or_default();
+    assert!(last_error.contains("routed to the error output"), "{status}");
+    assert!(secure["last_error"]["at_ms"].as_i64().is_some_and(|at| at > 1_700_000_000_000), "{status}");
+    assert!(status["streams"][0]["last_error"].is_null(), "plain had no error: {status}");
+    let page = reqwest::get(format!("{}/", spillway.endpoint)).await.unwrap();
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(page.text().await.unwrap().contains("<title>spillway status</title>"));
     let log_path = spillway.log.clone();
     assert_eq!(spillway.terminate(), 0);
 
     // The credentials were in use: the fake S3 saw requests signed with the key id.
     assert!(heads.lock().unwrap().iter().any(|head| head.contains(KEY)), "no signed request reached the fake s3");
     let log = std::fs::read_to_string(&log_path).unwrap();
-    for (what, text) in [("log", &log), ("/metrics", &metrics), ("/ready", &ready)] {
+    for (what, text) in [("log", &log), ("/metrics", &metrics), ("/ready", &ready), ("/api/status", &status_text)] {
         assert!(!text.contains(SECRET) && !text.contains(KEY), "a credential leaked into the {what}");
     }
     let lines: Vec<serde_json::Value> = log

@@ -179,6 +179,15 @@ pub enum SourceConfig {
     DirectPut,
 }
 
+impl SourceConfig {
+    /// The YAML `source.type`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SourceConfig::DirectPut => "direct_put",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessingConfig {

@@ -106,6 +106,7 @@ impl Delivery {
             match error.class {
                 ErrorClass::Retriable if within_duration => {
                     self.metrics.delivery_retries.inc();
+                    self.metrics.note_error(format!("delivery failed, retrying: {error}"));
                     let wait = backoff(attempts, error.retry_after);
                     tracing::warn!(stream = %batch.stream, batch = %batch.id, attempts, wait_ms = wait.as_millis() as u64, %error, "delivery failed, retrying");
                     tokio::time::sleep(wait).await;
@@ -240,6 +241,7 @@ impl Delivery {
                 return;
             }
         };
+        self.metrics.note_error(format!("{count} record(s) routed to the error output: {first_code}"));
         self.write_error_output(batch, self.failure_output_type, lines, count).await;
         // The records are safe in the error output: a warning, not an error of spillway's.
         tracing::warn!(stream = %batch.stream, batch = %batch.id, records = count, error_output_type = self.failure_output_type, code = %first_code, "records routed to the error output");

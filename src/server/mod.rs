@@ -1,5 +1,5 @@
-//! The HTTP front: routes for the Direct PUT API, NDJSON ingest, `/health`, `/ready` ([`health`])
-//! and `/metrics`, and
+//! The HTTP front: routes for the Direct PUT API (`POST /`), NDJSON ingest, `/health`, `/ready`
+//! ([`health`]), `/metrics`, the status page (`GET /`, `/api/status`: [`status_page`]), and
 //! the request limits in front of the ingest routes: a body-size limit and a whole-request
 //! deadline (`server.request_timeout_seconds`), both from `tower-http`, with their answers
 //! reshaped into each route's error format.
@@ -22,6 +22,7 @@ use tower_http::timeout::TimeoutLayer;
 use crate::sources::{Ingest, MAX_REQUEST_BODY_BYTES, declared_body_len, direct_put, http};
 
 pub mod health;
+pub mod status_page;
 #[cfg(test)]
 mod tests;
 
@@ -34,7 +35,9 @@ pub fn router(ingest: Arc<Ingest>) -> Router {
         move |request: Request, next: Next| ndjson_limit_answers(request, next, timeout_seconds),
     ));
     Router::new()
-        .route("/", firehose)
+        // `POST /` is the Firehose API; `GET /` the status page.
+        .route("/", firehose.merge(get(status_page::page)))
+        .route("/api/status", get(status_page::status))
         .route("/streams/{stream}/records", ndjson)
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
