@@ -193,3 +193,78 @@ fn spillways_config_exists_validates_and_agrees_with_minio() {
         assert!(services_sh.contains(name.as_str()), "scripts/services.sh does not set {name}");
     }
 }
+
+/// Every bind mount (`./host/path:/in/container[:ro]`) in the compose file.
+fn bind_mounts(services: &BTreeMap<String, Value>) -> Vec<(String, String, String)> {
+    let mut mounts = Vec::new();
+    for (name, service) in services {
+        for volume in strings(service.get("volumes")) {
+            let mut parts = volume.split(':');
+            let (Some(host), Some(container)) = (parts.next(), parts.next()) else { continue };
+            if host.starts_with("./") || host.starts_with('/') {
+                mounts.push((name.clone(), host.to_string(), container.to_string()));
+            }
+        }
+    }
+    mounts
+}
+
+#[test]
+fn the_monitoring_profile_mounts_files_that_exist_and_agree() {
+    let compose = compose();
+    let services = services(&compose);
+    let mounts = bind_mounts(&services);
+    for (service, host, _) in &mounts {
+        assert!(root().join(host).is_file(), "{service} mounts {host}, which does not exist");
+    }
+    let mounted = |container: &str| {
+        mounts.iter().find(|(_, _, inside)| inside == container).map(|(_, host, _)| root().join(host))
+    };
+
+    // Prometheus scrapes spillway at the port spillway listens on, under the service's name.
+    let prometheus_command = strings(services["prometheus"].get("command")).join(" ");
+    let config_in_container = prometheus_command.split("--config.file=").nth(1).unwrap().split(' ').next().unwrap();
+    let scrape: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(mounted(config_in_container).unwrap()).unwrap()).unwrap();
+    let targets = strings(scrape["scrape_configs"][0]["static_configs"][0].get("targets"));
+    let listen_port = environment(&services["spillway"])["SPILLWAY_LISTEN"].rsplit(':').next().unwrap().to_string();
+    assert_eq!(targets, [format!("spillway:{listen_port}")]);
+    assert_eq!(scrape["scrape_configs"][0]["metrics_path"], "/metrics");
+
+    // Grafana's datasource is that Prometheus; the provisioned dashboard folder holds the JSON.
+    let datasource: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(mounted("/etc/grafana/provisioning/datasources/spillway.yml").unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(datasource["datasources"][0]["url"], "http://prometheus:9090");
+    let datasource_uid = datasource["datasources"][0]["uid"].as_str().unwrap().to_string();
+    let providers: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(mounted("/etc/grafana/provisioning/dashboards/spillway.yml").unwrap()).unwrap(),
+    )
+    .unwrap();
+    let folder = providers["providers"][0]["options"]["path"].as_str().unwrap();
+    let dashboard_path = mounted(&format!("{folder}/spillway.json")).expect("the dashboard is mounted in the folder");
+    assert!(dashboard_path.ends_with("docs/grafana-dashboard.json"));
+
+    // Every metric the dashboard queries is one spillway exports, and every panel uses the datasource.
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dashboard_path).unwrap()).unwrap();
+    let mut registry = spillway::metrics::Metrics::default();
+    registry.register("s", "s3", Box::new(spillway::metrics::WalSize::default));
+    registry.register_open_batch_budget(spillway::pipeline::MemoryBudget::new(1));
+    let exported = registry.render();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    for panel in panels {
+        assert_eq!(panel["datasource"]["uid"], datasource_uid.as_str(), "{}", panel["title"]);
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let names = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| word.starts_with("spillway_") || word.starts_with("process_"));
+            for name in names {
+                let found = exported.lines().any(|line| line.starts_with(name) && !line.starts_with('#'));
+                assert!(found, "panel {} queries {name}, which /metrics does not export", panel["title"]);
+            }
+        }
+    }
+}
