@@ -594,8 +594,8 @@ mod tests {
     fn build_s3_with_static_credentials_and_endpoint() {
         let mut s3 = config("s3://bucket");
         s3.endpoint = Some("http://127.0.0.1:9000".to_string());
-        s3.access_key_id = Some("minioadmin".to_string());
-        s3.secret_access_key = Some("minioadmin".to_string());
+        s3.access_key_id = Some(Secret::new("minioadmin"));
+        s3.secret_access_key = Some(Secret::new("minioadmin"));
         s3.region = Some("us-east-1".to_string());
         s3.build("s").expect("build succeeds without a request");
     }
