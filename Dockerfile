@@ -10,5 +10,7 @@ COPY --from=build /src/target/release/spillway /usr/local/bin/spillway
 COPY config /etc/spillway
 WORKDIR /var/lib/spillway
 EXPOSE 4573
+# `spillway health --ready` probes /ready (the runtime image has no curl).
+HEALTHCHECK --interval=10s --timeout=6s --start-period=10s CMD ["spillway", "health", "--ready"]
 ENTRYPOINT ["spillway"]
 CMD ["run", "--config", "/etc/spillway/minio.yaml"]

@@ -200,13 +200,17 @@ as_pg() { # run a command as the postgres user when we are root (postgres refuse
 	if [[ "$(id -u)" == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-# Test tools from Debian: strace observes the local sink's fsyncs (sinks/s3 config tests).
+# Test tools from Debian: strace observes the local sink's fsyncs (sinks/s3 config tests);
+# chromium renders the status page headless (tests/status_page.rs).
 install_test_tools() {
-	command -v strace >/dev/null && return 0
-	[[ "$(id -u)" == 0 ]] || die "strace not found; install Debian's strace package"
-	log "installing Debian's strace (apt-get)"
+	local missing=()
+	command -v strace >/dev/null || missing+=(strace)
+	command -v chromium >/dev/null || missing+=(chromium)
+	((${#missing[@]} == 0)) && return 0
+	[[ "$(id -u)" == 0 ]] || die "${missing[*]} not found; install Debian's ${missing[*]} package(s)"
+	log "installing Debian's ${missing[*]} (apt-get)"
 	DEBIAN_FRONTEND=noninteractive apt-get update -q
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q strace
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 }
 
 install_postgres() {

@@ -19,6 +19,7 @@ use crate::catalog::{self, CatalogError};
 use crate::checkpoint::{CheckpointError, write_atomically};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::server::health::{self, Readiness};
 use crate::pipeline::{IntentError, MemoryBudget, PipelineError};
 use crate::sources::Ingest;
 use crate::streams::{Lifecycle, StreamEnv};
@@ -52,6 +53,7 @@ pub struct App {
     server: JoinHandle<Result<(), std::io::Error>>,
     lifecycle: Arc<Lifecycle>,
     grace: Duration,
+    readiness: Arc<Readiness>,
 }
 
 impl App {
@@ -61,13 +63,18 @@ impl App {
         let instance_id = load_or_create_instance_id(&data_dir)?;
 
         let metrics = Arc::new(Metrics::default());
+        let budget = MemoryBudget::new((config.limits.max_open_batches_mib << 20) as usize);
+        metrics.register_open_batch_budget(budget.clone());
+        // Sinks join it as their streams start (YAML now, API streams at any time).
+        let readiness = Readiness::new(std::iter::empty());
         let lifecycle = Arc::new(Lifecycle::new(StreamEnv {
             data_dir: data_dir.clone(),
             wal: config.wal.clone(),
             limits: config.limits.clone(),
             instance_id,
-            budget: MemoryBudget::new((config.limits.max_open_batches_mib << 20) as usize),
+            budget,
             metrics: metrics.clone(),
+            readiness: readiness.clone(),
         }));
         let now_ms = chrono::Utc::now().timestamp_millis();
         let mut streams = BTreeMap::new();
@@ -110,13 +117,24 @@ impl App {
         let addr = listener.local_addr().map_err(|source| AppError::Listen { addr, source })?;
         let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
         let record_id_prefix = instance_id.simple().to_string();
-        let ingest =
-            Arc::new(Ingest::new(config, streams, metrics, record_id_prefix).with_lifecycle(lifecycle.clone()));
+        let healthcheck_interval = Duration::from_secs(config.server.healthcheck_interval_seconds);
+        let ingest = Arc::new(
+            Ingest::new(config, streams, metrics, record_id_prefix, readiness.clone())
+                .with_lifecycle(lifecycle.clone()),
+        );
         // A delete interrupted by a restart resumes: deliver what is left, then remove.
         for name in deleting {
             crate::sources::direct_put::control::resume_delete(ingest.clone(), name);
         }
         let (stop_intake, mut intake_rx) = watch::channel(false);
+        // The first round runs before serving, so `/ready` is decided from the first request on.
+        health::check_all(&lifecycle.checked_sinks(), &readiness).await;
+        tokio::spawn(health::run_healthchecks(
+            lifecycle.clone(),
+            readiness.clone(),
+            healthcheck_interval,
+            stop_intake.subscribe(),
+        ));
         let router = crate::server::router(ingest);
         let server = tokio::spawn(async move {
             axum::serve(listener, router)
@@ -125,7 +143,7 @@ impl App {
                 })
                 .await
         });
-        Ok(App { addr, stop_intake, server, lifecycle, grace })
+        Ok(App { addr, stop_intake, server, lifecycle, grace, readiness })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -151,6 +169,7 @@ impl App {
 
     /// Stop intake, flush every buffer, wait for deliveries up to the grace period, close WALs.
     pub async fn shutdown(self) -> Result<(), AppError> {
+        self.readiness.set_shutting_down();
         tracing::info!("stopping intake");
         let _ = self.stop_intake.send(true);
         // One deadline for the whole shutdown: draining connections and finishing deliveries.

@@ -15,7 +15,7 @@
 //! - [`checkpoint`]: the per-stream delivered position.
 //! - [`sinks`]: the registry mapping a YAML `sink.type` to a sink crate.
 //! - [`server`]: the HTTP router (`/`, `/streams/{name}/records`, `/health`, `/metrics`).
-//! - [`metrics`]: counters in Prometheus text format.
+//! - [`metrics`]: Prometheus / OpenMetrics instruments (prometheus-client) and scrape-time gauges.
 //! - [`app`]: wiring and ordered shutdown.
 //! - [`client`]: the `put` and `bench` commands' Firehose client side.
 

@@ -1,4 +1,5 @@
-//! The `spillway` command line: `run`, `validate`, `put`, `bench`, `wal inspect|quarantine`. The only place that uses
+//! The `spillway` command line: `run`, `validate`, `put`, `bench`, `health`, `status`,
+//! `wal inspect|quarantine`. The only place that uses
 //! `anyhow`; everything below it returns typed errors.
 
 use std::path::PathBuf;
@@ -6,9 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use spillway::app::App;
-use spillway::client::{bench, codec_bench, put};
+use spillway::client::{bench, codec_bench, put, status};
 use spillway::config;
 use spillway::wal::inspect;
 
@@ -28,8 +29,30 @@ static malloc_conf: &u8 = &b"narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0
 #[derive(Parser)]
 #[command(name = "spillway", version, about = "Firehose-compatible delivery: streams in, buffered durable objects out")]
 struct Cli {
+    /// Log format on stderr: `text` (human-readable) or `json` (one object per line). The level
+    /// filter is `SPILLWAY_LOG` (e.g. `info,spillway=debug`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SPILLWAY_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs go to stderr (stdout carries command output and the `listening` line).
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SPILLWAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        // Fields at the top level next to `timestamp`, `level`, `target` and `message`.
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).with_span_list(false).init(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -98,6 +121,27 @@ enum Command {
         #[arg(long, hide = true)]
         codec_only: bool,
     },
+    /// Probe a running spillway's `/health` (or `/ready`): prints the answer, exits 0 on 200 and
+    /// 1 otherwise. For container healthchecks; the runtime image needs no curl.
+    Health {
+        #[arg(short, long, default_value = "http://127.0.0.1:4573", env = "SPILLWAY_ENDPOINT")]
+        endpoint: String,
+        /// Probe readiness (sinks healthy, no stream stopped, not shutting down) instead of liveness.
+        #[arg(long)]
+        ready: bool,
+    },
+    /// Per-stream table from a running spillway's `/metrics`: records/s, MiB/s, data freshness,
+    /// WAL backlog, open partitions, retries, error-output records, sink health.
+    Status {
+        #[arg(short, long, default_value = "http://127.0.0.1:4573", env = "SPILLWAY_ENDPOINT")]
+        endpoint: String,
+        /// Refresh the table until interrupted.
+        #[arg(short, long)]
+        watch: bool,
+        /// Seconds between the two scrapes rates are computed from (and between refreshes).
+        #[arg(long, default_value_t = 2.0)]
+        interval_seconds: f64,
+    },
     /// Look at or repair a stream's write-ahead log. Run these with spillway stopped: they read
     /// and rewrite the files under data_dir directly.
     Wal {
@@ -134,15 +178,8 @@ enum WalCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SPILLWAY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     let result = match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Wal { command } => wal_command(command),
@@ -241,6 +278,24 @@ async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
                 summary.elapsed.as_secs_f64(),
                 summary.resent_records
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Health { endpoint, ready } => match status::probe(&endpoint, ready).await {
+            Ok(body) => {
+                print!("{body}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(error) => {
+                eprintln!("{error}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Status { endpoint, watch, interval_seconds } => {
+            let interval = Duration::try_from_secs_f64(interval_seconds)
+                .ok()
+                .filter(|interval| !interval.is_zero())
+                .context("--interval-seconds must be a positive number")?;
+            status::run(&endpoint, interval, watch).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

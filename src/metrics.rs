@@ -1,31 +1,162 @@
-//! Counters users watch, named after Firehose's CloudWatch metrics where one exists, exported in
-//! Prometheus text format on `/metrics`, with the process's CPU time and peak RSS (read by the
-//! benchmark).
+//! What an operator watches, exported on `/metrics` in the OpenMetrics text format: Firehose's
+//! CloudWatch set under Prometheus names (incoming, throttled, delivered, data freshness,
+//! partitions), plus the WAL, open batches, retries, the error output, latency and size
+//! histograms, and the process's CPU time and peak RSS (read by the benchmark).
+//!
+//! Crate choice: `prometheus-client`, the Prometheus project's own Rust client. Its registry is an
+//! explicit value owned by one [`Metrics`] (no process-global recorder as with the `metrics`
+//! facade), so unit tests and tests that run several spillways in one process each read their own
+//! exact values; label sets are typed. Instruments are cheap clones sharing their value, handed
+//! to the code that updates them ([`StreamMetrics`]). Values that are read rather than counted
+//! (WAL sizes, open-batch bytes, data freshness, CPU and RSS) are computed at scrape time by a
+//! collector. The one process-wide instrument is the WAL fsync histogram, observed at the
+//! writer's fsync call without plumbing a handle through the WAL's options.
+//!
+//! Must not: block or do I/O on the update paths (counters are atomics, histograms a short lock).
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
 
-/// One stream's counters, all monotonic (the WAL size gauges come from a [`WalSizeProbe`]).
-#[derive(Default)]
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::pipeline::MemoryBudget;
+
+/// The `Content-Type` of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    pub stream: String,
+}
+
+/// A stream and its destination type (`sink.type`), for delivery metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    pub stream: String,
+    pub sink: String,
+}
+
+/// Seconds a put waits for its records to be durable in the WAL: 0.5 ms … 4 s.
+fn put_latency_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+}
+
+/// Seconds one batch takes from being handed to the sink to being delivered or routed to the
+/// error output, retries included: 5 ms … 2.7 min.
+fn delivery_latency_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 16))
+}
+
+/// Encoded bytes of one delivered batch: 1 KiB … 256 MiB.
+fn batch_size_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(1024.0, 4.0, 10))
+}
+
+/// Seconds of one WAL fsync: 0.1 ms … 3.3 s.
+fn fsync_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+/// Every WAL's fsyncs in this process (group commit: one fsync acknowledges many puts).
+static WAL_FSYNC_SECONDS: LazyLock<Histogram> = LazyLock::new(fsync_buckets);
+
+/// Record one WAL fsync's duration; called by the WAL writer around `sync_data`.
+pub fn observe_wal_fsync(elapsed: Duration) {
+    WAL_FSYNC_SECONDS.observe(elapsed.as_secs_f64());
+}
+
+/// One stream's instruments. Clones share their values with the registry they came from; a
+/// `StreamMetrics::default()` is detached (for tests that read the values directly).
+#[derive(Clone)]
 pub struct StreamMetrics {
-    pub incoming_records: AtomicU64,
-    pub incoming_bytes: AtomicU64,
-    pub incoming_put_requests: AtomicU64,
-    pub throttled_records: AtomicU64,
-    pub delivered_records: AtomicU64,
-    pub delivered_bytes: AtomicU64,
-    pub delivered_batches: AtomicU64,
-    pub delivery_retries: AtomicU64,
-    pub error_output_records: AtomicU64,
+    pub incoming_records: Counter,
+    pub incoming_bytes: Counter,
+    pub incoming_put_requests: Counter,
+    pub throttled_records: Counter,
+    pub put_latency: Histogram,
+    pub delivered_records: Counter,
+    pub delivered_bytes: Counter,
+    pub delivered_batches: Counter,
+    pub delivery_retries: Counter,
+    pub error_output_records: Counter,
+    pub batch_size: Histogram,
+    pub delivery_latency: Histogram,
     /// Batches closed early because a new partition would pass `max_active_partitions`.
-    pub partition_count_exceeded: AtomicU64,
+    pub partition_count_exceeded: Counter,
+    /// Partitions with an open batch right now.
+    pub open_partitions: Gauge,
+    /// 1 when the sink's last healthcheck passed, else 0.
+    pub sink_up: Gauge,
+    /// Arrival time (Unix ms) of the oldest record not yet delivered, 0 when there is none; the
+    /// freshness gauge is its age at scrape time.
+    oldest_undelivered_arrival_ms: Arc<AtomicI64>,
+    /// The last delivery error, for the status page (not a metric: its text varies).
+    last_error: Arc<Mutex<Option<LastError>>>,
+}
+
+/// A delivery error as the status page shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LastError {
+    pub at_ms: i64,
+    pub message: String,
+}
+
+impl Default for StreamMetrics {
+    fn default() -> Self {
+        Self {
+            incoming_records: Counter::default(),
+            incoming_bytes: Counter::default(),
+            incoming_put_requests: Counter::default(),
+            throttled_records: Counter::default(),
+            put_latency: put_latency_buckets(),
+            delivered_records: Counter::default(),
+            delivered_bytes: Counter::default(),
+            delivered_batches: Counter::default(),
+            delivery_retries: Counter::default(),
+            error_output_records: Counter::default(),
+            batch_size: batch_size_buckets(),
+            delivery_latency: delivery_latency_buckets(),
+            partition_count_exceeded: Counter::default(),
+            open_partitions: Gauge::default(),
+            sink_up: Gauge::default(),
+            oldest_undelivered_arrival_ms: Arc::default(),
+            last_error: Arc::default(),
+        }
+    }
 }
 
 impl StreamMetrics {
-    pub fn add(counter: &AtomicU64, value: u64) {
-        counter.fetch_add(value, Ordering::Relaxed);
+    /// The delivery loop calls this when its watermark may have moved: the arrival time of the
+    /// oldest record it holds (open, queued or in flight), or `None` when it holds none.
+    pub fn set_oldest_undelivered(&self, arrival_ms: Option<i64>) {
+        self.oldest_undelivered_arrival_ms.store(arrival_ms.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Remember a delivery error (a failed write, records routed to the error output).
+    pub fn note_error(&self, message: String) {
+        let at_ms = chrono::Utc::now().timestamp_millis();
+        *self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(LastError { at_ms, message });
+    }
+
+    pub fn last_error(&self) -> Option<LastError> {
+        self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Age in seconds of the oldest undelivered record at `now_ms`; 0 when nothing waits.
+    pub fn data_freshness_seconds(&self, now_ms: i64) -> f64 {
+        match self.oldest_undelivered_arrival_ms.load(Ordering::Relaxed) {
+            0 => 0.0,
+            oldest => (now_ms.saturating_sub(oldest)).max(0) as f64 / 1000.0,
+        }
     }
 }
 
@@ -41,120 +172,340 @@ pub struct WalSize {
 /// Reads a stream's current WAL size when metrics are rendered.
 pub type WalSizeProbe = Box<dyn Fn() -> WalSize + Send + Sync>;
 
-/// Picks one counter out of a stream's metrics.
-type CounterOf = fn(&StreamMetrics) -> &AtomicU64;
+type CounterFamily = Family<StreamLabels, Counter>;
+type SinkCounterFamily = Family<SinkLabels, Counter>;
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
-/// Picks one gauge out of a stream's WAL size.
-type WalGaugeOf = fn(&WalSize) -> u64;
-
-/// Every stream's counters. Streams come and go at runtime (the control plane creates and deletes
-/// them), so the table sits behind a lock that is only held to register, remove or render.
-#[derive(Default)]
-pub struct Metrics {
-    streams: RwLock<BTreeMap<String, Registered>>,
+/// The registered families; each stream takes its own instruments out of them.
+struct Families {
+    incoming_records: CounterFamily,
+    incoming_bytes: CounterFamily,
+    incoming_put_requests: CounterFamily,
+    throttled_records: CounterFamily,
+    put_latency: HistogramFamily<StreamLabels>,
+    delivered_records: SinkCounterFamily,
+    delivered_bytes: SinkCounterFamily,
+    delivered_batches: SinkCounterFamily,
+    delivery_retries: SinkCounterFamily,
+    error_output_records: SinkCounterFamily,
+    batch_size: HistogramFamily<SinkLabels>,
+    delivery_latency: HistogramFamily<SinkLabels>,
+    partition_count_exceeded: CounterFamily,
+    open_partitions: Family<StreamLabels, Gauge>,
+    sink_up: Family<SinkLabels, Gauge>,
 }
 
-/// One registered stream: its counters and its WAL size probe.
-type Registered = (Arc<StreamMetrics>, Arc<WalSizeProbe>);
+impl Families {
+    fn register(registry: &mut Registry) -> Self {
+        let families = Families {
+            incoming_records: Family::default(),
+            incoming_bytes: Family::default(),
+            incoming_put_requests: Family::default(),
+            throttled_records: Family::default(),
+            put_latency: Family::new_with_constructor(put_latency_buckets),
+            delivered_records: Family::default(),
+            delivered_bytes: Family::default(),
+            delivered_batches: Family::default(),
+            delivery_retries: Family::default(),
+            error_output_records: Family::default(),
+            batch_size: Family::new_with_constructor(batch_size_buckets),
+            delivery_latency: Family::new_with_constructor(delivery_latency_buckets),
+            partition_count_exceeded: Family::default(),
+            open_partitions: Family::default(),
+            sink_up: Family::default(),
+        };
+        // Counters get their `_total` suffix from the encoder.
+        let f = &families;
+        registry.register("spillway_incoming_records", "records accepted", f.incoming_records.clone());
+        registry.register("spillway_incoming_bytes", "record bytes accepted", f.incoming_bytes.clone());
+        registry.register("spillway_incoming_put_requests", "put requests accepted", f.incoming_put_requests.clone());
+        registry.register(
+            "spillway_throttled_records",
+            "records refused with ServiceUnavailableException (wal full)",
+            f.throttled_records.clone(),
+        );
+        registry.register(
+            "spillway_put_latency_seconds",
+            "time a put waits for its records to be durable in the wal",
+            f.put_latency.clone(),
+        );
+        registry.register("spillway_delivered_records", "records delivered to the sink", f.delivered_records.clone());
+        registry.register(
+            "spillway_delivered_bytes",
+            "record bytes delivered to the sink (before compression)",
+            f.delivered_bytes.clone(),
+        );
+        registry.register(
+            "spillway_delivered_batches",
+            "batches delivered to the sink (delivery success)",
+            f.delivered_batches.clone(),
+        );
+        registry.register("spillway_delivery_retries", "retried sink writes", f.delivery_retries.clone());
+        registry.register(
+            "spillway_error_output_records",
+            "records written to the error output",
+            f.error_output_records.clone(),
+        );
+        registry.register(
+            "spillway_batch_size_bytes",
+            "encoded bytes of each batch handed to the sink",
+            f.batch_size.clone(),
+        );
+        registry.register(
+            "spillway_delivery_latency_seconds",
+            "time from handing a batch to the sink until it is delivered or routed to the error output",
+            f.delivery_latency.clone(),
+        );
+        registry.register(
+            "spillway_partition_count_exceeded",
+            "batches closed early because a new partition passed max_active_partitions",
+            f.partition_count_exceeded.clone(),
+        );
+        registry.register("spillway_open_partitions", "partitions with an open batch", f.open_partitions.clone());
+        registry.register(
+            "spillway_sink_up",
+            "1 when the sink's last background healthcheck passed, else 0",
+            f.sink_up.clone(),
+        );
+        registry.register(
+            "spillway_wal_fsync_seconds",
+            "duration of wal fsyncs (group commit), all streams",
+            WAL_FSYNC_SECONDS.clone(),
+        );
+        families
+    }
+}
+
+/// Every stream's instruments and the values read at scrape time.
+pub struct Metrics {
+    registry: Registry,
+    families: Families,
+    scraped: Arc<Scraped>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let families = Families::register(&mut registry);
+        let scraped = Arc::new(Scraped::default());
+        registry.register_collector(Box::new(scraped.clone()));
+        Self { registry, families, scraped }
+    }
+}
 
 impl Metrics {
-    /// Register a stream (again: a re-registered stream keeps counting from zero); `wal_size`
-    /// reads its current WAL size.
-    pub fn register(&self, stream: &str, wal_size: WalSizeProbe) -> Arc<StreamMetrics> {
-        let metrics = Arc::new(StreamMetrics::default());
-        let mut streams = self.streams.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        streams.insert(stream.to_string(), (metrics.clone(), Arc::new(wal_size)));
+    /// Register a stream delivering to a `sink` of that type; `wal_size` reads its WAL size.
+    pub fn register(&self, stream: &str, sink: &str, wal_size: WalSizeProbe) -> Arc<StreamMetrics> {
+        let by_stream = StreamLabels { stream: stream.to_string() };
+        let by_sink = SinkLabels { stream: stream.to_string(), sink: sink.to_string() };
+        let f = &self.families;
+        let metrics = Arc::new(StreamMetrics {
+            incoming_records: f.incoming_records.get_or_create_owned(&by_stream),
+            incoming_bytes: f.incoming_bytes.get_or_create_owned(&by_stream),
+            incoming_put_requests: f.incoming_put_requests.get_or_create_owned(&by_stream),
+            throttled_records: f.throttled_records.get_or_create_owned(&by_stream),
+            put_latency: f.put_latency.get_or_create_owned(&by_stream),
+            delivered_records: f.delivered_records.get_or_create_owned(&by_sink),
+            delivered_bytes: f.delivered_bytes.get_or_create_owned(&by_sink),
+            delivered_batches: f.delivered_batches.get_or_create_owned(&by_sink),
+            delivery_retries: f.delivery_retries.get_or_create_owned(&by_sink),
+            error_output_records: f.error_output_records.get_or_create_owned(&by_sink),
+            batch_size: f.batch_size.get_or_create_owned(&by_sink),
+            delivery_latency: f.delivery_latency.get_or_create_owned(&by_sink),
+            partition_count_exceeded: f.partition_count_exceeded.get_or_create_owned(&by_stream),
+            open_partitions: f.open_partitions.get_or_create_owned(&by_stream),
+            sink_up: f.sink_up.get_or_create_owned(&by_sink),
+            oldest_undelivered_arrival_ms: Arc::default(),
+            last_error: Arc::default(),
+        });
+        let stream_state = ScrapedStream { labels: by_sink, wal_size, metrics: metrics.clone() };
+        self.scraped.streams().insert(stream.to_string(), stream_state);
         metrics
     }
 
-    /// Forget a deleted stream.
+    /// Forget a removed stream: its series leave `/metrics`.
     pub fn unregister(&self, stream: &str) {
-        let mut streams = self.streams.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        streams.remove(stream);
+        let Some(removed) = self.scraped.streams().remove(stream) else { return };
+        let by_stream = StreamLabels { stream: stream.to_string() };
+        let by_sink = removed.labels;
+        let f = &self.families;
+        f.incoming_records.remove(&by_stream);
+        f.incoming_bytes.remove(&by_stream);
+        f.incoming_put_requests.remove(&by_stream);
+        f.throttled_records.remove(&by_stream);
+        f.put_latency.remove(&by_stream);
+        f.partition_count_exceeded.remove(&by_stream);
+        f.open_partitions.remove(&by_stream);
+        f.delivered_records.remove(&by_sink);
+        f.delivered_bytes.remove(&by_sink);
+        f.delivered_batches.remove(&by_sink);
+        f.delivery_retries.remove(&by_sink);
+        f.error_output_records.remove(&by_sink);
+        f.batch_size.remove(&by_sink);
+        f.delivery_latency.remove(&by_sink);
+        f.sink_up.remove(&by_sink);
     }
 
+    /// Export the open-batch memory budget's use (`limits.max_open_batches_mib`).
+    pub fn register_open_batch_budget(&self, budget: Arc<MemoryBudget>) {
+        *self.scraped.budget.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(budget);
+    }
+
+    /// Every metric in the OpenMetrics text format ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
-        // A snapshot, so the lock is not held while the WAL sizes are read.
-        let streams: BTreeMap<String, Registered> =
-            self.streams.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let mut out = String::new();
-        let counters: [(&str, &str, CounterOf); 10] = [
-            ("spillway_incoming_records_total", "records accepted", |m| &m.incoming_records),
-            ("spillway_incoming_bytes_total", "bytes accepted", |m| &m.incoming_bytes),
-            ("spillway_incoming_put_requests_total", "put requests accepted", |m| &m.incoming_put_requests),
-            ("spillway_throttled_records_total", "records refused with ServiceUnavailableException", |m| {
-                &m.throttled_records
-            }),
-            ("spillway_delivered_records_total", "records delivered to the sink", |m| &m.delivered_records),
-            ("spillway_delivered_bytes_total", "record bytes delivered (before compression)", |m| &m.delivered_bytes),
-            ("spillway_delivered_batches_total", "batches delivered", |m| &m.delivered_batches),
-            ("spillway_delivery_retries_total", "retried sink writes", |m| &m.delivery_retries),
-            ("spillway_error_output_records_total", "records written to the error output", |m| &m.error_output_records),
-            (
-                "spillway_partition_count_exceeded_total",
-                "batches closed early because a new partition passed max_active_partitions",
-                |m| &m.partition_count_exceeded,
-            ),
-        ];
-        for (name, help, counter) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (stream, (metrics, _)) in &streams {
-                let _ = writeln!(out, "{name}{{stream=\"{stream}\"}} {}", counter(metrics).load(Ordering::Relaxed));
-            }
-        }
-        let sizes: Vec<(&String, WalSize)> =
-            streams.iter().map(|(stream, (_, wal_size))| (stream, wal_size())).collect();
-        let gauges: [(&str, &str, WalGaugeOf); 2] = [
-            ("spillway_wal_bytes", "undelivered bytes in the WAL (bounded by limits.max_wal_mib)", |size| {
-                size.undelivered_bytes
-            }),
-            ("spillway_wal_disk_bytes", "size of the WAL segment files, delivered parts included", |size| {
-                size.disk_bytes
-            }),
-        ];
-        for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-            for (stream, size) in &sizes {
-                let _ = writeln!(out, "{name}{{stream=\"{stream}\"}} {}", value(size));
-            }
-        }
-        if let Some(cpu) = process_cpu_seconds() {
-            let _ = writeln!(out, "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu:.3}");
-        }
-        if let Some(peak) = process_peak_rss_bytes() {
-            let _ = writeln!(out, "# TYPE process_peak_rss_bytes gauge\nprocess_peak_rss_bytes {peak}");
+        // Writing into a String cannot fail; an encoder error would be a bug in a collector.
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(%error, "cannot encode metrics");
         }
         out
     }
 }
 
-/// The value of the first sample named `name` (with its labels, if any, e.g.
-/// `spillway_delivered_bytes_total{stream="logs"}`) in Prometheus text as `render` writes it.
+/// Values computed when `/metrics` is scraped.
+#[derive(Default)]
+struct Scraped {
+    streams: Mutex<BTreeMap<String, ScrapedStream>>,
+    budget: Mutex<Option<Arc<MemoryBudget>>>,
+}
+
+struct ScrapedStream {
+    labels: SinkLabels,
+    wal_size: WalSizeProbe,
+    metrics: Arc<StreamMetrics>,
+}
+
+impl std::fmt::Debug for Scraped {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Scraped").finish_non_exhaustive()
+    }
+}
+
+impl Scraped {
+    fn streams(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ScrapedStream>> {
+        // A poisoned lock only means a scrape panicked; the map itself is intact.
+        self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Picks one gauge out of a stream's WAL size.
+type WalGaugeOf = fn(&WalSize) -> u64;
+
+impl Collector for Scraped {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        {
+            let streams = self.streams();
+            let sizes: Vec<(&ScrapedStream, WalSize)> =
+                streams.values().map(|stream| (stream, (stream.wal_size)())).collect();
+            let wal_gauges: [(&str, &str, WalGaugeOf); 2] = [
+                ("spillway_wal_bytes", "undelivered bytes in the wal (bounded by limits.max_wal_mib)", |size| {
+                    size.undelivered_bytes
+                }),
+                ("spillway_wal_disk_bytes", "size of the wal segment files, delivered parts included", |size| {
+                    size.disk_bytes
+                }),
+            ];
+            for (name, help, value) in wal_gauges {
+                let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                for (stream, size) in &sizes {
+                    let labels = StreamLabels { stream: stream.labels.stream.clone() };
+                    ConstGauge::new(value(size) as i64).encode(metric.encode_family(&labels)?)?;
+                }
+            }
+            let mut freshness = encoder.encode_descriptor(
+                "spillway_data_freshness_seconds",
+                "age of the oldest record not yet delivered (0 when none waits)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (stream, _) in &sizes {
+                let age = ConstGauge::new(stream.metrics.data_freshness_seconds(now_ms));
+                age.encode(freshness.encode_family(&stream.labels)?)?;
+            }
+        }
+        let budget = self.budget.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if let Some(budget) = budget {
+            let held = ConstGauge::new(budget.held() as i64);
+            held.encode(encoder.encode_descriptor(
+                "spillway_open_batch_bytes",
+                "bytes held by open batches, all streams (bounded by limits.max_open_batches_mib)",
+                None,
+                held.metric_type(),
+            )?)?;
+            let limit = ConstGauge::new(budget.limit() as i64);
+            limit.encode(encoder.encode_descriptor(
+                "spillway_open_batch_limit_bytes",
+                "limits.max_open_batches_mib in bytes",
+                None,
+                limit.metric_type(),
+            )?)?;
+        }
+        if let Some(usage) = process_usage() {
+            let cpu = ConstCounter::new(usage.cpu_seconds);
+            cpu.encode(encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "user and system cpu time of this process",
+                None,
+                cpu.metric_type(),
+            )?)?;
+            let peak = ConstGauge::new(usage.peak_rss_bytes as i64);
+            peak.encode(encoder.encode_descriptor(
+                "process_peak_rss_bytes",
+                "peak resident set size of this process",
+                None,
+                peak.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
+/// This process's CPU time and peak RSS.
+struct ProcessUsage {
+    cpu_seconds: f64,
+    peak_rss_bytes: u64,
+}
+
+/// From `getrusage(RUSAGE_SELF)`: no `/proc` parsing, no clock-tick rate to know.
+fn process_usage() -> Option<ProcessUsage> {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let usage = getrusage(UsageWho::RUSAGE_SELF).ok()?;
+    let seconds = |time: nix::sys::time::TimeVal| time.tv_sec() as f64 + time.tv_usec() as f64 / 1e6;
+    let cpu_seconds = seconds(usage.user_time()) + seconds(usage.system_time());
+    // Linux reports ru_maxrss in KiB (macOS in bytes).
+    let max_rss = u64::try_from(usage.max_rss()).unwrap_or(0);
+    let peak_rss_bytes = if cfg!(target_os = "macos") { max_rss } else { max_rss * 1024 };
+    Some(ProcessUsage { cpu_seconds, peak_rss_bytes })
+}
+
+/// The sum of the samples named `name` whose labels include the ones given, e.g.
+/// `spillway_delivered_bytes_total{stream="logs"}` (any `sink`), or `process_cpu_seconds_total`;
+/// `None` when no sample matches. Label order does not matter.
 pub fn read_metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')).and_then(|value| value.trim().parse().ok())
+    let (wanted_name, wanted_labels) = split_sample(name)?;
+    let mut found = None;
+    for line in text.lines().filter(|line| !line.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Some((sample_name, labels)) = split_sample(series) else { continue };
+        if sample_name != wanted_name || !wanted_labels.iter().all(|wanted| labels.contains(wanted)) {
+            continue;
+        }
+        if let Ok(value) = value.trim().parse::<f64>() {
+            *found.get_or_insert(0.0) += value;
+        }
+    }
+    found
 }
 
-/// User + system CPU time of this process, from `/proc/self/stat` (Linux only).
-fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let after_name = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let user: f64 = fields.get(11)?.parse().ok()?;
-    let system: f64 = fields.get(12)?.parse().ok()?;
-    Some((user + system) / clock_ticks_per_second())
-}
-
-fn clock_ticks_per_second() -> f64 {
-    // sysconf(_SC_CLK_TCK) is 100 on every Linux target we run on.
-    100.0
-}
-
-/// Peak resident set size (`VmHWM`), from `/proc/self/status` (Linux only).
-fn process_peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+/// `name{a="1",b="2"}` → (`name`, [`a="1"`, `b="2"`]). Label values holding `",` are not split
+/// correctly; spillway's stream names cannot contain quotes.
+fn split_sample(series: &str) -> Option<(&str, Vec<&str>)> {
+    let series = series.trim();
+    let Some(open) = series.find('{') else { return Some((series, Vec::new())) };
+    let labels = series[open + 1..].strip_suffix('}')?;
+    let labels = labels.split(',').map(str::trim).filter(|label| !label.is_empty()).collect();
+    Some((&series[..open], labels))
 }
 
 #[cfg(test)]
@@ -163,14 +514,53 @@ mod tests {
 
     #[test]
     fn rendered_samples_read_back_by_name_and_labels() {
-        let metrics = Metrics::default();
-        let logs = metrics.register("logs", Box::new(|| WalSize { undelivered_bytes: 7, disk_bytes: 9 }));
-        StreamMetrics::add(&logs.delivered_bytes, 1234);
+        let mut metrics = Metrics::default();
+        let logs = metrics.register("logs", "s3", Box::new(|| WalSize { undelivered_bytes: 7, disk_bytes: 9 }));
+        logs.delivered_bytes.inc_by(1234);
+        logs.incoming_records.inc_by(3);
         let text = metrics.render();
-        assert_eq!(read_metric(&text, "spillway_delivered_bytes_total{stream=\"logs\"}"), Some(1234.0));
+        assert_eq!(read_metric(&text, "spillway_delivered_bytes_total{stream=\"logs\"}"), Some(1234.0), "{text}");
+        assert_eq!(read_metric(&text, "spillway_delivered_bytes_total{sink=\"s3\",stream=\"logs\"}"), Some(1234.0));
+        assert_eq!(read_metric(&text, "spillway_incoming_records_total{stream=\"logs\"}"), Some(3.0));
         assert_eq!(read_metric(&text, "spillway_wal_bytes{stream=\"logs\"}"), Some(7.0));
         assert_eq!(read_metric(&text, "spillway_wal_disk_bytes{stream=\"logs\"}"), Some(9.0));
         assert_eq!(read_metric(&text, "spillway_delivered_bytes_total{stream=\"other\"}"), None);
-        assert!(read_metric(&text, "process_cpu_seconds_total").is_some());
+        assert!(read_metric(&text, "process_cpu_seconds_total").is_some_and(|cpu| cpu > 0.0), "{text}");
+        assert!(read_metric(&text, "process_peak_rss_bytes").is_some_and(|rss| rss > 1_000_000.0), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn freshness_is_the_age_of_the_oldest_undelivered_record() {
+        let mut metrics = Metrics::default();
+        let logs = metrics.register("logs", "s3", Box::new(WalSize::default));
+        assert_eq!(logs.data_freshness_seconds(10_000), 0.0, "nothing waits");
+        logs.set_oldest_undelivered(Some(4_000));
+        assert_eq!(logs.data_freshness_seconds(10_000), 6.0);
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        logs.set_oldest_undelivered(Some(now_ms - 90_000));
+        let text = metrics.render();
+        let freshness = read_metric(&text, "spillway_data_freshness_seconds{stream=\"logs\",sink=\"s3\"}");
+        assert!(freshness.is_some_and(|seconds| (90.0..100.0).contains(&seconds)), "{text}");
+        logs.set_oldest_undelivered(None);
+        assert_eq!(read_metric(&metrics.render(), "spillway_data_freshness_seconds{stream=\"logs\"}"), Some(0.0));
+    }
+
+    #[test]
+    fn histograms_and_the_open_batch_budget_are_exported() {
+        let mut metrics = Metrics::default();
+        let logs = metrics.register("logs", "s3", Box::new(WalSize::default));
+        let budget = MemoryBudget::new(1 << 20);
+        metrics.register_open_batch_budget(budget);
+        logs.batch_size.observe(5000.0);
+        logs.put_latency.observe(0.002);
+        observe_wal_fsync(Duration::from_millis(1));
+        let text = metrics.render();
+        assert_eq!(read_metric(&text, "spillway_batch_size_bytes_count{stream=\"logs\"}"), Some(1.0), "{text}");
+        assert_eq!(read_metric(&text, "spillway_batch_size_bytes_sum{stream=\"logs\"}"), Some(5000.0));
+        assert_eq!(read_metric(&text, "spillway_put_latency_seconds_count{stream=\"logs\"}"), Some(1.0));
+        assert!(read_metric(&text, "spillway_wal_fsync_seconds_count").is_some_and(|count| count >= 1.0));
+        assert_eq!(read_metric(&text, "spillway_open_batch_bytes"), Some(0.0));
+        assert_eq!(read_metric(&text, "spillway_open_batch_limit_bytes"), Some(1048576.0));
     }
 }

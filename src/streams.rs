@@ -26,6 +26,7 @@ use crate::pipeline::{
 };
 use crate::processing::PartitionKeys;
 use crate::sources::StreamIngest;
+use crate::server::health::{CheckedSink, Readiness};
 use crate::wal::{Wal, WalOptions};
 
 /// What every stream's build shares.
@@ -36,6 +37,8 @@ pub struct StreamEnv {
     pub instance_id: Uuid,
     pub budget: Arc<MemoryBudget>,
     pub metrics: Arc<Metrics>,
+    /// `/ready`'s view of the sinks: each stream's sink joins it when its delivery starts.
+    pub readiness: Arc<Readiness>,
 }
 
 /// A stream's running parts: its WAL and, unless the WAL could not be opened, its delivery task.
@@ -80,6 +83,8 @@ const SINK_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 struct DeliveryTask {
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), PipelineError>>,
+    /// The sink this delivery writes to, for the background healthchecks.
+    checked: CheckedSink,
 }
 
 /// How a stream's delivery ends.
@@ -134,6 +139,7 @@ impl Lifecycle {
         let probe_wal = wal.clone();
         let metrics = self.env.metrics.register(
             &name,
+            config.sink.type_name(),
             Box::new(move || WalSize {
                 undelivered_bytes: probe_wal.undelivered_bytes(),
                 disk_bytes: probe_wal.disk_bytes(),
@@ -210,6 +216,7 @@ impl Lifecycle {
             tracing::warn!(stream = %name, %error, "delivery ended with an error while the stream was removed");
         }
         self.env.metrics.unregister(name);
+        self.env.readiness.remove_sink(name);
         let wal = running.wal;
         let committed = *wal.committed().borrow();
         let dir = self.stream_dir(name);
@@ -223,6 +230,14 @@ impl Lifecycle {
         .map_err(|join| AppError::DataDir { path: dir.clone(), source: std::io::Error::other(join) })?
         .map_err(|source| AppError::Checkpoint { stream, source })?;
         Ok(Removed { committed, delivered })
+    }
+
+    /// The sinks of every running delivery, for the background healthchecks.
+    pub fn checked_sinks(&self) -> Vec<CheckedSink> {
+        self.running()
+            .values()
+            .filter_map(|stream| stream.delivery.as_ref().map(|delivery| delivery.checked.clone()))
+            .collect()
     }
 
     /// Stop every pull source's readers (intake ends with them), waiting until `deadline` at most.
@@ -333,6 +348,8 @@ impl Lifecycle {
             Some(Arc::new(JqPartitioner::new(compiled)))
         };
         let router = Router::new(partitioner, config.processing.record_delimiter);
+        let checked = CheckedSink { stream: name.clone(), sink: built.sink.clone(), metrics: metrics.clone() };
+        self.env.readiness.add_sink(&name, config.sink.type_name());
         let delivery = Arc::new(Delivery {
             sink: built.sink,
             error_output: built.error_output,
@@ -378,7 +395,7 @@ impl Lifecycle {
             }
             result
         });
-        Ok(DeliveryTask { stop, task })
+        Ok(DeliveryTask { stop, task, checked })
     }
 }
 

@@ -70,7 +70,7 @@ async fn a_corrupt_segment_stops_its_stream_naming_segment_and_offset() {
     std::fs::write(first, &bytes).unwrap();
 
     let restarted = Spillway::start(dir.path(), &yaml);
-    let health_url = format!("{}/health", restarted.endpoint);
+    let health_url = format!("{}/ready", restarted.endpoint);
     let http = reqwest::Client::new();
     let body = {
         let mut body = String::new();

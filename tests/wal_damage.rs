@@ -1,6 +1,6 @@
 //! A damaged WAL stops at most its own stream, end to end with the real binary: a zero-filled
 //! tail after a power loss is cut and every record delivered; damage in acknowledged data stops
-//! only that stream (the other delivers, `/health` names segment and offset, puts are refused),
+//! only that stream (the other delivers, `/ready` names segment and offset, puts are refused),
 //! and `spillway wal inspect` / `quarantine` let it start again, delivering every record outside
 //! the range it reports exactly once.
 
@@ -138,7 +138,7 @@ async fn damage_in_acknowledged_data_stops_only_its_stream_until_quarantined() {
     let out_other = dir.path().join("out-other");
     eventually(WAIT, "stream other delivers", || (delivered_lines(&out_other).len() == sent_b.len()).then_some(()))
         .await;
-    let health = reqwest::get(format!("{}/health", restarted.endpoint)).await.unwrap();
+    let health = reqwest::get(format!("{}/ready", restarted.endpoint)).await.unwrap();
     assert_eq!(health.status(), 503);
     let body = health.text().await.unwrap();
     assert!(
@@ -186,7 +186,7 @@ async fn damage_in_acknowledged_data_stops_only_its_stream_until_quarantined() {
 
     // A starts again, delivers every record outside the range exactly once, and takes new puts.
     let healthy = Spillway::start(dir.path(), &yaml);
-    let health = reqwest::get(format!("{}/health", healthy.endpoint)).await.unwrap();
+    let health = reqwest::get(format!("{}/ready", healthy.endpoint)).await.unwrap();
     assert_eq!(health.status(), 200);
     let sent_after = put_batches(&healthy, "app-logs", 100, 1).await;
     let log_path = healthy.log.clone();

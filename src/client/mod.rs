@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod codec_bench;
 pub mod put;
+pub mod status;
 
 use aws_sdk_firehose::Client;
 use aws_sdk_firehose::config::{BehaviorVersion, Credentials, Region};

@@ -146,6 +146,10 @@ pub struct ServerConfig {
     /// connection and its share of the body memory budget forever.
     #[serde(default = "default_request_timeout_seconds")]
     pub request_timeout_seconds: u64,
+    /// How often every sink's healthcheck runs in the background; `/ready` answers from the
+    /// last result.
+    #[serde(default = "default_healthcheck_interval_seconds")]
+    pub healthcheck_interval_seconds: u64,
 }
 
 impl Default for ServerConfig {
@@ -156,6 +160,7 @@ impl Default for ServerConfig {
             account_id: default_account_id(),
             shutdown_grace_seconds: default_shutdown_grace_seconds(),
             request_timeout_seconds: default_request_timeout_seconds(),
+            healthcheck_interval_seconds: default_healthcheck_interval_seconds(),
         }
     }
 }
@@ -385,6 +390,9 @@ fn default_shutdown_grace_seconds() -> u64 {
 fn default_request_timeout_seconds() -> u64 {
     30
 }
+fn default_healthcheck_interval_seconds() -> u64 {
+    10
+}
 fn default_body_wait_ms() -> u64 {
     5_000
 }
@@ -480,6 +488,12 @@ impl Config {
             push(
                 "server.request_timeout_seconds".into(),
                 format!("must be between 1 and 600 (got {})", self.server.request_timeout_seconds),
+            );
+        }
+        if !(1..=3600).contains(&self.server.healthcheck_interval_seconds) {
+            push(
+                "server.healthcheck_interval_seconds".into(),
+                format!("must be between 1 and 3600 (got {})", self.server.healthcheck_interval_seconds),
             );
         }
         if !(MIN_WAL_MIB..=MAX_WAL_MIB).contains(&self.limits.max_wal_mib) {

@@ -218,6 +218,10 @@ impl Assembler {
         self.open.lowest_start()
     }
 
+    pub fn oldest_open_arrival_ms(&self) -> Option<i64> {
+        self.open.oldest_arrival_ms()
+    }
+
     pub fn next_deadline(&self) -> Option<Instant> {
         self.open.next_deadline()
     }

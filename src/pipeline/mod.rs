@@ -87,8 +87,9 @@ struct Completed {
 /// The loop's bookkeeping of batches between "closed" and "watermark passed".
 #[derive(Default)]
 struct Ledger {
-    /// Starts of batches recorded but not yet delivered (a multiset).
-    in_flight_starts: BTreeMap<u64, usize>,
+    /// Starts of batches recorded but not yet delivered (a multiset), with the oldest arrival
+    /// time (Unix ms) among the batches of that start, for the data freshness metric.
+    in_flight_starts: BTreeMap<u64, (usize, i64)>,
     /// Done intents above the watermark, removed once it passes their end.
     done: Vec<Intent>,
     /// The checkpoint as stored.
@@ -96,17 +97,23 @@ struct Ledger {
 }
 
 impl Ledger {
-    fn add_in_flight(&mut self, start: u64) {
-        *self.in_flight_starts.entry(start).or_default() += 1;
+    fn add_in_flight(&mut self, start: u64, oldest_arrival_ms: i64) {
+        let (count, oldest) = self.in_flight_starts.entry(start).or_insert((0, oldest_arrival_ms));
+        *count += 1;
+        *oldest = (*oldest).min(oldest_arrival_ms);
     }
 
     fn remove_in_flight(&mut self, start: u64) {
-        if let Some(count) = self.in_flight_starts.get_mut(&start) {
+        if let Some((count, _)) = self.in_flight_starts.get_mut(&start) {
             *count -= 1;
             if *count == 0 {
                 self.in_flight_starts.remove(&start);
             }
         }
+    }
+
+    fn oldest_in_flight_arrival_ms(&self) -> Option<i64> {
+        self.in_flight_starts.values().map(|(_, oldest)| *oldest).min()
     }
 
     fn lowest_in_flight(&self) -> Option<u64> {
@@ -138,7 +145,7 @@ impl DeliveryLoop {
                 IntentState::Pending => {
                     let batch = self.rebuild(&intent).await?;
                     tracing::info!(stream = %self.stream, batch = %intent.id, start = intent.start, end = intent.end, records = batch.record_count(), "re-sending a batch recorded before a restart");
-                    ledger.add_in_flight(intent.start);
+                    ledger.add_in_flight(intent.start, batch.oldest_arrival_ms);
                     in_flight.push(self.send(intent, batch));
                 }
             }
@@ -174,7 +181,7 @@ impl DeliveryLoop {
                 let room = MAX_IN_FLIGHT - in_flight.len();
                 let ready: Vec<ClosedBatch> = closed_queue.drain(..room.min(closed_queue.len())).collect();
                 for (intent, batch) in self.record_intents(ready).await? {
-                    ledger.add_in_flight(intent.start);
+                    ledger.add_in_flight(intent.start, batch.oldest_arrival_ms);
                     in_flight.push(self.send(intent, batch));
                 }
                 continue;
@@ -364,6 +371,7 @@ impl DeliveryLoop {
         assembler: &mut Assembler,
         queue: &VecDeque<ClosedBatch>,
     ) -> Result<(), PipelineError> {
+        self.note_freshness(ledger, assembler, queue);
         let watermark = self.watermark(ledger, assembler, queue);
         if watermark <= ledger.stored {
             return Ok(());
@@ -381,6 +389,26 @@ impl DeliveryLoop {
         assembler.release_claims_below(watermark);
         self.wal.trim(watermark);
         Ok(())
+    }
+
+    /// Update the data freshness and open partition gauges: the oldest arrival among the
+    /// records held open, queued or in flight (records still unread in the WAL arrived later,
+    /// as the WAL is in arrival order). Called where the watermark may move: after reading and
+    /// after a delivery.
+    fn note_freshness(&self, ledger: &Ledger, assembler: &Assembler, queue: &VecDeque<ClosedBatch>) {
+        let oldest = [
+            assembler.oldest_open_arrival_ms(),
+            queue.iter().map(|closed| closed.oldest_arrival_ms).min(),
+            ledger.oldest_in_flight_arrival_ms(),
+        ]
+        .into_iter()
+        .flatten()
+        // A rebuilt batch whose records are all gone carries 0.
+        .filter(|&arrival_ms| arrival_ms > 0)
+        .min();
+        let metrics = &self.delivery.metrics;
+        metrics.set_oldest_undelivered(oldest);
+        metrics.open_partitions.set(assembler.partition_count() as i64);
     }
 
     async fn remove_intents(&self, intents: Vec<Intent>) -> Result<(), PipelineError> {
@@ -402,7 +430,7 @@ impl DeliveryLoop {
         for reason in assembler.take_early_closes() {
             tracing::debug!(stream = %self.stream, ?reason, partitions = assembler.partition_count(), "closed a batch early");
             if reason == open_batch::EarlyClose::PartitionCap {
-                self.delivery.metrics.partition_count_exceeded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.delivery.metrics.partition_count_exceeded.inc();
             }
         }
     }

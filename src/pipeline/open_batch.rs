@@ -209,6 +209,11 @@ impl OpenBatches {
         self.batches.values().map(|batch| batch.start).min()
     }
 
+    /// Arrival time (Unix ms) of the oldest record held by an open batch.
+    pub fn oldest_arrival_ms(&self) -> Option<i64> {
+        self.batches.values().map(|batch| batch.oldest_arrival_ms).min()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.batches.is_empty()
     }

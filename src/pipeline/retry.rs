@@ -64,6 +64,14 @@ impl Delivery {
     /// same batch id: sinks with per-record outcomes key records by sequence, not by batch) until
     /// the retry duration ends; records that failed permanently go to the error output at once.
     pub async fn deliver(&self, batch: &Batch, error_output_type: Option<&str>) -> Result<(), DeliveryError> {
+        let started = Instant::now();
+        self.metrics.batch_size.observe(batch.payload.len() as f64);
+        let result = self.deliver_or_route(batch, error_output_type).await;
+        self.metrics.delivery_latency.observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn deliver_or_route(&self, batch: &Batch, error_output_type: Option<&str>) -> Result<(), DeliveryError> {
         if let Some(error_output_type) = error_output_type {
             self.write_error_output(batch, error_output_type, batch.payload.to_bytes(), batch.record_count()).await;
             return Ok(());
@@ -78,6 +86,18 @@ impl Delivery {
             let error = match self.sink.write(current).await {
                 Ok(()) => {
                     self.count_delivered(current.record_count(), current.record_bytes);
+                    tracing::debug!(
+                        stream = %batch.stream,
+                        batch = %batch.id,
+                        start = batch.start,
+                        end = batch.end,
+                        records = current.record_count(),
+                        record_bytes = current.record_bytes,
+                        payload_bytes = current.payload.len(),
+                        attempts,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "batch delivered"
+                    );
                     return Ok(());
                 }
                 Err(error) => error,
@@ -85,7 +105,8 @@ impl Delivery {
             let within_duration = started.elapsed() < self.retry_duration;
             match error.class {
                 ErrorClass::Retriable if within_duration => {
-                    StreamMetrics::add(&self.metrics.delivery_retries, 1);
+                    self.metrics.delivery_retries.inc();
+                    self.metrics.note_error(format!("delivery failed, retrying: {error}"));
                     let wait = backoff(attempts, error.retry_after);
                     tracing::warn!(stream = %batch.stream, batch = %batch.id, attempts, wait_ms = wait.as_millis() as u64, %error, "delivery failed, retrying");
                     tokio::time::sleep(wait).await;
@@ -120,7 +141,7 @@ impl Delivery {
                     }
                     let retried: Vec<Record> =
                         retry.iter().filter_map(|failure| records.get(failure.index).cloned()).collect();
-                    StreamMetrics::add(&self.metrics.delivery_retries, 1);
+                    self.metrics.delivery_retries.inc();
                     let wait = backoff(attempts, error.retry_after);
                     tracing::warn!(stream = %batch.stream, batch = %batch.id, attempts, records = retried.len(), wait_ms = wait.as_millis() as u64, "some records failed retriably, re-sending them");
                     pending = Some(self.reencode(batch, retried).await?);
@@ -146,9 +167,9 @@ impl Delivery {
     }
 
     fn count_delivered(&self, records: usize, bytes: usize) {
-        StreamMetrics::add(&self.metrics.delivered_records, records as u64);
-        StreamMetrics::add(&self.metrics.delivered_bytes, bytes as u64);
-        StreamMetrics::add(&self.metrics.delivered_batches, 1);
+        self.metrics.delivered_records.inc_by(records as u64);
+        self.metrics.delivered_bytes.inc_by(bytes as u64);
+        self.metrics.delivered_batches.inc();
     }
 
     /// The batch's records as they arrived (no delimiter), read back from the WAL, in the
@@ -220,8 +241,10 @@ impl Delivery {
                 return;
             }
         };
+        self.metrics.note_error(format!("{count} record(s) routed to the error output: {first_code}"));
         self.write_error_output(batch, self.failure_output_type, lines, count).await;
-        tracing::error!(stream = %batch.stream, batch = %batch.id, records = count, error_output_type = self.failure_output_type, code = %first_code, "records routed to the error output");
+        // The records are safe in the error output: a warning, not an error of spillway's.
+        tracing::warn!(stream = %batch.stream, batch = %batch.id, records = count, error_output_type = self.failure_output_type, code = %first_code, "records routed to the error output");
     }
 
     /// Write error records, retrying until it succeeds: nothing is dropped.
@@ -231,7 +254,7 @@ impl Delivery {
             attempt += 1;
             match self.error_output.write_error_records(batch, error_output_type, lines.to_vec()).await {
                 Ok(()) => {
-                    StreamMetrics::add(&self.metrics.error_output_records, count as u64);
+                    self.metrics.error_output_records.inc_by(count as u64);
                     return;
                 }
                 Err(error) => {

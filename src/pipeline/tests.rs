@@ -4,7 +4,6 @@
 //! End-to-end behaviour through real processes is in `tests/`.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use spillway_sink_api::testkit::{MemoryEncoderFactory, MemorySink};
@@ -177,7 +176,7 @@ async fn a_retriable_failure_is_retried_and_a_permanent_one_goes_to_the_error_ou
     let (_stop, stop_rx) = watch::channel(true);
     harness.delivery_loop(1 << 20, Duration::from_secs(900), Duration::from_secs(60)).run(stop_rx).await.unwrap();
     assert_eq!(harness.sink.records().len(), 3, "delivered after the retry");
-    assert_eq!(harness.metrics.delivery_retries.load(Ordering::Relaxed), 1);
+    assert_eq!(harness.metrics.delivery_retries.get(), 1);
     assert!(harness.sink.error_lines().is_empty());
 
     harness.sink.fail_next(SinkError::permanent("Test.Refused", "never"));
@@ -191,7 +190,7 @@ async fn a_retriable_failure_is_retried_and_a_permanent_one_goes_to_the_error_ou
     assert_eq!(lines[0]["errorCode"], "Test.Refused");
     assert_eq!(lines[0]["attemptsMade"], 1);
     assert_eq!(lines[1]["rawData"], "cjE=", "base64 of the record's bytes");
-    assert_eq!(harness.metrics.error_output_records.load(Ordering::Relaxed), 2);
+    assert_eq!(harness.metrics.error_output_records.get(), 2);
     assert_eq!(Checkpoint::new(&harness.stream_dir).load().unwrap(), 5, "routed records count as done");
     harness.wal.close();
 }
@@ -355,6 +354,6 @@ async fn a_partial_failure_resends_only_the_retriable_records() {
     assert_eq!(errors.len(), 1, "the permanent failure goes to the error output");
     let line: serde_json::Value = serde_json::from_slice(&errors[0].1).unwrap();
     assert_eq!(line["rawData"], "cjI=");
-    assert_eq!(harness.metrics.delivered_records.load(Ordering::Relaxed), 3);
+    assert_eq!(harness.metrics.delivered_records.get(), 3);
     harness.wal.close();
 }

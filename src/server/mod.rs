@@ -1,4 +1,5 @@
-//! The HTTP front: routes for the Direct PUT API, NDJSON ingest, `/health` and `/metrics`, and
+//! The HTTP front: routes for the Direct PUT API (`POST /`), NDJSON ingest, `/health`, `/ready`
+//! ([`health`]), `/metrics`, the status page (`GET /`, `/api/status`: [`status_page`]), and
 //! the request limits in front of the ingest routes: a body-size limit and a whole-request
 //! deadline (`server.request_timeout_seconds`), both from `tower-http`, with their answers
 //! reshaped into each route's error format.
@@ -20,6 +21,8 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::sources::{Ingest, MAX_REQUEST_BODY_BYTES, declared_body_len, direct_put, http};
 
+pub mod health;
+pub mod status_page;
 #[cfg(test)]
 mod tests;
 
@@ -32,9 +35,12 @@ pub fn router(ingest: Arc<Ingest>) -> Router {
         move |request: Request, next: Next| ndjson_limit_answers(request, next, timeout_seconds),
     ));
     Router::new()
-        .route("/", firehose)
+        // `POST /` is the Firehose API; `GET /` the status page.
+        .route("/", firehose.merge(get(status_page::page)))
+        .route("/api/status", get(status_page::status))
         .route("/streams/{stream}/records", ndjson)
-        .route("/health", get(health))
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
         .route("/metrics", get(metrics))
         .with_state(ingest)
 }
@@ -85,18 +91,8 @@ async fn ndjson_limit_answers(request: Request, next: Next, timeout_seconds: u64
     response
 }
 
-/// 200 "ok" while every stream delivers; 503 naming the streams that stopped.
-async fn health(State(ingest): State<Arc<Ingest>>) -> Response {
-    let stopped = ingest.stopped_streams();
-    if stopped.is_empty() {
-        return "ok\n".into_response();
-    }
-    let lines: String = stopped.iter().map(|(stream, reason)| format!("stream {stream} stopped: {reason}\n")).collect();
-    (StatusCode::SERVICE_UNAVAILABLE, lines).into_response()
-}
-
 async fn metrics(State(ingest): State<Arc<Ingest>>) -> Response {
     let mut response = ingest.metrics.render().into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
     response
 }

@@ -43,7 +43,7 @@ fn harness(server_yaml: &str, limits_yaml: &str) -> Harness {
     };
     let (wal, _) = Wal::open(options, 0).expect("wal opens");
     let metrics = Metrics::default();
-    let stream_metrics = metrics.register("s", Box::new(crate::metrics::WalSize::default));
+    let stream_metrics = metrics.register("s", "s3", Box::new(crate::metrics::WalSize::default));
     let stream_config = config.streams[0].clone();
     let streams = BTreeMap::from([(
         "s".to_string(),
@@ -55,7 +55,8 @@ fn harness(server_yaml: &str, limits_yaml: &str) -> Harness {
             stopped: Arc::default(),
         },
     )]);
-    let ingest = Arc::new(Ingest::new(config, streams, Arc::new(metrics), "test".into()));
+    let readiness = crate::server::health::Readiness::new(std::iter::empty());
+    let ingest = Arc::new(Ingest::new(config, streams, Arc::new(metrics), "test".into(), readiness));
     Harness { _dir: dir, ingest }
 }
 

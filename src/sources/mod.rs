@@ -20,6 +20,7 @@ use crate::catalog::{StreamRecord, StreamStatus};
 use crate::config::{Config, StreamConfig};
 use crate::metrics::{Metrics, StreamMetrics};
 use crate::streams::Lifecycle;
+use crate::server::health::Readiness;
 use crate::wal::Wal;
 
 /// The source registry: the one place that maps a YAML `source.type` to a source. Push sources
@@ -113,6 +114,8 @@ pub struct Ingest {
     body_budget_kib: usize,
     /// Prefix of record ids, unique per instance.
     pub record_id_prefix: String,
+    /// What `/ready` answers from: sink healthchecks and shutdown.
+    pub readiness: Arc<Readiness>,
     /// Throttled puts per stream: one warning per interval, not one per request, so a producer
     /// hammering a full WAL cannot flood the log.
     throttled_puts: ThrottleLog,
@@ -224,12 +227,14 @@ impl Ingest {
         streams: BTreeMap<String, StreamIngest>,
         metrics: Arc<Metrics>,
         record_id_prefix: String,
+        readiness: Arc<Readiness>,
     ) -> Self {
         let body_budget_kib = (config.limits.max_inflight_request_mib as usize) * 1024;
         let streams = streams.into_iter().map(|(name, stream)| (name, Arc::new(stream))).collect();
         Self {
             streams: RwLock::new(streams),
             lifecycle: None,
+            readiness,
             config,
             metrics,
             body_budget: Arc::new(Semaphore::new(body_budget_kib)),
@@ -322,15 +327,18 @@ impl Ingest {
         let count = records.len() as u64;
         let bytes: u64 = records.iter().map(|record| record.len() as u64).sum();
         let arrival_ms = chrono::Utc::now().timestamp_millis();
+        let started = Instant::now();
         match target.wal.append(arrival_ms, records).await {
             Ok(range) => {
-                StreamMetrics::add(&target.metrics.incoming_records, count);
-                StreamMetrics::add(&target.metrics.incoming_bytes, bytes);
-                StreamMetrics::add(&target.metrics.incoming_put_requests, 1);
+                let metrics: &StreamMetrics = &target.metrics;
+                metrics.put_latency.observe(started.elapsed().as_secs_f64());
+                metrics.incoming_records.inc_by(count);
+                metrics.incoming_bytes.inc_by(bytes);
+                metrics.incoming_put_requests.inc();
                 Ok(range)
             }
             Err(error) if error.is_retriable() => {
-                StreamMetrics::add(&target.metrics.throttled_records, count);
+                target.metrics.throttled_records.inc_by(count);
                 if let Some(summary) = self.throttled_puts.note(stream, count, Instant::now()) {
                     tracing::warn!(
                         stream,

@@ -633,7 +633,10 @@ impl Writer {
         if fail_points::sync_fails_in(&self.options.dir) {
             return Err(std::io::Error::other("injected fsync failure"));
         }
-        self.file.sync_data()
+        let started = Instant::now();
+        let synced = self.file.sync_data();
+        crate::metrics::observe_wal_fsync(started.elapsed());
+        synced
     }
 
     /// Refuse appends for good, logging once with the segment that failed.

@@ -7,12 +7,14 @@
 //! - [`sink`]: the `Sink` trait (one attempt per call; retries belong to the pipeline).
 //! - [`error`]: `SinkError`, classified as retriable, permanent or partial.
 //! - [`codec`]: the compressions every byte-oriented sink shares (none, gzip, zstd).
+//! - [`secret`]: `Secret`, a configuration value (credential, password) that never shows in logs.
 //! - [`testkit`]: an in-memory sink and the conformance checks every sink must pass.
 
 pub mod batch;
 pub mod codec;
 pub mod encode;
 pub mod error;
+pub mod secret;
 pub mod sink;
 pub mod testkit;
 
@@ -20,4 +22,5 @@ pub use batch::{Batch, PartitionKeys, Record, SequenceSet};
 pub use codec::Compression;
 pub use encode::{EncodeError, Encoder, EncoderFactory, Payload, RawEncoder, RawEncoderFactory};
 pub use error::{ErrorClass, RecordFailure, SinkError};
+pub use secret::Secret;
 pub use sink::{ErrorOutput, Sink};

@@ -14,7 +14,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::{BackoffConfig, ObjectStore, RetryConfig};
 use serde::Deserialize;
-use spillway_sink_api::{Compression, SinkError};
+use spillway_sink_api::{Compression, Secret, SinkError};
 
 use crate::key::{PrefixKind, PrefixTemplate};
 use crate::sink::{S3Sink, StoreKind};
@@ -60,12 +60,13 @@ pub struct S3SinkConfig {
     /// Path-style requests (`endpoint/bucket/key`); default true when `endpoint` is set.
     #[serde(default)]
     pub path_style: Option<bool>,
+    /// Credentials are [`Secret`]s: `{:?}` of this config never shows them.
     #[serde(default)]
-    pub access_key_id: Option<String>,
+    pub access_key_id: Option<Secret>,
     #[serde(default)]
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<Secret>,
     #[serde(default)]
-    pub session_token: Option<String>,
+    pub session_token: Option<Secret>,
     /// Allow plain HTTP; default true when `endpoint` starts with `http://`.
     #[serde(default)]
     pub allow_http: Option<bool>,
@@ -97,6 +98,17 @@ impl ConfigProblem {
     fn new(field: &str, message: impl Into<String>) -> Self {
         Self { field: field.to_string(), message: message.into() }
     }
+}
+
+/// A local folder's path, relative ones resolved from the working directory.
+fn absolute_path(path: &std::path::Path) -> Result<PathBuf, SinkError> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    let working_dir = std::env::current_dir().map_err(|error| {
+        SinkError::permanent("S3.InvalidConfiguration", "cannot read the working directory").with_source(error)
+    })?;
+    Ok(working_dir.join(path))
 }
 
 /// Where objects go, parsed from `url`.
@@ -272,6 +284,10 @@ impl S3SinkConfig {
             .map_err(|error| invalid(error.to_string()))?;
         let destination = Destination::parse(&self.url).map_err(invalid)?;
 
+        let local_root = match &destination {
+            Destination::LocalDir(path) => Some(absolute_path(path)?),
+            Destination::S3 { .. } => None,
+        };
         let (store, kind) = self.build_store(destination)?;
         let error_store = match &self.error_output_url {
             Some(error_url) => self.build_store(Destination::parse(error_url).map_err(invalid)?)?.0,
@@ -288,6 +304,7 @@ impl S3SinkConfig {
             store,
             error_store,
             kind,
+            local_root,
             prefix,
             error_prefix,
             compression: self.compression,
@@ -305,14 +322,7 @@ impl S3SinkConfig {
     }
 
     fn build_local(&self, path: &std::path::Path) -> Result<LocalFileSystem, SinkError> {
-        let absolute = if path.is_absolute() {
-            path.to_path_buf()
-        } else {
-            let working_dir = std::env::current_dir().map_err(|error| {
-                SinkError::permanent("S3.InvalidConfiguration", "cannot read the working directory").with_source(error)
-            })?;
-            working_dir.join(path)
-        };
+        let absolute = absolute_path(path)?;
         std::fs::create_dir_all(&absolute).map_err(|error| {
             let message = format!("cannot create output folder `{}`", absolute.display());
             SinkError::retriable("S3.AccessDenied", message).with_source(error)
@@ -351,9 +361,10 @@ impl S3SinkConfig {
             builder = builder.with_allow_http(allow_http);
         }
         if let (Some(access_key_id), Some(secret_access_key)) = (&self.access_key_id, &self.secret_access_key) {
-            builder = builder.with_access_key_id(access_key_id).with_secret_access_key(secret_access_key);
+            builder =
+                builder.with_access_key_id(access_key_id.expose()).with_secret_access_key(secret_access_key.expose());
             if let Some(session_token) = &self.session_token {
-                builder = builder.with_token(session_token);
+                builder = builder.with_token(session_token.expose());
             }
         } else {
             builder = builder.with_credentials(Arc::new(crate::credentials::AwsChainCredentials::default()));
@@ -468,7 +479,7 @@ mod tests {
         bad.file_extension = Some("gz".to_string());
         bad.part_size_mib = 4;
         bad.endpoint = Some("localhost:9000".to_string());
-        bad.access_key_id = Some("key".to_string());
+        bad.access_key_id = Some(Secret::new("key"));
         let problems = bad.validate();
         assert_eq!(
             fields(&problems),
@@ -603,8 +614,8 @@ mod tests {
     fn build_s3_with_static_credentials_and_endpoint() {
         let mut s3 = config("s3://bucket");
         s3.endpoint = Some("http://127.0.0.1:9000".to_string());
-        s3.access_key_id = Some("minioadmin".to_string());
-        s3.secret_access_key = Some("minioadmin".to_string());
+        s3.access_key_id = Some(Secret::new("minioadmin"));
+        s3.secret_access_key = Some(Secret::new("minioadmin"));
         s3.region = Some("us-east-1".to_string());
         s3.build("s").expect("build succeeds without a request");
     }

@@ -39,6 +39,8 @@ pub(crate) struct SinkParts {
     /// Where error records go: `store`, or the store of `error_output_url`.
     pub error_store: Arc<dyn ObjectStore>,
     pub kind: StoreKind,
+    /// The output folder of a local sink (absolute).
+    pub local_root: Option<std::path::PathBuf>,
     pub prefix: PrefixTemplate,
     pub error_prefix: PrefixTemplate,
     pub compression: Compression,
@@ -197,6 +199,22 @@ impl Sink for S3Sink {
     /// A listing of the prefix's fixed part: proves the bucket (or folder) exists and the
     /// credentials may read it, without writing anything.
     async fn healthcheck(&self) -> Result<(), SinkError> {
+        // Listing a local "folder" that is a regular file finds nothing and succeeds, yet every
+        // write into it fails: check that the folder is one (a missing folder is fine, see below).
+        if let Some(folder) = &self.parts.local_root {
+            match tokio::fs::metadata(folder).await {
+                Ok(metadata) if !metadata.is_dir() => {
+                    let message = format!("output folder `{}` is not a directory", folder.display());
+                    return Err(SinkError::retriable("S3.AccessDenied", message));
+                }
+                Ok(_) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    let message = format!("cannot read output folder `{}`", folder.display());
+                    return Err(SinkError::retriable("S3.AccessDenied", message).with_source(error));
+                }
+            }
+        }
         let root = self.parts.prefix.literal_root();
         let location = if root.is_empty() { None } else { Some(parse_location(root)?) };
         match self.parts.store.list_with_delimiter(location.as_ref()).await {

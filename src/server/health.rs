@@ -1,0 +1,202 @@
+//! Liveness and readiness for load balancers and Kubernetes probes.
+//!
+//! - `GET /health`: the process is alive and serving HTTP; always 200 (a restart would not mend
+//!   a stopped stream, so liveness must not fail for one).
+//! - `GET /ready`: 200 when the configuration is loaded and every WAL recovered (both true once
+//!   the server listens), no stream has stopped, every sink's last healthcheck passed, and
+//!   spillway is not shutting down; otherwise 503 with one line per reason.
+//!
+//! Sink healthchecks run in the background ([`run_healthchecks`]), every
+//! `server.healthcheck_interval_seconds`, each bounded by [`HEALTHCHECK_TIMEOUT`]; a probe only
+//! reads their last result, so probes never load a destination.
+//!
+//! Must not: call a sink from a request handler.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use spillway_sink_api::Sink;
+use tokio::sync::watch;
+
+use crate::metrics::StreamMetrics;
+use crate::sources::Ingest;
+
+/// Longest a single sink healthcheck may take before it counts as failed.
+pub const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The last healthcheck result of one stream's sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkHealth {
+    /// No healthcheck has finished yet.
+    Pending,
+    Healthy,
+    Unhealthy(String),
+}
+
+/// What `/ready` answers from.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    shutting_down: AtomicBool,
+    sinks: Mutex<BTreeMap<String, (String, SinkHealth)>>,
+}
+
+impl Readiness {
+    /// Readiness for these streams' sinks (stream → sink type), every one pending.
+    pub fn new<'a>(sinks: impl IntoIterator<Item = (&'a str, &'a str)>) -> Arc<Self> {
+        let sinks = sinks
+            .into_iter()
+            .map(|(stream, sink)| (stream.to_string(), (sink.to_string(), SinkHealth::Pending)))
+            .collect();
+        Arc::new(Self { shutting_down: AtomicBool::new(false), sinks: Mutex::new(sinks) })
+    }
+
+    /// From now on `/ready` answers 503: the load balancer stops sending while we drain.
+    pub fn set_shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    /// A stream's sink joins the checks (pending until its first healthcheck).
+    pub fn add_sink(&self, stream: &str, sink: &str) {
+        let mut sinks = self.sinks.lock().unwrap_or_else(PoisonError::into_inner);
+        sinks.insert(stream.to_string(), (sink.to_string(), SinkHealth::Pending));
+    }
+
+    /// A removed stream's sink leaves the checks.
+    pub fn remove_sink(&self, stream: &str) {
+        self.sinks.lock().unwrap_or_else(PoisonError::into_inner).remove(stream);
+    }
+
+    pub fn set_sink_health(&self, stream: &str, health: SinkHealth) {
+        let mut sinks = self.sinks.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, current)) = sinks.get_mut(stream) {
+            *current = health;
+        }
+    }
+
+    /// Every reason not to be ready, in a stable order; empty when ready.
+    pub fn reasons(&self, stopped_streams: &[(String, String)]) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if self.shutting_down.load(Ordering::Relaxed) {
+            reasons.push("shutting down".to_string());
+        }
+        for (stream, reason) in stopped_streams {
+            reasons.push(format!("stream {stream} stopped: {reason}"));
+        }
+        let sinks = self.sinks.lock().unwrap_or_else(PoisonError::into_inner);
+        for (stream, (sink, health)) in sinks.iter() {
+            match health {
+                SinkHealth::Healthy => {}
+                SinkHealth::Pending => reasons.push(format!("stream {stream}: {sink} sink healthcheck pending")),
+                SinkHealth::Unhealthy(error) => {
+                    reasons.push(format!("stream {stream}: {sink} sink healthcheck failed: {error}"))
+                }
+            }
+        }
+        reasons
+    }
+}
+
+/// A sink to check, with the stream it belongs to and its metrics (for `spillway_sink_up`).
+#[derive(Clone)]
+pub struct CheckedSink {
+    pub stream: String,
+    pub sink: Arc<dyn Sink>,
+    pub metrics: Arc<StreamMetrics>,
+}
+
+/// One round: every sink's healthcheck, concurrently, each bounded by [`HEALTHCHECK_TIMEOUT`].
+/// Logs a warning when a sink turns unhealthy and an info line when it recovers.
+pub async fn check_all(sinks: &[CheckedSink], readiness: &Readiness) {
+    let checks = sinks.iter().map(|checked| async move {
+        let health = match tokio::time::timeout(HEALTHCHECK_TIMEOUT, checked.sink.healthcheck()).await {
+            Ok(Ok(())) => SinkHealth::Healthy,
+            Ok(Err(error)) => SinkHealth::Unhealthy(error.to_string()),
+            Err(_elapsed) => SinkHealth::Unhealthy(format!("no answer within {} s", HEALTHCHECK_TIMEOUT.as_secs())),
+        };
+        (checked, health)
+    });
+    for (checked, health) in futures::future::join_all(checks).await {
+        let previous = {
+            let sinks = readiness.sinks.lock().unwrap_or_else(PoisonError::into_inner);
+            sinks.get(&checked.stream).map(|(_, health)| health.clone())
+        };
+        match (&previous, &health) {
+            (Some(SinkHealth::Unhealthy(_)), SinkHealth::Healthy) => {
+                tracing::info!(stream = %checked.stream, "sink healthcheck passes again")
+            }
+            (Some(SinkHealth::Healthy | SinkHealth::Pending), SinkHealth::Unhealthy(error)) => {
+                tracing::warn!(stream = %checked.stream, %error, "sink healthcheck failed; /ready answers 503")
+            }
+            _ => {}
+        }
+        checked.metrics.sink_up.set(i64::from(health == SinkHealth::Healthy));
+        readiness.set_sink_health(&checked.stream, health);
+    }
+}
+
+/// Check every sink every `interval` until `stop` turns true. The first round runs before this
+/// is spawned (see `App::start`), so `/ready` is decided when the server starts listening.
+pub async fn run_healthchecks(
+    lifecycle: Arc<crate::streams::Lifecycle>,
+    readiness: Arc<Readiness>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    while !*stop.borrow_and_update() {
+        tokio::select! {
+            // The current sinks each round: streams come and go through the control plane.
+            () = tokio::time::sleep(interval) => check_all(&lifecycle.checked_sinks(), &readiness).await,
+            changed = stop.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Liveness: the process serves HTTP.
+pub async fn health() -> Response {
+    "ok\n".into_response()
+}
+
+/// Readiness: 200 `ready`, or 503 with one line per reason.
+pub async fn ready(State(ingest): State<Arc<Ingest>>) -> Response {
+    let reasons = ingest.readiness.reasons(&ingest.stopped_streams());
+    if reasons.is_empty() {
+        return "ready\n".into_response();
+    }
+    let body: String = reasons.iter().map(|reason| format!("{reason}\n")).collect();
+    (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_is_listed_until_all_are_cleared() {
+        let readiness = Readiness::new([("a", "s3"), ("b", "s3")]);
+        let stopped = vec![("b".to_string(), "wal damaged".to_string())];
+        assert_eq!(
+            readiness.reasons(&stopped),
+            vec![
+                "stream b stopped: wal damaged",
+                "stream a: s3 sink healthcheck pending",
+                "stream b: s3 sink healthcheck pending"
+            ]
+        );
+        readiness.set_sink_health("a", SinkHealth::Healthy);
+        readiness.set_sink_health("b", SinkHealth::Unhealthy("bucket gone".into()));
+        assert_eq!(readiness.reasons(&[]), vec!["stream b: s3 sink healthcheck failed: bucket gone"]);
+        readiness.set_sink_health("b", SinkHealth::Healthy);
+        assert!(readiness.reasons(&[]).is_empty());
+        readiness.set_shutting_down();
+        assert_eq!(readiness.reasons(&[]), vec!["shutting down"]);
+    }
+}

@@ -1,0 +1,55 @@
+//! The live status page: `GET /` serves one HTML file embedded in the binary (no build toolchain,
+//! no assets to ship) whose script polls `/metrics` and `GET /api/status` every two seconds and
+//! draws, per stream, source, sink, records/s and MiB/s in and out with a five-minute chart,
+//! data freshness, WAL backlog, open partitions, retries, error-output records and the last
+//! error with its time. `POST /` stays the Firehose API.
+//!
+//! Must not: compute rates on the server; the page derives them from two scrapes, as
+//! `spillway status` does, so the server keeps no history.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{Html, IntoResponse, Response};
+use serde::Serialize;
+
+use crate::metrics::LastError;
+use crate::sources::Ingest;
+
+const PAGE: &str = include_str!("status_page.html");
+
+pub async fn page() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+/// What the page shows besides metrics.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub ready: bool,
+    pub reasons: Vec<String>,
+    pub streams: Vec<StreamStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StreamStatus {
+    pub name: String,
+    pub source: &'static str,
+    pub sink: &'static str,
+    pub last_error: Option<LastError>,
+}
+
+pub async fn status(State(ingest): State<Arc<Ingest>>) -> Response {
+    let reasons = ingest.readiness.reasons(&ingest.stopped_streams());
+    let streams = ingest
+        .streams
+        .iter()
+        .map(|(name, stream)| StreamStatus {
+            name: name.clone(),
+            source: stream.config.source.type_name(),
+            sink: stream.config.sink.type_name(),
+            last_error: stream.metrics.last_error(),
+        })
+        .collect();
+    Json(Status { ready: reasons.is_empty(), reasons, streams }).into_response()
+}
