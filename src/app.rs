@@ -19,8 +19,8 @@ use crate::catalog::{self, CatalogError};
 use crate::checkpoint::{CheckpointError, write_atomically};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::server::health::{self, Readiness};
 use crate::pipeline::{IntentError, MemoryBudget, PipelineError};
+use crate::server::health::{self, Readiness};
 use crate::sources::Ingest;
 use crate::streams::{Lifecycle, StreamEnv};
 

@@ -514,7 +514,7 @@ mod tests {
 
     #[test]
     fn rendered_samples_read_back_by_name_and_labels() {
-        let mut metrics = Metrics::default();
+        let metrics = Metrics::default();
         let logs = metrics.register("logs", "s3", Box::new(|| WalSize { undelivered_bytes: 7, disk_bytes: 9 }));
         logs.delivered_bytes.inc_by(1234);
         logs.incoming_records.inc_by(3);
@@ -532,7 +532,7 @@ mod tests {
 
     #[test]
     fn freshness_is_the_age_of_the_oldest_undelivered_record() {
-        let mut metrics = Metrics::default();
+        let metrics = Metrics::default();
         let logs = metrics.register("logs", "s3", Box::new(WalSize::default));
         assert_eq!(logs.data_freshness_seconds(10_000), 0.0, "nothing waits");
         logs.set_oldest_undelivered(Some(4_000));
@@ -548,7 +548,7 @@ mod tests {
 
     #[test]
     fn histograms_and_the_open_batch_budget_are_exported() {
-        let mut metrics = Metrics::default();
+        let metrics = Metrics::default();
         let logs = metrics.register("logs", "s3", Box::new(WalSize::default));
         let budget = MemoryBudget::new(1 << 20);
         metrics.register_open_batch_budget(budget);

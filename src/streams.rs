@@ -25,8 +25,8 @@ use crate::pipeline::{
     BatchingOptions, Delivery, DeliveryLoop, IntentLog, JqPartitioner, MemoryBudget, Partitioner, PipelineError, Router,
 };
 use crate::processing::PartitionKeys;
-use crate::sources::StreamIngest;
 use crate::server::health::{CheckedSink, Readiness};
+use crate::sources::StreamIngest;
 use crate::wal::{Wal, WalOptions};
 
 /// What every stream's build shares.
@@ -60,9 +60,9 @@ struct Readers {
 }
 
 impl Readers {
-    fn spawn(config: &StreamConfig, wal: &Wal) -> Self {
+    fn spawn(config: &StreamConfig, wal: &Wal, metrics: &Arc<StreamMetrics>) -> Self {
         let (stop, stop_rx) = watch::channel(false);
-        let tasks = config.source.spawn_readers(&config.name, wal, stop_rx);
+        let tasks = config.source.spawn_readers(&config.name, wal, metrics, stop_rx);
         if tasks.is_empty() { Self::default() } else { Self { stop: Some(stop), tasks } }
     }
 
@@ -162,7 +162,7 @@ impl Lifecycle {
             },
         };
         // A stream whose WAL could not be opened reads nothing.
-        let readers = if delivery.is_some() { Readers::spawn(config, &wal) } else { Readers::default() };
+        let readers = if delivery.is_some() { Readers::spawn(config, &wal, &metrics) } else { Readers::default() };
         self.running().insert(
             name,
             Running { wal: wal.clone(), metrics: metrics.clone(), stopped: stopped.clone(), delivery, readers },
@@ -242,8 +242,7 @@ impl Lifecycle {
 
     /// Stop every pull source's readers (intake ends with them), waiting until `deadline` at most.
     pub async fn stop_readers(&self, deadline: tokio::time::Instant) {
-        let all: Vec<Readers> =
-            self.running().values_mut().map(|stream| std::mem::take(&mut stream.readers)).collect();
+        let all: Vec<Readers> = self.running().values_mut().map(|stream| std::mem::take(&mut stream.readers)).collect();
         for readers in all {
             readers.stop(deadline).await;
         }

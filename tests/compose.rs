@@ -248,7 +248,7 @@ fn the_monitoring_profile_mounts_files_that_exist_and_agree() {
 
     // Every metric the dashboard queries is one spillway exports, and every panel uses the datasource.
     let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dashboard_path).unwrap()).unwrap();
-    let mut registry = spillway::metrics::Metrics::default();
+    let registry = spillway::metrics::Metrics::default();
     registry.register("s", "s3", Box::new(spillway::metrics::WalSize::default));
     registry.register_open_batch_budget(spillway::pipeline::MemoryBudget::new(1));
     let exported = registry.render();

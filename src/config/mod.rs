@@ -17,7 +17,7 @@ pub use yaml::{ConfigError, load_file, parse_str};
 
 use crate::processing::PartitionKeys;
 use crate::sinks::{PartitionKeySource, SinkConfig};
-use crate::sources::SourceConfig;
+pub use crate::sources::SourceConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -42,10 +42,11 @@ pub struct StreamStatus {
 pub async fn status(State(ingest): State<Arc<Ingest>>) -> Response {
     let reasons = ingest.readiness.reasons(&ingest.stopped_streams());
     let streams = ingest
-        .streams
-        .iter()
-        .map(|(name, stream)| StreamStatus {
-            name: name.clone(),
+        .stream_names()
+        .into_iter()
+        .filter_map(|name| Some((ingest.stream(&name)?, name)))
+        .map(|(stream, name)| StreamStatus {
+            name,
             source: stream.config.source.type_name(),
             sink: stream.config.sink.type_name(),
             last_error: stream.metrics.last_error(),

@@ -15,12 +15,14 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use crate::metrics::StreamMetrics;
 use crate::wal::{SourcePosition, Wal, WalError};
 
 /// The `source:` block of a stream whose `type` is `file`.
@@ -112,7 +114,13 @@ struct Tail {
 
 /// Tail the file until `stop`, appending to `wal`. Errors are logged and retried; the task ends
 /// only when asked to.
-pub async fn run(stream: String, config: FileSourceConfig, wal: Wal, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    stream: String,
+    config: FileSourceConfig,
+    wal: Wal,
+    metrics: Arc<StreamMetrics>,
+    mut stop: watch::Receiver<bool>,
+) {
     let shard = config.shard();
     let poll = Duration::from_millis(config.poll_interval_ms);
     let mut tail: Option<Tail> = None;
@@ -134,9 +142,12 @@ pub async fn run(stream: String, config: FileSourceConfig, wal: Wal, mut stop: w
                 tail = next;
                 if let Some((records, cursor)) = lines {
                     let source = SourcePosition { shard: shard.clone(), position: cursor.render() };
+                    let (count, bytes) = (records.len() as u64, records.iter().map(|record| record.len() as u64).sum());
                     if !append(&stream, &wal, records, source, &mut stop).await {
                         return;
                     }
+                    metrics.incoming_records.inc_by(count);
+                    metrics.incoming_bytes.inc_by(bytes);
                     resume = Some(cursor);
                     false
                 } else {

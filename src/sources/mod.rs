@@ -19,8 +19,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use crate::catalog::{StreamRecord, StreamStatus};
 use crate::config::{Config, StreamConfig};
 use crate::metrics::{Metrics, StreamMetrics};
-use crate::streams::Lifecycle;
 use crate::server::health::Readiness;
+use crate::streams::Lifecycle;
 use crate::wal::Wal;
 
 /// The source registry: the one place that maps a YAML `source.type` to a source. Push sources
@@ -65,12 +65,13 @@ impl SourceConfig {
         &self,
         stream: &str,
         wal: &Wal,
+        metrics: &Arc<StreamMetrics>,
         stop: watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         match self {
             SourceConfig::DirectPut => Vec::new(),
             SourceConfig::File(config) => {
-                vec![tokio::spawn(file::run(stream.to_string(), config.clone(), wal.clone(), stop))]
+                vec![tokio::spawn(file::run(stream.to_string(), config.clone(), wal.clone(), metrics.clone(), stop))]
             }
         }
     }
