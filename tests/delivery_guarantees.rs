@@ -169,39 +169,55 @@ fn stream_yaml(sink: &str, extra: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs services: scripts/test.sh"]
-async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
-    let seed: u64 = std::env::var("SPILLWAY_CHAOS_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or(20261125);
+/// Seeded SIGKILL rounds (`SPILLWAY_CHAOS_SEED`, `SPILLWAY_CHAOS_ROUNDS`, default 20): 4 clients
+/// push `partitions`-valued records while spillway is killed at a random moment, then a clean run
+/// delivers the rest. Returns the ledger, what the bucket holds, and the seed.
+async fn sigkill_rounds(
+    yaml: &str,
+    dir: &std::path::Path,
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    default_seed: u64,
+    partitions: u64,
+) -> (Ledger, Vec<(String, Vec<u8>)>, u64, usize) {
+    let seed: u64 =
+        std::env::var("SPILLWAY_CHAOS_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or(default_seed);
     let rounds: usize = std::env::var("SPILLWAY_CHAOS_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(20);
     let mut rng = StdRng::seed_from_u64(seed);
-    let s3 = s3::client().await;
-    let bucket = s3::new_bucket(&s3).await;
-    let dir = tempfile::tempdir().unwrap();
-    let yaml = stream_yaml(&s3::sink_yaml(&bucket, &env("SPILLWAY_TEST_S3_ENDPOINT")), "");
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     for round in 0..rounds {
-        let spillway = Spillway::start(dir.path(), &yaml);
+        let spillway = Spillway::start(dir, yaml);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let pushers = tokio::spawn(push_until_stopped(
+        let pushers = tokio::spawn(push_partitioned_until_stopped(
             spillway.endpoint.clone(),
             4,
             format!("r{round}"),
             rng.random(),
             ledger.clone(),
             stop.clone(),
+            partitions,
         ));
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..2500))).await;
         spillway.kill();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         pushers.await.unwrap();
     }
-    let final_run = Spillway::start(dir.path(), &yaml);
+    let final_run = Spillway::start(dir, yaml);
     assert_eq!(final_run.terminate(), 0);
-
     let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     assert!(ledger.acknowledged.len() > 1000, "the clients got work done: {}", ledger.acknowledged.len());
-    let delivered = delivered_ids(&s3::objects(&s3, &bucket, "").await);
+    (ledger, s3::objects(s3, bucket, "").await, seed, rounds)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
+    let s3 = s3::client().await;
+    let bucket = s3::new_bucket(&s3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = stream_yaml(&s3::sink_yaml(&bucket, &env("SPILLWAY_TEST_S3_ENDPOINT")), "");
+    let (ledger, objects, seed, rounds) = sigkill_rounds(&yaml, dir.path(), &s3, &bucket, 20261125, 1).await;
+    let delivered = delivered_ids(&objects);
     assert_exactly_once(&ledger, &delivered);
     eprintln!(
         "seed {seed}: {rounds} SIGKILL rounds, {} acknowledged, {} unacknowledged at a kill, {} delivered",
@@ -215,9 +231,6 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
 #[ignore = "needs services: scripts/test.sh"]
 async fn sigkill_at_random_moments_with_24_partitions_loses_and_duplicates_nothing() {
     const PARTITIONS: u64 = 24;
-    let seed: u64 = std::env::var("SPILLWAY_CHAOS_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or(20261126);
-    let rounds: usize = std::env::var("SPILLWAY_CHAOS_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(20);
-    let mut rng = StdRng::seed_from_u64(seed);
     let s3 = s3::client().await;
     let bucket = s3::new_bucket(&s3).await;
     let dir = tempfile::tempdir().unwrap();
@@ -231,30 +244,7 @@ async fn sigkill_at_random_moments_with_24_partitions_loses_and_duplicates_nothi
     // Small batches: with 24 partitions at ~2 MiB/s, batches close by size and by interval, out
     // of order across partitions, so kills land between done intents and the watermark.
     let yaml = stream_yaml(&sink, "");
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    for round in 0..rounds {
-        let spillway = Spillway::start(dir.path(), &yaml);
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let pushers = tokio::spawn(push_partitioned_until_stopped(
-            spillway.endpoint.clone(),
-            4,
-            format!("p{round}"),
-            rng.random(),
-            ledger.clone(),
-            stop.clone(),
-            PARTITIONS,
-        ));
-        tokio::time::sleep(Duration::from_millis(rng.random_range(100..2500))).await;
-        spillway.kill();
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        pushers.await.unwrap();
-    }
-    let final_run = Spillway::start(dir.path(), &yaml);
-    assert_eq!(final_run.terminate(), 0);
-
-    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
-    assert!(ledger.acknowledged.len() > 1000, "the clients got work done: {}", ledger.acknowledged.len());
-    let objects = s3::objects(&s3, &bucket, "").await;
+    let (ledger, objects, seed, rounds) = sigkill_rounds(&yaml, dir.path(), &s3, &bucket, 20261126, PARTITIONS).await;
     assert!(objects.iter().all(|(key, _)| key.starts_with("logs/service=svc-")), "no error output, keys partitioned");
     // Every record sits under its own partition's prefix.
     for (key, body) in &objects {
