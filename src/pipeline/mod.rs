@@ -37,6 +37,9 @@ pub use retry::{Delivery, DeliveryError};
 /// Batches written concurrently per stream (S3 PUTs are latency-bound; many partitions close at
 /// once when their intervals pass).
 pub const MAX_IN_FLIGHT: usize = 8;
+/// Encoded bytes being written at once per stream (beyond the first batch). Without it, a large
+/// backlog with big buffers puts 8 closed batches of e.g. 10 MiB compressed each in memory.
+pub const MAX_IN_FLIGHT_BYTES: usize = 24 << 20;
 /// Most record bytes read from the WAL in one blocking step.
 const READ_CHUNK_BYTES: usize = 4 << 20;
 
@@ -82,6 +85,8 @@ pub struct DeliveryLoop {
 struct Completed {
     intent: Intent,
     result: Result<(), DeliveryError>,
+    /// The batch's encoded size, released from the in-flight bytes.
+    payload_bytes: usize,
 }
 
 /// The loop's bookkeeping of batches between "closed" and "watermark passed".
@@ -132,6 +137,7 @@ impl DeliveryLoop {
 
         let mut ledger = Ledger { stored, ..Ledger::default() };
         let mut in_flight: FuturesUnordered<BoxFuture<'static, Completed>> = FuturesUnordered::new();
+        let mut in_flight_bytes: usize = 0;
         let mut stale = Vec::new();
         let mut claimed = Vec::new();
         for intent in recorded {
@@ -146,6 +152,7 @@ impl DeliveryLoop {
                     let batch = self.rebuild(&intent).await?;
                     tracing::info!(stream = %self.stream, batch = %intent.id, start = intent.start, end = intent.end, records = batch.record_count(), "re-sending a batch recorded before a restart");
                     ledger.add_in_flight(intent.start, batch.oldest_arrival_ms);
+                    in_flight_bytes += batch.payload.len();
                     in_flight.push(self.send(intent, batch));
                 }
             }
@@ -176,10 +183,19 @@ impl DeliveryLoop {
             };
             let caught_up = position >= committed;
 
-            // Hand closed batches to the sink while there is room in flight.
-            if !closed_queue.is_empty() && in_flight.len() < MAX_IN_FLIGHT {
-                let room = MAX_IN_FLIGHT - in_flight.len();
-                let ready: Vec<ClosedBatch> = closed_queue.drain(..room.min(closed_queue.len())).collect();
+            // Hand closed batches to the sink while there is room in flight (count and bytes; the
+            // first batch always goes, however large).
+            let mut ready = Vec::new();
+            let mut ready_bytes = in_flight_bytes;
+            while in_flight.len() + ready.len() < MAX_IN_FLIGHT
+                && let Some(next) = closed_queue.front()
+                && (in_flight.is_empty() && ready.is_empty() || ready_bytes + next.payload.len() <= MAX_IN_FLIGHT_BYTES)
+            {
+                ready_bytes += next.payload.len();
+                ready.extend(closed_queue.pop_front());
+            }
+            if !ready.is_empty() {
+                in_flight_bytes = ready_bytes;
                 for (intent, batch) in self.record_intents(ready).await? {
                     ledger.add_in_flight(intent.start, batch.oldest_arrival_ms);
                     in_flight.push(self.send(intent, batch));
@@ -214,6 +230,7 @@ impl DeliveryLoop {
             tokio::select! {
                 Some(completed) = in_flight.next(), if !in_flight.is_empty() => {
                     completed.result?;
+                    in_flight_bytes = in_flight_bytes.saturating_sub(completed.payload_bytes);
                     let intent = completed.intent;
                     ledger.remove_in_flight(intent.start);
                     let end = intent.end;
@@ -297,7 +314,7 @@ impl DeliveryLoop {
         let delivery = self.delivery.clone();
         Box::pin(async move {
             let result = delivery.deliver(&batch, intent.error_output_type.as_deref()).await;
-            Completed { intent, result }
+            Completed { intent, result, payload_bytes: batch.payload.len() }
         })
     }
 
