@@ -233,10 +233,11 @@ impl DeliveryLoop {
                     in_flight_bytes = in_flight_bytes.saturating_sub(completed.payload_bytes);
                     let intent = completed.intent;
                     ledger.remove_in_flight(intent.start);
-                    let end = intent.end;
                     let current = assembler.as_mut().ok_or(WalError::Closed)?;
                     self.finish(&mut ledger, current, &closed_queue, intent).await?;
-                    if backlog_end.is_some_and(|backlog| end >= backlog && ledger.stored >= backlog) {
+                    // The watermark passing the backlog's end means all of it left, whichever
+                    // batch completed last.
+                    if backlog_end.is_some_and(|backlog| ledger.stored >= backlog) {
                         backlog_end = None;
                         tracing::info!(stream = %self.stream, recovery_ms = recovery_started.elapsed().as_millis() as u64, "records left in the wal by the last run are delivered");
                     }
