@@ -16,6 +16,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
+use futures::StreamExt;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
@@ -45,6 +46,10 @@ pub fn router(ingest: Arc<Ingest>) -> Router {
         .with_state(ingest)
 }
 
+/// Oversized bodies up to this size are read and discarded before the refusal is sent (see
+/// `firehose_limit_answers`); larger ones are refused at once and the connection closed.
+const MAX_DRAINED_BODY_BYTES: usize = 4 * MAX_REQUEST_BODY_BYTES;
+
 /// The limits every ingest route has. The deadline covers the whole request — reading the body,
 /// waiting for the body budget, appending — so a client that trickles its body (one byte now and
 /// then) is cut off too; `RequestBodyTimeoutLayer` would not do that, as it restarts its timer
@@ -67,6 +72,22 @@ fn is_bare_limit_answer(response: &Response, status: StatusCode, own_content_typ
 /// Every answer, the limits' too, carries `x-amzn-RequestId`.
 async fn firehose_limit_answers(request: Request, next: Next, timeout_seconds: u64) -> Response {
     let declared = declared_body_len(request.headers());
+    if declared.is_some_and(|len| len > MAX_REQUEST_BODY_BYTES && len <= MAX_DRAINED_BODY_BYTES) {
+        // Answering before the client has sent its body makes the connection close under it:
+        // the SDK then reports a broken pipe instead of the error. Read it (bounded by the
+        // request deadline) and throw it away, then answer as Firehose does.
+        let drain = async {
+            let mut frames = request.into_body().into_data_stream();
+            while let Some(Ok(_)) = frames.next().await {}
+        };
+        let answer = match tokio::time::timeout(Duration::from_secs(timeout_seconds), drain).await {
+            Ok(()) => direct_put::ApiError::body_too_large(declared),
+            Err(_) => direct_put::ApiError::request_timeout(timeout_seconds),
+        };
+        let mut response = answer.into_response();
+        direct_put::with_request_id(&mut response);
+        return response;
+    }
     let response = next.run(request).await;
     let mut response = if is_bare_limit_answer(&response, StatusCode::REQUEST_TIMEOUT, "application/x-amz-json") {
         direct_put::ApiError::request_timeout(timeout_seconds).into_response()
