@@ -150,6 +150,22 @@ pub struct ServerConfig {
     /// last result.
     #[serde(default = "default_healthcheck_interval_seconds")]
     pub healthcheck_interval_seconds: u64,
+    /// Serve HTTPS instead of HTTP (off by default). Producers such as Fluent Bit's
+    /// `kinesis_firehose` output always speak TLS, so they need this (or a TLS-terminating proxy).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `server.tls`: the server certificate and its private key, both PEM files. The certificate
+/// file may hold the chain (leaf first); the key may be PKCS#8, PKCS#1 (RSA) or SEC1 (EC). The
+/// files are read once at start-up; a file that cannot be read or parsed stops the start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key of the leaf certificate.
+    pub key: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -161,6 +177,7 @@ impl Default for ServerConfig {
             shutdown_grace_seconds: default_shutdown_grace_seconds(),
             request_timeout_seconds: default_request_timeout_seconds(),
             healthcheck_interval_seconds: default_healthcheck_interval_seconds(),
+            tls: None,
         }
     }
 }
@@ -490,6 +507,13 @@ impl Config {
                 format!("must be between 1 and 600 (got {})", self.server.request_timeout_seconds),
             );
         }
+        if let Some(tls) = &self.server.tls {
+            for (field, path) in [("cert", &tls.cert), ("key", &tls.key)] {
+                if path.as_os_str().is_empty() {
+                    push(format!("server.tls.{field}"), "must name a PEM file".into());
+                }
+            }
+        }
         if !(1..=3600).contains(&self.server.healthcheck_interval_seconds) {
             push(
                 "server.healthcheck_interval_seconds".into(),
@@ -693,6 +717,26 @@ mod tests {
     }
 
     const PARTITIONED_SINK: &str = "{ type: s3, url: 'file://out', prefix: 'svc=!{partitionKeyFromQuery:service}/', error_output_prefix: 'errors/!{firehose:error-output-type}/' }";
+
+    #[test]
+    fn server_tls_is_off_by_default_and_needs_both_paths() {
+        let config = parse_str("streams: []\n", Path::new("test.yaml")).unwrap();
+        assert!(config.server.tls.is_none());
+
+        let yaml = "server: { tls: { cert: ./cert.pem, key: ./key.pem } }\n";
+        let config = parse_str(yaml, Path::new("test.yaml")).unwrap();
+        let tls = config.server.tls.clone().unwrap();
+        assert_eq!(tls.cert, Path::new("./cert.pem"));
+        assert_eq!(config.validate(), []);
+
+        let config: Config = serde_yaml_ng::from_str("server: { tls: { cert: '', key: '' } }\n").unwrap();
+        assert_eq!(paths(&config.validate()), ["server.tls.cert", "server.tls.key"]);
+
+        let unknown = serde_yaml_ng::from_str::<Config>("server: { tls: { cert: a, key: b, ca: c } }\n");
+        assert!(unknown.is_err());
+        let missing_key = serde_yaml_ng::from_str::<Config>("server: { tls: { cert: a } }\n");
+        assert!(missing_key.is_err());
+    }
 
     #[test]
     fn dynamic_partitioning_defaults_and_a_valid_stream() {
