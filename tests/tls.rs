@@ -123,12 +123,34 @@ async fn sdk_puts_over_https_and_records_land_exactly_once() {
         .await;
     assert!(plain_answer.is_err(), "plain http must fail: {plain_answer:?}");
 
-    // SIGTERM flushes the buffer; the 100 records are in the sink folder, each once.
+    // `spillway health` reaches it over HTTPS when the CA is in SSL_CERT_FILE.
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).expect("write ca");
+    let probe = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["health", "--endpoint", &endpoint])
+        .env("SSL_CERT_FILE", &ca_file)
+        .output()
+        .expect("run spillway health");
+    assert!(probe.status.success(), "{}", String::from_utf8_lossy(&probe.stderr));
+    // So does `spillway put` (the SDK's default client, system trust store).
+    let lines = dir.path().join("lines.txt");
+    std::fs::write(&lines, "{\"index\":100,\"via\":\"tls\"}\n{\"index\":101,\"via\":\"tls\"}\n").expect("write lines");
+    let put = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["put", "--stream", "app-logs", "--keep-newlines", "--endpoint", &endpoint])
+        .arg(&lines)
+        .env("SSL_CERT_FILE", &ca_file)
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .output()
+        .expect("run spillway put");
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+
+    // SIGTERM flushes the buffer; the 102 records are in the sink folder, each once.
     let out = spillway.dir.join("out");
     assert_eq!(spillway.terminate(), 0);
     let delivered: Vec<u8> = local_objects(&out).into_iter().flat_map(|(_, body)| body).collect();
     let expected: Vec<u8> =
-        (0..100).flat_map(|index| format!("{{\"index\":{index},\"via\":\"tls\"}}\n").into_bytes()).collect();
+        (0..102).flat_map(|index| format!("{{\"index\":{index},\"via\":\"tls\"}}\n").into_bytes()).collect();
     assert_eq!(String::from_utf8_lossy(&delivered), String::from_utf8_lossy(&expected));
 }
 
