@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pipeline::{IntentError, MemoryBudget, PipelineError};
 use crate::server::health::{self, Readiness};
+use crate::server::tls::{TlsError, TlsListener};
 use crate::sources::Ingest;
 use crate::streams::{Lifecycle, StreamEnv};
 
@@ -44,11 +45,15 @@ pub enum AppError {
     Pipeline { stream: String, source: PipelineError },
     #[error("http server failed: {0}")]
     Server(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// A running spillway: the HTTP server and the streams' lifecycle (one delivery loop per stream).
 pub struct App {
     addr: SocketAddr,
+    /// Serving HTTPS (`server.tls`).
+    https: bool,
     stop_intake: watch::Sender<bool>,
     server: JoinHandle<Result<(), std::io::Error>>,
     lifecycle: Arc<Lifecycle>,
@@ -61,6 +66,11 @@ impl App {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|source| AppError::DataDir { path: data_dir.clone(), source })?;
         let instance_id = load_or_create_instance_id(&data_dir)?;
+        // Before any stream starts: a bad certificate or key stops the start with nothing begun.
+        let tls_acceptor = match &config.server.tls {
+            Some(tls) => Some(crate::server::tls::load_acceptor(tls).await?),
+            None => None,
+        };
 
         let metrics = Arc::new(Metrics::default());
         let budget = MemoryBudget::new((config.limits.max_open_batches_mib << 20) as usize);
@@ -136,18 +146,29 @@ impl App {
             stop_intake.subscribe(),
         ));
         let router = crate::server::router(ingest);
-        let server = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = intake_rx.wait_for(|stop| *stop).await;
-                })
-                .await
-        });
-        Ok(App { addr, stop_intake, server, lifecycle, grace, readiness })
+        let stopped = async move {
+            let _ = intake_rx.wait_for(|stop| *stop).await;
+        };
+        let https = tls_acceptor.is_some();
+        let server = match tls_acceptor {
+            None => tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(stopped).await }),
+            Some(acceptor) => {
+                let listener =
+                    TlsListener::new(listener, acceptor).map_err(|source| AppError::Listen { addr, source })?;
+                tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(stopped).await })
+            }
+        };
+        Ok(App { addr, https, stop_intake, server, lifecycle, grace, readiness })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The endpoint clients use: `http://…`, or `https://…` with `server.tls`.
+    pub fn endpoint(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Run until `signal` resolves (or a delivery loop fails), then shut down in order.

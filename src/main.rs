@@ -263,7 +263,7 @@ async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
             let config = config::load_file(&config).map_err(|error| anyhow::anyhow!("{error}"))?;
             let signals = ShutdownSignals::install().context("cannot install signal handlers")?;
             let app = App::start(config).await?;
-            println!("spillway listening on http://{}", app.local_addr());
+            println!("spillway listening on {}", app.endpoint());
             app.run_until(signals.first_then_exit_on_second()).await?;
             Ok(ExitCode::SUCCESS)
         }

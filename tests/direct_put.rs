@@ -98,7 +98,8 @@ async fn every_refusal_has_firehose_error_type_and_loses_nothing_else() {
 
     let too_big: Vec<Record> = (0..5).map(|_| record(vec![b'y'; 1_000_000])).collect();
     let error = client.put_record_batch().delivery_stream_name("app-logs").set_records(Some(too_big)).send().await;
-    assert!(error.expect_err("5 MB in one batch").into_service_error().is_invalid_argument_exception());
+    let error = error.expect_err("5 MB in one batch");
+    assert!(error.as_service_error().is_some_and(|error| error.is_invalid_argument_exception()), "{error:?}");
 
     let error = client.put_record().delivery_stream_name("no-such-stream").record(record("x")).send().await;
     let error = error.expect_err("unknown stream").into_service_error();

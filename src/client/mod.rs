@@ -13,7 +13,7 @@ use aws_sdk_firehose::config::{BehaviorVersion, Credentials, Region};
 use crate::sources::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS};
 
 /// A Firehose client for `endpoint`. Uses the standard AWS credential chain when it is configured
-/// (spillway does not check signatures, but a real Firehose would), else fixed local credentials.
+/// (spillway checks signatures only with `server.auth`; a real Firehose always does), else fixed local credentials.
 pub async fn firehose_client(endpoint: &str, region: &str) -> Client {
     let has_credentials = std::env::var_os("AWS_ACCESS_KEY_ID").is_some() || std::env::var_os("AWS_PROFILE").is_some();
     let mut loader =

@@ -150,6 +150,52 @@ pub struct ServerConfig {
     /// last result.
     #[serde(default = "default_healthcheck_interval_seconds")]
     pub healthcheck_interval_seconds: u64,
+    /// Serve HTTPS instead of HTTP (off by default). Producers such as Fluent Bit's
+    /// `kinesis_firehose` output always speak TLS, so they need this (or a TLS-terminating proxy).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Check AWS Signature Version 4 on every Firehose API call (`POST /`) against these keys
+    /// (off by default: any signature, or none, is accepted).
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+}
+
+/// `server.auth`: the access keys whose SigV4 signatures the Firehose API accepts. Values are
+/// usually `${ENV}` references, so secrets stay out of the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub access_keys: Vec<AccessKey>,
+}
+
+/// One accepted key pair. `Debug` never prints the secret.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessKey {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for AccessKey {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("AccessKey")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// `server.tls`: the server certificate and its private key, both PEM files. The certificate
+/// file may hold the chain (leaf first); the key may be PKCS#8, PKCS#1 (RSA) or SEC1 (EC). The
+/// files are read once at start-up; a file that cannot be read or parsed stops the start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key of the leaf certificate.
+    pub key: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -161,6 +207,8 @@ impl Default for ServerConfig {
             shutdown_grace_seconds: default_shutdown_grace_seconds(),
             request_timeout_seconds: default_request_timeout_seconds(),
             healthcheck_interval_seconds: default_healthcheck_interval_seconds(),
+            tls: None,
+            auth: None,
         }
     }
 }
@@ -490,6 +538,30 @@ impl Config {
                 format!("must be between 1 and 600 (got {})", self.server.request_timeout_seconds),
             );
         }
+        if let Some(tls) = &self.server.tls {
+            for (field, path) in [("cert", &tls.cert), ("key", &tls.key)] {
+                if path.as_os_str().is_empty() {
+                    push(format!("server.tls.{field}"), "must name a PEM file".into());
+                }
+            }
+        }
+        if let Some(auth) = &self.server.auth {
+            if auth.access_keys.is_empty() {
+                push("server.auth.access_keys".into(), "must list at least one key".into());
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for (index, key) in auth.access_keys.iter().enumerate() {
+                let path = format!("server.auth.access_keys[{index}]");
+                if key.access_key_id.trim().is_empty() {
+                    push(format!("{path}.access_key_id"), "must not be empty (is its ${VAR} set?)".into());
+                } else if !seen.insert(key.access_key_id.as_str()) {
+                    push(format!("{path}.access_key_id"), format!("{} is listed twice", key.access_key_id));
+                }
+                if key.secret_access_key.is_empty() {
+                    push(format!("{path}.secret_access_key"), "must not be empty (is its ${VAR} set?)".into());
+                }
+            }
+        }
         if !(1..=3600).contains(&self.server.healthcheck_interval_seconds) {
             push(
                 "server.healthcheck_interval_seconds".into(),
@@ -693,6 +765,44 @@ mod tests {
     }
 
     const PARTITIONED_SINK: &str = "{ type: s3, url: 'file://out', prefix: 'svc=!{partitionKeyFromQuery:service}/', error_output_prefix: 'errors/!{firehose:error-output-type}/' }";
+
+    #[test]
+    fn server_auth_needs_keys_and_hides_secrets() {
+        let yaml = "server: { auth: { access_keys: [ { access_key_id: AKID, secret_access_key: s3cr3t } ] } }\n";
+        let config = parse_str(yaml, Path::new("test.yaml")).unwrap();
+        assert_eq!(config.validate(), []);
+        assert!(!format!("{config:?}").contains("s3cr3t"));
+
+        let yaml = "server: { auth: { access_keys: [ { access_key_id: A, secret_access_key: '' }, \
+                    { access_key_id: A, secret_access_key: x } ] } }\n";
+        let config: Config = serde_yaml_ng::from_str(yaml).unwrap();
+        assert_eq!(
+            paths(&config.validate()),
+            ["server.auth.access_keys[0].secret_access_key", "server.auth.access_keys[1].access_key_id"]
+        );
+        let config: Config = serde_yaml_ng::from_str("server: { auth: { access_keys: [] } }\n").unwrap();
+        assert_eq!(paths(&config.validate()), ["server.auth.access_keys"]);
+    }
+
+    #[test]
+    fn server_tls_is_off_by_default_and_needs_both_paths() {
+        let config = parse_str("streams: []\n", Path::new("test.yaml")).unwrap();
+        assert!(config.server.tls.is_none());
+
+        let yaml = "server: { tls: { cert: ./cert.pem, key: ./key.pem } }\n";
+        let config = parse_str(yaml, Path::new("test.yaml")).unwrap();
+        let tls = config.server.tls.clone().unwrap();
+        assert_eq!(tls.cert, Path::new("./cert.pem"));
+        assert_eq!(config.validate(), []);
+
+        let config: Config = serde_yaml_ng::from_str("server: { tls: { cert: '', key: '' } }\n").unwrap();
+        assert_eq!(paths(&config.validate()), ["server.tls.cert", "server.tls.key"]);
+
+        let unknown = serde_yaml_ng::from_str::<Config>("server: { tls: { cert: a, key: b, ca: c } }\n");
+        assert!(unknown.is_err());
+        let missing_key = serde_yaml_ng::from_str::<Config>("server: { tls: { cert: a } }\n");
+        assert!(missing_key.is_err());
+    }
 
     #[test]
     fn dynamic_partitioning_defaults_and_a_valid_stream() {

@@ -2,7 +2,8 @@
 //! ([`health`]), `/metrics`, the status page (`GET /`, `/api/status`: [`status_page`]), and
 //! the request limits in front of the ingest routes: a body-size limit and a whole-request
 //! deadline (`server.request_timeout_seconds`), both from `tower-http`, with their answers
-//! reshaped into each route's error format.
+//! reshaped into each route's error format. HTTPS (`server.tls`) is [`tls`]; SigV4 checks on the
+//! Firehose API (`server.auth`) are [`sigv4`].
 //!
 //! Must not: hold records; handlers append to the WAL through `Ingest` and return.
 
@@ -23,9 +24,11 @@ use tower_http::timeout::TimeoutLayer;
 use crate::sources::{Ingest, MAX_REQUEST_BODY_BYTES, declared_body_len, direct_put, http};
 
 pub mod health;
+pub mod sigv4;
 pub mod status_page;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 pub fn router(ingest: Arc<Ingest>) -> Router {
     let timeout_seconds = ingest.config.server.request_timeout_seconds;

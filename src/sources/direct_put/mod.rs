@@ -3,8 +3,8 @@
 //! response) and the data plane: `PutRecord` and `PutRecordBatch` append to the WAL. The control
 //! plane (create, describe, update, delete, tags, encryption) is in [`control`]. Request limits,
 //! response shapes and `__type` error names follow Firehose so AWS SDKs, the AWS CLI, Terraform
-//! and Fluent Bit work unchanged. Requests are not SigV4-verified: bind to loopback or a trusted
-//! network.
+//! and Fluent Bit work unchanged. Requests are SigV4-verified only with `server.auth`
+//! ([`crate::server::sigv4`]); without it, bind to loopback or a trusted network.
 
 pub mod control;
 pub mod s3_destination;
@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -39,6 +39,20 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    fn unknown_target(target: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "UnknownOperationException",
+            format!("missing or unknown X-Amz-Target {target:?}; expected {TARGET_PREFIX}<Operation>"),
+        )
+    }
+
+    /// SigV4 refusals: 400 with AWS's type and message, logged without the signature.
+    fn from_auth(error: crate::server::sigv4::AuthError) -> ApiError {
+        tracing::debug!(code = error.code(), %error, "request refused by server.auth");
+        ApiError { status: StatusCode::BAD_REQUEST, code: error.code(), message: error.to_string() }
+    }
+
     pub(crate) fn code(&self) -> &'static str {
         self.code
     }
@@ -149,8 +163,8 @@ struct RecordIn<'a> {
 }
 
 /// `POST /`: dispatch on `X-Amz-Target`.
-pub async fn handle(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Body) -> Response {
-    let mut response = match dispatch(&ingest, &headers, body).await {
+pub async fn handle(State(ingest): State<Arc<Ingest>>, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    let mut response = match dispatch(&ingest, &uri, &headers, body).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
@@ -171,15 +185,13 @@ pub fn with_request_id(response: &mut Response) {
 
 pub const REQUEST_ID_HEADER: &str = "x-amzn-requestid";
 
-async fn dispatch(ingest: &Arc<Ingest>, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn dispatch(ingest: &Arc<Ingest>, uri: &Uri, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     let target = headers.get("x-amz-target").and_then(|value| value.to_str().ok()).unwrap_or_default();
-    let Some(operation) = target.strip_prefix(TARGET_PREFIX) else {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "UnknownOperationException",
-            format!("missing or unknown X-Amz-Target {target:?}; expected {TARGET_PREFIX}<Operation>"),
-        ));
-    };
+    let operation = target.strip_prefix(TARGET_PREFIX);
+    // Without `server.auth`, an unknown operation is refused before the body is read.
+    if operation.is_none() && ingest.config.server.auth.is_none() {
+        return Err(ApiError::unknown_target(target));
+    }
     // A declared length over the limit never gets here: the router's body limit refuses it. A
     // body without one (chunked) may be up to the limit, so it reserves that much.
     let declared_len = super::declared_body_len(headers).unwrap_or(MAX_REQUEST_BODY_BYTES);
@@ -190,6 +202,14 @@ async fn dispatch(ingest: &Arc<Ingest>, headers: &HeaderMap, body: Body) -> Resu
     let body = axum::body::to_bytes(body, MAX_REQUEST_BODY_BYTES)
         .await
         .map_err(|error| ApiError::invalid_argument(format!("cannot read the request body: {error}")))?;
+    // As AWS does, the signature is checked before anything else about the call.
+    if let Some(auth) = &ingest.config.server.auth {
+        crate::server::sigv4::verify(auth, "POST", uri, headers, &body, std::time::SystemTime::now())
+            .map_err(ApiError::from_auth)?;
+    }
+    let Some(operation) = operation else {
+        return Err(ApiError::unknown_target(target));
+    };
     match operation {
         "PutRecord" => put_record(ingest, body).await,
         "PutRecordBatch" => put_record_batch(ingest, body).await,
