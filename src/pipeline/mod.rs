@@ -149,11 +149,11 @@ impl DeliveryLoop {
             match intent.state {
                 IntentState::Done => ledger.done.push(intent),
                 IntentState::Pending => {
-                    let batch = self.rebuild(&intent).await?;
-                    tracing::info!(stream = %self.stream, batch = %intent.id, start = intent.start, end = intent.end, records = batch.record_count(), "re-sending a batch recorded before a restart");
-                    ledger.add_in_flight(intent.start, batch.oldest_arrival_ms);
-                    in_flight_bytes += batch.payload.len();
-                    in_flight.push(self.send(intent, batch));
+                    let closed = self.rebuild(&intent).await?;
+                    tracing::info!(stream = %self.stream, batch = %intent.id, start = intent.start, end = intent.end, records = closed.sequences.len(), "re-sending a batch recorded before a restart");
+                    ledger.add_in_flight(intent.start, closed.oldest_arrival_ms);
+                    in_flight_bytes += closed.held_bytes;
+                    in_flight.push(self.send(intent, closed));
                 }
             }
         }
@@ -189,16 +189,16 @@ impl DeliveryLoop {
             let mut ready_bytes = in_flight_bytes;
             while in_flight.len() + ready.len() < MAX_IN_FLIGHT
                 && let Some(next) = closed_queue.front()
-                && (in_flight.is_empty() && ready.is_empty() || ready_bytes + next.payload.len() <= MAX_IN_FLIGHT_BYTES)
+                && (in_flight.is_empty() && ready.is_empty() || ready_bytes + next.held_bytes <= MAX_IN_FLIGHT_BYTES)
             {
-                ready_bytes += next.payload.len();
+                ready_bytes += next.held_bytes;
                 ready.extend(closed_queue.pop_front());
             }
             if !ready.is_empty() {
                 in_flight_bytes = ready_bytes;
-                for (intent, batch) in self.record_intents(ready).await? {
-                    ledger.add_in_flight(intent.start, batch.oldest_arrival_ms);
-                    in_flight.push(self.send(intent, batch));
+                for (intent, closed) in self.record_intents(ready).await? {
+                    ledger.add_in_flight(intent.start, closed.oldest_arrival_ms);
+                    in_flight.push(self.send(intent, closed));
                 }
                 continue;
             }
@@ -275,14 +275,13 @@ impl DeliveryLoop {
     }
 
     /// Record the intents of closed batches (one blocking call for all: a burst of partitions
-    /// closing together shares the fsyncs' latency) and turn them into batches.
-    async fn record_intents(&self, ready: Vec<ClosedBatch>) -> Result<Vec<(Intent, Batch)>, PipelineError> {
-        let prepared: Vec<(Intent, Batch)> = ready
+    /// closing together shares the fsyncs' latency).
+    async fn record_intents(&self, ready: Vec<ClosedBatch>) -> Result<Vec<(Intent, ClosedBatch)>, PipelineError> {
+        let prepared: Vec<(Intent, ClosedBatch)> = ready
             .into_iter()
             .map(|closed| {
                 let intent = Intent::new(&self.instance_id, &self.stream, &closed.route, closed.start, closed.end);
-                let batch = self.batch_of(&intent, closed);
-                (intent, batch)
+                (intent, closed)
             })
             .collect();
         let intents = self.intents.clone();
@@ -297,30 +296,34 @@ impl DeliveryLoop {
         Ok(prepared)
     }
 
-    fn batch_of(&self, intent: &Intent, closed: ClosedBatch) -> Batch {
-        Batch {
-            stream: self.stream.clone(),
-            id: intent.id,
-            partition: closed.route.partition.as_ref().clone(),
-            start: closed.start,
-            end: closed.end,
-            sequences: closed.sequences,
-            record_bytes: closed.record_bytes,
-            oldest_arrival_ms: closed.oldest_arrival_ms,
-            payload: closed.payload,
-        }
-    }
-
-    fn send(&self, intent: Intent, batch: Batch) -> BoxFuture<'static, Completed> {
+    /// Finish the batch's encoder (on the blocking pool), then deliver it under its intent's id.
+    fn send(&self, intent: Intent, closed: ClosedBatch) -> BoxFuture<'static, Completed> {
         let delivery = self.delivery.clone();
+        let stream = self.stream.clone();
+        let payload_bytes = closed.held_bytes;
         Box::pin(async move {
-            let result = delivery.deliver(&batch, intent.error_output_type.as_deref()).await;
-            Completed { intent, result, payload_bytes: batch.payload.len() }
+            let result = async {
+                let (parts, payload) = tokio::task::spawn_blocking(move || closed.finish()).await??;
+                let batch = Batch {
+                    stream,
+                    id: intent.id,
+                    partition: parts.route.partition.as_ref().clone(),
+                    start: parts.start,
+                    end: parts.end,
+                    sequences: parts.sequences,
+                    record_bytes: parts.record_bytes,
+                    oldest_arrival_ms: parts.oldest_arrival_ms,
+                    payload,
+                };
+                delivery.deliver(&batch, intent.error_output_type.as_deref()).await
+            }
+            .await;
+            Completed { intent, result, payload_bytes }
         })
     }
 
     /// Rebuild a pending intent's batch from the WAL, under its recorded id.
-    async fn rebuild(&self, intent: &Intent) -> Result<Batch, PipelineError> {
+    async fn rebuild(&self, intent: &Intent) -> Result<ClosedBatch, PipelineError> {
         let reader = self.wal.reader(intent.start);
         let router = self.router.clone();
         let route = intent.route();
@@ -336,16 +339,18 @@ impl DeliveryLoop {
         );
         let closed =
             tokio::task::spawn_blocking(move || assemble::rebuild(reader, &router, open, &route, end)).await??;
-        let closed = closed.unwrap_or(ClosedBatch {
+        // No record of the range maps to the route any more (cannot happen with deterministic
+        // routing): an empty batch, which sinks write as nothing.
+        Ok(closed.unwrap_or_else(|| ClosedBatch {
             route: intent.route(),
             start: intent.start,
             end: intent.end,
             sequences: Default::default(),
             record_bytes: 0,
             oldest_arrival_ms: 0,
-            payload: Default::default(),
-        });
-        Ok(self.batch_of(intent, closed))
+            encoder: std::sync::Mutex::new(self.encoders.new_encoder(spillway_sink_api::encode::DEFAULT_CHUNK_BYTES)),
+            held_bytes: 0,
+        }))
     }
 
     /// A batch left: mark its intent done (or drop it when the watermark passes it at once),

@@ -78,6 +78,8 @@ struct OpenBatch {
 }
 
 /// A closed batch: everything the pipeline needs to record its intent and hand it to the sink.
+/// Its encoder is not finished yet: finishing waits for the last chunk's compression, which the
+/// delivery task does, so closing a batch never stalls the reading of the next one.
 pub struct ClosedBatch {
     pub route: Route,
     pub start: u64,
@@ -85,7 +87,38 @@ pub struct ClosedBatch {
     pub sequences: SequenceSet,
     pub record_bytes: usize,
     pub oldest_arrival_ms: i64,
-    pub payload: Payload,
+    /// In a mutex only so a queue of closed batches can be borrowed across an `.await` (encoders
+    /// are `Send`, not `Sync`); nothing locks it but `finish`.
+    pub encoder: std::sync::Mutex<Box<dyn Encoder>>,
+    /// What the encoder held when the batch closed (≈ its payload size).
+    pub held_bytes: usize,
+}
+
+impl ClosedBatch {
+    /// Finish the encoder into the payload (blocking: call from the blocking pool).
+    pub fn finish(self) -> Result<(ClosedParts, Payload), EncodeError> {
+        let encoder = self.encoder.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let payload = encoder.finish()?;
+        let parts = ClosedParts {
+            route: self.route,
+            start: self.start,
+            end: self.end,
+            sequences: self.sequences,
+            record_bytes: self.record_bytes,
+            oldest_arrival_ms: self.oldest_arrival_ms,
+        };
+        Ok((parts, payload))
+    }
+}
+
+/// A closed batch's identity and bookkeeping, once its payload is taken out.
+pub struct ClosedParts {
+    pub route: Route,
+    pub start: u64,
+    pub end: u64,
+    pub sequences: SequenceSet,
+    pub record_bytes: usize,
+    pub oldest_arrival_ms: i64,
 }
 
 /// Why a batch closed before its hints, for metrics and logs.
@@ -239,7 +272,8 @@ impl OpenBatches {
             sequences: batch.sequences,
             record_bytes: batch.record_bytes,
             oldest_arrival_ms: batch.oldest_arrival_ms,
-            payload: batch.encoder.finish()?,
+            held_bytes: batch.encoder.held_bytes(),
+            encoder: std::sync::Mutex::new(batch.encoder),
         })
     }
 

@@ -49,7 +49,7 @@ pub fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
 pub enum DeliveryError {
     #[error("cannot read the batch's records back from the wal: {0}")]
     Wal(#[from] WalError),
-    #[error("cannot re-encode records for a retry: {0}")]
+    #[error("cannot encode the batch: {0}")]
     Encode(#[from] EncodeError),
     #[error("a blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
