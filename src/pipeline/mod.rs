@@ -342,12 +342,14 @@ impl DeliveryLoop {
         // No record of the range maps to the route any more (cannot happen with deterministic
         // routing): an empty batch, which sinks write as nothing.
         Ok(closed.unwrap_or_else(|| ClosedBatch {
-            route: intent.route(),
-            start: intent.start,
-            end: intent.end,
-            sequences: Default::default(),
-            record_bytes: 0,
-            oldest_arrival_ms: 0,
+            parts: open_batch::ClosedParts {
+                route: intent.route(),
+                start: intent.start,
+                end: intent.end,
+                sequences: Default::default(),
+                record_bytes: 0,
+                oldest_arrival_ms: 0,
+            },
             encoder: std::sync::Mutex::new(self.encoders.new_encoder(spillway_sink_api::encode::DEFAULT_CHUNK_BYTES)),
             held_bytes: 0,
         }))

@@ -77,16 +77,21 @@ struct OpenBatch {
     held: usize,
 }
 
-/// A closed batch: everything the pipeline needs to record its intent and hand it to the sink.
-/// Its encoder is not finished yet: finishing waits for the last chunk's compression, which the
-/// delivery task does, so closing a batch never stalls the reading of the next one.
-pub struct ClosedBatch {
+/// A closed batch's identity and bookkeeping: what its intent records and its sink needs.
+pub struct ClosedParts {
     pub route: Route,
     pub start: u64,
     pub end: u64,
     pub sequences: SequenceSet,
     pub record_bytes: usize,
     pub oldest_arrival_ms: i64,
+}
+
+/// A closed batch. Its encoder is not finished yet: finishing waits for the last chunk's
+/// compression, which the delivery task does, so closing a batch never stalls the reading of the
+/// next one.
+pub struct ClosedBatch {
+    pub parts: ClosedParts,
     /// In a mutex only so a queue of closed batches can be borrowed across an `.await` (encoders
     /// are `Send`, not `Sync`); nothing locks it but `finish`.
     pub encoder: std::sync::Mutex<Box<dyn Encoder>>,
@@ -98,27 +103,16 @@ impl ClosedBatch {
     /// Finish the encoder into the payload (blocking: call from the blocking pool).
     pub fn finish(self) -> Result<(ClosedParts, Payload), EncodeError> {
         let encoder = self.encoder.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let payload = encoder.finish()?;
-        let parts = ClosedParts {
-            route: self.route,
-            start: self.start,
-            end: self.end,
-            sequences: self.sequences,
-            record_bytes: self.record_bytes,
-            oldest_arrival_ms: self.oldest_arrival_ms,
-        };
-        Ok((parts, payload))
+        Ok((self.parts, encoder.finish()?))
     }
 }
 
-/// A closed batch's identity and bookkeeping, once its payload is taken out.
-pub struct ClosedParts {
-    pub route: Route,
-    pub start: u64,
-    pub end: u64,
-    pub sequences: SequenceSet,
-    pub record_bytes: usize,
-    pub oldest_arrival_ms: i64,
+impl std::ops::Deref for ClosedBatch {
+    type Target = ClosedParts;
+
+    fn deref(&self) -> &ClosedParts {
+        &self.parts
+    }
 }
 
 /// Why a batch closed before its hints, for metrics and logs.
@@ -266,12 +260,14 @@ impl OpenBatches {
         self.budget.update(batch.held, 0);
         let end = batch.sequences.runs().last().map_or(batch.start, |run| run.end);
         Ok(ClosedBatch {
-            route: route.clone(),
-            start: batch.start,
-            end,
-            sequences: batch.sequences,
-            record_bytes: batch.record_bytes,
-            oldest_arrival_ms: batch.oldest_arrival_ms,
+            parts: ClosedParts {
+                route: route.clone(),
+                start: batch.start,
+                end,
+                sequences: batch.sequences,
+                record_bytes: batch.record_bytes,
+                oldest_arrival_ms: batch.oldest_arrival_ms,
+            },
             held_bytes: batch.encoder.held_bytes(),
             encoder: std::sync::Mutex::new(batch.encoder),
         })

@@ -76,22 +76,27 @@ impl Harness {
             wal: self.wal.clone(),
             checkpoint: Checkpoint::new(&self.stream_dir),
             intents: IntentLog::open(&self.stream_dir).unwrap(),
-            delivery: Arc::new(Delivery {
-                sink: self.sink.clone(),
-                error_output: self.sink.clone(),
-                failure_output_type: "test-failed",
-                retry_duration: retry,
-                metrics: self.metrics.clone(),
-                wal: self.wal.clone(),
-                encoders: encoders.clone(),
-                delimiter: b"",
-            }),
+            delivery: self.delivery(self.sink.clone(), retry),
             instance_id: Uuid::from_u128(7),
             router: Router::new(partitioner, RecordDelimiter::None),
             encoders,
             batching: BatchingOptions { size_bytes, interval, max_partitions: 500 },
             budget: MemoryBudget::new(64 << 20),
         }
+    }
+
+    /// Delivery to `sink` (errors to the memory sink), as the loop under test uses it.
+    fn delivery(&self, sink: Arc<dyn spillway_sink_api::Sink>, retry: Duration) -> Arc<Delivery> {
+        Arc::new(Delivery {
+            sink,
+            error_output: self.sink.clone(),
+            failure_output_type: "test-failed",
+            retry_duration: retry,
+            metrics: self.metrics.clone(),
+            wal: self.wal.clone(),
+            encoders: Arc::new(MemoryEncoderFactory),
+            delimiter: b"",
+        })
     }
 
     async fn append(&self, count: usize) {
@@ -299,16 +304,7 @@ async fn a_slow_partition_holds_the_watermark_but_not_the_others() {
         Duration::from_secs(60),
         Some(Arc::new(PrefixPartitioner)),
     );
-    delivery_loop.delivery = Arc::new(Delivery {
-        sink: held.clone(),
-        error_output: harness.sink.clone(),
-        failure_output_type: "test-failed",
-        retry_duration: Duration::from_secs(60),
-        metrics: harness.metrics.clone(),
-        wal: harness.wal.clone(),
-        encoders: Arc::new(MemoryEncoderFactory),
-        delimiter: b"",
-    });
+    delivery_loop.delivery = harness.delivery(held.clone(), Duration::from_secs(60));
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(delivery_loop.run(stop_rx));
     // Each record fills its batch (size hint 4 bytes).
