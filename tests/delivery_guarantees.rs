@@ -33,19 +33,8 @@ struct Ledger {
 /// `clients` tasks push batches of unique JSON records, one call every `PACE` per client, until
 /// `stop` is set or a call fails with a connection error (the server died). A call refused with
 /// ServiceUnavailableException is retried after a pause, as the SDK's caller would.
+/// Each record's `service` field is one of `partitions` values (derived from its id).
 async fn push_until_stopped(
-    endpoint: String,
-    clients: usize,
-    tag: String,
-    seed: u64,
-    ledger: Arc<Mutex<Ledger>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) -> u64 {
-    push_partitioned_until_stopped(endpoint, clients, tag, seed, ledger, stop, 1).await
-}
-
-/// As `push_until_stopped`, with each record's `service` field one of `partitions` values.
-async fn push_partitioned_until_stopped(
     endpoint: String,
     clients: usize,
     tag: String,
@@ -188,7 +177,7 @@ async fn sigkill_rounds(
     for round in 0..rounds {
         let spillway = Spillway::start(dir, yaml);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let pushers = tokio::spawn(push_partitioned_until_stopped(
+        let pushers = tokio::spawn(push_until_stopped(
             spillway.endpoint.clone(),
             4,
             format!("r{round}"),
@@ -353,7 +342,7 @@ async fn back_pressure_throttles_fast_clients_and_delivers_everything_once() {
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let pushers =
-        tokio::spawn(push_until_stopped(spillway.endpoint.clone(), 4, "bp".into(), 7, ledger.clone(), stop.clone()));
+        tokio::spawn(push_until_stopped(spillway.endpoint.clone(), 4, "bp".into(), 7, ledger.clone(), stop.clone(), 1));
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let throttled = spillway.metric("spillway_throttled_records_total{stream=\"app-logs\"}").await.unwrap_or(0.0);
@@ -431,6 +420,7 @@ async fn a_minio_outage_of_60_seconds_loses_and_duplicates_nothing() {
         11,
         ledger.clone(),
         stop.clone(),
+        1,
     ));
     tokio::time::sleep(Duration::from_secs(3)).await;
     minio.kill().unwrap();

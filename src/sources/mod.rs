@@ -371,7 +371,15 @@ impl Ingest {
 
     /// Firehose-style record id: opaque, unique, 56+ characters.
     pub fn record_id(&self, sequence: u64) -> String {
-        format!("{}{sequence:024}", self.record_id_prefix)
+        let mut id = String::with_capacity(self.record_id_prefix.len() + 24);
+        self.write_record_id(&mut id, sequence);
+        id
+    }
+
+    /// Append a record id to `out` (a `PutRecordBatch` response writes 500 without allocating each).
+    pub fn write_record_id(&self, out: &mut String, sequence: u64) {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{}{sequence:024}", self.record_id_prefix);
     }
 }
 

@@ -11,7 +11,6 @@ pub mod s3_destination;
 pub mod validation;
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -333,7 +332,9 @@ async fn put_record_batch(ingest: &Ingest, body: Bytes) -> Result<Response, ApiE
         if index > 0 {
             body.push(',');
         }
-        let _ = write!(body, r#"{{"RecordId":"{}{sequence:024}"}}"#, ingest.record_id_prefix);
+        body.push_str(r#"{"RecordId":""#);
+        ingest.write_record_id(&mut body, sequence);
+        body.push_str(r#""}"#);
     }
     body.push_str("]}");
     let mut response = (StatusCode::OK, body).into_response();
