@@ -92,6 +92,18 @@ fn row_attribute(dom: &str, stream: &str, attribute: &str) -> Option<String> {
     Some(value[..value.find('"')?].to_string())
 }
 
+/// The chart's y coordinate of a zero rate (the page draws 36 px high charts with 2 px margins).
+const CHART_BASELINE: f64 = 34.0;
+
+/// The y coordinates of the stream's incoming-rate polyline, one per refresh with a rate.
+fn in_rate_chart(dom: &str, stream: &str) -> Option<Vec<f64>> {
+    let start = dom.find(&format!("data-stream=\"{stream}\""))?;
+    let row = &dom[start..dom[start..].find("</tr>")? + start];
+    let line = row.split("<polyline points=\"").find(|line| line.contains("class=\"in\""))?;
+    let points = &line[..line.find('"')?];
+    Some(points.split(' ').filter_map(|point| point.split(',').nth(1)?.parse().ok()).collect())
+}
+
 /// The text of `<td data-field="field">` in the stream's row.
 fn row_cell(dom: &str, stream: &str, field: &str) -> Option<String> {
     let start = dom.find(&format!("data-stream=\"{stream}\""))?;
@@ -140,7 +152,7 @@ async fn the_status_page_shows_every_stream_with_live_rates_matching_metrics() {
 
     let profile = tempfile::tempdir().unwrap();
     let target = spillway.endpoint.trim_start_matches("http://").to_string();
-    let url = delaying_proxy(target, std::time::Duration::from_millis(150)).await;
+    let url = delaying_proxy(target, std::time::Duration::from_millis(300)).await;
     let dom = tokio::task::spawn_blocking({
         let (profile, url) = (profile.path().to_path_buf(), url.clone());
         move || run_chromium(&profile, &url, "--dump-dom", 7_000)
@@ -170,8 +182,10 @@ async fn the_status_page_shows_every_stream_with_live_rates_matching_metrics() {
     // The page's totals come from a /metrics scrape taken while Chromium ran.
     let shown: f64 = row_attribute(&dom, "busy", "data-incoming-records").unwrap().parse().unwrap();
     assert!(before <= shown && shown <= after, "page shows {shown}, /metrics read {before} then {after}");
-    let rate: f64 = row_cell(&dom, "busy", "in_records_per_second").unwrap().parse().unwrap();
-    assert!(rate > 0.0, "busy has a non-zero rate under load: {dom}");
+    // The rate between two scrapes can be zero when a put stalls (fsync on a loaded machine), so
+    // the check is over the chart's history: some refresh under load showed incoming records.
+    let rates = in_rate_chart(&dom, "busy").expect("busy has a rate chart");
+    assert!(rates.iter().any(|y| *y < CHART_BASELINE), "busy has a non-zero rate under load: {dom}");
     assert_eq!(row_cell(&dom, "quiet", "in_records_per_second").as_deref(), Some("0.0"), "{dom}");
     assert_eq!(spillway.terminate(), 0);
 }
