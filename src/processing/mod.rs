@@ -1,11 +1,14 @@
 //! Record processing between the WAL and the open batches: what a record's content decides
-//! (today its dynamic partition, see [`partition`]). Everything here is pure and deterministic —
+//! (its transforms, see [`transform`], and its dynamic partition, see [`partition`]). Everything here is pure and deterministic —
 //! a replayed record must land in the same partition — and must not do I/O, read the clock, or
 //! know about batches, sinks or the WAL.
 
+pub mod jq;
 pub mod partition;
+pub mod transform;
 
 pub use partition::{
     KeyCompileError, KeyError, METADATA_EXTRACTION_FAILED, METADATA_EXTRACTION_OUTPUT_TYPE, PartitionKeys,
     PartitionValues,
 };
+pub use transform::{PROCESSING_FAILED_OUTPUT_TYPE, TransformConfig, TransformFailure, Transforms};

@@ -20,9 +20,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use jaq_core::load::{Arena, File, Loader};
-use jaq_core::{Compiler, Ctx, Vars, data, unwrap_valr};
+use jaq_core::{Ctx, Vars, data, unwrap_valr};
 use jaq_json::{Num, Val};
+use super::jq::{JqFilter, compile_jq, jq_error_text};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 /// Firehose's error code for a record whose partition keys cannot be extracted. Not in the AWS
@@ -93,8 +93,6 @@ pub struct KeyCompileError {
     pub key: String,
     pub message: String,
 }
-
-type JqFilter = jaq_core::Filter<data::JustLut<Val>>;
 
 struct CompiledKey {
     name: String,
@@ -285,45 +283,6 @@ fn number_text(number: f64) -> Result<String, Reason> {
 // ---------------------------------------------------------------------------------------------
 // jaq path
 
-fn compile_jq(code: &str) -> Result<JqFilter, String> {
-    let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs());
-    let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs());
-    let loader = Loader::new(defs);
-    let arena = Arena::default();
-    let modules = loader.load(&arena, File { code, path: () }).map_err(|errors| {
-        let messages: Vec<String> = errors.iter().flat_map(|(_, error)| load_error_messages(code, error)).collect();
-        messages.join("; ")
-    })?;
-    Compiler::default().with_funs(funs).compile(modules).map_err(|errors| {
-        let messages: Vec<String> = errors
-            .iter()
-            .flat_map(|(_, undefined)| undefined.iter())
-            .map(|(name, kind)| format!("undefined {} `{name}`", kind.as_str()))
-            .collect();
-        messages.join("; ")
-    })
-}
-
-fn load_error_messages(code: &str, error: &jaq_core::load::Error<&str>) -> Vec<String> {
-    use jaq_core::load::Error;
-    match error {
-        Error::Io(items) => items.iter().map(|(path, message)| format!("cannot load `{path}`: {message}")).collect(),
-        Error::Lex(items) => items
-            .iter()
-            .map(|(expected, at)| format!("expected {} at byte {}", expected.as_str(), offset_in(code, at)))
-            .collect(),
-        Error::Parse(items) => items
-            .iter()
-            .map(|(expected, at)| format!("expected {} at byte {}", expected.as_str(), offset_in(code, at)))
-            .collect(),
-    }
-}
-
-/// Where `rest` (a suffix of `code`, as jaq reports positions) starts.
-fn offset_in(code: &str, rest: &str) -> usize {
-    code.len().saturating_sub(rest.len())
-}
-
 fn run_jq(filter: &JqFilter, input: Val) -> Result<String, Reason> {
     let context = Ctx::<data::JustLut<Val>>::new(&filter.lut, Vars::new([]));
     let mut outputs = filter.id.run((context, input)).map(unwrap_valr);
@@ -343,14 +302,6 @@ fn run_jq(filter: &JqFilter, input: Val) -> Result<String, Reason> {
         Val::BStr(_) => Err(Reason::ByteString),
         Val::Arr(_) => Err(Reason::Array),
         Val::Obj(_) => Err(Reason::Object),
-    }
-}
-
-/// `error("boom")` reads `boom`, not `"boom"`.
-fn jq_error_text(error: jaq_json::Error) -> String {
-    match error.into_val() {
-        Val::TStr(text) => String::from_utf8_lossy(&text).into_owned(),
-        other => other.to_string(),
     }
 }
 

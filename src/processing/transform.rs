@@ -1,0 +1,205 @@
+//! Record transforms (`processing.transforms`), applied in order to every record between reading
+//! the WAL and computing its partition: each maps one record to zero (filtered out), one or
+//! several records, or fails it with a reason (the record then goes to the error output under
+//! `processing-failed`, as Firehose files records its Lambda could not process).
+//!
+//! Transforms must be deterministic: a batch is rebuilt from the WAL after a crash by running
+//! them again, and the rebuilt batch must hold the same records.
+//!
+//! Must not: do I/O, read the clock, or know about batches, partitions or sinks.
+
+use jaq_core::{Ctx, Vars, data, unwrap_valr};
+use jaq_json::Val;
+use serde::Deserialize;
+
+use super::jq::{JqFilter, compile_jq, jq_error_text};
+
+/// `!{firehose:error-output-type}` of records a transform failed (Firehose's folder for records
+/// its processing Lambda failed).
+pub const PROCESSING_FAILED_OUTPUT_TYPE: &str = "processing-failed";
+
+/// `errorCode` of a record a jq transform cannot read as JSON.
+pub const JQ_NON_JSON_RECORD: &str = "Jq.NonJsonRecord";
+/// `errorCode` of a record on which the jq filter raised an error.
+pub const JQ_FILTER_ERROR: &str = "Jq.FilterError";
+
+/// One entry of `processing.transforms`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TransformConfig {
+    /// A jq filter (jaq, jq 1.7's language) run on each record, a JSON value: every output
+    /// becomes a record (`select(..)` drops, `.[]` splits), written as compact JSON.
+    Jq {
+        expr: String,
+        /// As `jq -r`: string outputs are written as their text, without quotes or escapes
+        /// (to turn JSON into plain log lines); other values are still written as JSON.
+        #[serde(default)]
+        raw_output: bool,
+    },
+}
+
+impl TransformConfig {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            TransformConfig::Jq { .. } => "jq",
+        }
+    }
+
+    /// Compile; the error names what is wrong with the expression.
+    pub fn build(&self) -> Result<Box<dyn Transform>, String> {
+        match self {
+            TransformConfig::Jq { expr, raw_output } => {
+                Ok(Box::new(JqTransform { filter: compile_jq(expr)?, raw_output: *raw_output }))
+            }
+        }
+    }
+}
+
+/// Why a transform failed a record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct TransformFailure {
+    /// Firehose-style `errorCode`, e.g. [`JQ_FILTER_ERROR`].
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// One transform. `apply` appends the record's outputs to `out` (nothing for a dropped record).
+pub trait Transform: Send + Sync + 'static {
+    fn apply(&self, record: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), TransformFailure>;
+}
+
+/// A stream's transforms, in order; the outputs of one are the inputs of the next.
+pub struct Transforms {
+    stages: Vec<Box<dyn Transform>>,
+}
+
+impl Transforms {
+    /// Compile every transform; on failure, `(index, reason)` of each bad one.
+    pub fn build(configs: &[TransformConfig]) -> Result<Self, Vec<(usize, String)>> {
+        let mut stages = Vec::with_capacity(configs.len());
+        let mut problems = Vec::new();
+        for (index, config) in configs.iter().enumerate() {
+            match config.build() {
+                Ok(stage) => stages.push(stage),
+                Err(reason) => problems.push((index, reason)),
+            }
+        }
+        if problems.is_empty() { Ok(Self { stages }) } else { Err(problems) }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stages.is_empty()
+    }
+
+    /// The record's outputs after every stage, into `out` (cleared first). One failure anywhere
+    /// fails the whole record: its other outputs are discarded, so a record is either
+    /// transformed completely or sent to the error output as it arrived.
+    pub fn apply(&self, record: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), TransformFailure> {
+        out.clear();
+        let Some((first, rest)) = self.stages.split_first() else {
+            out.push(record.to_vec());
+            return Ok(());
+        };
+        first.apply(record, out)?;
+        let mut next = Vec::new();
+        for stage in rest {
+            for input in out.iter() {
+                stage.apply(input, &mut next)?;
+            }
+            std::mem::swap(out, &mut next);
+            next.clear();
+        }
+        Ok(())
+    }
+}
+
+struct JqTransform {
+    filter: JqFilter,
+    raw_output: bool,
+}
+
+impl Transform for JqTransform {
+    fn apply(&self, record: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), TransformFailure> {
+        // A record that ends with the producer's newline is still one JSON value.
+        let input = jaq_json::read::parse_single(record.trim_ascii()).map_err(|error| TransformFailure {
+            code: JQ_NON_JSON_RECORD,
+            message: format!("non JSON record provided: {error}"),
+        })?;
+        let first_output = out.len();
+        let context = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
+        for value in self.filter.id.run((context, input)).map(unwrap_valr) {
+            let value = value.map_err(|error| {
+                out.truncate(first_output);
+                TransformFailure { code: JQ_FILTER_ERROR, message: format!("jq: error: {}", jq_error_text(error)) }
+            })?;
+            out.push(match value {
+                Val::TStr(text) if self.raw_output => text.to_vec(),
+                value => value.to_string().into_bytes(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(configs: &[TransformConfig], record: &str) -> Result<Vec<String>, TransformFailure> {
+        let transforms = Transforms::build(configs).expect("compiles");
+        let mut out = Vec::new();
+        transforms.apply(record.as_bytes(), &mut out)?;
+        Ok(out.into_iter().map(|output| String::from_utf8(output).unwrap()).collect())
+    }
+
+    fn jq(expr: &str) -> TransformConfig {
+        TransformConfig::Jq { expr: expr.to_string(), raw_output: false }
+    }
+
+    #[test]
+    fn jq_maps_filters_and_splits_records() {
+        assert_eq!(run(&[jq("{level, msg: .message}")], r#"{"level":"info","message":"hi","x":1}"#).unwrap(), [
+            r#"{"level":"info","msg":"hi"}"#
+        ]);
+        assert!(run(&[jq(r#"select(.level != "debug")"#)], r#"{"level":"debug"}"#).unwrap().is_empty());
+        assert_eq!(run(&[jq(".events[]")], r#"{"events":[{"a":1},{"a":2},3]}"#).unwrap(), [
+            r#"{"a":1}"#,
+            r#"{"a":2}"#,
+            "3"
+        ]);
+        assert_eq!(run(&[jq(".n += 1 | del(.secret)")], "{\"n\":1,\"secret\":\"s\"}\n").unwrap(), [r#"{"n":2}"#]);
+    }
+
+    #[test]
+    fn stages_run_in_order_and_raw_output_writes_text() {
+        let stages =
+            [jq(".items[]"), TransformConfig::Jq { expr: r#""\(.k)=\(.v)""#.to_string(), raw_output: true }];
+        assert_eq!(run(&stages, r#"{"items":[{"k":"a","v":1},{"k":"b","v":"x\"y"}]}"#).unwrap(), [
+            "a=1",
+            "b=x\"y"
+        ]);
+        assert_eq!(run(&[TransformConfig::Jq { expr: ".s".into(), raw_output: false }], r#"{"s":"q\""}"#).unwrap(), [
+            r#""q\"""#
+        ]);
+    }
+
+    #[test]
+    fn bad_records_fail_with_a_code_and_reason() {
+        let failure = run(&[jq(".a")], "not json").unwrap_err();
+        assert_eq!(failure.code, JQ_NON_JSON_RECORD);
+        let failure = run(&[jq(r#".[] | if . == 2 then error("two is bad") else . end"#)], "[1,2,3]").unwrap_err();
+        assert_eq!(failure.code, JQ_FILTER_ERROR);
+        assert!(failure.message.contains("two is bad"), "{failure}");
+        let failure = run(&[jq(".a.b")], r#"{"a":5}"#).unwrap_err();
+        assert_eq!(failure.code, JQ_FILTER_ERROR);
+    }
+
+    #[test]
+    fn a_bad_expression_is_reported_with_its_index() {
+        let problems = Transforms::build(&[jq("."), jq(".a | nosuchfn")]).err().expect("fails");
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].0, 1);
+        assert!(problems[0].1.contains("nosuchfn"), "{:?}", problems);
+    }
+}
