@@ -24,7 +24,7 @@ use crate::metrics::{Metrics, StreamMetrics, WalSize};
 use crate::pipeline::{
     BatchingOptions, Delivery, DeliveryLoop, IntentLog, JqPartitioner, MemoryBudget, Partitioner, PipelineError, Router,
 };
-use crate::processing::PartitionKeys;
+use crate::processing::{PartitionKeys, Transforms};
 use crate::server::health::{CheckedSink, Readiness};
 use crate::sources::StreamIngest;
 use crate::wal::{Wal, WalOptions};
@@ -346,7 +346,15 @@ impl Lifecycle {
             })?;
             Some(Arc::new(JqPartitioner::new(compiled)))
         };
-        let router = Router::new(partitioner, config.processing.record_delimiter);
+        let transforms = Transforms::build(&config.processing.transforms).map_err(|problems| AppError::Processing {
+            stream: name.clone(),
+            message: problems
+                .iter()
+                .map(|(index, reason)| format!("processing.transforms[{index}]: {reason}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        })?;
+        let router = Router::new(partitioner, Some(Arc::new(transforms)), config.processing.record_delimiter);
         let checked = CheckedSink { stream: name.clone(), sink: built.sink.clone(), metrics: metrics.clone() };
         self.env.readiness.add_sink(&name, config.sink.type_name());
         let delivery = Arc::new(Delivery {
@@ -357,7 +365,7 @@ impl Lifecycle {
             metrics: metrics.clone(),
             wal: wal.clone(),
             encoders: built.encoders.clone(),
-            delimiter: config.processing.record_delimiter.suffix(),
+            router: router.clone(),
         });
         let intents = {
             let dir = stream_dir.clone();

@@ -323,6 +323,10 @@ pub struct ProcessingConfig {
     /// `!{partitionKeyFromQuery:<key>}`.
     #[serde(default)]
     pub dynamic_partitioning: Option<DynamicPartitioningConfig>,
+    /// Transforms run in order on every record before its partition keys are evaluated
+    /// (Firehose runs its Lambda before `MetadataExtraction` too); see `processing::transform`.
+    #[serde(default)]
+    pub transforms: Vec<crate::processing::TransformConfig>,
 }
 
 impl ProcessingConfig {
@@ -669,6 +673,11 @@ impl Config {
 fn dynamic_partitioning_problems(stream: &StreamConfig, sink_reported: &dyn Fn(&str) -> bool) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut push = |path: &str, message: String| problems.push(Problem { path: path.to_string(), message });
+    if let Err(bad) = crate::processing::Transforms::build(&stream.processing.transforms) {
+        for (index, reason) in bad {
+            push(&format!("processing.transforms[{index}].expr"), reason);
+        }
+    }
     let block = "processing.dynamic_partitioning";
     let enabled_keys = stream.processing.partition_keys();
 
@@ -845,6 +854,22 @@ mod tests {
         assert!(found[0].message.contains("dynamic partitioning"), "{}", found[0]);
         let found = problems(keys, "{ type: s3, url: 'file://out', error_output_prefix: 'errors/' }");
         assert_eq!(found, []);
+    }
+
+    #[test]
+    fn transforms_must_compile_and_be_known() {
+        let found = problems(
+            "{ transforms: [ { type: jq, expr: '.a' }, { type: jq, expr: 'select(.a ==' }, { type: jq, expr: 'nope' } ] }",
+            "{ type: s3, url: 'file://out' }",
+        );
+        assert_eq!(
+            paths(&found),
+            ["streams[0].processing.transforms[1].expr", "streams[0].processing.transforms[2].expr"]
+        );
+        assert!(found[1].message.contains("undefined filter `nope`"), "{}", found[1]);
+        let yaml = "streams:\n  - name: s\n    processing: { transforms: [ { type: lua, expr: '.' } ] }\n    sink: { type: s3, url: 'file://out' }\n";
+        let error = serde_yaml_ng::from_str::<Config>(yaml).err().expect("an unknown transform type is refused");
+        assert!(error.to_string().contains("unknown variant `lua`"), "{error}");
     }
 
     #[test]

@@ -9,12 +9,14 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use spillway_sink_api::{EncodeError, PartitionKeys, Record};
 use tokio::time::Instant;
 
 use super::open_batch::{ClosedBatch, EarlyClose, OpenBatches, Route};
 use super::retry::error_record_line;
 use crate::config::RecordDelimiter;
+use crate::processing::{PROCESSING_FAILED_OUTPUT_TYPE, Transforms};
 use crate::wal::{Frame, WalError, WalReader};
 
 /// Why a record's partition keys could not be evaluated; the record goes to the error output.
@@ -67,10 +69,13 @@ impl Partitioner for JqPartitioner {
     }
 }
 
-/// Routing shared by the live path and the rebuilding of recorded batches.
+/// Routing shared by the live path, the rebuilding of recorded batches and the reading back of
+/// a batch's records: transforms, then partition keys.
 #[derive(Clone)]
 pub struct Router {
     pub partitioner: Option<Arc<dyn Partitioner>>,
+    /// `processing.transforms`; `None` when there are none (records pass through uncopied).
+    pub transforms: Option<Arc<Transforms>>,
     pub delimiter: RecordDelimiter,
     /// `!{firehose:error-output-type}` of records whose partition keys fail.
     pub partition_failure_type: &'static str,
@@ -85,9 +90,14 @@ enum Routed<'a> {
 }
 
 impl Router {
-    pub fn new(partitioner: Option<Arc<dyn Partitioner>>, delimiter: RecordDelimiter) -> Self {
+    pub fn new(
+        partitioner: Option<Arc<dyn Partitioner>>,
+        transforms: Option<Arc<Transforms>>,
+        delimiter: RecordDelimiter,
+    ) -> Self {
         Self {
             partitioner,
+            transforms: transforms.filter(|transforms| !transforms.is_empty()),
             delimiter,
             partition_failure_type: crate::processing::METADATA_EXTRACTION_OUTPUT_TYPE,
             no_partition: Arc::new(PartitionKeys::new()),
@@ -98,18 +108,18 @@ impl Router {
         self.delimiter.suffix()
     }
 
+    /// The route of one (transformed) record: its partition, or the error output when its keys
+    /// cannot be evaluated.
     fn route<'a>(&self, data: &'a [u8], sequence: u64, arrival_ms: i64) -> Routed<'a> {
         let Some(partitioner) = &self.partitioner else {
             return Routed::Sink { route: Route::sink(self.no_partition.clone()), data };
         };
         match partitioner.partition(data) {
             Ok(keys) => Routed::Sink { route: Route::sink(keys), data },
-            Err(failure) => {
-                let record = Record { data: bytes::Bytes::copy_from_slice(data), arrival_ms, sequence };
-                let ending_ms = chrono::Utc::now().timestamp_millis();
-                let line = error_record_line(&record, &failure.code, &failure.message, 1, ending_ms);
-                Routed::Failed { route: Route::error_output(self.partition_failure_type), line }
-            }
+            Err(failure) => Routed::Failed {
+                route: Route::error_output(self.partition_failure_type),
+                line: failure_line(data, sequence, arrival_ms, &failure.code, &failure.message),
+            },
         }
     }
 
@@ -125,25 +135,81 @@ impl Router {
         closed: &mut Vec<ClosedBatch>,
     ) -> Result<(), EncodeError> {
         let suffix = self.suffix();
-        for (offset, data) in frame.records.iter().enumerate() {
-            let sequence = frame.first_sequence + offset as u64;
-            match self.route(data, sequence, frame.arrival_ms) {
-                Routed::Sink { route, data } => {
-                    if claimed.holds(&route, sequence) || only.is_some_and(|only| only != &route) {
-                        continue;
-                    }
-                    closed.extend(open.push(&route, sequence, data, suffix, frame.arrival_ms, arrived_at)?);
-                }
-                Routed::Failed { route, line } => {
-                    if claimed.holds(&route, sequence) || only.is_some_and(|only| only != &route) {
-                        continue;
-                    }
-                    closed.extend(open.push(&route, sequence, &line, b"", frame.arrival_ms, arrived_at)?);
+        let skip =
+            |route: &Route, sequence: u64| claimed.holds(route, sequence) || only.is_some_and(|only| only != route);
+        let Some(transforms) = &self.transforms else {
+            for (offset, data) in frame.records.iter().enumerate() {
+                let sequence = frame.first_sequence + offset as u64;
+                let (route, data, suffix) = match self.route(data, sequence, frame.arrival_ms) {
+                    Routed::Sink { route, data } => (route, std::borrow::Cow::Borrowed(data), suffix),
+                    Routed::Failed { route, line } => (route, std::borrow::Cow::Owned(line), &b""[..]),
+                };
+                if !skip(&route, sequence) {
+                    closed.extend(open.push(&route, sequence, &data, suffix, frame.arrival_ms, arrived_at)?);
                 }
             }
+            return Ok(());
+        };
+        let mut outputs = Vec::new();
+        let mut touched: Vec<Route> = Vec::new();
+        for (offset, data) in frame.records.iter().enumerate() {
+            let sequence = frame.first_sequence + offset as u64;
+            touched.clear();
+            if let Err(failure) = transforms.apply(data, &mut outputs) {
+                // Firehose's processing-failed records carry the record as it arrived.
+                let route = Route::error_output(PROCESSING_FAILED_OUTPUT_TYPE);
+                if !skip(&route, sequence) {
+                    let line = failure_line(data, sequence, frame.arrival_ms, failure.code, &failure.message);
+                    closed.extend(open.push(&route, sequence, &line, b"", frame.arrival_ms, arrived_at)?);
+                }
+                continue;
+            }
+            for output in &outputs {
+                let (route, data, suffix) = match self.route(output, sequence, frame.arrival_ms) {
+                    Routed::Sink { route, data } => (route, std::borrow::Cow::Borrowed(data), suffix),
+                    Routed::Failed { route, line } => (route, std::borrow::Cow::Owned(line), &b""[..]),
+                };
+                if skip(&route, sequence) {
+                    continue;
+                }
+                open.append(&route, sequence, &data, suffix, frame.arrival_ms, arrived_at)?;
+                if !touched.contains(&route) {
+                    touched.push(route);
+                }
+            }
+            closed.extend(open.settle(&touched)?);
         }
         Ok(())
     }
+
+    /// What a sink batch of `partition` holds of one WAL record: the record itself without
+    /// transforms, else those of its outputs whose partition is `partition`, in order.
+    pub fn sink_records(&self, data: &Bytes, partition: &PartitionKeys, out: &mut Vec<Bytes>) {
+        let Some(transforms) = &self.transforms else {
+            out.push(data.clone());
+            return;
+        };
+        let mut outputs = Vec::new();
+        if transforms.apply(data, &mut outputs).is_err() {
+            return;
+        }
+        for output in outputs {
+            let in_partition = match &self.partitioner {
+                None => partition.is_empty(),
+                Some(partitioner) => partitioner.partition(&output).is_ok_and(|keys| *keys == *partition),
+            };
+            if in_partition {
+                out.push(Bytes::from(output));
+            }
+        }
+    }
+}
+
+/// A Firehose error record (one JSON line) for a record that failed before reaching a batch.
+fn failure_line(data: &[u8], sequence: u64, arrival_ms: i64, code: &str, message: &str) -> Vec<u8> {
+    let record = Record { data: Bytes::copy_from_slice(data), arrival_ms, sequence };
+    let ending_ms = chrono::Utc::now().timestamp_millis();
+    error_record_line(&record, code, message, 1, ending_ms)
 }
 
 /// Ranges of recorded intents above the watermark, per route: their records are delivered (done)

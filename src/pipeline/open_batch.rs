@@ -171,31 +171,42 @@ impl OpenBatches {
         arrival_ms: i64,
         arrived_at: Instant,
     ) -> Result<Vec<ClosedBatch>, EncodeError> {
-        let mut closed = Vec::new();
-        if !self.batches.contains_key(route) {
-            let sink_partitions = self.batches.keys().filter(|open| open.error_output_type.is_none()).count();
-            if route.error_output_type.is_none() && sink_partitions >= self.max_partitions {
-                // Past the cap the oldest partition's batch leaves early: memory stays bounded
-                // and nothing goes to the error output (Firehose would send the record there).
-                if let Some(oldest) = self.oldest_sink_route() {
-                    closed.push(self.close(&oldest)?);
-                    self.early_closes.push(EarlyClose::PartitionCap);
-                }
+        self.append(route, sequence, data, suffix, arrival_ms, arrived_at)?;
+        self.settle(std::slice::from_ref(route))
+    }
+
+    /// Append one record to its route's open batch (opening one) without closing anything: the
+    /// outputs of one WAL record (a transform may make several, for several routes) must all
+    /// land before any of their batches closes, or a batch would hold part of a sequence's
+    /// outputs and a rebuild from the WAL could not tell which part. [`OpenBatches::settle`]
+    /// follows.
+    pub fn append(
+        &mut self,
+        route: &Route,
+        sequence: u64,
+        data: &[u8],
+        suffix: &[u8],
+        arrival_ms: i64,
+        arrived_at: Instant,
+    ) -> Result<(), EncodeError> {
+        let batch = match self.batches.get_mut(route) {
+            Some(batch) => batch,
+            None => {
+                let chunk_bytes = self.chunk_bytes_hint();
+                let factory =
+                    if route.error_output_type.is_some() { &self.error_encoders } else { &self.sink_encoders };
+                let batch = OpenBatch {
+                    encoder: factory.new_encoder(chunk_bytes),
+                    start: sequence,
+                    sequences: SequenceSet::default(),
+                    record_bytes: 0,
+                    oldest_arrival_ms: arrival_ms,
+                    opened_at: arrived_at,
+                    held: 0,
+                };
+                self.batches.entry(route.clone()).or_insert(batch)
             }
-            let chunk_bytes = self.chunk_bytes_hint();
-            let factory = if route.error_output_type.is_some() { &self.error_encoders } else { &self.sink_encoders };
-            let batch = OpenBatch {
-                encoder: factory.new_encoder(chunk_bytes),
-                start: sequence,
-                sequences: SequenceSet::default(),
-                record_bytes: 0,
-                oldest_arrival_ms: arrival_ms,
-                opened_at: arrived_at,
-                held: 0,
-            };
-            self.batches.insert(route.clone(), batch);
-        }
-        let Some(batch) = self.batches.get_mut(route) else { return Ok(closed) };
+        };
         batch.encoder.push(data, suffix)?;
         batch.sequences.push(sequence);
         batch.record_bytes += data.len() + suffix.len();
@@ -204,8 +215,25 @@ impl OpenBatches {
         let held = batch.encoder.held_bytes() + batch.sequences.held_bytes();
         self.budget.update(batch.held, held);
         batch.held = held;
-        if batch.record_bytes >= self.size_bytes {
-            closed.push(self.close(route)?);
+        Ok(())
+    }
+
+    /// After a WAL record's outputs are appended to `touched`: close the batches that reached
+    /// the size hint, then the oldest partitions past the partition cap (they leave early:
+    /// memory stays bounded and nothing goes to the error output, where Firehose would send the
+    /// record), then the largest batches while the memory budget is exceeded.
+    pub fn settle(&mut self, touched: &[Route]) -> Result<Vec<ClosedBatch>, EncodeError> {
+        let mut closed = Vec::new();
+        for route in touched {
+            if self.batches.get(route).is_some_and(|batch| batch.record_bytes >= self.size_bytes) {
+                closed.push(self.close(route)?);
+            }
+        }
+        let sink_partitions = self.batches.keys().filter(|open| open.error_output_type.is_none()).count();
+        for _ in self.max_partitions..sink_partitions {
+            let Some(oldest) = self.oldest_sink_route(touched) else { break };
+            closed.push(self.close(&oldest)?);
+            self.early_closes.push(EarlyClose::PartitionCap);
         }
         while self.budget.exceeded() {
             let Some(largest) = self.largest_route() else { break };
@@ -273,10 +301,12 @@ impl OpenBatches {
         })
     }
 
-    fn oldest_sink_route(&self) -> Option<Route> {
+    /// The sink partition opened first, other than those just written to (a partition that
+    /// just opened must not be the one closed to make room for it).
+    fn oldest_sink_route(&self, spare: &[Route]) -> Option<Route> {
         self.batches
             .iter()
-            .filter(|(route, _)| route.error_output_type.is_none())
+            .filter(|(route, _)| route.error_output_type.is_none() && !spare.contains(route))
             .min_by_key(|(_, batch)| batch.opened_at)
             .map(|(route, _)| route.clone())
     }

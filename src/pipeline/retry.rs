@@ -16,6 +16,7 @@ use spillway_sink_api::{
 };
 use tokio::time::Instant;
 
+use super::assemble::Router;
 use crate::metrics::StreamMetrics;
 use crate::wal::{Wal, WalError};
 
@@ -34,8 +35,9 @@ pub struct Delivery {
     pub wal: Wal,
     /// The sink's encoder, to re-encode the records of a partial retry.
     pub encoders: Arc<dyn EncoderFactory>,
-    /// Appended to every record (the stream's `record_delimiter`).
-    pub delimiter: &'static [u8],
+    /// The stream's routing (transforms, partition keys, delimiter): a batch's records are
+    /// what its WAL records become on their way into the batch.
+    pub router: Router,
 }
 
 /// Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^attempt)].
@@ -172,15 +174,17 @@ impl Delivery {
         self.metrics.delivered_batches.inc();
     }
 
-    /// The batch's records as they arrived (no delimiter), read back from the WAL, in the
-    /// batch's order.
+    /// The batch's records as the sink got them (transformed, no delimiter), read back from the
+    /// WAL, in the batch's order.
     async fn records_of(&self, batch: &Batch) -> Result<Vec<Record>, DeliveryError> {
         let sequences = batch.sequences.clone();
+        let (router, partition) = (self.router.clone(), batch.partition.clone());
         let Some(first) = sequences.nth(0) else { return Ok(Vec::new()) };
         let end = sequences.runs().last().map_or(first, |run| run.end);
         let mut reader = self.wal.reader(first);
         let records = tokio::task::spawn_blocking(move || -> Result<Vec<Record>, WalError> {
             let mut records = Vec::with_capacity(sequences.len());
+            let mut outputs = Vec::new();
             while reader.position() < end {
                 let frames = reader.read(end, 8 << 20)?;
                 if frames.is_empty() {
@@ -190,7 +194,12 @@ impl Delivery {
                     for (offset, data) in frame.records.into_iter().enumerate() {
                         let sequence = frame.first_sequence + offset as u64;
                         if sequences.contains(sequence) {
-                            records.push(Record { data, arrival_ms: frame.arrival_ms, sequence });
+                            router.sink_records(&data, &partition, &mut outputs);
+                            records.extend(outputs.drain(..).map(|data| Record {
+                                data,
+                                arrival_ms: frame.arrival_ms,
+                                sequence,
+                            }));
                         }
                     }
                 }
@@ -203,7 +212,7 @@ impl Delivery {
 
     /// A batch of some of `batch`'s records, encoded again, under the same id.
     async fn reencode(&self, batch: &Batch, records: Vec<Record>) -> Result<Batch, DeliveryError> {
-        let (encoders, delimiter) = (self.encoders.clone(), self.delimiter);
+        let (encoders, delimiter) = (self.encoders.clone(), self.router.delimiter.suffix());
         let (stream, id, partition) = (batch.stream.clone(), batch.id, batch.partition.clone());
         let rebuilt = tokio::task::spawn_blocking(move || -> Result<Batch, EncodeError> {
             let mut encoder = encoders.new_encoder(spillway_sink_api::encode::DEFAULT_CHUNK_BYTES);

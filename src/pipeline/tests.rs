@@ -60,7 +60,7 @@ impl Harness {
     }
 
     fn delivery_loop(&self, size_bytes: usize, interval: Duration, retry: Duration) -> DeliveryLoop {
-        self.delivery_loop_with(size_bytes, interval, retry, None)
+        self.delivery_loop_with(size_bytes, interval, retry, Router::new(None, None, RecordDelimiter::None))
     }
 
     fn delivery_loop_with(
@@ -68,7 +68,7 @@ impl Harness {
         size_bytes: usize,
         interval: Duration,
         retry: Duration,
-        partitioner: Option<Arc<dyn Partitioner>>,
+        router: Router,
     ) -> DeliveryLoop {
         let encoders: Arc<dyn EncoderFactory> = Arc::new(MemoryEncoderFactory);
         DeliveryLoop {
@@ -76,9 +76,9 @@ impl Harness {
             wal: self.wal.clone(),
             checkpoint: Checkpoint::new(&self.stream_dir),
             intents: IntentLog::open(&self.stream_dir).unwrap(),
-            delivery: self.delivery(self.sink.clone(), retry),
+            delivery: self.delivery(self.sink.clone(), retry, router.clone()),
             instance_id: Uuid::from_u128(7),
-            router: Router::new(partitioner, RecordDelimiter::None),
+            router,
             encoders,
             batching: BatchingOptions { size_bytes, interval, max_partitions: 500 },
             budget: MemoryBudget::new(64 << 20),
@@ -86,7 +86,7 @@ impl Harness {
     }
 
     /// Delivery to `sink` (errors to the memory sink), as the loop under test uses it.
-    fn delivery(&self, sink: Arc<dyn spillway_sink_api::Sink>, retry: Duration) -> Arc<Delivery> {
+    fn delivery(&self, sink: Arc<dyn spillway_sink_api::Sink>, retry: Duration, router: Router) -> Arc<Delivery> {
         Arc::new(Delivery {
             sink,
             error_output: self.sink.clone(),
@@ -95,7 +95,7 @@ impl Harness {
             metrics: self.metrics.clone(),
             wal: self.wal.clone(),
             encoders: Arc::new(MemoryEncoderFactory),
-            delimiter: b"",
+            router,
         })
     }
 
@@ -206,12 +206,7 @@ async fn partitions_get_their_own_batches_and_key_failures_go_to_the_error_outpu
     harness.append_lines(&["a:1", "b:1", "a:2", "bad:1", "b:2", "c:1"]).await;
     let (_stop, stop_rx) = watch::channel(true);
     harness
-        .delivery_loop_with(
-            1 << 20,
-            Duration::from_secs(900),
-            Duration::from_secs(60),
-            Some(Arc::new(PrefixPartitioner)),
-        )
+        .delivery_loop_with(1 << 20, Duration::from_secs(900), Duration::from_secs(60), partitioned())
         .run(stop_rx)
         .await
         .unwrap();
@@ -248,12 +243,7 @@ async fn done_intents_above_the_checkpoint_are_skipped_after_a_restart() {
 
     let (_stop, stop_rx) = watch::channel(true);
     harness
-        .delivery_loop_with(
-            1 << 20,
-            Duration::from_secs(900),
-            Duration::from_secs(60),
-            Some(Arc::new(PrefixPartitioner)),
-        )
+        .delivery_loop_with(1 << 20, Duration::from_secs(900), Duration::from_secs(60), partitioned())
         .run(stop_rx)
         .await
         .unwrap();
@@ -298,13 +288,9 @@ async fn a_slow_partition_holds_the_watermark_but_not_the_others() {
         held_partition: "slow".into(),
         release: tokio::sync::Notify::new(),
     });
-    let mut delivery_loop = harness.delivery_loop_with(
-        4,
-        Duration::from_secs(900),
-        Duration::from_secs(60),
-        Some(Arc::new(PrefixPartitioner)),
-    );
-    delivery_loop.delivery = harness.delivery(held.clone(), Duration::from_secs(60));
+    let mut delivery_loop =
+        harness.delivery_loop_with(4, Duration::from_secs(900), Duration::from_secs(60), partitioned());
+    delivery_loop.delivery = harness.delivery(held.clone(), Duration::from_secs(60), partitioned());
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(delivery_loop.run(stop_rx));
     // Each record fills its batch (size hint 4 bytes).
@@ -351,5 +337,130 @@ async fn a_partial_failure_resends_only_the_retriable_records() {
     let line: serde_json::Value = serde_json::from_slice(&errors[0].1).unwrap();
     assert_eq!(line["rawData"], "cjI=");
     assert_eq!(harness.metrics.delivered_records.get(), 3);
+    harness.wal.close();
+}
+
+/// Partitions by [`PrefixPartitioner`] after a jq transform that splits `{"items": [...]}` into
+/// its items (as raw text) and drops `"skip"`.
+fn transformed() -> Router {
+    let jq =
+        crate::processing::TransformConfig::Jq { expr: r#".items[] | select(. != "skip")"#.into(), raw_output: true };
+    let transforms = crate::processing::Transforms::build(&[jq]).unwrap();
+    Router::new(Some(Arc::new(PrefixPartitioner)), Some(Arc::new(transforms)), RecordDelimiter::None)
+}
+
+fn partitioned() -> Router {
+    Router::new(Some(Arc::new(PrefixPartitioner)), None, RecordDelimiter::None)
+}
+
+fn batch_contents(sink: &MemorySink) -> BTreeMap<String, Vec<(u64, String)>> {
+    let mut contents: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+    for batch in sink.batches() {
+        let records = spillway_sink_api::testkit::split_memory_payload(&batch.payload);
+        let entry = contents.entry(batch.partition["k"].clone()).or_default();
+        entry.extend(
+            batch
+                .sequences
+                .iter()
+                .zip(records)
+                .map(|(sequence, data)| (sequence, String::from_utf8_lossy(&data).into_owned())),
+        );
+    }
+    contents
+}
+
+#[tokio::test]
+async fn transforms_split_filter_and_fail_records_before_partitioning() {
+    let harness = Harness::new();
+    harness
+        .append_lines(&[r#"{"items":["a:1","b:1"]}"#, "not json", r#"{"items":["skip","a:2"]}"#, r#"{"items":[]}"#])
+        .await;
+    let (_stop, stop_rx) = watch::channel(true);
+    harness
+        .delivery_loop_with(1 << 20, Duration::from_secs(900), Duration::from_secs(60), transformed())
+        .run(stop_rx)
+        .await
+        .unwrap();
+    assert_eq!(
+        batch_contents(&harness.sink),
+        BTreeMap::from([
+            ("a".into(), vec![(0, "a:1".into()), (2, "a:2".into())]),
+            ("b".into(), vec![(0, "b:1".into())]),
+        ])
+    );
+    let errors = harness.sink.error_lines();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].0, "processing-failed");
+    let line: serde_json::Value = serde_json::from_slice(&errors[0].1).unwrap();
+    assert_eq!(line["errorCode"], "Jq.NonJsonRecord");
+    assert_eq!(line["rawData"], "bm90IGpzb24=", "the record as it arrived");
+    assert_eq!(Checkpoint::new(&harness.stream_dir).load().unwrap(), 4, "dropped records count as done");
+    harness.wal.close();
+}
+
+#[tokio::test]
+async fn a_size_close_never_splits_one_records_outputs() {
+    let harness = Harness::new();
+    harness.append_lines(&[r#"{"items":["a:1","a:2","a:3"]}"#, r#"{"items":["a:4"]}"#]).await;
+    let (_stop, stop_rx) = watch::channel(true);
+    // A 1-byte size hint closes a batch after every WAL record, not after every output.
+    harness
+        .delivery_loop_with(1, Duration::from_secs(900), Duration::from_secs(60), transformed())
+        .run(stop_rx)
+        .await
+        .unwrap();
+    let mut batches: Vec<Vec<u64>> =
+        harness.sink.batches().iter().map(|batch| batch.sequences.iter().collect()).collect();
+    batches.sort();
+    assert_eq!(batches, vec![vec![0, 0, 0], vec![1]]);
+    harness.wal.close();
+}
+
+#[tokio::test]
+async fn a_pending_intent_is_rebuilt_through_the_transforms() {
+    let harness = Harness::new();
+    harness.append_lines(&[r#"{"items":["a:1","b:1"]}"#, r#"{"items":["a:2","b:2"]}"#]).await;
+    let pending = Intent::new(&Uuid::from_u128(7), "s", &partition("a"), 0, 2);
+    IntentLog::open(&harness.stream_dir).unwrap().record(&pending).unwrap();
+    let (_stop, stop_rx) = watch::channel(true);
+    harness
+        .delivery_loop_with(1 << 20, Duration::from_secs(900), Duration::from_secs(60), transformed())
+        .run(stop_rx)
+        .await
+        .unwrap();
+    let batches = harness.sink.batches();
+    let resent = batches.iter().find(|batch| batch.id == pending.id).expect("the pending batch, under its id");
+    let records = spillway_sink_api::testkit::split_memory_payload(&resent.payload);
+    assert_eq!(records, vec![Bytes::from("a:1"), Bytes::from("a:2")]);
+    assert_eq!(
+        batch_contents(&harness.sink)["b"],
+        vec![(0, "b:1".to_string()), (1, "b:2".to_string())],
+        "the other partition's outputs of the same records are batched afresh"
+    );
+    harness.wal.close();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partial_retry_reads_back_the_transformed_records_of_its_partition() {
+    let harness = Harness::new();
+    let failure =
+        |index, retriable| RecordFailure { index, retriable, code: "Test.Item".into(), message: "item".into() };
+    // Partition a's batch holds a:1, a:2, a:3 (the outputs of WAL records 0 and 1).
+    harness.sink.fail_next(SinkError::partial(vec![failure(1, true), failure(2, false)]));
+    harness.append_lines(&[r#"{"items":["a:1","a:2"]}"#, r#"{"items":["a:3"]}"#]).await;
+    let (_stop, stop_rx) = watch::channel(true);
+    harness
+        .delivery_loop_with(1 << 20, Duration::from_secs(900), Duration::from_secs(60), transformed())
+        .run(stop_rx)
+        .await
+        .unwrap();
+    let batches = harness.sink.batches();
+    assert_eq!(batches.len(), 1);
+    let records = spillway_sink_api::testkit::split_memory_payload(&batches[0].payload);
+    assert_eq!(records, vec![Bytes::from("a:2")], "only the retriable output is re-sent");
+    let errors = harness.sink.error_lines();
+    assert_eq!(errors.len(), 1);
+    let line: serde_json::Value = serde_json::from_slice(&errors[0].1).unwrap();
+    assert_eq!(line["rawData"], "YToz", "the transformed record that failed (a:3)");
     harness.wal.close();
 }

@@ -20,9 +20,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use super::jq::{JqFilter, compile_jq, jq_error_text};
 use jaq_core::{Ctx, Vars, data, unwrap_valr};
 use jaq_json::{Num, Val};
-use super::jq::{JqFilter, compile_jq, jq_error_text};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 /// Firehose's error code for a record whose partition keys cannot be extracted. Not in the AWS

@@ -159,29 +159,26 @@ mod tests {
 
     #[test]
     fn jq_maps_filters_and_splits_records() {
-        assert_eq!(run(&[jq("{level, msg: .message}")], r#"{"level":"info","message":"hi","x":1}"#).unwrap(), [
-            r#"{"level":"info","msg":"hi"}"#
-        ]);
+        assert_eq!(
+            run(&[jq("{level, msg: .message}")], r#"{"level":"info","message":"hi","x":1}"#).unwrap(),
+            [r#"{"level":"info","msg":"hi"}"#]
+        );
         assert!(run(&[jq(r#"select(.level != "debug")"#)], r#"{"level":"debug"}"#).unwrap().is_empty());
-        assert_eq!(run(&[jq(".events[]")], r#"{"events":[{"a":1},{"a":2},3]}"#).unwrap(), [
-            r#"{"a":1}"#,
-            r#"{"a":2}"#,
-            "3"
-        ]);
+        assert_eq!(
+            run(&[jq(".events[]")], r#"{"events":[{"a":1},{"a":2},3]}"#).unwrap(),
+            [r#"{"a":1}"#, r#"{"a":2}"#, "3"]
+        );
         assert_eq!(run(&[jq(".n += 1 | del(.secret)")], "{\"n\":1,\"secret\":\"s\"}\n").unwrap(), [r#"{"n":2}"#]);
     }
 
     #[test]
     fn stages_run_in_order_and_raw_output_writes_text() {
-        let stages =
-            [jq(".items[]"), TransformConfig::Jq { expr: r#""\(.k)=\(.v)""#.to_string(), raw_output: true }];
-        assert_eq!(run(&stages, r#"{"items":[{"k":"a","v":1},{"k":"b","v":"x\"y"}]}"#).unwrap(), [
-            "a=1",
-            "b=x\"y"
-        ]);
-        assert_eq!(run(&[TransformConfig::Jq { expr: ".s".into(), raw_output: false }], r#"{"s":"q\""}"#).unwrap(), [
-            r#""q\"""#
-        ]);
+        let stages = [jq(".items[]"), TransformConfig::Jq { expr: r#""\(.k)=\(.v)""#.to_string(), raw_output: true }];
+        assert_eq!(run(&stages, r#"{"items":[{"k":"a","v":1},{"k":"b","v":"x\"y"}]}"#).unwrap(), ["a=1", "b=x\"y"]);
+        assert_eq!(
+            run(&[TransformConfig::Jq { expr: ".s".into(), raw_output: false }], r#"{"s":"q\""}"#).unwrap(),
+            [r#""q\"""#]
+        );
     }
 
     #[test]

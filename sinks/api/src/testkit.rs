@@ -48,7 +48,7 @@ impl Encoder for MemoryEncoder {
 }
 
 /// Split a [`MemoryEncoder`] payload back into record bytes.
-fn split_memory_payload(payload: &Payload) -> Vec<Bytes> {
+pub fn split_memory_payload(payload: &Payload) -> Vec<Bytes> {
     let mut bytes = payload.to_bytes();
     let mut records = Vec::new();
     while bytes.len() >= 4 {

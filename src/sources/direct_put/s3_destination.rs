@@ -258,7 +258,7 @@ pub fn stream_config(config: &Config, name: &str, destination: &Value, member: &
     let stream = StreamConfig {
         name: name.to_string(),
         source: SourceConfig::DirectPut,
-        processing: ProcessingConfig { record_delimiter, dynamic_partitioning },
+        processing: ProcessingConfig { record_delimiter, dynamic_partitioning, transforms: Vec::new() },
         buffering: BufferingConfig {
             size_mib: hints.size_in_mbs.map_or(5, |size| size as u64),
             interval_seconds: hints.interval_in_seconds.map_or(300, |interval| interval as u64),
