@@ -207,7 +207,7 @@ fn processing_configuration(stream: &StreamConfig) -> Value {
             ],
         }));
     }
-    if stream.processing.record_delimiter == RecordDelimiter::Newline {
+    if stream.processing.record_delimiter != RecordDelimiter::None {
         processors.push(json!({ "Type": "AppendDelimiterToRecord", "Parameters": [] }));
     }
     json!({ "Enabled": !processors.is_empty(), "Processors": processors })

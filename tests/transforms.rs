@@ -205,3 +205,18 @@ async fn sigkill_rounds_deliver_each_output_of_a_split_record_once() {
     );
     assert!(lines_under(&objects, "errors/").is_empty(), "no record failed");
 }
+
+/// `record_delimiter: newline_if_missing` ends every record with exactly one newline, whether
+/// the producer sent one (Fluent Bit's firehose output does) or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newline_if_missing_never_doubles_a_producers_newline() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = common::local_yaml(1, 60, "    processing: { record_delimiter: newline_if_missing }\n");
+    let spillway = Spillway::start(dir.path(), &yaml);
+    let client = spillway.client().await;
+    put(&client, &["{\"a\":1}\n".into(), "{\"b\":2}".into(), "plain\n".into(), "\n".into()]).await;
+    assert_eq!(spillway.terminate(), 0);
+    let objects = local_objects(&dir.path().join("out"));
+    let body: Vec<u8> = objects.into_iter().flat_map(|(_, body)| body).collect();
+    assert_eq!(String::from_utf8(body).unwrap(), "{\"a\":1}\n{\"b\":2}\nplain\n\n");
+}

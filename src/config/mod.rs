@@ -380,15 +380,23 @@ pub enum RecordDelimiter {
     /// Records are concatenated as sent (Firehose's default).
     #[default]
     None,
+    /// `\n` after every record (Firehose's `AppendDelimiterToRecord`).
     Newline,
+    /// `\n` after every record that does not already end with one: for producers that end their
+    /// records with a newline themselves (Fluent Bit's firehose output does), so neither a
+    /// missing nor a doubled newline.
+    #[serde(rename = "newline_if_missing")]
+    NewlineIfMissing,
 }
 
 impl RecordDelimiter {
-    /// The bytes appended to every record.
-    pub fn suffix(self) -> &'static [u8] {
+    /// The bytes appended to `record`.
+    pub fn suffix_for(self, record: &[u8]) -> &'static [u8] {
         match self {
             RecordDelimiter::None => b"",
             RecordDelimiter::Newline => b"\n",
+            RecordDelimiter::NewlineIfMissing if record.ends_with(b"\n") => b"",
+            RecordDelimiter::NewlineIfMissing => b"\n",
         }
     }
 }

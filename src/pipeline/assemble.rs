@@ -104,10 +104,6 @@ impl Router {
         }
     }
 
-    fn suffix(&self) -> &'static [u8] {
-        self.delimiter.suffix()
-    }
-
     /// The route of one (transformed) record: its partition, or the error output when its keys
     /// cannot be evaluated.
     fn route<'a>(&self, data: &'a [u8], sequence: u64, arrival_ms: i64) -> Routed<'a> {
@@ -134,14 +130,16 @@ impl Router {
         arrived_at: Instant,
         closed: &mut Vec<ClosedBatch>,
     ) -> Result<(), EncodeError> {
-        let suffix = self.suffix();
+        let delimiter = self.delimiter;
         let skip =
             |route: &Route, sequence: u64| claimed.holds(route, sequence) || only.is_some_and(|only| only != route);
         let Some(transforms) = &self.transforms else {
             for (offset, data) in frame.records.iter().enumerate() {
                 let sequence = frame.first_sequence + offset as u64;
                 let (route, data, suffix) = match self.route(data, sequence, frame.arrival_ms) {
-                    Routed::Sink { route, data } => (route, std::borrow::Cow::Borrowed(data), suffix),
+                    Routed::Sink { route, data } => {
+                        (route, std::borrow::Cow::Borrowed(data), delimiter.suffix_for(data))
+                    }
                     Routed::Failed { route, line } => (route, std::borrow::Cow::Owned(line), &b""[..]),
                 };
                 if !skip(&route, sequence) {
@@ -166,7 +164,9 @@ impl Router {
             }
             for output in &outputs {
                 let (route, data, suffix) = match self.route(output, sequence, frame.arrival_ms) {
-                    Routed::Sink { route, data } => (route, std::borrow::Cow::Borrowed(data), suffix),
+                    Routed::Sink { route, data } => {
+                        (route, std::borrow::Cow::Borrowed(data), delimiter.suffix_for(data))
+                    }
                     Routed::Failed { route, line } => (route, std::borrow::Cow::Owned(line), &b""[..]),
                 };
                 if skip(&route, sequence) {

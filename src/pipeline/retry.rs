@@ -212,13 +212,13 @@ impl Delivery {
 
     /// A batch of some of `batch`'s records, encoded again, under the same id.
     async fn reencode(&self, batch: &Batch, records: Vec<Record>) -> Result<Batch, DeliveryError> {
-        let (encoders, delimiter) = (self.encoders.clone(), self.router.delimiter.suffix());
+        let (encoders, delimiter) = (self.encoders.clone(), self.router.delimiter);
         let (stream, id, partition) = (batch.stream.clone(), batch.id, batch.partition.clone());
         let rebuilt = tokio::task::spawn_blocking(move || -> Result<Batch, EncodeError> {
             let mut encoder = encoders.new_encoder(spillway_sink_api::encode::DEFAULT_CHUNK_BYTES);
             let mut sequences = SequenceSet::default();
             for record in &records {
-                encoder.push(&record.data, delimiter)?;
+                encoder.push(&record.data, delimiter.suffix_for(&record.data))?;
                 sequences.push(record.sequence);
             }
             Ok(Batch {
@@ -227,7 +227,10 @@ impl Delivery {
                 partition,
                 start: records.first().map_or(0, |record| record.sequence),
                 end: records.last().map_or(0, |record| record.sequence + 1),
-                record_bytes: records.iter().map(|record| record.data.len() + delimiter.len()).sum(),
+                record_bytes: records
+                    .iter()
+                    .map(|record| record.data.len() + delimiter.suffix_for(&record.data).len())
+                    .sum(),
                 oldest_arrival_ms: records.iter().map(|record| record.arrival_ms).min().unwrap_or(0),
                 sequences,
                 payload: encoder.finish()?,
