@@ -220,3 +220,64 @@ async fn newline_if_missing_never_doubles_a_producers_newline() {
     let body: Vec<u8> = objects.into_iter().flat_map(|(_, body)| body).collect();
     assert_eq!(String::from_utf8(body).unwrap(), "{\"a\":1}\n{\"b\":2}\nplain\n\n");
 }
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(data).unwrap();
+    encoder.finish().unwrap()
+}
+
+/// CloudWatch Logs subscription payloads (gzip, with a control message) become one record per
+/// log event; gzipped records (Fluent Bit's `compression gzip`) land decompressed, not as gzip
+/// inside gzip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudwatch_logs_payloads_and_gzipped_records_are_unpacked() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "server:\n  listen: 127.0.0.1:0\n  shutdown_grace_seconds: 30\n\
+        data_dir: ./data\n\
+        streams:\n\
+        \x20 - name: cwl\n\
+        \x20   processing:\n\
+        \x20     record_delimiter: newline\n\
+        \x20     transforms: [ { type: cloudwatch_logs } ]\n\
+        \x20   sink: { type: s3, url: file://./out-cwl }\n\
+        \x20 - name: fluent\n\
+        \x20   processing:\n\
+        \x20     record_delimiter: newline_if_missing\n\
+        \x20     transforms: [ { type: decompress, format: gzip } ]\n\
+        \x20   sink: { type: s3, url: file://./out-fluent, compression: gzip }\n";
+    let spillway = Spillway::start(dir.path(), yaml);
+    let client = spillway.client().await;
+    let data = br#"{"messageType":"DATA_MESSAGE","owner":"123456789012","logGroup":"/aws/lambda/f","logStream":"2026/11/25/[$LATEST]abc","subscriptionFilters":["to-firehose"],"logEvents":[{"id":"1","timestamp":1764028800000,"message":"START RequestId: 1"},{"id":"2","timestamp":1764028800001,"message":"{\"level\":\"info\",\"msg\":\"hi\"}"}]}"#;
+    let control = br#"{"messageType":"CONTROL_MESSAGE","owner":"CloudwatchLogs","logGroup":"","logStream":"","subscriptionFilters":[],"logEvents":[{"id":"","timestamp":1764028800000,"message":"CWL CONTROL MESSAGE: Checking health of destination Firehose."}]}"#;
+    for (stream, record) in [
+        ("cwl", gzip(control)),
+        ("cwl", gzip(data)),
+        ("cwl", b"not a payload".to_vec()),
+        ("fluent", gzip(b"{\"log\":\"one\"}\n")),
+        ("fluent", gzip(b"{\"log\":\"two\"}\n")),
+    ] {
+        client
+            .put_record()
+            .delivery_stream_name(stream)
+            .record(Record::builder().data(Blob::new(record)).build().unwrap())
+            .send()
+            .await
+            .expect("put");
+    }
+    assert_eq!(spillway.terminate(), 0);
+
+    let cwl = local_objects(&dir.path().join("out-cwl"));
+    let delivered: Vec<&(String, Vec<u8>)> =
+        cwl.iter().filter(|(key, _)| !key.starts_with("processing-failed/")).collect();
+    let body: Vec<u8> = delivered.iter().flat_map(|(_, body)| body.clone()).collect();
+    assert_eq!(String::from_utf8(body).unwrap(), "START RequestId: 1\n{\"level\":\"info\",\"msg\":\"hi\"}\n");
+    let failed = lines_under(&cwl, "processing-failed/");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].1["errorCode"], "CloudWatchLogs.InvalidPayload");
+
+    let fluent = local_objects(&dir.path().join("out-fluent"));
+    let body: Vec<u8> = fluent.iter().flat_map(|(_, body)| body.clone()).collect();
+    assert_eq!(String::from_utf8(body).unwrap(), "{\"log\":\"one\"}\n{\"log\":\"two\"}\n");
+}

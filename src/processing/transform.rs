@@ -23,6 +23,15 @@ pub const JQ_NON_JSON_RECORD: &str = "Jq.NonJsonRecord";
 /// `errorCode` of a record on which the jq filter raised an error.
 pub const JQ_FILTER_ERROR: &str = "Jq.FilterError";
 
+/// `errorCode` of a record the `decompress` transform cannot gunzip.
+pub const DECOMPRESSION_FAILED: &str = "Decompression.Failed";
+/// `errorCode` of a record that is not a CloudWatch Logs subscription payload.
+pub const CLOUDWATCH_LOGS_INVALID: &str = "CloudWatchLogs.InvalidPayload";
+
+/// Largest record a decompression may produce: a 1,000 KiB record that inflates past this is
+/// refused rather than allowed to take memory without bound.
+const MAX_DECOMPRESSED_BYTES: u64 = 64 << 20;
+
 /// One entry of `processing.transforms`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -36,12 +45,41 @@ pub enum TransformConfig {
         #[serde(default)]
         raw_output: bool,
     },
+    /// Firehose's `Decompression` processor: gunzip each record (for producers that gzip every
+    /// record, such as Fluent Bit's `compression gzip`, which would otherwise land as gzip
+    /// inside gzip).
+    Decompress {
+        #[serde(default)]
+        format: DecompressFormat,
+    },
+    /// Firehose's `Decompression` + `CloudWatchLogProcessing` for CloudWatch Logs subscription
+    /// payloads (gzip as CloudWatch Logs sends them, or already decompressed): `CONTROL_MESSAGE`s
+    /// are dropped; with `data_message_extraction` (default true) each log event's `message`
+    /// becomes one record, otherwise each data message is passed on as its JSON.
+    CloudwatchLogs {
+        #[serde(default = "default_true")]
+        data_message_extraction: bool,
+    },
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `decompress.format`: Firehose's Decompression processor knows gzip only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecompressFormat {
+    #[default]
+    Gzip,
 }
 
 impl TransformConfig {
     pub fn type_name(&self) -> &'static str {
         match self {
             TransformConfig::Jq { .. } => "jq",
+            TransformConfig::Decompress { .. } => "decompress",
+            TransformConfig::CloudwatchLogs { .. } => "cloudwatch_logs",
         }
     }
 
@@ -50,6 +88,10 @@ impl TransformConfig {
         match self {
             TransformConfig::Jq { expr, raw_output } => {
                 Ok(Box::new(JqTransform { filter: compile_jq(expr)?, raw_output: *raw_output }))
+            }
+            TransformConfig::Decompress { format: DecompressFormat::Gzip } => Ok(Box::new(Gunzip)),
+            TransformConfig::CloudwatchLogs { data_message_extraction } => {
+                Ok(Box::new(CloudWatchLogs { extract_messages: *data_message_extraction }))
             }
         }
     }
@@ -142,6 +184,75 @@ impl Transform for JqTransform {
     }
 }
 
+struct Gunzip;
+
+impl Transform for Gunzip {
+    fn apply(&self, record: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), TransformFailure> {
+        out.push(gunzip(record).map_err(|message| TransformFailure { code: DECOMPRESSION_FAILED, message })?);
+        Ok(())
+    }
+}
+
+/// Every member of a gzip record, up to [`MAX_DECOMPRESSED_BYTES`].
+fn gunzip(record: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    if !record.starts_with(&[0x1f, 0x8b]) {
+        return Err("the record is not gzip (no gzip magic bytes)".into());
+    }
+    let mut decoded = Vec::with_capacity(record.len() * 4);
+    flate2::read::MultiGzDecoder::new(record)
+        .take(MAX_DECOMPRESSED_BYTES + 1)
+        .read_to_end(&mut decoded)
+        .map_err(|error| format!("gzip: {error}"))?;
+    if decoded.len() as u64 > MAX_DECOMPRESSED_BYTES {
+        return Err(format!("the record decompresses to more than {} MiB", MAX_DECOMPRESSED_BYTES >> 20));
+    }
+    Ok(decoded)
+}
+
+struct CloudWatchLogs {
+    extract_messages: bool,
+}
+
+/// The parts of a CloudWatch Logs subscription payload this transform reads.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LogsPayload {
+    message_type: String,
+    #[serde(default)]
+    log_events: Vec<LogEvent>,
+}
+
+#[derive(Deserialize)]
+struct LogEvent {
+    message: String,
+}
+
+impl Transform for CloudWatchLogs {
+    fn apply(&self, record: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), TransformFailure> {
+        let invalid = |message: String| TransformFailure { code: CLOUDWATCH_LOGS_INVALID, message };
+        let decoded = if record.starts_with(&[0x1f, 0x8b]) {
+            std::borrow::Cow::Owned(gunzip(record).map_err(invalid)?)
+        } else {
+            std::borrow::Cow::Borrowed(record)
+        };
+        let payload: LogsPayload = serde_json::from_slice(&decoded)
+            .map_err(|error| invalid(format!("not a CloudWatch Logs subscription payload: {error}")))?;
+        match payload.message_type.as_str() {
+            "CONTROL_MESSAGE" => Ok(()),
+            "DATA_MESSAGE" if self.extract_messages => {
+                out.extend(payload.log_events.into_iter().map(|event| event.message.into_bytes()));
+                Ok(())
+            }
+            "DATA_MESSAGE" => {
+                out.push(decoded.into_owned());
+                Ok(())
+            }
+            other => Err(invalid(format!("unknown messageType `{other}`"))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +301,48 @@ mod tests {
         assert!(failure.message.contains("two is bad"), "{failure}");
         let failure = run(&[jq(".a.b")], r#"{"a":5}"#).unwrap_err();
         assert_eq!(failure.code, JQ_FILTER_ERROR);
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    fn apply(config: TransformConfig, record: &[u8]) -> Result<Vec<Vec<u8>>, TransformFailure> {
+        let mut out = Vec::new();
+        Transforms::build(&[config]).unwrap().apply(record, &mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn decompress_gunzips_every_member_and_refuses_what_is_not_gzip() {
+        let decompress = || TransformConfig::Decompress { format: DecompressFormat::Gzip };
+        let mut two_members = gzip(b"hello ");
+        two_members.extend(gzip(b"world\n"));
+        assert_eq!(apply(decompress(), &two_members).unwrap(), [b"hello world\n".to_vec()]);
+        assert_eq!(apply(decompress(), b"plain").unwrap_err().code, DECOMPRESSION_FAILED);
+        let mut truncated = gzip(b"some longer text to compress");
+        truncated.truncate(truncated.len() - 6);
+        assert_eq!(apply(decompress(), &truncated).unwrap_err().code, DECOMPRESSION_FAILED);
+    }
+
+    #[test]
+    fn cloudwatch_logs_payloads_become_one_record_per_event() {
+        let data = br#"{"messageType":"DATA_MESSAGE","owner":"123456789012","logGroup":"/app","logStream":"s",
+            "subscriptionFilters":["f"],"logEvents":[{"id":"1","timestamp":1,"message":"first"},
+            {"id":"2","timestamp":2,"message":"{\"level\":\"info\"}"}]}"#;
+        let extract = || TransformConfig::CloudwatchLogs { data_message_extraction: true };
+        assert_eq!(apply(extract(), &gzip(data)).unwrap(), [b"first".to_vec(), br#"{"level":"info"}"#.to_vec()]);
+        assert_eq!(apply(extract(), data).unwrap().len(), 2, "already decompressed payloads too");
+        let control = br#"{"messageType":"CONTROL_MESSAGE","owner":"CloudwatchLogs","logGroup":"","logStream":"",
+            "subscriptionFilters":[],"logEvents":[{"id":"","timestamp":1,"message":"CWL CONTROL MESSAGE"}]}"#;
+        assert!(apply(extract(), &gzip(control)).unwrap().is_empty(), "control messages are dropped");
+        let whole = apply(TransformConfig::CloudwatchLogs { data_message_extraction: false }, &gzip(data)).unwrap();
+        assert_eq!(whole, [data.to_vec()]);
+        assert_eq!(apply(extract(), &gzip(b"{\"a\":1}")).unwrap_err().code, CLOUDWATCH_LOGS_INVALID);
+        assert_eq!(apply(extract(), b"\x1f\x8bnot really").unwrap_err().code, CLOUDWATCH_LOGS_INVALID);
     }
 
     #[test]
