@@ -5,6 +5,7 @@
 //!
 //! Must not: write intents or checkpoints, or talk to a sink.
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,26 +131,19 @@ impl Router {
         arrived_at: Instant,
         closed: &mut Vec<ClosedBatch>,
     ) -> Result<(), EncodeError> {
-        let delimiter = self.delimiter;
         let skip =
             |route: &Route, sequence: u64| claimed.holds(route, sequence) || only.is_some_and(|only| only != route);
+        let mut touched: Vec<Route> = Vec::new();
         let Some(transforms) = &self.transforms else {
             for (offset, data) in frame.records.iter().enumerate() {
                 let sequence = frame.first_sequence + offset as u64;
-                let (route, data, suffix) = match self.route(data, sequence, frame.arrival_ms) {
-                    Routed::Sink { route, data } => {
-                        (route, std::borrow::Cow::Borrowed(data), delimiter.suffix_for(data))
-                    }
-                    Routed::Failed { route, line } => (route, std::borrow::Cow::Owned(line), &b""[..]),
-                };
-                if !skip(&route, sequence) {
-                    closed.extend(open.push(&route, sequence, &data, suffix, frame.arrival_ms, arrived_at)?);
-                }
+                touched.clear();
+                self.place(open, data, sequence, frame.arrival_ms, arrived_at, &skip, &mut touched)?;
+                closed.extend(open.settle(&touched)?);
             }
             return Ok(());
         };
         let mut outputs = Vec::new();
-        let mut touched: Vec<Route> = Vec::new();
         for (offset, data) in frame.records.iter().enumerate() {
             let sequence = frame.first_sequence + offset as u64;
             touched.clear();
@@ -163,21 +157,49 @@ impl Router {
                 continue;
             }
             for output in &outputs {
-                let (route, data, suffix) = match self.route(output, sequence, frame.arrival_ms) {
-                    Routed::Sink { route, data } => {
-                        (route, std::borrow::Cow::Borrowed(data), delimiter.suffix_for(data))
-                    }
-                    Routed::Failed { route, line } => (route, std::borrow::Cow::Owned(line), &b""[..]),
-                };
-                if skip(&route, sequence) {
-                    continue;
-                }
-                open.append(&route, sequence, &data, suffix, frame.arrival_ms, arrived_at)?;
-                if !touched.contains(&route) {
-                    touched.push(route);
-                }
+                self.place(open, output, sequence, frame.arrival_ms, arrived_at, &skip, &mut touched)?;
             }
             closed.extend(open.settle(&touched)?);
+        }
+        Ok(())
+    }
+
+    /// Append one (transformed) record to its route's open batch, or, when its partition keys
+    /// fail or the sink's encoder refuses it, a Firehose error record to the error output's;
+    /// note the route in `touched`.
+    #[allow(clippy::too_many_arguments)]
+    fn place(
+        &self,
+        open: &mut OpenBatches,
+        data: &[u8],
+        sequence: u64,
+        arrival_ms: i64,
+        arrived_at: Instant,
+        skip: &dyn Fn(&Route, u64) -> bool,
+        touched: &mut Vec<Route>,
+    ) -> Result<(), EncodeError> {
+        let (route, data, suffix) = match self.route(data, sequence, arrival_ms) {
+            Routed::Sink { route, data } => (route, Cow::Borrowed(data), self.delimiter.suffix_for(data)),
+            Routed::Failed { route, line } => (route, Cow::Owned(line), &b""[..]),
+        };
+        if skip(&route, sequence) {
+            return Ok(());
+        }
+        let route = match open.append(&route, sequence, &data, suffix, arrival_ms, arrived_at) {
+            Ok(()) => route,
+            Err(EncodeError::Rejected { output_type, code, message }) => {
+                let route = Route::error_output(output_type);
+                if skip(&route, sequence) {
+                    return Ok(());
+                }
+                let line = failure_line(&data, sequence, arrival_ms, code, &message);
+                open.append(&route, sequence, &line, b"", arrival_ms, arrived_at)?;
+                route
+            }
+            Err(error) => return Err(error),
+        };
+        if !touched.contains(&route) {
+            touched.push(route);
         }
         Ok(())
     }

@@ -207,7 +207,16 @@ impl OpenBatches {
                 self.batches.entry(route.clone()).or_insert(batch)
             }
         };
-        batch.encoder.push(data, suffix)?;
+        if let Err(error) = batch.encoder.push(data, suffix) {
+            // A batch opened for a record its encoder refused holds nothing: drop it, so it
+            // neither holds the watermark nor becomes an empty object.
+            if batch.sequences.is_empty() {
+                let held = batch.held;
+                self.batches.remove(route);
+                self.budget.update(held, 0);
+            }
+            return Err(error);
+        }
         batch.sequences.push(sequence);
         batch.record_bytes += data.len() + suffix.len();
         batch.oldest_arrival_ms = batch.oldest_arrival_ms.min(arrival_ms);

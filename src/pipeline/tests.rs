@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use spillway_sink_api::testkit::{MemoryEncoderFactory, MemorySink};
-use spillway_sink_api::{PartitionKeys, RecordFailure, SinkError};
+use spillway_sink_api::{EncodeError, PartitionKeys, RecordFailure, SinkError};
 
 use super::*;
 use crate::config::{FsyncPolicy, RecordDelimiter};
@@ -462,5 +462,70 @@ async fn a_partial_retry_reads_back_the_transformed_records_of_its_partition() {
     assert_eq!(errors.len(), 1);
     let line: serde_json::Value = serde_json::from_slice(&errors[0].1).unwrap();
     assert_eq!(line["rawData"], "YToz", "the transformed record that failed (a:3)");
+    harness.wal.close();
+}
+
+/// Refuses records that start with `reject`, as a Parquet encoder refuses what does not fit
+/// its schema.
+struct RejectingEncoderFactory;
+
+struct RejectingEncoder(Box<dyn spillway_sink_api::Encoder>);
+
+impl EncoderFactory for RejectingEncoderFactory {
+    fn new_encoder(&self, chunk_bytes: usize) -> Box<dyn spillway_sink_api::Encoder> {
+        Box::new(RejectingEncoder(MemoryEncoderFactory.new_encoder(chunk_bytes)))
+    }
+}
+
+impl spillway_sink_api::Encoder for RejectingEncoder {
+    fn push(&mut self, data: &[u8], delimiter: &[u8]) -> Result<(), EncodeError> {
+        if data.starts_with(b"reject") {
+            return Err(EncodeError::Rejected {
+                output_type: "format-conversion-failed",
+                code: "Test.Rejected",
+                message: "does not fit".into(),
+            });
+        }
+        self.0.push(data, delimiter)
+    }
+    fn held_bytes(&self) -> usize {
+        self.0.held_bytes()
+    }
+    fn finish(self: Box<Self>) -> Result<spillway_sink_api::Payload, EncodeError> {
+        self.0.finish()
+    }
+}
+
+#[tokio::test]
+async fn a_record_the_encoder_refuses_goes_to_the_error_output_and_the_rest_is_delivered() {
+    let harness = Harness::new();
+    harness.append_lines(&["a:1", "reject:1", "a:2", "reject:2"]).await;
+    let (_stop, stop_rx) = watch::channel(true);
+    let mut delivery_loop =
+        harness.delivery_loop_with(1 << 20, Duration::from_secs(900), Duration::from_secs(60), partitioned());
+    delivery_loop.encoders = Arc::new(RejectingEncoderFactory);
+    delivery_loop.run(stop_rx).await.unwrap();
+    assert_eq!(
+        batch_contents(&harness.sink),
+        BTreeMap::from([("a".into(), vec![(0, "a:1".into()), (2, "a:2".into())])]),
+        "no (empty) batch for the partition whose only records were refused"
+    );
+    let errors = harness.sink.error_lines();
+    let raw: Vec<(String, String)> = errors
+        .iter()
+        .map(|(output_type, line)| {
+            let line: serde_json::Value = serde_json::from_slice(line).unwrap();
+            assert_eq!(line["errorCode"], "Test.Rejected");
+            (output_type.clone(), line["rawData"].as_str().unwrap().to_string())
+        })
+        .collect();
+    assert_eq!(
+        raw,
+        [
+            ("format-conversion-failed".to_string(), "cmVqZWN0OjE=".to_string()),
+            ("format-conversion-failed".to_string(), "cmVqZWN0OjI=".to_string())
+        ]
+    );
+    assert_eq!(Checkpoint::new(&harness.stream_dir).load().unwrap(), 4);
     harness.wal.close();
 }

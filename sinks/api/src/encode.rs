@@ -68,6 +68,11 @@ pub enum EncodeError {
     Io(#[from] io::Error),
     #[error("the record cannot be encoded: {0}")]
     Record(String),
+    /// The encoder refused this one record (it does not fit the output format, e.g. a Parquet
+    /// schema); nothing of it was written and the encoder takes further records. The pipeline
+    /// sends the record to the error output under `output_type` with `code` and `message`.
+    #[error("{code}: {message}")]
+    Rejected { output_type: &'static str, code: &'static str, message: String },
     #[error("a compression worker stopped")]
     WorkerLost,
 }
@@ -75,7 +80,8 @@ pub enum EncodeError {
 /// One open batch's encoder. Called from a blocking thread: encoding is CPU work.
 pub trait Encoder: Send + 'static {
     /// Append one record's bytes (after processing), followed by `delimiter` (empty unless the
-    /// stream appends one, as Firehose's `AppendDelimiterToRecord`).
+    /// stream appends one, as Firehose's `AppendDelimiterToRecord`). A record that cannot be
+    /// encoded is refused with [`EncodeError::Rejected`], leaving the encoder as it was.
     fn push(&mut self, data: &[u8], delimiter: &[u8]) -> Result<(), EncodeError>;
 
     /// Bytes this encoder holds in memory now (encoded output, staging, work in progress); the
