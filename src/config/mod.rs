@@ -876,7 +876,7 @@ mod tests {
         );
         assert!(found[1].message.contains("undefined filter `nope`"), "{}", found[1]);
         let yaml = "streams:\n  - name: s\n    processing: { transforms: [ { type: lua, expr: '.' } ] }\n    sink: { type: s3, url: 'file://out' }\n";
-        let error = serde_yaml_ng::from_str::<Config>(yaml).err().expect("an unknown transform type is refused");
+        let error = serde_yaml_ng::from_str::<Config>(yaml).expect_err("an unknown transform type is refused");
         assert!(error.to_string().contains("unknown variant `lua`"), "{error}");
     }
 
