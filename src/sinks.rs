@@ -95,7 +95,7 @@ impl SinkConfig {
             SinkConfig::S3(config) => {
                 let sink = Arc::new(config.build_versioned(stream, version_id)?);
                 Ok(BuiltSink {
-                    encoders: Arc::new(sink.encoder_factory()),
+                    encoders: sink.encoder_factory(),
                     sink: sink.clone(),
                     error_output: sink,
                     failure_output_type: "s3-failed",

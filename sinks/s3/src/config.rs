@@ -14,7 +14,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::{BackoffConfig, ObjectStore, RetryConfig};
 use serde::Deserialize;
-use spillway_sink_api::{Compression, Secret, SinkError};
+use spillway_sink_api::{Compression, EncoderFactory, RawEncoderFactory, Secret, SinkError};
 
 use crate::key::{PrefixKind, PrefixTemplate};
 use crate::sink::{S3Sink, StoreKind};
@@ -46,6 +46,10 @@ pub struct S3SinkConfig {
     pub error_output_url: Option<String>,
     #[serde(default)]
     pub compression: Compression,
+    /// What an object holds: records as sent (`json`, the default: Firehose writes records as
+    /// they come) or Parquet converted from JSON records (`parquet`).
+    #[serde(default)]
+    pub format: OutputFormat,
     /// Replaces the compression's extension (`.gz`, `.zst`); `""` means none.
     #[serde(default)]
     pub file_extension: Option<String>,
@@ -85,6 +89,17 @@ fn default_multipart_threshold_mib() -> u64 {
 
 fn default_part_size_mib() -> u64 {
     8
+}
+
+/// `format` of an S3 sink.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// Records as sent (after processing), concatenated, then `compression`.
+    #[default]
+    Json,
+    /// Firehose's record format conversion: JSON records → Parquet rows of a schema.
+    Parquet(crate::parquet::ParquetConfig),
 }
 
 /// One validation problem; `field` is relative to the `sink` key (e.g. `prefix`).
@@ -220,6 +235,20 @@ impl S3SinkConfig {
             problems.push(ConfigProblem::new("file_extension", message));
         }
 
+        if let OutputFormat::Parquet(parquet) = &self.format {
+            for (field, message) in parquet.validate() {
+                problems.push(ConfigProblem::new(&format!("format.{field}"), message));
+            }
+            // Firehose: with format conversion the S3 compression must be UNCOMPRESSED; Parquet
+            // compresses its own pages (`format.compression`).
+            if self.compression != Compression::None {
+                problems.push(ConfigProblem::new(
+                    "compression",
+                    "must be none with format parquet (Parquet compresses its pages: set format.compression)",
+                ));
+            }
+        }
+
         if !(MIN_PART_SIZE_MIB..=MAX_PART_SIZE_MIB).contains(&self.part_size_mib) {
             problems.push(ConfigProblem::new(
                 "part_size_mib",
@@ -293,10 +322,13 @@ impl S3SinkConfig {
             Some(error_url) => self.build_store(Destination::parse(error_url).map_err(invalid)?)?.0,
             None => store.clone(),
         };
-        let extension = match &self.file_extension {
-            Some(extension) => extension.clone(),
-            None => self.compression.extension().to_string(),
+        let (encoders, default_extension): (Arc<dyn EncoderFactory>, &str) = match &self.format {
+            OutputFormat::Json => {
+                (Arc::new(RawEncoderFactory { compression: self.compression }), self.compression.extension())
+            }
+            OutputFormat::Parquet(parquet) => (Arc::new(parquet.encoder_factory().map_err(invalid)?), ".parquet"),
         };
+        let extension = self.file_extension.clone().unwrap_or_else(|| default_extension.to_string());
         Ok(S3Sink::new(crate::sink::SinkParts {
             stream: stream.to_string(),
             version_id,
@@ -308,6 +340,7 @@ impl S3SinkConfig {
             prefix,
             error_prefix,
             compression: self.compression,
+            encoders,
             extension,
             multipart_threshold: self.multipart_threshold_mib.saturating_mul(MIB),
             part_size: self.part_size_mib.saturating_mul(MIB),
@@ -409,6 +442,7 @@ mod tests {
             error_output_prefix: None,
             error_output_url: None,
             compression: Compression::None,
+            format: OutputFormat::Json,
             file_extension: None,
             endpoint: None,
             region: None,

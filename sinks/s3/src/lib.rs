@@ -6,6 +6,8 @@
 //! - [`config`]: `S3SinkConfig` (the YAML `sink:` block), pure `validate`, and `build`.
 //! - [`key`]: prefix expressions (`!{timestamp:..}`, `!{firehose:..}`, partition keys) and
 //!   Firehose object names; pure.
+//! - [`parquet`]: the Parquet encoder (`format: {type: parquet}`): JSON records → typed column
+//!   builders → row groups.
 //! - [`sink`]: `S3Sink`, the `Sink` and `ErrorOutput` implementations (single PUT or multipart).
 //! - [`error`]: classification of object store failures into `SinkError`.
 //! - `credentials`: the standard AWS credential chain (profiles, SSO, roles) when the YAML names
@@ -15,9 +17,10 @@ pub mod config;
 mod credentials;
 pub mod error;
 pub mod key;
+pub mod parquet;
 pub mod sink;
 
-pub use config::{ConfigProblem, Destination, S3SinkConfig};
+pub use config::{ConfigProblem, Destination, OutputFormat, S3SinkConfig};
 pub use error::is_destination_state;
 pub use key::{PrefixError, PrefixKind, PrefixTemplate};
 pub use sink::S3Sink;

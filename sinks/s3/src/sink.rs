@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{Attribute, Attributes, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, WriteMultipart};
-use spillway_sink_api::{Batch, Compression, ErrorOutput, Payload, RawEncoderFactory, Sink, SinkError};
+use spillway_sink_api::{Batch, Compression, EncoderFactory, ErrorOutput, Payload, Sink, SinkError};
 use uuid::Uuid;
 
 use crate::error::{Operation, classify};
@@ -44,6 +44,8 @@ pub(crate) struct SinkParts {
     pub prefix: PrefixTemplate,
     pub error_prefix: PrefixTemplate,
     pub compression: Compression,
+    /// How open batches are held: raw + compression, or Parquet.
+    pub encoders: Arc<dyn EncoderFactory>,
     pub extension: String,
     pub multipart_threshold: u64,
     pub part_size: u64,
@@ -69,10 +71,10 @@ impl S3Sink {
         Self { parts }
     }
 
-    /// The encoder open batches of this sink are held in: records as sent, then the configured
-    /// compression.
-    pub fn encoder_factory(&self) -> RawEncoderFactory {
-        RawEncoderFactory { compression: self.parts.compression }
+    /// The encoder open batches of this sink are held in: records as sent then the configured
+    /// compression, or Parquet row groups (`format`).
+    pub fn encoder_factory(&self) -> Arc<dyn EncoderFactory> {
+        self.parts.encoders.clone()
     }
 
     /// The stream this sink was built for.
