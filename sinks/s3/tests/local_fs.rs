@@ -114,7 +114,7 @@ async fn local_sink_passes_conformance() {
             serde_json::from_value(serde_json::json!(compression)).expect("compression parses");
         let reader = LocalReadBack { dir: dir.path().to_path_buf(), compression };
         let factory = sink.encoder_factory();
-        check_conformance(&sink, &sink, &factory, &reader, "stream", PartitionKeys::new()).await;
+        check_conformance(&sink, &sink, &*factory, &reader, "stream", PartitionKeys::new()).await;
     }
 }
 
@@ -122,7 +122,7 @@ async fn local_sink_passes_conformance() {
 async fn gzip_object_has_the_firehose_key_and_round_trips() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sink = build(dir.path(), serde_json::json!({ "compression": "gzip" }));
-    let batch = sample_batch(&sink.encoder_factory(), "stream", Uuid::new_v4(), 20);
+    let batch = sample_batch(&*sink.encoder_factory(), "stream", Uuid::new_v4(), 20);
     sink.write(&batch).await.expect("write");
 
     let written = files(dir.path());
@@ -147,7 +147,7 @@ async fn prefix_expressions_and_file_extension_shape_the_key() {
             "file_extension": ".json.gz",
         }),
     );
-    let batch = sample_batch(&sink.encoder_factory(), "stream", Uuid::new_v4(), 3);
+    let batch = sample_batch(&*sink.encoder_factory(), "stream", Uuid::new_v4(), 3);
     sink.write(&batch).await.expect("write");
     let keys: Vec<String> = files(dir.path()).into_iter().map(|(key, _)| key).collect();
     assert_eq!(keys, vec![format!("logs/year=2025/month=11/stream-1-2025-11-24-16-00-00-{}.json.gz", batch.id)]);
@@ -165,7 +165,7 @@ async fn large_objects_go_through_multipart_upload() {
             sequence,
         })
         .collect();
-    let batch = encode_batch(&sink.encoder_factory(), "stream", Uuid::new_v4(), PartitionKeys::new(), &records);
+    let batch = encode_batch(&*sink.encoder_factory(), "stream", Uuid::new_v4(), PartitionKeys::new(), &records);
     assert!(batch.payload.chunks().len() > 1, "the payload arrives in several chunks");
     sink.write(&batch).await.expect("multipart write");
     sink.write(&batch).await.expect("multipart replay");
@@ -181,7 +181,7 @@ async fn large_objects_go_through_multipart_upload() {
 async fn error_records_go_under_the_error_output_prefix() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sink = build(dir.path(), serde_json::json!({ "compression": "gzip" }));
-    let batch = sample_batch(&sink.encoder_factory(), "stream", Uuid::new_v4(), 2);
+    let batch = sample_batch(&*sink.encoder_factory(), "stream", Uuid::new_v4(), 2);
     let lines = b"{\"errorCode\":\"Lambda.FunctionError\"}\n".to_vec();
     sink.write_error_records(&batch, "processing-failed", lines.clone()).await.expect("error output");
     sink.write_error_records(&batch, "processing-failed", lines.clone()).await.expect("error output replay");
@@ -196,7 +196,7 @@ async fn error_records_go_under_the_error_output_prefix() {
 async fn literal_error_prefix_keeps_error_types_apart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sink = build(dir.path(), serde_json::json!({ "error_output_prefix": "errors/" }));
-    let batch = sample_batch(&sink.encoder_factory(), "stream", Uuid::new_v4(), 2);
+    let batch = sample_batch(&*sink.encoder_factory(), "stream", Uuid::new_v4(), 2);
     sink.write_error_records(&batch, "processing-failed", b"a\n".to_vec()).await.expect("first type");
     sink.write_error_records(&batch, "format-conversion-failed", b"b\n".to_vec()).await.expect("second type");
     let keys: Vec<String> = files(dir.path()).into_iter().map(|(key, _)| key).collect();
@@ -214,13 +214,13 @@ async fn missing_partition_key_is_a_permanent_error() {
             "error_output_prefix": "errors/!{firehose:error-output-type}/",
         }),
     );
-    let batch = sample_batch(&sink.encoder_factory(), "stream", Uuid::new_v4(), 2);
+    let batch = sample_batch(&*sink.encoder_factory(), "stream", Uuid::new_v4(), 2);
     let error = sink.write(&batch).await.expect_err("no partition keys");
     assert_eq!(error.code, "S3.InvalidKey");
     assert!(!error.is_retriable());
 
     let keys = PartitionKeys::from([("service".to_string(), "api".to_string())]);
-    let batch = encode_batch(&sink.encoder_factory(), "stream", batch.id, keys, &sample_records(2));
+    let batch = encode_batch(&*sink.encoder_factory(), "stream", batch.id, keys, &sample_records(2));
     sink.write(&batch).await.expect("write with keys");
     let written: Vec<String> = files(dir.path()).into_iter().map(|(key, _)| key).collect();
     assert_eq!(written, vec![format!("service=api/stream-1-2025-11-24-16-00-00-{}", batch.id)]);

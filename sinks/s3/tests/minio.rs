@@ -129,7 +129,7 @@ async fn minio_sink_passes_conformance() {
     let bucket = TestBucket::create(&service, "conformance").await;
     let sink = sink_for(&service, &bucket.name, serde_json::json!({}));
     let factory = sink.encoder_factory();
-    check_conformance(&sink, &sink, &factory, &bucket, "stream", PartitionKeys::new()).await;
+    check_conformance(&sink, &sink, &*factory, &bucket, "stream", PartitionKeys::new()).await;
 
     // The same checks for a partitioned prefix: partition values land in the key.
     let partitioned = sink_for(
@@ -159,10 +159,10 @@ async fn minio_sink_passes_conformance() {
             self.0.read_error_output(batch, error_output_type).await
         }
     }
-    check_conformance(&partitioned, &partitioned, &factory, &Gunzip(&bucket), "stream", keys).await;
+    check_conformance(&partitioned, &partitioned, &*factory, &Gunzip(&bucket), "stream", keys).await;
     assert!(bucket.keys().await.iter().any(|key| key.starts_with("service=api/stream-1-")));
 
-    let batch = sample_batch(&sink.encoder_factory(), "stream", Uuid::new_v4(), 3);
+    let batch = sample_batch(&*sink.encoder_factory(), "stream", Uuid::new_v4(), 3);
     sink.write(&batch).await.expect("write");
     let key = sink.object_key(&batch).expect("key");
     let (_, content_type) = bucket.get(&key).await;
@@ -185,7 +185,7 @@ async fn minio_multipart_upload_above_the_threshold() {
             sequence,
         })
         .collect();
-    let batch = encode_batch(&sink.encoder_factory(), "stream", Uuid::new_v4(), PartitionKeys::new(), &records);
+    let batch = encode_batch(&*sink.encoder_factory(), "stream", Uuid::new_v4(), PartitionKeys::new(), &records);
     let expected: Vec<u8> = records.iter().flat_map(|record| record.data.to_vec()).collect();
 
     sink.write(&batch).await.expect("multipart write");
@@ -208,7 +208,7 @@ async fn minio_error_output_is_written_uncompressed() {
     let service = service();
     let bucket = TestBucket::create(&service, "errors").await;
     let sink = sink_for(&service, &bucket.name, serde_json::json!({ "compression": "gzip" }));
-    let batch = sample_batch(&sink.encoder_factory(), "stream", Uuid::new_v4(), 2);
+    let batch = sample_batch(&*sink.encoder_factory(), "stream", Uuid::new_v4(), 2);
     let lines = b"{\"errorCode\":\"Lambda.FunctionError\"}\n".to_vec();
     sink.write_error_records(&batch, "processing-failed", lines.clone()).await.expect("error output");
 
@@ -226,7 +226,7 @@ async fn minio_missing_bucket_is_retriable_no_such_bucket() {
     let sink = sink_for(&service, &missing, serde_json::json!({}));
 
     let write_error = sink
-        .write(&sample_batch(&sink.encoder_factory(), "stream", Uuid::new_v4(), 2))
+        .write(&sample_batch(&*sink.encoder_factory(), "stream", Uuid::new_v4(), 2))
         .await
         .expect_err("bucket is missing");
     assert_eq!(
@@ -253,7 +253,7 @@ async fn minio_bad_credentials_are_retriable() {
     let sink = sink_for(&wrong, &bucket.name, serde_json::json!({}));
 
     let error = sink
-        .write(&sample_batch(&sink.encoder_factory(), "stream", Uuid::new_v4(), 2))
+        .write(&sample_batch(&*sink.encoder_factory(), "stream", Uuid::new_v4(), 2))
         .await
         .expect_err("wrong secret");
     assert_eq!((error.class, error.code.as_str()), (ErrorClass::Retriable, "S3.SignatureDoesNotMatch"), "{error}");
