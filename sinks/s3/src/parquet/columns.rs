@@ -110,25 +110,21 @@ pub enum Column {
 #[derive(Debug)]
 pub struct StructColumn {
     fields: Fields,
-    lookup: HashMap<String, usize>,
+    lookup: KeyLookup,
     children: Vec<Column>,
     valid: Vec<bool>,
-    options: Arc<KeyOptions>,
 }
 
 impl StructColumn {
     /// `renames`: column name → JSON key (`ColumnToJsonKeyMappings`, top level only).
     pub fn new(fields: &[(String, ColumnType)], options: Arc<KeyOptions>, renames: &HashMap<String, String>) -> Self {
-        let lookup = fields
+        let keys = fields
             .iter()
-            .enumerate()
-            .map(|(index, (name, _))| {
-                let key = renames.get(name).map_or(name.as_str(), String::as_str);
-                (options.normalize(key).into_owned(), index)
-            })
+            .map(|(name, _)| options.normalize(renames.get(name).map_or(name.as_str(), String::as_str)).into_owned())
             .collect();
+        let lookup = KeyLookup::new(keys, options.clone());
         let children = fields.iter().map(|(_, column_type)| Column::new(column_type, options.clone())).collect();
-        Self { fields: struct_fields(fields), lookup, children, valid: Vec::new(), options }
+        Self { fields: struct_fields(fields), lookup, children, valid: Vec::new() }
     }
 
     pub fn len(&self) -> usize {
@@ -168,10 +164,12 @@ impl StructColumn {
     /// Read one JSON object into a new row (a top-level record or a nested struct value).
     fn read_object<'de, A: MapAccess<'de>>(&mut self, mut map: A) -> Result<(), A::Error> {
         let mut seen = vec![false; self.children.len()];
-        while let Some(index) = map.next_key_seed(KeySeed { lookup: &self.lookup, options: &self.options })? {
+        let mut hint = 0;
+        while let Some(index) = map.next_key_seed(KeySeed { lookup: &self.lookup, hint })? {
             match index {
                 Some(index) if !seen[index] => {
                     seen[index] = true;
+                    hint = index + 1;
                     let name = self.fields[index].name();
                     map.next_value_seed(ColumnSeed(&mut self.children[index]))
                         .map_err(|error| de::Error::custom(format!("column `{name}`: {error}")))?;
@@ -598,10 +596,48 @@ fn parse_decimal(text: &str, precision: u8, scale: i8) -> Result<i128, String> {
     Ok(if negative { -value } else { value })
 }
 
+/// Finds the field a JSON key names without allocating or hashing: records of one stream
+/// mostly list their keys in the same order, so the field after the previous match is tried
+/// first, then every field (a handful to a few dozen) compared byte by byte.
+#[derive(Debug)]
+struct KeyLookup {
+    /// Normalized (lowercased when case-insensitive) key of each field, by field index.
+    keys: Vec<Box<[u8]>>,
+    options: Arc<KeyOptions>,
+}
+
+impl KeyLookup {
+    fn new(keys: Vec<String>, options: Arc<KeyOptions>) -> Self {
+        Self { keys: keys.into_iter().map(|key| key.into_bytes().into_boxed_slice()).collect(), options }
+    }
+
+    fn find(&self, key: &str, hint: usize) -> Option<usize> {
+        let key = key.as_bytes();
+        if self.keys.get(hint).is_some_and(|wanted| self.matches(wanted, key)) {
+            return Some(hint);
+        }
+        self.keys.iter().position(|wanted| self.matches(wanted, key))
+    }
+
+    fn matches(&self, wanted: &[u8], key: &[u8]) -> bool {
+        if wanted.len() != key.len() {
+            return false;
+        }
+        let (lower, dots) = (self.options.case_insensitive, self.options.dots_to_underscores);
+        if !lower && !dots {
+            return wanted == key;
+        }
+        wanted.iter().zip(key).all(|(&wanted, &byte)| {
+            let byte = if dots && byte == b'.' { b'_' } else { byte };
+            wanted == if lower { byte.to_ascii_lowercase() } else { byte }
+        })
+    }
+}
+
 /// Reads one JSON key and answers which field it names (`None`: not a column).
 struct KeySeed<'a> {
-    lookup: &'a HashMap<String, usize>,
-    options: &'a KeyOptions,
+    lookup: &'a KeyLookup,
+    hint: usize,
 }
 
 impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
@@ -617,7 +653,7 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
         formatter.write_str("an object key")
     }
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
-        Ok(self.lookup.get(self.options.normalize(key).as_ref()).copied())
+        Ok(self.lookup.find(key, self.hint))
     }
 }
 
