@@ -232,7 +232,7 @@ impl Encoder for ParquetEncoder {
         }
         // Summing the builders walks every column: often enough to keep a row group near its
         // size, rarely enough not to cost per record.
-        if self.rows.len() % 64 == 0 && self.rows.bytes() >= self.row_group_bytes {
+        if self.rows.len().is_multiple_of(64) && self.rows.bytes() >= self.row_group_bytes {
             self.write_row_group()?;
         }
         Ok(())
