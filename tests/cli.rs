@@ -22,19 +22,29 @@ fn validate_accepts_the_shipped_examples() {
     let (code, stdout, stderr) = spillway(&["validate", "--config", "config/local.yaml"], root);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("ok"));
-    let output = Command::new(env!("CARGO_BIN_EXE_spillway"))
-        .args(["validate", "-c", "config/minio.yaml"])
-        .current_dir(root)
-        .env("AWS_ACCESS_KEY_ID", "k")
-        .env("AWS_SECRET_ACCESS_KEY", "s")
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    for example in ["config/partitioned.yaml", "config/tail.yaml", "config/tls.yaml", "config/parquet.yaml"] {
-        let (code, _, stderr) = spillway(&["validate", "-c", example], root);
-        assert_eq!(code, 0, "{example}: {stderr}");
+    // Every example in config/, with the variables examples reference set to something.
+    let mut examples: Vec<_> = std::fs::read_dir(root.join("config"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "yaml"))
+        .collect();
+    examples.sort();
+    assert!(examples.len() >= 5, "{examples:?}");
+    for example in examples {
+        let output = Command::new(env!("CARGO_BIN_EXE_spillway"))
+            .arg("validate")
+            .arg("-c")
+            .arg(&example)
+            .current_dir(root)
+            .envs(EXAMPLE_ENV.iter().copied())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}: {}", example.display(), String::from_utf8_lossy(&output.stderr));
     }
 }
+
+/// Values for the `${VAR}` references of the shipped examples.
+const EXAMPLE_ENV: &[(&str, &str)] = &[("AWS_ACCESS_KEY_ID", "k"), ("AWS_SECRET_ACCESS_KEY", "s")];
 
 #[test]
 fn validate_requires_dynamic_partitioning_for_partition_keys_in_the_prefix() {
