@@ -408,3 +408,85 @@ async fn at_timestamp_and_latest_start_where_asked() {
     assert_exactly_once(dir.path(), "out-latest", &lines(&later));
 }
 
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn a_stream_created_after_start_is_read_once_it_exists() {
+    let client = kinesis().await;
+    let name = unique_name("later");
+    let dir = tempfile::tempdir().unwrap();
+    let spillway = start(dir.path(), &config_yaml(&[stream_yaml("waiting", &name, "out", ", starting_position: TRIM_HORIZON")]));
+    eventually(Duration::from_secs(20), "a logged ListShards failure", || {
+        spillway.log_text().contains("cannot list kinesis shards; retrying").then_some(())
+    })
+    .await;
+    create_stream(&client, &name, 1).await;
+    let entries: Vec<(String, Vec<u8>)> = (0..100u64).map(|n| ("k".to_string(), record("k", n))).collect();
+    put(&client, &name, &entries).await;
+    wait_for_lines(dir.path(), "out", entries.len(), Duration::from_secs(30)).await;
+    assert_eq!(spillway.terminate(), 0);
+    let expected = entries.iter().map(|(_, data)| String::from_utf8(data.clone()).unwrap()).collect();
+    assert_exactly_once(dir.path(), "out", &expected);
+}
+
+/// Back-pressure: the sink is down (its bucket does not exist yet) while 12 MiB wait in Kinesis;
+/// the readers stop at the 8 MiB WAL limit instead of holding records in memory, then everything
+/// arrives once when the bucket appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn a_full_wal_pauses_the_readers_and_loses_nothing() {
+    let client = kinesis().await;
+    let name = unique_name("full");
+    create_stream(&client, &name, 4).await;
+    let mut expected = BTreeSet::new();
+    let mut entries = Vec::new();
+    for n in 0..12_000u64 {
+        let key = format!("key-{}", n % 64);
+        let data = format!("{{\"k\":\"{key}\",\"n\":{n},\"pad\":\"{}\"}}", "y".repeat(1000)).into_bytes();
+        expected.insert(String::from_utf8(data.clone()).unwrap());
+        entries.push((key, data));
+    }
+    put(&client, &name, &entries).await;
+
+    let s3 = common::s3::client().await;
+    let bucket = format!("spillway-later-{}", uuid::Uuid::new_v4().simple());
+    let s3_endpoint = common::s3::env("SPILLWAY_TEST_S3_ENDPOINT");
+    let yaml = format!(
+        "server:\n  listen: 127.0.0.1:0\n  shutdown_grace_seconds: 30\ndata_dir: ./data\nlimits: {{ max_wal_mib: 8 }}\nstreams:\n\
+         \x20 - name: paused\n\
+         \x20   source: {{ type: kinesis, stream_name: {name}, endpoint: '{}', region: us-east-1, poll_interval_ms: 200, starting_position: TRIM_HORIZON }}\n\
+         \x20   processing: {{ record_delimiter: newline }}\n\
+         \x20   buffering: {{ size_mib: 1, interval_seconds: 1 }}\n\
+         \x20   retry: {{ duration_seconds: 600 }}\n{}",
+        endpoint(),
+        common::s3::sink_yaml(&bucket, &s3_endpoint)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let spillway = start(dir.path(), &yaml);
+    eventually(Duration::from_secs(30), "the readers waiting on a full wal", || {
+        spillway.log_text().contains("wal full; the kinesis reader waits").then_some(())
+    })
+    .await;
+    let undelivered = spillway.metric("spillway_wal_bytes{stream=\"paused\"}").await.unwrap();
+    assert!(undelivered <= 8.0 * 1024.0 * 1024.0, "wal within its limit: {undelivered}");
+    let read = spillway.metric("spillway_incoming_records_total{stream=\"paused\"}").await.unwrap();
+    assert!(read < entries.len() as f64, "reading paused before the backlog was read: {read}");
+
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let counts = loop {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for (_, body) in common::s3::objects(&s3, &bucket, "").await {
+            for line in String::from_utf8(body).unwrap().lines() {
+                *counts.entry(line.to_string()).or_insert(0) += 1;
+            }
+        }
+        if counts.len() >= expected.len() {
+            break counts;
+        }
+        assert!(Instant::now() < deadline, "{} of {} delivered after the bucket appeared", counts.len(), expected.len());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(spillway.terminate(), 0);
+    assert_counts_exactly_once(&counts, "the bucket", &expected);
+}

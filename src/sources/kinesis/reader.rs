@@ -30,7 +30,9 @@ use crate::wal::{SourcePosition, WalError};
 const MIN_CALL_SPACING: Duration = Duration::from_millis(200);
 /// A frame is cut after this many user records or bytes (at a Kinesis record boundary).
 const FRAME_MAX_RECORDS: usize = 5_000;
-const FRAME_MAX_BYTES: usize = 4 << 20;
+/// With a Kinesis record of at most 1 MiB on top, a frame stays under 4 MiB: the largest append
+/// `limits.max_wal_mib` is sized for.
+const FRAME_MAX_BYTES: usize = 3 << 20;
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
 
