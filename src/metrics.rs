@@ -182,8 +182,16 @@ struct SourceFamilies {
 
 impl SourceFamilies {
     fn register(&self, registry: &mut Registry) {
-        registry.register("spillway_source_records", "records a pulled source appended, per shard", self.records.clone());
-        registry.register("spillway_source_bytes", "record bytes a pulled source appended, per shard", self.bytes.clone());
+        registry.register(
+            "spillway_source_records",
+            "records a pulled source appended, per shard",
+            self.records.clone(),
+        );
+        registry.register(
+            "spillway_source_bytes",
+            "record bytes a pulled source appended, per shard",
+            self.bytes.clone(),
+        );
         registry.register(
             "spillway_source_millis_behind_latest",
             "kinesis MillisBehindLatest of the shard's last read",

@@ -141,7 +141,12 @@ fn assert_counts_exactly_once(counts: &BTreeMap<String, usize>, out: &str, expec
     let duplicated: Vec<_> = counts.iter().filter(|(_, count)| **count > 1).take(5).collect();
     assert!(duplicated.is_empty(), "{out}: delivered twice: {duplicated:?}");
     let missing: Vec<_> = expected.iter().filter(|line| !counts.contains_key(*line)).take(5).collect();
-    assert!(missing.is_empty(), "{out}: {} of {} missing, e.g. {missing:?}", expected.len() - counts.len().min(expected.len()), expected.len());
+    assert!(
+        missing.is_empty(),
+        "{out}: {} of {} missing, e.g. {missing:?}",
+        expected.len() - counts.len().min(expected.len()),
+        expected.len()
+    );
     let unexpected: Vec<_> = counts.keys().filter(|line| !expected.contains(*line)).take(5).collect();
     assert!(unexpected.is_empty(), "{out}: unexpected lines: {unexpected:?}");
 }
@@ -170,7 +175,10 @@ fn assert_key_order(objects: &[Vec<String>]) {
         .collect();
     for (index, by_key) in per_object.iter().enumerate() {
         for (key, numbers) in by_key {
-            assert!(numbers.windows(2).all(|pair| pair[0] < pair[1]), "object {index}: {key} out of order: {numbers:?}");
+            assert!(
+                numbers.windows(2).all(|pair| pair[0] < pair[1]),
+                "object {index}: {key} out of order: {numbers:?}"
+            );
         }
     }
     for a in 0..per_object.len() {
@@ -179,11 +187,18 @@ fn assert_key_order(objects: &[Vec<String>]) {
             for (key, numbers_a) in &per_object[a] {
                 if let Some(numbers_b) = per_object[b].get(key) {
                     directions.insert(numbers_a[0] < numbers_b[0]);
-                    let (first, second) = if numbers_a[0] < numbers_b[0] { (numbers_a, numbers_b) } else { (numbers_b, numbers_a) };
-                    assert!(first.last() < second.first(), "{key}: objects {a} and {b} interleave: {first:?} / {second:?}");
+                    let (first, second) =
+                        if numbers_a[0] < numbers_b[0] { (numbers_a, numbers_b) } else { (numbers_b, numbers_a) };
+                    assert!(
+                        first.last() < second.first(),
+                        "{key}: objects {a} and {b} interleave: {first:?} / {second:?}"
+                    );
                 }
             }
-            assert!(directions.len() <= 1, "keys disagree on the order of objects {a} and {b}: a key went out of order");
+            assert!(
+                directions.len() <= 1,
+                "keys disagree on the order of objects {a} and {b}: a key went out of order"
+            );
         }
     }
     let mut by_key: BTreeMap<String, Vec<u64>> = BTreeMap::new();
@@ -245,12 +260,32 @@ async fn four_shards_with_kpl_aggregates_reach_two_delivery_streams_once_each() 
     let metrics = reqwest::get(format!("{}/metrics", spillway.endpoint)).await.unwrap().text().await.unwrap();
     let malformed_count: f64 = metrics
         .lines()
-        .filter(|line| line.starts_with("spillway_source_malformed_aggregates_total{") && line.contains("from-kinesis-a"))
+        .filter(|line| {
+            line.starts_with("spillway_source_malformed_aggregates_total{") && line.contains("from-kinesis-a")
+        })
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(malformed_count, 1.0, "one malformed aggregate counted:\n{metrics}");
-    let shard_series = metrics.lines().filter(|line| line.starts_with("spillway_source_records_total{stream=\"from-kinesis-a\"")).count();
+    let shard_series = metrics
+        .lines()
+        .filter(|line| line.starts_with("spillway_source_records_total{stream=\"from-kinesis-a\""))
+        .count();
     assert_eq!(shard_series, 4, "records per shard:\n{metrics}");
+    let refused = spillway
+        .client()
+        .await
+        .put_record()
+        .delivery_stream_name("from-kinesis-a")
+        .record(
+            aws_sdk_firehose::types::Record::builder()
+                .data(aws_sdk_firehose::primitives::Blob::new("x"))
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect_err("a kinesis-sourced stream takes no puts");
+    assert!(refused.as_service_error().is_some_and(|error| error.is_invalid_argument_exception()), "{refused:?}");
     assert_eq!(spillway.terminate(), 0);
 
     // The malformed aggregate arrives once, whole (its magic bytes are not UTF-8: read lossily).
@@ -267,10 +302,18 @@ async fn four_shards_with_kpl_aggregates_reach_two_delivery_streams_once_each() 
 }
 
 /// Producers write one record per key per call, so the written order per key is the call order.
-async fn produce(client: Client, stream: String, keys: u64, stop: Arc<AtomicBool>, written: Arc<AtomicU64>, pace: Duration) {
+async fn produce(
+    client: Client,
+    stream: String,
+    keys: u64,
+    stop: Arc<AtomicBool>,
+    written: Arc<AtomicU64>,
+    pace: Duration,
+) {
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let entries: Vec<(String, Vec<u8>)> = (0..keys).map(|key| (format!("key-{key}"), record(&format!("key-{key}"), n))).collect();
+        let entries: Vec<(String, Vec<u8>)> =
+            (0..keys).map(|key| (format!("key-{key}"), record(&format!("key-{key}"), n))).collect();
         put(&client, &stream, &entries).await;
         n += 1;
         written.store(n, Ordering::Relaxed);
@@ -291,17 +334,26 @@ async fn a_split_and_a_merge_while_producing_keep_every_record_once_and_in_key_o
     let name = unique_name("reshard");
     create_stream(&client, &name, 4).await;
     let dir = tempfile::tempdir().unwrap();
-    let spillway = start(dir.path(), &config_yaml(&[stream_yaml("resharded", &name, "out", ", starting_position: TRIM_HORIZON")]));
+    let spillway =
+        start(dir.path(), &config_yaml(&[stream_yaml("resharded", &name, "out", ", starting_position: TRIM_HORIZON")]));
 
     let (stop, written) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let keys = 32;
-    let producer = tokio::spawn(produce(client.clone(), name.clone(), keys, stop.clone(), written.clone(), Duration::from_millis(10)));
+    let producer = tokio::spawn(produce(
+        client.clone(),
+        name.clone(),
+        keys,
+        stop.clone(),
+        written.clone(),
+        Duration::from_millis(10),
+    ));
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     let shards = client.list_shards().stream_name(&name).send().await.unwrap();
     let first = &shards.shards()[0];
     let range = first.hash_key_range().unwrap();
-    let (low, high): (u128, u128) = (range.starting_hash_key().parse().unwrap(), range.ending_hash_key().parse().unwrap());
+    let (low, high): (u128, u128) =
+        (range.starting_hash_key().parse().unwrap(), range.ending_hash_key().parse().unwrap());
     client
         .split_shard()
         .stream_name(&name)
@@ -313,7 +365,14 @@ async fn a_split_and_a_merge_while_producing_keep_every_record_once_and_in_key_o
     wait_active(&client, &name).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (third, fourth) = (shards.shards()[2].shard_id().to_string(), shards.shards()[3].shard_id().to_string());
-    client.merge_shards().stream_name(&name).shard_to_merge(&third).adjacent_shard_to_merge(&fourth).send().await.unwrap();
+    client
+        .merge_shards()
+        .stream_name(&name)
+        .shard_to_merge(&third)
+        .adjacent_shard_to_merge(&fourth)
+        .send()
+        .await
+        .unwrap();
     wait_active(&client, &name).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, Ordering::Relaxed);
@@ -344,7 +403,14 @@ async fn sigterm_and_seeded_sigkill_rounds_resume_without_gaps_or_repeats() {
 
     let (stop, written) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let keys = 16;
-    let producer = tokio::spawn(produce(client.clone(), name.clone(), keys, stop.clone(), written.clone(), Duration::from_millis(5)));
+    let producer = tokio::spawn(produce(
+        client.clone(),
+        name.clone(),
+        keys,
+        stop.clone(),
+        written.clone(),
+        Duration::from_millis(5),
+    ));
     for round in 0..rounds {
         let spillway = start(dir.path(), &yaml);
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
@@ -363,7 +429,10 @@ async fn sigterm_and_seeded_sigkill_rounds_resume_without_gaps_or_repeats() {
     assert_eq!(spillway.terminate(), 0);
     assert_exactly_once(dir.path(), "out", &expected);
     assert_key_order(&delivered_objects(dir.path(), "out"));
-    eprintln!("seed {seed}: {rounds} rounds (every 4th SIGTERM, else SIGKILL), {} records, each delivered once", expected.len());
+    eprintln!(
+        "seed {seed}: {rounds} rounds (every 4th SIGTERM, else SIGKILL), {} records, each delivered once",
+        expected.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,9 +442,8 @@ async fn at_timestamp_and_latest_start_where_asked() {
     let name = unique_name("start");
     create_stream(&client, &name, 2).await;
     let dir = tempfile::tempdir().unwrap();
-    let batch = |tag: &str| -> Vec<(String, Vec<u8>)> {
-        (0..50u64).map(|n| (format!("{tag}-{n}"), record(tag, n))).collect()
-    };
+    let batch =
+        |tag: &str| -> Vec<(String, Vec<u8>)> { (0..50u64).map(|n| (format!("{tag}-{n}"), record(tag, n))).collect() };
     let lines = |entries: &[(String, Vec<u8>)]| -> BTreeSet<String> {
         entries.iter().map(|(_, data)| String::from_utf8(data.clone()).unwrap()).collect()
     };
@@ -387,7 +455,10 @@ async fn at_timestamp_and_latest_start_where_asked() {
     put(&client, &name, &after).await;
 
     let at = format!(", starting_position: AT_TIMESTAMP, timestamp: '{}'", timestamp.to_rfc3339());
-    let yaml = config_yaml(&[stream_yaml("at-timestamp", &name, "out-at", &at), stream_yaml("latest", &name, "out-latest", "")]);
+    let yaml = config_yaml(&[
+        stream_yaml("at-timestamp", &name, "out-at", &at),
+        stream_yaml("latest", &name, "out-latest", ""),
+    ]);
     let spillway = start(dir.path(), &yaml);
     wait_for_lines(dir.path(), "out-at", after.len(), Duration::from_secs(30)).await;
     // LATEST: reading starts once both shards are active; then only new records arrive.
@@ -408,14 +479,14 @@ async fn at_timestamp_and_latest_start_where_asked() {
     assert_exactly_once(dir.path(), "out-latest", &lines(&later));
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs services: scripts/test.sh"]
 async fn a_stream_created_after_start_is_read_once_it_exists() {
     let client = kinesis().await;
     let name = unique_name("later");
     let dir = tempfile::tempdir().unwrap();
-    let spillway = start(dir.path(), &config_yaml(&[stream_yaml("waiting", &name, "out", ", starting_position: TRIM_HORIZON")]));
+    let spillway =
+        start(dir.path(), &config_yaml(&[stream_yaml("waiting", &name, "out", ", starting_position: TRIM_HORIZON")]));
     eventually(Duration::from_secs(20), "a logged ListShards failure", || {
         spillway.log_text().contains("cannot list kinesis shards; retrying").then_some(())
     })
@@ -484,7 +555,12 @@ async fn a_full_wal_pauses_the_readers_and_loses_nothing() {
         if counts.len() >= expected.len() {
             break counts;
         }
-        assert!(Instant::now() < deadline, "{} of {} delivered after the bucket appeared", counts.len(), expected.len());
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} delivered after the bucket appeared",
+            counts.len(),
+            expected.len()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert_eq!(spillway.terminate(), 0);

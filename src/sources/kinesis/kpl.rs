@@ -132,8 +132,7 @@ fn parse_aggregate(protobuf: &Bytes) -> Result<Vec<SubRecord>, &'static str> {
         match wire.key()? {
             (1, LENGTH_DELIMITED) => {
                 let key = wire.length_delimited()?;
-                partition_keys
-                    .push(String::from_utf8(key.to_vec()).map_err(|_| "partition key is not UTF-8")?);
+                partition_keys.push(String::from_utf8(key.to_vec()).map_err(|_| "partition key is not UTF-8")?);
             }
             (3, LENGTH_DELIMITED) => records.push(parse_record(&wire.length_delimited()?)?),
             (_, wire_type) => wire.skip(wire_type)?,

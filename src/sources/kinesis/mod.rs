@@ -434,7 +434,10 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(config("{ stream_name: s, timestamp: '2026-11-25T10:00:00Z' }").validate().len(), 1);
-        assert_eq!(config("{ stream_arn: 'arn:aws:kinesis:eu-west-1:1:stream/s' }").region().as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            config("{ stream_arn: 'arn:aws:kinesis:eu-west-1:1:stream/s' }").region().as_deref(),
+            Some("eu-west-1")
+        );
     }
 
     #[test]

@@ -83,9 +83,7 @@ where
         "ExpiredIteratorException" => ReadError::Iterator(text),
         "InvalidArgumentException" if text.contains("ShardIterator") => ReadError::Iterator(text),
         "ResourceNotFoundException" => ReadError::NotFound(text),
-        "InternalFailureException" | "ServiceUnavailable" | "ServiceUnavailableException" => {
-            ReadError::Transient(text)
-        }
+        "InternalFailureException" | "ServiceUnavailable" | "ServiceUnavailableException" => ReadError::Transient(text),
         _ => ReadError::NeedsOperator(text),
     }
 }
@@ -223,8 +221,7 @@ pub async fn read_shard(context: &Context, shard_id: &str, start: Start, mut sto
         };
         iterator = Some(next);
         let caught_up = !got_records || millis_behind_latest == Some(0);
-        let spacing =
-            if caught_up { Duration::from_millis(context.config.poll_interval_ms) } else { MIN_CALL_SPACING };
+        let spacing = if caught_up { Duration::from_millis(context.config.poll_interval_ms) } else { MIN_CALL_SPACING };
         let wait = spacing.saturating_sub(called_at.elapsed());
         if !wait.is_zero() && !pause(wait, &mut stop).await {
             return Outcome::Stopped;
@@ -282,12 +279,12 @@ async fn shard_iterator(context: &Context, shard_id: &str, start: &Start) -> Res
     request = match start {
         Start::TrimHorizon => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
         Start::Latest => request.shard_iterator_type(ShardIteratorType::Latest),
-        Start::AtTimestamp(ms) => request
-            .shard_iterator_type(ShardIteratorType::AtTimestamp)
-            .timestamp(DateTime::from_millis(*ms)),
-        Start::After(sequence) => request
-            .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
-            .starting_sequence_number(sequence),
+        Start::AtTimestamp(ms) => {
+            request.shard_iterator_type(ShardIteratorType::AtTimestamp).timestamp(DateTime::from_millis(*ms))
+        }
+        Start::After(sequence) => {
+            request.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).starting_sequence_number(sequence)
+        }
     };
     let output = request.send().await.map_err(classify)?;
     Ok(output.shard_iterator().map(str::to_string))
