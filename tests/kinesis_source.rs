@@ -299,6 +299,59 @@ async fn four_shards_with_kpl_aggregates_reach_two_delivery_streams_once_each() 
         lines.remove(&passed_through[0].0);
         assert_counts_exactly_once(&lines, out, &expected);
     }
+    assert_wal_keeps_record_metadata(&dir.path().join("data/streams/from-kinesis-a/wal"));
+}
+
+/// The frames still in the WAL (its active segment outlives delivery) carry every record's
+/// Kinesis metadata: partition key, sequence number, subsequence number within a KPL aggregate,
+/// arrival time.
+fn assert_wal_keeps_record_metadata(wal_dir: &Path) {
+    use spillway::sources::kinesis::metadata::RecordMetadata;
+    let options = spillway::wal::WalOptions {
+        dir: wal_dir.to_path_buf(),
+        fsync: spillway::config::FsyncPolicy::Always,
+        fsync_interval: Duration::from_millis(200),
+        segment_bytes: 64 << 20,
+        max_bytes: 1 << 30,
+        full_wait: Duration::ZERO,
+        track_positions: true,
+    };
+    let first = std::fs::read_dir(wal_dir)
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.strip_suffix(".wal")?.parse::<u64>().ok())
+        .min()
+        .expect("a wal segment");
+    let (wal, _) = spillway::wal::Wal::open(options, 0).unwrap();
+    let committed = *wal.committed().borrow();
+    let frames = wal.reader(first).read(committed, 256 << 20).unwrap();
+    wal.close();
+    let (mut plain, mut aggregated) = (0, BTreeMap::<String, Vec<u32>>::new());
+    for frame in frames.iter().filter(|frame| !frame.records.is_empty()) {
+        assert!(
+            frame.source.as_ref().is_some_and(|source| source.shard.starts_with("kinesis:shardId-")),
+            "{:?}",
+            frame.source
+        );
+        assert_eq!(frame.metadata.len(), frame.records.len(), "one metadata entry per record");
+        for (record, entry) in frame.records.iter().zip(&frame.metadata) {
+            let metadata = RecordMetadata::decode(entry.clone()).expect("a kinesis metadata entry");
+            assert!(metadata.approximate_arrival_ms > 1_700_000_000_000, "{metadata:?}");
+            assert!(metadata.sequence_number.len() > 20, "{metadata:?}");
+            let text = String::from_utf8_lossy(record);
+            if metadata.partition_key.starts_with("agg-") {
+                assert!(text.contains(&format!("\"k\":\"{}\"", metadata.partition_key)), "{text} / {metadata:?}");
+                aggregated.entry(metadata.sequence_number.clone()).or_default().push(metadata.subsequence_number);
+            } else if metadata.partition_key.starts_with("key-") {
+                assert!(text.contains(&format!("\"k\":\"{}\"", metadata.partition_key)), "{text} / {metadata:?}");
+                assert_eq!(metadata.subsequence_number, 0);
+                plain += 1;
+            }
+        }
+    }
+    assert!(plain > 0 && !aggregated.is_empty(), "records with metadata found in the wal");
+    for subsequences in aggregated.values() {
+        assert_eq!(*subsequences, (0..20).collect::<Vec<u32>>(), "an aggregate's user records by subsequence number");
+    }
 }
 
 /// Producers write one record per key per call, so the written order per key is the call order.

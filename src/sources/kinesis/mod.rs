@@ -14,12 +14,17 @@
 //! - **Several delivery streams** may read one Kinesis stream: each has its own WAL, so its own
 //!   positions.
 //!
+//! - **Record metadata**: every user record's sequence number, subsequence number, partition key
+//!   and approximate arrival time go into its frame ([`metadata`]), for the Lambda event's
+//!   `kinesisRecordMetadata` and error records.
+//!
 //! The shard reader lives in [`reader`]; KPL de-aggregation in [`kpl`].
 //!
 //! Must not: buffer more than one `GetRecords` response per shard, or move a position before the
 //! WAL append that carries it.
 
 pub mod kpl;
+pub mod metadata;
 mod reader;
 
 use std::collections::{BTreeMap, BTreeSet};

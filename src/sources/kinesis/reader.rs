@@ -22,6 +22,7 @@ use rand::Rng;
 use tokio::sync::watch;
 
 use super::kpl::{self, Deaggregated};
+use super::metadata::RecordMetadata;
 use super::{Context, Position, Start, position_key};
 use crate::metrics::ShardMetrics;
 use crate::wal::{SourcePosition, WalError};
@@ -144,7 +145,7 @@ pub async fn read_shard(context: &Context, shard_id: &str, start: Start, mut sto
         // instead of at a later LATEST (which would skip what arrived meanwhile).
         let started_at = chrono::Utc::now().timestamp_millis();
         let marker = Position::StartedAt(started_at);
-        if !append(context, shard_id, Vec::new(), &marker, &mut stop).await {
+        if !append(context, shard_id, Vec::new(), Vec::new(), &marker, &mut stop).await {
             return Outcome::Stopped;
         }
         resume = Start::AtTimestamp(started_at);
@@ -206,7 +207,7 @@ pub async fn read_shard(context: &Context, shard_id: &str, start: Start, mut sto
         for frame in frames(context, shard_id, records, &metrics) {
             let position = Position::After(frame.last_sequence.clone());
             let (count, bytes) = (frame.records.len() as u64, frame.bytes as u64);
-            if !append(context, shard_id, frame.records, &position, &mut stop).await {
+            if !append(context, shard_id, frame.records, frame.metadata, &position, &mut stop).await {
                 return Outcome::Stopped;
             }
             metrics.records.inc_by(count);
@@ -237,7 +238,11 @@ async fn finish(
     stop: &mut watch::Receiver<bool>,
 ) -> Outcome {
     let marker = Position::Closed(last_sequence.unwrap_or_default());
-    if append(context, shard_id, Vec::new(), &marker, stop).await { Outcome::Finished } else { Outcome::Stopped }
+    if append(context, shard_id, Vec::new(), Vec::new(), &marker, stop).await {
+        Outcome::Finished
+    } else {
+        Outcome::Stopped
+    }
 }
 
 /// Log a failed call and wait before the next; false when stopping.
@@ -291,10 +296,21 @@ async fn shard_iterator(context: &Context, shard_id: &str, start: &Start) -> Res
 }
 
 /// Records of one frame, ending at a Kinesis record boundary.
+#[derive(Default)]
 struct PendingFrame {
     records: Vec<Bytes>,
+    /// One encoded [`RecordMetadata`] per record.
+    metadata: Vec<Bytes>,
     bytes: usize,
     last_sequence: String,
+}
+
+impl PendingFrame {
+    fn push(&mut self, data: Bytes, metadata: RecordMetadata) {
+        self.bytes += data.len();
+        self.records.push(data);
+        self.metadata.push(metadata.encode());
+    }
 }
 
 /// Turn a `GetRecords` response into frames: user records (de-aggregated when enabled), cut at
@@ -306,20 +322,38 @@ fn frames(
     metrics: &ShardMetrics,
 ) -> Vec<PendingFrame> {
     let mut frames = Vec::new();
-    let mut current = PendingFrame { records: Vec::new(), bytes: 0, last_sequence: String::new() };
+    let mut current = PendingFrame::default();
     for record in records {
-        let aws_sdk_kinesis::types::Record { sequence_number, data, .. } = record;
+        let aws_sdk_kinesis::types::Record {
+            sequence_number, data, partition_key, approximate_arrival_timestamp, ..
+        } = record;
+        let partition_key = partition_key.unwrap_or_default();
+        let approximate_arrival_ms = approximate_arrival_timestamp.and_then(|time| time.to_millis().ok()).unwrap_or(0);
+        let plain = |data: Bytes| {
+            let metadata = RecordMetadata {
+                sequence_number: sequence_number.clone(),
+                subsequence_number: 0,
+                partition_key: partition_key.clone(),
+                approximate_arrival_ms,
+            };
+            (data, metadata)
+        };
         let data = Bytes::from(data.into_inner());
         let deaggregated = if context.config.deaggregate { kpl::deaggregate(&data) } else { Deaggregated::Plain };
         match deaggregated {
             Deaggregated::Plain => {
-                current.bytes += data.len();
-                current.records.push(data);
+                let (data, metadata) = plain(data);
+                current.push(data, metadata);
             }
             Deaggregated::Records(sub_records) => {
-                for sub_record in sub_records {
-                    current.bytes += sub_record.data.len();
-                    current.records.push(sub_record.data);
+                for (index, sub_record) in sub_records.into_iter().enumerate() {
+                    let metadata = RecordMetadata {
+                        sequence_number: sequence_number.clone(),
+                        subsequence_number: index as u32,
+                        partition_key: sub_record.partition_key,
+                        approximate_arrival_ms,
+                    };
+                    current.push(sub_record.data, metadata);
                 }
             }
             Deaggregated::Malformed(reason) => {
@@ -331,17 +365,13 @@ fn frames(
                     reason,
                     "malformed KPL aggregate passed through as one record"
                 );
-                current.bytes += data.len();
-                current.records.push(data);
+                let (data, metadata) = plain(data);
+                current.push(data, metadata);
             }
         }
         current.last_sequence = sequence_number;
         if current.records.len() >= FRAME_MAX_RECORDS || current.bytes >= FRAME_MAX_BYTES {
-            let full = std::mem::replace(
-                &mut current,
-                PendingFrame { records: Vec::new(), bytes: 0, last_sequence: String::new() },
-            );
-            frames.push(full);
+            frames.push(std::mem::take(&mut current));
         }
     }
     if !current.last_sequence.is_empty() {
@@ -355,6 +385,7 @@ async fn append(
     context: &Context,
     shard_id: &str,
     records: Vec<Bytes>,
+    metadata: Vec<Bytes>,
     position: &Position,
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
@@ -362,7 +393,9 @@ async fn append(
     let arrival_ms = chrono::Utc::now().timestamp_millis();
     let mut backoff = Duration::from_millis(100);
     loop {
-        match context.wal.append_pulled(arrival_ms, records.clone(), source.clone()).await {
+        let appended =
+            context.wal.append_pulled_with_metadata(arrival_ms, records.clone(), source.clone(), metadata.clone());
+        match appended.await {
             Ok(_) => return true,
             Err(error @ WalError::Full { .. }) => {
                 tracing::debug!(stream = %context.stream, shard = shard_id, %error, "wal full; the kinesis reader waits");
