@@ -289,7 +289,8 @@ pub async fn run(
             break;
         }
         if tokio::time::Instant::now() >= next_discovery {
-            match list_shards(&context).await {
+            let Some(listed) = reader::unless_stopped(list_shards(&context), &mut stop).await else { break };
+            match listed {
                 Ok(listed) => {
                     backoff.reset();
                     shards = listed;

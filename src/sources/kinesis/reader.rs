@@ -134,6 +134,21 @@ async fn pause(duration: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     }
 }
 
+/// Run `call` unless `stop` turns true first (`None` then): a slow Kinesis call never holds up a
+/// shutdown, and dropping it changes nothing (positions move only with WAL appends).
+pub async fn unless_stopped<T>(
+    call: impl std::future::Future<Output = T>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<T> {
+    if *stop.borrow() {
+        return None;
+    }
+    tokio::select! {
+        result = call => Some(result),
+        _ = stop.changed() => None,
+    }
+}
+
 /// Read `shard_id` from `start` until it is finished or `stop`.
 pub async fn read_shard(context: &Context, shard_id: &str, start: Start, mut stop: watch::Receiver<bool>) -> Outcome {
     let metrics = context.metrics.source.shard(shard_id);
@@ -161,13 +176,14 @@ pub async fn read_shard(context: &Context, shard_id: &str, start: Start, mut sto
         }
         let current = match iterator.take() {
             Some(current) => current,
-            None => match shard_iterator(context, shard_id, &resume).await {
-                Ok(Some(fresh)) => {
+            None => match unless_stopped(shard_iterator(context, shard_id, &resume), &mut stop).await {
+                None => return Outcome::Stopped,
+                Some(Ok(Some(fresh))) => {
                     backoff.reset();
                     fresh
                 }
-                Ok(None) => return finish(context, shard_id, last_sequence, &mut stop).await,
-                Err(error) => {
+                Some(Ok(None)) => return finish(context, shard_id, last_sequence, &mut stop).await,
+                Some(Err(error)) => {
                     if !wait_after(context, shard_id, &error, &metrics, &mut backoff, &mut stop).await {
                         return Outcome::Stopped;
                     }
@@ -176,15 +192,10 @@ pub async fn read_shard(context: &Context, shard_id: &str, start: Start, mut sto
             },
         };
         let called_at = tokio::time::Instant::now();
-        let response = context
-            .client
-            .get_records()
-            .shard_iterator(&current)
-            .limit(context.config.max_records_per_call)
-            .send()
-            .await
-            .map_err(classify);
-        let output = match response {
+        let call =
+            context.client.get_records().shard_iterator(&current).limit(context.config.max_records_per_call).send();
+        let Some(response) = unless_stopped(call, &mut stop).await else { return Outcome::Stopped };
+        let output = match response.map_err(classify) {
             Ok(output) => output,
             Err(ReadError::Iterator(reason)) => {
                 tracing::debug!(stream = %context.stream, shard = shard_id, %reason, "renewing the shard iterator");
