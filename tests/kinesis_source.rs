@@ -619,3 +619,38 @@ async fn a_full_wal_pauses_the_readers_and_loses_nothing() {
     assert_eq!(spillway.terminate(), 0);
     assert_counts_exactly_once(&counts, "the bucket", &expected);
 }
+
+/// Bad configuration is refused before anything starts, every problem named with its YAML path.
+#[test]
+fn validate_names_every_kinesis_source_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "streams:\n  - name: k\n    source: { type: kinesis, stream_name: a, stream_arn: 'arn:aws:kinesis:us-east-1:1:stream/a', starting_position: AT_TIMESTAMP, timestamp: yesterday, max_records_per_call: 20000, endpoint: 'ftp://x' }\n    sink: { type: s3, url: file://out }\n  - name: typo\n    source: { type: kinesis, stream: a }\n    sink: { type: s3, url: file://out2 }\n";
+    std::fs::write(dir.path().join("bad.yaml"), yaml).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["validate", "-c", "bad.yaml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    for expected in ["unknown field `stream`"] {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
+    let yaml = "streams:\n  - name: k\n    source: { type: kinesis, stream_name: a, stream_arn: 'arn:aws:kinesis:us-east-1:1:stream/a', starting_position: AT_TIMESTAMP, timestamp: yesterday, max_records_per_call: 20000, endpoint: 'ftp://x' }\n    sink: { type: s3, url: file://out }\n";
+    std::fs::write(dir.path().join("bad.yaml"), yaml).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["validate", "-c", "bad.yaml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    for expected in [
+        "streams[0].source.stream_arn: set only one of stream_name and stream_arn",
+        "streams[0].source.timestamp: not an RFC 3339 time",
+        "streams[0].source.endpoint",
+        "streams[0].source.max_records_per_call: must be 1-10000",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
+}
