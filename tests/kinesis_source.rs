@@ -654,3 +654,102 @@ fn validate_names_every_kinesis_source_problem() {
         assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
     }
 }
+
+/// A proxy in front of kinesalite that answers some `GetRecords` calls itself: three in a row with
+/// `ProvisionedThroughputExceededException` (more than the SDK's own retries), or one with
+/// `ExpiredIteratorException` — what real Kinesis does that kinesalite does not.
+async fn start_faulty_proxy(target: String) -> (String, Arc<AtomicU64>) {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, StatusCode};
+    let faults = Arc::new(AtomicU64::new(0));
+    let calls = Arc::new(AtomicU64::new(0));
+    let client = reqwest::Client::new();
+    let handler = {
+        let faults = faults.clone();
+        move |headers: HeaderMap, body: Bytes| {
+            let (faults, calls, client, target) = (faults.clone(), calls.clone(), client.clone(), target.clone());
+            async move {
+                let operation =
+                    headers.get("x-amz-target").and_then(|value| value.to_str().ok()).unwrap_or("").to_string();
+                if operation.ends_with(".GetRecords") {
+                    let call = calls.fetch_add(1, Ordering::Relaxed);
+                    let fault = match call % 20 {
+                        5..=7 => Some("ProvisionedThroughputExceededException"),
+                        13 => Some("ExpiredIteratorException"),
+                        _ => None,
+                    };
+                    if let Some(fault) = fault {
+                        faults.fetch_add(1, Ordering::Relaxed);
+                        let body = format!("{{\"__type\":\"{fault}\",\"message\":\"injected by the test proxy\"}}");
+                        return (
+                            StatusCode::BAD_REQUEST,
+                            [("content-type", "application/x-amz-json-1.1".to_string())],
+                            body.into_bytes(),
+                        );
+                    }
+                }
+                let mut request = client.post(&target).body(body);
+                for (name, value) in &headers {
+                    if name != "host" && name != "content-length" {
+                        request = request.header(name, value);
+                    }
+                }
+                let response = request.send().await.unwrap();
+                let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+                let content_type = response
+                    .headers()
+                    .get("content-type")
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or("application/x-amz-json-1.1")
+                    .to_string();
+                (status, [("content-type", content_type)], response.bytes().await.unwrap().to_vec())
+            }
+        }
+    };
+    let router = axum::Router::new().fallback(axum::routing::post(handler));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (format!("http://{address}"), faults)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn throttling_and_expired_iterators_are_retried_without_loss_or_repeats() {
+    let client = kinesis().await;
+    let name = unique_name("faults");
+    // One shard, so the injected faults hit one reader's consecutive calls.
+    create_stream(&client, &name, 1).await;
+    let (proxy, faults) = start_faulty_proxy(endpoint()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = config_yaml(&[stream_yaml(
+        "faulty",
+        &name,
+        "out",
+        ", starting_position: TRIM_HORIZON, max_records_per_call: 100",
+    )
+    .replace(&format!("endpoint: '{}'", endpoint()), &format!("endpoint: '{proxy}'"))]);
+    let spillway = start(dir.path(), &yaml);
+    let (stop, written) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let producer = tokio::spawn(produce(
+        client.clone(),
+        name.clone(),
+        8,
+        stop.clone(),
+        written.clone(),
+        Duration::from_millis(10),
+    ));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    producer.await.unwrap();
+    let expected = expected_lines(8, written.load(Ordering::Relaxed));
+    wait_for_lines(dir.path(), "out", expected.len(), Duration::from_secs(60)).await;
+    let throttled = spillway.metric("spillway_source_throttled_reads_total{stream=\"faulty\"}").await.unwrap_or(0.0);
+    let log = spillway.log_text();
+    assert_eq!(spillway.terminate(), 0);
+    assert!(faults.load(Ordering::Relaxed) >= 4, "faults injected");
+    assert!(throttled >= 1.0, "throttled reads counted: {throttled}");
+    assert!(log.contains("renewing the shard iterator"), "an expired iterator renewed");
+    assert_exactly_once(dir.path(), "out", &expected);
+    assert_key_order(&delivered_objects(dir.path(), "out"));
+}
