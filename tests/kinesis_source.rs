@@ -555,7 +555,7 @@ async fn a_stream_created_after_start_is_read_once_it_exists() {
 
 /// Back-pressure: the sink is down (its bucket does not exist yet) while 12 MiB wait in Kinesis;
 /// the readers stop at the 8 MiB WAL limit instead of holding records in memory, then everything
-/// arrives once when the bucket appears.
+/// arrives once when the bucket appears. One response in memory at a time for all four shards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs services: scripts/test.sh"]
 async fn a_full_wal_pauses_the_readers_and_loses_nothing() {
@@ -578,7 +578,7 @@ async fn a_full_wal_pauses_the_readers_and_loses_nothing() {
     let yaml = format!(
         "server:\n  listen: 127.0.0.1:0\n  shutdown_grace_seconds: 30\ndata_dir: ./data\nlimits: {{ max_wal_mib: 8 }}\nstreams:\n\
          \x20 - name: paused\n\
-         \x20   source: {{ type: kinesis, stream_name: {name}, endpoint: '{}', region: us-east-1, poll_interval_ms: 200, starting_position: TRIM_HORIZON }}\n\
+         \x20   source: {{ type: kinesis, stream_name: {name}, endpoint: '{}', region: us-east-1, poll_interval_ms: 200, starting_position: TRIM_HORIZON, max_concurrent_reads: 1 }}\n\
          \x20   processing: {{ record_delimiter: newline }}\n\
          \x20   buffering: {{ size_mib: 1, interval_seconds: 1 }}\n\
          \x20   retry: {{ duration_seconds: 600 }}\n{}",

@@ -67,6 +67,10 @@ pub struct KinesisSourceConfig {
     /// Split KPL-aggregated records into their user records (Firehose always does).
     #[serde(default = "default_true")]
     pub deaggregate: bool,
+    /// `GetRecords` responses held at once across the stream's shards, from the call until the
+    /// WAL holds them: the source's memory bound is about this × 10 MiB (the largest response).
+    #[serde(default = "default_max_concurrent_reads")]
+    pub max_concurrent_reads: usize,
 }
 
 /// `starting_position`, with Kinesis's own names.
@@ -93,6 +97,9 @@ fn default_shard_discovery_interval_ms() -> u64 {
 }
 fn default_true() -> bool {
     true
+}
+fn default_max_concurrent_reads() -> usize {
+    8
 }
 
 impl KinesisSourceConfig {
@@ -131,6 +138,9 @@ impl KinesisSourceConfig {
         }
         if !(1..=10_000).contains(&self.max_records_per_call) {
             problem("max_records_per_call", format!("must be 1-10000 (got {})", self.max_records_per_call));
+        }
+        if !(1..=1024).contains(&self.max_concurrent_reads) {
+            problem("max_concurrent_reads", format!("must be 1-1024 (got {})", self.max_concurrent_reads));
         }
         if !(100..=3_600_000).contains(&self.shard_discovery_interval_ms) {
             problem(
@@ -244,6 +254,8 @@ pub(crate) struct Context {
     pub client: aws_sdk_kinesis::Client,
     pub wal: Wal,
     pub metrics: Arc<StreamMetrics>,
+    /// Permits for `GetRecords` responses in memory (`max_concurrent_reads`).
+    pub reads: Arc<tokio::sync::Semaphore>,
 }
 
 /// Build the client: the standard AWS credential chain, the configured region and endpoint.
@@ -275,7 +287,8 @@ pub async fn run(
 ) {
     let client = build_client(&config).await;
     let discovery = Duration::from_millis(config.shard_discovery_interval_ms);
-    let context = Arc::new(Context { stream: stream.clone(), config, client, wal: wal.clone(), metrics });
+    let reads = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_reads));
+    let context = Arc::new(Context { stream: stream.clone(), config, client, wal: wal.clone(), metrics, reads });
     let mut finished: BTreeSet<String> = BTreeSet::new();
     let mut started: BTreeSet<String> = BTreeSet::new();
     let mut readers: JoinSet<(String, reader::Outcome)> = JoinSet::new();

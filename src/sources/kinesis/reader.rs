@@ -191,6 +191,10 @@ pub async fn read_shard(context: &Context, shard_id: &str, start: Start, mut sto
                 }
             },
         };
+        // Held until this response is in the WAL: bounds the responses in memory per source.
+        let Some(Ok(read_permit)) = unless_stopped(context.reads.acquire(), &mut stop).await else {
+            return Outcome::Stopped;
+        };
         let called_at = tokio::time::Instant::now();
         let call =
             context.client.get_records().shard_iterator(&current).limit(context.config.max_records_per_call).send();
@@ -202,6 +206,7 @@ pub async fn read_shard(context: &Context, shard_id: &str, start: Start, mut sto
                 continue;
             }
             Err(error) => {
+                drop(read_permit);
                 iterator = Some(current);
                 if !wait_after(context, shard_id, &error, &metrics, &mut backoff, &mut stop).await {
                     return Outcome::Stopped;
@@ -228,6 +233,7 @@ pub async fn read_shard(context: &Context, shard_id: &str, start: Start, mut sto
             resume = Start::After(frame.last_sequence.clone());
             last_sequence = Some(frame.last_sequence);
         }
+        drop(read_permit);
         let Some(next) = next_shard_iterator.filter(|next| !next.is_empty()) else {
             return finish(context, shard_id, last_sequence, &mut stop).await;
         };
