@@ -13,19 +13,20 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-shards=1 records=200000 record_bytes=200 port=4597
+shards=1 records=200000 record_bytes=200 port=4597 binary="${CARGO_TARGET_DIR:-target}/release/spillway"
 while (($#)); do
 	case "$1" in
 	--shards) shards=$2; shift 2 ;;
 	--records) records=$2; shift 2 ;;
 	--record-bytes) record_bytes=$2; shift 2 ;;
 	--port) port=$2; shift 2 ;;
+	--binary) binary=$2; shift 2 ;;
 	*) echo "unknown option $1" >&2; exit 2 ;;
 	esac
 done
 
 eval "$(scripts/services.sh env)"
-binary="${CARGO_TARGET_DIR:-target}/release/spillway"
+binary="$(realpath "$binary")"
 [[ -x "$binary" ]] || { echo "build it first: cargo build --release" >&2; exit 1; }
 kinesalite_pid="$(cat "${SPILLWAY_CACHE_DIR:-$HOME/.cache/spillway}/run/kinesalite.pid")"
 work="$(mktemp -d)"

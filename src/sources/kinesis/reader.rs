@@ -202,7 +202,12 @@ pub async fn read_shard(context: &Context, shard_id: &str, start: Start, mut sto
         let output = match response.map_err(classify) {
             Ok(output) => output,
             Err(ReadError::Iterator(reason)) => {
+                drop(read_permit);
                 tracing::debug!(stream = %context.stream, shard = shard_id, %reason, "renewing the shard iterator");
+                // Backs off too, so an iterator refused again and again does not spin.
+                if !pause(backoff.next_delay(), &mut stop).await {
+                    return Outcome::Stopped;
+                }
                 continue;
             }
             Err(error) => {
