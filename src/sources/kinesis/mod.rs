@@ -224,26 +224,32 @@ struct ShardInfo {
 }
 
 /// How to start `shard`, which has no WAL position, or `None` when it is to be skipped (a closed
-/// shard when starting at `LATEST`). A shard whose parent was read (in this run or before, as its
-/// position shows) is a reshard's child: it is read from its start, so nothing is skipped.
+/// shard when starting at `LATEST`). With `LATEST`, a shard whose parent was read (in this run or
+/// before, as its position shows) is a reshard's child created after reading began: it is read
+/// from its start, so nothing is skipped. With `AT_TIMESTAMP` every shard, children included,
+/// starts at the timestamp (a child created before it holds nothing older that is wanted).
 fn start_without_position(
     config: &KinesisSourceConfig,
     info: &ShardInfo,
     positions: &BTreeMap<String, Position>,
     started: &BTreeSet<String>,
 ) -> Option<Start> {
-    let parent_was_read =
-        info.parents.iter().any(|parent| started.contains(parent) || positions.contains_key(parent.as_str()));
-    if parent_was_read {
-        return Some(Start::TrimHorizon);
-    }
     match config.starting_position {
         StartingPosition::TrimHorizon => Some(Start::TrimHorizon),
         StartingPosition::AtTimestamp => {
             Some(Start::AtTimestamp(config.timestamp.as_deref().and_then(parse_timestamp).unwrap_or(0)))
         }
-        StartingPosition::Latest if info.closed => None,
-        StartingPosition::Latest => Some(Start::Latest),
+        StartingPosition::Latest => {
+            let parent_was_read =
+                info.parents.iter().any(|parent| started.contains(parent) || positions.contains_key(parent.as_str()));
+            if parent_was_read {
+                Some(Start::TrimHorizon)
+            } else if info.closed {
+                None
+            } else {
+                Some(Start::Latest)
+            }
+        }
     }
 }
 
@@ -486,5 +492,12 @@ mod tests {
             start_without_position(&latest, &open, &with_parent_position, &BTreeSet::new()),
             Some(Start::TrimHorizon)
         );
+        let at = config("{ stream_name: s, starting_position: AT_TIMESTAMP, timestamp: '2026-11-25T10:00:00Z' }");
+        let at_ms = parse_timestamp("2026-11-25T10:00:00Z").unwrap();
+        assert_eq!(
+            start_without_position(&at, &open, &with_parent_position, &started),
+            Some(Start::AtTimestamp(at_ms))
+        );
+        assert_eq!(start_without_position(&at, &closed, &none, &started), Some(Start::AtTimestamp(at_ms)));
     }
 }
