@@ -30,7 +30,11 @@ binary="$(realpath "$binary")"
 [[ -x "$binary" ]] || { echo "build it first: cargo build --release" >&2; exit 1; }
 kinesalite_pid="$(cat "${SPILLWAY_CACHE_DIR:-$HOME/.cache/spillway}/run/kinesalite.pid")"
 work="$(mktemp -d)"
-trap 'kill "$spillway_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+delete_stream() {
+	"$SPILLWAY_TEST_PYTHON" -c 'import sys, boto3; boto3.client("kinesis", endpoint_url=sys.argv[1], region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x").delete_stream(StreamName=sys.argv[2])' \
+		"$SPILLWAY_TEST_KINESIS_ENDPOINT" "$stream" 2>/dev/null || true
+}
+trap 'kill "$spillway_pid" 2>/dev/null || true; delete_stream; rm -rf "$work"' EXIT
 spillway_pid=
 stream="bench-kinesis-$$-$(date +%s)"
 
@@ -65,7 +69,9 @@ streams:
 EOF
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-metric() { curl -sf "http://127.0.0.1:$port/metrics" | awk -v name="$1" 'index($0, name) == 1 { print $NF; exit }'; }
+metric() { # NAME_PREFIX: the first sample starting with it, or nothing
+	curl -sf "http://127.0.0.1:$port/metrics" 2>/dev/null | awk -v name="$1" 'index($0, name) == 1 { print $NF; exit }' || true
+}
 ticks_per_second="$(getconf CLK_TCK)"
 kinesalite_before="$(cpu_ticks "$kinesalite_pid")"
 started="$(date +%s.%N)"
@@ -74,16 +80,16 @@ spillway_pid=$!
 delivered=0
 while ((delivered < records)); do
 	sleep 0.2
-	delivered="$(metric 'spillway_delivered_records_total{stream="bench"' || echo 0)"
-	delivered="${delivered%.*}"
+	delivered="$(metric 'spillway_delivered_records_total{stream="bench"')"
+	delivered="${delivered%%.*}"
 	delivered="${delivered:-0}"
 	kill -0 "$spillway_pid" 2>/dev/null || { cat "$work/spillway.log" >&2; exit 1; }
 done
 ended="$(date +%s.%N)"
 kinesalite_after="$(cpu_ticks "$kinesalite_pid")"
-spillway_cpu="$(metric 'process_cpu_seconds_total' || metric 'spillway_process_cpu_seconds_total')"
+spillway_cpu="$(metric 'process_cpu_seconds_total')"
 bytes="$(metric 'spillway_incoming_bytes_total{stream="bench"')"
-peak_rss="$(metric 'process_peak_rss_bytes' || metric 'spillway_process_peak_rss_bytes')"
+peak_rss="$(metric 'process_peak_rss_bytes')"
 kill -TERM "$spillway_pid"
 wait "$spillway_pid" || true
 spillway_pid=

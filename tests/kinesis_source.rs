@@ -56,9 +56,38 @@ async fn wait_active(client: &Client, stream: &str) {
     }
 }
 
-async fn create_stream(client: &Client, stream: &str, shards: i32) {
+/// Deletes its Kinesis stream when dropped (kinesalite allows 100 shards in all).
+struct StreamGuard(String);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let name = self.0.clone();
+        let deleted = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async { kinesis().await.delete_stream().stream_name(name).send().await.is_ok() })
+        });
+        let _ = deleted.join();
+    }
+}
+
+/// Delete test streams older than 10 minutes that a failed or killed run left behind.
+async fn delete_stale_streams(client: &Client) {
+    let Ok(listed) = client.list_streams().limit(1000).send().await else { return };
+    for name in listed.stream_names().iter().filter(|name| name.starts_with("spw-")) {
+        let Ok(summary) = client.describe_stream_summary().stream_name(name).send().await else { continue };
+        let created = summary.stream_description_summary().map(|summary| summary.stream_creation_timestamp().secs());
+        let now = chrono::Utc::now().timestamp();
+        if created.is_some_and(|created| now - created > 600) {
+            let _ = client.delete_stream().stream_name(name).send().await;
+        }
+    }
+}
+
+async fn create_stream(client: &Client, stream: &str, shards: i32) -> StreamGuard {
+    delete_stale_streams(client).await;
     client.create_stream().stream_name(stream).shard_count(shards).send().await.unwrap();
     wait_active(client, stream).await;
+    StreamGuard(stream.to_string())
 }
 
 /// Put `(partition key, data)` entries in order, 500 per call; every entry must be accepted.
@@ -219,7 +248,7 @@ async fn four_shards_with_kpl_aggregates_reach_two_delivery_streams_once_each() 
     let _ = NEEDS;
     let client = kinesis().await;
     let name = unique_name("four");
-    create_stream(&client, &name, 4).await;
+    let _stream = create_stream(&client, &name, 4).await;
     let dir = tempfile::tempdir().unwrap();
 
     // 10,000 plain records over 64 keys, 100 KPL aggregates of 20 user records, one malformed
@@ -385,7 +414,7 @@ fn expected_lines(keys: u64, per_key: u64) -> BTreeSet<String> {
 async fn a_split_and_a_merge_while_producing_keep_every_record_once_and_in_key_order() {
     let client = kinesis().await;
     let name = unique_name("reshard");
-    create_stream(&client, &name, 4).await;
+    let _stream = create_stream(&client, &name, 4).await;
     let dir = tempfile::tempdir().unwrap();
     let spillway =
         start(dir.path(), &config_yaml(&[stream_yaml("resharded", &name, "out", ", starting_position: TRIM_HORIZON")]));
@@ -450,7 +479,7 @@ async fn sigterm_and_seeded_sigkill_rounds_resume_without_gaps_or_repeats() {
     let mut rng = StdRng::seed_from_u64(seed);
     let client = kinesis().await;
     let name = unique_name("kill");
-    create_stream(&client, &name, 4).await;
+    let _stream = create_stream(&client, &name, 4).await;
     let dir = tempfile::tempdir().unwrap();
     let yaml = config_yaml(&[stream_yaml("killed", &name, "out", ", starting_position: TRIM_HORIZON")]);
 
@@ -493,7 +522,7 @@ async fn sigterm_and_seeded_sigkill_rounds_resume_without_gaps_or_repeats() {
 async fn at_timestamp_and_latest_start_where_asked() {
     let client = kinesis().await;
     let name = unique_name("start");
-    create_stream(&client, &name, 2).await;
+    let _stream = create_stream(&client, &name, 2).await;
     let dir = tempfile::tempdir().unwrap();
     let batch =
         |tag: &str| -> Vec<(String, Vec<u8>)> { (0..50u64).map(|n| (format!("{tag}-{n}"), record(tag, n))).collect() };
@@ -544,7 +573,7 @@ async fn a_stream_created_after_start_is_read_once_it_exists() {
         spillway.log_text().contains("cannot list kinesis shards; retrying").then_some(())
     })
     .await;
-    create_stream(&client, &name, 1).await;
+    let _stream = create_stream(&client, &name, 1).await;
     let entries: Vec<(String, Vec<u8>)> = (0..100u64).map(|n| ("k".to_string(), record("k", n))).collect();
     put(&client, &name, &entries).await;
     wait_for_lines(dir.path(), "out", entries.len(), Duration::from_secs(30)).await;
@@ -561,7 +590,7 @@ async fn a_stream_created_after_start_is_read_once_it_exists() {
 async fn a_full_wal_pauses_the_readers_and_loses_nothing() {
     let client = kinesis().await;
     let name = unique_name("full");
-    create_stream(&client, &name, 4).await;
+    let _stream = create_stream(&client, &name, 4).await;
     let mut expected = BTreeSet::new();
     let mut entries = Vec::new();
     for n in 0..12_000u64 {
@@ -717,7 +746,7 @@ async fn throttling_and_expired_iterators_are_retried_without_loss_or_repeats() 
     let client = kinesis().await;
     let name = unique_name("faults");
     // One shard, so the injected faults hit one reader's consecutive calls.
-    create_stream(&client, &name, 1).await;
+    let _stream = create_stream(&client, &name, 1).await;
     let (proxy, faults) = start_faulty_proxy(endpoint()).await;
     let dir = tempfile::tempdir().unwrap();
     let yaml = config_yaml(&[stream_yaml(

@@ -224,7 +224,7 @@ pub async fn read_shard(context: &Context, shard_id: &str, start: Start, mut sto
         if let Some(behind) = millis_behind_latest {
             metrics.millis_behind_latest.set(behind);
         }
-        let got_records = !records.is_empty();
+        let record_count = records.len();
         for frame in frames(context, shard_id, records, &metrics) {
             let position = Position::After(frame.last_sequence.clone());
             let (count, bytes) = (frame.records.len() as u64, frame.bytes as u64);
@@ -243,7 +243,10 @@ pub async fn read_shard(context: &Context, shard_id: &str, start: Start, mut sto
             return finish(context, shard_id, last_sequence, &mut stop).await;
         };
         iterator = Some(next);
-        let caught_up = !got_records || millis_behind_latest == Some(0);
+        // Caught up: nothing came back, or Kinesis says so and the response was not full (a full
+        // one means more is waiting whatever `MillisBehindLatest` says; kinesalite always says 0).
+        let full_response = record_count >= context.config.max_records_per_call as usize;
+        let caught_up = record_count == 0 || (millis_behind_latest == Some(0) && !full_response);
         let spacing = if caught_up { Duration::from_millis(context.config.poll_interval_ms) } else { MIN_CALL_SPACING };
         let wait = spacing.saturating_sub(called_at.elapsed());
         if !wait.is_zero() && !pause(wait, &mut stop).await {
