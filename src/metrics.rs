@@ -45,6 +45,13 @@ pub struct SinkLabels {
     pub sink: String,
 }
 
+/// A pulled source's shard (a Kinesis shard id, …), for per-shard source metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabels {
+    pub stream: String,
+    pub shard: String,
+}
+
 /// Seconds a put waits for its records to be durable in the WAL: 0.5 ms … 4 s.
 fn put_latency_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 14))
@@ -101,6 +108,107 @@ pub struct StreamMetrics {
     oldest_undelivered_arrival_ms: Arc<AtomicI64>,
     /// The last delivery error, for the status page (not a metric: its text varies).
     last_error: Arc<Mutex<Option<LastError>>>,
+    /// Per-shard instruments of a pulled source (Kinesis, …).
+    pub source: SourceMetrics,
+}
+
+/// A pulled source's per-shard instruments: take one shard's with [`SourceMetrics::shard`].
+#[derive(Clone, Default)]
+pub struct SourceMetrics {
+    stream: String,
+    families: SourceFamilies,
+    /// Shards that have series, so that removing the stream removes them.
+    shards: Arc<Mutex<std::collections::BTreeSet<String>>>,
+}
+
+/// The instruments of one shard of a pulled source.
+#[derive(Clone)]
+pub struct ShardMetrics {
+    /// Records appended to the WAL (user records, after KPL de-aggregation).
+    pub records: Counter,
+    pub bytes: Counter,
+    /// Kinesis `MillisBehindLatest` of the last `GetRecords` (iterator age).
+    pub millis_behind_latest: Gauge,
+    /// Reads refused with `ProvisionedThroughputExceededException` (and other throttling).
+    pub throttled_reads: Counter,
+    /// KPL aggregates with a bad checksum or protobuf, passed through as one record each.
+    pub malformed_aggregates: Counter,
+}
+
+impl SourceMetrics {
+    pub fn shard(&self, shard: &str) -> ShardMetrics {
+        self.shards.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(shard.to_string());
+        let labels = ShardLabels { stream: self.stream.clone(), shard: shard.to_string() };
+        let f = &self.families;
+        ShardMetrics {
+            records: f.records.get_or_create_owned(&labels),
+            bytes: f.bytes.get_or_create_owned(&labels),
+            millis_behind_latest: f.millis_behind_latest.get_or_create_owned(&labels),
+            throttled_reads: f.throttled_reads.get_or_create_owned(&labels),
+            malformed_aggregates: f.malformed_aggregates.get_or_create_owned(&labels),
+        }
+    }
+
+    /// Shards being read right now.
+    pub fn set_active_shards(&self, shards: i64) {
+        self.families.active_shards.get_or_create(&StreamLabels { stream: self.stream.clone() }).set(shards);
+    }
+
+    fn remove(&self) {
+        let shards = std::mem::take(&mut *self.shards.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let f = &self.families;
+        for shard in shards {
+            let labels = ShardLabels { stream: self.stream.clone(), shard };
+            f.records.remove(&labels);
+            f.bytes.remove(&labels);
+            f.millis_behind_latest.remove(&labels);
+            f.throttled_reads.remove(&labels);
+            f.malformed_aggregates.remove(&labels);
+        }
+        f.active_shards.remove(&StreamLabels { stream: self.stream.clone() });
+    }
+}
+
+/// The registered per-shard source families.
+#[derive(Clone, Default)]
+struct SourceFamilies {
+    records: Family<ShardLabels, Counter>,
+    bytes: Family<ShardLabels, Counter>,
+    millis_behind_latest: Family<ShardLabels, Gauge>,
+    throttled_reads: Family<ShardLabels, Counter>,
+    malformed_aggregates: Family<ShardLabels, Counter>,
+    active_shards: Family<StreamLabels, Gauge>,
+}
+
+impl SourceFamilies {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "spillway_source_records",
+            "records a pulled source appended, per shard",
+            self.records.clone(),
+        );
+        registry.register(
+            "spillway_source_bytes",
+            "record bytes a pulled source appended, per shard",
+            self.bytes.clone(),
+        );
+        registry.register(
+            "spillway_source_millis_behind_latest",
+            "kinesis MillisBehindLatest of the shard's last read",
+            self.millis_behind_latest.clone(),
+        );
+        registry.register(
+            "spillway_source_throttled_reads",
+            "shard reads refused for throughput (ProvisionedThroughputExceededException)",
+            self.throttled_reads.clone(),
+        );
+        registry.register(
+            "spillway_source_malformed_aggregates",
+            "KPL aggregates with a bad checksum or protobuf, passed through whole",
+            self.malformed_aggregates.clone(),
+        );
+        registry.register("spillway_source_active_shards", "shards being read", self.active_shards.clone());
+    }
 }
 
 /// A delivery error as the status page shows it.
@@ -130,6 +238,7 @@ impl Default for StreamMetrics {
             sink_up: Gauge::default(),
             oldest_undelivered_arrival_ms: Arc::default(),
             last_error: Arc::default(),
+            source: SourceMetrics::default(),
         }
     }
 }
@@ -193,6 +302,7 @@ struct Families {
     partition_count_exceeded: CounterFamily,
     open_partitions: Family<StreamLabels, Gauge>,
     sink_up: Family<SinkLabels, Gauge>,
+    source: SourceFamilies,
 }
 
 impl Families {
@@ -213,6 +323,7 @@ impl Families {
             partition_count_exceeded: Family::default(),
             open_partitions: Family::default(),
             sink_up: Family::default(),
+            source: SourceFamilies::default(),
         };
         // Counters get their `_total` suffix from the encoder.
         let f = &families;
@@ -272,6 +383,7 @@ impl Families {
             "duration of wal fsyncs (group commit), all streams",
             WAL_FSYNC_SECONDS.clone(),
         );
+        families.source.register(registry);
         families
     }
 }
@@ -317,6 +429,7 @@ impl Metrics {
             sink_up: f.sink_up.get_or_create_owned(&by_sink),
             oldest_undelivered_arrival_ms: Arc::default(),
             last_error: Arc::default(),
+            source: SourceMetrics { stream: stream.to_string(), families: f.source.clone(), shards: Arc::default() },
         });
         let stream_state = ScrapedStream { labels: by_sink, wal_size, metrics: metrics.clone() };
         self.scraped.streams().insert(stream.to_string(), stream_state);
@@ -326,6 +439,7 @@ impl Metrics {
     /// Forget a removed stream: its series leave `/metrics`.
     pub fn unregister(&self, stream: &str) {
         let Some(removed) = self.scraped.streams().remove(stream) else { return };
+        removed.metrics.source.remove();
         let by_stream = StreamLabels { stream: stream.to_string() };
         let by_sink = removed.labels;
         let f = &self.families;

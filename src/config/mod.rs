@@ -667,6 +667,9 @@ impl Config {
             for problem in sink_problems {
                 push(at(&format!("sink.{}", problem.path)), problem.message);
             }
+            for (field, message) in stream.source.validate() {
+                push(at(&format!("source.{field}")), message);
+            }
         }
         problems
     }

@@ -6,6 +6,7 @@
 pub mod direct_put;
 pub mod file;
 pub mod http;
+pub mod kinesis;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -36,6 +37,8 @@ pub enum SourceConfig {
     DirectPut,
     /// Lines of a tailed log file.
     File(file::FileSourceConfig),
+    /// The shards of a Kinesis data stream.
+    Kinesis(kinesis::KinesisSourceConfig),
 }
 
 impl SourceConfig {
@@ -43,6 +46,7 @@ impl SourceConfig {
         match self {
             SourceConfig::DirectPut => "direct_put",
             SourceConfig::File(_) => "file",
+            SourceConfig::Kinesis(_) => "kinesis",
         }
     }
 
@@ -57,6 +61,7 @@ impl SourceConfig {
         match self {
             SourceConfig::DirectPut => Vec::new(),
             SourceConfig::File(config) => config.validate(),
+            SourceConfig::Kinesis(config) => config.validate(),
         }
     }
 
@@ -72,6 +77,9 @@ impl SourceConfig {
             SourceConfig::DirectPut => Vec::new(),
             SourceConfig::File(config) => {
                 vec![tokio::spawn(file::run(stream.to_string(), config.clone(), wal.clone(), metrics.clone(), stop))]
+            }
+            SourceConfig::Kinesis(config) => {
+                vec![tokio::spawn(kinesis::run(stream.to_string(), config.clone(), wal.clone(), metrics.clone(), stop))]
             }
         }
     }

@@ -3,13 +3,17 @@
 //! ```text
 //! frame   = payload_len: u32 LE | crc32c(payload): u32 LE | payload
 //! payload = first_sequence: u64 LE | arrival_ms: i64 LE | count: u32 LE | (len: u32 LE | bytes){count}
-//!           [ source ]
+//!           [ source [ metadata ] ]
 //! source  = shard_len: u16 LE | shard | position_len: u16 LE | position
+//! metadata = count: u32 LE (= the record count) | (len: u32 LE | bytes){count}
 //! ```
 //!
 //! `source` is present only in frames of a pulled shard (Kinesis, DynamoDB Streams, a tailed
 //! file): the shard and its own cursor after the frame's last record, so a pull source resumes
-//! from what the WAL holds. Frames written before it existed simply have none.
+//! from what the WAL holds. Frames written before it existed simply have none. `metadata`, when
+//! present, holds one opaque entry per record, written by the source (a Kinesis record's sequence
+//! number, subsequence number, partition key and arrival time) for the stages that need it (the
+//! Lambda event, error records); the WAL never interprets it.
 
 use bytes::{Buf, Bytes};
 
@@ -38,6 +42,8 @@ pub struct Frame {
     pub arrival_ms: i64,
     pub records: Vec<Bytes>,
     pub source: Option<SourcePosition>,
+    /// One entry per record when the source wrote any (see the module doc), else empty.
+    pub metadata: Vec<Bytes>,
 }
 
 impl Frame {
@@ -47,18 +53,29 @@ impl Frame {
 }
 
 /// Size of the frame that `encode` writes for these records.
-pub fn encoded_len(records: &[Bytes], source: Option<&SourcePosition>) -> usize {
+pub fn encoded_len(records: &[Bytes], source: Option<&SourcePosition>, metadata: &[Bytes]) -> usize {
     let source_len = source.map_or(0, |source| 4 + source.shard.len() + source.position.len());
-    HEADER_LEN + PAYLOAD_FIXED_LEN + records.iter().map(|record| 4 + record.len()).sum::<usize>() + source_len
+    let metadata_len = if source.is_some() && !metadata.is_empty() {
+        4 + metadata.iter().map(|entry| 4 + entry.len()).sum::<usize>()
+    } else {
+        0
+    };
+    HEADER_LEN
+        + PAYLOAD_FIXED_LEN
+        + records.iter().map(|record| 4 + record.len()).sum::<usize>()
+        + source_len
+        + metadata_len
 }
 
 /// Append one frame to `out`. A source position's fields must be at most
-/// [`MAX_SOURCE_FIELD_LEN`] bytes (checked by `Wal::append_pulled`).
+/// [`MAX_SOURCE_FIELD_LEN`] bytes (checked by `Wal::append_pulled`); `metadata` is written only
+/// with a source, and must then be empty or hold one entry per record (checked there too).
 pub fn encode(
     first_sequence: u64,
     arrival_ms: i64,
     records: &[Bytes],
     source: Option<&SourcePosition>,
+    metadata: &[Bytes],
     out: &mut Vec<u8>,
 ) {
     let start = out.len();
@@ -75,6 +92,13 @@ pub fn encode(
             let len = field.len().min(MAX_SOURCE_FIELD_LEN);
             out.extend_from_slice(&(len as u16).to_le_bytes());
             out.extend_from_slice(&field[..len]);
+        }
+        if !metadata.is_empty() {
+            out.extend_from_slice(&(metadata.len() as u32).to_le_bytes());
+            for entry in metadata {
+                out.extend_from_slice(&(entry.len() as u32).to_le_bytes());
+                out.extend_from_slice(entry);
+            }
         }
     }
     let payload = &out[start + HEADER_LEN..];
@@ -126,10 +150,33 @@ pub fn decode(payload: Bytes, checksum: u32) -> Result<Frame, DecodeError> {
         records.push(cursor.split_to(len));
     }
     let source = if cursor.has_remaining() { Some(decode_source(&mut cursor)?) } else { None };
+    let metadata = if cursor.has_remaining() { decode_metadata(&mut cursor, count)? } else { Vec::new() };
     if cursor.has_remaining() {
-        return Err(DecodeError::Malformed("trailing bytes after the source position"));
+        return Err(DecodeError::Malformed("trailing bytes after the record metadata"));
     }
-    Ok(Frame { first_sequence, arrival_ms, records, source })
+    Ok(Frame { first_sequence, arrival_ms, records, source, metadata })
+}
+
+fn decode_metadata(cursor: &mut Bytes, record_count: usize) -> Result<Vec<Bytes>, DecodeError> {
+    if cursor.remaining() < 4 {
+        return Err(DecodeError::Malformed("record metadata count past the payload"));
+    }
+    let count = cursor.get_u32_le() as usize;
+    if count != record_count {
+        return Err(DecodeError::Malformed("record metadata count differs from the record count"));
+    }
+    let mut metadata = Vec::with_capacity(count);
+    for _ in 0..count {
+        if cursor.remaining() < 4 {
+            return Err(DecodeError::Malformed("record metadata length past the payload"));
+        }
+        let len = cursor.get_u32_le() as usize;
+        if cursor.remaining() < len {
+            return Err(DecodeError::Malformed("record metadata past the payload"));
+        }
+        metadata.push(cursor.split_to(len));
+    }
+    Ok(metadata)
 }
 
 fn decode_source(cursor: &mut Bytes) -> Result<SourcePosition, DecodeError> {
@@ -157,8 +204,8 @@ mod tests {
     fn round_trips_and_detects_a_flipped_bit() {
         let records = vec![Bytes::from_static(b"one"), Bytes::new(), Bytes::from(vec![0u8, 255, 7])];
         let mut out = Vec::new();
-        encode(42, 1_700_000_000_123, &records, None, &mut out);
-        assert_eq!(out.len(), encoded_len(&records, None));
+        encode(42, 1_700_000_000_123, &records, None, &[], &mut out);
+        assert_eq!(out.len(), encoded_len(&records, None, &[]));
 
         let header: [u8; HEADER_LEN] = out[..HEADER_LEN].try_into().unwrap();
         let (payload_len, checksum) = parse_header(&header);
@@ -179,11 +226,24 @@ mod tests {
         let records = vec![Bytes::from_static(b"one"), Bytes::from_static(b"two")];
         let source = SourcePosition { shard: "shardId-000000000001".into(), position: "4959…0001".into() };
         let mut out = Vec::new();
-        encode(7, 1, &records, Some(&source), &mut out);
-        assert_eq!(out.len(), encoded_len(&records, Some(&source)));
+        encode(7, 1, &records, Some(&source), &[], &mut out);
+        assert_eq!(out.len(), encoded_len(&records, Some(&source), &[]));
         let (_, checksum) = parse_header(&out[..HEADER_LEN].try_into().unwrap());
         let frame = decode(Bytes::copy_from_slice(&out[HEADER_LEN..]), checksum).unwrap();
-        assert_eq!((frame.records, frame.source), (records, Some(source)));
+        assert_eq!((frame.records, frame.source, frame.metadata), (records, Some(source), vec![]));
+    }
+
+    #[test]
+    fn a_pulled_frame_may_carry_one_metadata_entry_per_record() {
+        let records = vec![Bytes::from_static(b"one"), Bytes::from_static(b"two")];
+        let metadata = vec![Bytes::from_static(b"meta-1"), Bytes::new()];
+        let source = SourcePosition { shard: "kinesis:shardId-000000000001".into(), position: "seq:42".into() };
+        let mut out = Vec::new();
+        encode(7, 1, &records, Some(&source), &metadata, &mut out);
+        assert_eq!(out.len(), encoded_len(&records, Some(&source), &metadata));
+        let (_, checksum) = parse_header(&out[..HEADER_LEN].try_into().unwrap());
+        let frame = decode(Bytes::copy_from_slice(&out[HEADER_LEN..]), checksum).unwrap();
+        assert_eq!((frame.records, frame.source, frame.metadata), (records, Some(source), metadata));
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub enum WalError {
     Gap { sequence: u64 },
     #[error("a source position's shard or position is longer than {limit} bytes")]
     SourcePositionTooLong { limit: usize },
+    #[error("{metadata} record metadata entries for {records} records (must be none or one per record)")]
+    MetadataCount { records: usize, metadata: usize },
 }
 
 impl WalError {
@@ -179,7 +181,7 @@ impl Wal {
     /// Append one request's records as a single frame (all or nothing). Resolves once the frame
     /// is durable per the fsync policy, with the sequences the records got.
     pub async fn append(&self, arrival_ms: i64, records: Vec<Bytes>) -> Result<Range<u64>, WalError> {
-        self.append_frame(arrival_ms, records, None).await
+        self.append_frame(arrival_ms, records, None, Vec::new()).await
     }
 
     /// Append records pulled from a shard, with the shard's position after the last of them.
@@ -191,10 +193,25 @@ impl Wal {
         records: Vec<Bytes>,
         source: SourcePosition,
     ) -> Result<Range<u64>, WalError> {
+        self.append_pulled_with_metadata(arrival_ms, records, source, Vec::new()).await
+    }
+
+    /// [`Wal::append_pulled`] with one opaque metadata entry per record (or none), kept in the
+    /// frame for later stages ([`Frame::metadata`]).
+    pub async fn append_pulled_with_metadata(
+        &self,
+        arrival_ms: i64,
+        records: Vec<Bytes>,
+        source: SourcePosition,
+        metadata: Vec<Bytes>,
+    ) -> Result<Range<u64>, WalError> {
         if source.shard.len() > MAX_SOURCE_FIELD_LEN || source.position.len() > MAX_SOURCE_FIELD_LEN {
             return Err(WalError::SourcePositionTooLong { limit: MAX_SOURCE_FIELD_LEN });
         }
-        self.append_frame(arrival_ms, records, Some(source)).await
+        if !metadata.is_empty() && metadata.len() != records.len() {
+            return Err(WalError::MetadataCount { records: records.len(), metadata: metadata.len() });
+        }
+        self.append_frame(arrival_ms, records, Some(source), metadata).await
     }
 
     async fn append_frame(
@@ -202,9 +219,10 @@ impl Wal {
         arrival_ms: i64,
         records: Vec<Bytes>,
         source: Option<SourcePosition>,
+        metadata: Vec<Bytes>,
     ) -> Result<Range<u64>, WalError> {
         let (reply, response) = oneshot::channel();
-        let command = writer::Command::Append { arrival_ms, records, source, reply };
+        let command = writer::Command::Append { arrival_ms, records, source, metadata, reply };
         self.commands.send(command).map_err(|_| WalError::Closed)?;
         response.await.map_err(|_| WalError::Closed)?
     }

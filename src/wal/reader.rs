@@ -50,6 +50,10 @@ impl WalReader {
             if frame.first_sequence < self.next_sequence {
                 let skip = (self.next_sequence - frame.first_sequence) as usize;
                 frame.records.drain(..skip);
+                if !frame.metadata.is_empty() {
+                    // Keep one metadata entry per record.
+                    frame.metadata.drain(..skip);
+                }
                 frame.first_sequence = self.next_sequence;
             }
             self.next_sequence = frame.end_sequence();

@@ -175,7 +175,7 @@ async fn after_a_reopen_only_records_past_the_checkpoint_count_as_undelivered() 
 }
 
 fn frame_len(records: &[Bytes]) -> u64 {
-    frame::encoded_len(records, None) as u64
+    frame::encoded_len(records, None, &[]) as u64
 }
 
 /// A WAL whose budget is exactly `max_bytes`, waiting `full_wait` for room.
@@ -258,7 +258,7 @@ async fn a_torn_tail_is_cut_off_and_appends_continue() {
     let good_len = std::fs::metadata(&last.path).unwrap().len();
     // A crash in the middle of the next frame: its header promises more than was written.
     let mut torn = Vec::new();
-    frame::encode(3, 0, &records("torn", 2), None, &mut torn);
+    frame::encode(3, 0, &records("torn", 2), None, &[], &mut torn);
     std::fs::OpenOptions::new().append(true).open(&last.path).unwrap().write_all(&torn[..torn.len() / 2]).unwrap();
 
     let (wal, report) = Wal::open(options(dir.path()), 0).unwrap();
@@ -520,5 +520,24 @@ async fn a_source_position_that_cannot_be_stored_is_refused() {
     let error = wal.append_pulled(0, records("x", 1), too_long).await.unwrap_err();
     assert!(matches!(error, WalError::SourcePositionTooLong { .. }), "{error}");
     assert!(wal.positions().is_empty());
+    wal.close();
+}
+
+#[tokio::test]
+async fn record_metadata_reads_back_aligned_with_its_records_from_any_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(WalOptions { track_positions: true, ..options(dir.path()) }, 0).unwrap();
+    let metadata: Vec<Bytes> = (0..4).map(|index| Bytes::from(format!("meta-{index}"))).collect();
+    wal.append_pulled_with_metadata(0, records("m", 4), shard_position("s", 1), metadata.clone()).await.unwrap();
+    let error = wal
+        .append_pulled_with_metadata(0, records("m", 2), shard_position("s", 2), metadata.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, WalError::MetadataCount { records: 2, metadata: 4 }), "{error}");
+    let committed = *wal.committed().borrow();
+    let frames = wal.reader(2).read(committed, 1 << 20).unwrap();
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].records, records("m", 4)[2..]);
+    assert_eq!(frames[0].metadata, metadata[2..], "the entries of the records read, in order");
     wal.close();
 }

@@ -46,8 +46,17 @@ const BACKLOG_ENTRIES_PER_BUDGET: u64 = 1024;
 pub type AppendReply = oneshot::Sender<Result<Range<u64>, WalError>>;
 
 pub enum Command {
-    Append { arrival_ms: i64, records: Vec<Bytes>, source: Option<SourcePosition>, reply: AppendReply },
-    Trim { delivered: u64 },
+    Append {
+        arrival_ms: i64,
+        records: Vec<Bytes>,
+        source: Option<SourcePosition>,
+        /// Per-record metadata of a pulled source: empty, or one entry per record.
+        metadata: Vec<Bytes>,
+        reply: AppendReply,
+    },
+    Trim {
+        delivered: u64,
+    },
     Shutdown,
 }
 
@@ -96,6 +105,7 @@ struct QueuedAppend {
     arrival_ms: i64,
     records: Vec<Bytes>,
     source: Option<SourcePosition>,
+    metadata: Vec<Bytes>,
     reply: AppendReply,
     frame_len: u64,
     /// When a full WAL answers `Full` instead of waiting longer.
@@ -394,10 +404,11 @@ impl Writer {
     /// Apply one command; true when it asks the writer to stop.
     fn handle(&mut self, command: Command) -> bool {
         match command {
-            Command::Append { arrival_ms, records, source, reply } => {
-                let frame_len = frame::encoded_len(&records, source.as_ref()) as u64;
+            Command::Append { arrival_ms, records, source, metadata, reply } => {
+                let frame_len = frame::encoded_len(&records, source.as_ref(), &metadata) as u64;
                 let give_up_at = Instant::now() + self.options.full_wait;
-                self.queue.push_back(QueuedAppend { arrival_ms, records, source, reply, frame_len, give_up_at });
+                let queued = QueuedAppend { arrival_ms, records, source, metadata, reply, frame_len, give_up_at };
+                self.queue.push_back(queued);
                 false
             }
             Command::Trim { delivered } => {
@@ -485,7 +496,14 @@ impl Writer {
         let mut sequence = self.next_sequence;
         let mut sources = Vec::new();
         for queued in group {
-            frame::encode(sequence, queued.arrival_ms, &queued.records, queued.source.as_ref(), &mut self.buffer);
+            frame::encode(
+                sequence,
+                queued.arrival_ms,
+                &queued.records,
+                queued.source.as_ref(),
+                &queued.metadata,
+                &mut self.buffer,
+            );
             let range = sequence..sequence + queued.records.len() as u64;
             sequence = range.end;
             sources.extend(queued.source);

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Benchmark the kinesis source: Kinesis (kinesalite from scripts/services.sh) → spillway → local
+# folder (gzip). Fills a new stream of --shards shards with --records JSON records of about
+# --record-bytes bytes (boto3 from the test venv), then starts the release binary reading it
+# from TRIM_HORIZON and times the drain until every record is delivered. Prints records/s,
+# MiB/s, spillway's CPU-s/GiB (its /metrics) and kinesalite's CPU-s/GiB over the same window
+# (from /proc), since the endpoint's own cost is part of what a reader pays.
+#
+#   scripts/bench_kinesis.sh --shards 1
+#   scripts/bench_kinesis.sh --shards 4 --records 400000
+#
+# Needs: scripts/services.sh up (kinesalite), the release binary ($CARGO_TARGET_DIR/release/spillway).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+shards=1 records=200000 record_bytes=200 port=4597 binary="${CARGO_TARGET_DIR:-target}/release/spillway"
+while (($#)); do
+	case "$1" in
+	--shards) shards=$2; shift 2 ;;
+	--records) records=$2; shift 2 ;;
+	--record-bytes) record_bytes=$2; shift 2 ;;
+	--port) port=$2; shift 2 ;;
+	--binary) binary=$2; shift 2 ;;
+	*) echo "unknown option $1" >&2; exit 2 ;;
+	esac
+done
+
+eval "$(scripts/services.sh env)"
+binary="$(realpath "$binary")"
+[[ -x "$binary" ]] || { echo "build it first: cargo build --release" >&2; exit 1; }
+kinesalite_pid="$(cat "${SPILLWAY_CACHE_DIR:-$HOME/.cache/spillway}/run/kinesalite.pid")"
+work="$(mktemp -d)"
+delete_stream() {
+	"$SPILLWAY_TEST_PYTHON" -c 'import sys, boto3; boto3.client("kinesis", endpoint_url=sys.argv[1], region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x").delete_stream(StreamName=sys.argv[2])' \
+		"$SPILLWAY_TEST_KINESIS_ENDPOINT" "$stream" 2>/dev/null || true
+}
+trap 'kill "$spillway_pid" 2>/dev/null || true; delete_stream; rm -rf "$work"' EXIT
+spillway_pid=
+stream="bench-kinesis-$$-$(date +%s)"
+
+echo "cpu: $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "filling $stream: $shards shard(s), $records records of ~$record_bytes B"
+"$SPILLWAY_TEST_PYTHON" - "$SPILLWAY_TEST_KINESIS_ENDPOINT" "$stream" "$shards" "$records" "$record_bytes" <<'EOF'
+import sys, time, boto3
+endpoint, stream, shards, records, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+k = boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+k.create_stream(StreamName=stream, ShardCount=shards)
+while k.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]["StreamStatus"] != "ACTIVE":
+    time.sleep(0.05)
+started = time.time()
+pad = "x" * max(0, size - 60)
+for first in range(0, records, 500):
+    batch = [{"PartitionKey": f"key-{n % 1024}", "Data": f'{{"n":{n},"key":"key-{n % 1024}","pad":"{pad}"}}'.encode()}
+             for n in range(first, min(first + 500, records))]
+    out = k.put_records(StreamName=stream, Records=batch)
+    assert out["FailedRecordCount"] == 0
+print(f"filled in {time.time() - started:.1f} s")
+EOF
+
+cat >"$work/spillway.yaml" <<EOF
+server: { listen: 127.0.0.1:$port }
+data_dir: ./data
+streams:
+  - name: bench
+    source: { type: kinesis, stream_name: $stream, endpoint: '$SPILLWAY_TEST_KINESIS_ENDPOINT', region: us-east-1, starting_position: TRIM_HORIZON, poll_interval_ms: 200 }
+    processing: { record_delimiter: newline }
+    buffering: { size_mib: 5, interval_seconds: 1 }
+    sink: { type: s3, url: 'file://./out', compression: gzip }
+EOF
+
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+metric() { # NAME_PREFIX: the first sample starting with it, or nothing
+	curl -sf "http://127.0.0.1:$port/metrics" 2>/dev/null | awk -v name="$1" 'index($0, name) == 1 { print $NF; exit }' || true
+}
+ticks_per_second="$(getconf CLK_TCK)"
+kinesalite_before="$(cpu_ticks "$kinesalite_pid")"
+started="$(date +%s.%N)"
+(cd "$work" && AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x SPILLWAY_LOG=warn exec "$binary" run --config spillway.yaml >/dev/null 2>"$work/spillway.log") &
+spillway_pid=$!
+delivered=0
+while ((delivered < records)); do
+	sleep 0.2
+	delivered="$(metric 'spillway_delivered_records_total{stream="bench"')"
+	delivered="${delivered%%.*}"
+	delivered="${delivered:-0}"
+	kill -0 "$spillway_pid" 2>/dev/null || { cat "$work/spillway.log" >&2; exit 1; }
+done
+ended="$(date +%s.%N)"
+kinesalite_after="$(cpu_ticks "$kinesalite_pid")"
+spillway_cpu="$(metric 'process_cpu_seconds_total')"
+bytes="$(metric 'spillway_incoming_bytes_total{stream="bench"')"
+peak_rss="$(metric 'process_peak_rss_bytes')"
+kill -TERM "$spillway_pid"
+wait "$spillway_pid" || true
+spillway_pid=
+awk -v records="$records" -v bytes="$bytes" -v start="$started" -v end="$ended" -v cpu="$spillway_cpu" \
+	-v kin_before="$kinesalite_before" -v kin_after="$kinesalite_after" -v tck="$ticks_per_second" -v rss="$peak_rss" \
+	-v shards="$shards" 'BEGIN {
+	seconds = end - start; gib = bytes / 1073741824; kin = (kin_after - kin_before) / tck
+	printf "%d shard(s): %d records (%.1f MiB) drained in %.2f s = %.0f records/s, %.2f MiB/s\n", shards, records, bytes / 1048576, seconds, records / seconds, bytes / 1048576 / seconds
+	printf "spillway CPU %.2f s = %.1f CPU-s/GiB, peak RSS %.0f MiB; kinesalite CPU %.2f s = %.1f CPU-s/GiB (its share of the window: %.0f%%)\n", cpu, cpu / gib, rss / 1048576, kin, kin / gib, 100 * kin / seconds
+}'
