@@ -348,8 +348,16 @@ async fn sigkill_during_copy_loads_every_acknowledged_row_exactly_once() {
     let delivered = assert_exactly_once(&db, &table, &ledger).await;
     let batches: i64 =
         db.query_one("SELECT count(*) FROM spillway_batches WHERE target = $1", &[&table]).await.unwrap().get(0);
+    let logs: String = common::files_under(dir.path())
+        .iter()
+        .filter(|path| path.extension().is_some_and(|extension| extension == "log"))
+        .map(|path| std::fs::read_to_string(path).unwrap_or_default())
+        .collect();
+    let resent = logs.matches("re-sending a batch recorded before a restart").count();
+    let already = logs.matches("batch already loaded; acknowledged without loading again").count();
     eprintln!(
-        "seed {seed}: {rounds} SIGKILL rounds, {} acknowledged, {} unknown at a kill, {delivered} rows, {batches} batches",
+        "seed {seed}: {rounds} SIGKILL rounds, {} acknowledged, {} unknown at a kill, {delivered} rows, {batches} batches, \
+         {resent} re-sent after a kill, {already} of them already committed",
         ledger.acknowledged.len(),
         ledger.unknown.len()
     );
