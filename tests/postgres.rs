@@ -429,3 +429,54 @@ async fn validate_connect_reports_a_missing_table_or_column() {
     assert!(ok, "{output}");
     assert!(output.contains("loads columns (id bigint, doc jsonb)"), "{output}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn tls_is_used_when_the_url_asks_for_it_and_the_certificate_is_checked() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "spillway test ca");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let server_params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server_cert = server_params.signed_by(&server_key, &ca).unwrap();
+    let server = OwnPostgres::start_tls(&server_cert.pem(), &server_key.serialize_pem());
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let table = pg::unique_table("tls");
+    let plain = pg::connect(&server.url("postgres")).await;
+    plain.batch_execute(&format!("CREATE TABLE {table} (id bigint)")).await.unwrap();
+    let url = format!("{}?sslmode=require", server.url("postgres"));
+
+    // Not trusted (system store only): refused, and said why.
+    let path = dir.path().join("untrusted.yaml");
+    std::fs::write(&path, yaml(&url, &table, "")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["validate", "--connect", "--config"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+
+    let spillway =
+        Spillway::start(dir.path(), &yaml(&url, &table, &format!("      ca_file: {}\n", ca_file.display())));
+    put(&spillway.client().await, "rows", &[r#"{"id":1}"#.to_string(), r#"{"id":2}"#.to_string()]).await;
+    pg::wait_rows(&plain, &table, 2, WAIT).await;
+    let encrypted: i64 = plain
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE ssl AND application_name = 'spillway'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(encrypted >= 1, "spillway's connections use tls");
+    assert_eq!(spillway.terminate(), 0);
+}

@@ -77,11 +77,22 @@ fn run_pg(program: &Path, args: &[&str]) -> std::process::Output {
 pub struct OwnPostgres {
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Extra server options (`-c ssl=on …`).
+    options: String,
 }
 
 impl OwnPostgres {
     /// initdb + start on a free loopback port (about 4 s).
     pub fn start() -> OwnPostgres {
+        Self::start_with(None)
+    }
+
+    /// With TLS on (`ssl=on`), serving this PEM certificate and key.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> OwnPostgres {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> OwnPostgres {
         let dir = tempfile::Builder::new().prefix("spillway-own-pg").tempdir_in("/tmp").expect("temp dir");
         if is_root() {
             let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().unwrap();
@@ -94,7 +105,20 @@ impl OwnPostgres {
             &["-D", data.to_str().unwrap(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"],
         );
         assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
-        let server = OwnPostgres { port, dir };
+        let mut options = String::new();
+        if let Some((cert_pem, key_pem)) = tls {
+            let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            std::fs::write(&cert, cert_pem).unwrap();
+            std::fs::write(&key, key_pem).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if is_root() {
+                let status = Command::new("chown").args(["postgres:postgres"]).arg(&cert).arg(&key).status().unwrap();
+                assert!(status.success());
+            }
+            options = format!(" -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}", cert.display(), key.display());
+        }
+        let server = OwnPostgres { port, dir, options };
         server.start_again();
         server
     }
@@ -107,9 +131,10 @@ impl OwnPostgres {
         let data = self.dir.path().join("data");
         let log = self.dir.path().join("postgres.log");
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off{}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.options
         );
         let out = run_pg(
             &pg_bin().join("pg_ctl"),

@@ -51,8 +51,17 @@ impl PooledClient<'_> {
 
 impl Pool {
     pub fn new(config: tokio_postgres::Config, ca_file: Option<&str>, max_connections: usize) -> Result<Self, PgError> {
-        let tls = match config.get_ssl_mode() {
-            SslMode::Disable => None,
+        let tls = match (config.get_ssl_mode(), ca_file) {
+            (SslMode::Disable, _) => None,
+            // libpq's default: TLS when the server offers it. Without any trusted certificate
+            // (a minimal container) it can only mean clear text, so say so rather than fail.
+            (SslMode::Prefer, None) => match tls_config(None) {
+                Ok(tls) => Some(MakeRustlsConnect::new(tls)),
+                Err(error) => {
+                    tracing::warn!(%error, "sslmode=prefer without a trust store: connecting without tls");
+                    None
+                }
+            },
             _ => Some(MakeRustlsConnect::new(tls_config(ca_file)?)),
         };
         Ok(Self { config, tls, idle: Mutex::new(Vec::new()), permits: Arc::new(Semaphore::new(max_connections.max(1))) })
