@@ -480,3 +480,32 @@ async fn tls_is_used_when_the_url_asks_for_it_and_the_certificate_is_checked() {
     assert!(encrypted >= 1, "spillway's connections use tls");
     assert_eq!(spillway.terminate(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn spillway_starts_while_postgres_is_down_and_loads_once_it_is_back() {
+    let server = OwnPostgres::start();
+    let url = server.url("postgres");
+    let table = pg::unique_table("late");
+    pg::connect(&url).await.batch_execute(&format!("CREATE TABLE {table} (id bigint, at timestamptz)")).await.unwrap();
+    server.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let spillway = Spillway::start(dir.path(), &yaml(&url, &table, ""));
+    // Encoded before the table could be read: kept raw, turned into rows at the load.
+    let records: Vec<String> = (0..1000).map(|id| format!(r#"{{"id":{id},"at":{}}}"#, 1_700_000_000 + id)).collect();
+    put(&spillway.client().await, "rows", &records).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.start_again();
+    let db = pg::connect(&url).await;
+    pg::wait_rows(&db, &table, 1000, WAIT).await;
+    assert_eq!(spillway.terminate(), 0);
+    let (rows, distinct, first): (i64, i64, String) = {
+        let row = db
+            .query_one(&format!("SELECT count(*), count(DISTINCT id), min(at)::text FROM {table}"), &[])
+            .await
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!((rows, distinct), (1000, 1000));
+    assert!(first.starts_with("2023-11-14"), "epoch seconds converted after the fact: {first}");
+}

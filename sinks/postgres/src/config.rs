@@ -168,7 +168,8 @@ impl PostgresSinkConfig {
     }
 
     /// Connect, create the batches table if missing, and read the table's shape (its columns
-    /// and their types): a missing table or column is an error naming it. The S3 backup is
+    /// and their types): a missing table or column is an error naming it. An unreachable server
+    /// is not: records wait in the WAL and the table is read at the first load. The S3 backup is
     /// built too (no request sent).
     pub async fn build(&self, stream: &str) -> Result<PostgresSink, SinkError> {
         let problems = self.validate();
@@ -179,17 +180,16 @@ impl PostgresSinkConfig {
         }
         let backup = Arc::new(self.s3_backup.build(stream)?);
         let pool = Pool::new(self.connection_config()?, self.ca_file.as_deref(), self.max_connections)?;
-        let shape = self.describe(&pool).await?;
-        let batches_table = schema::ensure_batches_table(&pool, &self.batches_table).await?;
-        Ok(PostgresSink::new(
-            stream,
-            pool,
-            Arc::new(shape),
-            batches_table,
-            backup,
-            Duration::from_secs(self.timeout_seconds),
-            self.copy_options.clone(),
-        ))
+        let sink = PostgresSink::new(stream, pool, self.clone(), backup);
+        match tokio::time::timeout(Duration::from_secs(self.timeout_seconds), sink.prepare()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) if error.is_unreachable() => {
+                tracing::warn!(stream, %error, "postgres is unreachable at start; its table is checked at the first load")
+            }
+            Ok(Err(error)) => return Err(error.into()),
+            Err(_) => tracing::warn!(stream, "postgres did not answer at start; its table is checked at the first load"),
+        }
+        Ok(sink)
     }
 
     /// Check the table and columns against the database (`validate --connect`, start-up).

@@ -3,6 +3,10 @@
 //! COPY body itself. Every control byte is escaped, so one line is one record: the sink can
 //! find any record by its index (to split out bad rows) without parsing the payload again.
 //!
+//! When the table's shape is not known yet (PostgreSQL was unreachable at start), an encoder
+//! keeps records as they came instead (`\x02`, then length-prefixed records) and the sink turns
+//! them into rows once it has read the table ([`rows_from_raw`]).
+//!
 //! A record that cannot become a row (not JSON, not an object) is kept in its place as a
 //! *rejected line*: `\x01` then the reason. The sink never sends it to the database and reports
 //! it as that record's failure, so the rest of the batch loads and nothing is lost.
@@ -15,7 +19,7 @@
 //! Must not: talk to the database.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -25,32 +29,47 @@ use crate::schema::{ColumnKind, TableShape};
 
 /// First byte of a rejected line; never the first byte of a row (control bytes are escaped).
 pub const REJECTED: u8 = 0x01;
+/// First byte of a payload of raw records (shape unknown when encoded); never a row's.
+pub const RAW: u8 = 0x02;
+
+/// The table's shape, once known; shared by the sink (which reads it) and its encoders.
+pub type SharedShape = Arc<OnceLock<Arc<TableShape>>>;
 
 pub struct CopyEncoderFactory {
-    shape: Arc<TableShape>,
+    shape: SharedShape,
 }
 
 impl CopyEncoderFactory {
-    pub fn new(shape: Arc<TableShape>) -> Self {
+    pub fn new(shape: SharedShape) -> Self {
         Self { shape }
     }
 }
 
 impl EncoderFactory for CopyEncoderFactory {
     fn new_encoder(&self, chunk_bytes: usize) -> Box<dyn Encoder> {
-        Box::new(CopyEncoder { shape: self.shape.clone(), out: Vec::with_capacity(chunk_bytes.min(1 << 20)) })
+        Box::new(CopyEncoder { shape: self.shape.get().cloned(), out: Vec::with_capacity(chunk_bytes.min(1 << 20)) })
     }
 }
 
 pub struct CopyEncoder {
-    shape: Arc<TableShape>,
+    /// `None`: keep raw records (see the module header).
+    shape: Option<Arc<TableShape>>,
     out: Vec<u8>,
 }
 
 impl Encoder for CopyEncoder {
     fn push(&mut self, data: &[u8], _delimiter: &[u8]) -> Result<(), EncodeError> {
+        let Some(shape) = &self.shape else {
+            let length = u32::try_from(data.len()).map_err(|_| EncodeError::Record("record over 4 GiB".into()))?;
+            if self.out.is_empty() {
+                self.out.push(RAW);
+            }
+            self.out.extend_from_slice(&length.to_le_bytes());
+            self.out.extend_from_slice(data);
+            return Ok(());
+        };
         let mark = self.out.len();
-        if let Err(reason) = encode_row(&self.shape, data, &mut self.out) {
+        if let Err(reason) = encode_row(shape, data, &mut self.out) {
             self.out.truncate(mark);
             self.out.push(REJECTED);
             escape_into(reason.as_bytes(), &mut self.out);
@@ -69,6 +88,20 @@ impl Encoder for CopyEncoder {
         }
         Ok(Payload::from_chunks(vec![Bytes::from(self.out)]))
     }
+}
+
+/// Rows from a payload of raw records, now that the shape is known.
+pub fn rows_from_raw(shape: Arc<TableShape>, raw: &[u8]) -> Result<Bytes, EncodeError> {
+    let mut encoder: Box<dyn Encoder> = Box::new(CopyEncoder { shape: Some(shape), out: Vec::with_capacity(raw.len()) });
+    let mut rest = raw.strip_prefix(&[RAW]).unwrap_or(raw);
+    while !rest.is_empty() {
+        let (length, tail) = rest.split_at_checked(4).ok_or(EncodeError::Record("truncated raw payload".into()))?;
+        let length = u32::from_le_bytes([length[0], length[1], length[2], length[3]]) as usize;
+        let (record, tail) = tail.split_at_checked(length).ok_or(EncodeError::Record("truncated raw payload".into()))?;
+        encoder.push(record, b"")?;
+        rest = tail;
+    }
+    Ok(encoder.finish()?.to_bytes())
 }
 
 /// One record as one COPY text row (without the newline), or why it cannot be one.
@@ -303,7 +336,7 @@ mod tests {
     #[test]
     fn one_line_per_record_and_rejected_lines_keep_their_place() {
         let table = Arc::new(shape(&[("s", ColumnKind::Scalar)]));
-        let mut encoder: Box<dyn Encoder> = CopyEncoderFactory::new(table).new_encoder(1024);
+        let mut encoder: Box<dyn Encoder> = CopyEncoderFactory::new(Arc::new(OnceLock::from(table))).new_encoder(1024);
         encoder.push(b"{\"s\":\"a\\nb\\u0001\"}\n", b"\n").unwrap();
         encoder.push(b"{oops", b"\n").unwrap();
         encoder.push(b"{\"s\":\"c\"}", b"").unwrap();
@@ -315,6 +348,27 @@ mod tests {
         assert_eq!(line(1)[0], REJECTED);
         assert!(unescape(&line(1)[1..]).contains("not JSON"));
         assert_eq!(line(2), b"c");
+    }
+
+    #[test]
+    fn records_encoded_before_the_shape_is_known_become_the_same_rows_later() {
+        let cell: SharedShape = Arc::new(OnceLock::new());
+        let factory = CopyEncoderFactory::new(cell.clone());
+        let records: [&[u8]; 3] = [b"{\"s\":\"a\"}", b"oops", b"{\"s\":\"tab\\there\"}\n"];
+        let mut early = factory.new_encoder(1024);
+        for record in records {
+            early.push(record, b"\n").unwrap();
+        }
+        let raw = early.finish().unwrap().to_bytes();
+        assert_eq!(raw[0], RAW);
+        cell.set(Arc::new(shape(&[("s", ColumnKind::Scalar)]))).unwrap();
+        let mut late = factory.new_encoder(1024);
+        for record in records {
+            late.push(record, b"\n").unwrap();
+        }
+        let rows = late.finish().unwrap().to_bytes();
+        assert_eq!(rows_from_raw(cell.get().unwrap().clone(), &raw).unwrap(), rows);
+        assert_eq!(lines(&rows).len(), 3);
     }
 
     #[test]

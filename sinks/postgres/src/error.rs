@@ -60,6 +60,18 @@ impl PgError {
         }
     }
 
+    /// The server could not be reached or went away (not a problem of the table or the data).
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            PgError::Postgres(error) => match error.as_db_error() {
+                None => true,
+                Some(db) => matches!(db.code().code().get(..2), Some("08" | "57" | "53")),
+            },
+            PgError::Timeout(_) => true,
+            _ => false,
+        }
+    }
+
     /// A database error caused by one row's content.
     pub fn is_row_fault(&self) -> bool {
         self.sqlstate().is_some_and(|code| fault_of(code) == Fault::Row)

@@ -13,7 +13,7 @@
 //! Must not: retry (the pipeline does), or keep a connection that saw an error.
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,10 +24,11 @@ use spillway_sink_api::{Batch, RecordFailure, Sink, SinkError};
 use spillway_sink_s3::S3Sink;
 use tokio_postgres::{Client, Transaction};
 
-use crate::encode::{CopyEncoderFactory, REJECTED, lines, unescape};
+use crate::config::PostgresSinkConfig;
+use crate::encode::{CopyEncoderFactory, RAW, REJECTED, SharedShape, lines, rows_from_raw, unescape};
 use crate::error::{PgError, describe};
 use crate::pool::Pool;
-use crate::schema::TableShape;
+use crate::schema::{self, TableShape};
 
 /// Largest piece of COPY data sent in one message.
 const COPY_PIECE_BYTES: usize = 1 << 20;
@@ -35,19 +36,29 @@ const COPY_PIECE_BYTES: usize = 1 << 20;
 pub struct PostgresSink {
     stream: String,
     pool: Pool,
-    shape: Arc<TableShape>,
-    /// Quoted name of the batches table.
-    batches_table: String,
+    config: PostgresSinkConfig,
+    /// The table read from the catalog and the batches table created: once, at start or, if
+    /// PostgreSQL was unreachable then, at the first load or healthcheck that reaches it.
+    prepared: tokio::sync::OnceCell<Prepared>,
+    /// The shape, for encoders (which cannot wait for the database).
+    encoder_shape: SharedShape,
     backup: Arc<S3Sink>,
     timeout: Duration,
+}
+
+/// What loading needs from the database's catalog.
+struct Prepared {
+    shape: Arc<TableShape>,
     copy_statement: String,
+    /// Quoted name of the batches table.
+    batches_table: String,
 }
 
 impl std::fmt::Debug for PostgresSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresSink")
             .field("stream", &self.stream)
-            .field("table", &self.shape.table)
+            .field("table", &self.config.table)
             .finish_non_exhaustive()
     }
 }
@@ -67,22 +78,21 @@ impl From<StoredFailure> for RecordFailure {
 }
 
 impl PostgresSink {
-    pub(crate) fn new(
-        stream: &str,
-        pool: Pool,
-        shape: Arc<TableShape>,
-        batches_table: String,
-        backup: Arc<S3Sink>,
-        timeout: Duration,
-        copy_options: Option<String>,
-    ) -> Self {
-        let copy_statement = shape.copy_statement(copy_options.as_deref());
-        Self { stream: stream.to_string(), pool, shape, batches_table, backup, timeout, copy_statement }
+    pub(crate) fn new(stream: &str, pool: Pool, config: PostgresSinkConfig, backup: Arc<S3Sink>) -> Self {
+        Self {
+            stream: stream.to_string(),
+            pool,
+            timeout: Duration::from_secs(config.timeout_seconds),
+            config,
+            prepared: tokio::sync::OnceCell::new(),
+            encoder_shape: Arc::new(OnceLock::new()),
+            backup,
+        }
     }
 
     /// The encoder open batches are held in: COPY text rows for this table.
     pub fn encoder_factory(&self) -> CopyEncoderFactory {
-        CopyEncoderFactory::new(self.shape.clone())
+        CopyEncoderFactory::new(self.encoder_shape.clone())
     }
 
     /// Where refused records go.
@@ -90,12 +100,48 @@ impl PostgresSink {
         self.backup.clone()
     }
 
-    pub fn shape(&self) -> &TableShape {
-        &self.shape
+    /// The table's shape, if it has been read.
+    pub fn shape(&self) -> Option<&TableShape> {
+        self.prepared.get().map(|prepared| prepared.shape.as_ref())
+    }
+
+    /// Read the table from the catalog and create the batches table, once.
+    pub async fn prepare(&self) -> Result<(), PgError> {
+        self.prepared().await.map(|_| ())
+    }
+
+    async fn prepared(&self) -> Result<&Prepared, PgError> {
+        self.prepared
+            .get_or_try_init(|| async {
+                let mut pooled = self.pool.get().await?;
+                let described = schema::describe(
+                    pooled.client(),
+                    &self.config.table,
+                    self.config.columns.as_deref(),
+                    self.config.record_column.as_deref(),
+                )
+                .await;
+                pooled.release(described.is_ok());
+                let shape = Arc::new(described?);
+                let batches_table = schema::ensure_batches_table(&self.pool, &self.config.batches_table).await?;
+                let copy_statement = shape.copy_statement(self.config.copy_options.as_deref());
+                let _ = self.encoder_shape.set(shape.clone());
+                tracing::info!(stream = %self.stream, table = %shape.table, columns = shape.columns.len(), "postgres table read");
+                Ok(Prepared { shape, copy_statement, batches_table })
+            })
+            .await
     }
 
     async fn load(&self, batch: &Batch) -> Result<Vec<StoredFailure>, PgError> {
-        let body = batch.payload.to_bytes();
+        let prepared = self.prepared().await?;
+        let mut body = batch.payload.to_bytes();
+        if body.first() == Some(&RAW) {
+            // Encoded before the table was known: rows now.
+            let (shape, raw) = (prepared.shape.clone(), body.clone());
+            body = tokio::task::spawn_blocking(move || rows_from_raw(shape, &raw))
+                .await?
+                .map_err(|error| PgError::Protocol(error.to_string()))?;
+        }
         let split_body = body.clone();
         let rows = tokio::task::spawn_blocking(move || lines(&split_body)).await?;
         if rows.len() != batch.record_count() {
@@ -106,7 +152,7 @@ impl PostgresSink {
             )));
         }
         let mut pooled = self.pool.get().await?;
-        let result = self.load_rows(pooled.client(), batch, &body, &rows).await;
+        let result = self.load_rows(pooled.client(), prepared, batch, &body, &rows).await;
         pooled.release(result.is_ok());
         result
     }
@@ -114,6 +160,7 @@ impl PostgresSink {
     async fn load_rows(
         &self,
         client: &mut Client,
+        prepared: &Prepared,
         batch: &Batch,
         body: &Bytes,
         rows: &[(usize, usize)],
@@ -122,7 +169,7 @@ impl PostgresSink {
         let mut transaction = client.transaction().await?;
         let lookup = format!(
             "SELECT failures::text FROM {} WHERE stream = $1 AND batch_id = $2::text::uuid",
-            self.batches_table
+            prepared.batches_table
         );
         if let Some(row) = transaction.query_opt(&lookup, &[&self.stream, &batch_id]).await? {
             let stored: String = row.get(0);
@@ -159,7 +206,7 @@ impl PostgresSink {
             }
             copies += 1;
             let savepoint = transaction.savepoint("spillway_rows").await?;
-            match copy_rows(&savepoint, &self.copy_statement, body, rows, range.clone()).await {
+            match copy_rows(&savepoint, &prepared.copy_statement, body, rows, range.clone()).await {
                 Ok(count) => {
                     savepoint.commit().await?;
                     loaded += count;
@@ -194,10 +241,10 @@ impl PostgresSink {
             serde_json::to_string(&failures).map_err(|error| PgError::Protocol(format!("cannot encode failures: {error}")))?;
         let record = format!(
             "INSERT INTO {} (stream, batch_id, target, row_count, failures) VALUES ($1, $2::text::uuid, $3, $4, $5::text::jsonb)",
-            self.batches_table
+            prepared.batches_table
         );
         let row_count = loaded as i64;
-        transaction.execute(&record, &[&self.stream, &batch_id, &self.shape.table, &row_count, &failures_json]).await?;
+        transaction.execute(&record, &[&self.stream, &batch_id, &prepared.shape.table, &row_count, &failures_json]).await?;
         transaction.commit().await?;
         tracing::debug!(stream = %self.stream, batch = %batch_id, rows = loaded, refused = failures.len(), copies, "batch loaded");
         Ok(failures)
@@ -278,16 +325,17 @@ impl Sink for PostgresSink {
     }
 
     async fn healthcheck(&self) -> Result<(), SinkError> {
+        let prepared = self.prepared().await?;
         let mut pooled = self.pool.get().await?;
         let result = pooled
             .client()
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&self.shape.table])
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&prepared.shape.table])
             .await
             .map_err(PgError::from);
         pooled.release(result.is_ok());
         match result?.get::<_, bool>(0) {
             true => Ok(()),
-            false => Err(PgError::MissingTable(self.shape.table.clone()).into()),
+            false => Err(PgError::MissingTable(prepared.shape.table.clone()).into()),
         }
     }
 
