@@ -182,23 +182,22 @@ async fn one_bad_row_among_10000_goes_to_the_error_output_and_the_rest_load_once
     let spillway = Spillway::start(dir.path(), &yaml(&pg::shared_url(), &table, ""));
     let client = spillway.client().await;
     let bad = r#"{"id":7777,"n":"seven thousand","body":"bad"}"#.to_string();
-    let records: Vec<String> = (0..10_000)
-        .map(|id| if id == 7777 { bad.clone() } else { format!(r#"{{"id":{id},"n":{id},"body":"{}"}}"#, "x".repeat(100)) })
-        .collect();
+    let records: Vec<String> =
+        (0..10_000)
+            .map(|id| {
+                if id == 7777 { bad.clone() } else { format!(r#"{{"id":{id},"n":{id},"body":"{}"}}"#, "x".repeat(100)) }
+            })
+            .collect();
     put(&client, "rows", &records).await;
 
     pg::wait_rows(&db, &table, 9_999, WAIT).await;
     let errors = wait_errors(dir.path(), 1).await;
     assert_eq!(spillway.terminate(), 0);
     assert_eq!(pg::count(&db, &table).await, 9_999);
-    let distinct: i64 =
-        db.query_one(&format!("SELECT count(DISTINCT id) FROM {table}"), &[]).await.unwrap().get(0);
+    let distinct: i64 = db.query_one(&format!("SELECT count(DISTINCT id) FROM {table}"), &[]).await.unwrap().get(0);
     assert_eq!(distinct, 9_999, "no row twice");
-    let missing: i64 = db
-        .query_one(&format!("SELECT count(*) FROM {table} WHERE id = 7777"), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let missing: i64 =
+        db.query_one(&format!("SELECT count(*) FROM {table} WHERE id = 7777"), &[]).await.unwrap().get(0);
     assert_eq!(missing, 0);
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0]["errorCode"], "Postgres.22P02");
@@ -259,7 +258,13 @@ struct Ledger {
 
 /// `clients` tasks push small batches of unique records every 20 ms until `stop` is set or a call
 /// fails (the server died).
-async fn push_until_stopped(endpoint: String, clients: usize, tag: String, ledger: Arc<Mutex<Ledger>>, stop: Arc<AtomicBool>) {
+async fn push_until_stopped(
+    endpoint: String,
+    clients: usize,
+    tag: String,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<AtomicBool>,
+) {
     let mut tasks = Vec::new();
     for client_index in 0..clients {
         let (endpoint, tag, ledger, stop) = (endpoint.clone(), tag.clone(), ledger.clone(), stop.clone());
@@ -281,7 +286,8 @@ async fn push_until_stopped(endpoint: String, clients: usize, tag: String, ledge
                         Record::builder().data(Blob::new(data)).build().unwrap()
                     })
                     .collect();
-                let result = client.put_record_batch().delivery_stream_name("rows").set_records(Some(records)).send().await;
+                let result =
+                    client.put_record_batch().delivery_stream_name("rows").set_records(Some(records)).send().await;
                 match result {
                     Ok(output) if output.failed_put_count() == 0 => ledger.lock().unwrap().acknowledged.extend(ids),
                     Ok(_) => panic!("batches are all or nothing"),
@@ -334,8 +340,13 @@ async fn sigkill_during_copy_loads_every_acknowledged_row_exactly_once() {
     for round in 0..rounds {
         let spillway = Spillway::start(dir.path(), &config);
         let stop = Arc::new(AtomicBool::new(false));
-        let pushers =
-            tokio::spawn(push_until_stopped(spillway.endpoint.clone(), 4, format!("r{round}"), ledger.clone(), stop.clone()));
+        let pushers = tokio::spawn(push_until_stopped(
+            spillway.endpoint.clone(),
+            4,
+            format!("r{round}"),
+            ledger.clone(),
+            stop.clone(),
+        ));
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..2500))).await;
         spillway.kill();
         stop.store(true, Ordering::Relaxed);
@@ -379,7 +390,8 @@ async fn a_postgres_restart_mid_run_is_retried_and_loses_nothing() {
     let spillway = Spillway::start(dir.path(), &yaml(&url, &table, ""));
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    let pushers = tokio::spawn(push_until_stopped(spillway.endpoint.clone(), 2, "restart".into(), ledger.clone(), stop.clone()));
+    let pushers =
+        tokio::spawn(push_until_stopped(spillway.endpoint.clone(), 2, "restart".into(), ledger.clone(), stop.clone()));
     tokio::time::sleep(Duration::from_millis(2500)).await;
     server.stop();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -414,13 +426,18 @@ async fn validate_connect_reports_a_missing_table_or_column() {
             .current_dir(dir.path())
             .output()
             .unwrap();
-        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
     };
     let (ok, output) = validate(&yaml(&pg::shared_url(), &table, ""));
     assert!(!ok);
     assert!(output.contains(&format!("table {table} does not exist")), "{output}");
 
-    db.batch_execute(&format!("CREATE TABLE {table} (id bigint, doc jsonb, at timestamptz DEFAULT now())")).await.unwrap();
+    db.batch_execute(&format!("CREATE TABLE {table} (id bigint, doc jsonb, at timestamptz DEFAULT now())"))
+        .await
+        .unwrap();
     let (ok, output) = validate(&yaml(&pg::shared_url(), &table, "      columns: [id, doc, missing]\n"));
     assert!(!ok);
     assert!(output.contains("has no column \"missing\""), "{output}");
@@ -465,8 +482,7 @@ async fn tls_is_used_when_the_url_asks_for_it_and_the_certificate_is_checked() {
     assert!(!out.status.success());
     assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
 
-    let spillway =
-        Spillway::start(dir.path(), &yaml(&url, &table, &format!("      ca_file: {}\n", ca_file.display())));
+    let spillway = Spillway::start(dir.path(), &yaml(&url, &table, &format!("      ca_file: {}\n", ca_file.display())));
     put(&spillway.client().await, "rows", &[r#"{"id":1}"#.to_string(), r#"{"id":2}"#.to_string()]).await;
     pg::wait_rows(&plain, &table, 2, WAIT).await;
     let encrypted: i64 = plain

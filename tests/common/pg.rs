@@ -51,7 +51,9 @@ pub async fn wait_rows(client: &Client, table: &str, rows: i64, timeout: Duratio
 /// The Debian server binaries (not on PATH).
 fn pg_bin() -> PathBuf {
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|entries| entries.flatten().map(|entry| entry.path().join("bin")).filter(|bin| bin.join("initdb").exists()).collect())
+        .map(|entries| {
+            entries.flatten().map(|entry| entry.path().join("bin")).filter(|bin| bin.join("initdb").exists()).collect()
+        })
         .unwrap_or_default();
     found.sort();
     found.pop().expect("PostgreSQL server binaries under /usr/lib/postgresql (scripts/services.sh installs them)")

@@ -70,7 +70,7 @@ pub struct PostgresSinkConfig {
     pub timeout_seconds: u64,
     /// Where records the database refused are written (Firehose error JSON under
     /// `error_output_prefix`): an S3 sink block (`url: file://…` or `s3://…`).
-    pub s3_backup: S3SinkConfig,
+    pub s3_backup: Box<S3SinkConfig>,
 }
 
 fn default_batches_table() -> String {
@@ -126,7 +126,10 @@ impl PostgresSinkConfig {
                     if column.is_empty() {
                         problems.push(ConfigProblem::new(&format!("columns[{index}]"), "must not be empty"));
                     } else if columns[..index].contains(column) {
-                        problems.push(ConfigProblem::new(&format!("columns[{index}]"), format!("{column:?} is listed twice")));
+                        problems.push(ConfigProblem::new(
+                            &format!("columns[{index}]"),
+                            format!("{column:?} is listed twice"),
+                        ));
                     }
                 }
             }
@@ -187,7 +190,9 @@ impl PostgresSinkConfig {
                 tracing::warn!(stream, %error, "postgres is unreachable at start; its table is checked at the first load")
             }
             Ok(Err(error)) => return Err(error.into()),
-            Err(_) => tracing::warn!(stream, "postgres did not answer at start; its table is checked at the first load"),
+            Err(_) => {
+                tracing::warn!(stream, "postgres did not answer at start; its table is checked at the first load")
+            }
         }
         Ok(sink)
     }
@@ -224,9 +229,8 @@ mod tests {
 
     #[test]
     fn a_minimal_block_is_valid_and_secrets_stay_hidden() {
-        let config = parse(&format!(
-            r#"{{"url": "postgres://app:hunter2@127.0.0.1:5432/db", "table": "events", {BACKUP}}}"#
-        ));
+        let config =
+            parse(&format!(r#"{{"url": "postgres://app:hunter2@127.0.0.1:5432/db", "table": "events", {BACKUP}}}"#));
         assert!(config.validate().is_empty(), "{:?}", config.validate());
         assert!(!format!("{config:?}").contains("hunter2"));
         assert_eq!(config.mode, Mode::Stdin);
@@ -235,24 +239,17 @@ mod tests {
 
     #[test]
     fn every_problem_is_reported_with_its_field() {
-        let config = parse(&format!(
-            r#"{{"url": "mysql://x", "table": " ", "columns": ["a", "a", ""], "record_column": "doc",
+        let config = parse(
+            r#"{"url": "mysql://x", "table": " ", "columns": ["a", "a", ""], "record_column": "doc",
                  "mode": "s3_manifest", "max_connections": 0, "timeout_seconds": 0,
-                 "s3_backup": {{"url": "ftp://nope"}}}}"#
-        ));
+                 "s3_backup": {"url": "ftp://nope"}}"#,
+        );
         assert_eq!(
             fields(&config),
-            [
-                "url",
-                "table",
-                "mode",
-                "record_column",
-                "max_connections",
-                "timeout_seconds",
-                "s3_backup.url"
-            ]
+            ["url", "table", "mode", "record_column", "max_connections", "timeout_seconds", "s3_backup.url"]
         );
-        let config = parse(&format!(r#"{{"url": "postgres://h/db", "table": "t", "columns": ["a", "a", ""], {BACKUP}}}"#));
+        let config =
+            parse(&format!(r#"{{"url": "postgres://h/db", "table": "t", "columns": ["a", "a", ""], {BACKUP}}}"#));
         assert_eq!(fields(&config), ["columns[1]", "columns[2]"]);
     }
 

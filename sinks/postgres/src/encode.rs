@@ -92,12 +92,14 @@ impl Encoder for CopyEncoder {
 
 /// Rows from a payload of raw records, now that the shape is known.
 pub fn rows_from_raw(shape: Arc<TableShape>, raw: &[u8]) -> Result<Bytes, EncodeError> {
-    let mut encoder: Box<dyn Encoder> = Box::new(CopyEncoder { shape: Some(shape), out: Vec::with_capacity(raw.len()) });
+    let mut encoder: Box<dyn Encoder> =
+        Box::new(CopyEncoder { shape: Some(shape), out: Vec::with_capacity(raw.len()) });
     let mut rest = raw.strip_prefix(&[RAW]).unwrap_or(raw);
     while !rest.is_empty() {
         let (length, tail) = rest.split_at_checked(4).ok_or(EncodeError::Record("truncated raw payload".into()))?;
         let length = u32::from_le_bytes([length[0], length[1], length[2], length[3]]) as usize;
-        let (record, tail) = tail.split_at_checked(length).ok_or(EncodeError::Record("truncated raw payload".into()))?;
+        let (record, tail) =
+            tail.split_at_checked(length).ok_or(EncodeError::Record("truncated raw payload".into()))?;
         encoder.push(record, b"")?;
         rest = tail;
     }

@@ -64,7 +64,12 @@ impl Pool {
             },
             _ => Some(MakeRustlsConnect::new(tls_config(ca_file)?)),
         };
-        Ok(Self { config, tls, idle: Mutex::new(Vec::new()), permits: Arc::new(Semaphore::new(max_connections.max(1))) })
+        Ok(Self {
+            config,
+            tls,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(max_connections.max(1))),
+        })
     }
 
     /// An idle client, or a new connection; waits while `max_connections` are in use.
@@ -124,7 +129,8 @@ fn tls_config(ca_file: Option<&str>) -> Result<rustls::ClientConfig, PgError> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|error| PgError::Tls(format!("cannot read ca_file {path}: {error}")))?;
+            let pem =
+                std::fs::read(path).map_err(|error| PgError::Tls(format!("cannot read ca_file {path}: {error}")))?;
             for certificate in CertificateDer::pem_slice_iter(&pem) {
                 let certificate =
                     certificate.map_err(|error| PgError::Tls(format!("ca_file {path} is not PEM: {error}")))?;

@@ -172,11 +172,7 @@ pub async fn ensure_batches_table(pool: &Pool, name: &str) -> Result<String, PgE
     match result {
         Ok(()) => Ok(quoted),
         // Two streams creating it at the same moment: the other one won.
-        Err(error)
-            if error.as_db_error().is_some_and(|db| matches!(db.code().code(), "23505" | "42P07")) =>
-        {
-            Ok(quoted)
-        }
+        Err(error) if error.as_db_error().is_some_and(|db| matches!(db.code().code(), "23505" | "42P07")) => Ok(quoted),
         Err(error) => Err(error.into()),
     }
 }

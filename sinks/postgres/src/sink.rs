@@ -237,14 +237,16 @@ impl PostgresSink {
         }
 
         failures.sort_by_key(|failure| failure.index);
-        let failures_json =
-            serde_json::to_string(&failures).map_err(|error| PgError::Protocol(format!("cannot encode failures: {error}")))?;
+        let failures_json = serde_json::to_string(&failures)
+            .map_err(|error| PgError::Protocol(format!("cannot encode failures: {error}")))?;
         let record = format!(
             "INSERT INTO {} (stream, batch_id, target, row_count, failures) VALUES ($1, $2::text::uuid, $3, $4, $5::text::jsonb)",
             prepared.batches_table
         );
         let row_count = loaded as i64;
-        transaction.execute(&record, &[&self.stream, &batch_id, &prepared.shape.table, &row_count, &failures_json]).await?;
+        transaction
+            .execute(&record, &[&self.stream, &batch_id, &prepared.shape.table, &row_count, &failures_json])
+            .await?;
         transaction.commit().await?;
         tracing::debug!(stream = %self.stream, batch = %batch_id, rows = loaded, refused = failures.len(), copies, "batch loaded");
         Ok(failures)

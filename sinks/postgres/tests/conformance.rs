@@ -48,17 +48,20 @@ impl ReadBack for TableReadBack {
     async fn read_back(&self, batch: &Batch) -> Vec<Vec<u8>> {
         let recorded = self
             .client
-            .query_opt("SELECT 1 FROM spillway_batches WHERE stream = $1 AND batch_id = $2::text::uuid", &[
-                &batch.stream,
-                &batch.id.to_string(),
-            ])
+            .query_opt(
+                "SELECT 1 FROM spillway_batches WHERE stream = $1 AND batch_id = $2::text::uuid",
+                &[&batch.stream, &batch.id.to_string()],
+            )
             .await
             .unwrap();
         if recorded.is_none() {
             return Vec::new();
         }
-        let rows =
-            self.client.query(&format!("SELECT sequence, message FROM {} ORDER BY sequence", self.table), &[]).await.unwrap();
+        let rows = self
+            .client
+            .query(&format!("SELECT sequence, message FROM {} ORDER BY sequence", self.table), &[])
+            .await
+            .unwrap();
         let body: Vec<u8> = rows
             .iter()
             .flat_map(|row| {
@@ -97,8 +100,15 @@ async fn postgres_sink_passes_conformance() {
     let sink = config(&table, errors.path()).build("conformance").await.expect("build");
     let reader = TableReadBack { client, table, errors: errors.path().to_path_buf() };
     let error_output = sink.error_output();
-    check_conformance(&sink, error_output.as_ref(), &sink.encoder_factory(), &reader, "conformance", PartitionKeys::new())
-        .await;
+    check_conformance(
+        &sink,
+        error_output.as_ref(),
+        &sink.encoder_factory(),
+        &reader,
+        "conformance",
+        PartitionKeys::new(),
+    )
+    .await;
 }
 
 #[tokio::test]
