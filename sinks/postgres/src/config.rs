@@ -138,6 +138,17 @@ impl PostgresSinkConfig {
             }
             _ => {}
         }
+        if let Some(options) = &self.copy_options {
+            let lowered = options.to_ascii_lowercase();
+            let words: Vec<&str> = lowered.split(|c: char| !c.is_ascii_alphanumeric() && c != '_').collect();
+            let fixed = ["format", "delimiter", "null", "header", "quote", "escape", "encoding"];
+            if let Some(word) = fixed.iter().find(|word| words.contains(word)) {
+                problems.push(ConfigProblem::new(
+                    "copy_options",
+                    format!("must not set {}: spillway writes COPY text format itself", word.to_ascii_uppercase()),
+                ));
+            }
+        }
         if self.batches_table.trim().is_empty() {
             problems.push(ConfigProblem::new("batches_table", "must not be empty"));
         }
@@ -251,6 +262,9 @@ mod tests {
         let config =
             parse(&format!(r#"{{"url": "postgres://h/db", "table": "t", "columns": ["a", "a", ""], {BACKUP}}}"#));
         assert_eq!(fields(&config), ["columns[1]", "columns[2]"]);
+        let config =
+            parse(&format!(r#"{{"url": "postgres://h/db", "table": "t", "copy_options": "FORMAT csv", {BACKUP}}}"#));
+        assert_eq!(fields(&config), ["copy_options"]);
     }
 
     #[test]
