@@ -220,6 +220,11 @@ impl PostgresSink {
                     // COPY stops at the first bad row and names its line: the rows before it were
                     // fine, so load them, try that row alone, then go on. Else bisect.
                     match failed_line(&error).map(|line| range.start + line - 1).filter(|bad| range.contains(bad)) {
+                        // The first row itself: nothing before it could have caused it.
+                        Some(bad) if bad == range.start => {
+                            failures.push(row_failure(bad, &error));
+                            pending.push(bad + 1..range.end);
+                        }
                         Some(bad) => {
                             pending.push(bad + 1..range.end);
                             pending.push(bad..bad + 1);

@@ -145,3 +145,26 @@ async fn a_resent_batch_returns_the_same_row_failures_without_loading_again() {
     let count: i64 = client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0);
     assert_eq!(count, 2, "the good rows, once");
 }
+
+#[tokio::test]
+#[ignore = "needs services: scripts/test.sh"]
+async fn a_batch_of_only_refused_rows_is_split_out_row_by_row_in_bounded_time() {
+    let client = connect().await;
+    let table = unique("all_bad");
+    client.batch_execute(&format!("CREATE TABLE {table} (id integer NOT NULL, note text)")).await.unwrap();
+    let errors = tempfile::tempdir().unwrap();
+    let sink = config(&table, errors.path()).build("all-bad").await.expect("build");
+    let records: Vec<Record> = (0..2000u64)
+        .map(|sequence| Record { data: Bytes::from(r#"{"note":"no id"}"#), arrival_ms: 1_764_000_000_000, sequence })
+        .collect();
+    let batch = encode_batch(&sink.encoder_factory(), "all-bad", Uuid::new_v4(), PartitionKeys::new(), &records);
+    let started = std::time::Instant::now();
+    let error = sink.write(&batch).await.expect_err("every row refused");
+    let elapsed = started.elapsed();
+    assert_eq!(error.failures.len(), 2000);
+    assert!(error.failures.iter().all(|failure| failure.code == "Postgres.23502" && !failure.retriable));
+    let count: i64 = client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0);
+    assert_eq!(count, 0);
+    eprintln!("2000 refused rows split out in {elapsed:?}");
+    assert!(elapsed < std::time::Duration::from_secs(30), "{elapsed:?}");
+}
