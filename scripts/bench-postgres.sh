@@ -6,7 +6,8 @@
 #
 #   scripts/services.sh up && eval "$(scripts/services.sh env)"
 #   cargo build --release --bin spillway
-#   scripts/bench-postgres.sh [RECORDS]        # default 100000 (~100 MiB)
+#   scripts/bench-postgres.sh [RECORDS]        # default 100000 (~90 MiB of JSON)
+#   PSQL_ONLY=1 scripts/bench-postgres.sh      # only the psql rows (text vs CSV vs binary)
 #
 # Needs SPILLWAY_TEST_PG_URL (the shared test server); uses its own uniquely named tables and
 # drops them at the end.
@@ -16,12 +17,18 @@ records="${1:-100000}"
 url="${SPILLWAY_TEST_PG_URL:?run: eval \"\$(scripts/services.sh env)\"}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="${SPILLWAY_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/spillway}"
-[[ -x "$bin" ]] || { echo "build first: cargo build --release --bin spillway" >&2; exit 1; }
+psql_only="${PSQL_ONLY:-0}"   # PSQL_ONLY=1: only the psql \copy rows (no spillway build needed)
+[[ "$psql_only" == 1 || -x "$bin" ]] || { echo "build first: cargo build --release --bin spillway" >&2; exit 1; }
 work="$(mktemp -d /tmp/spillway-bench-pg.XXXXXX)"
 suffix="$$"
 spillway_pid=""
 cleanup() {
+	local status=$?
 	[[ -n "$spillway_pid" ]] && kill "$spillway_pid" 2>/dev/null || true
+	if [[ "$status" != 0 ]]; then
+		echo "failed; spillway's log and data kept in $work" >&2
+		return
+	fi
 	psql -q "$url" -c "DROP TABLE IF EXISTS bench_csv_$suffix, bench_text_$suffix, bench_binary_$suffix, bench_spillway_$suffix" >/dev/null 2>&1 || true
 	rm -rf "$work"
 }
@@ -76,6 +83,15 @@ start=$(now)
 psql -q "$url" -c "\\copy bench_binary_$suffix FROM '$work/records.bin' (FORMAT binary)"
 binary_seconds=$(python3 -c "print($(now) - $start)")
 
+if [[ "$psql_only" == 1 ]]; then
+	echo
+	echo "| load | rate (file MiB/s) |"
+	echo "|---|---|"
+	echo "| psql \\copy CSV | $(rate "$csv_seconds" "$csv_bytes" "$records") |"
+	echo "| psql \\copy text format | $(rate "$text_seconds" "$(stat -c %s "$work/records.txt")" "$records") |"
+	echo "| psql \\copy binary format | $(rate "$binary_seconds" "$(stat -c %s "$work/records.bin")" "$records") |"
+	exit 0
+fi
 cat >"$work/spillway.yaml" <<EOF
 server: { listen: 127.0.0.1:0 }
 data_dir: $work/data
@@ -96,13 +112,19 @@ endpoint="$(sed -n 's/^spillway listening on //p' "$work/stdout")"
 split -n l/4 "$work/records.ndjson" "$work/part."
 start=$(now)
 for part in "$work"/part.*; do
-	"$bin" put --stream bench --endpoint "$endpoint" "$part" >/dev/null &
+	"$bin" put --stream bench --endpoint "$endpoint" --max-attempts 10000 "$part" >/dev/null &
 done
 wait $(jobs -p | grep -v "^$spillway_pid$") 2>/dev/null || true
 accepted_seconds=$(python3 -c "print($(now) - $start)")
+deadline=$(( $(date +%s) + 600 ))
 while :; do
 	loaded=$(psql -tA "$url" -c "SELECT coalesce(sum(row_count), 0) FROM spillway_batches WHERE target = 'bench_spillway_$suffix'")
 	[[ "$loaded" -ge "$records" ]] && break
+	if (( $(date +%s) > deadline )); then
+		echo "only $loaded of $records rows loaded after 600 s; spillway's log:" >&2
+		tail -n 30 "$work/spillway.log" >&2
+		exit 1
+	fi
 	sleep 0.05
 done
 spillway_seconds=$(python3 -c "print($(now) - $start)")
