@@ -11,11 +11,14 @@
 //! - [`sink`]: `PostgresSink`, the transaction, idempotency and bad-row splitting.
 //! - [`error`]: SQLSTATE classification into `SinkError`.
 //! - [`pool`]: connections (one per batch in flight), TLS through rustls.
+//! - [`redshift`]: Redshift manifests and `COPY … MANIFEST` statements (pure; `mode: s3_manifest`
+//!   is not wired yet).
 
 pub mod config;
 pub mod encode;
 pub mod error;
 pub mod pool;
+pub mod redshift;
 pub mod schema;
 pub mod sink;
 
