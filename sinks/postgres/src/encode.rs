@@ -15,7 +15,7 @@
 //! with zones and its many date styles, arrays, ranges) exactly as for an INSERT, where binary
 //! would need each type's wire encoding, and PostgreSQL's date parser, here. Measured with
 //! `scripts/bench-postgres.sh` (docs/benchmarks.md) on ~1 KiB records into 8 columns, the server
-//! loads text 1.2× faster than CSV (the baseline) and binary 1.35× faster than text.
+//! loads text 1.1–1.4× faster than CSV (the baseline) and binary 1.1–1.8× faster than text.
 //!
 //! Must not: talk to the database.
 
