@@ -67,6 +67,10 @@ enum Command {
     Validate {
         #[arg(short, long, default_value = "config/local.yaml")]
         config: PathBuf,
+        /// Also reach every stream's destination: a PostgreSQL table and its columns must exist,
+        /// an S3 bucket or folder must be writable.
+        #[arg(long)]
+        connect: bool,
     },
     /// Send the lines of files (or `-` for stdin) to a delivery stream with PutRecordBatch.
     Put {
@@ -181,7 +185,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
     let result = match cli.command {
-        Command::Validate { config } => validate(&config),
+        Command::Validate { config, connect: false } => validate(&config),
         Command::Wal { command } => wal_command(command),
         command => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -209,6 +213,32 @@ fn validate(path: &std::path::Path) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// `validate --connect`: the pure checks, then each stream's destination, every problem listed.
+async fn validate_connect(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = match config::load_file(path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let mut failed = false;
+    for stream in &config.streams {
+        match stream.sink.check_connection(&stream.name).await {
+            Ok(what) => println!("stream {}: {} sink: {what}", stream.name, stream.sink.type_name()),
+            Err(error) => {
+                failed = true;
+                eprintln!("stream {}: {} sink: {error}", stream.name, stream.sink.type_name());
+            }
+        }
+    }
+    if failed {
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("{}: ok ({} stream(s), destinations reachable)", path.display(), config.streams.len());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn wal_command(command: WalCommand) -> anyhow::Result<ExitCode> {
@@ -258,6 +288,7 @@ fn wal_command(command: WalCommand) -> anyhow::Result<ExitCode> {
 
 async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Validate { config, connect: true } => validate_connect(&config).await,
         Command::Validate { .. } | Command::Wal { .. } => unreachable!("runs without a runtime"),
         Command::Run { config } => {
             let config = config::load_file(&config).map_err(|error| anyhow::anyhow!("{error}"))?;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use spillway_sink_api::{Compression, EncoderFactory, ErrorOutput, Sink, SinkError};
+use spillway_sink_postgres::PostgresSinkConfig;
 pub use spillway_sink_s3::key::PartitionKeySource;
 use spillway_sink_s3::{PrefixError, PrefixKind, PrefixTemplate, S3SinkConfig};
 
@@ -18,6 +19,8 @@ use crate::config::{Problem, RecordDelimiter, StreamConfig};
 pub enum SinkConfig {
     /// Objects in a local folder (`file://`) or an S3-compatible bucket (`s3://`).
     S3(S3SinkConfig),
+    /// Rows in a PostgreSQL table, loaded with COPY (records that fail go to `s3_backup`).
+    Postgres(PostgresSinkConfig),
 }
 
 /// A built sink, the encoder its open batches are held in, and where undeliverable records go.
@@ -33,6 +36,7 @@ impl SinkConfig {
     pub fn type_name(&self) -> &'static str {
         match self {
             SinkConfig::S3(_) => "s3",
+            SinkConfig::Postgres(_) => "postgres",
         }
     }
 
@@ -40,6 +44,8 @@ impl SinkConfig {
     pub fn buffer_size_range_mib(&self) -> RangeInclusive<u64> {
         match self {
             SinkConfig::S3(_) => 1..=128,
+            // Firehose's Redshift range.
+            SinkConfig::Postgres(_) => 1..=128,
         }
     }
 
@@ -47,6 +53,10 @@ impl SinkConfig {
     pub fn retry_duration_range_seconds(&self) -> RangeInclusive<u64> {
         match self {
             SinkConfig::S3(_) => 0..=86_400,
+            // Firehose allows Redshift up to 2 hours; rows wait in the WAL meanwhile, so spillway
+            // keeps the S3 default (24 hours) and its range: an outage should not empty into the
+            // error output.
+            SinkConfig::Postgres(_) => 0..=86_400,
         }
     }
 
@@ -54,6 +64,11 @@ impl SinkConfig {
     pub fn validate(&self) -> Vec<Problem> {
         match self {
             SinkConfig::S3(config) => config
+                .validate()
+                .into_iter()
+                .map(|problem| Problem { path: problem.field, message: problem.message })
+                .collect(),
+            SinkConfig::Postgres(config) => config
                 .validate()
                 .into_iter()
                 .map(|problem| Problem { path: problem.field, message: problem.message })
@@ -70,6 +85,7 @@ impl SinkConfig {
                 let template = PrefixTemplate::parse(config.prefix.as_deref(), PrefixKind::Data)?;
                 Ok(template.partition_keys().map(|(source, name)| (source, name.to_string())).collect())
             }
+            SinkConfig::Postgres(_) => Ok(Vec::new()),
         }
     }
 
@@ -78,6 +94,7 @@ impl SinkConfig {
     pub fn has_error_output_prefix(&self) -> bool {
         match self {
             SinkConfig::S3(config) => config.error_output_prefix.is_some(),
+            SinkConfig::Postgres(config) => config.s3_backup.error_output_prefix.is_some(),
         }
     }
 
@@ -85,6 +102,7 @@ impl SinkConfig {
     pub fn supports_dynamic_partitioning(&self) -> bool {
         match self {
             SinkConfig::S3(_) => true,
+            SinkConfig::Postgres(_) => false,
         }
     }
 
@@ -100,6 +118,33 @@ impl SinkConfig {
                     error_output: sink,
                     failure_output_type: "s3-failed",
                 })
+            }
+            SinkConfig::Postgres(config) => {
+                let sink = Arc::new(config.build(stream).await?);
+                Ok(BuiltSink {
+                    encoders: Arc::new(sink.encoder_factory()),
+                    error_output: sink.error_output(),
+                    sink,
+                    failure_output_type: "postgres-failed",
+                })
+            }
+        }
+    }
+}
+
+impl SinkConfig {
+    /// `validate --connect`: reach the destination without writing data; says what was checked.
+    pub async fn check_connection(&self, stream: &str) -> Result<String, SinkError> {
+        match self {
+            SinkConfig::S3(config) => {
+                config.build(stream)?.healthcheck().await?;
+                Ok(format!("{} is reachable", config.url))
+            }
+            SinkConfig::Postgres(config) => {
+                let shape = config.check().await?;
+                let columns: Vec<String> =
+                    shape.columns.iter().map(|column| format!("{} {}", column.name, column.type_name)).collect();
+                Ok(format!("table {} loads columns ({})", shape.table, columns.join(", ")))
             }
         }
     }
@@ -126,6 +171,7 @@ impl SinkConfig {
     pub fn describe_destination(&self, stream: &StreamConfig, context: &DescribeContext<'_>) -> Value {
         match self {
             SinkConfig::S3(s3) => describe_s3(s3, stream, context),
+            SinkConfig::Postgres(postgres) => describe_postgres(postgres, stream),
         }
     }
 }
@@ -185,6 +231,22 @@ fn describe_s3(s3: &S3SinkConfig, stream: &StreamConfig, context: &DescribeConte
         "DestinationId": DESTINATION_ID,
         "S3DestinationDescription": base,
         "ExtendedS3DestinationDescription": extended,
+    })
+}
+
+/// Not a Firehose destination type: the description is a spillway extension member (SDKs
+/// ignore it); the url is left out (it may hold a password).
+fn describe_postgres(postgres: &PostgresSinkConfig, stream: &StreamConfig) -> Value {
+    json!({
+        "DestinationId": DESTINATION_ID,
+        "SpillwayPostgresDestinationDescription": {
+            "DataTableName": postgres.table,
+            "DataTableColumns": postgres.columns.as_ref().map(|columns| columns.join(",")),
+            "BufferingHints": {
+                "SizeInMBs": stream.buffering.size_mib,
+                "IntervalInSeconds": stream.buffering.interval_seconds,
+            },
+        },
     })
 }
 

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod pg;
 pub mod s3;
 
 use std::io::{BufRead, BufReader, Read};

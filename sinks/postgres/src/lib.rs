@@ -1,0 +1,27 @@
+//! spillway's PostgreSQL sink: JSON records become COPY text rows as they arrive (mapped to
+//! columns by name, or the whole record into one `jsonb` column), and each batch is loaded with
+//! `COPY … FROM STDIN` in one transaction together with its batch id, so a re-sent batch is never
+//! loaded twice. Rows PostgreSQL refuses are split out and go to the S3 error output.
+//! Depends only on `spillway-sink-api`, `spillway-sink-s3` (the error output) and `tokio-postgres`.
+//!
+//! Module map:
+//! - [`config`]: `PostgresSinkConfig` (the YAML `sink:` block), pure `validate`, `build`, `check`.
+//! - [`schema`]: the target table's columns and types from the catalog; the batches table.
+//! - [`encode`]: the COPY text encoder (one line per record, rejected records kept in place).
+//! - [`sink`]: `PostgresSink`, the transaction, idempotency and bad-row splitting.
+//! - [`error`]: SQLSTATE classification into `SinkError`.
+//! - [`pool`]: connections (one per batch in flight), TLS through rustls.
+//! - [`redshift`]: Redshift manifests and `COPY … MANIFEST` statements (pure; `mode: s3_manifest`
+//!   is not wired yet).
+
+pub mod config;
+pub mod encode;
+pub mod error;
+pub mod pool;
+pub mod redshift;
+pub mod schema;
+pub mod sink;
+
+pub use config::{Mode, PostgresSinkConfig};
+pub use schema::TableShape;
+pub use sink::PostgresSink;
