@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use spillway_sink_api::{Compression, EncoderFactory, ErrorOutput, Sink, SinkError};
 pub use spillway_sink_s3::key::PartitionKeySource;
+use spillway_sink_opensearch::OpenSearchSinkConfig;
 use spillway_sink_s3::{PrefixError, PrefixKind, PrefixTemplate, S3SinkConfig};
 
 use crate::config::{Problem, RecordDelimiter, StreamConfig};
@@ -18,6 +19,8 @@ use crate::config::{Problem, RecordDelimiter, StreamConfig};
 pub enum SinkConfig {
     /// Objects in a local folder (`file://`) or an S3-compatible bucket (`s3://`).
     S3(S3SinkConfig),
+    /// Documents into OpenSearch / Elasticsearch through `_bulk`, failed ones to an S3 backup.
+    Opensearch(OpenSearchSinkConfig),
 }
 
 /// A built sink, the encoder its open batches are held in, and where undeliverable records go.
@@ -33,6 +36,7 @@ impl SinkConfig {
     pub fn type_name(&self) -> &'static str {
         match self {
             SinkConfig::S3(_) => "s3",
+            SinkConfig::Opensearch(_) => "opensearch",
         }
     }
 
@@ -40,6 +44,7 @@ impl SinkConfig {
     pub fn buffer_size_range_mib(&self) -> RangeInclusive<u64> {
         match self {
             SinkConfig::S3(_) => 1..=128,
+            SinkConfig::Opensearch(_) => 1..=100,
         }
     }
 
@@ -47,6 +52,15 @@ impl SinkConfig {
     pub fn retry_duration_range_seconds(&self) -> RangeInclusive<u64> {
         match self {
             SinkConfig::S3(_) => 0..=86_400,
+            SinkConfig::Opensearch(_) => 0..=7_200,
+        }
+    }
+
+    /// `retry.duration_seconds` when unset: Firehose's default for the destination.
+    pub fn default_retry_duration_seconds(&self) -> u64 {
+        match self {
+            SinkConfig::S3(_) => 86_400,
+            SinkConfig::Opensearch(_) => 300,
         }
     }
 
@@ -54,6 +68,11 @@ impl SinkConfig {
     pub fn validate(&self) -> Vec<Problem> {
         match self {
             SinkConfig::S3(config) => config
+                .validate()
+                .into_iter()
+                .map(|problem| Problem { path: problem.field, message: problem.message })
+                .collect(),
+            SinkConfig::Opensearch(config) => config
                 .validate()
                 .into_iter()
                 .map(|problem| Problem { path: problem.field, message: problem.message })
@@ -70,6 +89,7 @@ impl SinkConfig {
                 let template = PrefixTemplate::parse(config.prefix.as_deref(), PrefixKind::Data)?;
                 Ok(template.partition_keys().map(|(source, name)| (source, name.to_string())).collect())
             }
+            SinkConfig::Opensearch(_) => Ok(Vec::new()),
         }
     }
 
@@ -78,6 +98,7 @@ impl SinkConfig {
     pub fn has_error_output_prefix(&self) -> bool {
         match self {
             SinkConfig::S3(config) => config.error_output_prefix.is_some(),
+            SinkConfig::Opensearch(config) => config.backup.sink.error_output_prefix.is_some(),
         }
     }
 
@@ -85,6 +106,7 @@ impl SinkConfig {
     pub fn supports_dynamic_partitioning(&self) -> bool {
         match self {
             SinkConfig::S3(_) => true,
+            SinkConfig::Opensearch(_) => false,
         }
     }
 
@@ -99,6 +121,15 @@ impl SinkConfig {
                     sink: sink.clone(),
                     error_output: sink,
                     failure_output_type: "s3-failed",
+                })
+            }
+            SinkConfig::Opensearch(config) => {
+                let built = config.build(stream, version_id)?;
+                Ok(BuiltSink {
+                    sink: built.sink,
+                    encoders: built.encoders,
+                    error_output: built.backup,
+                    failure_output_type: spillway_sink_opensearch::FAILED_OUTPUT_TYPE,
                 })
             }
         }
@@ -126,6 +157,7 @@ impl SinkConfig {
     pub fn describe_destination(&self, stream: &StreamConfig, context: &DescribeContext<'_>) -> Value {
         match self {
             SinkConfig::S3(s3) => describe_s3(s3, stream, context),
+            SinkConfig::Opensearch(opensearch) => describe_opensearch(opensearch, stream, context),
         }
     }
 }
@@ -185,6 +217,60 @@ fn describe_s3(s3: &S3SinkConfig, stream: &StreamConfig, context: &DescribeConte
         "DestinationId": DESTINATION_ID,
         "S3DestinationDescription": base,
         "ExtendedS3DestinationDescription": extended,
+    })
+}
+
+/// `AmazonopensearchserviceDestinationDescription`, with the backup's S3 description.
+fn describe_opensearch(
+    opensearch: &OpenSearchSinkConfig,
+    stream: &StreamConfig,
+    context: &DescribeContext<'_>,
+) -> Value {
+    let role_arn =
+        context.role_arn.map_or_else(|| format!("arn:aws:iam::{}:role/spillway", context.account_id), str::to_string);
+    let backup = &opensearch.backup.sink;
+    let cloud_watch = context.cloud_watch_logging_options.cloned().unwrap_or_else(|| json!({ "Enabled": false }));
+    let mut s3 = json!({
+        "RoleARN": role_arn,
+        "BucketARN": bucket_arn_for_url(&backup.url),
+        "BufferingHints": { "SizeInMBs": 5, "IntervalInSeconds": 300 },
+        "CompressionFormat": if backup.compression == Compression::Gzip { "GZIP" } else { "UNCOMPRESSED" },
+        "EncryptionConfiguration": { "NoEncryptionConfig": "NoEncryption" },
+        "CloudWatchLoggingOptions": cloud_watch,
+    });
+    if let Some(prefix) = &backup.prefix {
+        s3["Prefix"] = json!(prefix);
+    }
+    if let Some(error_prefix) = &backup.error_output_prefix {
+        s3["ErrorOutputPrefix"] = json!(error_prefix);
+    }
+    let document_id_format = match opensearch.document_id {
+        spillway_sink_opensearch::DocumentId::None => "NO_DOCUMENT_ID",
+        _ => "FIREHOSE_DEFAULT",
+    };
+    let description = json!({
+        "RoleARN": role_arn,
+        "ClusterEndpoint": opensearch.url,
+        "IndexName": opensearch.index,
+        "TypeName": opensearch.type_name.clone().unwrap_or_default(),
+        "IndexRotationPeriod": opensearch.index_rotation.firehose_name(),
+        "BufferingHints": {
+            "IntervalInSeconds": stream.buffering.interval_seconds,
+            "SizeInMBs": stream.buffering.size_mib,
+        },
+        "RetryOptions": { "DurationInSeconds": stream.retry_duration_seconds() },
+        "S3BackupMode": match opensearch.backup.mode {
+            spillway_sink_opensearch::BackupMode::FailedOnly => "FailedDocumentsOnly",
+            spillway_sink_opensearch::BackupMode::All => "AllDocuments",
+        },
+        "S3DestinationDescription": s3,
+        "ProcessingConfiguration": processing_configuration(stream),
+        "CloudWatchLoggingOptions": cloud_watch,
+        "DocumentIdOptions": { "DefaultDocumentIdFormat": document_id_format },
+    });
+    json!({
+        "DestinationId": DESTINATION_ID,
+        "AmazonopensearchserviceDestinationDescription": description,
     })
 }
 

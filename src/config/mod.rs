@@ -307,7 +307,7 @@ impl StreamConfig {
     pub fn retry_duration_seconds(&self) -> u64 {
         match &self.processing.dynamic_partitioning {
             Some(dynamic) if dynamic.enabled => dynamic.retry_duration_seconds,
-            _ => self.retry.duration_seconds,
+            _ => self.retry.duration_seconds.unwrap_or_else(|| self.sink.default_retry_duration_seconds()),
         }
     }
 }
@@ -405,19 +405,13 @@ impl Default for BufferingConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// How long a retriable delivery failure is retried before the records go to the error
-    /// output. Firehose keeps retrying S3 for 24 hours.
-    #[serde(default = "default_retry_duration_seconds")]
-    pub duration_seconds: u64,
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        Self { duration_seconds: default_retry_duration_seconds() }
-    }
+    /// output. Unset: the sink's Firehose default (S3: 24 hours; OpenSearch: 300 s).
+    #[serde(default)]
+    pub duration_seconds: Option<u64>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -467,9 +461,6 @@ fn default_size_mib() -> u64 {
 }
 fn default_interval_seconds() -> u64 {
     300
-}
-fn default_retry_duration_seconds() -> u64 {
-    86_400
 }
 fn default_true() -> bool {
     true
@@ -635,7 +626,9 @@ impl Config {
                 );
             }
             let retry_range = stream.sink.retry_duration_range_seconds();
-            if !retry_range.contains(&stream.retry.duration_seconds) {
+            if let Some(duration_seconds) = stream.retry.duration_seconds
+                && !retry_range.contains(&duration_seconds)
+            {
                 push(
                     at("retry.duration_seconds"),
                     format!(
@@ -643,7 +636,7 @@ impl Config {
                         retry_range.start(),
                         retry_range.end(),
                         stream.sink.type_name(),
-                        stream.retry.duration_seconds
+                        duration_seconds
                     ),
                 );
             }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use spillway_sink_api::{EncodeError, Encoder, EncoderFactory, PartitionKeys, Payload, SequenceSet};
+use spillway_sink_api::{EncodeError, Encoder, EncoderFactory, PartitionKeys, Payload, RecordPosition, SequenceSet};
 use tokio::time::Instant;
 
 /// Where a record goes: the sink, under a partition, or an error output type.
@@ -196,7 +196,7 @@ impl OpenBatches {
             self.batches.insert(route.clone(), batch);
         }
         let Some(batch) = self.batches.get_mut(route) else { return Ok(closed) };
-        batch.encoder.push(data, suffix)?;
+        batch.encoder.push_at(RecordPosition { sequence, arrival_ms }, data, suffix)?;
         batch.sequences.push(sequence);
         batch.record_bytes += data.len() + suffix.len();
         batch.oldest_arrival_ms = batch.oldest_arrival_ms.min(arrival_ms);
