@@ -30,7 +30,7 @@ fn validate_accepts_the_shipped_examples() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    for example in ["config/partitioned.yaml", "config/tail.yaml", "config/tls.yaml"] {
+    for example in ["config/partitioned.yaml", "config/tail.yaml", "config/tls.yaml", "config/opensearch.yaml"] {
         let (code, _, stderr) = spillway(&["validate", "-c", example], root);
         assert_eq!(code, 0, "{example}: {stderr}");
     }

@@ -85,14 +85,35 @@ impl TryFrom<String> for DocumentId {
     }
 }
 
-/// How requests authenticate: `{ type: none }` (default) or
-/// `{ type: basic, username, password }`.
+/// How requests authenticate: `{ type: none }` (default), `{ type: basic, username, password }`,
+/// or `{ type: aws_sigv4, region, service }` (Amazon OpenSearch Service / Serverless).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AuthConfig {
     #[default]
     None,
-    Basic { username: String, password: Secret },
+    Basic {
+        username: String,
+        password: Secret,
+    },
+    AwsSigv4 {
+        /// The domain's region, e.g. `eu-west-1`.
+        region: String,
+        /// `es` (Amazon OpenSearch Service, default) or `aoss` (Serverless).
+        #[serde(default = "default_sigv4_service")]
+        service: String,
+        /// Default: the standard AWS credential chain.
+        #[serde(default)]
+        access_key_id: Option<Secret>,
+        #[serde(default)]
+        secret_access_key: Option<Secret>,
+        #[serde(default)]
+        session_token: Option<Secret>,
+    },
+}
+
+fn default_sigv4_service() -> String {
+    "es".to_string()
 }
 
 /// Firehose's `S3BackupMode`: `failed_only` (`FailedDocumentsOnly`, default) or `all`
@@ -145,10 +166,24 @@ impl OpenSearchSinkConfig {
         if !(1..=3600).contains(&self.request_timeout_seconds) {
             push("request_timeout_seconds", format!("must be between 1 and 3600 (got {})", self.request_timeout_seconds));
         }
-        if let AuthConfig::Basic { username, .. } = &self.auth
-            && username.is_empty()
-        {
-            push("auth.username", "must not be empty".into());
+        match &self.auth {
+            AuthConfig::None => {}
+            AuthConfig::Basic { username, .. } => {
+                if username.is_empty() {
+                    push("auth.username", "must not be empty".into());
+                }
+            }
+            AuthConfig::AwsSigv4 { region, service, access_key_id, secret_access_key, .. } => {
+                if region.is_empty() {
+                    push("auth.region", "must not be empty".into());
+                }
+                if !matches!(service.as_str(), "es" | "aoss") {
+                    push("auth.service", format!("must be es or aoss (got {service:?})"));
+                }
+                if access_key_id.is_some() != secret_access_key.is_some() {
+                    push("auth.access_key_id", "access_key_id and secret_access_key go together".into());
+                }
+            }
         }
         if self.backup.mode == BackupMode::All {
             push("backup.mode", "`all` (AllDocuments) is not supported yet; use failed_only".into());

@@ -22,6 +22,8 @@ pub(crate) enum RequestError {
     Status { status: u16, body: String, retry_after: Option<Duration> },
     #[error("opensearch's _bulk response cannot be read: {0}")]
     Response(String),
+    #[error("cannot sign the request: {0}")]
+    Signing(SinkError),
 }
 
 impl RequestError {
@@ -46,6 +48,10 @@ impl RequestError {
                 }
             }
             RequestError::Response(_) => SinkError::retriable("OpenSearch.InvalidResponse", self.to_string()),
+            RequestError::Signing(_) => match self {
+                RequestError::Signing(error) => error,
+                _ => SinkError::retriable("OpenSearch.SigningFailed", "cannot sign the request"),
+            },
         }
     }
 }

@@ -7,6 +7,7 @@
 //! - [`bulk`]: the encoder an open batch is held in: the `_bulk` body, built as records arrive.
 //! - [`sink`]: POST `_bulk`, read each item's outcome, split on 413.
 //! - [`error`]: classification of request and item failures.
+//! - [`sigv4`]: request signing for Amazon OpenSearch Service / Serverless.
 //! - [`backup`]: the S3 backup as the error output, writing Firehose's failed-document JSON.
 
 pub mod backup;
@@ -14,6 +15,7 @@ pub mod bulk;
 pub mod config;
 pub mod error;
 pub mod index;
+pub mod sigv4;
 pub mod sink;
 
 use std::sync::Arc;

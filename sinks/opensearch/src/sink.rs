@@ -17,6 +17,7 @@ use spillway_sink_api::{Batch, RecordFailure, Sink, SinkError};
 use crate::bulk::{BulkSettings, split_payload};
 use crate::config::AuthConfig;
 use crate::error::{RequestError, is_retriable_status, retry_after, status_code};
+use crate::sigv4::SigV4Signer;
 
 pub struct OpenSearchSink {
     pub(crate) client: reqwest::Client,
@@ -25,6 +26,7 @@ pub struct OpenSearchSink {
     pub(crate) root_url: String,
     pub(crate) auth: AuthConfig,
     pub(crate) settings: Arc<BulkSettings>,
+    pub(crate) signer: Option<SigV4Signer>,
 }
 
 impl std::fmt::Debug for OpenSearchSink {
@@ -66,25 +68,59 @@ impl OpenSearchSink {
             .map_err(|error| SinkError::permanent("OpenSearch.InvalidConfig", "cannot build the http client").with_source(error))?;
         let root_url = url.trim_end_matches('/').to_string();
         let bulk_url = format!("{root_url}/_bulk?filter_path=errors,items.*.status,items.*.error.type,items.*.error.reason");
-        Ok(Self { client, bulk_url, root_url, auth, settings })
+        let signer = match &auth {
+            AuthConfig::AwsSigv4 { region, service, access_key_id, secret_access_key, session_token } => {
+                Some(match (access_key_id, secret_access_key) {
+                    (Some(key), Some(secret)) => SigV4Signer::with_credentials(
+                        region.clone(),
+                        service.clone(),
+                        aws_credential_types::Credentials::new(
+                            key.expose(),
+                            secret.expose(),
+                            session_token.as_ref().map(|token| token.expose().to_string()),
+                            None,
+                            "spillway-config",
+                        ),
+                    ),
+                    _ => SigV4Signer::new(region.clone(), service.clone()),
+                })
+            }
+            _ => None,
+        };
+        Ok(Self { client, bulk_url, root_url, auth, settings, signer })
     }
 
-    fn authenticated(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    /// Add the configured authentication: basic credentials, or SigV4 headers over `body`.
+    async fn authenticated(
+        &self,
+        request: reqwest::RequestBuilder,
+        method: &'static str,
+        url: &str,
+        content_type: Option<&'static str>,
+        body: Bytes,
+    ) -> Result<reqwest::RequestBuilder, SinkError> {
         match &self.auth {
-            AuthConfig::None => request,
-            AuthConfig::Basic { username, password } => request.basic_auth(username, Some(password.expose())),
+            AuthConfig::None => Ok(request),
+            AuthConfig::Basic { username, password } => Ok(request.basic_auth(username, Some(password.expose()))),
+            AuthConfig::AwsSigv4 { .. } => {
+                let Some(signer) = &self.signer else { return Ok(request) };
+                let headers = signer.headers(method, url, content_type, body).await?;
+                Ok(headers.into_iter().fold(request, |request, (name, value)| request.header(name, value)))
+            }
         }
     }
 
     /// One POST to `_bulk`; per-item failures are named by `positions` (batch positions of the
     /// body's records, in order).
     async fn post(&self, body: Bytes, positions: &[usize]) -> Result<Vec<RecordFailure>, RequestError> {
+        const NDJSON: &str = "application/x-ndjson";
+        let request =
+            self.client.post(&self.bulk_url).header(reqwest::header::CONTENT_TYPE, NDJSON).body(body.clone());
         let request = self
-            .client
-            .post(&self.bulk_url)
-            .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
-            .body(body);
-        let response = self.authenticated(request).send().await.map_err(|error| {
+            .authenticated(request, "POST", &self.bulk_url, Some(NDJSON), body)
+            .await
+            .map_err(RequestError::Signing)?;
+        let response = request.send().await.map_err(|error| {
             if error.is_timeout() { RequestError::Timeout(error) } else { RequestError::Connection(error) }
         })?;
         let status = response.status().as_u16();
@@ -215,8 +251,9 @@ impl Sink for OpenSearchSink {
     /// `GET /`: the cluster answers and the credentials are accepted. A missing index is not a
     /// problem (`_bulk` creates it).
     async fn healthcheck(&self) -> Result<(), SinkError> {
-        let request = self.client.get(format!("{}/", self.root_url));
-        let response = self.authenticated(request).send().await.map_err(|error| {
+        let url = format!("{}/", self.root_url);
+        let request = self.authenticated(self.client.get(&url), "GET", &url, None, Bytes::new()).await?;
+        let response = request.send().await.map_err(|error| {
             SinkError::retriable("OpenSearch.ConnectionFailed", format!("cannot reach {}", self.root_url)).with_source(error)
         })?;
         let status = response.status().as_u16();
