@@ -377,7 +377,7 @@ mod tests {
         });
         let stream =
             stream_config(&config(), "s", &destination, "extendedS3DestinationConfiguration").expect("converts");
-        let SinkConfig::S3(s3) = &stream.sink;
+        let SinkConfig::S3(s3) = &stream.sink else { panic!("an s3 sink") };
         assert_eq!(s3.url, "file://./buckets/logs");
         assert_eq!(s3.prefix.as_deref(), Some("p/"));
         assert_eq!(stream.processing.record_delimiter, RecordDelimiter::Newline);
