@@ -8,8 +8,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use spillway_sink_api::{Compression, EncoderFactory, ErrorOutput, Sink, SinkError};
-pub use spillway_sink_s3::key::PartitionKeySource;
 use spillway_sink_opensearch::OpenSearchSinkConfig;
+pub use spillway_sink_s3::key::PartitionKeySource;
 use spillway_sink_s3::{PrefixError, PrefixKind, PrefixTemplate, S3SinkConfig};
 
 use crate::config::{Problem, RecordDelimiter, StreamConfig};

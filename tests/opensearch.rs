@@ -20,7 +20,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 fn opensearch_url() -> String {
-    std::env::var("SPILLWAY_TEST_OPENSEARCH_URL").expect("SPILLWAY_TEST_OPENSEARCH_URL (eval \"$(scripts/services.sh env)\")")
+    std::env::var("SPILLWAY_TEST_OPENSEARCH_URL")
+        .expect("SPILLWAY_TEST_OPENSEARCH_URL (eval \"$(scripts/services.sh env)\")")
 }
 
 /// A unique lowercase name for this test run's indices.
@@ -50,8 +51,13 @@ async fn put(client: &aws_sdk_firehose::Client, stream: &str, records: &[String]
     for chunk in records.chunks(500) {
         let records: Vec<Record> =
             chunk.iter().map(|data| Record::builder().data(Blob::new(data.clone())).build().unwrap()).collect();
-        let output =
-            client.put_record_batch().delivery_stream_name(stream).set_records(Some(records)).send().await.expect("put");
+        let output = client
+            .put_record_batch()
+            .delivery_stream_name(stream)
+            .set_records(Some(records))
+            .send()
+            .await
+            .expect("put");
         assert_eq!(output.failed_put_count(), 0);
     }
 }
@@ -154,7 +160,10 @@ async fn documents_are_searchable_with_their_fields_in_firehose_rotated_indices(
     let client = spillway.client().await;
     let before = chrono::Utc::now();
     let records: Vec<String> = (0..300)
-        .map(|n| json!({ "n": n, "message": format!("hello {n}"), "nested": { "tags": ["a", "b"], "ok": n % 2 == 0 } }).to_string())
+        .map(|n| {
+            json!({ "n": n, "message": format!("hello {n}"), "nested": { "tags": ["a", "b"], "ok": n % 2 == 0 } })
+                .to_string()
+        })
         .collect();
     for rotation in rotations {
         put(&client, &format!("docs-{rotation}"), &records).await;
@@ -180,7 +189,11 @@ async fn documents_are_searchable_with_their_fields_in_firehose_rotated_indices(
         let mut sources = BTreeMap::new();
         for (index, id, source) in documents {
             let suffix = index.strip_prefix(&format!("{base}-{rotation}")).unwrap().to_string();
-            assert!(expected[rotation].contains(&suffix), "{rotation}: index {index}, expected suffix in {:?}", expected[rotation]);
+            assert!(
+                expected[rotation].contains(&suffix),
+                "{rotation}: index {index}, expected suffix in {:?}",
+                expected[rotation]
+            );
             assert!(id.starts_with(&format!("docs-{rotation}-")), "firehose_default id from stream and sequence: {id}");
             sources.insert(source["n"].as_u64().unwrap(), source);
         }
@@ -373,7 +386,11 @@ async fn throttled_items_and_requests_are_retried_with_nothing_lost_or_duplicate
         (0..3000).map(|n| json!({ "id": format!("t{n}"), "pad": "x".repeat(300) }).to_string()).collect();
     put(&client, "throttled", &records).await;
     wait_for_count(&http, &url, &index, 3000).await;
-    assert!(proxy.withheld.load(Ordering::SeqCst) > 500, "items were throttled: {}", proxy.withheld.load(Ordering::SeqCst));
+    assert!(
+        proxy.withheld.load(Ordering::SeqCst) > 500,
+        "items were throttled: {}",
+        proxy.withheld.load(Ordering::SeqCst)
+    );
     assert!(proxy.whole_refusals.load(Ordering::SeqCst) >= 3, "whole requests were refused, then retried");
     let ids: BTreeSet<String> = all_documents(&http, &url, &index)
         .await
@@ -393,7 +410,14 @@ struct Ledger {
 }
 
 /// `clients` tasks put batches of unique records until `stop` or until the server dies.
-async fn push_until_stopped(endpoint: String, clients: usize, tag: String, seed: u64, ledger: Arc<Mutex<Ledger>>, stop: Arc<AtomicBool>) {
+async fn push_until_stopped(
+    endpoint: String,
+    clients: usize,
+    tag: String,
+    seed: u64,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<AtomicBool>,
+) {
     let mut tasks = Vec::new();
     for client_index in 0..clients {
         let (endpoint, tag, ledger, stop) = (endpoint.clone(), tag.clone(), ledger.clone(), stop.clone());
@@ -484,7 +508,11 @@ async fn sigkill_rounds_leave_count_equal_to_unique_ids_equal_to_acknowledged() 
         if count >= ledger.acknowledged.len() as u64 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "seed {seed}: {count} of {} documents", ledger.acknowledged.len());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "seed {seed}: {count} of {} documents",
+            ledger.acknowledged.len()
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(final_run.terminate(), 0);
@@ -498,12 +526,19 @@ async fn sigkill_rounds_leave_count_equal_to_unique_ids_equal_to_acknowledged() 
     assert!(duplicates.is_empty(), "seed {seed}: records indexed twice: {duplicates:?}");
     let missing: Vec<_> = ledger.acknowledged.iter().filter(|id| !by_record.contains_key(*id)).take(5).collect();
     assert!(missing.is_empty(), "seed {seed}: acknowledged records missing: {missing:?}");
-    let invented: Vec<_> =
-        by_record.keys().filter(|id| !ledger.acknowledged.contains(*id) && !ledger.unknown.contains(*id)).take(5).collect();
+    let invented: Vec<_> = by_record
+        .keys()
+        .filter(|id| !ledger.acknowledged.contains(*id) && !ledger.unknown.contains(*id))
+        .take(5)
+        .collect();
     assert!(invented.is_empty(), "seed {seed}: records nobody sent: {invented:?}");
     let acknowledged_unknown_delivered = by_record.keys().filter(|id| ledger.unknown.contains(*id)).count();
     assert_eq!(count as usize, by_record.len(), "_count equals unique record ids");
-    assert_eq!(by_record.len(), ledger.acknowledged.len() + acknowledged_unknown_delivered, "unique ids = acknowledged (+ unknown that made it)");
+    assert_eq!(
+        by_record.len(),
+        ledger.acknowledged.len() + acknowledged_unknown_delivered,
+        "unique ids = acknowledged (+ unknown that made it)"
+    );
     eprintln!(
         "seed {seed}, {rounds} rounds: {} acknowledged, {} unknown ({} of them delivered), _count {count}",
         ledger.acknowledged.len(),

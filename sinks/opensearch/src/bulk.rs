@@ -131,7 +131,12 @@ impl BulkEncoder {
     }
 
     /// Append one record's action and document lines (or list it as refused).
-    fn push_document(&mut self, position: RecordPosition, data: &[u8], scratch: &mut Vec<u8>) -> Result<(), EncodeError> {
+    fn push_document(
+        &mut self,
+        position: RecordPosition,
+        data: &[u8],
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
         let record_index = self.manifest.records;
         self.manifest.records += 1;
         // The stream's delimiter is not part of a document: `_bulk` lines end with `\n` anyway.
@@ -285,8 +290,8 @@ pub fn single_line_document<'a>(data: &'a [u8], scratch: &'a mut Vec<u8>) -> Res
 
 /// The document id from a field (`.a.b` or `a.b`): a string, or a number as written.
 pub fn id_from_field(document: &[u8], path: &str) -> Result<String, String> {
-    let value: serde_json::Value =
-        serde_json::from_slice(document).map_err(|error| format!("the record is not JSON ({error}), so it has no document id field {path}"))?;
+    let value: serde_json::Value = serde_json::from_slice(document)
+        .map_err(|error| format!("the record is not JSON ({error}), so it has no document id field {path}"))?;
     let mut current = &value;
     for part in path.trim_start_matches('.').split('.') {
         current = current.get(part).ok_or_else(|| format!("the record has no document id field {path}"))?;
@@ -360,7 +365,10 @@ mod tests {
         let mut scratch = Vec::new();
         assert_eq!(single_line_document(b"{\"a\":\"x\ny\"}", &mut scratch), Err(LineError::RawLineBreakInString));
         assert_eq!(single_line_document(b"  \n ", &mut scratch), Err(LineError::Empty));
-        assert_eq!(single_line_document(b"{\"a\":\"q\\\"\"\r\n,\"b\":1}", &mut scratch).unwrap(), b"{\"a\":\"q\\\"\",\"b\":1}");
+        assert_eq!(
+            single_line_document(b"{\"a\":\"q\\\"\"\r\n,\"b\":1}", &mut scratch).unwrap(),
+            b"{\"a\":\"q\\\"\",\"b\":1}"
+        );
         assert_eq!(single_line_document(b"not json\n", &mut scratch).unwrap(), b"not json", "OpenSearch refuses it");
     }
 

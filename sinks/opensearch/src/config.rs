@@ -132,7 +132,7 @@ pub struct BackupConfig {
     #[serde(default)]
     pub mode: BackupMode,
     /// An `s3` sink block (without `type`): url, prefix, error_output_prefix, credentials, ….
-    pub sink: S3SinkConfig,
+    pub sink: Box<S3SinkConfig>,
 }
 
 /// One problem, with its path relative to the `sink` key.
@@ -164,7 +164,10 @@ impl OpenSearchSinkConfig {
             push("bulk_max_mib", format!("must be between 1 and 100 (got {})", self.bulk_max_mib));
         }
         if !(1..=3600).contains(&self.request_timeout_seconds) {
-            push("request_timeout_seconds", format!("must be between 1 and 3600 (got {})", self.request_timeout_seconds));
+            push(
+                "request_timeout_seconds",
+                format!("must be between 1 and 3600 (got {})", self.request_timeout_seconds),
+            );
         }
         match &self.auth {
             AuthConfig::None => {}
@@ -203,7 +206,10 @@ fn index_name_problem(index: &str) -> Option<String> {
     if index.chars().any(|c| c.is_uppercase()) {
         return Some(format!("{index:?} must be lowercase"));
     }
-    if let Some(bad) = index.chars().find(|c| matches!(c, '\\' | '/' | '*' | '?' | '"' | '<' | '>' | '|' | ' ' | ',' | '#' | ':') || c.is_control()) {
+    if let Some(bad) = index
+        .chars()
+        .find(|c| matches!(c, '\\' | '/' | '*' | '?' | '"' | '<' | '>' | '|' | ' ' | ',' | '#' | ':') || c.is_control())
+    {
         return Some(format!("{index:?} must not contain {bad:?}"));
     }
     if index.starts_with(['-', '_', '+']) || index == "." || index == ".." {
@@ -244,7 +250,8 @@ mod tests {
 
     #[test]
     fn a_minimal_block_has_firehose_defaults() {
-        let config = parse("url: 'http://127.0.0.1:9200'\nindex: logs\nbackup: { sink: { url: 'file://./backup' } }\n").unwrap();
+        let config =
+            parse("url: 'http://127.0.0.1:9200'\nindex: logs\nbackup: { sink: { url: 'file://./backup' } }\n").unwrap();
         assert!(config.validate().is_empty(), "{:?}", config.validate());
         assert_eq!(config.index_rotation, IndexRotation::Day);
         assert_eq!(config.document_id, DocumentId::FirehoseDefault);

@@ -109,7 +109,8 @@ mod tests {
         while date.year() < 2040 {
             let strftime_week: u32 = date.format("%U").to_string().parse().unwrap();
             let january_first = NaiveDate::from_ymd_opt(date.year(), 1, 1).unwrap();
-            let expected = if january_first.weekday() == chrono::Weekday::Sun { strftime_week } else { strftime_week + 1 };
+            let expected =
+                if january_first.weekday() == chrono::Weekday::Sun { strftime_week } else { strftime_week + 1 };
             let (year, week) = us_week(date);
             if year == date.year() {
                 assert_eq!(week, expected, "{date}");

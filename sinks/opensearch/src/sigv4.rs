@@ -60,7 +60,10 @@ impl SigV4Signer {
             })
             .await;
         let Some(provider) = provider else {
-            return Err(SinkError::retriable("OpenSearch.CredentialsUnavailable", "no AWS credential provider is configured"));
+            return Err(SinkError::retriable(
+                "OpenSearch.CredentialsUnavailable",
+                "no AWS credential provider is configured",
+            ));
         };
         let credentials = provider.provide_credentials().await.map_err(|error| {
             // The operator can fix the credentials without losing data: retriable.
@@ -82,9 +85,13 @@ impl SigV4Signer {
     ) -> Result<Vec<(String, String)>, SinkError> {
         let credentials = self.credentials().await?;
         let (region, service, url) = (self.region.clone(), self.service.clone(), url.to_string());
-        tokio::task::spawn_blocking(move || sign_headers(&credentials, &region, &service, method, &url, content_type, &body, SystemTime::now()))
-            .await
-            .map_err(|error| SinkError::retriable("OpenSearch.SigningFailed", "the signing task failed").with_source(error))?
+        tokio::task::spawn_blocking(move || {
+            sign_headers(&credentials, &region, &service, method, &url, content_type, &body, SystemTime::now())
+        })
+        .await
+        .map_err(|error| {
+            SinkError::retriable("OpenSearch.SigningFailed", "the signing task failed").with_source(error)
+        })?
     }
 }
 
@@ -156,7 +163,11 @@ mod tests {
             authorization.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20251126/eu-west-1/es/aws4_request"),
             "{authorization}"
         );
-        assert!(authorization.contains("SignedHeaders=content-type;host;x-amz-content-sha256;x-amz-date;x-amz-security-token"), "{authorization}");
+        assert!(
+            authorization
+                .contains("SignedHeaders=content-type;host;x-amz-content-sha256;x-amz-date;x-amz-security-token"),
+            "{authorization}"
+        );
         assert_eq!(get("x-amz-date").as_deref(), Some("20251126T000000Z"));
         assert_eq!(get("x-amz-security-token").as_deref(), Some("token"));
         // sha256 of the body, hex.

@@ -59,15 +59,23 @@ struct BulkItem {
 }
 
 impl OpenSearchSink {
-    pub(crate) fn new(url: &str, auth: AuthConfig, settings: Arc<BulkSettings>, timeout: std::time::Duration) -> Result<Self, SinkError> {
+    pub(crate) fn new(
+        url: &str,
+        auth: AuthConfig,
+        settings: Arc<BulkSettings>,
+        timeout: std::time::Duration,
+    ) -> Result<Self, SinkError> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(std::time::Duration::from_secs(10))
             .pool_max_idle_per_host(8)
             .build()
-            .map_err(|error| SinkError::permanent("OpenSearch.InvalidConfig", "cannot build the http client").with_source(error))?;
+            .map_err(|error| {
+                SinkError::permanent("OpenSearch.InvalidConfig", "cannot build the http client").with_source(error)
+            })?;
         let root_url = url.trim_end_matches('/').to_string();
-        let bulk_url = format!("{root_url}/_bulk?filter_path=errors,items.*.status,items.*.error.type,items.*.error.reason");
+        let bulk_url =
+            format!("{root_url}/_bulk?filter_path=errors,items.*.status,items.*.error.type,items.*.error.reason");
         let signer = match &auth {
             AuthConfig::AwsSigv4 { region, service, access_key_id, secret_access_key, session_token } => {
                 Some(match (access_key_id, secret_access_key) {
@@ -114,8 +122,7 @@ impl OpenSearchSink {
     /// body's records, in order).
     async fn post(&self, body: Bytes, positions: &[usize]) -> Result<Vec<RecordFailure>, RequestError> {
         const NDJSON: &str = "application/x-ndjson";
-        let request =
-            self.client.post(&self.bulk_url).header(reqwest::header::CONTENT_TYPE, NDJSON).body(body.clone());
+        let request = self.client.post(&self.bulk_url).header(reqwest::header::CONTENT_TYPE, NDJSON).body(body.clone());
         let request = self
             .authenticated(request, "POST", &self.bulk_url, Some(NDJSON), body)
             .await
@@ -177,7 +184,11 @@ impl OpenSearchSink {
                 Err(RequestError::TooLarge) if positions.len() > 1 => {
                     let half = positions.len() / 2;
                     let cut = record_boundary(&body, half);
-                    tracing::warn!(records = positions.len(), bytes = body.len(), "opensearch refused a _bulk request as too large (413), splitting it");
+                    tracing::warn!(
+                        records = positions.len(),
+                        bytes = body.len(),
+                        "opensearch refused a _bulk request as too large (413), splitting it"
+                    );
                     pending.push((body.slice(cut..), positions[half..].to_vec()));
                     pending.push((body.slice(..cut), positions[..half].to_vec()));
                 }
@@ -254,7 +265,8 @@ impl Sink for OpenSearchSink {
         let url = format!("{}/", self.root_url);
         let request = self.authenticated(self.client.get(&url), "GET", &url, None, Bytes::new()).await?;
         let response = request.send().await.map_err(|error| {
-            SinkError::retriable("OpenSearch.ConnectionFailed", format!("cannot reach {}", self.root_url)).with_source(error)
+            SinkError::retriable("OpenSearch.ConnectionFailed", format!("cannot reach {}", self.root_url))
+                .with_source(error)
         })?;
         let status = response.status().as_u16();
         if response.status().is_success() {

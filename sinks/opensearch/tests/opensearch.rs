@@ -13,7 +13,8 @@ use spillway_sink_opensearch::{BuiltOpenSearch, OpenSearchSinkConfig};
 use uuid::Uuid;
 
 fn opensearch_url() -> String {
-    std::env::var("SPILLWAY_TEST_OPENSEARCH_URL").expect("SPILLWAY_TEST_OPENSEARCH_URL (eval \"$(scripts/services.sh env)\")")
+    std::env::var("SPILLWAY_TEST_OPENSEARCH_URL")
+        .expect("SPILLWAY_TEST_OPENSEARCH_URL (eval \"$(scripts/services.sh env)\")")
 }
 
 fn unique(name: &str) -> String {
@@ -128,7 +129,8 @@ async fn a_mapping_conflict_is_a_partial_failure_naming_only_those_records() {
     let data: Vec<String> = (0..10)
         .map(|n| if n == 2 || n == 7 { format!("{{\"n\":\"x{n}\"}}") } else { format!("{{\"n\":{n}}}") })
         .collect();
-    let batch = encode_batch(built.encoders.as_ref(), "conformance", Uuid::new_v4(), PartitionKeys::new(), &records(&data));
+    let batch =
+        encode_batch(built.encoders.as_ref(), "conformance", Uuid::new_v4(), PartitionKeys::new(), &records(&data));
     let error = built.sink.write(&batch).await.unwrap_err();
     assert_eq!(error.class, ErrorClass::Partial);
     let failed: Vec<(usize, bool, String)> =
@@ -156,7 +158,10 @@ async fn start_size_limited_proxy(upstream: String, limit: usize) -> (String, Ar
                 .send()
                 .await
                 .unwrap();
-            (axum::http::StatusCode::from_u16(response.status().as_u16()).unwrap(), response.bytes().await.unwrap().to_vec())
+            (
+                axum::http::StatusCode::from_u16(response.status().as_u16()).unwrap(),
+                response.bytes().await.unwrap().to_vec(),
+            )
         }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -176,7 +181,8 @@ async fn a_request_refused_as_too_large_is_split_until_it_fits() {
     let mut data: Vec<String> = (0..100).map(|n| format!("{{\"n\":{n},\"pad\":\"{}\"}}", "p".repeat(100))).collect();
     // One document alone is over the limit: it must come back as a permanent 413, nothing else.
     data[40] = format!("{{\"n\":40,\"pad\":\"{}\"}}", "p".repeat(5000));
-    let batch = encode_batch(built.encoders.as_ref(), "conformance", Uuid::new_v4(), PartitionKeys::new(), &records(&data));
+    let batch =
+        encode_batch(built.encoders.as_ref(), "conformance", Uuid::new_v4(), PartitionKeys::new(), &records(&data));
     let error = built.sink.write(&batch).await.unwrap_err();
     let failed: Vec<(usize, bool, String)> =
         error.failures.iter().map(|failure| (failure.index, failure.retriable, failure.code.clone())).collect();
