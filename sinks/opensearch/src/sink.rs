@@ -233,6 +233,20 @@ impl Sink for OpenSearchSink {
         let (manifest, bodies) = split_payload(&batch.payload).map_err(|error| {
             SinkError::permanent("OpenSearch.InvalidPayload", "the batch is not a _bulk payload").with_source(error)
         })?;
+        let positions = manifest.request_positions();
+        let listed: usize = positions.iter().map(Vec::len).sum::<usize>() + manifest.refused.len();
+        if positions.len() != bodies.len() || listed != batch.record_count() {
+            // Never report records as written that no request carries.
+            return Err(SinkError::permanent(
+                "OpenSearch.InvalidPayload",
+                format!(
+                    "the payload lists {listed} records in {} requests for a batch of {} records in {} bodies",
+                    positions.len(),
+                    batch.record_count(),
+                    bodies.len()
+                ),
+            ));
+        }
         let mut outcome = Outcome::default();
         outcome.failures.extend(manifest.refused.iter().map(|refused| RecordFailure {
             index: refused.index,
@@ -240,7 +254,7 @@ impl Sink for OpenSearchSink {
             code: refused.code.clone(),
             message: refused.message.clone(),
         }));
-        for (body, positions) in bodies.into_iter().zip(manifest.request_positions()) {
+        for (body, positions) in bodies.into_iter().zip(positions) {
             self.send(body, positions, &mut outcome).await;
         }
         if outcome.failures.is_empty() {
