@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # OpenSearch sink throughput next to a plain reference loader on the same node, in one run.
 #
-#   eval "$(scripts/services.sh env)"; scripts/bench_opensearch.sh [--records N] [--bulk-mib M] [--clients C]
+#   eval "$(scripts/services.sh env)"; scripts/bench_opensearch.sh [--records N] [--bulk-mib M] [--clients C] [--bin PATH]
 #
 # Both load the same ~1 KiB JSON log records (unique ids) into fresh indices with the same settings
 # (1 shard, 0 replicas) on the OpenSearch of scripts/services.sh:
@@ -18,17 +18,18 @@ records=200000
 bulk_mib=5
 clients=4
 port=4597
+bin="${CARGO_TARGET_DIR:-$ROOT/target}/release/spillway"
 while [[ $# -gt 0 ]]; do
 	case "$1" in
 	--records) records=$2; shift 2 ;;
 	--bulk-mib) bulk_mib=$2; shift 2 ;;
 	--clients) clients=$2; shift 2 ;;
 	--port) port=$2; shift 2 ;;
+	--bin) bin=$2; shift 2 ;;
 	*) echo "unknown option $1" >&2; exit 2 ;;
 	esac
 done
 OS="${SPILLWAY_TEST_OPENSEARCH_URL:?eval \"\$(scripts/services.sh env)\" first}"
-bin="${CARGO_TARGET_DIR:-$ROOT/target}/release/spillway"
 [[ -x "$bin" ]] || { echo "build it first: cargo build --release --bin spillway" >&2; exit 2; }
 work="$(mktemp -d)"
 server_pid=""
@@ -87,9 +88,15 @@ for index in "$ref_index" "$sp_index"; do
 done
 
 now() { date +%s.%N; }
-count() { curl -s -X POST "$OS/$1/_refresh" >/dev/null; curl -s "$OS/$1/_count" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("count", 0))'; }
-wait_count() { # INDEX: until every record is searchable
-	while [[ "$(count "$1")" -lt "$records" ]]; do sleep 0.2; done
+count() { curl -s -m 30 -X POST "$OS/$1/_refresh" >/dev/null; curl -s -m 30 "$OS/$1/_count" | python3 -c 'import json,sys
+try: print(json.load(sys.stdin).get("count", 0))
+except Exception: print(0)'; }
+wait_count() { # INDEX: until every record is searchable (at most 600 s)
+	local deadline=$((SECONDS + 600))
+	while [[ "$(count "$1")" -lt "$records" ]]; do
+		if ((SECONDS > deadline)); then echo "$1: $(count "$1") of $records documents after 600 s" >&2; exit 1; fi
+		sleep 0.2
+	done
 }
 
 # Reference loader.
