@@ -242,17 +242,19 @@ async fn a_mapping_conflict_sends_only_those_records_to_the_backup_with_the_reas
         })
         .collect();
     records.push("   ".to_string());
+    records.push("this is not json".to_string());
     records.push("{\"id\": \"broken\",\n \"text\": \"line one\nline two\"}".to_string());
     put(&client, "conflicts", &records).await;
 
-    let failed = common::eventually(WAIT, "20 + 2 failed documents in the backup", || {
+    let failed = common::eventually(WAIT, "20 + 3 failed documents in the backup", || {
         let failed = backup_records(dir.path());
-        (failed.len() >= 22).then_some(failed)
+        (failed.len() >= 23).then_some(failed)
     })
     .await;
     wait_for_count(&http, &url, &index, 180).await;
-    assert_eq!(failed.len(), 22, "only the refused records: {failed:#?}");
+    assert_eq!(failed.len(), 23, "only the refused records: {failed:#?}");
     let mut refused_ids = BTreeSet::new();
+    let mut not_json = 0;
     for (key, document) in &failed {
         assert!(key.starts_with("AmazonOpenSearchService-failed/"), "key {key}");
         let raw = base64::engine::general_purpose::STANDARD.decode(document["rawData"].as_str().unwrap()).unwrap();
@@ -263,7 +265,11 @@ async fn a_mapping_conflict_sends_only_those_records_to_the_backup_with_the_reas
             assert!(document[field].is_i64(), "{field} in {document}");
         }
         let raw_text = String::from_utf8(raw).unwrap();
-        if document["errorCode"] == json!("400") {
+        if raw_text == "this is not json" {
+            // Not JSON: OpenSearch refuses the item (400), only that one.
+            assert_eq!(document["errorCode"], json!("400"), "{document}");
+            not_json += 1;
+        } else if document["errorCode"] == json!("400") {
             assert!(document["errorMessage"].as_str().unwrap().contains("mapper_parsing_exception"), "{document}");
             let value: Value = serde_json::from_str(&raw_text).unwrap();
             refused_ids.insert(value["id"].as_str().unwrap().to_string());
@@ -274,6 +280,7 @@ async fn a_mapping_conflict_sends_only_those_records_to_the_backup_with_the_reas
     }
     let expected: BTreeSet<String> = (0..200).filter(|n| n % 10 == 3).map(|n| format!("r{n}")).collect();
     assert_eq!(refused_ids, expected);
+    assert_eq!(not_json, 1);
     let indexed: BTreeSet<String> = all_documents(&http, &url, &index)
         .await
         .into_iter()
@@ -286,14 +293,15 @@ async fn a_mapping_conflict_sends_only_those_records_to_the_backup_with_the_reas
 
 /// A proxy in front of OpenSearch that throttles: the first two `_bulk` requests get 503 as a
 /// whole; afterwards each document is, the first time its id is seen, withheld with a 429 item
-/// one time in three (the rest is forwarded and their items spliced back in order).
+/// one time in three (the rest is forwarded and their items spliced back in order); with
+/// `always`, every document every time.
 struct ThrottlingProxy {
     address: String,
     withheld: Arc<AtomicUsize>,
     whole_refusals: Arc<AtomicUsize>,
 }
 
-async fn start_throttling_proxy(upstream: String) -> ThrottlingProxy {
+async fn start_throttling_proxy(upstream: String, always: bool) -> ThrottlingProxy {
     let withheld = Arc::new(AtomicUsize::new(0));
     let whole_refusals = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(Mutex::new(BTreeSet::<String>::new()));
@@ -321,7 +329,7 @@ async fn start_throttling_proxy(upstream: String) -> ThrottlingProxy {
                     let id = action["index"]["_id"].as_str().unwrap_or_default().to_string();
                     let first_time = seen.lock().unwrap().insert(id.clone());
                     let hash = id.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
-                    if first_time && hash % 3 == 0 {
+                    if always || (first_time && hash % 3 == 0) {
                         withheld.fetch_add(1, Ordering::SeqCst);
                         plan.push(false);
                     } else {
@@ -373,7 +381,7 @@ async fn throttled_items_and_requests_are_retried_with_nothing_lost_or_duplicate
     let url = opensearch_url();
     let http = reqwest::Client::new();
     let dir = tempfile::tempdir().unwrap();
-    let proxy = start_throttling_proxy(url.clone()).await;
+    let proxy = start_throttling_proxy(url.clone(), false).await;
     let index = unique("throttle");
     let yaml = config(&[stream_yaml(
         "throttled",
@@ -399,6 +407,40 @@ async fn throttled_items_and_requests_are_retried_with_nothing_lost_or_duplicate
         .collect();
     assert_eq!(ids.len(), 3000, "every record once");
     assert!(backup_records(dir.path()).is_empty(), "throttling is retried, never sent to the backup");
+    assert_eq!(spillway.terminate(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn items_throttled_past_the_retry_duration_go_to_the_backup() {
+    let url = opensearch_url();
+    let http = reqwest::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_throttling_proxy(url.clone(), true).await;
+    let index = unique("expire");
+    let yaml = config(&[format!(
+        "{}    retry: {{ duration_seconds: 3 }}\n",
+        stream_yaml(
+            "expiring",
+            "{ size_mib: 1, interval_seconds: 1 }",
+            &opensearch_sink(&proxy.address, &index, "      index_rotation: none\n"),
+        )
+    )]);
+    let spillway = Spillway::start(dir.path(), &yaml);
+    let client = spillway.client().await;
+    let records: Vec<String> = (0..50).map(|n| json!({ "id": format!("e{n}") }).to_string()).collect();
+    put(&client, "expiring", &records).await;
+    let failed = common::eventually(WAIT, "50 throttled documents in the backup", || {
+        let failed = backup_records(dir.path());
+        (failed.len() >= 50).then_some(failed)
+    })
+    .await;
+    assert_eq!(failed.len(), 50);
+    for (_, document) in &failed {
+        assert_eq!(document["errorCode"], json!("429"), "{document}");
+        assert!(document["attemptsMade"].as_i64().unwrap() > 1, "retried before giving up: {document}");
+    }
+    assert_eq!(refresh_and_count(&http, &url, &index).await, 0);
     assert_eq!(spillway.terminate(), 0);
 }
 
