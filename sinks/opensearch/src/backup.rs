@@ -110,7 +110,15 @@ impl ErrorOutput for OpenSearchBackup {
         error_output_type: &str,
         lines: Vec<u8>,
     ) -> Result<(), SinkError> {
-        let lines = if error_output_type == FAILED_OUTPUT_TYPE { self.failed_documents(&lines) } else { lines };
+        if error_output_type != FAILED_OUTPUT_TYPE {
+            return self.backup.write_error_records(batch, error_output_type, lines).await;
+        }
+        // Up to a whole batch of JSON and base64: off the async runtime.
+        let enricher = OpenSearchBackup { backup: self.backup.clone(), settings: self.settings.clone() };
+        let lines = tokio::task::spawn_blocking(move || enricher.failed_documents(&lines)).await.map_err(|error| {
+            SinkError::retriable("OpenSearch.BackupEncodingFailed", "encoding failed documents failed")
+                .with_source(error)
+        })?;
         self.backup.write_error_records(batch, error_output_type, lines).await
     }
 }
