@@ -378,6 +378,7 @@ async fn start_throttling_proxy(upstream: String, always: bool) -> ThrottlingPro
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs services: scripts/test.sh"]
 async fn throttled_items_and_requests_are_retried_with_nothing_lost_or_duplicated() {
+    // 3 MiB batches of 1 MiB requests: a batch's requests go out side by side.
     let url = opensearch_url();
     let http = reqwest::Client::new();
     let dir = tempfile::tempdir().unwrap();
@@ -385,13 +386,13 @@ async fn throttled_items_and_requests_are_retried_with_nothing_lost_or_duplicate
     let index = unique("throttle");
     let yaml = config(&[stream_yaml(
         "throttled",
-        "{ size_mib: 1, interval_seconds: 1 }",
+        "{ size_mib: 3, interval_seconds: 1 }",
         &opensearch_sink(&proxy.address, &index, "      index_rotation: none\n      bulk_max_mib: 1\n"),
     )]);
     let spillway = Spillway::start(dir.path(), &yaml);
     let client = spillway.client().await;
     let records: Vec<String> =
-        (0..3000).map(|n| json!({ "id": format!("t{n}"), "pad": "x".repeat(300) }).to_string()).collect();
+        (0..3000).map(|n| json!({ "id": format!("t{n}"), "pad": "x".repeat(1000) }).to_string()).collect();
     put(&client, "throttled", &records).await;
     wait_for_count(&http, &url, &index, 3000).await;
     assert!(

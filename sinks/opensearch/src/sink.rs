@@ -16,8 +16,13 @@ use spillway_sink_api::{Batch, RecordFailure, Sink, SinkError};
 
 use crate::bulk::{BulkSettings, split_payload};
 use crate::config::AuthConfig;
+use crate::config::DocumentId;
 use crate::error::{RequestError, is_retriable_status, retry_after, status_code};
 use crate::sigv4::SigV4Signer;
+use futures::StreamExt;
+
+/// `_bulk` requests of one batch in flight at once (a batch larger than `bulk_max_mib`).
+const MAX_CONCURRENT_REQUESTS: usize = 4;
 
 pub struct OpenSearchSink {
     pub(crate) client: reqwest::Client,
@@ -254,8 +259,21 @@ impl Sink for OpenSearchSink {
             code: refused.code.clone(),
             message: refused.message.clone(),
         }));
-        for (body, positions) in bodies.into_iter().zip(positions) {
-            self.send(body, positions, &mut outcome).await;
+        // Requests of one batch go out side by side, except with ids from a field: two records of
+        // a batch may share an id there, and the later one must win, so they go in order.
+        let concurrency = match self.settings.document_id {
+            DocumentId::FromField(_) => 1,
+            _ => MAX_CONCURRENT_REQUESTS,
+        };
+        let mut sent = futures::stream::iter(bodies.into_iter().zip(positions).map(|(body, positions)| async move {
+            let mut request_outcome = Outcome::default();
+            self.send(body, positions, &mut request_outcome).await;
+            request_outcome
+        }))
+        .buffer_unordered(concurrency);
+        while let Some(request_outcome) = sent.next().await {
+            outcome.failures.extend(request_outcome.failures);
+            outcome.whole.extend(request_outcome.whole);
         }
         if outcome.failures.is_empty() {
             return Ok(());
