@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use spillway_sink_api::{Compression, EncoderFactory, ErrorOutput, Sink, SinkError};
+use spillway_sink_opensearch::OpenSearchSinkConfig;
 use spillway_sink_postgres::PostgresSinkConfig;
 pub use spillway_sink_s3::key::PartitionKeySource;
 use spillway_sink_s3::{PrefixError, PrefixKind, PrefixTemplate, S3SinkConfig};
@@ -21,6 +22,8 @@ pub enum SinkConfig {
     S3(S3SinkConfig),
     /// Rows in a PostgreSQL table, loaded with COPY (records that fail go to `s3_backup`).
     Postgres(PostgresSinkConfig),
+    /// Documents into OpenSearch / Elasticsearch through `_bulk`, failed ones to an S3 backup.
+    Opensearch(OpenSearchSinkConfig),
 }
 
 /// A built sink, the encoder its open batches are held in, and where undeliverable records go.
@@ -37,6 +40,7 @@ impl SinkConfig {
         match self {
             SinkConfig::S3(_) => "s3",
             SinkConfig::Postgres(_) => "postgres",
+            SinkConfig::Opensearch(_) => "opensearch",
         }
     }
 
@@ -46,6 +50,7 @@ impl SinkConfig {
             SinkConfig::S3(_) => 1..=128,
             // Firehose's Redshift range.
             SinkConfig::Postgres(_) => 1..=128,
+            SinkConfig::Opensearch(_) => 1..=100,
         }
     }
 
@@ -57,6 +62,15 @@ impl SinkConfig {
             // keeps the S3 default (24 hours) and its range: an outage should not empty into the
             // error output.
             SinkConfig::Postgres(_) => 0..=86_400,
+            SinkConfig::Opensearch(_) => 0..=7_200,
+        }
+    }
+
+    /// `retry.duration_seconds` when unset: Firehose's default for the destination.
+    pub fn default_retry_duration_seconds(&self) -> u64 {
+        match self {
+            SinkConfig::S3(_) | SinkConfig::Postgres(_) => 86_400,
+            SinkConfig::Opensearch(_) => 300,
         }
     }
 
@@ -73,6 +87,11 @@ impl SinkConfig {
                 .into_iter()
                 .map(|problem| Problem { path: problem.field, message: problem.message })
                 .collect(),
+            SinkConfig::Opensearch(config) => config
+                .validate()
+                .into_iter()
+                .map(|problem| Problem { path: problem.field, message: problem.message })
+                .collect(),
         }
     }
 
@@ -85,7 +104,7 @@ impl SinkConfig {
                 let template = PrefixTemplate::parse(config.prefix.as_deref(), PrefixKind::Data)?;
                 Ok(template.partition_keys().map(|(source, name)| (source, name.to_string())).collect())
             }
-            SinkConfig::Postgres(_) => Ok(Vec::new()),
+            SinkConfig::Postgres(_) | SinkConfig::Opensearch(_) => Ok(Vec::new()),
         }
     }
 
@@ -95,6 +114,7 @@ impl SinkConfig {
         match self {
             SinkConfig::S3(config) => config.error_output_prefix.is_some(),
             SinkConfig::Postgres(config) => config.s3_backup.error_output_prefix.is_some(),
+            SinkConfig::Opensearch(config) => config.backup.sink.error_output_prefix.is_some(),
         }
     }
 
@@ -102,7 +122,7 @@ impl SinkConfig {
     pub fn supports_dynamic_partitioning(&self) -> bool {
         match self {
             SinkConfig::S3(_) => true,
-            SinkConfig::Postgres(_) => false,
+            SinkConfig::Postgres(_) | SinkConfig::Opensearch(_) => false,
         }
     }
 
@@ -128,6 +148,15 @@ impl SinkConfig {
                     failure_output_type: "postgres-failed",
                 })
             }
+            SinkConfig::Opensearch(config) => {
+                let built = config.build(stream, version_id)?;
+                Ok(BuiltSink {
+                    sink: built.sink,
+                    encoders: built.encoders,
+                    error_output: built.backup,
+                    failure_output_type: spillway_sink_opensearch::FAILED_OUTPUT_TYPE,
+                })
+            }
         }
     }
 }
@@ -145,6 +174,10 @@ impl SinkConfig {
                 let columns: Vec<String> =
                     shape.columns.iter().map(|column| format!("{} {}", column.name, column.type_name)).collect();
                 Ok(format!("table {} loads columns ({})", shape.table, columns.join(", ")))
+            }
+            SinkConfig::Opensearch(config) => {
+                config.build(stream, 1)?.sink.healthcheck().await?;
+                Ok(format!("{} answers", config.url))
             }
         }
     }
@@ -172,6 +205,7 @@ impl SinkConfig {
         match self {
             SinkConfig::S3(s3) => describe_s3(s3, stream, context),
             SinkConfig::Postgres(postgres) => describe_postgres(postgres, stream),
+            SinkConfig::Opensearch(opensearch) => describe_opensearch(opensearch, stream, context),
         }
     }
 }
@@ -247,6 +281,60 @@ fn describe_postgres(postgres: &PostgresSinkConfig, stream: &StreamConfig) -> Va
                 "IntervalInSeconds": stream.buffering.interval_seconds,
             },
         },
+    })
+}
+
+/// `AmazonopensearchserviceDestinationDescription`, with the backup's S3 description.
+fn describe_opensearch(
+    opensearch: &OpenSearchSinkConfig,
+    stream: &StreamConfig,
+    context: &DescribeContext<'_>,
+) -> Value {
+    let role_arn =
+        context.role_arn.map_or_else(|| format!("arn:aws:iam::{}:role/spillway", context.account_id), str::to_string);
+    let backup = &opensearch.backup.sink;
+    let cloud_watch = context.cloud_watch_logging_options.cloned().unwrap_or_else(|| json!({ "Enabled": false }));
+    let mut s3 = json!({
+        "RoleARN": role_arn,
+        "BucketARN": bucket_arn_for_url(&backup.url),
+        "BufferingHints": { "SizeInMBs": 5, "IntervalInSeconds": 300 },
+        "CompressionFormat": if backup.compression == Compression::Gzip { "GZIP" } else { "UNCOMPRESSED" },
+        "EncryptionConfiguration": { "NoEncryptionConfig": "NoEncryption" },
+        "CloudWatchLoggingOptions": cloud_watch,
+    });
+    if let Some(prefix) = &backup.prefix {
+        s3["Prefix"] = json!(prefix);
+    }
+    if let Some(error_prefix) = &backup.error_output_prefix {
+        s3["ErrorOutputPrefix"] = json!(error_prefix);
+    }
+    let document_id_format = match opensearch.document_id {
+        spillway_sink_opensearch::DocumentId::None => "NO_DOCUMENT_ID",
+        _ => "FIREHOSE_DEFAULT",
+    };
+    let description = json!({
+        "RoleARN": role_arn,
+        "ClusterEndpoint": opensearch.url,
+        "IndexName": opensearch.index,
+        "TypeName": opensearch.type_name.clone().unwrap_or_default(),
+        "IndexRotationPeriod": opensearch.index_rotation.firehose_name(),
+        "BufferingHints": {
+            "IntervalInSeconds": stream.buffering.interval_seconds,
+            "SizeInMBs": stream.buffering.size_mib,
+        },
+        "RetryOptions": { "DurationInSeconds": stream.retry_duration_seconds() },
+        "S3BackupMode": match opensearch.backup.mode {
+            spillway_sink_opensearch::BackupMode::FailedOnly => "FailedDocumentsOnly",
+            spillway_sink_opensearch::BackupMode::All => "AllDocuments",
+        },
+        "S3DestinationDescription": s3,
+        "ProcessingConfiguration": processing_configuration(stream),
+        "CloudWatchLoggingOptions": cloud_watch,
+        "DocumentIdOptions": { "DefaultDocumentIdFormat": document_id_format },
+    });
+    json!({
+        "DestinationId": DESTINATION_ID,
+        "AmazonopensearchserviceDestinationDescription": description,
     })
 }
 

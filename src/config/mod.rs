@@ -307,7 +307,7 @@ impl StreamConfig {
     pub fn retry_duration_seconds(&self) -> u64 {
         match &self.processing.dynamic_partitioning {
             Some(dynamic) if dynamic.enabled => dynamic.retry_duration_seconds,
-            _ => self.retry.duration_seconds,
+            _ => self.retry.duration_seconds.unwrap_or_else(|| self.sink.default_retry_duration_seconds()),
         }
     }
 }
@@ -417,19 +417,13 @@ impl Default for BufferingConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// How long a retriable delivery failure is retried before the records go to the error
-    /// output. Firehose keeps retrying S3 for 24 hours.
-    #[serde(default = "default_retry_duration_seconds")]
-    pub duration_seconds: u64,
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        Self { duration_seconds: default_retry_duration_seconds() }
-    }
+    /// output. Unset: the sink's Firehose default (S3: 24 hours; OpenSearch: 300 s).
+    #[serde(default)]
+    pub duration_seconds: Option<u64>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -479,9 +473,6 @@ fn default_size_mib() -> u64 {
 }
 fn default_interval_seconds() -> u64 {
     300
-}
-fn default_retry_duration_seconds() -> u64 {
-    86_400
 }
 fn default_true() -> bool {
     true
@@ -647,7 +638,9 @@ impl Config {
                 );
             }
             let retry_range = stream.sink.retry_duration_range_seconds();
-            if !retry_range.contains(&stream.retry.duration_seconds) {
+            if let Some(duration_seconds) = stream.retry.duration_seconds
+                && !retry_range.contains(&duration_seconds)
+            {
                 push(
                     at("retry.duration_seconds"),
                     format!(
@@ -655,7 +648,7 @@ impl Config {
                         retry_range.start(),
                         retry_range.end(),
                         stream.sink.type_name(),
-                        stream.retry.duration_seconds
+                        duration_seconds
                     ),
                 );
             }
@@ -684,6 +677,17 @@ impl Config {
 fn dynamic_partitioning_problems(stream: &StreamConfig, sink_reported: &dyn Fn(&str) -> bool) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut push = |path: &str, message: String| problems.push(Problem { path: path.to_string(), message });
+    // OpenSearch's `firehose_default` ids name a WAL record (stream + sequence): the outputs of a
+    // record split in several would overwrite each other.
+    if let crate::sinks::SinkConfig::Opensearch(opensearch) = &stream.sink
+        && opensearch.document_id == spillway_sink_opensearch::DocumentId::FirehoseDefault
+        && let Some(index) = stream.processing.transforms.iter().position(|transform| transform.may_split())
+    {
+        push(
+            &format!("processing.transforms[{index}]"),
+            "may turn one record into several, whose firehose_default OpenSearch document ids would collide: set sink.document_id to from_field(<path>) or none".into(),
+        );
+    }
     if let Err(bad) = crate::processing::Transforms::build(&stream.processing.transforms) {
         for (index, reason) in bad {
             push(&format!("processing.transforms[{index}].expr"), reason);

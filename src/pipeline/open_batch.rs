@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use spillway_sink_api::{EncodeError, Encoder, EncoderFactory, PartitionKeys, Payload, SequenceSet};
+use spillway_sink_api::{EncodeError, Encoder, EncoderFactory, PartitionKeys, Payload, RecordPosition, SequenceSet};
 use tokio::time::Instant;
 
 /// Where a record goes: the sink, under a partition, or an error output type.
@@ -207,7 +207,7 @@ impl OpenBatches {
                 self.batches.entry(route.clone()).or_insert(batch)
             }
         };
-        if let Err(error) = batch.encoder.push(data, suffix) {
+        if let Err(error) = batch.encoder.push_at(RecordPosition { sequence, arrival_ms }, data, suffix) {
             // A batch opened for a record its encoder refused holds nothing: drop it, so it
             // neither holds the watermark nor becomes an empty object.
             if batch.sequences.is_empty() {

@@ -12,7 +12,8 @@ use bytes::Bytes;
 use rand::Rng;
 use serde::Serialize;
 use spillway_sink_api::{
-    Batch, EncodeError, EncoderFactory, ErrorClass, ErrorOutput, Record, RecordFailure, SequenceSet, Sink,
+    Batch, EncodeError, EncoderFactory, ErrorClass, ErrorOutput, Record, RecordFailure, RecordPosition, SequenceSet,
+    Sink,
 };
 use tokio::time::Instant;
 
@@ -218,7 +219,8 @@ impl Delivery {
             let mut encoder = encoders.new_encoder(spillway_sink_api::encode::DEFAULT_CHUNK_BYTES);
             let mut sequences = SequenceSet::default();
             for record in &records {
-                encoder.push(&record.data, delimiter.suffix_for(&record.data))?;
+                let position = RecordPosition { sequence: record.sequence, arrival_ms: record.arrival_ms };
+                encoder.push_at(position, &record.data, delimiter.suffix_for(&record.data))?;
                 sequences.push(record.sequence);
             }
             Ok(Batch {

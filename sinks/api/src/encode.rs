@@ -77,12 +77,27 @@ pub enum EncodeError {
     WorkerLost,
 }
 
+/// Where a record sits in its stream: its WAL sequence and its arrival time (epoch ms, UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordPosition {
+    pub sequence: u64,
+    pub arrival_ms: i64,
+}
+
 /// One open batch's encoder. Called from a blocking thread: encoding is CPU work.
 pub trait Encoder: Send + 'static {
     /// Append one record's bytes (after processing), followed by `delimiter` (empty unless the
     /// stream appends one, as Firehose's `AppendDelimiterToRecord`). A record that cannot be
     /// encoded is refused with [`EncodeError::Rejected`], leaving the encoder as it was.
     fn push(&mut self, data: &[u8], delimiter: &[u8]) -> Result<(), EncodeError>;
+
+    /// [`Encoder::push`] with the record's position, for encoders that name records one by one
+    /// (OpenSearch: a `_id` from stream and sequence, an index from the arrival time). The
+    /// pipeline always calls this one; byte encoders need no position and keep the default.
+    fn push_at(&mut self, position: RecordPosition, data: &[u8], delimiter: &[u8]) -> Result<(), EncodeError> {
+        let _ = position;
+        self.push(data, delimiter)
+    }
 
     /// Bytes this encoder holds in memory now (encoded output, staging, work in progress); the
     /// pipeline's open-batch memory budget sums these.

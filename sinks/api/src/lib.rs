@@ -20,7 +20,7 @@ pub mod testkit;
 
 pub use batch::{Batch, PartitionKeys, Record, SequenceSet};
 pub use codec::Compression;
-pub use encode::{EncodeError, Encoder, EncoderFactory, Payload, RawEncoder, RawEncoderFactory};
+pub use encode::{EncodeError, Encoder, EncoderFactory, Payload, RawEncoder, RawEncoderFactory, RecordPosition};
 pub use error::{ErrorClass, RecordFailure, SinkError};
 pub use secret::Secret;
 pub use sink::{ErrorOutput, Sink};

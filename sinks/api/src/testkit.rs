@@ -158,7 +158,8 @@ pub fn encode_batch(
     let mut encoder = factory.new_encoder(crate::encode::DEFAULT_CHUNK_BYTES);
     let mut sequences = SequenceSet::default();
     for record in records {
-        encoder.push(&record.data, b"").expect("testkit: encode a record");
+        let position = crate::RecordPosition { sequence: record.sequence, arrival_ms: record.arrival_ms };
+        encoder.push_at(position, &record.data, b"").expect("testkit: encode a record");
         sequences.push(record.sequence);
     }
     let payload = encoder.finish().expect("testkit: finish the encoder");
