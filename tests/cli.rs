@@ -120,7 +120,7 @@ fn validate_names_unset_environment_variables_and_unknown_sink_types() {
     std::fs::write(dir.path().join("kafka.yaml"), "streams:\n  - name: a\n    sink: { type: kafka }\n").unwrap();
     let (code, _, stderr) = spillway(&["validate", "-c", "kafka.yaml"], dir.path());
     assert_ne!(code, 0);
-    assert!(stderr.contains("unknown variant `kafka`, expected `s3`"), "{stderr}");
+    assert!(stderr.contains("unknown variant `kafka`, expected one of `s3`, `postgres`, `opensearch`"), "{stderr}");
 }
 
 #[test]
