@@ -163,6 +163,7 @@ pub async fn read_shard(context: &Context, shard_id: &str, start: Start, mut sto
         if !append(context, shard_id, Vec::new(), Vec::new(), &marker, &mut stop).await {
             return Outcome::Stopped;
         }
+        tracing::info!(shard = %shard_id, started_at, "kinesis shard starts at LATEST (recorded)");
         resume = Start::AtTimestamp(started_at);
     }
     let mut last_sequence: Option<String> = match &resume {
