@@ -118,6 +118,22 @@ impl SinkConfig {
         }
     }
 
+    /// Why the sink cannot follow a transform that may turn one record into several, if it
+    /// cannot: OpenSearch's `firehose_default` ids name a WAL record (stream + sequence), so the
+    /// outputs of one record would overwrite each other.
+    pub fn split_records_problem(&self) -> Option<&'static str> {
+        match self {
+            SinkConfig::Opensearch(config)
+                if config.document_id == spillway_sink_opensearch::DocumentId::FirehoseDefault =>
+            {
+                Some(
+                    "may turn one record into several, whose firehose_default OpenSearch document ids would collide: set sink.document_id to from_field(<path>) or none",
+                )
+            }
+            SinkConfig::S3(_) | SinkConfig::Postgres(_) | SinkConfig::Opensearch(_) => None,
+        }
+    }
+
     /// Firehose supports dynamic partitioning on S3 destinations only.
     pub fn supports_dynamic_partitioning(&self) -> bool {
         match self {

@@ -677,16 +677,10 @@ impl Config {
 fn dynamic_partitioning_problems(stream: &StreamConfig, sink_reported: &dyn Fn(&str) -> bool) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut push = |path: &str, message: String| problems.push(Problem { path: path.to_string(), message });
-    // OpenSearch's `firehose_default` ids name a WAL record (stream + sequence): the outputs of a
-    // record split in several would overwrite each other.
-    if let crate::sinks::SinkConfig::Opensearch(opensearch) = &stream.sink
-        && opensearch.document_id == spillway_sink_opensearch::DocumentId::FirehoseDefault
+    if let Some(problem) = stream.sink.split_records_problem()
         && let Some(index) = stream.processing.transforms.iter().position(|transform| transform.may_split())
     {
-        push(
-            &format!("processing.transforms[{index}]"),
-            "may turn one record into several, whose firehose_default OpenSearch document ids would collide: set sink.document_id to from_field(<path>) or none".into(),
-        );
+        push(&format!("processing.transforms[{index}]"), problem.into());
     }
     if let Err(bad) = crate::processing::Transforms::build(&stream.processing.transforms) {
         for (index, reason) in bad {
