@@ -184,8 +184,8 @@ impl Wal {
         self.append_frame(arrival_ms, records, None, Vec::new()).await
     }
 
-    /// Append records pulled from a shard, with the shard's position after the last of them.
-    /// Once this resolves, [`Wal::positions`] (now and after any restart) holds `source`, so the
+    /// Append records pulled from a shard, with the shard's position after the last of them
+    /// (an empty position forgets the shard: see [`Wal::forget_position`]). Once this resolves, [`Wal::positions`] (now and after any restart) holds `source`, so the
     /// shard reader resumes after these records: never skipping, never repeating.
     pub async fn append_pulled(
         &self,
@@ -225,6 +225,13 @@ impl Wal {
         let command = writer::Command::Append { arrival_ms, records, source, metadata, reply };
         self.commands.send(command).map_err(|_| WalError::Closed)?;
         response.await.map_err(|_| WalError::Closed)?
+    }
+
+    /// Forget a shard that is gone for good (a deleted log file): [`Wal::positions`] no longer
+    /// lists it, now and after any restart.
+    pub async fn forget_position(&self, shard: String) -> Result<(), WalError> {
+        let arrival_ms = chrono::Utc::now().timestamp_millis();
+        self.append_pulled(arrival_ms, Vec::new(), SourcePosition { shard, position: String::new() }).await.map(|_| ())
     }
 
     /// Each pulled shard's position after the newest record the WAL durably holds (delivered or

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::{WalError, WalReader};
+use super::{SourcePosition, WalError, WalReader};
 use crate::checkpoint::write_atomically;
 
 const FILE_NAME: &str = "positions.json";
@@ -59,11 +59,21 @@ pub fn recover(dir: &Path, end: u64) -> Result<(BTreeMap<String, String>, u64), 
         for frame in frames {
             frames_read += 1;
             if let Some(source) = frame.source {
-                positions.insert(source.shard, source.position);
+                apply(&mut positions, source);
             }
         }
     }
     Ok((positions, frames_read))
+}
+
+/// Move a shard's position; an empty position forgets the shard (a source whose shard is gone
+/// for good, such as a deleted log file, so that the map does not grow without bound).
+pub fn apply(positions: &mut BTreeMap<String, String>, source: SourcePosition) {
+    if source.position.is_empty() {
+        positions.remove(&source.shard);
+    } else {
+        positions.insert(source.shard, source.position);
+    }
 }
 
 /// Save the positions valid at `valid_at` (blocking: write, fsync, rename, fsync the directory).

@@ -513,6 +513,23 @@ async fn pulled_positions_survive_a_reopen_and_a_fully_delivered_wal() {
 }
 
 #[tokio::test]
+async fn a_forgotten_shard_stays_forgotten_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = |dir: &Path| WalOptions { track_positions: true, ..options(dir) };
+    let (wal, _) = Wal::open(options(dir.path()), 0).unwrap();
+    wal.append_pulled(0, records("a", 2), shard_position("file:1:10", 5)).await.unwrap();
+    wal.append_pulled(0, records("b", 2), shard_position("file:1:11", 7)).await.unwrap();
+    wal.forget_position("file:1:10".to_string()).await.unwrap();
+    let expected = std::collections::BTreeMap::from([("file:1:11".to_string(), format!("{:020}", 7))]);
+    assert_eq!(wal.positions(), expected);
+    wal.close();
+    // Recovered from the frames (the positions file may predate the forgetting frame).
+    let (wal, _) = Wal::open(options(dir.path()), 0).unwrap();
+    assert_eq!(wal.positions(), expected);
+    wal.close();
+}
+
+#[tokio::test]
 async fn a_source_position_that_cannot_be_stored_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (wal, _) = Wal::open(WalOptions { track_positions: true, ..options(dir.path()) }, 0).unwrap();

@@ -257,7 +257,7 @@ impl PositionTracker {
         if !self.unsynced.is_empty() {
             let mut shared = self.shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             for (_, source) in self.unsynced.drain(..) {
-                shared.insert(source.shard, source.position);
+                positions::apply(&mut shared, source);
             }
         }
         self.synced_at = self.synced_at.max(sequence);
