@@ -11,6 +11,8 @@ use std::process::Command;
 
 use serde_yaml_ng::Value;
 
+mod common;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -98,17 +100,21 @@ fn healthchecks_use_tools_their_images_have() {
     let minio = strings(services["minio"].get("healthcheck").and_then(|check| check.get("test")));
     assert_eq!(minio, ["CMD", "mc", "ready", "local"]);
 
-    // spillway's healthcheck is its own subcommand: it must exist and take these arguments (a
-    // closed port makes it fail after parsing, with exit code 1 rather than clap's 2).
-    let spillway = strings(services["spillway"].get("healthcheck").and_then(|check| check.get("test")));
-    assert_eq!(spillway.get(1).map(String::as_str), Some("spillway"), "{spillway:?}");
-    let mut args: Vec<String> = spillway[2..].to_vec();
-    if let Some(position) = args.iter().position(|arg| arg == "--endpoint") {
+    // Every spillway's healthcheck is its own subcommand on its own port: it must exist and take
+    // these arguments (a closed port makes it fail after parsing, with exit code 1 rather than
+    // clap's 2).
+    for (name, service) in spillway_services(&services) {
+        let check = strings(service.get("healthcheck").and_then(|check| check.get("test")));
+        assert_eq!(check.get(1).map(String::as_str), Some("spillway"), "{name}: {check:?}");
+        let mut args: Vec<String> = check[2..].to_vec();
+        let position = args.iter().position(|arg| arg == "--endpoint").unwrap_or_else(|| panic!("{name}: {check:?}"));
+        let listen_port = environment(&service)["SPILLWAY_LISTEN"].rsplit(':').next().unwrap().to_string();
+        assert!(args[position + 1].ends_with(&format!(":{listen_port}")), "{name} probes another port: {check:?}");
         args[position + 1] = "http://127.0.0.1:9".to_string();
+        let output = Command::new(env!("CARGO_BIN_EXE_spillway")).args(&args).output().unwrap();
+        assert_eq!(output.status.code(), Some(1), "{name}: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(String::from_utf8_lossy(&output.stderr).contains("/ready"));
     }
-    let output = Command::new(env!("CARGO_BIN_EXE_spillway")).args(&args).output().unwrap();
-    assert_eq!(output.status.code(), Some(1), "{}", String::from_utf8_lossy(&output.stderr));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("/ready"));
     // The Dockerfile's own HEALTHCHECK uses the same subcommand.
     let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
     assert!(dockerfile.contains("HEALTHCHECK") && dockerfile.contains(r#"["spillway", "health", "--ready"]"#));
@@ -141,35 +147,61 @@ fn mounted_config(command: &[String]) -> PathBuf {
     root().join("config").join(relative)
 }
 
+/// The services built from this repository (spillway with one config each).
+fn spillway_services(services: &BTreeMap<String, Value>) -> Vec<(String, Value)> {
+    let built: Vec<(String, Value)> = services
+        .iter()
+        .filter(|(_, service)| service.get("build").is_some())
+        .map(|(n, s)| (n.clone(), s.clone()))
+        .collect();
+    assert!(built.len() >= 3, "spillway, spillway-postgres and spillway-opensearch: {:?}", services.keys());
+    built
+}
+
 #[test]
-fn spillways_config_exists_validates_and_agrees_with_minio() {
+fn every_spillways_config_exists_validates_and_listens_where_published() {
+    let compose = compose();
+    let services = services(&compose);
+    for (name, spillway) in spillway_services(&services) {
+        let command = strings(spillway.get("command"));
+        let config_path = mounted_config(&command);
+        let config_text =
+            std::fs::read_to_string(&config_path).unwrap_or_else(|_| panic!("{name}: {config_path:?} missing"));
+        let env = environment(&spillway);
+        for (variable, has_default) in env_references(&config_text) {
+            assert!(
+                has_default || env.contains_key(&variable),
+                "{name}: {config_path:?} reads ${{{variable}}}: not set"
+            );
+        }
+        // It validates with exactly the compose environment, nothing from this machine.
+        let output = Command::new(env!("CARGO_BIN_EXE_spillway"))
+            .args(["validate", "--config"])
+            .arg(&config_path)
+            .env_clear()
+            .envs(&env)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{name}: {}", String::from_utf8_lossy(&output.stderr));
+        // Every server setting the container needs comes from the environment.
+        for variable in ["SPILLWAY_LISTEN", "SPILLWAY_DATA_DIR"] {
+            assert!(config_text.contains(&format!("${{{variable}")), "{name}: {config_path:?} ignores {variable}");
+        }
+        // The listen address is reachable from outside the container and matches the published port.
+        let listen = &env["SPILLWAY_LISTEN"];
+        assert!(listen.starts_with("0.0.0.0:"), "{name}: {listen}");
+        let port = listen.rsplit(':').next().unwrap();
+        let ports = strings(spillway.get("ports"));
+        assert!(ports.iter().any(|mapping| mapping.ends_with(&format!(":{port}"))), "{name}: {ports:?}");
+    }
+}
+
+#[test]
+fn spillways_minio_config_agrees_with_minio() {
     let compose = compose();
     let services = services(&compose);
     let spillway = &services["spillway"];
-    let command = strings(spillway.get("command"));
-    let config_path = mounted_config(&command);
-    let config_text = std::fs::read_to_string(&config_path).unwrap_or_else(|_| panic!("{config_path:?} missing"));
     let env = environment(spillway);
-    for (name, has_default) in env_references(&config_text) {
-        assert!(has_default || env.contains_key(&name), "{config_path:?} reads ${{{name}}}: not set in compose");
-    }
-
-    // It validates with exactly the compose environment (plus PATH), nothing from this machine.
-    let output = Command::new(env!("CARGO_BIN_EXE_spillway"))
-        .args(["validate", "--config"])
-        .arg(&config_path)
-        .env_clear()
-        .envs(&env)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-
-    // The listen address is reachable from outside the container and matches the published port.
-    let listen = &env["SPILLWAY_LISTEN"];
-    assert!(listen.starts_with("0.0.0.0:"), "{listen}");
-    let port = listen.rsplit(':').next().unwrap();
-    let ports = strings(spillway.get("ports"));
-    assert!(ports.iter().any(|mapping| mapping.ends_with(&format!(":{port}"))), "{ports:?}");
 
     // MinIO: credentials, endpoint and bucket agree across the three services.
     let minio = &services["minio"];
@@ -267,4 +299,88 @@ fn the_monitoring_profile_mounts_files_that_exist_and_agree() {
             }
         }
     }
+}
+
+#[test]
+fn the_sink_profiles_agree_with_their_servers() {
+    let compose = compose();
+    let services = services(&compose);
+    let profile = |name: &str| strings(services[name].get("profiles"));
+
+    // PostgreSQL: the role, password and database the image creates are the ones spillway uses,
+    // and the bootstrap SQL is the one in config/ (checked against a real server below).
+    let (postgres, spillway) = (environment(&services["postgres"]), environment(&services["spillway-postgres"]));
+    assert_eq!(profile("postgres"), ["postgres"]);
+    assert_eq!(profile("spillway-postgres"), ["postgres"]);
+    assert_eq!(spillway["PGUSER"], postgres["POSTGRES_USER"]);
+    assert_eq!(spillway["PGPASSWORD"], postgres["POSTGRES_PASSWORD"]);
+    assert_eq!(spillway["PGDATABASE"], postgres["POSTGRES_DB"]);
+    assert_eq!(spillway["PGHOST"], "postgres");
+    assert!(
+        strings(services["postgres"].get("ports"))
+            .iter()
+            .any(|port| port.ends_with(&format!(":{}", spillway["PGPORT"])))
+    );
+    let mounts = bind_mounts(&services);
+    assert!(
+        mounts.iter().any(|(service, host, inside)| service == "postgres"
+            && host == "./config/postgres-bootstrap.sql"
+            && inside.starts_with("/docker-entrypoint-initdb.d/")),
+        "{mounts:?}"
+    );
+
+    // OpenSearch: spillway's url names the service and its port; the image is the version the
+    // tests run (scripts/services.sh).
+    let (opensearch, spillway) = (&services["opensearch"], environment(&services["spillway-opensearch"]));
+    assert_eq!(profile("opensearch"), ["opensearch"]);
+    assert_eq!(profile("spillway-opensearch"), ["opensearch"]);
+    assert_eq!(spillway["OPENSEARCH_URL"], "http://opensearch:9200");
+    assert!(strings(opensearch.get("ports")).iter().any(|port| port.ends_with(":9200")));
+    let image = opensearch.get("image").and_then(Value::as_str).unwrap();
+    let services_sh = std::fs::read_to_string(root().join("scripts/services.sh")).unwrap();
+    let version = services_sh.split("OPENSEARCH_VERSION=\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap();
+    assert_eq!(image, format!("opensearchproject/opensearch:{version}"));
+}
+
+/// The PostgreSQL profile's bootstrap SQL, run on a fresh database of the test server, makes
+/// `config/postgres.yaml` pass `spillway validate --connect` (every table and column it names).
+#[tokio::test]
+async fn the_postgres_bootstrap_sql_makes_the_example_config_connect() {
+    let admin = common::pg::connect(&common::pg::shared_url()).await;
+    let database = common::pg::unique_table("compose_bootstrap");
+    admin.batch_execute(&format!("CREATE DATABASE {database}")).await.unwrap();
+    let config: tokio_postgres::Config = common::pg::shared_url().parse().unwrap();
+    let tokio_postgres::config::Host::Tcp(host) = &config.get_hosts()[0] else { panic!("a TCP host") };
+    let port = config.get_ports()[0].to_string();
+    let user = config.get_user().unwrap().to_string();
+    let url = format!("postgres://{user}@{host}:{port}/{database}");
+    let client = common::pg::connect(&url).await;
+    client
+        .batch_execute(&std::fs::read_to_string(root().join("config/postgres-bootstrap.sql")).unwrap())
+        .await
+        .unwrap();
+    drop(client);
+
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["validate", "--connect", "--config"])
+        .arg(root().join("config/postgres.yaml"))
+        .current_dir(dir.path())
+        .env_clear()
+        .envs([
+            ("PGHOST", host.as_str()),
+            ("PGPORT", &port),
+            ("PGUSER", &user),
+            ("PGDATABASE", &database),
+            ("PGSSLMODE", "disable"),
+        ])
+        .output()
+        .unwrap();
+    let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")).await;
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
