@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use spillway_sink_api::{Compression, EncoderFactory, ErrorOutput, Sink, SinkError};
+use spillway_sink_api::{EncoderFactory, ErrorOutput, Sink, SinkError};
 use spillway_sink_opensearch::OpenSearchSinkConfig;
 use spillway_sink_postgres::PostgresSinkConfig;
 pub use spillway_sink_s3::key::PartitionKeySource;
@@ -233,11 +233,11 @@ fn describe_s3(s3: &S3SinkConfig, stream: &StreamConfig, context: &DescribeConte
     let role_arn =
         context.role_arn.map_or_else(|| format!("arn:aws:iam::{}:role/spillway", context.account_id), str::to_string);
     let bucket_arn = context.bucket_arn.map_or_else(|| bucket_arn_for_url(&s3.url), str::to_string);
-    let (compression_format, spillway_compression) = match s3.compression {
-        Compression::None => ("UNCOMPRESSED", None),
-        Compression::Gzip => ("GZIP", None),
-        // Not in the model's CompressionFormat enum: SDKs could not parse it.
-        Compression::Zstd => ("UNCOMPRESSED", Some("ZSTD")),
+    // zstd is not in the model's CompressionFormat enum (SDKs could not parse it): it is
+    // reported as a spillway extension beside UNCOMPRESSED.
+    let (compression_format, spillway_compression) = match s3.compression.firehose_format() {
+        Some(format) => (format, None),
+        None => ("UNCOMPRESSED", Some("ZSTD")),
     };
     let cloud_watch = context.cloud_watch_logging_options.cloned().unwrap_or_else(|| json!({ "Enabled": false }));
     let mut base = json!({
@@ -314,7 +314,7 @@ fn describe_opensearch(
         "RoleARN": role_arn,
         "BucketARN": bucket_arn_for_url(&backup.url),
         "BufferingHints": { "SizeInMBs": 5, "IntervalInSeconds": 300 },
-        "CompressionFormat": if backup.compression == Compression::Gzip { "GZIP" } else { "UNCOMPRESSED" },
+        "CompressionFormat": backup.compression.firehose_format().unwrap_or("UNCOMPRESSED"),
         "EncryptionConfiguration": { "NoEncryptionConfig": "NoEncryption" },
         "CloudWatchLoggingOptions": cloud_watch,
     });

@@ -3,12 +3,18 @@
 //! open batch costs its *encoded* size in memory, never a list of raw records.
 //!
 //! [`RawEncoder`] is the encoder every byte-oriented sink shares (records concatenated as sent,
-//! then none / gzip / zstd). It stages records into chunks and compresses each full chunk on a
-//! small shared pool while the pipeline keeps feeding, so one busy partition still uses every
-//! core. gzip output is still one gzip member, as pigz makes it: each chunk is raw deflate ended
-//! by a sync flush (byte-aligned, so chunks concatenate into one deflate stream), then a final
-//! empty block and the trailer with the CRCs of the chunks combined — any gzip reader reads it.
-//! zstd chunks are frames, and concatenated frames are one valid zstd stream (RFC 8878).
+//! then compressed). It stages records into chunks and compresses each full chunk on a small
+//! shared pool while the pipeline keeps feeding, so one busy partition still uses every core.
+//! Chunks compressed apart still make one valid object:
+//! - gzip is one gzip member, as pigz makes it: each chunk is raw deflate ended by a sync flush
+//!   (byte-aligned, so chunks concatenate into one deflate stream), then a final empty block and
+//!   the trailer with the CRCs of the chunks combined — any gzip reader reads it;
+//! - zip is the same deflate stream as one entry (`records`) behind a local header that defers
+//!   CRC and sizes to a data descriptor (as `zip` does when writing to a pipe), then the central
+//!   directory;
+//! - zstd chunks are frames, and concatenated frames are one valid zstd stream (RFC 8878);
+//! - snappy chunks are framing-format streams, and the format lets a stream identifier repeat;
+//! - Hadoop snappy is a sequence of independent blocks (raw length, compressed length, block).
 //!
 //! Must not: know about partitions, sequences or destinations.
 
@@ -156,6 +162,7 @@ impl RawEncoder {
         }
         let chunk = std::mem::take(&mut self.staging);
         if self.compression == Compression::None {
+            // Zip is never `None`: its header is written with the first compressed chunk.
             self.done_len += chunk.len();
             self.done.push(Bytes::from(chunk));
             return Ok(());
@@ -197,9 +204,16 @@ impl RawEncoder {
     }
 
     fn push_done(&mut self, compressed: Compressed) {
-        if self.compression == Compression::Gzip && self.done.is_empty() {
-            self.done.push(Bytes::from_static(&GZIP_HEADER));
-            self.done_len += GZIP_HEADER.len();
+        if self.done.is_empty() {
+            let header: &'static [u8] = match self.compression {
+                Compression::Gzip => &GZIP_HEADER,
+                Compression::Zip => &ZIP_LOCAL_HEADER,
+                _ => &[],
+            };
+            if !header.is_empty() {
+                self.done.push(Bytes::from_static(header));
+                self.done_len += header.len();
+            }
         }
         if let Some(crc) = compressed.crc {
             self.crc.combine(&crc);
@@ -232,13 +246,24 @@ impl Encoder for RawEncoder {
         while !self.pending.is_empty() {
             self.collect_oldest()?;
         }
-        if self.compression == Compression::Gzip && !self.done.is_empty() {
-            // Final empty fixed-Huffman block (BFINAL=1), then CRC-32 and ISIZE (mod 2^32).
+        if !self.done.is_empty() {
             let crc = std::mem::replace(&mut self.crc, crc32fast::Hasher::new());
-            let mut trailer = vec![0x03, 0x00];
-            trailer.extend_from_slice(&crc.clone().finalize().to_le_bytes());
-            trailer.extend_from_slice(&(crc.total_len() as u32).to_le_bytes());
-            self.done.push(Bytes::from(trailer));
+            let (raw_len, crc) = (crc.total_len(), crc.finalize());
+            match self.compression {
+                Compression::Gzip => {
+                    // Final empty fixed-Huffman block (BFINAL=1), then CRC-32 and ISIZE (mod 2^32).
+                    let mut trailer = FINAL_DEFLATE_BLOCK.to_vec();
+                    trailer.extend_from_slice(&crc.to_le_bytes());
+                    trailer.extend_from_slice(&(raw_len as u32).to_le_bytes());
+                    self.done.push(Bytes::from(trailer));
+                }
+                Compression::Zip => {
+                    let deflated = self.done_len - ZIP_LOCAL_HEADER.len() + FINAL_DEFLATE_BLOCK.len();
+                    let trailer = zip_trailer(crc, deflated as u64, raw_len);
+                    self.done.push(Bytes::from(trailer));
+                }
+                _ => {}
+            }
         }
         Ok(Payload::from_chunks(std::mem::take(&mut self.done)))
     }
@@ -260,6 +285,99 @@ impl EncoderFactory for RawEncoderFactory {
 /// same bytes), no extra flags, OS unknown.
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 0x08, 0x00, 0, 0, 0, 0, 0x00, 0xff];
 
+/// An empty fixed-Huffman deflate block with BFINAL set: ends a stream of sync-flushed chunks.
+const FINAL_DEFLATE_BLOCK: [u8; 2] = [0x03, 0x00];
+
+/// The zip entry's name.
+const ZIP_ENTRY_NAME: &[u8; 7] = b"records";
+/// Version needed to extract (2.0: deflate), flags (bit 3: CRC and sizes follow the data in a
+/// data descriptor), method 8 (deflate), and a fixed DOS time and date (1980-01-01 00:00, so a
+/// replayed batch gives the same bytes).
+const ZIP_VERSION: u16 = 20;
+const ZIP_FLAGS: u16 = 0x0008;
+const ZIP_DEFLATE: u16 = 8;
+const ZIP_DOS_TIME: u16 = 0;
+const ZIP_DOS_DATE: u16 = (1 << 5) | 1;
+
+/// The local file header of the zip entry (CRC and sizes zero: they are in the data descriptor).
+const ZIP_LOCAL_HEADER: [u8; 30 + ZIP_ENTRY_NAME.len()] = {
+    let mut header = [0u8; 30 + ZIP_ENTRY_NAME.len()];
+    let fields: [(usize, u32, usize); 6] = [
+        (0, 0x0403_4b50, 4),
+        (4, ZIP_VERSION as u32, 2),
+        (6, ZIP_FLAGS as u32, 2),
+        (8, ZIP_DEFLATE as u32, 2),
+        (12, ZIP_DOS_DATE as u32, 2),
+        (26, ZIP_ENTRY_NAME.len() as u32, 2),
+    ];
+    let mut field = 0;
+    while field < fields.len() {
+        let (offset, value, width) = fields[field];
+        let mut byte = 0;
+        while byte < width {
+            header[offset + byte] = (value >> (8 * byte)) as u8;
+            byte += 1;
+        }
+        field += 1;
+    }
+    let mut index = 0;
+    while index < ZIP_ENTRY_NAME.len() {
+        header[30 + index] = ZIP_ENTRY_NAME[index];
+        index += 1;
+    }
+    header
+};
+
+/// What follows the entry's deflate data: the final block, the data descriptor, the central
+/// directory and its end record. Batches are far below 4 GiB, so no zip64 records are needed.
+fn zip_trailer(crc: u32, deflated: u64, raw_len: u64) -> Vec<u8> {
+    let (deflated, raw_len) = (deflated as u32, raw_len as u32);
+    let mut out = FINAL_DEFLATE_BLOCK.to_vec();
+    let u16le = |out: &mut Vec<u8>, value: u16| out.extend_from_slice(&value.to_le_bytes());
+    let u32le = |out: &mut Vec<u8>, value: u32| out.extend_from_slice(&value.to_le_bytes());
+    // Data descriptor.
+    u32le(&mut out, 0x0807_4b50);
+    u32le(&mut out, crc);
+    u32le(&mut out, deflated);
+    u32le(&mut out, raw_len);
+    let central_offset = ZIP_LOCAL_HEADER.len() as u32 + deflated + 16;
+    // Central directory: one entry.
+    let central_start = out.len();
+    u32le(&mut out, 0x0201_4b50);
+    u16le(&mut out, ZIP_VERSION); // made by
+    u16le(&mut out, ZIP_VERSION); // needed
+    u16le(&mut out, ZIP_FLAGS);
+    u16le(&mut out, ZIP_DEFLATE);
+    u16le(&mut out, ZIP_DOS_TIME);
+    u16le(&mut out, ZIP_DOS_DATE);
+    u32le(&mut out, crc);
+    u32le(&mut out, deflated);
+    u32le(&mut out, raw_len);
+    u16le(&mut out, ZIP_ENTRY_NAME.len() as u16);
+    u16le(&mut out, 0); // extra
+    u16le(&mut out, 0); // comment
+    u16le(&mut out, 0); // disk
+    u16le(&mut out, 0); // internal attributes
+    u32le(&mut out, 0); // external attributes
+    u32le(&mut out, 0); // local header offset
+    out.extend_from_slice(ZIP_ENTRY_NAME);
+    let central_len = (out.len() - central_start) as u32;
+    // End of central directory.
+    u32le(&mut out, 0x0605_4b50);
+    u16le(&mut out, 0);
+    u16le(&mut out, 0);
+    u16le(&mut out, 1);
+    u16le(&mut out, 1);
+    u32le(&mut out, central_len);
+    u32le(&mut out, central_offset);
+    u16le(&mut out, 0);
+    out
+}
+
+/// Hadoop's block compressor buffer size (`io.compression.codec.snappy.buffersize`, 256 KiB):
+/// the raw size of one block.
+const HADOOP_SNAPPY_BLOCK: usize = 256 * 1024;
+
 /// One compressed chunk, and for gzip the CRC of its raw bytes.
 struct Compressed {
     bytes: Vec<u8>,
@@ -271,7 +389,7 @@ struct Compressed {
 fn compress_chunk(compression: Compression, chunk: &[u8]) -> io::Result<Compressed> {
     match compression {
         Compression::None => Ok(Compressed { bytes: chunk.to_vec(), crc: None }),
-        Compression::Gzip => {
+        Compression::Gzip | Compression::Zip => {
             let mut crc = crc32fast::Hasher::new();
             crc.update(chunk);
             let out = Vec::with_capacity(chunk.len() / 6 + 64);
@@ -281,6 +399,23 @@ fn compress_chunk(compression: Compression, chunk: &[u8]) -> io::Result<Compress
             encoder.flush()?;
             let bytes = std::mem::take(encoder.get_mut());
             Ok(Compressed { bytes, crc: Some(crc) })
+        }
+        Compression::Snappy => {
+            let mut encoder = snap::write::FrameEncoder::new(Vec::with_capacity(chunk.len() / 2 + 64));
+            encoder.write_all(chunk)?;
+            let bytes = encoder.into_inner().map_err(|error| io::Error::other(error.to_string()))?;
+            Ok(Compressed { bytes, crc: None })
+        }
+        Compression::HadoopSnappy => {
+            let mut encoder = snap::raw::Encoder::new();
+            let mut bytes = Vec::with_capacity(chunk.len() / 2 + 64);
+            for block in chunk.chunks(HADOOP_SNAPPY_BLOCK) {
+                let compressed = encoder.compress_vec(block).map_err(io::Error::other)?;
+                bytes.extend_from_slice(&(block.len() as u32).to_be_bytes());
+                bytes.extend_from_slice(&(compressed.len() as u32).to_be_bytes());
+                bytes.extend_from_slice(&compressed);
+            }
+            Ok(Compressed { bytes, crc: None })
         }
         Compression::Zstd => {
             let out = Vec::with_capacity(chunk.len() / 6 + 64);
@@ -326,6 +461,48 @@ mod tests {
 
         let zstd = encode(Compression::Zstd, 16 * 1024, &records);
         assert_eq!(zstd::decode_all(&zstd.to_bytes()[..]).unwrap(), expected);
+
+        let snappy = encode(Compression::Snappy, 16 * 1024, &records).to_bytes();
+        let mut decoded = Vec::new();
+        snap::read::FrameDecoder::new(&snappy[..]).read_to_end(&mut decoded).unwrap();
+        assert_eq!(decoded, expected);
+
+        // Hadoop blocks: raw length, compressed length (both big-endian), raw snappy.
+        let hadoop = encode(Compression::HadoopSnappy, 1 << 20, &records).to_bytes();
+        let (mut decoded, mut rest) = (Vec::new(), &hadoop[..]);
+        while !rest.is_empty() {
+            let raw_len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+            let compressed_len = u32::from_be_bytes(rest[4..8].try_into().unwrap()) as usize;
+            let block = snap::raw::Decoder::new().decompress_vec(&rest[8..8 + compressed_len]).unwrap();
+            assert!(raw_len == block.len() && raw_len <= HADOOP_SNAPPY_BLOCK);
+            decoded.extend_from_slice(&block);
+            rest = &rest[8 + compressed_len..];
+        }
+        assert_eq!(decoded, expected);
+    }
+
+    #[test]
+    fn zip_is_one_deflated_entry_with_a_data_descriptor_and_a_central_directory() {
+        let records = lines(20_000);
+        let expected: Vec<u8> = records.concat();
+        let zip = encode(Compression::Zip, 16 * 1024, &records).to_bytes();
+        let u32_at = |offset: usize| u32::from_le_bytes(zip[offset..offset + 4].try_into().unwrap());
+        assert_eq!(u32_at(0), 0x0403_4b50);
+        assert_eq!(&zip[30..37], b"records");
+        // End of central directory: one entry; its offset and size point at the central header.
+        let end = zip.len() - 22;
+        assert_eq!(u32_at(end), 0x0605_4b50);
+        let (central_len, central_offset) = (u32_at(end + 12) as usize, u32_at(end + 16) as usize);
+        assert_eq!(central_offset + central_len, end);
+        assert_eq!(u32_at(central_offset), 0x0201_4b50);
+        let (crc, deflated, raw_len) =
+            (u32_at(central_offset + 16), u32_at(central_offset + 20) as usize, u32_at(central_offset + 24) as usize);
+        let mut decoded = Vec::new();
+        flate2::read::DeflateDecoder::new(&zip[37..37 + deflated]).read_to_end(&mut decoded).unwrap();
+        assert_eq!(decoded, expected);
+        assert_eq!((raw_len, crc), (expected.len(), crc32fast::hash(&expected)));
+        // The data descriptor repeats them right after the data.
+        assert_eq!((u32_at(37 + deflated), u32_at(37 + deflated + 4)), (0x0807_4b50, crc));
     }
 
     #[test]

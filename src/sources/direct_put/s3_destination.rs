@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use spillway_sink_api::Compression;
 
 use super::ApiError;
 use super::validation::Violations;
@@ -166,11 +167,11 @@ pub fn stream_config(config: &Config, name: &str, destination: &Value, member: &
             "BucketARN {bucket_arn} is not an S3 bucket ARN (arn:aws:s3:::<bucket>)"
         )));
     };
-    let compression = match parsed.compression_format.as_deref().unwrap_or("UNCOMPRESSED") {
-        "UNCOMPRESSED" => "none",
-        "GZIP" => "gzip",
-        other => return Err(unsupported(&format!("CompressionFormat {other} (supported: UNCOMPRESSED, GZIP)"))),
-    };
+    // Every value of the enum (checked above) has a compression.
+    let format = parsed.compression_format.as_deref().unwrap_or("UNCOMPRESSED");
+    let compression = Compression::from_firehose_format(format)
+        .ok_or_else(|| unsupported(&format!("CompressionFormat {format}")))?
+        .name();
     if let Some(encryption) = &parsed.encryption_configuration
         && encryption.get("KMSEncryptionConfig").is_some()
     {
@@ -388,9 +389,9 @@ mod tests {
     fn unsupported_and_invalid_members_are_named() {
         let base = serde_json::json!({ "RoleARN": "arn:aws:iam::0:role/r", "BucketARN": "arn:aws:s3:::logs" });
         let with = |key: &str, value: Value| merge_update(&base, &serde_json::json!({ key: value }));
-        let error = stream_config(&config(), "s", &with("CompressionFormat", "ZIP".into()), "d").expect_err("zip");
-        assert_eq!(error.code(), "InvalidArgumentException");
-        assert!(error.message().contains("ZIP"), "{}", error.message());
+        for format in ["ZIP", "Snappy", "HADOOP_SNAPPY"] {
+            assert!(stream_config(&config(), "s", &with("CompressionFormat", format.into()), "d").is_ok(), "{format}");
+        }
         let error = stream_config(&config(), "s", &with("CompressionFormat", "BROTLI".into()), "d").expect_err("enum");
         assert_eq!(error.code(), "ValidationException");
         assert!(error.message().contains("at 'd.compressionFormat'"), "{}", error.message());
