@@ -411,6 +411,43 @@ async fn throttled_items_and_requests_are_retried_with_nothing_lost_or_duplicate
     assert_eq!(spillway.terminate(), 0);
 }
 
+/// `backup.mode: all` (Firehose's `AllDocuments`): every document is also in the S3 backup,
+/// exactly once, even when items are throttled and re-sent in partial retries (a retry re-sends a
+/// subset of the batch under the same id and must not replace the batch's backup object).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn backup_mode_all_keeps_every_document_once_across_partial_retries() {
+    let url = opensearch_url();
+    let http = reqwest::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_throttling_proxy(url.clone(), false).await;
+    let index = unique("all");
+    let sink = format!(
+        "      type: opensearch\n      url: {}\n      index: {index}\n      index_rotation: none\n\
+         \x20     backup:\n        mode: all\n        sink: {{ url: 'file://./backup', prefix: 'all/', compression: gzip }}\n",
+        proxy.address
+    );
+    let yaml = config(&[stream_yaml("everything", "{ size_mib: 1, interval_seconds: 1 }", &sink)]);
+    let spillway = Spillway::start(dir.path(), &yaml);
+    let client = spillway.client().await;
+    let records: Vec<String> = (0..2000).map(|n| json!({ "id": format!("a{n}"), "n": n }).to_string()).collect();
+    put(&client, "everything", &records).await;
+    wait_for_count(&http, &url, &index, 2000).await;
+    assert!(proxy.withheld.load(Ordering::SeqCst) > 100, "items were throttled and retried");
+    assert_eq!(spillway.terminate(), 0);
+
+    let mut backed_up: Vec<String> = Vec::new();
+    for (key, body) in common::local_objects(&dir.path().join("backup")) {
+        assert!(key.starts_with("all/") && key.ends_with(".gz"), "only all-documents objects, no failures: {key}");
+        backed_up.extend(String::from_utf8(body).unwrap().lines().map(str::to_string));
+    }
+    backed_up.sort();
+    let mut expected = records.clone();
+    expected.sort();
+    assert_eq!(backed_up.len(), expected.len(), "each document once in the backup");
+    assert_eq!(backed_up, expected, "the documents as indexed");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs services: scripts/test.sh"]
 async fn items_throttled_past_the_retry_duration_go_to_the_backup() {

@@ -188,9 +188,6 @@ impl OpenSearchSinkConfig {
                 }
             }
         }
-        if self.backup.mode == BackupMode::All {
-            push("backup.mode", "`all` (AllDocuments) is not supported yet; use failed_only".into());
-        }
         for problem in self.backup.sink.validate() {
             push(&format!("backup.sink.{}", problem.field), problem.message);
         }
@@ -245,7 +242,7 @@ mod tests {
         )
         .unwrap();
         let fields: Vec<String> = config.validate().into_iter().map(|problem| problem.field).collect();
-        assert_eq!(fields, ["url", "index", "bulk_max_mib", "auth.username", "backup.mode", "backup.sink.url"]);
+        assert_eq!(fields, ["url", "index", "bulk_max_mib", "auth.username", "backup.sink.url"]);
     }
 
     #[test]

@@ -53,13 +53,16 @@ impl OpenSearchSinkConfig {
             document_id: self.document_id.clone(),
             bulk_max_bytes: (self.bulk_max_mib << 20) as usize,
         });
-        let sink = OpenSearchSink::new(
+        let mut sink = OpenSearchSink::new(
             &self.url,
             self.auth.clone(),
             settings.clone(),
             Duration::from_secs(self.request_timeout_seconds),
         )?;
         let backup = Arc::new(self.backup.sink.build_versioned(stream, version_id)?);
+        if self.backup.mode == BackupMode::All {
+            sink.all_documents = Some(backup.clone());
+        }
         Ok(BuiltOpenSearch {
             sink: Arc::new(sink),
             encoders: Arc::new(BulkEncoderFactory { settings: settings.clone() }),

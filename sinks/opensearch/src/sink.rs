@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Deserialize;
 use spillway_sink_api::{Batch, RecordFailure, Sink, SinkError};
+use spillway_sink_s3::S3Sink;
 
 use crate::bulk::{BulkSettings, split_payload};
 use crate::config::AuthConfig;
@@ -32,6 +33,9 @@ pub struct OpenSearchSink {
     pub(crate) auth: AuthConfig,
     pub(crate) settings: Arc<BulkSettings>,
     pub(crate) signer: Option<SigV4Signer>,
+    /// `backup.mode: all` (Firehose's `AllDocuments`): every batch's documents also go to the
+    /// backup sink, one object per batch, before `_bulk`.
+    pub(crate) all_documents: Option<Arc<S3Sink>>,
 }
 
 impl std::fmt::Debug for OpenSearchSink {
@@ -100,7 +104,7 @@ impl OpenSearchSink {
             }
             _ => None,
         };
-        Ok(Self { client, bulk_url, root_url, auth, settings, signer })
+        Ok(Self { client, bulk_url, root_url, auth, settings, signer, all_documents: None })
     }
 
     /// Add the configured authentication: basic credentials, or SigV4 headers over `body`.
@@ -229,6 +233,24 @@ fn record_boundary(body: &[u8], records: usize) -> usize {
     body.len()
 }
 
+/// Write the documents of a batch's `_bulk` bodies (every second line: the lines after the
+/// actions) to the backup sink, newline-delimited and in its compression. Only the batch's first,
+/// whole write is kept: a partial retry re-sends a subset under the same key.
+async fn backup_all_documents(backup: &S3Sink, batch: &Batch, bodies: &[Bytes]) -> Result<(), SinkError> {
+    let encoding_failed = |error: spillway_sink_api::EncodeError| {
+        SinkError::permanent("OpenSearch.BackupEncoding", "cannot encode the backup of all documents")
+            .with_source(error)
+    };
+    let mut encoder = backup.encoder_factory().new_encoder(spillway_sink_api::encode::DEFAULT_CHUNK_BYTES);
+    for body in bodies {
+        for document in body.split(|&byte| byte == b'\n').skip(1).step_by(2).filter(|line| !line.is_empty()) {
+            encoder.push(document, b"\n").map_err(encoding_failed)?;
+        }
+    }
+    let payload = encoder.finish().map_err(encoding_failed)?;
+    backup.write_once(&Batch { payload, ..batch.clone() }).await
+}
+
 #[async_trait]
 impl Sink for OpenSearchSink {
     async fn write(&self, batch: &Batch) -> Result<(), SinkError> {
@@ -251,6 +273,9 @@ impl Sink for OpenSearchSink {
                     bodies.len()
                 ),
             ));
+        }
+        if let Some(backup) = &self.all_documents {
+            backup_all_documents(backup, batch, &bodies).await?;
         }
         let mut outcome = Outcome::default();
         outcome.failures.extend(manifest.refused.iter().map(|refused| RecordFailure {

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use object_store::path::Path;
-use object_store::{Attribute, Attributes, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, WriteMultipart};
+use object_store::{
+    Attribute, Attributes, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, WriteMultipart,
+};
 use spillway_sink_api::{Batch, Compression, EncoderFactory, ErrorOutput, Payload, Sink, SinkError};
 use uuid::Uuid;
 
@@ -259,5 +261,24 @@ impl ErrorOutput for S3Sink {
             "wrote error output object"
         );
         Ok(())
+    }
+}
+
+impl S3Sink {
+    /// Write the batch's object unless its key already holds one: for copies that must keep the
+    /// first, whole write of a batch (an OpenSearch `backup.mode: all` batch is re-sent with only
+    /// its failed records on a partial retry, under the same id and so the same key). One writer
+    /// per batch id, so checking first is enough.
+    pub async fn write_once(&self, batch: &Batch) -> Result<(), SinkError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let key = self.object_key(batch)?;
+        let location = parse_location(&key)?;
+        match self.parts.store.head(&location).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => self.write(batch).await,
+            Err(error) => Err(classify(error, Operation::Write, &key)),
+        }
     }
 }
