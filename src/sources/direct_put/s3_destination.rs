@@ -188,10 +188,11 @@ pub fn stream_config(config: &Config, name: &str, destination: &Value, member: &
     {
         return Err(unsupported("DataFormatConversionConfiguration"));
     }
-    if let Some(zone) = parsed.custom_time_zone.as_deref()
-        && !(zone.is_empty() || zone == "UTC")
-    {
-        return Err(unsupported(&format!("CustomTimeZone {zone} (prefixes are rendered in UTC)")));
+    let has_expressions = parsed.prefix.as_deref().is_some_and(|prefix| prefix.contains("!{"));
+    if has_expressions && parsed.error_output_prefix.as_deref().is_none_or(str::is_empty) {
+        // Firehose's rule (developer guide, s3-prefixes): "ErrorOutputPrefix can't be null when
+        // Prefix contains expressions".
+        return Err(ApiError::invalid_argument("ErrorOutputPrefix cannot be null when Prefix contains expressions"));
     }
 
     let mut record_delimiter = RecordDelimiter::None;
@@ -247,8 +248,9 @@ pub fn stream_config(config: &Config, name: &str, destination: &Value, member: &
         ("prefix", &parsed.prefix),
         ("error_output_prefix", &parsed.error_output_prefix),
         ("file_extension", &parsed.file_extension),
+        ("custom_time_zone", &parsed.custom_time_zone),
     ] {
-        // Firehose treats an empty prefix as none.
+        // Firehose treats an empty prefix (or time zone) as none.
         if let Some(value) = value.as_ref().filter(|value| !value.is_empty() || key == "file_extension") {
             sink.insert(key.into(), value.clone().into());
         }
