@@ -211,7 +211,7 @@ async fn create(ingest: &Arc<Ingest>, lifecycle: &Lifecycle, body: &[u8]) -> Res
     };
     if stream_type != "DirectPut" {
         return Err(ApiError::invalid_argument(format!(
-            "DeliveryStreamType {stream_type} is not supported by spillway; only DirectPut"
+            "DeliveryStreamType {stream_type} cannot be created through the API by spillway (only DirectPut); define a Kinesis-sourced stream in the configuration file (source: {{type: kinesis}})"
         )));
     }
     let given: Vec<&str> = request
@@ -335,18 +335,22 @@ fn description(ingest: &Ingest, stream: &StreamIngest) -> Value {
     if let Some(key_arn) = &record.encryption.key_arn {
         encryption["KeyARN"] = json!(key_arn);
     }
-    json!({
+    let mut description = json!({
         "DeliveryStreamName": record.name,
         "DeliveryStreamARN": stream_arn(ingest, &record.name),
         "DeliveryStreamStatus": record.status.as_str(),
         "DeliveryStreamEncryptionConfiguration": encryption,
-        "DeliveryStreamType": "DirectPut",
+        "DeliveryStreamType": stream.config.source.delivery_stream_type(),
         "VersionId": record.version_id.to_string(),
         "CreateTimestamp": record.create_timestamp_ms as f64 / 1000.0,
         "LastUpdateTimestamp": record.last_update_timestamp_ms as f64 / 1000.0,
         "Destinations": [stream.config.sink.describe_destination(&stream.config, &context)],
         "HasMoreDestinations": false,
-    })
+    });
+    if let Some(members) = description.as_object_mut() {
+        members.extend(stream.config.source.describe_source(&ingest.config.server, record.create_timestamp_ms));
+    }
+    description
 }
 
 #[derive(Deserialize, Default)]
@@ -369,12 +373,16 @@ fn list(ingest: &Ingest, body: &[u8]) -> Result<Response, ApiError> {
         violations.stream_name(start, "exclusiveStartDeliveryStreamName");
     }
     violations.finish()?;
-    // Every stream here is a DirectPut stream.
-    let type_matches = request.delivery_stream_type.as_deref().is_none_or(|kind| kind == "DirectPut");
+    let type_matches = |name: &String| {
+        let Some(wanted) = request.delivery_stream_type.as_deref() else {
+            return true;
+        };
+        ingest.stream(name).is_some_and(|stream| stream.config.source.delivery_stream_type() == wanted)
+    };
     let names: Vec<String> = ingest
         .stream_names()
         .into_iter()
-        .filter(|_| type_matches)
+        .filter(type_matches)
         .filter(|name| request.exclusive_start_delivery_stream_name.as_ref().is_none_or(|start| name > start))
         .collect();
     let limit = limit as usize;
