@@ -478,7 +478,8 @@ async fn terraform_sequence_with_the_aws_cli(cli: &str, binary_format: &[&str]) 
         "BufferingHints": { "SizeInMBs": 1, "IntervalInSeconds": 900 },
         "CompressionFormat": "UNCOMPRESSED", "CloudWatchLoggingOptions": { "Enabled": false },
         "ProcessingConfiguration": { "Enabled": true, "Processors": [{ "Type": "AppendDelimiterToRecord" }] },
-        "S3BackupMode": "Disabled", "CustomTimeZone": "UTC",
+        // No CustomTimeZone: Debian's AWS CLI v2 (2.9) predates it in the model.
+        "S3BackupMode": "Disabled",
     });
     let destination = destination.to_string();
     let created = cli_json(
