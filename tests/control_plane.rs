@@ -616,7 +616,7 @@ async fn terraform_sequence_with_the_aws_cli_v2() {
 /// `DescribeDeliveryStream` reports each stream's source as AWS does: a Kinesis-sourced stream is
 /// `KinesisStreamAsSource` with `Source.KinesisStreamSourceDescription`; a tailed file is
 /// `DirectPut` with the file in the `SpillwaySourceDescription` extension; `ListDeliveryStreams`
-/// filters by type; creating a Kinesis-sourced stream through the API is refused by name.
+/// filters by type; a source type spillway does not have (MSK) is refused by name.
 #[tokio::test]
 #[ignore = "needs services: scripts/test.sh"]
 async fn describe_reports_kinesis_and_file_sources() {
@@ -701,22 +701,146 @@ async fn describe_reports_kinesis_and_file_sources() {
 
     let refused = client
         .create_delivery_stream()
-        .delivery_stream_name("api-kinesis")
-        .delivery_stream_type(DeliveryStreamType::KinesisStreamAsSource)
-        .kinesis_stream_source_configuration(
-            aws_sdk_firehose::types::KinesisStreamSourceConfiguration::builder()
-                .kinesis_stream_arn(format!("arn:aws:kinesis:us-east-1:000000000000:stream/{kinesis_stream}"))
-                .role_arn(ROLE_ARN)
-                .build()
-                .expect("source"),
-        )
+        .delivery_stream_name("api-msk")
+        .delivery_stream_type(DeliveryStreamType::MskAsSource)
         .extended_s3_destination_configuration(terraform_destination("k-bucket", "k/"))
         .send()
         .await
         .expect_err("refused");
     let refused = refused.into_service_error();
     assert_eq!(refused.code(), Some("InvalidArgumentException"));
-    assert!(refused.message().unwrap_or_default().contains("KinesisStreamAsSource"), "{refused:?}");
+    assert!(refused.message().unwrap_or_default().contains("MSKAsSource"), "{refused:?}");
+    drop(spillway);
+    kinesis.delete_stream().stream_name(&kinesis_stream).send().await.expect("delete kinesis stream");
+}
+
+/// `CreateDeliveryStream` with `KinesisStreamAsSource`: the stream reads the Kinesis data stream
+/// (kinesalite, reached through `AWS_ENDPOINT_URL_KINESIS`, the standard AWS configuration) from
+/// `LATEST`, as Firehose does, and delivers every record once; it is described with the ARNs it
+/// was given, refuses `PutRecord`, survives a restart and is gone after delete.
+#[tokio::test]
+#[ignore = "needs services: scripts/test.sh"]
+async fn an_api_created_kinesis_sourced_stream_reads_its_stream() {
+    let kinesis_endpoint = common::s3::env("SPILLWAY_TEST_KINESIS_ENDPOINT");
+    let kinesis = aws_sdk_kinesis::Client::from_conf(
+        aws_sdk_kinesis::Config::builder()
+            .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
+            .endpoint_url(&kinesis_endpoint)
+            .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_kinesis::config::Credentials::new("test", "test", None, None, "test"))
+            .build(),
+    );
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
+    let kinesis_stream = format!("spw-api-{}-{}", std::process::id(), nanos % 1_000_000_000);
+    kinesis.create_stream().stream_name(&kinesis_stream).shard_count(1).send().await.expect("create kinesis stream");
+    let put_kinesis = |data: String| {
+        let kinesis = kinesis.clone();
+        let stream = kinesis_stream.clone();
+        async move {
+            kinesis
+                .put_record()
+                .stream_name(stream)
+                .partition_key("k")
+                .data(aws_sdk_kinesis::primitives::Blob::new(data.into_bytes()))
+                .send()
+                .await
+                .expect("kinesis put")
+        }
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let summary = kinesis.describe_stream_summary().stream_name(&kinesis_stream).send().await.expect("summary");
+        let status = summary.stream_description_summary().map(|summary| summary.stream_status().clone());
+        if status == Some(aws_sdk_kinesis::types::StreamStatus::Active) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the kinesis stream never became ACTIVE");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("spillway.yaml");
+    std::fs::write(&config, yaml()).expect("config");
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_ENDPOINT_URL_KINESIS", kinesis_endpoint.as_str()),
+    ];
+    let spillway = Spillway::start_with_env(dir.path(), &config, &env, &["AWS_PROFILE", "AWS_SESSION_TOKEN"]);
+    let client = spillway.client().await;
+    let stream_arn = format!("arn:aws:kinesis:us-east-1:000000000000:stream/{kinesis_stream}");
+    let source_role = "arn:aws:iam::000000000000:role/firehose-source";
+    client
+        .create_delivery_stream()
+        .delivery_stream_name("from-kds")
+        .delivery_stream_type(DeliveryStreamType::KinesisStreamAsSource)
+        .kinesis_stream_source_configuration(
+            aws_sdk_firehose::types::KinesisStreamSourceConfiguration::builder()
+                .kinesis_stream_arn(&stream_arn)
+                .role_arn(source_role)
+                .build()
+                .expect("source"),
+        )
+        .extended_s3_destination_configuration(terraform_destination("kds-bucket", "kds/"))
+        .send()
+        .await
+        .expect("created");
+    let described = client.describe_delivery_stream().delivery_stream_name("from-kds").send().await.expect("described");
+    let description = described.delivery_stream_description().expect("description");
+    assert_eq!(description.delivery_stream_type(), &DeliveryStreamType::KinesisStreamAsSource);
+    let source = description.source().and_then(|source| source.kinesis_stream_source_description()).expect("source");
+    assert_eq!(source.kinesis_stream_arn(), Some(stream_arn.as_str()));
+    assert_eq!(source.role_arn(), Some(source_role));
+    let put = client
+        .put_record()
+        .delivery_stream_name("from-kds")
+        .record(Record::builder().data(Blob::new("x")).build().expect("record"))
+        .send()
+        .await;
+    assert!(put.is_err(), "a Kinesis-sourced stream takes no PutRecord");
+
+    // The reader starts at LATEST: send markers until one arrives, then the records counted.
+    let bucket = dir.path().join("buckets/kds-bucket");
+    let deadline = std::time::Instant::now() + WAIT;
+    while delivered_lines(&bucket).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no marker record arrived from the kinesis stream:\n{}",
+            spillway.log_text()
+        );
+        put_kinesis("marker".to_string()).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for n in 0..20 {
+        put_kinesis(format!("{{\"n\":{n}}}")).await;
+    }
+    let expected: Vec<String> = (0..20).map(|n| format!("{{\"n\":{n}}}")).collect();
+    let counted = |lines: Vec<String>| lines.into_iter().filter(|line| line != "marker").collect::<Vec<_>>();
+    eventually(WAIT, "the 20 records delivered", || (counted(delivered_lines(&bucket)).len() >= 20).then_some(()))
+        .await;
+    let mut delivered = counted(delivered_lines(&bucket));
+    delivered.sort();
+    let mut sorted_expected = expected.clone();
+    sorted_expected.sort();
+    assert_eq!(delivered, sorted_expected, "every Kinesis record delivered once");
+    assert!(local_objects(&bucket).iter().all(|(key, _)| key.starts_with("kds/") && key.contains("/from-kds-1-")));
+
+    // A restart rebuilds the stream from its catalog record, with its source.
+    assert_eq!(spillway.terminate(), 0);
+    let spillway = Spillway::start_with_env(dir.path(), &config, &env, &["AWS_PROFILE", "AWS_SESSION_TOKEN"]);
+    let client = spillway.client().await;
+    let described = client.describe_delivery_stream().delivery_stream_name("from-kds").send().await.expect("described");
+    let description = described.delivery_stream_description().expect("description");
+    assert_eq!(description.delivery_stream_type(), &DeliveryStreamType::KinesisStreamAsSource);
+    put_kinesis("{\"n\":20}".to_string()).await;
+    eventually(WAIT, "a record after the restart", || (counted(delivered_lines(&bucket)).len() == 21).then_some(()))
+        .await;
+
+    client.delete_delivery_stream().delivery_stream_name("from-kds").send().await.expect("deleted");
+    wait_for(&client, "from-kds", "ResourceNotFoundException", |status| {
+        status.as_ref().is_err_and(|code| code == "ResourceNotFoundException")
+    })
+    .await;
     drop(spillway);
     kinesis.delete_stream().stream_name(&kinesis_stream).send().await.expect("delete kinesis stream");
 }

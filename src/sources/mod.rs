@@ -64,10 +64,13 @@ impl SourceConfig {
     /// `KinesisStreamSourceDescription` (`KinesisStreamARN`, `RoleARN`, `DeliveryStartTimestamp`)
     /// as AWS reports a Kinesis-sourced stream; for a tailed file the spillway extension member
     /// `SpillwaySourceDescription` (SDKs ignore unknown members); nothing for Direct PUT.
-    /// `delivery_start_ms` is when the stream started reading (its first start).
+    /// `role_arn` is the one an API-created stream was given (default
+    /// `arn:aws:iam::<account>:role/spillway`); `delivery_start_ms` is when the stream started
+    /// reading (its first start).
     pub fn describe_source(
         &self,
         server: &crate::config::ServerConfig,
+        role_arn: Option<&str>,
         delivery_start_ms: i64,
     ) -> serde_json::Map<String, serde_json::Value> {
         let mut members = serde_json::Map::new();
@@ -90,7 +93,10 @@ impl SourceConfig {
                     serde_json::json!({
                         "KinesisStreamSourceDescription": {
                             "KinesisStreamARN": stream_arn,
-                            "RoleARN": format!("arn:aws:iam::{}:role/spillway", server.account_id),
+                            "RoleARN": role_arn.map_or_else(
+                                || format!("arn:aws:iam::{}:role/spillway", server.account_id),
+                                str::to_string,
+                            ),
                             "DeliveryStartTimestamp": delivery_start_ms as f64 / 1000.0,
                         }
                     }),
