@@ -201,11 +201,13 @@ as_pg() { # run a command as the postgres user when we are root (postgres refuse
 }
 
 # Test tools from Debian: strace observes the local sink's fsyncs (sinks/s3 config tests);
-# chromium renders the status page headless (tests/status_page.rs).
+# chromium renders the status page headless (tests/status_page.rs); awscli is AWS CLI v2
+# (/usr/bin/aws, tests/control_plane.rs; v1 comes from the venv).
 install_test_tools() {
 	local missing=()
 	command -v strace >/dev/null || missing+=(strace)
 	command -v chromium >/dev/null || missing+=(chromium)
+	dpkg-query -W -f='${Status}' awscli 2>/dev/null | grep -q 'install ok installed' || missing+=(awscli)
 	((${#missing[@]} == 0)) && return 0
 	[[ "$(id -u)" == 0 ]] || die "${missing[*]} not found; install Debian's ${missing[*]} package(s)"
 	log "installing Debian's ${missing[*]} (apt-get)"
@@ -387,6 +389,7 @@ install_venv() {
 	"$CACHE/venv/bin/pip" install -q --disable-pip-version-check --cache-dir "$CACHE/pip" \
 		-r "$PY_SRC/requirements.txt" -c "$PY_SRC/constraints.txt"
 	"$CACHE/venv/bin/python" -c 'import boto3, pyarrow, duckdb, moto, snappy'
+	"$CACHE/venv/bin/aws" --version
 	echo "$want" >"$stamp"
 }
 
@@ -543,7 +546,9 @@ cmd_env() {
 		"SPILLWAY_TEST_OPENSEARCH_URL=http://$HOST:$OPENSEARCH_PORT" \
 		"SPILLWAY_TEST_KINESIS_ENDPOINT=http://$HOST:$KINESALITE_PORT" \
 		"SPILLWAY_TEST_DYNAMODB_ENDPOINT=http://$HOST:$MOTO_PORT" \
-		"SPILLWAY_TEST_PYTHON=$(venv_python)"; do
+		"SPILLWAY_TEST_PYTHON=$(venv_python)" \
+		"SPILLWAY_TEST_AWS_CLI_V1=$CACHE/venv/bin/aws" \
+		"SPILLWAY_TEST_AWS_CLI_V2=/usr/bin/aws"; do
 		printf 'export %s=%q\n' "${kv%%=*}" "${kv#*=}"
 	done
 }

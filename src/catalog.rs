@@ -92,6 +92,10 @@ pub struct StreamRecord {
     /// updates merged in). `None` for YAML streams.
     #[serde(default)]
     pub destination: Option<serde_json::Value>,
+    /// API streams created as `KinesisStreamAsSource`: the `KinesisStreamSourceConfiguration` as
+    /// received (`KinesisStreamARN`, `RoleARN`). `None` for Direct PUT and YAML streams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<serde_json::Value>,
     /// YAML streams: a fingerprint of the configuration the version was counted for.
     #[serde(default)]
     pub fingerprint: Option<String>,
@@ -110,6 +114,7 @@ impl StreamRecord {
             tags: BTreeMap::new(),
             encryption: EncryptionRecord::default(),
             destination: None,
+            source: None,
             fingerprint: None,
         }
     }

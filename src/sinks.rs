@@ -260,8 +260,8 @@ fn describe_s3(s3: &S3SinkConfig, stream: &StreamConfig, context: &DescribeConte
     let mut extended = base.clone();
     extended["ProcessingConfiguration"] = processing_configuration(stream);
     extended["S3BackupMode"] = json!("Disabled");
-    // Prefixes and object names are rendered in UTC.
-    extended["CustomTimeZone"] = json!("UTC");
+    // Prefixes and object names are rendered in this zone.
+    extended["CustomTimeZone"] = json!(s3.custom_time_zone.as_deref().unwrap_or("UTC"));
     if let Some(extension) = &s3.file_extension {
         extended["FileExtension"] = json!(extension);
     }

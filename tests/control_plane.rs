@@ -437,3 +437,410 @@ print('ok')
     let lines = delivered_lines(&dir.path().join("buckets/py-bucket"));
     assert_eq!(lines, ["{\"n\":1}"], "the record accepted before the update and the delete was delivered");
 }
+
+/// One AWS CLI call against spillway: `Ok(stdout)` or `Err(stderr)`.
+fn aws_cli(cli: &str, endpoint: &str, args: &[&str]) -> Result<String, String> {
+    let output = std::process::Command::new(cli)
+        .args(["--endpoint-url", endpoint, "--region", "us-east-1", "--output", "json", "firehose"])
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_PAGER", "")
+        .output()
+        .unwrap_or_else(|error| panic!("run {cli}: {error}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    if output.status.success() { Ok(stdout) } else { Err(stderr) }
+}
+
+fn cli_json(cli: &str, endpoint: &str, args: &[&str]) -> serde_json::Value {
+    let stdout = aws_cli(cli, endpoint, args).unwrap_or_else(|stderr| panic!("aws firehose {args:?} failed: {stderr}"));
+    if stdout.trim().is_empty() {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_str(&stdout).unwrap_or_else(|error| panic!("aws firehose {args:?}: {error}: {stdout}"))
+}
+
+/// Terraform's call sequence (see `terraform_sequence_with_the_rust_sdk`) driven by the AWS CLI, as
+/// a shell script or a Makefile would, with `put-record` / `put-record-batch` in between; the
+/// objects must hold exactly the bytes the CLI sent. `binary_format` is what v2 needs to take
+/// `Data` as text (v1 takes text and base64-encodes it itself).
+async fn terraform_sequence_with_the_aws_cli(cli: &str, binary_format: &[&str]) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spillway = Spillway::start(dir.path(), &yaml());
+    let endpoint = spillway.endpoint.clone();
+    let name = "cli-stream";
+    let destination = serde_json::json!({
+        "RoleARN": ROLE_ARN, "BucketARN": "arn:aws:s3:::cli-bucket", "Prefix": "v1/",
+        "BufferingHints": { "SizeInMBs": 1, "IntervalInSeconds": 900 },
+        "CompressionFormat": "UNCOMPRESSED", "CloudWatchLoggingOptions": { "Enabled": false },
+        "ProcessingConfiguration": { "Enabled": true, "Processors": [{ "Type": "AppendDelimiterToRecord" }] },
+        // No CustomTimeZone: Debian's AWS CLI v2 (2.9) predates it in the model.
+        "S3BackupMode": "Disabled",
+    });
+    let destination = destination.to_string();
+    let created = cli_json(
+        cli,
+        &endpoint,
+        &[
+            "create-delivery-stream",
+            "--delivery-stream-name",
+            name,
+            "--delivery-stream-type",
+            "DirectPut",
+            "--extended-s3-destination-configuration",
+            &destination,
+            "--tags",
+            "Key=team,Value=data",
+        ],
+    );
+    assert_eq!(created["DeliveryStreamARN"], "arn:aws:firehose:us-east-1:000000000000:deliverystream/cli-stream");
+    let describe = || cli_json(cli, &endpoint, &["describe-delivery-stream", "--delivery-stream-name", name]);
+    let described = eventually(WAIT, "ACTIVE", || {
+        let description = describe()["DeliveryStreamDescription"].clone();
+        (description["DeliveryStreamStatus"] == "ACTIVE").then_some(description)
+    })
+    .await;
+    assert_eq!(described["VersionId"], "1");
+    let destination_id = described["Destinations"][0]["DestinationId"].as_str().expect("destination id").to_string();
+    let tags = cli_json(cli, &endpoint, &["list-tags-for-delivery-stream", "--delivery-stream-name", name]);
+    assert_eq!(tags["Tags"], serde_json::json!([{ "Key": "team", "Value": "data" }]));
+
+    // Records: text with non-ASCII bytes, quotes and commas, as the CLI sends them.
+    let first = r#"{"n":1,"s":"héllo, \"world\""}"#;
+    let batch = [r#"{"n":2}"#, "plain text, not JSON ✓"];
+    let record = serde_json::json!({ "Data": first }).to_string();
+    let mut put_record = vec!["put-record", "--delivery-stream-name", name, "--record", &record];
+    put_record.extend_from_slice(binary_format);
+    let answer = cli_json(cli, &endpoint, &put_record);
+    assert!(answer["RecordId"].as_str().is_some_and(|id| !id.is_empty()), "{answer}");
+    let records =
+        serde_json::json!(batch.iter().map(|data| serde_json::json!({ "Data": data })).collect::<Vec<_>>()).to_string();
+    let mut put_batch = vec!["put-record-batch", "--delivery-stream-name", name, "--records", &records];
+    put_batch.extend_from_slice(binary_format);
+    let answer = cli_json(cli, &endpoint, &put_batch);
+    assert_eq!(answer["FailedPutCount"], 0, "{answer}");
+
+    // Update: the records held so far are delivered under the old prefix, in one object.
+    let update = serde_json::json!({ "Prefix": "v2/" }).to_string();
+    cli_json(
+        cli,
+        &endpoint,
+        &[
+            "update-destination",
+            "--delivery-stream-name",
+            name,
+            "--current-delivery-stream-version-id",
+            "1",
+            "--destination-id",
+            &destination_id,
+            "--extended-s3-destination-update",
+            &update,
+        ],
+    );
+    cli_json(cli, &endpoint, &["tag-delivery-stream", "--delivery-stream-name", name, "--tags", "Key=env,Value=test"]);
+    let described = describe()["DeliveryStreamDescription"].clone();
+    assert_eq!(described["VersionId"], "2");
+    assert_eq!(described["Destinations"][0]["ExtendedS3DestinationDescription"]["Prefix"], "v2/");
+    let stale = aws_cli(
+        cli,
+        &endpoint,
+        &[
+            "update-destination",
+            "--delivery-stream-name",
+            name,
+            "--current-delivery-stream-version-id",
+            "1",
+            "--destination-id",
+            &destination_id,
+            "--extended-s3-destination-update",
+            &update,
+        ],
+    )
+    .expect_err("a stale version is refused");
+    assert!(stale.contains("ConcurrentModificationException"), "{stale}");
+
+    let after_update = "after the update";
+    let record = serde_json::json!({ "Data": after_update }).to_string();
+    let mut put_record = vec!["put-record", "--delivery-stream-name", name, "--record", &record];
+    put_record.extend_from_slice(binary_format);
+    cli_json(cli, &endpoint, &put_record);
+
+    // Delete delivers what was accepted, then describe answers ResourceNotFoundException.
+    cli_json(cli, &endpoint, &["delete-delivery-stream", "--delivery-stream-name", name]);
+    eventually(WAIT, "ResourceNotFoundException", || {
+        match aws_cli(cli, &endpoint, &["describe-delivery-stream", "--delivery-stream-name", name]) {
+            Err(stderr) if stderr.contains("ResourceNotFoundException") => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+
+    let bucket = dir.path().join("buckets/cli-bucket");
+    let mut objects = local_objects(&bucket);
+    objects.sort();
+    let keys: Vec<&str> = objects.iter().map(|(key, _)| key.as_str()).collect();
+    assert_eq!(objects.len(), 2, "{keys:?}");
+    assert!(objects[0].0.starts_with("v1/") && objects[0].0.contains("/cli-stream-1-"), "{keys:?}");
+    assert!(objects[1].0.starts_with("v2/") && objects[1].0.contains("/cli-stream-2-"), "{keys:?}");
+    let expected_first = format!("{first}\n{}\n{}\n", batch[0], batch[1]);
+    assert!(objects[0].1 == expected_first.as_bytes(), "{:?}", String::from_utf8_lossy(&objects[0].1));
+    assert!(objects[1].1 == format!("{after_update}\n").as_bytes(), "{:?}", String::from_utf8_lossy(&objects[1].1));
+}
+
+/// AWS CLI v1 (pip `awscli`, installed in the test venv by scripts/services.sh).
+#[tokio::test]
+#[ignore = "needs services: scripts/test.sh"]
+async fn terraform_sequence_with_the_aws_cli_v1() {
+    let cli = common::s3::env("SPILLWAY_TEST_AWS_CLI_V1");
+    let version = std::process::Command::new(&cli).arg("--version").output().expect("aws --version");
+    let version = String::from_utf8_lossy(&version.stdout).to_string() + &String::from_utf8_lossy(&version.stderr);
+    assert!(version.starts_with("aws-cli/1."), "{version}");
+    terraform_sequence_with_the_aws_cli(&cli, &[]).await;
+}
+
+/// AWS CLI v2 (Debian's `awscli` package, installed by scripts/services.sh).
+#[tokio::test]
+#[ignore = "needs services: scripts/test.sh"]
+async fn terraform_sequence_with_the_aws_cli_v2() {
+    let cli = common::s3::env("SPILLWAY_TEST_AWS_CLI_V2");
+    let version = std::process::Command::new(&cli).arg("--version").output().expect("aws --version");
+    let version = String::from_utf8_lossy(&version.stdout).to_string() + &String::from_utf8_lossy(&version.stderr);
+    assert!(version.starts_with("aws-cli/2."), "{version}");
+    terraform_sequence_with_the_aws_cli(&cli, &["--cli-binary-format", "raw-in-base64-out"]).await;
+}
+
+/// `DescribeDeliveryStream` reports each stream's source as AWS does: a Kinesis-sourced stream is
+/// `KinesisStreamAsSource` with `Source.KinesisStreamSourceDescription`; a tailed file is
+/// `DirectPut` with the file in the `SpillwaySourceDescription` extension; `ListDeliveryStreams`
+/// filters by type; a source type spillway does not have (MSK) is refused by name.
+#[tokio::test]
+#[ignore = "needs services: scripts/test.sh"]
+async fn describe_reports_kinesis_and_file_sources() {
+    let kinesis_endpoint = common::s3::env("SPILLWAY_TEST_KINESIS_ENDPOINT");
+    let kinesis = aws_sdk_kinesis::Client::from_conf(
+        aws_sdk_kinesis::Config::builder()
+            .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
+            .endpoint_url(&kinesis_endpoint)
+            .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_kinesis::config::Credentials::new("test", "test", None, None, "test"))
+            .build(),
+    );
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
+    let kinesis_stream = format!("spw-describe-{}-{}", std::process::id(), nanos % 1_000_000_000);
+    kinesis.create_stream().stream_name(&kinesis_stream).shard_count(1).send().await.expect("create kinesis stream");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("app.log"), "").expect("log file");
+    let yaml = format!(
+        "server:\n  listen: 127.0.0.1:0\n  shutdown_grace_seconds: 30\n  account_id: '123456789012'\n\
+         data_dir: ./data\n\
+         streams:\n\
+         \x20 - name: from-kinesis\n\
+         \x20   source: {{ type: kinesis, stream_name: {kinesis_stream}, endpoint: '{kinesis_endpoint}', region: eu-west-1 }}\n\
+         \x20   sink: {{ type: s3, url: file://./k-out }}\n\
+         \x20 - name: from-file\n\
+         \x20   source: {{ type: file, path: ./app.log }}\n\
+         \x20   sink: {{ type: s3, url: file://./f-out }}\n\
+         \x20 - name: pushed\n\
+         \x20   sink: {{ type: s3, url: file://./p-out }}\n"
+    );
+    let config = dir.path().join("spillway.yaml");
+    std::fs::write(&config, yaml).expect("config");
+    let spillway = Spillway::start_with_env(
+        dir.path(),
+        &config,
+        &[("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test")],
+        &["AWS_PROFILE", "AWS_SESSION_TOKEN"],
+    );
+    let client = spillway.client().await;
+
+    let described =
+        client.describe_delivery_stream().delivery_stream_name("from-kinesis").send().await.expect("described");
+    let description = described.delivery_stream_description().expect("description");
+    assert_eq!(description.delivery_stream_type(), &DeliveryStreamType::KinesisStreamAsSource);
+    let source = description.source().and_then(|source| source.kinesis_stream_source_description()).expect("source");
+    assert_eq!(
+        source.kinesis_stream_arn(),
+        Some(format!("arn:aws:kinesis:eu-west-1:123456789012:stream/{kinesis_stream}").as_str())
+    );
+    assert_eq!(source.role_arn(), Some("arn:aws:iam::123456789012:role/spillway"));
+    assert_eq!(
+        source.delivery_start_timestamp().map(|time| time.secs()),
+        description.create_timestamp().map(|time| time.secs()),
+        "delivery from the Kinesis stream started when the delivery stream was first started"
+    );
+
+    let described = client.describe_delivery_stream().delivery_stream_name("from-file").send().await.expect("file");
+    let description = described.delivery_stream_description().expect("description");
+    assert_eq!(description.delivery_stream_type(), &DeliveryStreamType::DirectPut);
+    assert!(description.source().is_none());
+    let raw = reqwest::Client::new()
+        .post(&spillway.endpoint)
+        .header("content-type", "application/x-amz-json-1.1")
+        .header("x-amz-target", "Firehose_20150804.DescribeDeliveryStream")
+        .body(r#"{"DeliveryStreamName":"from-file"}"#)
+        .send()
+        .await
+        .expect("raw describe");
+    let raw: serde_json::Value = raw.json().await.expect("json");
+    assert_eq!(raw["DeliveryStreamDescription"]["SpillwaySourceDescription"]["Type"], "file");
+
+    let kinesis_only = client
+        .list_delivery_streams()
+        .delivery_stream_type(DeliveryStreamType::KinesisStreamAsSource)
+        .send()
+        .await
+        .expect("listed");
+    assert_eq!(kinesis_only.delivery_stream_names(), ["from-kinesis"]);
+    let direct = client.list_delivery_streams().delivery_stream_type(DeliveryStreamType::DirectPut).send().await;
+    assert_eq!(direct.expect("listed").delivery_stream_names(), ["from-file", "pushed"]);
+
+    let refused = client
+        .create_delivery_stream()
+        .delivery_stream_name("api-msk")
+        .delivery_stream_type(DeliveryStreamType::MskAsSource)
+        .extended_s3_destination_configuration(terraform_destination("k-bucket", "k/"))
+        .send()
+        .await
+        .expect_err("refused");
+    let refused = refused.into_service_error();
+    assert_eq!(refused.code(), Some("InvalidArgumentException"));
+    assert!(refused.message().unwrap_or_default().contains("MSKAsSource"), "{refused:?}");
+    drop(spillway);
+    kinesis.delete_stream().stream_name(&kinesis_stream).send().await.expect("delete kinesis stream");
+}
+
+/// `CreateDeliveryStream` with `KinesisStreamAsSource`: the stream reads the Kinesis data stream
+/// (kinesalite, reached through `AWS_ENDPOINT_URL_KINESIS`, the standard AWS configuration) from
+/// `LATEST`, as Firehose does, and delivers every record once; it is described with the ARNs it
+/// was given, refuses `PutRecord`, survives a restart and is gone after delete.
+#[tokio::test]
+#[ignore = "needs services: scripts/test.sh"]
+async fn an_api_created_kinesis_sourced_stream_reads_its_stream() {
+    let kinesis_endpoint = common::s3::env("SPILLWAY_TEST_KINESIS_ENDPOINT");
+    let kinesis = aws_sdk_kinesis::Client::from_conf(
+        aws_sdk_kinesis::Config::builder()
+            .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
+            .endpoint_url(&kinesis_endpoint)
+            .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_kinesis::config::Credentials::new("test", "test", None, None, "test"))
+            .build(),
+    );
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
+    let kinesis_stream = format!("spw-api-{}-{}", std::process::id(), nanos % 1_000_000_000);
+    kinesis.create_stream().stream_name(&kinesis_stream).shard_count(1).send().await.expect("create kinesis stream");
+    let put_kinesis = |data: String| {
+        let kinesis = kinesis.clone();
+        let stream = kinesis_stream.clone();
+        async move {
+            kinesis
+                .put_record()
+                .stream_name(stream)
+                .partition_key("k")
+                .data(aws_sdk_kinesis::primitives::Blob::new(data.into_bytes()))
+                .send()
+                .await
+                .expect("kinesis put")
+        }
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let summary = kinesis.describe_stream_summary().stream_name(&kinesis_stream).send().await.expect("summary");
+        let status = summary.stream_description_summary().map(|summary| summary.stream_status().clone());
+        if status == Some(aws_sdk_kinesis::types::StreamStatus::Active) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the kinesis stream never became ACTIVE");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("spillway.yaml");
+    std::fs::write(&config, yaml()).expect("config");
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_ENDPOINT_URL_KINESIS", kinesis_endpoint.as_str()),
+    ];
+    let spillway = Spillway::start_with_env(dir.path(), &config, &env, &["AWS_PROFILE", "AWS_SESSION_TOKEN"]);
+    let client = spillway.client().await;
+    let stream_arn = format!("arn:aws:kinesis:us-east-1:000000000000:stream/{kinesis_stream}");
+    let source_role = "arn:aws:iam::000000000000:role/firehose-source";
+    client
+        .create_delivery_stream()
+        .delivery_stream_name("from-kds")
+        .delivery_stream_type(DeliveryStreamType::KinesisStreamAsSource)
+        .kinesis_stream_source_configuration(
+            aws_sdk_firehose::types::KinesisStreamSourceConfiguration::builder()
+                .kinesis_stream_arn(&stream_arn)
+                .role_arn(source_role)
+                .build()
+                .expect("source"),
+        )
+        .extended_s3_destination_configuration(terraform_destination("kds-bucket", "kds/"))
+        .send()
+        .await
+        .expect("created");
+    let described = client.describe_delivery_stream().delivery_stream_name("from-kds").send().await.expect("described");
+    let description = described.delivery_stream_description().expect("description");
+    assert_eq!(description.delivery_stream_type(), &DeliveryStreamType::KinesisStreamAsSource);
+    let source = description.source().and_then(|source| source.kinesis_stream_source_description()).expect("source");
+    assert_eq!(source.kinesis_stream_arn(), Some(stream_arn.as_str()));
+    assert_eq!(source.role_arn(), Some(source_role));
+    let put = client
+        .put_record()
+        .delivery_stream_name("from-kds")
+        .record(Record::builder().data(Blob::new("x")).build().expect("record"))
+        .send()
+        .await;
+    assert!(put.is_err(), "a Kinesis-sourced stream takes no PutRecord");
+
+    // The reader starts at LATEST: send markers until one arrives, then the records counted.
+    let bucket = dir.path().join("buckets/kds-bucket");
+    let deadline = std::time::Instant::now() + WAIT;
+    while delivered_lines(&bucket).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no marker record arrived from the kinesis stream:\n{}",
+            spillway.log_text()
+        );
+        put_kinesis("marker".to_string()).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for n in 0..20 {
+        put_kinesis(format!("{{\"n\":{n}}}")).await;
+    }
+    let expected: Vec<String> = (0..20).map(|n| format!("{{\"n\":{n}}}")).collect();
+    let counted = |lines: Vec<String>| lines.into_iter().filter(|line| line != "marker").collect::<Vec<_>>();
+    eventually(WAIT, "the 20 records delivered", || (counted(delivered_lines(&bucket)).len() >= 20).then_some(()))
+        .await;
+    let mut delivered = counted(delivered_lines(&bucket));
+    delivered.sort();
+    let mut sorted_expected = expected.clone();
+    sorted_expected.sort();
+    assert_eq!(delivered, sorted_expected, "every Kinesis record delivered once");
+    assert!(local_objects(&bucket).iter().all(|(key, _)| key.starts_with("kds/") && key.contains("/from-kds-1-")));
+
+    // A restart rebuilds the stream from its catalog record, with its source.
+    assert_eq!(spillway.terminate(), 0);
+    let spillway = Spillway::start_with_env(dir.path(), &config, &env, &["AWS_PROFILE", "AWS_SESSION_TOKEN"]);
+    let client = spillway.client().await;
+    let described = client.describe_delivery_stream().delivery_stream_name("from-kds").send().await.expect("described");
+    let description = described.delivery_stream_description().expect("description");
+    assert_eq!(description.delivery_stream_type(), &DeliveryStreamType::KinesisStreamAsSource);
+    put_kinesis("{\"n\":20}".to_string()).await;
+    eventually(WAIT, "a record after the restart", || (counted(delivered_lines(&bucket)).len() == 21).then_some(()))
+        .await;
+
+    client.delete_delivery_stream().delivery_stream_name("from-kds").send().await.expect("deleted");
+    wait_for(&client, "from-kds", "ResourceNotFoundException", |status| {
+        status.as_ref().is_err_and(|code| code == "ResourceNotFoundException")
+    })
+    .await;
+    drop(spillway);
+    kinesis.delete_stream().stream_name(&kinesis_stream).send().await.expect("delete kinesis stream");
+}

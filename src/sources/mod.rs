@@ -50,6 +50,62 @@ impl SourceConfig {
         }
     }
 
+    /// Firehose's `DeliveryStreamType` for this source. A tailed file has no Firehose equivalent:
+    /// it is reported as `DirectPut` (the only type whose records come from a producer rather
+    /// than a Firehose-read source), with the file in [`SourceConfig::describe_source`].
+    pub fn delivery_stream_type(&self) -> &'static str {
+        match self {
+            SourceConfig::DirectPut | SourceConfig::File(_) => "DirectPut",
+            SourceConfig::Kinesis(_) => "KinesisStreamAsSource",
+        }
+    }
+
+    /// The members `DescribeDeliveryStream` adds for this source: `Source` with a
+    /// `KinesisStreamSourceDescription` (`KinesisStreamARN`, `RoleARN`, `DeliveryStartTimestamp`)
+    /// as AWS reports a Kinesis-sourced stream; for a tailed file the spillway extension member
+    /// `SpillwaySourceDescription` (SDKs ignore unknown members); nothing for Direct PUT.
+    /// `role_arn` is the one an API-created stream was given (default
+    /// `arn:aws:iam::<account>:role/spillway`); `delivery_start_ms` is when the stream started
+    /// reading (its first start).
+    pub fn describe_source(
+        &self,
+        server: &crate::config::ServerConfig,
+        role_arn: Option<&str>,
+        delivery_start_ms: i64,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let mut members = serde_json::Map::new();
+        match self {
+            SourceConfig::DirectPut => {}
+            SourceConfig::File(file) => {
+                members.insert(
+                    "SpillwaySourceDescription".into(),
+                    serde_json::json!({ "Type": "file", "Paths": file.paths, "Exclude": file.exclude }),
+                );
+            }
+            SourceConfig::Kinesis(kinesis) => {
+                let stream_arn = kinesis.stream_arn.clone().unwrap_or_else(|| {
+                    let region = kinesis.region.as_deref().unwrap_or(&server.region);
+                    let name = kinesis.stream_name.as_deref().unwrap_or_default();
+                    format!("arn:aws:kinesis:{region}:{}:stream/{name}", server.account_id)
+                });
+                members.insert(
+                    "Source".into(),
+                    serde_json::json!({
+                        "KinesisStreamSourceDescription": {
+                            "KinesisStreamARN": stream_arn,
+                            "RoleARN": role_arn.map_or_else(
+                                || format!("arn:aws:iam::{}:role/spillway", server.account_id),
+                                str::to_string,
+                            ),
+                            "DeliveryStartTimestamp": delivery_start_ms as f64 / 1000.0,
+                        }
+                    }),
+                );
+            }
+        }
+        members
+    }
+
     /// Whether clients may push records into the stream (Firehose: only `DirectPut` streams
     /// accept `PutRecord`).
     pub fn accepts_puts(&self) -> bool {

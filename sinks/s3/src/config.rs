@@ -18,6 +18,7 @@ use spillway_sink_api::{Compression, EncoderFactory, RawEncoderFactory, Secret, 
 
 use crate::key::{PrefixKind, PrefixTemplate};
 use crate::sink::{S3Sink, StoreKind};
+use crate::timestamp::Zone;
 
 const MIB: u64 = 1024 * 1024;
 /// S3's smallest part (except the last) and largest part.
@@ -36,9 +37,14 @@ pub struct S3SinkConfig {
     /// Firehose prefix expression; default `yyyy/MM/dd/HH/` (UTC, oldest record's arrival).
     #[serde(default)]
     pub prefix: Option<String>,
-    /// Where error output goes; default `<error-output-type>/yyyy/MM/dd/HH/`.
+    /// Where error output goes; default `<prefix><error-output-type>/yyyy/MM/dd/HH/` when
+    /// `prefix` is literal, else `<error-output-type>/yyyy/MM/dd/HH/`.
     #[serde(default)]
     pub error_output_prefix: Option<String>,
+    /// Firehose's `CustomTimeZone`: the IANA zone (`Asia/Tokyo`) prefix timestamps and object
+    /// names are rendered in; default UTC.
+    #[serde(default)]
+    pub custom_time_zone: Option<String>,
     /// A different bucket or folder for the error output (same endpoint and credentials), so
     /// records can be set aside even when the main bucket is missing or refuses writes.
     /// Default: `url`.
@@ -212,15 +218,27 @@ impl S3SinkConfig {
             }
         }
 
-        let data_prefix = PrefixTemplate::parse(self.prefix.as_deref(), PrefixKind::Data);
+        let zone = match self.zone() {
+            Ok(zone) => zone,
+            Err(message) => {
+                problems.push(ConfigProblem::new("custom_time_zone", message));
+                Zone::utc()
+            }
+        };
+        let data_prefix = PrefixTemplate::parse(self.prefix.as_deref(), PrefixKind::Data)
+            .and_then(|template| template.check_evaluated_len(&zone).map(|()| template));
         if let Err(error) = &data_prefix {
             problems.push(ConfigProblem::new("prefix", error.to_string()));
         }
-        if let Err(error) = PrefixTemplate::parse(self.error_output_prefix.as_deref(), PrefixKind::Error) {
-            problems.push(ConfigProblem::new("error_output_prefix", error.to_string()));
+        let error_prefix =
+            PrefixTemplate::parse_error_prefix(self.error_output_prefix.as_deref(), self.prefix.as_deref())
+                .and_then(|template| template.check_evaluated_len(&zone));
+        if let Err(error) = error_prefix {
+            let field = if self.error_output_prefix.is_some() { "error_output_prefix" } else { "prefix" };
+            problems.push(ConfigProblem::new(field, error.to_string()));
         }
         // Firehose requires an explicit error prefix with dynamic partitioning; without partition
-        // keys the default `<error-output-type>/yyyy/MM/dd/HH/` is used.
+        // keys the default (`PrefixTemplate::default_error_for`) is used.
         let dynamic_partitioning = data_prefix.as_ref().is_ok_and(PrefixTemplate::has_partition_keys);
         if dynamic_partitioning && self.error_output_prefix.is_none() {
             problems.push(ConfigProblem::new(
@@ -278,6 +296,14 @@ impl S3SinkConfig {
         problems
     }
 
+    /// `custom_time_zone` looked up, UTC when unset.
+    fn zone(&self) -> Result<Zone, String> {
+        match &self.custom_time_zone {
+            None => Ok(Zone::utc()),
+            Some(name) => Zone::named(name).map_err(|error| error.to_string()),
+        }
+    }
+
     fn s3_only_fields_set(&self) -> Vec<&'static str> {
         let fields = [
             ("endpoint", self.endpoint.is_some()),
@@ -309,8 +335,10 @@ impl S3SinkConfig {
         let invalid = |message: String| SinkError::permanent("S3.InvalidConfiguration", message);
         let prefix = PrefixTemplate::parse(self.prefix.as_deref(), PrefixKind::Data)
             .map_err(|error| invalid(error.to_string()))?;
-        let error_prefix = PrefixTemplate::parse(self.error_output_prefix.as_deref(), PrefixKind::Error)
-            .map_err(|error| invalid(error.to_string()))?;
+        let error_prefix =
+            PrefixTemplate::parse_error_prefix(self.error_output_prefix.as_deref(), self.prefix.as_deref())
+                .map_err(|error| invalid(error.to_string()))?;
+        let zone = self.zone().map_err(invalid)?;
         let destination = Destination::parse(&self.url).map_err(invalid)?;
 
         let local_root = match &destination {
@@ -339,6 +367,7 @@ impl S3SinkConfig {
             local_root,
             prefix,
             error_prefix,
+            zone,
             compression: self.compression,
             encoders,
             extension,
@@ -440,6 +469,7 @@ mod tests {
             url: url.to_string(),
             prefix: None,
             error_output_prefix: None,
+            custom_time_zone: None,
             error_output_url: None,
             compression: Compression::None,
             format: OutputFormat::Json,
@@ -514,11 +544,13 @@ mod tests {
         bad.part_size_mib = 4;
         bad.endpoint = Some("localhost:9000".to_string());
         bad.access_key_id = Some(Secret::new("key"));
+        bad.custom_time_zone = Some("Mars/Olympus_Mons".to_string());
         let problems = bad.validate();
         assert_eq!(
             fields(&problems),
             vec![
                 "url",
+                "custom_time_zone",
                 "prefix",
                 "error_output_prefix",
                 "file_extension",
@@ -549,6 +581,31 @@ mod tests {
         let mut unterminated = config("s3://bucket");
         unterminated.prefix = Some("logs/!{timestamp:yyyy".to_string());
         assert_eq!(fields(&unterminated.validate()), vec!["prefix"]);
+    }
+
+    #[test]
+    fn custom_time_zone_must_be_an_iana_name() {
+        let mut tokyo = config("s3://bucket");
+        tokyo.custom_time_zone = Some("Asia/Tokyo".to_string());
+        assert!(tokyo.validate().is_empty());
+        for bad in ["Asia/Tokio", "asia/tokyo", "JST+9", ""] {
+            let mut zone = config("s3://bucket");
+            zone.custom_time_zone = Some(bad.to_string());
+            assert_eq!(fields(&zone.validate()), vec!["custom_time_zone"], "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_prefix_that_always_evaluates_past_512_characters_is_refused() {
+        let mut long = config("s3://bucket");
+        long.prefix = Some(format!("{}/!{{timestamp:yyyy}}/", "a".repeat(510)));
+        let problems = long.validate();
+        assert_eq!(fields(&problems), vec!["prefix"]);
+        assert!(problems[0].message.contains("512"), "{problems:?}");
+        // Without an error prefix, errors go under the literal prefix: that one is checked too.
+        let mut literal = config("s3://bucket");
+        literal.prefix = Some("a".repeat(480));
+        assert_eq!(fields(&literal.validate()), vec!["prefix"]);
     }
 
     #[test]

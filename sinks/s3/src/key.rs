@@ -2,17 +2,25 @@
 //! into a [`PrefixTemplate`], and rendering it for a batch into the full object key
 //! `<prefix><stream>-1-<yyyy>-<MM>-<dd>-<HH>-<mm>-<ss>-<uuid><ext>`.
 //!
-//! Supported expressions (firehose.md §6): `!{timestamp:<Java DateTimeFormatter pattern>}` (UTC,
-//! one instant per object: the oldest record's arrival), `!{firehose:random-string}`,
-//! `!{firehose:error-output-type}` and `!{partitionKeyFromQuery:k}` / `!{partitionKeyFromLambda:k}`.
+//! Supported expressions (firehose.md §6): `!{timestamp:<Java DateTimeFormatter pattern>}` (see
+//! [`crate::timestamp`]; one instant per object, the oldest record's arrival, in the stream's
+//! `custom_time_zone`, UTC by default), `!{firehose:random-string}`, `!{firehose:error-output-type}`
+//! and `!{partitionKeyFromQuery:k}` / `!{partitionKeyFromLambda:k}`.
+//!
+//! Firehose's rules kept here: a leading `/` is accepted (and dropped: object stores have no empty
+//! path segment); a prefix without a timestamp gets `yyyy/MM/dd/HH/` appended; with no
+//! `error_output_prefix`, errors go under `<literal prefix><error-output-type>/yyyy/MM/dd/HH/`;
+//! neither prefix may evaluate to more than 512 characters ([`MAX_EVALUATED_PREFIX_LEN`]).
+//!
 //! Everything here is pure: no I/O, no clock. A key is a function of the batch (id, stream,
 //! records) and the partition keys, so a replayed batch gets the same key.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
-use chrono::{DateTime, Datelike, Timelike, Utc};
+use jiff::Zoned;
 use uuid::Uuid;
+
+use crate::timestamp::{FormatError, JavaPattern, Zone};
 
 /// The time path Firehose uses as the default prefix and appends to a prefix without one.
 pub const DEFAULT_TIME_PATH: &str = "yyyy/MM/dd/HH/";
@@ -20,8 +28,18 @@ pub const DEFAULT_TIME_PATH: &str = "yyyy/MM/dd/HH/";
 /// Length of `!{firehose:random-string}`.
 const RANDOM_STRING_LEN: usize = 11;
 
-/// Longest evaluated prefix Firehose accepts in its API model.
+/// Longest prefix Firehose accepts in its API model (`Prefix`, `ErrorOutputPrefix`: 0-1024).
 pub const MAX_PREFIX_LEN: usize = 1024;
+
+/// Longest *evaluated* prefix: "Neither Prefix nor ErrorOutputPrefix can be greater than 512
+/// characters after they're evaluated" (Firehose developer guide, s3-prefixes). Records whose
+/// prefix evaluates longer cannot be delivered and go to the error output, as Firehose sends
+/// records whose prefix expressions it cannot evaluate to the error prefix.
+pub const MAX_EVALUATED_PREFIX_LEN: usize = 512;
+
+/// The longest `!{firehose:error-output-type}` value spillway writes
+/// (`AmazonOpenSearchService-failed`), for the length bound of error prefixes.
+const MAX_ERROR_OUTPUT_TYPE_LEN: usize = 32;
 
 /// Which configuration field a template comes from; the rules differ (firehose.md §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,8 +76,10 @@ pub enum PrefixError {
     ErrorPrefixWithoutErrorType,
     #[error("prefix is {0} characters long; the maximum is {MAX_PREFIX_LEN}")]
     TooLong(usize),
-    #[error("prefix must not start with `/` or contain `//` (object stores reject empty path segments)")]
+    #[error("prefix must not contain `//` (object stores reject empty path segments)")]
     EmptySegment,
+    #[error("prefix can evaluate to {0} characters; Firehose's limit is {MAX_EVALUATED_PREFIX_LEN} after evaluation")]
+    EvaluatesTooLong(usize),
 }
 
 /// A problem rendering a template for one batch.
@@ -75,6 +95,10 @@ pub enum RenderError {
     MissingErrorOutputType,
     #[error("error output type `{0}` is not a valid key segment")]
     BadErrorOutputType(String),
+    #[error("the prefix evaluates to {0} characters for this batch; Firehose's limit is {MAX_EVALUATED_PREFIX_LEN}")]
+    EvaluatedTooLong(usize),
+    #[error("timestamp pattern cannot print this instant: {0}")]
+    Timestamp(#[from] FormatError),
 }
 
 /// Where a partition key comes from (only the name matters for rendering).
@@ -88,7 +112,7 @@ pub enum PartitionKeySource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Segment {
     Literal(String),
-    Timestamp(TimestampPattern),
+    Timestamp(JavaPattern),
     RandomString,
     ErrorOutputType,
     PartitionKey { source: PartitionKeySource, name: String },
@@ -102,8 +126,9 @@ pub struct PrefixTemplate {
 
 /// What a template is rendered with.
 pub struct RenderContext<'a> {
-    /// The one instant every timestamp expression uses.
-    pub instant: DateTime<Utc>,
+    /// The one instant every timestamp expression uses, in `zone`.
+    pub time: &'a Zoned,
+    pub zone: &'a Zone,
     /// Seeds `!{firehose:random-string}`, so a replayed batch gets the same string.
     pub batch_id: Uuid,
     pub error_output_type: Option<&'a str>,
@@ -118,12 +143,15 @@ impl PrefixTemplate {
         let Some(prefix) = prefix else {
             return Ok(Self::default_for(kind));
         };
-        if prefix.len() > MAX_PREFIX_LEN {
-            return Err(PrefixError::TooLong(prefix.len()));
+        if prefix.chars().count() > MAX_PREFIX_LEN {
+            return Err(PrefixError::TooLong(prefix.chars().count()));
         }
+        // Firehose accepts a leading `/` (S3 shows an empty-named folder); object stores have no
+        // empty path segment, so it is dropped.
+        let prefix = prefix.trim_start_matches('/');
         let mut segments = parse_segments(prefix)?;
         check_rules(&segments, kind)?;
-        if prefix.starts_with('/') || prefix.contains("//") {
+        if prefix.contains("//") {
             return Err(PrefixError::EmptySegment);
         }
         let has_timestamp = segments.iter().any(|segment| matches!(segment, Segment::Timestamp(_)));
@@ -132,6 +160,55 @@ impl PrefixTemplate {
             segments.push(Segment::Timestamp(default_time_path()));
         }
         Ok(Self { segments })
+    }
+
+    /// The error prefix used when none is configured, as the Firehose developer guide gives it:
+    /// with a literal `prefix` (no expressions), `<prefix><error-output-type>/yyyy/MM/dd/HH/`
+    /// (`myFirehosePrefix/` → `myFirehosePrefix/processing-failed/2018/08/27/…`). Firehose
+    /// refuses a prefix with expressions and no error prefix; spillway then writes errors under
+    /// `<error-output-type>/yyyy/MM/dd/HH/` at the root.
+    pub fn default_error_for(data_prefix: Option<&str>) -> Self {
+        let mut template = Self::default_for(PrefixKind::Error);
+        let literal = data_prefix.map(|prefix| prefix.trim_start_matches('/')).filter(|prefix| !prefix.is_empty());
+        if let Some(literal) = literal
+            && !literal.contains("!{")
+            && !literal.contains("//")
+        {
+            template.segments.insert(0, Segment::Literal(literal.to_string()));
+        }
+        template
+    }
+
+    /// The parsed error prefix: `error_output_prefix` when set, else [`Self::default_error_for`].
+    pub fn parse_error_prefix(error_prefix: Option<&str>, data_prefix: Option<&str>) -> Result<Self, PrefixError> {
+        match error_prefix {
+            Some(_) => Self::parse(error_prefix, PrefixKind::Error),
+            None => Ok(Self::default_error_for(data_prefix)),
+        }
+    }
+
+    /// The most characters this template can evaluate to in `zone`, or `None` when partition
+    /// keys make it depend on the records.
+    pub fn max_evaluated_len(&self, zone: &Zone) -> Option<usize> {
+        let mut total = 0;
+        for segment in &self.segments {
+            total += match segment {
+                Segment::Literal(text) => text.chars().count(),
+                Segment::Timestamp(pattern) => pattern.max_len(zone),
+                Segment::RandomString => RANDOM_STRING_LEN,
+                Segment::ErrorOutputType => MAX_ERROR_OUTPUT_TYPE_LEN,
+                Segment::PartitionKey { .. } => return None,
+            };
+        }
+        Some(total)
+    }
+
+    /// Refuse a template that can evaluate past Firehose's 512 characters whatever the records.
+    pub fn check_evaluated_len(&self, zone: &Zone) -> Result<(), PrefixError> {
+        match self.max_evaluated_len(zone) {
+            Some(longest) if longest > MAX_EVALUATED_PREFIX_LEN => Err(PrefixError::EvaluatesTooLong(longest)),
+            _ => Ok(()),
+        }
     }
 
     /// `yyyy/MM/dd/HH/` for data; `<error-output-type>/yyyy/MM/dd/HH/` for errors.
@@ -184,7 +261,7 @@ impl PrefixTemplate {
         for segment in &self.segments {
             match segment {
                 Segment::Literal(text) => out.push_str(text),
-                Segment::Timestamp(pattern) => pattern.format_into(&context.instant, &mut out),
+                Segment::Timestamp(pattern) => pattern.format_into(context.time, context.zone, &mut out)?,
                 Segment::RandomString => {
                     out.push_str(&random_string(context.batch_id, random_index));
                     random_index += 1;
@@ -205,13 +282,17 @@ impl PrefixTemplate {
                 }
             }
         }
+        let length = out.chars().count();
+        if length > MAX_EVALUATED_PREFIX_LEN {
+            return Err(RenderError::EvaluatedTooLong(length));
+        }
         Ok(out)
     }
 }
 
-fn default_time_path() -> TimestampPattern {
-    // The constant pattern is known to parse; fall back to an empty pattern rather than panic.
-    TimestampPattern::parse(DEFAULT_TIME_PATH).unwrap_or(TimestampPattern { items: Vec::new() })
+fn default_time_path() -> JavaPattern {
+    // The constant pattern is known to parse; fall back to a literal rather than panic.
+    JavaPattern::parse(DEFAULT_TIME_PATH).unwrap_or_else(|_| JavaPattern::literal(DEFAULT_TIME_PATH))
 }
 
 fn is_valid_key_segment(text: &str) -> bool {
@@ -250,7 +331,10 @@ fn parse_expression(body: &str) -> Result<Segment, PrefixError> {
         return Err(PrefixError::MissingNamespace(body.to_string()));
     };
     match namespace {
-        "timestamp" => Ok(Segment::Timestamp(TimestampPattern::parse(value)?)),
+        "timestamp" => match JavaPattern::parse(value) {
+            Ok(pattern) => Ok(Segment::Timestamp(pattern)),
+            Err(error) => Err(PrefixError::BadTimestamp { pattern: value.to_string(), reason: error.to_string() }),
+        },
         "firehose" => match value {
             "random-string" => Ok(Segment::RandomString),
             "error-output-type" => Ok(Segment::ErrorOutputType),
@@ -300,227 +384,52 @@ fn random_string(batch_id: Uuid, occurrence: u32) -> String {
 }
 
 /// The object name after the prefix:
-/// `<stream>-<VersionId>-<yyyy>-<MM>-<dd>-<HH>-<mm>-<ss>-<uuid><ext>`; `version_id` is the stream's
+/// `<stream>-<VersionId>-<yyyy>-<MM>-<dd>-<HH>-<mm>-<ss>-<uuid><ext>`, the time in the stream's
+/// zone (Firehose's `CustomTimeZone` applies to the name too); `version_id` is the stream's
 /// Firehose `VersionId` (1 until its destination changes).
-pub fn object_name(stream: &str, version_id: u64, instant: &DateTime<Utc>, id: Uuid, extension: &str) -> String {
+pub fn object_name(stream: &str, version_id: u64, time: &Zoned, id: Uuid, extension: &str) -> String {
     format!(
         "{stream}-{version_id}-{:04}-{:02}-{:02}-{:02}-{:02}-{:02}-{}{extension}",
-        instant.year(),
-        instant.month(),
-        instant.day(),
-        instant.hour(),
-        instant.minute(),
-        instant.second(),
+        time.year(),
+        time.month(),
+        time.day(),
+        time.hour(),
+        time.minute(),
+        time.second(),
         id.hyphenated(),
     )
 }
 
-/// The instant Firehose names an object by: the oldest record's arrival time, UTC.
-pub fn batch_instant(oldest_arrival_ms: Option<i64>) -> Result<DateTime<Utc>, RenderError> {
+/// The instant Firehose names an object by: the oldest record's arrival time, in `zone`.
+pub fn batch_time(oldest_arrival_ms: Option<i64>, zone: &Zone) -> Result<Zoned, RenderError> {
     let millis = oldest_arrival_ms.ok_or(RenderError::EmptyBatch)?;
-    DateTime::<Utc>::from_timestamp_millis(millis).ok_or(RenderError::TimeOutOfRange(millis))
-}
-
-/// A Java `DateTimeFormatter` pattern, parsed. Supported letters: `y`/`u` (year), `M`/`L`
-/// (month), `d` (day of month), `D` (day of year), `H` (hour 0–23), `h` (hour 1–12), `a`
-/// (AM/PM), `m`, `s`, `S` (fraction), `E` (day of week). `'quoted'` text and `''` are literal;
-/// other non-letters are literal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TimestampPattern {
-    items: Vec<PatternItem>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum PatternItem {
-    Literal(String),
-    Field { letter: char, count: usize },
-}
-
-const MONTHS: [&str; 12] = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-];
-const WEEKDAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
-
-impl TimestampPattern {
-    pub fn parse(pattern: &str) -> Result<Self, PrefixError> {
-        let bad = |reason: String| PrefixError::BadTimestamp { pattern: pattern.to_string(), reason };
-        if pattern.is_empty() {
-            return Err(bad("the pattern is empty".to_string()));
-        }
-        let chars: Vec<char> = pattern.chars().collect();
-        let mut items = Vec::new();
-        let mut index = 0;
-        while index < chars.len() {
-            let current = chars[index];
-            if current == '\'' {
-                // `''` is a literal quote, otherwise text up to the closing quote.
-                if chars.get(index + 1) == Some(&'\'') {
-                    push_literal(&mut items, "'");
-                    index += 2;
-                    continue;
-                }
-                let mut text = String::new();
-                let mut cursor = index + 1;
-                loop {
-                    match chars.get(cursor) {
-                        None => return Err(bad("unterminated quoted text".to_string())),
-                        Some('\'') if chars.get(cursor + 1) == Some(&'\'') => {
-                            text.push('\'');
-                            cursor += 2;
-                        }
-                        Some('\'') => break,
-                        Some(other) => {
-                            text.push(*other);
-                            cursor += 1;
-                        }
-                    }
-                }
-                push_literal(&mut items, &text);
-                index = cursor + 1;
-                continue;
-            }
-            if current.is_ascii_alphabetic() {
-                let count = chars[index..].iter().take_while(|next| **next == current).count();
-                check_field(current, count).map_err(bad)?;
-                items.push(PatternItem::Field { letter: current, count });
-                index += count;
-                continue;
-            }
-            if matches!(current, '[' | ']' | '#' | '{' | '}') {
-                return Err(bad(format!("`{current}` is reserved; quote it to use it as text")));
-            }
-            push_literal(&mut items, &current.to_string());
-            index += 1;
-        }
-        Ok(Self { items })
-    }
-
-    pub fn format(&self, instant: &DateTime<Utc>) -> String {
-        let mut out = String::new();
-        self.format_into(instant, &mut out);
-        out
-    }
-
-    fn format_into(&self, instant: &DateTime<Utc>, out: &mut String) {
-        for item in &self.items {
-            match item {
-                PatternItem::Literal(text) => out.push_str(text),
-                PatternItem::Field { letter, count } => format_field(*letter, *count, instant, out),
-            }
-        }
-    }
-}
-
-fn push_literal(items: &mut Vec<PatternItem>, text: &str) {
-    if let Some(PatternItem::Literal(existing)) = items.last_mut() {
-        existing.push_str(text);
-        return;
-    }
-    items.push(PatternItem::Literal(text.to_string()));
-}
-
-fn check_field(letter: char, count: usize) -> Result<(), String> {
-    let max = match letter {
-        'y' | 'u' => 19,
-        'M' | 'L' | 'E' => 5,
-        'D' => 3,
-        'd' | 'H' | 'h' | 'm' | 's' => 2,
-        'S' => 9,
-        'a' => 1,
-        other => {
-            return Err(format!("pattern letter `{other}` is not supported; quote it to use it as text"));
-        }
-    };
-    if count > max {
-        return Err(format!("too many pattern letters `{letter}` ({count}, at most {max})"));
-    }
-    Ok(())
-}
-
-fn format_field(letter: char, count: usize, instant: &DateTime<Utc>, out: &mut String) {
-    // Writing to a String cannot fail; the results are ignored deliberately.
-    match letter {
-        'y' | 'u' => {
-            let year = instant.year();
-            if count == 2 {
-                let _ = write!(out, "{:02}", year.rem_euclid(100));
-            } else {
-                let _ = write!(out, "{year:0count$}");
-            }
-        }
-        'M' | 'L' => {
-            let month = instant.month();
-            let name = MONTHS[instant.month0() as usize];
-            match count {
-                1 | 2 => {
-                    let _ = write!(out, "{month:0count$}");
-                }
-                3 => out.push_str(&name[..3]),
-                4 => out.push_str(name),
-                _ => out.push_str(&name[..1]),
-            }
-        }
-        'E' => {
-            let name = WEEKDAYS[instant.weekday().num_days_from_monday() as usize];
-            match count {
-                1..=3 => out.push_str(&name[..3]),
-                4 => out.push_str(name),
-                _ => out.push_str(&name[..1]),
-            }
-        }
-        'd' => {
-            let _ = write!(out, "{:0count$}", instant.day());
-        }
-        'D' => {
-            let _ = write!(out, "{:0count$}", instant.ordinal());
-        }
-        'H' => {
-            let _ = write!(out, "{:0count$}", instant.hour());
-        }
-        'h' => {
-            let _ = write!(out, "{:0count$}", instant.hour12().1);
-        }
-        'a' => out.push_str(if instant.hour12().0 { "PM" } else { "AM" }),
-        'm' => {
-            let _ = write!(out, "{:0count$}", instant.minute());
-        }
-        's' => {
-            let _ = write!(out, "{:0count$}", instant.second());
-        }
-        'S' => {
-            let nanos = format!("{:09}", instant.nanosecond() % 1_000_000_000);
-            out.push_str(&nanos[..count.min(9)]);
-        }
-        _ => {}
-    }
+    zone.at_millis(millis).ok_or(RenderError::TimeOutOfRange(millis))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn instant() -> DateTime<Utc> {
+    const MILLIS: i64 = 1_795_626_249_123;
+
+    fn utc() -> &'static Zone {
+        static UTC: std::sync::LazyLock<Zone> = std::sync::LazyLock::new(Zone::utc);
+        &UTC
+    }
+
+    fn instant() -> Zoned {
         // 2026-11-25T17:04:09.123Z, a Wednesday.
-        DateTime::<Utc>::from_timestamp_millis(1_795_626_249_123).expect("valid instant")
+        utc().at_millis(MILLIS).expect("valid instant")
     }
 
     fn render(prefix: Option<&str>, kind: PrefixKind, error_output_type: Option<&str>) -> String {
         let keys = BTreeMap::new();
+        let now = instant();
         let template = PrefixTemplate::parse(prefix, kind).expect("prefix parses");
         template
             .render(&RenderContext {
-                instant: instant(),
+                time: &now,
+                zone: utc(),
                 batch_id: Uuid::nil(),
                 error_output_type,
                 partition_keys: &keys,
@@ -530,7 +439,7 @@ mod tests {
 
     #[test]
     fn the_test_instant_is_what_the_tests_assume() {
-        assert_eq!(instant().to_rfc3339(), "2026-11-25T17:04:09.123+00:00");
+        assert_eq!(instant().timestamp().to_string(), "2026-11-25T17:04:09.123Z");
     }
 
     #[test]
@@ -559,7 +468,8 @@ mod tests {
 
     #[test]
     fn timestamp_fields() {
-        let pattern = |text: &str| TimestampPattern::parse(text).expect("pattern parses").format(&instant());
+        let pattern =
+            |text: &str| JavaPattern::parse(text).expect("pattern parses").format(&instant(), utc()).expect("formats");
         assert_eq!(pattern("yyyy/MM/dd/HH/mm/ss.SSS"), "2026/11/25/17/04/09.123");
         assert_eq!(pattern("yy"), "26");
         assert_eq!(pattern("y M d H m s"), "2026 11 25 17 4 9");
@@ -572,7 +482,8 @@ mod tests {
 
     #[test]
     fn timestamp_quoting() {
-        let pattern = |text: &str| TimestampPattern::parse(text).expect("pattern parses").format(&instant());
+        let pattern =
+            |text: &str| JavaPattern::parse(text).expect("pattern parses").format(&instant(), utc()).expect("formats");
         assert_eq!(pattern("'year='yyyy'/month='MM"), "year=2026/month=11");
         assert_eq!(pattern("yyyy''MM"), "2026'11");
         assert_eq!(pattern("'it''s' HH"), "it's 17");
@@ -588,8 +499,9 @@ mod tests {
 
     #[test]
     fn bad_timestamp_patterns_are_rejected() {
-        for pattern in ["", "yyyy/ZZ", "'open", "yyyy[MM]", "ddd", "SSSSSSSSSS", "HHH"] {
-            let error = TimestampPattern::parse(pattern).expect_err(pattern);
+        for pattern in ["", "'open", "yyyy]", "ddd", "SSSSSSSSSS", "HHH", "zzzz", "B", "t"] {
+            let prefix = format!("!{{timestamp:{pattern}}}");
+            let error = PrefixTemplate::parse(Some(&prefix), PrefixKind::Data).expect_err(pattern);
             assert!(matches!(error, PrefixError::BadTimestamp { .. }), "{pattern}: {error}");
         }
     }
@@ -601,7 +513,9 @@ mod tests {
             PrefixTemplate::parse(Some("a/!{firehose:random-string}/!{firehose:random-string}/"), PrefixKind::Data)
                 .expect("prefix parses");
         let batch_id = Uuid::new_v4();
-        let context = RenderContext { instant: instant(), batch_id, error_output_type: None, partition_keys: &keys };
+        let now = instant();
+        let context =
+            RenderContext { time: &now, zone: utc(), batch_id, error_output_type: None, partition_keys: &keys };
         let first = template.render(&context).expect("renders");
         let second = template.render(&context).expect("renders");
         assert_eq!(first, second, "a replayed batch gets the same key");
@@ -614,7 +528,8 @@ mod tests {
         assert_ne!(parts[1], parts[2], "each occurrence differs");
 
         let other = RenderContext {
-            instant: instant(),
+            time: &now,
+            zone: utc(),
             batch_id: Uuid::new_v4(),
             error_output_type: None,
             partition_keys: &keys,
@@ -641,6 +556,66 @@ mod tests {
     }
 
     #[test]
+    fn a_leading_slash_is_accepted_and_dropped() {
+        assert_eq!(render(Some("/logs/"), PrefixKind::Data, None), "logs/2026/11/25/17/");
+        assert_eq!(render(Some("/"), PrefixKind::Data, None), "2026/11/25/17/");
+        assert_eq!(
+            render(Some("/errors/!{firehose:error-output-type}/"), PrefixKind::Error, Some("processing-failed")),
+            "errors/processing-failed/2026/11/25/17/"
+        );
+    }
+
+    #[test]
+    fn without_an_error_prefix_errors_go_under_the_literal_prefix() {
+        let render_default = |data_prefix: Option<&str>| {
+            let keys = BTreeMap::new();
+            let now = instant();
+            PrefixTemplate::parse_error_prefix(None, data_prefix)
+                .expect("default")
+                .render(&RenderContext {
+                    time: &now,
+                    zone: utc(),
+                    batch_id: Uuid::nil(),
+                    error_output_type: Some("processing-failed"),
+                    partition_keys: &keys,
+                })
+                .expect("renders")
+        };
+        // The developer guide's example: `myFirehosePrefix` → `myFirehosePrefix/processing-failed/…`.
+        assert_eq!(render_default(Some("myFirehosePrefix/")), "myFirehosePrefix/processing-failed/2026/11/25/17/");
+        assert_eq!(render_default(Some("/logs/")), "logs/processing-failed/2026/11/25/17/");
+        assert_eq!(render_default(None), "processing-failed/2026/11/25/17/");
+        assert_eq!(render_default(Some("logs/!{timestamp:yyyy}/")), "processing-failed/2026/11/25/17/");
+    }
+
+    #[test]
+    fn the_evaluated_prefix_is_at_most_512_characters() {
+        let long = "a".repeat(500);
+        let fits =
+            PrefixTemplate::parse(Some(&format!("{long}/!{{timestamp:yyyy/MM}}/")), PrefixKind::Data).expect("parses");
+        assert_eq!(fits.check_evaluated_len(utc()), Ok(()));
+        let too_long = PrefixTemplate::parse(Some(&format!("{long}/!{{timestamp:MMMM/EEEE}}/")), PrefixKind::Data)
+            .expect("parses");
+        assert_eq!(too_long.check_evaluated_len(utc()), Err(PrefixError::EvaluatesTooLong(521)));
+
+        let partitioned =
+            PrefixTemplate::parse(Some("a=!{partitionKeyFromQuery:a}/b=!{partitionKeyFromQuery:b}/"), PrefixKind::Data)
+                .expect("parses");
+        assert_eq!(partitioned.check_evaluated_len(utc()), Ok(()), "unknown until the records come");
+        let now = instant();
+        let keys: BTreeMap<String, String> =
+            [("a".to_string(), "x".repeat(300)), ("b".to_string(), "y".repeat(300))].into_iter().collect();
+        let context = RenderContext {
+            time: &now,
+            zone: utc(),
+            batch_id: Uuid::nil(),
+            error_output_type: None,
+            partition_keys: &keys,
+        };
+        assert_eq!(partitioned.render(&context), Err(RenderError::EvaluatedTooLong(606)));
+    }
+
+    #[test]
     fn literal_error_prefix_gets_the_time_path() {
         assert_eq!(render(Some("errors/"), PrefixKind::Error, Some("processing-failed")), "errors/2026/11/25/17/");
     }
@@ -649,8 +624,10 @@ mod tests {
     fn error_output_type_must_be_given_and_be_one_segment() {
         let keys = BTreeMap::new();
         let template = PrefixTemplate::parse(None, PrefixKind::Error).expect("default parses");
+        let now = instant();
         let context = |error_output_type| RenderContext {
-            instant: instant(),
+            time: &now,
+            zone: utc(),
             batch_id: Uuid::nil(),
             error_output_type,
             partition_keys: &keys,
@@ -682,15 +659,26 @@ mod tests {
         )
         .expect("prefix parses");
         assert!(template.has_partition_keys());
+        let now = instant();
         let mut keys = BTreeMap::new();
         keys.insert("service".to_string(), "api".to_string());
-        let context =
-            RenderContext { instant: instant(), batch_id: Uuid::nil(), error_output_type: None, partition_keys: &keys };
+        let context = RenderContext {
+            time: &now,
+            zone: utc(),
+            batch_id: Uuid::nil(),
+            error_output_type: None,
+            partition_keys: &keys,
+        };
         assert_eq!(template.render(&context), Err(RenderError::MissingPartitionKey("team".to_string())));
 
         keys.insert("team".to_string(), "core".to_string());
-        let context =
-            RenderContext { instant: instant(), batch_id: Uuid::nil(), error_output_type: None, partition_keys: &keys };
+        let context = RenderContext {
+            time: &now,
+            zone: utc(),
+            batch_id: Uuid::nil(),
+            error_output_type: None,
+            partition_keys: &keys,
+        };
         assert_eq!(template.render(&context).expect("renders"), "service=api/team=core/");
     }
 
@@ -704,7 +692,6 @@ mod tests {
             ("!{firehose:random}", PrefixError::UnknownFirehoseValue("random".to_string())),
             ("!{partitionKeyFromQuery:}", PrefixError::EmptyPartitionKey("partitionKeyFromQuery".to_string())),
             ("!{firehose:error-output-type}/", PrefixError::ErrorTypeInDataPrefix),
-            ("/logs/", PrefixError::EmptySegment),
             ("logs//x/", PrefixError::EmptySegment),
         ];
         for (prefix, expected) in cases {
@@ -757,8 +744,12 @@ mod tests {
     }
 
     #[test]
-    fn batch_instant_is_the_oldest_arrival() {
-        assert_eq!(batch_instant(Some(1_795_626_249_123)), Ok(instant()));
-        assert_eq!(batch_instant(None), Err(RenderError::EmptyBatch));
+    fn batch_time_is_the_oldest_arrival_in_the_zone() {
+        assert_eq!(batch_time(Some(MILLIS), utc()), Ok(instant()));
+        assert_eq!(batch_time(None, utc()), Err(RenderError::EmptyBatch));
+        let tokyo = Zone::named("Asia/Tokyo").expect("zone");
+        let id = Uuid::nil();
+        let name = object_name("s", 1, &batch_time(Some(MILLIS), &tokyo).expect("time"), id, "");
+        assert_eq!(name, format!("s-1-2026-11-26-02-04-09-{id}"), "the object name is in the zone too");
     }
 }

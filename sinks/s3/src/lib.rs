@@ -8,6 +8,8 @@
 //!   Firehose object names; pure.
 //! - [`parquet`]: the Parquet encoder (`format: {type: parquet}`): JSON records → typed column
 //!   builders → row groups.
+//! - [`timestamp`]: Java `DateTimeFormatter` patterns (`!{timestamp:..}`) and `custom_time_zone`
+//!   zones; pure.
 //! - [`sink`]: `S3Sink`, the `Sink` and `ErrorOutput` implementations (single PUT or multipart).
 //! - [`error`]: classification of object store failures into `SinkError`.
 //! - `credentials`: the standard AWS credential chain (profiles, SSO, roles) when the YAML names
@@ -19,6 +21,7 @@ pub mod error;
 pub mod key;
 pub mod parquet;
 pub mod sink;
+pub mod timestamp;
 
 pub use config::{ConfigProblem, Destination, OutputFormat, S3SinkConfig};
 pub use error::is_destination_state;

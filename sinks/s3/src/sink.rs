@@ -16,7 +16,8 @@ use spillway_sink_api::{Batch, Compression, EncoderFactory, ErrorOutput, Payload
 use uuid::Uuid;
 
 use crate::error::{Operation, classify};
-use crate::key::{PrefixTemplate, RenderContext, RenderError, batch_instant, object_name};
+use crate::key::{PrefixTemplate, RenderContext, RenderError, batch_time, object_name};
+use crate::timestamp::Zone;
 
 /// Content type Firehose gives delivered objects.
 const CONTENT_TYPE: &str = "application/octet-stream";
@@ -45,6 +46,8 @@ pub(crate) struct SinkParts {
     pub local_root: Option<std::path::PathBuf>,
     pub prefix: PrefixTemplate,
     pub error_prefix: PrefixTemplate,
+    /// `custom_time_zone`: prefixes and object names are rendered in it.
+    pub zone: Zone,
     pub compression: Compression,
     /// How open batches are held: raw + compression, or Parquet.
     pub encoders: Arc<dyn EncoderFactory>,
@@ -87,11 +90,16 @@ impl S3Sink {
     /// The object key `write` uses for this batch: the prefix rendered with the batch's oldest
     /// arrival time and partition keys, then Firehose's object name.
     pub fn object_key(&self, batch: &Batch) -> Result<String, SinkError> {
-        let instant = batch_instant(Some(batch.oldest_arrival_ms)).map_err(render_failed)?;
-        let context =
-            RenderContext { instant, batch_id: batch.id, error_output_type: None, partition_keys: &batch.partition };
+        let time = batch_time(Some(batch.oldest_arrival_ms), &self.parts.zone).map_err(render_failed)?;
+        let context = RenderContext {
+            time: &time,
+            zone: &self.parts.zone,
+            batch_id: batch.id,
+            error_output_type: None,
+            partition_keys: &batch.partition,
+        };
         let prefix = self.parts.prefix.render(&context).map_err(render_failed)?;
-        let name = object_name(&batch.stream, self.parts.version_id, &instant, batch.id, &self.parts.extension);
+        let name = object_name(&batch.stream, self.parts.version_id, &time, batch.id, &self.parts.extension);
         Ok(format!("{prefix}{name}"))
     }
 
@@ -99,9 +107,10 @@ impl S3Sink {
     /// newline JSON and never compressed, so they carry no extension.
     pub fn error_object_key(&self, batch: &Batch, error_output_type: &str) -> Result<String, SinkError> {
         let partition_keys = BTreeMap::new();
-        let instant = batch_instant(Some(batch.oldest_arrival_ms)).map_err(render_failed)?;
+        let time = batch_time(Some(batch.oldest_arrival_ms), &self.parts.zone).map_err(render_failed)?;
         let context = RenderContext {
-            instant,
+            time: &time,
+            zone: &self.parts.zone,
             batch_id: batch.id,
             error_output_type: Some(error_output_type),
             partition_keys: &partition_keys,
@@ -114,7 +123,7 @@ impl S3Sink {
         } else {
             Uuid::new_v5(&batch.id, error_output_type.as_bytes())
         };
-        let name = object_name(&batch.stream, self.parts.version_id, &instant, id, "");
+        let name = object_name(&batch.stream, self.parts.version_id, &time, id, "");
         Ok(format!("{prefix}{name}"))
     }
 
@@ -164,10 +173,11 @@ fn parse_location(key: &str) -> Result<Path, SinkError> {
     })
 }
 
-/// A key that cannot be rendered for this batch (missing partition key, empty batch): the batch
-/// itself is at fault, so retrying cannot help.
+/// A key that cannot be rendered for this batch (missing partition key, empty batch, a prefix
+/// evaluated past 512 characters): the batch itself is at fault, so retrying cannot help; its
+/// records go to the error output.
 fn render_failed(error: RenderError) -> SinkError {
-    SinkError::permanent("S3.InvalidKey", "cannot build the object key").with_source(error)
+    SinkError::permanent("S3.InvalidKey", format!("cannot build the object key: {error}")).with_source(error)
 }
 
 #[async_trait]

@@ -96,8 +96,10 @@ fn lifecycle(ingest: &Ingest) -> Result<Arc<Lifecycle>, ApiError> {
 /// The stream configuration of an API-created stream's catalog record (at start-up).
 pub fn stream_config_for(config: &Config, record: &StreamRecord) -> Result<StreamConfig, String> {
     let destination = record.destination.as_ref().ok_or("the catalog record has no destination")?;
-    s3_destination::stream_config(config, &record.name, destination, "extendedS3DestinationConfiguration")
-        .map_err(|error| format!("{}: {}", error.code(), error.message()))
+    let describe_error = |error: ApiError| format!("{}: {}", error.code(), error.message());
+    let source = s3_destination::source_config(record.source.as_ref()).map_err(describe_error)?;
+    s3_destination::stream_config(config, &record.name, destination, "extendedS3DestinationConfiguration", source)
+        .map_err(describe_error)
 }
 
 fn now_ms() -> i64 {
@@ -209,11 +211,26 @@ async fn create(ingest: &Arc<Ingest>, lifecycle: &Lifecycle, body: &[u8]) -> Res
         Some(input) => Some(encryption_input(input)?),
         None => None,
     };
-    if stream_type != "DirectPut" {
-        return Err(ApiError::invalid_argument(format!(
-            "DeliveryStreamType {stream_type} is not supported by spillway; only DirectPut"
-        )));
+    let kinesis_source = request.get("KinesisStreamSourceConfiguration").cloned();
+    match (stream_type, &kinesis_source) {
+        ("DirectPut", None) | ("KinesisStreamAsSource", Some(_)) => {}
+        ("DirectPut", Some(_)) => {
+            return Err(ApiError::invalid_argument(
+                "KinesisStreamSourceConfiguration is only allowed with DeliveryStreamType KinesisStreamAsSource",
+            ));
+        }
+        ("KinesisStreamAsSource", None) => {
+            return Err(ApiError::invalid_argument(
+                "KinesisStreamSourceConfiguration is required with DeliveryStreamType KinesisStreamAsSource",
+            ));
+        }
+        (other, _) => {
+            return Err(ApiError::invalid_argument(format!(
+                "DeliveryStreamType {other} is not supported by spillway (DirectPut and KinesisStreamAsSource are)"
+            )));
+        }
     }
+    let source = s3_destination::source_config(kinesis_source.as_ref())?;
     let given: Vec<&str> = request
         .as_object()
         .map(|members| {
@@ -249,9 +266,10 @@ async fn create(ingest: &Arc<Ingest>, lifecycle: &Lifecycle, body: &[u8]) -> Res
             existing.record.status.as_str()
         )));
     }
-    let stream_config = s3_destination::stream_config(&ingest.config, &name, &destination, destination_member)?;
+    let stream_config = s3_destination::stream_config(&ingest.config, &name, &destination, destination_member, source)?;
 
     let mut record = StreamRecord::new(&name, StreamOrigin::Api, now_ms());
+    record.source = kinesis_source;
     record.tags = tags.into_iter().collect();
     record.encryption = encryption.unwrap_or_default();
     record.destination = Some(destination);
@@ -335,18 +353,35 @@ fn description(ingest: &Ingest, stream: &StreamIngest) -> Value {
     if let Some(key_arn) = &record.encryption.key_arn {
         encryption["KeyARN"] = json!(key_arn);
     }
-    json!({
+    let mut description = json!({
         "DeliveryStreamName": record.name,
         "DeliveryStreamARN": stream_arn(ingest, &record.name),
         "DeliveryStreamStatus": record.status.as_str(),
         "DeliveryStreamEncryptionConfiguration": encryption,
-        "DeliveryStreamType": "DirectPut",
+        "DeliveryStreamType": stream.config.source.delivery_stream_type(),
         "VersionId": record.version_id.to_string(),
         "CreateTimestamp": record.create_timestamp_ms as f64 / 1000.0,
         "LastUpdateTimestamp": record.last_update_timestamp_ms as f64 / 1000.0,
         "Destinations": [stream.config.sink.describe_destination(&stream.config, &context)],
         "HasMoreDestinations": false,
-    })
+    });
+    if let Some(members) = description.as_object_mut() {
+        let given = |member: &str| record.source.as_ref().and_then(|source| source.get(member)).and_then(Value::as_str);
+        let role_arn = given("RoleARN");
+        members.extend(stream.config.source.describe_source(
+            &ingest.config.server,
+            role_arn,
+            record.create_timestamp_ms,
+        ));
+        // An API-created Kinesis-sourced stream is described with the ARN it was given.
+        if let (Some(stream_arn), Some(source)) = (
+            given("KinesisStreamARN"),
+            members.get_mut("Source").and_then(|source| source.get_mut("KinesisStreamSourceDescription")),
+        ) {
+            source["KinesisStreamARN"] = json!(stream_arn);
+        }
+    }
+    description
 }
 
 #[derive(Deserialize, Default)]
@@ -369,12 +404,16 @@ fn list(ingest: &Ingest, body: &[u8]) -> Result<Response, ApiError> {
         violations.stream_name(start, "exclusiveStartDeliveryStreamName");
     }
     violations.finish()?;
-    // Every stream here is a DirectPut stream.
-    let type_matches = request.delivery_stream_type.as_deref().is_none_or(|kind| kind == "DirectPut");
+    let type_matches = |name: &String| {
+        let Some(wanted) = request.delivery_stream_type.as_deref() else {
+            return true;
+        };
+        ingest.stream(name).is_some_and(|stream| stream.config.source.delivery_stream_type() == wanted)
+    };
     let names: Vec<String> = ingest
         .stream_names()
         .into_iter()
-        .filter(|_| type_matches)
+        .filter(type_matches)
         .filter(|name| request.exclusive_start_delivery_stream_name.as_ref().is_none_or(|start| name > start))
         .collect();
     let limit = limit as usize;
@@ -437,7 +476,9 @@ async fn update_destination(ingest: &Arc<Ingest>, lifecycle: &Lifecycle, body: &
     };
     let stored = stream.record.destination.clone().unwrap_or(Value::Null);
     let merged = s3_destination::merge_update(&stored, &update);
-    let stream_config = s3_destination::stream_config(&ingest.config, &name, &merged, "extendedS3DestinationUpdate")?;
+    let source = s3_destination::source_config(stream.record.source.as_ref())?;
+    let stream_config =
+        s3_destination::stream_config(&ingest.config, &name, &merged, "extendedS3DestinationUpdate", source)?;
     let record = StreamRecord {
         version_id: stream.record.version_id + 1,
         last_update_timestamp_ms: now_ms(),

@@ -124,10 +124,56 @@ pub fn merge_update(stored: &Value, update: &Value) -> Value {
     Value::Object(merged)
 }
 
+/// The source of an API-created stream: Direct PUT, or, for `KinesisStreamAsSource`, the Kinesis
+/// source reading the `KinesisStreamSourceConfiguration`'s stream from `LATEST` (as Firehose
+/// does), through the standard AWS configuration (`AWS_ENDPOINT_URL_KINESIS` /
+/// `AWS_ENDPOINT_URL`, the credential chain), by name in the ARN's region.
+pub fn source_config(kinesis_source: Option<&Value>) -> Result<SourceConfig, ApiError> {
+    let Some(kinesis_source) = kinesis_source else {
+        return Ok(SourceConfig::DirectPut);
+    };
+    let member = "kinesisStreamSourceConfiguration";
+    let stream_arn = kinesis_source.get("KinesisStreamARN").and_then(Value::as_str);
+    let role_arn = kinesis_source.get("RoleARN").and_then(Value::as_str);
+    let mut violations = Violations::new();
+    violations.required(stream_arn, &format!("{member}.kinesisStreamARN"));
+    violations.required(role_arn, &format!("{member}.roleARN"));
+    violations.finish()?;
+    // Read by name in the ARN's region (the credentials' account): every Kinesis API and
+    // emulator (kinesalite, LocalStack) takes a name, while `StreamARN` parameters are newer.
+    let stream_arn = stream_arn.unwrap_or_default();
+    let parts: Vec<&str> = stream_arn.splitn(6, ':').collect();
+    let (region, stream_name) = match parts.as_slice() {
+        ["arn", _, "kinesis", region, _, resource] if !region.is_empty() => {
+            (*region, resource.strip_prefix("stream/").unwrap_or_default())
+        }
+        _ => ("", ""),
+    };
+    if stream_name.is_empty() || stream_name.contains('/') {
+        return Err(ApiError::invalid_argument(format!(
+            "KinesisStreamARN {stream_arn} is not a Kinesis stream ARN (arn:aws:kinesis:<region>:<account>:stream/<name>)"
+        )));
+    }
+    let source = serde_json::json!({ "type": "kinesis", "stream_name": stream_name, "region": region });
+    let source: SourceConfig = serde_json::from_value(source)
+        .map_err(|error| ApiError::invalid_argument(format!("cannot read {member}: {error}")))?;
+    let problems = source.validate();
+    if let Some((field, message)) = problems.first() {
+        return Err(ApiError::invalid_argument(format!("KinesisStreamARN: {field}: {message}")));
+    }
+    Ok(source)
+}
+
 /// The stream configuration for an API-created stream named `name` whose destination is
 /// `destination` (an `ExtendedS3DestinationConfiguration` object), under `config`'s defaults.
 /// `member` names the destination in validation messages (`extendedS3DestinationConfiguration`).
-pub fn stream_config(config: &Config, name: &str, destination: &Value, member: &str) -> Result<StreamConfig, ApiError> {
+pub fn stream_config(
+    config: &Config,
+    name: &str,
+    destination: &Value,
+    member: &str,
+    source: SourceConfig,
+) -> Result<StreamConfig, ApiError> {
     let parsed: S3DestinationIn = serde_json::from_value(destination.clone())
         .map_err(|error| ApiError::serialization(format!("malformed {member}: {error}")))?;
 
@@ -189,10 +235,11 @@ pub fn stream_config(config: &Config, name: &str, destination: &Value, member: &
     {
         return Err(unsupported("DataFormatConversionConfiguration"));
     }
-    if let Some(zone) = parsed.custom_time_zone.as_deref()
-        && !(zone.is_empty() || zone == "UTC")
-    {
-        return Err(unsupported(&format!("CustomTimeZone {zone} (prefixes are rendered in UTC)")));
+    let has_expressions = parsed.prefix.as_deref().is_some_and(|prefix| prefix.contains("!{"));
+    if has_expressions && parsed.error_output_prefix.as_deref().is_none_or(str::is_empty) {
+        // Firehose's rule (developer guide, s3-prefixes): "ErrorOutputPrefix can't be null when
+        // Prefix contains expressions".
+        return Err(ApiError::invalid_argument("ErrorOutputPrefix cannot be null when Prefix contains expressions"));
     }
 
     let mut record_delimiter = RecordDelimiter::None;
@@ -248,8 +295,9 @@ pub fn stream_config(config: &Config, name: &str, destination: &Value, member: &
         ("prefix", &parsed.prefix),
         ("error_output_prefix", &parsed.error_output_prefix),
         ("file_extension", &parsed.file_extension),
+        ("custom_time_zone", &parsed.custom_time_zone),
     ] {
-        // Firehose treats an empty prefix as none.
+        // Firehose treats an empty prefix (or time zone) as none.
         if let Some(value) = value.as_ref().filter(|value| !value.is_empty() || key == "file_extension") {
             sink.insert(key.into(), value.clone().into());
         }
@@ -258,7 +306,7 @@ pub fn stream_config(config: &Config, name: &str, destination: &Value, member: &
         .map_err(|error| ApiError::invalid_argument(format!("cannot make a sink for {bucket_arn}: {error}")))?;
     let stream = StreamConfig {
         name: name.to_string(),
-        source: SourceConfig::DirectPut,
+        source,
         processing: ProcessingConfig { record_delimiter, dynamic_partitioning, transforms: Vec::new() },
         buffering: BufferingConfig {
             size_mib: hints.size_in_mbs.map_or(5, |size| size as u64),
@@ -377,7 +425,8 @@ mod tests {
             "S3BackupMode": "Disabled",
         });
         let stream =
-            stream_config(&config(), "s", &destination, "extendedS3DestinationConfiguration").expect("converts");
+            stream_config(&config(), "s", &destination, "extendedS3DestinationConfiguration", SourceConfig::DirectPut)
+                .expect("converts");
         let SinkConfig::S3(s3) = &stream.sink else { panic!("an s3 sink") };
         assert_eq!(s3.url, "file://./buckets/logs");
         assert_eq!(s3.prefix.as_deref(), Some("p/"));
@@ -390,12 +439,17 @@ mod tests {
         let base = serde_json::json!({ "RoleARN": "arn:aws:iam::0:role/r", "BucketARN": "arn:aws:s3:::logs" });
         let with = |key: &str, value: Value| merge_update(&base, &serde_json::json!({ key: value }));
         for format in ["ZIP", "Snappy", "HADOOP_SNAPPY"] {
-            assert!(stream_config(&config(), "s", &with("CompressionFormat", format.into()), "d").is_ok(), "{format}");
+            let created =
+                stream_config(&config(), "s", &with("CompressionFormat", format.into()), "d", SourceConfig::DirectPut);
+            assert!(created.is_ok(), "{format}");
         }
-        let error = stream_config(&config(), "s", &with("CompressionFormat", "BROTLI".into()), "d").expect_err("enum");
+        let error =
+            stream_config(&config(), "s", &with("CompressionFormat", "BROTLI".into()), "d", SourceConfig::DirectPut)
+                .expect_err("enum");
         assert_eq!(error.code(), "ValidationException");
         assert!(error.message().contains("at 'd.compressionFormat'"), "{}", error.message());
-        let error = stream_config(&config(), "s", &serde_json::json!({ "RoleARN": "r" }), "d").expect_err("required");
+        let error = stream_config(&config(), "s", &serde_json::json!({ "RoleARN": "r" }), "d", SourceConfig::DirectPut)
+            .expect_err("required");
         assert!(error.message().contains("Value null at 'd.bucketARN'"), "{}", error.message());
     }
 }
