@@ -316,21 +316,21 @@ async fn yaml_streams_are_read_only_and_bad_requests_get_aws_errors() {
     assert_eq!(unsupported.code(), Some("InvalidArgumentException"));
     assert!(unsupported.message().unwrap_or_default().contains("KinesisStreamAsSource"));
 
-    let zip = client
+    let backed_up = client
         .create_delivery_stream()
-        .delivery_stream_name("zipped")
+        .delivery_stream_name("backed-up")
         .extended_s3_destination_configuration(
             ExtendedS3DestinationConfiguration::builder()
                 .role_arn(ROLE_ARN)
                 .bucket_arn("arn:aws:s3:::b-1")
-                .compression_format(CompressionFormat::Zip)
+                .s3_backup_mode(S3BackupMode::Enabled)
                 .build()
                 .expect("destination"),
         )
         .send()
         .await
-        .expect_err("zip");
-    assert_eq!(code(zip.into()), "InvalidArgumentException");
+        .expect_err("source record backup");
+    assert_eq!(code(backed_up.into()), "InvalidArgumentException");
 
     let bad_name = client.describe_delivery_stream().delivery_stream_name("bad name!").send().await.expect_err("name");
     let bad_name: aws_sdk_firehose::Error = bad_name.into();
