@@ -38,6 +38,9 @@ pub struct InvocationReport {
     pub attempts: u32,
     /// Per record, in the order sent; or why the whole invocation failed.
     pub outcome: Result<Vec<RecordResult>, InvocationFailure>,
+    /// Whether the last failure was one another attempt may cure (HTTP error, timeout,
+    /// connection), as opposed to an answer that breaks the protocol.
+    pub retriable: bool,
 }
 
 pub struct Invoker {
@@ -96,15 +99,32 @@ impl Invoker {
         loop {
             attempts += 1;
             let error = match self.attempt(event.clone(), ids.clone()).await {
-                Ok(results) => return InvocationReport { attempts, outcome: Ok(results) },
+                Ok(results) => return InvocationReport { attempts, outcome: Ok(results), retriable: false },
                 Err(error) => error,
             };
             if !error.retriable || attempts > self.retries {
-                tracing::warn!(url = %self.url, attempts, code = error.failure.code, message = %error.failure.message, "lambda invocation failed; its records go to the error output");
-                return InvocationReport { attempts, outcome: Err(error.failure) };
+                tracing::warn!(url = %self.url, attempts, code = error.failure.code, message = %error.failure.message, "lambda invocation failed");
+                return InvocationReport { attempts, outcome: Err(error.failure), retriable: error.retriable };
             }
             let wait = backoff(attempts, None);
             tracing::warn!(url = %self.url, attempts, code = error.failure.code, message = %error.failure.message, wait_ms = wait.as_millis() as u64, "lambda invocation failed, retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// As [`Invoker::invoke`], but a call that keeps failing retriably is retried until the
+    /// function answers (backoff capped at 30 s): for records whose first invocation is known to
+    /// have been answered (a batch rebuilt or read back), giving up would lose them.
+    pub async fn invoke_until_answered(&self, event: bytes::Bytes, ids: Arc<Vec<String>>) -> InvocationReport {
+        let mut rounds: u32 = 0;
+        loop {
+            let report = self.invoke(event.clone(), ids.clone()).await;
+            if report.outcome.is_ok() || !report.retriable {
+                return report;
+            }
+            rounds += 1;
+            let wait = backoff(rounds + 2, None).max(Duration::from_secs(1));
+            tracing::warn!(url = %self.url, rounds, wait_ms = wait.as_millis() as u64, "the lambda must answer again for records it answered before; retrying");
             tokio::time::sleep(wait).await;
         }
     }

@@ -144,7 +144,7 @@ impl LambdaStage {
             while in_flight.len() < MAX_INVOCATIONS_IN_FLIGHT
                 && let Some(invocation) = closed.pop_front()
             {
-                in_flight.push_back(self.clone().process(invocation));
+                in_flight.push_back(self.clone().process(invocation, false));
             }
             if !caught_up && closed.is_empty() && in_flight.len() < MAX_INVOCATIONS_IN_FLIGHT {
                 let mut taken = reader.take().ok_or(WalError::Closed)?;
@@ -197,12 +197,17 @@ impl LambdaStage {
     }
 
     /// Process `[start, end)` of the WAL again (a rebuilt batch, a batch read back): the same
-    /// grouping by size, no waiting on the interval.
+    /// grouping by size, no waiting on the interval. With `until_answered`, a call that keeps
+    /// failing retriably is retried until the function answers: the batch's records were
+    /// answered the first time (they are in a sink batch), and turning them into
+    /// `processing-failed` records now would lose them, as a fresh batch skips records of a
+    /// recorded one.
     pub async fn process_range(
         self: &Arc<Self>,
         wal: &Wal,
         start: u64,
         end: u64,
+        until_answered: bool,
     ) -> Result<Vec<ProcessedChunk>, StageError> {
         let mut reader = wal.reader(start);
         let stage = self.clone();
@@ -229,10 +234,12 @@ impl LambdaStage {
             Ok(closed.into())
         })
         .await??;
-        let chunks = futures::stream::iter(invocations.into_iter().map(|invocation| self.clone().process(invocation)))
-            .buffered(MAX_INVOCATIONS_IN_FLIGHT)
-            .collect()
-            .await;
+        let chunks = futures::stream::iter(
+            invocations.into_iter().map(|invocation| self.clone().process(invocation, until_answered)),
+        )
+        .buffered(MAX_INVOCATIONS_IN_FLIGHT)
+        .collect()
+        .await;
         Ok(chunks)
     }
 
@@ -300,7 +307,7 @@ impl LambdaStage {
 
     /// Invoke the function for one invocation's records (none to send: no call) and apply the
     /// answer to each.
-    fn process(self: Arc<Self>, invocation: Invocation) -> BoxFuture<'static, ProcessedChunk> {
+    fn process(self: Arc<Self>, invocation: Invocation, until_answered: bool) -> BoxFuture<'static, ProcessedChunk> {
         Box::pin(async move {
             let mut ids = Vec::new();
             let mut sent = Vec::new();
@@ -313,7 +320,7 @@ impl LambdaStage {
                 }
             }
             let report = if sent.is_empty() {
-                InvocationReport { attempts: 0, outcome: Ok(Vec::new()) }
+                InvocationReport { attempts: 0, outcome: Ok(Vec::new()), retriable: false }
             } else {
                 let ids = Arc::new(ids);
                 let event = {
@@ -336,8 +343,10 @@ impl LambdaStage {
                     .await
                 };
                 match event {
+                    Ok(event) if until_answered => self.invoker.invoke_until_answered(Bytes::from(event), ids).await,
                     Ok(event) => self.invoker.invoke(Bytes::from(event), ids).await,
                     Err(join) => InvocationReport {
+                        retriable: false,
                         attempts: 0,
                         outcome: Err(crate::processing::lambda::InvocationFailure {
                             code: crate::processing::lambda::FUNCTION_ERROR,

@@ -361,7 +361,12 @@ impl DeliveryLoop {
     /// transform, the range's records are sent to the function again.
     async fn rebuild(&self, intent: &Intent) -> Result<ClosedBatch, PipelineError> {
         let chunks = match &self.router.lambda {
-            Some(lambda) => Some(lambda.stage.process_range(&self.wal, intent.start, intent.end).await?),
+            Some(lambda) => {
+                // A sink batch's records were answered by the function: wait for an answer again.
+                let until_answered =
+                    intent.error_output_type.as_deref() != Some(crate::processing::PROCESSING_FAILED_OUTPUT_TYPE);
+                Some(lambda.stage.process_range(&self.wal, intent.start, intent.end, until_answered).await?)
+            }
             None => None,
         };
         let reader = self.wal.reader(intent.start);

@@ -184,7 +184,7 @@ impl Delivery {
         let end = sequences.runs().last().map_or(first, |run| run.end);
         if let Some(lambda) = &self.router.lambda {
             // The function is invoked again for the batch's range (see `lambda_stage`).
-            let chunks = lambda.stage.process_range(&self.wal, first, end).await?;
+            let chunks = lambda.stage.process_range(&self.wal, first, end, true).await?;
             let records = tokio::task::spawn_blocking(move || {
                 let mut records = Vec::with_capacity(sequences.len());
                 let mut outputs = Vec::new();
