@@ -516,3 +516,81 @@ async fn sigkill_rounds_deliver_each_record_once_with_a_deterministic_function()
     );
     assert!(lines_under(&objects, "errors/").is_empty(), "no record failed");
 }
+
+/// A Kinesis source: each event record carries `kinesisRecordMetadata` with the shard, the
+/// partition key and the sequence number Kinesis gave the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn kinesis_records_carry_their_metadata_in_the_event() {
+    use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
+    let endpoint = std::env::var("SPILLWAY_TEST_KINESIS_ENDPOINT")
+        .expect("SPILLWAY_TEST_KINESIS_ENDPOINT (scripts/services.sh env)");
+    let config = aws_sdk_kinesis::Config::builder()
+        .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
+        .endpoint_url(&endpoint)
+        .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_kinesis::config::Credentials::new("test", "test", None, None, "test"))
+        .build();
+    let kinesis = aws_sdk_kinesis::Client::from_conf(config);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let stream = format!("spw-lambda-{}-{}", std::process::id(), nanos % 1_000_000_000);
+    kinesis.create_stream().stream_name(&stream).shard_count(1).send().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let summary = kinesis.describe_stream_summary().stream_name(&stream).send().await.unwrap();
+        if summary.stream_description_summary().is_some_and(|s| s.stream_status() == &StreamStatus::Active) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "stream {stream} not ACTIVE");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let entries: Vec<PutRecordsRequestEntry> = (0..5u64)
+        .map(|n| {
+            PutRecordsRequestEntry::builder()
+                .partition_key(format!("pk-{n}"))
+                .data(aws_sdk_kinesis::primitives::Blob::new(record(n, "alpha", "keep")))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let output = kinesis.put_records().stream_name(&stream).set_records(Some(entries)).send().await.unwrap();
+    let sequence_numbers: Vec<String> =
+        output.records().iter().map(|entry| entry.sequence_number().unwrap_or_default().to_string()).collect();
+
+    let (function, url) = Function::serve().await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = format!(
+        "{{ type: kinesis, stream_name: {stream}, endpoint: '{endpoint}', region: us-east-1, poll_interval_ms: 200, starting_position: TRIM_HORIZON }}"
+    );
+    let yaml = yaml(&url, "          buffer_interval_seconds: 0\n", "{ size_mib: 1, interval_seconds: 1 }")
+        .replace("  - name: app-logs\n", &format!("  - name: app-logs\n    source: {source}\n"));
+    let config = dir.path().join("spillway.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let spillway = Spillway::start_with_env(
+        dir.path(),
+        &config,
+        &[("LAMBDA_TOKEN", "s3cr3t"), ("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test")],
+        &["AWS_PROFILE", "AWS_SESSION_TOKEN"],
+    );
+    let sent = || -> Vec<Value> {
+        function.seen().iter().flat_map(|invocation| invocation.event["records"].as_array().cloned().unwrap()).collect()
+    };
+    common::eventually(common::WAIT, "five records sent to the function", || (sent().len() >= 5).then_some(())).await;
+    assert_eq!(spillway.terminate(), 0);
+    let _ = kinesis.delete_stream().stream_name(&stream).send().await;
+
+    let records = sent();
+    assert_eq!(records.len(), 5);
+    for (n, record) in records.iter().enumerate() {
+        let data: Value = serde_json::from_slice(&unb64(record["data"].as_str().unwrap())).unwrap();
+        assert_eq!(data["n"], n as u64, "in the order written");
+        let metadata = &record["kinesisRecordMetadata"];
+        assert_eq!(metadata["shardId"], "shardId-000000000000", "{record}");
+        assert_eq!(metadata["partitionKey"], format!("pk-{n}"));
+        assert_eq!(metadata["sequenceNumber"], sequence_numbers[n].as_str());
+        assert_eq!(metadata["subsequenceNumber"], 0);
+        assert!(metadata["approximateArrivalTimestamp"].as_i64().is_some_and(|ms| ms > 1_600_000_000_000), "{record}");
+    }
+    let delivered = lines_under(&local_objects(&dir.path().join("out")), "team=alpha/");
+    assert_eq!(delivered.len(), 5);
+}

@@ -248,7 +248,7 @@ impl LambdaStage {
         let mut prepared = Vec::new();
         let mut outputs = Vec::new();
         for frame in frames {
-            let shard = frame.source.as_ref().map(|source| source.shard.as_str());
+            let shard = frame.source.as_ref().and_then(|source| crate::sources::kinesis::shard_id_of(&source.shard));
             for (offset, data) in frame.records.iter().enumerate() {
                 let sequence = frame.first_sequence + offset as u64;
                 let kinesis = match (shard, frame.metadata.get(offset)) {
