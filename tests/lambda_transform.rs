@@ -47,8 +47,9 @@ struct Seen {
 
 /// A Firehose-style transform function. Per record (JSON `{"n", "team", "act"}`): `keep` → `Ok`
 /// with the record uppercased and `partitionKeys {team}`; `drop` → `Dropped`; `fail` →
-/// `ProcessingFailed`. The first record's `mode` breaks the whole answer: `missing`,
-/// `duplicated`, `invented`, `notjson`, `badresult`, `http500`.
+/// `ProcessingFailed`; `nokey` → `Ok` without partition keys. The first record's `mode` breaks
+/// the whole answer: `missing`,
+/// `duplicated`, `invented`, `notjson`, `badresult`, `http500`, `slow` (answers after 3 s).
 #[derive(Default)]
 struct Function {
     seen: Mutex<Vec<Seen>>,
@@ -102,6 +103,7 @@ async fn handle(State(function): State<Arc<Function>>, headers: HeaderMap, body:
             match parsed["act"].as_str() {
                 Some("drop") => json!({"recordId": id, "result": "Dropped"}),
                 Some("fail") => json!({"recordId": id, "result": "ProcessingFailed", "data": b64(data)}),
+                Some("nokey") => json!({"recordId": id, "result": "Ok", "data": b64(&data.to_ascii_uppercase())}),
                 _ => json!({
                     "recordId": id,
                     "result": "Ok",
@@ -112,6 +114,9 @@ async fn handle(State(function): State<Arc<Function>>, headers: HeaderMap, body:
         })
         .collect();
     match mode.as_str() {
+        "slow" => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
         "http500" => return (StatusCode::INTERNAL_SERVER_ERROR, "always failing").into_response(),
         "notjson" => return (StatusCode::OK, "this is not json").into_response(),
         "missing" => {
@@ -212,6 +217,7 @@ async fn records_are_transformed_dropped_failed_and_partitioned_by_the_function_
         };
         records.push(record(n, ["alpha", "beta", "gamma"][(n % 3) as usize], act));
     }
+    records.push(record(60, "alpha", "nokey"));
     put(&client, &records).await;
     assert_eq!(spillway.terminate(), 0);
 
@@ -270,7 +276,18 @@ async fn records_are_transformed_dropped_failed_and_partitioned_by_the_function_
         }
     }
     let sent: usize = seen.iter().map(|invocation| invocation.event["records"].as_array().unwrap().len()).sum();
-    assert_eq!(sent, 60, "each record is sent once");
+    assert_eq!(sent, 61, "each record is sent once");
+
+    // A record that comes back without the key the prefix names cannot be placed.
+    let unplaced = lines_under(&objects, "errors/metadata-extraction-failed/");
+    assert_eq!(unplaced.len(), 1, "{unplaced:?}");
+    let line = &unplaced[0].1;
+    assert_eq!(line["errorCode"], "DynamicPartitioning.MetadataExtractionFailed");
+    assert!(line["errorMessage"].as_str().unwrap().contains("`team`"), "{line}");
+    assert_eq!(
+        unb64(line["rawData"].as_str().unwrap()),
+        record(60, "alpha", "nokey").to_ascii_uppercase().into_bytes()
+    );
 }
 
 /// Each kind of broken answer fails its invocation: its records land in `processing-failed`
@@ -283,7 +300,7 @@ async fn a_broken_answer_fails_the_invocation_with_firehose_s_code() {
         dir.path(),
         &yaml(
             &url,
-            "          buffer_interval_seconds: 0\n          number_of_retries: 1\n",
+            "          buffer_interval_seconds: 0\n          number_of_retries: 1\n          timeout_seconds: 1\n",
             "{ size_mib: 1, interval_seconds: 60 }",
         ),
     );
@@ -295,6 +312,7 @@ async fn a_broken_answer_fails_the_invocation_with_firehose_s_code() {
         ("notjson", "Lambda.JsonProcessingException"),
         ("badresult", "Lambda.JsonProcessingException"),
         ("http500", "Lambda.FunctionError"),
+        ("slow", "Lambda.FunctionTimedOut"),
     ];
     let mut sent_by_kind: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let mut n = 0u64;
@@ -308,7 +326,8 @@ async fn a_broken_answer_fails_the_invocation_with_firehose_s_code() {
             .collect();
         let calls_before = function.calls.load(Ordering::SeqCst);
         put(&client, &records).await;
-        let attempts = if *kind == "http500" { 2 } else { 1 };
+        let retried = matches!(*kind, "http500" | "slow");
+        let attempts = if retried { 2 } else { 1 };
         common::eventually(common::WAIT, "the invocation", || {
             (function.calls.load(Ordering::SeqCst) >= calls_before + attempts).then_some(())
         })
@@ -325,7 +344,8 @@ async fn a_broken_answer_fails_the_invocation_with_firehose_s_code() {
             assert_eq!(line["errorCode"], code, "{kind}: {line}");
             assert_eq!(line["lambdaArn"], FUNCTION_ARN);
             assert!(line["errorMessage"].as_str().is_some_and(|message| !message.is_empty()), "{line}");
-            assert_eq!(line["attemptsMade"], if kind == "http500" { 2 } else { 1 }, "{kind}: {line}");
+            let retried = matches!(kind, "http500" | "slow");
+            assert_eq!(line["attemptsMade"], if retried { 2 } else { 1 }, "{kind}: {line}");
         }
     }
     assert_eq!(failed.len(), kinds.len() * 4, "only the broken invocations' records failed");
