@@ -17,15 +17,19 @@
 #   scripts/bench.sh --partitions 100                  # dynamic partitioning on a "service" field of 100
 #                                                      # values (one line per record: a key needs one JSON object)
 #   scripts/bench.sh --codec-only                      # only the codec figures, no server
+#   scripts/bench.sh --lambda 3                        # through an identity Lambda transform served locally
+#                                                      # (scripts/lambda_identity.py), invocations of 3 MiB; prints
+#                                                      # the function's own CPU too
 # Other options: --codec-mib N (codec input, default min(256, total)), --no-codec (skip the codec),
 # --port N, --drain-timeout SECONDS (default 600). The binary is $CARGO_TARGET_DIR/release/spillway (default target/).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 sink=local total_mib=256 size_mib=5 fsync=always compression=gzip recovery_mib=0 port=4599
-lines_per_record= partitions=0 codec_mib=256 codec=yes codec_only=no drain_timeout=600
+lines_per_record= partitions=0 codec_mib=256 codec=yes codec_only=no drain_timeout=600 lambda_mib=
 while (($#)); do
 	case "$1" in
+	--lambda) lambda_mib=$2; shift 2 ;;
 	--lines-per-record) lines_per_record=$2; shift 2 ;;
 	--partitions) partitions=$2; shift 2 ;;
 	--codec-mib) codec_mib=$2; shift 2 ;;
@@ -78,6 +82,7 @@ cleanup() {
 		kill -9 "$server_pid" 2>/dev/null || true
 		wait "$server_pid" 2>/dev/null || true
 	fi
+	if [[ -n "$function_pid" ]]; then kill "$function_pid" 2>/dev/null || true; wait "$function_pid" 2>/dev/null || true; fi
 	rm -rf "$work"
 }
 trap cleanup EXIT
@@ -98,7 +103,15 @@ minio)
 *) echo "--sink is local or minio" >&2; exit 2 ;;
 esac
 
-processing_yaml= prefix_yaml=
+processing_yaml= prefix_yaml= function_pid=
+if [[ -n "$lambda_mib" ]]; then
+	((partitions == 0)) || { echo "--lambda and --partitions do not combine here" >&2; exit 2; }
+	function_port=$((port + 1))
+	python3 scripts/lambda_identity.py "$function_port" >"$work/function.log" 2>&1 &
+	function_pid=$!
+	for _ in $(seq 1 100); do grep -q listening "$work/function.log" && break; sleep 0.1; done
+	processing_yaml="    processing: { transforms: [ { type: lambda, url: 'http://127.0.0.1:$function_port/', buffer_size_mib: $lambda_mib, buffer_interval_seconds: 1 } ] }"
+fi
 if ((partitions > 0)); then
 	processing_yaml="    processing: { dynamic_partitioning: { keys: { service: .service } } }"
 	prefix_yaml="      prefix: 'logs/service=!{partitionKeyFromQuery:service}/'
@@ -143,7 +156,7 @@ start_server() {
 	echo "spillway did not start:" >&2; cat "$work/server.log" >&2; exit 1
 }
 
-echo "== sink=$sink total=${total_mib}MiB buffer=${size_mib}MiB fsync=$fsync compression=$compression lines/record=$lines_per_record partitions=$partitions"
+echo "== sink=$sink total=${total_mib}MiB buffer=${size_mib}MiB fsync=$fsync compression=$compression lines/record=$lines_per_record partitions=$partitions lambda=${lambda_mib:-none}"
 machine
 if ((recovery_mib > 0)); then
 	# Fill the WAL while the sink is unreachable (deliveries fail and are retried, nothing is
@@ -186,4 +199,8 @@ if ((partitions > 0)) && [[ $sink == local ]]; then
 		find "$work/out/errors" -type f | head -5 >&2
 		exit 1
 	fi
+fi
+if [[ -n "$function_pid" ]]; then
+	# utime + stime of the function process (fields 14 and 15), in seconds.
+	awk -v tck="$(getconf CLK_TCK)" '{ printf "identity function CPU: %.2f s\n", ($14 + $15) / tck }' "/proc/$function_pid/stat"
 fi

@@ -85,6 +85,8 @@ impl App {
             budget,
             metrics: metrics.clone(),
             readiness: readiness.clone(),
+            region: config.server.region.clone(),
+            account_id: config.server.account_id.clone(),
         }));
         let now_ms = chrono::Utc::now().timestamp_millis();
         let mut streams = BTreeMap::new();

@@ -10,8 +10,10 @@
 //! - [`streams`]: one stream's lifecycle (WAL, sink, delivery loop), for YAML and API streams.
 //! - [`catalog`]: stream status, version, tags; API-created streams persisted under `data_dir`.
 //! - [`wal`]: segment files with checksums, group commit, recovery, trimming.
-//! - [`processing`]: what a record's content decides: its dynamic partition (jq keys).
-//! - [`pipeline`]: buffer → intent → sink → checkpoint, with retries and the error output.
+//! - [`processing`]: what a record's content decides: transforms, its dynamic partition (jq
+//!   keys), the Lambda transform's protocol (`processing::lambda`).
+//! - [`pipeline`]: buffer → intent → sink → checkpoint, with retries and the error output; a
+//!   Lambda transform's stage (`pipeline::lambda_stage`) and HTTP invoker (`pipeline::invoker`).
 //! - [`checkpoint`]: the per-stream delivered position.
 //! - [`sinks`]: the registry mapping a YAML `sink.type` to a sink crate.
 //! - [`server`]: the HTTP router (`/`, `/streams/{name}/records`, `/health`, `/metrics`).

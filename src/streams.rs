@@ -21,10 +21,12 @@ use crate::catalog::StreamRecord;
 use crate::checkpoint::Checkpoint;
 use crate::config::{LimitsConfig, StreamConfig, WalConfig};
 use crate::metrics::{Metrics, StreamMetrics, WalSize};
+use crate::pipeline::invoker::Invoker;
 use crate::pipeline::{
-    BatchingOptions, Delivery, DeliveryLoop, IntentLog, JqPartitioner, MemoryBudget, Partitioner, PipelineError, Router,
+    BatchingOptions, Delivery, DeliveryLoop, IntentLog, JqPartitioner, LambdaRouting, LambdaStage, MemoryBudget,
+    Partitioner, PipelineError, Router,
 };
-use crate::processing::{PartitionKeys, Transforms};
+use crate::processing::{Chain, PartitionKeys};
 use crate::server::health::{CheckedSink, Readiness};
 use crate::sources::StreamIngest;
 use crate::wal::{Wal, WalOptions};
@@ -39,6 +41,9 @@ pub struct StreamEnv {
     pub metrics: Arc<Metrics>,
     /// `/ready`'s view of the sinks: each stream's sink joins it when its delivery starts.
     pub readiness: Arc<Readiness>,
+    /// `server.region` / `server.account_id`: the `region` and `deliveryStreamArn` of Lambda events.
+    pub region: String,
+    pub account_id: String,
 }
 
 /// A stream's running parts: its WAL and, unless the WAL could not be opened, its delivery task.
@@ -346,7 +351,7 @@ impl Lifecycle {
             })?;
             Some(Arc::new(JqPartitioner::new(compiled)))
         };
-        let transforms = Transforms::build(&config.processing.transforms).map_err(|problems| AppError::Processing {
+        let chain = Chain::build(&config.processing.transforms).map_err(|problems| AppError::Processing {
             stream: name.clone(),
             message: problems
                 .iter()
@@ -354,7 +359,33 @@ impl Lifecycle {
                 .collect::<Vec<_>>()
                 .join("; "),
         })?;
-        let router = Router::new(partitioner, Some(Arc::new(transforms)), config.processing.record_delimiter);
+        let before = Some(Arc::new(chain.before)).filter(|transforms| !transforms.is_empty());
+        let mut router = Router::new(partitioner, before.clone(), config.processing.record_delimiter);
+        if let Some(lambda) = &chain.lambda {
+            let stream_arn =
+                format!("arn:aws:firehose:{}:{}:deliverystream/{name}", self.env.region, self.env.account_id);
+            let invoker = Invoker::new(lambda, stream_arn, self.env.region.clone())
+                .map_err(|error| AppError::Processing { stream: name.clone(), message: error.to_string() })?;
+            let lambda_keys: std::collections::BTreeSet<String> = config
+                .sink
+                .partition_keys_in_prefix()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(source, _)| *source == crate::sinks::PartitionKeySource::Lambda)
+                .map(|(_, key)| key)
+                .collect();
+            let stage = LambdaStage {
+                invoker: Arc::new(invoker),
+                before,
+                size_bytes: lambda.buffer_size_bytes(),
+                interval: Duration::from_secs(lambda.buffer_interval_seconds),
+            };
+            router = router.with_lambda(LambdaRouting {
+                stage: Arc::new(stage),
+                after: Some(Arc::new(chain.after)).filter(|transforms| !transforms.is_empty()),
+                keys: lambda_keys.into_iter().collect(),
+            });
+        }
         let checked = CheckedSink { stream: name.clone(), sink: built.sink.clone(), metrics: metrics.clone() };
         self.env.readiness.add_sink(&name, config.sink.type_name());
         let delivery = Arc::new(Delivery {

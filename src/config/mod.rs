@@ -682,20 +682,37 @@ fn dynamic_partitioning_problems(stream: &StreamConfig, sink_reported: &dyn Fn(&
     {
         push(&format!("processing.transforms[{index}]"), problem.into());
     }
-    if let Err(bad) = crate::processing::Transforms::build(&stream.processing.transforms) {
+    if let Err(bad) = crate::processing::Chain::build(&stream.processing.transforms) {
         for (index, reason) in bad {
-            push(&format!("processing.transforms[{index}].expr"), reason);
+            let field = match stream.processing.transforms.get(index) {
+                Some(crate::processing::TransformConfig::Lambda(_)) => "",
+                _ => ".expr",
+            };
+            push(&format!("processing.transforms[{index}]{field}"), reason);
+        }
+    }
+    let mut has_lambda = false;
+    for (index, transform) in stream.processing.transforms.iter().enumerate() {
+        if let crate::processing::TransformConfig::Lambda(lambda) = transform {
+            has_lambda = true;
+            for (field, message) in lambda.validate() {
+                push(&format!("processing.transforms[{index}].{field}"), message);
+            }
         }
     }
     let block = "processing.dynamic_partitioning";
     let enabled_keys = stream.processing.partition_keys();
+    let lambda_partitioning = stream.processing.dynamic_partitioning.as_ref().is_some_and(|dynamic| dynamic.enabled);
 
     if let Some(dynamic) = &stream.processing.dynamic_partitioning {
         if !stream.sink.supports_dynamic_partitioning() {
             push(block, format!("is not supported by a {} sink (Firehose: S3 only)", stream.sink.type_name()));
         }
-        if dynamic.enabled && dynamic.keys.is_empty() {
-            push(&format!("{block}.keys"), "at least one key is required when dynamic partitioning is enabled".into());
+        if dynamic.enabled && dynamic.keys.is_empty() && !has_lambda {
+            push(
+                &format!("{block}.keys"),
+                "at least one key (or a lambda transform returning partition keys) is required when dynamic partitioning is enabled".into(),
+            );
         }
         if dynamic.keys.contains_key("") {
             push(&format!("{block}.keys"), "a key name must not be empty".into());
@@ -746,12 +763,17 @@ fn dynamic_partitioning_problems(stream: &StreamConfig, sink_reported: &dyn Fn(&
                 format!("uses !{{partitionKeyFromQuery:{name}}} but {block}.keys has no key `{name}`"),
             ),
             PartitionKeySource::Query => {}
-            PartitionKeySource::Lambda => push(
+            PartitionKeySource::Lambda if !has_lambda => push(
                 "sink.prefix",
                 format!(
-                    "uses !{{partitionKeyFromLambda:{name}}}, which needs a Lambda transform returning partition keys; spillway has none, use partitionKeyFromQuery"
+                    "uses !{{partitionKeyFromLambda:{name}}}, which needs a lambda transform in processing.transforms returning partition keys"
                 ),
             ),
+            PartitionKeySource::Lambda if !lambda_partitioning => push(
+                "sink.prefix",
+                format!("uses !{{partitionKeyFromLambda:{name}}} but processing.dynamic_partitioning is not enabled"),
+            ),
+            PartitionKeySource::Lambda => {}
         }
     }
     problems
@@ -927,12 +949,37 @@ mod tests {
     }
 
     #[test]
-    fn lambda_partition_keys_are_refused() {
-        let found = problems(
-            "{}",
-            "{ type: s3, url: 'file://out', prefix: 't=!{partitionKeyFromLambda:team}/', error_output_prefix: 'errors/!{firehose:error-output-type}/' }",
-        );
+    fn lambda_partition_keys_need_a_lambda_and_dynamic_partitioning() {
+        let sink = "{ type: s3, url: 'file://out', prefix: 't=!{partitionKeyFromLambda:team}/', error_output_prefix: 'errors/!{firehose:error-output-type}/' }";
+        let found = problems("{}", sink);
         assert_eq!(paths(&found), ["streams[0].sink.prefix"]);
-        assert!(found[0].message.contains("Lambda"), "{}", found[0]);
+        assert!(found[0].message.contains("lambda transform"), "{}", found[0]);
+
+        let lambda = "{ type: lambda, url: 'http://127.0.0.1:9/f' }";
+        let found = problems(&format!("{{ transforms: [ {lambda} ] }}"), sink);
+        assert_eq!(paths(&found), ["streams[0].sink.prefix"]);
+        assert!(found[0].message.contains("dynamic_partitioning"), "{}", found[0]);
+
+        let found =
+            problems(&format!("{{ transforms: [ {lambda} ], dynamic_partitioning: {{ enabled: true }} }}"), sink);
+        assert_eq!(found, []);
+    }
+
+    #[test]
+    fn lambda_transforms_are_checked() {
+        let found = problems(
+            "{ transforms: [ { type: jq, expr: '.' }, { type: lambda, url: 'nope', buffer_size_mib: 0.1 }, { type: lambda, url: 'http://x/' } ] }",
+            "{ type: s3, url: 'file://out' }",
+        );
+        assert_eq!(
+            paths(&found),
+            [
+                "streams[0].processing.transforms[2]",
+                "streams[0].processing.transforms[1].url",
+                "streams[0].processing.transforms[1].buffer_size_mib",
+            ]
+        );
+        let yaml = "streams:\n  - name: s\n    processing: { transforms: [ { type: lambda, url: 'http://x/', retries: 2 } ] }\n    sink: { type: s3, url: 'file://out' }\n";
+        assert!(parse_str(yaml, Path::new("test.yaml")).is_err(), "unknown fields are refused");
     }
 }

@@ -1,7 +1,9 @@
 //! The CPU side of delivery: read committed frames from the WAL, decode them into records, route
 //! each record (partition keys, or the error output when its keys cannot be evaluated), and feed
 //! it into its route's open batch. It runs on the blocking pool, one step at a time; the delivery
-//! loop owns it between steps.
+//! loop owns it between steps. A stream with a Lambda transform reads the WAL in its Lambda stage
+//! instead ([`super::lambda_stage`]); the assembler then places the stage's processed chunks, in
+//! WAL order ([`Assembler::feed_chunk`]).
 //!
 //! Must not: write intents or checkpoints, or talk to a sink.
 
@@ -14,8 +16,8 @@ use bytes::Bytes;
 use spillway_sink_api::{EncodeError, PartitionKeys, Record};
 use tokio::time::Instant;
 
+use super::lambda_stage::{LambdaStage, ProcessedChunk, ProcessedOutput, ProcessedRecord};
 use super::open_batch::{ClosedBatch, EarlyClose, OpenBatches, Route};
-use super::retry::error_record_line;
 use crate::config::RecordDelimiter;
 use crate::processing::{PROCESSING_FAILED_OUTPUT_TYPE, Transforms};
 use crate::wal::{Frame, WalError, WalReader};
@@ -70,13 +72,28 @@ impl Partitioner for JqPartitioner {
     }
 }
 
+/// A stream's Lambda transform, as routing sees it.
+#[derive(Clone)]
+pub struct LambdaRouting {
+    /// Invokes the function (the transforms before it run there too).
+    pub stage: Arc<LambdaStage>,
+    /// The transforms after the Lambda, on what the function returns.
+    pub after: Option<Arc<Transforms>>,
+    /// The keys the sink prefix names as `!{partitionKeyFromLambda:k}`: every record the
+    /// function returns must carry each in `metadata.partitionKeys`.
+    pub keys: Arc<[String]>,
+}
+
 /// Routing shared by the live path, the rebuilding of recorded batches and the reading back of
 /// a batch's records: transforms, then partition keys.
 #[derive(Clone)]
 pub struct Router {
     pub partitioner: Option<Arc<dyn Partitioner>>,
-    /// `processing.transforms`; `None` when there are none (records pass through uncopied).
+    /// `processing.transforms` (with a Lambda: those before it); `None` when there are none
+    /// (records pass through uncopied).
     pub transforms: Option<Arc<Transforms>>,
+    /// The Lambda transform, when the chain has one: records then come in processed chunks.
+    pub lambda: Option<LambdaRouting>,
     pub delimiter: RecordDelimiter,
     /// `!{firehose:error-output-type}` of records whose partition keys fail.
     pub partition_failure_type: &'static str,
@@ -102,22 +119,62 @@ impl Router {
             delimiter,
             partition_failure_type: crate::processing::METADATA_EXTRACTION_OUTPUT_TYPE,
             no_partition: Arc::new(PartitionKeys::new()),
+            lambda: None,
         }
     }
 
+    /// The same routing with a Lambda transform after `transforms`.
+    pub fn with_lambda(mut self, lambda: LambdaRouting) -> Self {
+        self.lambda = Some(lambda);
+        self
+    }
+
     /// The route of one (transformed) record: its partition, or the error output when its keys
-    /// cannot be evaluated.
-    fn route<'a>(&self, data: &'a [u8], sequence: u64, arrival_ms: i64) -> Routed<'a> {
-        let Some(partitioner) = &self.partitioner else {
-            return Routed::Sink { route: Route::sink(self.no_partition.clone()), data };
-        };
-        match partitioner.partition(data) {
-            Ok(keys) => Routed::Sink { route: Route::sink(keys), data },
-            Err(failure) => Routed::Failed {
-                route: Route::error_output(self.partition_failure_type),
-                line: failure_line(data, sequence, arrival_ms, &failure.code, &failure.message),
+    /// cannot be evaluated. `lambda_keys` are the partition keys the Lambda returned with it.
+    fn route<'a>(
+        &self,
+        data: &'a [u8],
+        sequence: u64,
+        arrival_ms: i64,
+        lambda_keys: Option<&std::collections::BTreeMap<String, String>>,
+    ) -> Routed<'a> {
+        let keys = match &self.partitioner {
+            None => self.no_partition.clone(),
+            Some(partitioner) => match partitioner.partition(data) {
+                Ok(keys) => keys,
+                Err(failure) => {
+                    return Routed::Failed {
+                        route: Route::error_output(self.partition_failure_type),
+                        line: failure_line(data, sequence, arrival_ms, &failure.code, &failure.message),
+                    };
+                }
             },
+        };
+        let Some(lambda) = self.lambda.as_ref().filter(|lambda| !lambda.keys.is_empty()) else {
+            return Routed::Sink { route: Route::sink(keys), data };
+        };
+        let mut merged = (*keys).clone();
+        for name in lambda.keys.iter() {
+            let checked = match lambda_keys.and_then(|returned| returned.get(name)) {
+                None => Err(crate::processing::KeyError {
+                    code: crate::processing::METADATA_EXTRACTION_FAILED,
+                    message: format!("the lambda returned no partition key `{name}` (metadata.partitionKeys)"),
+                }),
+                Some(value) => crate::processing::partition::check_value(name, value).map(|()| value),
+            };
+            match checked {
+                Ok(value) => {
+                    merged.insert(spillway_sink_api::lambda_partition_key(name), value.clone());
+                }
+                Err(error) => {
+                    return Routed::Failed {
+                        route: Route::error_output(self.partition_failure_type),
+                        line: failure_line(data, sequence, arrival_ms, error.code, &error.message),
+                    };
+                }
+            }
         }
+        Routed::Sink { route: Route::sink(Arc::new(merged)), data }
     }
 
     /// Feed one frame's records into `open`, skipping claimed ones (and, when rebuilding one
@@ -138,7 +195,7 @@ impl Router {
             for (offset, data) in frame.records.iter().enumerate() {
                 let sequence = frame.first_sequence + offset as u64;
                 touched.clear();
-                self.place(open, data, sequence, frame.arrival_ms, arrived_at, &skip, &mut touched)?;
+                self.place(open, data, sequence, frame.arrival_ms, arrived_at, &skip, &mut touched, None)?;
                 closed.extend(open.settle(&touched)?);
             }
             return Ok(());
@@ -157,7 +214,7 @@ impl Router {
                 continue;
             }
             for output in &outputs {
-                self.place(open, output, sequence, frame.arrival_ms, arrived_at, &skip, &mut touched)?;
+                self.place(open, output, sequence, frame.arrival_ms, arrived_at, &skip, &mut touched, None)?;
             }
             closed.extend(open.settle(&touched)?);
         }
@@ -177,8 +234,9 @@ impl Router {
         arrived_at: Instant,
         skip: &dyn Fn(&Route, u64) -> bool,
         touched: &mut Vec<Route>,
+        lambda_keys: Option<&std::collections::BTreeMap<String, String>>,
     ) -> Result<(), EncodeError> {
-        let (route, data, suffix) = match self.route(data, sequence, arrival_ms) {
+        let (route, data, suffix) = match self.route(data, sequence, arrival_ms, lambda_keys) {
             Routed::Sink { route, data } => (route, Cow::Borrowed(data), self.delimiter.suffix_for(data)),
             Routed::Failed { route, line } => (route, Cow::Owned(line), &b""[..]),
         };
@@ -202,6 +260,91 @@ impl Router {
             touched.push(route);
         }
         Ok(())
+    }
+
+    /// Feed a Lambda stage's processed chunk into `open` (as [`Router::feed`] does a frame):
+    /// the function's outputs go through the transforms after it, then to their partition;
+    /// failed records go to `processing-failed`.
+    fn feed_processed(
+        &self,
+        chunk: &ProcessedChunk,
+        open: &mut OpenBatches,
+        claimed: &Claimed,
+        only: Option<&Route>,
+        closed: &mut Vec<ClosedBatch>,
+    ) -> Result<(), EncodeError> {
+        let skip =
+            |route: &Route, sequence: u64| claimed.holds(route, sequence) || only.is_some_and(|only| only != route);
+        let after = self.lambda.as_ref().and_then(|lambda| lambda.after.as_ref());
+        let failed_route = Route::error_output(PROCESSING_FAILED_OUTPUT_TYPE);
+        let mut touched: Vec<Route> = Vec::new();
+        let mut outputs = Vec::new();
+        for record in &chunk.records {
+            let (sequence, arrival_ms) = (record.sequence, record.arrival_ms);
+            let arrived_at = arrived_at(arrival_ms);
+            touched.clear();
+            for output in &record.outputs {
+                let (data, lambda_keys) = match output {
+                    ProcessedOutput::Failed { data, code, message, attempts, lambda_arn } => {
+                        if !skip(&failed_route, sequence) {
+                            let line = failure_line_from(
+                                data,
+                                sequence,
+                                arrival_ms,
+                                code,
+                                message,
+                                *attempts,
+                                lambda_arn.as_deref(),
+                            );
+                            closed.extend(open.push(&failed_route, sequence, &line, b"", arrival_ms, arrived_at)?);
+                        }
+                        continue;
+                    }
+                    ProcessedOutput::Data { data, lambda_keys } => (data, lambda_keys.as_deref()),
+                };
+                let Some(after) = after else {
+                    self.place(open, data, sequence, arrival_ms, arrived_at, &skip, &mut touched, lambda_keys)?;
+                    continue;
+                };
+                if let Err(failure) = after.apply(data, &mut outputs) {
+                    if !skip(&failed_route, sequence) {
+                        let line = failure_line(data, sequence, arrival_ms, failure.code, &failure.message);
+                        closed.extend(open.push(&failed_route, sequence, &line, b"", arrival_ms, arrived_at)?);
+                    }
+                    continue;
+                }
+                for transformed in &outputs {
+                    self.place(open, transformed, sequence, arrival_ms, arrived_at, &skip, &mut touched, lambda_keys)?;
+                }
+            }
+            closed.extend(open.settle(&touched)?);
+        }
+        Ok(())
+    }
+
+    /// What a sink batch of `partition` holds of one processed record (see [`Router::sink_records`]).
+    pub fn sink_records_processed(&self, record: &ProcessedRecord, partition: &PartitionKeys, out: &mut Vec<Bytes>) {
+        let after = self.lambda.as_ref().and_then(|lambda| lambda.after.as_ref());
+        let mut outputs = Vec::new();
+        for output in &record.outputs {
+            let ProcessedOutput::Data { data, lambda_keys } = output else { continue };
+            let transformed: Vec<Bytes> = match after {
+                None => vec![data.clone()],
+                Some(after) => match after.apply(data, &mut outputs) {
+                    Ok(()) => outputs.drain(..).map(Bytes::from).collect(),
+                    Err(_) => continue,
+                },
+            };
+            for data in transformed {
+                let in_partition = match self.route(&data, record.sequence, record.arrival_ms, lambda_keys.as_deref()) {
+                    Routed::Sink { route, .. } => *route.partition == *partition,
+                    Routed::Failed { .. } => false,
+                };
+                if in_partition {
+                    out.push(data);
+                }
+            }
+        }
     }
 
     /// What a sink batch of `partition` holds of one WAL record: the record itself without
@@ -229,9 +372,29 @@ impl Router {
 
 /// A Firehose error record (one JSON line) for a record that failed before reaching a batch.
 fn failure_line(data: &[u8], sequence: u64, arrival_ms: i64, code: &str, message: &str) -> Vec<u8> {
+    failure_line_from(data, sequence, arrival_ms, code, message, 1, None)
+}
+
+/// The same, with the attempts made and, for a Lambda's failures, its `lambdaArn`.
+fn failure_line_from(
+    data: &[u8],
+    sequence: u64,
+    arrival_ms: i64,
+    code: &str,
+    message: &str,
+    attempts: u32,
+    lambda_arn: Option<&str>,
+) -> Vec<u8> {
     let record = Record { data: Bytes::copy_from_slice(data), arrival_ms, sequence };
     let ending_ms = chrono::Utc::now().timestamp_millis();
-    error_record_line(&record, code, message, 1, ending_ms)
+    super::retry::error_record_line_with(&record, code, message, attempts, ending_ms, lambda_arn)
+}
+
+/// A record's arrival on the monotonic clock (the interval counts from arrival).
+fn arrived_at(arrival_ms: i64) -> Instant {
+    let now = Instant::now();
+    let age = Duration::from_millis(chrono::Utc::now().timestamp_millis().saturating_sub(arrival_ms).max(0) as u64);
+    now.checked_sub(age).unwrap_or(now)
 }
 
 /// Ranges of recorded intents above the watermark, per route: their records are delivered (done)
@@ -270,11 +433,22 @@ pub struct Assembler {
     open: OpenBatches,
     router: Router,
     claimed: Claimed,
+    /// With a Lambda stage: the end of the last chunk fed (the reader is not used then).
+    fed: Option<u64>,
 }
 
 impl Assembler {
     pub fn new(reader: WalReader, open: OpenBatches, router: Router, claimed: Claimed) -> Self {
-        Self { reader, open, router, claimed }
+        Self { reader, open, router, claimed, fed: None }
+    }
+
+    /// Place a Lambda stage's next processed chunk (chunks come in WAL order); returns the
+    /// batches that closed on the way.
+    pub fn feed_chunk(&mut self, chunk: &ProcessedChunk) -> Result<Vec<ClosedBatch>, AssembleError> {
+        let mut closed = Vec::new();
+        self.router.feed_processed(chunk, &mut self.open, &self.claimed, None, &mut closed)?;
+        self.fed = Some(chunk.end);
+        Ok(closed)
     }
 
     /// Read about `max_bytes` of committed records and feed them in; returns the batches that
@@ -297,9 +471,9 @@ impl Assembler {
         Ok(self.open.close_due(now, all)?)
     }
 
-    /// The sequence of the next record to read.
+    /// The sequence of the next record to read (with a Lambda stage: to place).
     pub fn position(&self) -> u64 {
-        self.reader.position()
+        self.fed.unwrap_or_else(|| self.reader.position())
     }
 
     pub fn lowest_open_start(&self) -> Option<u64> {
@@ -354,6 +528,24 @@ pub fn rebuild(
             frame.records.truncate(keep);
             router.feed(&frame, &mut open, &nothing_claimed, Some(route), now, &mut closed)?;
         }
+    }
+    closed.extend(open.close_due(now, true)?);
+    Ok(closed.into_iter().find(|batch| &batch.route == route))
+}
+
+/// Rebuild a recorded batch from a Lambda stage's chunks of its range (as [`rebuild`] does from
+/// the WAL). Blocking.
+pub fn rebuild_processed(
+    chunks: &[ProcessedChunk],
+    router: &Router,
+    mut open: OpenBatches,
+    route: &Route,
+) -> Result<Option<ClosedBatch>, AssembleError> {
+    let now = Instant::now();
+    let mut closed = Vec::new();
+    let nothing_claimed = Claimed::default();
+    for chunk in chunks {
+        router.feed_processed(chunk, &mut open, &nothing_claimed, Some(route), &mut closed)?;
     }
     closed.extend(open.close_due(now, true)?);
     Ok(closed.into_iter().find(|batch| &batch.route == route))

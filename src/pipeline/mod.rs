@@ -6,12 +6,16 @@
 //! any order; a slow partition holds the watermark back but not the others' deliveries.
 //!
 //! CPU work (reading frames, routing, encoding) runs in [`assemble`] on the blocking pool; file
-//! work (intents, checkpoint) too. This task only orchestrates.
+//! work (intents, checkpoint) too. This task only orchestrates. A stream with a Lambda transform
+//! reads the WAL through its [`lambda_stage`] task instead, which hands back processed chunks in
+//! WAL order (invocations run concurrently through the [`invoker`]).
 //!
 //! Must not: parse records beyond routing, or know a sink's protocol.
 
 pub mod assemble;
 pub mod intent;
+pub mod invoker;
+pub mod lambda_stage;
 pub mod open_batch;
 pub mod retry;
 
@@ -29,8 +33,11 @@ use uuid::Uuid;
 
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::wal::{Wal, WalError};
-pub use assemble::{AssembleError, Assembler, Claimed, JqPartitioner, PartitionFailure, Partitioner, Router};
+pub use assemble::{
+    AssembleError, Assembler, Claimed, JqPartitioner, LambdaRouting, PartitionFailure, Partitioner, Router,
+};
 pub use intent::{Intent, IntentError, IntentLog, IntentState};
+pub use lambda_stage::{LambdaStage, StageError};
 pub use open_batch::{ClosedBatch, MemoryBudget, OpenBatches, Route};
 pub use retry::{Delivery, DeliveryError};
 
@@ -55,6 +62,10 @@ pub enum PipelineError {
     Intent(#[from] IntentError),
     #[error(transparent)]
     Delivery(#[from] DeliveryError),
+    #[error("lambda stage: {0}")]
+    Lambda(#[from] StageError),
+    #[error("the lambda stage stopped")]
+    LambdaStopped,
     #[error("a blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -169,6 +180,15 @@ impl DeliveryLoop {
         );
         let mut assembler =
             Some(Assembler::new(self.wal.reader(stored), open, self.router.clone(), Claimed::new(claimed)));
+        // With a Lambda transform, its stage reads the WAL and hands processed chunks back in order.
+        let mut lambda_stage = match &self.router.lambda {
+            Some(lambda) => {
+                let (chunks_tx, chunks_rx) = tokio::sync::mpsc::channel(2);
+                let task = tokio::spawn(lambda.stage.clone().run(self.wal.clone(), stored, chunks_tx, stop.clone()));
+                Some((chunks_rx, AbortOnDrop(task)))
+            }
+            None => None,
+        };
         let mut committed_rx = self.wal.committed();
         let mut closed_queue: VecDeque<ClosedBatch> = VecDeque::new();
         let mut stopping = *stop.borrow();
@@ -204,7 +224,7 @@ impl DeliveryLoop {
             }
 
             // Read on while nothing waits for a slot (back-pressure: closed batches hold memory).
-            if !caught_up && closed_queue.is_empty() {
+            if lambda_stage.is_none() && !caught_up && closed_queue.is_empty() {
                 let mut taken = assembler.take().ok_or(WalError::Closed)?;
                 let (returned, closed) = tokio::task::spawn_blocking(move || {
                     let closed = taken.fill(committed, READ_CHUNK_BYTES);
@@ -228,6 +248,21 @@ impl DeliveryLoop {
             }
 
             tokio::select! {
+                chunk = next_chunk(&mut lambda_stage), if lambda_stage.is_some() && closed_queue.is_empty() => {
+                    let Some(chunk) = chunk else {
+                        return Err(lambda_stage_end(lambda_stage.take()).await);
+                    };
+                    let mut taken = assembler.take().ok_or(WalError::Closed)?;
+                    let (returned, closed) = tokio::task::spawn_blocking(move || {
+                        let closed = taken.feed_chunk(&chunk);
+                        (taken, closed)
+                    })
+                    .await?;
+                    let returned = assembler.insert(returned);
+                    closed_queue.extend(closed?);
+                    self.note_early_closes(returned);
+                    self.advance_watermark(&mut ledger, returned, &closed_queue).await?;
+                }
                 Some(completed) = in_flight.next(), if !in_flight.is_empty() => {
                     completed.result?;
                     in_flight_bytes = in_flight_bytes.saturating_sub(completed.payload_bytes);
@@ -322,8 +357,18 @@ impl DeliveryLoop {
         })
     }
 
-    /// Rebuild a pending intent's batch from the WAL, under its recorded id.
+    /// Rebuild a pending intent's batch from the WAL, under its recorded id. With a Lambda
+    /// transform, the range's records are sent to the function again.
     async fn rebuild(&self, intent: &Intent) -> Result<ClosedBatch, PipelineError> {
+        let chunks = match &self.router.lambda {
+            Some(lambda) => {
+                // A sink batch's records were answered by the function: wait for an answer again.
+                let until_answered =
+                    intent.error_output_type.as_deref() != Some(crate::processing::PROCESSING_FAILED_OUTPUT_TYPE);
+                Some(lambda.stage.process_range(&self.wal, intent.start, intent.end, until_answered).await?)
+            }
+            None => None,
+        };
         let reader = self.wal.reader(intent.start);
         let router = self.router.clone();
         let route = intent.route();
@@ -337,8 +382,11 @@ impl DeliveryLoop {
             usize::MAX,
             MemoryBudget::new(usize::MAX),
         );
-        let closed =
-            tokio::task::spawn_blocking(move || assemble::rebuild(reader, &router, open, &route, end)).await??;
+        let closed = tokio::task::spawn_blocking(move || match chunks {
+            Some(chunks) => assemble::rebuild_processed(&chunks, &router, open, &route),
+            None => assemble::rebuild(reader, &router, open, &route, end),
+        })
+        .await??;
         // No record of the range maps to the route any more (cannot happen with deterministic
         // routing): an empty batch, which sinks write as nothing.
         Ok(closed.unwrap_or_else(|| ClosedBatch {
@@ -458,6 +506,34 @@ impl DeliveryLoop {
                 self.delivery.metrics.partition_count_exceeded.inc();
             }
         }
+    }
+}
+
+/// A spawned task aborted when its owner goes away (the Lambda stage of a stopped loop).
+struct AbortOnDrop(tokio::task::JoinHandle<Result<(), StageError>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+type LambdaStageHandle = (tokio::sync::mpsc::Receiver<lambda_stage::ProcessedChunk>, AbortOnDrop);
+
+async fn next_chunk(stage: &mut Option<LambdaStageHandle>) -> Option<lambda_stage::ProcessedChunk> {
+    match stage {
+        Some((chunks, _)) => chunks.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Why the Lambda stage stopped sending chunks.
+async fn lambda_stage_end(stage: Option<LambdaStageHandle>) -> PipelineError {
+    let Some((_, mut task)) = stage else { return PipelineError::LambdaStopped };
+    match (&mut task.0).await {
+        Ok(Err(error)) => PipelineError::Lambda(error),
+        Ok(Ok(())) => PipelineError::LambdaStopped,
+        Err(join) => PipelineError::Join(join),
     }
 }
 

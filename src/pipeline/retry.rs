@@ -182,6 +182,28 @@ impl Delivery {
         let (router, partition) = (self.router.clone(), batch.partition.clone());
         let Some(first) = sequences.nth(0) else { return Ok(Vec::new()) };
         let end = sequences.runs().last().map_or(first, |run| run.end);
+        if let Some(lambda) = &self.router.lambda {
+            // The function is invoked again for the batch's range (see `lambda_stage`).
+            let chunks = lambda.stage.process_range(&self.wal, first, end, true).await?;
+            let records = tokio::task::spawn_blocking(move || {
+                let mut records = Vec::with_capacity(sequences.len());
+                let mut outputs = Vec::new();
+                for record in chunks.iter().flat_map(|chunk| chunk.records.iter()) {
+                    if !sequences.contains(record.sequence) {
+                        continue;
+                    }
+                    router.sink_records_processed(record, &partition, &mut outputs);
+                    records.extend(outputs.drain(..).map(|data| Record {
+                        data,
+                        arrival_ms: record.arrival_ms,
+                        sequence: record.sequence,
+                    }));
+                }
+                records
+            })
+            .await?;
+            return Ok(records);
+        }
         let mut reader = self.wal.reader(first);
         let records = tokio::task::spawn_blocking(move || -> Result<Vec<Record>, WalError> {
             let mut records = Vec::with_capacity(sequences.len());
@@ -300,7 +322,20 @@ fn encode_error_records(failed: &[Failed], attempts: u32) -> Vec<u8> {
 
 /// One Firehose error record as a JSON line (with its newline).
 pub fn error_record_line(record: &Record, code: &str, message: &str, attempts: u32, ending_ms: i64) -> Vec<u8> {
-    let document = error_record(record, code, message, attempts, ending_ms);
+    error_record_line_with(record, code, message, attempts, ending_ms, None)
+}
+
+/// The same, with `lambdaArn` for records a Lambda transform failed.
+pub fn error_record_line_with(
+    record: &Record,
+    code: &str,
+    message: &str,
+    attempts: u32,
+    ending_ms: i64,
+    lambda_arn: Option<&str>,
+) -> Vec<u8> {
+    let mut document = error_record(record, code, message, attempts, ending_ms);
+    document.lambda_arn = lambda_arn;
     let mut line = serde_json::to_vec(&document).unwrap_or_default();
     line.push(b'\n');
     line
@@ -317,6 +352,8 @@ struct ErrorRecord<'a> {
     attempt_ending_timestamp: i64,
     raw_data: String,
     sequence_number: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lambda_arn: Option<&'a str>,
 }
 
 fn error_record<'a>(
@@ -334,6 +371,7 @@ fn error_record<'a>(
         attempt_ending_timestamp: ending_ms,
         raw_data: base64::engine::general_purpose::STANDARD.encode(&record.data),
         sequence_number: record.sequence.to_string(),
+        lambda_arn: None,
     }
 }
 

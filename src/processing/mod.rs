@@ -1,9 +1,11 @@
 //! Record processing between the WAL and the open batches: what a record's content decides
 //! (its transforms, see [`transform`], and its dynamic partition, see [`partition`]). Everything here is pure and deterministic —
 //! a replayed record must land in the same partition — and must not do I/O, read the clock, or
-//! know about batches, sinks or the WAL.
+//! know about batches, sinks or the WAL. The Lambda transform's protocol lives in [`lambda`];
+//! its HTTP calls are the delivery loop's (`pipeline::lambda`).
 
 pub mod jq;
+pub mod lambda;
 pub mod partition;
 pub mod transform;
 
@@ -11,4 +13,4 @@ pub use partition::{
     KeyCompileError, KeyError, METADATA_EXTRACTION_FAILED, METADATA_EXTRACTION_OUTPUT_TYPE, PartitionKeys,
     PartitionValues,
 };
-pub use transform::{PROCESSING_FAILED_OUTPUT_TYPE, TransformConfig, TransformFailure, Transforms};
+pub use transform::{Chain, PROCESSING_FAILED_OUTPUT_TYPE, TransformConfig, TransformFailure, Transforms};

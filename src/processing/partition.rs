@@ -246,7 +246,7 @@ fn json_object_text(record: &[u8]) -> Result<&str, KeyError> {
 /// "partitionKeys values must not be null or empty"), values longer than an evaluated prefix may
 /// be, control characters, and `/`-separated pieces that are empty, `.` or `..` (object stores
 /// refuse such paths). A value may contain `/` to make several levels (`2026/11/25`).
-fn check_value(key: &str, value: &str) -> Result<(), KeyError> {
+pub fn check_value(key: &str, value: &str) -> Result<(), KeyError> {
     if value.is_empty() {
         return Err(KeyError::for_key(key, "value is empty (partition key values must not be null or empty)"));
     }

@@ -6,6 +6,10 @@
 //! Transforms must be deterministic: a batch is rebuilt from the WAL after a crash by running
 //! them again, and the rebuilt batch must hold the same records.
 //!
+//! A `lambda` entry is not a [`Transform`]: it does HTTP I/O, so the delivery loop runs it as an
+//! async stage (`pipeline::lambda`). [`Chain`] splits the list around it: the transforms before
+//! it run on each record as it is read, those after it on the function's outputs.
+//!
 //! Must not: do I/O, read the clock, or know about batches, partitions or sinks.
 
 use jaq_core::{Ctx, Vars, data, unwrap_valr};
@@ -13,6 +17,7 @@ use jaq_json::Val;
 use serde::Deserialize;
 
 use super::jq::{JqFilter, compile_jq, jq_error_text};
+use super::lambda::LambdaConfig;
 
 /// `!{firehose:error-output-type}` of records a transform failed (Firehose's folder for records
 /// its processing Lambda failed).
@@ -60,6 +65,9 @@ pub enum TransformConfig {
         #[serde(default = "default_true")]
         data_message_extraction: bool,
     },
+    /// Firehose's `Lambda` processor: records are sent, in invocations, to an HTTP function
+    /// speaking Firehose's event / response JSON (see `processing::lambda`).
+    Lambda(LambdaConfig),
 }
 
 fn default_true() -> bool {
@@ -80,13 +88,14 @@ impl TransformConfig {
             TransformConfig::Jq { .. } => "jq",
             TransformConfig::Decompress { .. } => "decompress",
             TransformConfig::CloudwatchLogs { .. } => "cloudwatch_logs",
+            TransformConfig::Lambda(_) => "lambda",
         }
     }
 
     /// Whether one input record may become several output records (`jq` with `.[]`, one record
     /// per CloudWatch Logs event).
     pub fn may_split(&self) -> bool {
-        !matches!(self, TransformConfig::Decompress { .. })
+        !matches!(self, TransformConfig::Decompress { .. } | TransformConfig::Lambda(_))
     }
 
     /// Compile; the error names what is wrong with the expression.
@@ -99,6 +108,52 @@ impl TransformConfig {
             TransformConfig::CloudwatchLogs { data_message_extraction } => {
                 Ok(Box::new(CloudWatchLogs { extract_messages: *data_message_extraction }))
             }
+            TransformConfig::Lambda(_) => {
+                Err("a lambda transform is not a record-by-record transform (see processing::transform::Chain)".into())
+            }
+        }
+    }
+}
+
+/// A stream's `processing.transforms` split around its Lambda (at most one, as Firehose has one
+/// `Lambda` processor): `before` runs on each record read from the WAL, the Lambda on their
+/// outputs, `after` on what the function returns. Without a Lambda, everything is in `before`.
+pub struct Chain {
+    pub before: Transforms,
+    pub lambda: Option<LambdaConfig>,
+    pub after: Transforms,
+}
+
+impl Chain {
+    /// Compile every transform; on failure, `(index, reason)` of each bad one (indices in the
+    /// whole list). A second Lambda is refused.
+    pub fn build(configs: &[TransformConfig]) -> Result<Self, Vec<(usize, String)>> {
+        let lambda_at = configs.iter().position(|config| matches!(config, TransformConfig::Lambda(_)));
+        let Some(lambda_at) = lambda_at else {
+            return Ok(Self { before: Transforms::build(configs)?, lambda: None, after: Transforms::empty() });
+        };
+        let mut problems = Vec::new();
+        let (head, tail) = (&configs[..lambda_at], &configs[lambda_at + 1..]);
+        for (offset, config) in tail.iter().enumerate() {
+            if matches!(config, TransformConfig::Lambda(_)) {
+                problems.push((lambda_at + 1 + offset, "only one lambda transform is allowed per stream".to_string()));
+            }
+        }
+        let sync_tail: Vec<TransformConfig> =
+            tail.iter().filter(|config| !matches!(config, TransformConfig::Lambda(_))).cloned().collect();
+        let before = Transforms::build(head).map_err(|bad| problems.extend(bad));
+        let after = Transforms::build(&sync_tail).map_err(|bad| {
+            // Indices of `sync_tail` are those of `tail` as long as no second Lambda precedes
+            // them; a second Lambda is already an error, so an approximate index is fine then.
+            problems.extend(bad.into_iter().map(|(index, reason)| (lambda_at + 1 + index, reason)));
+        });
+        let lambda = match &configs[lambda_at] {
+            TransformConfig::Lambda(config) => Some(config.clone()),
+            _ => None,
+        };
+        match (before, after) {
+            (Ok(before), Ok(after)) if problems.is_empty() => Ok(Self { before, lambda, after }),
+            _ => Err(problems),
         }
     }
 }
@@ -134,6 +189,10 @@ impl Transforms {
             }
         }
         if problems.is_empty() { Ok(Self { stages }) } else { Err(problems) }
+    }
+
+    pub fn empty() -> Self {
+        Self { stages: Vec::new() }
     }
 
     pub fn is_empty(&self) -> bool {

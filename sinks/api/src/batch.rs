@@ -22,8 +22,17 @@ pub struct Record {
 }
 
 /// A dynamic partition's key values (`!{partitionKeyFromQuery:k}` → value); empty without
-/// dynamic partitioning.
+/// dynamic partitioning. Keys a Lambda transform returned (`metadata.partitionKeys`) sit apart
+/// from the jq keys, under [`lambda_partition_key`]`(k)`.
 pub type PartitionKeys = BTreeMap<String, String>;
+
+/// Where [`PartitionKeys`] holds the value of `!{partitionKeyFromLambda:k}`.
+pub const LAMBDA_PARTITION_KEY_PREFIX: &str = "partitionKeyFromLambda:";
+
+/// The [`PartitionKeys`] entry name of the Lambda key `name`.
+pub fn lambda_partition_key(name: &str) -> String {
+    format!("{LAMBDA_PARTITION_KEY_PREFIX}{name}")
+}
 
 /// The sequences a batch holds, as sorted runs: one run for a stream without partitions, about
 /// one per record when many partitions interleave.

@@ -18,7 +18,7 @@ pub mod secret;
 pub mod sink;
 pub mod testkit;
 
-pub use batch::{Batch, PartitionKeys, Record, SequenceSet};
+pub use batch::{Batch, LAMBDA_PARTITION_KEY_PREFIX, PartitionKeys, Record, SequenceSet, lambda_partition_key};
 pub use codec::Compression;
 pub use encode::{EncodeError, Encoder, EncoderFactory, Payload, RawEncoder, RawEncoderFactory, RecordPosition};
 pub use error::{ErrorClass, RecordFailure, SinkError};

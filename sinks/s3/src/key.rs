@@ -273,10 +273,16 @@ impl PrefixTemplate {
                     }
                     out.push_str(error_output_type);
                 }
-                Segment::PartitionKey { name, .. } => {
+                Segment::PartitionKey { source, name } => {
+                    let entry = match source {
+                        PartitionKeySource::Query => std::borrow::Cow::Borrowed(name.as_str()),
+                        PartitionKeySource::Lambda => {
+                            std::borrow::Cow::Owned(spillway_sink_api::lambda_partition_key(name))
+                        }
+                    };
                     let value = context
                         .partition_keys
-                        .get(name)
+                        .get(entry.as_ref())
                         .ok_or_else(|| RenderError::MissingPartitionKey(name.clone()))?;
                     out.push_str(value);
                 }
@@ -671,7 +677,18 @@ mod tests {
         };
         assert_eq!(template.render(&context), Err(RenderError::MissingPartitionKey("team".to_string())));
 
-        keys.insert("team".to_string(), "core".to_string());
+        // A jq key of the same name is not the Lambda's key.
+        keys.insert("team".to_string(), "from-query".to_string());
+        let context = RenderContext {
+            time: &now,
+            zone: utc(),
+            batch_id: Uuid::nil(),
+            error_output_type: None,
+            partition_keys: &keys,
+        };
+        assert_eq!(template.render(&context), Err(RenderError::MissingPartitionKey("team".to_string())));
+
+        keys.insert(spillway_sink_api::lambda_partition_key("team"), "core".to_string());
         let context = RenderContext {
             time: &now,
             zone: utc(),

@@ -175,6 +175,11 @@ fn position_key(shard_id: &str) -> String {
     format!("kinesis:{shard_id}")
 }
 
+/// The Kinesis shard id of a frame's source, when the frame came from a Kinesis shard.
+pub fn shard_id_of(source_shard: &str) -> Option<&str> {
+    source_shard.strip_prefix("kinesis:")
+}
+
 /// A shard's cursor as the WAL keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Position {

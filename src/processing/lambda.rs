@@ -1,0 +1,426 @@
+//! Firehose's Lambda transform protocol (`type: lambda` in `processing.transforms`): the
+//! configuration (Firehose's `Lambda` processor parameters), the invocation event JSON, and the
+//! reading and checking of the function's response.
+//!
+//! Event: `{"invocationId", "deliveryStreamArn", "region", "records": [{"recordId",
+//! "approximateArrivalTimestamp", "data" (base64), "kinesisRecordMetadata"? }]}`. Response:
+//! `{"records": [{"recordId", "result": "Ok" | "Dropped" | "ProcessingFailed", "data" (base64),
+//! "metadata": {"partitionKeys": {k: v}}}]}`. Every record sent must come back exactly once; a
+//! response that breaks that, is not JSON or has a bad result fails the whole invocation with
+//! Firehose's error code.
+//!
+//! Must not: do I/O (the invoker in `pipeline::lambda` does the HTTP), read the clock, or know
+//! about batches, partitions or sinks.
+
+use std::collections::{BTreeMap, HashMap};
+
+use base64::Engine;
+use serde::{Deserialize, Serialize, Serializer};
+use spillway_sink_api::Secret;
+
+/// `errorCode`: the response is not JSON, or does not follow the status model (no `records`,
+/// a `result` that is not `Ok` / `Dropped` / `ProcessingFailed`, data that is not base64).
+pub const JSON_PROCESSING_EXCEPTION: &str = "Lambda.JsonProcessingException";
+/// `errorCode`: a record sent was not returned.
+pub const MISSING_RECORD_ID: &str = "Lambda.MissingRecordId";
+/// `errorCode`: a record id was returned more than once.
+pub const DUPLICATED_RECORD_ID: &str = "Lambda.DuplicatedRecordId";
+/// `errorCode` (spillway's; Firehose's guide names none for it): every record sent came back,
+/// plus records with ids that were never sent.
+pub const UNKNOWN_RECORD_ID: &str = "Lambda.UnknownRecordId";
+/// `errorCode` of a record the function marked `ProcessingFailed` (as Firehose writes it).
+pub const PROCESSING_FAILED_STATUS: &str = "Lambda.ProcessingFailedStatus";
+/// `errorMessage` of such a record.
+pub const PROCESSING_FAILED_STATUS_MESSAGE: &str = "ProcessingFailed status set for record";
+/// `errorCode`: the function answered with an error status (5xx, or a 4xx not listed below).
+pub const FUNCTION_ERROR: &str = "Lambda.FunctionError";
+/// `errorCode`: no answer within `timeout_seconds`.
+pub const FUNCTION_TIMED_OUT: &str = "Lambda.FunctionTimedOut";
+/// `errorCode`: HTTP 429.
+pub const INVOKE_LIMIT_EXCEEDED: &str = "Lambda.InvokeLimitExceeded";
+/// `errorCode`: HTTP 401 / 403.
+pub const INVOKE_ACCESS_DENIED: &str = "Lambda.InvokeAccessDenied";
+/// `errorCode`: HTTP 404.
+pub const RESOURCE_NOT_FOUND: &str = "Lambda.ResourceNotFound";
+/// `errorCode` (spillway's, as Firehose's HTTP endpoint destination names it): the function's
+/// address could not be reached (connection refused or reset, DNS, TLS).
+pub const CONNECTION_FAILED: &str = "Lambda.ConnectionFailed";
+
+/// Lambda's synchronous invocation payload cap, for the request and the response.
+pub const MAX_PAYLOAD_BYTES: usize = 6 * 1024 * 1024;
+
+/// Firehose's processor buffer size hint range and default (MB; spillway counts MiB).
+pub const BUFFER_SIZE_MIB_RANGE: (f64, f64) = (0.2, 3.0);
+pub const DEFAULT_BUFFER_SIZE_MIB: f64 = 1.0;
+/// Firehose's processor buffer interval hint range and default (seconds).
+pub const BUFFER_INTERVAL_SECONDS_RANGE: (u64, u64) = (0, 900);
+pub const DEFAULT_BUFFER_INTERVAL_SECONDS: u64 = 60;
+/// `NumberOfRetries`: default 3; the console allows up to 300.
+pub const MAX_NUMBER_OF_RETRIES: u32 = 300;
+pub const DEFAULT_NUMBER_OF_RETRIES: u32 = 3;
+/// A Lambda function runs at most 15 minutes; Firehose waits up to 5.
+pub const TIMEOUT_SECONDS_RANGE: (u64, u64) = (1, 900);
+pub const DEFAULT_TIMEOUT_SECONDS: u64 = 300;
+
+/// `processing.transforms[] {type: lambda, …}`: Firehose's `Lambda` processor, calling any HTTP
+/// function that speaks the event / response JSON.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LambdaConfig {
+    /// Where the event is POSTed (`http://` or `https://`).
+    pub url: String,
+    /// Extra request headers, e.g. for auth (`Authorization: Bearer ${TOKEN}`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    /// Firehose's `LambdaArn`: written as `lambdaArn` in `processing-failed` records (default:
+    /// the url).
+    #[serde(default)]
+    pub function_arn: Option<String>,
+    /// Firehose's `BufferSizeInMBs`: record bytes per invocation (0.2–3, default 1).
+    #[serde(default = "default_buffer_size_mib")]
+    pub buffer_size_mib: f64,
+    /// Firehose's `BufferIntervalInSeconds`: the longest a record waits for its invocation
+    /// (0–900, default 60).
+    #[serde(default = "default_buffer_interval_seconds")]
+    pub buffer_interval_seconds: u64,
+    /// Firehose's `NumberOfRetries` for an invocation that fails (HTTP error, timeout,
+    /// connection): 0–300, default 3.
+    #[serde(default = "default_number_of_retries")]
+    pub number_of_retries: u32,
+    /// How long one attempt may take (1–900 s, default 300).
+    #[serde(default = "default_timeout_seconds")]
+    pub timeout_seconds: u64,
+}
+
+fn default_buffer_size_mib() -> f64 {
+    DEFAULT_BUFFER_SIZE_MIB
+}
+fn default_buffer_interval_seconds() -> u64 {
+    DEFAULT_BUFFER_INTERVAL_SECONDS
+}
+fn default_number_of_retries() -> u32 {
+    DEFAULT_NUMBER_OF_RETRIES
+}
+fn default_timeout_seconds() -> u64 {
+    DEFAULT_TIMEOUT_SECONDS
+}
+
+impl LambdaConfig {
+    /// Every problem, as (field, message); pure.
+    pub fn validate(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        match reqwest::Url::parse(&self.url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+            Ok(url) => problems.push(("url", format!("must be http:// or https:// (got {}://)", url.scheme()))),
+            Err(error) => problems.push(("url", format!("is not a URL: {error}"))),
+        }
+        for (name, value) in &self.headers {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                problems.push(("headers", format!("`{name}` is not a valid header name")));
+            }
+            if reqwest::header::HeaderValue::from_str(value.expose()).is_err() {
+                problems.push(("headers", format!("the value of `{name}` is not a valid header value")));
+            }
+        }
+        let (low, high) = BUFFER_SIZE_MIB_RANGE;
+        if !(low..=high).contains(&self.buffer_size_mib) {
+            problems
+                .push(("buffer_size_mib", format!("must be between {low} and {high} (got {})", self.buffer_size_mib)));
+        }
+        let (low, high) = BUFFER_INTERVAL_SECONDS_RANGE;
+        if !(low..=high).contains(&self.buffer_interval_seconds) {
+            problems.push((
+                "buffer_interval_seconds",
+                format!("must be between {low} and {high} (got {})", self.buffer_interval_seconds),
+            ));
+        }
+        if self.number_of_retries > MAX_NUMBER_OF_RETRIES {
+            problems.push((
+                "number_of_retries",
+                format!("must be between 0 and {MAX_NUMBER_OF_RETRIES} (got {})", self.number_of_retries),
+            ));
+        }
+        let (low, high) = TIMEOUT_SECONDS_RANGE;
+        if !(low..=high).contains(&self.timeout_seconds) {
+            problems
+                .push(("timeout_seconds", format!("must be between {low} and {high} (got {})", self.timeout_seconds)));
+        }
+        problems
+    }
+
+    /// The size hint in bytes.
+    pub fn buffer_size_bytes(&self) -> usize {
+        (self.buffer_size_mib * (1u64 << 20) as f64) as usize
+    }
+
+    /// `lambdaArn` of error records.
+    pub fn lambda_arn(&self) -> &str {
+        self.function_arn.as_deref().unwrap_or(&self.url)
+    }
+}
+
+/// One record of an invocation event.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventRecord<'a> {
+    pub record_id: &'a str,
+    pub approximate_arrival_timestamp: i64,
+    #[serde(serialize_with = "as_base64")]
+    pub data: &'a [u8],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kinesis_record_metadata: Option<serde_json::Value>,
+}
+
+fn as_base64<S: Serializer>(data: &&[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(data))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Event<'a> {
+    invocation_id: &'a str,
+    delivery_stream_arn: &'a str,
+    region: &'a str,
+    records: &'a [EventRecord<'a>],
+}
+
+/// The invocation event's JSON body.
+pub fn encode_event(
+    invocation_id: &str,
+    delivery_stream_arn: &str,
+    region: &str,
+    records: &[EventRecord<'_>],
+) -> Vec<u8> {
+    let event = Event { invocation_id, delivery_stream_arn, region, records };
+    // Serializing strings, numbers and JSON values cannot fail.
+    serde_json::to_vec(&event).unwrap_or_default()
+}
+
+/// The event size of one record beyond its data's base64, for the payload cap: its id, its
+/// timestamp and the JSON punctuation, generously.
+pub const EVENT_RECORD_OVERHEAD: usize = 160;
+/// Kinesis metadata adds about this much per record.
+pub const KINESIS_METADATA_OVERHEAD: usize = 320;
+
+/// The bytes a record of `data_len` bytes takes in the event.
+pub fn event_record_len(data_len: usize, with_kinesis_metadata: bool) -> usize {
+    data_len.div_ceil(3) * 4 + EVENT_RECORD_OVERHEAD + if with_kinesis_metadata { KINESIS_METADATA_OVERHEAD } else { 0 }
+}
+
+/// What the function decided for one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordResult {
+    Ok {
+        data: Vec<u8>,
+        /// `metadata.partitionKeys` (values as text).
+        partition_keys: Option<BTreeMap<String, String>>,
+    },
+    Dropped,
+    ProcessingFailed,
+}
+
+/// Why an invocation failed as a whole; every record it carried goes to the error output.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct InvocationFailure {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl InvocationFailure {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+#[derive(Deserialize)]
+struct Response {
+    records: Vec<ResponseRecord>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseRecord {
+    record_id: String,
+    result: ResultValue,
+    #[serde(default)]
+    data: Option<String>,
+    #[serde(default)]
+    metadata: Option<ResponseMetadata>,
+}
+
+#[derive(Deserialize)]
+enum ResultValue {
+    Ok,
+    Dropped,
+    ProcessingFailed,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseMetadata {
+    #[serde(default)]
+    partition_keys: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+/// Read the response body against the ids sent (in order); the results come back in the order
+/// sent. Checked in Firehose's order: parse (and the status model), duplicated ids, missing ids;
+/// then ids that were never sent.
+pub fn parse_response(body: &[u8], sent_ids: &[&str]) -> Result<Vec<RecordResult>, InvocationFailure> {
+    let response: Response = serde_json::from_slice(body).map_err(|error| {
+        InvocationFailure::new(
+            JSON_PROCESSING_EXCEPTION,
+            format!("there was an error parsing returned records from the Lambda function: {error}"),
+        )
+    })?;
+    let mut returned: HashMap<&str, &ResponseRecord> = HashMap::with_capacity(response.records.len());
+    for record in &response.records {
+        if returned.insert(record.record_id.as_str(), record).is_some() {
+            return Err(InvocationFailure::new(
+                DUPLICATED_RECORD_ID,
+                format!("multiple records were returned with the same record id `{}`", record.record_id),
+            ));
+        }
+    }
+    let mut results = Vec::with_capacity(sent_ids.len());
+    for id in sent_ids {
+        let Some(record) = returned.get(id) else {
+            return Err(InvocationFailure::new(
+                MISSING_RECORD_ID,
+                format!("one or more record ids were not returned (first missing: `{id}`)"),
+            ));
+        };
+        results.push(read_result(record)?);
+    }
+    if response.records.len() > sent_ids.len() {
+        let sent: std::collections::HashSet<&str> = sent_ids.iter().copied().collect();
+        let unknown = response.records.iter().find(|record| !sent.contains(record.record_id.as_str()));
+        let id = unknown.map_or("", |record| record.record_id.as_str());
+        return Err(InvocationFailure::new(UNKNOWN_RECORD_ID, format!("record id `{id}` was returned but never sent")));
+    }
+    Ok(results)
+}
+
+fn read_result(record: &ResponseRecord) -> Result<RecordResult, InvocationFailure> {
+    let malformed = |what: String| {
+        InvocationFailure::new(JSON_PROCESSING_EXCEPTION, format!("record `{}`: {what}", record.record_id))
+    };
+    match record.result {
+        ResultValue::Dropped => Ok(RecordResult::Dropped),
+        ResultValue::ProcessingFailed => Ok(RecordResult::ProcessingFailed),
+        ResultValue::Ok => {
+            let encoded = record.data.as_deref().ok_or_else(|| malformed("result Ok without data".into()))?;
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|error| malformed(format!("data is not base64: {error}")))?;
+            let partition_keys = match record.metadata.as_ref().and_then(|metadata| metadata.partition_keys.as_ref()) {
+                None => None,
+                Some(keys) => {
+                    let mut texts = BTreeMap::new();
+                    for (name, value) in keys {
+                        let text = match value {
+                            serde_json::Value::String(text) => text.clone(),
+                            serde_json::Value::Number(number) => number.to_string(),
+                            serde_json::Value::Bool(flag) => flag.to_string(),
+                            _ => return Err(malformed(format!("partition key `{name}` is not a string"))),
+                        };
+                        texts.insert(name.clone(), text);
+                    }
+                    Some(texts)
+                }
+            };
+            Ok(RecordResult::Ok { data, partition_keys })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(data: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(data)
+    }
+
+    #[test]
+    fn the_event_has_firehose_s_fields() {
+        let records = [EventRecord {
+            record_id: "7-0",
+            approximate_arrival_timestamp: 1_764_115_200_123,
+            data: b"hello",
+            kinesis_record_metadata: None,
+        }];
+        let body = encode_event("inv", "arn:aws:firehose:us-east-1:1:deliverystream/s", "us-east-1", &records);
+        let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(event["invocationId"], "inv");
+        assert_eq!(event["deliveryStreamArn"], "arn:aws:firehose:us-east-1:1:deliverystream/s");
+        assert_eq!(event["region"], "us-east-1");
+        assert_eq!(event["records"][0]["recordId"], "7-0");
+        assert_eq!(event["records"][0]["approximateArrivalTimestamp"], 1_764_115_200_123i64);
+        assert_eq!(event["records"][0]["data"], b64("hello"));
+        assert!(event["records"][0].get("kinesisRecordMetadata").is_none());
+        assert!(event_record_len(5, false) >= body.len() - 120);
+    }
+
+    #[test]
+    fn results_come_back_in_sent_order() {
+        let body = format!(
+            r#"{{"records":[{{"recordId":"b","result":"Dropped"}},{{"recordId":"c","result":"ProcessingFailed","data":""}},
+            {{"recordId":"a","result":"Ok","data":"{}","metadata":{{"partitionKeys":{{"team":"core","n":3}}}}}}]}}"#,
+            b64("HI")
+        );
+        let results = parse_response(body.as_bytes(), &["a", "b", "c"]).unwrap();
+        let keys = BTreeMap::from([("n".to_string(), "3".to_string()), ("team".to_string(), "core".to_string())]);
+        assert_eq!(
+            results,
+            [
+                RecordResult::Ok { data: b"HI".to_vec(), partition_keys: Some(keys) },
+                RecordResult::Dropped,
+                RecordResult::ProcessingFailed
+            ]
+        );
+    }
+
+    #[test]
+    fn a_broken_response_fails_with_firehose_s_code() {
+        let ok = |id: &str| format!(r#"{{"recordId":"{id}","result":"Ok","data":"{}"}}"#, b64("x"));
+        let code = |body: &str| parse_response(body.as_bytes(), &["a", "b"]).unwrap_err().code;
+        assert_eq!(code("not json"), JSON_PROCESSING_EXCEPTION);
+        assert_eq!(code(r#"{"result":[]}"#), JSON_PROCESSING_EXCEPTION);
+        assert_eq!(
+            code(&format!(r#"{{"records":[{},{{"recordId":"b","result":"Fine"}}]}}"#, ok("a"))),
+            JSON_PROCESSING_EXCEPTION
+        );
+        assert_eq!(
+            code(&format!(r#"{{"records":[{},{{"recordId":"b","result":"Ok"}}]}}"#, ok("a"))),
+            JSON_PROCESSING_EXCEPTION
+        );
+        assert_eq!(
+            code(&format!(r#"{{"records":[{},{{"recordId":"b","result":"Ok","data":"!!"}}]}}"#, ok("a"))),
+            JSON_PROCESSING_EXCEPTION
+        );
+        assert_eq!(code(&format!(r#"{{"records":[{}]}}"#, ok("a"))), MISSING_RECORD_ID);
+        assert_eq!(code(&format!(r#"{{"records":[{},{},{}]}}"#, ok("a"), ok("b"), ok("a"))), DUPLICATED_RECORD_ID);
+        assert_eq!(code(&format!(r#"{{"records":[{},{},{}]}}"#, ok("a"), ok("b"), ok("zz"))), UNKNOWN_RECORD_ID);
+        assert_eq!(code(&format!(r#"{{"records":[{},{}]}}"#, ok("a"), ok("zz"))), MISSING_RECORD_ID);
+    }
+
+    #[test]
+    fn validation_names_every_bad_field() {
+        let config: LambdaConfig = serde_yaml_ng::from_str(
+            "{ url: 'ftp://x', buffer_size_mib: 4, buffer_interval_seconds: 901, number_of_retries: 301, timeout_seconds: 0, headers: { 'bad name': v } }",
+        )
+        .unwrap();
+        let fields: Vec<&str> = config.validate().into_iter().map(|(field, _)| field).collect();
+        assert_eq!(
+            fields,
+            ["url", "headers", "buffer_size_mib", "buffer_interval_seconds", "number_of_retries", "timeout_seconds"]
+        );
+        let config: LambdaConfig = serde_yaml_ng::from_str("{ url: 'http://127.0.0.1:9/f' }").unwrap();
+        assert!(config.validate().is_empty());
+        assert_eq!(config.buffer_size_bytes(), 1 << 20);
+        assert_eq!(config.buffer_interval_seconds, 60);
+        assert_eq!(config.number_of_retries, 3);
+        assert_eq!(config.lambda_arn(), "http://127.0.0.1:9/f");
+    }
+}
