@@ -103,6 +103,8 @@ pub struct StreamMetrics {
     pub open_partitions: Gauge,
     /// 1 when the sink's last healthcheck passed, else 0.
     pub sink_up: Gauge,
+    /// Lambda transform invocations (Firehose's `ExecuteProcessing.*` and `SucceedProcessing.*`).
+    pub processing: ProcessingMetrics,
     /// Arrival time (Unix ms) of the oldest record not yet delivered, 0 when there is none; the
     /// freshness gauge is its age at scrape time.
     oldest_undelivered_arrival_ms: Arc<AtomicI64>,
@@ -110,6 +112,103 @@ pub struct StreamMetrics {
     last_error: Arc<Mutex<Option<LastError>>>,
     /// Per-shard instruments of a pulled source (Kinesis, …).
     pub source: SourceMetrics,
+}
+
+/// A stream's Lambda invocations: outcomes, durations (first attempt to answer, retries
+/// included) and what happened to the records.
+#[derive(Clone)]
+pub struct ProcessingMetrics {
+    pub invocations_succeeded: Counter,
+    pub invocations_failed: Counter,
+    pub duration: Histogram,
+    pub records_ok: Counter,
+    pub records_dropped: Counter,
+    pub records_failed: Counter,
+}
+
+impl Default for ProcessingMetrics {
+    fn default() -> Self {
+        Self {
+            invocations_succeeded: Counter::default(),
+            invocations_failed: Counter::default(),
+            duration: processing_duration_buckets(),
+            records_ok: Counter::default(),
+            records_dropped: Counter::default(),
+            records_failed: Counter::default(),
+        }
+    }
+}
+
+fn processing_duration_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 16))
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    stream: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    stream: String,
+    result: &'static str,
+}
+
+/// The registered processing families.
+struct ProcessingFamilies {
+    invocations: Family<OutcomeLabels, Counter>,
+    duration: HistogramFamily<StreamLabels>,
+    records: Family<ResultLabels, Counter>,
+}
+
+impl ProcessingFamilies {
+    fn register(registry: &mut Registry) -> Self {
+        let families = Self {
+            invocations: Family::default(),
+            duration: Family::new_with_constructor(processing_duration_buckets),
+            records: Family::default(),
+        };
+        registry.register(
+            "spillway_processing_invocations",
+            "lambda invocations by outcome: success, or failure after the retries (ExecuteProcessing.Success)",
+            families.invocations.clone(),
+        );
+        registry.register(
+            "spillway_processing_duration_seconds",
+            "time from a lambda invocation's first attempt to its outcome (ExecuteProcessing.Duration)",
+            families.duration.clone(),
+        );
+        registry.register(
+            "spillway_processing_records",
+            "records a lambda answered, by result: ok, dropped, failed (SucceedProcessing.Records)",
+            families.records.clone(),
+        );
+        families
+    }
+
+    fn instruments(&self, stream: &str) -> ProcessingMetrics {
+        let outcome = |outcome| OutcomeLabels { stream: stream.to_string(), outcome };
+        let result = |result| ResultLabels { stream: stream.to_string(), result };
+        ProcessingMetrics {
+            invocations_succeeded: self.invocations.get_or_create_owned(&outcome("success")),
+            invocations_failed: self.invocations.get_or_create_owned(&outcome("failure")),
+            duration: self.duration.get_or_create_owned(&StreamLabels { stream: stream.to_string() }),
+            records_ok: self.records.get_or_create_owned(&result("ok")),
+            records_dropped: self.records.get_or_create_owned(&result("dropped")),
+            records_failed: self.records.get_or_create_owned(&result("failed")),
+        }
+    }
+
+    fn remove(&self, stream: &str) {
+        for outcome in ["success", "failure"] {
+            self.invocations.remove(&OutcomeLabels { stream: stream.to_string(), outcome });
+        }
+        for result in ["ok", "dropped", "failed"] {
+            self.records.remove(&ResultLabels { stream: stream.to_string(), result });
+        }
+        self.duration.remove(&StreamLabels { stream: stream.to_string() });
+    }
 }
 
 /// A pulled source's per-shard instruments: take one shard's with [`SourceMetrics::shard`].
@@ -236,6 +335,7 @@ impl Default for StreamMetrics {
             partition_count_exceeded: Counter::default(),
             open_partitions: Gauge::default(),
             sink_up: Gauge::default(),
+            processing: ProcessingMetrics::default(),
             oldest_undelivered_arrival_ms: Arc::default(),
             last_error: Arc::default(),
             source: SourceMetrics::default(),
@@ -303,6 +403,7 @@ struct Families {
     open_partitions: Family<StreamLabels, Gauge>,
     sink_up: Family<SinkLabels, Gauge>,
     source: SourceFamilies,
+    processing: ProcessingFamilies,
 }
 
 impl Families {
@@ -324,6 +425,7 @@ impl Families {
             open_partitions: Family::default(),
             sink_up: Family::default(),
             source: SourceFamilies::default(),
+            processing: ProcessingFamilies::register(registry),
         };
         // Counters get their `_total` suffix from the encoder.
         let f = &families;
@@ -427,6 +529,7 @@ impl Metrics {
             partition_count_exceeded: f.partition_count_exceeded.get_or_create_owned(&by_stream),
             open_partitions: f.open_partitions.get_or_create_owned(&by_stream),
             sink_up: f.sink_up.get_or_create_owned(&by_sink),
+            processing: f.processing.instruments(stream),
             oldest_undelivered_arrival_ms: Arc::default(),
             last_error: Arc::default(),
             source: SourceMetrics { stream: stream.to_string(), families: f.source.clone(), shards: Arc::default() },
@@ -458,6 +561,7 @@ impl Metrics {
         f.batch_size.remove(&by_sink);
         f.delivery_latency.remove(&by_sink);
         f.sink_up.remove(&by_sink);
+        f.processing.remove(stream);
     }
 
     /// Export the open-batch memory budget's use (`limits.max_open_batches_mib`).

@@ -364,7 +364,7 @@ impl Lifecycle {
         if let Some(lambda) = &chain.lambda {
             let stream_arn =
                 format!("arn:aws:firehose:{}:{}:deliverystream/{name}", self.env.region, self.env.account_id);
-            let invoker = Invoker::new(lambda, stream_arn, self.env.region.clone())
+            let invoker = Invoker::new(lambda, stream_arn, self.env.region.clone(), metrics.processing.clone())
                 .map_err(|error| AppError::Processing { stream: name.clone(), message: error.to_string() })?;
             let lambda_keys: std::collections::BTreeSet<String> = config
                 .sink

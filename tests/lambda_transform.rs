@@ -160,6 +160,19 @@ fn start(dir: &std::path::Path, yaml: &str) -> Spillway {
     Spillway::start_with_env(dir, &config, &[("LAMBDA_TOKEN", "s3cr3t")], &[])
 }
 
+/// Wait (bounded) until a metric reaches `value`.
+async fn wait_for_metric(spillway: &Spillway, name: &str, value: f64) {
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        let now = spillway.metric(name).await;
+        if now.is_some_and(|now| now >= value) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{name} is {now:?}, not {value}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn put(client: &aws_sdk_firehose::Client, records: &[String]) {
     let records = records.iter().map(|data| Record::builder().data(Blob::new(data.as_bytes())).build().unwrap());
     let output = client
@@ -219,6 +232,20 @@ async fn records_are_transformed_dropped_failed_and_partitioned_by_the_function_
     }
     records.push(record(60, "alpha", "nokey"));
     put(&client, &records).await;
+    // Processing metrics: exact record counts by the function's result (SucceedProcessing).
+    let expected_results = [("ok", 37.0), ("dropped", 12.0), ("failed", 12.0)];
+    wait_for_metric(&spillway, "spillway_processing_records_total{result=\"ok\",stream=\"app-logs\"}", 37.0).await;
+    for (result, count) in expected_results {
+        let name = format!("spillway_processing_records_total{{result=\"{result}\",stream=\"app-logs\"}}");
+        assert_eq!(spillway.metric(&name).await, Some(count), "{name}");
+    }
+    let invocations = function.seen().len() as f64;
+    let metric =
+        |outcome: &str| format!("spillway_processing_invocations_total{{outcome=\"{outcome}\",stream=\"app-logs\"}}");
+    assert_eq!(spillway.metric(&metric("success")).await, Some(invocations));
+    assert_eq!(spillway.metric(&metric("failure")).await, Some(0.0));
+    let durations = spillway.metric("spillway_processing_duration_seconds_count{stream=\"app-logs\"}").await;
+    assert_eq!(durations, Some(invocations), "one duration per invocation");
     assert_eq!(spillway.terminate(), 0);
 
     let objects = local_objects(&dir.path().join("out"));
@@ -369,6 +396,11 @@ async fn a_failing_call_is_retried_until_the_function_answers() {
     put(&client, &records).await;
     common::eventually(common::WAIT, "three calls", || (function.calls.load(Ordering::SeqCst) >= 3).then_some(()))
         .await;
+    // Retries are inside one invocation: one success, its duration spanning them.
+    let success = "spillway_processing_invocations_total{outcome=\"success\",stream=\"app-logs\"}";
+    wait_for_metric(&spillway, success, 1.0).await;
+    let failure = "spillway_processing_invocations_total{outcome=\"failure\",stream=\"app-logs\"}";
+    assert_eq!(spillway.metric(failure).await, Some(0.0));
     assert_eq!(spillway.terminate(), 0);
 
     let objects = local_objects(&dir.path().join("out"));

@@ -15,6 +15,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::Semaphore;
 
 use super::retry::backoff;
+use crate::metrics::ProcessingMetrics;
 use crate::processing::lambda::{
     self, CONNECTION_FAILED, FUNCTION_ERROR, FUNCTION_TIMED_OUT, INVOKE_ACCESS_DENIED, INVOKE_LIMIT_EXCEEDED,
     InvocationFailure, LambdaConfig, MAX_PAYLOAD_BYTES, RESOURCE_NOT_FOUND, RecordResult,
@@ -55,6 +56,7 @@ pub struct Invoker {
     pub stream_arn: String,
     pub region: String,
     slots: Arc<Semaphore>,
+    metrics: ProcessingMetrics,
 }
 
 /// An attempt's failure, and whether another attempt may help.
@@ -64,7 +66,12 @@ struct AttemptError {
 }
 
 impl Invoker {
-    pub fn new(config: &LambdaConfig, stream_arn: String, region: String) -> Result<Self, InvokerError> {
+    pub fn new(
+        config: &LambdaConfig,
+        stream_arn: String,
+        region: String,
+        metrics: ProcessingMetrics,
+    ) -> Result<Self, InvokerError> {
         let url = reqwest::Url::parse(&config.url).map_err(|error| InvokerError::Config(format!("url: {error}")))?;
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -90,11 +97,34 @@ impl Invoker {
             stream_arn,
             region,
             slots: Arc::new(Semaphore::new(MAX_INVOCATIONS_IN_FLIGHT)),
+            metrics,
         })
     }
 
     /// Send `event` (its JSON body) holding records `ids`, retrying as configured.
     pub async fn invoke(&self, event: bytes::Bytes, ids: Arc<Vec<String>>) -> InvocationReport {
+        let started = std::time::Instant::now();
+        let report = self.invoke_with_retries(event, ids).await;
+        self.metrics.duration.observe(started.elapsed().as_secs_f64());
+        match &report.outcome {
+            Ok(results) => {
+                self.metrics.invocations_succeeded.inc();
+                for result in results {
+                    match result {
+                        RecordResult::Ok { .. } => self.metrics.records_ok.inc(),
+                        RecordResult::Dropped => self.metrics.records_dropped.inc(),
+                        RecordResult::ProcessingFailed => self.metrics.records_failed.inc(),
+                    };
+                }
+            }
+            Err(_) => {
+                self.metrics.invocations_failed.inc();
+            }
+        }
+        report
+    }
+
+    async fn invoke_with_retries(&self, event: bytes::Bytes, ids: Arc<Vec<String>>) -> InvocationReport {
         let mut attempts = 0;
         loop {
             attempts += 1;
