@@ -3,10 +3,13 @@
 //!
 //! Must not: buffer or deliver; that is the pipeline's job.
 
+mod aws;
 pub mod direct_put;
+pub mod dynamodb_streams;
 pub mod file;
 pub mod http;
 pub mod kinesis;
+pub mod shards;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -39,6 +42,8 @@ pub enum SourceConfig {
     File(file::FileSourceConfig),
     /// The shards of a Kinesis data stream.
     Kinesis(kinesis::KinesisSourceConfig),
+    /// The shards of a DynamoDB table's stream.
+    DynamodbStreams(dynamodb_streams::DynamodbStreamsSourceConfig),
 }
 
 impl SourceConfig {
@@ -47,6 +52,7 @@ impl SourceConfig {
             SourceConfig::DirectPut => "direct_put",
             SourceConfig::File(_) => "file",
             SourceConfig::Kinesis(_) => "kinesis",
+            SourceConfig::DynamodbStreams(_) => "dynamodb_streams",
         }
     }
 
@@ -62,6 +68,7 @@ impl SourceConfig {
             SourceConfig::DirectPut => Vec::new(),
             SourceConfig::File(config) => config.validate(),
             SourceConfig::Kinesis(config) => config.validate(),
+            SourceConfig::DynamodbStreams(config) => config.validate(),
         }
     }
 
@@ -81,6 +88,13 @@ impl SourceConfig {
             SourceConfig::Kinesis(config) => {
                 vec![tokio::spawn(kinesis::run(stream.to_string(), config.clone(), wal.clone(), metrics.clone(), stop))]
             }
+            SourceConfig::DynamodbStreams(config) => vec![tokio::spawn(dynamodb_streams::run(
+                stream.to_string(),
+                config.clone(),
+                wal.clone(),
+                metrics.clone(),
+                stop,
+            ))],
         }
     }
 }
