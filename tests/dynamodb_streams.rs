@@ -338,7 +338,7 @@ async fn inserts_modifies_and_removes_arrive_with_their_images_typed_and_unmarsh
     let records: f64 = metrics
         .lines()
         .filter(|line| line.starts_with("spillway_source_records_total{stream=\"typed\""))
-        .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(records, 4.0, "records per shard:\n{metrics}");
     assert!(metrics.lines().any(|line| line.starts_with("spillway_source_millis_behind_latest{stream=\"typed\"")));

@@ -15,6 +15,7 @@
 use std::time::Duration;
 
 // The SDKs share these types (aws-smithy re-exports): one classifier serves every adapter.
+use aws_sdk_kinesis::config::http::HttpResponse;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use bytes::Bytes;
 use rand::Rng;
@@ -71,10 +72,9 @@ pub enum ReadError {
 
 /// Classify any Kinesis or DynamoDB (Streams) call's error by its code (the SDK's typed variants
 /// differ per operation).
-pub fn classify<E, R>(error: SdkError<E, R>) -> ReadError
+pub fn classify<E>(error: SdkError<E, HttpResponse>) -> ReadError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug,
 {
     let SdkError::ServiceError(context) = &error else {
         return ReadError::Transient(aws_smithy_error_text(&error));
@@ -96,6 +96,9 @@ where
         "InternalFailureException" | "InternalServerError" | "ServiceUnavailable" | "ServiceUnavailableException" => {
             ReadError::Transient(text)
         }
+        // A 5xx without a known code (an HTML error page from a proxy or an emulator) is the
+        // server's trouble, not a refusal.
+        _ if context.raw().status().is_server_error() => ReadError::Transient(text),
         _ => ReadError::NeedsOperator(text),
     }
 }
