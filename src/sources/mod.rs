@@ -1,5 +1,7 @@
 //! Sources: where records come from. Pushed sources (the Firehose Direct PUT API and NDJSON over
 //! HTTP) append to the stream's WAL through [`Ingest`] and acknowledge only after the append.
+//! Pulled sources (`file`, and `kinesis` / `dynamodb_streams`, thin adapters over the shard-reader
+//! core in [`shards`]) append with their position in each frame.
 //!
 //! Must not: buffer or deliver; that is the pipeline's job.
 
