@@ -268,11 +268,12 @@ pub async fn read_shard(context: &Context, shard_id: &str, start: Start, mut sto
             metrics.millis_behind_latest.set(behind);
         }
         let record_count = records.len();
-        let (frames, keep_from) = frames(records, skip_before(context.api.timestamp_starts(), &resume));
-        if let (Some(cut), None) = (skip_before(context.api.timestamp_starts(), &resume), keep_from.as_ref())
+        let cut = skip_before(context.api.timestamp_starts(), &resume);
+        let (frames, kept_from) = frames(records, cut);
+        if let Some(cut) = cut
             && record_count > 0
         {
-            tracing::debug!(stream = %context.stream, shard = shard_id, skipped = record_count, before_ms = cut, "records older than the start time skipped");
+            tracing::debug!(stream = %context.stream, shard = shard_id, response_records = record_count, before_ms = cut, first_kept = ?kept_from, "reading past records older than the start time");
         }
         for frame in frames {
             let position = Position::After(frame.last_sequence.clone());
