@@ -533,3 +533,83 @@ async fn a_table_without_a_stream_and_an_unknown_table_are_named_until_fixed() {
         "{stderr}"
     );
 }
+
+/// A sink that is down (its bucket does not exist yet) fills the 8 MiB WAL: the reader stops
+/// there instead of holding records in memory, then everything arrives once when the bucket
+/// appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn a_full_wal_pauses_the_reader_and_loses_nothing() {
+    let client = dynamodb();
+    let table = unique_name("full");
+    let (_table, _) = create_table(&client, &table, Some(StreamViewType::NewImage)).await;
+    let total = 12_000u64;
+    let pad = "y".repeat(1000);
+    let ids_written: Vec<u64> = (0..total).collect();
+    for chunk in ids_written.chunks(25) {
+        let writes = chunk
+            .iter()
+            .map(|n| {
+                let item = [
+                    ("id".to_string(), AttributeValue::S(format!("item-{n}"))),
+                    ("pad".to_string(), AttributeValue::S(pad.clone())),
+                ];
+                WriteRequest::builder()
+                    .put_request(PutRequest::builder().set_item(Some(item.into_iter().collect())).build().unwrap())
+                    .build()
+            })
+            .collect();
+        client.batch_write_item().request_items(&table, writes).send().await.unwrap();
+    }
+
+    let s3 = common::s3::client().await;
+    let bucket = format!("spillway-later-{}", uuid::Uuid::new_v4().simple());
+    let s3_endpoint = common::s3::env("SPILLWAY_TEST_S3_ENDPOINT");
+    let yaml = format!(
+        "server:\n  listen: 127.0.0.1:0\n  shutdown_grace_seconds: 30\ndata_dir: ./data\nlimits: {{ max_wal_mib: 8 }}\nstreams:\n\
+         \x20 - name: paused\n\
+         \x20   source: {{ type: dynamodb_streams, table_name: {table}, endpoint: '{}', region: us-east-1, poll_interval_ms: 200, starting_position: TRIM_HORIZON, max_concurrent_reads: 1 }}\n\
+         \x20   processing: {{ record_delimiter: newline }}\n\
+         \x20   buffering: {{ size_mib: 1, interval_seconds: 1 }}\n\
+         \x20   retry: {{ duration_seconds: 600 }}\n{}",
+        endpoint(),
+        common::s3::sink_yaml(&bucket, &s3_endpoint)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let spillway = start(dir.path(), &yaml);
+    eventually(Duration::from_secs(60), "the reader waiting on a full wal", || {
+        spillway.log_text().contains("wal full; the dynamodb_streams reader waits").then_some(())
+    })
+    .await;
+    let undelivered = spillway.metric("spillway_wal_bytes{stream=\"paused\"}").await.unwrap();
+    assert!(undelivered <= 8.0 * 1024.0 * 1024.0, "wal within its limit: {undelivered}");
+    let read = spillway.metric("spillway_incoming_records_total{stream=\"paused\"}").await.unwrap();
+    assert!(read < total as f64, "reading paused before the backlog was read: {read}");
+
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let expected = ids("item", 0..total);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let counts = loop {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for (_, body) in common::s3::objects(&s3, &bucket, "").await {
+            for line in String::from_utf8(body).unwrap().lines() {
+                let record: Value = serde_json::from_str(line).unwrap();
+                let id = record["dynamodb"]["Keys"]["id"]["S"].as_str().unwrap().to_string();
+                *counts.entry(id).or_insert(0) += 1;
+            }
+        }
+        if counts.len() >= expected.len() {
+            break counts;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {} delivered after the bucket appeared",
+            counts.len(),
+            expected.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(spillway.terminate(), 0);
+    assert!(counts.values().all(|count| *count == 1), "each once");
+    assert_eq!(counts.keys().cloned().collect::<BTreeSet<_>>(), expected);
+}
