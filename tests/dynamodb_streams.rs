@@ -3,7 +3,8 @@
 //! REMOVE arrive with their images in the Lambda record shape, typed and `unmarshal`ed; thousands
 //! of items arrive once; SIGTERM and seeded SIGKILL rounds while a producer writes lose and repeat
 //! nothing; `LATEST` skips what was there before the first start but not what arrived while
-//! spillway was down; a table without a stream and an unknown table are named in clear errors.
+//! spillway was down; a table without a stream and an unknown table are named in clear errors; a
+//! full WAL pauses reading without loss.
 //! moto has one shard per stream and never rolls it over: lineage is covered by the shard core's
 //! unit tests (`src/sources/shards`).
 
