@@ -6,7 +6,8 @@
 //! Module map (a record's way through, see DESIGN.md):
 //! - [`config`]: YAML model, `${ENV}` interpolation, validation with YAML paths and positions.
 //! - [`sources`]: push handlers (`direct_put`, `http`) appending to the WAL through `Ingest`;
-//!   the Firehose control plane in `sources::direct_put::control`.
+//!   the Firehose control plane in `sources::direct_put::control`; pull sources (`file`, and the
+//!   shard sources `kinesis` and `dynamodb_streams` over the shared core `sources::shards`).
 //! - [`streams`]: one stream's lifecycle (WAL, sink, delivery loop), for YAML and API streams.
 //! - [`catalog`]: stream status, version, tags; API-created streams persisted under `data_dir`.
 //! - [`wal`]: segment files with checksums, group commit, recovery, trimming.

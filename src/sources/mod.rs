@@ -1,12 +1,17 @@
 //! Sources: where records come from. Pushed sources (the Firehose Direct PUT API and NDJSON over
 //! HTTP) append to the stream's WAL through [`Ingest`] and acknowledge only after the append.
+//! Pulled sources (`file`, and `kinesis` / `dynamodb_streams`, thin adapters over the shard-reader
+//! core in [`shards`]) append with their position in each frame.
 //!
 //! Must not: buffer or deliver; that is the pipeline's job.
 
+mod aws;
 pub mod direct_put;
+pub mod dynamodb_streams;
 pub mod file;
 pub mod http;
 pub mod kinesis;
+pub mod shards;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -39,6 +44,8 @@ pub enum SourceConfig {
     File(file::FileSourceConfig),
     /// The shards of a Kinesis data stream.
     Kinesis(kinesis::KinesisSourceConfig),
+    /// The shards of a DynamoDB table's stream.
+    DynamodbStreams(dynamodb_streams::DynamodbStreamsSourceConfig),
 }
 
 impl SourceConfig {
@@ -47,15 +54,16 @@ impl SourceConfig {
             SourceConfig::DirectPut => "direct_put",
             SourceConfig::File(_) => "file",
             SourceConfig::Kinesis(_) => "kinesis",
+            SourceConfig::DynamodbStreams(_) => "dynamodb_streams",
         }
     }
 
-    /// Firehose's `DeliveryStreamType` for this source. A tailed file has no Firehose equivalent:
-    /// it is reported as `DirectPut` (the only type whose records come from a producer rather
-    /// than a Firehose-read source), with the file in [`SourceConfig::describe_source`].
+    /// Firehose's `DeliveryStreamType` for this source. A tailed file and a DynamoDB stream have
+    /// no Firehose equivalent: they are reported as `DirectPut` (strict SDKs refuse enum values
+    /// they do not know), with the source in [`SourceConfig::describe_source`].
     pub fn delivery_stream_type(&self) -> &'static str {
         match self {
-            SourceConfig::DirectPut | SourceConfig::File(_) => "DirectPut",
+            SourceConfig::DirectPut | SourceConfig::File(_) | SourceConfig::DynamodbStreams(_) => "DirectPut",
             SourceConfig::Kinesis(_) => "KinesisStreamAsSource",
         }
     }
@@ -80,6 +88,16 @@ impl SourceConfig {
                 members.insert(
                     "SpillwaySourceDescription".into(),
                     serde_json::json!({ "Type": "file", "Paths": file.paths, "Exclude": file.exclude }),
+                );
+            }
+            SourceConfig::DynamodbStreams(dynamodb) => {
+                members.insert(
+                    "SpillwaySourceDescription".into(),
+                    serde_json::json!({
+                        "Type": "dynamodb_streams",
+                        "TableName": dynamodb.table_name,
+                        "StreamARN": dynamodb.stream_arn,
+                    }),
                 );
             }
             SourceConfig::Kinesis(kinesis) => {
@@ -118,6 +136,7 @@ impl SourceConfig {
             SourceConfig::DirectPut => Vec::new(),
             SourceConfig::File(config) => config.validate(),
             SourceConfig::Kinesis(config) => config.validate(),
+            SourceConfig::DynamodbStreams(config) => config.validate(),
         }
     }
 
@@ -137,6 +156,13 @@ impl SourceConfig {
             SourceConfig::Kinesis(config) => {
                 vec![tokio::spawn(kinesis::run(stream.to_string(), config.clone(), wal.clone(), metrics.clone(), stop))]
             }
+            SourceConfig::DynamodbStreams(config) => vec![tokio::spawn(dynamodb_streams::run(
+                stream.to_string(),
+                config.clone(),
+                wal.clone(),
+                metrics.clone(),
+                stop,
+            ))],
         }
     }
 }

@@ -1,5 +1,7 @@
 //! The `kinesis` source: reads a Kinesis data stream's shards with `aws-sdk-kinesis` and appends
-//! their records to the delivery stream's WAL, each frame carrying its shard's position.
+//! their records to the delivery stream's WAL, each frame carrying its shard's position. This
+//! module is the thin Kinesis adapter ([`ShardApi`]) over the shared shard-reader core
+//! ([`crate::sources::shards`]), which owns discovery, lineage, positions and the read loop.
 //!
 //! - **Discovery**: `ListShards` at start and every `shard_discovery_interval_ms` (resharding).
 //! - **Lineage**: a shard is read only once its parents (`ParentShardId`, `AdjacentParentShardId`)
@@ -18,24 +20,30 @@
 //!   and approximate arrival time go into its frame ([`metadata`]), for the Lambda event's
 //!   `kinesisRecordMetadata` and error records.
 //!
-//! The shard reader lives in [`reader`]; KPL de-aggregation in [`kpl`].
+//! KPL de-aggregation lives in [`kpl`], the per-record metadata in [`metadata`].
 //!
-//! Must not: buffer more than one `GetRecords` response per shard, or move a position before the
-//! WAL append that carries it.
+//! Must not: decide lineage or positions (the core's), or buffer beyond one response per shard.
 
 pub mod kpl;
 pub mod metadata;
-mod reader;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_sdk_kinesis::primitives::DateTime;
+use aws_sdk_kinesis::types::ShardIteratorType;
+use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
-use crate::metrics::StreamMetrics;
+use self::kpl::Deaggregated;
+use self::metadata::RecordMetadata;
+use super::shards::{
+    self, Fetched, Initial, ReadError, Settings, ShardApi, ShardInfo, SourceRecord, Start, TimestampStarts, UserRecord,
+    classify,
+};
+use crate::metrics::{ShardMetrics, StreamMetrics};
 use crate::wal::Wal;
 
 /// The `source:` block of a stream whose `type` is `kinesis`.
@@ -170,117 +178,36 @@ fn parse_timestamp(text: &str) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(text).ok().map(|time| time.timestamp_millis())
 }
 
-/// The WAL position key of a shard.
-fn position_key(shard_id: &str) -> String {
-    format!("kinesis:{shard_id}")
-}
-
-/// The Kinesis shard id of a frame's source, when the frame came from a Kinesis shard.
+/// The Kinesis shard id of a frame's source, when the frame came from a Kinesis shard (the
+/// shard core keys positions `kinesis:<shard id>`).
 pub fn shard_id_of(source_shard: &str) -> Option<&str> {
     source_shard.strip_prefix("kinesis:")
 }
 
-/// A shard's cursor as the WAL keeps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Position {
-    /// After this record: resume `AFTER_SEQUENCE_NUMBER`.
-    After(String),
-    /// Started at `LATEST` at this time (epoch ms), nothing read yet: resume `AT_TIMESTAMP`.
-    StartedAt(i64),
-    /// A closed shard read to its end (its last record's sequence number, or empty).
-    Closed(String),
-}
-
-impl Position {
-    fn parse(text: &str) -> Option<Position> {
-        let (kind, value) = text.split_once(':')?;
-        match kind {
-            "seq" if !value.is_empty() => Some(Position::After(value.to_string())),
-            "at" => value.parse().ok().map(Position::StartedAt),
-            "closed" => Some(Position::Closed(value.to_string())),
-            _ => None,
-        }
-    }
-
-    fn render(&self) -> String {
-        match self {
-            Position::After(sequence) => format!("seq:{sequence}"),
-            Position::StartedAt(ms) => format!("at:{ms}"),
-            Position::Closed(sequence) => format!("closed:{sequence}"),
-        }
-    }
-}
-
-/// Where a shard reader starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Start {
-    TrimHorizon,
-    /// `LATEST`, recorded in the WAL as started at this time before the first read.
-    Latest,
-    AtTimestamp(i64),
-    After(String),
-}
-
-/// One shard as `ListShards` reports it.
-#[derive(Debug, Clone)]
-struct ShardInfo {
-    parents: Vec<String>,
-    closed: bool,
-}
-
-/// How to start `shard`, which has no WAL position, or `None` when it is to be skipped (a closed
-/// shard when starting at `LATEST`). With `LATEST`, a shard whose parent was read (in this run or
-/// before, as its position shows) is a reshard's child created after reading began: it is read
-/// from its start, so nothing is skipped. With `AT_TIMESTAMP` every shard, children included,
-/// starts at the timestamp (a child created before it holds nothing older that is wanted).
-fn start_without_position(
-    config: &KinesisSourceConfig,
-    info: &ShardInfo,
-    positions: &BTreeMap<String, Position>,
-    started: &BTreeSet<String>,
-) -> Option<Start> {
-    match config.starting_position {
-        StartingPosition::TrimHorizon => Some(Start::TrimHorizon),
-        StartingPosition::AtTimestamp => {
-            Some(Start::AtTimestamp(config.timestamp.as_deref().and_then(parse_timestamp).unwrap_or(0)))
-        }
-        StartingPosition::Latest => {
-            let parent_was_read =
-                info.parents.iter().any(|parent| started.contains(parent) || positions.contains_key(parent.as_str()));
-            if parent_was_read {
-                Some(Start::TrimHorizon)
-            } else if info.closed {
-                None
-            } else {
-                Some(Start::Latest)
+impl KinesisSourceConfig {
+    /// The core's reading settings.
+    fn settings(&self) -> Settings {
+        let initial = match self.starting_position {
+            StartingPosition::TrimHorizon => Initial::TrimHorizon,
+            StartingPosition::Latest => Initial::Latest,
+            StartingPosition::AtTimestamp => {
+                Initial::AtTimestamp(self.timestamp.as_deref().and_then(parse_timestamp).unwrap_or(0))
             }
+        };
+        Settings {
+            initial,
+            poll_interval: Duration::from_millis(self.poll_interval_ms),
+            max_records_per_call: self.max_records_per_call,
+            discovery_interval: Duration::from_millis(self.shard_discovery_interval_ms),
+            max_concurrent_reads: self.max_concurrent_reads,
         }
     }
-}
-
-/// The shared parts every shard reader of one source uses.
-pub(crate) struct Context {
-    pub stream: String,
-    pub config: KinesisSourceConfig,
-    pub client: aws_sdk_kinesis::Client,
-    pub wal: Wal,
-    pub metrics: Arc<StreamMetrics>,
-    /// Permits for `GetRecords` responses in memory (`max_concurrent_reads`).
-    pub reads: Arc<tokio::sync::Semaphore>,
 }
 
 /// Build the client: the standard AWS credential chain, the configured region and endpoint.
 async fn build_client(config: &KinesisSourceConfig) -> aws_sdk_kinesis::Client {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-    if let Some(region) = config.region() {
-        loader = loader.region(aws_config::Region::new(region));
-    }
-    let shared = loader.load().await;
-    let timeouts = aws_config::timeout::TimeoutConfig::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .operation_attempt_timeout(Duration::from_secs(30))
-        .build();
-    let mut builder = aws_sdk_kinesis::config::Builder::from(&shared).timeout_config(timeouts);
+    let shared = super::aws::shared_config(config.region()).await;
+    let mut builder = aws_sdk_kinesis::config::Builder::from(&shared).timeout_config(super::aws::timeouts());
     if let Some(endpoint) = &config.endpoint {
         builder = builder.endpoint_url(endpoint);
     }
@@ -294,150 +221,156 @@ pub async fn run(
     config: KinesisSourceConfig,
     wal: Wal,
     metrics: Arc<StreamMetrics>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let client = build_client(&config).await;
-    let discovery = Duration::from_millis(config.shard_discovery_interval_ms);
-    let reads = Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_reads));
-    let context = Arc::new(Context { stream: stream.clone(), config, client, wal: wal.clone(), metrics, reads });
-    let mut finished: BTreeSet<String> = BTreeSet::new();
-    let mut started: BTreeSet<String> = BTreeSet::new();
-    let mut readers: JoinSet<(String, reader::Outcome)> = JoinSet::new();
-    // Reader task id → shard, to restart the shard of a reader that panicked.
-    let mut reader_shards: BTreeMap<tokio::task::Id, String> = BTreeMap::new();
-    let mut shards: BTreeMap<String, ShardInfo> = BTreeMap::new();
-    let mut backoff = reader::Backoff::new();
-    let mut next_discovery = tokio::time::Instant::now();
-    loop {
-        if *stop.borrow() {
-            break;
-        }
-        if tokio::time::Instant::now() >= next_discovery {
-            let Some(listed) = reader::unless_stopped(list_shards(&context), &mut stop).await else { break };
-            match listed {
-                Ok(listed) => {
-                    backoff.reset();
-                    shards = listed;
-                    next_discovery = tokio::time::Instant::now() + discovery;
-                }
-                Err(error) => {
-                    let wait = backoff.next_delay();
-                    tracing::warn!(stream = %stream, kinesis_stream = context.config.display_name(), %error, retry_in_ms = wait.as_millis() as u64, "cannot list kinesis shards; retrying");
-                    next_discovery = tokio::time::Instant::now() + wait;
-                }
-            }
-        }
-        // What the WAL says about each shard now (a restarted reader resumes from it).
-        let positions = wal_positions(&stream, &wal);
-        finished.extend(
-            positions.iter().filter(|(_, position)| matches!(position, Position::Closed(_))).map(|(id, _)| id.clone()),
-        );
-        // Start every shard whose parents are done.
-        for (shard_id, info) in &shards {
-            if finished.contains(shard_id) || started.contains(shard_id) {
-                continue;
-            }
-            let parents_done =
-                info.parents.iter().all(|parent| finished.contains(parent) || !shards.contains_key(parent));
-            if !parents_done {
-                continue;
-            }
-            let start = match positions.get(shard_id) {
-                Some(Position::After(sequence)) => Start::After(sequence.clone()),
-                Some(Position::StartedAt(ms)) => Start::AtTimestamp(*ms),
-                Some(Position::Closed(_)) => continue,
-                None => match start_without_position(&context.config, info, &positions, &started) {
-                    Some(start) => start,
-                    None => {
-                        tracing::debug!(stream = %stream, shard = %shard_id, "closed shard skipped (starting at LATEST)");
-                        finished.insert(shard_id.clone());
-                        continue;
-                    }
+    let settings = config.settings();
+    let api = Arc::new(Kinesis { config, client, stream: stream.clone() });
+    shards::run(stream, api, settings, wal, metrics, stop).await;
+}
+
+/// The Kinesis adapter of the shard-reader core.
+struct Kinesis {
+    config: KinesisSourceConfig,
+    client: aws_sdk_kinesis::Client,
+    /// The delivery stream, for logs.
+    stream: String,
+}
+
+#[async_trait::async_trait]
+impl ShardApi for Kinesis {
+    fn kind(&self) -> &'static str {
+        "kinesis"
+    }
+
+    fn display_name(&self) -> String {
+        self.config.display_name().to_string()
+    }
+
+    fn timestamp_starts(&self) -> TimestampStarts {
+        TimestampStarts::Native
+    }
+
+    async fn list_shards(&self) -> Result<BTreeMap<String, ShardInfo>, ReadError> {
+        let mut shards = BTreeMap::new();
+        let mut next_token: Option<String> = None;
+        loop {
+            let mut request = self.client.list_shards();
+            request = match &next_token {
+                Some(token) => request.next_token(token),
+                None => match (&self.config.stream_name, &self.config.stream_arn) {
+                    (Some(name), _) => request.stream_name(name),
+                    (None, Some(arn)) => request.stream_arn(arn),
+                    (None, None) => request,
                 },
             };
-            tracing::info!(stream = %stream, shard = %shard_id, ?start, "reading kinesis shard");
-            started.insert(shard_id.clone());
-            let (context, shard_id, stop) = (context.clone(), shard_id.clone(), stop.clone());
-            let task = readers.spawn({
-                let shard_id = shard_id.clone();
-                async move {
-                    let outcome = reader::read_shard(&context, &shard_id, start, stop).await;
-                    (shard_id, outcome)
-                }
-            });
-            reader_shards.insert(task.id(), shard_id);
-        }
-        context.metrics.source.set_active_shards(readers.len() as i64);
-        tokio::select! {
-            () = tokio::time::sleep_until(next_discovery) => {}
-            joined = readers.join_next_with_id(), if !readers.is_empty() => match joined {
-                Some(Ok((task, (shard_id, reader::Outcome::Finished)))) => {
-                    reader_shards.remove(&task);
-                    tracing::info!(stream = %stream, shard = %shard_id, "kinesis shard read to its end");
-                    finished.insert(shard_id);
-                }
-                Some(Ok((task, (_, reader::Outcome::Stopped)))) => {
-                    reader_shards.remove(&task);
-                }
-                None => {}
-                Some(Err(join)) => {
-                    // A panicked reader: forget it was started, so the next round starts it
-                    // again from the WAL's position.
-                    let shard_id = reader_shards.remove(&join.id()).unwrap_or_default();
-                    tracing::error!(stream = %stream, shard = %shard_id, error = %join, "kinesis shard reader failed; restarting it");
-                    started.remove(&shard_id);
-                }
-            },
-            _ = stop.changed() => {}
+            let page = request.send().await.map_err(classify)?;
+            for shard in page.shards() {
+                let parents = [shard.parent_shard_id(), shard.adjacent_parent_shard_id()]
+                    .into_iter()
+                    .flatten()
+                    .map(str::to_string)
+                    .collect();
+                let closed = shard.sequence_number_range().and_then(|range| range.ending_sequence_number()).is_some();
+                shards.insert(shard.shard_id().to_string(), ShardInfo { parents, closed });
+            }
+            match page.next_token() {
+                Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
+                _ => return Ok(shards),
+            }
         }
     }
-    while readers.join_next().await.is_some() {}
-    context.metrics.source.set_active_shards(0);
-}
 
-/// The WAL's Kinesis positions by shard id.
-fn wal_positions(stream: &str, wal: &Wal) -> BTreeMap<String, Position> {
-    wal.positions()
-        .into_iter()
-        .filter_map(|(key, text)| {
-            let shard = key.strip_prefix("kinesis:")?.to_string();
-            let position = Position::parse(&text);
-            if position.is_none() {
-                tracing::warn!(stream, shard = %shard, position = %text, "unreadable kinesis position; ignored");
-            }
-            Some((shard, position?))
-        })
-        .collect()
-}
-
-/// Every shard the stream lists (open and closed), by id.
-async fn list_shards(context: &Context) -> Result<BTreeMap<String, ShardInfo>, reader::ReadError> {
-    let mut shards = BTreeMap::new();
-    let mut next_token: Option<String> = None;
-    loop {
-        let mut request = context.client.list_shards();
-        request = match &next_token {
-            Some(token) => request.next_token(token),
-            None => match (&context.config.stream_name, &context.config.stream_arn) {
-                (Some(name), _) => request.stream_name(name),
-                (None, Some(arn)) => request.stream_arn(arn),
-                (None, None) => request,
-            },
+    async fn shard_iterator(&self, shard_id: &str, start: &Start) -> Result<Option<String>, ReadError> {
+        let mut request = self.client.get_shard_iterator().shard_id(shard_id);
+        request = match (&self.config.stream_name, &self.config.stream_arn) {
+            (Some(name), _) => request.stream_name(name),
+            (None, Some(arn)) => request.stream_arn(arn),
+            (None, None) => request,
         };
-        let page = request.send().await.map_err(reader::classify)?;
-        for shard in page.shards() {
-            let parents = [shard.parent_shard_id(), shard.adjacent_parent_shard_id()]
+        request = match start {
+            Start::TrimHorizon => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
+            Start::Latest => request.shard_iterator_type(ShardIteratorType::Latest),
+            Start::AtTimestamp(ms) => {
+                request.shard_iterator_type(ShardIteratorType::AtTimestamp).timestamp(DateTime::from_millis(*ms))
+            }
+            Start::After(sequence) => {
+                request.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).starting_sequence_number(sequence)
+            }
+        };
+        let output = request.send().await.map_err(classify)?;
+        Ok(output.shard_iterator().map(str::to_string))
+    }
+
+    async fn get_records(
+        &self,
+        shard_id: &str,
+        iterator: &str,
+        limit: i32,
+        metrics: &ShardMetrics,
+    ) -> Result<Fetched, ReadError> {
+        let output = self.client.get_records().shard_iterator(iterator).limit(limit).send().await.map_err(classify)?;
+        let records = output.records.into_iter().map(|record| self.user_records(shard_id, record, metrics)).collect();
+        Ok(Fetched {
+            records,
+            next_iterator: output.next_shard_iterator,
+            millis_behind_latest: output.millis_behind_latest,
+        })
+    }
+}
+
+impl Kinesis {
+    /// One Kinesis record as user records (de-aggregated when enabled), each with its metadata.
+    fn user_records(
+        &self,
+        shard_id: &str,
+        record: aws_sdk_kinesis::types::Record,
+        metrics: &ShardMetrics,
+    ) -> SourceRecord {
+        let aws_sdk_kinesis::types::Record {
+            sequence_number, data, partition_key, approximate_arrival_timestamp, ..
+        } = record;
+        let partition_key = partition_key.unwrap_or_default();
+        let approximate_arrival_ms = approximate_arrival_timestamp.and_then(|time| time.to_millis().ok()).unwrap_or(0);
+        let plain = |data: Bytes| {
+            let metadata = RecordMetadata {
+                sequence_number: sequence_number.clone(),
+                subsequence_number: 0,
+                partition_key: partition_key.clone(),
+                approximate_arrival_ms,
+            };
+            vec![UserRecord { data, metadata: Some(metadata.encode()) }]
+        };
+        let data = Bytes::from(data.into_inner());
+        let deaggregated = if self.config.deaggregate { kpl::deaggregate(&data) } else { Deaggregated::Plain };
+        let users = match deaggregated {
+            Deaggregated::Plain => plain(data),
+            Deaggregated::Records(sub_records) => sub_records
                 .into_iter()
-                .flatten()
-                .map(str::to_string)
-                .collect();
-            let closed = shard.sequence_number_range().and_then(|range| range.ending_sequence_number()).is_some();
-            shards.insert(shard.shard_id().to_string(), ShardInfo { parents, closed });
-        }
-        match page.next_token() {
-            Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
-            _ => return Ok(shards),
-        }
+                .enumerate()
+                .map(|(index, sub_record)| {
+                    let metadata = RecordMetadata {
+                        sequence_number: sequence_number.clone(),
+                        subsequence_number: index as u32,
+                        partition_key: sub_record.partition_key,
+                        approximate_arrival_ms,
+                    };
+                    UserRecord { data: sub_record.data, metadata: Some(metadata.encode()) }
+                })
+                .collect(),
+            Deaggregated::Malformed(reason) => {
+                metrics.malformed_aggregates.inc();
+                tracing::warn!(
+                    stream = %self.stream,
+                    shard = shard_id,
+                    sequence_number = %sequence_number,
+                    reason,
+                    "malformed KPL aggregate passed through as one record"
+                );
+                plain(data)
+            }
+        };
+        SourceRecord { sequence_number, created_ms: Some(approximate_arrival_ms), users }
     }
 }
 
@@ -468,41 +401,5 @@ mod tests {
             config("{ stream_arn: 'arn:aws:kinesis:eu-west-1:1:stream/s' }").region().as_deref(),
             Some("eu-west-1")
         );
-    }
-
-    #[test]
-    fn positions_round_trip() {
-        for position in
-            [Position::After("4959".into()), Position::StartedAt(1_764_000_000_000), Position::Closed(String::new())]
-        {
-            assert_eq!(Position::parse(&position.render()), Some(position));
-        }
-        assert_eq!(Position::parse("seq:"), None);
-        assert_eq!(Position::parse("1234"), None);
-    }
-
-    #[test]
-    fn a_resharded_child_starts_at_its_horizon_and_latest_skips_closed_shards() {
-        let latest = config("{ stream_name: s }");
-        let open = ShardInfo { parents: vec!["p".into()], closed: false };
-        let closed = ShardInfo { parents: vec![], closed: true };
-        let none = BTreeMap::new();
-        let mut started = BTreeSet::new();
-        assert_eq!(start_without_position(&latest, &open, &none, &started), Some(Start::Latest));
-        assert_eq!(start_without_position(&latest, &closed, &none, &started), None);
-        started.insert("p".to_string());
-        assert_eq!(start_without_position(&latest, &open, &none, &started), Some(Start::TrimHorizon));
-        let with_parent_position = BTreeMap::from([("p".to_string(), Position::After("1".into()))]);
-        assert_eq!(
-            start_without_position(&latest, &open, &with_parent_position, &BTreeSet::new()),
-            Some(Start::TrimHorizon)
-        );
-        let at = config("{ stream_name: s, starting_position: AT_TIMESTAMP, timestamp: '2026-11-25T10:00:00Z' }");
-        let at_ms = parse_timestamp("2026-11-25T10:00:00Z").unwrap();
-        assert_eq!(
-            start_without_position(&at, &open, &with_parent_position, &started),
-            Some(Start::AtTimestamp(at_ms))
-        );
-        assert_eq!(start_without_position(&at, &closed, &none, &started), Some(Start::AtTimestamp(at_ms)));
     }
 }
