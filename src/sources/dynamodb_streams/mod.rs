@@ -24,8 +24,8 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use super::shards::{
-    self, Fetched, Initial, ReadError, Settings, ShardApi, ShardInfo, SourceRecord, Start, TimestampStarts, UserRecord,
-    classify,
+    self, Fetched, Initial, ReadError, ReadingOptions, Settings, ShardApi, ShardInfo, SourceRecord, Start,
+    TimestampStarts, UserRecord, classify,
 };
 use crate::metrics::{ShardMetrics, StreamMetrics};
 use crate::wal::Wal;
@@ -112,26 +112,15 @@ impl DynamodbStreamsSourceConfig {
             ),
             _ => {}
         }
-        if let Some(endpoint) = &self.endpoint
-            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
-        {
-            problem("endpoint", format!("must be an http:// or https:// URL (got {endpoint:?})"));
+        ReadingOptions {
+            endpoint: self.endpoint.as_deref(),
+            poll_interval_ms: self.poll_interval_ms,
+            max_records_per_call: self.max_records_per_call,
+            max_records_limit: 1_000,
+            max_concurrent_reads: self.max_concurrent_reads,
+            shard_discovery_interval_ms: self.shard_discovery_interval_ms,
         }
-        if !(200..=60_000).contains(&self.poll_interval_ms) {
-            problem("poll_interval_ms", format!("must be 200-60000 (got {})", self.poll_interval_ms));
-        }
-        if !(1..=1_000).contains(&self.max_records_per_call) {
-            problem("max_records_per_call", format!("must be 1-1000 (got {})", self.max_records_per_call));
-        }
-        if !(1..=1024).contains(&self.max_concurrent_reads) {
-            problem("max_concurrent_reads", format!("must be 1-1024 (got {})", self.max_concurrent_reads));
-        }
-        if !(100..=3_600_000).contains(&self.shard_discovery_interval_ms) {
-            problem(
-                "shard_discovery_interval_ms",
-                format!("must be 100-3600000 (got {})", self.shard_discovery_interval_ms),
-            );
-        }
+        .validate(&mut problems);
         problems
     }
 

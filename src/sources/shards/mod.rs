@@ -158,6 +158,47 @@ pub trait ShardApi: Send + Sync + 'static {
     ) -> Result<Fetched, ReadError>;
 }
 
+/// The reading options every shard source has, as its config holds them.
+pub struct ReadingOptions<'a> {
+    pub endpoint: Option<&'a str>,
+    pub poll_interval_ms: u64,
+    pub max_records_per_call: i32,
+    /// The API's own per-call maximum (`GetRecords`' `Limit`).
+    pub max_records_limit: i32,
+    pub max_concurrent_reads: usize,
+    pub shard_discovery_interval_ms: u64,
+}
+
+impl ReadingOptions<'_> {
+    /// Problems as (field under `source`, message). Pure.
+    pub fn validate(&self, problems: &mut Vec<(String, String)>) {
+        let mut problem = |field: &str, message: String| problems.push((field.to_string(), message));
+        if let Some(endpoint) = self.endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            problem("endpoint", format!("must be an http:// or https:// URL (got {endpoint:?})"));
+        }
+        if !(200..=60_000).contains(&self.poll_interval_ms) {
+            problem("poll_interval_ms", format!("must be 200-60000 (got {})", self.poll_interval_ms));
+        }
+        if !(1..=self.max_records_limit).contains(&self.max_records_per_call) {
+            problem(
+                "max_records_per_call",
+                format!("must be 1-{} (got {})", self.max_records_limit, self.max_records_per_call),
+            );
+        }
+        if !(1..=1024).contains(&self.max_concurrent_reads) {
+            problem("max_concurrent_reads", format!("must be 1-1024 (got {})", self.max_concurrent_reads));
+        }
+        if !(100..=3_600_000).contains(&self.shard_discovery_interval_ms) {
+            problem(
+                "shard_discovery_interval_ms",
+                format!("must be 100-3600000 (got {})", self.shard_discovery_interval_ms),
+            );
+        }
+    }
+}
+
 /// The reading settings every shard source has (from its YAML block).
 #[derive(Debug, Clone)]
 pub struct Settings {
