@@ -143,7 +143,7 @@ impl Wal {
             }
         };
         let (recovered_positions, position_frames_read) =
-            if options.track_positions { positions::recover(&options.dir, next_sequence)? } else { Default::default() };
+            if options.track_positions { positions::recover(&options.dir)? } else { Default::default() };
         let positions: positions::SharedPositions = Arc::new(std::sync::Mutex::new(recovered_positions));
         let report = RecoveryReport {
             segments: segments.len(),

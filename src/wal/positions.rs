@@ -12,12 +12,11 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::{SourcePosition, WalError, WalReader};
+use super::segment::ReadOutcome;
+use super::{SourcePosition, WalError};
 use crate::checkpoint::write_atomically;
 
 const FILE_NAME: &str = "positions.json";
-/// Record bytes read per step while recovering positions at open.
-const RECOVERY_READ_BYTES: usize = 8 << 20;
 
 /// Shard → position; shared by the writer (which moves it after durable appends) and readers.
 pub type SharedPositions = Arc<Mutex<BTreeMap<String, String>>>;
@@ -33,9 +32,11 @@ pub fn path(dir: &Path) -> PathBuf {
     dir.join(FILE_NAME)
 }
 
-/// The positions the WAL in `dir` holds: the saved file, then every frame from where it is
-/// valid up to `end`.
-pub fn recover(dir: &Path, end: u64) -> Result<(BTreeMap<String, String>, u64), WalError> {
+/// The positions the WAL in `dir` holds: the saved file, then every frame after where it is
+/// valid, in the order written. Called at open, after a torn tail is cut, so every frame on disk
+/// is whole. Frames without records count too: they carry markers (a `LATEST` start time, a
+/// closed shard, a forgotten file) that must survive a crash before the file is next saved.
+pub fn recover(dir: &Path) -> Result<(BTreeMap<String, String>, u64), WalError> {
     let file = path(dir);
     let stored = match std::fs::read(&file) {
         Ok(bytes) => serde_json::from_slice::<Stored>(&bytes).map_err(|error| WalError::Io {
@@ -46,20 +47,31 @@ pub fn recover(dir: &Path, end: u64) -> Result<(BTreeMap<String, String>, u64), 
         Err(source) => return Err(WalError::Io { path: file, source }),
     };
     let mut positions = stored.positions;
+    let from = stored.valid_at;
     let segments = super::segment::list(dir).map_err(|source| WalError::Io { path: dir.to_path_buf(), source })?;
-    let oldest = segments.first().map_or(end, |segment| segment.first_sequence);
-    let from = stored.valid_at.max(oldest);
-    let mut reader = WalReader::new(dir.to_path_buf(), from);
+    // From the segment holding `from` (or the oldest left, when older ones were trimmed).
+    let first = segments.iter().rposition(|segment| segment.first_sequence <= from).unwrap_or(0);
     let mut frames_read = 0u64;
-    while reader.position() < end {
-        let frames = reader.read(end, RECOVERY_READ_BYTES)?;
-        if frames.is_empty() {
-            break;
-        }
-        for frame in frames {
-            frames_read += 1;
-            if let Some(source) = frame.source {
-                apply(&mut positions, source);
+    for segment in &segments[first..] {
+        let io_error = |source| WalError::Io { path: segment.path.clone(), source };
+        let mut file = std::fs::File::open(&segment.path).map_err(io_error)?;
+        let file_len = file.metadata().map_err(io_error)?.len();
+        let mut offset = 0;
+        loop {
+            match super::segment::read_frame(&mut file, offset, file_len).map_err(io_error)? {
+                ReadOutcome::Frame { frame, next_offset } => {
+                    offset = next_offset;
+                    // Frames wholly below `from` are in the saved file already.
+                    let after_saved = frame.end_sequence() > from || frame.first_sequence >= from;
+                    if after_saved && let Some(source) = frame.source {
+                        frames_read += 1;
+                        apply(&mut positions, source);
+                    }
+                }
+                ReadOutcome::End => break,
+                ReadOutcome::Damaged { reason, .. } => {
+                    return Err(WalError::Corrupt { path: segment.path.clone(), offset, reason });
+                }
             }
         }
     }

@@ -512,6 +512,31 @@ async fn pulled_positions_survive_a_reopen_and_a_fully_delivered_wal() {
     wal.close();
 }
 
+/// Frames without records carry positions too (a `LATEST` start time, a closed shard): a crash
+/// before the positions file is next saved must not lose them, wherever they lie in the WAL.
+#[tokio::test]
+async fn positions_of_frames_without_records_survive_a_crash_before_the_file_is_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = |dir: &Path| WalOptions { track_positions: true, ..options(dir) };
+    let (wal, _) = Wal::open(options(dir.path()), 0).unwrap();
+    wal.append_pulled(0, Vec::new(), shard_position("marker-first", 1)).await.unwrap();
+    wal.append_pulled(0, records("a", 2), shard_position("shard-a", 2)).await.unwrap();
+    wal.append_pulled(0, Vec::new(), shard_position("shard-a", 3)).await.unwrap();
+    wal.append_pulled(0, Vec::new(), shard_position("marker-last", 4)).await.unwrap();
+    let expected = std::collections::BTreeMap::from([
+        ("marker-first".to_string(), format!("{:020}", 1)),
+        ("shard-a".to_string(), format!("{:020}", 3)),
+        ("marker-last".to_string(), format!("{:020}", 4)),
+    ]);
+    assert_eq!(wal.positions(), expected);
+    wal.close();
+    // The crash came before the first save: only the frames know.
+    std::fs::remove_file(positions::path(dir.path())).unwrap();
+    let (wal, _) = Wal::open(options(dir.path()), 0).unwrap();
+    assert_eq!(wal.positions(), expected, "markers at the head, between and after records");
+    wal.close();
+}
+
 #[tokio::test]
 async fn a_forgotten_shard_stays_forgotten_across_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
