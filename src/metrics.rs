@@ -95,6 +95,10 @@ pub struct StreamMetrics {
     pub delivered_batches: Counter,
     pub delivery_retries: Counter,
     pub error_output_records: Counter,
+    /// Writes to the error output / S3 backup that succeeded and that failed (and were retried):
+    /// Firehose's `DeliveryToS3.Success` for a backup is the first over both.
+    pub backup_writes_succeeded: Counter,
+    pub backup_writes_failed: Counter,
     pub batch_size: Histogram,
     pub delivery_latency: Histogram,
     /// Batches closed early because a new partition would pass `max_active_partitions`.
@@ -330,6 +334,8 @@ impl Default for StreamMetrics {
             delivered_batches: Counter::default(),
             delivery_retries: Counter::default(),
             error_output_records: Counter::default(),
+            backup_writes_succeeded: Counter::default(),
+            backup_writes_failed: Counter::default(),
             batch_size: batch_size_buckets(),
             delivery_latency: delivery_latency_buckets(),
             partition_count_exceeded: Counter::default(),
@@ -397,6 +403,7 @@ struct Families {
     delivered_batches: SinkCounterFamily,
     delivery_retries: SinkCounterFamily,
     error_output_records: SinkCounterFamily,
+    backup_writes: Family<OutcomeLabels, Counter>,
     batch_size: HistogramFamily<SinkLabels>,
     delivery_latency: HistogramFamily<SinkLabels>,
     partition_count_exceeded: CounterFamily,
@@ -419,6 +426,7 @@ impl Families {
             delivered_batches: Family::default(),
             delivery_retries: Family::default(),
             error_output_records: Family::default(),
+            backup_writes: Family::default(),
             batch_size: Family::new_with_constructor(batch_size_buckets),
             delivery_latency: Family::new_with_constructor(delivery_latency_buckets),
             partition_count_exceeded: Family::default(),
@@ -458,6 +466,11 @@ impl Families {
             "spillway_error_output_records",
             "records written to the error output",
             f.error_output_records.clone(),
+        );
+        registry.register(
+            "spillway_backup_writes",
+            "writes to the error output or S3 backup by outcome: success, failure (retried); DeliveryToS3.Success",
+            f.backup_writes.clone(),
         );
         registry.register(
             "spillway_batch_size_bytes",
@@ -513,6 +526,7 @@ impl Metrics {
         let by_stream = StreamLabels { stream: stream.to_string() };
         let by_sink = SinkLabels { stream: stream.to_string(), sink: sink.to_string() };
         let f = &self.families;
+        let backup_outcome = |outcome| OutcomeLabels { stream: stream.to_string(), outcome };
         let metrics = Arc::new(StreamMetrics {
             incoming_records: f.incoming_records.get_or_create_owned(&by_stream),
             incoming_bytes: f.incoming_bytes.get_or_create_owned(&by_stream),
@@ -524,6 +538,8 @@ impl Metrics {
             delivered_batches: f.delivered_batches.get_or_create_owned(&by_sink),
             delivery_retries: f.delivery_retries.get_or_create_owned(&by_sink),
             error_output_records: f.error_output_records.get_or_create_owned(&by_sink),
+            backup_writes_succeeded: f.backup_writes.get_or_create_owned(&backup_outcome("success")),
+            backup_writes_failed: f.backup_writes.get_or_create_owned(&backup_outcome("failure")),
             batch_size: f.batch_size.get_or_create_owned(&by_sink),
             delivery_latency: f.delivery_latency.get_or_create_owned(&by_sink),
             partition_count_exceeded: f.partition_count_exceeded.get_or_create_owned(&by_stream),
@@ -558,6 +574,9 @@ impl Metrics {
         f.delivered_batches.remove(&by_sink);
         f.delivery_retries.remove(&by_sink);
         f.error_output_records.remove(&by_sink);
+        for outcome in ["success", "failure"] {
+            f.backup_writes.remove(&OutcomeLabels { stream: stream.to_string(), outcome });
+        }
         f.batch_size.remove(&by_sink);
         f.delivery_latency.remove(&by_sink);
         f.sink_up.remove(&by_sink);

@@ -77,6 +77,7 @@ async fn metrics_match_what_was_sent_and_what_landed() {
     let sink_labels = "{stream=\"fast\",sink=\"s3\"}";
     assert_eq!(metric(&spillway, &format!("spillway_delivered_bytes_total{sink_labels}")).await, sent_bytes as f64);
     assert_eq!(metric(&spillway, &format!("spillway_error_output_records_total{fast}")).await, 0.0);
+    assert_eq!(metric(&spillway, "spillway_backup_writes_total{stream=\"fast\",outcome=\"success\"}").await, 0.0);
 
     // What landed: every byte sent, in as many objects as batches were delivered.
     let objects = local_objects(&dir.path().join("out-fast"));
@@ -270,6 +271,10 @@ async fn json_logs_show_deliveries_and_error_routing_and_never_a_secret() {
         client.put_record_batch().delivery_stream_name(stream).records(record).send().await.unwrap();
     }
     wait_for_metric(&spillway, "spillway_error_output_records_total{stream=\"secure\"}", 1.0).await;
+    // One write to the error output bucket, which took it the first time.
+    let backup = |outcome| format!("spillway_backup_writes_total{{stream=\"secure\",outcome=\"{outcome}\"}}");
+    assert_eq!(metric(&spillway, &backup("success")).await, 1.0);
+    assert_eq!(metric(&spillway, &backup("failure")).await, 0.0);
     wait_for_metric(&spillway, "spillway_delivered_records_total{stream=\"plain\"}", 1.0).await;
     let metrics = reqwest::get(format!("{}/metrics", spillway.endpoint)).await.unwrap().text().await.unwrap();
     let ready = reqwest::get(format!("{}/ready", spillway.endpoint)).await.unwrap().text().await.unwrap();

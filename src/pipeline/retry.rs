@@ -291,9 +291,11 @@ impl Delivery {
             match self.error_output.write_error_records(batch, error_output_type, lines.to_vec()).await {
                 Ok(()) => {
                     self.metrics.error_output_records.inc_by(count as u64);
+                    self.metrics.backup_writes_succeeded.inc();
                     return;
                 }
                 Err(error) => {
+                    self.metrics.backup_writes_failed.inc();
                     let wait = backoff(attempt, error.retry_after);
                     tracing::error!(stream = %batch.stream, batch = %batch.id, %error, wait_ms = wait.as_millis() as u64, "cannot write the error output, retrying");
                     tokio::time::sleep(wait).await;

@@ -185,6 +185,7 @@ async fn a_retriable_failure_is_retried_and_a_permanent_one_goes_to_the_error_ou
     assert!(harness.sink.error_lines().is_empty());
 
     harness.sink.fail_next(SinkError::permanent("Test.Refused", "never"));
+    harness.sink.fail_next_error_write(SinkError::retriable("Test.BackupUnavailable", "try later"));
     harness.append(2).await;
     let (_stop, stop_rx) = watch::channel(true);
     harness.delivery_loop(1 << 20, Duration::from_secs(900), Duration::from_secs(60)).run(stop_rx).await.unwrap();
@@ -196,6 +197,9 @@ async fn a_retriable_failure_is_retried_and_a_permanent_one_goes_to_the_error_ou
     assert_eq!(lines[0]["attemptsMade"], 1);
     assert_eq!(lines[1]["rawData"], "cjE=", "base64 of the record's bytes");
     assert_eq!(harness.metrics.error_output_records.get(), 2);
+    // The error output refused once: written on the second try, both writes counted.
+    assert_eq!(harness.metrics.backup_writes_failed.get(), 1);
+    assert_eq!(harness.metrics.backup_writes_succeeded.get(), 1);
     assert_eq!(Checkpoint::new(&harness.stream_dir).load().unwrap(), 5, "routed records count as done");
     harness.wal.close();
 }

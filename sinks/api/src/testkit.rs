@@ -61,17 +61,23 @@ pub fn split_memory_payload(payload: &Payload) -> Vec<Bytes> {
 
 /// Keeps written batches in memory, keyed by batch id (so a replay overwrites, as S3 does), and
 /// error records by (batch id, error output type). `fail_next` makes the next writes fail with
-/// the given errors, to exercise retries.
+/// the given errors, to exercise retries; `fail_next_error_write` does the same for writes to the
+/// error output.
 #[derive(Default)]
 pub struct MemorySink {
     written: Mutex<BTreeMap<Uuid, Batch>>,
     errors: Mutex<BTreeMap<(Uuid, String), Vec<u8>>>,
     failures: Mutex<Vec<SinkError>>,
+    error_write_failures: Mutex<Vec<SinkError>>,
 }
 
 impl MemorySink {
     pub fn fail_next(&self, error: SinkError) {
         lock(&self.failures).push(error);
+    }
+
+    pub fn fail_next_error_write(&self, error: SinkError) {
+        lock(&self.error_write_failures).push(error);
     }
 
     pub fn batches(&self) -> Vec<Batch> {
@@ -141,6 +147,9 @@ impl ErrorOutput for MemorySink {
         error_output_type: &str,
         lines: Vec<u8>,
     ) -> Result<(), SinkError> {
+        if let Some(error) = lock(&self.error_write_failures).pop() {
+            return Err(error);
+        }
         lock(&self.errors).insert((batch.id, error_output_type.to_string()), lines);
         Ok(())
     }
