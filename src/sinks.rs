@@ -5,6 +5,7 @@
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
+use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use spillway_sink_api::{EncoderFactory, ErrorOutput, Sink, SinkError};
@@ -14,6 +15,7 @@ pub use spillway_sink_s3::key::PartitionKeySource;
 use spillway_sink_s3::{PrefixError, PrefixKind, PrefixTemplate, S3SinkConfig};
 
 use crate::config::{Problem, RecordDelimiter, StreamConfig};
+use crate::processing::{SubRecordType, TransformConfig};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -376,7 +378,49 @@ fn processing_configuration(stream: &StreamConfig) -> Value {
     if stream.processing.record_delimiter != RecordDelimiter::None {
         processors.push(json!({ "Type": "AppendDelimiterToRecord", "Parameters": [] }));
     }
+    processors.extend(stream.processing.transforms.iter().flat_map(firehose_processors));
     json!({ "Enabled": !processors.is_empty(), "Processors": processors })
+}
+
+/// The Firehose processors a transform is (none for `jq`, which Firehose has only as
+/// `MetadataExtraction` for partition keys).
+fn firehose_processors(transform: &TransformConfig) -> Vec<Value> {
+    let processor = |kind: &str, parameters: &[(&str, String)]| {
+        let parameters: Vec<Value> =
+            parameters.iter().map(|(name, value)| json!({ "ParameterName": name, "ParameterValue": value })).collect();
+        json!({ "Type": kind, "Parameters": parameters })
+    };
+    let gzip = || processor("Decompression", &[("CompressionFormat", "GZIP".into())]);
+    match transform {
+        TransformConfig::Jq { .. } => Vec::new(),
+        TransformConfig::Decompress { .. } => vec![gzip()],
+        TransformConfig::CloudwatchLogs { data_message_extraction } => vec![
+            gzip(),
+            processor("CloudWatchLogProcessing", &[("DataMessageExtraction", data_message_extraction.to_string())]),
+        ],
+        TransformConfig::RecordDeaggregation { sub_record_type, delimiter } => {
+            let mut parameters = vec![(
+                "SubRecordType",
+                match sub_record_type {
+                    SubRecordType::Json => "JSON".to_string(),
+                    SubRecordType::Delimited => "DELIMITED".to_string(),
+                },
+            )];
+            if let Some(delimiter) = delimiter {
+                parameters.push(("Delimiter", base64::engine::general_purpose::STANDARD.encode(delimiter)));
+            }
+            vec![processor("RecordDeAggregation", &parameters)]
+        }
+        TransformConfig::Lambda(lambda) => vec![processor(
+            "Lambda",
+            &[
+                ("LambdaArn", lambda.function_arn.clone().unwrap_or_else(|| lambda.url.clone())),
+                ("NumberOfRetries", lambda.number_of_retries.to_string()),
+                ("BufferSizeInMBs", lambda.buffer_size_mib.to_string()),
+                ("BufferIntervalInSeconds", lambda.buffer_interval_seconds.to_string()),
+            ],
+        )],
+    }
 }
 
 /// The `BucketARN` reported for a sink url. A local folder has no bucket: it gets a valid

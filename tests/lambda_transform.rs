@@ -62,7 +62,11 @@ struct Function {
 impl Function {
     async fn serve() -> (Arc<Function>, String) {
         let function = Arc::new(Function::default());
-        let app = axum::Router::new().route("/invoke", axum::routing::post(handle)).with_state(function.clone());
+        // `/invoke`, and the Lambda Invoke API's path, where `api_defaults.lambda.url` points.
+        let app = axum::Router::new()
+            .route("/invoke", axum::routing::post(handle))
+            .route("/2015-03-31/functions/{function}/invocations", axum::routing::post(handle))
+            .with_state(function.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}/invoke", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -645,4 +649,104 @@ async fn kinesis_records_carry_their_metadata_in_the_event() {
     }
     let delivered = lines_under(&local_objects(&dir.path().join("out")), "team=alpha/");
     assert_eq!(delivered.len(), 5);
+}
+
+/// A stream created through the Firehose API with `RecordDeAggregation`, `Lambda` and
+/// `AppendDelimiterToRecord` processors: each record is split into its JSON sub-records, the
+/// `LambdaArn` is invoked where `api_defaults.lambda.url` says, and describe gives the
+/// processors back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processors_of_an_api_created_stream_split_records_and_call_the_function_by_arn() {
+    use aws_sdk_firehose::types::{
+        ExtendedS3DestinationConfiguration, ProcessingConfiguration, Processor, ProcessorParameter,
+        ProcessorParameterName, ProcessorType,
+    };
+    let (function, url) = Function::serve().await;
+    let functions = url.replace("/invoke", "/2015-03-31/functions/{function}/invocations");
+    let dir = tempfile::tempdir().unwrap();
+    let spillway = start(
+        dir.path(),
+        &format!(
+            "server:\n  listen: 127.0.0.1:0\n  shutdown_grace_seconds: 30\n\
+             data_dir: ./data\n\
+             api_defaults:\n\
+             \x20 s3: {{ url: 'file://./buckets/{{bucket}}' }}\n\
+             \x20 lambda:\n\
+             \x20   url: '{functions}'\n\
+             \x20   headers: {{ Authorization: 'Bearer ${{LAMBDA_TOKEN}}' }}\n\
+             streams: []\n"
+        ),
+    );
+    let client = spillway.client().await;
+    let parameter = |name: ProcessorParameterName, value: &str| {
+        ProcessorParameter::builder().parameter_name(name).parameter_value(value).build().unwrap()
+    };
+    let processors = ProcessingConfiguration::builder()
+        .enabled(true)
+        .processors(
+            Processor::builder()
+                .r#type(ProcessorType::RecordDeAggregation)
+                .parameters(parameter(ProcessorParameterName::SubRecordType, "JSON"))
+                .build()
+                .unwrap(),
+        )
+        .processors(
+            Processor::builder()
+                .r#type(ProcessorType::Lambda)
+                .parameters(parameter(ProcessorParameterName::LambdaArn, FUNCTION_ARN))
+                .parameters(parameter(ProcessorParameterName::BufferIntervalInSeconds, "1"))
+                .parameters(parameter(ProcessorParameterName::LambdaNumberOfRetries, "2"))
+                .build()
+                .unwrap(),
+        )
+        .processors(Processor::builder().r#type(ProcessorType::AppendDelimiterToRecord).build().unwrap())
+        .build();
+    let destination = ExtendedS3DestinationConfiguration::builder()
+        .role_arn("arn:aws:iam::123456789012:role/firehose")
+        .bucket_arn("arn:aws:s3:::split-logs")
+        .prefix("kept/")
+        .error_output_prefix("errors/!{firehose:error-output-type}/")
+        .buffering_hints(aws_sdk_firehose::types::BufferingHints::builder().interval_in_seconds(1).build())
+        .processing_configuration(processors)
+        .build()
+        .unwrap();
+    client
+        .create_delivery_stream()
+        .delivery_stream_name("app-logs")
+        .extended_s3_destination_configuration(destination)
+        .send()
+        .await
+        .expect("create");
+    // Describe gives back what was created, in Firehose's processor shapes.
+    let described = client.describe_delivery_stream().delivery_stream_name("app-logs").send().await.unwrap();
+    let description = described.delivery_stream_description().unwrap();
+    let s3 = description.destinations()[0].extended_s3_destination_description().unwrap();
+    let kinds: Vec<String> = s3
+        .processing_configuration()
+        .unwrap()
+        .processors()
+        .iter()
+        .map(|processor| processor.r#type().as_str().to_string())
+        .collect();
+    assert_eq!(kinds, ["AppendDelimiterToRecord", "RecordDeAggregation", "Lambda"]);
+
+    // Two records of three JSON sub-records each: 6 sub-records, 2 dropped by the function.
+    let aggregated = [
+        format!("{}{}\n{}", record(0, "alpha", "keep"), record(1, "beta", "drop"), record(2, "gamma", "keep")),
+        format!("{} {}{}", record(3, "alpha", "keep"), record(4, "beta", "keep"), record(5, "gamma", "drop")),
+    ];
+    put(&client, &aggregated).await;
+    wait_for_metric(&spillway, "spillway_delivered_records_total{stream=\"app-logs\",sink=\"s3\"}", 4.0).await;
+    assert_eq!(spillway.terminate(), 0);
+
+    let objects = local_objects(&dir.path().join("buckets/split-logs"));
+    let mut kept: Vec<u64> =
+        lines_under(&objects, "kept/").iter().map(|(_, line)| line["N"].as_u64().expect("uppercased")).collect();
+    kept.sort_unstable();
+    assert_eq!(kept, [0, 2, 3, 4]);
+    assert!(lines_under(&objects, "errors/").is_empty());
+    let seen = function.seen();
+    let sent: usize = seen.iter().map(|invocation| invocation.event["records"].as_array().unwrap().len()).sum();
+    assert_eq!(sent, 6, "the function saw each sub-record once");
+    assert!(seen.iter().all(|invocation| invocation.authorization.as_deref() == Some("Bearer s3cr3t")));
 }

@@ -49,6 +49,33 @@ pub struct Config {
 pub struct ApiDefaultsConfig {
     #[serde(default)]
     pub s3: ApiS3Defaults,
+    /// Where a `Lambda` processor's `LambdaArn` is invoked; without it such a processor is refused.
+    #[serde(default)]
+    pub lambda: Option<ApiLambdaDefaults>,
+}
+
+/// `api_defaults.lambda`: how a `LambdaArn` becomes the HTTP function a `lambda` transform calls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiLambdaDefaults {
+    /// The function's url, with `{function}` replaced by the function name in the ARN (qualifier
+    /// included, `name:alias`): e.g. the Lambda Invoke API of a Lambda-compatible server,
+    /// `http://127.0.0.1:9001/2015-03-31/functions/{function}/invocations`.
+    pub url: String,
+    /// Request headers for every function (auth), as `lambda` transforms take them.
+    #[serde(default)]
+    pub headers: BTreeMap<String, spillway_sink_api::Secret>,
+}
+
+impl ApiLambdaDefaults {
+    /// The url for a `LambdaArn` (`arn:aws:lambda:<region>:<account>:function:<name>[:<qualifier>]`).
+    pub fn url_for(&self, lambda_arn: &str) -> Option<String> {
+        let (_, function) = lambda_arn.split_once(":function:")?;
+        let valid = |part: &str| {
+            !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '$')
+        };
+        function.split(':').all(valid).then(|| self.url.replace("{function}", function))
+    }
 }
 
 /// `api_defaults.s3`: the connection fields of an `s3` sink (same names and meaning as
@@ -516,6 +543,11 @@ impl Config {
         let example_url = self.api_defaults.s3.url_for("example-bucket");
         if let Err(message) = spillway_sink_s3::Destination::parse(&example_url) {
             push("api_defaults.s3.url".into(), format!("{message} (after replacing {{bucket}})"));
+        }
+        if let Some(lambda) = &self.api_defaults.lambda
+            && !(lambda.url.starts_with("http://") || lambda.url.starts_with("https://"))
+        {
+            push("api_defaults.lambda.url".into(), format!("must be an http:// or https:// url (got {})", lambda.url));
         }
         if !(1..=1024).contains(&self.wal.segment_mib) {
             push("wal.segment_mib".into(), format!("must be between 1 and 1024 (got {})", self.wal.segment_mib));

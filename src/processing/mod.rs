@@ -13,4 +13,7 @@ pub use partition::{
     KeyCompileError, KeyError, METADATA_EXTRACTION_FAILED, METADATA_EXTRACTION_OUTPUT_TYPE, PartitionKeys,
     PartitionValues,
 };
-pub use transform::{Chain, PROCESSING_FAILED_OUTPUT_TYPE, TransformConfig, TransformFailure, Transforms};
+pub use transform::{
+    Chain, DecompressFormat, PROCESSING_FAILED_OUTPUT_TYPE, SubRecordType, TransformConfig, TransformFailure,
+    Transforms,
+};

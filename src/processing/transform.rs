@@ -33,6 +33,9 @@ pub const DECOMPRESSION_FAILED: &str = "Decompression.Failed";
 /// `errorCode` of a record that is not a CloudWatch Logs subscription payload.
 pub const CLOUDWATCH_LOGS_INVALID: &str = "CloudWatchLogs.InvalidPayload";
 
+/// `errorCode` of a record the `record_deaggregation` transform cannot split into JSON values.
+pub const DEAGGREGATION_NON_JSON: &str = "RecordDeAggregation.NonJsonRecord";
+
 /// Largest record a decompression may produce: a 1,000 KiB record that inflates past this is
 /// refused rather than allowed to take memory without bound.
 const MAX_DECOMPRESSED_BYTES: u64 = 64 << 20;
@@ -65,6 +68,16 @@ pub enum TransformConfig {
         #[serde(default = "default_true")]
         data_message_extraction: bool,
     },
+    /// Firehose's `RecordDeAggregation` processor: one record holding several sub-records becomes
+    /// one record per sub-record: `json` splits concatenated JSON values (`{..}{..}`, or one per
+    /// line), each passed on byte for byte; `delimited` splits at `delimiter`. Empty sub-records
+    /// (two delimiters in a row, a trailing one, whitespace between JSON values) give nothing.
+    RecordDeaggregation {
+        sub_record_type: SubRecordType,
+        /// The bytes between sub-records, for `delimited` (text; Firehose's API takes it base64).
+        #[serde(default)]
+        delimiter: Option<String>,
+    },
     /// Firehose's `Lambda` processor: records are sent, in invocations, to an HTTP function
     /// speaking Firehose's event / response JSON (see `processing::lambda`).
     Lambda(LambdaConfig),
@@ -72,6 +85,14 @@ pub enum TransformConfig {
 
 fn default_true() -> bool {
     true
+}
+
+/// `record_deaggregation.sub_record_type`, Firehose's `SubRecordType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubRecordType {
+    Json,
+    Delimited,
 }
 
 /// `decompress.format`: Firehose's Decompression processor knows gzip only.
@@ -88,6 +109,7 @@ impl TransformConfig {
             TransformConfig::Jq { .. } => "jq",
             TransformConfig::Decompress { .. } => "decompress",
             TransformConfig::CloudwatchLogs { .. } => "cloudwatch_logs",
+            TransformConfig::RecordDeaggregation { .. } => "record_deaggregation",
             TransformConfig::Lambda(_) => "lambda",
         }
     }
@@ -107,6 +129,20 @@ impl TransformConfig {
             TransformConfig::Decompress { format: DecompressFormat::Gzip } => Ok(Box::new(Gunzip)),
             TransformConfig::CloudwatchLogs { data_message_extraction } => {
                 Ok(Box::new(CloudWatchLogs { extract_messages: *data_message_extraction }))
+            }
+            TransformConfig::RecordDeaggregation { sub_record_type: SubRecordType::Json, delimiter: None } => {
+                Ok(Box::new(JsonSubRecords))
+            }
+            TransformConfig::RecordDeaggregation { sub_record_type: SubRecordType::Json, delimiter: Some(_) } => {
+                Err("`delimiter` is for sub_record_type: delimited; json sub-records need none".into())
+            }
+            TransformConfig::RecordDeaggregation { sub_record_type: SubRecordType::Delimited, delimiter } => {
+                match delimiter.as_deref() {
+                    Some(delimiter) if !delimiter.is_empty() => {
+                        Ok(Box::new(DelimitedSubRecords { delimiter: delimiter.as_bytes().to_vec() }))
+                    }
+                    _ => Err("sub_record_type: delimited needs a non-empty `delimiter`".into()),
+                }
             }
             TransformConfig::Lambda(_) => {
                 Err("a lambda transform is not a record-by-record transform (see processing::transform::Chain)".into())
@@ -318,6 +354,53 @@ impl Transform for CloudWatchLogs {
     }
 }
 
+/// `record_deaggregation` of JSON sub-records: each JSON value, as its own bytes.
+struct JsonSubRecords;
+
+impl Transform for JsonSubRecords {
+    fn apply(&self, record: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), TransformFailure> {
+        let first_output = out.len();
+        let mut values = serde_json::Deserializer::from_slice(record).into_iter::<serde::de::IgnoredAny>();
+        let mut start = 0;
+        while let Some(value) = values.next() {
+            if let Err(error) = value {
+                // All or nothing: a record is split the same way on every replay, or not at all.
+                out.truncate(first_output);
+                return Err(TransformFailure {
+                    code: DEAGGREGATION_NON_JSON,
+                    message: format!("the record is not a sequence of JSON values: {error}"),
+                });
+            }
+            let end = values.byte_offset();
+            out.push(record[start..end].trim_ascii().to_vec());
+            start = end;
+        }
+        Ok(())
+    }
+}
+
+/// `record_deaggregation` of delimited sub-records.
+struct DelimitedSubRecords {
+    delimiter: Vec<u8>,
+}
+
+impl Transform for DelimitedSubRecords {
+    fn apply(&self, record: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), TransformFailure> {
+        let mut rest = record;
+        while !rest.is_empty() {
+            let (sub_record, after) = match memchr::memmem::find(rest, &self.delimiter) {
+                Some(at) => (&rest[..at], &rest[at + self.delimiter.len()..]),
+                None => (rest, &[][..]),
+            };
+            if !sub_record.is_empty() {
+                out.push(sub_record.to_vec());
+            }
+            rest = after;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,6 +474,50 @@ mod tests {
         let mut truncated = gzip(b"some longer text to compress");
         truncated.truncate(truncated.len() - 6);
         assert_eq!(apply(decompress(), &truncated).unwrap_err().code, DECOMPRESSION_FAILED);
+    }
+
+    fn deaggregate(sub_record_type: SubRecordType, delimiter: Option<&str>) -> TransformConfig {
+        TransformConfig::RecordDeaggregation { sub_record_type, delimiter: delimiter.map(str::to_string) }
+    }
+
+    #[test]
+    fn record_deaggregation_splits_json_values_byte_for_byte() {
+        let json = deaggregate(SubRecordType::Json, None);
+        assert_eq!(
+            run(std::slice::from_ref(&json), "{\"a\":1}{\"a\": [2, {\"b\":\"}{\"}]}\n{\"a\":3}\n\n").unwrap(),
+            ["{\"a\":1}", "{\"a\": [2, {\"b\":\"}{\"}]}", "{\"a\":3}"],
+            "values kept as written, whitespace between them dropped"
+        );
+        assert_eq!(run(std::slice::from_ref(&json), "1 \"two\" [3]").unwrap(), ["1", "\"two\"", "[3]"]);
+        assert!(run(std::slice::from_ref(&json), " \n").unwrap().is_empty());
+        // A record that goes wrong part-way gives nothing, not its first values.
+        let failure = run(std::slice::from_ref(&json), "{\"a\":1}{\"a\":").unwrap_err();
+        assert_eq!(failure.code, DEAGGREGATION_NON_JSON);
+        assert!(failure.message.contains("EOF"), "{failure}");
+        // The sub-records go on to the next transform.
+        assert_eq!(run(&[json, jq(".a")], "{\"a\":1}{\"a\":2}").unwrap(), ["1", "2"]);
+    }
+
+    #[test]
+    fn record_deaggregation_splits_at_a_delimiter() {
+        let hashes = deaggregate(SubRecordType::Delimited, Some("####"));
+        assert_eq!(run(std::slice::from_ref(&hashes), "a####b#c########d####").unwrap(), ["a", "b#c", "d"]);
+        assert_eq!(run(std::slice::from_ref(&hashes), "no delimiter").unwrap(), ["no delimiter"]);
+        assert_eq!(run(&[deaggregate(SubRecordType::Delimited, Some("\n"))], "x\ny\n").unwrap(), ["x", "y"]);
+    }
+
+    #[test]
+    fn record_deaggregation_options_are_checked() {
+        let problems = |config: TransformConfig| Transforms::build(&[config]).err().unwrap();
+        assert_eq!(
+            problems(deaggregate(SubRecordType::Delimited, None)),
+            [(0, "sub_record_type: delimited needs a non-empty `delimiter`".to_string())]
+        );
+        assert_eq!(problems(deaggregate(SubRecordType::Delimited, Some(""))).len(), 1);
+        assert_eq!(
+            problems(deaggregate(SubRecordType::Json, Some(","))),
+            [(0, "`delimiter` is for sub_record_type: delimited; json sub-records need none".to_string())]
+        );
     }
 
     #[test]

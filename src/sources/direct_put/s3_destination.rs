@@ -15,12 +15,15 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use spillway_sink_api::Compression;
 
+use base64::Engine as _;
+
 use super::ApiError;
 use super::validation::Violations;
 use crate::config::{
     BufferingConfig, Config, DynamicPartitioningConfig, ProcessingConfig, RecordDelimiter, RetryConfig, SourceConfig,
     StreamConfig,
 };
+use crate::processing::{DecompressFormat, SubRecordType, TransformConfig};
 use crate::sinks::SinkConfig;
 
 /// Firehose's `CompressionFormat` enum.
@@ -89,6 +92,94 @@ struct ProcessorIn {
 struct ParameterIn {
     parameter_name: String,
     parameter_value: String,
+}
+
+impl ProcessorIn {
+    fn parameter(&self, name: &str) -> Option<&str> {
+        self.parameters.iter().find(|parameter| parameter.parameter_name == name).map(|p| p.parameter_value.as_str())
+    }
+}
+
+/// The record transforms Firehose's processors ask for, in the order Firehose applies them:
+/// `Decompression` (with `CloudWatchLogProcessing`: one `cloudwatch_logs` transform), then
+/// `RecordDeAggregation`, then `Lambda`.
+fn record_transforms(processors: &[ProcessorIn], config: &Config) -> Result<Vec<TransformConfig>, ApiError> {
+    let find = |kind: &str| processors.iter().find(|processor| processor.kind == kind);
+    let invalid = |message: String| ApiError::invalid_argument(message);
+    let mut transforms = Vec::new();
+    let cloudwatch = find("CloudWatchLogProcessing");
+    match (find("Decompression"), cloudwatch) {
+        (Some(decompression), _) if decompression.parameter("CompressionFormat").is_some_and(|f| f != "GZIP") => {
+            return Err(invalid("Decompression supports CompressionFormat GZIP only".into()));
+        }
+        (Some(_), Some(cloudwatch)) => {
+            let data_message_extraction = match cloudwatch.parameter("DataMessageExtraction") {
+                None | Some("true") => true,
+                Some("false") => false,
+                Some(other) => {
+                    return Err(invalid(format!("DataMessageExtraction must be true or false, not {other}")));
+                }
+            };
+            transforms.push(TransformConfig::CloudwatchLogs { data_message_extraction });
+        }
+        (Some(_), None) => transforms.push(TransformConfig::Decompress { format: DecompressFormat::Gzip }),
+        (None, Some(_)) => return Err(invalid("CloudWatchLogProcessing needs a Decompression processor".into())),
+        (None, None) => {}
+    }
+    if let Some(deaggregation) = find("RecordDeAggregation") {
+        let (sub_record_type, delimiter) = match deaggregation.parameter("SubRecordType") {
+            Some("JSON") | None => (SubRecordType::Json, None),
+            Some("DELIMITED") => {
+                let encoded = deaggregation
+                    .parameter("Delimiter")
+                    .ok_or_else(|| invalid("RecordDeAggregation of DELIMITED sub-records needs a Delimiter".into()))?;
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .ok()
+                    .and_then(|bytes| String::from_utf8(bytes).ok())
+                    .ok_or_else(|| invalid(format!("Delimiter {encoded} is not base64 of UTF-8 text")))?;
+                (SubRecordType::Delimited, Some(decoded))
+            }
+            Some(other) => return Err(invalid(format!("SubRecordType must be JSON or DELIMITED, not {other}"))),
+        };
+        transforms.push(TransformConfig::RecordDeaggregation { sub_record_type, delimiter });
+    }
+    if let Some(lambda) = find("Lambda") {
+        let arn = lambda.parameter("LambdaArn").ok_or_else(|| invalid("Lambda needs a LambdaArn parameter".into()))?;
+        let Some(defaults) = &config.api_defaults.lambda else {
+            return Err(invalid(format!(
+                "the Lambda processor ({arn}) needs api_defaults.lambda.url in spillway's configuration (the HTTP endpoint a LambdaArn is invoked at)"
+            )));
+        };
+        let url = defaults.url_for(arn).ok_or_else(|| {
+            invalid(format!(
+                "LambdaArn {arn} is not a function ARN (arn:aws:lambda:<region>:<account>:function:<name>)"
+            ))
+        })?;
+        let number = |name: &str| -> Result<Option<f64>, ApiError> {
+            lambda
+                .parameter(name)
+                .map(|value| value.parse::<f64>().map_err(|_| invalid(format!("{name} must be a number, not {value}"))))
+                .transpose()
+        };
+        let mut function = serde_json::json!({ "type": "lambda", "url": url, "function_arn": arn });
+        for (parameter, field) in [
+            ("NumberOfRetries", "number_of_retries"),
+            ("BufferSizeInMBs", "buffer_size_mib"),
+            ("BufferIntervalInSeconds", "buffer_interval_seconds"),
+        ] {
+            if let Some(value) = number(parameter)? {
+                function[field] = if field == "buffer_size_mib" { value.into() } else { (value as u64).into() };
+            }
+        }
+        let mut transform: TransformConfig = serde_json::from_value(function)
+            .map_err(|error| invalid(format!("cannot make a lambda transform for {arn}: {error}")))?;
+        if let TransformConfig::Lambda(lambda) = &mut transform {
+            lambda.headers = defaults.headers.clone();
+        }
+        transforms.push(transform);
+    }
+    Ok(transforms)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -245,24 +336,21 @@ pub fn stream_config(
     let mut record_delimiter = RecordDelimiter::None;
     let mut partition_keys = BTreeMap::new();
     let processing = parsed.processing_configuration.unwrap_or_default();
+    let mut transforms = Vec::new();
     if processing.enabled.unwrap_or(!processing.processors.is_empty()) {
         for processor in &processing.processors {
             match processor.kind.as_str() {
                 "AppendDelimiterToRecord" => record_delimiter = RecordDelimiter::Newline,
                 "MetadataExtraction" => {
-                    let query = processor
-                        .parameters
-                        .iter()
-                        .find(|parameter| parameter.parameter_name == "MetadataExtractionQuery")
-                        .map(|parameter| parameter.parameter_value.as_str())
-                        .ok_or_else(|| {
-                            ApiError::invalid_argument("MetadataExtraction needs a MetadataExtractionQuery parameter")
-                        })?;
+                    let query = processor.parameter("MetadataExtractionQuery").ok_or_else(|| {
+                        ApiError::invalid_argument("MetadataExtraction needs a MetadataExtractionQuery parameter")
+                    })?;
                     partition_keys = parse_metadata_query(query).map_err(ApiError::invalid_argument)?;
                 }
-                other => return Err(unsupported(&format!("processor type {other}"))),
+                _ => {}
             }
         }
+        transforms = record_transforms(&processing.processors, config)?;
     }
     let dynamic = parsed.dynamic_partitioning_configuration.unwrap_or_default();
     let dynamic_partitioning = if dynamic.enabled.unwrap_or(false) {
@@ -307,7 +395,7 @@ pub fn stream_config(
     let stream = StreamConfig {
         name: name.to_string(),
         source,
-        processing: ProcessingConfig { record_delimiter, dynamic_partitioning, transforms: Vec::new() },
+        processing: ProcessingConfig { record_delimiter, dynamic_partitioning, transforms },
         buffering: BufferingConfig {
             size_mib: hints.size_in_mbs.map_or(5, |size| size as u64),
             interval_seconds: hints.interval_in_seconds.map_or(300, |interval| interval as u64),
@@ -432,6 +520,61 @@ mod tests {
         assert_eq!(s3.prefix.as_deref(), Some("p/"));
         assert_eq!(stream.processing.record_delimiter, RecordDelimiter::Newline);
         assert_eq!((stream.buffering.size_mib, stream.buffering.interval_seconds), (1, 60));
+    }
+
+    #[test]
+    fn processors_become_transforms_in_firehose_s_order() {
+        let processor = |kind: &str, parameters: &[(&str, &str)]| {
+            let parameters: Vec<Value> = parameters
+                .iter()
+                .map(|(name, value)| serde_json::json!({ "ParameterName": name, "ParameterValue": value }))
+                .collect();
+            serde_json::json!({ "Type": kind, "Parameters": parameters })
+        };
+        let with_processors = |processors: Vec<Value>| {
+            serde_json::json!({
+                "RoleARN": "arn:aws:iam::0:role/r", "BucketARN": "arn:aws:s3:::logs",
+                "ProcessingConfiguration": { "Enabled": true, "Processors": processors },
+            })
+        };
+        let lambda_arn = "arn:aws:lambda:us-east-1:123456789012:function:enrich:live";
+        let destination = with_processors(vec![
+            processor("Lambda", &[("LambdaArn", lambda_arn), ("NumberOfRetries", "5"), ("BufferSizeInMBs", "0.5")]),
+            processor("RecordDeAggregation", &[("SubRecordType", "DELIMITED"), ("Delimiter", "IyMjIw==")]),
+            processor("CloudWatchLogProcessing", &[("DataMessageExtraction", "false")]),
+            processor("Decompression", &[("CompressionFormat", "GZIP")]),
+        ]);
+        let with_lambda = crate::config::parse_str(
+            "api_defaults:\n  s3: { url: 'file://./buckets/{bucket}' }\n  lambda: { url: 'http://127.0.0.1:9001/fn/{function}' }\n",
+            std::path::Path::new("t.yaml"),
+        )
+        .expect("config");
+        let stream = stream_config(&with_lambda, "s", &destination, "d", SourceConfig::DirectPut).unwrap();
+        let transforms = &stream.processing.transforms;
+        assert_eq!(transforms.len(), 3, "{transforms:?}");
+        assert!(matches!(transforms[0], TransformConfig::CloudwatchLogs { data_message_extraction: false }));
+        assert!(matches!(
+            &transforms[1],
+            TransformConfig::RecordDeaggregation { sub_record_type: SubRecordType::Delimited, delimiter: Some(d) } if d == "####"
+        ));
+        let TransformConfig::Lambda(lambda) = &transforms[2] else { panic!("{transforms:?}") };
+        assert_eq!(lambda.url, "http://127.0.0.1:9001/fn/enrich:live");
+        assert_eq!(lambda.function_arn.as_deref(), Some(lambda_arn));
+        assert_eq!((lambda.number_of_retries, lambda.buffer_size_mib), (5, 0.5));
+
+        // Refused, each with its reason.
+        let refused = |config: &Config, processors: Vec<Value>| {
+            let error = stream_config(config, "s", &with_processors(processors), "d", SourceConfig::DirectPut);
+            error.expect_err("refused").message().to_string()
+        };
+        let lambda = processor("Lambda", &[("LambdaArn", lambda_arn)]);
+        assert!(refused(&config(), vec![lambda]).contains("needs api_defaults.lambda.url"));
+        let not_a_function = processor("Lambda", &[("LambdaArn", "arn:aws:s3:::bucket")]);
+        assert!(refused(&with_lambda, vec![not_a_function]).contains("is not a function ARN"));
+        let alone = processor("CloudWatchLogProcessing", &[("DataMessageExtraction", "true")]);
+        assert!(refused(&config(), vec![alone]).contains("needs a Decompression processor"));
+        let bad_delimiter = processor("RecordDeAggregation", &[("SubRecordType", "DELIMITED"), ("Delimiter", "*")]);
+        assert!(refused(&config(), vec![bad_delimiter]).contains("is not base64"));
     }
 
     #[test]
