@@ -198,6 +198,97 @@ fn validate_refuses_a_bad_schema_and_a_compressed_parquet_sink() {
     assert!(stderr.contains("sink.compression"), "{stderr}");
 }
 
+/// `schema.file`: the columns of a Parquet file written by pyarrow (as an existing table's file
+/// would be) become the sink's; what it writes reads back with the same types (widened only where
+/// Hive has no such type: uint32 → int64, seconds → milliseconds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn the_schema_of_an_existing_parquet_file_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = dir.path().join("sample.parquet");
+    python(&format!(
+        r#"
+import json, pyarrow as pa, pyarrow.parquet as pq
+schema = pa.schema([
+  ("id", pa.int64()), ("name", pa.string()), ("n", pa.uint32()), ("price", pa.decimal128(12, 3)),
+  ("day", pa.date32()), ("at", pa.timestamp("s", tz="UTC")), ("tags", pa.list_(pa.string())),
+  ("attrs", pa.map_(pa.string(), pa.float64())), ("geo", pa.struct([("lat", pa.float32()), ("ok", pa.bool_())])),
+])
+pq.write_table(pa.Table.from_pylist([], schema=schema), {path:?})
+print(json.dumps(True))
+"#,
+        path = sample.to_string_lossy()
+    ));
+    // The same stream, its `columns` list replaced by the file (same indentation).
+    let yaml = {
+        let base = yaml(60).replace("{ event_time: '@timestamp' }", "{}");
+        let at = base.find("columns:").unwrap();
+        format!("{}file: ./sample.parquet\n", &base[..at])
+    };
+    let spillway = Spillway::start(dir.path(), &yaml);
+    let client = spillway.client().await;
+    let records = [
+        r#"{"id":1,"name":"ä","n":4000000000,"price":"1.005","day":"2026-11-26","at":1764115200,"tags":["x"],"attrs":{"k":0.5},"geo":{"lat":1.5,"ok":true}}"#.to_string(),
+        r#"{"id":2}"#.to_string(),
+    ];
+    assert!(put(&client, &records).await);
+    assert_eq!(spillway.terminate(), 0);
+    let files = parquet_files(dir.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    let read = python(&format!(
+        r#"
+import json, pyarrow.parquet as pq
+table = pq.read_table({path:?})
+rows = table.to_pylist()
+print(json.dumps({{"schema": {{f.name: str(f.type) for f in table.schema}}, "first": {{k: str(v) for k, v in rows[0].items()}}, "rows": len(rows)}}))
+"#,
+        path = files[0]
+    ));
+    assert_eq!(read["rows"], 2);
+    let schema = &read["schema"];
+    assert_eq!(schema["id"], "int64");
+    assert_eq!(schema["name"], "string");
+    assert_eq!(schema["n"], "int64", "uint32 widened");
+    assert_eq!(schema["price"], "decimal128(12, 3)");
+    assert_eq!(schema["day"], "date32[day]");
+    assert_eq!(schema["at"], "timestamp[ms, tz=UTC]", "seconds widened to milliseconds");
+    assert_eq!(schema["tags"], "list<element: string>");
+    assert!(schema["attrs"].as_str().unwrap().starts_with("map<string, double"), "{schema}");
+    assert_eq!(schema["geo"], "struct<lat: float, ok: bool>");
+    let first = &read["first"];
+    assert_eq!(first["n"], "4000000000");
+    assert_eq!(first["price"], "1.005");
+    assert_eq!(first["at"], "2025-11-26 00:00:00+00:00");
+
+    // A file with a type no column can hold, a missing file, and both ways at once are refused.
+    python(&format!(
+        "import json, pyarrow as pa, pyarrow.parquet as pq\npq.write_table(pa.table({{'raw': pa.array([b'x'], pa.binary())}}), {path:?})\nprint(json.dumps(True))",
+        path = dir.path().join("binary.parquet").to_string_lossy()
+    ));
+    let validate = |yaml: String| {
+        let config = dir.path().join("check.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+            .current_dir(dir.path())
+            .args(["validate", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let binary = validate(yaml.replace("sample.parquet", "binary.parquet"));
+    assert!(binary.contains("sink.format.schema.file") && binary.contains("column `raw`"), "{binary}");
+    let missing = validate(yaml.replace("sample.parquet", "nowhere.parquet"));
+    assert!(missing.contains("cannot open ./nowhere.parquet"), "{missing}");
+    let indent = " ".repeat(yaml.lines().find(|line| line.contains("file: ./")).unwrap().find("file: ./").unwrap());
+    let both = validate(yaml.replace(
+        "file: ./sample.parquet",
+        &format!("file: ./sample.parquet\n{indent}columns: [{{ name: a, type: int }}]"),
+    ));
+    assert!(both.contains("give `columns` or `file`, not both"), "{both}");
+}
+
 /// Seeded SIGKILL rounds (`SPILLWAY_CHAOS_SEED`, `SPILLWAY_CHAOS_ROUNDS`, default 10) while a
 /// client puts rows: every acknowledged id is in exactly one Parquet row, none twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -64,11 +64,28 @@ pub struct ParquetConfig {
     pub convert_dots_in_json_keys_to_underscores: bool,
 }
 
-/// `format.schema`.
+/// `format.schema`: the columns, or a Parquet file whose schema the sink writes (exactly one).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchemaConfig {
+    #[serde(default)]
     pub columns: Vec<ColumnConfig>,
+    /// An existing Parquet file (only its footer is read) whose columns the sink writes.
+    #[serde(default)]
+    pub file: Option<std::path::PathBuf>,
+}
+
+impl SchemaConfig {
+    /// The table, or problems as (field under `format.schema`, message).
+    pub fn table(&self) -> Result<Table, Vec<(String, String)>> {
+        match (&self.file, self.columns.is_empty()) {
+            (Some(_), false) => Err(vec![("file".into(), "give `columns` or `file`, not both".into())]),
+            (Some(file), true) => Table::from_parquet_file(file).map_err(|message| vec![("file".into(), message)]),
+            (None, _) => Table::from_config(&self.columns).map_err(|bad| {
+                bad.into_iter().map(|(index, message)| (format!("columns[{index}]"), message)).collect()
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -98,10 +115,9 @@ impl ParquetConfig {
     /// Problems as (field under `format`, message).
     pub fn validate(&self) -> Vec<(String, String)> {
         let mut problems = Vec::new();
-        if let Err(bad) = Table::from_config(&self.schema.columns) {
-            for (index, message) in bad {
-                problems.push((format!("schema.columns[{index}]"), message));
-            }
+        let table = self.schema.table();
+        if let Err(bad) = &table {
+            problems.extend(bad.iter().map(|(field, message)| (format!("schema.{field}"), message.clone())));
         }
         if !(1..=512).contains(&self.row_group_mib) {
             problems.push(("row_group_mib".into(), format!("must be between 1 and 512 (got {})", self.row_group_mib)));
@@ -110,8 +126,11 @@ impl ParquetConfig {
             problems
                 .push(("page_size_kib".into(), format!("must be between 64 and 65536 (got {})", self.page_size_kib)));
         }
+        let columns: Vec<String> =
+            table.map(|table| table.columns.into_iter().map(|(name, _)| name).collect()).unwrap_or_default();
         for column in self.column_to_json_key_mappings.keys() {
-            if !self.schema.columns.iter().any(|defined| &defined.name == column) {
+            // Only against a schema that could be read (its own problems are reported above).
+            if !columns.is_empty() && !columns.iter().any(|defined| defined == column) {
                 problems.push((
                     format!("column_to_json_key_mappings.{column}"),
                     "names no column of the schema".to_string(),
@@ -123,8 +142,8 @@ impl ParquetConfig {
 
     /// The encoder factory; fails only on a config `validate` refuses.
     pub fn encoder_factory(&self) -> Result<ParquetEncoderFactory, String> {
-        let table = Table::from_config(&self.schema.columns).map_err(|problems| {
-            problems.iter().map(|(index, message)| format!("column {index}: {message}")).collect::<Vec<_>>().join("; ")
+        let table = self.schema.table().map_err(|problems| {
+            problems.iter().map(|(field, message)| format!("schema.{field}: {message}")).collect::<Vec<_>>().join("; ")
         })?;
         let codec = match self.compression {
             ParquetCompression::Snappy => ParquetCodec::SNAPPY,

@@ -1,9 +1,8 @@
 //! The table a Parquet sink writes: columns with Hive / Glue type names, as Firehose takes them
 //! from a Glue table (`string`, `int`, `bigint`, `double`, `decimal(10,2)`, `timestamp`,
 //! `array<string>`, `map<string,int>`, `struct<a:int,b:string>`…), parsed into [`ColumnType`]
-//! and turned into an Arrow schema.
-//!
-//! Pure: no I/O.
+//! and turned into an Arrow schema; or read from an existing Parquet file's schema
+//! ([`Table::from_parquet_file`], the only I/O here).
 
 use std::sync::Arc;
 
@@ -118,9 +117,77 @@ impl Table {
         if problems.is_empty() { Ok(Self { columns: parsed }) } else { Err(problems) }
     }
 
+    /// The columns of an existing Parquet file (its footer only is read), for a sink that writes
+    /// the same table. Arrow types map to the column types above; a type with no such column type
+    /// (unsigned 64-bit, binary, intervals, …) is refused with the column's path.
+    pub fn from_parquet_file(path: &std::path::Path) -> Result<Self, String> {
+        let file = std::fs::File::open(path).map_err(|error| format!("cannot open {}: {error}", path.display()))?;
+        let metadata = parquet::arrow::arrow_reader::ArrowReaderMetadata::load(&file, Default::default())
+            .map_err(|error| format!("{} is not a readable Parquet file: {error}", path.display()))?;
+        let mut columns = Vec::new();
+        let mut problems = Vec::new();
+        for field in metadata.schema().fields() {
+            match column_type_of(field.name(), field.data_type()) {
+                Ok(column_type) => columns.push((field.name().clone(), column_type)),
+                Err(problem) => problems.push(problem),
+            }
+        }
+        if columns.is_empty() && problems.is_empty() {
+            problems.push(format!("{} has no columns", path.display()));
+        }
+        if problems.is_empty() { Ok(Self { columns }) } else { Err(problems.join("; ")) }
+    }
+
     pub fn arrow_schema(&self) -> Arc<Schema> {
         Arc::new(Schema::new(struct_fields(&self.columns)))
     }
+}
+
+/// The column type of an Arrow type read from a Parquet file; `path` names the column in errors.
+fn column_type_of(path: &str, data_type: &DataType) -> Result<ColumnType, String> {
+    let decimal = |precision: u8, scale: i8| {
+        if (1..=38).contains(&precision) {
+            Ok(ColumnType::Decimal { precision, scale })
+        } else {
+            Err(format!("column `{path}`: decimal precision {precision} is not 1-38"))
+        }
+    };
+    Ok(match data_type {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => ColumnType::String,
+        DataType::Boolean => ColumnType::Boolean,
+        DataType::Int8 => ColumnType::TinyInt,
+        DataType::Int16 | DataType::UInt8 => ColumnType::SmallInt,
+        DataType::Int32 | DataType::UInt16 => ColumnType::Int,
+        DataType::Int64 | DataType::UInt32 => ColumnType::BigInt,
+        DataType::Float32 => ColumnType::Float,
+        DataType::Float64 => ColumnType::Double,
+        DataType::Decimal32(precision, scale)
+        | DataType::Decimal64(precision, scale)
+        | DataType::Decimal128(precision, scale) => decimal(*precision, *scale)?,
+        DataType::Date32 | DataType::Date64 => ColumnType::Date,
+        // Hive has no second-precision timestamp: milliseconds hold every such value.
+        DataType::Timestamp(TimeUnit::Second, _) => ColumnType::Timestamp(TimeUnit::Millisecond),
+        DataType::Timestamp(unit, _) => ColumnType::Timestamp(*unit),
+        DataType::Struct(fields) => ColumnType::Struct(
+            fields
+                .iter()
+                .map(|field| {
+                    let nested = format!("{path}.{}", field.name());
+                    Ok((field.name().clone(), column_type_of(&nested, field.data_type())?))
+                })
+                .collect::<Result<_, String>>()?,
+        ),
+        DataType::List(element) | DataType::LargeList(element) => {
+            ColumnType::Array(Box::new(column_type_of(&format!("{path}[]"), element.data_type())?))
+        }
+        DataType::Map(entries, _) => match entries.data_type() {
+            DataType::Struct(pair) if pair.len() == 2 && matches!(pair[0].data_type(), DataType::Utf8) => {
+                ColumnType::Map(Box::new(column_type_of(&format!("{path}{{}}"), pair[1].data_type())?))
+            }
+            _ => return Err(format!("column `{path}`: only maps with string keys can be written from JSON")),
+        },
+        other => return Err(format!("column `{path}`: the Parquet type {other} has no Hive column type here")),
+    })
 }
 
 struct Parser<'a> {
