@@ -331,6 +331,16 @@ pub async fn run(
                     backoff.reset();
                     shards = listed;
                     next_discovery = tokio::time::Instant::now() + discovery;
+                    for shard_id in expired_shards(&shards, &wal_positions(&stream, kind, &wal)) {
+                        // Nothing to resume there any more; a failed append is retried next round.
+                        if let Err(error) = wal.forget_position(context.position_key(&shard_id)).await {
+                            tracing::warn!(stream = %stream, shard = %shard_id, %error, "cannot forget an expired {kind} shard's position");
+                            continue;
+                        }
+                        tracing::debug!(stream = %stream, shard = %shard_id, "expired {kind} shard's position forgotten");
+                        finished.remove(&shard_id);
+                        started.remove(&shard_id);
+                    }
                 }
                 Err(error) => {
                     let wait = backoff.next_delay();
@@ -392,6 +402,26 @@ pub async fn run(
     }
     while readers.join_next().await.is_some() {}
     context.metrics.source.set_active_shards(0);
+}
+
+/// Closed shards that are gone for good: read to their end, no longer listed (their records
+/// expired) and no listed shard's parent (so lineage never needs them). Their positions can be
+/// forgotten; a stream whose shards roll (DynamoDB Streams' every few hours) would otherwise keep
+/// every position it ever had.
+pub(crate) fn expired_shards(
+    listed: &BTreeMap<String, ShardInfo>,
+    positions: &BTreeMap<String, Position>,
+) -> Vec<String> {
+    let parents: BTreeSet<&str> = listed.values().flat_map(|info| info.parents.iter().map(String::as_str)).collect();
+    positions
+        .iter()
+        .filter(|(shard_id, position)| {
+            matches!(position, Position::Closed(_))
+                && !listed.contains_key(shard_id.as_str())
+                && !parents.contains(shard_id.as_str())
+        })
+        .map(|(shard_id, _)| shard_id.clone())
+        .collect()
 }
 
 /// The WAL's positions of this source type, by shard id.
@@ -510,5 +540,27 @@ mod tests {
             ]
         );
         assert_eq!(finished, BTreeSet::from(["a".to_string(), "b".to_string()]));
+    }
+
+    #[test]
+    fn only_closed_shards_gone_from_the_listing_and_from_lineage_are_forgotten() {
+        let shard = |parents: &[&str], closed: bool| ShardInfo {
+            parents: parents.iter().map(|parent| parent.to_string()).collect(),
+            closed,
+        };
+        // `old` expired and no listed shard descends from it; `parent` expired but `child` still
+        // names it; `listed-closed` is still listed; `gone-open` was never read to its end.
+        let listed = BTreeMap::from([
+            ("child".to_string(), shard(&["parent"], false)),
+            ("listed-closed".to_string(), shard(&[], true)),
+        ]);
+        let positions = BTreeMap::from([
+            ("old".to_string(), Position::Closed("5".into())),
+            ("parent".to_string(), Position::Closed("9".into())),
+            ("listed-closed".to_string(), Position::Closed("7".into())),
+            ("gone-open".to_string(), Position::After("3".into())),
+            ("child".to_string(), Position::After("12".into())),
+        ]);
+        assert_eq!(expired_shards(&listed, &positions), ["old"]);
     }
 }
