@@ -1,22 +1,38 @@
 #!/usr/bin/env bash
 # OpenSearch sink throughput next to a plain reference loader on the same node, in one run.
 #
-#   eval "$(scripts/services.sh env)"; scripts/bench_opensearch.sh [--records N] [--bulk-mib M] [--clients C] [--bin PATH]
+#   eval "$(scripts/services.sh env)"; scripts/bench_opensearch.sh [--records N] [--bulk-mib M] [--clients C]
+#       [--order reference-first|spillway-first] [--bin PATH]
 #
 # Both load the same ~1 KiB JSON log records (unique ids) into fresh indices with the same settings
 # (1 shard, 0 replicas) on the OpenSearch of scripts/services.sh:
 # - reference: pre-built `_bulk` bodies of --bulk-mib (explicit `_id`s, like spillway's), sent by
-#   `curl` with --clients in parallel (xargs -P), timed until `_count` shows every document;
+#   `curl` with --clients in parallel (xargs -P), timed until the last `_bulk` is answered;
 # - spillway: the release binary with an `opensearch` sink (bulk_max_mib = buffering.size_mib =
 #   --bulk-mib), records sent as NDJSON (5,000 lines per request, --clients curls), timed from the
-#   first request until `_count` shows every document (so it includes the WAL, fsync: always).
-# Prints documents/s and MiB/s (record bytes) for both and the ratio.
+#   first request until its /metrics count every record delivered, i.e. every `_bulk` item answered
+#   (so it includes the WAL, fsync: always, and the last batch's 1 s buffering interval).
+# Then each checks with `_refresh` + `_count` that every document is there (not timed: refreshing
+# while loading would cost the node CPU in proportion to the wait).
+# Concurrency: the reference sends --clients requests at once. spillway takes --clients intake
+# requests at once and has up to 8 batches in flight, as many as fit in max(24 MiB, 4.5 batches)
+# of encoded bytes; a batch is one `_bulk` request of --bulk-mib plus one of the ~8 % its action
+# lines add. So with --bulk-mib 5 or more spillway has 4 large requests in flight, as the
+# reference with --clients 4 (below 5 MiB more: up to 8).
+# Prints documents/s and MiB/s (record bytes) for both and the ratio, and for each phase who
+# used the CPU (OpenSearch's and spillway's CPU seconds, the machine's idle time): on a machine
+# where they share the cores, the node's CPU is the limit and the loader's own CPU is taken
+# from it. The phases run one after the other (--order), 3 s apart. Last line: the ratio the
+# CPU seconds predict where the node and the loader have the cores to themselves and the node is
+# CPU-bound (reference phase node CPU ÷ (spillway phase node CPU + spillway's own CPU)); unlike
+# the wall-clock ratio it does not move with other processes' load on a shared machine.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 records=200000
 bulk_mib=5
 clients=4
+order=reference-first
 port=4597
 bin="${CARGO_TARGET_DIR:-$ROOT/target}/release/spillway"
 while [[ $# -gt 0 ]]; do
@@ -24,6 +40,7 @@ while [[ $# -gt 0 ]]; do
 	--records) records=$2; shift 2 ;;
 	--bulk-mib) bulk_mib=$2; shift 2 ;;
 	--clients) clients=$2; shift 2 ;;
+	--order) order=$2; shift 2 ;; # reference-first (default) | spillway-first
 	--port) port=$2; shift 2 ;;
 	--bin) bin=$2; shift 2 ;;
 	*) echo "unknown option $1" >&2; exit 2 ;;
@@ -88,6 +105,27 @@ for index in "$ref_index" "$sp_index"; do
 done
 
 now() { date +%s.%N; }
+# CPU seconds (user + system) of a process, and of the whole machine's busy / idle time, from
+# /proc: to see who used the 2 cores in each phase (is OpenSearch waiting on the loader?).
+ticks="$(getconf CLK_TCK)"
+os_pid="$(cat "${SPILLWAY_CACHE_DIR:-$HOME/.cache/spillway}/run/opensearch.pid" 2>/dev/null || true)"
+cpu_of() { # PID -> CPU seconds so far (0 when unknown)
+	[[ -n "$1" && -r "/proc/$1/stat" ]] || { echo 0; return; }
+	awk -v t="$ticks" '{ sub(/^.*\) /, ""); print ($12 + $13) / t }' "/proc/$1/stat"
+}
+idle_of() { awk -v t="$ticks" '/^cpu / { print ($5 + $6) / t }' /proc/stat; }
+phase_start() { p_start="$(now)"; p_os="$(cpu_of "$os_pid")"; p_self="$(cpu_of "${1:-}")"; p_idle="$(idle_of)"; }
+phase_end() { # NAME PID: wall seconds and who used the CPU, printed on stderr
+	local wall os self idle
+	wall="$(awk -v a="$p_start" -v b="$(now)" 'BEGIN { print b - a }')"
+	os="$(awk -v a="$p_os" -v b="$(cpu_of "$os_pid")" 'BEGIN { print b - a }')"
+	self="$(awk -v a="$p_self" -v b="$(cpu_of "${2:-}")" 'BEGIN { print b - a }')"
+	idle="$(awk -v a="$p_idle" -v b="$(idle_of)" 'BEGIN { print b - a }')"
+	echo "$os $self" >"$work/cpu-$1"
+	awk -v n="$1" -v w="$wall" -v o="$os" -v s="$self" -v i="$idle" 'BEGIN {
+		printf "  %s: %.1f s wall; CPU-s: opensearch %.1f, loader %.1f, machine idle %.1f (of %.1f)\n", n, w, o, s, i, 2 * w }' >&2
+	echo "$wall"
+}
 count() { curl -s -m 30 -X POST "$OS/$1/_refresh" >/dev/null; curl -s -m 30 "$OS/$1/_count" | python3 -c 'import json,sys
 try: print(json.load(sys.stdin).get("count", 0))
 except Exception: print(0)'; }
@@ -99,41 +137,70 @@ wait_count() { # INDEX: until every record is searchable (at most 600 s)
 	done
 }
 
-# Reference loader.
-start="$(now)"
-ls "$work"/ref/*.ndjson | xargs -P "$clients" -I{} sh -c \
-	"curl -s -H 'Content-Type: application/x-ndjson' --data-binary @{} '$OS/_bulk?filter_path=errors' | grep -q '\"errors\":false' || echo 'reference bulk had errors: {}' >&2"
-wait_count "$ref_index"
-ref_seconds="$(awk -v a="$start" -v b="$(now)" 'BEGIN { print b - a }')"
+run_reference() {
+	# Reference loader (curl's CPU is not counted: short-lived processes).
+	phase_start
+	ls "$work"/ref/*.ndjson | xargs -P "$clients" -I{} sh -c \
+		"curl -s -H 'Content-Type: application/x-ndjson' --data-binary @{} '$OS/_bulk?filter_path=errors' | grep -q '\"errors\":false' || echo 'reference bulk had errors: {}' >&2"
+	# Every `_bulk` answered: every document is indexed (searchable after a refresh).
+	ref_seconds="$(phase_end reference)"
+	wait_count "$ref_index"
+}
 
-# spillway.
-cat >"$work/bench.yaml" <<YAML
-server: { listen: 127.0.0.1:$port }
-data_dir: $work/data
-streams:
-  - name: bench
-    buffering: { size_mib: $bulk_mib, interval_seconds: 1 }
-    sink:
-      type: opensearch
-      url: $OS
-      index: $sp_index
-      index_rotation: none
-      bulk_max_mib: $bulk_mib
-      backup: { sink: { url: 'file://$work/backup' } }
-YAML
-"$bin" run --config "$work/bench.yaml" >"$work/stdout.log" 2>"$work/server.log" &
-server_pid=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break; sleep 0.1; done
-start="$(now)"
-ls "$work"/ndjson/*.ndjson | xargs -P "$clients" -I{} sh -c \
-	"curl -sf -o /dev/null --data-binary @{} 'http://127.0.0.1:$port/streams/bench/records' || echo 'put failed: {}' >&2"
-wait_count "$sp_index"
-sp_seconds="$(awk -v a="$start" -v b="$(now)" 'BEGIN { print b - a }')"
+run_spillway() {
+	# spillway.
+	cat >"$work/bench.yaml" <<-YAML
+	server: { listen: 127.0.0.1:$port }
+	data_dir: $work/data
+	streams:
+	  - name: bench
+	    buffering: { size_mib: $bulk_mib, interval_seconds: 1 }
+	    sink:
+	      type: opensearch
+	      url: $OS
+	      index: $sp_index
+	      index_rotation: none
+	      bulk_max_mib: $bulk_mib
+	      backup: { sink: { url: 'file://$work/backup' } }
+	YAML
+	"$bin" run --config "$work/bench.yaml" >"$work/stdout.log" 2>"$work/server.log" &
+	server_pid=$!
+	for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break; sleep 0.1; done
+	phase_start "$server_pid"
+	ls "$work"/ndjson/*.ndjson | xargs -P "$clients" -I{} sh -c \
+		"curl -sf -o /dev/null --data-binary @{} 'http://127.0.0.1:$port/streams/bench/records' || echo 'put failed: {}' >&2"
+	# Done when spillway counts every record delivered (every `_bulk` item answered), read from its
+	# /metrics: polling OpenSearch with refreshes would cost the node CPU in proportion to the wait.
+	local deadline=$((SECONDS + 600)) delivered=0
+	while [[ "$delivered" -lt "$records" ]]; do
+		if ((SECONDS > deadline)); then echo "spillway: $delivered of $records delivered after 600 s" >&2; exit 1; fi
+		sleep 0.05
+		delivered="$(curl -sf "http://127.0.0.1:$port/metrics" 2>/dev/null | awk '/^spillway_delivered_records_total\{/ { sum += $2 } END { printf "%d", sum }')" || delivered=0
+	done
+	sp_seconds="$(phase_end spillway "$server_pid")"
+	wait_count "$sp_index"
+	kill "$server_pid" 2>/dev/null || true
+	wait "$server_pid" 2>/dev/null || true
+	server_pid=""
+}
+
+# One phase after the other, in the order asked (the node's merges of the first index may run
+# into the second phase); a short pause between them.
+if [[ "$order" == spillway-first ]]; then
+	run_spillway; sleep 3; run_reference
+else
+	run_reference; sleep 3; run_spillway
+fi
 if [[ -d "$work/backup" ]] && [[ -n "$(find "$work/backup" -type f)" ]]; then echo "documents reached the backup" >&2; exit 1; fi
+read -r ref_os_cpu _ <"$work/cpu-reference"
+read -r sp_os_cpu sp_self_cpu <"$work/cpu-spillway"
 
 awk -v n="$records" -v bytes="$record_bytes" -v r="$ref_seconds" -v s="$sp_seconds" -v mib="$bulk_mib" -v c="$clients" 'BEGIN {
 	printf "reference (curl _bulk, %d MiB bodies, %d parallel): %.1f s, %.0f docs/s, %.1f MiB/s\n", mib, c, r, n / r, bytes / 1048576 / r
 	printf "spillway  (opensearch sink, bulk_max_mib %d):         %.1f s, %.0f docs/s, %.1f MiB/s\n", mib, s, n / s, bytes / 1048576 / s
 	printf "spillway / reference: %.2f\n", r / s
+}'
+awk -v ro="$ref_os_cpu" -v so="$sp_os_cpu" -v sc="$sp_self_cpu" 'BEGIN {
+	if (so + sc > 0) printf "CPU-bound estimate (reference node CPU / (spillway phase node CPU + spillway CPU)): %.2f\n", ro / (so + sc)
 }'
 curl -s -X DELETE "$OS/$ref_index,$sp_index" >/dev/null

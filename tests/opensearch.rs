@@ -291,17 +291,27 @@ async fn a_mapping_conflict_sends_only_those_records_to_the_backup_with_the_reas
     assert_eq!(spillway.terminate(), 0);
 }
 
+/// Which documents the throttling proxy withholds with a 429 item.
+#[derive(Clone, Copy)]
+enum Throttle {
+    /// One document in three (by its id's hash), the first time its id is seen.
+    OnceForAThird,
+    /// Every document, every time.
+    Always,
+    /// Every document whose source contains this text, every time.
+    AlwaysWhenContains(&'static str),
+}
+
 /// A proxy in front of OpenSearch that throttles: the first two `_bulk` requests get 503 as a
-/// whole; afterwards each document is, the first time its id is seen, withheld with a 429 item
-/// one time in three (the rest is forwarded and their items spliced back in order); with
-/// `always`, every document every time.
+/// whole; afterwards documents are withheld with a 429 item as `throttle` says (the rest is
+/// forwarded and their items spliced back in order).
 struct ThrottlingProxy {
     address: String,
     withheld: Arc<AtomicUsize>,
     whole_refusals: Arc<AtomicUsize>,
 }
 
-async fn start_throttling_proxy(upstream: String, always: bool) -> ThrottlingProxy {
+async fn start_throttling_proxy(upstream: String, throttle: Throttle) -> ThrottlingProxy {
     let withheld = Arc::new(AtomicUsize::new(0));
     let whole_refusals = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(Mutex::new(BTreeSet::<String>::new()));
@@ -329,7 +339,12 @@ async fn start_throttling_proxy(upstream: String, always: bool) -> ThrottlingPro
                     let id = action["index"]["_id"].as_str().unwrap_or_default().to_string();
                     let first_time = seen.lock().unwrap().insert(id.clone());
                     let hash = id.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
-                    if always || (first_time && hash % 3 == 0) {
+                    let withhold = match throttle {
+                        Throttle::OnceForAThird => first_time && hash % 3 == 0,
+                        Throttle::Always => true,
+                        Throttle::AlwaysWhenContains(text) => pair[1].contains(text),
+                    };
+                    if withhold {
                         withheld.fetch_add(1, Ordering::SeqCst);
                         plan.push(false);
                     } else {
@@ -382,7 +397,7 @@ async fn throttled_items_and_requests_are_retried_with_nothing_lost_or_duplicate
     let url = opensearch_url();
     let http = reqwest::Client::new();
     let dir = tempfile::tempdir().unwrap();
-    let proxy = start_throttling_proxy(url.clone(), false).await;
+    let proxy = start_throttling_proxy(url.clone(), Throttle::OnceForAThird).await;
     let index = unique("throttle");
     let yaml = config(&[stream_yaml(
         "throttled",
@@ -420,7 +435,7 @@ async fn backup_mode_all_keeps_every_document_once_across_partial_retries() {
     let url = opensearch_url();
     let http = reqwest::Client::new();
     let dir = tempfile::tempdir().unwrap();
-    let proxy = start_throttling_proxy(url.clone(), false).await;
+    let proxy = start_throttling_proxy(url.clone(), Throttle::OnceForAThird).await;
     let index = unique("all");
     let sink = format!(
         "      type: opensearch\n      url: {}\n      index: {index}\n      index_rotation: none\n\
@@ -454,7 +469,7 @@ async fn items_throttled_past_the_retry_duration_go_to_the_backup() {
     let url = opensearch_url();
     let http = reqwest::Client::new();
     let dir = tempfile::tempdir().unwrap();
-    let proxy = start_throttling_proxy(url.clone(), true).await;
+    let proxy = start_throttling_proxy(url.clone(), Throttle::Always).await;
     let index = unique("expire");
     let yaml = config(&[format!(
         "{}    retry: {{ duration_seconds: 3 }}\n",
@@ -480,6 +495,70 @@ async fn items_throttled_past_the_retry_duration_go_to_the_backup() {
     }
     assert_eq!(refresh_and_count(&http, &url, &index).await, 0);
     assert_eq!(spillway.terminate(), 0);
+}
+
+/// One batch, two kinds of failure at different attempts: mapping conflicts refused on the first
+/// attempt, and documents throttled on every attempt until the retry duration ends. Both reach
+/// the backup: the later give-up writes an object of its own instead of replacing the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn failures_given_up_at_different_attempts_of_one_batch_all_reach_the_backup() {
+    let url = opensearch_url();
+    let http = reqwest::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_throttling_proxy(url.clone(), Throttle::AlwaysWhenContains("slow")).await;
+    let index = unique("mixed");
+    let created = http
+        .put(format!("{url}/{index}"))
+        .json(&json!({ "settings": { "number_of_replicas": 0 }, "mappings": { "properties": { "n": { "type": "integer" } } } }))
+        .send()
+        .await
+        .unwrap();
+    assert!(created.status().is_success(), "{:?}", created.text().await);
+    let yaml = config(&[format!(
+        "{}    retry: {{ duration_seconds: 3 }}\n",
+        stream_yaml(
+            "mixed",
+            "{ size_mib: 1, interval_seconds: 1 }",
+            &opensearch_sink(&proxy.address, &index, "      index_rotation: none\n"),
+        )
+    )]);
+    let spillway = Spillway::start(dir.path(), &yaml);
+    let client = spillway.client().await;
+    // 100 records in one put (one batch): 10 conflict with the mapping, 10 are always throttled.
+    let records: Vec<String> = (0..100)
+        .map(|n| match n % 10 {
+            3 => json!({ "id": format!("m{n}"), "n": "not a number" }).to_string(),
+            7 => json!({ "id": format!("m{n}"), "n": n, "kind": "slow" }).to_string(),
+            _ => json!({ "id": format!("m{n}"), "n": n }).to_string(),
+        })
+        .collect();
+    put(&client, "mixed", &records).await;
+    common::eventually(WAIT, "20 failed documents in the backup", || {
+        (backup_records(dir.path()).len() >= 20).then_some(())
+    })
+    .await;
+    wait_for_count(&http, &url, &index, 80).await;
+    assert_eq!(spillway.terminate(), 0);
+    let failed = backup_records(dir.path());
+    let mut by_code: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut objects = BTreeSet::new();
+    for (key, document) in &failed {
+        let raw = base64::engine::general_purpose::STANDARD.decode(document["rawData"].as_str().unwrap()).unwrap();
+        let value: Value = serde_json::from_slice(&raw).unwrap();
+        by_code
+            .entry(document["errorCode"].as_str().unwrap().to_string())
+            .or_default()
+            .insert(value["id"].as_str().unwrap().to_string());
+        objects.insert(key.clone());
+    }
+    let ids = |remainder: usize| -> BTreeSet<String> {
+        (0..100).filter(|n| n % 10 == remainder).map(|n| format!("m{n}")).collect()
+    };
+    assert_eq!(failed.len(), 20, "each failed document once: {by_code:?}");
+    assert_eq!(by_code.get("400"), Some(&ids(3)), "the mapping conflicts, refused on the first attempt");
+    assert_eq!(by_code.get("429"), Some(&ids(7)), "the throttled documents, given up after 3 s");
+    assert_eq!(objects.len(), 2, "one object per attempt that gave up: {objects:?}");
 }
 
 /// What the clients did: ids acknowledged, and ids whose put died with the server.
@@ -546,24 +625,26 @@ async fn push_until_stopped(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs services: scripts/test.sh"]
-async fn sigkill_rounds_leave_count_equal_to_unique_ids_equal_to_acknowledged() {
+/// Seeded SIGKILL rounds (`SPILLWAY_CHAOS_SEED`, `SPILLWAY_CHAOS_ROUNDS`, default 10) while 4
+/// clients put records to the stream `crashy` of `yaml`, then a last run that delivers the rest.
+/// Checks that the index holds every acknowledged record once (`_count` = unique ids =
+/// acknowledged, plus puts that died with the server and still made it); returns the ledger, the
+/// seed and the ids indexed.
+async fn sigkill_rounds(
+    dir: &std::path::Path,
+    yaml: &str,
+    index: &str,
+    default_seed: u64,
+) -> (Ledger, u64, BTreeSet<String>) {
     let url = opensearch_url();
     let http = reqwest::Client::new();
-    let dir = tempfile::tempdir().unwrap();
-    let index = unique("crash");
-    let yaml = config(&[stream_yaml(
-        "crashy",
-        "{ size_mib: 1, interval_seconds: 1 }",
-        &opensearch_sink(&url, &index, "      index_rotation: none\n"),
-    )]);
-    let seed: u64 = std::env::var("SPILLWAY_CHAOS_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or(20261126);
+    let seed: u64 =
+        std::env::var("SPILLWAY_CHAOS_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or(default_seed);
     let rounds: usize = std::env::var("SPILLWAY_CHAOS_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(10);
     let mut rng = StdRng::seed_from_u64(seed);
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     for round in 0..rounds {
-        let spillway = Spillway::start(dir.path(), &yaml);
+        let spillway = Spillway::start(dir, yaml);
         let stop = Arc::new(AtomicBool::new(false));
         let pushers = tokio::spawn(push_until_stopped(
             spillway.endpoint.clone(),
@@ -578,13 +659,13 @@ async fn sigkill_rounds_leave_count_equal_to_unique_ids_equal_to_acknowledged() 
         stop.store(true, Ordering::Relaxed);
         pushers.await.unwrap();
     }
-    let final_run = Spillway::start(dir.path(), &yaml);
+    let final_run = Spillway::start(dir, yaml);
     let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     assert!(ledger.acknowledged.len() > 1000, "the clients got work done: {}", ledger.acknowledged.len());
     // Every acknowledged record arrives; unknown ones (put died with the server) may.
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let count = refresh_and_count(&http, &url, &index).await;
+        let count = refresh_and_count(&http, &url, index).await;
         if count >= ledger.acknowledged.len() as u64 {
             break;
         }
@@ -596,22 +677,10 @@ async fn sigkill_rounds_leave_count_equal_to_unique_ids_equal_to_acknowledged() 
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(final_run.terminate(), 0);
-    let documents = all_documents(&http, &url, &index).await;
-    let count = refresh_and_count(&http, &url, &index).await;
-    let mut by_record: BTreeMap<String, usize> = BTreeMap::new();
-    for (_, _, source) in &documents {
-        *by_record.entry(source["id"].as_str().unwrap().to_string()).or_default() += 1;
-    }
-    let duplicates: Vec<_> = by_record.iter().filter(|(_, n)| **n > 1).take(5).collect();
-    assert!(duplicates.is_empty(), "seed {seed}: records indexed twice: {duplicates:?}");
-    let missing: Vec<_> = ledger.acknowledged.iter().filter(|id| !by_record.contains_key(*id)).take(5).collect();
-    assert!(missing.is_empty(), "seed {seed}: acknowledged records missing: {missing:?}");
-    let invented: Vec<_> = by_record
-        .keys()
-        .filter(|id| !ledger.acknowledged.contains(*id) && !ledger.unknown.contains(*id))
-        .take(5)
-        .collect();
-    assert!(invented.is_empty(), "seed {seed}: records nobody sent: {invented:?}");
+    let documents = all_documents(&http, &url, index).await;
+    let count = refresh_and_count(&http, &url, index).await;
+    let by_record = count_by_id(documents.iter().map(|(_, _, source)| source));
+    check_once(&by_record, &ledger, seed, "indexed");
     let acknowledged_unknown_delivered = by_record.keys().filter(|id| ledger.unknown.contains(*id)).count();
     assert_eq!(count as usize, by_record.len(), "_count equals unique record ids");
     assert_eq!(
@@ -625,4 +694,76 @@ async fn sigkill_rounds_leave_count_equal_to_unique_ids_equal_to_acknowledged() 
         ledger.unknown.len(),
         acknowledged_unknown_delivered
     );
+    (ledger, seed, by_record.into_keys().collect())
+}
+
+/// How many times each record id (`id` field) occurs.
+fn count_by_id<'a>(sources: impl Iterator<Item = &'a Value>) -> BTreeMap<String, usize> {
+    let mut by_record: BTreeMap<String, usize> = BTreeMap::new();
+    for source in sources {
+        *by_record.entry(source["id"].as_str().expect("record id").to_string()).or_default() += 1;
+    }
+    by_record
+}
+
+/// Every acknowledged record once, no record twice, none that nobody sent.
+fn check_once(by_record: &BTreeMap<String, usize>, ledger: &Ledger, seed: u64, what: &str) {
+    let duplicates: Vec<_> = by_record.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(duplicates.is_empty(), "seed {seed}: records {what} twice: {duplicates:?}");
+    let missing: Vec<_> = ledger.acknowledged.iter().filter(|id| !by_record.contains_key(*id)).take(5).collect();
+    assert!(missing.is_empty(), "seed {seed}: acknowledged records not {what}: {missing:?}");
+    let invented: Vec<_> = by_record
+        .keys()
+        .filter(|id| !ledger.acknowledged.contains(*id) && !ledger.unknown.contains(*id))
+        .take(5)
+        .collect();
+    assert!(invented.is_empty(), "seed {seed}: records {what} that nobody sent: {invented:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn sigkill_rounds_leave_count_equal_to_unique_ids_equal_to_acknowledged() {
+    let url = opensearch_url();
+    let dir = tempfile::tempdir().unwrap();
+    let index = unique("crash");
+    let yaml = config(&[stream_yaml(
+        "crashy",
+        "{ size_mib: 1, interval_seconds: 1 }",
+        &opensearch_sink(&url, &index, "      index_rotation: none\n"),
+    )]);
+    sigkill_rounds(dir.path(), &yaml, &index, 20261126).await;
+}
+
+/// `backup.mode: all` under seeded SIGKILL rounds, behind the throttling proxy (a third of the
+/// documents are re-sent in partial retries): besides the index, the backup holds every
+/// acknowledged record exactly once — a batch re-sent after a crash or a partial retry finds its
+/// backup object and leaves it alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn sigkill_rounds_with_backup_mode_all_keep_every_acknowledged_record_once_in_the_backup() {
+    let url = opensearch_url();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_throttling_proxy(url.clone(), Throttle::OnceForAThird).await;
+    let index = unique("crashall");
+    let sink = format!(
+        "      type: opensearch\n      url: {}\n      index: {index}\n      index_rotation: none\n\
+         \x20     backup:\n        mode: all\n        sink: {{ url: 'file://./backup', prefix: 'all/', compression: gzip }}\n",
+        proxy.address
+    );
+    let yaml = config(&[stream_yaml("crashy", "{ size_mib: 1, interval_seconds: 1 }", &sink)]);
+    let (ledger, seed, indexed) = sigkill_rounds(dir.path(), &yaml, &index, 20261127).await;
+    assert!(proxy.withheld.load(Ordering::SeqCst) > 100, "items were throttled and retried");
+
+    let mut backed_up = Vec::new();
+    for (key, body) in common::local_objects(&dir.path().join("backup")) {
+        assert!(key.starts_with("all/") && key.ends_with(".gz"), "only all-documents objects, no failures: {key}");
+        for line in body.split(|&byte| byte == b'\n').filter(|line| !line.is_empty()) {
+            backed_up.push(serde_json::from_slice::<Value>(line).expect("backup line is a record"));
+        }
+    }
+    let by_record = count_by_id(backed_up.iter());
+    check_once(&by_record, &ledger, seed, "in the backup");
+    let backed_up_ids: BTreeSet<String> = by_record.into_keys().collect();
+    assert_eq!(backed_up_ids, indexed, "seed {seed}: the backup holds exactly the documents indexed");
+    eprintln!("seed {seed}: {} records in the backup", backed_up_ids.len());
 }

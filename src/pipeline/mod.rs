@@ -44,9 +44,18 @@ pub use retry::{Delivery, DeliveryError};
 /// Batches written concurrently per stream (S3 PUTs are latency-bound; many partitions close at
 /// once when their intervals pass).
 pub const MAX_IN_FLIGHT: usize = 8;
-/// Encoded bytes being written at once per stream (beyond the first batch). Without it, a large
-/// backlog with big buffers puts 8 closed batches of e.g. 10 MiB compressed each in memory.
+/// Encoded bytes being written at once per stream (beyond the first batch), at least. Without a
+/// bound, a large backlog with big buffers puts 8 closed batches of e.g. 10 MiB compressed each
+/// in memory.
 pub const MAX_IN_FLIGHT_BYTES: usize = 24 << 20;
+
+/// The bound on encoded bytes in flight for batches of `size_bytes`: room for 4 full batches
+/// (with an eighth for an encoding that is larger than its records, as a `_bulk` body is), and
+/// never less than [`MAX_IN_FLIGHT_BYTES`]. A sink whose batches are not compressed (OpenSearch
+/// with 10 MiB batches) then keeps 4 requests in flight, as a plain `_bulk` loader does.
+pub fn in_flight_bytes_cap(size_bytes: usize) -> usize {
+    MAX_IN_FLIGHT_BYTES.max(size_bytes.saturating_mul(4).saturating_add(size_bytes / 2))
+}
 /// Most record bytes read from the WAL in one blocking step.
 const READ_CHUNK_BYTES: usize = 4 << 20;
 
@@ -191,6 +200,7 @@ impl DeliveryLoop {
         };
         let mut committed_rx = self.wal.committed();
         let mut closed_queue: VecDeque<ClosedBatch> = VecDeque::new();
+        let in_flight_cap = in_flight_bytes_cap(self.batching.size_bytes);
         let mut stopping = *stop.borrow();
         let recovery_started = Instant::now();
         let mut backlog_end = Some(*committed_rx.borrow()).filter(|&end| end > stored);
@@ -209,7 +219,7 @@ impl DeliveryLoop {
             let mut ready_bytes = in_flight_bytes;
             while in_flight.len() + ready.len() < MAX_IN_FLIGHT
                 && let Some(next) = closed_queue.front()
-                && (in_flight.is_empty() && ready.is_empty() || ready_bytes + next.held_bytes <= MAX_IN_FLIGHT_BYTES)
+                && (in_flight.is_empty() && ready.is_empty() || ready_bytes + next.held_bytes <= in_flight_cap)
             {
                 ready_bytes += next.held_bytes;
                 ready.extend(closed_queue.pop_front());

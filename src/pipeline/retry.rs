@@ -137,7 +137,7 @@ impl Delivery {
                                 })
                             })
                             .collect();
-                        self.route_to_error_output(current, failed, attempts).await;
+                        self.route_to_error_output(current, failed, attempts, pending.is_some()).await;
                     }
                     if retry.is_empty() {
                         return Ok(());
@@ -162,7 +162,7 @@ impl Delivery {
                         .into_iter()
                         .map(|record| Failed { record, code: error.code.clone(), message: message.clone() })
                         .collect();
-                    self.route_to_error_output(current, failed, attempts).await;
+                    self.route_to_error_output(current, failed, attempts, pending.is_some()).await;
                     return Ok(());
                 }
             }
@@ -237,6 +237,7 @@ impl Delivery {
     async fn reencode(&self, batch: &Batch, records: Vec<Record>) -> Result<Batch, DeliveryError> {
         let (encoders, delimiter) = (self.encoders.clone(), self.router.delimiter);
         let (stream, id, partition) = (batch.stream.clone(), batch.id, batch.partition.clone());
+        let oldest_arrival_ms = batch.oldest_arrival_ms;
         let rebuilt = tokio::task::spawn_blocking(move || -> Result<Batch, EncodeError> {
             let mut encoder = encoders.new_encoder(spillway_sink_api::encode::DEFAULT_CHUNK_BYTES);
             let mut sequences = SequenceSet::default();
@@ -255,7 +256,9 @@ impl Delivery {
                     .iter()
                     .map(|record| record.data.len() + delimiter.suffix_for(&record.data).len())
                     .sum(),
-                oldest_arrival_ms: records.iter().map(|record| record.arrival_ms).min().unwrap_or(0),
+                // The batch's own time, not the subset's: keys derived from (id, time), such as
+                // an OpenSearch `backup.mode: all` object written once per batch, stay the same.
+                oldest_arrival_ms,
                 sequences,
                 payload: encoder.finish()?,
             })
@@ -266,7 +269,17 @@ impl Delivery {
 
     /// Write Firehose error records for `failed` under the error prefix. Encoding (JSON and
     /// base64 of every record, up to a whole batch) runs on the blocking pool.
-    async fn route_to_error_output(&self, batch: &Batch, failed: Vec<Failed>, attempts: u32) {
+    async fn route_to_error_output(&self, batch: &Batch, failed: Vec<Failed>, attempts: u32, retried_subset: bool) {
+        // A partial retry keeps the batch's id and time, and so its error object's key: the
+        // records a partial retry gives up on get an object of their own (an id derived from
+        // the attempt), instead of replacing those an earlier attempt routed there.
+        let per_attempt;
+        let batch = if retried_subset {
+            per_attempt = Batch { id: attempt_id(batch.id, attempts), ..batch.clone() };
+            &per_attempt
+        } else {
+            batch
+        };
         let count = failed.len();
         let first_code = failed.first().map(|failure| failure.code.clone()).unwrap_or_default();
         let lines = match tokio::task::spawn_blocking(move || encode_error_records(&failed, attempts)).await {
@@ -303,6 +316,15 @@ impl Delivery {
             }
         }
     }
+}
+
+/// The id of the error object for the records a batch's `attempts`-th attempt gave up on
+/// (the batch's own id for the first): stable, so a replay writes the same keys again.
+pub fn attempt_id(batch_id: uuid::Uuid, attempts: u32) -> uuid::Uuid {
+    if attempts <= 1 {
+        return batch_id;
+    }
+    uuid::Uuid::new_v5(&batch_id, format!("attempt-{attempts}").as_bytes())
 }
 
 /// A record that goes to the error output, and why.
@@ -380,6 +402,15 @@ fn error_record<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_objects_of_later_attempts_get_ids_of_their_own() {
+        let batch_id = uuid::Uuid::new_v4();
+        assert_eq!(attempt_id(batch_id, 1), batch_id);
+        assert_ne!(attempt_id(batch_id, 2), batch_id);
+        assert_ne!(attempt_id(batch_id, 2), attempt_id(batch_id, 3));
+        assert_eq!(attempt_id(batch_id, 2), attempt_id(batch_id, 2), "the same after a replay");
+    }
 
     #[test]
     fn backoff_stays_under_its_ceiling_and_honours_retry_after() {

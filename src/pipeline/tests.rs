@@ -536,3 +536,15 @@ async fn a_record_the_encoder_refuses_goes_to_the_error_output_and_the_rest_is_d
     assert_eq!(Checkpoint::new(&harness.stream_dir).load().unwrap(), 4);
     harness.wal.close();
 }
+
+#[test]
+fn four_full_batches_fit_in_flight_whatever_the_buffer_size() {
+    const MIB: usize = 1 << 20;
+    assert_eq!(super::in_flight_bytes_cap(MIB), super::MAX_IN_FLIGHT_BYTES);
+    for size in [5 * MIB, 10 * MIB, 64 * MIB] {
+        // A `_bulk` body is its records plus ~8 % of action lines.
+        let bulk_body = size + size / 12;
+        assert!(4 * bulk_body <= super::in_flight_bytes_cap(size), "{size}");
+        assert!(5 * bulk_body > super::in_flight_bytes_cap(size), "{size}: still bounded");
+    }
+}

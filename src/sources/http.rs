@@ -103,8 +103,10 @@ fn ingest_error(failure: IngestError) -> Response {
 fn split_lines(body: &Bytes) -> Result<Vec<Bytes>, String> {
     let mut records = Vec::new();
     let mut start = 0;
-    for (index, line) in body.split(|&byte| byte == b'\n').enumerate() {
-        let end = start + line.len();
+    // Line ends found with SIMD (memchr), then the text after the last one.
+    let line_ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
+    for (index, end) in line_ends.enumerate() {
+        let line = &body[start..end];
         let trimmed_end = if line.ends_with(b"\r") { end - 1 } else { end };
         let record = body.slice(start..trimmed_end);
         start = end + 1;

@@ -10,6 +10,7 @@
 //!
 //! Must not: talk HTTP, or decide retries.
 
+use std::io::Write;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -102,10 +103,15 @@ pub struct BulkEncoder {
     /// The last index name and the hour it is valid for (names change at most hourly).
     cached_index: Option<(i64, String)>,
     line: Vec<u8>,
+    action: Vec<u8>,
+    /// `"<stream>-` as JSON (the start of every `firehose_default` id).
+    id_prefix: Vec<u8>,
 }
 
 impl BulkEncoder {
     pub fn new(settings: Arc<BulkSettings>) -> Self {
+        let mut id_prefix = serde_json::to_vec(&format!("{}-", settings.stream)).unwrap_or_default();
+        id_prefix.pop(); // the closing quote: the sequence follows
         Self {
             settings,
             manifest: Manifest::default(),
@@ -115,6 +121,8 @@ impl BulkEncoder {
             held: 0,
             cached_index: None,
             line: Vec::new(),
+            action: Vec::with_capacity(128),
+            id_prefix,
         }
     }
 
@@ -147,9 +155,7 @@ impl BulkEncoder {
                 return Ok(());
             }
         };
-        let document_id = match &self.settings.document_id {
-            DocumentId::FirehoseDefault => Some(self.settings.default_document_id(position.sequence)),
-            DocumentId::None => None,
+        let field_id = match &self.settings.document_id {
             DocumentId::FromField(path) => match id_from_field(document, path) {
                 Ok(id) => Some(id),
                 Err(message) => {
@@ -157,8 +163,11 @@ impl BulkEncoder {
                     return Ok(());
                 }
             },
+            DocumentId::FirehoseDefault | DocumentId::None => None,
         };
-        let mut action = Vec::with_capacity(128);
+        // The action line is built in a buffer kept across records (no allocation per record).
+        let mut action = std::mem::take(&mut self.action);
+        action.clear();
         action.extend_from_slice(b"{\"index\":{\"_index\":\"");
         action.extend_from_slice(self.index_name(position.arrival_ms).as_bytes());
         action.push(b'"');
@@ -166,9 +175,18 @@ impl BulkEncoder {
             action.extend_from_slice(b",\"_type\":");
             serde_json::to_writer(&mut action, type_name).map_err(|error| EncodeError::Record(error.to_string()))?;
         }
-        if let Some(id) = document_id {
-            action.extend_from_slice(b",\"_id\":");
-            serde_json::to_writer(&mut action, &id).map_err(|error| EncodeError::Record(error.to_string()))?;
+        match (&self.settings.document_id, field_id) {
+            (DocumentId::FirehoseDefault, _) => {
+                // `"<stream>-<sequence>"`: the stream's part is escaped once per encoder.
+                action.extend_from_slice(b",\"_id\":");
+                action.extend_from_slice(&self.id_prefix);
+                write!(action, "{}\"", position.sequence)?;
+            }
+            (_, Some(id)) => {
+                action.extend_from_slice(b",\"_id\":");
+                serde_json::to_writer(&mut action, &id).map_err(|error| EncodeError::Record(error.to_string()))?;
+            }
+            (_, None) => {}
         }
         action.extend_from_slice(b"}}\n");
         let record_bytes = action.len() + document.len() + 1;
@@ -176,12 +194,16 @@ impl BulkEncoder {
             self.close_request();
         }
         if self.current.capacity() == 0 {
-            self.current.reserve(self.settings.bulk_max_bytes.min(1 << 20).max(record_bytes));
+            // The whole request at once: growing by doubling would copy the body three or four
+            // times. Pages are only backed as they are written, and `held_bytes` counts what is
+            // written.
+            self.current.reserve(self.settings.bulk_max_bytes.max(record_bytes));
         }
         self.current.extend_from_slice(&action);
         self.current.extend_from_slice(document);
         self.current.push(b'\n');
         self.current_records += 1;
+        self.action = action;
         Ok(())
     }
 
@@ -213,7 +235,7 @@ impl Encoder for BulkEncoder {
     }
 
     fn held_bytes(&self) -> usize {
-        self.held + self.current.capacity() + self.line.capacity()
+        self.held + self.current.len() + self.line.capacity()
     }
 
     fn finish(mut self: Box<Self>) -> Result<Payload, EncodeError> {
@@ -256,7 +278,7 @@ pub fn single_line_document<'a>(data: &'a [u8], scratch: &'a mut Vec<u8>) -> Res
     if trimmed.is_empty() {
         return Err(LineError::Empty);
     }
-    if !trimmed.iter().any(|&byte| byte == b'\n' || byte == b'\r') {
+    if memchr::memchr2(b'\n', b'\r', trimmed).is_none() {
         return Ok(trimmed);
     }
     scratch.clear();

@@ -52,10 +52,19 @@ struct Outcome {
     whole: Vec<SinkError>,
 }
 
+/// A `_bulk` response read only as far as needed: `errors` and the number of items (each item
+/// skipped without building anything, `IgnoredAny` is zero-sized). Only when `errors` is true is
+/// the response read again as [`BulkResponse`], item by item.
 #[derive(Deserialize)]
-struct BulkResponse {
+struct BulkSummary {
     #[serde(default)]
     errors: bool,
+    #[serde(default)]
+    items: Vec<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct BulkResponse {
     #[serde(default)]
     items: Vec<std::collections::BTreeMap<String, BulkItem>>,
 }
@@ -152,18 +161,22 @@ impl OpenSearchSink {
         let bytes = response.bytes().await.map_err(|error| {
             if error.is_timeout() { RequestError::Timeout(error) } else { RequestError::Connection(error) }
         })?;
-        let parsed: BulkResponse =
-            serde_json::from_slice(&bytes).map_err(|error| RequestError::Response(error.to_string()))?;
-        if parsed.items.len() != positions.len() {
-            return Err(RequestError::Response(format!(
-                "{} items for {} documents sent",
-                parsed.items.len(),
-                positions.len()
-            )));
+        let (errors, items) = match successful_items(&bytes) {
+            Some(items) => (false, items),
+            None => {
+                let summary: BulkSummary =
+                    serde_json::from_slice(&bytes).map_err(|error| RequestError::Response(error.to_string()))?;
+                (summary.errors, summary.items.len())
+            }
+        };
+        if items != positions.len() {
+            return Err(RequestError::Response(format!("{items} items for {} documents sent", positions.len())));
         }
-        if !parsed.errors {
+        if !errors {
             return Ok(Vec::new());
         }
+        let parsed: BulkResponse =
+            serde_json::from_slice(&bytes).map_err(|error| RequestError::Response(error.to_string()))?;
         let mut failures = Vec::new();
         for (item, &index) in parsed.items.iter().zip(positions) {
             let Some(outcome) = item.values().next() else { continue };
@@ -217,6 +230,15 @@ impl OpenSearchSink {
             }
         }
     }
+}
+
+/// The number of items of a response that says `"errors":false` first, as the bulk URL's
+/// `filter_path` shapes it (`{"errors":false,"items":[{"index":{"status":201}},…]}`), counted
+/// without parsing: each item has exactly one `"status":`, and inside a JSON string its quotes
+/// would be escaped. `None` for any other response, which is then parsed.
+fn successful_items(response: &[u8]) -> Option<usize> {
+    let rest = response.strip_prefix(br#"{"errors":false"#)?;
+    Some(memchr::memmem::find_iter(rest, br#""status":"#).count())
 }
 
 /// Byte offset after the `records`-th record (two lines each: action and document).
@@ -341,6 +363,20 @@ impl Sink for OpenSearchSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn successful_responses_are_counted_without_parsing_and_others_are_parsed() {
+        let ok = br#"{"errors":false,"items":[{"index":{"status":201}},{"index":{"status":200}}]}"#;
+        assert_eq!(successful_items(ok), Some(2));
+        assert_eq!(successful_items(br#"{"errors":false,"items":[]}"#), Some(0));
+        let failed = br#"{"errors":true,"items":[{"index":{"status":201}},{"index":{"status":400,"error":{"type":"x","reason":"\"status\": no"}}}]}"#;
+        assert_eq!(successful_items(failed), None);
+        let summary: BulkSummary = serde_json::from_slice(failed).unwrap();
+        assert!(summary.errors);
+        assert_eq!(summary.items.len(), 2);
+        let parsed: BulkResponse = serde_json::from_slice(failed).unwrap();
+        assert_eq!(parsed.items[1]["index"].status, 400);
+    }
 
     #[test]
     fn bodies_split_after_whole_records() {
