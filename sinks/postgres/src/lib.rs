@@ -11,17 +11,20 @@
 //! - [`sink`]: `PostgresSink`, the transaction, idempotency and bad-row splitting.
 //! - [`error`]: SQLSTATE classification into `SinkError`.
 //! - [`pool`]: connections (one per batch in flight), TLS through rustls.
-//! - [`redshift`]: Redshift manifests and `COPY … MANIFEST` statements (pure; `mode: s3_manifest`
-//!   is not wired yet).
+//! - [`redshift`]: Redshift manifests, their keys and `COPY … MANIFEST` statements (pure).
+//! - [`redshift_sink`]: `RedshiftSink` (`mode: s3_manifest`): stage through the S3 sink, write
+//!   the manifest, COPY and the batch id in one transaction; failed manifests to `errors/`.
 
 pub mod config;
 pub mod encode;
 pub mod error;
 pub mod pool;
 pub mod redshift;
+pub mod redshift_sink;
 pub mod schema;
 pub mod sink;
 
-pub use config::{Mode, PostgresSinkConfig};
+pub use config::{BuiltPostgresSink, Mode, POSTGRES_FAILED_OUTPUT_TYPE, PostgresSinkConfig};
+pub use redshift_sink::{CopyExecutor, ManifestCopy, REDSHIFT_FAILED_OUTPUT_TYPE, RedshiftCopy};
 pub use schema::TableShape;
 pub use sink::PostgresSink;
