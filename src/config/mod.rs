@@ -855,9 +855,11 @@ mod tests {
         let config = parse_str(&stream("s3_manifest", ""), Path::new("test.yaml")).unwrap();
         assert_eq!(config.validate(), []);
         assert_eq!(config.streams[0].retry_duration_seconds(), 3_600);
-        let config =
-            parse_str(&stream("s3_manifest", "    retry: { duration_seconds: 7201 }\n"), Path::new("t.yaml")).unwrap();
-        assert_eq!(paths(&config.validate()), ["streams[0].retry.duration_seconds"]);
+        let config: Config =
+            serde_yaml_ng::from_str(&stream("s3_manifest", "    retry: { duration_seconds: 7201 }\n")).unwrap();
+        let problems = config.validate();
+        assert_eq!(paths(&problems), ["streams[0].retry.duration_seconds"]);
+        assert!(problems[0].message.contains("between 0 and 7200"), "{}", problems[0].message);
 
         let yaml = "streams:\n  - name: s\n    sink: { type: postgres, url: 'postgres://h/db', table: t, s3_backup: { url: 'file://e' } }\n";
         let config = parse_str(yaml, Path::new("test.yaml")).unwrap();

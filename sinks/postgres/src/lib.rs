@@ -2,7 +2,10 @@
 //! columns by name, or the whole record into one `jsonb` column), and each batch is loaded with
 //! `COPY … FROM STDIN` in one transaction together with its batch id, so a re-sent batch is never
 //! loaded twice. Rows PostgreSQL refuses are split out and go to the S3 error output.
-//! Depends only on `spillway-sink-api`, `spillway-sink-s3` (the error output) and `tokio-postgres`.
+//! For Redshift (`mode: s3_manifest`) each batch is staged in S3 instead and loaded with
+//! `COPY … FROM '<manifest>' MANIFEST`, with the same batch id transaction.
+//! Depends only on `spillway-sink-api`, `spillway-sink-s3` (the error output, Redshift's staging)
+//! and `tokio-postgres`.
 //!
 //! Module map:
 //! - [`config`]: `PostgresSinkConfig` (the YAML `sink:` block), pure `validate`, `build`, `check`.
