@@ -8,6 +8,12 @@
 #   cargo build --release --bin spillway
 #   scripts/bench-postgres.sh [RECORDS]        # default 100000 (~90 MiB of JSON)
 #   PSQL_ONLY=1 scripts/bench-postgres.sh      # only the psql rows (text vs CSV vs binary)
+#   SIZE_MIB=4 scripts/bench-postgres.sh       # spillway's buffering.size_mib (default 16)
+#   KEEP_WORK=1 scripts/bench-postgres.sh      # keep spillway's log (with SPILLWAY_LOG=info,spillway::pipeline=debug
+#                                              #   it has each batch's COPY time)
+#
+# "loaded" is timed from the first put until spillway_batches counts every row, watched on one
+# psql connection (\watch 0.02), so the wait costs neither side a process per poll.
 #
 # Needs SPILLWAY_TEST_PG_URL (the shared test server); uses its own uniquely named tables and
 # drops them at the end.
@@ -30,7 +36,12 @@ cleanup() {
 		return
 	fi
 	psql -q "$url" -c "DROP TABLE IF EXISTS bench_csv_$suffix, bench_text_$suffix, bench_binary_$suffix, bench_spillway_$suffix" >/dev/null 2>&1 || true
-	rm -rf "$work"
+	if [[ "${KEEP_WORK:-0}" == 1 ]]; then
+		rm -f "$work"/records.* "$work"/part.*
+		echo "spillway's log and data kept in $work" >&2
+	else
+		rm -rf "$work"
+	fi
 }
 trap cleanup EXIT
 
@@ -97,7 +108,7 @@ server: { listen: 127.0.0.1:0 }
 data_dir: $work/data
 streams:
   - name: bench
-    buffering: { size_mib: 16, interval_seconds: 1 }
+    buffering: { size_mib: ${SIZE_MIB:-16}, interval_seconds: 1 }
     sink:
       type: postgres
       url: $url
@@ -116,17 +127,25 @@ for part in "$work"/part.*; do
 done
 wait $(jobs -p | grep -v "^$spillway_pid$") 2>/dev/null || true
 accepted_seconds=$(python3 -c "print($(now) - $start)")
-deadline=$(( $(date +%s) + 600 ))
-while :; do
-	loaded=$(psql -tA "$url" -c "SELECT coalesce(sum(row_count), 0) FROM spillway_batches WHERE target = 'bench_spillway_$suffix'")
-	[[ "$loaded" -ge "$records" ]] && break
-	if (( $(date +%s) > deadline )); then
-		echo "only $loaded of $records rows loaded after 600 s; spillway's log:" >&2
-		tail -n 30 "$work/spillway.log" >&2
-		exit 1
-	fi
-	sleep 0.05
-done
+# Wait for the last row on one psql connection re-running the count every 20 ms (`\watch`):
+# spawning a psql (and a server backend) per poll would take CPU from spillway and PostgreSQL.
+mkfifo "$work/loaded"
+timeout 600 psql -X -tA "$url" >"$work/loaded" 2>/dev/null <<EOF &
+SELECT coalesce(sum(row_count), 0) FROM spillway_batches WHERE target = 'bench_spillway_$suffix'
+\watch 0.02
+EOF
+watch_pid=$!
+loaded=0
+while read -r line; do
+	[[ "$line" =~ ^[0-9]+$ ]] && loaded=$line
+	(( loaded >= records )) && break
+done <"$work/loaded"
+kill "$watch_pid" 2>/dev/null || true
+if (( loaded < records )); then
+	echo "only $loaded of $records rows loaded after 600 s; spillway's log:" >&2
+	tail -n 30 "$work/spillway.log" >&2
+	exit 1
+fi
 spillway_seconds=$(python3 -c "print($(now) - $start)")
 errors=$(find "$work/errors" -type f 2>/dev/null | wc -l)
 [[ "$errors" == 0 ]] || { echo "records reached the error output" >&2; exit 1; }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use spillway_sink_api::{EncoderFactory, ErrorOutput, Sink, SinkError};
 use spillway_sink_opensearch::OpenSearchSinkConfig;
-use spillway_sink_postgres::PostgresSinkConfig;
+use spillway_sink_postgres::{Mode as PostgresMode, PostgresSinkConfig};
 pub use spillway_sink_s3::key::PartitionKeySource;
 use spillway_sink_s3::{PrefixError, PrefixKind, PrefixTemplate, S3SinkConfig};
 
@@ -60,9 +60,10 @@ impl SinkConfig {
     pub fn retry_duration_range_seconds(&self) -> RangeInclusive<u64> {
         match self {
             SinkConfig::S3(_) => 0..=86_400,
-            // Firehose allows Redshift up to 2 hours; rows wait in the WAL meanwhile, so spillway
-            // keeps the S3 default (24 hours) and its range: an outage should not empty into the
-            // error output.
+            // Redshift (s3_manifest): Firehose's range, 0-7200.
+            SinkConfig::Postgres(config) if config.mode == PostgresMode::S3Manifest => 0..=7_200,
+            // PostgreSQL (stdin): rows wait in the WAL meanwhile, so spillway keeps the S3 default
+            // (24 hours) and its range: an outage should not empty into the error output.
             SinkConfig::Postgres(_) => 0..=86_400,
             SinkConfig::Opensearch(_) => 0..=7_200,
         }
@@ -71,6 +72,8 @@ impl SinkConfig {
     /// `retry.duration_seconds` when unset: Firehose's default for the destination.
     pub fn default_retry_duration_seconds(&self) -> u64 {
         match self {
+            // Firehose's Redshift default (RetryOptions.DurationInSeconds): 1 hour.
+            SinkConfig::Postgres(config) if config.mode == PostgresMode::S3Manifest => 3_600,
             SinkConfig::S3(_) | SinkConfig::Postgres(_) => 86_400,
             SinkConfig::Opensearch(_) => 300,
         }
@@ -115,7 +118,11 @@ impl SinkConfig {
     pub fn has_error_output_prefix(&self) -> bool {
         match self {
             SinkConfig::S3(config) => config.error_output_prefix.is_some(),
-            SinkConfig::Postgres(config) => config.s3_backup.error_output_prefix.is_some(),
+            SinkConfig::Postgres(config) => config
+                .s3_backup
+                .as_ref()
+                .or(config.s3_staging.as_ref())
+                .is_some_and(|backup| backup.error_output_prefix.is_some()),
             SinkConfig::Opensearch(config) => config.backup.sink.error_output_prefix.is_some(),
         }
     }
@@ -158,12 +165,12 @@ impl SinkConfig {
                 })
             }
             SinkConfig::Postgres(config) => {
-                let sink = Arc::new(config.build(stream).await?);
+                let built = config.build_sink(stream, version_id).await?;
                 Ok(BuiltSink {
-                    encoders: Arc::new(sink.encoder_factory()),
-                    error_output: sink.error_output(),
-                    sink,
-                    failure_output_type: "postgres-failed",
+                    sink: built.sink,
+                    encoders: built.encoders,
+                    error_output: built.error_output,
+                    failure_output_type: built.failure_output_type,
                 })
             }
             SinkConfig::Opensearch(config) => {
@@ -187,12 +194,7 @@ impl SinkConfig {
                 config.build(stream)?.healthcheck().await?;
                 Ok(format!("{} is reachable", config.url))
             }
-            SinkConfig::Postgres(config) => {
-                let shape = config.check().await?;
-                let columns: Vec<String> =
-                    shape.columns.iter().map(|column| format!("{} {}", column.name, column.type_name)).collect();
-                Ok(format!("table {} loads columns ({})", shape.table, columns.join(", ")))
-            }
+            SinkConfig::Postgres(config) => config.check_connection().await,
             SinkConfig::Opensearch(config) => {
                 config.build(stream, 1)?.sink.healthcheck().await?;
                 Ok(format!("{} answers", config.url))

@@ -525,3 +525,91 @@ async fn spillway_starts_while_postgres_is_down_and_loads_once_it_is_back() {
     assert_eq!((rows, distinct), (1000, 1000));
     assert!(first.starts_with("2023-11-14"), "epoch seconds converted after the fact: {first}");
 }
+
+/// `mode: s3_manifest` (Redshift) through the binary: records are staged in MinIO with their
+/// manifest, and the real Redshift COPY statement is sent to PostgreSQL, which cannot run it
+/// (`COPY … FROM 's3://…' CREDENTIALS … MANIFEST` is a syntax error there). The failure is
+/// retried until the stream's `retry.duration_seconds` (3 s here), then the batch's manifest goes
+/// under `<prefix>errors/manifests/`, Firehose's layout, and nothing is loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn s3_manifest_stages_on_minio_retries_the_copy_then_writes_the_manifest_under_errors() {
+    use common::s3;
+    let db = pg::connect(&pg::shared_url()).await;
+    let table = pg::unique_table("redshift_e2e");
+    db.batch_execute(&format!("CREATE TABLE {table} (id bigint, note text)")).await.unwrap();
+    let client = s3::client().await;
+    let bucket = s3::new_bucket(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "server: {{ listen: 127.0.0.1:0 }}\n\
+         data_dir: ./data\n\
+         streams:\n\
+         \x20 - name: to-redshift\n\
+         \x20   processing: {{ record_delimiter: newline }}\n\
+         \x20   buffering: {{ size_mib: 1, interval_seconds: 1 }}\n\
+         \x20   retry: {{ duration_seconds: 3 }}\n\
+         \x20   sink:\n\
+         \x20     type: postgres\n\
+         \x20     mode: s3_manifest\n\
+         \x20     url: {}\n\
+         \x20     table: {table}\n\
+         \x20     columns: [id, note]\n\
+         \x20     copy_options: \"JSON 'auto' GZIP\"\n\
+         \x20     iam_role: arn:aws:iam::123456789012:role/spillway-copy\n\
+         \x20     s3_staging:\n\
+         \x20       url: s3://{bucket}\n\
+         \x20       prefix: staging/\n\
+         \x20       compression: gzip\n\
+         \x20       endpoint: ${{SPILLWAY_TEST_S3_ENDPOINT}}\n\
+         \x20       region: ${{SPILLWAY_TEST_S3_REGION}}\n\
+         \x20       access_key_id: ${{SPILLWAY_TEST_S3_ACCESS_KEY}}\n\
+         \x20       secret_access_key: ${{SPILLWAY_TEST_S3_SECRET_KEY}}\n",
+        pg::shared_url()
+    );
+    let spillway = Spillway::start(dir.path(), &config);
+    let firehose = spillway.client().await;
+    let records: Vec<String> = (0..20).map(|id| format!("{{\"id\":{id},\"note\":\"n{id}\"}}")).collect();
+    put(&firehose, "to-redshift", &records).await;
+
+    // Retried, then given up on: the manifest under errors/manifests/.
+    let mut error_manifests = Vec::new();
+    for _ in 0..(WAIT.as_millis() / 200) {
+        error_manifests = s3::objects(&client, &bucket, "staging/errors/manifests/").await;
+        if !error_manifests.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(error_manifests.len(), 1, "one failed manifest");
+    let objects = s3::objects(&client, &bucket, "staging/").await;
+    let staged: Vec<&(String, Vec<u8>)> = objects
+        .iter()
+        .filter(|(key, _)| !key.starts_with("staging/manifests/") && !key.starts_with("staging/errors/"))
+        .collect();
+    assert_eq!(staged.len(), 1, "{:?}", objects.iter().map(|(key, _)| key).collect::<Vec<_>>());
+    let (object_key, body) = staged[0];
+    assert!(object_key.ends_with(".gz") && object_key.contains("/to-redshift-1-"), "{object_key}");
+    let expected: String = records.iter().map(|record| format!("{record}\n")).collect();
+    assert_eq!(String::from_utf8_lossy(body), expected, "the staged object holds the records, gzip");
+    let manifests: Vec<&(String, Vec<u8>)> =
+        objects.iter().filter(|(key, _)| key.starts_with("staging/manifests/")).collect();
+    assert_eq!(manifests.len(), 1);
+    let listing = format!(r#"{{"entries":[{{"url":"s3://{bucket}/{object_key}","mandatory":true}}]}}"#);
+    assert_eq!(String::from_utf8_lossy(&manifests[0].1), listing);
+    let (error_key, error_body) = &error_manifests[0];
+    assert_eq!(String::from_utf8_lossy(error_body), listing);
+    assert_eq!(
+        error_key.strip_prefix("staging/errors/manifests/"),
+        manifests[0].0.strip_prefix("staging/manifests/"),
+        "the same dated name"
+    );
+
+    let log = spillway.log_text();
+    assert!(log.contains("delivery failed, retrying"), "{log}");
+    assert!(log.contains("Postgres.42601"), "PostgreSQL refused the Redshift COPY as a syntax error: {log}");
+    assert!(!log.contains("aws_iam_role="), "the credentials clause is never logged");
+    let loaded: i64 = db.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0);
+    assert_eq!(loaded, 0);
+    assert_eq!(spillway.terminate(), 0);
+}

@@ -877,6 +877,29 @@ mod tests {
     }
 
     #[test]
+    fn redshift_retries_for_an_hour_by_default_within_firehose_range_and_postgres_for_a_day() {
+        let stream = |mode: &str, retry: &str| {
+            format!(
+                "streams:\n  - name: s\n{retry}    sink: {{ type: postgres, url: 'postgres://h:5439/dev', table: t, mode: {mode}, \
+                 iam_role: 'arn:aws:iam::1:role/r', s3_staging: {{ url: 's3://staging-bucket' }} }}\n"
+            )
+        };
+        let config = parse_str(&stream("s3_manifest", ""), Path::new("test.yaml")).unwrap();
+        assert_eq!(config.validate(), []);
+        assert_eq!(config.streams[0].retry_duration_seconds(), 3_600);
+        let config: Config =
+            serde_yaml_ng::from_str(&stream("s3_manifest", "    retry: { duration_seconds: 7201 }\n")).unwrap();
+        let problems = config.validate();
+        assert_eq!(paths(&problems), ["streams[0].retry.duration_seconds"]);
+        assert!(problems[0].message.contains("between 0 and 7200"), "{}", problems[0].message);
+
+        let yaml = "streams:\n  - name: s\n    sink: { type: postgres, url: 'postgres://h/db', table: t, s3_backup: { url: 'file://e' } }\n";
+        let config = parse_str(yaml, Path::new("test.yaml")).unwrap();
+        assert_eq!(config.validate(), []);
+        assert_eq!(config.streams[0].retry_duration_seconds(), 86_400);
+    }
+
+    #[test]
     fn dynamic_partitioning_defaults_and_a_valid_stream() {
         let yaml = format!(
             "streams:\n  - name: s\n    processing: {{ dynamic_partitioning: {{ keys: {{ service: '.service' }} }} }}\n    sink: {PARTITIONED_SINK}\n"

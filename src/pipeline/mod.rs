@@ -200,7 +200,6 @@ impl DeliveryLoop {
         };
         let mut committed_rx = self.wal.committed();
         let mut closed_queue: VecDeque<ClosedBatch> = VecDeque::new();
-        let in_flight_cap = in_flight_bytes_cap(self.batching.size_bytes);
         let mut stopping = *stop.borrow();
         let recovery_started = Instant::now();
         let mut backlog_end = Some(*committed_rx.borrow()).filter(|&end| end > stored);
@@ -213,23 +212,8 @@ impl DeliveryLoop {
             };
             let caught_up = position >= committed;
 
-            // Hand closed batches to the sink while there is room in flight (count and bytes; the
-            // first batch always goes, however large).
-            let mut ready = Vec::new();
-            let mut ready_bytes = in_flight_bytes;
-            while in_flight.len() + ready.len() < MAX_IN_FLIGHT
-                && let Some(next) = closed_queue.front()
-                && (in_flight.is_empty() && ready.is_empty() || ready_bytes + next.held_bytes <= in_flight_cap)
-            {
-                ready_bytes += next.held_bytes;
-                ready.extend(closed_queue.pop_front());
-            }
-            if !ready.is_empty() {
-                in_flight_bytes = ready_bytes;
-                for (intent, closed) in self.record_intents(ready).await? {
-                    ledger.add_in_flight(intent.start, closed.oldest_arrival_ms);
-                    in_flight.push(self.send(intent, closed));
-                }
+            // Hand closed batches to the sink while there is room in flight.
+            if self.dispatch(&mut closed_queue, &mut in_flight, &mut in_flight_bytes, &mut ledger).await? {
                 continue;
             }
 
@@ -278,6 +262,9 @@ impl DeliveryLoop {
                     in_flight_bytes = in_flight_bytes.saturating_sub(completed.payload_bytes);
                     let intent = completed.intent;
                     ledger.remove_in_flight(intent.start);
+                    // The next batch goes first: the sink (a database connection) would otherwise
+                    // idle through the checkpoint's and intents' fsyncs below.
+                    self.dispatch(&mut closed_queue, &mut in_flight, &mut in_flight_bytes, &mut ledger).await?;
                     let current = assembler.as_mut().ok_or(WalError::Closed)?;
                     self.finish(&mut ledger, current, &closed_queue, intent).await?;
                     // The watermark passing the backlog's end means all of it left, whichever
@@ -301,6 +288,37 @@ impl DeliveryLoop {
                 }
             }
         }
+    }
+
+    /// Hand queued closed batches to the sink while there is room in flight (count and bytes;
+    /// the first batch always goes, however large), each after its intent is recorded. Returns
+    /// whether any batch was sent.
+    async fn dispatch(
+        &self,
+        queue: &mut VecDeque<ClosedBatch>,
+        in_flight: &mut FuturesUnordered<BoxFuture<'static, Completed>>,
+        in_flight_bytes: &mut usize,
+        ledger: &mut Ledger,
+    ) -> Result<bool, PipelineError> {
+        let cap = in_flight_bytes_cap(self.batching.size_bytes);
+        let mut ready = Vec::new();
+        let mut ready_bytes = *in_flight_bytes;
+        while in_flight.len() + ready.len() < MAX_IN_FLIGHT
+            && let Some(next) = queue.front()
+            && (in_flight.is_empty() && ready.is_empty() || ready_bytes + next.held_bytes <= cap)
+        {
+            ready_bytes += next.held_bytes;
+            ready.extend(queue.pop_front());
+        }
+        if ready.is_empty() {
+            return Ok(false);
+        }
+        *in_flight_bytes = ready_bytes;
+        for (intent, closed) in self.record_intents(ready).await? {
+            ledger.add_in_flight(intent.start, closed.oldest_arrival_ms);
+            in_flight.push(self.send(intent, closed));
+        }
+        Ok(true)
     }
 
     async fn close_due(

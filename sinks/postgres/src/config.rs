@@ -7,13 +7,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use spillway_sink_api::{Secret, SinkError};
-use spillway_sink_s3::S3SinkConfig;
+use spillway_sink_api::{Compression, EncoderFactory, ErrorOutput, Secret, Sink, SinkError};
+use spillway_sink_s3::{Destination, OutputFormat, S3SinkConfig};
 
 use crate::error::PgError;
 use crate::pool::Pool;
+use crate::redshift::CopyCredentials;
+use crate::redshift_sink::{
+    CopyExecutor, REDSHIFT_FAILED_OUTPUT_TYPE, RedshiftCopy, RedshiftErrorOutput, RedshiftParts, RedshiftSink, Staging,
+};
 use crate::schema::{self, TableShape};
 use crate::sink::PostgresSink;
+
+/// `!{firehose:error-output-type}` of rows PostgreSQL refused (stdin mode).
+pub const POSTGRES_FAILED_OUTPUT_TYPE: &str = "postgres-failed";
 
 /// How batches reach the database.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -22,8 +29,7 @@ pub enum Mode {
     /// `COPY … FROM STDIN` over the connection (PostgreSQL).
     #[default]
     Stdin,
-    /// Stage each batch in S3 and `COPY … FROM 's3://…' MANIFEST` (Redshift). Not implemented yet:
-    /// refused by `validate`.
+    /// Stage each batch in S3 (`s3_staging`) and `COPY … FROM 's3://…' MANIFEST` (Redshift).
     S3Manifest,
 }
 
@@ -48,7 +54,8 @@ pub struct PostgresSinkConfig {
     #[serde(default)]
     pub record_column: Option<String>,
     /// Extra options inside `COPY … WITH (…)` (stdin mode), e.g. `FREEZE false`; for s3_manifest
-    /// mode, the Redshift COPY options.
+    /// mode, the Redshift COPY options after `MANIFEST` (Firehose's `CopyOptions`), e.g.
+    /// `JSON 'auto' GZIP`.
     #[serde(default)]
     pub copy_options: Option<String>,
     #[serde(default)]
@@ -69,8 +76,28 @@ pub struct PostgresSinkConfig {
     #[serde(default = "default_timeout_seconds")]
     pub timeout_seconds: u64,
     /// Where records the database refused are written (Firehose error JSON under
-    /// `error_output_prefix`): an S3 sink block (`url: file://…` or `s3://…`).
-    pub s3_backup: Box<S3SinkConfig>,
+    /// `error_output_prefix`): an S3 sink block (`url: file://…` or `s3://…`). Required in stdin
+    /// mode; in s3_manifest mode the default is `s3_staging` (its error output prefix).
+    #[serde(default)]
+    pub s3_backup: Option<Box<S3SinkConfig>>,
+    /// s3_manifest mode: where batches are staged for Redshift's COPY (Firehose's
+    /// `S3Configuration`): an `s3://` S3 sink block with a literal prefix.
+    #[serde(default)]
+    pub s3_staging: Option<Box<S3SinkConfig>>,
+    /// s3_manifest mode: the IAM role Redshift assumes to read the staged objects
+    /// (`CREDENTIALS 'aws_iam_role=…'`, what Firehose uses). Without it, the staging block's
+    /// `access_key_id` / `secret_access_key` (/ `session_token`) are passed instead.
+    #[serde(default)]
+    pub iam_role: Option<String>,
+}
+
+/// A built Postgres or Redshift sink: what the pipeline needs of it.
+pub struct BuiltPostgresSink {
+    pub sink: Arc<dyn Sink>,
+    pub encoders: Arc<dyn EncoderFactory>,
+    pub error_output: Arc<dyn ErrorOutput>,
+    /// `!{firehose:error-output-type}` of records this sink could not load.
+    pub failure_output_type: &'static str,
 }
 
 fn default_batches_table() -> String {
@@ -111,8 +138,9 @@ impl PostgresSinkConfig {
         if self.table.trim().is_empty() {
             problems.push(ConfigProblem::new("table", "must not be empty"));
         }
-        if self.mode == Mode::S3Manifest {
-            problems.push(ConfigProblem::new("mode", "s3_manifest (Redshift) is not implemented yet; use stdin"));
+        match self.mode {
+            Mode::Stdin => self.validate_stdin(&mut problems),
+            Mode::S3Manifest => self.validate_s3_manifest(&mut problems),
         }
         match (&self.columns, &self.record_column) {
             (Some(_), Some(_)) => {
@@ -138,7 +166,7 @@ impl PostgresSinkConfig {
             }
             _ => {}
         }
-        if let Some(options) = &self.copy_options {
+        if let Some(options) = self.copy_options.as_ref().filter(|_| self.mode == Mode::Stdin) {
             let lowered = options.to_ascii_lowercase();
             let words: Vec<&str> = lowered.split(|c: char| !c.is_ascii_alphanumeric() && c != '_').collect();
             let fixed = ["format", "delimiter", "null", "header", "quote", "escape", "encoding"];
@@ -158,10 +186,105 @@ impl PostgresSinkConfig {
         if self.timeout_seconds == 0 {
             problems.push(ConfigProblem::new("timeout_seconds", "must be at least 1"));
         }
-        for problem in self.s3_backup.validate() {
-            problems.push(ConfigProblem::new(&format!("s3_backup.{}", problem.field), problem.message));
+        if let Some(backup) = &self.s3_backup {
+            for problem in backup.validate() {
+                problems.push(ConfigProblem::new(&format!("s3_backup.{}", problem.field), problem.message));
+            }
         }
         problems
+    }
+
+    fn validate_stdin(&self, problems: &mut Vec<ConfigProblem>) {
+        if self.s3_backup.is_none() {
+            problems.push(ConfigProblem::new(
+                "s3_backup",
+                "is required: where records PostgreSQL refuses go (an S3 sink block, e.g. { url: file://./var/errors })",
+            ));
+        }
+        if self.s3_staging.is_some() {
+            problems.push(ConfigProblem::new("s3_staging", "is only used with mode: s3_manifest"));
+        }
+        if self.iam_role.is_some() {
+            problems.push(ConfigProblem::new("iam_role", "is only used with mode: s3_manifest"));
+        }
+    }
+
+    /// Firehose's rules for a Redshift destination's intermediate bucket, and what COPY needs.
+    fn validate_s3_manifest(&self, problems: &mut Vec<ConfigProblem>) {
+        if self.record_column.is_some() {
+            problems.push(ConfigProblem::new(
+                "record_column",
+                "is not used with mode: s3_manifest (Redshift's COPY maps the staged records with copy_options, e.g. JSON 'auto')",
+            ));
+        }
+        if self.iam_role.as_deref().is_some_and(|role| !role.starts_with("arn:")) {
+            problems
+                .push(ConfigProblem::new("iam_role", "must be an IAM role ARN (arn:aws:iam::<account>:role/<name>)"));
+        }
+        let Some(staging) = &self.s3_staging else {
+            problems.push(ConfigProblem::new(
+                "s3_staging",
+                "is required with mode: s3_manifest: the s3:// bucket batches are staged in for Redshift's COPY",
+            ));
+            return;
+        };
+        for problem in staging.validate() {
+            problems.push(ConfigProblem::new(&format!("s3_staging.{}", problem.field), problem.message));
+        }
+        if !matches!(Destination::parse(&staging.url), Ok(Destination::S3 { .. })) {
+            problems.push(ConfigProblem::new(
+                "s3_staging.url",
+                "must be an s3:// bucket: Redshift's COPY reads the staged objects from S3",
+            ));
+        }
+        if staging.prefix.as_deref().is_some_and(|prefix| prefix.contains("!{")) {
+            problems.push(ConfigProblem::new(
+                "s3_staging.prefix",
+                "must be literal with mode: s3_manifest (Firehose allows no expressions in a Redshift destination's prefix)",
+            ));
+        }
+        if matches!(staging.format, OutputFormat::Parquet(_)) {
+            problems.push(ConfigProblem::new("s3_staging.format", "must be json with mode: s3_manifest"));
+        }
+        let options = self.copy_options.as_deref().unwrap_or_default().to_ascii_uppercase();
+        let words: Vec<&str> = options.split(|c: char| !c.is_ascii_alphanumeric() && c != '_').collect();
+        let needed = match staging.compression {
+            Compression::None => None,
+            Compression::Gzip => Some("GZIP"),
+            Compression::Zstd => Some("ZSTD"),
+            _ => {
+                problems.push(ConfigProblem::new(
+                    "s3_staging.compression",
+                    "must be none, gzip or zstd with mode: s3_manifest (Redshift's COPY reads neither zip nor snappy framing)",
+                ));
+                None
+            }
+        };
+        if let Some(word) = needed.filter(|word| !words.contains(word)) {
+            problems.push(ConfigProblem::new(
+                "copy_options",
+                format!("must include {word}: the staged objects are {} compressed", word.to_ascii_lowercase()),
+            ));
+        }
+        if self.iam_role.is_none() && self.copy_credentials().is_none() {
+            problems.push(ConfigProblem::new(
+                "iam_role",
+                "is required with mode: s3_manifest unless s3_staging has access_key_id and secret_access_key (the credentials clause of Redshift's COPY)",
+            ));
+        }
+    }
+
+    /// The credentials clause of Redshift's COPY: `iam_role`, else the staging block's keys.
+    pub fn copy_credentials(&self) -> Option<CopyCredentials> {
+        if let Some(role) = &self.iam_role {
+            return Some(CopyCredentials::IamRole(role.clone()));
+        }
+        let staging = self.s3_staging.as_ref()?;
+        Some(CopyCredentials::Keys {
+            access_key_id: staging.access_key_id.clone()?,
+            secret_access_key: staging.secret_access_key.clone()?,
+            session_token: staging.session_token.clone(),
+        })
     }
 
     /// The connection settings: the url, with `password` (if set) in place of the url's.
@@ -192,7 +315,10 @@ impl PostgresSinkConfig {
                 problems.iter().map(|problem| format!("{}: {}", problem.field, problem.message)).collect();
             return Err(SinkError::permanent("Postgres.InvalidConfiguration", listed.join("; ")));
         }
-        let backup = Arc::new(self.s3_backup.build(stream)?);
+        let backup_config = self.s3_backup.as_ref().ok_or_else(|| {
+            SinkError::permanent("Postgres.InvalidConfiguration", "s3_backup is required in stdin mode")
+        })?;
+        let backup = Arc::new(backup_config.build(stream)?);
         let pool = Pool::new(self.connection_config()?, self.ca_file.as_deref(), self.max_connections)?;
         let sink = PostgresSink::new(stream, pool, self.clone(), backup);
         match tokio::time::timeout(Duration::from_secs(self.timeout_seconds), sink.prepare()).await {
@@ -206,6 +332,90 @@ impl PostgresSinkConfig {
             }
         }
         Ok(sink)
+    }
+
+    /// Build the sink of this block's mode, with the encoder and error output the pipeline uses;
+    /// staged objects carry `version_id` (Firehose's `VersionId`) in their names.
+    pub async fn build_sink(&self, stream: &str, version_id: u64) -> Result<BuiltPostgresSink, SinkError> {
+        match self.mode {
+            Mode::Stdin => {
+                let sink = Arc::new(self.build(stream).await?);
+                Ok(BuiltPostgresSink {
+                    encoders: Arc::new(sink.encoder_factory()),
+                    error_output: sink.error_output(),
+                    sink,
+                    failure_output_type: POSTGRES_FAILED_OUTPUT_TYPE,
+                })
+            }
+            Mode::S3Manifest => self.build_redshift(stream, version_id, Arc::new(RedshiftCopy)).await,
+        }
+    }
+
+    /// The s3_manifest sink with the given COPY executor (Redshift's: [`RedshiftCopy`]). No
+    /// request is sent: the batches table is created at the first load.
+    pub async fn build_redshift(
+        &self,
+        stream: &str,
+        version_id: u64,
+        executor: Arc<dyn CopyExecutor>,
+    ) -> Result<BuiltPostgresSink, SinkError> {
+        let problems = self.validate();
+        if !problems.is_empty() {
+            let listed: Vec<String> =
+                problems.iter().map(|problem| format!("{}: {}", problem.field, problem.message)).collect();
+            return Err(SinkError::permanent("Postgres.InvalidConfiguration", listed.join("; ")));
+        }
+        let invalid = |message: &str| SinkError::permanent("Postgres.InvalidConfiguration", message.to_string());
+        let staging_config = self.s3_staging.as_ref().ok_or_else(|| invalid("s3_staging is required"))?;
+        let Ok(Destination::S3 { bucket }) = Destination::parse(&staging_config.url) else {
+            return Err(invalid("s3_staging.url must be an s3:// bucket"));
+        };
+        let credentials = self.copy_credentials().ok_or_else(|| invalid("iam_role is required"))?;
+        let staging_sink = Arc::new(staging_config.build_versioned(stream, version_id)?);
+        let backup = match &self.s3_backup {
+            Some(backup) => Arc::new(backup.build_versioned(stream, version_id)?),
+            None => staging_sink.clone(),
+        };
+        let staging = Arc::new(Staging {
+            sink: staging_sink.clone(),
+            bucket,
+            prefix: staging_config.prefix.clone().unwrap_or_default(),
+        });
+        let pool = Pool::new(self.connection_config()?, self.ca_file.as_deref(), self.max_connections)?;
+        let sink = RedshiftSink::new(RedshiftParts {
+            stream: stream.to_string(),
+            pool,
+            staging: staging.clone(),
+            table: self.table.clone(),
+            columns: self.columns.clone(),
+            credentials,
+            copy_options: self.copy_options.clone(),
+            batches_table: self.batches_table.clone(),
+            executor,
+            timeout: Duration::from_secs(self.timeout_seconds),
+        });
+        Ok(BuiltPostgresSink {
+            sink: Arc::new(sink),
+            encoders: staging_sink.encoder_factory(),
+            error_output: Arc::new(RedshiftErrorOutput { staging, backup }),
+            failure_output_type: REDSHIFT_FAILED_OUTPUT_TYPE,
+        })
+    }
+
+    /// `validate --connect`: the table and columns against the database, described.
+    pub async fn check_connection(&self) -> Result<String, SinkError> {
+        match self.mode {
+            Mode::Stdin => {
+                let shape = self.check().await?;
+                let columns: Vec<String> =
+                    shape.columns.iter().map(|column| format!("{} {}", column.name, column.type_name)).collect();
+                Ok(format!("table {} loads columns ({})", shape.table, columns.join(", ")))
+            }
+            Mode::S3Manifest => {
+                let pool = Pool::new(self.connection_config()?, self.ca_file.as_deref(), 1)?;
+                Ok(RedshiftSink::check_table(&pool, &self.table, self.columns.as_deref()).await?)
+            }
+        }
     }
 
     /// Check the table and columns against the database (`validate --connect`, start-up).
@@ -252,19 +462,66 @@ mod tests {
     fn every_problem_is_reported_with_its_field() {
         let config = parse(
             r#"{"url": "mysql://x", "table": " ", "columns": ["a", "a", ""], "record_column": "doc",
-                 "mode": "s3_manifest", "max_connections": 0, "timeout_seconds": 0,
+                 "max_connections": 0, "timeout_seconds": 0, "iam_role": "arn:x",
                  "s3_backup": {"url": "ftp://nope"}}"#,
         );
         assert_eq!(
             fields(&config),
-            ["url", "table", "mode", "record_column", "max_connections", "timeout_seconds", "s3_backup.url"]
+            ["url", "table", "iam_role", "record_column", "max_connections", "timeout_seconds", "s3_backup.url"]
         );
+        let config = parse(r#"{"url": "postgres://h/db", "table": "t"}"#);
+        assert_eq!(fields(&config), ["s3_backup"]);
         let config =
             parse(&format!(r#"{{"url": "postgres://h/db", "table": "t", "columns": ["a", "a", ""], {BACKUP}}}"#));
         assert_eq!(fields(&config), ["columns[1]", "columns[2]"]);
         let config =
             parse(&format!(r#"{{"url": "postgres://h/db", "table": "t", "copy_options": "FORMAT csv", {BACKUP}}}"#));
         assert_eq!(fields(&config), ["copy_options"]);
+    }
+
+    #[test]
+    fn s3_manifest_needs_an_s3_staging_bucket_with_a_literal_prefix_and_copy_credentials() {
+        let staging = r#""s3_staging": {"url": "s3://staging-bucket", "prefix": "redshift/", "compression": "gzip"}"#;
+        let config = parse(&format!(
+            r#"{{"url": "postgres://h:5439/dev", "table": "events", "mode": "s3_manifest",
+                 "iam_role": "arn:aws:iam::123456789012:role/copy", "copy_options": "JSON 'auto' gzip", {staging}}}"#
+        ));
+        assert!(config.validate().is_empty(), "{:?}", config.validate());
+        assert_eq!(
+            config.copy_credentials(),
+            Some(CopyCredentials::IamRole("arn:aws:iam::123456789012:role/copy".into()))
+        );
+        // Keys of the staging block stand in for the role; FORMAT-like words are Redshift's to take.
+        let config = parse(
+            r#"{"url": "postgres://h/dev", "table": "t", "mode": "s3_manifest", "copy_options": "delimiter '|'",
+                 "s3_staging": {"url": "s3://staging-bucket", "access_key_id": "AKID", "secret_access_key": "s"}}"#,
+        );
+        assert!(config.validate().is_empty(), "{:?}", config.validate());
+        assert!(matches!(config.copy_credentials(), Some(CopyCredentials::Keys { .. })));
+
+        let config = parse(r#"{"url": "postgres://h/dev", "table": "t", "mode": "s3_manifest"}"#);
+        assert_eq!(fields(&config), ["s3_staging"]);
+        let config = parse(
+            r#"{"url": "postgres://h/dev", "table": "t", "mode": "s3_manifest", "record_column": "doc",
+                 "s3_staging": {"url": "file://./staging", "prefix": "p/!{timestamp:yyyy}/", "compression": "snappy"}}"#,
+        );
+        assert_eq!(
+            fields(&config),
+            ["record_column", "s3_staging.url", "s3_staging.prefix", "s3_staging.compression", "iam_role"]
+        );
+        let config = parse(
+            r#"{"url": "postgres://h/dev", "table": "t", "mode": "s3_manifest", "iam_role": "arn:aws:iam::1:role/r",
+                 "s3_staging": {"url": "s3://staging-bucket", "compression": "zstd"}}"#,
+        );
+        let problems = config.validate();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "copy_options");
+        assert!(problems[0].message.contains("ZSTD"), "{}", problems[0].message);
+        // The staging block belongs to s3_manifest mode only.
+        let config = parse(&format!(
+            r#"{{"url": "postgres://h/db", "table": "t", {BACKUP}, "s3_staging": {{"url": "s3://staging-bucket"}}}}"#
+        ));
+        assert_eq!(fields(&config), ["s3_staging"]);
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! columns by name, or the whole record into one `jsonb` column), and each batch is loaded with
 //! `COPY … FROM STDIN` in one transaction together with its batch id, so a re-sent batch is never
 //! loaded twice. Rows PostgreSQL refuses are split out and go to the S3 error output.
-//! Depends only on `spillway-sink-api`, `spillway-sink-s3` (the error output) and `tokio-postgres`.
+//! For Redshift (`mode: s3_manifest`) each batch is staged in S3 instead and loaded with
+//! `COPY … FROM '<manifest>' MANIFEST`, with the same batch id transaction.
+//! Depends only on `spillway-sink-api`, `spillway-sink-s3` (the error output, Redshift's staging)
+//! and `tokio-postgres`.
 //!
 //! Module map:
 //! - [`config`]: `PostgresSinkConfig` (the YAML `sink:` block), pure `validate`, `build`, `check`.
@@ -11,17 +14,20 @@
 //! - [`sink`]: `PostgresSink`, the transaction, idempotency and bad-row splitting.
 //! - [`error`]: SQLSTATE classification into `SinkError`.
 //! - [`pool`]: connections (one per batch in flight), TLS through rustls.
-//! - [`redshift`]: Redshift manifests and `COPY … MANIFEST` statements (pure; `mode: s3_manifest`
-//!   is not wired yet).
+//! - [`redshift`]: Redshift manifests, their keys and `COPY … MANIFEST` statements (pure).
+//! - [`redshift_sink`]: `RedshiftSink` (`mode: s3_manifest`): stage through the S3 sink, write
+//!   the manifest, COPY and the batch id in one transaction; failed manifests to `errors/`.
 
 pub mod config;
 pub mod encode;
 pub mod error;
 pub mod pool;
 pub mod redshift;
+pub mod redshift_sink;
 pub mod schema;
 pub mod sink;
 
-pub use config::{Mode, PostgresSinkConfig};
+pub use config::{BuiltPostgresSink, Mode, POSTGRES_FAILED_OUTPUT_TYPE, PostgresSinkConfig};
+pub use redshift_sink::{CopyExecutor, ManifestCopy, REDSHIFT_FAILED_OUTPUT_TYPE, RedshiftCopy};
 pub use schema::TableShape;
 pub use sink::PostgresSink;

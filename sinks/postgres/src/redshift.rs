@@ -2,10 +2,7 @@
 //! lists a batch's staged S3 objects, and the `COPY … FROM '<manifest>' … MANIFEST` statement
 //! with the user's copy options and a credentials clause. Pure: no I/O.
 //!
-//! Not wired yet: `mode: s3_manifest` is refused by `validate` until the staging through the S3
-//! sink, the load transaction against Redshift (which has neither `to_regclass`, `uuid` nor
-//! `jsonb`, so the batches table needs its own DDL there) and the `errors/manifests/` hand-off
-//! after the retry duration are built and tested.
+//! The sink that stages, writes these and runs the statement is [`crate::redshift_sink`].
 //!
 //! Must not: talk to S3 or the database.
 
@@ -43,7 +40,7 @@ pub fn manifest(urls: &[String]) -> String {
 }
 
 /// `'…'` with quotes doubled, as SQL string literals need.
-fn literal(text: &str) -> String {
+pub fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
@@ -83,11 +80,35 @@ pub fn copy_statement(
     statement
 }
 
+/// The part of a staged object's key after the staging prefix (`yyyy/MM/dd/HH/<name>`), its
+/// name without the file extension (a manifest is JSON, not gzip).
+fn dated_name<'a>(prefix: &str, object_key: &'a str) -> (&'a str, &'a str) {
+    let rest = object_key.strip_prefix(prefix).unwrap_or(object_key);
+    let (folder, name) = match rest.rfind('/') {
+        Some(slash) => (&rest[..=slash], &rest[slash + 1..]),
+        None => ("", rest),
+    };
+    // Names end `-<uuid><extension>`: the extension starts at the first `.` after the last `-`.
+    let stem = match name.rfind('-').and_then(|dash| name[dash..].find('.').map(|dot| dash + dot)) {
+        Some(dot) => &name[..dot],
+        None => name,
+    };
+    (folder, stem)
+}
+
+/// Where a batch's manifest is written: `<prefix>manifests/yyyy/MM/dd/HH/<object name>`, beside
+/// the objects as Firehose lays them out.
+pub fn manifest_key(prefix: &str, object_key: &str) -> String {
+    let (folder, stem) = dated_name(prefix, object_key);
+    format!("{prefix}manifests/{folder}{stem}")
+}
+
 /// Where a batch's manifest goes once its retry duration is over (Firehose's
 /// `<prefix>errors/manifests/yyyy/MM/dd/HH/<manifest name>`), for a manual `COPY … MANIFEST`.
-pub fn error_manifest_key(prefix: &str, manifest_key: &str, instant: &chrono::DateTime<chrono::Utc>) -> String {
-    let name = manifest_key.rsplit('/').next().unwrap_or(manifest_key);
-    format!("{prefix}errors/manifests/{}/{name}", instant.format("%Y/%m/%d/%H"))
+/// The hour is the batch's own (its oldest record's arrival), so a replay writes the same key.
+pub fn error_manifest_key(prefix: &str, object_key: &str) -> String {
+    let (folder, stem) = dated_name(prefix, object_key);
+    format!("{prefix}errors/manifests/{folder}{stem}")
 }
 
 #[cfg(test)]
@@ -132,11 +153,19 @@ mod tests {
     }
 
     #[test]
-    fn failed_manifests_go_under_errors_manifests() {
-        let instant = chrono::DateTime::from_timestamp(1_795_651_200, 0).unwrap();
+    fn manifests_sit_beside_the_objects_and_failed_ones_under_errors_manifests() {
+        let object = "staging/2026/11/26/00/my.stream-1-2026-11-26-00-00-00-0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0.gz";
         assert_eq!(
-            error_manifest_key("staging/", "staging/manifests/2026/11/26/00/s-1-2026-11-26-00-00-00-id", &instant),
-            "staging/errors/manifests/2026/11/26/00/s-1-2026-11-26-00-00-00-id"
+            manifest_key("staging/", object),
+            "staging/manifests/2026/11/26/00/my.stream-1-2026-11-26-00-00-00-0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
         );
+        assert_eq!(
+            error_manifest_key("staging/", object),
+            "staging/errors/manifests/2026/11/26/00/my.stream-1-2026-11-26-00-00-00-0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+        );
+        // No prefix, no extension.
+        let bare = "2026/11/26/00/s-1-2026-11-26-00-00-00-0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+        assert_eq!(manifest_key("", bare), format!("manifests/{bare}"));
+        assert_eq!(error_manifest_key("", bare), format!("errors/manifests/{bare}"));
     }
 }

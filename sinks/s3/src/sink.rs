@@ -275,6 +275,19 @@ impl ErrorOutput for S3Sink {
 }
 
 impl S3Sink {
+    /// Write `body` as one object at `key` (a single PUT, the sink's content type), e.g. the
+    /// Redshift manifest that lists a batch's object. Overwrites: a replay writes the same body.
+    pub async fn write_object(&self, key: &str, body: Bytes) -> Result<(), SinkError> {
+        let location = parse_location(key)?;
+        let options = PutOptions { attributes: self.attributes(), ..PutOptions::default() };
+        self.parts
+            .store
+            .put_opts(&location, PutPayload::from(body), options)
+            .await
+            .map(|_| ())
+            .map_err(|error| classify(error, Operation::Write, key))
+    }
+
     /// Write the batch's object unless its key already holds one: for copies that must keep the
     /// first, whole write of a batch (an OpenSearch `backup.mode: all` batch is re-sent with only
     /// its failed records on a partial retry, under the same id and so the same key). One writer
