@@ -143,6 +143,17 @@ impl SinkConfig {
         }
     }
 
+    /// Full batches the destination keeps in flight at once, if its writes are latency-bound
+    /// and its batches not compressed (a `_bulk` request, a COPY): the pipeline's in-flight byte
+    /// bound then makes room for them ([`crate::pipeline::in_flight_bytes_cap`]). `None`: the
+    /// default bound, which keeps the memory of compressed S3 batches low.
+    pub fn full_batches_in_flight(&self) -> Option<usize> {
+        match self {
+            SinkConfig::Opensearch(_) => Some(4),
+            SinkConfig::S3(_) | SinkConfig::Postgres(_) => None,
+        }
+    }
+
     /// Firehose supports dynamic partitioning on S3 destinations only.
     pub fn supports_dynamic_partitioning(&self) -> bool {
         match self {

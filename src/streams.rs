@@ -418,6 +418,7 @@ impl Lifecycle {
                 size_bytes: (config.buffering.size_mib << 20) as usize,
                 interval: Duration::from_secs(config.buffering.interval_seconds),
                 max_partitions: config.processing.max_active_partitions(),
+                full_batches_in_flight: config.sink.full_batches_in_flight(),
             },
             budget: self.env.budget.clone(),
         };

@@ -49,12 +49,16 @@ pub const MAX_IN_FLIGHT: usize = 8;
 /// in memory.
 pub const MAX_IN_FLIGHT_BYTES: usize = 24 << 20;
 
-/// The bound on encoded bytes in flight for batches of `size_bytes`: room for 4 full batches
-/// (with an eighth for an encoding that is larger than its records, as a `_bulk` body is), and
-/// never less than [`MAX_IN_FLIGHT_BYTES`]. A sink whose batches are not compressed (OpenSearch
-/// with 10 MiB batches) then keeps 4 requests in flight, as a plain `_bulk` loader does.
-pub fn in_flight_bytes_cap(size_bytes: usize) -> usize {
-    MAX_IN_FLIGHT_BYTES.max(size_bytes.saturating_mul(4).saturating_add(size_bytes / 2))
+/// The bound on encoded bytes in flight for batches of `size_bytes` when the sink wants
+/// `full_batches` in flight: room for that many (with an eighth for an encoding that is larger
+/// than its records, as a `_bulk` body is), and never less than [`MAX_IN_FLIGHT_BYTES`]. A sink
+/// whose batches are not compressed (OpenSearch with 10 MiB batches) then keeps 4 requests in
+/// flight, as a plain `_bulk` loader does; compressed S3 batches keep the default bound (the
+/// memory figure of 5 GiB through 64 MiB buffers rests on it).
+pub fn in_flight_bytes_cap(size_bytes: usize, full_batches: Option<usize>) -> usize {
+    let wanted = full_batches
+        .map_or(0, |batches| size_bytes.saturating_mul(batches).saturating_add(size_bytes.saturating_mul(batches) / 8));
+    MAX_IN_FLIGHT_BYTES.max(wanted)
 }
 /// Most record bytes read from the WAL in one blocking step.
 const READ_CHUNK_BYTES: usize = 4 << 20;
@@ -85,6 +89,8 @@ pub struct BatchingOptions {
     pub size_bytes: usize,
     pub interval: Duration,
     pub max_partitions: usize,
+    /// The sink's [`crate::sinks::SinkConfig::full_batches_in_flight`].
+    pub full_batches_in_flight: Option<usize>,
 }
 
 pub struct DeliveryLoop {
@@ -300,7 +306,7 @@ impl DeliveryLoop {
         in_flight_bytes: &mut usize,
         ledger: &mut Ledger,
     ) -> Result<bool, PipelineError> {
-        let cap = in_flight_bytes_cap(self.batching.size_bytes);
+        let cap = in_flight_bytes_cap(self.batching.size_bytes, self.batching.full_batches_in_flight);
         let mut ready = Vec::new();
         let mut ready_bytes = *in_flight_bytes;
         while in_flight.len() + ready.len() < MAX_IN_FLIGHT

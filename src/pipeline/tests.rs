@@ -80,7 +80,7 @@ impl Harness {
             instance_id: Uuid::from_u128(7),
             router,
             encoders,
-            batching: BatchingOptions { size_bytes, interval, max_partitions: 500 },
+            batching: BatchingOptions { size_bytes, interval, max_partitions: 500, full_batches_in_flight: None },
             budget: MemoryBudget::new(64 << 20),
         }
     }
@@ -540,11 +540,13 @@ async fn a_record_the_encoder_refuses_goes_to_the_error_output_and_the_rest_is_d
 #[test]
 fn four_full_batches_fit_in_flight_whatever_the_buffer_size() {
     const MIB: usize = 1 << 20;
-    assert_eq!(super::in_flight_bytes_cap(MIB), super::MAX_IN_FLIGHT_BYTES);
+    assert_eq!(super::in_flight_bytes_cap(MIB, Some(4)), super::MAX_IN_FLIGHT_BYTES);
     for size in [5 * MIB, 10 * MIB, 64 * MIB] {
         // A `_bulk` body is its records plus ~8 % of action lines.
         let bulk_body = size + size / 12;
-        assert!(4 * bulk_body <= super::in_flight_bytes_cap(size), "{size}");
-        assert!(5 * bulk_body > super::in_flight_bytes_cap(size), "{size}: still bounded");
+        assert!(4 * bulk_body <= super::in_flight_bytes_cap(size, Some(4)), "{size}");
+        assert!(5 * bulk_body > super::in_flight_bytes_cap(size, Some(4)), "{size}: still bounded");
+        // A sink that asks for nothing (compressed S3 batches) keeps the default bound.
+        assert_eq!(super::in_flight_bytes_cap(size, None), super::MAX_IN_FLIGHT_BYTES);
     }
 }
