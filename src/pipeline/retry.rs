@@ -81,11 +81,13 @@ impl Delivery {
         }
         let started = Instant::now();
         let mut attempts: u32 = 0;
-        // The records still to deliver: the whole batch at first, then what failed retriably.
-        let mut pending: Option<Batch> = None;
+        // The records still to deliver: the whole batch at first, then what failed retriably,
+        // kept with its records (the WAL gives back every output of a record a transform split,
+        // not the subset that failed).
+        let mut pending: Option<(Batch, Vec<Record>)> = None;
         loop {
             attempts += 1;
-            let current = pending.as_ref().unwrap_or(batch);
+            let current = pending.as_ref().map_or(batch, |(subset, _)| subset);
             let error = match self.sink.write(current).await {
                 Ok(()) => {
                     self.count_delivered(current.record_count(), current.record_bytes);
@@ -115,7 +117,10 @@ impl Delivery {
                     tokio::time::sleep(wait).await;
                 }
                 ErrorClass::Partial => {
-                    let records = self.records_of(current).await?;
+                    let records = match &pending {
+                        Some((_, records)) => records.clone(),
+                        None => self.records_of(current).await?,
+                    };
                     let (retry, give_up): (Vec<&RecordFailure>, Vec<&RecordFailure>) =
                         error.failures.iter().partition(|failure| failure.retriable && within_duration);
                     let failed_indices: BTreeSet<usize> = error.failures.iter().map(|failure| failure.index).collect();
@@ -147,7 +152,7 @@ impl Delivery {
                     self.metrics.delivery_retries.inc();
                     let wait = backoff(attempts, error.retry_after);
                     tracing::warn!(stream = %batch.stream, batch = %batch.id, attempts, records = retried.len(), wait_ms = wait.as_millis() as u64, "some records failed retriably, re-sending them");
-                    pending = Some(self.reencode(batch, retried).await?);
+                    pending = Some((self.reencode(batch, retried.clone()).await?, retried));
                     tokio::time::sleep(wait).await;
                 }
                 _ => {
@@ -156,9 +161,11 @@ impl Delivery {
                         Some(source) => format!("{}: {source}", error.message),
                         None => error.message.clone(),
                     };
-                    let failed = self
-                        .records_of(current)
-                        .await?
+                    let records = match &pending {
+                        Some((_, records)) => records.clone(),
+                        None => self.records_of(current).await?,
+                    };
+                    let failed = records
                         .into_iter()
                         .map(|record| Failed { record, code: error.code.clone(), message: message.clone() })
                         .collect();

@@ -472,6 +472,33 @@ async fn a_partial_retry_reads_back_the_transformed_records_of_its_partition() {
     harness.wal.close();
 }
 
+/// A retried subset that fails again is read from memory, not the WAL: the WAL would give back
+/// every output of a record the transform split (a:1 and a:2 of record 0), so indices into the
+/// subset would name the wrong records.
+#[tokio::test(start_paused = true)]
+async fn a_retried_subset_that_fails_again_names_its_own_records() {
+    let harness = Harness::new();
+    let failure =
+        |index, retriable| RecordFailure { index, retriable, code: "Test.Item".into(), message: "item".into() };
+    // Popped last first: attempt 1 fails a:1 and a:3 retriably; attempt 2 (the subset a:1, a:3)
+    // fails its second record, a:3, for good.
+    harness.sink.fail_next(SinkError::partial(vec![failure(1, false)]));
+    harness.sink.fail_next(SinkError::partial(vec![failure(0, true), failure(2, true)]));
+    harness.append_lines(&[r#"{"items":["a:1","a:2"]}"#, r#"{"items":["a:3"]}"#]).await;
+    let (_stop, stop_rx) = watch::channel(true);
+    harness
+        .delivery_loop_with(1 << 20, Duration::from_secs(900), Duration::from_secs(60), transformed())
+        .run(stop_rx)
+        .await
+        .unwrap();
+    let errors = harness.sink.error_lines();
+    assert_eq!(errors.len(), 1);
+    let line: serde_json::Value = serde_json::from_slice(&errors[0].1).unwrap();
+    assert_eq!(line["rawData"], "YToz", "a:3 given up, not a:2");
+    assert_eq!(harness.metrics.delivered_records.get(), 2, "a:2 at the first attempt, a:1 at the second");
+    harness.wal.close();
+}
+
 /// Refuses records that start with `reject`, as a Parquet encoder refuses what does not fit
 /// its schema.
 struct RejectingEncoderFactory;
