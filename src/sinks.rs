@@ -127,22 +127,6 @@ impl SinkConfig {
         }
     }
 
-    /// Why the sink cannot follow a transform that may turn one record into several, if it
-    /// cannot: OpenSearch's `firehose_default` ids name a WAL record (stream + sequence), so the
-    /// outputs of one record would overwrite each other.
-    pub fn split_records_problem(&self) -> Option<&'static str> {
-        match self {
-            SinkConfig::Opensearch(config)
-                if config.document_id == spillway_sink_opensearch::DocumentId::FirehoseDefault =>
-            {
-                Some(
-                    "may turn one record into several, whose firehose_default OpenSearch document ids would collide: set sink.document_id to from_field(<path>) or none",
-                )
-            }
-            SinkConfig::S3(_) | SinkConfig::Postgres(_) | SinkConfig::Opensearch(_) => None,
-        }
-    }
-
     /// Full batches the destination keeps in flight at once, if its writes are latency-bound
     /// and its batches not compressed (a `_bulk` request, a COPY): the pipeline's in-flight byte
     /// bound then makes room for them ([`crate::pipeline::in_flight_bytes_cap`]). `None`: the

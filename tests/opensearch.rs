@@ -426,6 +426,47 @@ async fn throttled_items_and_requests_are_retried_with_nothing_lost_or_duplicate
     assert_eq!(spillway.terminate(), 0);
 }
 
+/// A transform that splits each record into several documents, with `firehose_default` ids:
+/// each output gets its own id (`<stream>-<sequence>`, then `-1`, `-2`…), stable across the
+/// whole-request refusals and per-item throttling the proxy injects, so every document is
+/// indexed once and none overwrites another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn each_output_of_a_splitting_transform_is_its_own_document_across_retries() {
+    let url = opensearch_url();
+    let http = reqwest::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start_throttling_proxy(url.clone(), Throttle::OnceForAThird).await;
+    let index = unique("split");
+    let yaml = config(&[format!(
+        "  - name: split\n    processing: {{ transforms: [ {{ type: jq, expr: '.events[]' }} ] }}\n    buffering: {{ size_mib: 1, interval_seconds: 1 }}\n    sink:\n{}",
+        opensearch_sink(&proxy.address, &index, "      index_rotation: none\n")
+    )]);
+    let spillway = Spillway::start(dir.path(), &yaml);
+    let client = spillway.client().await;
+    let records: Vec<String> = (0..400)
+        .map(|n| {
+            json!({ "events": (0..3).map(|e| json!({ "id": format!("r{n}-{e}") })).collect::<Vec<_>>() }).to_string()
+        })
+        .collect();
+    put(&client, "split", &records).await;
+    wait_for_count(&http, &url, &index, 1200).await;
+    assert!(proxy.withheld.load(Ordering::SeqCst) > 100, "items were throttled and re-sent");
+    let documents = all_documents(&http, &url, &index).await;
+    let sources: BTreeSet<String> =
+        documents.iter().map(|(_, _, source)| source["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(sources.len(), 1200, "every output once");
+    // The three outputs of one record: the plain id, then -1 and -2; the event order is kept.
+    let by_id: BTreeMap<&str, &str> =
+        documents.iter().map(|(_, id, source)| (id.as_str(), source["id"].as_str().unwrap())).collect();
+    let (first_id, first_source) = by_id.iter().find(|(_, source)| source.ends_with("-0")).unwrap();
+    let record = first_source.trim_end_matches("-0");
+    assert_eq!(by_id[format!("{first_id}-1").as_str()], format!("{record}-1"));
+    assert_eq!(by_id[format!("{first_id}-2").as_str()], format!("{record}-2"));
+    assert!(backup_records(dir.path()).is_empty());
+    assert_eq!(spillway.terminate(), 0);
+}
+
 /// `backup.mode: all` (Firehose's `AllDocuments`): every document is also in the S3 backup,
 /// exactly once, even when items are throttled and re-sent in partial retries (a retry re-sends a
 /// subset of the batch under the same id and must not replace the batch's backup object).

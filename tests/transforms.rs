@@ -297,26 +297,3 @@ async fn cloudwatch_logs_payloads_and_gzipped_records_are_unpacked() {
     let body: Vec<u8> = fluent.iter().flat_map(|(_, body)| body.clone()).collect();
     assert_eq!(String::from_utf8(body).unwrap(), "{\"log\":\"one\"}\n{\"log\":\"two\"}\n");
 }
-
-/// A transform that may split records cannot feed OpenSearch's `firehose_default` ids (one per
-/// WAL record): the outputs would overwrite each other, so `validate` refuses it.
-#[test]
-fn a_splitting_transform_with_firehose_default_opensearch_ids_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("spillway.yaml");
-    let yaml = "streams:\n  - name: s\n    processing: { transforms: [ { type: jq, expr: '.[]' } ] }\n    sink:\n      type: opensearch\n      url: http://127.0.0.1:9200\n      index: logs\n      backup: { sink: { url: file://./backup } }\n";
-    let validate = |yaml: &str| {
-        std::fs::write(&config, yaml).unwrap();
-        std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
-            .args(["validate", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap()
-    };
-    let output = validate(yaml);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
-    assert!(stderr.contains("streams[0].processing.transforms[0]") && stderr.contains("document_id"), "{stderr}");
-    let output = validate(&yaml.replace("      index: logs\n", "      index: logs\n      document_id: none\n"));
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-}

@@ -709,11 +709,6 @@ impl Config {
 fn dynamic_partitioning_problems(stream: &StreamConfig, sink_reported: &dyn Fn(&str) -> bool) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut push = |path: &str, message: String| problems.push(Problem { path: path.to_string(), message });
-    if let Some(problem) = stream.sink.split_records_problem()
-        && let Some(index) = stream.processing.transforms.iter().position(|transform| transform.may_split())
-    {
-        push(&format!("processing.transforms[{index}]"), problem.into());
-    }
     if let Err(bad) = crate::processing::Chain::build(&stream.processing.transforms) {
         for (index, reason) in bad {
             let field = match stream.processing.transforms.get(index) {

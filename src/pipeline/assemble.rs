@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use spillway_sink_api::{EncodeError, PartitionKeys, Record};
+use spillway_sink_api::{EncodeError, PartitionKeys, Record, RecordPosition};
 use tokio::time::Instant;
 
 use super::lambda_stage::{LambdaStage, ProcessedChunk, ProcessedOutput, ProcessedRecord};
@@ -195,7 +195,8 @@ impl Router {
             for (offset, data) in frame.records.iter().enumerate() {
                 let sequence = frame.first_sequence + offset as u64;
                 touched.clear();
-                self.place(open, data, sequence, frame.arrival_ms, arrived_at, &skip, &mut touched, None)?;
+                let position = RecordPosition { sequence, output: 0, arrival_ms: frame.arrival_ms };
+                self.place(open, data, position, arrived_at, &skip, &mut touched, None)?;
                 closed.extend(open.settle(&touched)?);
             }
             return Ok(());
@@ -213,8 +214,9 @@ impl Router {
                 }
                 continue;
             }
-            for output in &outputs {
-                self.place(open, output, sequence, frame.arrival_ms, arrived_at, &skip, &mut touched, None)?;
+            for (output, data) in (0u32..).zip(&outputs) {
+                let position = RecordPosition { sequence, output, arrival_ms: frame.arrival_ms };
+                self.place(open, data, position, arrived_at, &skip, &mut touched, None)?;
             }
             closed.extend(open.settle(&touched)?);
         }
@@ -224,18 +226,20 @@ impl Router {
     /// Append one (transformed) record to its route's open batch, or, when its partition keys
     /// fail or the sink's encoder refuses it, a Firehose error record to the error output's;
     /// note the route in `touched`.
+    /// `position.output` numbers the outputs of one WAL record in the order they are placed
+    /// (what [`Router::sink_records`] gives back when the batch is read again).
     #[allow(clippy::too_many_arguments)]
     fn place(
         &self,
         open: &mut OpenBatches,
         data: &[u8],
-        sequence: u64,
-        arrival_ms: i64,
+        position: RecordPosition,
         arrived_at: Instant,
         skip: &dyn Fn(&Route, u64) -> bool,
         touched: &mut Vec<Route>,
         lambda_keys: Option<&std::collections::BTreeMap<String, String>>,
     ) -> Result<(), EncodeError> {
+        let RecordPosition { sequence, arrival_ms, .. } = position;
         let (route, data, suffix) = match self.route(data, sequence, arrival_ms, lambda_keys) {
             Routed::Sink { route, data } => (route, Cow::Borrowed(data), self.delimiter.suffix_for(data)),
             Routed::Failed { route, line } => (route, Cow::Owned(line), &b""[..]),
@@ -243,7 +247,7 @@ impl Router {
         if skip(&route, sequence) {
             return Ok(());
         }
-        let route = match open.append(&route, sequence, &data, suffix, arrival_ms, arrived_at) {
+        let route = match open.append(&route, position, &data, suffix, arrived_at) {
             Ok(()) => route,
             Err(EncodeError::Rejected { output_type, code, message }) => {
                 let route = Route::error_output(output_type);
@@ -251,7 +255,7 @@ impl Router {
                     return Ok(());
                 }
                 let line = failure_line(&data, sequence, arrival_ms, code, &message);
-                open.append(&route, sequence, &line, b"", arrival_ms, arrived_at)?;
+                open.append(&route, position, &line, b"", arrived_at)?;
                 route
             }
             Err(error) => return Err(error),
@@ -283,6 +287,12 @@ impl Router {
             let (sequence, arrival_ms) = (record.sequence, record.arrival_ms);
             let arrived_at = arrived_at(arrival_ms);
             touched.clear();
+            // Numbers the outputs placed, as `sink_records_processed` counts them.
+            let mut placed = 0u32;
+            let mut next_position = || {
+                placed += 1;
+                RecordPosition { sequence, output: placed - 1, arrival_ms }
+            };
             for output in &record.outputs {
                 let (data, lambda_keys) = match output {
                     ProcessedOutput::Failed { data, code, message, attempts, lambda_arn } => {
@@ -303,7 +313,7 @@ impl Router {
                     ProcessedOutput::Data { data, lambda_keys } => (data, lambda_keys.as_deref()),
                 };
                 let Some(after) = after else {
-                    self.place(open, data, sequence, arrival_ms, arrived_at, &skip, &mut touched, lambda_keys)?;
+                    self.place(open, data, next_position(), arrived_at, &skip, &mut touched, lambda_keys)?;
                     continue;
                 };
                 if let Err(failure) = after.apply(data, &mut outputs) {
@@ -314,7 +324,7 @@ impl Router {
                     continue;
                 }
                 for transformed in &outputs {
-                    self.place(open, transformed, sequence, arrival_ms, arrived_at, &skip, &mut touched, lambda_keys)?;
+                    self.place(open, transformed, next_position(), arrived_at, &skip, &mut touched, lambda_keys)?;
                 }
             }
             closed.extend(open.settle(&touched)?);
@@ -323,9 +333,15 @@ impl Router {
     }
 
     /// What a sink batch of `partition` holds of one processed record (see [`Router::sink_records`]).
-    pub fn sink_records_processed(&self, record: &ProcessedRecord, partition: &PartitionKeys, out: &mut Vec<Bytes>) {
+    pub fn sink_records_processed(
+        &self,
+        record: &ProcessedRecord,
+        partition: &PartitionKeys,
+        out: &mut Vec<(u32, Bytes)>,
+    ) {
         let after = self.lambda.as_ref().and_then(|lambda| lambda.after.as_ref());
         let mut outputs = Vec::new();
+        let mut placed = 0u32;
         for output in &record.outputs {
             let ProcessedOutput::Data { data, lambda_keys } = output else { continue };
             let transformed: Vec<Bytes> = match after {
@@ -336,12 +352,14 @@ impl Router {
                 },
             };
             for data in transformed {
+                let output = placed;
+                placed += 1;
                 let in_partition = match self.route(&data, record.sequence, record.arrival_ms, lambda_keys.as_deref()) {
                     Routed::Sink { route, .. } => *route.partition == *partition,
                     Routed::Failed { .. } => false,
                 };
                 if in_partition {
-                    out.push(data);
+                    out.push((output, data));
                 }
             }
         }
@@ -349,22 +367,22 @@ impl Router {
 
     /// What a sink batch of `partition` holds of one WAL record: the record itself without
     /// transforms, else those of its outputs whose partition is `partition`, in order.
-    pub fn sink_records(&self, data: &Bytes, partition: &PartitionKeys, out: &mut Vec<Bytes>) {
+    pub fn sink_records(&self, data: &Bytes, partition: &PartitionKeys, out: &mut Vec<(u32, Bytes)>) {
         let Some(transforms) = &self.transforms else {
-            out.push(data.clone());
+            out.push((0, data.clone()));
             return;
         };
         let mut outputs = Vec::new();
         if transforms.apply(data, &mut outputs).is_err() {
             return;
         }
-        for output in outputs {
+        for (index, output) in (0u32..).zip(outputs) {
             let in_partition = match &self.partitioner {
                 None => partition.is_empty(),
                 Some(partitioner) => partitioner.partition(&output).is_ok_and(|keys| *keys == *partition),
             };
             if in_partition {
-                out.push(Bytes::from(output));
+                out.push((index, Bytes::from(output)));
             }
         }
     }
@@ -385,7 +403,7 @@ fn failure_line_from(
     attempts: u32,
     lambda_arn: Option<&str>,
 ) -> Vec<u8> {
-    let record = Record { data: Bytes::copy_from_slice(data), arrival_ms, sequence };
+    let record = Record { data: Bytes::copy_from_slice(data), arrival_ms, sequence, output: 0 };
     let ending_ms = chrono::Utc::now().timestamp_millis();
     super::retry::error_record_line_with(&record, code, message, attempts, ending_ms, lambda_arn)
 }

@@ -171,7 +171,7 @@ impl OpenBatches {
         arrival_ms: i64,
         arrived_at: Instant,
     ) -> Result<Vec<ClosedBatch>, EncodeError> {
-        self.append(route, sequence, data, suffix, arrival_ms, arrived_at)?;
+        self.append(route, RecordPosition { sequence, output: 0, arrival_ms }, data, suffix, arrived_at)?;
         self.settle(std::slice::from_ref(route))
     }
 
@@ -183,12 +183,12 @@ impl OpenBatches {
     pub fn append(
         &mut self,
         route: &Route,
-        sequence: u64,
+        position: RecordPosition,
         data: &[u8],
         suffix: &[u8],
-        arrival_ms: i64,
         arrived_at: Instant,
     ) -> Result<(), EncodeError> {
+        let RecordPosition { sequence, arrival_ms, .. } = position;
         let batch = match self.batches.get_mut(route) {
             Some(batch) => batch,
             None => {
@@ -207,7 +207,7 @@ impl OpenBatches {
                 self.batches.entry(route.clone()).or_insert(batch)
             }
         };
-        if let Err(error) = batch.encoder.push_at(RecordPosition { sequence, arrival_ms }, data, suffix) {
+        if let Err(error) = batch.encoder.push_at(position, data, suffix) {
             // A batch opened for a record its encoder refused holds nothing: drop it, so it
             // neither holds the watermark nor becomes an empty object.
             if batch.sequences.is_empty() {

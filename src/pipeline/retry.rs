@@ -200,10 +200,11 @@ impl Delivery {
                         continue;
                     }
                     router.sink_records_processed(record, &partition, &mut outputs);
-                    records.extend(outputs.drain(..).map(|data| Record {
+                    records.extend(outputs.drain(..).map(|(output, data)| Record {
                         data,
                         arrival_ms: record.arrival_ms,
                         sequence: record.sequence,
+                        output,
                     }));
                 }
                 records
@@ -225,10 +226,11 @@ impl Delivery {
                         let sequence = frame.first_sequence + offset as u64;
                         if sequences.contains(sequence) {
                             router.sink_records(&data, &partition, &mut outputs);
-                            records.extend(outputs.drain(..).map(|data| Record {
+                            records.extend(outputs.drain(..).map(|(output, data)| Record {
                                 data,
                                 arrival_ms: frame.arrival_ms,
                                 sequence,
+                                output,
                             }));
                         }
                     }
@@ -249,7 +251,7 @@ impl Delivery {
             let mut encoder = encoders.new_encoder(spillway_sink_api::encode::DEFAULT_CHUNK_BYTES);
             let mut sequences = SequenceSet::default();
             for record in &records {
-                let position = RecordPosition { sequence: record.sequence, arrival_ms: record.arrival_ms };
+                let position = RecordPosition::of(record);
                 encoder.push_at(position, &record.data, delimiter.suffix_for(&record.data))?;
                 sequences.push(record.sequence);
             }
@@ -383,6 +385,10 @@ struct ErrorRecord<'a> {
     attempt_ending_timestamp: i64,
     raw_data: String,
     sequence_number: String,
+    /// Which output of its WAL record the record is, when a transform made several (as
+    /// Firehose's `subSequenceNumber` numbers the records of one aggregate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sub_sequence_number: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     lambda_arn: Option<&'a str>,
 }
@@ -402,6 +408,7 @@ fn error_record<'a>(
         attempt_ending_timestamp: ending_ms,
         raw_data: base64::engine::general_purpose::STANDARD.encode(&record.data),
         sequence_number: record.sequence.to_string(),
+        sub_sequence_number: (record.output > 0).then_some(record.output),
         lambda_arn: None,
     }
 }

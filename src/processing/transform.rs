@@ -114,12 +114,6 @@ impl TransformConfig {
         }
     }
 
-    /// Whether one input record may become several output records (`jq` with `.[]`, one record
-    /// per CloudWatch Logs event).
-    pub fn may_split(&self) -> bool {
-        !matches!(self, TransformConfig::Decompress { .. } | TransformConfig::Lambda(_))
-    }
-
     /// Compile; the error names what is wrong with the expression.
     pub fn build(&self) -> Result<Box<dyn Transform>, String> {
         match self {

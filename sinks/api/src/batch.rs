@@ -17,8 +17,11 @@ pub struct Record {
     pub data: Bytes,
     /// Arrival time at spillway (epoch milliseconds, UTC), Firehose's `approximateArrivalTimestamp`.
     pub arrival_ms: i64,
-    /// Position in the stream's WAL; unique per stream.
+    /// Position in the stream's WAL.
     pub sequence: u64,
+    /// Which output of its WAL record this is when a transform made several of it (0 otherwise):
+    /// with `sequence`, unique per stream.
+    pub output: u32,
 }
 
 /// A dynamic partition's key values (`!{partitionKeyFromQuery:k}` → value); empty without

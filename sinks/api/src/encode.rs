@@ -83,11 +83,20 @@ pub enum EncodeError {
     WorkerLost,
 }
 
-/// Where a record sits in its stream: its WAL sequence and its arrival time (epoch ms, UTC).
+/// Where a record sits in its stream: its WAL sequence, which output of that WAL record it is
+/// (a transform may make several; 0 otherwise), and its arrival time (epoch ms, UTC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordPosition {
     pub sequence: u64,
+    pub output: u32,
     pub arrival_ms: i64,
+}
+
+impl RecordPosition {
+    /// The position of `record`.
+    pub fn of(record: &crate::Record) -> Self {
+        Self { sequence: record.sequence, output: record.output, arrival_ms: record.arrival_ms }
+    }
 }
 
 /// One open batch's encoder. Called from a blocking thread: encoding is CPU work.

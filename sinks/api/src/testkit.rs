@@ -92,7 +92,7 @@ impl MemorySink {
                 split_memory_payload(&batch.payload)
                     .into_iter()
                     .zip(batch.sequences.iter())
-                    .map(|(data, sequence)| Record { data, arrival_ms: batch.oldest_arrival_ms, sequence })
+                    .map(|(data, sequence)| Record { data, arrival_ms: batch.oldest_arrival_ms, sequence, output: 0 })
             })
             .collect();
         records.sort_by_key(|record| record.sequence);
@@ -167,7 +167,7 @@ pub fn encode_batch(
     let mut encoder = factory.new_encoder(crate::encode::DEFAULT_CHUNK_BYTES);
     let mut sequences = SequenceSet::default();
     for record in records {
-        let position = crate::RecordPosition { sequence: record.sequence, arrival_ms: record.arrival_ms };
+        let position = crate::RecordPosition::of(record);
         encoder.push_at(position, &record.data, b"").expect("testkit: encode a record");
         sequences.push(record.sequence);
     }
@@ -192,6 +192,7 @@ pub fn sample_records(count: u64) -> Vec<Record> {
             data: Bytes::from(format!("{{\"sequence\":{sequence},\"message\":\"hello spillway\"}}\n")),
             arrival_ms: 1_764_000_000_000 + sequence as i64,
             sequence,
+            output: 0,
         })
         .collect()
 }

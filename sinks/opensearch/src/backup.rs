@@ -37,6 +37,9 @@ struct PipelineErrorRecord {
     raw_data: String,
     #[serde(default)]
     sequence_number: Option<String>,
+    /// Which output of its WAL record (absent: the first).
+    #[serde(default)]
+    sub_sequence_number: Option<u32>,
 }
 
 /// Firehose's failed-document record, in its field order.
@@ -61,7 +64,8 @@ impl OpenSearchBackup {
         let record: PipelineErrorRecord = serde_json::from_slice(line).ok()?;
         let sequence = record.sequence_number.as_deref().and_then(|sequence| sequence.parse::<u64>().ok());
         let document_id = match &self.settings.document_id {
-            DocumentId::FirehoseDefault => sequence.map(|sequence| self.settings.default_document_id(sequence)),
+            DocumentId::FirehoseDefault => sequence
+                .map(|sequence| self.settings.default_document_id(sequence, record.sub_sequence_number.unwrap_or(0))),
             DocumentId::None => None,
             DocumentId::FromField(path) => {
                 let raw = base64::engine::general_purpose::STANDARD.decode(&record.raw_data).ok()?;

@@ -34,8 +34,14 @@ pub struct BulkSettings {
 impl BulkSettings {
     /// Firehose-default document id: the stream and the record's WAL sequence, so a replay after
     /// a crash overwrites the same document.
-    pub fn default_document_id(&self, sequence: u64) -> String {
-        format!("{}-{sequence}", self.stream)
+    /// `<stream>-<sequence>`, and `-<output>` for a transform's second and later outputs of one
+    /// WAL record (the first keeps the plain id, so data indexed before transforms split records
+    /// keeps its ids).
+    pub fn default_document_id(&self, sequence: u64, output: u32) -> String {
+        match output {
+            0 => format!("{}-{sequence}", self.stream),
+            _ => format!("{}-{sequence}-{output}", self.stream),
+        }
     }
 
     pub fn index_name(&self, arrival_ms: i64) -> String {
@@ -180,7 +186,10 @@ impl BulkEncoder {
                 // `"<stream>-<sequence>"`: the stream's part is escaped once per encoder.
                 action.extend_from_slice(b",\"_id\":");
                 action.extend_from_slice(&self.id_prefix);
-                write!(action, "{}\"", position.sequence)?;
+                match position.output {
+                    0 => write!(action, "{}\"", position.sequence)?,
+                    output => write!(action, "{}-{output}\"", position.sequence)?,
+                }
             }
             (_, Some(id)) => {
                 action.extend_from_slice(b",\"_id\":");
@@ -347,9 +356,14 @@ mod tests {
     #[test]
     fn records_become_action_and_document_lines_with_rotated_indices_and_stable_ids() {
         let mut encoder = BulkEncoder::new(settings(DocumentId::FirehoseDefault, 1 << 20));
-        // 2016-02-25T13:59:59.999Z and the next millisecond: one batch, two indices.
-        encoder.push_at(RecordPosition { sequence: 7, arrival_ms: 1_456_408_799_999 }, b"{\"a\":1}\n", b"\n").unwrap();
-        encoder.push_at(RecordPosition { sequence: 8, arrival_ms: 1_456_408_800_000 }, b" {\"a\":2}", b"").unwrap();
+        // 2016-02-25T13:59:59.999Z and the next millisecond: one batch, two indices; the second
+        // record is a transform's third output of WAL record 8.
+        encoder
+            .push_at(RecordPosition { sequence: 7, output: 0, arrival_ms: 1_456_408_799_999 }, b"{\"a\":1}\n", b"\n")
+            .unwrap();
+        encoder
+            .push_at(RecordPosition { sequence: 8, output: 2, arrival_ms: 1_456_408_800_000 }, b" {\"a\":2}", b"")
+            .unwrap();
         let payload = Box::new(encoder).finish().unwrap();
         let (manifest, bodies) = split_payload(&payload).unwrap();
         assert_eq!(manifest, Manifest { records: 2, per_request: vec![2], refused: vec![] });
@@ -358,7 +372,7 @@ mod tests {
             [
                 r#"{"index":{"_index":"app-2016-02-25-13","_id":"logs-7"}}"#,
                 r#"{"a":1}"#,
-                r#"{"index":{"_index":"app-2016-02-25-14","_id":"logs-8"}}"#,
+                r#"{"index":{"_index":"app-2016-02-25-14","_id":"logs-8-2"}}"#,
                 r#"{"a":2}"#,
             ]
         );
@@ -370,7 +384,7 @@ mod tests {
         let records: [&[u8]; 5] =
             [b"{\"id\":\"a\"}", b"", b"{\"id\":\"b\",\n \"x\": \"y z\"}", b"{\"no\":1}", b"{\"id\":3}"];
         for (sequence, data) in records.iter().enumerate() {
-            encoder.push_at(RecordPosition { sequence: sequence as u64, arrival_ms: 0 }, data, b"").unwrap();
+            encoder.push_at(RecordPosition { sequence: sequence as u64, output: 0, arrival_ms: 0 }, data, b"").unwrap();
         }
         let (manifest, bodies) = split_payload(&Box::new(encoder).finish().unwrap()).unwrap();
         let refused: Vec<(usize, &str)> =
@@ -397,7 +411,7 @@ mod tests {
     #[test]
     fn no_document_id_leaves_ids_to_opensearch() {
         let mut encoder = BulkEncoder::new(settings(DocumentId::None, 1 << 20));
-        encoder.push_at(RecordPosition { sequence: 1, arrival_ms: 0 }, b"{}", b"").unwrap();
+        encoder.push_at(RecordPosition { sequence: 1, output: 0, arrival_ms: 0 }, b"{}", b"").unwrap();
         let (_, bodies) = split_payload(&Box::new(encoder).finish().unwrap()).unwrap();
         assert_eq!(lines(&bodies[0])[0], r#"{"index":{"_index":"app-1970-01-01-00"}}"#);
     }

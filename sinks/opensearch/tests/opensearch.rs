@@ -107,6 +107,7 @@ fn records(data: &[String]) -> Vec<Record> {
             data: Bytes::from(data.clone()),
             arrival_ms: 1_764_000_000_000,
             sequence: sequence as u64,
+            output: 0,
         })
         .collect()
 }

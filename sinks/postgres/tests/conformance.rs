@@ -124,7 +124,12 @@ async fn a_resent_batch_returns_the_same_row_failures_without_loading_again() {
     let records: Vec<Record> = data
         .iter()
         .enumerate()
-        .map(|(index, data)| Record { data: Bytes::from(data.to_string()), arrival_ms: now, sequence: index as u64 })
+        .map(|(index, data)| Record {
+            data: Bytes::from(data.to_string()),
+            arrival_ms: now,
+            sequence: index as u64,
+            output: 0,
+        })
         .collect();
     let batch = encode_batch(&sink.encoder_factory(), "resend", Uuid::new_v4(), PartitionKeys::new(), &records);
 
@@ -155,7 +160,12 @@ async fn a_batch_of_only_refused_rows_is_split_out_row_by_row_in_bounded_time() 
     let errors = tempfile::tempdir().unwrap();
     let sink = config(&table, errors.path()).build("all-bad").await.expect("build");
     let records: Vec<Record> = (0..2000u64)
-        .map(|sequence| Record { data: Bytes::from(r#"{"note":"no id"}"#), arrival_ms: 1_764_000_000_000, sequence })
+        .map(|sequence| Record {
+            data: Bytes::from(r#"{"note":"no id"}"#),
+            arrival_ms: 1_764_000_000_000,
+            sequence,
+            output: 0,
+        })
         .collect();
     let batch = encode_batch(&sink.encoder_factory(), "all-bad", Uuid::new_v4(), PartitionKeys::new(), &records);
     let started = std::time::Instant::now();

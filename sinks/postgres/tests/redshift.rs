@@ -149,6 +149,7 @@ fn records(count: u64, first_sequence: u64) -> Vec<Record> {
             data: Bytes::from(format!("{{\"sequence\":{sequence},\"message\":\"row {sequence}\"}}\n")),
             arrival_ms: 1_764_000_000_000,
             sequence,
+            output: 0,
         })
         .collect()
 }

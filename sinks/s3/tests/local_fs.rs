@@ -165,6 +165,7 @@ async fn large_objects_go_through_multipart_upload() {
             data: Bytes::from(vec![b'a' + (sequence % 26) as u8; 64 * 1024]),
             arrival_ms: 1_764_000_000_000,
             sequence,
+            output: 0,
         })
         .collect();
     let batch = encode_batch(&*sink.encoder_factory(), "stream", Uuid::new_v4(), PartitionKeys::new(), &records);

@@ -183,6 +183,7 @@ async fn minio_multipart_upload_above_the_threshold() {
             data: Bytes::from(vec![b'a' + (sequence % 26) as u8; 64 * 1024]),
             arrival_ms: 1_764_000_000_000,
             sequence,
+            output: 0,
         })
         .collect();
     let batch = encode_batch(&*sink.encoder_factory(), "stream", Uuid::new_v4(), PartitionKeys::new(), &records);
