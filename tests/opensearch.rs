@@ -444,18 +444,20 @@ async fn each_output_of_a_splitting_transform_is_its_own_document_across_retries
     )]);
     let spillway = Spillway::start(dir.path(), &yaml);
     let client = spillway.client().await;
-    let records: Vec<String> = (0..400)
-        .map(|n| {
-            json!({ "events": (0..3).map(|e| json!({ "id": format!("r{n}-{e}") })).collect::<Vec<_>>() }).to_string()
-        })
-        .collect();
+    // `n` is a number, except in record 7's third event: a mapping conflict for that output alone.
+    let event = |n: u32, e: u32| match (n, e) {
+        (7, 2) => json!({ "id": format!("r{n}-{e}"), "n": "not a number" }),
+        _ => json!({ "id": format!("r{n}-{e}"), "n": e }),
+    };
+    let records: Vec<String> =
+        (0..400).map(|n| json!({ "events": (0..3).map(|e| event(n, e)).collect::<Vec<_>>() }).to_string()).collect();
     put(&client, "split", &records).await;
-    wait_for_count(&http, &url, &index, 1200).await;
+    wait_for_count(&http, &url, &index, 1199).await;
     assert!(proxy.withheld.load(Ordering::SeqCst) > 100, "items were throttled and re-sent");
     let documents = all_documents(&http, &url, &index).await;
     let sources: BTreeSet<String> =
         documents.iter().map(|(_, _, source)| source["id"].as_str().unwrap().to_string()).collect();
-    assert_eq!(sources.len(), 1200, "every output once");
+    assert_eq!(sources.len(), 1199, "every output once, but the conflicting one");
     // The three outputs of one record: the plain id, then -1 and -2; the event order is kept.
     let by_id: BTreeMap<&str, &str> =
         documents.iter().map(|(_, id, source)| (id.as_str(), source["id"].as_str().unwrap())).collect();
@@ -463,8 +465,18 @@ async fn each_output_of_a_splitting_transform_is_its_own_document_across_retries
     let record = first_source.trim_end_matches("-0");
     assert_eq!(by_id[format!("{first_id}-1").as_str()], format!("{record}-1"));
     assert_eq!(by_id[format!("{first_id}-2").as_str()], format!("{record}-2"));
-    assert!(backup_records(dir.path()).is_empty());
     assert_eq!(spillway.terminate(), 0);
+    // The conflicting output in the backup, under the id it was sent with (its WAL record's
+    // plain id, -2).
+    let backup = backup_records(dir.path());
+    assert_eq!(backup.len(), 1, "{backup:?}");
+    let failed = &backup[0].1;
+    let raw = base64::engine::general_purpose::STANDARD.decode(failed["rawData"].as_str().unwrap()).unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(&raw).unwrap()["id"], "r7-2");
+    let id = failed["esDocumentId"].as_str().unwrap();
+    assert!(id.starts_with("split-") && id.ends_with("-2"), "{failed}");
+    assert!(!by_id.contains_key(id), "no document took its id");
+    assert!(by_id.contains_key(id.trim_end_matches("-2")), "its record's first output is indexed: {id}");
 }
 
 /// `backup.mode: all` (Firehose's `AllDocuments`): every document is also in the S3 backup,
