@@ -354,9 +354,10 @@ pub fn stream_config(
     }
     let dynamic = parsed.dynamic_partitioning_configuration.unwrap_or_default();
     let dynamic_partitioning = if dynamic.enabled.unwrap_or(false) {
-        if partition_keys.is_empty() {
+        let from_lambda = transforms.iter().any(|transform| matches!(transform, TransformConfig::Lambda(_)));
+        if partition_keys.is_empty() && !from_lambda {
             return Err(ApiError::invalid_argument(
-                "DynamicPartitioningConfiguration is enabled but no MetadataExtraction processor names partition keys (partitionKeyFromLambda is not supported by spillway)",
+                "DynamicPartitioningConfiguration is enabled but neither a MetadataExtraction processor nor a Lambda processor gives partition keys",
             ));
         }
         let retry = dynamic.retry_options.and_then(|options| options.duration_in_seconds).unwrap_or(300);
@@ -561,6 +562,18 @@ mod tests {
         assert_eq!(lambda.url, "http://127.0.0.1:9001/fn/enrich:live");
         assert_eq!(lambda.function_arn.as_deref(), Some(lambda_arn));
         assert_eq!((lambda.number_of_retries, lambda.buffer_size_mib), (5, 0.5));
+
+        // Dynamic partitioning on the Lambda's keys alone (`partitionKeyFromLambda`).
+        let mut by_lambda = with_processors(vec![processor("Lambda", &[("LambdaArn", lambda_arn)])]);
+        by_lambda["DynamicPartitioningConfiguration"] = serde_json::json!({ "Enabled": true });
+        by_lambda["Prefix"] = "team=!{partitionKeyFromLambda:team}/".into();
+        by_lambda["ErrorOutputPrefix"] = "errors/!{firehose:error-output-type}/".into();
+        let stream = stream_config(&with_lambda, "s", &by_lambda, "d", SourceConfig::DirectPut).unwrap();
+        let partitioning = stream.processing.dynamic_partitioning.expect("enabled");
+        assert!(partitioning.enabled && partitioning.keys.is_empty());
+        by_lambda["ProcessingConfiguration"]["Processors"] = serde_json::json!([]);
+        let error = stream_config(&with_lambda, "s", &by_lambda, "d", SourceConfig::DirectPut).expect_err("no keys");
+        assert!(error.message().contains("neither a MetadataExtraction processor nor a Lambda processor"));
 
         // Refused, each with its reason.
         let refused = |config: &Config, processors: Vec<Value>| {
