@@ -133,8 +133,8 @@ impl SinkConfig {
     /// default bound, which keeps the memory of compressed S3 batches low.
     pub fn full_batches_in_flight(&self) -> Option<usize> {
         match self {
-            SinkConfig::Opensearch(_) => Some(4),
-            SinkConfig::S3(_) | SinkConfig::Postgres(_) => None,
+            SinkConfig::Opensearch(_) | SinkConfig::Postgres(_) => Some(4),
+            SinkConfig::S3(_) => None,
         }
     }
 
