@@ -117,10 +117,7 @@ impl Delivery {
                     tokio::time::sleep(wait).await;
                 }
                 ErrorClass::Partial => {
-                    let records = match &pending {
-                        Some((_, records)) => records.clone(),
-                        None => self.records_of(current).await?,
-                    };
+                    let records = self.records_sent(batch, &pending).await?;
                     let (retry, give_up): (Vec<&RecordFailure>, Vec<&RecordFailure>) =
                         error.failures.iter().partition(|failure| failure.retriable && within_duration);
                     let failed_indices: BTreeSet<usize> = error.failures.iter().map(|failure| failure.index).collect();
@@ -161,10 +158,7 @@ impl Delivery {
                         Some(source) => format!("{}: {source}", error.message),
                         None => error.message.clone(),
                     };
-                    let records = match &pending {
-                        Some((_, records)) => records.clone(),
-                        None => self.records_of(current).await?,
-                    };
+                    let records = self.records_sent(batch, &pending).await?;
                     let failed = records
                         .into_iter()
                         .map(|record| Failed { record, code: error.code.clone(), message: message.clone() })
@@ -184,6 +178,19 @@ impl Delivery {
 
     /// The batch's records as the sink got them (transformed, no delimiter), read back from the
     /// WAL, in the batch's order.
+    /// The records of the attempt just made: a retried subset's own (kept in memory), else the
+    /// whole batch's, read back from the WAL.
+    async fn records_sent(
+        &self,
+        batch: &Batch,
+        pending: &Option<(Batch, Vec<Record>)>,
+    ) -> Result<Vec<Record>, DeliveryError> {
+        match pending {
+            Some((_, records)) => Ok(records.clone()),
+            None => self.records_of(batch).await,
+        }
+    }
+
     async fn records_of(&self, batch: &Batch) -> Result<Vec<Record>, DeliveryError> {
         let sequences = batch.sequences.clone();
         let (router, partition) = (self.router.clone(), batch.partition.clone());
