@@ -468,14 +468,40 @@ impl Ingest {
 
     /// Append a record id to `out` (a `PutRecordBatch` response writes 500 without allocating each).
     pub fn write_record_id(&self, out: &mut String, sequence: u64) {
-        use std::fmt::Write as _;
-        let _ = write!(out, "{}{sequence:024}", self.record_id_prefix);
+        write_record_id_to(out, &self.record_id_prefix, sequence);
     }
+}
+
+/// A record id: the prefix, then the sequence as 24 zero-padded digits, written by hand:
+/// `format!`'s padding went through `write_char` per digit, about 1 % of the server's CPU with
+/// one small record per line.
+fn write_record_id_to(out: &mut String, prefix: &str, sequence: u64) {
+    out.push_str(prefix);
+    let mut digits = [b'0'; 24];
+    let mut rest = sequence;
+    for digit in digits.iter_mut().rev() {
+        if rest == 0 {
+            break;
+        }
+        *digit = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    // ASCII digits only, so this never fails.
+    out.push_str(std::str::from_utf8(&digits).unwrap_or_default());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn record_ids_are_the_prefix_and_24_zero_padded_digits() {
+        for sequence in [0, 7, 1_234_567_890, u64::MAX] {
+            let mut id = String::from("{\"RecordId\":\"");
+            write_record_id_to(&mut id, "p-", sequence);
+            assert_eq!(id, format!("{{\"RecordId\":\"p-{sequence:024}"));
+        }
+    }
 
     #[test]
     fn throttle_log_warns_once_per_interval_with_the_count() {
