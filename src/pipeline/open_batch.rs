@@ -122,8 +122,14 @@ pub enum EarlyClose {
     MemoryBudget,
 }
 
+/// Routes are looked up once or twice per record: foldhash (seeded per process) instead of
+/// SipHash, which was most of the lookup's cost.
+type RouteMap<V> = HashMap<Route, V, foldhash::fast::RandomState>;
+
 pub struct OpenBatches {
-    batches: HashMap<Route, OpenBatch>,
+    batches: RouteMap<OpenBatch>,
+    /// Open batches of sink partitions (not error outputs), against `max_partitions`.
+    sink_partitions: usize,
     sink_encoders: Arc<dyn EncoderFactory>,
     error_encoders: Arc<dyn EncoderFactory>,
     size_bytes: usize,
@@ -148,7 +154,8 @@ impl OpenBatches {
         budget: Arc<MemoryBudget>,
     ) -> Self {
         Self {
-            batches: HashMap::new(),
+            batches: RouteMap::default(),
+            sink_partitions: 0,
             sink_encoders,
             error_encoders,
             size_bytes: size_bytes.max(1),
@@ -204,6 +211,9 @@ impl OpenBatches {
                     opened_at: arrived_at,
                     held: 0,
                 };
+                if route.error_output_type.is_none() {
+                    self.sink_partitions += 1;
+                }
                 self.batches.entry(route.clone()).or_insert(batch)
             }
         };
@@ -212,7 +222,7 @@ impl OpenBatches {
             // neither holds the watermark nor becomes an empty object.
             if batch.sequences.is_empty() {
                 let held = batch.held;
-                self.batches.remove(route);
+                self.remove(route);
                 self.budget.update(held, 0);
             }
             return Err(error);
@@ -238,8 +248,7 @@ impl OpenBatches {
                 closed.push(self.close(route)?);
             }
         }
-        let sink_partitions = self.batches.keys().filter(|open| open.error_output_type.is_none()).count();
-        for _ in self.max_partitions..sink_partitions {
+        for _ in self.max_partitions..self.sink_partitions {
             let Some(oldest) = self.oldest_sink_route(touched) else { break };
             closed.push(self.close(&oldest)?);
             self.early_closes.push(EarlyClose::PartitionCap);
@@ -291,7 +300,7 @@ impl OpenBatches {
     }
 
     fn close(&mut self, route: &Route) -> Result<ClosedBatch, EncodeError> {
-        let Some(batch) = self.batches.remove(route) else {
+        let Some(batch) = self.remove(route) else {
             return Err(EncodeError::Record(format!("no open batch for {route:?}")));
         };
         self.budget.update(batch.held, 0);
@@ -308,6 +317,14 @@ impl OpenBatches {
             held_bytes: batch.encoder.held_bytes(),
             encoder: std::sync::Mutex::new(batch.encoder),
         })
+    }
+
+    fn remove(&mut self, route: &Route) -> Option<OpenBatch> {
+        let batch = self.batches.remove(route)?;
+        if route.error_output_type.is_none() {
+            self.sink_partitions -= 1;
+        }
+        Some(batch)
     }
 
     /// The sink partition opened first, other than those just written to (a partition that
