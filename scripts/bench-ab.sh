@@ -11,6 +11,9 @@
 # The defaults measure what the metrics change (hand-written exposition → prometheus-client, all
 # the new instruments: issue 13) costs: A is the code just before it, B the commit that made it.
 # Builds go to a worktree per commit under $AB_DIR (default /tmp/spillway-ab), reused by later runs.
+# AB_BIN_A / AB_BIN_B name ready binaries instead (A and B are then only labels), and BENCH_ARGS
+# passes options to `spillway bench`, e.g. BENCH_ARGS='--lines-per-record 1' for the per-record
+# cost (one ~350-byte JSON line per record).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 a=${1:-f04d08c^} b=${2:-f04d08c} pairs=${3:-8}
@@ -46,7 +49,8 @@ YAML
 	"$bin" run --config "$work/bench.yaml" >"$work/stdout.log" 2>"$work/server.log" &
 	pid=$!
 	for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
-	out=$("$bin" bench --endpoint "http://127.0.0.1:$port" --stream bench --total-mib 256 2>&1) || true
+	# shellcheck disable=SC2086 # BENCH_ARGS is a list of options
+	out=$("$bin" bench --endpoint "http://127.0.0.1:$port" --stream bench --total-mib 256 ${BENCH_ARGS:-} 2>&1) || true
 	cpu=$(awk -v tck="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / tck }' "/proc/$pid/stat")
 	rss=$(awk '/VmHWM/ { print $2 }' "/proc/$pid/status")
 	drained=$(echo "$out" | sed -n 's/^drained: *[0-9.]* s, \([0-9.]*\) MiB\/s.*/\1/p')
@@ -56,9 +60,9 @@ YAML
 	echo "$cpu $drained $rss"
 }
 
-bin_a=$(build "$a")
-bin_b=$(build "$b")
-echo "A = $a ($bin_a), B = $b ($bin_b), $pairs pairs; $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+bin_a=${AB_BIN_A:-$(build "$a")}
+bin_b=${AB_BIN_B:-$(build "$b")}
+echo "A = $a ($bin_a), B = $b ($bin_b), $pairs pairs, bench options: ${BENCH_ARGS:-none}; $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 results=$(mktemp)
 for pair in $(seq 1 "$pairs"); do
 	for side in A B; do
