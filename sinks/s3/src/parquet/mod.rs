@@ -410,8 +410,9 @@ fn overflowing_dictionaries(schema: &Schema, rows: &StructArray, limit: usize) -
     ) -> usize {
         let mut seen = std::collections::HashSet::new();
         let mut bytes = 0;
-        // A sample is enough to see a column overflow; the rest keeps the dictionary at worst.
-        for value in values.take(1 << 16) {
+        // The whole first row group: a sample undercounts the distinct values of a row group
+        // (sequence numbers, timestamps); a column that overflows stops early.
+        for value in values {
             let value_size = size(&value);
             if seen.insert(value) {
                 bytes += value_size;
