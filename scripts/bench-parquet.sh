@@ -8,15 +8,18 @@
 #
 #   scripts/bench-parquet.sh                 # 256 MiB of ~350-byte access-log lines
 #   scripts/bench-parquet.sh --mib 64
+#   scripts/bench-parquet.sh --keep /tmp/x   # keep the input and outputs in /tmp/x
 #
 # Needs the test venv (pyarrow, DuckDB): `scripts/services.sh install` makes it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 mib=256
+keep=""
 while (($#)); do
 	case "$1" in
 	--mib) mib="$2"; shift 2 ;;
+	--keep) keep="$2"; shift 2 ;;
 	*) echo "unknown option $1" >&2; exit 2 ;;
 	esac
 done
@@ -27,10 +30,14 @@ target="${CARGO_TARGET_DIR:-target}"
 cargo build --release -q -p spillway-sink-s3 --example parquet_convert
 convert="$target/release/examples/parquet_convert"
 
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+if [[ -n "$keep" ]]; then
+	work="$keep"; mkdir -p "$work"
+else
+	work="$(mktemp -d)"
+	trap 'rm -rf "$work"' EXIT
+fi
 input="$work/access.json"
-"$python" - "$input" "$mib" <<'PY'
+[[ -s "$input" && -n "$keep" ]] || "$python" - "$input" "$mib" <<'PY'
 import json, random, sys
 path, mib = sys.argv[1], int(sys.argv[2])
 rng = random.Random(7)
@@ -87,7 +94,8 @@ run() { # name threads command... (OUT in the command is replaced by the output 
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "input: $size_mib MiB, $lines JSON lines; snappy; $(basename "$convert") built from $(git rev-parse --short HEAD)"
 printf "%-10s %7s %8s %9s %8s %11s %10s %9s %10s\n" tool threads wall_s MiB/s cpu_s MiB/cpu_s peak_MiB out_MiB rows
-run spillway 1 "$convert" "$input" OUT "$columns" snappy 32
+run spillway 1 "$convert" "$input" OUT "$columns" snappy 32 1
+run spillway 2 "$convert" "$input" OUT "$columns" snappy 32 2
 run pyarrow 1 "$python" "$work/convert_pyarrow.py" "$input" OUT 1
 run pyarrow 2 "$python" "$work/convert_pyarrow.py" "$input" OUT 2
 run duckdb 1 "$python" "$work/convert_duckdb.py" "$input" OUT 1

@@ -198,6 +198,86 @@ fn validate_refuses_a_bad_schema_and_a_compressed_parquet_sink() {
     assert!(stderr.contains("sink.compression"), "{stderr}");
 }
 
+/// `schema.infer`: the first records make the table (Hive types from JSON values), every later
+/// record is written to it: unknown fields ignored, a value of another type refused under
+/// `format-conversion-failed` with `DataFormatConversion.MalformedData`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn the_table_inferred_from_the_first_records_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = {
+        let base = yaml(60).replace("{ event_time: '@timestamp' }", "{}");
+        let at = base.find("columns:").unwrap();
+        format!("{}infer: {{ records: 3 }}\n", &base[..at])
+    };
+    let spillway = Spillway::start(dir.path(), &yaml);
+    let client = spillway.client().await;
+    let mut records = vec![
+        r#"{"id":1,"User":"zoë","ok":true,"ts":"2026-11-25T12:00:00.5Z","price":1,"tags":["a"],"geo":{"lat":1.5}}"#
+            .to_string(),
+        r#"{"id":2,"user":"b","price":2.25,"tags":[],"geo":{"lat":2,"city":"x"},"nothing":null}"#.to_string(),
+        r#"{"id":3,"ts":"2026-11-25 13:00:00","extra":{"deep":[1,2]}}"#.to_string(),
+        r#"{"id":4,"user":"d","late_field":"ignored"}"#.to_string(),
+        r#"{"id":"five"}"#.to_string(),
+    ];
+    for id in 6..506 {
+        records.push(format!(r#"{{"id":{id},"price":{id}.5,"ok":false}}"#));
+    }
+    for chunk in records.chunks(500) {
+        assert!(put(&client, chunk).await);
+    }
+    assert_eq!(spillway.terminate(), 0);
+    let files = parquet_files(dir.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    let read = python(&format!(
+        r#"
+import json, pyarrow.parquet as pq, duckdb
+path = {path:?}
+table = pq.read_table(path)
+rows = {{r["id"]: r for r in table.to_pylist()}}
+duck = duckdb.connect().execute(f"SELECT count(*), sum(price), typeof(any_value(ts)), max(geo.lat), max(ts)::VARCHAR FROM read_parquet('{{path}}')").fetchone()
+print(json.dumps({{"schema": {{f.name: str(f.type) for f in table.schema}}, "order": table.schema.names,
+  "first": {{k: str(v) for k, v in rows[1].items()}}, "third": {{k: str(v) for k, v in rows[3].items()}},
+  "duckdb": [str(v) for v in duck]}}))
+"#,
+        path = files[0]
+    ));
+    let order: Vec<&str> = read["order"].as_array().unwrap().iter().map(|name| name.as_str().unwrap()).collect();
+    assert_eq!(
+        order,
+        ["id", "user", "ok", "ts", "price", "tags", "geo", "nothing", "extra"],
+        "first-seen order, keys lowercased"
+    );
+    let schema = &read["schema"];
+    assert_eq!(schema["id"], "int64");
+    assert_eq!(schema["user"], "string");
+    assert_eq!(schema["ok"], "bool");
+    assert_eq!(schema["ts"], "timestamp[us, tz=UTC]");
+    assert_eq!(schema["price"], "double", "bigint and double widen to double");
+    assert_eq!(schema["tags"], "list<element: string>");
+    assert_eq!(schema["geo"], "struct<lat: double, city: string>");
+    assert_eq!(schema["nothing"], "string", "only null: string");
+    assert_eq!(schema["extra"], "struct<deep: list<element: int64>>");
+    assert_eq!(read["first"]["ts"], "2026-11-25 12:00:00.500000+00:00");
+    assert_eq!(read["first"]["user"], "zoë");
+    assert_eq!(read["third"]["extra"], "{'deep': [1, 2]}");
+    let duck = &read["duckdb"];
+    assert_eq!(duck[0], "504", "all but the refused record");
+    assert_eq!(duck[1], (1.0 + 2.25 + (6..506).map(|id| id as f64 + 0.5).sum::<f64>()).to_string());
+    assert_eq!(duck[2], "TIMESTAMP WITH TIME ZONE");
+    assert_eq!(duck[3], "2.0");
+
+    let objects = local_objects(&dir.path().join("out"));
+    let failed: Vec<String> = objects
+        .iter()
+        .filter(|(key, _)| key.starts_with("errors/format-conversion-failed/"))
+        .map(|(_, body)| String::from_utf8_lossy(body).into_owned())
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].contains("DataFormatConversion.MalformedData"), "{failed:?}");
+    assert!(failed[0].contains("column `id`"), "{failed:?}");
+}
+
 /// `schema.file`: the columns of a Parquet file written by pyarrow (as an existing table's file
 /// would be) become the sink's; what it writes reads back with the same types (widened only where
 /// Hive has no such type: uint32 → int64, seconds → milliseconds).
@@ -286,7 +366,7 @@ print(json.dumps({{"schema": {{f.name: str(f.type) for f in table.schema}}, "fir
         "file: ./sample.parquet",
         &format!("file: ./sample.parquet\n{indent}columns: [{{ name: a, type: int }}]"),
     ));
-    assert!(both.contains("give `columns` or `file`, not both"), "{both}");
+    assert!(both.contains("give one of `columns`, `file` or `infer`"), "{both}");
 }
 
 /// Seeded SIGKILL rounds (`SPILLWAY_CHAOS_SEED`, `SPILLWAY_CHAOS_ROUNDS`, default 10) while a

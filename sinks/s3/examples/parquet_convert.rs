@@ -2,41 +2,71 @@
 //! conversion alone, for `scripts/bench-parquet.sh` to set beside pyarrow and DuckDB.
 //!
 //!   cargo run --release -p spillway-sink-s3 --example parquet_convert -- IN.json OUT.parquet \
-//!     'ts:timestamp,method:string,status:int' [snappy|gzip|zstd|none] [row_group_mib]
+//!     'ts:timestamp,method:string,status:int' [snappy|gzip|zstd|none] [row_group_mib] [threads]
+//!
+//! The columns `infer` infer the table from the first 1,000 records (`schema: {infer: {}}`).
 
-use std::io::BufRead;
+use std::io::Read;
 
 use spillway_sink_s3::parquet::ParquetConfig;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let [_, input, output, columns, rest @ ..] = args.as_slice() else {
-        return Err("usage: parquet_convert IN OUT 'name:type,…' [compression] [row_group_mib]".into());
+        return Err("usage: parquet_convert IN OUT 'name:type,…'|infer [compression] [row_group_mib] [threads]".into());
     };
-    let columns: Vec<serde_json::Value> = columns
-        .split(',')
-        .map(|column| {
-            let (name, type_name) = column.split_once(':').unwrap_or((column, "string"));
-            serde_json::json!({ "name": name, "type": type_name })
-        })
-        .collect();
+    let schema = if columns == "infer" {
+        serde_json::json!({ "infer": {} })
+    } else {
+        let columns: Vec<serde_json::Value> = columns
+            .split(',')
+            .map(|column| {
+                let (name, type_name) = column.split_once(':').unwrap_or((column, "string"));
+                serde_json::json!({ "name": name, "type": type_name })
+            })
+            .collect();
+        serde_json::json!({ "columns": columns })
+    };
     let config: ParquetConfig = serde_json::from_value(serde_json::json!({
-        "schema": { "columns": columns },
+        "schema": schema,
         "compression": rest.first().map_or("snappy", String::as_str),
         "row_group_mib": rest.get(1).map_or(Ok(32), |mib| mib.parse::<u64>())?,
+        "threads": rest.get(2).map(|threads| threads.parse::<usize>()).transpose()?,
     }))?;
+    let problems = config.validate();
+    if !problems.is_empty() {
+        return Err(format!("{problems:?}").into());
+    }
     let factory = config.encoder_factory()?;
     let mut encoder = spillway_sink_api::EncoderFactory::new_encoder(&factory, 1 << 20);
     let (mut rows, mut refused) = (0u64, 0u64);
-    for line in std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(input)?).split(b'\n') {
-        let line = line?;
-        if line.is_empty() {
-            continue;
+    // Lines are cut from large reads in place (no allocation per line), as the pipeline hands
+    // the encoder slices of WAL frames.
+    let mut file = std::fs::File::open(input)?;
+    let mut buffer = vec![0u8; 8 << 20];
+    let mut filled = 0;
+    loop {
+        let read = file.read(&mut buffer[filled..])?;
+        filled += read;
+        let complete = if read == 0 {
+            filled
+        } else {
+            buffer[..filled].iter().rposition(|byte| *byte == b'\n').map_or(0, |at| at + 1)
+        };
+        for line in buffer[..complete].split(|byte| *byte == b'\n').filter(|line| !line.is_empty()) {
+            match encoder.push(line, b"") {
+                Ok(()) => rows += 1,
+                Err(spillway_sink_api::EncodeError::Rejected { .. }) => refused += 1,
+                Err(error) => return Err(error.into()),
+            }
         }
-        match encoder.push(&line, b"") {
-            Ok(()) => rows += 1,
-            Err(spillway_sink_api::EncodeError::Rejected { .. }) => refused += 1,
-            Err(error) => return Err(error.into()),
+        buffer.copy_within(complete..filled, 0);
+        filled -= complete;
+        if read == 0 {
+            break;
+        }
+        if filled == buffer.len() {
+            buffer.resize(buffer.len() * 2, 0);
         }
     }
     let payload = encoder.finish()?;

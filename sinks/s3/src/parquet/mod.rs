@@ -7,25 +7,39 @@
 //! (`DataFormatConversion.MalformedData`) is refused; the pipeline sends it to the error output
 //! under `format-conversion-failed` and the rest of the batch is delivered.
 //!
-//! Module map: [`schema`] (Hive type names → Arrow), [`columns`] (the builders and the JSON walk).
+//! A full row group is encoded into column chunks with arrow-rs' low-level writer: inline with
+//! `threads: 1`, else on the shared compression pool while the builders fill the next one (at
+//! most `threads - 1` row groups in flight), then appended to the file in order.
+//!
+//! With `schema: {infer: …}` the first encoder holds its first records as sent, infers the table
+//! from them ([`infer`]), freezes it for every encoder of the sink (`OnceLock`) and replays them.
+//!
+//! Module map: [`schema`] (Hive type names → Arrow), [`columns`] (the builders and the JSON walk),
+//! [`infer`] (a table from records).
 
 pub mod columns;
+pub mod infer;
 pub mod schema;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, OnceLock, mpsc};
 
-use arrow::datatypes::Schema;
-use arrow::record_batch::RecordBatch;
+use arrow::array::{Array, AsArray, StructArray};
+use arrow::datatypes::{DataType, Schema};
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::{ArrowColumnChunk, ArrowColumnWriter, ArrowRowGroupWriterFactory, compute_leaves};
 use parquet::basic::{Compression as ParquetCodec, GzipLevel, ZstdLevel};
+use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
+use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::types::ColumnPath;
 use serde::Deserialize;
 use serde::de::DeserializeSeed;
 use spillway_sink_api::{EncodeError, Encoder, EncoderFactory, Payload};
 
 use self::columns::{KeyOptions, RowSeed, StructColumn};
+use self::infer::Inferred;
 use self::schema::{ColumnConfig, Table};
 
 /// `!{firehose:error-output-type}` of records that cannot be converted.
@@ -62,9 +76,15 @@ pub struct ParquetConfig {
     /// OpenX `ConvertDotsInJsonKeysToUnderscores` (default false).
     #[serde(default)]
     pub convert_dots_in_json_keys_to_underscores: bool,
+    /// Threads one batch's conversion uses (1-16; default 2 on a machine with 2 cores or more,
+    /// else 1): with 2, a finished row group is encoded and compressed on the shared pool while
+    /// the next one is read. Each extra thread holds one more row group in memory.
+    #[serde(default)]
+    pub threads: Option<usize>,
 }
 
-/// `format.schema`: the columns, or a Parquet file whose schema the sink writes (exactly one).
+/// `format.schema`: the columns, a Parquet file whose schema the sink writes, or `infer` (exactly
+/// one).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchemaConfig {
@@ -73,15 +93,57 @@ pub struct SchemaConfig {
     /// An existing Parquet file (only its footer is read) whose columns the sink writes.
     #[serde(default)]
     pub file: Option<std::path::PathBuf>,
+    /// Infer the table from the stream's first records (see [`infer`]).
+    #[serde(default)]
+    pub infer: Option<InferConfig>,
+}
+
+/// `format.schema.infer`: the first batch holds up to `records` records (and at most `max_mib`
+/// of them) before it freezes the table for the stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferConfig {
+    /// Records the table is inferred from (1-100000, default 1000).
+    #[serde(default = "default_infer_records")]
+    pub records: usize,
+    /// Bytes of held records that freeze the table earlier (MiB, 1-256, default 16).
+    #[serde(default = "default_infer_mib")]
+    pub max_mib: usize,
+}
+
+fn default_infer_records() -> usize {
+    1000
+}
+
+fn default_infer_mib() -> usize {
+    16
 }
 
 impl SchemaConfig {
-    /// The table, or problems as (field under `format.schema`, message).
-    pub fn table(&self) -> Result<Table, Vec<(String, String)>> {
-        match (&self.file, self.columns.is_empty()) {
-            (Some(_), false) => Err(vec![("file".into(), "give `columns` or `file`, not both".into())]),
-            (Some(file), true) => Table::from_parquet_file(file).map_err(|message| vec![("file".into(), message)]),
-            (None, _) => Table::from_config(&self.columns).map_err(|bad| {
+    /// The table (`None`: inferred from the first records), or problems as (field under
+    /// `format.schema`, message).
+    pub fn table(&self) -> Result<Option<Table>, Vec<(String, String)>> {
+        let given = usize::from(self.file.is_some())
+            + usize::from(!self.columns.is_empty())
+            + usize::from(self.infer.is_some());
+        if given > 1 {
+            let field = if self.infer.is_some() { "infer" } else { "file" };
+            return Err(vec![(field.into(), "give one of `columns`, `file` or `infer`".into())]);
+        }
+        if let Some(infer) = &self.infer {
+            let mut problems = Vec::new();
+            if !(1..=100_000).contains(&infer.records) {
+                problems
+                    .push(("infer.records".into(), format!("must be between 1 and 100000 (got {})", infer.records)));
+            }
+            if !(1..=256).contains(&infer.max_mib) {
+                problems.push(("infer.max_mib".into(), format!("must be between 1 and 256 (got {})", infer.max_mib)));
+            }
+            return if problems.is_empty() { Ok(None) } else { Err(problems) };
+        }
+        match &self.file {
+            Some(file) => Table::from_parquet_file(file).map(Some).map_err(|message| vec![("file".into(), message)]),
+            None => Table::from_config(&self.columns).map(Some).map_err(|bad| {
                 bad.into_iter().map(|(index, message)| (format!("columns[{index}]"), message)).collect()
             }),
         }
@@ -126,8 +188,22 @@ impl ParquetConfig {
             problems
                 .push(("page_size_kib".into(), format!("must be between 64 and 65536 (got {})", self.page_size_kib)));
         }
-        let columns: Vec<String> =
-            table.map(|table| table.columns.into_iter().map(|(name, _)| name).collect()).unwrap_or_default();
+        if let Some(threads) = self.threads
+            && !(1..=MAX_THREADS).contains(&threads)
+        {
+            problems.push(("threads".into(), format!("must be between 1 and {MAX_THREADS} (got {threads})")));
+        }
+        if self.schema.infer.is_some() && !self.column_to_json_key_mappings.is_empty() {
+            problems.push((
+                "column_to_json_key_mappings".into(),
+                "needs given columns: an inferred table names its columns after the JSON keys".into(),
+            ));
+        }
+        let columns: Vec<String> = table
+            .ok()
+            .flatten()
+            .map(|table| table.columns.into_iter().map(|(name, _)| name).collect())
+            .unwrap_or_default();
         for column in self.column_to_json_key_mappings.keys() {
             // Only against a schema that could be read (its own problems are reported above).
             if !columns.is_empty() && !columns.iter().any(|defined| defined == column) {
@@ -138,6 +214,15 @@ impl ParquetConfig {
             }
         }
         problems
+    }
+
+    /// Threads one batch's conversion uses: `threads`, else 2 where the machine has 2 cores or
+    /// more (one reads JSON into the builders, one encodes the previous row group), else 1.
+    pub fn effective_threads(&self) -> usize {
+        self.threads.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+            cores.clamp(1, 2)
+        })
     }
 
     /// The encoder factory; fails only on a config `validate` refuses.
@@ -160,87 +245,231 @@ impl ParquetConfig {
             .set_max_row_group_bytes(None)
             .set_created_by(format!("spillway {}", env!("CARGO_PKG_VERSION")))
             .build();
+        let (table, infer) = match (table, &self.schema.infer) {
+            (Some(table), _) => (TableSource::Given(Arc::new(Frozen::new(table, None))), None),
+            (None, Some(infer)) => (TableSource::Inferred(Arc::new(OnceLock::new())), Some(infer.clone())),
+            (None, None) => return Err("schema: no table".into()),
+        };
         Ok(ParquetEncoderFactory {
-            columns: table.columns.clone(),
-            schema: table.arrow_schema(),
-            properties: Arc::new(properties),
-            row_group_bytes: (self.row_group_mib << 20) as usize,
-            options: Arc::new(KeyOptions {
-                case_insensitive: self.case_insensitive,
-                dots_to_underscores: self.convert_dots_in_json_keys_to_underscores,
+            shared: Arc::new(Shared {
+                table,
+                infer,
+                properties: Arc::new(properties),
+                row_group_bytes: (self.row_group_mib << 20) as usize,
+                options: Arc::new(KeyOptions {
+                    case_insensitive: self.case_insensitive,
+                    dots_to_underscores: self.convert_dots_in_json_keys_to_underscores,
+                }),
+                renames: self.column_to_json_key_mappings.clone().into_iter().collect(),
+                threads: self.effective_threads(),
             }),
-            renames: self.column_to_json_key_mappings.clone().into_iter().collect(),
         })
     }
 }
 
-pub struct ParquetEncoderFactory {
+/// Upper bound of `format.threads`.
+const MAX_THREADS: usize = 16;
+
+/// A table the encoders write: its columns and their Arrow schema.
+#[derive(Debug)]
+struct Frozen {
     columns: Vec<(String, schema::ColumnType)>,
     schema: Arc<Schema>,
+    /// The inferred type it was made from (to widen it for records it does not hold).
+    inferred: Option<Inferred>,
+}
+
+impl Frozen {
+    fn new(table: Table, inferred: Option<Inferred>) -> Self {
+        Self { schema: table.arrow_schema(), columns: table.columns, inferred }
+    }
+}
+
+#[derive(Debug)]
+enum TableSource {
+    Given(Arc<Frozen>),
+    /// Set once by the first encoder that has held enough records; shared by all encoders of
+    /// the sink, so a stream keeps one table until spillway restarts.
+    Inferred(Arc<OnceLock<Arc<Frozen>>>),
+}
+
+impl TableSource {
+    fn frozen(&self) -> Option<Arc<Frozen>> {
+        match self {
+            TableSource::Given(frozen) => Some(frozen.clone()),
+            TableSource::Inferred(lock) => lock.get().cloned(),
+        }
+    }
+}
+
+/// What every encoder of one sink shares.
+#[derive(Debug)]
+struct Shared {
+    table: TableSource,
+    infer: Option<InferConfig>,
     properties: Arc<WriterProperties>,
     row_group_bytes: usize,
     options: Arc<KeyOptions>,
     renames: HashMap<String, String>,
+    threads: usize,
+}
+
+pub struct ParquetEncoderFactory {
+    shared: Arc<Shared>,
 }
 
 impl EncoderFactory for ParquetEncoderFactory {
     fn new_encoder(&self, _chunk_bytes: usize) -> Box<dyn Encoder> {
-        Box::new(ParquetEncoder {
-            rows: StructColumn::new(&self.columns, self.options.clone(), &self.renames),
-            schema: self.schema.clone(),
-            properties: self.properties.clone(),
-            writer: None,
-            row_group_bytes: self.row_group_bytes,
-        })
+        let state = match self.shared.table.frozen() {
+            Some(frozen) => State::Writing(Box::new(RowGroups::new(&self.shared, frozen))),
+            None => State::Holding(Held::default()),
+        };
+        Box::new(ParquetEncoder { shared: self.shared.clone(), state })
     }
 }
 
-/// One open batch as Parquet: the current row group's builders and the file written so far.
+/// One open batch as Parquet.
 pub struct ParquetEncoder {
+    shared: Arc<Shared>,
+    state: State,
+}
+
+enum State {
+    /// Inferring: the first records, held as sent until the table is frozen.
+    Holding(Held),
+    Writing(Box<RowGroups>),
+}
+
+#[derive(Default)]
+struct Held {
+    records: Vec<Vec<u8>>,
+    bytes: usize,
+    inferred: Inferred,
+}
+
+/// The current row group's builders, row groups being encoded, and the file written so far.
+struct RowGroups {
     rows: StructColumn,
-    schema: Arc<Schema>,
+    frozen: Arc<Frozen>,
     properties: Arc<WriterProperties>,
-    /// Created with the first row group.
-    writer: Option<ArrowWriter<Vec<u8>>>,
     row_group_bytes: usize,
+    threads: usize,
+    /// Created with the first row group.
+    file: Option<File>,
+    /// Row groups encoding on the pool, in order, with the builder bytes they held.
+    pending: VecDeque<(mpsc::Receiver<Encoded>, usize)>,
+}
+
+/// One row group's column chunks, as a pool job returns them.
+type Encoded = Result<Vec<ArrowColumnChunk>, ParquetError>;
+
+struct File {
+    writer: SerializedFileWriter<Vec<u8>>,
+    columns: Arc<ArrowRowGroupWriterFactory>,
+    row_groups: usize,
 }
 
 fn io_error(error: impl std::fmt::Display) -> EncodeError {
     EncodeError::Io(std::io::Error::other(format!("parquet: {error}")))
 }
 
-impl ParquetEncoder {
-    /// Write the builders' rows as one row group.
-    fn write_row_group(&mut self) -> Result<(), EncodeError> {
-        if self.rows.is_empty() && self.writer.is_some() {
-            return Ok(());
-        }
-        let columns = self.rows.finish().map_err(io_error)?;
-        let batch = RecordBatch::from(columns);
-        let writer = match &mut self.writer {
-            Some(writer) => writer,
-            None => self.writer.insert(
-                ArrowWriter::try_new(Vec::new(), self.schema.clone(), Some((*self.properties).clone()))
-                    .map_err(io_error)?,
-            ),
-        };
-        if batch.num_rows() > 0 {
-            writer.write(&batch).map_err(io_error)?;
-            writer.flush().map_err(io_error)?;
-        }
-        Ok(())
-    }
+fn rejected(error: &serde_json::Error) -> EncodeError {
+    let code = match error.classify() {
+        serde_json::error::Category::Data => MALFORMED_DATA,
+        _ => PARSE_ERROR,
+    };
+    EncodeError::Rejected { output_type: FORMAT_CONVERSION_FAILED, code, message: error.to_string() }
 }
 
-impl Encoder for ParquetEncoder {
-    fn push(&mut self, data: &[u8], _delimiter: &[u8]) -> Result<(), EncodeError> {
+/// Encode one row group's columns into column chunks (on the pool, or inline with 1 thread).
+fn encode_row_group(
+    mut writers: Vec<ArrowColumnWriter>,
+    schema: &Schema,
+    rows: &StructArray,
+) -> Result<Vec<ArrowColumnChunk>, ParquetError> {
+    let mut next = writers.iter_mut();
+    for (field, column) in schema.fields().iter().zip(rows.columns()) {
+        for leaf in compute_leaves(field, column)? {
+            let writer = next.next().ok_or_else(|| ParquetError::General("more leaves than column writers".into()))?;
+            writer.write(&leaf)?;
+        }
+    }
+    writers.into_iter().map(ArrowColumnWriter::close).collect()
+}
+
+/// Top-level columns whose distinct values in the first row group outgrow a dictionary page:
+/// the writer would hash them until the page is full, then fall back to plain encoding in every
+/// row group, leaving a dictionary and its indices in front of the plain pages. Written plain
+/// from the start they cost less CPU and make smaller files (unique ids, sequence numbers,
+/// timestamps, addresses); repetitive columns keep the dictionary.
+fn overflowing_dictionaries(schema: &Schema, rows: &StructArray, limit: usize) -> Vec<String> {
+    fn distinct_bytes<T: std::hash::Hash + Eq>(
+        values: impl Iterator<Item = T>,
+        size: impl Fn(&T) -> usize,
+        limit: usize,
+    ) -> usize {
+        let mut seen = std::collections::HashSet::new();
+        let mut bytes = 0;
+        // The whole first row group: a sample undercounts the distinct values of a row group
+        // (sequence numbers, timestamps); a column that overflows stops early.
+        for value in values {
+            let value_size = size(&value);
+            if seen.insert(value) {
+                bytes += value_size;
+                if bytes > limit {
+                    break;
+                }
+            }
+        }
+        bytes
+    }
+    let mut plain = Vec::new();
+    for (field, column) in schema.fields().iter().zip(rows.columns()) {
+        let data = column.to_data();
+        let bytes = match column.data_type() {
+            // A plain-encoded dictionary entry of a string is its length (4 bytes) and its bytes.
+            DataType::Utf8 => {
+                let strings = column.as_string::<i32>();
+                distinct_bytes(strings.iter().flatten(), |text| text.len() + 4, limit)
+            }
+            DataType::Int64 | DataType::Float64 | DataType::Timestamp(..) => {
+                distinct_bytes(data.buffer::<u64>(0).iter(), |_| 8, limit)
+            }
+            DataType::Int32 | DataType::Float32 | DataType::Date32 => {
+                distinct_bytes(data.buffer::<u32>(0).iter(), |_| 4, limit)
+            }
+            _ => continue,
+        };
+        if bytes > limit {
+            plain.push(field.name().clone());
+        }
+    }
+    plain
+}
+
+impl RowGroups {
+    fn new(shared: &Shared, frozen: Arc<Frozen>) -> Self {
+        Self {
+            rows: StructColumn::new(&frozen.columns, shared.options.clone(), &shared.renames),
+            frozen,
+            properties: shared.properties.clone(),
+            row_group_bytes: shared.row_group_bytes,
+            threads: shared.threads,
+            file: None,
+            pending: VecDeque::new(),
+        }
+    }
+
+    fn push(&mut self, data: &[u8]) -> Result<(), EncodeError> {
         let rows = self.rows.len();
-        let mut deserializer = serde_json::Deserializer::from_slice(data);
+        // sonic-rs: the same serde walk as serde_json, with SIMD string scanning (strings are
+        // most of a log record's bytes).
+        let mut deserializer = sonic_rs::Deserializer::from_slice(data);
         let read = RowSeed(&mut self.rows).deserialize(&mut deserializer).and_then(|()| deserializer.end());
         if let Err(error) = read {
             self.rows.truncate(rows);
             let code = match error.classify() {
-                serde_json::error::Category::Data => MALFORMED_DATA,
+                sonic_rs::error::Category::TypeUnmatched => MALFORMED_DATA,
                 _ => PARSE_ERROR,
             };
             return Err(EncodeError::Rejected {
@@ -252,21 +481,184 @@ impl Encoder for ParquetEncoder {
         // Summing the builders walks every column: often enough to keep a row group near its
         // size, rarely enough not to cost per record.
         if self.rows.len().is_multiple_of(64) && self.rows.bytes() >= self.row_group_bytes {
-            self.write_row_group()?;
+            self.cut_row_group()?;
+        }
+        Ok(())
+    }
+
+    /// The file, created with the first row group, whose values choose which columns skip the
+    /// dictionary.
+    fn file(&mut self, first_rows: &StructArray) -> Result<&mut File, EncodeError> {
+        if self.file.is_none() {
+            let mut properties = (*self.properties).clone();
+            if properties.dictionary_enabled(&ColumnPath::new(Vec::new())) {
+                let limit = properties.dictionary_page_size_limit();
+                let plain = overflowing_dictionaries(&self.frozen.schema, first_rows, limit);
+                if !plain.is_empty() {
+                    let mut builder = properties.into_builder();
+                    for name in plain {
+                        builder = builder.set_column_dictionary_enabled(ColumnPath::new(vec![name]), false);
+                    }
+                    properties = builder.build();
+                }
+            }
+            // `ArrowWriter` makes the Parquet schema and the `ARROW:schema` metadata; its
+            // low-level parts let column chunks be encoded away from the file.
+            let writer =
+                ArrowWriter::try_new(Vec::new(), self.frozen.schema.clone(), Some(properties)).map_err(io_error)?;
+            let (writer, columns) = writer.into_serialized_writer().map_err(io_error)?;
+            self.file = Some(File { writer, columns: Arc::new(columns), row_groups: 0 });
+        }
+        self.file.as_mut().ok_or_else(|| io_error("no file writer"))
+    }
+
+    /// Close the builders' rows into a row group: encoded here with 1 thread, else on the pool
+    /// while the builders fill the next one (at most `threads - 1` row groups in flight).
+    fn cut_row_group(&mut self) -> Result<(), EncodeError> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let builder_bytes = self.rows.bytes();
+        let rows = self.rows.finish().map_err(io_error)?;
+        let schema = self.frozen.schema.clone();
+        let threads = self.threads;
+        let file = self.file(&rows)?;
+        let writers = file.columns.create_column_writers(file.row_groups).map_err(io_error)?;
+        file.row_groups += 1;
+        if threads <= 1 {
+            let chunks = encode_row_group(writers, &schema, &rows).map_err(io_error)?;
+            return self.append(chunks);
+        }
+        while self.pending.len() >= threads - 1 {
+            self.collect_oldest()?;
+        }
+        let (sender, receiver) = mpsc::sync_channel(1);
+        rayon::spawn_fifo(move || {
+            let _ = sender.send(encode_row_group(writers, &schema, &rows));
+        });
+        self.pending.push_back((receiver, builder_bytes));
+        Ok(())
+    }
+
+    fn append(&mut self, chunks: Vec<ArrowColumnChunk>) -> Result<(), EncodeError> {
+        let file = self.file.as_mut().ok_or_else(|| io_error("a row group before the file"))?;
+        let mut row_group = file.writer.next_row_group().map_err(io_error)?;
+        for chunk in chunks {
+            chunk.append_to_row_group(&mut row_group).map_err(io_error)?;
+        }
+        row_group.close().map_err(io_error)?;
+        Ok(())
+    }
+
+    fn collect_oldest(&mut self) -> Result<(), EncodeError> {
+        if let Some((receiver, _)) = self.pending.pop_front() {
+            let chunks = receiver.recv().map_err(|_| EncodeError::WorkerLost)?.map_err(io_error)?;
+            self.append(chunks)?;
         }
         Ok(())
     }
 
     fn held_bytes(&self) -> usize {
-        let written = self.writer.as_ref().map_or(0, |writer| writer.inner().len() + writer.in_progress_size());
-        self.rows.bytes() + written
+        let pending: usize = self.pending.iter().map(|(_, bytes)| bytes).sum();
+        let written = self.file.as_ref().map_or(0, |file| file.writer.inner().len());
+        self.rows.bytes() + pending + written
+    }
+
+    fn finish(mut self) -> Result<Payload, EncodeError> {
+        self.cut_row_group()?;
+        while !self.pending.is_empty() {
+            self.collect_oldest()?;
+        }
+        let Some(file) = self.file.take() else { return Ok(Payload::default()) };
+        let bytes = file.writer.into_inner().map_err(io_error)?;
+        Ok(Payload::from_chunks(vec![Bytes::from(bytes)]))
+    }
+}
+
+impl ParquetEncoder {
+    /// Freeze the table (the one another encoder froze first, else the one these records make)
+    /// and replay the held records into its builders.
+    fn freeze(&mut self) -> Result<(), EncodeError> {
+        let State::Holding(held) = &mut self.state else { return Ok(()) };
+        let held = std::mem::take(held);
+        let TableSource::Inferred(lock) = &self.shared.table else { return Err(io_error("no table to infer")) };
+        let frozen = match lock.get() {
+            Some(frozen) => frozen.clone(),
+            None => match held.inferred.table() {
+                Some(table) => {
+                    let made = Arc::new(Frozen::new(table, Some(held.inferred.clone())));
+                    lock.get_or_init(|| made).clone()
+                }
+                // Nothing held (records without fields are refused): infer from the next batch.
+                None => {
+                    self.state = State::Holding(Held::default());
+                    return Ok(());
+                }
+            },
+        };
+        let mut rows = RowGroups::new(&self.shared, frozen.clone());
+        if held.records.iter().try_for_each(|record| rows.push(record)).is_err() {
+            // Another batch froze the table first and these records do not fit it: they were
+            // accepted already, so this one object gets the table widened to hold them.
+            let widened = frozen.inferred.clone().unwrap_or_default().widen(held.inferred.clone());
+            let table = widened.table().ok_or_else(|| io_error("the widened table has no column"))?;
+            tracing::warn!(columns = ?table.columns, "parquet: records held for inference do not fit the stream's inferred table; this object gets a widened table");
+            rows = RowGroups::new(&self.shared, Arc::new(Frozen::new(table, Some(widened))));
+            for record in &held.records {
+                rows.push(record)?;
+            }
+        }
+        self.state = State::Writing(Box::new(rows));
+        Ok(())
+    }
+}
+
+impl Encoder for ParquetEncoder {
+    fn push(&mut self, data: &[u8], _delimiter: &[u8]) -> Result<(), EncodeError> {
+        if let State::Holding(_) = self.state
+            && self.shared.table.frozen().is_some()
+        {
+            self.freeze()?;
+        }
+        match &mut self.state {
+            State::Writing(rows) => rows.push(data),
+            State::Holding(held) => {
+                let mut inferred = held.inferred.clone();
+                inferred.add_record(data, &self.shared.options).map_err(|error| rejected(&error))?;
+                if inferred.table().is_none() {
+                    // No column known yet: there is no row to write it as (a later `{}` is a row
+                    // of nulls).
+                    return Err(EncodeError::Rejected {
+                        output_type: FORMAT_CONVERSION_FAILED,
+                        code: MALFORMED_DATA,
+                        message: "the record has no field to infer the table from".into(),
+                    });
+                }
+                held.inferred = inferred;
+                held.bytes += data.len();
+                held.records.push(data.to_vec());
+                let limits = self.shared.infer.as_ref().map_or((1, 0), |infer| (infer.records, infer.max_mib << 20));
+                if held.records.len() >= limits.0 || held.bytes >= limits.1 {
+                    self.freeze()?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn held_bytes(&self) -> usize {
+        match &self.state {
+            State::Writing(rows) => rows.held_bytes(),
+            State::Holding(held) => held.bytes,
+        }
     }
 
     fn finish(mut self: Box<Self>) -> Result<Payload, EncodeError> {
-        self.write_row_group()?;
-        let Some(writer) = self.writer.take() else { return Ok(Payload::default()) };
-        let file = writer.into_inner().map_err(io_error)?;
-        Ok(Payload::from_chunks(vec![Bytes::from(file)]))
+        self.freeze()?;
+        match self.state {
+            State::Writing(rows) => rows.finish(),
+            State::Holding(_) => Ok(Payload::default()),
+        }
     }
 }
 
@@ -274,6 +666,7 @@ impl Encoder for ParquetEncoder {
 mod tests {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+    use arrow::record_batch::RecordBatch;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
     use super::*;
@@ -339,10 +732,117 @@ mod tests {
         assert_eq!(tags.values().len(), 2, "a refused record leaves nothing behind in nested columns");
     }
 
+    fn rows_of(payload: Bytes) -> (usize, Vec<RecordBatch>) {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(payload).unwrap();
+        let row_groups = reader.metadata().num_row_groups();
+        (row_groups, reader.build().unwrap().collect::<Result<Vec<_>, _>>().unwrap())
+    }
+
+    #[test]
+    fn one_and_two_threads_write_the_same_rows_in_order() {
+        let text = "y".repeat(500);
+        let records: Vec<String> =
+            (0..6_000).map(|id| format!(r#"{{"id":{id},"msg":"{text}{}","seq":{id}}}"#, id % 7)).collect();
+        let mut outputs = Vec::new();
+        for threads in [1, 2, 3] {
+            let mut config = config(&[("id", "bigint"), ("msg", "string"), ("seq", "bigint")]);
+            config.row_group_mib = 1;
+            config.threads = Some(threads);
+            let mut encoder = config.encoder_factory().unwrap().new_encoder(1 << 20);
+            for record in &records {
+                encoder.push(record.as_bytes(), b"").unwrap();
+            }
+            assert!(encoder.push(br#"{"id":"x"}"#, b"").is_err(), "a refused record with row groups in flight");
+            let (row_groups, batches) = rows_of(encoder.finish().unwrap().to_bytes());
+            assert!(row_groups >= 3, "{row_groups} row groups");
+            let ids: Vec<i64> = batches
+                .iter()
+                .flat_map(|batch| batch.column(0).as_primitive::<Int64Type>().values().to_vec())
+                .collect();
+            assert_eq!(ids, (0..6_000).collect::<Vec<i64>>());
+            outputs.push(ids);
+        }
+        assert_eq!(outputs[0], outputs[1]);
+    }
+
+    #[test]
+    fn validate_refuses_bad_threads_and_two_schema_sources() {
+        let mut config = config(&[("id", "bigint")]);
+        config.threads = Some(0);
+        config.schema.infer = Some(InferConfig { records: 0, max_mib: 16 });
+        let problems = config.validate();
+        let fields: Vec<&str> = problems.iter().map(|(field, _)| field.as_str()).collect();
+        assert!(fields.contains(&"threads"), "{problems:?}");
+        assert!(fields.contains(&"schema.infer"), "{problems:?}");
+        config.schema.columns.clear();
+        let problems = config.validate();
+        assert!(problems.iter().any(|(field, _)| field == "schema.infer.records"), "{problems:?}");
+    }
+
+    fn infer_config(records: usize) -> ParquetConfig {
+        serde_json::from_value(serde_json::json!({ "schema": { "infer": { "records": records } } })).unwrap()
+    }
+
+    #[test]
+    fn the_first_records_make_the_table_of_every_later_batch() {
+        let factory = infer_config(3).encoder_factory().unwrap();
+        let mut first = factory.new_encoder(1 << 20);
+        let mut second = factory.new_encoder(1 << 20);
+        // Held: not JSON and not an object are refused at once, as with a given table.
+        assert!(matches!(first.push(b"nope", b""), Err(EncodeError::Rejected { code: PARSE_ERROR, .. })));
+        assert!(matches!(first.push(b"[1]", b""), Err(EncodeError::Rejected { code: MALFORMED_DATA, .. })));
+        assert!(matches!(first.push(b"{}", b""), Err(EncodeError::Rejected { code: MALFORMED_DATA, .. })));
+        first.push(br#"{"id":1,"ts":"2026-11-25T17:20:09Z","geo":{"lat":1}}"#, b"").unwrap();
+        first.push(br#"{"id":2,"price":2.5,"tags":["a"]}"#, b"").unwrap();
+        assert!(first.held_bytes() > 0);
+        // The third record freezes the table; later fields are ignored, conflicts refused.
+        first.push(br#"{"id":3,"geo":{"lat":2.5},"price":3}"#, b"").unwrap();
+        first.push(br#"{"id":4,"late":"ignored"}"#, b"").unwrap();
+        let conflict = first.push(br#"{"id":"five"}"#, b"");
+        assert!(matches!(conflict, Err(EncodeError::Rejected { code: MALFORMED_DATA, .. })), "{conflict:?}");
+        // An encoder made before the freeze writes the frozen table too.
+        second.push(br#"{"id":6,"price":7}"#, b"").unwrap();
+        let (_, batches) = rows_of(first.finish().unwrap().to_bytes());
+        let schema = batches[0].schema();
+        let columns: Vec<(String, String)> =
+            schema.fields().iter().map(|field| (field.name().clone(), field.data_type().to_string())).collect();
+        let names: Vec<&str> = columns.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["id", "ts", "geo", "price", "tags"]);
+        assert_eq!(columns[0].1, "Int64");
+        assert!(columns[1].1.starts_with("Timestamp(µs"), "{columns:?}");
+        assert_eq!(columns[3].1, "Float64");
+        let ids = batches[0].column(0).as_primitive::<Int64Type>();
+        assert_eq!(ids.values().to_vec(), vec![1, 2, 3, 4]);
+        let (_, later) = rows_of(second.finish().unwrap().to_bytes());
+        assert_eq!(later[0].schema(), schema);
+        let (_, third) = {
+            let mut encoder = factory.new_encoder(1 << 20);
+            encoder.push(br#"{"id":8}"#, b"").unwrap();
+            rows_of(encoder.finish().unwrap().to_bytes())
+        };
+        assert_eq!(third[0].schema(), schema);
+    }
+
+    #[test]
+    fn a_small_first_batch_freezes_on_finish_and_foreign_held_records_widen_their_object() {
+        let factory = infer_config(1000).encoder_factory().unwrap();
+        let mut first = factory.new_encoder(1 << 20);
+        let mut second = factory.new_encoder(1 << 20);
+        first.push(br#"{"a":1}"#, b"").unwrap();
+        second.push(br#"{"a":"text"}"#, b"").unwrap();
+        let (_, batches) = rows_of(first.finish().unwrap().to_bytes());
+        assert_eq!(batches[0].schema().field(0).data_type(), &DataType::Int64);
+        // Accepted while held, it cannot be refused any more: its object widens `a` to string.
+        let (_, widened) = rows_of(second.finish().unwrap().to_bytes());
+        assert_eq!(widened[0].schema().field(0).data_type(), &DataType::Utf8);
+        assert_eq!(widened[0].column(0).as_string::<i32>().value(0), "text");
+    }
+
     #[test]
     fn small_row_groups_keep_memory_bounded_and_every_row() {
         let mut config = config(&[("id", "bigint"), ("msg", "string")]);
         config.row_group_mib = 1;
+        config.threads = Some(2);
         let factory = config.encoder_factory().unwrap();
         let mut encoder = factory.new_encoder(1 << 20);
         let text = "x".repeat(1000);
