@@ -44,7 +44,8 @@ psql_only="${PSQL_ONLY:-0}"   # PSQL_ONLY=1: only the psql \copy rows (no spillw
 [[ "$psql_only" == 1 || -x "$bin" ]] || { echo "build first: cargo build --release --bin spillway" >&2; exit 1; }
 mkdir -p "${BENCH_TMP:-/tmp}"
 work="$(mktemp -d "${BENCH_TMP:-/tmp}/spillway-bench-pg.XXXXXX")"
-suffix="$$"
+# Unique per run: a reused PID must not find an earlier run's rows in spillway_batches.
+suffix="$$_$(date +%s)"
 spillway_pid=""
 cleanup() {
 	local status=$?
@@ -54,6 +55,7 @@ cleanup() {
 		return
 	fi
 	psql -q "$url" -c "DROP TABLE IF EXISTS bench_csv_$suffix, bench_text_$suffix, bench_binary_$suffix, bench_spillway_$suffix" >/dev/null 2>&1 || true
+	psql -q "$url" -c "DELETE FROM spillway_batches WHERE target = 'bench_spillway_$suffix'" >/dev/null 2>&1 || true
 	if [[ "${KEEP_WORK:-0}" == 1 ]]; then
 		rm -f "$work"/records.* "$work"/part.*
 		echo "spillway's log and data kept in $work" >&2
