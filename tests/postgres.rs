@@ -172,6 +172,117 @@ async fn json_values_land_as_postgres_types() {
     assert!(error_records(dir.path()).is_empty());
 }
 
+/// Binary COPY (the default where every column type converts exactly) and text COPY load the
+/// same records into the same rows, and refuse the same bad records with the same SQLSTATE:
+/// two streams, one per format, into two identical tables, compared row by row as PostgreSQL
+/// prints them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn binary_and_text_copy_load_the_same_rows_and_refuse_the_same_records() {
+    let db = pg::connect(&pg::shared_url()).await;
+    let binary_table = pg::unique_table("binary");
+    let text_table = pg::unique_table("text");
+    let columns = "id bigint NOT NULL, small smallint, n integer, r real, d double precision, flag boolean,
+                   name varchar(12), note text, doc json, docb jsonb, at timestamptz, wall timestamp, day date,
+                   amount numeric, money numeric(8,2)";
+    db.batch_execute(&format!("CREATE TABLE {binary_table} ({columns}); CREATE TABLE {text_table} ({columns});"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = yaml(&pg::shared_url(), &binary_table, "");
+    config.push_str(&format!(
+        "\x20 - name: text\n\
+         \x20   buffering: {{ size_mib: 1, interval_seconds: 1 }}\n\
+         \x20   sink: {{ type: postgres, url: '{}', table: {text_table}, copy_format: text, s3_backup: {{ url: 'file://./errors' }} }}\n",
+        pg::shared_url()
+    ));
+    let spillway = Spillway::start(dir.path(), &config);
+    let client = spillway.client().await;
+    let good = [
+        r#"{"id":1,"small":-32768,"n":2147483647,"r":0.1,"d":-1.5e300,"flag":true,"name":"ünïcødé 🚀","note":"tab\there\nnew \\ line",
+            "doc":{"k":[1,{"x":null}]},"docb":{"s":"é","n":1.50},"at":"2024-05-06T07:08:09.123456+02:00",
+            "wall":"2024-05-06T07:08:09.5-05:00","day":"2024-02-29","amount":12345678901234567890.123456789,"money":"123456.785"}"#,
+        r#"{"id":2,"n":null,"unknown":1}"#,
+        r#"{"id":-9223372036854775808,"small":" +7 ","n":"-12","r":"-Infinity","d":"NaN","flag":"yes","note":12.50,
+            "doc":"just a string","docb":[1,"two",null],"at":1700000000.25,"wall":1700000000123,"day":86400,
+            "amount":"1e-3","money":-0.5}"#,
+        r#"{"id":9223372036854775807,"flag":"off","note":{"nested":["a",1]},"at":1700000000123,"wall":"2024-02-28 24:00:00",
+            "day":"2024-02-29T23:30:00-05:00","amount":"-0.000","d":4.9e-324,"r":3.4028235e38}"#,
+        r#"{"id":5,"flag":1,"at":"epoch","wall":"-infinity","day":"infinity","amount":"NaN","d":"-0","note":"","name":""}"#,
+        r#"{"id":6,"at":"1999-12-31 23:59:60Z","wall":"0001-01-01T00:00:00","day":-1,"amount":"-12.5E3","d":1e-300}"#,
+        r#"{"id":7,"at":"2024-05-06T07:08:09+0530","day":0,"amount":0.1,"flag":false}"#,
+    ]
+    .map(|record| record.replace('\n', " "));
+    let bad = [
+        (r#"{"id":100,"n":"seven"}"#, "Postgres.22P02"),
+        (r#"{"id":101,"n":99999999999}"#, "Postgres.22003"),
+        (r#"{"id":102,"small":40000}"#, "Postgres.22003"),
+        (r#"{"id":103,"flag":"maybe"}"#, "Postgres.22P02"),
+        (r#"{"id":104,"amount":"12abc"}"#, "Postgres.22P02"),
+        (r#"{"id":105,"d":"1e400"}"#, "Postgres.22003"),
+        (r#"{"id":106,"at":"not a time"}"#, "Postgres.22007"),
+        (r#"{"id":107,"day":"2023-02-29"}"#, "Postgres.22008"),
+        (r#"{"id":108,"name":"thirteen chars"}"#, "Postgres.22001"),
+        (r#"{"id":109,"money":1234567.5}"#, "Postgres.22003"),
+        (r#"{"id":110,"docb":"a\u0000b"}"#, "Postgres.22P05"),
+        (r#"{"id":111,"note":"a\u0000b"}"#, "Postgres.22021"),
+        (r#"{"id":112,"at":1e300}"#, "Postgres.InvalidRecord"),
+        (r#"{"n":1}"#, "Postgres.23502"),
+        ("not json", "Postgres.InvalidRecord"),
+    ];
+    let mut records: Vec<String> = good.to_vec();
+    records.extend(bad.iter().map(|(record, _)| record.to_string()));
+    put(&client, "rows", &records).await;
+    put(&client, "text", &records).await;
+    pg::wait_rows(&db, &binary_table, good.len() as i64, WAIT).await;
+    pg::wait_rows(&db, &text_table, good.len() as i64, WAIT).await;
+    let errors = wait_errors(dir.path(), 2 * bad.len()).await;
+    let log = spillway.log_text();
+    assert_eq!(spillway.terminate(), 0);
+    assert!(
+        log.lines().any(|line| line.contains("postgres table read")
+            && line.contains(&binary_table)
+            && line.replace(&binary_table, "").contains("binary")),
+        "the first stream loads binary: {log}"
+    );
+
+    let rows = |table: String| {
+        let db = &db;
+        async move {
+            db.query(&format!("SELECT t::text FROM {table} t ORDER BY id"), &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get::<_, String>(0))
+                .collect::<Vec<String>>()
+        }
+    };
+    let (binary_rows, text_rows) = (rows(binary_table).await, rows(text_table).await);
+    assert_eq!(binary_rows.len(), good.len());
+    for (binary_row, text_row) in binary_rows.iter().zip(&text_rows) {
+        assert_eq!(binary_row, text_row);
+    }
+    // A few values checked against what they must be, not only against text COPY.
+    let row = |id: &str| binary_rows.iter().find(|row| row.starts_with(&format!("({id},"))).unwrap();
+    let first = row("1");
+    assert!(first.contains("\"2024-05-06 05:08:09.123456+00\""), "{first}");
+    assert!(first.contains("\"2024-05-06 07:08:09.5\""), "{first}");
+    assert!(first.contains("12345678901234567890.123456789"), "{first}");
+    assert!(first.contains("123456.79"), "{first}");
+    let millis = row("9223372036854775807");
+    assert!(millis.contains("\"2023-11-14 22:13:20.123+00\""), "epoch milliseconds: {millis}");
+
+    // Each bad record once from each stream, with the same code.
+    for (record, code) in bad {
+        let found: Vec<&str> = errors
+            .iter()
+            .filter(|error| raw_data(error) == record)
+            .map(|error| error["errorCode"].as_str().unwrap())
+            .collect();
+        assert_eq!(found, [code, code], "{record}: {errors:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs services: scripts/test.sh"]
 async fn one_bad_row_among_10000_goes_to_the_error_output_and_the_rest_load_once() {

@@ -22,6 +22,20 @@ use crate::sink::PostgresSink;
 /// `!{firehose:error-output-type}` of rows PostgreSQL refused (stdin mode).
 pub const POSTGRES_FAILED_OUTPUT_TYPE: &str = "postgres-failed";
 
+/// `copy_format`: which COPY format stdin mode sends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyFormatChoice {
+    /// Binary when spillway converts every loaded column's type exactly, else text.
+    #[default]
+    Auto,
+    /// Always text: every value goes through PostgreSQL's own input function (its date styles,
+    /// `now`, array literals, …).
+    Text,
+    /// Binary, or fail at start naming the columns spillway cannot convert.
+    Binary,
+}
+
 /// How batches reach the database.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -60,6 +74,10 @@ pub struct PostgresSinkConfig {
     pub copy_options: Option<String>,
     #[serde(default)]
     pub mode: Mode,
+    /// Stdin mode: `auto` (binary COPY where every column type allows, else text), `text` or
+    /// `binary`.
+    #[serde(default)]
+    pub copy_format: CopyFormatChoice,
     /// Table recording loaded batches (stream, batch id), committed with the rows; created if
     /// missing.
     #[serde(default = "default_batches_table")]
@@ -173,7 +191,10 @@ impl PostgresSinkConfig {
             if let Some(word) = fixed.iter().find(|word| words.contains(word)) {
                 problems.push(ConfigProblem::new(
                     "copy_options",
-                    format!("must not set {}: spillway writes COPY text format itself", word.to_ascii_uppercase()),
+                    format!(
+                        "must not set {}: spillway writes the COPY format itself (see copy_format)",
+                        word.to_ascii_uppercase()
+                    ),
                 ));
             }
         }
@@ -211,6 +232,12 @@ impl PostgresSinkConfig {
 
     /// Firehose's rules for a Redshift destination's intermediate bucket, and what COPY needs.
     fn validate_s3_manifest(&self, problems: &mut Vec<ConfigProblem>) {
+        if self.copy_format != CopyFormatChoice::Auto {
+            problems.push(ConfigProblem::new(
+                "copy_format",
+                "is only used with mode: stdin (Redshift's COPY reads the staged objects as copy_options say)",
+            ));
+        }
         if self.record_column.is_some() {
             problems.push(ConfigProblem::new(
                 "record_column",
@@ -522,6 +549,26 @@ mod tests {
             r#"{{"url": "postgres://h/db", "table": "t", {BACKUP}, "s3_staging": {{"url": "s3://staging-bucket"}}}}"#
         ));
         assert_eq!(fields(&config), ["s3_staging"]);
+    }
+
+    #[test]
+    fn copy_format_is_auto_by_default_and_belongs_to_stdin_mode() {
+        let config = parse(&format!(r#"{{"url": "postgres://h/db", "table": "t", {BACKUP}}}"#));
+        assert_eq!(config.copy_format, CopyFormatChoice::Auto);
+        let config = parse(&format!(r#"{{"url": "postgres://h/db", "table": "t", "copy_format": "text", {BACKUP}}}"#));
+        assert_eq!(config.copy_format, CopyFormatChoice::Text);
+        assert!(config.validate().is_empty());
+        assert!(
+            serde_json::from_str::<PostgresSinkConfig>(
+                r#"{"url": "postgres://h/db", "table": "t", "copy_format": "csv"}"#
+            )
+            .is_err()
+        );
+        let config = parse(
+            r#"{"url": "postgres://h/dev", "table": "t", "mode": "s3_manifest", "copy_format": "binary",
+                 "iam_role": "arn:aws:iam::1:role/r", "s3_staging": {"url": "s3://staging-bucket"}}"#,
+        );
+        assert_eq!(fields(&config), ["copy_format"]);
     }
 
     #[test]

@@ -11,11 +11,12 @@
 //! *rejected line*: `\x01` then the reason. The sink never sends it to the database and reports
 //! it as that record's failure, so the rest of the batch loads and nothing is lost.
 //!
-//! Text rather than binary COPY: PostgreSQL parses every type's text form (numeric, timestamps
-//! with zones and its many date styles, arrays, ranges) exactly as for an INSERT, where binary
-//! would need each type's wire encoding, and PostgreSQL's date parser, here. Measured with
-//! `scripts/bench-postgres.sh` (docs/benchmarks.md) on ~1 KiB records into 8 columns, the server
-//! loads text 1.1–1.4× faster than CSV (the baseline) and binary 1.1–1.8× faster than text.
+//! When every column's type is one spillway converts exactly (see [`crate::binary`]), rows are
+//! PostgreSQL's *binary* COPY tuples instead (the payload starts with [`BINARY`]): the server
+//! then skips its text input functions, which is most of its COPY work on ~1 KiB records
+//! (docs/benchmarks.md). A record refused in binary keeps its place as a refused tuple with the
+//! SQLSTATE PostgreSQL would have answered. Text COPY stays for every other table (arrays,
+//! ranges, `uuid`, …) and on request (`copy_format: text`).
 //!
 //! Must not: talk to the database.
 
@@ -26,12 +27,16 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use spillway_sink_api::{EncodeError, Encoder, EncoderFactory, Payload};
 
-use crate::schema::{ColumnKind, TableShape};
+use crate::binary::{self, BinaryType};
+use crate::schema::{ColumnKind, CopyFormat, TableShape};
 
 /// First byte of a rejected line; never the first byte of a row (control bytes are escaped).
 pub const REJECTED: u8 = 0x01;
 /// First byte of a payload of raw records (shape unknown when encoded); never a row's.
 pub const RAW: u8 = 0x02;
+/// First byte of a payload of binary COPY tuples (no header, no trailer: the sink adds them to
+/// each COPY); never a text row's.
+pub const BINARY: u8 = 0x03;
 
 /// The table's shape, once known; shared by the sink (which reads it) and its encoders.
 pub type SharedShape = Arc<OnceLock<Arc<TableShape>>>;
@@ -69,6 +74,17 @@ impl Encoder for CopyEncoder {
             self.out.extend_from_slice(data);
             return Ok(());
         };
+        if shape.format == CopyFormat::Binary {
+            if self.out.is_empty() {
+                self.out.push(BINARY);
+            }
+            let mark = self.out.len();
+            if let Err(refused) = encode_binary_row(shape, data, &mut self.out) {
+                self.out.truncate(mark);
+                binary::push_refused(&refused.code, &refused.message, &mut self.out);
+            }
+            return Ok(());
+        }
         let mark = self.out.len();
         if let Err(reason) = encode_row(shape, data, &mut self.out) {
             self.out.truncate(mark);
@@ -136,6 +152,69 @@ pub fn encode_row(shape: &TableShape, data: &[u8], out: &mut Vec<u8>) -> Result<
     Ok(())
 }
 
+/// Why a record cannot become a binary row: the error output's code and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub code: String,
+    pub message: String,
+}
+
+impl Refused {
+    fn invalid(message: String) -> Self {
+        Self { code: "Postgres.InvalidRecord".into(), message }
+    }
+}
+
+/// One record as one binary COPY tuple (field count, then each field), or why it cannot be one.
+/// Only for a shape whose columns all have a [`BinaryType`].
+pub fn encode_binary_row(shape: &TableShape, data: &[u8], out: &mut Vec<u8>) -> Result<(), Refused> {
+    let text =
+        std::str::from_utf8(data).map_err(|error| Refused::invalid(format!("the record is not UTF-8: {error}")))?;
+    let count =
+        i16::try_from(shape.columns.len()).map_err(|_| Refused::invalid("more than 32767 columns".to_string()))?;
+    out.extend_from_slice(&count.to_be_bytes());
+    if shape.whole_record {
+        let value: &RawValue =
+            serde_json::from_str(text).map_err(|error| Refused::invalid(format!("the record is not JSON: {error}")))?;
+        // The record's JSON text as it is (a `null` record is JSON null, not SQL NULL).
+        let jsonb = shape.columns.first().and_then(|column| column.binary) == Some(BinaryType::Jsonb);
+        let length = value.get().len() + usize::from(jsonb);
+        let length = i32::try_from(length).map_err(|_| Refused::invalid("the record is over 1 GiB".to_string()))?;
+        out.extend_from_slice(&length.to_be_bytes());
+        if jsonb {
+            out.push(1);
+        }
+        out.extend_from_slice(value.get().as_bytes());
+        return Ok(());
+    }
+    let fields: HashMap<&str, &RawValue> = serde_json::from_str(text).map_err(|error| {
+        Refused::invalid(if error.is_data() {
+            "the record is not a JSON object".to_string()
+        } else {
+            format!("the record is not JSON: {error}")
+        })
+    })?;
+    for column in &shape.columns {
+        let kind = column.binary.ok_or_else(|| {
+            Refused::invalid(format!("column {} ({}) has no binary encoding", column.name, column.type_name))
+        })?;
+        binary::encode_field(kind, fields.get(column.name.as_str()).copied(), out).map_err(|refusal| {
+            match refusal.sqlstate {
+                // What the text encoder refuses too, in its words.
+                "InvalidRecord" => {
+                    Refused::invalid(format!("field {:?} ({}): {}", column.name, column.type_name, refusal.message))
+                }
+                // What PostgreSQL would have answered, as its errors read in the error output.
+                sqlstate => Refused {
+                    code: format!("Postgres.{sqlstate}"),
+                    message: format!("{} (SQLSTATE {sqlstate}); column {}", refusal.message, column.name),
+                },
+            }
+        })?;
+    }
+    Ok(())
+}
+
 fn encode_value(kind: ColumnKind, value: &RawValue, out: &mut Vec<u8>) -> Result<(), String> {
     let raw = value.get();
     let first = raw.as_bytes().first().copied().unwrap_or(b'n');
@@ -156,8 +235,8 @@ fn encode_value(kind: ColumnKind, value: &RawValue, out: &mut Vec<u8>) -> Result
             escape_into(literal.as_bytes(), out);
         }
         (ColumnKind::Timestamp | ColumnKind::Date, b'-' | b'0'..=b'9') => {
-            let seconds: f64 = raw.parse().map_err(|_| format!("{raw} is not a number of epoch seconds"))?;
-            out.extend_from_slice(epoch_text(seconds, kind == ColumnKind::Date)?.as_bytes());
+            let micros = binary::epoch_micros(raw).map_err(|refusal| refusal.message)?;
+            out.extend_from_slice(epoch_text(micros, kind == ColumnKind::Date)?.as_bytes());
         }
         // Numbers and booleans as written; objects and arrays as JSON text.
         _ => escape_into(raw.as_bytes(), out),
@@ -165,16 +244,10 @@ fn encode_value(kind: ColumnKind, value: &RawValue, out: &mut Vec<u8>) -> Result
     Ok(())
 }
 
-/// Epoch seconds (fractions kept to the microsecond) as an ISO timestamp in UTC, or its day.
-fn epoch_text(seconds: f64, date_only: bool) -> Result<String, String> {
-    if !seconds.is_finite() {
-        return Err("epoch seconds out of range".into());
-    }
-    let micros = (seconds * 1e6).round();
-    if micros.abs() > 9.2e18 {
-        return Err("epoch seconds out of range".into());
-    }
-    let time = chrono::DateTime::from_timestamp_micros(micros as i64).ok_or("epoch seconds out of range")?;
+/// Unix microseconds (from epoch seconds or milliseconds, [`binary::epoch_micros`]) as an ISO
+/// timestamp in UTC, or its day.
+fn epoch_text(micros: i64, date_only: bool) -> Result<String, String> {
+    let time = chrono::DateTime::from_timestamp_micros(micros).ok_or("epoch time out of range")?;
     Ok(if date_only {
         time.format("%Y-%m-%d").to_string()
     } else {
@@ -289,9 +362,10 @@ mod tests {
             table: "t".into(),
             columns: columns
                 .iter()
-                .map(|(name, kind)| Column { name: name.to_string(), type_name: "x".into(), kind: *kind })
+                .map(|(name, kind)| Column { name: name.to_string(), type_name: "x".into(), kind: *kind, binary: None })
                 .collect(),
             whole_record: false,
+            format: CopyFormat::Text,
         }
     }
 

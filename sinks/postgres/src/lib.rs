@@ -1,4 +1,5 @@
-//! spillway's PostgreSQL sink: JSON records become COPY text rows as they arrive (mapped to
+//! spillway's PostgreSQL sink: JSON records become COPY rows (binary where every column type
+//! allows, else text) as they arrive (mapped to
 //! columns by name, or the whole record into one `jsonb` column), and each batch is loaded with
 //! `COPY … FROM STDIN` in one transaction together with its batch id, so a re-sent batch is never
 //! loaded twice. Rows PostgreSQL refuses are split out and go to the S3 error output.
@@ -10,7 +11,9 @@
 //! Module map:
 //! - [`config`]: `PostgresSinkConfig` (the YAML `sink:` block), pure `validate`, `build`, `check`.
 //! - [`schema`]: the target table's columns and types from the catalog; the batches table.
-//! - [`encode`]: the COPY text encoder (one line per record, rejected records kept in place).
+//! - [`encode`]: the COPY encoder (text lines or binary tuples, one per record, rejected records
+//!   kept in place).
+//! - [`binary`]: JSON values to PostgreSQL's binary wire forms, exactly or refused with a SQLSTATE.
 //! - [`sink`]: `PostgresSink`, the transaction, idempotency and bad-row splitting.
 //! - [`error`]: SQLSTATE classification into `SinkError`.
 //! - [`pool`]: connections (one per batch in flight), TLS through rustls.
@@ -18,6 +21,7 @@
 //! - [`redshift_sink`]: `RedshiftSink` (`mode: s3_manifest`): stage through the S3 sink, write
 //!   the manifest, COPY and the batch id in one transaction; failed manifests to `errors/`.
 
+pub mod binary;
 pub mod config;
 pub mod encode;
 pub mod error;
@@ -27,7 +31,7 @@ pub mod redshift_sink;
 pub mod schema;
 pub mod sink;
 
-pub use config::{BuiltPostgresSink, Mode, POSTGRES_FAILED_OUTPUT_TYPE, PostgresSinkConfig};
+pub use config::{BuiltPostgresSink, CopyFormatChoice, Mode, POSTGRES_FAILED_OUTPUT_TYPE, PostgresSinkConfig};
 pub use redshift_sink::{CopyExecutor, ManifestCopy, REDSHIFT_FAILED_OUTPUT_TYPE, RedshiftCopy};
-pub use schema::TableShape;
+pub use schema::{CopyFormat, TableShape};
 pub use sink::PostgresSink;

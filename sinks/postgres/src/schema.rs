@@ -7,6 +7,7 @@
 
 use tokio_postgres::Client;
 
+use crate::binary::BinaryType;
 use crate::error::PgError;
 use crate::pool::Pool;
 
@@ -32,6 +33,27 @@ pub struct Column {
     pub name: String,
     pub type_name: String,
     pub kind: ColumnKind,
+    /// How the column is written in binary COPY, if spillway converts its type exactly.
+    pub binary: Option<BinaryType>,
+}
+
+/// The COPY format a table's batches are encoded in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CopyFormat {
+    /// COPY text: PostgreSQL parses every value with the column type's input function.
+    #[default]
+    Text,
+    /// COPY binary: spillway converts each value (see `binary`); the server parses less.
+    Binary,
+}
+
+impl CopyFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            CopyFormat::Text => "text",
+            CopyFormat::Binary => "binary",
+        }
+    }
 }
 
 /// What the sink loads into.
@@ -42,18 +64,49 @@ pub struct TableShape {
     pub columns: Vec<Column>,
     /// The whole record goes into the single column.
     pub whole_record: bool,
+    pub format: CopyFormat,
 }
 
 impl TableShape {
-    /// `COPY <table> (<columns>) FROM STDIN` with the user's extra options.
+    /// `COPY <table> (<columns>) FROM STDIN` with the format and the user's extra options.
     pub fn copy_statement(&self, copy_options: Option<&str>) -> String {
         let columns: Vec<String> = self.columns.iter().map(|column| quote_identifier(&column.name)).collect();
         let mut statement = format!("COPY {} ({}) FROM STDIN", self.table, columns.join(", "));
-        if let Some(options) = copy_options.map(str::trim).filter(|options| !options.is_empty()) {
-            statement.push_str(&format!(" WITH ({options})"));
+        let mut options: Vec<&str> = Vec::new();
+        if self.format == CopyFormat::Binary {
+            options.push("FORMAT binary");
+        }
+        if let Some(extra) = copy_options.map(str::trim).filter(|options| !options.is_empty()) {
+            options.push(extra);
+        }
+        if !options.is_empty() {
+            statement.push_str(&format!(" WITH ({})", options.join(", ")));
         }
         statement
     }
+
+    /// The columns spillway cannot write in binary (with their types), given the session's
+    /// TimeZone: a zone-less timestamp string means the session's zone, which the binary
+    /// encoder can only follow when it is UTC.
+    pub fn not_binary(&self, session_is_utc: bool) -> Vec<String> {
+        self.columns
+            .iter()
+            .filter(|column| match column.binary {
+                None => true,
+                Some(BinaryType::Timestamptz) => !session_is_utc,
+                Some(_) => false,
+            })
+            .map(|column| format!("{} {}", column.name, column.type_name))
+            .collect()
+    }
+}
+
+/// Whether a session TimeZone name is UTC.
+pub fn is_utc(zone: &str) -> bool {
+    let zone = zone.strip_prefix("Etc/").unwrap_or(zone);
+    ["UTC", "UCT", "GMT", "GMT0", "GMT+0", "GMT-0", "Greenwich", "Universal", "Zulu", "Z"]
+        .iter()
+        .any(|name| zone.eq_ignore_ascii_case(name))
 }
 
 /// `"name"`, quotes doubled.
@@ -115,6 +168,11 @@ pub async fn describe(
         name: column.name.clone(),
         type_name: column.type_name.clone(),
         kind: kind_of(&column.category, &column.base_type),
+        // Arrays stay text: PostgreSQL's array input takes literals spillway does not parse.
+        binary: match column.category.as_str() {
+            "A" => None,
+            _ => BinaryType::from_type_name(&column.base_type),
+        },
     };
 
     if let Some(record_column) = record_column {
@@ -127,7 +185,12 @@ pub async fn describe(
                 type_name: column.type_name.clone(),
             });
         }
-        return Ok(TableShape { table: printed, columns: vec![shape_of(column)], whole_record: true });
+        return Ok(TableShape {
+            table: printed,
+            columns: vec![shape_of(column)],
+            whole_record: true,
+            format: CopyFormat::Text,
+        });
     }
     let selected: Vec<Column> = match columns {
         Some(names) => names.iter().map(|name| find(name).map(shape_of)).collect::<Result<_, _>>()?,
@@ -138,7 +201,7 @@ pub async fn describe(
             "table {printed} has no column without a default to load into; list them in columns"
         )));
     }
-    Ok(TableShape { table: printed, columns: selected, whole_record: false })
+    Ok(TableShape { table: printed, columns: selected, whole_record: false, format: CopyFormat::Text })
 }
 
 fn kind_of(category: &str, base_type: &str) -> ColumnKind {
@@ -186,16 +249,40 @@ mod tests {
         let shape = TableShape {
             table: "public.events".into(),
             columns: vec![
-                Column { name: "id".into(), type_name: "bigint".into(), kind: ColumnKind::Scalar },
-                Column { name: "Odd \"name\"".into(), type_name: "text".into(), kind: ColumnKind::Scalar },
+                Column {
+                    name: "id".into(),
+                    type_name: "bigint".into(),
+                    kind: ColumnKind::Scalar,
+                    binary: Some(BinaryType::Int8),
+                },
+                Column {
+                    name: "Odd \"name\"".into(),
+                    type_name: "text".into(),
+                    kind: ColumnKind::Scalar,
+                    binary: Some(BinaryType::Text),
+                },
             ],
             whole_record: false,
+            format: CopyFormat::Text,
         };
         assert_eq!(shape.copy_statement(None), r#"COPY public.events ("id", "Odd ""name""") FROM STDIN"#);
         assert_eq!(
             shape.copy_statement(Some("FREEZE false")),
             r#"COPY public.events ("id", "Odd ""name""") FROM STDIN WITH (FREEZE false)"#
         );
+        let mut binary = shape.clone();
+        binary.format = CopyFormat::Binary;
+        assert_eq!(
+            binary.copy_statement(Some("FREEZE false")),
+            r#"COPY public.events ("id", "Odd ""name""") FROM STDIN WITH (FORMAT binary, FREEZE false)"#
+        );
+        assert!(shape.not_binary(false).is_empty());
+        let mut with_time = shape;
+        with_time.columns[0].binary = Some(BinaryType::Timestamptz);
+        with_time.columns[1].binary = None;
+        assert_eq!(with_time.not_binary(true), ["Odd \"name\" text"]);
+        assert_eq!(with_time.not_binary(false).len(), 2);
+        assert!(is_utc("Etc/UTC") && is_utc("UTC") && is_utc("GMT") && !is_utc("Europe/Berlin"));
     }
 
     #[test]

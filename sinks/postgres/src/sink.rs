@@ -1,6 +1,7 @@
 //! `PostgresSink`: loads one batch in one transaction. The transaction first looks the batch up
 //! in the batches table (a re-sent batch is acknowledged with its recorded outcome, without
-//! loading again), then streams the batch's COPY rows with `COPY … FROM STDIN`, then records
+//! loading again), then streams the batch's COPY rows (text or binary, as the table's shape
+//! says) with `COPY … FROM STDIN`, then records
 //! (stream, batch id, row count, row failures) and commits — rows and batch id together, so a
 //! retry or a crash never loads a batch twice.
 //!
@@ -24,11 +25,12 @@ use spillway_sink_api::{Batch, RecordFailure, Sink, SinkError};
 use spillway_sink_s3::S3Sink;
 use tokio_postgres::{Client, Transaction};
 
-use crate::config::PostgresSinkConfig;
-use crate::encode::{CopyEncoderFactory, RAW, REJECTED, SharedShape, lines, rows_from_raw, unescape};
+use crate::binary::{self, Tuple};
+use crate::config::{CopyFormatChoice, PostgresSinkConfig};
+use crate::encode::{BINARY, CopyEncoderFactory, RAW, REJECTED, SharedShape, lines, rows_from_raw, unescape};
 use crate::error::{PgError, describe};
 use crate::pool::Pool;
-use crate::schema::{self, TableShape};
+use crate::schema::{self, CopyFormat, TableShape};
 
 /// Largest piece of COPY data sent in one message.
 const COPY_PIECE_BYTES: usize = 1 << 20;
@@ -114,19 +116,26 @@ impl PostgresSink {
         self.prepared
             .get_or_try_init(|| async {
                 let mut pooled = self.pool.get().await?;
-                let described = schema::describe(
-                    pooled.client(),
-                    &self.config.table,
-                    self.config.columns.as_deref(),
-                    self.config.record_column.as_deref(),
-                )
+                let described = async {
+                    let shape = schema::describe(
+                        pooled.client(),
+                        &self.config.table,
+                        self.config.columns.as_deref(),
+                        self.config.record_column.as_deref(),
+                    )
+                    .await?;
+                    let zone: String = pooled.client().query_one("SELECT current_setting('TimeZone')", &[]).await?.get(0);
+                    Ok::<_, PgError>((shape, zone))
+                }
                 .await;
                 pooled.release(described.is_ok());
-                let shape = Arc::new(described?);
+                let (mut shape, zone) = described?;
+                shape.format = choose_format(&shape, self.config.copy_format, &zone)?;
+                let shape = Arc::new(shape);
                 let batches_table = schema::ensure_batches_table(&self.pool, &self.config.batches_table).await?;
                 let copy_statement = shape.copy_statement(self.config.copy_options.as_deref());
                 let _ = self.encoder_shape.set(shape.clone());
-                tracing::info!(stream = %self.stream, table = %shape.table, columns = shape.columns.len(), "postgres table read");
+                tracing::info!(stream = %self.stream, table = %shape.table, columns = shape.columns.len(), format = shape.format.name(), "postgres table read");
                 Ok(Prepared { shape, copy_statement, batches_table })
             })
             .await
@@ -143,12 +152,12 @@ impl PostgresSink {
                 .map_err(|error| PgError::Protocol(error.to_string()))?;
         }
         let split_body = body.clone();
-        let rows = tokio::task::spawn_blocking(move || lines(&split_body)).await?;
-        if rows.len() != batch.record_count() {
+        let rows = tokio::task::spawn_blocking(move || split_rows(&split_body)).await??;
+        if rows.spans.len() != batch.record_count() {
             return Err(PgError::Protocol(format!(
                 "the batch holds {} records but its payload {} rows",
                 batch.record_count(),
-                rows.len()
+                rows.spans.len()
             )));
         }
         let mut pooled = self.pool.get().await?;
@@ -163,7 +172,7 @@ impl PostgresSink {
         prepared: &Prepared,
         batch: &Batch,
         body: &Bytes,
-        rows: &[(usize, usize)],
+        rows: &Rows,
     ) -> Result<Vec<StoredFailure>, PgError> {
         let batch_id = batch.id.to_string();
         let mut transaction = client.transaction().await?;
@@ -184,18 +193,12 @@ impl PostgresSink {
         // Ranges of row indices still to load, the next one last.
         let mut pending: Vec<Range<usize>> = Vec::new();
         let mut run_start = 0;
-        for (index, &(offset, length)) in rows.iter().enumerate() {
-            if length > 0 && body[offset] == REJECTED {
-                pending.push(run_start..index);
-                run_start = index + 1;
-                failures.push(StoredFailure {
-                    index,
-                    code: "Postgres.InvalidRecord".into(),
-                    message: unescape(&body[offset + 1..offset + length]),
-                });
-            }
+        for failure in &rows.refused {
+            pending.push(run_start..failure.index);
+            run_start = failure.index + 1;
+            failures.push(failure.clone());
         }
-        pending.push(run_start..rows.len());
+        pending.push(run_start..rows.spans.len());
         pending.reverse();
 
         let mut loaded: u64 = 0;
@@ -258,25 +261,72 @@ impl PostgresSink {
     }
 }
 
+/// A payload split into rows: where each row is, and the records the encoder refused.
+struct Rows {
+    binary: bool,
+    /// `(offset, length)` of each record's row, in record order (`(0, 0)` for a refused one).
+    spans: Vec<(usize, usize)>,
+    /// Refused records, by index, with the encoder's reason.
+    refused: Vec<StoredFailure>,
+}
+
+fn split_rows(body: &[u8]) -> Result<Rows, PgError> {
+    if body.first() == Some(&BINARY) {
+        let tuples = binary::tuples(body, 1).map_err(PgError::Protocol)?;
+        let mut rows = Rows { binary: true, spans: Vec::with_capacity(tuples.len()), refused: Vec::new() };
+        for (index, tuple) in tuples.into_iter().enumerate() {
+            match tuple {
+                Tuple::Row { offset, length } => rows.spans.push((offset, length)),
+                Tuple::Refused { code, message } => {
+                    rows.spans.push((0, 0));
+                    rows.refused.push(StoredFailure { index, code, message });
+                }
+            }
+        }
+        return Ok(rows);
+    }
+    let spans = lines(body);
+    let refused = spans
+        .iter()
+        .enumerate()
+        .filter(|(_, (offset, length))| *length > 0 && body[*offset] == REJECTED)
+        .map(|(index, &(offset, length))| StoredFailure {
+            index,
+            code: "Postgres.InvalidRecord".into(),
+            message: unescape(&body[offset + 1..offset + length]),
+        })
+        .collect();
+    Ok(Rows { binary: false, spans, refused })
+}
+
 /// Stream rows `range` of `body` with one COPY; returns the rows the server counted.
 async fn copy_rows(
     transaction: &Transaction<'_>,
     statement: &str,
     body: &Bytes,
-    rows: &[(usize, usize)],
+    rows: &Rows,
     range: Range<usize>,
 ) -> Result<u64, PgError> {
-    let (first_offset, _) = rows[range.start];
-    let (last_offset, last_length) = rows[range.end - 1];
-    // Through the newline ending the last row (the encoder ends every row with one).
-    let end = (last_offset + last_length + 1).min(body.len());
+    let (first_offset, _) = rows.spans[range.start];
+    let (last_offset, last_length) = rows.spans[range.end - 1];
+    let end = match rows.binary {
+        true => last_offset + last_length,
+        // Through the newline ending the last row (the encoder ends every row with one).
+        false => (last_offset + last_length + 1).min(body.len()),
+    };
     let sink = transaction.copy_in::<_, Bytes>(statement).await?;
     futures::pin_mut!(sink);
+    if rows.binary {
+        sink.send(Bytes::from_static(binary::HEADER)).await?;
+    }
     let mut position = first_offset;
     while position < end {
         let piece_end = (position + COPY_PIECE_BYTES).min(end);
         sink.send(body.slice(position..piece_end)).await?;
         position = piece_end;
+    }
+    if rows.binary {
+        sink.send(Bytes::from_static(binary::TRAILER)).await?;
     }
     let count = sink.as_mut().finish().await?;
     let expected = range.len() as u64;
@@ -284,6 +334,26 @@ async fn copy_rows(
         return Err(PgError::Protocol(format!("COPY loaded {count} rows of {expected}")));
     }
     Ok(count)
+}
+
+/// The COPY format for `shape`: binary when asked or allowed (`auto`) and every column converts
+/// exactly; `binary` with a column that does not is a configuration error naming it.
+fn choose_format(shape: &TableShape, choice: CopyFormatChoice, session_zone: &str) -> Result<CopyFormat, PgError> {
+    let not_binary = shape.not_binary(schema::is_utc(session_zone));
+    match choice {
+        CopyFormatChoice::Text => Ok(CopyFormat::Text),
+        CopyFormatChoice::Auto if not_binary.is_empty() => Ok(CopyFormat::Binary),
+        CopyFormatChoice::Auto => {
+            tracing::info!(table = %shape.table, columns = %not_binary.join(", "), "copy text: spillway has no exact binary conversion for these columns");
+            Ok(CopyFormat::Text)
+        }
+        CopyFormatChoice::Binary if not_binary.is_empty() => Ok(CopyFormat::Binary),
+        CopyFormatChoice::Binary => Err(PgError::Config(format!(
+            "copy_format: binary, but spillway has no exact binary conversion for columns {} of table {} (timestamptz needs the session TimeZone to be UTC, it is {session_zone}); use copy_format: auto or text",
+            not_binary.join(", "),
+            shape.table
+        ))),
+    }
 }
 
 /// The 1-based line of the COPY data a row error names (`COPY t, line 42, column n: …`).
@@ -349,5 +419,78 @@ impl Sink for PostgresSink {
     async fn close(&self) -> Result<(), SinkError> {
         self.pool.clear();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::binary::BinaryType;
+    use crate::schema::{Column, ColumnKind};
+
+    fn shape(types: &[Option<BinaryType>]) -> TableShape {
+        TableShape {
+            table: "t".into(),
+            columns: types
+                .iter()
+                .enumerate()
+                .map(|(index, binary)| Column {
+                    name: format!("c{index}"),
+                    type_name: "x".into(),
+                    kind: ColumnKind::Scalar,
+                    binary: *binary,
+                })
+                .collect(),
+            whole_record: false,
+            format: CopyFormat::Text,
+        }
+    }
+
+    #[test]
+    fn binary_is_chosen_only_where_every_column_converts() {
+        let simple = shape(&[Some(BinaryType::Int8), Some(BinaryType::Timestamptz)]);
+        assert_eq!(choose_format(&simple, CopyFormatChoice::Auto, "Etc/UTC").unwrap(), CopyFormat::Binary);
+        assert_eq!(choose_format(&simple, CopyFormatChoice::Text, "Etc/UTC").unwrap(), CopyFormat::Text);
+        // A zone-less timestamp would mean the session's zone, which binary cannot follow.
+        assert_eq!(choose_format(&simple, CopyFormatChoice::Auto, "Europe/Berlin").unwrap(), CopyFormat::Text);
+        let with_array = shape(&[Some(BinaryType::Int8), None]);
+        assert_eq!(choose_format(&with_array, CopyFormatChoice::Auto, "UTC").unwrap(), CopyFormat::Text);
+        let refused = choose_format(&with_array, CopyFormatChoice::Binary, "UTC").unwrap_err();
+        assert!(matches!(&refused, PgError::Config(message) if message.contains("c1 x")), "{refused}");
+    }
+
+    #[test]
+    fn payloads_split_into_rows_and_refused_records_in_both_formats() {
+        let table = {
+            let mut table = shape(&[Some(BinaryType::Int4)]);
+            table.format = CopyFormat::Binary;
+            Arc::new(table)
+        };
+        for format in [CopyFormat::Binary, CopyFormat::Text] {
+            let mut table = (*table).clone();
+            table.format = format;
+            let factory = CopyEncoderFactory::new(Arc::new(OnceLock::from(Arc::new(table))));
+            let mut encoder = spillway_sink_api::EncoderFactory::new_encoder(&factory, 1024);
+            for record in [r#"{"c0":1}"#, "oops", r#"{"c0":"seven"}"#, r#"{"c0":2}"#] {
+                encoder.push(record.as_bytes(), b"\n").unwrap();
+            }
+            let body = encoder.finish().unwrap().to_bytes();
+            let rows = split_rows(&body).unwrap();
+            assert_eq!(rows.binary, format == CopyFormat::Binary);
+            assert_eq!(rows.spans.len(), 4);
+            let refused: Vec<(usize, &str)> =
+                rows.refused.iter().map(|failure| (failure.index, failure.code.as_str())).collect();
+            match format {
+                // Binary refuses what PostgreSQL would, with its SQLSTATE; text leaves it to the server.
+                CopyFormat::Binary => {
+                    assert_eq!(refused, [(1, "Postgres.InvalidRecord"), (2, "Postgres.22P02")]);
+                    assert!(rows.refused[1].message.contains("invalid input syntax for type integer: \"seven\""));
+                    assert!(rows.refused[1].message.contains("column c0"));
+                    let (offset, length) = rows.spans[3];
+                    assert_eq!(&body[offset..offset + length], [0, 1, 0, 0, 0, 4, 0, 0, 0, 2]);
+                }
+                CopyFormat::Text => assert_eq!(refused, [(1, "Postgres.InvalidRecord")]),
+            }
+        }
     }
 }
