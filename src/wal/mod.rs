@@ -11,7 +11,6 @@ pub mod inspect;
 mod positions;
 mod reader;
 mod segment;
-mod tail;
 mod writer;
 
 use std::ops::Range;
@@ -100,8 +99,6 @@ pub struct Wal {
     writer: Option<Arc<writer::WriterThread>>,
     /// Pulled shards' positions as durably appended.
     positions: positions::SharedPositions,
-    /// The newest frames, for readers right behind the writer.
-    tail: Arc<tail::TailCache>,
 }
 
 impl Wal {
@@ -157,19 +154,16 @@ impl Wal {
         };
         let disk_bytes = Arc::new(AtomicU64::new(disk_bytes));
         let (committed_tx, committed) = watch::channel(next_sequence);
-        let tail = Arc::new(tail::TailCache::new(tail::TAIL_CACHE_BYTES));
-        let feed = writer::ReaderFeed { committed: committed_tx, tail: tail.clone() };
         let (commands, writer) = writer::WriterThread::spawn(
             options.clone(),
             segments,
             next_sequence,
             delivered,
             disk_bytes.clone(),
-            feed,
+            committed_tx,
             positions.clone(),
         )?;
-        let wal =
-            Wal { commands, committed, disk_bytes, dir: options.dir, writer: Some(Arc::new(writer)), positions, tail };
+        let wal = Wal { commands, committed, disk_bytes, dir: options.dir, writer: Some(Arc::new(writer)), positions };
         Ok((wal, report))
     }
 
@@ -181,8 +175,7 @@ impl Wal {
         let (commands, _no_writer) = std::sync::mpsc::channel();
         let (_never_committed, committed) = watch::channel(0);
         let disk_bytes = Arc::new(AtomicU64::new(held_bytes));
-        let tail = Arc::new(tail::TailCache::new(0));
-        Wal { commands, committed, disk_bytes, dir, writer: None, positions: Arc::default(), tail }
+        Wal { commands, committed, disk_bytes, dir, writer: None, positions: Arc::default() }
     }
 
     /// Append one request's records as a single frame (all or nothing). Resolves once the frame
@@ -272,7 +265,7 @@ impl Wal {
 
     /// A reader positioned at `from` (usually the checkpoint).
     pub fn reader(&self, from: u64) -> WalReader {
-        WalReader::following(self.dir.clone(), from, self.tail.clone())
+        WalReader::new(self.dir.clone(), from)
     }
 
     /// Stop the writer after the queued appends, syncing the last segment.

@@ -3,25 +3,18 @@
 //! bad checksum there is corruption and stops the stream with the segment and offset named.
 //! Where an operator set a damaged range aside (`spillway wal quarantine`), the reader skips
 //! that range with a warning naming it; any other missing range is `WalError::Gap`.
-//! A reader right behind the writer takes the newest frames from the WAL's tail cache instead of
-//! the file ([`super::tail`]); it then goes on from the file just past the frame it took.
 //! Blocking file I/O: call it from `spawn_blocking`.
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use super::segment::{self, ReadOutcome, SegmentFile};
-use super::tail::{CachedFrame, TailCache};
 use super::{Frame, WalError, inspect};
 
 pub struct WalReader {
     dir: PathBuf,
     next_sequence: u64,
     open: Option<OpenSegment>,
-    /// Where to open the file next, set when a frame came from the tail cache instead.
-    resume_at: Option<(SegmentFile, u64)>,
-    tail: Option<Arc<TailCache>>,
 }
 
 struct OpenSegment {
@@ -31,14 +24,8 @@ struct OpenSegment {
 }
 
 impl WalReader {
-    /// A reader of the files alone.
     pub fn new(dir: PathBuf, from: u64) -> Self {
-        Self { dir, next_sequence: from, open: None, resume_at: None, tail: None }
-    }
-
-    /// A reader that takes frames from the WAL's tail cache when it holds the next one.
-    pub fn following(dir: PathBuf, from: u64, tail: Arc<TailCache>) -> Self {
-        Self { tail: Some(tail), ..Self::new(dir, from) }
+        Self { dir, next_sequence: from, open: None }
     }
 
     /// The sequence of the next record this reader returns.
@@ -53,12 +40,7 @@ impl WalReader {
         let mut frames = Vec::new();
         let mut bytes = 0;
         while self.next_sequence < committed && bytes < max_bytes {
-            let cached = self.tail.as_ref().and_then(|tail| tail.take(self.next_sequence));
-            let next = match cached {
-                Some(cached) => Some(self.continue_after(cached)),
-                None => self.next_frame()?,
-            };
-            let Some(mut frame) = next else {
+            let Some(mut frame) = self.next_frame()? else {
                 // The position jumped over a set-aside range; check it against `committed` again.
                 continue;
             };
@@ -81,37 +63,12 @@ impl WalReader {
         Ok(frames)
     }
 
-    /// The frame taken from the tail cache; the file is read next from just past it.
-    fn continue_after(&mut self, cached: CachedFrame) -> Frame {
-        match self.open.as_mut() {
-            Some(open) if open.segment.first_sequence == cached.segment_first_sequence => {
-                open.offset = cached.next_offset;
-            }
-            _ => {
-                self.open = None;
-                let segment = SegmentFile {
-                    first_sequence: cached.segment_first_sequence,
-                    path: segment::segment_path(&self.dir, cached.segment_first_sequence),
-                };
-                self.resume_at = Some((segment, cached.next_offset));
-            }
-        }
-        cached.frame
-    }
-
     /// The next whole frame, moving to the following segment at the end of one. None when the
     /// position jumped over a range set aside by `spillway wal quarantine`.
     fn next_frame(&mut self) -> Result<Option<Frame>, WalError> {
         loop {
             if self.open.is_none() {
-                self.open = Some(match self.resume_at.take() {
-                    Some((segment, offset)) => match File::open(&segment.path) {
-                        Ok(file) => OpenSegment { segment, file, offset },
-                        // Trimmed meanwhile: find the segment holding the position again.
-                        Err(_) => self.open_segment()?,
-                    },
-                    None => self.open_segment()?,
-                });
+                self.open = Some(self.open_segment()?);
             }
             let Some(open) = self.open.as_mut() else { continue };
             let io_error = |source| WalError::Io { path: open.segment.path.clone(), source };

@@ -283,40 +283,11 @@ async fn corruption_in_the_middle_names_segment_and_offset() {
     bytes[200] ^= 0xff;
     std::fs::write(&first.path, &bytes).unwrap();
 
-    // A reader of the files (as after a restart: the frames are no longer in memory).
     let committed = *wal.committed().borrow();
-    let error = WalReader::new(dir.path().to_path_buf(), 0).read(committed, usize::MAX).unwrap_err();
+    let error = wal.reader(0).read(committed, usize::MAX).unwrap_err();
     let message = error.to_string();
     assert!(message.contains(&first.path.display().to_string()), "{message}");
     assert!(message.contains("offset 0"), "{message}");
-    wal.close();
-}
-
-#[tokio::test]
-async fn a_reader_behind_the_writer_reads_from_memory_what_the_files_hold() {
-    let dir = tempfile::tempdir().unwrap();
-    let (wal, _) = Wal::open(WalOptions { segment_bytes: 300, ..options(dir.path()) }, 0).unwrap();
-    let mut following = wal.reader(3);
-    let mut from_memory = Vec::new();
-    for round in 0..12 {
-        wal.append(0, records(&format!("m{round}"), 5)).await.unwrap();
-        let committed = *wal.committed().borrow();
-        // Small reads: a frame is taken from memory, the next ones too, across segments.
-        from_memory.extend(following.read(committed, 1).unwrap().into_iter().flat_map(|frame| frame.records));
-    }
-    let committed = *wal.committed().borrow();
-    from_memory.extend(following.read(committed, usize::MAX).unwrap().into_iter().flat_map(|frame| frame.records));
-    assert!(segment::list(dir.path()).unwrap().len() > 2, "the appends span segments");
-    let from_files: Vec<Bytes> = WalReader::new(dir.path().to_path_buf(), 3)
-        .read(committed, usize::MAX)
-        .unwrap()
-        .into_iter()
-        .flat_map(|frame| frame.records)
-        .collect();
-    assert_eq!(from_memory.len(), 57, "from the middle of the first frame to the end");
-    assert_eq!(from_memory, from_files);
-    // Appends the cache no longer holds (taken already) come from the files, after them.
-    assert_eq!(read_all(&wal, 0).len(), 60);
     wal.close();
 }
 

@@ -22,10 +22,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
-use super::frame::{Frame, SourcePosition};
+use super::frame::SourcePosition;
 use super::positions::{self, SharedPositions};
 use super::segment::{self, ReadOutcome, SegmentFile};
-use super::tail::{CachedFrame, TailCache};
 use super::{WalError, WalOptions, frame};
 use crate::config::FsyncPolicy;
 
@@ -42,12 +41,6 @@ const RECLAIM_MIN_BYTES: u64 = 4 << 20;
 /// `max_bytes / BACKLOG_ENTRIES_PER_BUDGET`: the bookkeeping stays about this many entries
 /// whatever the put sizes, and a trim releases room in steps of at most that share.
 const BACKLOG_ENTRIES_PER_BUDGET: u64 = 1024;
-
-/// What readers follow: the committed sequence, and the newest frames themselves.
-pub struct ReaderFeed {
-    pub committed: watch::Sender<u64>,
-    pub tail: Arc<TailCache>,
-}
 
 /// Where an append's outcome is sent: the sequences its records got, or why it failed.
 pub type AppendReply = oneshot::Sender<Result<Range<u64>, WalError>>;
@@ -81,10 +74,10 @@ impl WriterThread {
         next_sequence: u64,
         delivered: u64,
         disk_bytes: Arc<AtomicU64>,
-        feed: ReaderFeed,
+        committed: watch::Sender<u64>,
         positions: SharedPositions,
     ) -> Result<(Sender<Command>, WriterThread), WalError> {
-        let mut state = Writer::open(options, segments, next_sequence, delivered, disk_bytes, feed, positions)?;
+        let mut state = Writer::open(options, segments, next_sequence, delivered, disk_bytes, committed, positions)?;
         let undelivered_bytes = state.backlog.shared_total.clone();
         let (sender, receiver) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
@@ -218,7 +211,7 @@ struct Writer {
     disk_bytes: Arc<AtomicU64>,
     backlog: Backlog,
     queue: VecDeque<QueuedAppend>,
-    feed: ReaderFeed,
+    committed: watch::Sender<u64>,
     unsynced_since: Option<Instant>,
     /// Set after a failed fsync or an I/O error we could not roll back; every later append
     /// fails with it.
@@ -301,7 +294,7 @@ impl Writer {
         next_sequence: u64,
         delivered: u64,
         disk_bytes: Arc<AtomicU64>,
-        feed: ReaderFeed,
+        committed: watch::Sender<u64>,
         positions: SharedPositions,
     ) -> Result<Writer, WalError> {
         let active = match segments.pop() {
@@ -341,7 +334,7 @@ impl Writer {
             disk_bytes,
             backlog,
             queue: VecDeque::new(),
-            feed,
+            committed,
             unsynced_since: None,
             failed: None,
             buffer: Vec::new(),
@@ -500,7 +493,6 @@ impl Writer {
         }
         self.buffer.clear();
         let mut accepted = Vec::with_capacity(group.len());
-        let mut written_frames = Vec::with_capacity(group.len());
         let mut sequence = self.next_sequence;
         let mut sources = Vec::new();
         for queued in group {
@@ -514,19 +506,6 @@ impl Writer {
             );
             let range = sequence..sequence + queued.records.len() as u64;
             sequence = range.end;
-            // The frame as a reader would decode it: metadata is written only with a source.
-            let metadata = if queued.source.is_some() { queued.metadata } else { Vec::new() };
-            written_frames.push(CachedFrame {
-                frame: Frame {
-                    first_sequence: range.start,
-                    arrival_ms: queued.arrival_ms,
-                    records: queued.records,
-                    source: queued.source.clone(),
-                    metadata,
-                },
-                segment_first_sequence: self.active.first_sequence,
-                next_offset: self.active_len + self.buffer.len() as u64,
-            });
             sources.extend(queued.source);
             accepted.push((range, queued.reply));
         }
@@ -568,10 +547,7 @@ impl Writer {
             self.positions.synced(sequence);
             self.positions.save_if_due(&self.options.dir, false);
         }
-        for written in written_frames {
-            self.feed.tail.push(written);
-        }
-        self.feed.committed.send_replace(sequence);
+        self.committed.send_replace(sequence);
         for (range, reply) in accepted {
             let _ = reply.send(Ok(range));
         }
