@@ -11,6 +11,7 @@
 //! - [`testkit`]: an in-memory sink and the conformance checks every sink must pass.
 
 pub mod batch;
+pub mod civil;
 pub mod codec;
 pub mod encode;
 pub mod error;

@@ -20,6 +20,7 @@
 //! Must not: talk to the database.
 
 use serde_json::value::RawValue;
+use spillway_sink_api::civil::{days_from_civil, days_in_month};
 
 /// `PGCOPY\n\377\r\n\0`, flags 0, no header extension.
 pub const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
@@ -324,7 +325,7 @@ fn parse_timestamp(kind: BinaryType, text: &str) -> Result<Stamp, Refusal> {
         true => Refusal::new("22008", format!("date/time field value out of range: \"{text}\"")),
         false => Refusal::datetime(kind, text),
     })?;
-    let days = days_from_civil(written.year, written.month, written.day) - PG_EPOCH_DAYS;
+    let days = days_from_civil(written.year, i64::from(written.month), i64::from(written.day)) - PG_EPOCH_DAYS;
     let mut micros = days * 86_400_000_000 + written.micros_of_day;
     // timestamptz: an offset moves the instant; without one it is UTC (the session's zone, which
     // must be UTC for binary to be chosen). timestamp: the written wall time, any offset ignored
@@ -348,7 +349,7 @@ fn parse_date(text: &str) -> Result<i32, Refusal> {
         true => Refusal::new("22008", format!("date/time field value out of range: \"{text}\"")),
         false => Refusal::datetime(BinaryType::Date, text),
     })?;
-    let days = days_from_civil(written.year, written.month, written.day) - PG_EPOCH_DAYS;
+    let days = days_from_civil(written.year, i64::from(written.month), i64::from(written.day)) - PG_EPOCH_DAYS;
     i32::try_from(days).map_err(|_| Refusal::new("22008", format!("date out of range: \"{text}\"")))
 }
 
@@ -431,7 +432,7 @@ fn parse_iso(text: &str) -> Result<Written, bool> {
     if at != bytes.len() {
         return Err(false);
     }
-    if year == 0 || !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+    if year == 0 || !(1..=12).contains(&month) || day == 0 || i64::from(day) > days_in_month(year, i64::from(month)) {
         return Err(true);
     }
     Ok(written)
@@ -460,30 +461,6 @@ fn parse_offset(text: &str) -> Result<i64, bool> {
         return Err(true);
     }
     Ok(sign * (hours * 3600 + minutes * 60))
-}
-
-fn is_leap(year: i64) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
-}
-
-fn days_in_month(year: i64, month: u32) -> u32 {
-    match month {
-        2 if is_leap(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days from 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month = i64::from(month);
-    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
 }
 
 /// PostgreSQL's numeric wire form from a decimal text (`-12.5e3`, `NaN`, `Infinity`), exactly:

@@ -23,6 +23,7 @@ use arrow::buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{Field, Fields, TimeUnit};
 use arrow::error::ArrowError;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use spillway_sink_api::civil::{days_from_civil, days_in_month};
 
 use super::schema::{ColumnType, map_entries, struct_fields};
 
@@ -630,25 +631,6 @@ fn parse_iso_fast(text: &[u8]) -> Option<i128> {
     let total = i128::from(seconds) * 1_000_000_000 + i128::from(nanos);
     // The general path answers `None` outside i64 nanoseconds too.
     i64::try_from(total).ok().map(i128::from)
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
 }
 
 fn fits_precision(value: i128, precision: u8) -> bool {
