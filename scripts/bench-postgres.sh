@@ -202,6 +202,17 @@ EOF
 		exit 1
 	fi
 }
+spillway_results() { # after a load: CPU of each side, no error output, the COPY format; the psql rows
+	spillway_pg=$(python3 -c "print(f'{$(pg_cpu) - $pg_before:.2f}')")
+	spillway_cpu=$(proc_cpu "$spillway_pid")
+	errors=$(find "$work/errors" -type f 2>/dev/null | wc -l)
+	[[ "$errors" == 0 ]] || { echo "records reached the error output" >&2; exit 1; }
+	format=$(sed -n 's/.*postgres table read.*format="\?\([a-z]*\).*/\1/p' "$work/spillway.log" | tail -1)
+	echo
+	echo "| load | rate (JSON MiB/s for spillway, file MiB/s for psql) | CPU seconds |"
+	echo "|---|---|---|"
+	psql_rows
+}
 put_pids=()
 
 if [[ "$drain_only" == 1 ]]; then
@@ -229,15 +240,7 @@ if [[ "$drain_only" == 1 ]]; then
 	wait_loaded
 	spillway_seconds=$(python3 -c "print($(now) - $start)")
 	[[ -z "$perf_pid" ]] || { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
-	spillway_pg=$(python3 -c "print(f'{$(pg_cpu) - $pg_before:.2f}')")
-	spillway_cpu=$(proc_cpu "$spillway_pid")
-	errors=$(find "$work/errors" -type f 2>/dev/null | wc -l)
-	[[ "$errors" == 0 ]] || { echo "records reached the error output" >&2; exit 1; }
-	format=$(sed -n 's/.*postgres table read.*format="\?\([a-z]*\).*/\1/p' "$work/spillway.log" | tail -1)
-	echo
-	echo "| load | rate (JSON MiB/s for spillway, file MiB/s for psql) | CPU seconds |"
-	echo "|---|---|---|"
-	psql_rows
+	spillway_results
 	echo "| spillway drain (WAL → COPY ${format:-?}, from exec) | $(rate "$spillway_seconds" "$json_bytes" "$records") | $(cpus "$spillway_cpu" "$spillway_pg") |"
 	python3 -c "print(f'spillway drain rows/s ÷ psql \\\\copy CSV rows/s: {float($csv_seconds)/float($spillway_seconds):.2f}; load average now $(cut -d' ' -f1-3 /proc/loadavg)')"
 	exit 0
@@ -251,16 +254,7 @@ put_all
 accepted_seconds=$(python3 -c "print($(now) - $start)")
 wait_loaded
 spillway_seconds=$(python3 -c "print($(now) - $start)")
-spillway_pg=$(python3 -c "print(f'{$(pg_cpu) - $pg_before:.2f}')")
-spillway_cpu=$(proc_cpu "$spillway_pid")
-errors=$(find "$work/errors" -type f 2>/dev/null | wc -l)
-[[ "$errors" == 0 ]] || { echo "records reached the error output" >&2; exit 1; }
-format=$(sed -n 's/.*postgres table read.*format="\?\([a-z]*\).*/\1/p' "$work/spillway.log" | tail -1)
-
-echo
-echo "| load | rate (JSON MiB/s for spillway, file MiB/s for psql) | CPU seconds |"
-echo "|---|---|---|"
-psql_rows
+spillway_results
 echo "| spillway accepted (4 × spillway put) | $(rate "$accepted_seconds" "$json_bytes" "$records") | |"
 echo "| spillway loaded (Direct PUT → COPY ${format:-?}) | $(rate "$spillway_seconds" "$json_bytes" "$records") | $(cpus "$spillway_cpu" "$spillway_pg") (server process only, not the put clients) |"
 python3 -c "print(f'spillway rows/s ÷ psql \\\\copy CSV rows/s: {float($csv_seconds)/float($spillway_seconds):.2f}; load average now $(cut -d' ' -f1-3 /proc/loadavg)')"
