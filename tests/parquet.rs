@@ -370,7 +370,9 @@ print(json.dumps({{"schema": {{f.name: str(f.type) for f in table.schema}}, "fir
 }
 
 /// Seeded SIGKILL rounds (`SPILLWAY_CHAOS_SEED`, `SPILLWAY_CHAOS_ROUNDS`, default 10) while a
-/// client puts rows: every acknowledged id is in exactly one Parquet row, none twice.
+/// client puts rows, one in 50 of them not fitting the schema: every acknowledged id is in
+/// exactly one Parquet row or (the misfits, refused on the conversion threads and routed when
+/// their batch is delivered) exactly one `format-conversion-failed` record, none twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs services: scripts/test.sh"]
 async fn sigkill_rounds_deliver_every_acknowledged_row_once() {
@@ -391,8 +393,13 @@ async fn sigkill_rounds_deliver_every_acknowledged_row_once() {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let ids: Vec<u64> = (id..id + 100).collect();
                     id += 100;
-                    let records: Vec<String> =
-                        ids.iter().map(|id| format!(r#"{{"id":{id},"user":"u","tags":["a"]}}"#)).collect();
+                    let records: Vec<String> = ids
+                        .iter()
+                        .map(|id| match id % 50 {
+                            49 => format!(r#"{{"id":"misfit-{id}"}}"#),
+                            _ => format!(r#"{{"id":{id},"user":"u","tags":["a"]}}"#),
+                        })
+                        .collect();
                     if put(&client, &records).await {
                         acknowledged.lock().unwrap().extend(ids);
                     } else {
@@ -416,7 +423,20 @@ async fn sigkill_rounds_deliver_every_acknowledged_row_once() {
     let delivered: Vec<u64> = serde_json::from_value(python(&script)).unwrap();
     let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
     for id in delivered {
+        assert_ne!(id % 50, 49, "a misfit became a row: {id}");
         *counts.entry(id).or_default() += 1;
+    }
+    let objects = local_objects(&dir.path().join("out"));
+    for (key, body) in objects.iter().filter(|(key, _)| key.starts_with("errors/format-conversion-failed/")) {
+        for line in body.split(|&byte| byte == b'\n').filter(|line| !line.is_empty()) {
+            let line: serde_json::Value = serde_json::from_slice(line).unwrap();
+            use base64::Engine;
+            let raw = base64::engine::general_purpose::STANDARD.decode(line["rawData"].as_str().unwrap()).unwrap();
+            let raw: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+            let id: u64 = raw["id"].as_str().and_then(|id| id.strip_prefix("misfit-")).unwrap().parse().unwrap();
+            assert_eq!(line["errorCode"], "DataFormatConversion.MalformedData", "{key}: {line}");
+            *counts.entry(id).or_default() += 1;
+        }
     }
     let acknowledged = acknowledged.lock().unwrap().clone();
     assert!(acknowledged.len() > 1_000, "the client got work done: {}", acknowledged.len());

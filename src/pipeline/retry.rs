@@ -3,7 +3,7 @@
 //! failures and exhausted retries send the affected records to the error output as Firehose
 //! error JSON. Nothing is dropped: the error output itself is retried until it succeeds.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,6 +56,8 @@ pub enum DeliveryError {
     Encode(#[from] EncodeError),
     #[error("a blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("the encoder refused record {sequence} (output {output}), which the wal does not give back for the batch")]
+    RefusedRecordMissing { sequence: u64, output: u32 },
 }
 
 impl Delivery {
@@ -79,6 +81,13 @@ impl Delivery {
             self.write_error_output(batch, error_output_type, batch.payload.to_bytes(), batch.record_count()).await;
             return Ok(());
         }
+        if !batch.payload.refused().is_empty() {
+            self.route_refused(batch).await?;
+            if batch.payload.is_empty() {
+                // The encoder refused every record: there is no object to write.
+                return Ok(());
+            }
+        }
         let started = Instant::now();
         let mut attempts: u32 = 0;
         // The records still to deliver: the whole batch at first, then what failed retriably,
@@ -90,7 +99,8 @@ impl Delivery {
             let current = pending.as_ref().map_or(batch, |(subset, _)| subset);
             let error = match self.sink.write(current).await {
                 Ok(()) => {
-                    self.count_delivered(current.record_count(), current.record_bytes);
+                    let refused = current.payload.refused().len();
+                    self.count_delivered(current.record_count().saturating_sub(refused), current.record_bytes);
                     tracing::debug!(
                         stream = %batch.stream,
                         batch = %batch.id,
@@ -139,7 +149,14 @@ impl Delivery {
                                 })
                             })
                             .collect();
-                        self.route_to_error_output(current, failed, attempts, pending.is_some()).await;
+                        self.route_to_error_output(
+                            current,
+                            self.failure_output_type,
+                            failed,
+                            attempts,
+                            pending.is_some(),
+                        )
+                        .await;
                     }
                     if retry.is_empty() {
                         return Ok(());
@@ -163,7 +180,8 @@ impl Delivery {
                         .into_iter()
                         .map(|record| Failed { record, code: error.code.clone(), message: message.clone() })
                         .collect();
-                    self.route_to_error_output(current, failed, attempts, pending.is_some()).await;
+                    self.route_to_error_output(current, self.failure_output_type, failed, attempts, pending.is_some())
+                        .await;
                     return Ok(());
                 }
             }
@@ -176,10 +194,9 @@ impl Delivery {
         self.metrics.delivered_batches.inc();
     }
 
-    /// The batch's records as the sink got them (transformed, no delimiter), read back from the
-    /// WAL, in the batch's order.
     /// The records of the attempt just made: a retried subset's own (kept in memory), else the
-    /// whole batch's, read back from the WAL.
+    /// whole batch's read back from the WAL, less those its encoder refused (the payload does
+    /// not hold them; they are in the error output already).
     async fn records_sent(
         &self,
         batch: &Batch,
@@ -187,10 +204,48 @@ impl Delivery {
     ) -> Result<Vec<Record>, DeliveryError> {
         match pending {
             Some((_, records)) => Ok(records.clone()),
-            None => self.records_of(batch).await,
+            None => {
+                let mut records = self.records_of(batch).await?;
+                let refused = batch.payload.refused();
+                if !refused.is_empty() {
+                    let positions: HashSet<(u64, u32)> =
+                        refused.iter().map(|refusal| (refusal.position.sequence, refusal.position.output)).collect();
+                    records.retain(|record| !positions.contains(&(record.sequence, record.output)));
+                }
+                Ok(records)
+            }
         }
     }
 
+    /// Send the records the batch's encoder refused after accepting them to the error output,
+    /// under their output type and the batch's id (a replay writes the same objects again).
+    async fn route_refused(&self, batch: &Batch) -> Result<(), DeliveryError> {
+        let mut records: HashMap<(u64, u32), Record> = self
+            .records_of(batch)
+            .await?
+            .into_iter()
+            .map(|record| ((record.sequence, record.output), record))
+            .collect();
+        let mut by_type: BTreeMap<&'static str, Vec<Failed>> = BTreeMap::new();
+        for refusal in batch.payload.refused() {
+            let position = (refusal.position.sequence, refusal.position.output);
+            let record = records
+                .remove(&position)
+                .ok_or(DeliveryError::RefusedRecordMissing { sequence: position.0, output: position.1 })?;
+            by_type.entry(refusal.output_type).or_default().push(Failed {
+                record,
+                code: refusal.code.to_string(),
+                message: refusal.message.clone(),
+            });
+        }
+        for (output_type, failed) in by_type {
+            self.route_to_error_output(batch, output_type, failed, 1, false).await;
+        }
+        Ok(())
+    }
+
+    /// The batch's records as the sink got them (transformed, no delimiter), read back from the
+    /// WAL, in the batch's order.
     async fn records_of(&self, batch: &Batch) -> Result<Vec<Record>, DeliveryError> {
         let sequences = batch.sequences.clone();
         let (router, partition) = (self.router.clone(), batch.partition.clone());
@@ -283,9 +338,16 @@ impl Delivery {
         Ok(rebuilt)
     }
 
-    /// Write Firehose error records for `failed` under the error prefix. Encoding (JSON and
-    /// base64 of every record, up to a whole batch) runs on the blocking pool.
-    async fn route_to_error_output(&self, batch: &Batch, failed: Vec<Failed>, attempts: u32, retried_subset: bool) {
+    /// Write Firehose error records for `failed` under the error prefix, as `output_type`.
+    /// Encoding (JSON and base64 of every record, up to a whole batch) runs on the blocking pool.
+    async fn route_to_error_output(
+        &self,
+        batch: &Batch,
+        output_type: &str,
+        failed: Vec<Failed>,
+        attempts: u32,
+        retried_subset: bool,
+    ) {
         // A partial retry keeps the batch's id and time, and so its error object's key: the
         // records a partial retry gives up on get an object of their own (an id derived from
         // the attempt), instead of replacing those an earlier attempt routed there.
@@ -307,9 +369,9 @@ impl Delivery {
             }
         };
         self.metrics.note_error(format!("{count} record(s) routed to the error output: {first_code}"));
-        self.write_error_output(batch, self.failure_output_type, lines, count).await;
+        self.write_error_output(batch, output_type, lines, count).await;
         // The records are safe in the error output: a warning, not an error of spillway's.
-        tracing::warn!(stream = %batch.stream, batch = %batch.id, records = count, error_output_type = self.failure_output_type, code = %first_code, "records routed to the error output");
+        tracing::warn!(stream = %batch.stream, batch = %batch.id, records = count, error_output_type = output_type, code = %first_code, "records routed to the error output");
     }
 
     /// Write error records, retrying until it succeeds: nothing is dropped.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use spillway_sink_api::testkit::{MemoryEncoderFactory, MemorySink};
-use spillway_sink_api::{EncodeError, PartitionKeys, RecordFailure, SinkError};
+use spillway_sink_api::{EncodeError, PartitionKeys, RecordFailure, RecordPosition, SinkError};
 
 use super::*;
 use crate::config::{FsyncPolicy, RecordDelimiter};
@@ -500,68 +500,87 @@ async fn a_retried_subset_that_fails_again_names_its_own_records() {
 }
 
 /// Refuses records that start with `reject`, as a Parquet encoder refuses what does not fit
-/// its schema.
-struct RejectingEncoderFactory;
+/// its schema: at `push`, or (`deferred`, as when it reads records on worker threads) in the
+/// payload.
+struct RejectingEncoderFactory {
+    deferred: bool,
+}
 
-struct RejectingEncoder(Box<dyn spillway_sink_api::Encoder>);
+struct RejectingEncoder {
+    inner: Box<dyn spillway_sink_api::Encoder>,
+    deferred: bool,
+    refused: Vec<spillway_sink_api::Refusal>,
+}
 
 impl EncoderFactory for RejectingEncoderFactory {
     fn new_encoder(&self, chunk_bytes: usize) -> Box<dyn spillway_sink_api::Encoder> {
-        Box::new(RejectingEncoder(MemoryEncoderFactory.new_encoder(chunk_bytes)))
+        let inner = MemoryEncoderFactory.new_encoder(chunk_bytes);
+        Box::new(RejectingEncoder { inner, deferred: self.deferred, refused: Vec::new() })
     }
 }
 
 impl spillway_sink_api::Encoder for RejectingEncoder {
     fn push(&mut self, data: &[u8], delimiter: &[u8]) -> Result<(), EncodeError> {
-        if data.starts_with(b"reject") {
-            return Err(EncodeError::Rejected {
-                output_type: "format-conversion-failed",
-                code: "Test.Rejected",
-                message: "does not fit".into(),
-            });
+        self.inner.push(data, delimiter)
+    }
+    fn push_at(&mut self, position: RecordPosition, data: &[u8], delimiter: &[u8]) -> Result<(), EncodeError> {
+        if !data.starts_with(b"reject") {
+            return self.inner.push_at(position, data, delimiter);
         }
-        self.0.push(data, delimiter)
+        let (output_type, code, message) = ("format-conversion-failed", "Test.Rejected", "does not fit".to_string());
+        if !self.deferred {
+            return Err(EncodeError::Rejected { output_type, code, message });
+        }
+        self.refused.push(spillway_sink_api::Refusal { position, output_type, code, message });
+        Ok(())
     }
     fn held_bytes(&self) -> usize {
-        self.0.held_bytes()
+        self.inner.held_bytes()
     }
     fn finish(self: Box<Self>) -> Result<spillway_sink_api::Payload, EncodeError> {
-        self.0.finish()
+        Ok(self.inner.finish()?.with_refused(self.refused))
     }
 }
 
-#[tokio::test]
-async fn a_record_the_encoder_refuses_goes_to_the_error_output_and_the_rest_is_delivered() {
+async fn refused_records_go_to_the_error_output_and_the_rest_is_delivered(deferred: bool) {
     let harness = Harness::new();
-    harness.append_lines(&["a:1", "reject:1", "a:2", "reject:2"]).await;
+    harness.append_lines(&["a:1", "reject:1", "a:2", "reject:2", "a:3"]).await;
     let (_stop, stop_rx) = watch::channel(true);
     let mut delivery_loop =
         harness.delivery_loop_with(1 << 20, Duration::from_secs(900), Duration::from_secs(60), partitioned());
-    delivery_loop.encoders = Arc::new(RejectingEncoderFactory);
+    delivery_loop.encoders = Arc::new(RejectingEncoderFactory { deferred });
     delivery_loop.run(stop_rx).await.unwrap();
     assert_eq!(
         batch_contents(&harness.sink),
-        BTreeMap::from([("a".into(), vec![(0, "a:1".into()), (2, "a:2".into())])]),
+        BTreeMap::from([("a".into(), vec![(0, "a:1".into()), (2, "a:2".into()), (4, "a:3".into())])]),
         "no (empty) batch for the partition whose only records were refused"
     );
     let errors = harness.sink.error_lines();
-    let raw: Vec<(String, String)> = errors
+    let raw: Vec<(String, String, String)> = errors
         .iter()
         .map(|(output_type, line)| {
             let line: serde_json::Value = serde_json::from_slice(line).unwrap();
             assert_eq!(line["errorCode"], "Test.Rejected");
-            (output_type.clone(), line["rawData"].as_str().unwrap().to_string())
+            assert_eq!(line["attemptsMade"], 1);
+            let sequence = line["sequenceNumber"].as_str().unwrap().to_string();
+            (output_type.clone(), line["rawData"].as_str().unwrap().to_string(), sequence)
         })
         .collect();
-    assert_eq!(
-        raw,
-        [
-            ("format-conversion-failed".to_string(), "cmVqZWN0OjE=".to_string()),
-            ("format-conversion-failed".to_string(), "cmVqZWN0OjI=".to_string())
-        ]
-    );
-    assert_eq!(Checkpoint::new(&harness.stream_dir).load().unwrap(), 4);
+    let expected = |raw: &str, sequence: &str| ("format-conversion-failed".to_string(), raw.into(), sequence.into());
+    assert_eq!(raw, [expected("cmVqZWN0OjE=", "1"), expected("cmVqZWN0OjI=", "3")]);
+    assert_eq!(harness.metrics.delivered_records.get(), 3, "refused records are not counted delivered");
+    assert_eq!(Checkpoint::new(&harness.stream_dir).load().unwrap(), 5);
     harness.wal.close();
+}
+
+#[tokio::test]
+async fn a_record_the_encoder_refuses_goes_to_the_error_output_and_the_rest_is_delivered() {
+    refused_records_go_to_the_error_output_and_the_rest_is_delivered(false).await;
+}
+
+#[tokio::test]
+async fn a_record_refused_in_the_payload_goes_to_the_error_output_when_its_batch_is_delivered() {
+    refused_records_go_to_the_error_output_and_the_rest_is_delivered(true).await;
 }
 
 #[test]

@@ -27,17 +27,40 @@ use bytes::Bytes;
 use crate::Compression;
 
 /// A closed batch's encoded bytes, as a list of chunks (uploaded as they are: one PUT body, or
-/// the parts of a multipart upload).
+/// the parts of a multipart upload), and the records the encoder refused after accepting them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Payload {
     chunks: Vec<Bytes>,
     len: usize,
+    refused: Vec<Refusal>,
+}
+
+/// A record an encoder accepted in `push` but could not encode: an encoder that converts
+/// records on worker threads (Parquet with `threads` > 1) learns of a misfit only there. The
+/// pipeline sends these records, read back from the WAL by position, to the error output under
+/// `output_type` when it delivers the batch, in the same intent; the payload holds the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub position: RecordPosition,
+    pub output_type: &'static str,
+    pub code: &'static str,
+    pub message: String,
 }
 
 impl Payload {
     pub fn from_chunks(chunks: Vec<Bytes>) -> Self {
         let len = chunks.iter().map(Bytes::len).sum();
-        Self { chunks, len }
+        Self { chunks, len, refused: Vec::new() }
+    }
+
+    /// The payload with the records refused after `push`, in push order.
+    pub fn with_refused(mut self, refused: Vec<Refusal>) -> Self {
+        self.refused = refused;
+        self
+    }
+
+    pub fn refused(&self) -> &[Refusal] {
+        &self.refused
     }
 
     pub fn len(&self) -> usize {
@@ -103,7 +126,8 @@ impl RecordPosition {
 pub trait Encoder: Send + 'static {
     /// Append one record's bytes (after processing), followed by `delimiter` (empty unless the
     /// stream appends one, as Firehose's `AppendDelimiterToRecord`). A record that cannot be
-    /// encoded is refused with [`EncodeError::Rejected`], leaving the encoder as it was.
+    /// encoded is refused with [`EncodeError::Rejected`], leaving the encoder as it was, or,
+    /// by an encoder that converts on worker threads, later as a [`Refusal`] in the payload.
     fn push(&mut self, data: &[u8], delimiter: &[u8]) -> Result<(), EncodeError>;
 
     /// [`Encoder::push`] with the record's position, for encoders that name records one by one

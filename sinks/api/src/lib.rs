@@ -21,7 +21,9 @@ pub mod testkit;
 
 pub use batch::{Batch, LAMBDA_PARTITION_KEY_PREFIX, PartitionKeys, Record, SequenceSet, lambda_partition_key};
 pub use codec::Compression;
-pub use encode::{EncodeError, Encoder, EncoderFactory, Payload, RawEncoder, RawEncoderFactory, RecordPosition};
+pub use encode::{
+    EncodeError, Encoder, EncoderFactory, Payload, RawEncoder, RawEncoderFactory, RecordPosition, Refusal,
+};
 pub use error::{ErrorClass, RecordFailure, SinkError};
 pub use secret::Secret;
 pub use sink::{ErrorOutput, Sink};

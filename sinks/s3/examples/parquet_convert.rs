@@ -70,6 +70,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let payload = encoder.finish()?;
+    // With threads > 1 misfits are found on the pool and refused in the payload.
+    let late = payload.refused().len() as u64;
+    let (rows, refused) = (rows - late, refused + late);
     std::fs::write(output, payload.to_bytes())?;
     eprintln!("{rows} rows, {refused} refused, {} bytes", payload.len());
     Ok(())

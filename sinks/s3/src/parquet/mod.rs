@@ -7,9 +7,15 @@
 //! (`DataFormatConversion.MalformedData`) is refused; the pipeline sends it to the error output
 //! under `format-conversion-failed` and the rest of the batch is delivered.
 //!
-//! A full row group is encoded into column chunks with arrow-rs' low-level writer: inline with
-//! `threads: 1`, else on the shared compression pool while the builders fill the next one (at
-//! most `threads - 1` row groups in flight), then appended to the file in order.
+//! Row groups are encoded into column chunks with arrow-rs' low-level writer and appended to the
+//! file in order. With `threads: 1` records are read into the builders as pushed (a misfit is
+//! refused by `push`) and a full row group is encoded inline. With more, records are staged as
+//! pushed and each row group's worth of JSON is one job on the shared compression pool, which
+//! reads it into its own builders and encodes it (at most `threads` jobs in flight): the JSON
+//! walk, three quarters of the work, no longer stays on one core. A misfit is then refused in
+//! the payload ([`Refusal`]). The first row group makes the file (it chooses which columns skip
+//! the dictionary); a job that finishes reading before that happened hands its rows back to be
+//! encoded when collected, so the object is the same whatever the timing.
 //!
 //! With `schema: {infer: …}` the first encoder holds its first records as sent, infers the table
 //! from them ([`infer`]), freezes it for every encoder of the sink (`OnceLock`) and replays them.
@@ -36,7 +42,7 @@ use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 use serde::Deserialize;
 use serde::de::DeserializeSeed;
-use spillway_sink_api::{EncodeError, Encoder, EncoderFactory, Payload};
+use spillway_sink_api::{EncodeError, Encoder, EncoderFactory, Payload, RecordPosition, Refusal};
 
 use self::columns::{KeyOptions, RowSeed, StructColumn};
 use self::infer::Inferred;
@@ -77,8 +83,9 @@ pub struct ParquetConfig {
     #[serde(default)]
     pub convert_dots_in_json_keys_to_underscores: bool,
     /// Threads one batch's conversion uses (1-16; default 2 on a machine with 2 cores or more,
-    /// else 1): with 2, a finished row group is encoded and compressed on the shared pool while
-    /// the next one is read. Each extra thread holds one more row group in memory.
+    /// else 1): with more than 1, records are staged and each row group of JSON is read and
+    /// encoded on the shared pool while the next is staged (misfits are then refused in the
+    /// payload). Each job in flight holds about a row group of JSON and one of builders.
     #[serde(default)]
     pub threads: Option<usize>,
 }
@@ -260,7 +267,7 @@ impl ParquetConfig {
                     case_insensitive: self.case_insensitive,
                     dots_to_underscores: self.convert_dots_in_json_keys_to_underscores,
                 }),
-                renames: self.column_to_json_key_mappings.clone().into_iter().collect(),
+                renames: Arc::new(self.column_to_json_key_mappings.clone().into_iter().collect()),
                 threads: self.effective_threads(),
             }),
         })
@@ -310,7 +317,7 @@ struct Shared {
     properties: Arc<WriterProperties>,
     row_group_bytes: usize,
     options: Arc<KeyOptions>,
-    renames: HashMap<String, String>,
+    renames: Arc<HashMap<String, String>>,
     threads: usize,
 }
 
@@ -324,7 +331,7 @@ impl EncoderFactory for ParquetEncoderFactory {
             Some(frozen) => State::Writing(Box::new(RowGroups::new(&self.shared, frozen))),
             None => State::Holding(Held::default()),
         };
-        Box::new(ParquetEncoder { shared: self.shared.clone(), state })
+        Box::new(ParquetEncoder { shared: self.shared.clone(), state, pushed: 0 })
     }
 }
 
@@ -332,6 +339,8 @@ impl EncoderFactory for ParquetEncoderFactory {
 pub struct ParquetEncoder {
     shared: Arc<Shared>,
     state: State,
+    /// Records pushed, which number them when `push` is given no position.
+    pushed: u64,
 }
 
 enum State {
@@ -347,26 +356,71 @@ struct Held {
     inferred: Inferred,
 }
 
-/// The current row group's builders, row groups being encoded, and the file written so far.
+/// The row groups of one object: builders read inline (1 thread, and records replayed after
+/// inference), staged records converted on the pool (`threads` > 1), row groups in flight, and
+/// the file written so far.
 struct RowGroups {
+    /// Inline builders.
     rows: StructColumn,
     frozen: Arc<Frozen>,
     properties: Arc<WriterProperties>,
     row_group_bytes: usize,
     threads: usize,
+    options: Arc<KeyOptions>,
+    renames: Arc<HashMap<String, String>>,
     /// Created with the first row group.
     file: Option<File>,
-    /// Row groups encoding on the pool, in order, with the builder bytes they held.
-    pending: VecDeque<(mpsc::Receiver<Encoded>, usize)>,
+    /// The file's column-writer factory, shared with this encoder's pool jobs once the first row
+    /// group has made it (it chooses the columns written without a dictionary).
+    columns: Arc<OnceLock<Arc<ArrowRowGroupWriterFactory>>>,
+    /// Records waiting to be sent to the pool as one chunk (`threads` > 1).
+    staged: Staged,
+    /// A chunk sent to the pool holds the file's first row group.
+    first_sent: bool,
+    /// Jobs on the pool, in order, with the bytes they hold.
+    pending: VecDeque<(mpsc::Receiver<Result<Converted, ParquetError>>, usize)>,
+    /// Records the pool refused, in push order.
+    refused: Vec<Refusal>,
 }
 
-/// One row group's column chunks, as a pool job returns them.
-type Encoded = Result<Vec<ArrowColumnChunk>, ParquetError>;
+/// Records copied as pushed, for one pool job.
+#[derive(Default)]
+struct Staged {
+    data: Vec<u8>,
+    ends: Vec<usize>,
+    positions: Vec<RecordPosition>,
+}
+
+/// What a pool job gives back: row groups in order, the records it refused, and the file when
+/// its chunk held the first row group.
+#[derive(Default)]
+struct Converted {
+    groups: Vec<Group>,
+    refused: Vec<Refusal>,
+    file: Option<File>,
+}
+
+enum Group {
+    Encoded(Vec<ArrowColumnChunk>),
+    /// Read before the first row group had made the file: encoded when collected.
+    Rows(StructArray),
+}
+
+/// What a pool job needs to read and encode a chunk.
+struct ChunkJob {
+    frozen: Arc<Frozen>,
+    properties: Arc<WriterProperties>,
+    options: Arc<KeyOptions>,
+    renames: Arc<HashMap<String, String>>,
+    row_group_bytes: usize,
+    columns: Arc<OnceLock<Arc<ArrowRowGroupWriterFactory>>>,
+    /// This chunk starts the file: its first row group makes it.
+    first: bool,
+}
 
 struct File {
     writer: SerializedFileWriter<Vec<u8>>,
     columns: Arc<ArrowRowGroupWriterFactory>,
-    row_groups: usize,
 }
 
 fn io_error(error: impl std::fmt::Display) -> EncodeError {
@@ -397,54 +451,151 @@ fn encode_row_group(
     writers.into_iter().map(ArrowColumnWriter::close).collect()
 }
 
-/// Top-level columns whose distinct values in the first row group outgrow a dictionary page:
-/// the writer would hash them until the page is full, then fall back to plain encoding in every
-/// row group, leaving a dictionary and its indices in front of the plain pages. Written plain
-/// from the start they cost less CPU and make smaller files (unique ids, sequence numbers,
-/// timestamps, addresses); repetitive columns keep the dictionary.
-fn overflowing_dictionaries(schema: &Schema, rows: &StructArray, limit: usize) -> Vec<String> {
-    fn distinct_bytes<T: std::hash::Hash + Eq>(
+/// Top-level columns a dictionary does not pay for, judged on the first row group: those whose
+/// distinct values outgrow a dictionary page (the writer would hash them until the page is
+/// full, then fall back to plain encoding in every row group, leaving a dictionary and its
+/// indices in front of the plain pages), and those where more than half the values are
+/// distinct (the dictionary holds nearly every value, and the indices come on top). Written
+/// plain from the start they cost less CPU and make smaller files (unique ids, sequence
+/// numbers, timestamps, addresses); repetitive columns keep the dictionary.
+fn plain_columns(schema: &Schema, rows: &StructArray, limit: usize) -> Vec<String> {
+    /// Whether the values are mostly distinct or their distinct bytes exceed `limit`; stops as
+    /// soon as either is certain.
+    fn dictionary_loses<T: std::hash::Hash + Eq>(
         values: impl Iterator<Item = T>,
+        count: usize,
         size: impl Fn(&T) -> usize,
         limit: usize,
-    ) -> usize {
+    ) -> bool {
         let mut seen = std::collections::HashSet::new();
         let mut bytes = 0;
         // The whole first row group: a sample undercounts the distinct values of a row group
-        // (sequence numbers, timestamps); a column that overflows stops early.
+        // (sequence numbers, timestamps).
         for value in values {
             let value_size = size(&value);
             if seen.insert(value) {
                 bytes += value_size;
-                if bytes > limit {
-                    break;
+                if bytes > limit || seen.len() > count / 2 {
+                    return true;
                 }
             }
         }
-        bytes
+        false
     }
     let mut plain = Vec::new();
     for (field, column) in schema.fields().iter().zip(rows.columns()) {
         let data = column.to_data();
-        let bytes = match column.data_type() {
+        let count = column.len() - column.null_count();
+        let loses = match column.data_type() {
             // A plain-encoded dictionary entry of a string is its length (4 bytes) and its bytes.
             DataType::Utf8 => {
                 let strings = column.as_string::<i32>();
-                distinct_bytes(strings.iter().flatten(), |text| text.len() + 4, limit)
+                dictionary_loses(strings.iter().flatten(), count, |text| text.len() + 4, limit)
             }
+            // Null slots hold zeros in the buffer: one more distinct value at most.
             DataType::Int64 | DataType::Float64 | DataType::Timestamp(..) => {
-                distinct_bytes(data.buffer::<u64>(0).iter(), |_| 8, limit)
+                dictionary_loses(data.buffer::<u64>(0).iter(), count, |_| 8, limit)
             }
             DataType::Int32 | DataType::Float32 | DataType::Date32 => {
-                distinct_bytes(data.buffer::<u32>(0).iter(), |_| 4, limit)
+                dictionary_loses(data.buffer::<u32>(0).iter(), count, |_| 4, limit)
             }
             _ => continue,
         };
-        if bytes > limit {
+        if loses {
             plain.push(field.name().clone());
         }
     }
     plain
+}
+
+/// Read one record into the builders, or refuse it leaving them as they were.
+fn read_row(rows: &mut StructColumn, data: &[u8]) -> Result<(), (&'static str, String)> {
+    let before = rows.len();
+    // sonic-rs: the same serde walk as serde_json, with SIMD string scanning (strings are most
+    // of a log record's bytes).
+    let mut deserializer = sonic_rs::Deserializer::from_slice(data);
+    let read = RowSeed(rows).deserialize(&mut deserializer).and_then(|()| deserializer.end());
+    read.map_err(|error| {
+        rows.truncate(before);
+        let code = match error.classify() {
+            sonic_rs::error::Category::TypeUnmatched => MALFORMED_DATA,
+            _ => PARSE_ERROR,
+        };
+        (code, error.to_string())
+    })
+}
+
+/// Whether the builders hold a row group. Summing them walks every column: checked often enough
+/// to keep a row group near its size, rarely enough not to cost per record.
+fn row_group_full(rows: &StructColumn, row_group_bytes: usize) -> bool {
+    rows.len().is_multiple_of(64) && rows.bytes() >= row_group_bytes
+}
+
+/// The file, made with its first row group, whose values choose which columns skip the
+/// dictionary.
+fn new_file(frozen: &Frozen, properties: &WriterProperties, first_rows: &StructArray) -> Result<File, ParquetError> {
+    let mut properties = properties.clone();
+    if properties.dictionary_enabled(&ColumnPath::new(Vec::new())) {
+        let limit = properties.dictionary_page_size_limit();
+        let plain = plain_columns(&frozen.schema, first_rows, limit);
+        if !plain.is_empty() {
+            let mut builder = properties.into_builder();
+            for name in plain {
+                builder = builder.set_column_dictionary_enabled(ColumnPath::new(vec![name]), false);
+            }
+            properties = builder.build();
+        }
+    }
+    // `ArrowWriter` makes the Parquet schema and the `ARROW:schema` metadata; its low-level
+    // parts let column chunks be encoded away from the file.
+    let writer = ArrowWriter::try_new(Vec::new(), frozen.schema.clone(), Some(properties))?;
+    let (writer, columns) = writer.into_serialized_writer()?;
+    Ok(File { writer, columns: Arc::new(columns) })
+}
+
+impl ChunkJob {
+    /// Read the chunk's records into fresh builders (cutting a row group whenever they hold
+    /// one) and encode each row group: the whole conversion of a chunk runs on the pool.
+    fn run(self, chunk: Staged) -> Result<Converted, ParquetError> {
+        let mut rows = StructColumn::new(&self.frozen.columns, self.options.clone(), &self.renames);
+        let mut converted = Converted::default();
+        let mut start = 0;
+        for (end, position) in chunk.ends.iter().zip(&chunk.positions) {
+            if let Err((code, message)) = read_row(&mut rows, &chunk.data[start..*end]) {
+                converted.refused.push(Refusal {
+                    position: *position,
+                    output_type: FORMAT_CONVERSION_FAILED,
+                    code,
+                    message,
+                });
+            }
+            start = *end;
+            if row_group_full(&rows, self.row_group_bytes) {
+                let group = self.group(rows.finish()?, &mut converted.file)?;
+                converted.groups.push(group);
+            }
+        }
+        if !rows.is_empty() {
+            let group = self.group(rows.finish()?, &mut converted.file)?;
+            converted.groups.push(group);
+        }
+        Ok(converted)
+    }
+
+    fn group(&self, rows: StructArray, file: &mut Option<File>) -> Result<Group, ParquetError> {
+        if self.first && self.columns.get().is_none() {
+            let made = new_file(&self.frozen, &self.properties, &rows)?;
+            let _ = self.columns.set(made.columns.clone());
+            *file = Some(made);
+        }
+        match self.columns.get() {
+            // The row group index only matters to encryption, which this writer does not use.
+            Some(columns) => {
+                Ok(Group::Encoded(encode_row_group(columns.create_column_writers(0)?, &self.frozen.schema, &rows)?))
+            }
+            None => Ok(Group::Rows(rows)),
+        }
+    }
 }
 
 impl RowGroups {
@@ -455,65 +606,91 @@ impl RowGroups {
             properties: shared.properties.clone(),
             row_group_bytes: shared.row_group_bytes,
             threads: shared.threads,
+            options: shared.options.clone(),
+            renames: shared.renames.clone(),
             file: None,
+            columns: Arc::new(OnceLock::new()),
+            staged: Staged::default(),
+            first_sent: false,
             pending: VecDeque::new(),
+            refused: Vec::new(),
         }
     }
 
-    fn push(&mut self, data: &[u8]) -> Result<(), EncodeError> {
-        let rows = self.rows.len();
-        // sonic-rs: the same serde walk as serde_json, with SIMD string scanning (strings are
-        // most of a log record's bytes).
-        let mut deserializer = sonic_rs::Deserializer::from_slice(data);
-        let read = RowSeed(&mut self.rows).deserialize(&mut deserializer).and_then(|()| deserializer.end());
-        if let Err(error) = read {
-            self.rows.truncate(rows);
-            let code = match error.classify() {
-                sonic_rs::error::Category::TypeUnmatched => MALFORMED_DATA,
-                _ => PARSE_ERROR,
-            };
-            return Err(EncodeError::Rejected {
-                output_type: FORMAT_CONVERSION_FAILED,
-                code,
-                message: error.to_string(),
-            });
-        }
-        // Summing the builders walks every column: often enough to keep a row group near its
-        // size, rarely enough not to cost per record.
-        if self.rows.len().is_multiple_of(64) && self.rows.bytes() >= self.row_group_bytes {
+    /// Read one record into the inline builders, refusing it at once if it does not fit.
+    fn push_now(&mut self, data: &[u8]) -> Result<(), EncodeError> {
+        read_row(&mut self.rows, data).map_err(|(code, message)| EncodeError::Rejected {
+            output_type: FORMAT_CONVERSION_FAILED,
+            code,
+            message,
+        })?;
+        if row_group_full(&self.rows, self.row_group_bytes) {
             self.cut_row_group()?;
         }
         Ok(())
     }
 
-    /// The file, created with the first row group, whose values choose which columns skip the
-    /// dictionary.
+    /// With 1 thread, read the record now; else stage it and send a full chunk (a row group of
+    /// JSON) to the pool, which reads and encodes it while the next one is staged. A misfit is
+    /// then refused in the payload (`Refusal`), since it is found on the pool.
+    fn push(&mut self, position: RecordPosition, data: &[u8]) -> Result<(), EncodeError> {
+        if self.threads <= 1 {
+            return self.push_now(data);
+        }
+        if !self.rows.is_empty() {
+            // Records replayed inline after inference come first.
+            self.cut_row_group()?;
+        }
+        self.staged.data.extend_from_slice(data);
+        self.staged.ends.push(self.staged.data.len());
+        self.staged.positions.push(position);
+        if self.staged.data.len() >= self.row_group_bytes {
+            self.send_staged()?;
+        }
+        Ok(())
+    }
+
+    /// Send the staged records to the pool as one job, keeping at most `threads` in flight.
+    fn send_staged(&mut self) -> Result<(), EncodeError> {
+        if self.staged.ends.is_empty() {
+            return Ok(());
+        }
+        while self.collect_oldest(false)? {}
+        while self.pending.len() >= self.threads {
+            self.collect_oldest(true)?;
+        }
+        let chunk = std::mem::take(&mut self.staged);
+        let bytes = chunk.data.len();
+        let job = ChunkJob {
+            frozen: self.frozen.clone(),
+            properties: self.properties.clone(),
+            options: self.options.clone(),
+            renames: self.renames.clone(),
+            row_group_bytes: self.row_group_bytes,
+            columns: self.columns.clone(),
+            first: self.file.is_none() && !self.first_sent,
+        };
+        self.first_sent = true;
+        let (sender, receiver) = mpsc::sync_channel(1);
+        rayon::spawn_fifo(move || {
+            let _ = sender.send(job.run(chunk));
+        });
+        self.pending.push_back((receiver, bytes));
+        Ok(())
+    }
+
+    /// The file, made here if no row group made it yet.
     fn file(&mut self, first_rows: &StructArray) -> Result<&mut File, EncodeError> {
         if self.file.is_none() {
-            let mut properties = (*self.properties).clone();
-            if properties.dictionary_enabled(&ColumnPath::new(Vec::new())) {
-                let limit = properties.dictionary_page_size_limit();
-                let plain = overflowing_dictionaries(&self.frozen.schema, first_rows, limit);
-                if !plain.is_empty() {
-                    let mut builder = properties.into_builder();
-                    for name in plain {
-                        builder = builder.set_column_dictionary_enabled(ColumnPath::new(vec![name]), false);
-                    }
-                    properties = builder.build();
-                }
-            }
-            // `ArrowWriter` makes the Parquet schema and the `ARROW:schema` metadata; its
-            // low-level parts let column chunks be encoded away from the file.
-            let writer =
-                ArrowWriter::try_new(Vec::new(), self.frozen.schema.clone(), Some(properties)).map_err(io_error)?;
-            let (writer, columns) = writer.into_serialized_writer().map_err(io_error)?;
-            self.file = Some(File { writer, columns: Arc::new(columns), row_groups: 0 });
+            let made = new_file(&self.frozen, &self.properties, first_rows).map_err(io_error)?;
+            let _ = self.columns.set(made.columns.clone());
+            self.file = Some(made);
         }
         self.file.as_mut().ok_or_else(|| io_error("no file writer"))
     }
 
-    /// Close the builders' rows into a row group: encoded here with 1 thread, else on the pool
-    /// while the builders fill the next one (at most `threads - 1` row groups in flight).
+    /// Close the inline builders' rows into a row group: encoded here with 1 thread, else on
+    /// the pool (at most `threads - 1` row groups in flight).
     fn cut_row_group(&mut self) -> Result<(), EncodeError> {
         if self.rows.is_empty() {
             return Ok(());
@@ -522,19 +699,19 @@ impl RowGroups {
         let rows = self.rows.finish().map_err(io_error)?;
         let schema = self.frozen.schema.clone();
         let threads = self.threads;
-        let file = self.file(&rows)?;
-        let writers = file.columns.create_column_writers(file.row_groups).map_err(io_error)?;
-        file.row_groups += 1;
+        let writers = self.file(&rows)?.columns.create_column_writers(0).map_err(io_error)?;
         if threads <= 1 {
             let chunks = encode_row_group(writers, &schema, &rows).map_err(io_error)?;
             return self.append(chunks);
         }
         while self.pending.len() >= threads - 1 {
-            self.collect_oldest()?;
+            self.collect_oldest(true)?;
         }
         let (sender, receiver) = mpsc::sync_channel(1);
         rayon::spawn_fifo(move || {
-            let _ = sender.send(encode_row_group(writers, &schema, &rows));
+            let encoded = encode_row_group(writers, &schema, &rows);
+            let _ = sender
+                .send(encoded.map(|chunks| Converted { groups: vec![Group::Encoded(chunks)], ..Default::default() }));
         });
         self.pending.push_back((receiver, builder_bytes));
         Ok(())
@@ -550,28 +727,52 @@ impl RowGroups {
         Ok(())
     }
 
-    fn collect_oldest(&mut self) -> Result<(), EncodeError> {
-        if let Some((receiver, _)) = self.pending.pop_front() {
-            let chunks = receiver.recv().map_err(|_| EncodeError::WorkerLost)?.map_err(io_error)?;
+    /// Take the oldest job's row groups into the file (waiting for it if `wait`); false when
+    /// there is none, or it is not done and `wait` is false.
+    fn collect_oldest(&mut self, wait: bool) -> Result<bool, EncodeError> {
+        let Some((receiver, _)) = self.pending.front() else { return Ok(false) };
+        let converted = if wait {
+            receiver.recv().map_err(|_| EncodeError::WorkerLost)?
+        } else {
+            match receiver.try_recv() {
+                Ok(converted) => converted,
+                Err(mpsc::TryRecvError::Empty) => return Ok(false),
+                Err(mpsc::TryRecvError::Disconnected) => return Err(EncodeError::WorkerLost),
+            }
+        };
+        self.pending.pop_front();
+        let converted = converted.map_err(io_error)?;
+        if let Some(file) = converted.file {
+            self.file = Some(file);
+        }
+        self.refused.extend(converted.refused);
+        for group in converted.groups {
+            let chunks = match group {
+                Group::Encoded(chunks) => chunks,
+                Group::Rows(rows) => {
+                    let writers = self.file(&rows)?.columns.create_column_writers(0).map_err(io_error)?;
+                    encode_row_group(writers, &self.frozen.schema, &rows).map_err(io_error)?
+                }
+            };
             self.append(chunks)?;
         }
-        Ok(())
+        Ok(true)
     }
 
     fn held_bytes(&self) -> usize {
         let pending: usize = self.pending.iter().map(|(_, bytes)| bytes).sum();
         let written = self.file.as_ref().map_or(0, |file| file.writer.inner().len());
-        self.rows.bytes() + pending + written
+        self.rows.bytes() + self.staged.data.len() + pending + written
     }
 
     fn finish(mut self) -> Result<Payload, EncodeError> {
         self.cut_row_group()?;
-        while !self.pending.is_empty() {
-            self.collect_oldest()?;
-        }
-        let Some(file) = self.file.take() else { return Ok(Payload::default()) };
+        self.send_staged()?;
+        while self.collect_oldest(true)? {}
+        let refused = std::mem::take(&mut self.refused);
+        let Some(file) = self.file.take() else { return Ok(Payload::default().with_refused(refused)) };
         let bytes = file.writer.into_inner().map_err(io_error)?;
-        Ok(Payload::from_chunks(vec![Bytes::from(bytes)]))
+        Ok(Payload::from_chunks(vec![Bytes::from(bytes)]).with_refused(refused))
     }
 }
 
@@ -597,7 +798,7 @@ impl ParquetEncoder {
             },
         };
         let mut rows = RowGroups::new(&self.shared, frozen.clone());
-        if held.records.iter().try_for_each(|record| rows.push(record)).is_err() {
+        if held.records.iter().try_for_each(|record| rows.push_now(record)).is_err() {
             // Another batch froze the table first and these records do not fit it: they were
             // accepted already, so this one object gets the table widened to hold them.
             let widened = frozen.inferred.clone().unwrap_or_default().widen(held.inferred.clone());
@@ -605,7 +806,7 @@ impl ParquetEncoder {
             tracing::warn!(columns = ?table.columns, "parquet: records held for inference do not fit the stream's inferred table; this object gets a widened table");
             rows = RowGroups::new(&self.shared, Arc::new(Frozen::new(table, Some(widened))));
             for record in &held.records {
-                rows.push(record)?;
+                rows.push_now(record)?;
             }
         }
         self.state = State::Writing(Box::new(rows));
@@ -614,14 +815,21 @@ impl ParquetEncoder {
 }
 
 impl Encoder for ParquetEncoder {
-    fn push(&mut self, data: &[u8], _delimiter: &[u8]) -> Result<(), EncodeError> {
+    /// Without a position (tools and tests), records are numbered in push order from 0.
+    fn push(&mut self, data: &[u8], delimiter: &[u8]) -> Result<(), EncodeError> {
+        let position = RecordPosition { sequence: self.pushed, output: 0, arrival_ms: 0 };
+        self.push_at(position, data, delimiter)
+    }
+
+    fn push_at(&mut self, position: RecordPosition, data: &[u8], _delimiter: &[u8]) -> Result<(), EncodeError> {
+        self.pushed += 1;
         if let State::Holding(_) = self.state
             && self.shared.table.frozen().is_some()
         {
             self.freeze()?;
         }
         match &mut self.state {
-            State::Writing(rows) => rows.push(data),
+            State::Writing(rows) => rows.push(position, data),
             State::Holding(held) => {
                 let mut inferred = held.inferred.clone();
                 inferred.add_record(data, &self.shared.options).map_err(|error| rejected(&error))?;
@@ -686,8 +894,14 @@ mod tests {
                 errors.push(error);
             }
         }
-        let payload = encoder.finish().unwrap().to_bytes();
-        let reader = ParquetRecordBatchReaderBuilder::try_new(payload).unwrap().build().unwrap();
+        let payload = encoder.finish().unwrap();
+        // Refused on the pool (`threads` > 1), the same records and codes as inline.
+        errors.extend(payload.refused().iter().map(|refusal| EncodeError::Rejected {
+            output_type: refusal.output_type,
+            code: refusal.code,
+            message: refusal.message.clone(),
+        }));
+        let reader = ParquetRecordBatchReaderBuilder::try_new(payload.to_bytes()).unwrap().build().unwrap();
         (reader.collect::<Result<Vec<_>, _>>().unwrap(), errors)
     }
 
@@ -752,8 +966,20 @@ mod tests {
             for record in &records {
                 encoder.push(record.as_bytes(), b"").unwrap();
             }
-            assert!(encoder.push(br#"{"id":"x"}"#, b"").is_err(), "a refused record with row groups in flight");
-            let (row_groups, batches) = rows_of(encoder.finish().unwrap().to_bytes());
+            let misfit = encoder.push(br#"{"id":"x"}"#, b"");
+            let payload = encoder.finish().unwrap();
+            if threads == 1 {
+                assert!(misfit.is_err(), "refused at once when read inline");
+                assert!(payload.refused().is_empty());
+            } else {
+                // Read on the pool: refused in the payload, by position (pushed 6,000th from 0).
+                misfit.unwrap();
+                let refused = payload.refused();
+                assert_eq!(refused.len(), 1, "{refused:?}");
+                assert_eq!((refused[0].position.sequence, refused[0].code), (6_000, MALFORMED_DATA));
+                assert_eq!(refused[0].output_type, FORMAT_CONVERSION_FAILED);
+            }
+            let (row_groups, batches) = rows_of(payload.to_bytes());
             assert!(row_groups >= 3, "{row_groups} row groups");
             let ids: Vec<i64> = batches
                 .iter()
@@ -763,6 +989,50 @@ mod tests {
             outputs.push(ids);
         }
         assert_eq!(outputs[0], outputs[1]);
+    }
+
+    #[test]
+    fn records_refused_on_the_pool_keep_their_positions_and_an_all_refused_batch_is_empty() {
+        let mut config = config(&[("id", "bigint"), ("msg", "string")]);
+        config.row_group_mib = 1;
+        config.threads = Some(2);
+        let factory = config.encoder_factory().unwrap();
+        let mut encoder = factory.new_encoder(1 << 20);
+        let text = "z".repeat(300);
+        for sequence in 0..10_000u64 {
+            let record = match sequence % 1000 {
+                7 => "{not json".to_string(),
+                8 => format!(r#"{{"id":"x{sequence}"}}"#),
+                _ => format!(r#"{{"id":{sequence},"msg":"{text}"}}"#),
+            };
+            let position = RecordPosition { sequence, output: (sequence % 3) as u32, arrival_ms: 5 };
+            encoder.push_at(position, record.as_bytes(), b"").unwrap();
+        }
+        let payload = encoder.finish().unwrap();
+        let refused: Vec<(u64, u32, &str)> = payload
+            .refused()
+            .iter()
+            .map(|refusal| (refusal.position.sequence, refusal.position.output, refusal.code))
+            .collect();
+        let expected: Vec<(u64, u32, &str)> = (0..10u64)
+            .flat_map(|thousand| {
+                let (bad_json, misfit) = (thousand * 1000 + 7, thousand * 1000 + 8);
+                [(bad_json, (bad_json % 3) as u32, PARSE_ERROR), (misfit, (misfit % 3) as u32, MALFORMED_DATA)]
+            })
+            .collect();
+        assert_eq!(refused, expected, "every refusal, in push order, across chunks");
+        let (row_groups, batches) = rows_of(payload.to_bytes());
+        assert!(row_groups >= 3, "{row_groups} row groups");
+        let ids: Vec<i64> =
+            batches.iter().flat_map(|batch| batch.column(0).as_primitive::<Int64Type>().values().to_vec()).collect();
+        let kept: Vec<i64> = (0..10_000).filter(|id| !matches!(id % 1000, 7 | 8)).collect();
+        assert_eq!(ids, kept);
+
+        let mut encoder = factory.new_encoder(1 << 20);
+        encoder.push(b"nope", b"").unwrap();
+        let payload = encoder.finish().unwrap();
+        assert!(payload.is_empty(), "no row: no object");
+        assert_eq!(payload.refused().len(), 1);
     }
 
     #[test]
@@ -780,7 +1050,8 @@ mod tests {
     }
 
     fn infer_config(records: usize) -> ParquetConfig {
-        serde_json::from_value(serde_json::json!({ "schema": { "infer": { "records": records } } })).unwrap()
+        serde_json::from_value(serde_json::json!({ "schema": { "infer": { "records": records } }, "threads": 2 }))
+            .unwrap()
     }
 
     #[test]
@@ -798,11 +1069,15 @@ mod tests {
         // The third record freezes the table; later fields are ignored, conflicts refused.
         first.push(br#"{"id":3,"geo":{"lat":2.5},"price":3}"#, b"").unwrap();
         first.push(br#"{"id":4,"late":"ignored"}"#, b"").unwrap();
-        let conflict = first.push(br#"{"id":"five"}"#, b"");
-        assert!(matches!(conflict, Err(EncodeError::Rejected { code: MALFORMED_DATA, .. })), "{conflict:?}");
+        // Read on the pool (`threads: 2`): a conflict is refused in the payload.
+        first.push(br#"{"id":"five"}"#, b"").unwrap();
         // An encoder made before the freeze writes the frozen table too.
         second.push(br#"{"id":6,"price":7}"#, b"").unwrap();
-        let (_, batches) = rows_of(first.finish().unwrap().to_bytes());
+        let payload = first.finish().unwrap();
+        let refused: Vec<(u64, &str)> =
+            payload.refused().iter().map(|refusal| (refusal.position.sequence, refusal.code)).collect();
+        assert_eq!(refused, [(7, MALFORMED_DATA)], "the 8th record pushed");
+        let (_, batches) = rows_of(payload.to_bytes());
         let schema = batches[0].schema();
         let columns: Vec<(String, String)> =
             schema.fields().iter().map(|field| (field.name().clone(), field.data_type().to_string())).collect();
@@ -856,7 +1131,8 @@ mod tests {
         assert!(reader.metadata().num_row_groups() >= 4, "{} row groups", reader.metadata().num_row_groups());
         let rows: usize = reader.build().unwrap().map(|batch| batch.unwrap().num_rows()).sum();
         assert_eq!(rows, 5_000);
-        // Builders stay under a row group; the written part is compressed (dictionary: tiny).
-        assert!(peak < 3 << 20, "peak {peak}");
+        // A staged chunk and two on the pool, each about a row group; the written part is
+        // compressed (dictionary: tiny).
+        assert!(peak < 4 << 20, "peak {peak}");
     }
 }
