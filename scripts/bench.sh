@@ -179,8 +179,11 @@ if ((recovery_mib > 0)); then
 		sleep 0.1
 	done
 	done_at=$(date +%s.%N)
+	# utime + stime of the restarted server (fields 14 and 15) when the backlog is delivered.
+	cpu=$(awk -v tck="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / tck }' "/proc/$server_pid/stat")
 	grep -E "wal opened|records left in the wal" "$work/server.log" | sed 's/^/  /'
 	awk -v a="$started" -v b="$ready" -v c="$done_at" 'BEGIN { printf "restart to serving: %.2f s; restart to backlog delivered: %.2f s\n", b - a, c - a }'
+	awk -v cpu="$cpu" -v mib="$recovery_mib" 'BEGIN { printf "server CPU until the backlog is delivered: %.2f s (%.1f CPU-s/GiB of the %d MiB put)\n", cpu, cpu * 1024 / mib, mib }'
 	exit 0
 fi
 
