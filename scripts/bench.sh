@@ -21,7 +21,8 @@
 #                                                      # (scripts/lambda_identity.py), invocations of 3 MiB; prints
 #                                                      # the function's own CPU too
 # Other options: --codec-mib N (codec input, default min(256, total)), --no-codec (skip the codec),
-# --port N, --drain-timeout SECONDS (default 600). The binary is $CARGO_TARGET_DIR/release/spillway (default target/).
+# --port N, --drain-timeout SECONDS (default 600). The binary is $CARGO_TARGET_DIR/release/spillway (default target/),
+# built first; SPILLWAY_BIN=path runs that binary instead (e.g. two builds alternated by hand).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -63,8 +64,12 @@ esac
 [[ $codec == no ]] && codec_args=()
 gen_args=(--lines-per-record "$lines_per_record" --partitions "$partitions" --codec-mib "$codec_mib")
 
-cargo build --release --quiet --bin spillway
-bin=${CARGO_TARGET_DIR:-target}/release/spillway
+if [[ -n "${SPILLWAY_BIN:-}" ]]; then
+	bin=$SPILLWAY_BIN
+else
+	cargo build --release --quiet --bin spillway
+	bin=${CARGO_TARGET_DIR:-target}/release/spillway
+fi
 machine() {
 	echo "cpu: $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores; load average before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 }

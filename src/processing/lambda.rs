@@ -12,10 +12,10 @@
 //! Must not: do I/O (the invoker in `pipeline::lambda` does the HTTP), read the clock, or know
 //! about batches, partitions or sinks.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
-use base64::Engine;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::Deserialize;
 use spillway_sink_api::Secret;
 
 /// `errorCode`: the response is not JSON, or does not follow the status model (no `records`,
@@ -160,40 +160,63 @@ impl LambdaConfig {
 }
 
 /// One record of an invocation event.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
 pub struct EventRecord<'a> {
     pub record_id: &'a str,
     pub approximate_arrival_timestamp: i64,
-    #[serde(serialize_with = "as_base64")]
     pub data: &'a [u8],
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub kinesis_record_metadata: Option<serde_json::Value>,
 }
 
-fn as_base64<S: Serializer>(data: &&[u8], serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(data))
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Event<'a> {
-    invocation_id: &'a str,
-    delivery_stream_arn: &'a str,
-    region: &'a str,
-    records: &'a [EventRecord<'a>],
-}
-
-/// The invocation event's JSON body.
+/// The invocation event's JSON body, written straight into one buffer sized for it: each
+/// record's base64 goes in place, with no `String` per record and no escape scan (the base64
+/// alphabet needs none). Ids, names and metadata go through serde_json's escaping.
 pub fn encode_event(
     invocation_id: &str,
     delivery_stream_arn: &str,
     region: &str,
     records: &[EventRecord<'_>],
 ) -> Vec<u8> {
-    let event = Event { invocation_id, delivery_stream_arn, region, records };
-    // Serializing strings, numbers and JSON values cannot fail.
-    serde_json::to_vec(&event).unwrap_or_default()
+    let capacity = 128
+        + invocation_id.len()
+        + delivery_stream_arn.len()
+        + region.len()
+        + records
+            .iter()
+            .map(|record| event_record_len(record.data.len(), record.kinesis_record_metadata.is_some()))
+            .sum::<usize>();
+    let mut out = Vec::with_capacity(capacity);
+    out.extend_from_slice(b"{\"invocationId\":");
+    write_json(&mut out, &invocation_id);
+    out.extend_from_slice(b",\"deliveryStreamArn\":");
+    write_json(&mut out, &delivery_stream_arn);
+    out.extend_from_slice(b",\"region\":");
+    write_json(&mut out, &region);
+    out.extend_from_slice(b",\"records\":[");
+    for (index, record) in records.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"recordId\":");
+        write_json(&mut out, &record.record_id);
+        out.extend_from_slice(b",\"approximateArrivalTimestamp\":");
+        write_json(&mut out, &record.approximate_arrival_timestamp);
+        out.extend_from_slice(b",\"data\":\"");
+        base64_simd::STANDARD.encode_append(record.data, &mut out);
+        out.push(b'"');
+        if let Some(metadata) = &record.kinesis_record_metadata {
+            out.extend_from_slice(b",\"kinesisRecordMetadata\":");
+            write_json(&mut out, metadata);
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// `value` as JSON (serde_json's escaping) at the end of `out`.
+fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    // Strings, numbers and JSON values into a `Vec` cannot fail.
+    let _ = serde_json::to_writer(out, value);
 }
 
 /// The event size of one record beyond its data's base64, for the payload cap: its id, its
@@ -233,18 +256,22 @@ impl InvocationFailure {
     }
 }
 
+/// The answer, borrowing from the body where it can: ids and base64 data have no escapes, so
+/// neither is copied before the data is decoded.
 #[derive(Deserialize)]
-struct Response {
-    records: Vec<ResponseRecord>,
+struct Response<'a> {
+    #[serde(borrow)]
+    records: Vec<ResponseRecord<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ResponseRecord {
-    record_id: String,
+struct ResponseRecord<'a> {
+    #[serde(borrow)]
+    record_id: Cow<'a, str>,
     result: ResultValue,
-    #[serde(default)]
-    data: Option<String>,
+    #[serde(default, borrow)]
+    data: Option<Cow<'a, str>>,
     #[serde(default)]
     metadata: Option<ResponseMetadata>,
 }
@@ -275,7 +302,7 @@ pub fn parse_response(body: &[u8], sent_ids: &[&str]) -> Result<Vec<RecordResult
     })?;
     let mut returned: HashMap<&str, &ResponseRecord> = HashMap::with_capacity(response.records.len());
     for record in &response.records {
-        if returned.insert(record.record_id.as_str(), record).is_some() {
+        if returned.insert(&record.record_id, record).is_some() {
             return Err(InvocationFailure::new(
                 DUPLICATED_RECORD_ID,
                 format!("multiple records were returned with the same record id `{}`", record.record_id),
@@ -294,8 +321,8 @@ pub fn parse_response(body: &[u8], sent_ids: &[&str]) -> Result<Vec<RecordResult
     }
     if response.records.len() > sent_ids.len() {
         let sent: std::collections::HashSet<&str> = sent_ids.iter().copied().collect();
-        let unknown = response.records.iter().find(|record| !sent.contains(record.record_id.as_str()));
-        let id = unknown.map_or("", |record| record.record_id.as_str());
+        let unknown = response.records.iter().find(|record| !sent.contains(&*record.record_id));
+        let id = unknown.map_or("", |record| &*record.record_id);
         return Err(InvocationFailure::new(UNKNOWN_RECORD_ID, format!("record id `{id}` was returned but never sent")));
     }
     Ok(results)
@@ -310,8 +337,8 @@ fn read_result(record: &ResponseRecord) -> Result<RecordResult, InvocationFailur
         ResultValue::ProcessingFailed => Ok(RecordResult::ProcessingFailed),
         ResultValue::Ok => {
             let encoded = record.data.as_deref().ok_or_else(|| malformed("result Ok without data".into()))?;
-            let data = base64::engine::general_purpose::STANDARD
-                .decode(encoded)
+            let data = base64_simd::STANDARD
+                .decode_to_vec(encoded)
                 .map_err(|error| malformed(format!("data is not base64: {error}")))?;
             let partition_keys = match record.metadata.as_ref().and_then(|metadata| metadata.partition_keys.as_ref()) {
                 None => None,
@@ -336,9 +363,11 @@ fn read_result(record: &ResponseRecord) -> Result<RecordResult, InvocationFailur
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine;
+
     use super::*;
 
-    fn b64(data: &str) -> String {
+    fn b64(data: impl AsRef<[u8]>) -> String {
         base64::engine::general_purpose::STANDARD.encode(data)
     }
 
@@ -360,6 +389,53 @@ mod tests {
         assert_eq!(event["records"][0]["data"], b64("hello"));
         assert!(event["records"][0].get("kinesisRecordMetadata").is_none());
         assert!(event_record_len(5, false) >= body.len() - 120);
+    }
+
+    #[test]
+    fn the_written_event_is_the_json_serde_would_write() {
+        let metadata =
+            serde_json::json!({ "shardId": "shardId-000000000001", "partitionKey": "k\"1", "sequenceNumber": "49" });
+        let binary: Vec<u8> = (0..=255u8).collect();
+        let records = [
+            EventRecord {
+                record_id: "a\"b\\c\u{1}é",
+                approximate_arrival_timestamp: -5,
+                data: &binary,
+                kinesis_record_metadata: None,
+            },
+            EventRecord {
+                record_id: "2",
+                approximate_arrival_timestamp: 0,
+                data: b"",
+                kinesis_record_metadata: Some(metadata.clone()),
+            },
+            EventRecord {
+                record_id: "3",
+                approximate_arrival_timestamp: i64::MAX,
+                data: b"ab",
+                kinesis_record_metadata: None,
+            },
+        ];
+        let body = encode_event("id\n", "arn:aws:firehose:eu-west-1:1:deliverystream/s", "eu-west-1", &records);
+        let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let expected = serde_json::json!({
+            "invocationId": "id\n",
+            "deliveryStreamArn": "arn:aws:firehose:eu-west-1:1:deliverystream/s",
+            "region": "eu-west-1",
+            "records": [
+                { "recordId": "a\"b\\c\u{1}é", "approximateArrivalTimestamp": -5, "data": b64(&binary) },
+                { "recordId": "2", "approximateArrivalTimestamp": 0, "data": "", "kinesisRecordMetadata": metadata },
+                { "recordId": "3", "approximateArrivalTimestamp": i64::MAX, "data": b64("ab") },
+            ],
+        });
+        assert_eq!(event, expected);
+        let estimate: usize = records
+            .iter()
+            .map(|record| event_record_len(record.data.len(), record.kinesis_record_metadata.is_some()))
+            .sum();
+        assert!(body.len() <= estimate + 200, "the buffer is sized for the event");
+        let empty = encode_event("i", "a", "r", &[]);
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&empty).unwrap()["records"], serde_json::json!([]));
     }
 
     #[test]
