@@ -295,6 +295,11 @@ schema = pa.schema([
   ("attrs", pa.map_(pa.string(), pa.float64())), ("geo", pa.struct([("lat", pa.float32()), ("ok", pa.bool_())])),
 ])
 pq.write_table(pa.Table.from_pylist([], schema=schema), {path:?})
+# The same schema as an Arrow IPC file (Feather v2) and an IPC stream.
+import pyarrow.feather as feather
+feather.write_feather(pa.Table.from_pylist([], schema=schema), {path:?}.replace(".parquet", ".arrow"))
+with pa.ipc.new_stream({path:?}.replace(".parquet", ".arrows"), schema) as writer:
+    pass
 print(json.dumps(True))
 "#,
         path = sample.to_string_lossy()
@@ -357,6 +362,17 @@ print(json.dumps({{"schema": {{f.name: str(f.type) for f in table.schema}}, "fir
         assert!(!output.status.success());
         String::from_utf8_lossy(&output.stderr).into_owned()
     };
+    for arrow in ["sample.arrow", "sample.arrows"] {
+        let config = dir.path().join("arrow.yaml");
+        std::fs::write(&config, yaml.replace("sample.parquet", arrow)).unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+            .current_dir(dir.path())
+            .args(["validate", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{arrow}: {}", String::from_utf8_lossy(&output.stderr));
+    }
     let binary = validate(yaml.replace("sample.parquet", "binary.parquet"));
     assert!(binary.contains("sink.format.schema.file") && binary.contains("column `raw`"), "{binary}");
     let missing = validate(yaml.replace("sample.parquet", "nowhere.parquet"));

@@ -97,7 +97,8 @@ pub struct ParquetConfig {
 pub struct SchemaConfig {
     #[serde(default)]
     pub columns: Vec<ColumnConfig>,
-    /// An existing Parquet file (only its footer is read) whose columns the sink writes.
+    /// An existing Parquet file (only its footer is read) or Arrow IPC file or stream (only its
+    /// schema) whose columns the sink writes.
     #[serde(default)]
     pub file: Option<std::path::PathBuf>,
     /// Infer the table from the stream's first records (see [`infer`]).
@@ -149,7 +150,7 @@ impl SchemaConfig {
             return if problems.is_empty() { Ok(None) } else { Err(problems) };
         }
         match &self.file {
-            Some(file) => Table::from_parquet_file(file).map(Some).map_err(|message| vec![("file".into(), message)]),
+            Some(file) => Table::from_schema_file(file).map(Some).map_err(|message| vec![("file".into(), message)]),
             None => Table::from_config(&self.columns).map(Some).map_err(|bad| {
                 bad.into_iter().map(|(index, message)| (format!("columns[{index}]"), message)).collect()
             }),

@@ -2,7 +2,7 @@
 //! from a Glue table (`string`, `int`, `bigint`, `double`, `decimal(10,2)`, `timestamp`,
 //! `array<string>`, `map<string,int>`, `struct<a:int,b:string>`…), parsed into [`ColumnType`]
 //! and turned into an Arrow schema; or read from an existing Parquet file's schema
-//! ([`Table::from_parquet_file`], the only I/O here).
+//! ([`Table::from_schema_file`], the only I/O here).
 
 use std::sync::Arc;
 
@@ -117,16 +117,39 @@ impl Table {
         if problems.is_empty() { Ok(Self { columns: parsed }) } else { Err(problems) }
     }
 
-    /// The columns of an existing Parquet file (its footer only is read), for a sink that writes
-    /// the same table. Arrow types map to the column types above; a type with no such column type
-    /// (unsigned 64-bit, binary, intervals, …) is refused with the column's path.
-    pub fn from_parquet_file(path: &std::path::Path) -> Result<Self, String> {
-        let file = std::fs::File::open(path).map_err(|error| format!("cannot open {}: {error}", path.display()))?;
-        let metadata = parquet::arrow::arrow_reader::ArrowReaderMetadata::load(&file, Default::default())
-            .map_err(|error| format!("{} is not a readable Parquet file: {error}", path.display()))?;
+    /// The columns of an existing Parquet file (its footer only is read) or Arrow IPC file or
+    /// stream (its schema message only), for a sink that writes the same table. Arrow types map
+    /// to the column types above; a type with no such column type (unsigned 64-bit, binary,
+    /// intervals, …) is refused with the column's path.
+    pub fn from_schema_file(path: &std::path::Path) -> Result<Self, String> {
+        use std::io::{Read, Seek};
+        let mut file = std::fs::File::open(path).map_err(|error| format!("cannot open {}: {error}", path.display()))?;
+        let mut magic = [0u8; 6];
+        let read = file.read(&mut magic).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+        file.rewind().map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+        let schema = match &magic[..read] {
+            [b'P', b'A', b'R', b'1', ..] => {
+                parquet::arrow::arrow_reader::ArrowReaderMetadata::load(&file, Default::default())
+                    .map(|metadata| metadata.schema().clone())
+                    .map_err(|error| format!("{} is not a readable Parquet file: {error}", path.display()))?
+            }
+            b"ARROW1" => arrow::ipc::reader::FileReader::try_new(file, None)
+                .map(|reader| reader.schema())
+                .map_err(|error| format!("{} is not a readable Arrow IPC file: {error}", path.display()))?,
+            // An IPC stream starts with its schema message (after a continuation marker).
+            [0xff, 0xff, 0xff, 0xff, ..] => arrow::ipc::reader::StreamReader::try_new(file, None)
+                .map(|reader| reader.schema())
+                .map_err(|error| format!("{} is not a readable Arrow IPC stream: {error}", path.display()))?,
+            _ => {
+                return Err(format!(
+                    "{} is neither a Parquet file nor an Arrow IPC file or stream (Feather v2)",
+                    path.display()
+                ));
+            }
+        };
         let mut columns = Vec::new();
         let mut problems = Vec::new();
-        for field in metadata.schema().fields() {
+        for field in schema.fields() {
             match column_type_of(field.name(), field.data_type()) {
                 Ok(column_type) => columns.push((field.name().clone(), column_type)),
                 Err(problem) => problems.push(problem),
@@ -356,5 +379,40 @@ mod tests {
         assert!(ColumnType::parse("map<int,string>").unwrap_err().contains("map keys must be string"));
         assert!(ColumnType::parse("decimal(40,2)").unwrap_err().contains("precision must be 1-38"));
         assert!(ColumnType::parse("int extra").unwrap_err().contains("unexpected"));
+    }
+
+    #[test]
+    fn arrow_ipc_files_and_streams_and_parquet_files_give_the_same_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("n", DataType::UInt32, true),
+            Field::new("at", DataType::Timestamp(TimeUnit::Second, Some("UTC".into())), true),
+            Field::new("tags", DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))), true),
+        ]));
+        let ipc_file = dir.path().join("t.arrow");
+        let mut writer =
+            arrow::ipc::writer::FileWriter::try_new(std::fs::File::create(&ipc_file).unwrap(), &schema).unwrap();
+        writer.finish().unwrap();
+        let ipc_stream = dir.path().join("t.arrows");
+        let mut writer =
+            arrow::ipc::writer::StreamWriter::try_new(std::fs::File::create(&ipc_stream).unwrap(), &schema).unwrap();
+        writer.finish().unwrap();
+        let parquet_file = dir.path().join("t.parquet");
+        let writer =
+            parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&parquet_file).unwrap(), schema, None).unwrap();
+        writer.close().unwrap();
+        let from_parquet = Table::from_schema_file(&parquet_file).unwrap();
+        assert_eq!(from_parquet.columns.len(), 4);
+        assert_eq!(from_parquet.columns[1].1, ColumnType::BigInt, "uint32 widened");
+        assert_eq!(Table::from_schema_file(&ipc_file).unwrap(), from_parquet);
+        assert_eq!(Table::from_schema_file(&ipc_stream).unwrap(), from_parquet);
+
+        let other = dir.path().join("t.csv");
+        std::fs::write(&other, "id,n\n1,2\n").unwrap();
+        let refused = Table::from_schema_file(&other).unwrap_err();
+        assert!(refused.contains("neither a Parquet file nor an Arrow IPC file or stream"), "{refused}");
+        std::fs::write(&other, "").unwrap();
+        assert!(Table::from_schema_file(&other).unwrap_err().contains("neither"));
     }
 }
