@@ -205,7 +205,7 @@ impl Delivery {
         match pending {
             Some((_, records)) => Ok(records.clone()),
             None => {
-                let mut records = self.records_of(batch).await?;
+                let mut records = self.records_of(batch, batch.sequences.clone()).await?;
                 let refused = batch.payload.refused();
                 if !refused.is_empty() {
                     let positions: HashSet<(u64, u32)> =
@@ -219,9 +219,17 @@ impl Delivery {
 
     /// Send the records the batch's encoder refused after accepting them to the error output,
     /// under their output type and the batch's id (a replay writes the same objects again).
+    /// Only the refused records' sequences are read back and routed, not the whole batch.
     async fn route_refused(&self, batch: &Batch) -> Result<(), DeliveryError> {
+        let mut wanted = SequenceSet::default();
+        for refusal in batch.payload.refused() {
+            // In push order: ascending, a sequence repeated for the outputs of one record.
+            if wanted.runs().last().is_none_or(|run| run.end <= refusal.position.sequence) {
+                wanted.push(refusal.position.sequence);
+            }
+        }
         let mut records: HashMap<(u64, u32), Record> = self
-            .records_of(batch)
+            .records_of(batch, wanted)
             .await?
             .into_iter()
             .map(|record| ((record.sequence, record.output), record))
@@ -244,10 +252,9 @@ impl Delivery {
         Ok(())
     }
 
-    /// The batch's records as the sink got them (transformed, no delimiter), read back from the
-    /// WAL, in the batch's order.
-    async fn records_of(&self, batch: &Batch) -> Result<Vec<Record>, DeliveryError> {
-        let sequences = batch.sequences.clone();
+    /// The records of `sequences` (the batch's, or some of them) as the sink got them
+    /// (transformed, no delimiter, in the batch's partition), read back from the WAL in order.
+    async fn records_of(&self, batch: &Batch, sequences: SequenceSet) -> Result<Vec<Record>, DeliveryError> {
         let (router, partition) = (self.router.clone(), batch.partition.clone());
         let Some(first) = sequences.nth(0) else { return Ok(Vec::new()) };
         let end = sequences.runs().last().map_or(first, |run| run.end);

@@ -256,9 +256,13 @@ where
 /// PostgreSQL's boolean input (`boolin`): true/false, yes/no, on/off, 1/0 and their unique
 /// prefixes, any case, surrounding whitespace.
 fn parse_bool(text: &str) -> Option<bool> {
-    let word = text.trim_matches(|c: char| c.is_ascii_whitespace()).to_ascii_lowercase();
-    let prefix_of = |full: &str, at_least: usize| word.len() >= at_least && full.starts_with(word.as_str());
-    match word.as_bytes().first()? {
+    let word = text.trim_matches(|c: char| c.is_ascii_whitespace());
+    // Compared ignoring case in place: no lowercased copy per value.
+    let prefix_of = |full: &str, at_least: usize| {
+        (at_least..=full.len()).contains(&word.len())
+            && full.as_bytes()[..word.len()].eq_ignore_ascii_case(word.as_bytes())
+    };
+    match word.as_bytes().first()?.to_ascii_lowercase() {
         b't' if prefix_of("true", 1) => Some(true),
         b'y' if prefix_of("yes", 1) => Some(true),
         b'f' if prefix_of("false", 1) => Some(false),
@@ -313,13 +317,25 @@ struct Written {
     offset_seconds: Option<i64>,
 }
 
+/// PostgreSQL's special date-time inputs (`epoch`, `infinity`, `+infinity`, `-infinity`, any
+/// case), matched without a lowercased copy of every value.
+fn special_datetime(text: &str) -> Option<Stamp> {
+    let is = |word: &str| text.eq_ignore_ascii_case(word);
+    if is("epoch") {
+        Some(Stamp::Finite(-PG_EPOCH_MICROS))
+    } else if is("infinity") || is("+infinity") {
+        Some(Stamp::Infinity)
+    } else if is("-infinity") {
+        Some(Stamp::MinusInfinity)
+    } else {
+        None
+    }
+}
+
 fn parse_timestamp(kind: BinaryType, text: &str) -> Result<Stamp, Refusal> {
     let trimmed = text.trim_matches(|c: char| c.is_ascii_whitespace());
-    match trimmed.to_ascii_lowercase().as_str() {
-        "epoch" => return Ok(Stamp::Finite(-PG_EPOCH_MICROS)),
-        "infinity" | "+infinity" => return Ok(Stamp::Infinity),
-        "-infinity" => return Ok(Stamp::MinusInfinity),
-        _ => {}
+    if let Some(special) = special_datetime(trimmed) {
+        return Ok(special);
     }
     let written = parse_iso(trimmed).map_err(|range| match range {
         true => Refusal::new("22008", format!("date/time field value out of range: \"{text}\"")),
@@ -338,11 +354,11 @@ fn parse_timestamp(kind: BinaryType, text: &str) -> Result<Stamp, Refusal> {
 
 fn parse_date(text: &str) -> Result<i32, Refusal> {
     let trimmed = text.trim_matches(|c: char| c.is_ascii_whitespace());
-    match trimmed.to_ascii_lowercase().as_str() {
-        "epoch" => return Ok(-(PG_EPOCH_DAYS as i32)),
-        "infinity" | "+infinity" => return Ok(i32::MAX),
-        "-infinity" => return Ok(i32::MIN),
-        _ => {}
+    match special_datetime(trimmed) {
+        Some(Stamp::Finite(_)) => return Ok(-(PG_EPOCH_DAYS as i32)),
+        Some(Stamp::Infinity) => return Ok(i32::MAX),
+        Some(Stamp::MinusInfinity) => return Ok(i32::MIN),
+        None => {}
     }
     // A date-time's written day (its time and offset ignored, as PostgreSQL's date input does).
     let written = parse_iso(trimmed).map_err(|range| match range {
@@ -448,15 +464,23 @@ fn parse_offset(text: &str) -> Result<i64, bool> {
         Some(b'-') => (-1, &text[1..]),
         _ => return Err(false),
     };
-    let digits: String = rest.chars().filter(|c| *c != ':').collect();
-    if !digits.bytes().all(|byte| byte.is_ascii_digit()) || !matches!(digits.len(), 2 | 4) || rest.len() > 5 {
+    if rest.len() > 5 || (rest.len() == 5 && rest.as_bytes()[2] != b':') {
         return Err(false);
     }
-    if rest.len() == 5 && rest.as_bytes()[2] != b':' {
+    // The digits without colons, on the stack (no `String` per value).
+    let (mut digits, mut count) = ([0i64; 4], 0);
+    for byte in rest.bytes().filter(|byte| *byte != b':') {
+        if count == digits.len() || !byte.is_ascii_digit() {
+            return Err(false);
+        }
+        digits[count] = i64::from(byte - b'0');
+        count += 1;
+    }
+    if !matches!(count, 2 | 4) {
         return Err(false);
     }
-    let hours: i64 = digits[..2].parse().map_err(|_| false)?;
-    let minutes: i64 = if digits.len() == 4 { digits[2..].parse().map_err(|_| false)? } else { 0 };
+    let hours = digits[0] * 10 + digits[1];
+    let minutes = if count == 4 { digits[2] * 10 + digits[3] } else { 0 };
     if hours > 15 || minutes > 59 {
         return Err(true);
     }
@@ -478,11 +502,15 @@ fn encode_numeric(text: &str, out: &mut Vec<u8>) -> Result<(), Refusal> {
             out.extend_from_slice(&half.to_be_bytes());
         }
     };
-    let sign = match trimmed.to_ascii_lowercase().as_str() {
-        "nan" => Some(NAN),
-        "infinity" | "+infinity" => Some(PLUS_INFINITY),
-        "-infinity" => Some(MINUS_INFINITY),
-        _ => None,
+    let is = |word: &str| trimmed.eq_ignore_ascii_case(word);
+    let sign = if is("nan") {
+        Some(NAN)
+    } else if is("infinity") || is("+infinity") {
+        Some(PLUS_INFINITY)
+    } else if is("-infinity") {
+        Some(MINUS_INFINITY)
+    } else {
+        None
     };
     if let Some(sign) = sign {
         special(sign, out);

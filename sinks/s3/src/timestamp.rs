@@ -557,10 +557,8 @@ mod tests {
     }
 
     #[test]
-    fn days_from_civil_matches_known_days() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        assert_eq!(days_from_civil(1858, 11, 17), -40_587);
+    fn weekday_of_a_known_day() {
+        // `days_from_civil` itself is tested in spillway_sink_api::civil.
         assert_eq!(sunday_zero_weekday(days_from_civil(2026, 11, 25)), 3, "a Wednesday");
     }
 

@@ -74,10 +74,9 @@ impl Inferred {
 
     /// The table of a top-level record type; `None` when no record had a field.
     pub fn table(&self) -> Option<Table> {
-        match self {
-            Inferred::Struct(fields) if !fields.is_empty() => Some(Table {
-                columns: fields.iter().map(|(name, value)| (name.clone(), value.column_type())).collect(),
-            }),
+        // An empty struct (or anything else) is a `string` column, not a table.
+        match self.column_type() {
+            ColumnType::Struct(columns) => Some(Table { columns }),
             _ => None,
         }
     }

@@ -363,12 +363,8 @@ struct Held {
 struct RowGroups {
     /// Inline builders.
     rows: StructColumn,
+    shared: Arc<Shared>,
     frozen: Arc<Frozen>,
-    properties: Arc<WriterProperties>,
-    row_group_bytes: usize,
-    threads: usize,
-    options: Arc<KeyOptions>,
-    renames: Arc<HashMap<String, String>>,
     /// Created with the first row group.
     file: Option<File>,
     /// The file's column-writer factory, shared with this encoder's pool jobs once the first row
@@ -411,13 +407,11 @@ enum Group {
     Rows(StructArray),
 }
 
-/// What a pool job needs to read and encode a chunk.
+/// What a pool job needs to read and encode a chunk: its encoder's settings, table and
+/// column-writer factory.
 struct ChunkJob {
+    shared: Arc<Shared>,
     frozen: Arc<Frozen>,
-    properties: Arc<WriterProperties>,
-    options: Arc<KeyOptions>,
-    renames: Arc<HashMap<String, String>>,
-    row_group_bytes: usize,
     columns: Arc<OnceLock<Arc<ArrowRowGroupWriterFactory>>>,
     /// This chunk starts the file: its first row group makes it.
     first: bool,
@@ -537,8 +531,13 @@ fn row_group_full(rows: &StructColumn, row_group_bytes: usize) -> bool {
 }
 
 /// The file, made with its first row group, whose values choose which columns skip the
-/// dictionary.
-fn new_file(frozen: &Frozen, properties: &WriterProperties, first_rows: &StructArray) -> Result<File, ParquetError> {
+/// dictionary; its column-writer factory goes into `columns` for the encoder's pool jobs.
+fn new_file(
+    frozen: &Frozen,
+    properties: &WriterProperties,
+    columns: &OnceLock<Arc<ArrowRowGroupWriterFactory>>,
+    first_rows: &StructArray,
+) -> Result<File, ParquetError> {
     let mut properties = properties.clone();
     if properties.dictionary_enabled(&ColumnPath::new(Vec::new())) {
         let limit = properties.dictionary_page_size_limit();
@@ -554,15 +553,17 @@ fn new_file(frozen: &Frozen, properties: &WriterProperties, first_rows: &StructA
     // `ArrowWriter` makes the Parquet schema and the `ARROW:schema` metadata; its low-level
     // parts let column chunks be encoded away from the file.
     let writer = ArrowWriter::try_new(Vec::new(), frozen.schema.clone(), Some(properties))?;
-    let (writer, columns) = writer.into_serialized_writer()?;
-    Ok(File { writer, columns: Arc::new(columns) })
+    let (writer, factory) = writer.into_serialized_writer()?;
+    let factory = Arc::new(factory);
+    let _ = columns.set(factory.clone());
+    Ok(File { writer, columns: factory })
 }
 
 impl ChunkJob {
     /// Read the chunk's records into fresh builders (cutting a row group whenever they hold
     /// one) and encode each row group: the whole conversion of a chunk runs on the pool.
     fn run(self, mut chunk: Staged) -> Result<Converted, ParquetError> {
-        let mut rows = StructColumn::new(&self.frozen.columns, self.options.clone(), &self.renames);
+        let mut rows = StructColumn::new(&self.frozen.columns, self.shared.options.clone(), &self.shared.renames);
         let mut converted = Converted::default();
         let mut start = 0;
         for (end, position) in chunk.ends.iter().zip(&chunk.positions) {
@@ -575,7 +576,7 @@ impl ChunkJob {
                 });
             }
             start = *end;
-            if row_group_full(&rows, self.row_group_bytes) {
+            if row_group_full(&rows, self.shared.row_group_bytes) {
                 let group = self.group(rows.finish()?, &mut converted.file)?;
                 converted.groups.push(group);
             }
@@ -593,9 +594,7 @@ impl ChunkJob {
 
     fn group(&self, rows: StructArray, file: &mut Option<File>) -> Result<Group, ParquetError> {
         if self.first && self.columns.get().is_none() {
-            let made = new_file(&self.frozen, &self.properties, &rows)?;
-            let _ = self.columns.set(made.columns.clone());
-            *file = Some(made);
+            *file = Some(new_file(&self.frozen, &self.shared.properties, &self.columns, &rows)?);
         }
         match self.columns.get() {
             // The row group index only matters to encryption, which this writer does not use.
@@ -608,15 +607,11 @@ impl ChunkJob {
 }
 
 impl RowGroups {
-    fn new(shared: &Shared, frozen: Arc<Frozen>) -> Self {
+    fn new(shared: &Arc<Shared>, frozen: Arc<Frozen>) -> Self {
         Self {
             rows: StructColumn::new(&frozen.columns, shared.options.clone(), &shared.renames),
+            shared: shared.clone(),
             frozen,
-            properties: shared.properties.clone(),
-            row_group_bytes: shared.row_group_bytes,
-            threads: shared.threads,
-            options: shared.options.clone(),
-            renames: shared.renames.clone(),
             file: None,
             columns: Arc::new(OnceLock::new()),
             staged: Staged::default(),
@@ -634,7 +629,7 @@ impl RowGroups {
             code,
             message,
         })?;
-        if row_group_full(&self.rows, self.row_group_bytes) {
+        if row_group_full(&self.rows, self.shared.row_group_bytes) {
             self.cut_row_group()?;
         }
         Ok(())
@@ -644,7 +639,7 @@ impl RowGroups {
     /// JSON) to the pool, which reads and encodes it while the next one is staged. A misfit is
     /// then refused in the payload (`Refusal`), since it is found on the pool.
     fn push(&mut self, position: RecordPosition, data: &[u8]) -> Result<(), EncodeError> {
-        if self.threads <= 1 {
+        if self.shared.threads <= 1 {
             return self.push_now(data);
         }
         if !self.rows.is_empty() {
@@ -654,7 +649,7 @@ impl RowGroups {
         self.staged.data.extend_from_slice(data);
         self.staged.ends.push(self.staged.data.len());
         self.staged.positions.push(position);
-        if self.staged.data.len() >= self.row_group_bytes {
+        if self.staged.data.len() >= self.shared.row_group_bytes {
             self.send_staged()?;
         }
         Ok(())
@@ -666,17 +661,14 @@ impl RowGroups {
             return Ok(());
         }
         while self.collect_oldest(false)? {}
-        while self.pending.len() >= self.threads {
+        while self.pending.len() >= self.shared.threads {
             self.collect_oldest(true)?;
         }
         let chunk = std::mem::replace(&mut self.staged, self.spare.take().unwrap_or_default());
         let bytes = chunk.data.len();
         let job = ChunkJob {
+            shared: self.shared.clone(),
             frozen: self.frozen.clone(),
-            properties: self.properties.clone(),
-            options: self.options.clone(),
-            renames: self.renames.clone(),
-            row_group_bytes: self.row_group_bytes,
             columns: self.columns.clone(),
             first: self.file.is_none() && !self.first_sent,
         };
@@ -692,9 +684,8 @@ impl RowGroups {
     /// The file, made here if no row group made it yet.
     fn file(&mut self, first_rows: &StructArray) -> Result<&mut File, EncodeError> {
         if self.file.is_none() {
-            let made = new_file(&self.frozen, &self.properties, first_rows).map_err(io_error)?;
-            let _ = self.columns.set(made.columns.clone());
-            self.file = Some(made);
+            self.file =
+                Some(new_file(&self.frozen, &self.shared.properties, &self.columns, first_rows).map_err(io_error)?);
         }
         self.file.as_mut().ok_or_else(|| io_error("no file writer"))
     }
@@ -708,7 +699,7 @@ impl RowGroups {
         let builder_bytes = self.rows.bytes();
         let rows = self.rows.finish().map_err(io_error)?;
         let schema = self.frozen.schema.clone();
-        let threads = self.threads;
+        let threads = self.shared.threads;
         let writers = self.file(&rows)?.columns.create_column_writers(0).map_err(io_error)?;
         if threads <= 1 {
             let chunks = encode_row_group(writers, &schema, &rows).map_err(io_error)?;
