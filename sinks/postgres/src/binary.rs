@@ -194,6 +194,9 @@ fn encode_value(kind: BinaryType, raw: &str, out: &mut Vec<u8>) -> Result<(), Re
         BinaryType::Timestamptz | BinaryType::Timestamp => {
             let micros = if raw.starts_with('"') {
                 parse_timestamp(kind, &value_text(raw)?)?
+            } else if !is_json_number(raw) {
+                // As text COPY hands `true` or an object to the server, which refuses its syntax.
+                return Err(Refusal::datetime(kind, raw));
             } else {
                 let unix = epoch_micros(raw)?;
                 Stamp::Finite(unix.checked_sub(PG_EPOCH_MICROS).ok_or_else(|| out_of_epoch_range(raw))?)
@@ -208,6 +211,8 @@ fn encode_value(kind: BinaryType, raw: &str, out: &mut Vec<u8>) -> Result<(), Re
         BinaryType::Date => {
             let days = if raw.starts_with('"') {
                 parse_date(&value_text(raw)?)?
+            } else if !is_json_number(raw) {
+                return Err(Refusal::datetime(kind, raw));
             } else {
                 let day = epoch_micros(raw)?.div_euclid(86_400_000_000) - PG_EPOCH_DAYS;
                 i32::try_from(day).map_err(|_| out_of_epoch_range(raw))?
@@ -273,6 +278,11 @@ fn parse_bool(text: &str) -> Option<bool> {
         b'0' if word == "0" => Some(false),
         _ => None,
     }
+}
+
+/// A JSON number (what text COPY also reads as epoch time), not `true`, an object or an array.
+fn is_json_number(raw: &str) -> bool {
+    matches!(raw.as_bytes().first(), Some(b'-' | b'0'..=b'9'))
 }
 
 fn out_of_epoch_range(raw: &str) -> Refusal {
@@ -762,6 +772,10 @@ mod tests {
         assert_eq!(code(tz, r#""2024-01-01T10:00:00+16:00""#), "22008");
         assert_eq!(code(tz, r#""0000-01-01""#), "22008");
         assert_eq!(code(tz, r#""2024-01-01T10:00:00Zjunk""#), "22007");
+        // Neither a string nor a number: the syntax error text COPY gets from the server.
+        assert_eq!(code(tz, "true"), "22007");
+        assert_eq!(code(tz, r#"{"at":1}"#), "22007");
+        assert_eq!(code(BinaryType::Date, "[1]"), "22007");
     }
 
     #[test]
