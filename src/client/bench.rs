@@ -64,11 +64,22 @@ impl BenchReport {
 
     /// spillway against the codec alone: drain speed against the codec's two-core speed, server
     /// CPU per GiB against the codec's single-thread large-write CPU per GiB, and the server CPU
-    /// per record left after taking away the codec's own per-byte cost.
+    /// per record left after taking away the codec's own per-byte cost. Against gzip, one line
+    /// for the reference (zlib-rs) and one for the codec the sinks run (libdeflate): the first
+    /// says how spillway compares with compressing alone as most tools do, the second what
+    /// spillway adds around its own codec.
     fn render_ratios(&self) -> Option<String> {
         let (baseline, codec) = self.codec.as_ref()?;
-        let large = codec.get(*baseline, Feed::Large)?;
-        let two = codec.get(*baseline, Feed::LargeTwoThreads)?;
+        let mut lines = vec![self.ratio_line(*baseline, codec)?];
+        if *baseline == Codec::Gzip {
+            lines.extend(self.ratio_line(Codec::GzipLibdeflate, codec));
+        }
+        Some(lines.join("\n"))
+    }
+
+    fn ratio_line(&self, baseline: Codec, codec: &CodecReport) -> Option<String> {
+        let large = codec.get(baseline, Feed::Large)?;
+        let two = codec.get(baseline, Feed::LargeTwoThreads)?;
         let mib = self.bytes as f64 / (1 << 20) as f64;
         let gib = self.bytes as f64 / (1 << 30) as f64;
         let drained_mibs = mib / self.drain_seconds;

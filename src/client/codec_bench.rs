@@ -1,9 +1,11 @@
 //! `spillway bench --codec-only` (and the baseline `spillway bench` measures before it sends):
 //! the codec alone on exactly the bytes the load generator sends, so spillway's figures can be
 //! read as ratios to what the codec itself costs on this machine. Single-threaded gzip level 6
-//! (flate2 with the zlib-rs backend, as the sinks use) and zstd level 3, fed in 1 MiB writes and
-//! one line at a time, plus the large-write case on two threads compressing halves (the drain
-//! target is stated against the codec's two-core speed). CPU time is each thread's own
+//! (flate2 with the zlib-rs backend, the reference the targets are stated against) and zstd
+//! level 3, fed in 1 MiB writes and one line at a time, plus the large-write case on two threads
+//! compressing halves (the drain target is stated against the codec's two-core speed); and gzip
+//! level 6 as the sinks compress it (libdeflate, 1 MiB chunks each ended by a sync flush), which
+//! takes whole buffers only, so it has no line-at-a-time figure. CPU time is each thread's own
 //! (`CLOCK_THREAD_CPUTIME_ID`), so the measuring process's other threads do not count.
 
 use std::fmt;
@@ -16,6 +18,8 @@ pub const LARGE_WRITE_BYTES: usize = 1 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
     Gzip,
+    /// gzip level 6 as the sinks write it (libdeflate); measured beside [`Codec::Gzip`].
+    GzipLibdeflate,
     Zstd,
 }
 
@@ -33,6 +37,7 @@ impl fmt::Display for Codec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Codec::Gzip => "gzip -6",
+            Codec::GzipLibdeflate => "gzip -6 (libdeflate)",
             Codec::Zstd => "zstd -3",
         })
     }
@@ -98,7 +103,7 @@ impl CodecReport {
         let mut out = String::new();
         for figure in &self.figures {
             out.push_str(&format!(
-                "codec {:<7} {:<30} {:7.1} MiB/s {:6.2} CPU-s/GiB  (ratio {:.1}:1, {:.0} MiB in)\n",
+                "codec {:<20} {:<30} {:7.1} MiB/s {:6.2} CPU-s/GiB  (ratio {:.1}:1, {:.0} MiB in)\n",
                 figure.codec.to_string(),
                 figure.feed.to_string(),
                 figure.mib_per_second(),
@@ -116,8 +121,11 @@ impl CodecReport {
 /// load generator repeats its bodies). `cycle` is made of whole lines, each ending with `\n`.
 pub fn measure(cycle: &[u8], total: usize) -> io::Result<CodecReport> {
     let mut figures = Vec::new();
-    for codec in [Codec::Gzip, Codec::Zstd] {
+    for codec in [Codec::Gzip, Codec::GzipLibdeflate, Codec::Zstd] {
         for feed in [Feed::Large, Feed::PerLine, Feed::LargeTwoThreads] {
+            if codec == Codec::GzipLibdeflate && feed == Feed::PerLine {
+                continue;
+            }
             figures.push(measure_one(codec, feed, cycle, total)?);
         }
     }
@@ -176,9 +184,22 @@ fn compress_thread(
     let cpu_before = thread_cpu_seconds();
     let mut sink = CountingSink(0);
     let mut fed = 0u64;
+    if codec == Codec::GzipLibdeflate {
+        let mut compressor = libdeflate_sync::Compressor::new(6).map_err(io::Error::other)?;
+        let mut out = Vec::new();
+        for piece in Pieces::new(cycle, start, amount, per_line) {
+            out.clear();
+            compressor.compress_sync_flush(piece, &mut out);
+            sink.0 += out.len() as u64;
+            fed += piece.len() as u64;
+        }
+        return Ok((fed, sink.0, thread_cpu_seconds() - cpu_before));
+    }
     {
         let mut encoder: Box<dyn FinishWrite + '_> = match codec {
-            Codec::Gzip => Box::new(flate2::write::GzEncoder::new(&mut sink, flate2::Compression::new(6))),
+            Codec::Gzip | Codec::GzipLibdeflate => {
+                Box::new(flate2::write::GzEncoder::new(&mut sink, flate2::Compression::new(6)))
+            }
             Codec::Zstd => Box::new(zstd::stream::write::Encoder::new(&mut sink, 3)?),
         };
         for piece in Pieces::new(cycle, start, amount, per_line) {
@@ -312,13 +333,15 @@ mod tests {
     fn every_codec_and_feed_compresses_the_whole_input() {
         let cycle = cycle();
         let report = measure(&cycle, cycle.len() * 3).unwrap();
-        assert_eq!(report.figures.len(), 6);
+        assert_eq!(report.figures.len(), 8);
         for figure in &report.figures {
             assert!(figure.input_bytes >= (cycle.len() * 3) as u64, "{figure:?}");
             assert!(figure.output_bytes > 0 && figure.output_bytes < figure.input_bytes, "{figure:?}");
             assert!(figure.cpu_seconds >= 0.0 && figure.wall_seconds > 0.0, "{figure:?}");
         }
         assert!(report.render().contains("gzip -6"));
+        assert!(report.render().contains("gzip -6 (libdeflate)"));
+        assert!(report.get(Codec::GzipLibdeflate, Feed::PerLine).is_none());
     }
 
     #[test]
