@@ -156,6 +156,8 @@ pub trait EncoderFactory: Send + Sync + 'static {
 
 /// Staged raw input before a chunk is compressed, when the pipeline gives no hint.
 pub const DEFAULT_CHUNK_BYTES: usize = 1 << 20;
+/// Room past a chunk's size for the record that fills it, so staging is not doubled for it.
+const STAGING_SLACK: usize = 64 * 1024;
 /// Chunks being compressed at once per encoder; past it `push` waits for the oldest, so raw
 /// input in flight stays bounded.
 const MAX_PENDING_CHUNKS: usize = 4;
@@ -170,6 +172,10 @@ pub struct RawEncoder {
     done_len: usize,
     /// Chunks being compressed on the pool, in order, with their raw size.
     pending: VecDeque<(mpsc::Receiver<io::Result<Compressed>>, usize)>,
+    /// A compressed chunk's staging buffer, emptied, for the next chunk: staging grows from a
+    /// small start (many open partitions stay small), and without reuse every chunk would grow
+    /// again by copying and fault in fresh pages.
+    spare: Vec<u8>,
     /// gzip only: the CRC-32 and length of everything compressed so far, for the trailer.
     crc: crc32fast::Hasher,
 }
@@ -184,6 +190,7 @@ impl RawEncoder {
             done: Vec::new(),
             done_len: 0,
             pending: VecDeque::new(),
+            spare: Vec::new(),
             crc: crc32fast::Hasher::new(),
         }
     }
@@ -208,7 +215,11 @@ impl RawEncoder {
         let (sender, receiver) = mpsc::sync_channel(1);
         let compression = self.compression;
         rayon::spawn_fifo(move || {
-            let _ = sender.send(compress_chunk(compression, &chunk));
+            let compressed = compress_chunk(compression, &chunk).map(|mut compressed| {
+                compressed.staging = chunk;
+                compressed
+            });
+            let _ = sender.send(compressed);
         });
         self.pending.push_back((receiver, raw_len));
         self.collect_finished()
@@ -237,7 +248,11 @@ impl RawEncoder {
         Ok(())
     }
 
-    fn push_done(&mut self, compressed: Compressed) {
+    fn push_done(&mut self, mut compressed: Compressed) {
+        if self.spare.capacity() == 0 {
+            self.spare = std::mem::take(&mut compressed.staging);
+            self.spare.clear();
+        }
         if self.done.is_empty() {
             let header: &'static [u8] = match self.compression {
                 Compression::Gzip => &GZIP_HEADER,
@@ -260,7 +275,15 @@ impl RawEncoder {
 impl Encoder for RawEncoder {
     fn push(&mut self, data: &[u8], delimiter: &[u8]) -> Result<(), EncodeError> {
         if self.staging.capacity() == 0 {
-            self.staging.reserve(self.chunk_bytes.min(data.len().max(4096) * 4).max(data.len()));
+            self.staging = std::mem::take(&mut self.spare);
+        }
+        let needed = data.len() + delimiter.len();
+        if self.staging.capacity() - self.staging.len() < needed {
+            // Double from a small start (many open partitions stay small), but never past one
+            // chunk and the record that ends it: a reused buffer keeps its capacity.
+            let doubled = (self.staging.capacity() * 2).max(data.len().max(4096) * 4);
+            let target = doubled.min(self.chunk_bytes + STAGING_SLACK).max(self.staging.len() + needed);
+            self.staging.reserve_exact(target - self.staging.len());
         }
         self.staging.extend_from_slice(data);
         self.staging.extend_from_slice(delimiter);
@@ -272,7 +295,7 @@ impl Encoder for RawEncoder {
 
     fn held_bytes(&self) -> usize {
         let pending: usize = self.pending.iter().map(|(_, raw_len)| raw_len).sum();
-        self.done_len + self.staging.capacity() + pending
+        self.done_len + self.staging.capacity() + self.spare.capacity() + pending
     }
 
     fn finish(mut self: Box<Self>) -> Result<Payload, EncodeError> {
@@ -416,6 +439,8 @@ const HADOOP_SNAPPY_BLOCK: usize = 256 * 1024;
 struct Compressed {
     bytes: Vec<u8>,
     crc: Option<crc32fast::Hasher>,
+    /// The chunk's staging buffer, handed back for reuse.
+    staging: Vec<u8>,
 }
 
 thread_local! {
@@ -435,7 +460,7 @@ const DEFLATE_LEVEL: i32 = 6;
 /// whole frame.
 fn compress_chunk(compression: Compression, chunk: &[u8]) -> io::Result<Compressed> {
     match compression {
-        Compression::None => Ok(Compressed { bytes: chunk.to_vec(), crc: None }),
+        Compression::None => Ok(Compressed { bytes: chunk.to_vec(), crc: None, staging: Vec::new() }),
         Compression::Gzip | Compression::Zip => {
             let mut crc = crc32fast::Hasher::new();
             crc.update(chunk);
@@ -446,13 +471,13 @@ fn compress_chunk(compression: Compression, chunk: &[u8]) -> io::Result<Compress
                 compressor.compress_sync_flush(chunk, scratch);
                 scratch.to_vec()
             });
-            Ok(Compressed { bytes, crc: Some(crc) })
+            Ok(Compressed { bytes, crc: Some(crc), staging: Vec::new() })
         }
         Compression::Snappy => {
             let mut encoder = snap::write::FrameEncoder::new(Vec::with_capacity(chunk.len() / 2 + 64));
             encoder.write_all(chunk)?;
             let bytes = encoder.into_inner().map_err(|error| io::Error::other(error.to_string()))?;
-            Ok(Compressed { bytes, crc: None })
+            Ok(Compressed { bytes, crc: None, staging: Vec::new() })
         }
         Compression::HadoopSnappy => {
             let mut encoder = snap::raw::Encoder::new();
@@ -463,7 +488,7 @@ fn compress_chunk(compression: Compression, chunk: &[u8]) -> io::Result<Compress
                 bytes.extend_from_slice(&(compressed.len() as u32).to_be_bytes());
                 bytes.extend_from_slice(&compressed);
             }
-            Ok(Compressed { bytes, crc: None })
+            Ok(Compressed { bytes, crc: None, staging: Vec::new() })
         }
         Compression::Zstd => {
             let out = Vec::with_capacity(chunk.len() / 6 + 64);
@@ -471,7 +496,7 @@ fn compress_chunk(compression: Compression, chunk: &[u8]) -> io::Result<Compress
             encoder.include_contentsize(true)?;
             encoder.set_pledged_src_size(Some(chunk.len() as u64))?;
             encoder.write_all(chunk)?;
-            Ok(Compressed { bytes: encoder.finish()?, crc: None })
+            Ok(Compressed { bytes: encoder.finish()?, crc: None, staging: Vec::new() })
         }
     }
 }
@@ -565,6 +590,23 @@ mod tests {
             encoder.collect_oldest().unwrap();
         }
         assert!(encoder.held_bytes() < raw / 4, "held {} of {raw} raw bytes", encoder.held_bytes());
+    }
+
+    #[test]
+    fn staging_is_reused_and_never_doubled_past_a_chunk() {
+        let mut encoder = RawEncoder::new(Compression::Gzip, 64 * 1024);
+        let record = vec![b'x'; 300];
+        let mut most = 0;
+        for _ in 0..2_000 {
+            encoder.push(&record, b"\n").unwrap();
+            most = most.max(encoder.staging.capacity());
+        }
+        assert!(most <= 64 * 1024 + STAGING_SLACK, "staging grew to {most}");
+        // After the first chunks come back, a flushed chunk's buffer is taken up again.
+        while !encoder.pending.is_empty() {
+            encoder.collect_oldest().unwrap();
+        }
+        assert!(encoder.spare.capacity() >= 64 * 1024 || encoder.staging.capacity() >= 64 * 1024);
     }
 
     #[test]
