@@ -158,6 +158,42 @@ pub trait EncoderFactory: Send + Sync + 'static {
 pub const DEFAULT_CHUNK_BYTES: usize = 1 << 20;
 /// Room past a chunk's size for the record that fills it, so staging is not doubled for it.
 const STAGING_SLACK: usize = 64 * 1024;
+
+/// Staging buffers of compressed chunks, emptied, for the next chunks of any encoder: staging
+/// grows from a small start (many open partitions stay small), and without reuse every chunk
+/// would grow again by copying and fault in fresh pages. Shared and capped rather than kept per
+/// encoder, so a hundred open partitions do not each hold a spare chunk.
+static STAGING_POOL: StagingPool = StagingPool { buffers: std::sync::Mutex::new(Vec::new()) };
+/// Most buffers [`STAGING_POOL`] keeps (about one chunk each).
+const MAX_POOLED_STAGING: usize = 8;
+
+struct StagingPool {
+    buffers: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl StagingPool {
+    /// A pooled buffer of at most `max_capacity` (a partition with small chunks must not hold
+    /// a big one), or an empty one.
+    fn take(&self, max_capacity: usize) -> Vec<u8> {
+        let Ok(mut buffers) = self.buffers.lock() else { return Vec::new() };
+        match buffers.iter().rposition(|buffer| buffer.capacity() <= max_capacity) {
+            Some(index) => buffers.swap_remove(index),
+            None => Vec::new(),
+        }
+    }
+
+    fn give(&self, mut buffer: Vec<u8>) {
+        if buffer.capacity() == 0 {
+            return;
+        }
+        buffer.clear();
+        if let Ok(mut buffers) = self.buffers.lock()
+            && buffers.len() < MAX_POOLED_STAGING
+        {
+            buffers.push(buffer);
+        }
+    }
+}
 /// Chunks being compressed at once per encoder; past it `push` waits for the oldest, so raw
 /// input in flight stays bounded.
 const MAX_PENDING_CHUNKS: usize = 4;
@@ -172,10 +208,6 @@ pub struct RawEncoder {
     done_len: usize,
     /// Chunks being compressed on the pool, in order, with their raw size.
     pending: VecDeque<(mpsc::Receiver<io::Result<Compressed>>, usize)>,
-    /// A compressed chunk's staging buffer, emptied, for the next chunk: staging grows from a
-    /// small start (many open partitions stay small), and without reuse every chunk would grow
-    /// again by copying and fault in fresh pages.
-    spare: Vec<u8>,
     /// gzip only: the CRC-32 and length of everything compressed so far, for the trailer.
     crc: crc32fast::Hasher,
 }
@@ -190,7 +222,6 @@ impl RawEncoder {
             done: Vec::new(),
             done_len: 0,
             pending: VecDeque::new(),
-            spare: Vec::new(),
             crc: crc32fast::Hasher::new(),
         }
     }
@@ -249,10 +280,7 @@ impl RawEncoder {
     }
 
     fn push_done(&mut self, mut compressed: Compressed) {
-        if self.spare.capacity() == 0 {
-            self.spare = std::mem::take(&mut compressed.staging);
-            self.spare.clear();
-        }
+        STAGING_POOL.give(std::mem::take(&mut compressed.staging));
         if self.done.is_empty() {
             let header: &'static [u8] = match self.compression {
                 Compression::Gzip => &GZIP_HEADER,
@@ -275,7 +303,7 @@ impl RawEncoder {
 impl Encoder for RawEncoder {
     fn push(&mut self, data: &[u8], delimiter: &[u8]) -> Result<(), EncodeError> {
         if self.staging.capacity() == 0 {
-            self.staging = std::mem::take(&mut self.spare);
+            self.staging = STAGING_POOL.take(self.chunk_bytes + STAGING_SLACK);
         }
         let needed = data.len() + delimiter.len();
         if self.staging.capacity() - self.staging.len() < needed {
@@ -295,7 +323,7 @@ impl Encoder for RawEncoder {
 
     fn held_bytes(&self) -> usize {
         let pending: usize = self.pending.iter().map(|(_, raw_len)| raw_len).sum();
-        self.done_len + self.staging.capacity() + self.spare.capacity() + pending
+        self.done_len + self.staging.capacity() + pending
     }
 
     fn finish(mut self: Box<Self>) -> Result<Payload, EncodeError> {
@@ -602,11 +630,20 @@ mod tests {
             most = most.max(encoder.staging.capacity());
         }
         assert!(most <= 64 * 1024 + STAGING_SLACK, "staging grew to {most}");
-        // After the first chunks come back, a flushed chunk's buffer is taken up again.
-        while !encoder.pending.is_empty() {
-            encoder.collect_oldest().unwrap();
+    }
+
+    #[test]
+    fn the_staging_pool_keeps_a_few_emptied_buffers() {
+        let pool = StagingPool { buffers: std::sync::Mutex::new(Vec::new()) };
+        assert_eq!(pool.take(usize::MAX).capacity(), 0);
+        for _ in 0..MAX_POOLED_STAGING + 3 {
+            pool.give(b"staged".repeat(1000));
         }
-        assert!(encoder.spare.capacity() >= 64 * 1024 || encoder.staging.capacity() >= 64 * 1024);
+        pool.give(Vec::new());
+        assert_eq!(pool.buffers.lock().unwrap().len(), MAX_POOLED_STAGING);
+        assert_eq!(pool.take(5000).capacity(), 0, "none small enough");
+        let reused = pool.take(usize::MAX);
+        assert!(reused.is_empty() && reused.capacity() >= 6000);
     }
 
     #[test]
