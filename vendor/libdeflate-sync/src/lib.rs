@@ -31,8 +31,8 @@ unsafe extern "C" {
 pub const FINAL_BLOCK: [u8; 2] = [0x03, 0x00];
 
 /// Bytes a sync-flushed output may add beyond `libdeflate_deflate_compress_bound`: the empty
-/// stored block and the padding before it.
-const SYNC_FLUSH_BYTES: usize = 5 + 2;
+/// stored block (its header bits and padding: 1 byte, then LEN and NLEN: 4).
+const SYNC_FLUSH_BYTES: usize = 5;
 
 /// The level was outside 0..=12.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +150,13 @@ mod tests {
             stream.extend_from_slice(&FINAL_BLOCK);
             assert_eq!(inflate(&stream), expected, "level {level}");
         }
+    }
+
+    #[test]
+    fn empty_input_is_just_the_sync_marker() {
+        let mut out = Vec::new();
+        Compressor::new(6).unwrap().compress_sync_flush(b"", &mut out);
+        assert_eq!(out, [0x00, 0x00, 0x00, 0xFF, 0xFF]);
     }
 
     #[test]

@@ -1743,10 +1743,11 @@ deflate_flush_block(struct libdeflate_compressor *c,
 	struct deflate_codes *codes;
 	unsigned sym;
 
-	is_final_block = is_final_block && !c->sync_flush; /* spillway patch */
 
 	ASSERT(block_length >= MIN_BLOCK_LENGTH ||
 	       (is_final_block && block_length > 0));
+	/* spillway patch: after the check, which allows a short final block. */
+	is_final_block = is_final_block && !c->sync_flush;
 	ASSERT(block_length <= MAX_BLOCK_LENGTH);
 	ASSERT(bitcount <= 7);
 	ASSERT((bitbuf & ~(((bitbuf_t)1 << bitcount) - 1)) == 0);
@@ -4087,7 +4088,8 @@ libdeflate_deflate_compress(struct libdeflate_compressor *c,
  * Z_SYNC_FLUSH ends its output. The result is byte-aligned and any number of
  * such outputs, followed by a final block, form one deflate stream. Each call
  * starts without history. Returns the size written, or 0 if @out is too small
- * (libdeflate_deflate_compress_bound(c, in_nbytes) + 5 always suffices).
+ * (libdeflate_deflate_compress_bound(c, in_nbytes) + 5 always suffices; empty
+ * input gives just the empty stored block).
  */
 LIBDEFLATEAPI size_t
 libdeflate_deflate_compress_sync_flush(struct libdeflate_compressor *c,
@@ -4125,7 +4127,7 @@ libdeflate_deflate_compress_sync_flush(struct libdeflate_compressor *c,
 	} else {
 		/* Short input: stored blocks, none of them final. */
 		const u8 *in_next = in;
-		do {
+		while (n < in_nbytes) {
 			size_t len = MIN(in_nbytes - n, UINT16_MAX);
 
 			if ((size_t)(out_end - out_next) < 5 + len)
@@ -4137,7 +4139,7 @@ libdeflate_deflate_compress_sync_flush(struct libdeflate_compressor *c,
 			memcpy(out_next, in_next + n, len);
 			out_next += len;
 			n += len;
-		} while (n < in_nbytes);
+		}
 		/* The empty stored block's header byte (BFINAL=0, BTYPE=00). */
 		if (out_next == out_end)
 			return 0;
