@@ -184,22 +184,10 @@ fn compress_thread(
     let cpu_before = thread_cpu_seconds();
     let mut sink = CountingSink(0);
     let mut fed = 0u64;
-    if codec == Codec::GzipLibdeflate {
-        let mut compressor = libdeflate_sync::Compressor::new(6).map_err(io::Error::other)?;
-        let mut out = Vec::new();
-        for piece in Pieces::new(cycle, start, amount, per_line) {
-            out.clear();
-            compressor.compress_sync_flush(piece, &mut out);
-            sink.0 += out.len() as u64;
-            fed += piece.len() as u64;
-        }
-        return Ok((fed, sink.0, thread_cpu_seconds() - cpu_before));
-    }
     {
         let mut encoder: Box<dyn FinishWrite + '_> = match codec {
-            Codec::Gzip | Codec::GzipLibdeflate => {
-                Box::new(flate2::write::GzEncoder::new(&mut sink, flate2::Compression::new(6)))
-            }
+            Codec::Gzip => Box::new(flate2::write::GzEncoder::new(&mut sink, flate2::Compression::new(6))),
+            Codec::GzipLibdeflate => Box::new(SyncFlushedChunks::new(&mut sink)?),
             Codec::Zstd => Box::new(zstd::stream::write::Encoder::new(&mut sink, 3)?),
         };
         for piece in Pieces::new(cycle, start, amount, per_line) {
@@ -209,6 +197,40 @@ fn compress_thread(
         encoder.finish_boxed()?;
     }
     Ok((fed, sink.0, thread_cpu_seconds() - cpu_before))
+}
+
+/// libdeflate as the sinks run it: each write is one chunk, compressed whole and ended by a sync
+/// flush (libdeflate has no streaming interface).
+struct SyncFlushedChunks<W> {
+    compressor: libdeflate_sync::Compressor,
+    out: Vec<u8>,
+    inner: W,
+}
+
+impl<W: Write> SyncFlushedChunks<W> {
+    fn new(inner: W) -> io::Result<Self> {
+        let compressor = libdeflate_sync::Compressor::new(libdeflate_sync::DEFAULT_LEVEL).map_err(io::Error::other)?;
+        Ok(Self { compressor, out: Vec::new(), inner })
+    }
+}
+
+impl<W: Write> Write for SyncFlushedChunks<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.clear();
+        self.compressor.compress_sync_flush(buf, &mut self.out);
+        self.inner.write_all(&self.out)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<W: Write> FinishWrite for SyncFlushedChunks<W> {
+    fn finish_boxed(mut self: Box<Self>) -> io::Result<()> {
+        self.inner.write_all(&libdeflate_sync::FINAL_BLOCK)
+    }
 }
 
 trait FinishWrite: Write {
@@ -342,6 +364,20 @@ mod tests {
         assert!(report.render().contains("gzip -6"));
         assert!(report.render().contains("gzip -6 (libdeflate)"));
         assert!(report.get(Codec::GzipLibdeflate, Feed::PerLine).is_none());
+    }
+
+    #[test]
+    fn the_libdeflate_stream_measured_is_one_deflate_stream() {
+        let cycle = cycle();
+        let mut out = Vec::new();
+        let mut encoder: Box<dyn FinishWrite + '_> = Box::new(SyncFlushedChunks::new(&mut out).unwrap());
+        for piece in Pieces::new(&cycle, 0, cycle.len(), false) {
+            encoder.write_all(piece).unwrap();
+        }
+        encoder.finish_boxed().unwrap();
+        let mut decoded = Vec::new();
+        flate2::read::DeflateDecoder::new(&out[..]).read_to_end(&mut decoded).unwrap();
+        assert_eq!(decoded, cycle);
     }
 
     #[test]

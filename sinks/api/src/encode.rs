@@ -475,13 +475,10 @@ thread_local! {
     /// Each compression thread's deflate compressor (level 6, zlib's default) and output
     /// scratch, kept: the match-finder tables are large and allocated once.
     static DEFLATE: std::cell::RefCell<(libdeflate_sync::Compressor, Vec<u8>)> = std::cell::RefCell::new((
-        libdeflate_sync::Compressor::new(DEFLATE_LEVEL).expect("6 is a valid deflate level"),
+        libdeflate_sync::Compressor::new(libdeflate_sync::DEFAULT_LEVEL).expect("6 is a valid deflate level"),
         Vec::new(),
     ));
 }
-
-/// gzip's default level, as `gzip` and zlib use.
-const DEFLATE_LEVEL: i32 = 6;
 
 /// Compress one chunk, fed in one large write (a codec fed line by line runs about a third
 /// slower): gzip as byte-aligned raw deflate by libdeflate (see the module header), zstd as a

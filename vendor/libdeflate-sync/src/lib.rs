@@ -27,6 +27,9 @@ unsafe extern "C" {
     ) -> usize;
 }
 
+/// zlib's and gzip's default level, which libdeflate's level 6 stands in for.
+pub const DEFAULT_LEVEL: i32 = 6;
+
 /// An empty fixed-Huffman block with BFINAL set: ends a stream of sync-flushed chunks.
 pub const FINAL_BLOCK: [u8; 2] = [0x03, 0x00];
 
@@ -71,7 +74,7 @@ impl Compressor {
     }
 
     /// Most bytes [`Compressor::compress_sync_flush`] writes for `len` input bytes.
-    pub fn bound(&mut self, len: usize) -> usize {
+    pub fn bound(&self, len: usize) -> usize {
         // SAFETY: `raw` is a live compressor.
         unsafe { libdeflate_deflate_compress_bound(self.raw.as_ptr(), len) + SYNC_FLUSH_BYTES }
     }
