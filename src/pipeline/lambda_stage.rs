@@ -131,7 +131,7 @@ impl LambdaStage {
         out: mpsc::Sender<ProcessedChunk>,
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), StageError> {
-        let mut reader = Some(wal.reader(from));
+        let mut reader = Some(wal.delivery_reader(from));
         let mut committed_rx = wal.committed();
         let mut position = from;
         let mut open: Option<Invocation> = None;

@@ -193,8 +193,11 @@ impl DeliveryLoop {
             self.batching.max_partitions,
             self.budget.clone(),
         );
-        let mut assembler =
-            Some(Assembler::new(self.wal.reader(stored), open, self.router.clone(), Claimed::new(claimed)));
+        // The assembler reads the WAL itself unless a Lambda stage does (then that one is the
+        // stream's delivery reader).
+        let reader =
+            if self.router.lambda.is_some() { self.wal.reader(stored) } else { self.wal.delivery_reader(stored) };
+        let mut assembler = Some(Assembler::new(reader, open, self.router.clone(), Claimed::new(claimed)));
         // With a Lambda transform, its stage reads the WAL and hands processed chunks back in order.
         let mut lambda_stage = match &self.router.lambda {
             Some(lambda) => {

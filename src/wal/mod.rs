@@ -11,6 +11,7 @@ pub mod inspect;
 mod positions;
 mod reader;
 mod segment;
+mod tail;
 mod writer;
 
 use std::ops::Range;
@@ -99,6 +100,8 @@ pub struct Wal {
     writer: Option<Arc<writer::WriterThread>>,
     /// Pulled shards' positions as durably appended.
     positions: positions::SharedPositions,
+    /// The newest frames written, for [`Wal::delivery_reader`].
+    tail: Arc<tail::Tail>,
 }
 
 impl Wal {
@@ -154,16 +157,17 @@ impl Wal {
         };
         let disk_bytes = Arc::new(AtomicU64::new(disk_bytes));
         let (committed_tx, committed) = watch::channel(next_sequence);
-        let (commands, writer) = writer::WriterThread::spawn(
-            options.clone(),
-            segments,
-            next_sequence,
-            delivered,
-            disk_bytes.clone(),
-            committed_tx,
-            positions.clone(),
-        )?;
-        let wal = Wal { commands, committed, disk_bytes, dir: options.dir, writer: Some(Arc::new(writer)), positions };
+        let tail = Arc::new(tail::Tail::default());
+        let published = writer::Published {
+            disk_bytes: disk_bytes.clone(),
+            committed: committed_tx,
+            positions: positions.clone(),
+            tail: tail.clone(),
+        };
+        let (commands, writer) =
+            writer::WriterThread::spawn(options.clone(), segments, next_sequence, delivered, published)?;
+        let writer = Some(Arc::new(writer));
+        let wal = Wal { commands, committed, disk_bytes, dir: options.dir, writer, positions, tail };
         Ok((wal, report))
     }
 
@@ -175,7 +179,7 @@ impl Wal {
         let (commands, _no_writer) = std::sync::mpsc::channel();
         let (_never_committed, committed) = watch::channel(0);
         let disk_bytes = Arc::new(AtomicU64::new(held_bytes));
-        Wal { commands, committed, disk_bytes, dir, writer: None, positions: Arc::default() }
+        Wal { commands, committed, disk_bytes, dir, writer: None, positions: Arc::default(), tail: Arc::default() }
     }
 
     /// Append one request's records as a single frame (all or nothing). Resolves once the frame
@@ -263,9 +267,16 @@ impl Wal {
         self.writer.as_ref().map_or(0, |writer| writer.undelivered_bytes())
     }
 
-    /// A reader positioned at `from` (usually the checkpoint).
+    /// A reader positioned at `from`, reading the files.
     pub fn reader(&self, from: u64) -> WalReader {
         WalReader::new(self.dir.clone(), from)
+    }
+
+    /// The stream's delivery reader, positioned at `from` (usually the checkpoint): it also takes
+    /// the newest frames from memory as the writer wrote them (see `tail`). One per stream at a
+    /// time: a frame it takes is gone from memory, and any other reader reads the file.
+    pub fn delivery_reader(&self, from: u64) -> WalReader {
+        WalReader::with_tail(self.dir.clone(), from, self.tail.clone())
     }
 
     /// Stop the writer after the queued appends, syncing the last segment.

@@ -3,18 +3,26 @@
 //! bad checksum there is corruption and stops the stream with the segment and offset named.
 //! Where an operator set a damaged range aside (`spillway wal quarantine`), the reader skips
 //! that range with a warning naming it; any other missing range is `WalError::Gap`.
+//! The stream's delivery reader also takes the newest frames from the writer's [`Tail`] when it
+//! holds them (no copy, no checksum of bytes that never left memory), and goes on from the file
+//! where the tail's frame ended when it does not.
 //! Blocking file I/O: call it from `spawn_blocking`.
 
 use std::fs::File;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::segment::{self, ReadOutcome, SegmentFile};
+use super::tail::Tail;
 use super::{Frame, WalError, inspect};
 
 pub struct WalReader {
     dir: PathBuf,
     next_sequence: u64,
     open: Option<OpenSegment>,
+    tail: Option<Arc<Tail>>,
+    /// Where the last frame taken from the tail ended: the file read goes on from there.
+    resume: Option<(SegmentFile, u64)>,
 }
 
 struct OpenSegment {
@@ -25,7 +33,13 @@ struct OpenSegment {
 
 impl WalReader {
     pub fn new(dir: PathBuf, from: u64) -> Self {
-        Self { dir, next_sequence: from, open: None }
+        Self { dir, next_sequence: from, open: None, tail: None, resume: None }
+    }
+
+    /// A reader that also takes frames from the writer's tail (the stream's one delivery reader:
+    /// taking a frame removes it from the tail).
+    pub(super) fn with_tail(dir: PathBuf, from: u64, tail: Arc<Tail>) -> Self {
+        Self { tail: Some(tail), ..Self::new(dir, from) }
     }
 
     /// The sequence of the next record this reader returns.
@@ -66,9 +80,17 @@ impl WalReader {
     /// The next whole frame, moving to the following segment at the end of one. None when the
     /// position jumped over a range set aside by `spillway wal quarantine`.
     fn next_frame(&mut self) -> Result<Option<Frame>, WalError> {
+        if let Some(taken) = self.tail.as_ref().and_then(|tail| tail.take(self.next_sequence)) {
+            self.open = None;
+            self.resume = Some((taken.segment, taken.next_offset));
+            return Ok(Some(taken.frame));
+        }
         loop {
             if self.open.is_none() {
-                self.open = Some(self.open_segment()?);
+                self.open = Some(match self.resume.take() {
+                    Some((segment, offset)) => self.reopen(segment, offset)?,
+                    None => self.open_segment()?,
+                });
             }
             let Some(open) = self.open.as_mut() else { continue };
             let io_error = |source| WalError::Io { path: open.segment.path.clone(), source };
@@ -127,6 +149,16 @@ impl WalReader {
             .find(|segment| segment.first_sequence <= self.next_sequence)
             .ok_or(WalError::Gap { sequence: self.next_sequence })?;
         open_at_start(holder)
+    }
+
+    /// The segment a tail frame ended in, at that offset; the usual lookup when a trim has
+    /// deleted it meanwhile (everything in it was delivered).
+    fn reopen(&self, segment: SegmentFile, offset: u64) -> Result<OpenSegment, WalError> {
+        match File::open(&segment.path) {
+            Ok(file) => Ok(OpenSegment { segment, file, offset }),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => self.open_segment(),
+            Err(source) => Err(WalError::Io { path: segment.path, source }),
+        }
     }
 
     fn find_segment_starting_at(&self, sequence: u64) -> Result<Option<SegmentFile>, WalError> {

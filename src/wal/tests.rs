@@ -583,3 +583,128 @@ async fn record_metadata_reads_back_aligned_with_its_records_from_any_position()
     assert_eq!(frames[0].metadata, metadata[2..], "the entries of the records read, in order");
     wal.close();
 }
+
+fn read_records(reader: &mut WalReader, committed: u64) -> Vec<Bytes> {
+    reader.read(committed, usize::MAX).unwrap().into_iter().flat_map(|frame| frame.records).collect()
+}
+
+#[tokio::test]
+async fn the_delivery_reader_takes_new_frames_from_memory_not_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(WalOptions { segment_bytes: 1 << 20, ..options(dir.path()) }, 0).unwrap();
+    let mut delivery = wal.delivery_reader(0);
+    let batch = records("m", 10);
+    wal.append(0, batch.clone()).await.unwrap();
+    // Damage the frame on disk: only a reader of the file can notice.
+    let segment = segment::list(dir.path()).unwrap().remove(0);
+    let mut bytes = std::fs::read(&segment.path).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&segment.path, &bytes).unwrap();
+
+    let committed = *wal.committed().borrow();
+    assert!(wal.reader(0).read(committed, usize::MAX).is_err(), "the file reader checks the damaged frame");
+    assert_eq!(read_records(&mut delivery, committed), batch, "the delivery reader got the writer's records");
+    wal.close();
+}
+
+#[tokio::test]
+async fn the_delivery_reader_goes_on_from_the_file_wherever_memory_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(options(dir.path()), 0).unwrap();
+    let mut delivery = wal.delivery_reader(0);
+    let mut expected = Vec::new();
+    let mut got = Vec::new();
+    for round in 0..30 {
+        let batch = records(&format!("r{round}"), 10);
+        wal.append(0, batch.clone()).await.unwrap();
+        expected.extend(batch);
+        match round % 5 {
+            // Read what is committed.
+            2 | 4 => got.extend(read_records(&mut delivery, *wal.committed().borrow())),
+            // Another reader takes the newest frame out of memory: the delivery reader reads it
+            // from the file, after the frame it took last.
+            3 => {
+                let committed = *wal.committed().borrow();
+                let stolen = wal.delivery_reader(committed - 10).read(committed, usize::MAX).unwrap();
+                assert_eq!(stolen.len(), 1);
+            }
+            _ => {}
+        }
+    }
+    got.extend(read_records(&mut delivery, *wal.committed().borrow()));
+    assert_eq!(got, expected);
+    assert!(segment::list(dir.path()).unwrap().len() > 3, "small segments rotate");
+
+    // More than memory holds arrives before the reader reads on: the oldest come from the file.
+    let big = Bytes::from(vec![b'x'; 1 << 20]);
+    let over_the_bound = tail::TAIL_MAX_BYTES / big.len() + 2;
+    for _ in 0..over_the_bound {
+        wal.append(0, vec![big.clone()]).await.unwrap();
+        expected.push(big.clone());
+    }
+    got.extend(read_records(&mut delivery, *wal.committed().borrow()));
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "every record once, in order");
+    wal.close();
+}
+
+#[tokio::test]
+async fn the_delivery_reader_finds_the_next_segment_when_the_one_it_read_last_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every frame gets a segment of its own.
+    let (wal, _) = Wal::open(WalOptions { segment_bytes: 1, ..options(dir.path()) }, 0).unwrap();
+    let mut delivery = wal.delivery_reader(0);
+    let first = records("first", 10);
+    wal.append(0, first.clone()).await.unwrap();
+    assert_eq!(read_records(&mut delivery, 10), first, "taken from memory");
+    let second = records("second", 10);
+    wal.append(0, second.clone()).await.unwrap();
+    wal.trim(10);
+    // The writer thread trims in the background.
+    for _ in 0..200 {
+        if segment::list(dir.path()).unwrap().len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(segment::list(dir.path()).unwrap().len(), 1, "the first frame's segment is deleted");
+    // The second frame is no longer in memory either: the reader must find its segment.
+    wal.delivery_reader(10).read(20, usize::MAX).unwrap();
+    assert_eq!(read_records(&mut delivery, 20), second);
+    wal.close();
+}
+
+#[tokio::test]
+async fn frames_from_memory_equal_frames_from_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(WalOptions { track_positions: true, ..options(dir.path()) }, 0).unwrap();
+    let mut delivery = wal.delivery_reader(0);
+    let position = |at: &str| SourcePosition { shard: "shard-1".into(), position: at.into() };
+    wal.append(7, records("push", 3)).await.unwrap();
+    wal.append_pulled(8, records("pulled", 2), position("2")).await.unwrap();
+    let metadata = vec![Bytes::from_static(b"m0"), Bytes::from_static(b"m1")];
+    wal.append_pulled_with_metadata(9, records("meta", 2), position("4"), metadata).await.unwrap();
+    wal.forget_position("shard-1".into()).await.unwrap();
+    wal.append(10, records("last", 1)).await.unwrap();
+
+    let committed = *wal.committed().borrow();
+    let from_file = wal.reader(0).read(committed, usize::MAX).unwrap();
+    let from_memory = delivery.read(committed, usize::MAX).unwrap();
+    let shape = |frames: &[Frame]| -> Vec<_> {
+        frames
+            .iter()
+            .map(|frame| {
+                (
+                    frame.first_sequence,
+                    frame.arrival_ms,
+                    frame.records.clone(),
+                    frame.source.clone(),
+                    frame.metadata.clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(shape(&from_memory), shape(&from_file));
+    assert_eq!(from_memory.len(), 4, "the frame without records is skipped alike");
+    wal.close();
+}

@@ -25,7 +25,8 @@ use tokio::sync::{oneshot, watch};
 use super::frame::SourcePosition;
 use super::positions::{self, SharedPositions};
 use super::segment::{self, ReadOutcome, SegmentFile};
-use super::{WalError, WalOptions, frame};
+use super::tail::{Tail, TailFrame};
+use super::{Frame, WalError, WalOptions, frame};
 use crate::config::FsyncPolicy;
 
 /// Most bytes written in one group; keeps one slow group from delaying every acknowledgement.
@@ -65,6 +66,16 @@ pub struct WriterThread {
     undelivered_bytes: Arc<AtomicU64>,
 }
 
+/// What the writer keeps up to date for the [`super::Wal`] handles.
+pub struct Published {
+    pub disk_bytes: Arc<AtomicU64>,
+    pub committed: watch::Sender<u64>,
+    /// Pulled shards' positions, as synced.
+    pub positions: SharedPositions,
+    /// The newest frames written, for the delivery reader.
+    pub tail: Arc<Tail>,
+}
+
 impl WriterThread {
     /// Start the writer on the segments `Wal::open` found (torn tail already cut). `delivered`
     /// is the checkpoint: bytes below it do not count against `max_bytes`.
@@ -73,11 +84,9 @@ impl WriterThread {
         segments: Vec<SegmentFile>,
         next_sequence: u64,
         delivered: u64,
-        disk_bytes: Arc<AtomicU64>,
-        committed: watch::Sender<u64>,
-        positions: SharedPositions,
+        published: Published,
     ) -> Result<(Sender<Command>, WriterThread), WalError> {
-        let mut state = Writer::open(options, segments, next_sequence, delivered, disk_bytes, committed, positions)?;
+        let mut state = Writer::open(options, segments, next_sequence, delivered, published)?;
         let undelivered_bytes = state.backlog.shared_total.clone();
         let (sender, receiver) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
@@ -218,6 +227,8 @@ struct Writer {
     failed: Option<Failure>,
     buffer: Vec<u8>,
     positions: PositionTracker,
+    /// Frames written, for the delivery reader.
+    tail: Arc<Tail>,
 }
 
 /// Source positions as the writer moves them: written → synced (shared with readers) → saved.
@@ -293,10 +304,9 @@ impl Writer {
         mut segments: Vec<SegmentFile>,
         next_sequence: u64,
         delivered: u64,
-        disk_bytes: Arc<AtomicU64>,
-        committed: watch::Sender<u64>,
-        positions: SharedPositions,
+        published: Published,
     ) -> Result<Writer, WalError> {
+        let Published { disk_bytes, committed, positions, tail } = published;
         let active = match segments.pop() {
             Some(last) => last,
             None => {
@@ -339,6 +349,7 @@ impl Writer {
             failed: None,
             buffer: Vec::new(),
             positions: PositionTracker::new(track_positions, positions, next_sequence),
+            tail,
         })
     }
 
@@ -493,6 +504,7 @@ impl Writer {
         }
         self.buffer.clear();
         let mut accepted = Vec::with_capacity(group.len());
+        let mut written_frames = Vec::with_capacity(group.len());
         let mut sequence = self.next_sequence;
         let mut sources = Vec::new();
         for queued in group {
@@ -505,6 +517,16 @@ impl Writer {
                 &mut self.buffer,
             );
             let range = sequence..sequence + queued.records.len() as u64;
+            // As `frame::decode` gives it back: metadata is kept only with a source.
+            let metadata = if queued.source.is_some() { queued.metadata } else { Vec::new() };
+            let frame = Frame {
+                first_sequence: sequence,
+                arrival_ms: queued.arrival_ms,
+                records: queued.records,
+                source: queued.source.clone(),
+                metadata,
+            };
+            written_frames.push((frame, self.buffer.len() as u64));
             sequence = range.end;
             sources.extend(queued.source);
             accepted.push((range, queued.reply));
@@ -535,6 +557,12 @@ impl Writer {
             self.unsynced_since = Some(Instant::now());
         }
         let written = self.buffer.len() as u64;
+        let segment_start = self.active_len;
+        self.tail.push(written_frames.into_iter().map(|(frame, end)| TailFrame {
+            frame,
+            segment: self.active.clone(),
+            next_offset: segment_start + end,
+        }));
         self.active_len += written;
         self.disk_bytes.fetch_add(written, Ordering::Relaxed);
         self.backlog.add_active(sequence, written);
@@ -599,6 +627,7 @@ impl Writer {
     fn trim(&mut self, delivered: u64) {
         self.delivered = self.delivered.max(delivered);
         self.backlog.release(self.delivered);
+        self.tail.trim(self.delivered);
         if self.active_is_mostly_delivered()
             && let Err(error) = self.rotate()
         {
