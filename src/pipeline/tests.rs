@@ -100,12 +100,12 @@ impl Harness {
     }
 
     async fn append(&self, count: usize) {
-        let records = (0..count).map(|index| Bytes::from(format!("r{index}"))).collect();
+        let records: Vec<Bytes> = (0..count).map(|index| Bytes::from(format!("r{index}"))).collect();
         self.wal.append(chrono::Utc::now().timestamp_millis(), records).await.unwrap();
     }
 
     async fn append_lines(&self, lines: &[&str]) {
-        let records = lines.iter().map(|line| Bytes::from(line.to_string())).collect();
+        let records: Vec<Bytes> = lines.iter().map(|line| Bytes::from(line.to_string())).collect();
         self.wal.append(chrono::Utc::now().timestamp_millis(), records).await.unwrap();
     }
 

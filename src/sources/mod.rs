@@ -27,7 +27,7 @@ use crate::config::{Config, StreamConfig};
 use crate::metrics::{Metrics, StreamMetrics};
 use crate::server::health::Readiness;
 use crate::streams::Lifecycle;
-use crate::wal::Wal;
+use crate::wal::{Records, Wal};
 
 /// The source registry: the one place that maps a YAML `source.type` to a source. Push sources
 /// (the Firehose API and NDJSON) are served by the HTTP router and append through [`Ingest`];
@@ -402,7 +402,8 @@ impl Ingest {
     }
 
     /// Append one request's records to the stream's WAL, all or nothing.
-    pub async fn append(&self, stream: &str, records: Vec<Bytes>) -> Result<Range<u64>, IngestError> {
+    pub async fn append(&self, stream: &str, records: impl Into<Records>) -> Result<Range<u64>, IngestError> {
+        let records = records.into();
         let target = self.stream(stream).ok_or(IngestError::UnknownStream)?;
         if !target.config.source.accepts_puts() {
             return Err(IngestError::NotPushable {
@@ -418,7 +419,7 @@ impl Ingest {
             return Err(IngestError::Internal(format!("stream {stream} stopped delivering: {reason}")));
         }
         let count = records.len() as u64;
-        let bytes: u64 = records.iter().map(|record| record.len() as u64).sum();
+        let bytes = records.byte_len() as u64;
         let arrival_ms = chrono::Utc::now().timestamp_millis();
         let started = Instant::now();
         match target.wal.append(arrival_ms, records).await {

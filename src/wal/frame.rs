@@ -80,9 +80,7 @@ pub fn encode(
 ) {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER_LEN]);
-    out.extend_from_slice(&first_sequence.to_le_bytes());
-    out.extend_from_slice(&arrival_ms.to_le_bytes());
-    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    encode_fixed(first_sequence, arrival_ms, records.len(), out);
     for record in records {
         out.extend_from_slice(&(record.len() as u32).to_le_bytes());
         out.extend_from_slice(record);
@@ -102,10 +100,33 @@ pub fn encode(
         }
     }
     let payload = &out[start + HEADER_LEN..];
-    let payload_len = payload.len() as u32;
+    let payload_len = payload.len();
     let checksum = crc32c::crc32c(payload);
-    out[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&checksum.to_le_bytes());
+    fill_header(&mut out[start..], payload_len, checksum);
+}
+
+/// Append the header and fixed fields of a frame whose records are `framed`, already laid out as
+/// a frame holds them (`records::FramedRecords`), without a source: followed by `framed`, these
+/// are the bytes [`encode`] writes for the same records.
+pub fn encode_head(first_sequence: u64, arrival_ms: i64, count: usize, framed: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    encode_fixed(first_sequence, arrival_ms, count, out);
+    let fixed = &out[start + HEADER_LEN..];
+    let checksum = crc32c::crc32c_append(crc32c::crc32c(fixed), framed);
+    let payload_len = fixed.len() + framed.len();
+    fill_header(&mut out[start..], payload_len, checksum);
+}
+
+fn encode_fixed(first_sequence: u64, arrival_ms: i64, count: usize, out: &mut Vec<u8>) {
+    out.extend_from_slice(&first_sequence.to_le_bytes());
+    out.extend_from_slice(&arrival_ms.to_le_bytes());
+    out.extend_from_slice(&(count as u32).to_le_bytes());
+}
+
+fn fill_header(header: &mut [u8], payload_len: usize, checksum: u32) {
+    header[..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    header[4..HEADER_LEN].copy_from_slice(&checksum.to_le_bytes());
 }
 
 /// Parse a frame header into (payload length, checksum).
@@ -219,6 +240,18 @@ mod tests {
         let mut corrupted = out[HEADER_LEN..].to_vec();
         corrupted[10] ^= 1;
         assert_eq!(decode(Bytes::from(corrupted), checksum).unwrap_err(), DecodeError::Checksum);
+    }
+
+    #[test]
+    fn a_head_before_records_laid_out_in_place_is_the_frame_encode_writes() {
+        let records = vec![Bytes::from_static(b"one"), Bytes::new(), Bytes::from(vec![0u8, 255, 7])];
+        let mut whole = Vec::new();
+        encode(42, 7, &records, None, &[], &mut whole);
+        let fixed_len = HEADER_LEN + PAYLOAD_FIXED_LEN;
+        let mut head = vec![9u8; 5];
+        encode_head(42, 7, records.len(), &whole[fixed_len..], &mut head);
+        assert_eq!(&head[..5], &[9u8; 5], "appended after what the buffer held");
+        assert_eq!(head[5..], whole[..fixed_len]);
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod frame;
 pub mod inspect;
 mod positions;
 mod reader;
+mod records;
 mod segment;
 mod tail;
 mod writer;
@@ -25,6 +26,7 @@ use tokio::sync::{oneshot, watch};
 
 pub use frame::{Frame, MAX_SOURCE_FIELD_LEN, SourcePosition};
 pub use reader::WalReader;
+pub use records::{FramedRecords, Records};
 pub use segment::ScanError;
 
 use crate::config::FsyncPolicy;
@@ -184,8 +186,8 @@ impl Wal {
 
     /// Append one request's records as a single frame (all or nothing). Resolves once the frame
     /// is durable per the fsync policy, with the sequences the records got.
-    pub async fn append(&self, arrival_ms: i64, records: Vec<Bytes>) -> Result<Range<u64>, WalError> {
-        self.append_frame(arrival_ms, records, None, Vec::new()).await
+    pub async fn append(&self, arrival_ms: i64, records: impl Into<Records>) -> Result<Range<u64>, WalError> {
+        self.append_frame(arrival_ms, records.into(), None, Vec::new()).await
     }
 
     /// Append records pulled from a shard, with the shard's position after the last of them
@@ -215,18 +217,21 @@ impl Wal {
         if !metadata.is_empty() && metadata.len() != records.len() {
             return Err(WalError::MetadataCount { records: records.len(), metadata: metadata.len() });
         }
-        self.append_frame(arrival_ms, records, Some(source), metadata).await
+        self.append_frame(arrival_ms, records.into(), Some(source), metadata).await
     }
 
     async fn append_frame(
         &self,
         arrival_ms: i64,
-        records: Vec<Bytes>,
+        records: Records,
         source: Option<SourcePosition>,
         metadata: Vec<Bytes>,
     ) -> Result<Range<u64>, WalError> {
         let (reply, response) = oneshot::channel();
-        let command = writer::Command::Append { arrival_ms, records, source, metadata, reply };
+        let Records { records, framed } = records;
+        // Records laid out in place are written as they are only in a frame without a source.
+        let framed = framed.filter(|_| source.is_none());
+        let command = writer::Command::Append { arrival_ms, records, framed, source, metadata, reply };
         self.commands.send(command).map_err(|_| WalError::Closed)?;
         response.await.map_err(|_| WalError::Closed)?
     }

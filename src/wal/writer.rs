@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,6 +50,9 @@ pub enum Command {
     Append {
         arrival_ms: i64,
         records: Vec<Bytes>,
+        /// The records laid out as the frame holds them (`records` are slices of it), written
+        /// as they are; only in a frame without a source.
+        framed: Option<Bytes>,
         source: Option<SourcePosition>,
         /// Per-record metadata of a pulled source: empty, or one entry per record.
         metadata: Vec<Bytes>,
@@ -113,6 +116,7 @@ impl WriterThread {
 struct QueuedAppend {
     arrival_ms: i64,
     records: Vec<Bytes>,
+    framed: Option<Bytes>,
     source: Option<SourcePosition>,
     metadata: Vec<Bytes>,
     reply: AppendReply,
@@ -415,10 +419,11 @@ impl Writer {
     /// Apply one command; true when it asks the writer to stop.
     fn handle(&mut self, command: Command) -> bool {
         match command {
-            Command::Append { arrival_ms, records, source, metadata, reply } => {
+            Command::Append { arrival_ms, records, framed, source, metadata, reply } => {
                 let frame_len = frame::encoded_len(&records, source.as_ref(), &metadata) as u64;
                 let give_up_at = Instant::now() + self.options.full_wait;
-                let queued = QueuedAppend { arrival_ms, records, source, metadata, reply, frame_len, give_up_at };
+                let queued =
+                    QueuedAppend { arrival_ms, records, framed, source, metadata, reply, frame_len, give_up_at };
                 self.queue.push_back(queued);
                 false
             }
@@ -505,17 +510,35 @@ impl Writer {
         self.buffer.clear();
         let mut accepted = Vec::with_capacity(group.len());
         let mut written_frames = Vec::with_capacity(group.len());
+        // The group as written: stretches of `self.buffer` and records laid out in place.
+        let mut pieces: Vec<GroupPiece> = Vec::with_capacity(group.len() * 2);
+        let mut group_len = 0;
         let mut sequence = self.next_sequence;
         let mut sources = Vec::new();
         for queued in group {
-            frame::encode(
-                sequence,
-                queued.arrival_ms,
-                &queued.records,
-                queued.source.as_ref(),
-                &queued.metadata,
-                &mut self.buffer,
-            );
+            let start = self.buffer.len();
+            match &queued.framed {
+                Some(framed) => {
+                    frame::encode_head(sequence, queued.arrival_ms, queued.records.len(), framed, &mut self.buffer)
+                }
+                None => frame::encode(
+                    sequence,
+                    queued.arrival_ms,
+                    &queued.records,
+                    queued.source.as_ref(),
+                    &queued.metadata,
+                    &mut self.buffer,
+                ),
+            }
+            group_len += (self.buffer.len() - start) as u64;
+            match pieces.last_mut() {
+                Some(GroupPiece::Buffered(stretch)) => stretch.end = self.buffer.len(),
+                _ => pieces.push(GroupPiece::Buffered(start..self.buffer.len())),
+            }
+            if let Some(framed) = queued.framed {
+                group_len += framed.len() as u64;
+                pieces.push(GroupPiece::Framed(framed));
+            }
             let range = sequence..sequence + queued.records.len() as u64;
             // As `frame::decode` gives it back: metadata is kept only with a source.
             let metadata = if queued.source.is_some() { queued.metadata } else { Vec::new() };
@@ -526,12 +549,12 @@ impl Writer {
                 source: queued.source.clone(),
                 metadata,
             };
-            written_frames.push((frame, self.buffer.len() as u64));
+            written_frames.push((frame, group_len));
             sequence = range.end;
             sources.extend(queued.source);
             accepted.push((range, queued.reply));
         }
-        if let Err(error) = self.file.write_all(&self.buffer) {
+        if let Err(error) = write_pieces(&mut self.file, &self.buffer, &pieces) {
             let rolled_back = self.file.set_len(self.active_len).is_ok();
             tracing::error!(segment = %self.active.path.display(), %error, rolled_back, "wal write failed");
             if !rolled_back {
@@ -556,7 +579,7 @@ impl Writer {
         if self.options.fsync == FsyncPolicy::Interval && self.unsynced_since.is_none() {
             self.unsynced_since = Some(Instant::now());
         }
-        let written = self.buffer.len() as u64;
+        let written = group_len;
         let segment_start = self.active_len;
         self.tail.push(written_frames.into_iter().map(|(frame, end)| TailFrame {
             frame,
@@ -753,6 +776,35 @@ fn undelivered_bytes_in(
             ReadOutcome::Damaged { .. } => return Ok(active_len - offset),
         }
     }
+}
+
+/// A stretch of a write group.
+enum GroupPiece {
+    /// Frames (or a frame's head) encoded into the writer's buffer.
+    Buffered(Range<usize>),
+    /// Records laid out in place by their source.
+    Framed(Bytes),
+}
+
+/// Write a group's pieces in order, with as few `writev` calls as the pieces allow.
+fn write_pieces(file: &mut File, buffer: &[u8], pieces: &[GroupPiece]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice> = pieces
+        .iter()
+        .map(|piece| match piece {
+            GroupPiece::Buffered(stretch) => IoSlice::new(&buffer[stretch.clone()]),
+            GroupPiece::Framed(framed) => IoSlice::new(framed),
+        })
+        .collect();
+    let mut remaining = &mut slices[..];
+    while !remaining.is_empty() {
+        match file.write_vectored(remaining) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(written) => IoSlice::advance_slices(&mut remaining, written),
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 fn open_append(path: &Path) -> Result<File, WalError> {

@@ -21,6 +21,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::wal::{FramedRecords, Records};
+
 use super::{
     Ingest, IngestError, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_RECORD_BYTES, MAX_REQUEST_BODY_BYTES,
     decode_off_runtime,
@@ -228,26 +230,27 @@ pub(crate) fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiErro
     sonic_rs::from_slice(body).map_err(|error| ApiError::serialization(format!("malformed request body: {error}")))
 }
 
-/// Decode records' base64 data into one buffer (one allocation per request, not per record)
-/// and check Firehose's per-record limit; `member` names a record in errors (`records.3.member`).
+/// Decode records' base64 data into one buffer laid out as the WAL frame holds it (one
+/// allocation per request, not per record, and no copy when the WAL writes it), and check
+/// Firehose's per-record limit; `member` names a record in errors (`records.3.member`).
 fn decode_records<'a>(
     data: impl ExactSizeIterator<Item = &'a str> + Clone,
     member: impl Fn(usize) -> String,
-) -> Result<Vec<Bytes>, ApiError> {
+) -> Result<Records, ApiError> {
     let codec = base64_simd::STANDARD;
     let capacity: usize = data.clone().map(|text| text.len() / 4 * 3).sum();
-    let mut buffer = Vec::with_capacity(capacity);
-    let mut ends = Vec::with_capacity(data.len());
+    let mut records = FramedRecords::with_capacity(capacity, data.len());
     for (index, text) in data.enumerate() {
         let invalid = |error: base64_simd::Error| {
             ApiError::serialization(format!("'{}.data' is not valid base64: {error}", member(index)))
         };
-        let start = buffer.len();
         let most = codec.estimated_decoded_length(text.len());
-        buffer.resize(start + most, 0);
-        let decoded_len =
-            codec.decode(text.as_bytes(), base64_simd::Out::from_slice(&mut buffer[start..])).map_err(invalid)?.len();
-        buffer.truncate(start + decoded_len);
+        let decoded_len = records.push_with(most, |out| {
+            codec
+                .decode(text.as_bytes(), base64_simd::Out::from_slice(out))
+                .map(|decoded| decoded.len())
+                .map_err(invalid)
+        })?;
         if decoded_len > MAX_RECORD_BYTES {
             return Err(ApiError::validation(format!(
                 "1 validation error detected: Value at '{}.data' failed to satisfy constraint: \
@@ -255,18 +258,8 @@ fn decode_records<'a>(
                 member(index)
             )));
         }
-        ends.push(buffer.len());
     }
-    let buffer = Bytes::from(buffer);
-    let mut start = 0;
-    Ok(ends
-        .into_iter()
-        .map(|end| {
-            let record = buffer.slice(start..end);
-            start = end;
-            record
-        })
-        .collect())
+    Ok(records.finish())
 }
 
 /// Decode a put body (JSON, then base64), off the runtime when it is large.
@@ -279,14 +272,13 @@ async fn decode_put(body: Bytes, decode: fn(&[u8]) -> Result<DecodedPut, ApiErro
 /// A decoded put: the stream name and the records' raw bytes.
 struct DecodedPut {
     stream: String,
-    records: Vec<Bytes>,
+    records: Records,
 }
 
 fn decode_put_record(body: &[u8]) -> Result<DecodedPut, ApiError> {
     let request: PutRecordRequest = parse(body)?;
-    let mut decoded = decode_records(std::iter::once(request.record.data.as_ref()), |_| "record".to_string())?;
-    let record = decoded.pop().unwrap_or_default();
-    Ok(DecodedPut { stream: request.delivery_stream_name.into_owned(), records: vec![record] })
+    let records = decode_records(std::iter::once(request.record.data.as_ref()), |_| "record".to_string())?;
+    Ok(DecodedPut { stream: request.delivery_stream_name.into_owned(), records })
 }
 
 fn decode_put_record_batch(body: &[u8]) -> Result<DecodedPut, ApiError> {
@@ -299,7 +291,7 @@ fn decode_put_record_batch(body: &[u8]) -> Result<DecodedPut, ApiError> {
     let records = decode_records(request.records.iter().map(|record| record.data.as_ref()), |index| {
         format!("records.{}.member", index + 1)
     })?;
-    let total: usize = records.iter().map(Bytes::len).sum();
+    let total = records.byte_len();
     if total > MAX_BATCH_BYTES {
         // Firehose's own words for it (an InvalidArgumentException, not a model constraint).
         return Err(ApiError::invalid_argument(format!(
