@@ -218,13 +218,6 @@ pub struct Ingest {
 /// How often a throttling warning may repeat (per stream).
 pub const THROTTLE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Below this size a body is decoded on the runtime thread; above, on the blocking pool. Decoding
-/// (JSON, base64, line splitting) costs CPU in proportion to the size, and a multi-MiB body would
-/// otherwise stall every other connection served by the same worker thread. Up to 256 KiB it takes
-/// about 60 µs, less than the trip to the blocking pool and back costs in thread wake-ups (a
-/// `PutRecordBatch` of 500 log lines is ~190 KiB: 6 % less server CPU, 10 % faster drain).
-pub const DECODE_INLINE_MAX_BYTES: usize = 256 * 1024;
-
 /// The request's `Content-Length`, when it has a valid one.
 pub fn declared_body_len(headers: &axum::http::HeaderMap) -> Option<usize> {
     headers
@@ -233,17 +226,21 @@ pub fn declared_body_len(headers: &axum::http::HeaderMap) -> Option<usize> {
         .and_then(|value| value.parse::<usize>().ok())
 }
 
-/// Run `decode` on `body`: inline when small, on the blocking pool otherwise. The outer error is
-/// only a panicked or cancelled decode task; the inner one is the decoder's own answer.
+/// Run `decode` on `body`: on the runtime thread up to `inline_max_bytes`, on the blocking pool
+/// above. Decoding costs CPU in proportion to the size, and a multi-MiB body would otherwise stall
+/// every other connection served by the same worker thread; a small one costs less than the trip
+/// to the blocking pool and back (each decoder sets its bound by its own speed). The outer error
+/// is only a panicked or cancelled decode task; the inner one is the decoder's own answer.
 pub async fn decode_off_runtime<T, E>(
     body: Bytes,
+    inline_max_bytes: usize,
     decode: impl FnOnce(Bytes) -> Result<T, E> + Send + 'static,
 ) -> Result<Result<T, E>, IngestError>
 where
     T: Send + 'static,
     E: Send + 'static,
 {
-    if body.len() <= DECODE_INLINE_MAX_BYTES {
+    if body.len() <= inline_max_bytes {
         return Ok(decode(body));
     }
     tokio::task::spawn_blocking(move || decode(body))

@@ -229,7 +229,8 @@ impl Wal {
     ) -> Result<Range<u64>, WalError> {
         let (reply, response) = oneshot::channel();
         let Records { records, framed } = records;
-        // Records laid out in place are written as they are only in a frame without a source.
+        // Records laid out in place are written as they are only in a frame without a source
+        // (only `append` takes them; this keeps the writer's rule in one place).
         let framed = framed.filter(|_| source.is_none());
         let command = writer::Command::Append { arrival_ms, records, framed, source, metadata, reply };
         self.commands.send(command).map_err(|_| WalError::Closed)?;

@@ -21,8 +21,9 @@ pub struct WalReader {
     next_sequence: u64,
     open: Option<OpenSegment>,
     tail: Option<Arc<Tail>>,
-    /// Where the last frame taken from the tail ended: the file read goes on from there.
-    resume: Option<(SegmentFile, u64)>,
+    /// Where the last frame taken from the tail ended (segment's first sequence, offset): the
+    /// file read goes on from there.
+    resume: Option<(u64, u64)>,
 }
 
 struct OpenSegment {
@@ -82,13 +83,13 @@ impl WalReader {
     fn next_frame(&mut self) -> Result<Option<Frame>, WalError> {
         if let Some(taken) = self.tail.as_ref().and_then(|tail| tail.take(self.next_sequence)) {
             self.open = None;
-            self.resume = Some((taken.segment, taken.next_offset));
+            self.resume = Some((taken.segment_first_sequence, taken.next_offset));
             return Ok(Some(taken.frame));
         }
         loop {
             if self.open.is_none() {
                 self.open = Some(match self.resume.take() {
-                    Some((segment, offset)) => self.reopen(segment, offset)?,
+                    Some((first_sequence, offset)) => self.reopen(first_sequence, offset)?,
                     None => self.open_segment()?,
                 });
             }
@@ -153,7 +154,8 @@ impl WalReader {
 
     /// The segment a tail frame ended in, at that offset; the usual lookup when a trim has
     /// deleted it meanwhile (everything in it was delivered).
-    fn reopen(&self, segment: SegmentFile, offset: u64) -> Result<OpenSegment, WalError> {
+    fn reopen(&self, first_sequence: u64, offset: u64) -> Result<OpenSegment, WalError> {
+        let segment = SegmentFile { first_sequence, path: segment::segment_path(&self.dir, first_sequence) };
         match File::open(&segment.path) {
             Ok(file) => Ok(OpenSegment { segment, file, offset }),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => self.open_segment(),

@@ -70,7 +70,10 @@ impl FramedRecords {
         let start = self.buffer.len();
         self.buffer.resize(start + LEN_PREFIX + max_len, 0);
         let len = match write(&mut self.buffer[start + LEN_PREFIX..]) {
-            Ok(len) => len.min(max_len),
+            Ok(len) => {
+                debug_assert!(len <= max_len && u32::try_from(len).is_ok(), "record of {len} bytes in {max_len}");
+                len.min(max_len)
+            }
             Err(error) => {
                 self.buffer.truncate(start);
                 return Err(error);

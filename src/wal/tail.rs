@@ -5,26 +5,32 @@
 //! where the frame ends in its segment, so the reader goes on from the file whenever the tail no
 //! longer holds what it needs (the reader fell behind, a restart, another reader took it).
 //!
-//! Bounded: past [`TAIL_MAX_BYTES`] of records the oldest frames are dropped (they are still in
-//! the file). Frames enter only after their write succeeded, so the tail never holds a frame the
-//! file does not; a reader still takes only frames below `committed`.
+//! Bounded: past [`TAIL_MAX_BYTES`] of memory held the oldest frames are dropped (they are still
+//! in the file). Frames enter only after their write succeeded, so the tail never holds a frame
+//! the file does not; a reader still takes only frames below `committed`.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use super::Frame;
-use super::segment::SegmentFile;
+use bytes::Bytes;
 
-/// Most record bytes the tail holds; what delivery has not yet read beyond this is read from the
-/// file. Delivery that keeps up reads well under 1 MiB at a time; one that has fallen behind
-/// gains nothing from a deeper tail, which would only hold request buffers in memory that the
-/// page cache holds anyway (5 GiB through 64 MiB buffers peaked 20 MiB higher with 16 MiB).
+use super::Frame;
+
+/// Most memory the tail holds, records and bookkeeping together; what delivery has not yet read
+/// beyond this is read from the file. Delivery that keeps up reads well under 1 MiB at a time; one
+/// that has fallen behind gains nothing from a deeper tail, which would only hold request buffers
+/// that the page cache holds anyway (5 GiB through 64 MiB buffers peaked 20 MiB higher with 16 MiB).
 pub const TAIL_MAX_BYTES: usize = 4 << 20;
+/// What a frame costs beyond its records' bytes: its bookkeeping, and per record (or metadata
+/// entry) a `Bytes` handle. Counted so that many tiny records cannot hold far more than the bound.
+const FRAME_OVERHEAD_BYTES: usize = 256;
+const ENTRY_OVERHEAD_BYTES: usize = std::mem::size_of::<Bytes>();
 
 /// A frame and where it ends in its segment.
 pub struct TailFrame {
     pub frame: Frame,
-    pub segment: SegmentFile,
+    /// The first sequence of the segment that holds it (which names the file).
+    pub segment_first_sequence: u64,
     pub next_offset: u64,
 }
 
@@ -39,8 +45,11 @@ struct TailInner {
     bytes: usize,
 }
 
-fn record_bytes(frame: &Frame) -> usize {
-    frame.records.iter().map(|record| record.len()).sum()
+/// Memory a frame holds in the tail.
+fn held_bytes(frame: &Frame) -> usize {
+    let entries = frame.records.iter().chain(&frame.metadata);
+    let source = frame.source.as_ref().map_or(0, |source| source.shard.len() + source.position.len());
+    FRAME_OVERHEAD_BYTES + source + entries.map(|entry| entry.len() + ENTRY_OVERHEAD_BYTES).sum::<usize>()
 }
 
 impl Tail {
@@ -48,12 +57,12 @@ impl Tail {
     pub fn push(&self, frames: impl IntoIterator<Item = TailFrame>) {
         let mut inner = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         for frame in frames {
-            inner.bytes += record_bytes(&frame.frame);
+            inner.bytes += held_bytes(&frame.frame);
             inner.frames.push_back(frame);
         }
         while inner.bytes > TAIL_MAX_BYTES {
             let Some(dropped) = inner.frames.pop_front() else { break };
-            inner.bytes -= record_bytes(&dropped.frame);
+            inner.bytes -= held_bytes(&dropped.frame);
         }
     }
 
@@ -66,7 +75,7 @@ impl Tail {
                 return None;
             }
             let first = inner.frames.pop_front()?;
-            inner.bytes -= record_bytes(&first.frame);
+            inner.bytes -= held_bytes(&first.frame);
             if first.frame.end_sequence() > sequence {
                 return Some(first);
             }
@@ -80,7 +89,7 @@ impl Tail {
         while let Some(first) = inner.frames.front()
             && first.frame.end_sequence() <= delivered
         {
-            let bytes = record_bytes(&first.frame);
+            let bytes = held_bytes(&first.frame);
             inner.frames.pop_front();
             inner.bytes -= bytes;
         }

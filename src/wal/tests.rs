@@ -456,6 +456,9 @@ async fn a_failed_fsync_fails_its_group_and_every_later_append() {
         assert!(!error.is_retriable());
     }
     assert_eq!(*wal.committed().borrow(), 2, "nothing after the failure is committed");
+    let mut delivery = wal.delivery_reader(0);
+    let committed = *wal.committed().borrow();
+    assert_eq!(read_records(&mut delivery, committed), records("a", 2), "the failed group never reaches delivery");
     wal.close();
 }
 
@@ -706,5 +709,81 @@ async fn frames_from_memory_equal_frames_from_the_file() {
     };
     assert_eq!(shape(&from_memory), shape(&from_file));
     assert_eq!(from_memory.len(), 4, "the frame without records is skipped alike");
+    wal.close();
+}
+
+/// `records(prefix, count)` laid out in place, as Direct PUT decodes them.
+fn framed(prefix: &str, count: usize) -> Records {
+    let mut framed = FramedRecords::default();
+    for record in records(prefix, count) {
+        framed
+            .push_with(record.len(), |out| -> Result<usize, ()> {
+                out.copy_from_slice(&record);
+                Ok(record.len())
+            })
+            .unwrap();
+    }
+    framed.finish()
+}
+
+#[tokio::test]
+async fn records_laid_out_in_place_are_written_as_any_others_also_when_sharing_a_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(WalOptions { segment_bytes: 1 << 20, ..options(dir.path()) }, 0).unwrap();
+    let mut delivery = wal.delivery_reader(0);
+    // Concurrent appends share groups: laid-out and separate records mixed in one write.
+    let appends = (0..40).map(|index| {
+        let wal = wal.clone();
+        tokio::spawn(async move {
+            let name = format!("c{index}");
+            let range = if index % 3 == 0 {
+                wal.append(0, records(&name, 5)).await.unwrap()
+            } else {
+                wal.append(0, framed(&name, 5)).await.unwrap()
+            };
+            (range, records(&name, 5))
+        })
+    });
+    let mut expected = vec![Bytes::new(); 200];
+    for append in appends {
+        let (range, batch) = append.await.unwrap();
+        for (sequence, record) in range.zip(batch) {
+            expected[sequence as usize] = record;
+        }
+    }
+    let committed = *wal.committed().borrow();
+    assert_eq!(committed, 200);
+    assert_eq!(read_records(&mut delivery, committed), expected, "from memory");
+    assert_eq!(read_all(&wal, 0), expected, "from the file, every frame checksummed");
+    assert_eq!(read_all(&wal, 37), expected[37..].to_vec(), "from inside a frame");
+    wal.close();
+    let (wal, report) = Wal::open(options(dir.path()), 0).unwrap();
+    assert_eq!(report.next_sequence, 200);
+    assert!(report.truncated_tail.is_none(), "the whole segment verifies on open");
+    assert_eq!(read_all(&wal, 0), expected);
+    wal.close();
+}
+
+#[tokio::test]
+async fn the_tail_counts_what_tiny_records_hold_not_only_their_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(WalOptions { segment_bytes: 64 << 20, ..options(dir.path()) }, 0).unwrap();
+    let mut delivery = wal.delivery_reader(0);
+    let tiny: Vec<Bytes> = (0..500).map(|index| Bytes::from(format!("{index}"))).collect();
+    let record_bytes: usize = tiny.iter().map(Bytes::len).sum();
+    // Far under the bound in record bytes, far over it in what the records hold.
+    let appends = tail::TAIL_MAX_BYTES / (tiny.len() * std::mem::size_of::<Bytes>()) + 4;
+    assert!(appends * record_bytes < tail::TAIL_MAX_BYTES / 2);
+    for _ in 0..appends {
+        wal.append(0, tiny.clone()).await.unwrap();
+    }
+    // The oldest frames were dropped: damage the first one on disk, and the delivery reader,
+    // which must read it from the file, finds the damage.
+    let segment = segment::list(dir.path()).unwrap().remove(0);
+    let mut bytes = std::fs::read(&segment.path).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&segment.path, &bytes).unwrap();
+    let committed = *wal.committed().borrow();
+    assert!(delivery.read(committed, usize::MAX).is_err(), "the first frame was no longer held in memory");
     wal.close();
 }

@@ -1,6 +1,8 @@
 //! The WAL writer thread: drains queued appends, writes them as consecutive frames with one
-//! `write`, syncs once per group (`fsync: always`) or on a timer (`interval`), then acknowledges.
-//! It runs on a dedicated OS thread because every step is blocking file I/O.
+//! `writev` (records a source laid out in place are written from its buffer), syncs once per
+//! group (`fsync: always`) or on a timer (`interval`), then acknowledges. Written frames also go
+//! to the tail the delivery reader takes them from. It runs on a dedicated OS thread because
+//! every step is blocking file I/O.
 //!
 //! It also owns the WAL's budget: only *undelivered* bytes count against `max_bytes`. An append
 //! that does not fit waits (first come, first served) until a trim makes room or `full_wait`
@@ -581,9 +583,10 @@ impl Writer {
         }
         let written = group_len;
         let segment_start = self.active_len;
+        let segment_first_sequence = self.active.first_sequence;
         self.tail.push(written_frames.into_iter().map(|(frame, end)| TailFrame {
             frame,
-            segment: self.active.clone(),
+            segment_first_sequence,
             next_offset: segment_start + end,
         }));
         self.active_len += written;
