@@ -24,10 +24,6 @@ impl Records {
         self.records.is_empty()
     }
 
-    pub fn as_slice(&self) -> &[Bytes] {
-        &self.records
-    }
-
     /// Bytes of the records themselves.
     pub fn byte_len(&self) -> usize {
         self.records.iter().map(Bytes::len).sum()
@@ -109,7 +105,7 @@ mod tests {
         assert_eq!(framed.push_with(10, |_| Err("refused")), Err("refused"), "a refused record adds nothing");
         let records = framed.finish();
         let expected = vec![Bytes::from_static(b"one"), Bytes::new(), Bytes::from_static(b"three")];
-        assert_eq!(records.as_slice(), expected.as_slice());
+        assert_eq!(records.records, expected);
         let mut encoded = Vec::new();
         super::super::frame::encode(0, 0, &expected, None, &[], &mut encoded);
         let fixed = super::super::frame::HEADER_LEN + super::super::frame::PAYLOAD_FIXED_LEN;

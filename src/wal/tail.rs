@@ -41,8 +41,21 @@ pub struct Tail {
 
 #[derive(Default)]
 struct TailInner {
-    frames: VecDeque<TailFrame>,
+    /// Frames, oldest first, each with the memory it holds (counted once, on the way in).
+    frames: VecDeque<(TailFrame, usize)>,
     bytes: usize,
+}
+
+impl TailInner {
+    fn pop_front(&mut self) -> Option<TailFrame> {
+        let (frame, held) = self.frames.pop_front()?;
+        self.bytes -= held;
+        Some(frame)
+    }
+
+    fn front(&self) -> Option<&Frame> {
+        self.frames.front().map(|(first, _)| &first.frame)
+    }
 }
 
 /// Memory a frame holds in the tail.
@@ -57,25 +70,19 @@ impl Tail {
     pub fn push(&self, frames: impl IntoIterator<Item = TailFrame>) {
         let mut inner = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         for frame in frames {
-            inner.bytes += held_bytes(&frame.frame);
-            inner.frames.push_back(frame);
+            let held = held_bytes(&frame.frame);
+            inner.bytes += held;
+            inner.frames.push_back((frame, held));
         }
-        while inner.bytes > TAIL_MAX_BYTES {
-            let Some(dropped) = inner.frames.pop_front() else { break };
-            inner.bytes -= held_bytes(&dropped.frame);
-        }
+        while inner.bytes > TAIL_MAX_BYTES && inner.pop_front().is_some() {}
     }
 
     /// Take the frame holding `sequence`, dropping every frame before it (the reader has passed
     /// them). None when the tail does not hold it: read the file.
     pub fn take(&self, sequence: u64) -> Option<TailFrame> {
         let mut inner = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        while let Some(first) = inner.frames.front() {
-            if first.frame.first_sequence > sequence {
-                return None;
-            }
-            let first = inner.frames.pop_front()?;
-            inner.bytes -= held_bytes(&first.frame);
+        while inner.front()?.first_sequence <= sequence {
+            let first = inner.pop_front()?;
             if first.frame.end_sequence() > sequence {
                 return Some(first);
             }
@@ -86,12 +93,8 @@ impl Tail {
     /// Drop frames whose records are all below `delivered`.
     pub fn trim(&self, delivered: u64) {
         let mut inner = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        while let Some(first) = inner.frames.front()
-            && first.frame.end_sequence() <= delivered
-        {
-            let bytes = held_bytes(&first.frame);
-            inner.frames.pop_front();
-            inner.bytes -= bytes;
+        while inner.front().is_some_and(|first| first.end_sequence() <= delivered) {
+            inner.pop_front();
         }
     }
 }

@@ -24,9 +24,20 @@ fn records(prefix: &str, count: usize) -> Vec<Bytes> {
 }
 
 fn read_all(wal: &Wal, from: u64) -> Vec<Bytes> {
-    let committed = *wal.committed().borrow();
-    let mut reader = wal.reader(from);
+    read_records(&mut wal.reader(from), *wal.committed().borrow())
+}
+
+fn read_records(reader: &mut WalReader, committed: u64) -> Vec<Bytes> {
     reader.read(committed, usize::MAX).unwrap().into_iter().flat_map(|frame| frame.records).collect()
+}
+
+/// Flip the byte at `offset` of the oldest segment, returning that segment.
+fn damage_first_segment(dir: &Path, offset: usize) -> segment::SegmentFile {
+    let first = segment::list(dir).unwrap().remove(0);
+    let mut bytes = std::fs::read(&first.path).unwrap();
+    bytes[offset] ^= 0xff;
+    std::fs::write(&first.path, &bytes).unwrap();
+    first
 }
 
 #[tokio::test]
@@ -278,10 +289,7 @@ async fn corruption_in_the_middle_names_segment_and_offset() {
     for round in 0..10 {
         wal.append(0, records(&format!("r{round}"), 10)).await.unwrap();
     }
-    let first = segment::list(dir.path()).unwrap().remove(0);
-    let mut bytes = std::fs::read(&first.path).unwrap();
-    bytes[200] ^= 0xff;
-    std::fs::write(&first.path, &bytes).unwrap();
+    let first = damage_first_segment(dir.path(), 200);
 
     let committed = *wal.committed().borrow();
     let error = wal.reader(0).read(committed, usize::MAX).unwrap_err();
@@ -587,10 +595,6 @@ async fn record_metadata_reads_back_aligned_with_its_records_from_any_position()
     wal.close();
 }
 
-fn read_records(reader: &mut WalReader, committed: u64) -> Vec<Bytes> {
-    reader.read(committed, usize::MAX).unwrap().into_iter().flat_map(|frame| frame.records).collect()
-}
-
 #[tokio::test]
 async fn the_delivery_reader_takes_new_frames_from_memory_not_the_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -599,10 +603,7 @@ async fn the_delivery_reader_takes_new_frames_from_memory_not_the_file() {
     let batch = records("m", 10);
     wal.append(0, batch.clone()).await.unwrap();
     // Damage the frame on disk: only a reader of the file can notice.
-    let segment = segment::list(dir.path()).unwrap().remove(0);
-    let mut bytes = std::fs::read(&segment.path).unwrap();
-    bytes[100] ^= 0xff;
-    std::fs::write(&segment.path, &bytes).unwrap();
+    damage_first_segment(dir.path(), 100);
 
     let committed = *wal.committed().borrow();
     assert!(wal.reader(0).read(committed, usize::MAX).is_err(), "the file reader checks the damaged frame");
@@ -779,10 +780,7 @@ async fn the_tail_counts_what_tiny_records_hold_not_only_their_bytes() {
     }
     // The oldest frames were dropped: damage the first one on disk, and the delivery reader,
     // which must read it from the file, finds the damage.
-    let segment = segment::list(dir.path()).unwrap().remove(0);
-    let mut bytes = std::fs::read(&segment.path).unwrap();
-    bytes[100] ^= 0xff;
-    std::fs::write(&segment.path, &bytes).unwrap();
+    damage_first_segment(dir.path(), 100);
     let committed = *wal.committed().borrow();
     assert!(delivery.read(committed, usize::MAX).is_err(), "the first frame was no longer held in memory");
     wal.close();
