@@ -268,6 +268,47 @@ async fn an_api_stream_survives_a_restart_and_keeps_delivering() {
     assert_eq!(gone, Err("ResourceNotFoundException".to_string()), "still gone after a restart");
 }
 
+/// A stream's name and a bucket ARN's name become folders: a name made only of dots (which would
+/// name every stream's folder, or `data_dir`) and a bucket that leaves `buckets/` are refused,
+/// and the records another stream acknowledged meanwhile are still delivered.
+#[tokio::test]
+async fn names_that_would_leave_their_folder_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spillway = Spillway::start(dir.path(), &yaml());
+    let client = spillway.client().await;
+    put_lines(&client, "yaml-logs", &["kept-1\n"]).await;
+    for name in [".", "..", "..."] {
+        let refused = client
+            .create_delivery_stream()
+            .delivery_stream_name(name)
+            .extended_s3_destination_configuration(terraform_destination("dots-bucket", "p/"))
+            .send()
+            .await
+            .expect_err(name);
+        let refused: aws_sdk_firehose::Error = refused.into();
+        assert_eq!(refused.code(), Some("ValidationException"), "{name}");
+        assert!(refused.message().unwrap_or_default().contains("only of dots"), "{name}: {refused:?}");
+        let delete = client.delete_delivery_stream().delivery_stream_name(name).send().await.expect_err(name);
+        let delete: aws_sdk_firehose::Error = delete.into();
+        assert_eq!(delete.code(), Some("ValidationException"), "{name}");
+    }
+    for bucket in ["..", "a/../../b", "%2e%2e"] {
+        let refused = client
+            .create_delivery_stream()
+            .delivery_stream_name("escaping-bucket")
+            .extended_s3_destination_configuration(terraform_destination(bucket, "p/"))
+            .send()
+            .await
+            .expect_err(bucket);
+        let refused: aws_sdk_firehose::Error = refused.into();
+        assert_eq!(refused.code(), Some("InvalidArgumentException"), "{bucket}");
+    }
+    put_lines(&client, "yaml-logs", &["kept-2\n"]).await;
+    assert_eq!(spillway.terminate(), 0);
+    assert_eq!(delivered_lines(&dir.path().join("yaml-out")), ["kept-1", "kept-2"]);
+    assert!(!dir.path().join("buckets").exists(), "no folder was made for a refused bucket");
+}
+
 #[tokio::test]
 async fn yaml_streams_are_read_only_and_bad_requests_get_aws_errors() {
     let dir = tempfile::tempdir().expect("tempdir");

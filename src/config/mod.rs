@@ -806,10 +806,18 @@ fn dynamic_partitioning_problems(stream: &StreamConfig, sink_reported: &dyn Fn(&
     problems
 }
 
-/// Firehose's `DeliveryStreamName` constraint.
+/// Firehose's `DeliveryStreamName` constraint (1-64 characters of `[a-zA-Z0-9_.-]`), and not made
+/// only of dots: a stream's name is its folder under `data_dir/streams`, and `.` or `..` would
+/// name the folder of every stream or `data_dir` itself.
 pub fn is_valid_stream_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-'))
+        && !is_only_dots(name)
+}
+
+/// A name made only of dots (`.`, `..`, `...`): refused as a stream name (see above).
+pub fn is_only_dots(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|byte| byte == b'.')
 }
 
 #[cfg(test)]

@@ -307,8 +307,20 @@ pub enum IngestError {
     NotPushable { stream: String, source_type: &'static str },
     #[error("stream is {0:?}")]
     NotActive(StreamStatus),
+    /// The WAL's disk has no room: nothing was appended, a retry later can succeed.
+    #[error("the wal disk is full")]
+    DiskFull,
     #[error("{0}")]
     Internal(String),
+}
+
+/// An append refused for want of disk space (ENOSPC, a quota), not for a broken disk.
+fn is_storage_full(error: &crate::wal::WalError) -> bool {
+    let crate::wal::WalError::Io { source, .. } = error else {
+        return false;
+    };
+    matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+        || matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 
 impl Ingest {
@@ -421,6 +433,7 @@ impl Ingest {
         let started = Instant::now();
         match target.wal.append(arrival_ms, records).await {
             Ok(range) => {
+                self.readiness.set_wal_disk_full(None);
                 let metrics: &StreamMetrics = &target.metrics;
                 metrics.put_latency.observe(started.elapsed().as_secs_f64());
                 metrics.incoming_records.inc_by(count);
@@ -441,6 +454,12 @@ impl Ingest {
                     );
                 }
                 Err(IngestError::Throttled)
+            }
+            Err(error) if is_storage_full(&error) => {
+                // Nothing was appended (the write is rolled back): the client may retry later.
+                target.metrics.throttled_records.inc_by(count);
+                self.readiness.set_wal_disk_full(Some(error.to_string()));
+                Err(IngestError::DiskFull)
             }
             Err(error) => {
                 tracing::error!(stream, %error, "wal append failed");

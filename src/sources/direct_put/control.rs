@@ -541,14 +541,17 @@ enum DeleteError {
     Join(#[from] tokio::task::JoinError),
     #[error("no stream lifecycle in this process")]
     NoLifecycle,
+    #[error("refusing to remove files of {0:?}: the name does not stay inside data_dir/streams")]
+    OutsideOwnFolder(String),
 }
 
 async fn finish_delete(ingest: &Arc<Ingest>, name: &str, mode: StopMode) -> Result<(), DeleteError> {
     let lifecycle = ingest.lifecycle.clone().ok_or(DeleteError::NoLifecycle)?;
     let removed = lifecycle.remove(name, mode).await?;
     let _one_at_a_time = lifecycle.control.lock().await;
-    let stream_dir = lifecycle.stream_dir(name);
     let data_dir = ingest.config.data_dir.clone();
+    let stream_dir = crate::streams::owned_stream_dir(&data_dir, name)
+        .ok_or_else(|| DeleteError::OutsideOwnFolder(name.to_string()))?;
     let kept = removed.has_undelivered();
     let set_aside = data_dir.join("deleted-streams").join(format!("{name}-{}", now_ms()));
     let (files, aside, stream) = (stream_dir.clone(), set_aside.clone(), name.to_string());
