@@ -205,6 +205,9 @@ fn main() -> ExitCode {
 fn validate(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     match config::load_file(path) {
         Ok(config) => {
+            for warning in config.warnings() {
+                eprintln!("warning: {warning}");
+            }
             println!("{}: ok ({} stream(s))", path.display(), config.streams.len());
             Ok(ExitCode::SUCCESS)
         }
@@ -292,6 +295,9 @@ async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
         Command::Validate { .. } | Command::Wal { .. } => unreachable!("runs without a runtime"),
         Command::Run { config } => {
             let config = config::load_file(&config).map_err(|error| anyhow::anyhow!("{error}"))?;
+            for warning in config.warnings() {
+                tracing::warn!(path = %warning.path, "{}", warning.message);
+            }
             let signals = ShutdownSignals::install().context("cannot install signal handlers")?;
             ignore_hangups().context("cannot install the SIGHUP handler")?;
             let app = App::start(config).await?;

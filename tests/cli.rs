@@ -58,6 +58,20 @@ fn validate_requires_dynamic_partitioning_for_partition_keys_in_the_prefix() {
 }
 
 #[test]
+fn validate_warns_about_what_aws_would_refuse_but_accepts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "streams:\n  - name: a\n    buffering: { size_mib: 8 }\n    processing:\n      dynamic_partitioning: { enabled: true, keys: { service: .service } }\n    sink:\n      type: s3\n      url: file://out\n      prefix: 'svc=!{partitionKeyFromQuery:service}/'\n      error_output_prefix: 'errors/!{firehose:error-output-type}/'\n";
+    std::fs::write(dir.path().join("small.yaml"), yaml).unwrap();
+    let (code, stdout, stderr) = spillway(&["validate", "-c", "small.yaml"], dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("ok"), "{stdout}");
+    assert!(
+        stderr.starts_with("warning: streams[0].buffering.size_mib: 8 is below Firehose's minimum of 64"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn validate_reports_malformed_yaml_with_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("broken.yaml"), "streams:\n  - name: a\n    sink: { type: s3, url: [unclosed\n")

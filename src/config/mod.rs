@@ -699,10 +699,33 @@ impl Config {
         problems
     }
 
+    /// What spillway accepts but AWS would refuse: `validate` prints these, `run` logs them;
+    /// neither fails. Paths as in [`Config::validate`].
+    pub fn warnings(&self) -> Vec<Problem> {
+        let mut warnings = Vec::new();
+        for (index, stream) in self.streams.iter().enumerate() {
+            let partitioned = stream.processing.dynamic_partitioning.as_ref().is_some_and(|dynamic| dynamic.enabled);
+            if partitioned && stream.buffering.size_mib < FIREHOSE_MIN_PARTITIONED_BUFFER_MIB {
+                warnings.push(Problem {
+                    path: format!("streams[{index}].buffering.size_mib"),
+                    message: format!(
+                        "{} is below Firehose's minimum of {FIREHOSE_MIN_PARTITIONED_BUFFER_MIB} with dynamic partitioning: \
+                         spillway accepts it, AWS refuses such a stream",
+                        stream.buffering.size_mib
+                    ),
+                });
+            }
+        }
+        warnings
+    }
+
     pub fn stream(&self, name: &str) -> Option<&StreamConfig> {
         self.streams.iter().find(|stream| stream.name == name)
     }
 }
+
+/// Firehose's smallest buffer size for a stream with dynamic partitioning.
+const FIREHOSE_MIN_PARTITIONED_BUFFER_MIB: u64 = 64;
 
 /// `processing.dynamic_partitioning` and how the sink prefix uses it; paths are relative to the
 /// stream. `sink_reported(field)` says whether the sink's own validation already flagged a field.

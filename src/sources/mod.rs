@@ -478,16 +478,32 @@ impl Ingest {
             .collect()
     }
 
-    /// Firehose-style record id: opaque, unique, 56+ characters.
-    pub fn record_id(&self, sequence: u64) -> String {
-        let mut id = String::with_capacity(self.record_id_prefix.len() + 24);
-        self.write_record_id(&mut id, sequence);
+    /// The record ids of one stream as it is now: a prefix unique to this installation, the
+    /// stream's name and its creation time (sequences start again at 0 in another stream and
+    /// after a delete and re-create, so the sequence alone would repeat ids).
+    pub fn record_ids(&self, stream: &StreamRecord) -> RecordIds {
+        let incarnation = format!("{}/{}/{}", self.record_id_prefix, stream.name, stream.create_timestamp_ms);
+        RecordIds {
+            prefix: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, incarnation.as_bytes()).simple().to_string(),
+        }
+    }
+}
+
+/// Firehose-style record ids of one stream: opaque, unique, 56 characters.
+pub struct RecordIds {
+    prefix: String,
+}
+
+impl RecordIds {
+    pub fn id(&self, sequence: u64) -> String {
+        let mut id = String::with_capacity(self.prefix.len() + 24);
+        self.write(&mut id, sequence);
         id
     }
 
     /// Append a record id to `out` (a `PutRecordBatch` response writes 500 without allocating each).
-    pub fn write_record_id(&self, out: &mut String, sequence: u64) {
-        write_record_id_to(out, &self.record_id_prefix, sequence);
+    pub fn write(&self, out: &mut String, sequence: u64) {
+        write_record_id_to(out, &self.prefix, sequence);
     }
 }
 
