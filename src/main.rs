@@ -208,6 +208,15 @@ fn validate(path: &std::path::Path) -> anyhow::Result<ExitCode> {
             for warning in config.warnings() {
                 eprintln!("warning: {warning}");
             }
+            // What `run` would refuse on this machine: TLS files, data_dir, output folders.
+            let problems = config::preflight(&config);
+            if !problems.is_empty() {
+                eprintln!("{}: {} problem(s) on this machine:", path.display(), problems.len());
+                for problem in problems {
+                    eprintln!("  {problem}");
+                }
+                return Ok(ExitCode::FAILURE);
+            }
             println!("{}: ok ({} stream(s))", path.display(), config.streams.len());
             Ok(ExitCode::SUCCESS)
         }

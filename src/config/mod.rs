@@ -4,6 +4,7 @@
 //! or the disk.
 
 mod interpolate;
+mod preflight;
 mod yaml;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,6 +14,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+pub use preflight::preflight;
 pub use yaml::{ConfigError, load_file, parse_str};
 
 use crate::processing::PartitionKeys;

@@ -150,6 +150,20 @@ pub enum Destination {
     },
 }
 
+impl S3SinkConfig {
+    /// The local folders this sink writes to (`url`, `error_output_url` when `file://`), with
+    /// their field names: what `spillway validate` checks can be created and written.
+    pub fn local_folders(&self) -> Vec<(&'static str, PathBuf)> {
+        let mut folders = Vec::new();
+        for (field, url) in [("url", Some(&self.url)), ("error_output_url", self.error_output_url.as_ref())] {
+            if let Some(Ok(Destination::LocalDir(path))) = url.map(|url| Destination::parse(url)) {
+                folders.push((field, path));
+            }
+        }
+        folders
+    }
+}
+
 impl Destination {
     pub fn parse(url: &str) -> Result<Self, String> {
         if let Some(path) = url.strip_prefix("file://") {
