@@ -17,6 +17,15 @@
 //!
 //! The writer writes a mark at open, at most once per [`MARK_INTERVAL`] while the synced length
 //! moves (after the group's acknowledgements, never in a group's path), and at a clean shutdown.
+//!
+//! Why this shape. Recording the committed length after every group would cost a second sync per
+//! group commit; carrying it in the next group's frames (or chaining checksums) says nothing
+//! about the newest group, which is exactly the one a crash leaves in doubt. The bytes themselves
+//! settle most cases (see `segment`: a torn write only ends the file early or leaves zeros), and
+//! this mark covers what they cannot, a file cut or zeroed below what was synced, for everything
+//! but the last second before a crash, at one small sync a second at most. The WAL never
+//! pre-allocates segments: the file's length must stay where the writer stopped.
+//!
 //! Must not: claim bytes that were not synced when it was written.
 
 use std::fs::{File, OpenOptions};

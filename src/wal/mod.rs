@@ -4,6 +4,12 @@
 //! the same files back through a [`WalReader`], so recovery after a crash and normal delivery
 //! are one code path. Delivered segments are deleted by [`Wal::trim`].
 //!
+//! Opening tells a torn tail (a write whose sync never completed: its put was never answered)
+//! from damage in acknowledged data by what a torn write can leave and by the committed mark, a
+//! durable record of the synced length written about once a second off the groups' path (see
+//! `segment` and `committed`). A torn tail is cut with a warning; damage fails the open, naming
+//! segment and offset, so only that stream stops and `spillway wal quarantine` can set it aside.
+//!
 //! Must not: interpret record bytes, or know about batches and sinks.
 
 mod committed;

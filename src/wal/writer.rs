@@ -251,6 +251,8 @@ struct Marker {
     /// The active segment's synced length and the sequence after it.
     synced: CommittedMark,
     marked_at: Instant,
+    /// The last write failed (logged once until one succeeds).
+    failing: bool,
 }
 
 impl Marker {
@@ -361,7 +363,7 @@ impl Writer {
             file.sync_data().map_err(active_io_error)?;
             mark_file.write(synced).map_err(|source| WalError::Io { path: mark_path, source })?;
         }
-        let marker = Marker { file: mark_file, synced, marked_at: Instant::now() };
+        let marker = Marker { file: mark_file, synced, marked_at: Instant::now(), failing: false };
         let mut backlog = Backlog::new(options.max_bytes);
         for (index, closed) in segments.iter().enumerate() {
             let end_sequence = segments.get(index + 1).unwrap_or(&active).first_sequence;
@@ -692,8 +694,13 @@ impl Writer {
         }
         self.marker.marked_at = Instant::now();
         let synced = self.marker.synced;
-        if let Err(error) = self.marker.file.write(synced) {
-            tracing::warn!(dir = %self.options.dir.display(), %error, "cannot record the wal's committed length");
+        match self.marker.file.write(synced) {
+            Ok(()) => self.marker.failing = false,
+            Err(error) if !self.marker.failing => {
+                self.marker.failing = true;
+                tracing::warn!(dir = %self.options.dir.display(), %error, "cannot record the wal's committed length; retrying every second");
+            }
+            Err(_) => {}
         }
     }
 
