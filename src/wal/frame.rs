@@ -328,6 +328,25 @@ mod tests {
     }
 
     #[test]
+    fn plausible_payload_lens_find_the_true_end_of_every_frame_shape() {
+        let records = vec![Bytes::from_static(b"one"), Bytes::from_static(b"two")];
+        let source = SourcePosition { shard: "shard-1".into(), position: "42".into() };
+        let metadata = [Bytes::from_static(b"m1"), Bytes::from_static(b"m2")];
+        for (source, metadata) in [(None, &[][..]), (Some(&source), &[][..]), (Some(&source), &metadata[..])] {
+            let mut out = Vec::new();
+            encode(7, 1, &records, source, metadata, &mut out);
+            let payload_len = out.len() - HEADER_LEN;
+            // What follows the frame in the file does not hide its end.
+            out.extend_from_slice(&[0xAB; 64]);
+            let lens = plausible_payload_lens(&out[HEADER_LEN..], 7);
+            assert!(lens.contains(&payload_len), "{lens:?} misses {payload_len}");
+            assert!(plausible_payload_lens(&out[HEADER_LEN..], 8).is_empty(), "another first sequence");
+            assert!(lens.iter().all(|&len| len <= out.len() - HEADER_LEN));
+        }
+        assert!(plausible_payload_lens(&[0u8; 10], 0).is_empty(), "shorter than the fixed fields");
+    }
+
+    #[test]
     fn a_record_count_the_payload_cannot_hold_is_malformed_before_allocating() {
         let mut payload = Vec::new();
         payload.extend_from_slice(&7u64.to_le_bytes());
