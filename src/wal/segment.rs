@@ -260,6 +260,10 @@ fn classify_damage(
         }
         return Ok(SegmentStatus::TornTail { offset, reason: format!("{reason}{zeros_after}") });
     }
+    if is_all_zero(file, offset, frame_end)? {
+        // Zeros from the bad frame to the end of the file: an extension whose data never arrived.
+        return Ok(SegmentStatus::TornTail { offset, reason: format!("{reason}{zeros_after}") });
+    }
     if let Some(block) = zero_block_in(file, offset, frame_end)? {
         let reason = format!(
             "{reason}; bytes {block:?} read as zeros, as a write lost in a power loss leaves them{zeros_after}"
@@ -273,9 +277,14 @@ fn classify_damage(
 /// Blocks a lost write leaves as zeros are at least this big and aligned to it (the sector;
 /// file system blocks and pages are multiples of it).
 const LOST_BLOCK_LEN: u64 = 512;
+/// A block cut by the frame's start or end counts only with at least this many bytes in the
+/// frame: a few zero bytes (a length field's high bytes) are ordinary data, and erring this way
+/// stops the stream rather than cutting acknowledged records.
+const MIN_ZERO_STRETCH: u64 = 32;
 
 /// The first stretch of `[from, to)` that is a whole [`LOST_BLOCK_LEN`]-aligned block cut to
-/// that range and holds only zeros: what a block never written back reads as.
+/// that range (at least [`MIN_ZERO_STRETCH`] bytes of it) and holds only zeros: what a block
+/// never written back reads as.
 fn zero_block_in(file: &mut File, from: u64, to: u64) -> io::Result<Option<std::ops::Range<u64>>> {
     use std::os::unix::fs::FileExt;
 
@@ -285,7 +294,7 @@ fn zero_block_in(file: &mut File, from: u64, to: u64) -> io::Result<Option<std::
         let end = ((start / LOST_BLOCK_LEN + 1) * LOST_BLOCK_LEN).min(to);
         let len = (end - start) as usize;
         file.read_exact_at(&mut block[..len], start)?;
-        if block[..len].iter().all(|&byte| byte == 0) {
+        if end - start >= MIN_ZERO_STRETCH && block[..len].iter().all(|&byte| byte == 0) {
             return Ok(Some(start..end));
         }
         start = end;
@@ -317,9 +326,10 @@ fn verifying_shorter_frame(
     Ok(found)
 }
 
-fn is_all_zero(file: &mut File, from: u64, file_len: u64) -> io::Result<bool> {
+/// Whether `[from, to)` of the file holds only zero bytes.
+fn is_all_zero(file: &mut File, from: u64, to: u64) -> io::Result<bool> {
     file.seek(SeekFrom::Start(from))?;
-    let mut remaining = file_len - from;
+    let mut remaining = to - from;
     let mut chunk = vec![0u8; 64 << 10];
     while remaining > 0 {
         let want = remaining.min(chunk.len() as u64) as usize;

@@ -7,8 +7,8 @@
 //! The committed mark (`committed`) records how far the active segment is synced, so recovery
 //! can tell damage in acknowledged data from a torn write. It is written at open, at a clean
 //! shutdown, and while the synced length moves at most once per `MARK_INTERVAL`, after the
-//! group's acknowledgements were sent: a group's path never waits for it (one small
-//! `fdatasync` a second at most, never one per group).
+//! group's acknowledgements were sent: no answer waits for it, and a group that arrives while it
+//! is written waits for one small `fdatasync` at most (one a second, never one per group).
 //!
 //! It also owns the WAL's budget: only *undelivered* bytes count against `max_bytes`. An append
 //! that does not fit waits (first come, first served) until a trim makes room or `full_wait`
