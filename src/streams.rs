@@ -505,7 +505,7 @@ fn open_wal(name: &str, stream_dir: &Path, options: WalOptions) -> Result<Opened
         }
     };
     if let Some(truncated) = &report.truncated_tail {
-        tracing::warn!(stream = %name, %truncated, "cut off a torn wal tail left by a crash");
+        tracing::warn!(stream = %name, %truncated, "cut off a torn wal tail left by a crash (a write never acknowledged)");
     }
     tracing::info!(
         stream = %name,

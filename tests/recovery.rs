@@ -23,8 +23,10 @@ async fn put_batches(spillway: &Spillway, batches: usize) -> Vec<u8> {
     expected
 }
 
+/// The stream's segment files, oldest first (the folder also holds the committed mark).
 fn wal_segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    files_under(&dir.join("data/streams/app-logs/wal"))
+    let files = files_under(&dir.join("data/streams/app-logs/wal"));
+    files.into_iter().filter(|path| path.extension().is_some_and(|ext| ext == "wal")).collect()
 }
 
 #[tokio::test]

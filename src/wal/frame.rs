@@ -178,6 +178,54 @@ pub fn decode(payload: Bytes, checksum: u32) -> Result<Frame, DecodeError> {
     Ok(Frame { first_sequence, arrival_ms, records, source, metadata })
 }
 
+/// The lengths at which `bytes` (the start of a payload and what follows it) could end as a
+/// frame's payload starting at `first_sequence`: after its records, after a source position,
+/// after record metadata. Recovery uses them to tell a damaged length field (the payload is all
+/// there and one of them verifies) from a frame cut short.
+pub fn plausible_payload_lens(bytes: &[u8], first_sequence: u64) -> Vec<usize> {
+    let mut lens = Vec::new();
+    let read_u32 = |at: usize| bytes.get(at..at + 4).and_then(|field| field.try_into().ok()).map(u32::from_le_bytes);
+    let read_u16 = |at: usize| bytes.get(at..at + 2).and_then(|field| field.try_into().ok()).map(u16::from_le_bytes);
+    let starts_right = bytes.get(..8).and_then(|field| field.try_into().ok()).map(u64::from_le_bytes);
+    let (Some(found_sequence), Some(count)) = (starts_right, read_u32(16)) else { return lens };
+    if found_sequence != first_sequence {
+        return lens;
+    }
+    // Records, each a u32 length and its bytes.
+    let mut at = PAYLOAD_FIXED_LEN;
+    for _ in 0..count {
+        let Some(len) = read_u32(at) else { return lens };
+        at += 4 + len as usize;
+        if at > bytes.len() {
+            return lens;
+        }
+    }
+    lens.push(at);
+    // A source position: two u16-prefixed fields.
+    for _ in 0..2 {
+        let Some(len) = read_u16(at) else { return lens };
+        at += 2 + len as usize;
+        if at > bytes.len() {
+            return lens;
+        }
+    }
+    lens.push(at);
+    // Record metadata: a u32 count (the record count), then u32-prefixed entries.
+    if read_u32(at) != Some(count) {
+        return lens;
+    }
+    at += 4;
+    for _ in 0..count {
+        let Some(len) = read_u32(at) else { return lens };
+        at += 4 + len as usize;
+        if at > bytes.len() {
+            return lens;
+        }
+    }
+    lens.push(at);
+    lens
+}
+
 fn decode_metadata(cursor: &mut Bytes, record_count: usize) -> Result<Vec<Bytes>, DecodeError> {
     if cursor.remaining() < 4 {
         return Err(DecodeError::Malformed("record metadata count past the payload"));
@@ -277,6 +325,25 @@ mod tests {
         let (_, checksum) = parse_header(&out[..HEADER_LEN].try_into().unwrap());
         let frame = decode(Bytes::copy_from_slice(&out[HEADER_LEN..]), checksum).unwrap();
         assert_eq!((frame.records, frame.source, frame.metadata), (records, Some(source), metadata));
+    }
+
+    #[test]
+    fn plausible_payload_lens_find_the_true_end_of_every_frame_shape() {
+        let records = vec![Bytes::from_static(b"one"), Bytes::from_static(b"two")];
+        let source = SourcePosition { shard: "shard-1".into(), position: "42".into() };
+        let metadata = [Bytes::from_static(b"m1"), Bytes::from_static(b"m2")];
+        for (source, metadata) in [(None, &[][..]), (Some(&source), &[][..]), (Some(&source), &metadata[..])] {
+            let mut out = Vec::new();
+            encode(7, 1, &records, source, metadata, &mut out);
+            let payload_len = out.len() - HEADER_LEN;
+            // What follows the frame in the file does not hide its end.
+            out.extend_from_slice(&[0xAB; 64]);
+            let lens = plausible_payload_lens(&out[HEADER_LEN..], 7);
+            assert!(lens.contains(&payload_len), "{lens:?} misses {payload_len}");
+            assert!(plausible_payload_lens(&out[HEADER_LEN..], 8).is_empty(), "another first sequence");
+            assert!(lens.iter().all(|&len| len <= out.len() - HEADER_LEN));
+        }
+        assert!(plausible_payload_lens(&[0u8; 10], 0).is_empty(), "shorter than the fixed fields");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::WalError;
+use super::committed::{self, CommittedMark};
 use super::segment::{self, Scan, SegmentFile, SegmentStatus, TailPolicy};
 use crate::checkpoint::{Checkpoint, CheckpointError, write_atomically};
 use crate::pipeline::{Intent, IntentError, IntentLog};
@@ -122,6 +123,8 @@ pub struct Inspection {
     pub paths: StreamPaths,
     pub checkpoint: u64,
     pub segments: Vec<SegmentReport>,
+    /// How far the last segment was recorded as synced (see `committed`).
+    pub committed_mark: Option<CommittedMark>,
     pub set_aside: Vec<SetAside>,
     /// Recorded intents: pending (to re-send) and done (to skip) batches above the checkpoint.
     pub pending_intents: Vec<Intent>,
@@ -131,8 +134,9 @@ pub struct Inspection {
 pub fn inspect(data_dir: &Path, stream: &str) -> Result<Inspection, InspectError> {
     let paths = StreamPaths::new(data_dir, stream);
     let checkpoint = Checkpoint::new(&paths.stream_dir).load()?;
+    let committed_mark = load_mark(&paths.wal_dir)?;
     let mut segments = Vec::new();
-    for (segment, scan) in scan_all(&paths.wal_dir)? {
+    for (segment, scan) in scan_all(&paths.wal_dir, committed_mark)? {
         segments.push(SegmentReport { path: segment.path, first_sequence: segment.first_sequence, scan });
     }
     let set_aside = read_set_aside_records(&paths.quarantine_dir)?;
@@ -141,11 +145,24 @@ pub fn inspect(data_dir: &Path, stream: &str) -> Result<Inspection, InspectError
     } else {
         Vec::new()
     };
-    Ok(Inspection { stream: stream.to_string(), paths, checkpoint, segments, set_aside, pending_intents })
+    Ok(Inspection {
+        stream: stream.to_string(),
+        paths,
+        checkpoint,
+        segments,
+        committed_mark,
+        set_aside,
+        pending_intents,
+    })
 }
 
-/// Every segment with its full scan; the last one may have a torn tail, the others may not.
-fn scan_all(wal_dir: &Path) -> Result<Vec<(SegmentFile, Scan)>, InspectError> {
+fn load_mark(wal_dir: &Path) -> Result<Option<CommittedMark>, InspectError> {
+    committed::load(wal_dir).map_err(io_error(&committed::path(wal_dir)))
+}
+
+/// Every segment with its full scan; the last one may have a torn tail above the committed mark,
+/// the others may not.
+fn scan_all(wal_dir: &Path, mark: Option<CommittedMark>) -> Result<Vec<(SegmentFile, Scan)>, InspectError> {
     let segments = match segment::list(wal_dir) {
         Ok(segments) => segments,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -154,7 +171,7 @@ fn scan_all(wal_dir: &Path) -> Result<Vec<(SegmentFile, Scan)>, InspectError> {
     let last_index = segments.len().saturating_sub(1);
     let mut scanned = Vec::with_capacity(segments.len());
     for (index, segment) in segments.into_iter().enumerate() {
-        let policy = if index == last_index { TailPolicy::LastSegment } else { TailPolicy::ClosedSegment };
+        let policy = if index == last_index { TailPolicy::LastSegment { mark } } else { TailPolicy::ClosedSegment };
         let scan = segment::scan(&segment, policy)?;
         scanned.push((segment, scan));
     }
@@ -168,6 +185,14 @@ impl fmt::Display for Inspection {
         writeln!(out, "  wal:         {}", self.paths.wal_dir.display())?;
         writeln!(out, "  quarantine:  {}", self.paths.quarantine_dir.display())?;
         writeln!(out, "  checkpoint:  {} (every record below it is delivered)", self.checkpoint)?;
+        match &self.committed_mark {
+            Some(mark) => writeln!(
+                out,
+                "  committed:   {} bytes of segment {} (records below {}) recorded as synced",
+                mark.len, mark.segment_first_sequence, mark.end_sequence
+            )?,
+            None => writeln!(out, "  committed:   no mark recorded")?,
+        }
         writeln!(out, "segments ({}):", self.segments.len())?;
         for segment in &self.segments {
             let scan = &segment.scan;
@@ -234,7 +259,8 @@ pub enum QuarantineOutcome {
 /// and sets the same range aside.
 pub fn quarantine(data_dir: &Path, stream: &str, named: Option<&Path>) -> Result<QuarantineOutcome, InspectError> {
     let paths = StreamPaths::new(data_dir, stream);
-    let scanned = scan_all(&paths.wal_dir)?;
+    let mark = load_mark(&paths.wal_dir)?;
+    let scanned = scan_all(&paths.wal_dir, mark)?;
     if scanned.is_empty() {
         return Ok(QuarantineOutcome::NothingToDo(format!("no wal segments in {}", paths.wal_dir.display())));
     }
@@ -287,9 +313,16 @@ pub fn quarantine(data_dir: &Path, stream: &str, named: Option<&Path>) -> Result
         // Sequences continue in the next segment: everything between is what the damage held.
         (None, Some(next_first_sequence)) => next_first_sequence,
         // The last segment and nothing after the damage verifies: records are contiguous and
-        // each takes at least 4 bytes, so the damaged bytes hold at most `damaged_bytes / 4`
-        // records. Sequences continue above that bound, so none is ever reused.
-        (None, None) => good_end + (scan.file_len - damaged_offset) / super::frame::MIN_RECORD_LEN as u64 + 1,
+        // each takes at least 4 bytes, so the damaged bytes (as many as the file or the committed
+        // mark holds, if a cut file is shorter) hold at most `damaged_bytes / 4` records, and the
+        // mark names the sequence its bytes end at. Sequences continue above both, so none that
+        // was recorded is ever reused.
+        (None, None) => {
+            let mark = mark.filter(|mark| mark.segment_first_sequence == segment.first_sequence);
+            let damaged_end = scan.file_len.max(mark.map_or(0, |mark| mark.len));
+            let bound = good_end + (damaged_end - damaged_offset) / super::frame::MIN_RECORD_LEN as u64 + 1;
+            bound.max(mark.map_or(0, |mark| mark.end_sequence))
+        }
     };
     let file_name = segment.path.file_name().unwrap_or(segment.path.as_os_str()).to_owned();
     let quarantined_segment = paths.quarantine_dir.join(&file_name);

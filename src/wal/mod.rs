@@ -4,8 +4,15 @@
 //! the same files back through a [`WalReader`], so recovery after a crash and normal delivery
 //! are one code path. Delivered segments are deleted by [`Wal::trim`].
 //!
+//! Opening tells a torn tail (a write whose sync never completed: its put was never answered)
+//! from damage in acknowledged data by what a torn write can leave and by the committed mark, a
+//! durable record of the synced length written about once a second off the groups' path (see
+//! `segment` and `committed`). A torn tail is cut with a warning; damage fails the open, naming
+//! segment and offset, so only that stream stops and `spillway wal quarantine` can set it aside.
+//!
 //! Must not: interpret record bytes, or know about batches and sinks.
 
+mod committed;
 mod frame;
 pub mod inspect;
 mod positions;
@@ -84,8 +91,8 @@ pub struct RecoveryReport {
     pub bytes: u64,
     /// Sequence the next append gets.
     pub next_sequence: u64,
-    /// Set when a torn tail (a crash mid-write, or a zero-filled extension after a power loss)
-    /// was cut off: segment, offset and reason.
+    /// Set when a torn tail (a write that never completed: the file ends inside its frame, or
+    /// part of it reads as zeros after a power loss) was cut off: segment, offset and reason.
     pub truncated_tail: Option<String>,
     /// Frames read after the saved positions file to bring source positions up to date.
     pub position_frames_read: u64,
@@ -111,7 +118,8 @@ impl Wal {
     /// writer. `delivered` is the stream's checkpoint: sequences continue from it when every
     /// segment was already trimmed. Only the last segment is checksummed (start-up stays fast
     /// whatever the backlog); damage in older segments is found by the reader. Damage in the
-    /// last segment's acknowledged data fails the open with `WalError::Scan(ScanError::Corrupt)`
+    /// last segment's acknowledged data (below its committed mark, or bad bytes a torn write
+    /// cannot leave: see `segment`) fails the open with `WalError::Scan(ScanError::Corrupt)`
     /// naming segment and offset, and leaves every file as it was.
     pub fn open(options: WalOptions, delivered: u64) -> Result<(Wal, RecoveryReport), WalError> {
         let io_error = |path: &Path| {
@@ -125,7 +133,8 @@ impl Wal {
         let next_sequence = match segments.last() {
             None => delivered,
             Some(last) => {
-                let scan = segment::scan(last, segment::TailPolicy::LastSegment)?;
+                let mark = committed::load(&options.dir).map_err(io_error(&committed::path(&options.dir)))?;
+                let scan = segment::scan(last, segment::TailPolicy::LastSegment { mark })?;
                 match scan.status {
                     segment::SegmentStatus::Ok => {}
                     segment::SegmentStatus::Damaged { offset, reason } => {

@@ -1,6 +1,24 @@
 //! Segment files: naming (`<first sequence, 20 digits>.wal`), listing, and reading frames one by
 //! one from a byte offset, telling a clean end, an unacknowledged torn tail and damage in
 //! acknowledged data apart.
+//!
+//! How the last segment's bad bytes are classified (closed segments were synced whole before
+//! the next one was created, so any bad byte there is damage). Frames are appended in order and
+//! a group is acknowledged only after its `fdatasync` returned; the WAL never pre-allocates, so
+//! the file's length is where the writer stopped. A write whose sync never completed can leave:
+//!
+//! - after a process crash (the kernel's page cache survives): an exact prefix of what was
+//!   written, so the file ends inside the last frame;
+//! - after a power loss or kernel crash: also blocks that were never written back, which read as
+//!   zeros (the file may have been extended before its data reached the disk).
+//!
+//! Anything else is damage in acknowledged data: bytes below the committed mark (see
+//! `committed`: the synced length, recorded at most once a second and at shutdown), a file
+//! shorter than that mark, non-zero bytes or a verifying frame after the bad frame, a frame that
+//! lies wholly in the file with a bad checksum and no zero-filled block, or a length field that
+//! runs past the end of the file while a shorter frame of the same bytes verifies. Only a bad
+//! frame at the end of the file that is cut short, or reads partly as zeros, and lies above the
+//! mark is a torn tail, cut at open with a warning.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -8,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 
+use super::committed::CommittedMark;
 use super::frame::{self, DecodeError, Frame, HEADER_LEN};
 
 const EXTENSION: &str = "wal";
@@ -56,6 +75,10 @@ pub enum ReadOutcome {
         /// Where the bad frame claims to end, capped at the end of the file (a header cut short
         /// or a length running past the end give the file's length).
         frame_end: u64,
+        /// The file ends inside the frame (its header, or before the end its length gives).
+        cut_short: bool,
+        /// The checksum its header holds (when the header is whole).
+        checksum: u32,
     },
 }
 
@@ -65,7 +88,8 @@ pub fn read_frame(file: &mut File, offset: u64, file_len: u64) -> io::Result<Rea
         return Ok(ReadOutcome::End);
     }
     if file_len - offset < HEADER_LEN as u64 {
-        return Ok(ReadOutcome::Damaged { reason: "file ends inside a frame header".into(), frame_end: file_len });
+        let reason = "file ends inside a frame header".into();
+        return Ok(ReadOutcome::Damaged { reason, frame_end: file_len, cut_short: true, checksum: 0 });
     }
     file.seek(SeekFrom::Start(offset))?;
     let mut header = [0u8; HEADER_LEN];
@@ -74,12 +98,14 @@ pub fn read_frame(file: &mut File, offset: u64, file_len: u64) -> io::Result<Rea
     let frame_end = offset + HEADER_LEN as u64 + payload_len as u64;
     if payload_len == 0 {
         // crc32c of an empty payload is 0, so an all-zero header would otherwise verify.
-        return Ok(ReadOutcome::Damaged { reason: "zero-length frame".into(), frame_end });
+        return Ok(ReadOutcome::Damaged { reason: "zero-length frame".into(), frame_end, cut_short: false, checksum });
     }
     if frame_end > file_len {
         return Ok(ReadOutcome::Damaged {
             reason: format!("frame of {payload_len} bytes runs past the end of the file"),
             frame_end: file_len,
+            cut_short: true,
+            checksum,
         });
     }
     let mut payload = BytesMut::zeroed(payload_len);
@@ -92,7 +118,7 @@ pub fn read_frame(file: &mut File, offset: u64, file_len: u64) -> io::Result<Rea
                 DecodeError::Checksum => "checksum mismatch".to_string(),
                 DecodeError::Malformed(what) => what.to_string(),
             };
-            Ok(ReadOutcome::Damaged { reason, frame_end })
+            Ok(ReadOutcome::Damaged { reason, frame_end, cut_short: false, checksum })
         }
     }
 }
@@ -101,8 +127,9 @@ pub fn read_frame(file: &mut File, offset: u64, file_len: u64) -> io::Result<Rea
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TailPolicy {
     /// The segment the writer appended to last: a crash may have left an unacknowledged torn
-    /// write at its end (a partial frame, or a zero-filled extension after a power loss).
-    LastSegment,
+    /// write at its end (a partial frame, or blocks that read as zeros after a power loss), but
+    /// never below the committed mark, if it names this segment.
+    LastSegment { mark: Option<CommittedMark> },
     /// A segment closed by rotation (synced before the next one was created): any bad byte is
     /// damage in acknowledged data.
     ClosedSegment,
@@ -144,6 +171,12 @@ pub fn scan(segment: &SegmentFile, policy: TailPolicy) -> Result<Scan, ScanError
     let io_error = |source| ScanError::Io { path: segment.path.clone(), source };
     let mut file = File::open(&segment.path).map_err(io_error)?;
     let file_len = file.metadata().map_err(io_error)?.len();
+    let committed_len = match policy {
+        TailPolicy::LastSegment { mark: Some(mark) } if mark.segment_first_sequence == segment.first_sequence => {
+            mark.len
+        }
+        _ => 0,
+    };
     let mut offset = 0;
     let mut end_sequence = segment.first_sequence;
     let (mut frames, mut records) = (0, 0);
@@ -155,10 +188,25 @@ pub fn scan(segment: &SegmentFile, policy: TailPolicy) -> Result<Scan, ScanError
                 records += frame.records.len() as u64;
                 offset = next_offset;
             }
+            ReadOutcome::End if offset < committed_len => {
+                let missing = committed_len - offset;
+                let reason = format!(
+                    "the file ends {missing} bytes before its committed length {committed_len}: acknowledged frames are missing"
+                );
+                break SegmentStatus::Damaged { offset, reason };
+            }
             ReadOutcome::End => break SegmentStatus::Ok,
-            ReadOutcome::Damaged { reason, frame_end } => {
-                let damage = Damage { offset, frame_end, file_len, expected_sequence: end_sequence, reason };
-                break classify_damage(&mut file, damage, policy).map_err(io_error)?;
+            ReadOutcome::Damaged { reason, frame_end, cut_short, checksum } => {
+                let damage = Damage {
+                    offset,
+                    frame_end,
+                    file_len,
+                    cut_short,
+                    checksum,
+                    expected_sequence: end_sequence,
+                    reason,
+                };
+                break classify_damage(&mut file, damage, policy, committed_len).map_err(io_error)?;
             }
         }
     };
@@ -170,37 +218,118 @@ struct Damage {
     offset: u64,
     frame_end: u64,
     file_len: u64,
+    cut_short: bool,
+    checksum: u32,
     /// The sequence the bad frame should have started at.
     expected_sequence: u64,
     reason: String,
 }
 
-/// Torn tail or damage? Only the last segment can have a torn tail, and only when nothing
-/// written after the bad frame survived: the bad frame runs past or up to the end of the file,
-/// or only zero bytes follow it (a power loss after the file was extended but before its data
-/// reached the disk). With `fsync: always` nothing is acknowledged before every byte before it
-/// is synced, so that is the signature of an unacknowledged write. Non-zero bytes after the bad
-/// frame, or any frame after it that verifies (a bad length can make a frame "run past the
-/// end"), mean acknowledged data follows: damage, never cut.
-fn classify_damage(file: &mut File, damage: Damage, policy: TailPolicy) -> io::Result<SegmentStatus> {
-    let Damage { offset, frame_end, file_len, expected_sequence, reason } = damage;
+/// Torn tail or damage? See the module comment: only the last segment can have a torn tail,
+/// only above its committed mark, and only when nothing written after the bad frame survived
+/// (zero bytes at most) and the bad frame itself looks like a write that never completed: the
+/// file ends inside it, or part of it reads as zeros.
+fn classify_damage(
+    file: &mut File,
+    damage: Damage,
+    policy: TailPolicy,
+    committed_len: u64,
+) -> io::Result<SegmentStatus> {
+    let Damage { offset, frame_end, file_len, cut_short, checksum, expected_sequence, reason } = damage;
     if policy == TailPolicy::ClosedSegment {
         return Ok(SegmentStatus::Damaged { offset, reason });
     }
+    if offset < committed_len {
+        let reason = format!("{reason}, below the committed length {committed_len} (acknowledged and synced)");
+        return Ok(SegmentStatus::Damaged { offset, reason });
+    }
     let nothing_written_after = is_all_zero(file, frame_end, file_len)?;
-    if nothing_written_after && find_verifiable_frame(file, offset + 1, file_len, expected_sequence)?.is_none() {
-        let reason = match file_len - frame_end {
-            0 => reason,
-            zeros => format!("{reason}; only {zeros} zero bytes follow"),
-        };
+    if !nothing_written_after || find_verifiable_frame(file, offset + 1, file_len, expected_sequence)?.is_some() {
+        return Ok(SegmentStatus::Damaged { offset, reason: format!("{reason}, with more data after it") });
+    }
+    let zeros_after = match file_len - frame_end {
+        0 => String::new(),
+        zeros => format!("; only {zeros} zero bytes follow"),
+    };
+    if cut_short {
+        if let Some(true_len) = verifying_shorter_frame(file, offset, file_len, expected_sequence, checksum)? {
+            let reason = format!(
+                "{reason}, but its first {true_len} payload bytes verify against its checksum: its length field is damaged"
+            );
+            return Ok(SegmentStatus::Damaged { offset, reason });
+        }
+        return Ok(SegmentStatus::TornTail { offset, reason: format!("{reason}{zeros_after}") });
+    }
+    if is_all_zero(file, offset, frame_end)? {
+        // Zeros from the bad frame to the end of the file: an extension whose data never arrived.
+        return Ok(SegmentStatus::TornTail { offset, reason: format!("{reason}{zeros_after}") });
+    }
+    if let Some(block) = zero_block_in(file, offset, frame_end)? {
+        let reason = format!(
+            "{reason}; bytes {block:?} read as zeros, as a write lost in a power loss leaves them{zeros_after}"
+        );
         return Ok(SegmentStatus::TornTail { offset, reason });
     }
-    Ok(SegmentStatus::Damaged { offset, reason: format!("{reason}, with more data after it") })
+    let reason = format!("{reason} in a frame wholly on disk without a zero-filled block: not a torn write");
+    Ok(SegmentStatus::Damaged { offset, reason })
 }
 
-fn is_all_zero(file: &mut File, from: u64, file_len: u64) -> io::Result<bool> {
+/// Blocks a lost write leaves as zeros are at least this big and aligned to it (the sector;
+/// file system blocks and pages are multiples of it).
+const LOST_BLOCK_LEN: u64 = 512;
+/// A block cut by the frame's start or end counts only with at least this many bytes in the
+/// frame: a few zero bytes (a length field's high bytes) are ordinary data, and erring this way
+/// stops the stream rather than cutting acknowledged records.
+const MIN_ZERO_STRETCH: u64 = 32;
+
+/// The first stretch of `[from, to)` that is a whole [`LOST_BLOCK_LEN`]-aligned block cut to
+/// that range (at least [`MIN_ZERO_STRETCH`] bytes of it) and holds only zeros: what a block
+/// never written back reads as.
+fn zero_block_in(file: &mut File, from: u64, to: u64) -> io::Result<Option<std::ops::Range<u64>>> {
+    use std::os::unix::fs::FileExt;
+
+    let mut block = vec![0u8; LOST_BLOCK_LEN as usize];
+    let mut start = from;
+    while start < to {
+        let end = ((start / LOST_BLOCK_LEN + 1) * LOST_BLOCK_LEN).min(to);
+        let len = (end - start) as usize;
+        file.read_exact_at(&mut block[..len], start)?;
+        if end - start >= MIN_ZERO_STRETCH && block[..len].iter().all(|&byte| byte == 0) {
+            return Ok(Some(start..end));
+        }
+        start = end;
+    }
+    Ok(None)
+}
+
+/// For a frame whose length runs past the end of the file: the payload length, shorter than the
+/// bytes left, at which the payload parses as a frame starting at `expected_sequence` and
+/// matches `checksum`. Some means the bytes are all there and only the length field is wrong.
+fn verifying_shorter_frame(
+    file: &mut File,
+    offset: u64,
+    file_len: u64,
+    expected_sequence: u64,
+    checksum: u32,
+) -> io::Result<Option<usize>> {
+    use std::os::unix::fs::FileExt;
+
+    let payload_start = offset + HEADER_LEN as u64;
+    if payload_start >= file_len {
+        return Ok(None);
+    }
+    let mut payload = vec![0u8; (file_len - payload_start) as usize];
+    file.read_exact_at(&mut payload, payload_start)?;
+    let found = frame::plausible_payload_lens(&payload, expected_sequence)
+        .into_iter()
+        .find(|&len| crc32c::crc32c(&payload[..len]) == checksum);
+    Ok(found)
+}
+
+/// Whether `[from, to)` of the file holds only zero bytes.
+fn is_all_zero(file: &mut File, from: u64, to: u64) -> io::Result<bool> {
     file.seek(SeekFrom::Start(from))?;
-    let mut remaining = file_len - from;
+    let mut remaining = to - from;
     let mut chunk = vec![0u8; 64 << 10];
     while remaining > 0 {
         let want = remaining.min(chunk.len() as u64) as usize;

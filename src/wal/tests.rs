@@ -785,3 +785,200 @@ async fn the_tail_counts_what_tiny_records_hold_not_only_their_bytes() {
     assert!(delivery.read(committed, usize::MAX).is_err(), "the first frame was no longer held in memory");
     wal.close();
 }
+
+/// Frames of `records_per_frame` records each, one append per prefix, in one segment, left as a
+/// SIGKILL after the last acknowledgement leaves them: the committed mark is the one written at
+/// open (it covers none of them), since the writer records the synced length at most once a
+/// second and at a clean shutdown. Returns the segment and where each frame starts.
+async fn frames_killed_before_the_next_mark(
+    dir: &Path,
+    prefixes: &[&str],
+    records_per_frame: usize,
+) -> (segment::SegmentFile, Vec<u64>) {
+    let (wal, _) = Wal::open(WalOptions { segment_bytes: 1 << 20, ..options(dir) }, 0).unwrap();
+    let mark_at_open = std::fs::read(committed::path(dir)).unwrap();
+    let mut frame_starts = Vec::new();
+    for prefix in prefixes {
+        frame_starts
+            .push(segment::list(dir).unwrap().pop().map_or(0, |last| std::fs::metadata(last.path).unwrap().len()));
+        wal.append(0, records(prefix, records_per_frame)).await.unwrap();
+    }
+    wal.close();
+    std::fs::write(committed::path(dir), mark_at_open).unwrap();
+    (segment::list(dir).unwrap().pop().unwrap(), frame_starts)
+}
+
+fn rewrite(path: &Path, change: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut bytes = std::fs::read(path).unwrap();
+    change(&mut bytes);
+    std::fs::write(path, &bytes).unwrap();
+    bytes
+}
+
+fn open_error(dir: &Path) -> String {
+    Wal::open(options(dir), 0).err().expect("damage in acknowledged data fails the open").to_string()
+}
+
+#[tokio::test]
+async fn the_mark_covers_every_frame_after_a_clean_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (last, _, _) = three_frames_in_one_segment(dir.path()).await;
+    let len = std::fs::metadata(&last.path).unwrap().len();
+    let mark = committed::load(dir.path()).unwrap().expect("a mark");
+    assert_eq!(mark, committed::CommittedMark { segment_first_sequence: 0, len, end_sequence: 9 });
+}
+
+#[tokio::test]
+async fn the_mark_follows_the_synced_length_while_running_at_most_once_per_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(WalOptions { segment_bytes: 1 << 20, ..options(dir.path()) }, 0).unwrap();
+    let generation_at_open = committed::newest_generation(dir.path()).unwrap();
+    let started = std::time::Instant::now();
+    for round in 0..40 {
+        wal.append(0, records(&format!("r{round}"), 2)).await.unwrap();
+    }
+    let generations = committed::newest_generation(dir.path()).unwrap() - generation_at_open;
+    let intervals = started.elapsed().as_secs_f64() / committed::MARK_INTERVAL.as_secs_f64();
+    assert!(
+        (generations as f64) <= intervals.ceil(),
+        "40 group commits wrote {generations} marks in {intervals:.2} intervals"
+    );
+
+    // Without another append or a shutdown, the mark catches up with the synced length.
+    let last = segment::list(dir.path()).unwrap().pop().unwrap();
+    let len = std::fs::metadata(&last.path).unwrap().len();
+    let expected = committed::CommittedMark { segment_first_sequence: 0, len, end_sequence: 80 };
+    let deadline = std::time::Instant::now() + committed::MARK_INTERVAL * 5;
+    while committed::load(dir.path()).unwrap() != Some(expected) {
+        assert!(std::time::Instant::now() < deadline, "the mark never caught up: {:?}", committed::load(dir.path()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wal.close();
+}
+
+#[tokio::test]
+async fn a_flipped_byte_in_the_acknowledged_last_frame_fails_the_open_and_can_be_set_aside() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let paths = inspect::StreamPaths::new(data_dir.path(), "s");
+    let (last, _, third_frame_offset) = three_frames_in_one_segment(&paths.wal_dir).await;
+    let bytes = rewrite(&last.path, |bytes| bytes[third_frame_offset as usize + 40] ^= 0x01);
+
+    let message = open_error(&paths.wal_dir);
+    assert!(message.contains(&last.path.display().to_string()), "{message}");
+    assert!(message.contains(&format!("offset {third_frame_offset}: checksum mismatch")), "{message}");
+    assert!(message.contains("committed length"), "{message}");
+    assert_eq!(std::fs::read(&last.path).unwrap(), bytes, "nothing is cut");
+    let inspection = inspect::inspect(data_dir.path(), "s").unwrap().to_string();
+    assert!(inspection.contains(&format!("DAMAGED at offset {third_frame_offset}")), "{inspection}");
+
+    let inspect::QuarantineOutcome::SetAside(set_aside) = inspect::quarantine(data_dir.path(), "s", None).unwrap()
+    else {
+        panic!("the damaged last frame is set aside");
+    };
+    assert_eq!(set_aside.start, 6);
+    assert!(set_aside.end >= 9, "the set-aside range covers the frame's records: {set_aside:?}");
+    assert_eq!(std::fs::read(&set_aside.quarantined_segment).unwrap(), bytes, "the original bytes are kept");
+    let (wal, report) = Wal::open(options(&paths.wal_dir), 0).unwrap();
+    assert!(report.truncated_tail.is_none());
+    assert_eq!(report.next_sequence, set_aside.end, "no sequence of the damaged frame is reused");
+    let all = read_all(&wal, 0);
+    assert_eq!(all.len(), 6);
+    assert!(all[5].starts_with(b"b-0002"));
+    wal.close();
+}
+
+#[tokio::test]
+async fn a_flipped_byte_in_a_last_frame_no_mark_covers_is_damage_not_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (last, starts) = frames_killed_before_the_next_mark(dir.path(), &["a", "b", "c"], 3).await;
+    assert_eq!(committed::load(dir.path()).unwrap().map(|mark| mark.len), Some(0), "the mark covers no frame");
+    // A process crash leaves an exact prefix of what was written: a whole frame with a bad
+    // checksum is not something a torn write leaves.
+    let bytes = rewrite(&last.path, |bytes| bytes[starts[2] as usize + 40] ^= 0x01);
+    let message = open_error(dir.path());
+    assert!(message.contains(&format!("offset {}: checksum mismatch", starts[2])), "{message}");
+    assert!(message.contains("not a torn write"), "{message}");
+    assert_eq!(std::fs::read(&last.path).unwrap(), bytes, "nothing is cut");
+
+    // The checksum field itself damaged: the same.
+    rewrite(&last.path, |bytes| {
+        bytes[starts[2] as usize + 40] ^= 0x01;
+        bytes[starts[2] as usize + 5] ^= 0x80;
+    });
+    assert!(open_error(dir.path()).contains(&format!("offset {}: checksum mismatch", starts[2])));
+}
+
+#[tokio::test]
+async fn a_last_frame_cut_short_above_the_mark_is_a_torn_tail_and_below_it_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let (last, starts) = frames_killed_before_the_next_mark(dir.path(), &["a", "b", "c"], 3).await;
+    let full_len = std::fs::metadata(&last.path).unwrap().len();
+    let cut_at = starts[2] + (full_len - starts[2]) / 2;
+    std::fs::OpenOptions::new().write(true).open(&last.path).unwrap().set_len(cut_at).unwrap();
+
+    let (wal, report) = Wal::open(options(dir.path()), 0).unwrap();
+    let truncated = report.truncated_tail.expect("a torn tail is cut");
+    assert!(
+        truncated.contains(&format!("offset {}", starts[2])) && truncated.contains("runs past the end"),
+        "{truncated}"
+    );
+    assert_eq!(report.next_sequence, 6);
+    assert_eq!(read_all(&wal, 0).len(), 6);
+    wal.close();
+
+    // After the clean shutdown the mark covers both frames left: cutting the file is damage.
+    let mark = committed::load(dir.path()).unwrap().expect("a mark");
+    assert_eq!((mark.len, mark.end_sequence), (starts[2], 6));
+    std::fs::OpenOptions::new().write(true).open(&last.path).unwrap().set_len(starts[1] + 10).unwrap();
+    let message = open_error(dir.path());
+    assert!(message.contains(&format!("offset {}", starts[1])) && message.contains("committed length"), "{message}");
+    // A cut exactly between frames leaves nothing bad to read: only the mark tells.
+    std::fs::OpenOptions::new().write(true).open(&last.path).unwrap().set_len(starts[1]).unwrap();
+    let message = open_error(dir.path());
+    assert!(
+        message.contains(&format!("offset {}", starts[1])) && message.contains("acknowledged frames are missing"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_length_field_in_the_last_frame_is_damage_though_it_runs_past_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (last, starts) = frames_killed_before_the_next_mark(dir.path(), &["a", "b", "c"], 3).await;
+    // A flipped high bit in the last frame's length: "runs past the end of the file", as a write
+    // cut short would, but the whole payload is there and verifies at its true length.
+    let bytes = rewrite(&last.path, |bytes| bytes[starts[2] as usize + 2] ^= 0x10);
+    let message = open_error(dir.path());
+    assert!(
+        message.contains(&format!("offset {}", starts[2])) && message.contains("length field is damaged"),
+        "{message}"
+    );
+    assert_eq!(std::fs::read(&last.path).unwrap(), bytes, "nothing is cut");
+}
+
+#[tokio::test]
+async fn a_zero_filled_block_in_the_last_frame_is_a_torn_tail_above_the_mark_and_damage_below_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Frames of ten ~110-byte records: over 1 KiB, so the last one holds a whole 512-byte block.
+    let (last, starts) = frames_killed_before_the_next_mark(dir.path(), &["a", "b", "c"], 10).await;
+    let original = std::fs::read(&last.path).unwrap();
+    let block = (starts[2] / 512 + 1) * 512;
+    assert!(block + 512 <= original.len() as u64, "the last frame holds a whole block");
+    let zero_block = |bytes: &mut Vec<u8>| bytes[block as usize..block as usize + 512].fill(0);
+
+    // A power loss: that block of the last (unacknowledged) write never reached the disk.
+    rewrite(&last.path, zero_block);
+    let (wal, report) = Wal::open(options(dir.path()), 0).unwrap();
+    let truncated = report.truncated_tail.expect("a torn tail is cut");
+    assert!(truncated.contains(&format!("offset {}", starts[2])) && truncated.contains("read as zeros"), "{truncated}");
+    assert_eq!(report.next_sequence, 20);
+    wal.close();
+
+    // The same block zeroed in frames the mark covers: damage.
+    std::fs::write(&last.path, &original).unwrap();
+    let mark = committed::CommittedMark { segment_first_sequence: 0, len: original.len() as u64, end_sequence: 30 };
+    committed::MarkFile::open(dir.path()).unwrap().write(mark).unwrap();
+    rewrite(&last.path, zero_block);
+    let message = open_error(dir.path());
+    assert!(message.contains(&format!("offset {}", starts[2])) && message.contains("committed length"), "{message}");
+}

@@ -4,6 +4,12 @@
 //! to the tail the delivery reader takes them from. It runs on a dedicated OS thread because
 //! every step is blocking file I/O.
 //!
+//! The committed mark (`committed`) records how far the active segment is synced, so recovery
+//! can tell damage in acknowledged data from a torn write. It is written at open, at a clean
+//! shutdown, and while the synced length moves at most once per `MARK_INTERVAL`, after the
+//! group's acknowledgements were sent: no answer waits for it, and a group that arrives while it
+//! is written waits for one small `fdatasync` at most (one a second, never one per group).
+//!
 //! It also owns the WAL's budget: only *undelivered* bytes count against `max_bytes`. An append
 //! that does not fit waits (first come, first served) until a trim makes room or `full_wait`
 //! passes. A segment that is mostly delivered is closed early, so a trim can delete it even when
@@ -24,6 +30,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
+use super::committed::{self, CommittedMark, MarkFile};
 use super::frame::SourcePosition;
 use super::positions::{self, SharedPositions};
 use super::segment::{self, ReadOutcome, SegmentFile};
@@ -235,6 +242,23 @@ struct Writer {
     positions: PositionTracker,
     /// Frames written, for the delivery reader.
     tail: Arc<Tail>,
+    marker: Marker,
+}
+
+/// The committed mark as the writer keeps it: what is synced now, and when it was last recorded.
+struct Marker {
+    file: MarkFile,
+    /// The active segment's synced length and the sequence after it.
+    synced: CommittedMark,
+    marked_at: Instant,
+    /// The last write failed (logged once until one succeeds).
+    failing: bool,
+}
+
+impl Marker {
+    fn is_stale(&self) -> bool {
+        self.file.current() != Some(self.synced)
+    }
 }
 
 /// Source positions as the writer moves them: written → synced (shared with readers) → saved.
@@ -322,8 +346,24 @@ impl Writer {
         };
         let track_positions = options.track_positions;
         let file = open_append(&active.path)?;
+        let mark_path = committed::path(&options.dir);
+        let mut mark_file =
+            MarkFile::open(&options.dir).map_err(|source| WalError::Io { path: mark_path.clone(), source })?;
         sync_dir(&options.dir)?;
-        let active_len = file.metadata().map_err(|source| WalError::Io { path: active.path.clone(), source })?.len();
+        let active_io_error = |source| WalError::Io { path: active.path.clone(), source };
+        let active_len = file.metadata().map_err(active_io_error)?.len();
+        // Open kept every frame in the active segment (a torn tail is already cut): they will be
+        // delivered, so make them durable and record them as committed.
+        let synced = CommittedMark {
+            segment_first_sequence: active.first_sequence,
+            len: active_len,
+            end_sequence: next_sequence,
+        };
+        if mark_file.current() != Some(synced) {
+            file.sync_data().map_err(active_io_error)?;
+            mark_file.write(synced).map_err(|source| WalError::Io { path: mark_path, source })?;
+        }
+        let marker = Marker { file: mark_file, synced, marked_at: Instant::now(), failing: false };
         let mut backlog = Backlog::new(options.max_bytes);
         for (index, closed) in segments.iter().enumerate() {
             let end_sequence = segments.get(index + 1).unwrap_or(&active).first_sequence;
@@ -356,6 +396,7 @@ impl Writer {
             buffer: Vec::new(),
             positions: PositionTracker::new(track_positions, positions, next_sequence),
             tail,
+            marker,
         })
     }
 
@@ -398,6 +439,7 @@ impl Writer {
             self.write_next_group();
             self.refuse_expired(Instant::now());
             self.sync_if_due();
+            self.mark_if_due(false);
         }
         // Shutting down: write what fits; the rest could only wait for a trim that will not come.
         while self.front_can_be_written() {
@@ -415,6 +457,8 @@ impl Writer {
         if self.failed.is_none() {
             self.positions.synced(self.next_sequence);
             self.positions.save_if_due(&self.options.dir, true);
+            self.synced_to_end();
+            self.mark_if_due(true);
         }
     }
 
@@ -449,7 +493,7 @@ impl Writer {
         self.backlog.total + pending + frame_len <= self.options.max_bytes
     }
 
-    /// The earliest of the timed fsync and the first waiting append's deadline.
+    /// The earliest of the timed fsync, the first waiting append's deadline and the next mark.
     fn next_wake_up(&self) -> Option<Instant> {
         let fsync_due = match self.options.fsync {
             FsyncPolicy::Interval => self.unsynced_since.map(|since| since + self.options.fsync_interval),
@@ -457,10 +501,9 @@ impl Writer {
         };
         // Appends queue in arrival order with one `full_wait`, so the first gives up first.
         let give_up = self.queue.front().map(|front| front.give_up_at);
-        match (fsync_due, give_up) {
-            (Some(fsync_due), Some(give_up)) => Some(fsync_due.min(give_up)),
-            (fsync_due, give_up) => fsync_due.or(give_up),
-        }
+        let mark_due =
+            (self.failed.is_none() && self.marker.is_stale()).then(|| self.marker.marked_at + committed::MARK_INTERVAL);
+        [fsync_due, give_up, mark_due].into_iter().flatten().min()
     }
 
     /// Write the queued appends that fit, in arrival order, as one group. An append that does
@@ -590,12 +633,15 @@ impl Writer {
             next_offset: segment_start + end,
         }));
         self.active_len += written;
+        self.next_sequence = sequence;
+        if self.options.fsync == FsyncPolicy::Always {
+            self.synced_to_end();
+        }
         self.disk_bytes.fetch_add(written, Ordering::Relaxed);
         self.backlog.add_active(sequence, written);
         // A burst can grow the group buffer to MAX_GROUP_BYTES; do not keep that much around.
         self.buffer.clear();
         self.buffer.shrink_to(KEEP_GROUP_BUFFER_BYTES);
-        self.next_sequence = sequence;
         self.positions.written(sources, sequence);
         if self.options.fsync == FsyncPolicy::Always {
             self.positions.synced(sequence);
@@ -621,8 +667,41 @@ impl Writer {
             self.fail("fsync", &error);
             return;
         }
+        self.synced_to_end();
         self.positions.synced(self.next_sequence);
         self.positions.save_if_due(&self.options.dir, false);
+    }
+
+    /// Everything written to the active segment is synced.
+    fn synced_to_end(&mut self) {
+        self.marker.synced = CommittedMark {
+            segment_first_sequence: self.active.first_sequence,
+            len: self.active_len,
+            end_sequence: self.next_sequence,
+        };
+    }
+
+    /// Record the synced length in the committed mark when it moved and `MARK_INTERVAL` has
+    /// passed since the last mark (or now, with `force`). Called after a group's
+    /// acknowledgements, never before. A failure is logged and retried later: until then
+    /// recovery knows less, and classifies the newest frames by their bytes alone.
+    fn mark_if_due(&mut self, force: bool) {
+        if self.failed.is_some() || !self.marker.is_stale() {
+            return;
+        }
+        if !force && self.marker.marked_at.elapsed() < committed::MARK_INTERVAL {
+            return;
+        }
+        self.marker.marked_at = Instant::now();
+        let synced = self.marker.synced;
+        match self.marker.file.write(synced) {
+            Ok(()) => self.marker.failing = false,
+            Err(error) if !self.marker.failing => {
+                self.marker.failing = true;
+                tracing::warn!(dir = %self.options.dir.display(), %error, "cannot record the wal's committed length; retrying every second");
+            }
+            Err(_) => {}
+        }
     }
 
     /// Close the active segment and start a new one at the next sequence.
@@ -643,6 +722,7 @@ impl Writer {
         self.closed.push(previous);
         self.file = file;
         self.active_len = 0;
+        self.synced_to_end();
         self.backlog.segment_closed();
         Ok(())
     }
