@@ -190,8 +190,7 @@ async fn damage_in_acknowledged_data_stops_only_its_stream_until_quarantined() {
 
     // A starts again, delivers every record outside the range exactly once, and takes new puts.
     let healthy = Spillway::start(dir.path(), &yaml);
-    let health = reqwest::get(format!("{}/ready", healthy.endpoint)).await.unwrap();
-    assert_eq!(health.status(), 200);
+    healthy.wait_ready().await;
     let sent_after = put_batches(&healthy, "app-logs", 100, 1).await;
     let log_path = healthy.log.clone();
     assert_eq!(healthy.terminate(), 0);
@@ -287,8 +286,7 @@ async fn a_flipped_byte_in_the_acknowledged_last_frame_stops_its_stream_until_qu
     assert!(range.1 >= 10 * RECORDS_PER_BATCH, "to at least its last: {quarantined}");
     assert!(dir.path().join("data/streams/app-logs/wal-quarantine").join(&segment_name).exists());
     let healthy = Spillway::start(dir.path(), &yaml);
-    let health = reqwest::get(format!("{}/ready", healthy.endpoint)).await.unwrap();
-    assert_eq!(health.status(), 200);
+    healthy.wait_ready().await;
     let sent_after = put_batches(&healthy, "app-logs", 100, 1).await;
     assert_eq!(healthy.terminate(), 0);
     let expected: BTreeMap<String, usize> =
@@ -372,8 +370,7 @@ async fn a_put_cut_short_by_a_crash_is_cut_with_a_warning_and_the_stream_runs() 
     assert_eq!(code, 1, "nothing to set aside: {quarantined}");
 
     let restarted = Spillway::start(dir.path(), &yaml);
-    let health = reqwest::get(format!("{}/ready", restarted.endpoint)).await.unwrap();
-    assert_eq!(health.status(), 200);
+    restarted.wait_ready().await;
     let sent_after = put_batches(&restarted, "app-logs", 100, 1).await;
     let log_path = restarted.log.clone();
     assert_eq!(restarted.terminate(), 0);

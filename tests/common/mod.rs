@@ -95,6 +95,22 @@ impl Spillway {
         spillway::metrics::read_metric(&text, name)
     }
 
+    /// Poll `/ready` until it answers 200 (its first healthchecks run beside intake, so a fresh
+    /// start answers 503 "pending" for a moment); fails with the last answer after [`WAIT`].
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let response = reqwest::get(format!("{}/ready", self.endpoint)).await.expect("/ready");
+            let status = response.status().as_u16();
+            if status == 200 {
+                return;
+            }
+            let body = response.text().await.unwrap_or_default();
+            assert!(Instant::now() < deadline, "/ready still answers {status}: {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
