@@ -266,6 +266,14 @@ impl Wal {
         let _ = self.commands.send(writer::Command::Trim { delivered });
     }
 
+    /// Bytes of records above the last trim point that were delivered already (batches of
+    /// other partitions that left before an older one): they stop counting against
+    /// `max_wal_mib` at once, while the trim point waits for the oldest batch. Send a smaller
+    /// value before the `trim` that passes those records, so the count never dips below the truth.
+    pub fn delivered_ahead(&self, bytes: u64) {
+        let _ = self.commands.send(writer::Command::DeliveredAhead { bytes });
+    }
+
     /// The sequence below which every record is durably appended; changes on every commit.
     pub fn committed(&self) -> watch::Receiver<u64> {
         self.committed.clone()

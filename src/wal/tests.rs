@@ -195,6 +195,29 @@ fn budget(dir: &Path, max_bytes: u64, full_wait: Duration) -> WalOptions {
 }
 
 #[tokio::test]
+async fn records_delivered_ahead_of_the_trim_point_stop_counting_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let frame = frame_len(&records("a0", 10));
+    let (wal, _) = Wal::open(budget(dir.path(), 3 * frame, Duration::ZERO), 0).unwrap();
+    for round in 0..3 {
+        wal.append(0, records(&format!("a{round}"), 10)).await.unwrap();
+    }
+    let refused = wal.append(0, records("a3", 10)).await.expect_err("full");
+    assert!(matches!(refused, WalError::Full { .. }), "{refused}");
+    // The oldest batch still waits (no trim), two younger ones left.
+    wal.delivered_ahead(2 * frame);
+    let range = wal.append(0, records("a3", 10)).await.expect("room: only one frame is undelivered");
+    assert_eq!(range, 30..40);
+    assert_eq!(wal.undelivered_bytes(), 2 * frame);
+    // The trim point passes them: the smaller figure first, then the trim.
+    wal.delivered_ahead(0);
+    wal.trim(30);
+    wal.append(0, records("a4", 10)).await.expect("room after the trim");
+    assert_eq!(wal.undelivered_bytes(), 2 * frame);
+    wal.close();
+}
+
+#[tokio::test]
 async fn a_waiting_append_succeeds_when_a_trim_makes_room_within_full_wait() {
     let dir = tempfile::tempdir().unwrap();
     let max_bytes = 3 * frame_len(&records("a0", 10));

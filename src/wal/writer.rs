@@ -70,6 +70,11 @@ pub enum Command {
     Trim {
         delivered: u64,
     },
+    /// Bytes of records above the trim point that were delivered already (batches of other
+    /// partitions that left before an older one): they stop counting against `max_bytes`.
+    DeliveredAhead {
+        bytes: u64,
+    },
     Shutdown,
 }
 
@@ -139,6 +144,8 @@ struct QueuedAppend {
 struct Backlog {
     entries: VecDeque<BacklogEntry>,
     total: u64,
+    /// Delivered bytes inside `total` (records of batches that left before an older one).
+    delivered_ahead: u64,
     /// `total`, readable by the metrics probe.
     shared_total: Arc<AtomicU64>,
     /// Undelivered bytes in the active segment; the rest of it is delivered and reclaimable.
@@ -157,6 +164,7 @@ impl Backlog {
         Backlog {
             entries: VecDeque::new(),
             total: 0,
+            delivered_ahead: 0,
             shared_total: Arc::new(AtomicU64::new(0)),
             active_bytes: 0,
             merge_below: max_bytes / BACKLOG_ENTRIES_PER_BUDGET,
@@ -208,8 +216,19 @@ impl Backlog {
         self.active_bytes = 0;
     }
 
+    /// Bytes of records above the trim point already delivered (see [`Command::DeliveredAhead`]).
+    fn set_delivered_ahead(&mut self, bytes: u64) {
+        self.delivered_ahead = bytes;
+        self.publish();
+    }
+
+    /// What `max_bytes` limits: bytes from the trim point on, less what left ahead of it.
+    fn undelivered(&self) -> u64 {
+        self.total.saturating_sub(self.delivered_ahead)
+    }
+
     fn publish(&self) {
-        self.shared_total.store(self.total, Ordering::Relaxed);
+        self.shared_total.store(self.undelivered(), Ordering::Relaxed);
     }
 }
 
@@ -477,6 +496,10 @@ impl Writer {
                 self.trim(delivered);
                 false
             }
+            Command::DeliveredAhead { bytes } => {
+                self.backlog.set_delivered_ahead(bytes);
+                false
+            }
             Command::Shutdown => true,
         }
     }
@@ -490,7 +513,7 @@ impl Writer {
     }
 
     fn fits(&self, pending: u64, frame_len: u64) -> bool {
-        self.backlog.total + pending + frame_len <= self.options.max_bytes
+        self.backlog.undelivered() + pending + frame_len <= self.options.max_bytes
     }
 
     /// The earliest of the timed fsync, the first waiting append's deadline and the next mark.
