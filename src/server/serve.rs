@@ -167,11 +167,19 @@ impl Connection {
         match tls {
             None => self.drive(tcp, phase, &lane).await,
             Some(acceptor) => {
-                // The handshake is part of the head: the same deadline.
-                match tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => self.drive(stream, phase, &lane).await,
-                    Ok(Err(error)) => tracing::debug!(%peer, %error, "tls handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+                // The handshake is part of the head: the same deadline. A shutdown does not wait
+                // for it (there is no request to finish yet).
+                let mut stop = self.stop.clone();
+                let handshake = tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(tcp));
+                tokio::select! {
+                    handshaken = handshake => match handshaken {
+                        Ok(Ok(stream)) => self.drive(stream, phase, &lane).await,
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "tls handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+                    },
+                    () = async { let _ = stop.wait_for(|stop| *stop).await; } => {
+                        tracing::debug!(%peer, "shutting down during a tls handshake");
+                    }
                 }
             }
         }
