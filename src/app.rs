@@ -149,6 +149,7 @@ impl App {
             stop_intake.subscribe(),
         ));
         let limits = ConnectionLimits::from_config(&ingest.config.server);
+        crate::server::serve::warn_if_over_open_file_limit(limits.max_connections);
         let connection_stats = Arc::new(ConnectionStats::default());
         ingest.metrics.register_connection_stats(connection_stats.clone());
         let router = crate::server::router(ingest);

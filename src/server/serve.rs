@@ -242,6 +242,37 @@ impl Connection {
     }
 }
 
+/// File descriptors kept free for what is not a connection: WAL segments, checkpoints, sink and
+/// source connections, the listener.
+const OTHER_FILES: u64 = 128;
+
+/// Warn when `server.max_connections` (plus the overflow connections and room for everything
+/// else) does not fit the process's open-file limit: connections would then fail to accept, or
+/// WAL files to open, before the cap is reached. Linux only (reads `/proc/self/limits`).
+pub fn warn_if_over_open_file_limit(max_connections: usize) {
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
+        return;
+    };
+    let Some(soft_limit) = open_files_soft_limit(&limits) else {
+        return;
+    };
+    let needed = (max_connections + OVERFLOW_CONNECTIONS) as u64 + OTHER_FILES;
+    if needed > soft_limit {
+        tracing::warn!(
+            max_connections,
+            open_file_limit = soft_limit,
+            needed,
+            "server.max_connections does not fit the open-file limit (ulimit -n); lower it or raise the limit"
+        );
+    }
+}
+
+/// The soft limit on the "Max open files" line of `/proc/self/limits` (`None` when unlimited).
+fn open_files_soft_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|line| line.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files").split_whitespace().next()?.parse().ok()
+}
+
 async fn sleep_until_some(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -393,6 +424,16 @@ impl<Io: AsyncWrite + Unpin> AsyncWrite for Watched<Io> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_open_file_soft_limit_is_read_from_proc_limits() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             63704                63704                processes \n\
+                      Max open files            1024                 524288               files     \n";
+        assert_eq!(open_files_soft_limit(limits), Some(1024));
+        let unlimited = "Max open files            unlimited            unlimited            files     \n";
+        assert_eq!(open_files_soft_limit(unlimited), None);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_has_a_head_deadline_then_none_while_busy_then_an_idle_one() {
