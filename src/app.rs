@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::catalog::{self, CatalogError};
 use crate::checkpoint::{CheckpointError, write_atomically};
 use crate::config::Config;
+use crate::data_dir::DataDirLock;
 use crate::metrics::Metrics;
 use crate::pipeline::{IntentError, MemoryBudget, PipelineError};
 use crate::server::health::{self, Readiness};
@@ -48,6 +49,8 @@ pub enum AppError {
     Server(std::io::Error),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Lock(#[from] crate::data_dir::LockError),
 }
 
 /// A running spillway: the HTTP server and the streams' lifecycle (one delivery loop per stream).
@@ -60,12 +63,16 @@ pub struct App {
     lifecycle: Arc<Lifecycle>,
     grace: Duration,
     readiness: Arc<Readiness>,
+    /// Released when the app is dropped (after shutdown) or the process dies.
+    _data_dir_lock: DataDirLock,
 }
 
 impl App {
     pub async fn start(config: Config) -> Result<App, AppError> {
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir).map_err(|source| AppError::DataDir { path: data_dir.clone(), source })?;
+        // Before anything in the folder is read or written: one process per data_dir.
+        let data_dir_lock = DataDirLock::acquire(&data_dir)?;
         let instance_id = load_or_create_instance_id(&data_dir)?;
         // Before any stream starts: a bad certificate or key stops the start with nothing begun.
         let tls_acceptor = match &config.server.tls {
@@ -140,8 +147,7 @@ impl App {
             crate::sources::direct_put::control::resume_delete(ingest.clone(), name);
         }
         let (stop_intake, mut intake_rx) = watch::channel(false);
-        // The first round runs before serving, so `/ready` is decided from the first request on.
-        health::check_all(&lifecycle.checked_sinks(), &readiness).await;
+        // Healthchecks run beside intake: `/ready` answers pending until their first round.
         tokio::spawn(health::run_healthchecks(
             lifecycle.clone(),
             readiness.clone(),
@@ -165,7 +171,7 @@ impl App {
             connection_stats,
             stopped,
         ));
-        Ok(App { addr, https, stop_intake, server, lifecycle, grace, readiness })
+        Ok(App { addr, https, stop_intake, server, lifecycle, grace, readiness, _data_dir_lock: data_dir_lock })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

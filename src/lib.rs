@@ -16,6 +16,7 @@
 //! - [`pipeline`]: buffer → intent → sink → checkpoint, with retries and the error output; a
 //!   Lambda transform's stage (`pipeline::lambda_stage`) and HTTP invoker (`pipeline::invoker`).
 //! - [`checkpoint`]: the per-stream delivered position.
+//! - [`data_dir`]: the exclusive lock that keeps a second process off a data directory.
 //! - [`sinks`]: the registry mapping a YAML `sink.type` to a sink crate.
 //! - [`server`]: the HTTP router (`/`, `/streams/{name}/records`, `/health`, `/metrics`).
 //! - [`metrics`]: Prometheus / OpenMetrics instruments (prometheus-client) and scrape-time gauges.
@@ -27,6 +28,7 @@ pub mod catalog;
 pub mod checkpoint;
 pub mod client;
 pub mod config;
+pub mod data_dir;
 pub mod metrics;
 pub mod pipeline;
 pub mod processing;

@@ -196,7 +196,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", spillway::client::error_text(error.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -205,6 +205,18 @@ fn main() -> ExitCode {
 fn validate(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     match config::load_file(path) {
         Ok(config) => {
+            for warning in config.warnings() {
+                eprintln!("warning: {warning}");
+            }
+            // What `run` would refuse on this machine: TLS files, data_dir, output folders.
+            let problems = config::preflight(&config);
+            if !problems.is_empty() {
+                eprintln!("{}: {} problem(s) on this machine:", path.display(), problems.len());
+                for problem in problems {
+                    eprintln!("  {problem}");
+                }
+                return Ok(ExitCode::FAILURE);
+            }
             println!("{}: ok ({} stream(s))", path.display(), config.streams.len());
             Ok(ExitCode::SUCCESS)
         }
@@ -292,7 +304,11 @@ async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
         Command::Validate { .. } | Command::Wal { .. } => unreachable!("runs without a runtime"),
         Command::Run { config } => {
             let config = config::load_file(&config).map_err(|error| anyhow::anyhow!("{error}"))?;
+            for warning in config.warnings() {
+                tracing::warn!(path = %warning.path, "{}", warning.message);
+            }
             let signals = ShutdownSignals::install().context("cannot install signal handlers")?;
+            ignore_hangups().context("cannot install the SIGHUP handler")?;
             let app = App::start(config).await?;
             println!("spillway listening on {}", app.endpoint());
             app.run_until(signals.first_then_exit_on_second()).await?;
@@ -367,6 +383,20 @@ async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
 
 fn parse_codec(name: &str) -> Result<codec_bench::Codec, String> {
     codec_bench::Codec::parse(name).ok_or_else(|| format!("`{name}` is not gzip or zstd"))
+}
+
+/// SIGHUP's default action ends the process without a word (a closed terminal, a careless
+/// `kill -HUP` meant as "reload"). Configuration reload is not built yet: log and carry on.
+fn ignore_hangups() -> std::io::Result<()> {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::warn!(
+                "SIGHUP received: reloading the configuration is not supported yet; ignored (restart to apply changes)"
+            );
+        }
+    });
+    Ok(())
 }
 
 /// SIGTERM and SIGINT (Ctrl-C) handlers, installed before the server announces itself so a

@@ -38,6 +38,17 @@ pub struct BuiltSink {
 }
 
 impl SinkConfig {
+    /// Local folders the sink (or its S3 backup) writes to, with their paths relative to `sink`.
+    pub fn local_folders(&self) -> Vec<(String, std::path::PathBuf)> {
+        let (prefix, s3) = match self {
+            SinkConfig::S3(s3) => ("", Some(s3)),
+            SinkConfig::Postgres(postgres) => ("s3_backup.", postgres.s3_backup.as_deref()),
+            SinkConfig::Opensearch(opensearch) => ("backup.sink.", Some(opensearch.backup.sink.as_ref())),
+        };
+        s3.map(|s3| s3.local_folders().into_iter().map(|(field, path)| (format!("{prefix}{field}"), path)).collect())
+            .unwrap_or_default()
+    }
+
     pub fn type_name(&self) -> &'static str {
         match self {
             SinkConfig::S3(_) => "s3",

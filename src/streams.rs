@@ -119,6 +119,10 @@ impl Lifecycle {
         &self.env
     }
 
+    pub fn data_dir(&self) -> &Path {
+        &self.env.data_dir
+    }
+
     /// The stream's folder under `data_dir` (WAL, checkpoint, intents).
     pub fn stream_dir(&self, name: &str) -> PathBuf {
         stream_dir(&self.env.data_dir, name)
@@ -386,12 +390,19 @@ impl Lifecycle {
                 keys: lambda_keys.into_iter().collect(),
             });
         }
-        let checked = CheckedSink { stream: name.clone(), sink: built.sink.clone(), metrics: metrics.clone() };
+        let recovery = crate::pipeline::retry::Recovery::default();
+        let checked = CheckedSink {
+            stream: name.clone(),
+            sink: built.sink.clone(),
+            metrics: metrics.clone(),
+            recovery: recovery.clone(),
+        };
         self.env.readiness.add_sink(&name, config.sink.type_name());
         let delivery = Arc::new(Delivery {
             sink: built.sink,
             error_output: built.error_output,
             failure_output_type: built.failure_output_type,
+            recovery,
             retry_duration: Duration::from_secs(config.retry_duration_seconds()),
             metrics: metrics.clone(),
             wal: wal.clone(),
@@ -455,6 +466,16 @@ impl Removed {
 
 pub fn stream_dir(data_dir: &Path, name: &str) -> PathBuf {
     data_dir.join("streams").join(name)
+}
+
+/// The stream's own folder, only when `name` is a valid stream name that stays one folder below
+/// `data_dir/streams` (never `.`, `..` or a path): whatever removes or moves a stream's files
+/// goes through this, so a name can never make it touch another stream's or `data_dir` itself.
+pub fn owned_stream_dir(data_dir: &Path, name: &str) -> Option<PathBuf> {
+    let mut components = Path::new(name).components();
+    let one_normal_component =
+        matches!((components.next(), components.next()), (Some(std::path::Component::Normal(_)), None));
+    (one_normal_component && crate::config::is_valid_stream_name(name)).then(|| stream_dir(data_dir, name))
 }
 
 struct OpenedWal {

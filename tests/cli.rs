@@ -30,12 +30,19 @@ fn validate_accepts_the_shipped_examples() {
         .collect();
     examples.sort();
     assert!(examples.len() >= 5, "{examples:?}");
+    // `validate` also checks what `run` needs on the machine; give the TLS example the files its
+    // README section makes (run from a folder of its own, so nothing lands in the repository).
+    let work = tempfile::tempdir().unwrap();
+    std::fs::create_dir(work.path().join("tls")).unwrap();
+    for file in ["server.pem", "server-key.pem"] {
+        std::fs::write(work.path().join("tls").join(file), b"").unwrap();
+    }
     for example in examples {
         let output = Command::new(env!("CARGO_BIN_EXE_spillway"))
             .arg("validate")
             .arg("-c")
             .arg(&example)
-            .current_dir(root)
+            .current_dir(work.path())
             .envs(EXAMPLE_ENV.iter().copied())
             .output()
             .unwrap();
@@ -55,6 +62,49 @@ fn validate_requires_dynamic_partitioning_for_partition_keys_in_the_prefix() {
     assert_ne!(code, 0);
     assert!(stderr.contains("streams[0].sink.prefix"), "{stderr}");
     assert!(stderr.contains("partitionKeyFromQuery:service"), "{stderr}");
+}
+
+#[test]
+fn validate_lists_every_type_error_at_its_key_and_what_run_would_refuse_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "streams:\n  - name: a\n    sink:\n      type: s3\n      url: file://out\n      prefx: a\n  - name: b\n    buffering: { size_mib: x }\n    sink: { type: s3, url: file://out }\n";
+    std::fs::write(dir.path().join("types.yaml"), yaml).unwrap();
+    let (code, _, stderr) = spillway(&["validate", "-c", "types.yaml"], dir.path());
+    assert_ne!(code, 0);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(lines[0].starts_with("types.yaml:6:7: at streams[0].sink: unknown field `prefx`"), "{stderr}");
+    assert!(lines[1].starts_with("types.yaml:8:18: at streams[1].buffering.size_mib: invalid type"), "{stderr}");
+
+    std::fs::write(dir.path().join("blocked"), b"a file where a folder should be").unwrap();
+    let yaml = "server:\n  tls: { cert: ./missing.pem, key: ./missing-key.pem }\ndata_dir: ./blocked/data\nstreams:\n  - name: a\n    sink: { type: s3, url: 'file://./blocked/out' }\n";
+    std::fs::write(dir.path().join("machine.yaml"), yaml).unwrap();
+    let (code, _, stderr) = spillway(&["validate", "-c", "machine.yaml"], dir.path());
+    assert_ne!(code, 0);
+    for expected in [
+        "machine.yaml: 4 problem(s) on this machine:",
+        "server.tls.cert: cannot read ./missing.pem",
+        "server.tls.key: cannot read ./missing-key.pem",
+        "data_dir: ./blocked is not a folder",
+        "streams[0].sink.url: ./blocked is not a folder",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3, "validate made nothing");
+}
+
+#[test]
+fn validate_warns_about_what_aws_would_refuse_but_accepts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "streams:\n  - name: a\n    buffering: { size_mib: 8 }\n    processing:\n      dynamic_partitioning: { enabled: true, keys: { service: .service } }\n    sink:\n      type: s3\n      url: file://out\n      prefix: 'svc=!{partitionKeyFromQuery:service}/'\n      error_output_prefix: 'errors/!{firehose:error-output-type}/'\n";
+    std::fs::write(dir.path().join("small.yaml"), yaml).unwrap();
+    let (code, stdout, stderr) = spillway(&["validate", "-c", "small.yaml"], dir.path());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("ok"), "{stdout}");
+    assert!(
+        stderr.starts_with("warning: streams[0].buffering.size_mib: 8 is below Firehose's minimum of 64"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -268,6 +268,47 @@ async fn an_api_stream_survives_a_restart_and_keeps_delivering() {
     assert_eq!(gone, Err("ResourceNotFoundException".to_string()), "still gone after a restart");
 }
 
+/// A stream's name and a bucket ARN's name become folders: a name made only of dots (which would
+/// name every stream's folder, or `data_dir`) and a bucket that leaves `buckets/` are refused,
+/// and the records another stream acknowledged meanwhile are still delivered.
+#[tokio::test]
+async fn names_that_would_leave_their_folder_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spillway = Spillway::start(dir.path(), &yaml());
+    let client = spillway.client().await;
+    put_lines(&client, "yaml-logs", &["kept-1\n"]).await;
+    for name in [".", "..", "..."] {
+        let refused = client
+            .create_delivery_stream()
+            .delivery_stream_name(name)
+            .extended_s3_destination_configuration(terraform_destination("dots-bucket", "p/"))
+            .send()
+            .await
+            .expect_err(name);
+        let refused: aws_sdk_firehose::Error = refused.into();
+        assert_eq!(refused.code(), Some("ValidationException"), "{name}");
+        assert!(refused.message().unwrap_or_default().contains("only of dots"), "{name}: {refused:?}");
+        let delete = client.delete_delivery_stream().delivery_stream_name(name).send().await.expect_err(name);
+        let delete: aws_sdk_firehose::Error = delete.into();
+        assert_eq!(delete.code(), Some("ValidationException"), "{name}");
+    }
+    for bucket in ["..", "a/../../b", "%2e%2e"] {
+        let refused = client
+            .create_delivery_stream()
+            .delivery_stream_name("escaping-bucket")
+            .extended_s3_destination_configuration(terraform_destination(bucket, "p/"))
+            .send()
+            .await
+            .expect_err(bucket);
+        let refused: aws_sdk_firehose::Error = refused.into();
+        assert_eq!(refused.code(), Some("InvalidArgumentException"), "{bucket}");
+    }
+    put_lines(&client, "yaml-logs", &["kept-2\n"]).await;
+    assert_eq!(spillway.terminate(), 0);
+    assert_eq!(delivered_lines(&dir.path().join("yaml-out")), ["kept-1", "kept-2"]);
+    assert!(!dir.path().join("buckets").exists(), "no folder was made for a refused bucket");
+}
+
 #[tokio::test]
 async fn yaml_streams_are_read_only_and_bad_requests_get_aws_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -843,4 +884,152 @@ async fn an_api_created_kinesis_sourced_stream_reads_its_stream() {
     .await;
     drop(spillway);
     kinesis.delete_stream().stream_name(&kinesis_stream).send().await.expect("delete kinesis stream");
+}
+
+/// One raw Firehose call (for requests an SDK would not send): status and `__type`, message.
+async fn raw_call(endpoint: &str, operation: &str, body: Vec<u8>) -> (u16, String, String) {
+    let response = reqwest::Client::new()
+        .post(endpoint)
+        .header("x-amz-target", format!("Firehose_20150804.{operation}"))
+        .header("content-type", "application/x-amz-json-1.1")
+        .body(body)
+        .send()
+        .await
+        .expect("call");
+    let status = response.status().as_u16();
+    let answer: serde_json::Value = response.json().await.unwrap_or_default();
+    let field = |name: &str| answer[name].as_str().unwrap_or_default().to_string();
+    (status, field("__type"), field("message"))
+}
+
+/// What botocore's model and AWS's documented behaviour say, where spillway used to differ.
+#[tokio::test]
+async fn answers_follow_the_firehose_model() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spillway = Spillway::start(dir.path(), &yaml());
+    let client = spillway.client().await;
+    let endpoint = spillway.endpoint.clone();
+
+    // PutRecord and PutRecordBatch refuse a bad name and a missing member alike.
+    for (operation, body) in [
+        ("PutRecord", r#"{"DeliveryStreamName":"bad name!","Record":{"Data":"aGk="}}"#),
+        ("PutRecordBatch", r#"{"DeliveryStreamName":"bad name!","Records":[{"Data":"aGk="}]}"#),
+        ("PutRecord", r#"{"DeliveryStreamName":"yaml-logs"}"#),
+        ("PutRecordBatch", r#"{"DeliveryStreamName":"yaml-logs"}"#),
+        ("PutRecord", r#"{"DeliveryStreamName":"yaml-logs","Record":{}}"#),
+    ] {
+        let (status, code, message) = raw_call(&endpoint, operation, body.as_bytes().to_vec()).await;
+        assert_eq!((status, code.as_str()), (400, "ValidationException"), "{operation} {body}: {message}");
+    }
+    // A body over the request limit names that limit.
+    let (_, code, message) = raw_call(&endpoint, "PutRecordBatch", vec![b' '; 7 << 20]).await;
+    assert_eq!(code, "InvalidArgumentException");
+    assert!(message.contains("6 MiB request limit"), "{message}");
+
+    // Record ids differ between streams and between a stream and its re-creation.
+    let query = "{customer_id: .customer_id, day: .day}";
+    let create = |name: &'static str| {
+        let mut destination = terraform_destination("ids-bucket", "c=!{partitionKeyFromQuery:customer_id}/");
+        destination.processing_configuration = Some(
+            ProcessingConfiguration::builder()
+                .enabled(true)
+                .processors(
+                    Processor::builder()
+                        .r#type(ProcessorType::MetadataExtraction)
+                        .parameters(
+                            aws_sdk_firehose::types::ProcessorParameter::builder()
+                                .parameter_name(
+                                    aws_sdk_firehose::types::ProcessorParameterName::MetadataExtractionQuery,
+                                )
+                                .parameter_value(query)
+                                .build()
+                                .expect("parameter"),
+                        )
+                        .parameters(
+                            aws_sdk_firehose::types::ProcessorParameter::builder()
+                                .parameter_name(aws_sdk_firehose::types::ProcessorParameterName::JsonParsingEngine)
+                                .parameter_value("JQ-1.6")
+                                .build()
+                                .expect("parameter"),
+                        )
+                        .build()
+                        .expect("processor"),
+                )
+                .build(),
+        );
+        destination.dynamic_partitioning_configuration =
+            Some(aws_sdk_firehose::types::DynamicPartitioningConfiguration::builder().enabled(true).build());
+        destination.error_output_prefix = Some("errors/!{firehose:error-output-type}/".to_string());
+        client
+            .create_delivery_stream()
+            .delivery_stream_name(name)
+            .extended_s3_destination_configuration(destination)
+            .send()
+    };
+    create("ids-a").await.expect("created a");
+    create("ids-b").await.expect("created b");
+    let record = || Record::builder().data(Blob::new(r#"{"customer_id":"c1","day":"d"}"#)).build().expect("record");
+    let put = |name: &'static str| client.put_record().delivery_stream_name(name).record(record()).send();
+    let first_a = put("ids-a").await.expect("put a");
+    let first_b = put("ids-b").await.expect("put b");
+    assert_ne!(first_a.record_id(), first_b.record_id(), "the first record of two streams");
+    assert_eq!(first_a.encrypted(), Some(false));
+
+    // The MetadataExtractionQuery comes back exactly as sent.
+    let described = client.describe_delivery_stream().delivery_stream_name("ids-a").send().await.expect("described");
+    let processors = described.delivery_stream_description().expect("d").destinations()[0]
+        .extended_s3_destination_description()
+        .and_then(|extended| extended.processing_configuration())
+        .map(|processing| processing.processors().to_vec())
+        .unwrap_or_default();
+    let sent_back: Vec<&str> = processors
+        .iter()
+        .flat_map(|processor| processor.parameters())
+        .filter(|parameter| parameter.parameter_name().as_str() == "MetadataExtractionQuery")
+        .map(|parameter| parameter.parameter_value())
+        .collect();
+    assert_eq!(sent_back, [query]);
+
+    // Encryption is reported in put answers once started.
+    client.start_delivery_stream_encryption().delivery_stream_name("ids-a").send().await.expect("encryption");
+    let encrypted = put("ids-a").await.expect("put");
+    assert_eq!(encrypted.encrypted(), Some(true));
+    let batch =
+        client.put_record_batch().delivery_stream_name("ids-a").records(record()).send().await.expect("batch put");
+    assert_eq!(batch.encrypted(), Some(true));
+
+    client.delete_delivery_stream().delivery_stream_name("ids-b").send().await.expect("deleted");
+    wait_for(&client, "ids-b", "ResourceNotFoundException", |status| {
+        status.as_ref().is_err_and(|code| code == "ResourceNotFoundException")
+    })
+    .await;
+    create("ids-b").await.expect("created again");
+    let again = put("ids-b").await.expect("put after re-create");
+    assert_ne!(again.record_id(), first_b.record_id(), "the first record of a re-created stream");
+
+    // AWS refuses server-side encryption for a Kinesis-sourced stream.
+    let refused = client
+        .create_delivery_stream()
+        .delivery_stream_name("kds-encrypted")
+        .delivery_stream_type(DeliveryStreamType::KinesisStreamAsSource)
+        .kinesis_stream_source_configuration(
+            aws_sdk_firehose::types::KinesisStreamSourceConfiguration::builder()
+                .kinesis_stream_arn("arn:aws:kinesis:us-east-1:000000000000:stream/s")
+                .role_arn(ROLE_ARN)
+                .build()
+                .expect("source"),
+        )
+        .delivery_stream_encryption_configuration_input(
+            aws_sdk_firehose::types::DeliveryStreamEncryptionConfigurationInput::builder()
+                .key_type(aws_sdk_firehose::types::KeyType::AwsOwnedCmk)
+                .build()
+                .expect("encryption"),
+        )
+        .extended_s3_destination_configuration(terraform_destination("kds-bucket", "kds/"))
+        .send()
+        .await
+        .expect_err("encryption on a Kinesis source");
+    let refused: aws_sdk_firehose::Error = refused.into();
+    assert_eq!(refused.code(), Some("InvalidArgumentException"), "{refused:?}");
+    assert_eq!(spillway.terminate(), 0);
 }

@@ -715,23 +715,25 @@ async fn sigkill_rounds(
     let final_run = Spillway::start(dir, yaml);
     let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     assert!(ledger.acknowledged.len() > 1000, "the clients got work done: {}", ledger.acknowledged.len());
-    // Every acknowledged record arrives; unknown ones (put died with the server) may.
+    // Every acknowledged record arrives; unknown ones (put died with the server) may. Wait for
+    // the acknowledged ids themselves: a count reaches their number early when unknown ones made
+    // it, and the last batches were then still on their way.
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let count = refresh_and_count(&http, &url, index).await;
-        if count >= ledger.acknowledged.len() as u64 {
+        refresh_and_count(&http, &url, index).await;
+        let documents = all_documents(&http, &url, index).await;
+        let indexed = count_by_id(documents.iter().map(|(_, _, source)| source));
+        let missing = ledger.acknowledged.iter().filter(|id| !indexed.contains_key(*id)).count();
+        if missing == 0 {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "seed {seed}: {count} of {} documents",
-            ledger.acknowledged.len()
-        );
+        assert!(std::time::Instant::now() < deadline, "seed {seed}: {missing} acknowledged records not indexed");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert_eq!(final_run.terminate(), 0);
-    let documents = all_documents(&http, &url, index).await;
+    // Refreshed before the search: documents a shutdown flush indexed are searchable only then.
     let count = refresh_and_count(&http, &url, index).await;
+    let documents = all_documents(&http, &url, index).await;
     let by_record = count_by_id(documents.iter().map(|(_, _, source)| source));
     check_once(&by_record, &ledger, seed, "indexed");
     let acknowledged_unknown_delivered = by_record.keys().filter(|id| ledger.unknown.contains(*id)).count();

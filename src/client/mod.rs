@@ -24,6 +24,23 @@ pub async fn firehose_client(endpoint: &str, region: &str) -> Client {
     Client::new(&loader.load().await)
 }
 
+/// An error and its causes on one line, each said once: many errors already print their source
+/// in their own message ("cannot listen on …: Address already in use"), and repeating the chain
+/// after it would say everything twice.
+pub fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(current) = cause {
+        let said = current.to_string();
+        if !said.is_empty() && !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = current.source();
+    }
+    text
+}
+
 /// Split records into `PutRecordBatch`-sized groups, keeping order.
 pub fn batches(records: Vec<bytes::Bytes>) -> Vec<Vec<bytes::Bytes>> {
     let mut batches = Vec::new();
@@ -59,5 +76,25 @@ mod tests {
         let big: Vec<Bytes> = (0..9).map(|_| Bytes::from(vec![0u8; 1_000_000])).collect();
         let sizes: Vec<usize> = batches(big).iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![4, 4, 1]);
+    }
+
+    #[test]
+    fn error_text_says_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot listen on 127.0.0.1:1: {source}")]
+        struct Listen {
+            source: std::io::Error,
+        }
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot start")]
+        struct Start {
+            #[source]
+            source: std::io::Error,
+        }
+        let in_use = || std::io::Error::from_raw_os_error(98);
+        let text = error_text(&Listen { source: in_use() });
+        assert_eq!(text.matches("Address already in use").count(), 1, "{text}");
+        let text = error_text(&Start { source: in_use() });
+        assert!(text.starts_with("cannot start: Address already in use"), "{text}");
     }
 }

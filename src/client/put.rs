@@ -94,6 +94,28 @@ pub async fn put(options: PutOptions) -> Result<PutSummary, PutError> {
     Ok(summary)
 }
 
+/// Whether a failed call is worth another attempt, and what to tell the user: the service's
+/// error code and message, or why the endpoint could not be reached (never the SDK's debug dump).
+fn classify<E, R>(error: &aws_sdk_firehose::error::SdkError<E, R>, endpoint: &str) -> (bool, String)
+where
+    E: aws_sdk_firehose::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
+{
+    use aws_sdk_firehose::error::SdkError;
+    match error {
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().unwrap_or("unknown error");
+            let message = service.err().message().unwrap_or_default();
+            let retriable = matches!(code, "ServiceUnavailableException" | "InternalFailure" | "ThrottlingException");
+            (retriable, format!("{code}: {message}"))
+        }
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            (true, format!("cannot reach {endpoint}: {}", super::error_text(error)))
+        }
+        other => (false, super::error_text(other)),
+    }
+}
+
 /// Send one batch; resend only the failed entries until none fail or attempts run out.
 async fn send_with_retries(
     client: &Client,
@@ -111,10 +133,7 @@ async fn send_with_retries(
         let output = match response {
             Ok(output) => output,
             Err(error) => {
-                let error = aws_sdk_firehose::error::DisplayErrorContext(error).to_string();
-                let retriable = error.contains("ServiceUnavailable")
-                    || error.contains("dispatch failure")
-                    || error.contains("InternalFailure");
+                let (retriable, error) = classify(&error, &options.endpoint);
                 if !retriable || attempt == options.max_attempts {
                     return Err(PutError::Api(error));
                 }

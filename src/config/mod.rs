@@ -4,6 +4,7 @@
 //! or the disk.
 
 mod interpolate;
+mod preflight;
 mod yaml;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,6 +14,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+pub use preflight::preflight;
 pub use yaml::{ConfigError, load_file, parse_str};
 
 use crate::processing::PartitionKeys;
@@ -772,10 +774,33 @@ impl Config {
         problems
     }
 
+    /// What spillway accepts but AWS would refuse: `validate` prints these, `run` logs them;
+    /// neither fails. Paths as in [`Config::validate`].
+    pub fn warnings(&self) -> Vec<Problem> {
+        let mut warnings = Vec::new();
+        for (index, stream) in self.streams.iter().enumerate() {
+            let partitioned = stream.processing.dynamic_partitioning.as_ref().is_some_and(|dynamic| dynamic.enabled);
+            if partitioned && stream.buffering.size_mib < FIREHOSE_MIN_PARTITIONED_BUFFER_MIB {
+                warnings.push(Problem {
+                    path: format!("streams[{index}].buffering.size_mib"),
+                    message: format!(
+                        "{} is below Firehose's minimum of {FIREHOSE_MIN_PARTITIONED_BUFFER_MIB} with dynamic partitioning: \
+                         spillway accepts it, AWS refuses such a stream",
+                        stream.buffering.size_mib
+                    ),
+                });
+            }
+        }
+        warnings
+    }
+
     pub fn stream(&self, name: &str) -> Option<&StreamConfig> {
         self.streams.iter().find(|stream| stream.name == name)
     }
 }
+
+/// Firehose's smallest buffer size for a stream with dynamic partitioning.
+const FIREHOSE_MIN_PARTITIONED_BUFFER_MIB: u64 = 64;
 
 /// `processing.dynamic_partitioning` and how the sink prefix uses it; paths are relative to the
 /// stream. `sink_reported(field)` says whether the sink's own validation already flagged a field.
@@ -879,10 +904,18 @@ fn dynamic_partitioning_problems(stream: &StreamConfig, sink_reported: &dyn Fn(&
     problems
 }
 
-/// Firehose's `DeliveryStreamName` constraint.
+/// Firehose's `DeliveryStreamName` constraint (1-64 characters of `[a-zA-Z0-9_.-]`), and not made
+/// only of dots: a stream's name is its folder under `data_dir/streams`, and `.` or `..` would
+/// name the folder of every stream or `data_dir` itself.
 pub fn is_valid_stream_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.' | b'-'))
+        && !is_only_dots(name)
+}
+
+/// A name made only of dots (`.`, `..`, `...`): refused as a stream name (see above).
+pub fn is_only_dots(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|byte| byte == b'.')
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -23,12 +24,61 @@ use crate::wal::{Wal, WalError};
 
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// Once the destination answers again, a waiting retry goes within this (full jitter, so a
+/// stream's waiting batches do not all arrive at once).
+const RETRY_AFTER_RECOVERY_WITHIN: Duration = Duration::from_secs(1);
+
+/// Tells a stream's waiting retries that its destination answers again: a write of another batch
+/// succeeded, or the healthcheck passed, after a delivery failed. Without it the oldest batch
+/// waits out its backoff (up to [`BACKOFF_CAP`]) while newer ones are delivered, and the WAL
+/// limit, which counts from the oldest undelivered record, keeps refusing puts meanwhile.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    answered: Arc<tokio::sync::watch::Sender<u64>>,
+    failing: Arc<AtomicBool>,
+}
+
+impl Default for Recovery {
+    fn default() -> Self {
+        Self { answered: Arc::new(tokio::sync::watch::Sender::new(0)), failing: Arc::new(AtomicBool::new(false)) }
+    }
+}
+
+impl Recovery {
+    /// A delivery failed and will be retried.
+    pub fn failed(&self) {
+        self.failing.store(true, Ordering::Relaxed);
+    }
+
+    /// The destination took a write or passed a healthcheck: wake retries waiting since a failure.
+    pub fn answered(&self) {
+        if self.failing.swap(false, Ordering::Relaxed) {
+            self.answered.send_modify(|count| *count += 1);
+        }
+    }
+
+    /// Sleep `wait`, or less once the destination answers again.
+    async fn wait(&self, mut answered: tokio::sync::watch::Receiver<u64>, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => {}
+            Ok(()) = answered.changed() => {
+                let soon = Duration::from_secs_f64(
+                    rand::rng().random_range(0.0..=RETRY_AFTER_RECOVERY_WITHIN.as_secs_f64()),
+                );
+                tokio::time::sleep_until(deadline.min(Instant::now() + soon)).await;
+            }
+        }
+    }
+}
 
 pub struct Delivery {
     pub sink: Arc<dyn Sink>,
     pub error_output: Arc<dyn ErrorOutput>,
     /// `!{firehose:error-output-type}` for records the sink refused, e.g. `s3-failed`.
     pub failure_output_type: &'static str,
+    /// Shared with the stream's healthcheck: cuts waiting retries short once the sink answers.
+    pub recovery: Recovery,
     pub retry_duration: Duration,
     pub metrics: Arc<StreamMetrics>,
     /// Where a batch's raw records are read back from (for error records and partial retries):
@@ -97,8 +147,11 @@ impl Delivery {
         loop {
             attempts += 1;
             let current = pending.as_ref().map_or(batch, |(subset, _)| subset);
+            // Taken before the attempt, so an answer that comes while this one fails is not missed.
+            let answered = self.recovery.answered.subscribe();
             let error = match self.sink.write(current).await {
                 Ok(()) => {
+                    self.recovery.answered();
                     let refused = current.payload.refused().len();
                     self.count_delivered(current.record_count().saturating_sub(refused), current.record_bytes);
                     tracing::debug!(
@@ -124,7 +177,8 @@ impl Delivery {
                     self.metrics.note_error(format!("delivery failed, retrying: {error}"));
                     let wait = backoff(attempts, error.retry_after);
                     tracing::warn!(stream = %batch.stream, batch = %batch.id, attempts, wait_ms = wait.as_millis() as u64, %error, "delivery failed, retrying");
-                    tokio::time::sleep(wait).await;
+                    self.recovery.failed();
+                    self.recovery.wait(answered, wait).await;
                 }
                 ErrorClass::Partial => {
                     let records = self.records_sent(batch, &pending).await?;
@@ -167,7 +221,8 @@ impl Delivery {
                     let wait = backoff(attempts, error.retry_after);
                     tracing::warn!(stream = %batch.stream, batch = %batch.id, attempts, records = retried.len(), wait_ms = wait.as_millis() as u64, "some records failed retriably, re-sending them");
                     pending = Some((self.reencode(batch, retried.clone()).await?, retried));
-                    tokio::time::sleep(wait).await;
+                    self.recovery.failed();
+                    self.recovery.wait(answered, wait).await;
                 }
                 _ => {
                     // The source (e.g. the S3 response) says which bucket or key, and why.
@@ -508,5 +563,40 @@ mod tests {
             assert!(backoff(attempt, None) <= BACKOFF_CAP);
         }
         assert!(backoff(1, Some(Duration::from_secs(5))) >= Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod recovery_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_after_a_failure_cuts_a_long_wait_to_at_most_a_second() {
+        let recovery = Recovery::default();
+        let answered = recovery.answered.subscribe();
+        recovery.failed();
+        let waiting = {
+            let recovery = recovery.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                recovery.wait(answered, Duration::from_secs(30)).await;
+                started.elapsed()
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        recovery.answered();
+        let waited = waiting.await.unwrap();
+        assert!(waited <= Duration::from_secs(3), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_without_a_failure_since_do_not_wake_anyone() {
+        let recovery = Recovery::default();
+        let answered = recovery.answered.subscribe();
+        // Steady state: writes succeed, nothing failed in between.
+        recovery.answered();
+        let started = Instant::now();
+        recovery.wait(answered, Duration::from_secs(5)).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
 }

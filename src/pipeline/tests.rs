@@ -91,6 +91,7 @@ impl Harness {
             sink,
             error_output: self.sink.clone(),
             failure_output_type: "test-failed",
+            recovery: Default::default(),
             retry_duration: retry,
             metrics: self.metrics.clone(),
             wal: self.wal.clone(),

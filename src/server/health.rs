@@ -43,6 +43,10 @@ pub enum SinkHealth {
 pub struct Readiness {
     shutting_down: AtomicBool,
     sinks: Mutex<BTreeMap<String, (String, SinkHealth)>>,
+    /// The WAL's disk: why appends cannot be made now (a full disk), if they cannot.
+    wal_disk: Mutex<Option<String>>,
+    /// Fast path of `wal_disk` for every append: whether it holds a reason.
+    wal_disk_full: AtomicBool,
 }
 
 impl Readiness {
@@ -52,7 +56,7 @@ impl Readiness {
             .into_iter()
             .map(|(stream, sink)| (stream.to_string(), (sink.to_string(), SinkHealth::Pending)))
             .collect();
-        Arc::new(Self { shutting_down: AtomicBool::new(false), sinks: Mutex::new(sinks) })
+        Arc::new(Self { sinks: Mutex::new(sinks), ..Self::default() })
     }
 
     /// From now on `/ready` answers 503: the load balancer stops sending while we drain.
@@ -78,11 +82,32 @@ impl Readiness {
         }
     }
 
+    /// The WAL's disk is full (`Some(why)`) or has room again (`None`). Cheap when nothing
+    /// changes, as every append reports success.
+    pub fn set_wal_disk_full(&self, reason: Option<String>) {
+        if reason.is_none() && !self.wal_disk_full.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut current = self.wal_disk.lock().unwrap_or_else(PoisonError::into_inner);
+        match (&*current, &reason) {
+            (None, Some(why)) => {
+                tracing::warn!(reason = %why, "wal disk full; puts are answered slow down and /ready 503")
+            }
+            (Some(_), None) => tracing::info!("wal disk has room again"),
+            _ => {}
+        }
+        self.wal_disk_full.store(reason.is_some(), Ordering::Relaxed);
+        *current = reason;
+    }
+
     /// Every reason not to be ready, in a stable order; empty when ready.
     pub fn reasons(&self, stopped_streams: &[(String, String)]) -> Vec<String> {
         let mut reasons = Vec::new();
         if self.shutting_down.load(Ordering::Relaxed) {
             reasons.push("shutting down".to_string());
+        }
+        if let Some(why) = &*self.wal_disk.lock().unwrap_or_else(PoisonError::into_inner) {
+            reasons.push(format!("wal disk full: {why}"));
         }
         for (stream, reason) in stopped_streams {
             reasons.push(format!("stream {stream} stopped: {reason}"));
@@ -107,6 +132,8 @@ pub struct CheckedSink {
     pub stream: String,
     pub sink: Arc<dyn Sink>,
     pub metrics: Arc<StreamMetrics>,
+    /// A passing check wakes the stream's retries that wait since a failed delivery.
+    pub recovery: crate::pipeline::retry::Recovery,
 }
 
 /// One round: every sink's healthcheck, concurrently, each bounded by [`HEALTHCHECK_TIMEOUT`].
@@ -135,22 +162,47 @@ pub async fn check_all(sinks: &[CheckedSink], readiness: &Readiness) {
             _ => {}
         }
         checked.metrics.sink_up.set(i64::from(health == SinkHealth::Healthy));
+        if health == SinkHealth::Healthy {
+            checked.recovery.answered();
+        }
         readiness.set_sink_health(&checked.stream, health);
     }
 }
 
-/// Check every sink every `interval` until `stop` turns true. The first round runs before this
-/// is spawned (see `App::start`), so `/ready` is decided when the server starts listening.
+/// Below this many free bytes on `data_dir`'s filesystem, the WAL counts as full for `/ready`.
+const MIN_FREE_WAL_BYTES: u64 = 1 << 20;
+
+/// The WAL's disk: full when `data_dir`'s filesystem has less than [`MIN_FREE_WAL_BYTES`] free.
+/// An append that fails for want of space says so at once; this also clears it once there is
+/// room again, with no put needed.
+pub async fn check_wal_disk(data_dir: &std::path::Path, readiness: &Readiness) {
+    let path = data_dir.to_path_buf();
+    let free = tokio::task::spawn_blocking(move || crate::data_dir::available_bytes(&path)).await;
+    if let Ok(Ok(free)) = free {
+        let full =
+            (free < MIN_FREE_WAL_BYTES).then(|| format!("data_dir {} has {free} bytes free", data_dir.display()));
+        readiness.set_wal_disk_full(full);
+    }
+}
+
+/// Check every sink and the WAL's disk now, then every `interval` until `stop` turns true.
+/// Until the first round ends, each sink counts as pending (`/ready` 503) while intake is open:
+/// a destination that hangs must not keep the server from taking records.
 pub async fn run_healthchecks(
     lifecycle: Arc<crate::streams::Lifecycle>,
     readiness: Arc<Readiness>,
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let round = || async {
+        check_wal_disk(lifecycle.data_dir(), &readiness).await;
+        // The current sinks each round: streams come and go through the control plane.
+        check_all(&lifecycle.checked_sinks(), &readiness).await;
+    };
+    round().await;
     while !*stop.borrow_and_update() {
         tokio::select! {
-            // The current sinks each round: streams come and go through the control plane.
-            () = tokio::time::sleep(interval) => check_all(&lifecycle.checked_sinks(), &readiness).await,
+            () = tokio::time::sleep(interval) => round().await,
             changed = stop.changed() => {
                 if changed.is_err() {
                     return;

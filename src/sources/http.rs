@@ -128,6 +128,11 @@ fn ingest_error(failure: IngestError) -> Response {
         IngestError::Throttled => {
             error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableException", "Slow down.".into())
         }
+        IngestError::DiskFull => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailableException",
+            "Slow down. The write-ahead log's disk is full.".into(),
+        ),
         IngestError::UnknownStream => {
             error(StatusCode::NOT_FOUND, "ResourceNotFoundException", "stream is not configured".into())
         }

@@ -307,8 +307,20 @@ pub enum IngestError {
     NotPushable { stream: String, source_type: &'static str },
     #[error("stream is {0:?}")]
     NotActive(StreamStatus),
+    /// The WAL's disk has no room: nothing was appended, a retry later can succeed.
+    #[error("the wal disk is full")]
+    DiskFull,
     #[error("{0}")]
     Internal(String),
+}
+
+/// An append refused for want of disk space (ENOSPC, a quota), not for a broken disk.
+fn is_storage_full(error: &crate::wal::WalError) -> bool {
+    let crate::wal::WalError::Io { source, .. } = error else {
+        return false;
+    };
+    matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+        || matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 
 impl Ingest {
@@ -421,6 +433,7 @@ impl Ingest {
         let started = Instant::now();
         match target.wal.append(arrival_ms, records).await {
             Ok(range) => {
+                self.readiness.set_wal_disk_full(None);
                 let metrics: &StreamMetrics = &target.metrics;
                 metrics.put_latency.observe(started.elapsed().as_secs_f64());
                 metrics.incoming_records.inc_by(count);
@@ -442,6 +455,12 @@ impl Ingest {
                 }
                 Err(IngestError::Throttled)
             }
+            Err(error) if is_storage_full(&error) => {
+                // Nothing was appended (the write is rolled back): the client may retry later.
+                target.metrics.throttled_records.inc_by(count);
+                self.readiness.set_wal_disk_full(Some(error.to_string()));
+                Err(IngestError::DiskFull)
+            }
             Err(error) => {
                 tracing::error!(stream, %error, "wal append failed");
                 Err(IngestError::Internal(error.to_string()))
@@ -459,16 +478,32 @@ impl Ingest {
             .collect()
     }
 
-    /// Firehose-style record id: opaque, unique, 56+ characters.
-    pub fn record_id(&self, sequence: u64) -> String {
-        let mut id = String::with_capacity(self.record_id_prefix.len() + 24);
-        self.write_record_id(&mut id, sequence);
+    /// The record ids of one stream as it is now: a prefix unique to this installation, the
+    /// stream's name and its creation time (sequences start again at 0 in another stream and
+    /// after a delete and re-create, so the sequence alone would repeat ids).
+    pub fn record_ids(&self, stream: &StreamRecord) -> RecordIds {
+        let incarnation = format!("{}/{}/{}", self.record_id_prefix, stream.name, stream.create_timestamp_ms);
+        RecordIds {
+            prefix: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, incarnation.as_bytes()).simple().to_string(),
+        }
+    }
+}
+
+/// Firehose-style record ids of one stream: opaque, unique, 56 characters.
+pub struct RecordIds {
+    prefix: String,
+}
+
+impl RecordIds {
+    pub fn id(&self, sequence: u64) -> String {
+        let mut id = String::with_capacity(self.prefix.len() + 24);
+        self.write(&mut id, sequence);
         id
     }
 
     /// Append a record id to `out` (a `PutRecordBatch` response writes 500 without allocating each).
-    pub fn write_record_id(&self, out: &mut String, sequence: u64) {
-        write_record_id_to(out, &self.record_id_prefix, sequence);
+    pub fn write(&self, out: &mut String, sequence: u64) {
+        write_record_id_to(out, &self.prefix, sequence);
     }
 }
 

@@ -175,13 +175,13 @@ pub async fn eventually<T>(timeout: Duration, what: &str, mut condition: impl Fn
     }
 }
 
-/// Objects (decoded) in a local sink folder, sorted by key; keys relative to the folder.
-/// object_store's staging files (`<key>#<n>`, left behind when a process is killed mid-write and
-/// never listed by object_store) are not objects.
+/// Objects (decoded) in a local sink folder, sorted by key; keys relative to the folder. Read as
+/// a user's reader would: every file under the folder is an object, except the sink's staging
+/// folder (`.spillway-staging/`, partly written objects a crash left, removed at the next start).
 pub fn local_objects(root: &Path) -> Vec<(String, Vec<u8>)> {
     files_under(root)
         .into_iter()
-        .filter(|path| !path.file_name().is_some_and(|name| name.to_string_lossy().contains('#')))
+        .filter(|path| !path.strip_prefix(root).is_ok_and(|key| key.starts_with(spillway_sink_s3::STAGING_DIR)))
         .filter_map(|path| {
             let key = path.strip_prefix(root).ok()?.to_string_lossy().to_string();
             let bytes = std::fs::read(&path).ok()?;

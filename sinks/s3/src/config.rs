@@ -122,6 +122,14 @@ impl ConfigProblem {
 }
 
 /// A local folder's path, relative ones resolved from the working directory.
+/// A local folder's staged writer (see [`crate::local`]); built after the folder is created.
+fn open_local_writer(root: &std::path::Path, stream: &str) -> Result<crate::local::LocalWriter, SinkError> {
+    crate::local::LocalWriter::open(root, stream).map_err(|error| {
+        let message = format!("cannot prepare the staging folder under `{}`", root.display());
+        SinkError::retriable("S3.AccessDenied", message).with_source(error)
+    })
+}
+
 fn absolute_path(path: &std::path::Path) -> Result<PathBuf, SinkError> {
     if path.is_absolute() {
         return Ok(path.to_path_buf());
@@ -140,6 +148,20 @@ pub enum Destination {
     S3 {
         bucket: String,
     },
+}
+
+impl S3SinkConfig {
+    /// The local folders this sink writes to (`url`, `error_output_url` when `file://`), with
+    /// their field names: what `spillway validate` checks can be created and written.
+    pub fn local_folders(&self) -> Vec<(&'static str, PathBuf)> {
+        let mut folders = Vec::new();
+        for (field, url) in [("url", Some(&self.url)), ("error_output_url", self.error_output_url.as_ref())] {
+            if let Some(Ok(Destination::LocalDir(path))) = url.map(|url| Destination::parse(url)) {
+                folders.push((field, path));
+            }
+        }
+        folders
+    }
 }
 
 impl Destination {
@@ -346,9 +368,18 @@ impl S3SinkConfig {
             Destination::S3 { .. } => None,
         };
         let (store, kind) = self.build_store(destination)?;
-        let error_store = match &self.error_output_url {
-            Some(error_url) => self.build_store(Destination::parse(error_url).map_err(invalid)?)?.0,
-            None => store.clone(),
+        let local = local_root.as_deref().map(|root| open_local_writer(root, stream)).transpose()?;
+        let (error_store, error_local) = match &self.error_output_url {
+            Some(error_url) => {
+                let error_destination = Destination::parse(error_url).map_err(invalid)?;
+                let error_root = match &error_destination {
+                    Destination::LocalDir(path) => Some(absolute_path(path)?),
+                    Destination::S3 { .. } => None,
+                };
+                let error_local = error_root.as_deref().map(|root| open_local_writer(root, stream)).transpose()?;
+                (self.build_store(error_destination)?.0, error_local)
+            }
+            None => (store.clone(), local.clone()),
         };
         let (encoders, default_extension): (Arc<dyn EncoderFactory>, &str) = match &self.format {
             OutputFormat::Json => {
@@ -365,6 +396,8 @@ impl S3SinkConfig {
             error_store,
             kind,
             local_root,
+            local,
+            error_local,
             prefix,
             error_prefix,
             zone,

@@ -10,6 +10,8 @@
 //!   builders → row groups.
 //! - [`timestamp`]: Java `DateTimeFormatter` patterns (`!{timestamp:..}`) and `custom_time_zone`
 //!   zones; pure.
+//! - `local`: writes into a local folder, staged under `.spillway-staging/` (never beside the
+//!   objects), and the free-space probe of its healthcheck.
 //! - [`sink`]: `S3Sink`, the `Sink` and `ErrorOutput` implementations (single PUT or multipart).
 //! - [`error`]: classification of object store failures into `SinkError`.
 //! - `credentials`: the standard AWS credential chain (profiles, SSO, roles) when the YAML names
@@ -19,6 +21,7 @@ pub mod config;
 mod credentials;
 pub mod error;
 pub mod key;
+mod local;
 pub mod parquet;
 pub mod sink;
 pub mod timestamp;
@@ -26,4 +29,5 @@ pub mod timestamp;
 pub use config::{ConfigProblem, Destination, OutputFormat, S3SinkConfig};
 pub use error::is_destination_state;
 pub use key::{PrefixError, PrefixKind, PrefixTemplate};
+pub use local::STAGING_DIR;
 pub use sink::S3Sink;

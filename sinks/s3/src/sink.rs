@@ -17,10 +17,14 @@ use uuid::Uuid;
 
 use crate::error::{Operation, classify};
 use crate::key::{PrefixTemplate, RenderContext, RenderError, batch_time, object_name};
+use crate::local::{LocalWriter, available_bytes};
 use crate::timestamp::Zone;
 
 /// Content type Firehose gives delivered objects.
 const CONTENT_TYPE: &str = "application/octet-stream";
+
+/// Below this many free bytes, a local output folder's healthcheck fails (`/ready` answers 503).
+const MIN_FREE_BYTES: u64 = 1 << 20;
 
 /// Parts of a multipart upload in flight at once.
 const MAX_CONCURRENT_PARTS: usize = 4;
@@ -44,6 +48,10 @@ pub(crate) struct SinkParts {
     pub kind: StoreKind,
     /// The output folder of a local sink (absolute).
     pub local_root: Option<std::path::PathBuf>,
+    /// Writes into `local_root`, staged outside the keys readers list.
+    pub local: Option<LocalWriter>,
+    /// The same for the error output's folder, when it is local.
+    pub error_local: Option<LocalWriter>,
     pub prefix: PrefixTemplate,
     pub error_prefix: PrefixTemplate,
     /// `custom_time_zone`: prefixes and object names are rendered in it.
@@ -128,6 +136,9 @@ impl S3Sink {
     }
 
     async fn put(&self, location: &Path, payload: &Payload) -> object_store::Result<()> {
+        if let Some(local) = &self.parts.local {
+            return local.write(location.as_ref(), payload.chunks().to_vec()).await;
+        }
         let options = PutOptions { attributes: self.attributes(), ..PutOptions::default() };
         let body: PutPayload = payload.chunks().iter().cloned().collect();
         self.parts.store.put_opts(location, body, options).await?;
@@ -191,7 +202,8 @@ impl Sink for S3Sink {
         let key = self.object_key(batch)?;
         let location = parse_location(&key)?;
         let size = batch.payload.len();
-        let multipart = size as u64 > self.parts.multipart_threshold;
+        // A local folder takes any size in one staged write.
+        let multipart = size as u64 > self.parts.multipart_threshold && self.parts.local.is_none();
         let written = if multipart {
             self.put_multipart(&location, &batch.payload).await
         } else {
@@ -228,6 +240,15 @@ impl Sink for S3Sink {
                     return Err(SinkError::retriable("S3.AccessDenied", message).with_source(error));
                 }
             }
+            // A full disk lists fine but refuses every write: say so before a batch finds out.
+            let probe = folder.clone();
+            if let Ok(Ok(free)) = tokio::task::spawn_blocking(move || available_bytes(&probe)).await
+                && free < MIN_FREE_BYTES
+            {
+                let message =
+                    format!("output folder `{}` is on a full filesystem ({free} bytes free)", folder.display());
+                return Err(SinkError::retriable("S3.StorageFull", message));
+            }
         }
         let root = self.parts.prefix.literal_root();
         let location = if root.is_empty() { None } else { Some(parse_location(root)?) };
@@ -255,13 +276,18 @@ impl ErrorOutput for S3Sink {
         let key = self.error_object_key(batch, error_output_type)?;
         let location = parse_location(&key)?;
         let size = lines.len();
-        let options = PutOptions { attributes: self.attributes(), ..PutOptions::default() };
-        self.parts
-            .error_store
-            .put_opts(&location, PutPayload::from(Bytes::from(lines)), options)
-            .await
-            .map(|_| ())
-            .map_err(|error| classify(error, Operation::WriteErrorRecords, &key))?;
+        let written = match &self.parts.error_local {
+            Some(local) => local.write(location.as_ref(), vec![Bytes::from(lines)]).await,
+            None => {
+                let options = PutOptions { attributes: self.attributes(), ..PutOptions::default() };
+                self.parts
+                    .error_store
+                    .put_opts(&location, PutPayload::from(Bytes::from(lines)), options)
+                    .await
+                    .map(|_| ())
+            }
+        };
+        written.map_err(|error| classify(error, Operation::WriteErrorRecords, &key))?;
         tracing::debug!(
             stream = %batch.stream,
             batch_id = %batch.id,
@@ -279,13 +305,14 @@ impl S3Sink {
     /// Redshift manifest that lists a batch's object. Overwrites: a replay writes the same body.
     pub async fn write_object(&self, key: &str, body: Bytes) -> Result<(), SinkError> {
         let location = parse_location(key)?;
-        let options = PutOptions { attributes: self.attributes(), ..PutOptions::default() };
-        self.parts
-            .store
-            .put_opts(&location, PutPayload::from(body), options)
-            .await
-            .map(|_| ())
-            .map_err(|error| classify(error, Operation::Write, key))
+        let written = match &self.parts.local {
+            Some(local) => local.write(location.as_ref(), vec![body]).await,
+            None => {
+                let options = PutOptions { attributes: self.attributes(), ..PutOptions::default() };
+                self.parts.store.put_opts(&location, PutPayload::from(body), options).await.map(|_| ())
+            }
+        };
+        written.map_err(|error| classify(error, Operation::Write, key))
     }
 
     /// Write the batch's object unless its key already holds one: for copies that must keep the

@@ -230,6 +230,9 @@ async fn create(ingest: &Arc<Ingest>, lifecycle: &Lifecycle, body: &[u8]) -> Res
             )));
         }
     }
+    if stream_type == "KinesisStreamAsSource" && encryption.is_some() {
+        return Err(refuse_encryption_for_kinesis_source());
+    }
     let source = s3_destination::source_config(kinesis_source.as_ref())?;
     let given: Vec<&str> = request
         .as_object()
@@ -381,7 +384,24 @@ fn description(ingest: &Ingest, stream: &StreamIngest) -> Value {
             source["KinesisStreamARN"] = json!(stream_arn);
         }
     }
+    // An API stream's processors come back as they were sent: spillway's own rendering of a
+    // `MetadataExtractionQuery` (key order, spacing) would show Terraform a change on every plan.
+    if let Some(sent) = member("ProcessingConfiguration")
+        && let Some(described) =
+            description.pointer_mut("/Destinations/0/ExtendedS3DestinationDescription").and_then(Value::as_object_mut)
+    {
+        described.insert("ProcessingConfiguration".to_string(), sent.clone());
+    }
     description
+}
+
+/// AWS refuses server-side encryption for a stream that reads a Kinesis data stream (the data
+/// stream's own encryption applies).
+fn refuse_encryption_for_kinesis_source() -> ApiError {
+    ApiError::invalid_argument(
+        "Server-side encryption is not supported for delivery streams with DeliveryStreamType KinesisStreamAsSource; \
+         encrypt the Kinesis data stream instead",
+    )
 }
 
 #[derive(Deserialize, Default)]
@@ -541,14 +561,17 @@ enum DeleteError {
     Join(#[from] tokio::task::JoinError),
     #[error("no stream lifecycle in this process")]
     NoLifecycle,
+    #[error("refusing to remove files of {0:?}: the name does not stay inside data_dir/streams")]
+    OutsideOwnFolder(String),
 }
 
 async fn finish_delete(ingest: &Arc<Ingest>, name: &str, mode: StopMode) -> Result<(), DeleteError> {
     let lifecycle = ingest.lifecycle.clone().ok_or(DeleteError::NoLifecycle)?;
     let removed = lifecycle.remove(name, mode).await?;
     let _one_at_a_time = lifecycle.control.lock().await;
-    let stream_dir = lifecycle.stream_dir(name);
     let data_dir = ingest.config.data_dir.clone();
+    let stream_dir = crate::streams::owned_stream_dir(&data_dir, name)
+        .ok_or_else(|| DeleteError::OutsideOwnFolder(name.to_string()))?;
     let kept = removed.has_undelivered();
     let set_aside = data_dir.join("deleted-streams").join(format!("{name}-{}", now_ms()));
     let (files, aside, stream) = (stream_dir.clone(), set_aside.clone(), name.to_string());
@@ -666,6 +689,9 @@ async fn set_encryption(ingest: &Arc<Ingest>, body: &[u8], enable: bool) -> Resu
         EncryptionRecord::default()
     };
     let stream = changeable(ingest, &name)?;
+    if enable && stream.config.source.delivery_stream_type() == "KinesisStreamAsSource" {
+        return Err(refuse_encryption_for_kinesis_source());
+    }
     // Recorded only: spillway's WAL is not encrypted (out of scope); ENABLING / DISABLING are
     // passed through at once.
     let record = StreamRecord { encryption, ..StreamRecord::clone(&stream.record) };

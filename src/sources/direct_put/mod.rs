@@ -93,7 +93,11 @@ impl ApiError {
     /// before the handler runs); `declared` is the request's `Content-Length`, when it had one.
     pub(crate) fn body_too_large(declared: Option<usize>) -> Self {
         let size = declared.map_or_else(|| "over the limit".to_string(), |bytes| format!("of {bytes} bytes"));
-        Self::invalid_argument(format!("request body {size} exceeds the {MAX_BATCH_BYTES}-byte batch limit"))
+        Self::invalid_argument(format!(
+            "request body {size} exceeds the {} MiB request limit (the records of one call may total at most {} MiB)",
+            MAX_REQUEST_BODY_BYTES >> 20,
+            MAX_BATCH_BYTES >> 20
+        ))
     }
     /// The answer to a request not completed within `server.request_timeout_seconds` (a body
     /// that trickles in). AWS SDKs retry `RequestTimeoutException` as a transient error.
@@ -110,6 +114,12 @@ impl ApiError {
             IngestError::Throttled => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableException", "Slow down.")
             }
+            // SDKs retry ServiceUnavailableException; a full disk is an outage, not a bad request.
+            IngestError::DiskFull => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailableException",
+                "Slow down. The write-ahead log's disk is full.",
+            ),
             error @ IngestError::NotPushable { .. } => Self::invalid_argument(error.to_string()),
             IngestError::NotActive(status) => Self::resource_in_use(format!(
                 "Firehose {stream} under account {} is in the {} state and takes no records.",
@@ -142,25 +152,41 @@ pub(crate) fn ok_json(value: Value) -> Response {
 #[serde(rename_all = "PascalCase")]
 struct PutRecordRequest<'a> {
     #[serde(borrow)]
-    delivery_stream_name: Cow<'a, str>,
+    delivery_stream_name: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    record: RecordIn<'a>,
+    record: Option<RecordIn<'a>>,
 }
 
+/// Members are optional here so that a missing one is a `ValidationException` naming it (as
+/// AWS answers), not a parse error.
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct PutRecordBatchRequest<'a> {
     #[serde(borrow)]
-    delivery_stream_name: Cow<'a, str>,
+    delivery_stream_name: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    records: Vec<RecordIn<'a>>,
+    records: Option<Vec<RecordIn<'a>>>,
+}
+
+/// The model's constraints on a put's stream name (required, pattern, length).
+fn check_stream_name(violations: &mut validation::Violations, name: Option<&str>) {
+    violations.required(name, "deliveryStreamName");
+    if let Some(name) = name {
+        violations.stream_name(name, "deliveryStreamName");
+    }
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct RecordIn<'a> {
     #[serde(borrow)]
-    data: Cow<'a, str>,
+    data: Option<Cow<'a, str>>,
+}
+
+impl RecordIn<'_> {
+    fn data(&self) -> &str {
+        self.data.as_deref().unwrap_or_default()
+    }
 }
 
 /// `POST /`: dispatch on `X-Amz-Target`.
@@ -311,20 +337,37 @@ struct DecodedPut {
 
 fn decode_put_record(body: &[u8]) -> Result<DecodedPut, ApiError> {
     let request: PutRecordRequest = parse(body)?;
-    let records = decode_records(std::iter::once(request.record.data.as_ref()), |_| "record".to_string())?;
-    Ok(DecodedPut { stream: request.delivery_stream_name.into_owned(), records })
+    let mut violations = validation::Violations::new();
+    check_stream_name(&mut violations, request.delivery_stream_name.as_deref());
+    violations.required(request.record.as_ref(), "record");
+    if let Some(record) = &request.record {
+        violations.required(record.data.as_ref(), "record.data");
+    }
+    violations.finish()?;
+    let (Some(stream), Some(record)) = (request.delivery_stream_name, request.record) else {
+        return Err(ApiError::validation("1 validation error detected: a required member is missing"));
+    };
+    let records = decode_records(std::iter::once(record.data()), |_| "record".to_string())?;
+    Ok(DecodedPut { stream: stream.into_owned(), records })
 }
 
 fn decode_put_record_batch(body: &[u8]) -> Result<DecodedPut, ApiError> {
     let request: PutRecordBatchRequest = parse(body)?;
-    let count = request.records.len();
     let mut violations = validation::Violations::new();
-    violations.stream_name(&request.delivery_stream_name, "deliveryStreamName");
-    violations.list_length(count, "records", 1, MAX_BATCH_RECORDS);
+    check_stream_name(&mut violations, request.delivery_stream_name.as_deref());
+    violations.required(request.records.as_ref(), "records");
+    if let Some(records) = &request.records {
+        violations.list_length(records.len(), "records", 1, MAX_BATCH_RECORDS);
+        for (index, record) in records.iter().enumerate() {
+            violations.required(record.data.as_ref(), &format!("records.{}.member.data", index + 1));
+        }
+    }
     violations.finish()?;
-    let records = decode_records(request.records.iter().map(|record| record.data.as_ref()), |index| {
-        format!("records.{}.member", index + 1)
-    })?;
+    let (Some(stream), Some(records_in)) = (request.delivery_stream_name, request.records) else {
+        return Err(ApiError::validation("1 validation error detected: a required member is missing"));
+    };
+    let records =
+        decode_records(records_in.iter().map(RecordIn::data), |index| format!("records.{}.member", index + 1))?;
     let total = records.byte_len();
     if total > MAX_BATCH_BYTES {
         // Firehose's own words for it (an InvalidArgumentException, not a model constraint).
@@ -332,34 +375,50 @@ fn decode_put_record_batch(body: &[u8]) -> Result<DecodedPut, ApiError> {
             "Records size exceeds 4 MB limit (got {total} bytes, limit {MAX_BATCH_BYTES})"
         )));
     }
-    Ok(DecodedPut { stream: request.delivery_stream_name.into_owned(), records })
+    Ok(DecodedPut { stream: stream.into_owned(), records })
+}
+
+/// What an appended put answers with: its sequences, the stream's record ids and whether the
+/// stream reports server-side encryption (`StartDeliveryStreamEncryption`).
+struct Appended {
+    range: std::ops::Range<u64>,
+    ids: super::RecordIds,
+    encrypted: bool,
 }
 
 /// Append a decoded put to its stream's WAL.
-async fn append(ingest: &Ingest, put: DecodedPut) -> Result<std::ops::Range<u64>, ApiError> {
-    if ingest.stream(&put.stream).is_none() {
+async fn append(ingest: &Ingest, put: DecodedPut) -> Result<Appended, ApiError> {
+    let Some(stream) = ingest.stream(&put.stream) else {
         return Err(ApiError::not_found(&put.stream, ingest));
-    }
-    ingest.append(&put.stream, put.records).await.map_err(|error| ApiError::from_ingest(error, &put.stream, ingest))
+    };
+    let range = ingest
+        .append(&put.stream, put.records)
+        .await
+        .map_err(|error| ApiError::from_ingest(error, &put.stream, ingest))?;
+    let encrypted = stream.record.encryption.status == "ENABLED";
+    Ok(Appended { range, ids: ingest.record_ids(&stream.record), encrypted })
 }
 
 async fn put_record(ingest: &Ingest, body: Bytes) -> Result<Response, ApiError> {
-    let range = append(ingest, decode_put(body, decode_put_record).await?).await?;
-    Ok(ok_json(json!({ "RecordId": ingest.record_id(range.start), "Encrypted": false })))
+    let appended = append(ingest, decode_put(body, decode_put_record).await?).await?;
+    let record_id = appended.ids.id(appended.range.start);
+    Ok(ok_json(json!({ "RecordId": record_id, "Encrypted": appended.encrypted })))
 }
 
 async fn put_record_batch(ingest: &Ingest, body: Bytes) -> Result<Response, ApiError> {
-    let range = append(ingest, decode_put(body, decode_put_record_batch).await?).await?;
+    let Appended { range, ids, encrypted } = append(ingest, decode_put(body, decode_put_record_batch).await?).await?;
     // The batch is appended all or nothing, so no entry fails alone: FailedPutCount is 0 on success.
     // Written directly: a JSON value per record cost more than the rest of the response.
     let mut body = String::with_capacity(64 + range.clone().count() * 72);
-    body.push_str(r#"{"FailedPutCount":0,"Encrypted":false,"RequestResponses":["#);
+    body.push_str(r#"{"FailedPutCount":0,"Encrypted":"#);
+    body.push_str(if encrypted { "true" } else { "false" });
+    body.push_str(r#","RequestResponses":["#);
     for (index, sequence) in range.enumerate() {
         if index > 0 {
             body.push(',');
         }
         body.push_str(r#"{"RecordId":""#);
-        ingest.write_record_id(&mut body, sequence);
+        ids.write(&mut body, sequence);
         body.push_str(r#""}"#);
     }
     body.push_str("]}");

@@ -195,13 +195,27 @@ struct RetryOptionsIn {
     duration_in_seconds: Option<i64>,
 }
 
-/// The bucket name of an S3 bucket ARN (`arn:<partition>:s3:::<bucket>`).
+/// The bucket name of an S3 bucket ARN (`arn:<partition>:s3:::<bucket>`), when it follows S3's
+/// naming rules. The name may become a folder (`api_defaults.s3.url: file://./buckets/{bucket}`),
+/// so anything else (`..`, `%2e`, a slash) is refused.
 pub fn bucket_of_arn(arn: &str) -> Option<&str> {
     let mut parts = arn.splitn(6, ':');
     let (scheme, _partition, service, region, account, resource) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let is_bucket_arn = scheme == "arn" && service == "s3" && region.is_empty() && account.is_empty();
-    (is_bucket_arn && !resource.is_empty() && !resource.contains('/')).then_some(resource)
+    (is_bucket_arn && is_valid_bucket_name(resource)).then_some(resource)
+}
+
+/// S3's bucket naming rules: 3-63 characters of lowercase letters, digits, dots and hyphens,
+/// beginning and ending with a letter or digit, no two adjacent dots.
+fn is_valid_bucket_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let edge = |byte: &u8| byte.is_ascii_lowercase() || byte.is_ascii_digit();
+    (3..=63).contains(&bytes.len())
+        && bytes.iter().all(|byte| edge(byte) || matches!(byte, b'.' | b'-'))
+        && bytes.first().is_some_and(edge)
+        && bytes.last().is_some_and(edge)
+        && !name.contains("..")
 }
 
 /// Merge an `…DestinationUpdate` into the stored destination, member by member.
@@ -478,10 +492,15 @@ mod tests {
     #[test]
     fn bucket_arns() {
         assert_eq!(bucket_of_arn("arn:aws:s3:::my-bucket"), Some("my-bucket"));
-        assert_eq!(bucket_of_arn("arn:aws-cn:s3:::b1"), Some("b1"));
+        assert_eq!(bucket_of_arn("arn:aws-cn:s3:::b12"), Some("b12"));
         assert_eq!(bucket_of_arn("arn:aws:s3:::b/key"), None);
         assert_eq!(bucket_of_arn("arn:aws:iam::123:role/x"), None);
         assert_eq!(bucket_of_arn("s3://b"), None);
+        // a bucket may become a folder: nothing that leaves it
+        for bad in ["..", ".", "...", "a..b", "%2e%2e", "UPPER", "-abc", "ab"] {
+            assert_eq!(bucket_of_arn(&format!("arn:aws:s3:::{bad}")), None, "{bad}");
+        }
+        assert_eq!(bucket_of_arn("arn:aws:s3:::my.logs-2026"), Some("my.logs-2026"));
     }
 
     #[test]

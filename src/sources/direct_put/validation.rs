@@ -78,6 +78,11 @@ impl Violations {
         self.length(value, member, 1, 64);
         let valid = value.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
         self.pattern(value, member, "[a-zA-Z0-9_.-]+", valid || value.is_empty());
+        // Firehose's pattern allows `..`; spillway keeps a folder per stream, so a name made only
+        // of dots would name the folder of every stream (or `data_dir`).
+        if crate::config::is_only_dots(value) {
+            self.push(&quoted(value), member, "Member must not be made only of dots");
+        }
     }
 
     pub fn finish(self) -> Result<(), ApiError> {
@@ -121,5 +126,18 @@ mod tests {
             error.message()
         );
         assert!(error.message().contains("Member must have value greater than or equal to 1"));
+    }
+
+    #[test]
+    fn names_made_only_of_dots_are_refused() {
+        for name in [".", "..", "..."] {
+            let mut violations = Violations::new();
+            violations.stream_name(name, "deliveryStreamName");
+            let error = violations.finish().expect_err(name);
+            assert!(error.message().contains("Member must not be made only of dots"), "{}", error.message());
+        }
+        let mut violations = Violations::new();
+        violations.stream_name("a.b-c_d", "deliveryStreamName");
+        assert!(violations.finish().is_ok());
     }
 }
