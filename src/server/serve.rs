@@ -50,6 +50,11 @@ use tower::ServiceExt;
 pub use crate::config::OVERFLOW_CONNECTIONS;
 use crate::sources::{MAX_REQUEST_BODY_BYTES, ThrottleLog};
 
+/// How long a connection past the cap has to send its request (TLS handshake included), at
+/// most: long enough for a client across the world, short enough that silent connections cannot
+/// keep `/health` from being answered for long.
+pub const OVERFLOW_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How often "connection limit reached" may be logged (with the count since the last line).
 pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -170,7 +175,11 @@ impl Connection {
                 // The handshake is part of the head: the same deadline. A shutdown does not wait
                 // for it (there is no request to finish yet).
                 let mut stop = self.stop.clone();
-                let handshake = tokio::time::timeout(self.limits.header_read_timeout, acceptor.accept(tcp));
+                let handshake_timeout = match lane {
+                    Lane::Served(_) => self.limits.header_read_timeout,
+                    Lane::Overflow(_) => self.limits.header_read_timeout.min(OVERFLOW_HEADER_READ_TIMEOUT),
+                };
+                let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp));
                 tokio::select! {
                     handshaken = handshake => match handshaken {
                         Ok(Ok(stream)) => self.drive(stream, phase, &lane).await,
@@ -192,8 +201,14 @@ impl Connection {
         Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let overflow = matches!(lane, Lane::Overflow(_));
-        // Past the cap a connection must send its one request promptly.
-        let idle_timeout = if overflow { self.limits.header_read_timeout } else { self.limits.idle_timeout };
+        // Past the cap a connection must send its one request promptly: silent connections
+        // must not hold the few overflow slots for long.
+        let (header_read_timeout, idle_timeout) = if overflow {
+            let head = self.limits.header_read_timeout.min(OVERFLOW_HEADER_READ_TIMEOUT);
+            (head, head)
+        } else {
+            (self.limits.header_read_timeout, self.limits.idle_timeout)
+        };
         let io = TokioIo::new(Watched { inner: io, phase: phase.clone() });
         let router = self.router.clone();
         let service_phase = phase.clone();
@@ -216,7 +231,7 @@ impl Connection {
         let mut stop = self.stop.clone();
         let mut stopping = false;
         loop {
-            let deadline = phase.deadline(self.limits.header_read_timeout, idle_timeout);
+            let deadline = phase.deadline(header_read_timeout, idle_timeout);
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(error) = result {
@@ -232,7 +247,7 @@ impl Connection {
                 }
                 () = sleep_until_some(deadline) => {
                     // The phase may have moved on since the deadline was computed.
-                    if phase.deadline(self.limits.header_read_timeout, idle_timeout).is_some_and(|at| at <= Instant::now()) {
+                    if phase.deadline(header_read_timeout, idle_timeout).is_some_and(|at| at <= Instant::now()) {
                         tracing::debug!(phase = phase.name(), "closing a connection past its deadline");
                         return;
                     }
