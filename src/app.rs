@@ -22,7 +22,8 @@ use crate::data_dir::DataDirLock;
 use crate::metrics::Metrics;
 use crate::pipeline::{IntentError, MemoryBudget, PipelineError};
 use crate::server::health::{self, Readiness};
-use crate::server::tls::{TlsError, TlsListener};
+use crate::server::serve::{ConnectionLimits, ConnectionStats};
+use crate::server::tls::TlsError;
 use crate::sources::Ingest;
 use crate::streams::{Lifecycle, StreamEnv};
 
@@ -153,19 +154,23 @@ impl App {
             healthcheck_interval,
             stop_intake.subscribe(),
         ));
+        let limits = ConnectionLimits::from_config(&ingest.config.server);
+        crate::server::serve::warn_if_over_open_file_limit(limits.max_connections);
+        let connection_stats = Arc::new(ConnectionStats::default());
+        ingest.metrics.register_connection_stats(connection_stats.clone());
         let router = crate::server::router(ingest);
         let stopped = async move {
             let _ = intake_rx.wait_for(|stop| *stop).await;
         };
         let https = tls_acceptor.is_some();
-        let server = match tls_acceptor {
-            None => tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(stopped).await }),
-            Some(acceptor) => {
-                let listener =
-                    TlsListener::new(listener, acceptor).map_err(|source| AppError::Listen { addr, source })?;
-                tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(stopped).await })
-            }
-        };
+        let server = tokio::spawn(crate::server::serve::serve(
+            listener,
+            tls_acceptor,
+            router,
+            limits,
+            connection_stats,
+            stopped,
+        ));
         Ok(App { addr, https, stop_intake, server, lifecycle, grace, readiness, _data_dir_lock: data_dir_lock })
     }
 

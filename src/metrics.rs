@@ -583,6 +583,11 @@ impl Metrics {
         f.processing.remove(stream);
     }
 
+    /// Export the HTTP front's connection counts (open, refused over `server.max_connections`).
+    pub fn register_connection_stats(&self, stats: Arc<crate::server::serve::ConnectionStats>) {
+        *self.scraped.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stats);
+    }
+
     /// Export the open-batch memory budget's use (`limits.max_open_batches_mib`).
     pub fn register_open_batch_budget(&self, budget: Arc<MemoryBudget>) {
         *self.scraped.budget.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(budget);
@@ -604,6 +609,7 @@ impl Metrics {
 struct Scraped {
     streams: Mutex<BTreeMap<String, ScrapedStream>>,
     budget: Mutex<Option<Arc<MemoryBudget>>>,
+    connections: Mutex<Option<Arc<crate::server::serve::ConnectionStats>>>,
 }
 
 struct ScrapedStream {
@@ -676,6 +682,23 @@ impl Collector for Scraped {
                 "limits.max_open_batches_mib in bytes",
                 None,
                 limit.metric_type(),
+            )?)?;
+        }
+        let connections = self.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if let Some(connections) = connections {
+            let open = ConstGauge::new(connections.open.load(std::sync::atomic::Ordering::Relaxed) as i64);
+            open.encode(encoder.encode_descriptor(
+                "spillway_http_connections",
+                "http connections open now, those over server.max_connections included",
+                None,
+                open.metric_type(),
+            )?)?;
+            let refused = ConstCounter::new(connections.refused.load(std::sync::atomic::Ordering::Relaxed));
+            refused.encode(encoder.encode_descriptor(
+                "spillway_http_connections_refused",
+                "connections accepted over server.max_connections (answered 503 or closed at once)",
+                None,
+                refused.metric_type(),
             )?)?;
         }
         if let Some(usage) = process_usage() {

@@ -49,8 +49,12 @@ fn make_pki(dir: &Path) -> TestPki {
 }
 
 fn tls_yaml(cert: &Path, key: &Path) -> String {
+    tls_yaml_with(cert, key, "")
+}
+
+fn tls_yaml_with(cert: &Path, key: &Path, server_extra: &str) -> String {
     format!(
-        "server:\n  listen: 127.0.0.1:0\n  shutdown_grace_seconds: 30\n  tls:\n    cert: {}\n    key: {}\n\
+        "server:\n  listen: 127.0.0.1:0\n  shutdown_grace_seconds: 30\n{server_extra}  tls:\n    cert: {}\n    key: {}\n\
          data_dir: ./data\n\
          streams:\n\
          \x20 - name: app-logs\n\
@@ -198,4 +202,88 @@ fn a_missing_or_broken_certificate_stops_the_start_naming_the_file() {
     let stderr = failed_start(dir.path(), &tls_yaml(&pki.cert, &pki.cert));
     assert!(stderr.contains("holds no private key"), "{stderr}");
     assert!(stderr.contains(&pki.cert.display().to_string()), "{stderr}");
+}
+
+/// The connection timers and the cap hold for HTTPS too: a client that never starts its handshake
+/// is closed after the header timeout, an idle keep-alive TLS connection after the idle timeout,
+/// and TLS connections count toward `server.max_connections`.
+#[tokio::test]
+async fn https_connections_have_the_same_timers_and_cap() {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let extra = "  header_read_timeout_seconds: 1\n  idle_timeout_seconds: 3\n  max_connections: 2\n";
+    let spillway = Spillway::start(dir.path(), &tls_yaml_with(&pki.cert, &pki.key, extra));
+    let address = spillway.endpoint.trim_start_matches("https://").to_string();
+
+    async fn closed_within(socket: &mut (impl AsyncReadExt + Unpin), limit: Duration) -> bool {
+        let mut chunk = [0u8; 1024];
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, socket.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    // No handshake at all.
+    let mut stalled = tokio::net::TcpStream::connect(&address).await.expect("connect");
+    assert!(closed_within(&mut stalled, Duration::from_secs(15)).await, "a stalled handshake is still open");
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).expect("ca pem")).expect("ca added");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(&address).await.expect("connect");
+        let name = ServerName::try_from("localhost").expect("server name");
+        let mut tls = connector.connect(name, tcp).await.expect("handshake");
+        tls.write_all(b"GET /health HTTP/1.1\r\nhost: localhost\r\n\r\n").await.expect("request");
+        let mut answer = vec![0u8; 1024];
+        let read = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut answer))
+            .await
+            .expect("an answer within 10 s")
+            .expect("read");
+        (tls, String::from_utf8_lossy(&answer[..read]).into_owned())
+    };
+    let (mut first, answer) = connect().await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (_second, answer) = connect().await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The cap (2) is reached: a third TLS connection gets the over-the-cap answer for a put.
+    let (_third, answer) = {
+        let tcp = tokio::net::TcpStream::connect(&address).await.expect("connect");
+        let name = ServerName::try_from("localhost").expect("server name");
+        let mut tls = connector.connect(name, tcp).await.expect("handshake");
+        let request = "POST /streams/app-logs/records HTTP/1.1\r\nhost: localhost\r\ncontent-length: 3\r\n\r\n{}\n";
+        tls.write_all(request.as_bytes()).await.expect("request");
+        let mut answer = vec![0u8; 2048];
+        let read = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut answer))
+            .await
+            .expect("an answer within 10 s")
+            .expect("read");
+        (tls, String::from_utf8_lossy(&answer[..read]).into_owned())
+    };
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("ServiceUnavailableException"), "{answer}");
+
+    // Idle: open past the header timeout (1 s), closed after the idle one (3 s).
+    let idle_since = Instant::now();
+    assert!(!closed_within(&mut first, Duration::from_millis(1500)).await, "closed before the idle timeout");
+    assert!(closed_within(&mut first, Duration::from_secs(15)).await, "an idle TLS connection is still open");
+    assert!(idle_since.elapsed() >= Duration::from_secs(2), "closed after {:?}", idle_since.elapsed());
 }

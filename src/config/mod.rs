@@ -183,18 +183,59 @@ pub struct ServerConfig {
     /// `kinesis_firehose` output always speak TLS, so they need this (or a TLS-terminating proxy).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
-    /// Check AWS Signature Version 4 on every Firehose API call (`POST /`) against these keys
-    /// (off by default: any signature, or none, is accepted).
+    /// Check AWS Signature Version 4 on every Firehose API call (`POST /`), every NDJSON put and
+    /// (unless listed in `open_routes`) `/metrics` and the status page, against these keys (off
+    /// by default: any signature, or none, is accepted).
     #[serde(default)]
     pub auth: Option<AuthConfig>,
+    /// A connection has this long to send a complete request head once it starts one (its first
+    /// byte), and to finish its TLS handshake; then it is closed. Stops slow-header clients from
+    /// holding connections.
+    #[serde(default = "default_header_read_timeout_seconds")]
+    pub header_read_timeout_seconds: u64,
+    /// A connection that sends nothing for this long (before its first request, or between
+    /// keep-alive requests) is closed.
+    #[serde(default = "default_idle_timeout_seconds")]
+    pub idle_timeout_seconds: u64,
+    /// Most connections served at once (plain or TLS). Past it, up to
+    /// [`OVERFLOW_CONNECTIONS`] more get one quick answer (`/health` and `/ready` answered, every
+    /// other route `503 ServiceUnavailableException`) and are closed; beyond that a connection
+    /// is closed as soon as it is accepted. Keep it below `ulimit -n` minus the WAL's and sinks'
+    /// files.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
-/// `server.auth`: the access keys whose SigV4 signatures the Firehose API accepts. Values are
-/// usually `${ENV}` references, so secrets stay out of the file.
+/// Connections past `server.max_connections` that still get an answer (see there).
+pub const OVERFLOW_CONNECTIONS: usize = 32;
+
+/// `server.auth`: the access keys whose SigV4 signatures are accepted. Values are usually
+/// `${ENV}` references, so secrets stay out of the file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     pub access_keys: Vec<AccessKey>,
+    /// Read-only routes that stay open without a signature (none by default: with `auth`, only
+    /// `/health` and `/ready` are open).
+    #[serde(default)]
+    pub open_routes: Vec<OpenRoute>,
+}
+
+/// A group of read-only routes `server.auth.open_routes` can leave open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpenRoute {
+    /// `GET /metrics` (for a Prometheus scrape, which cannot sign requests).
+    Metrics,
+    /// The status page: `GET /` and `GET /api/status` (for a browser).
+    Status,
+}
+
+impl AuthConfig {
+    /// Whether `route` is served without a signature.
+    pub fn is_open(&self, route: OpenRoute) -> bool {
+        self.open_routes.contains(&route)
+    }
 }
 
 /// One accepted key pair. `Debug` never prints the secret.
@@ -238,6 +279,9 @@ impl Default for ServerConfig {
             healthcheck_interval_seconds: default_healthcheck_interval_seconds(),
             tls: None,
             auth: None,
+            header_read_timeout_seconds: default_header_read_timeout_seconds(),
+            idle_timeout_seconds: default_idle_timeout_seconds(),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -476,6 +520,15 @@ fn default_request_timeout_seconds() -> u64 {
 fn default_healthcheck_interval_seconds() -> u64 {
     10
 }
+fn default_header_read_timeout_seconds() -> u64 {
+    10
+}
+fn default_idle_timeout_seconds() -> u64 {
+    60
+}
+fn default_max_connections() -> usize {
+    512
+}
 fn default_body_wait_ms() -> u64 {
     5_000
 }
@@ -515,6 +568,8 @@ fn default_partitioning_retry_duration_seconds() -> u64 {
 
 /// Bounds that keep a typo from meaning "wait an hour" or "use a petabyte".
 const MAX_SHUTDOWN_GRACE_SECONDS: u64 = 3_600;
+/// Upper bound of `server.max_connections`: far above any `ulimit -n` a machine is given.
+const MAX_CONNECTIONS: usize = 1_000_000;
 const MIN_WAL_MIB: u64 = 8;
 const MAX_WAL_MIB: u64 = 1 << 20;
 const MAX_WAIT_MS: u64 = 60_000;
@@ -598,6 +653,24 @@ impl Config {
                     push(format!("{path}.secret_access_key"), "must not be empty (is its ${VAR} set?)".into());
                 }
             }
+        }
+        if !(1..=300).contains(&self.server.header_read_timeout_seconds) {
+            push(
+                "server.header_read_timeout_seconds".into(),
+                format!("must be between 1 and 300 (got {})", self.server.header_read_timeout_seconds),
+            );
+        }
+        if !(1..=3600).contains(&self.server.idle_timeout_seconds) {
+            push(
+                "server.idle_timeout_seconds".into(),
+                format!("must be between 1 and 3600 (got {})", self.server.idle_timeout_seconds),
+            );
+        }
+        if !(1..=MAX_CONNECTIONS).contains(&self.server.max_connections) {
+            push(
+                "server.max_connections".into(),
+                format!("must be between 1 and {MAX_CONNECTIONS} (got {})", self.server.max_connections),
+            );
         }
         if !(1..=3600).contains(&self.server.healthcheck_interval_seconds) {
             push(
@@ -882,6 +955,43 @@ mod tests {
         );
         let config: Config = serde_yaml_ng::from_str("server: { auth: { access_keys: [] } }\n").unwrap();
         assert_eq!(paths(&config.validate()), ["server.auth.access_keys"]);
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_bounds() {
+        let config = parse_str("streams: []\n", Path::new("test.yaml")).unwrap();
+        assert_eq!(config.server.header_read_timeout_seconds, 10);
+        assert_eq!(config.server.idle_timeout_seconds, 60);
+        assert_eq!(config.server.max_connections, 512);
+
+        let yaml = "server: { header_read_timeout_seconds: 0, idle_timeout_seconds: 0, max_connections: 0 }\n";
+        let config: Config = serde_yaml_ng::from_str(yaml).unwrap();
+        assert_eq!(
+            paths(&config.validate()),
+            ["server.header_read_timeout_seconds", "server.idle_timeout_seconds", "server.max_connections"]
+        );
+        let yaml = "server: { header_read_timeout_seconds: 1, idle_timeout_seconds: 1, max_connections: 1 }\n";
+        let config: Config = serde_yaml_ng::from_str(yaml).unwrap();
+        assert_eq!(config.validate(), []);
+    }
+
+    #[test]
+    fn auth_open_routes_default_to_none_and_name_only_known_groups() {
+        let yaml = "server: { auth: { access_keys: [ { access_key_id: A, secret_access_key: s } ] } }\n";
+        let config: Config = serde_yaml_ng::from_str(yaml).unwrap();
+        let auth = config.server.auth.clone().unwrap();
+        assert!(!auth.is_open(OpenRoute::Metrics) && !auth.is_open(OpenRoute::Status));
+
+        let yaml = "server: { auth: { access_keys: [ { access_key_id: A, secret_access_key: s } ], \
+                    open_routes: [metrics] } }\n";
+        let config: Config = serde_yaml_ng::from_str(yaml).unwrap();
+        let auth = config.server.auth.clone().unwrap();
+        assert!(auth.is_open(OpenRoute::Metrics) && !auth.is_open(OpenRoute::Status));
+
+        let yaml = "server: { auth: { access_keys: [ { access_key_id: A, secret_access_key: s } ], \
+                    open_routes: [health] } }\n";
+        let error = serde_yaml_ng::from_str::<Config>(yaml).unwrap_err().to_string();
+        assert!(error.contains("metrics") && error.contains("status"), "{error}");
     }
 
     #[test]

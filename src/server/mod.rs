@@ -1,15 +1,20 @@
 //! The HTTP front: routes for the Direct PUT API (`POST /`), NDJSON ingest, `/health`, `/ready`
 //! ([`health`]), `/metrics`, the status page (`GET /`, `/api/status`: [`status_page`]), and
-//! the request limits in front of the ingest routes: a body-size limit and a whole-request
-//! deadline (`server.request_timeout_seconds`), both from `tower-http`, with their answers
-//! reshaped into each route's error format. HTTPS (`server.tls`) is [`tls`]; SigV4 checks on the
-//! Firehose API (`server.auth`) are [`sigv4`].
+//! what stands in front of them: with `server.auth`, a signature check ([`sigv4`]) on every
+//! route but `/health` and `/ready` (and the read-only groups listed in
+//! `server.auth.open_routes`); on the ingest routes a body-size limit from `tower-http`, with its
+//! answers reshaped into each route's error format. The ingest handlers keep their own deadline
+//! (`server.request_timeout_seconds`) over reading the body. Connections, their timers and the
+//! connection cap are [`serve`]; HTTPS (`server.tls`) is [`tls`].
+//!
+//! On an ingest route the signature is checked twice: its header before anything else (no body
+//! read, no body memory reserved: anonymous and unknown-key requests cost nothing), and the
+//! whole signature once the handler has read the body inside its budget.
 //!
 //! Must not: hold records; handlers append to the WAL through `Ingest` and return.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -19,11 +24,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use futures::StreamExt;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::timeout::TimeoutLayer;
 
+use crate::config::OpenRoute;
 use crate::sources::{Ingest, MAX_REQUEST_BODY_BYTES, declared_body_len, direct_put, http};
 
 pub mod health;
+pub mod serve;
 pub mod sigv4;
 pub mod status_page;
 #[cfg(test)]
@@ -32,39 +38,111 @@ pub mod tls;
 
 pub fn router(ingest: Arc<Ingest>) -> Router {
     let timeout_seconds = ingest.config.server.request_timeout_seconds;
-    let firehose = with_request_limits(post(direct_put::handle), timeout_seconds).layer(middleware::from_fn(
-        move |request: Request, next: Next| firehose_limit_answers(request, next, timeout_seconds),
-    ));
-    let ndjson = with_request_limits(post(http::handle), timeout_seconds).layer(middleware::from_fn(
-        move |request: Request, next: Next| ndjson_limit_answers(request, next, timeout_seconds),
-    ));
+    let firehose = with_body_limit(post(direct_put::handle))
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            firehose_limit_answers(request, next, timeout_seconds)
+        }))
+        .layer(middleware::from_fn_with_state(ingest.clone(), firehose_signature));
+    let ndjson = with_body_limit(post(http::handle))
+        .layer(middleware::from_fn(ndjson_limit_answers))
+        .layer(middleware::from_fn_with_state(ingest.clone(), ndjson_signature));
+    let status_page = get(status_page::page).layer(middleware::from_fn_with_state(ingest.clone(), status_signature));
+    let status_api = get(status_page::status).layer(middleware::from_fn_with_state(ingest.clone(), status_signature));
+    let metrics_route = get(metrics).layer(middleware::from_fn_with_state(ingest.clone(), metrics_signature));
     Router::new()
         // `POST /` is the Firehose API; `GET /` the status page.
-        .route("/", firehose.merge(get(status_page::page)))
-        .route("/api/status", get(status_page::status))
+        .route("/", firehose.merge(status_page))
+        .route("/api/status", status_api)
         .route("/streams/{stream}/records", ndjson)
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
-        .route("/metrics", get(metrics))
+        .route("/metrics", metrics_route)
         .with_state(ingest)
+}
+
+/// With `server.auth`, refuse a Firehose API call whose signature header is missing or cannot be
+/// right (unknown key, scope, date, required headers unsigned) before its body is touched: the
+/// oversized-body drain and the body budget come after this.
+async fn firehose_signature(State(ingest): State<Arc<Ingest>>, request: Request, next: Next) -> Response {
+    if let Some(auth) = &ingest.config.server.auth {
+        let checked = sigv4::precheck(
+            auth,
+            request.method().as_str(),
+            request.uri(),
+            request.headers(),
+            sigv4::FIREHOSE_API_SIGNED_HEADERS,
+            SystemTime::now(),
+        )
+        .map(|_| ());
+        if let Err(error) = checked {
+            let mut response = direct_put::ApiError::from_auth(error).into_response();
+            direct_put::with_request_id(&mut response);
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+/// [`firehose_signature`] for NDJSON puts (no `x-amz-target` to sign there).
+async fn ndjson_signature(State(ingest): State<Arc<Ingest>>, request: Request, next: Next) -> Response {
+    if let Some(auth) = &ingest.config.server.auth {
+        let checked = sigv4::precheck(
+            auth,
+            request.method().as_str(),
+            request.uri(),
+            request.headers(),
+            sigv4::NDJSON_SIGNED_HEADERS,
+            SystemTime::now(),
+        )
+        .map(|_| ());
+        if let Err(error) = checked {
+            return http::auth_error(error);
+        }
+    }
+    next.run(request).await
+}
+
+async fn status_signature(State(ingest): State<Arc<Ingest>>, request: Request, next: Next) -> Response {
+    read_signature(&ingest, OpenRoute::Status, request, next).await
+}
+
+async fn metrics_signature(State(ingest): State<Arc<Ingest>>, request: Request, next: Next) -> Response {
+    read_signature(&ingest, OpenRoute::Metrics, request, next).await
+}
+
+/// A read-only route: with `server.auth`, served only to a fully signed `GET` (of an empty
+/// body: its body is never read), unless `server.auth.open_routes` lists it.
+async fn read_signature(ingest: &Ingest, route: OpenRoute, request: Request, next: Next) -> Response {
+    if let Some(auth) = ingest.config.server.auth.as_ref().filter(|auth| !auth.is_open(route)) {
+        let verified = sigv4::verify(
+            auth,
+            request.method().as_str(),
+            request.uri(),
+            request.headers(),
+            sigv4::READ_SIGNED_HEADERS,
+            b"",
+            SystemTime::now(),
+        );
+        if let Err(error) = verified {
+            return http::auth_error(error);
+        }
+    }
+    next.run(request).await
 }
 
 /// Oversized bodies up to this size are read and discarded before the refusal is sent (see
 /// `firehose_limit_answers`); larger ones are refused at once and the connection closed.
 const MAX_DRAINED_BODY_BYTES: usize = 4 * MAX_REQUEST_BODY_BYTES;
 
-/// The limits every ingest route has. The deadline covers the whole request — reading the body,
-/// waiting for the body budget, appending — so a client that trickles its body (one byte now and
-/// then) is cut off too; `RequestBodyTimeoutLayer` would not do that, as it restarts its timer
-/// on every frame. When the deadline passes, the handler is dropped with the body-budget permit
-/// it holds. The size limit refuses a `Content-Length` over the limit before any budget is
-/// reserved, and stops a chunked body at the limit.
-fn with_request_limits(route: MethodRouter<Arc<Ingest>>, timeout_seconds: u64) -> MethodRouter<Arc<Ingest>> {
-    let deadline = TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(timeout_seconds));
-    route.layer::<_, Infallible>(deadline).layer::<_, Infallible>(RequestBodyLimitLayer::new(MAX_REQUEST_BODY_BYTES))
+/// The size limit every ingest route has: it refuses a `Content-Length` over the limit before
+/// any budget is reserved, and stops a chunked body at the limit. The deadline over reading the
+/// body is the handlers' own: it must not cut an append short (a put is answered with what
+/// happened to it, never with a 408 while its records are being written).
+fn with_body_limit(route: MethodRouter<Arc<Ingest>>) -> MethodRouter<Arc<Ingest>> {
+    route.layer(RequestBodyLimitLayer::new(MAX_REQUEST_BODY_BYTES))
 }
 
-/// `tower-http` answers 408 and 413 with an empty or plain-text body; the route's own handler
+/// `tower-http` answers 413 with an empty or plain-text body; the route's own handler
 /// never answers those without its error format, so such a response came from the limits.
 fn is_bare_limit_answer(response: &Response, status: StatusCode, own_content_type: &str) -> bool {
     let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok());
@@ -92,9 +170,7 @@ async fn firehose_limit_answers(request: Request, next: Next, timeout_seconds: u
         return response;
     }
     let response = next.run(request).await;
-    let mut response = if is_bare_limit_answer(&response, StatusCode::REQUEST_TIMEOUT, "application/x-amz-json") {
-        direct_put::ApiError::request_timeout(timeout_seconds).into_response()
-    } else if is_bare_limit_answer(&response, StatusCode::PAYLOAD_TOO_LARGE, "application/x-amz-json") {
+    let mut response = if is_bare_limit_answer(&response, StatusCode::PAYLOAD_TOO_LARGE, "application/x-amz-json") {
         // Firehose answers an oversized call 400 InvalidArgumentException, not 413.
         direct_put::ApiError::body_too_large(declared).into_response()
     } else {
@@ -104,11 +180,8 @@ async fn firehose_limit_answers(request: Request, next: Next, timeout_seconds: u
     response
 }
 
-async fn ndjson_limit_answers(request: Request, next: Next, timeout_seconds: u64) -> Response {
+async fn ndjson_limit_answers(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
-    if is_bare_limit_answer(&response, StatusCode::REQUEST_TIMEOUT, "application/json") {
-        return http::request_timeout(timeout_seconds);
-    }
     if is_bare_limit_answer(&response, StatusCode::PAYLOAD_TOO_LARGE, "application/json") {
         return http::body_too_large();
     }

@@ -1,8 +1,16 @@
-//! AWS Signature Version 4 verification for the Firehose API (`server.auth`): rebuilds the
-//! canonical request from what arrived (method, path, query, the headers the client listed in
-//! `SignedHeaders`, the SHA-256 of the body), derives the signing key with the AWS SDK's own
-//! `aws-sigv4` functions, and compares signatures in constant time. Errors carry AWS's error
-//! types and wording, so SDKs report them as they would against Firehose.
+//! AWS Signature Version 4 verification (`server.auth`) for the Firehose API, NDJSON puts and
+//! the protected read-only routes: rebuilds the canonical request from what arrived (method,
+//! path, query, the headers the client listed in `SignedHeaders`, the SHA-256 of the body),
+//! derives the signing key with the AWS SDK's own `aws-sigv4` functions, and compares signatures
+//! in constant time. Errors carry AWS's error types and wording, so SDKs report them as they
+//! would against Firehose.
+//!
+//! Two steps, because SDKs do not sign a body hash header for Firehose and the signature cannot
+//! be checked without the body: [`precheck`] does everything the headers allow (key known, scope,
+//! date within the skew, the route's required headers signed), so callers refuse anonymous and
+//! unknown-key requests before reserving any body memory; [`Prechecked::verify_body`] finishes
+//! with the body. A request that signed `x-amz-content-sha256` is fully verified by the first
+//! step, and the second only compares the body's hash.
 //!
 //! The clock is injected (`now`), so the ±5 minute skew rule is testable without waiting.
 //! Must not: read the body (the caller hands it over, inside its body budget), log secrets or
@@ -108,15 +116,41 @@ fn parse_authorization(value: &str) -> Result<Authorization<'_>, AuthError> {
     })
 }
 
-/// Check one request's signature; `Ok` when it was signed by a configured key within the skew.
-pub fn verify(
-    auth: &AuthConfig,
-    method: &str,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &[u8],
+/// What a Firehose API call (`POST /`) must sign: AWS SDKs, the AWS CLI and Fluent Bit sign
+/// every one of them.
+pub const FIREHOSE_API_SIGNED_HEADERS: &[&str] = &["host", "x-amz-date", "x-amz-target", "content-type"];
+/// What an NDJSON put must sign. curl (`--aws-sigv4`) sends no `x-amz-target`, and signs
+/// `content-type` only when it is given with `-H`, so the README's command gives it.
+pub const NDJSON_SIGNED_HEADERS: &[&str] = &["host", "x-amz-date", "content-type"];
+/// What a read-only `GET` (`/metrics`, the status page) must sign: it has no body or content type.
+pub const READ_SIGNED_HEADERS: &[&str] = &["host", "x-amz-date"];
+
+/// A request whose signature passed every check that needs no body: a well-formed
+/// `Authorization` header from a configured key, for service `firehose`, dated within the skew,
+/// covering the required headers, each of them present. When the request also signed an
+/// `x-amz-content-sha256`, the signature itself was checked against it too ([`Prechecked::is_verified`]).
+pub struct Prechecked<'a> {
+    authorization: Authorization<'a>,
+    secret: &'a str,
+    amz_date: &'a str,
+    signed_at: DateTime<Utc>,
+    method: &'a str,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    /// The body's SHA-256 the client signed in `x-amz-content-sha256`, when it did.
+    declared_payload_hash: Option<&'a str>,
+}
+
+/// Check everything about a request's signature that can be checked without its body. Cheap (no
+/// body, one HMAC chain at most), so it runs before any memory is reserved for the body.
+pub fn precheck<'a>(
+    auth: &'a AuthConfig,
+    method: &'a str,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    required_signed_headers: &[&str],
     now: SystemTime,
-) -> Result<(), AuthError> {
+) -> Result<Prechecked<'a>, AuthError> {
     let Some(header_value) = headers.get("authorization") else {
         return Err(AuthError::MissingAuthenticationToken);
     };
@@ -130,6 +164,14 @@ pub fn verify(
     if authorization.service != SERVICE || authorization.terminator != "aws4_request" {
         return Err(AuthError::InvalidSignature(format!(
             "Credential should be scoped to correct service: '{SERVICE}'."
+        )));
+    }
+    if authorization.region.is_empty()
+        || !authorization.region.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+    {
+        return Err(AuthError::IncompleteSignature(format!(
+            "Credential should be scoped to a valid region, not '{}'.",
+            authorization.region
         )));
     }
     let amz_date = headers.get("x-amz-date").and_then(|value| value.to_str().ok()).ok_or_else(|| {
@@ -146,25 +188,92 @@ pub fn verify(
             &amz_date[..8.min(amz_date.len())]
         )));
     }
-    if !authorization.signed_headers.contains(&"host") {
-        return Err(AuthError::mismatch());
+    let unsigned: Vec<&str> =
+        required_signed_headers.iter().copied().filter(|name| !authorization.signed_headers.contains(name)).collect();
+    if !unsigned.is_empty() {
+        return Err(AuthError::IncompleteSignature(format!(
+            "the signature must cover the headers {}; SignedHeaders lacks {}",
+            required_signed_headers.join(", "),
+            unsigned.join(", ")
+        )));
+    }
+    if let Some(absent) = authorization.signed_headers.iter().find(|name| !headers.contains_key(**name)) {
+        return Err(AuthError::IncompleteSignature(format!("signed header {absent} is not in the request")));
+    }
+    let declared_payload_hash = authorization
+        .signed_headers
+        .contains(&"x-amz-content-sha256")
+        .then(|| headers.get("x-amz-content-sha256").and_then(|value| value.to_str().ok()))
+        .flatten()
+        .filter(|hash| hash.len() == 64 && hash.bytes().all(|byte| byte.is_ascii_hexdigit()));
+    let prechecked = Prechecked {
+        authorization,
+        secret: &key.secret_access_key,
+        amz_date,
+        signed_at,
+        method,
+        uri,
+        headers,
+        declared_payload_hash,
+    };
+    if let Some(hash) = prechecked.declared_payload_hash {
+        // The body's hash is signed: the whole signature can be checked now, the body later.
+        prechecked.check_signature(&hash.to_ascii_lowercase())?;
+    }
+    Ok(prechecked)
+}
+
+impl Prechecked<'_> {
+    /// The signature itself is already checked (it covered `x-amz-content-sha256`); only the
+    /// body's hash is left.
+    pub fn is_verified(&self) -> bool {
+        self.declared_payload_hash.is_some()
     }
 
-    let canonical_request = canonical_request(method, uri, headers, &authorization, body)?;
-    let scope = format!("{}/{}/{SERVICE}/aws4_request", authorization.date, authorization.region);
-    let string_to_sign = format!("{ALGORITHM}\n{amz_date}\n{scope}\n{}", sha256_hex(canonical_request.as_bytes()));
-    let signing_key = aws_sigv4::sign::v4::generate_signing_key(
-        &key.secret_access_key,
-        SystemTime::from(signed_at),
-        authorization.region,
-        SERVICE,
-    );
-    let expected = aws_sigv4::sign::v4::calculate_signature(signing_key, string_to_sign.as_bytes());
-    if bool::from(expected.as_bytes().ct_eq(authorization.signature.as_bytes())) {
-        Ok(())
-    } else {
-        Err(AuthError::mismatch())
+    /// Finish the check with the body that arrived.
+    pub fn verify_body(&self, body: &[u8]) -> Result<(), AuthError> {
+        let body_hash = sha256_hex(body);
+        match self.declared_payload_hash {
+            Some(declared) if declared.eq_ignore_ascii_case(&body_hash) => Ok(()),
+            Some(_) => Err(AuthError::InvalidSignature(
+                "The provided 'x-amz-content-sha256' header does not match what was computed.".to_string(),
+            )),
+            None => self.check_signature(&body_hash),
+        }
     }
+
+    fn check_signature(&self, payload_hash: &str) -> Result<(), AuthError> {
+        let authorization = &self.authorization;
+        let canonical_request = canonical_request(self.method, self.uri, self.headers, authorization, payload_hash)?;
+        let scope = format!("{}/{}/{SERVICE}/aws4_request", authorization.date, authorization.region);
+        let string_to_sign =
+            format!("{ALGORITHM}\n{}\n{scope}\n{}", self.amz_date, sha256_hex(canonical_request.as_bytes()));
+        let signing_key = aws_sigv4::sign::v4::generate_signing_key(
+            self.secret,
+            SystemTime::from(self.signed_at),
+            authorization.region,
+            SERVICE,
+        );
+        let expected = aws_sigv4::sign::v4::calculate_signature(signing_key, string_to_sign.as_bytes());
+        if bool::from(expected.as_bytes().ct_eq(authorization.signature.as_bytes())) {
+            Ok(())
+        } else {
+            Err(AuthError::mismatch())
+        }
+    }
+}
+
+/// Check one request's signature, body included: [`precheck`], then [`Prechecked::verify_body`].
+pub fn verify(
+    auth: &AuthConfig,
+    method: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    required_signed_headers: &[&str],
+    body: &[u8],
+    now: SystemTime,
+) -> Result<(), AuthError> {
+    precheck(auth, method, uri, headers, required_signed_headers, now)?.verify_body(body)
 }
 
 fn check_skew(amz_date: &str, signed_at: DateTime<Utc>, now: SystemTime) -> Result<(), AuthError> {
@@ -194,7 +303,7 @@ fn canonical_request(
     uri: &Uri,
     headers: &HeaderMap,
     authorization: &Authorization<'_>,
-    body: &[u8],
+    payload_hash: &str,
 ) -> Result<String, AuthError> {
     let mut canonical = format!("{method}\n{}\n{}\n", canonical_path(uri.path()), canonical_query(uri.query()));
     for name in &authorization.signed_headers {
@@ -215,7 +324,7 @@ fn canonical_request(
     canonical.push('\n');
     canonical.push_str(authorization.signed_headers_text);
     canonical.push('\n');
-    canonical.push_str(&sha256_hex(body));
+    canonical.push_str(payload_hash);
     Ok(canonical)
 }
 
@@ -262,13 +371,18 @@ fn sha256_hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use aws_credential_types::Credentials;
-    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+    use aws_sigv4::http_request::{PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings, sign};
     use aws_sigv4::sign::v4::SigningParams;
 
     use super::*;
     use crate::config::AccessKey;
 
     const BODY: &[u8] = br#"{"DeliveryStreamName":"app-logs","Records":[{"Data":"aGk="}]}"#;
+    const BASE: [(&str, &str); 3] = [
+        ("host", "127.0.0.1:4573"),
+        ("content-type", "application/x-amz-json-1.1"),
+        ("x-amz-target", "Firehose_20150804.PutRecordBatch"),
+    ];
 
     fn auth() -> AuthConfig {
         AuthConfig {
@@ -276,33 +390,37 @@ mod tests {
                 access_key_id: "AKIDSPILLWAY".to_string(),
                 secret_access_key: "right-secret".to_string(),
             }],
+            open_routes: Vec::new(),
         }
     }
 
-    /// Headers of a `PutRecordBatch` signed by the SDK's signer at `time`.
-    fn signed_headers(key_id: &str, secret: &str, time: SystemTime) -> HeaderMap {
+    /// Headers of a `PutRecordBatch` signed by the SDK's signer at `time`: `signed` are the
+    /// headers it signs, `added` are set on the request after signing.
+    fn signed_with(
+        key_id: &str,
+        secret: &str,
+        time: SystemTime,
+        signed: &[(&str, &str)],
+        added: &[(&str, &str)],
+        settings: SigningSettings,
+    ) -> HeaderMap {
         let identity = Credentials::new(key_id, secret, None, None, "test").into();
         let params = SigningParams::builder()
             .identity(&identity)
             .region("us-east-1")
             .name("firehose")
             .time(time)
-            .settings(SigningSettings::default())
+            .settings(settings)
             .build()
             .unwrap()
             .into();
-        let base = [
-            ("host", "127.0.0.1:4573"),
-            ("content-type", "application/x-amz-json-1.1"),
-            ("x-amz-target", "Firehose_20150804.PutRecordBatch"),
-        ];
         let request =
-            SignableRequest::new("POST", "http://127.0.0.1:4573/", base.into_iter(), SignableBody::Bytes(BODY))
+            SignableRequest::new("POST", "http://127.0.0.1:4573/", signed.iter().copied(), SignableBody::Bytes(BODY))
                 .unwrap();
         let (instructions, _signature) = sign(request, &params).unwrap().into_parts();
         let mut headers = HeaderMap::new();
-        for (name, value) in base {
-            headers.insert(name, value.parse().unwrap());
+        for (name, value) in signed.iter().chain(added) {
+            headers.insert(axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
         }
         for (name, value) in instructions.headers() {
             let name = axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap();
@@ -311,8 +429,12 @@ mod tests {
         headers
     }
 
+    fn signed_headers(key_id: &str, secret: &str, time: SystemTime) -> HeaderMap {
+        signed_with(key_id, secret, time, &BASE, &[], SigningSettings::default())
+    }
+
     fn check(headers: &HeaderMap, body: &[u8], now: SystemTime) -> Result<(), AuthError> {
-        verify(&auth(), "POST", &Uri::from_static("/"), headers, body, now)
+        verify(&auth(), "POST", &Uri::from_static("/"), headers, FIREHOSE_API_SIGNED_HEADERS, body, now)
     }
 
     #[test]
@@ -345,5 +467,59 @@ mod tests {
         assert!(expired.to_string().starts_with("Signature expired: "), "{expired}");
         let early = check(&headers, BODY, signed_at - Duration::from_secs(6 * 60)).unwrap_err();
         assert!(early.to_string().starts_with("Signature not yet current: "), "{early}");
+    }
+
+    #[test]
+    fn a_signature_that_leaves_out_a_required_header_is_refused_before_the_body() {
+        let now = SystemTime::now();
+        for left_out in ["host", "content-type", "x-amz-target"] {
+            let mut settings = SigningSettings::default();
+            settings.excluded_headers.get_or_insert_with(Vec::new).push(left_out.into());
+            let headers = signed_with("AKIDSPILLWAY", "right-secret", now, &BASE, &[], settings);
+            let uri = Uri::from_static("/");
+            let refused = precheck(&auth(), "POST", &uri, &headers, FIREHOSE_API_SIGNED_HEADERS, now)
+                .err()
+                .unwrap_or_else(|| panic!("{left_out} unsigned must be refused"));
+            assert_eq!(refused.code(), "IncompleteSignatureException", "{refused}");
+            assert!(refused.to_string().ends_with(&format!("SignedHeaders lacks {left_out}")), "{refused}");
+        }
+        // NDJSON needs no x-amz-target, the read-only routes no content type either.
+        let no_target: Vec<(&str, &str)> = BASE[..2].to_vec();
+        let headers = signed_with("AKIDSPILLWAY", "right-secret", now, &no_target, &[], SigningSettings::default());
+        let uri = Uri::from_static("/");
+        assert!(precheck(&auth(), "POST", &uri, &headers, NDJSON_SIGNED_HEADERS, now).is_ok());
+        assert!(precheck(&auth(), "POST", &uri, &headers, FIREHOSE_API_SIGNED_HEADERS, now).is_err());
+        // x-amz-date is signed by every SigV4 signer; a header claiming otherwise is refused too.
+        let mut headers = signed_headers("AKIDSPILLWAY", "right-secret", now);
+        let authorization = headers["authorization"].to_str().unwrap().replace(";x-amz-date", "");
+        headers.insert("authorization", authorization.parse().unwrap());
+        let refused = check(&headers, BODY, now).unwrap_err();
+        assert!(refused.to_string().ends_with("SignedHeaders lacks x-amz-date"), "{refused}");
+    }
+
+    #[test]
+    fn a_signed_body_hash_is_verified_before_the_body_and_the_body_against_it_after() {
+        let now = SystemTime::now();
+        let mut settings = SigningSettings::default();
+        settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+        let uri = Uri::from_static("/");
+        let auth = auth();
+        let headers = signed_with("AKIDSPILLWAY", "right-secret", now, &BASE, &[], settings.clone());
+        assert!(headers.contains_key("x-amz-content-sha256"));
+        let prechecked = precheck(&auth, "POST", &uri, &headers, FIREHOSE_API_SIGNED_HEADERS, now).unwrap();
+        assert!(prechecked.is_verified());
+        assert_eq!(prechecked.verify_body(BODY), Ok(()));
+        let other_body = prechecked.verify_body(b"{}").unwrap_err();
+        assert!(other_body.to_string().contains("x-amz-content-sha256"), "{other_body}");
+
+        // A wrong secret is found without the body.
+        let wrong = signed_with("AKIDSPILLWAY", "wrong", now, &BASE, &[], settings);
+        let refused = precheck(&auth, "POST", &uri, &wrong, FIREHOSE_API_SIGNED_HEADERS, now).err();
+        assert_eq!(refused.map(|error| error.code()), Some("InvalidSignatureException"));
+        // Without the header, only the body can tell.
+        let plain = signed_headers("AKIDSPILLWAY", "wrong", now);
+        let prechecked = precheck(&auth, "POST", &uri, &plain, FIREHOSE_API_SIGNED_HEADERS, now).unwrap();
+        assert!(!prechecked.is_verified());
+        assert_eq!(prechecked.verify_body(BODY).map_err(|error| error.code()), Err("InvalidSignatureException"));
     }
 }

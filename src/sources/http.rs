@@ -4,18 +4,23 @@
 //! `processing.record_delimiter: newline` to keep lines apart in objects). A request holds at
 //! most [`MAX_NDJSON_RECORDS`] lines: each record costs memory beyond its bytes, so a body of tiny
 //! lines must not turn into millions of them (see docs/benchmarks.md for the measurement).
+//!
+//! With `server.auth` a put must be SigV4-signed for service `firehose` (curl's `--aws-sigv4`),
+//! covering `host`, `x-amz-date` and `content-type`; refusals are 403 with AWS's error type.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::json;
 
 use super::{Ingest, IngestError, MAX_RECORD_BYTES, MAX_REQUEST_BODY_BYTES, declared_body_len, decode_off_runtime};
+use crate::server::sigv4;
 
 /// Most records (non-blank lines) in one request. Firehose caps a call at 500 records; NDJSON
 /// senders (curl, log shippers) batch more small lines, so the cap is higher, but bounded: a 6 MiB
@@ -47,25 +52,58 @@ pub(crate) fn request_timeout(seconds: u64) -> Response {
     )
 }
 
+/// The answer to a request refused by `server.auth`: 403 with AWS's error type and message.
+pub(crate) fn auth_error(failure: crate::server::sigv4::AuthError) -> Response {
+    tracing::debug!(code = failure.code(), error = %failure, "request refused by server.auth");
+    error(StatusCode::FORBIDDEN, failure.code(), failure.to_string())
+}
+
 pub async fn handle(
     State(ingest): State<Arc<Ingest>>,
     Path(stream): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if ingest.stream(&stream).is_none() {
-        return error(StatusCode::NOT_FOUND, "ResourceNotFoundException", format!("stream {stream} is not configured"));
+    let timeout_seconds = ingest.config.server.request_timeout_seconds;
+    // Covers waiting for body memory and reading the body; not the append (see direct_put).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_seconds);
+    // With `server.auth`: everything the headers allow is checked before any body memory is
+    // reserved, the signature itself once the body is read.
+    let signature = match &ingest.config.server.auth {
+        Some(auth) => {
+            match sigv4::precheck(auth, "POST", &uri, &headers, sigv4::NDJSON_SIGNED_HEADERS, SystemTime::now()) {
+                Ok(signature) => Some(signature),
+                Err(failure) => return auth_error(failure),
+            }
+        }
+        None => None,
+    };
+    // Without auth an unknown stream costs no body memory; with it, only a signed request
+    // learns whether a stream exists.
+    if signature.is_none() && ingest.stream(&stream).is_none() {
+        return unknown_stream(&stream);
     }
     let declared_len = declared_body_len(&headers).unwrap_or(MAX_REQUEST_BODY_BYTES);
-    // Held until the records are appended: the body and the records sliced from it live that long.
-    let _memory = match ingest.reserve_body(declared_len.min(MAX_REQUEST_BODY_BYTES)).await {
-        Ok(permit) => permit,
-        Err(other) => return ingest_error(other),
+    let read = async {
+        // Held until the records are appended: the body and the records sliced from it live that long.
+        let memory = ingest.reserve_body(declared_len.min(MAX_REQUEST_BODY_BYTES)).await.map_err(ingest_error)?;
+        let body = axum::body::to_bytes(body, MAX_REQUEST_BODY_BYTES).await.map_err(|_| body_too_large())?;
+        Ok::<_, Response>((memory, body))
     };
-    let body = match axum::body::to_bytes(body, MAX_REQUEST_BODY_BYTES).await {
-        Ok(body) => body,
-        Err(_) => return body_too_large(),
+    let (_memory, body) = match tokio::time::timeout_at(deadline, read).await {
+        Ok(Ok(read)) => read,
+        Ok(Err(answer)) => return answer,
+        Err(_elapsed) => return request_timeout(timeout_seconds),
     };
+    if let Some(signature) = &signature {
+        if let Err(failure) = signature.verify_body(&body) {
+            return auth_error(failure);
+        }
+        if ingest.stream(&stream).is_none() {
+            return unknown_stream(&stream);
+        }
+    }
     let records = match decode_off_runtime(body, DECODE_INLINE_MAX_BYTES, |body| split_lines(&body)).await {
         Ok(Ok(records)) => records,
         Ok(Err(message)) => return error(StatusCode::BAD_REQUEST, "InvalidArgumentException", message),
@@ -79,6 +117,10 @@ pub async fn handle(
         Ok(range) => Json(json!({ "accepted": count, "firstSequence": range.start })).into_response(),
         Err(other) => ingest_error(other),
     }
+}
+
+fn unknown_stream(stream: &str) -> Response {
+    error(StatusCode::NOT_FOUND, "ResourceNotFoundException", format!("stream {stream} is not configured"))
 }
 
 fn ingest_error(failure: IngestError) -> Response {

@@ -49,7 +49,7 @@ impl ApiError {
     }
 
     /// SigV4 refusals: 400 with AWS's type and message, logged without the signature.
-    fn from_auth(error: crate::server::sigv4::AuthError) -> ApiError {
+    pub(crate) fn from_auth(error: crate::server::sigv4::AuthError) -> ApiError {
         tracing::debug!(code = error.code(), %error, "request refused by server.auth");
         ApiError { status: StatusCode::BAD_REQUEST, code: error.code(), message: error.to_string() }
     }
@@ -213,26 +213,51 @@ pub fn with_request_id(response: &mut Response) {
 pub const REQUEST_ID_HEADER: &str = "x-amzn-requestid";
 
 async fn dispatch(ingest: &Arc<Ingest>, uri: &Uri, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let timeout_seconds = ingest.config.server.request_timeout_seconds;
+    // The whole-request deadline covers reading the body (and waiting for its memory) and a
+    // control operation; a put's append, once begun, runs to its end (bounded by the WAL's
+    // `limits.full_wait_ms`) so that its answer says what happened to its records.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout_seconds);
     let target = headers.get("x-amz-target").and_then(|value| value.to_str().ok()).unwrap_or_default();
     let operation = target.strip_prefix(TARGET_PREFIX);
+    // As AWS does, the signature is checked before anything else about the call: all of it that
+    // needs no body now, before any body memory is reserved (the router refused most failures
+    // already; this is the same check, here to hold the result), the rest once the body is read.
+    let signature = match &ingest.config.server.auth {
+        Some(auth) => Some(
+            crate::server::sigv4::precheck(
+                auth,
+                "POST",
+                uri,
+                headers,
+                crate::server::sigv4::FIREHOSE_API_SIGNED_HEADERS,
+                std::time::SystemTime::now(),
+            )
+            .map_err(ApiError::from_auth)?,
+        ),
+        None => None,
+    };
     // Without `server.auth`, an unknown operation is refused before the body is read.
-    if operation.is_none() && ingest.config.server.auth.is_none() {
+    if operation.is_none() && signature.is_none() {
         return Err(ApiError::unknown_target(target));
     }
     // A declared length over the limit never gets here: the router's body limit refuses it. A
     // body without one (chunked) may be up to the limit, so it reserves that much.
     let declared_len = super::declared_body_len(headers).unwrap_or(MAX_REQUEST_BODY_BYTES);
-    let _memory = ingest
-        .reserve_body(declared_len.min(MAX_REQUEST_BODY_BYTES))
-        .await
-        .map_err(|error| ApiError::from_ingest(error, "", ingest))?;
-    let body = axum::body::to_bytes(body, MAX_REQUEST_BODY_BYTES)
-        .await
-        .map_err(|error| ApiError::invalid_argument(format!("cannot read the request body: {error}")))?;
-    // As AWS does, the signature is checked before anything else about the call.
-    if let Some(auth) = &ingest.config.server.auth {
-        crate::server::sigv4::verify(auth, "POST", uri, headers, &body, std::time::SystemTime::now())
-            .map_err(ApiError::from_auth)?;
+    let read = async {
+        let memory = ingest
+            .reserve_body(declared_len.min(MAX_REQUEST_BODY_BYTES))
+            .await
+            .map_err(|error| ApiError::from_ingest(error, "", ingest))?;
+        let body = axum::body::to_bytes(body, MAX_REQUEST_BODY_BYTES)
+            .await
+            .map_err(|error| ApiError::invalid_argument(format!("cannot read the request body: {error}")))?;
+        Ok::<_, ApiError>((memory, body))
+    };
+    let (_memory, body) =
+        tokio::time::timeout_at(deadline, read).await.map_err(|_| ApiError::request_timeout(timeout_seconds))??;
+    if let Some(signature) = &signature {
+        signature.verify_body(&body).map_err(ApiError::from_auth)?;
     }
     let Some(operation) = operation else {
         return Err(ApiError::unknown_target(target));
@@ -240,7 +265,11 @@ async fn dispatch(ingest: &Arc<Ingest>, uri: &Uri, headers: &HeaderMap, body: Bo
     match operation {
         "PutRecord" => put_record(ingest, body).await,
         "PutRecordBatch" => put_record_batch(ingest, body).await,
-        other if control::OPERATIONS.contains(&other) => control::dispatch(ingest, other, &body).await,
+        other if control::OPERATIONS.contains(&other) => {
+            tokio::time::timeout_at(deadline, control::dispatch(ingest, other, &body))
+                .await
+                .map_err(|_| ApiError::request_timeout(timeout_seconds))?
+        }
         other => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "UnknownOperationException",
