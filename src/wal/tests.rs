@@ -1005,3 +1005,24 @@ async fn a_zero_filled_block_in_the_last_frame_is_a_torn_tail_above_the_mark_and
     let message = open_error(dir.path());
     assert!(message.contains(&format!("offset {}", starts[2])) && message.contains("committed length"), "{message}");
 }
+
+#[tokio::test]
+async fn an_append_whose_requester_is_gone_while_it_waits_for_room_is_not_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let frame = frame_len(&records("a0", 10));
+    let (wal, _) = Wal::open(budget(dir.path(), 2 * frame, Duration::from_secs(10)), 0).unwrap();
+    for round in 0..2 {
+        wal.append(0, records(&format!("a{round}"), 10)).await.unwrap();
+    }
+    let waiting = tokio::spawn({
+        let wal = wal.clone();
+        async move { wal.append(0, records("gone", 10)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    waiting.abort();
+    let _ = waiting.await;
+    wal.trim(20);
+    let range = wal.append(0, records("next", 10)).await.expect("room after the trim");
+    assert_eq!(range, 20..30, "the abandoned append took no sequences");
+    wal.close();
+}

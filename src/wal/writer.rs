@@ -538,6 +538,9 @@ impl Writer {
             }
             return;
         }
+        // An append whose requester is gone (a client that gave up while it waited for its group
+        // or for room) is not written: nobody could be told it was, and its retry would repeat it.
+        self.queue.retain(|queued| !queued.reply.is_closed());
         let mut group = Vec::new();
         let mut group_bytes = 0;
         while let Some(front) = self.queue.front()
@@ -559,7 +562,7 @@ impl Writer {
             && !self.fits(0, front.frame_len)
             && (front.give_up_at <= now || front.frame_len > self.options.max_bytes)
         {
-            let used = self.backlog.total;
+            let used = self.backlog.undelivered();
             if let Some(refused) = self.queue.pop_front() {
                 let _ = refused.reply.send(Err(WalError::Full { used, limit: self.options.max_bytes }));
             }
