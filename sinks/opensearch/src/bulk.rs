@@ -161,6 +161,11 @@ impl BulkEncoder {
                 return Ok(());
             }
         };
+        // Before the document id is read from it (serde_json) and before OpenSearch parses it.
+        if let Err(too_deep) = spillway_sink_api::check_json_depth(document) {
+            self.refuse(record_index, "OpenSearch.InvalidRecord", format!("the record cannot be indexed: {too_deep}"));
+            return Ok(());
+        }
         let field_id = match &self.settings.document_id {
             DocumentId::FromField(path) => match id_from_field(document, path) {
                 Ok(id) => Some(id),
