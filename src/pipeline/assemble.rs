@@ -140,7 +140,7 @@ impl Router {
     ) -> Routed<'a> {
         let keys = match &self.partitioner {
             None => self.no_partition.clone(),
-            Some(partitioner) => match partitioner.partition(data) {
+            Some(partitioner) => match partition_contained(partitioner.as_ref(), data) {
                 Ok(keys) => keys,
                 Err(failure) => {
                     return Routed::Failed {
@@ -379,13 +379,26 @@ impl Router {
         for (index, output) in (0u32..).zip(outputs) {
             let in_partition = match &self.partitioner {
                 None => partition.is_empty(),
-                Some(partitioner) => partitioner.partition(&output).is_ok_and(|keys| *keys == *partition),
+                Some(partitioner) => {
+                    partition_contained(partitioner.as_ref(), &output).is_ok_and(|keys| *keys == *partition)
+                }
             };
             if in_partition {
                 out.push((index, Bytes::from(output)));
             }
         }
     }
+}
+
+/// The record's partition; a partitioner that panics fails the record (a bug contained to it,
+/// the same way on every replay, so routing and reading a batch back agree).
+fn partition_contained(partitioner: &dyn Partitioner, data: &[u8]) -> Result<Arc<PartitionKeys>, PartitionFailure> {
+    spillway_sink_api::catch_panic(|| partitioner.partition(data)).unwrap_or_else(|panic| {
+        Err(PartitionFailure {
+            code: crate::processing::transform::INTERNAL_ERROR.to_string(),
+            message: format!("internal error: computing the partition keys panicked: {panic}"),
+        })
+    })
 }
 
 /// A Firehose error record (one JSON line) for a record that failed before reaching a batch.

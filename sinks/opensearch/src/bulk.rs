@@ -402,6 +402,27 @@ mod tests {
     }
 
     #[test]
+    fn a_document_nested_past_the_bound_is_refused_not_sent() {
+        let mut encoder = BulkEncoder::new(settings(DocumentId::FromField(".id".into()), 1 << 20));
+        let deep = format!(r#"{{"id":"d","x":{}1{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        let records: [&[u8]; 3] = [br#"{"id":"a"}"#, deep.as_bytes(), br#"{"id":"b"}"#];
+        for (sequence, data) in records.iter().enumerate() {
+            encoder.push_at(RecordPosition { sequence: sequence as u64, output: 0, arrival_ms: 0 }, data, b"").unwrap();
+        }
+        let (manifest, bodies) = split_payload(&Box::new(encoder).finish().unwrap()).unwrap();
+        assert_eq!(
+            manifest.refused,
+            [Refused {
+                index: 1,
+                code: "OpenSearch.InvalidRecord".into(),
+                message: "the record cannot be indexed: JSON nested deeper than 100 levels (the bracket at byte 113 opens level 101)".into(),
+            }]
+        );
+        assert_eq!(manifest.request_positions(), vec![vec![0, 2]]);
+        assert!(!lines(&bodies[0]).iter().any(|line| line.contains("[[[")), "never sent to OpenSearch");
+    }
+
+    #[test]
     fn line_breaks_inside_strings_are_refused_not_sent() {
         let mut scratch = Vec::new();
         assert_eq!(single_line_document(b"{\"a\":\"x\ny\"}", &mut scratch), Err(LineError::RawLineBreakInString));

@@ -457,6 +457,25 @@ mod tests {
     }
 
     #[test]
+    fn a_record_nested_past_the_bound_is_refused_in_text_and_in_binary() {
+        let deep = format!(r#"{{"s":"a","x":{}1{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        let reason =
+            "the record cannot be a row: JSON nested deeper than 100 levels (the bracket at byte 112 opens level 101)";
+        let mut table = shape(&[("s", ColumnKind::Scalar)]);
+        assert_eq!(row(&table, &deep).unwrap_err(), reason);
+        // Whole records into jsonb: PostgreSQL would fail the whole COPY on it.
+        table.whole_record = true;
+        table.columns[0].binary = Some(BinaryType::Jsonb);
+        let mut out = Vec::new();
+        assert_eq!(
+            encode_binary_row(&table, deep.as_bytes(), &mut out).unwrap_err(),
+            Refused { code: "Postgres.InvalidRecord".into(), message: reason.into() }
+        );
+        let at_bound = format!(r#"{{"x":{}1{}}}"#, "[".repeat(99), "]".repeat(99));
+        assert!(encode_binary_row(&table, at_bound.as_bytes(), &mut out).is_ok());
+    }
+
+    #[test]
     fn whole_records_go_into_one_column() {
         let mut table = shape(&[("doc", ColumnKind::Json)]);
         table.whole_record = true;

@@ -1071,6 +1071,36 @@ mod tests {
         assert!(problems.iter().any(|(field, _)| field == "schema.infer.records"), "{problems:?}");
     }
 
+    #[test]
+    fn a_record_nested_past_the_bound_is_refused_before_inference_or_conversion() {
+        let deep = format!(r#"{{"id":9,"x":{}1{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        let refused = |result: Result<(), EncodeError>| match result {
+            Err(EncodeError::Rejected { output_type, code, message }) => (output_type, code, message),
+            other => panic!("not refused: {other:?}"),
+        };
+        let reason =
+            "the record cannot be read: JSON nested deeper than 100 levels (the bracket at byte 111 opens level 101)";
+        // While the table is inferred, and with a given table (inline and on the pool).
+        let mut inferring = infer_config(2).encoder_factory().unwrap().new_encoder(1 << 20);
+        assert_eq!(
+            refused(inferring.push(deep.as_bytes(), b"")),
+            (FORMAT_CONVERSION_FAILED, PARSE_ERROR, reason.into())
+        );
+        for threads in [1, 2] {
+            let mut given = config(&[("id", "bigint")]);
+            given.threads = Some(threads);
+            let mut encoder = given.encoder_factory().unwrap().new_encoder(1 << 20);
+            encoder.push(br#"{"id":1}"#, b"").unwrap();
+            assert_eq!(
+                refused(encoder.push(deep.as_bytes(), b"")),
+                (FORMAT_CONVERSION_FAILED, PARSE_ERROR, reason.into())
+            );
+            encoder.push(br#"{"id":2}"#, b"").unwrap();
+            let payload = encoder.finish().unwrap();
+            assert!(payload.refused().is_empty() && !payload.is_empty(), "{threads} threads");
+        }
+    }
+
     fn infer_config(records: usize) -> ParquetConfig {
         serde_json::from_value(serde_json::json!({ "schema": { "infer": { "records": records } }, "threads": 2 }))
             .unwrap()
