@@ -487,7 +487,7 @@ mod tests {
             "jq cannot read the record: JSON nested deeper than 100 levels (the bracket at byte 300 opens level 101)"
         );
         let at_bound = nested_record(spillway_sink_api::MAX_JSON_DEPTH);
-        assert_eq!(run(&[jq(".")], &at_bound).unwrap(), [at_bound.clone()]);
+        assert_eq!(run(&[jq(".")], &at_bound).unwrap(), std::slice::from_ref(&at_bound));
         // A stage after one that made the record deeper checks again.
         let deeper = run(&[jq("[.]"), jq(".")], &at_bound).unwrap_err();
         assert_eq!(deeper.code, JQ_RECORD_TOO_DEEP);
