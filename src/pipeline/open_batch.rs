@@ -157,7 +157,13 @@ pub struct OpenBatches {
     early_closes: Vec<EarlyClose>,
     /// Open batches whose encoder panicked, closed at the next settle.
     poisoned: Vec<Route>,
+    /// A sink encoder that is never finished, to learn whether it refuses a record that is not
+    /// encoded for real ([`OpenBatches::probe`]).
+    scratch: Option<Box<dyn Encoder>>,
 }
+
+/// Most bytes the scratch encoder may hold before it is replaced by a fresh one.
+const MAX_SCRATCH_BYTES: usize = 4 << 20;
 
 /// Bounds of the staging chunk an encoder may hold before it compresses.
 const MIN_CHUNK_BYTES: usize = 64 * 1024;
@@ -183,6 +189,7 @@ impl OpenBatches {
             budget,
             early_closes: Vec::new(),
             poisoned: Vec::new(),
+            scratch: None,
         }
     }
 
@@ -285,6 +292,31 @@ impl OpenBatches {
         self.budget.update(batch.held, held);
         batch.held = held;
         Ok(())
+    }
+
+    /// Whether the sink's encoder refuses the record, and how ([`EncodeError::Rejected`]'s
+    /// output type, code and message), without encoding it into any batch: for a record that is
+    /// skipped (its batch left before a crash, or another batch is being rebuilt) but may have
+    /// gone to an error route. Encoders refuse deterministically and a refusal leaves them as
+    /// they were, so one scratch encoder serves, replaced when it has grown.
+    pub fn probe(
+        &mut self,
+        position: RecordPosition,
+        data: &[u8],
+        suffix: &[u8],
+    ) -> Option<(&'static str, &'static str, String)> {
+        let factory = &self.sink_encoders;
+        let scratch = self.scratch.get_or_insert_with(|| factory.new_encoder(MIN_CHUNK_BYTES));
+        match spillway_sink_api::catch_panic(|| scratch.push_at(position, data, suffix)) {
+            Ok(Err(EncodeError::Rejected { output_type, code, message })) => Some((output_type, code, message)),
+            Ok(Ok(())) if scratch.held_bytes() <= MAX_SCRATCH_BYTES => None,
+            // Grown, failed otherwise or panicked (the batch's encoder would have been poisoned
+            // and the record set aside with its batch): start afresh next time.
+            _ => {
+                self.scratch = None;
+                None
+            }
+        }
     }
 
     /// After a WAL record's outputs are appended to `touched`: close the batches that reached

@@ -783,3 +783,51 @@ async fn a_partitioner_that_panics_fails_only_its_record() {
     );
     harness.wal.close();
 }
+
+/// Before a crash, the batch of `a:1` and `a:2` left (its intent done over [0, 3)), while the
+/// record between them, refused by the encoder, waited in an open error-output batch: after
+/// the restart the refused record must still reach the error output, though its sink batch's
+/// range is claimed (it was skipped and lost before).
+#[tokio::test]
+async fn a_refused_record_inside_a_batch_that_left_before_a_crash_still_reaches_the_error_output() {
+    let harness = Harness::new();
+    harness.append_lines(&["a:1", "reject:1", "a:2"]).await;
+    let mut done = Intent::new(&Uuid::from_u128(7), "s", &Route::sink(Arc::default()), 0, 3);
+    done.state = IntentState::Done;
+    IntentLog::open(&harness.stream_dir).unwrap().record(&done).unwrap();
+    let (_stop, stop_rx) = watch::channel(true);
+    let mut delivery_loop = harness.delivery_loop(1 << 20, Duration::from_secs(900), Duration::from_secs(60));
+    delivery_loop.encoders = Arc::new(RejectingEncoderFactory { deferred: false });
+    delivery_loop.run(stop_rx).await.unwrap();
+    assert!(harness.delivered().is_empty(), "the batch that left is not sent again");
+    let errors = error_records(&harness.sink);
+    let found: Vec<(&str, &str, &str)> =
+        errors.iter().map(|(kind, code, _, record)| (kind.as_str(), code.as_str(), record.as_str())).collect();
+    assert_eq!(found, [("format-conversion-failed", "Test.Rejected", "reject:1")]);
+    assert_eq!(Checkpoint::new(&harness.stream_dir).load().unwrap(), 3);
+    harness.wal.close();
+}
+
+/// The same record's error-output batch was recorded (pending) before the crash: it is rebuilt
+/// under its id with the refused record in it, not as an empty batch.
+#[tokio::test]
+async fn a_recorded_error_output_batch_of_refused_records_is_rebuilt_with_them() {
+    let harness = Harness::new();
+    harness.append_lines(&["a:1", "reject:1", "a:2"]).await;
+    let log = IntentLog::open(&harness.stream_dir).unwrap();
+    let mut done = Intent::new(&Uuid::from_u128(7), "s", &Route::sink(Arc::default()), 0, 3);
+    done.state = IntentState::Done;
+    log.record(&done).unwrap();
+    let pending = Intent::new(&Uuid::from_u128(7), "s", &Route::error_output("format-conversion-failed"), 1, 2);
+    log.record(&pending).unwrap();
+    let (_stop, stop_rx) = watch::channel(true);
+    let mut delivery_loop = harness.delivery_loop(1 << 20, Duration::from_secs(900), Duration::from_secs(60));
+    delivery_loop.encoders = Arc::new(RejectingEncoderFactory { deferred: false });
+    delivery_loop.run(stop_rx).await.unwrap();
+    let written = harness.sink.error_lines();
+    assert_eq!(written.len(), 1, "one error record, not a second copy: {written:?}");
+    let errors = error_records(&harness.sink);
+    assert_eq!((errors[0].1.as_str(), errors[0].3.as_str()), ("Test.Rejected", "reject:1"));
+    assert_eq!(Checkpoint::new(&harness.stream_dir).load().unwrap(), 3);
+    harness.wal.close();
+}
