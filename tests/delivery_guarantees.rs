@@ -26,6 +26,10 @@ const PACE: Duration = Duration::from_millis(20);
 struct Ledger {
     acknowledged: BTreeSet<String>,
     unknown: BTreeSet<String>,
+    /// Poison records (one per SIGKILL round, nested 10,000 deep): acknowledged, and those whose
+    /// put died with the server.
+    poisons: BTreeSet<String>,
+    poisons_unknown: BTreeSet<String>,
     /// The errors that ended a client, for the failure message.
     errors: Vec<String>,
 }
@@ -121,11 +125,49 @@ fn service_of(id: &str, partitions: u64) -> u64 {
     id.bytes().fold(0u64, |hash, byte| hash.wrapping_mul(31).wrapping_add(byte as u64)) % partitions
 }
 
-/// Record ids in delivered objects, with how often each appears.
+/// A poison record: JSON nested 10,000 deep (~20 KB), which once overflowed a parser's stack and
+/// aborted the process at every start; a line, as the clients' records are. Its id is readable
+/// without parsing it.
+fn poison_record(id: &str, service: u64) -> String {
+    format!(r#"{{"id":"{id}","service":"svc-{service}","deep":{}1{}}}"#, "[".repeat(10_000), "]".repeat(10_000)) + "\n"
+}
+
+/// The id of a poison record's text, if it is one.
+fn poison_id(text: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(text).ok()?;
+    let id = text.strip_prefix(r#"{"id":""#)?.split('"').next()?;
+    id.starts_with("poison-").then(|| id.to_string())
+}
+
+/// Poison record ids in delivered lines, with how often each appears.
+fn delivered_poisons(objects: &[(String, Vec<u8>)]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for (_, body) in objects {
+        for id in body.split(|&byte| byte == b'\n').filter_map(poison_id) {
+            *counts.entry(id).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// Every acknowledged poison record `found` once, none twice, none that nobody sent.
+fn assert_poisons_once(ledger: &Ledger, found: &BTreeMap<String, usize>, seed: u64) {
+    assert!(!ledger.poisons.is_empty(), "seed {seed}: no poison put was acknowledged");
+    let missing: Vec<_> = ledger.poisons.iter().filter(|id| !found.contains_key(*id)).collect();
+    let twice: Vec<_> = found.iter().filter(|(_, count)| **count > 1).collect();
+    let invented: Vec<_> =
+        found.keys().filter(|id| !ledger.poisons.contains(*id) && !ledger.poisons_unknown.contains(*id)).collect();
+    assert!(
+        missing.is_empty() && twice.is_empty() && invented.is_empty(),
+        "seed {seed}: poison records missing {missing:?}, twice {twice:?}, never sent {invented:?}"
+    );
+}
+
+/// Record ids in delivered objects (poison records aside), with how often each appears.
 fn delivered_ids(objects: &[(String, Vec<u8>)]) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for (_, body) in objects {
-        for line in body.split(|&byte| byte == b'\n').filter(|line| !line.is_empty()) {
+        for line in body.split(|&byte| byte == b'\n').filter(|line| !line.is_empty() && poison_id(line).is_none()) {
             let value: serde_json::Value = serde_json::from_slice(line).expect("delivered record is the JSON sent");
             *counts.entry(value["id"].as_str().unwrap().to_string()).or_insert(0) += 1;
         }
@@ -160,7 +202,8 @@ fn stream_yaml(sink: &str, extra: &str) -> String {
 
 /// Seeded SIGKILL rounds (`SPILLWAY_CHAOS_SEED`, `SPILLWAY_CHAOS_ROUNDS`, default 20): 4 clients
 /// push `partitions`-valued records while spillway is killed at a random moment, then a clean run
-/// delivers the rest. Returns the ledger, what the bucket holds, and the seed.
+/// delivers the rest. Each round also puts one poison record ([`poison_record`]) first: no run
+/// may crash on it. Returns the ledger, what the bucket holds, and the seed.
 async fn sigkill_rounds(
     yaml: &str,
     dir: &std::path::Path,
@@ -176,6 +219,21 @@ async fn sigkill_rounds(
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     for round in 0..rounds {
         let spillway = Spillway::start(dir, yaml);
+        let poison = format!("poison-r{round}");
+        let sent = spillway
+            .client()
+            .await
+            .put_record()
+            .delivery_stream_name("app-logs")
+            .record(
+                Record::builder().data(Blob::new(poison_record(&poison, round as u64 % partitions))).build().unwrap(),
+            )
+            .send()
+            .await;
+        match sent {
+            Ok(_) => ledger.lock().unwrap().poisons.insert(poison),
+            Err(_) => ledger.lock().unwrap().poisons_unknown.insert(poison),
+        };
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let pushers = tokio::spawn(push_until_stopped(
             spillway.endpoint.clone(),
@@ -192,7 +250,7 @@ async fn sigkill_rounds(
         pushers.await.unwrap();
     }
     let final_run = Spillway::start(dir, yaml);
-    assert_eq!(final_run.terminate(), 0);
+    assert_eq!(final_run.terminate(), 0, "no run crashed on a poison record");
     let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     assert!(ledger.acknowledged.len() > 1000, "the clients got work done: {}", ledger.acknowledged.len());
     (ledger, s3::objects(s3, bucket, "").await, seed, rounds)
@@ -208,6 +266,15 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let (ledger, objects, seed, rounds) = sigkill_rounds(&yaml, dir.path(), &s3, &bucket, 20261125, 1).await;
     let delivered = delivered_ids(&objects);
     assert_exactly_once(&ledger, &delivered);
+    // Nothing parses a record on its way to a raw S3 object: poison records are delivered as
+    // sent, exactly once, like any other.
+    assert_poisons_once(&ledger, &delivered_poisons(&objects), seed);
+    let poison_line = poison_record("poison-r0", 0).trim_end().as_bytes().to_vec();
+    let sent_as_is = objects.iter().any(|(_, body)| body.split(|&byte| byte == b'\n').any(|line| line == poison_line));
+    assert!(
+        !ledger.poisons.contains("poison-r0") || sent_as_is,
+        "seed {seed}: a poison record is delivered byte for byte"
+    );
     eprintln!(
         "seed {seed}: {rounds} SIGKILL rounds, {} acknowledged, {} unacknowledged at a kill, {} delivered",
         ledger.acknowledged.len(),
@@ -234,7 +301,26 @@ async fn sigkill_at_random_moments_with_24_partitions_loses_and_duplicates_nothi
     // of order across partitions, so kills land between done intents and the watermark.
     let yaml = stream_yaml(&sink, "");
     let (ledger, objects, seed, rounds) = sigkill_rounds(&yaml, dir.path(), &s3, &bucket, 20261126, PARTITIONS).await;
-    assert!(objects.iter().all(|(key, _)| key.starts_with("logs/service=svc-")), "no error output, keys partitioned");
+    // Poison records have no partition keys (the record is never parsed): each acknowledged one
+    // is in the error output exactly once, with the reason; nothing else failed.
+    let (errors, objects): (Vec<_>, Vec<_>) =
+        objects.into_iter().partition(|(key, _)| key.starts_with("errors/metadata-extraction-failed/"));
+    let mut poisons: BTreeMap<String, usize> = BTreeMap::new();
+    for (key, body) in &errors {
+        for line in body.split(|&byte| byte == b'\n').filter(|line| !line.is_empty()) {
+            let line: serde_json::Value = serde_json::from_slice(line).unwrap();
+            assert_eq!(line["errorCode"], "DynamicPartitioning.MetadataExtractionFailed", "{key}");
+            let message = line["errorMessage"].as_str().unwrap_or_default();
+            assert!(message.contains("JSON nested deeper than 100 levels"), "{key}: {message}");
+            let raw = base64::engine::general_purpose::STANDARD.decode(line["rawData"].as_str().unwrap()).unwrap();
+            *poisons.entry(poison_id(&raw).expect("only poison records failed")).or_insert(0) += 1;
+        }
+    }
+    assert_poisons_once(&ledger, &poisons, seed);
+    assert!(
+        objects.iter().all(|(key, _)| key.starts_with("logs/service=svc-")),
+        "no other error output, keys partitioned"
+    );
     // Every record sits under its own partition's prefix.
     for (key, body) in &objects {
         for line in body.split(|&byte| byte == b'\n').filter(|line| !line.is_empty()) {

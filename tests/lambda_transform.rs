@@ -45,9 +45,15 @@ struct Seen {
     authorization: Option<String>,
 }
 
+/// What the function returns for a record `deepen`: JSON nested 10,000 deep (~20 KB).
+fn deep_answer(n: u64) -> String {
+    format!(r#"{{"N":{n},"DEEP":{}1{}}}"#, "[".repeat(10_000), "]".repeat(10_000))
+}
+
 /// A Firehose-style transform function. Per record (JSON `{"n", "team", "act"}`): `keep` → `Ok`
 /// with the record uppercased and `partitionKeys {team}`; `drop` → `Dropped`; `fail` →
-/// `ProcessingFailed`; `nokey` → `Ok` without partition keys. The first record's `mode` breaks
+/// `ProcessingFailed`; `nokey` → `Ok` without partition keys; `deepen` → `Ok` with a record
+/// nested 10,000 deep ([`deep_answer`]). The first record's `mode` breaks
 /// the whole answer: `missing`,
 /// `duplicated`, `invented`, `notjson`, `badresult`, `http500`, `slow` (answers after 3 s).
 #[derive(Default)]
@@ -108,6 +114,13 @@ async fn handle(State(function): State<Arc<Function>>, headers: HeaderMap, body:
                 Some("drop") => json!({"recordId": id, "result": "Dropped"}),
                 Some("fail") => json!({"recordId": id, "result": "ProcessingFailed", "data": b64(data)}),
                 Some("nokey") => json!({"recordId": id, "result": "Ok", "data": b64(&data.to_ascii_uppercase())}),
+                // A poison record: the function answers with one nested 10,000 deep.
+                Some("deepen") => json!({
+                    "recordId": id,
+                    "result": "Ok",
+                    "data": b64(deep_answer(parsed["n"].as_u64().unwrap_or(0)).as_bytes()),
+                    "metadata": {"partitionKeys": {"team": "deep"}},
+                }),
                 _ => json!({
                     "recordId": id,
                     "result": "Ok",
@@ -318,6 +331,38 @@ async fn records_are_transformed_dropped_failed_and_partitioned_by_the_function_
     assert_eq!(
         unb64(line["rawData"].as_str().unwrap()),
         record(60, "alpha", "nokey").to_ascii_uppercase().into_bytes()
+    );
+}
+
+/// A record the function returns nested 10,000 deep (which once overflowed jaq's stack and
+/// aborted the process at every start) is set aside by the jq transform after the function,
+/// with the reason, while the records around it are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deeply_nested_record_the_function_returns_is_set_aside_and_its_neighbours_are_delivered() {
+    let (_function, url) = Function::serve().await;
+    let dir = tempfile::tempdir().unwrap();
+    let after = "          buffer_interval_seconds: 0
+        - { type: jq, expr: '{N, TEAM}' }
+";
+    let yaml = yaml(&url, after, "{ size_mib: 1, interval_seconds: 60 }");
+    let spillway = start(dir.path(), &yaml);
+    let client = spillway.client().await;
+    put(&client, &[record(1, "alpha", "keep"), record(2, "alpha", "deepen"), record(3, "alpha", "keep")]).await;
+    assert_eq!(spillway.terminate(), 0);
+    assert_eq!(start(dir.path(), &yaml).terminate(), 0, "and it starts again cleanly");
+
+    let objects = local_objects(&dir.path().join("out"));
+    let mut kept: Vec<u64> =
+        lines_under(&objects, "team=alpha/").iter().map(|(_, line)| line["N"].as_u64().unwrap()).collect();
+    kept.sort_unstable();
+    assert_eq!(kept, [1, 3]);
+    let failed = failed_records(&objects);
+    assert_eq!(failed.keys().collect::<Vec<_>>(), [&deep_answer(2)], "the record as the function returned it");
+    let line = &failed[&deep_answer(2)];
+    assert_eq!(line["errorCode"], "Jq.RecordTooDeep");
+    assert_eq!(
+        line["errorMessage"],
+        "jq cannot read the record: JSON nested deeper than 100 levels (the bracket at byte 113 opens level 101)"
     );
 }
 

@@ -619,6 +619,10 @@ async fn failures_given_up_at_different_attempts_of_one_batch_all_reach_the_back
 struct Ledger {
     acknowledged: BTreeSet<String>,
     unknown: BTreeSet<String>,
+    /// Poison records (nested 10,000 deep), one per round when asked: acknowledged, and those
+    /// whose put died with the server.
+    poisons: BTreeSet<String>,
+    poisons_unknown: BTreeSet<String>,
 }
 
 /// `clients` tasks put batches of unique records until `stop` or until the server dies.
@@ -688,6 +692,7 @@ async fn sigkill_rounds(
     yaml: &str,
     index: &str,
     default_seed: u64,
+    poison: bool,
 ) -> (Ledger, u64, BTreeSet<String>) {
     let url = opensearch_url();
     let http = reqwest::Client::new();
@@ -698,6 +703,17 @@ async fn sigkill_rounds(
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     for round in 0..rounds {
         let spillway = Spillway::start(dir, yaml);
+        if poison {
+            let id = format!("poison-r{round}");
+            let data = format!(r#"{{"id":"{id}","deep":{}1{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+            let record = Record::builder().data(Blob::new(data)).build().unwrap();
+            let sent = spillway.client().await.put_record().delivery_stream_name("crashy").record(record).send().await;
+            let mut ledger = ledger.lock().unwrap();
+            match sent {
+                Ok(_) => ledger.poisons.insert(id),
+                Err(_) => ledger.poisons_unknown.insert(id),
+            };
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let pushers = tokio::spawn(push_until_stopped(
             spillway.endpoint.clone(),
@@ -730,7 +746,7 @@ async fn sigkill_rounds(
         assert!(std::time::Instant::now() < deadline, "seed {seed}: {missing} acknowledged records not indexed");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    assert_eq!(final_run.terminate(), 0);
+    assert_eq!(final_run.terminate(), 0, "no run crashed on a poison record");
     // Refreshed before the search: documents a shutdown flush indexed are searchable only then.
     let count = refresh_and_count(&http, &url, index).await;
     let documents = all_documents(&http, &url, index).await;
@@ -786,7 +802,30 @@ async fn sigkill_rounds_leave_count_equal_to_unique_ids_equal_to_acknowledged() 
         "{ size_mib: 1, interval_seconds: 1 }",
         &opensearch_sink(&url, &index, "      index_rotation: none\n"),
     )]);
-    sigkill_rounds(dir.path(), &yaml, &index, 20261126).await;
+    let (ledger, seed, indexed) = sigkill_rounds(dir.path(), &yaml, &index, 20261126, true).await;
+    // Each round's poison record is never sent to OpenSearch; every acknowledged one is in the
+    // backup's failed documents exactly once, with the reason, and nothing else failed.
+    assert!(indexed.iter().all(|id| !id.starts_with("poison-")), "seed {seed}: a poison record was indexed");
+    let mut failed: BTreeMap<String, usize> = BTreeMap::new();
+    for (key, body) in common::local_objects(&dir.path().join("backup")) {
+        for line in body.split(|&byte| byte == b'\n').filter(|line| !line.is_empty()) {
+            let line: Value = serde_json::from_slice(line).expect("a failed-document record");
+            assert_eq!(line["errorCode"], "OpenSearch.InvalidRecord", "{key}: {line}");
+            let message = line["errorMessage"].as_str().unwrap_or_default();
+            assert!(message.contains("JSON nested deeper than 100 levels"), "{key}: {message}");
+            let raw = base64::engine::general_purpose::STANDARD.decode(line["rawData"].as_str().unwrap()).unwrap();
+            let raw = String::from_utf8(raw).unwrap();
+            let id = raw.strip_prefix(r#"{"id":""#).and_then(|rest| rest.split('"').next()).unwrap_or_default();
+            *failed.entry(id.to_string()).or_default() += 1;
+        }
+    }
+    assert!(!ledger.poisons.is_empty(), "seed {seed}: a poison put was acknowledged");
+    for (id, count) in &failed {
+        let sent = ledger.poisons.contains(id) || ledger.poisons_unknown.contains(id);
+        assert!(sent && *count == 1, "seed {seed}: failed document {id} ({count} times)");
+    }
+    let missing: Vec<_> = ledger.poisons.iter().filter(|id| !failed.contains_key(*id)).collect();
+    assert!(missing.is_empty(), "seed {seed}: acknowledged poison records not in the backup: {missing:?}");
 }
 
 /// `backup.mode: all` under seeded SIGKILL rounds, behind the throttling proxy (a third of the
@@ -806,7 +845,7 @@ async fn sigkill_rounds_with_backup_mode_all_keep_every_acknowledged_record_once
         proxy.address
     );
     let yaml = config(&[stream_yaml("crashy", "{ size_mib: 1, interval_seconds: 1 }", &sink)]);
-    let (ledger, seed, indexed) = sigkill_rounds(dir.path(), &yaml, &index, 20261127).await;
+    let (ledger, seed, indexed) = sigkill_rounds(dir.path(), &yaml, &index, 20261127, false).await;
     assert!(proxy.withheld.load(Ordering::SeqCst) > 100, "items were throttled and retried");
 
     let mut backed_up = Vec::new();

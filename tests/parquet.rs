@@ -387,7 +387,10 @@ print(json.dumps({{"schema": {{f.name: str(f.type) for f in table.schema}}, "fir
 /// Seeded SIGKILL rounds (`SPILLWAY_CHAOS_SEED`, `SPILLWAY_CHAOS_ROUNDS`, default 10) while a
 /// client puts rows, one in 50 of them not fitting the schema: every acknowledged id is in
 /// exactly one Parquet row or (the misfits, refused on the conversion threads and routed when
-/// their batch is delivered) exactly one `format-conversion-failed` record, none twice.
+/// their batch is delivered) exactly one `format-conversion-failed` record, none twice. Each
+/// round also puts one poison record (an unknown field nested 10,000 deep, which sonic-rs once
+/// skipped by recursing until the stack overflowed): refused before conversion, it is one more
+/// `format-conversion-failed` record (`DataFormatConversion.ParseError`), and no run crashes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs services: scripts/test.sh"]
 async fn sigkill_rounds_deliver_every_acknowledged_row_once() {
@@ -414,6 +417,11 @@ async fn sigkill_rounds(yaml: &str, misfits: bool) {
     for round in 0..rounds as u64 {
         let spillway = Spillway::start(dir.path(), yaml);
         let client = spillway.client().await;
+        let poison_id = round * 1_000_000 + 999_999;
+        let poison = format!(r#"{{"id":"poison-{poison_id}","deep":{}1{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        if put(&client, &[poison]).await {
+            acknowledged.lock().unwrap().push(poison_id);
+        }
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let pusher = tokio::spawn({
             let (acknowledged, stop) = (acknowledged.clone(), stop.clone());
@@ -443,7 +451,7 @@ async fn sigkill_rounds(yaml: &str, misfits: bool) {
         pusher.await.unwrap();
     }
     let final_run = Spillway::start(dir.path(), yaml);
-    assert_eq!(final_run.terminate(), 0);
+    assert_eq!(final_run.terminate(), 0, "no run crashed on a poison record");
 
     let files = parquet_files(dir.path());
     let script = format!(
@@ -461,10 +469,17 @@ async fn sigkill_rounds(yaml: &str, misfits: bool) {
             let line: serde_json::Value = serde_json::from_slice(line).unwrap();
             use base64::Engine;
             let raw = base64::engine::general_purpose::STANDARD.decode(line["rawData"].as_str().unwrap()).unwrap();
-            let raw: serde_json::Value = serde_json::from_slice(&raw).unwrap();
-            let id: u64 = raw["id"].as_str().and_then(|id| id.strip_prefix("misfit-")).unwrap().parse().unwrap();
-            assert_eq!(line["errorCode"], "DataFormatConversion.MalformedData", "{key}: {line}");
-            *counts.entry(id).or_default() += 1;
+            // `{"id":"misfit-<id>"}` or `{"id":"poison-<id>","deep":…}` (too deep to parse).
+            let raw = String::from_utf8(raw).unwrap();
+            let (kind, id) = raw
+                .strip_prefix(r#"{"id":""#)
+                .and_then(|rest| rest.split('"').next())
+                .and_then(|id| id.split_once('-'))
+                .unwrap_or_else(|| panic!("{key}: an unexpected failed record {line}"));
+            let code =
+                if kind == "poison" { "DataFormatConversion.ParseError" } else { "DataFormatConversion.MalformedData" };
+            assert_eq!(line["errorCode"], code, "{key}: {line}");
+            *counts.entry(id.parse().unwrap()).or_default() += 1;
         }
     }
     let acknowledged = acknowledged.lock().unwrap().clone();

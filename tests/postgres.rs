@@ -448,8 +448,19 @@ async fn sigkill_during_copy_loads_every_acknowledged_row_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let config = yaml(&pg::shared_url(), &table, "");
     let ledger = Arc::new(Mutex::new(Ledger::default()));
+    // One poison record per round (a field nested 10,000 deep): acknowledged, then refused as
+    // that record's failure, never loaded, never crashing a run.
+    let (mut poisons, mut poisons_unknown) = (BTreeSet::new(), BTreeSet::new());
     for round in 0..rounds {
         let spillway = Spillway::start(dir.path(), &config);
+        let poison = format!("poison-r{round}");
+        let data = format!(r#"{{"id":"{poison}","client":0,"deep":{}1{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        let client = spillway.client().await;
+        let record = Record::builder().data(Blob::new(data)).build().unwrap();
+        match client.put_record().delivery_stream_name("rows").record(record).send().await {
+            Ok(_) => poisons.insert(poison),
+            Err(_) => poisons_unknown.insert(poison),
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let pushers = tokio::spawn(push_until_stopped(
             spillway.endpoint.clone(),
@@ -464,10 +475,28 @@ async fn sigkill_during_copy_loads_every_acknowledged_row_exactly_once() {
         pushers.await.unwrap();
     }
     let final_run = Spillway::start(dir.path(), &config);
-    assert_eq!(final_run.terminate(), 0);
+    assert_eq!(final_run.terminate(), 0, "no run crashed on a poison record");
     let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     assert!(ledger.acknowledged.len() > 1000, "the clients got work done: {}", ledger.acknowledged.len());
     let delivered = assert_exactly_once(&db, &table, &ledger).await;
+    let loaded_poisons: i64 =
+        db.query_one(&format!("SELECT count(*) FROM {table} WHERE id LIKE 'poison-%'"), &[]).await.unwrap().get(0);
+    assert_eq!(loaded_poisons, 0);
+    let mut set_aside: BTreeMap<String, usize> = BTreeMap::new();
+    for record in error_records(dir.path()) {
+        assert_eq!(record["errorCode"], "Postgres.InvalidRecord", "{record}");
+        assert!(record["errorMessage"].as_str().unwrap_or_default().contains("JSON nested deeper than 100 levels"));
+        let raw = raw_data(&record);
+        let id = raw.strip_prefix(r#"{"id":""#).and_then(|rest| rest.split('"').next()).unwrap_or_default();
+        *set_aside.entry(id.to_string()).or_default() += 1;
+    }
+    assert!(!poisons.is_empty(), "seed {seed}: a poison put was acknowledged");
+    for (id, count) in &set_aside {
+        assert!(poisons.contains(id) || poisons_unknown.contains(id), "seed {seed}: only poison records failed: {id}");
+        assert_eq!(*count, 1, "seed {seed}: {id} set aside once");
+    }
+    let missing: Vec<_> = poisons.iter().filter(|id| !set_aside.contains_key(*id)).collect();
+    assert!(missing.is_empty(), "seed {seed}: acknowledged poison records not set aside: {missing:?}");
     let batches: i64 =
         db.query_one("SELECT count(*) FROM spillway_batches WHERE target = $1", &[&table]).await.unwrap().get(0);
     let logs: String = common::files_under(dir.path())
@@ -483,7 +512,6 @@ async fn sigkill_during_copy_loads_every_acknowledged_row_exactly_once() {
         ledger.acknowledged.len(),
         ledger.unknown.len()
     );
-    assert!(error_records(dir.path()).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

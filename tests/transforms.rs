@@ -132,7 +132,10 @@ fn a_transform_that_does_not_compile_is_refused_by_validate() {
 
 /// Seeded SIGKILL rounds (`SPILLWAY_CHAOS_SEED`, `SPILLWAY_CHAOS_ROUNDS`, default 10) while a
 /// client puts records that the transform splits in two: every acknowledged record's two
-/// outputs arrive exactly once, and nothing arrives twice.
+/// outputs arrive exactly once, and nothing arrives twice. Each round also puts one poison
+/// record (nested 10,000 deep, which once overflowed jaq's stack and aborted the process at
+/// every start): acknowledged, it lands in `processing-failed/` exactly once with the reason,
+/// and it never crashes a run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_rounds_deliver_each_output_of_a_split_record_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -141,10 +144,21 @@ async fn sigkill_rounds_deliver_each_output_of_a_split_record_once() {
     let rounds: usize = std::env::var("SPILLWAY_CHAOS_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(10);
     let mut rng = StdRng::seed_from_u64(seed);
     let acknowledged = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let mut poisons_acknowledged = Vec::new();
+    let poison = |round: usize| format!(r#"{{"poison":{round},"deep":{}1{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
     let mut next_id = 0u64;
-    for _ in 0..rounds {
+    for round in 0..rounds {
         let spillway = Spillway::start(dir.path(), &yaml);
         let client = spillway.client().await;
+        let sent = client
+            .put_record()
+            .delivery_stream_name("app-logs")
+            .record(Record::builder().data(Blob::new(poison(round))).build().unwrap())
+            .send()
+            .await;
+        if sent.is_ok() {
+            poisons_acknowledged.push(round);
+        }
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let first_id = next_id;
         next_id += 1_000_000;
@@ -195,15 +209,31 @@ async fn sigkill_rounds_deliver_each_output_of_a_split_record_once() {
         }
         counts
     };
+    // The records set aside: poison round (`u64::MAX` for anything else) → (count, errorCode).
+    let set_aside = || {
+        let mut rounds: BTreeMap<u64, (usize, String)> = BTreeMap::new();
+        for (_, line) in lines_under(&local_objects(&dir.path().join("out")), "errors/") {
+            let raw = base64::engine::general_purpose::STANDARD.decode(line["rawData"].as_str().unwrap()).unwrap();
+            let text = String::from_utf8_lossy(&raw);
+            let digits = text.strip_prefix(r#"{"poison":"#).and_then(|rest| rest.split(',').next());
+            let round = digits.and_then(|digits| digits.parse().ok()).unwrap_or(u64::MAX);
+            let code = line["errorCode"].as_str().unwrap_or_default().to_string();
+            rounds.entry(round).or_insert((0, code)).0 += 1;
+        }
+        rounds
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(240);
     while std::time::Instant::now() < deadline {
         let counts = delivered();
-        if acknowledged.iter().all(|id| counts.contains_key(id) && counts.contains_key(&(id + 500_000))) {
+        let poisons = set_aside();
+        if acknowledged.iter().all(|id| counts.contains_key(id) && counts.contains_key(&(id + 500_000)))
+            && poisons_acknowledged.iter().all(|round| poisons.contains_key(&(*round as u64)))
+        {
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    assert_eq!(final_run.terminate(), 0);
+    assert_eq!(final_run.terminate(), 0, "no run crashed on a poison record");
 
     let objects = local_objects(&dir.path().join("out"));
     let counts = delivered();
@@ -219,7 +249,21 @@ async fn sigkill_rounds_deliver_each_output_of_a_split_record_once() {
         duplicated.len(),
         duplicated.first()
     );
-    assert!(lines_under(&objects, "errors/").is_empty(), "no record failed");
+    // Every acknowledged poison record is in the error output exactly once, with the reason;
+    // one whose put died with the server may be there too (once), nothing else failed.
+    let poisons = set_aside();
+    assert!(poisons_acknowledged.len() * 2 >= rounds, "most poison puts were acknowledged: {poisons_acknowledged:?}");
+    for round in &poisons_acknowledged {
+        assert!(
+            poisons.contains_key(&(*round as u64)),
+            "seed {seed}: acknowledged poison of round {round} not set aside"
+        );
+    }
+    for (round, (count, code)) in &poisons {
+        assert!(*round < rounds as u64, "seed {seed}: only poison records failed, got {round} ({code})");
+        assert_eq!((*count, code.as_str()), (1, "Jq.RecordTooDeep"), "seed {seed}: poison of round {round}");
+    }
+    assert_eq!(lines_under(&objects, "errors/").len(), poisons.values().map(|(count, _)| count).sum::<usize>());
 }
 
 /// `record_delimiter: newline_if_missing` ends every record with exactly one newline, whether

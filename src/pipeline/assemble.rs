@@ -140,7 +140,7 @@ impl Router {
     ) -> Routed<'a> {
         let keys = match &self.partitioner {
             None => self.no_partition.clone(),
-            Some(partitioner) => match partitioner.partition(data) {
+            Some(partitioner) => match partition_contained(partitioner.as_ref(), data) {
                 Ok(keys) => keys,
                 Err(failure) => {
                     return Routed::Failed {
@@ -190,13 +190,16 @@ impl Router {
     ) -> Result<(), EncodeError> {
         let skip =
             |route: &Route, sequence: u64| claimed.holds(route, sequence) || only.is_some_and(|only| only != route);
+        // A record an encoder refused belongs to an error route; rebuilding a sink batch needs
+        // no such record, everything else does (see `place`).
+        let probe_skipped = only.is_none_or(|only| only.error_output_type.is_some());
         let mut touched: Vec<Route> = Vec::new();
         let Some(transforms) = &self.transforms else {
             for (offset, data) in frame.records.iter().enumerate() {
                 let sequence = frame.first_sequence + offset as u64;
                 touched.clear();
                 let position = RecordPosition { sequence, output: 0, arrival_ms: frame.arrival_ms };
-                self.place(open, data, position, arrived_at, &skip, &mut touched, None)?;
+                self.place(open, data, position, arrived_at, &skip, probe_skipped, &mut touched, None)?;
                 closed.extend(open.settle(&touched)?);
             }
             return Ok(());
@@ -216,7 +219,7 @@ impl Router {
             }
             for (output, data) in (0u32..).zip(&outputs) {
                 let position = RecordPosition { sequence, output, arrival_ms: frame.arrival_ms };
-                self.place(open, data, position, arrived_at, &skip, &mut touched, None)?;
+                self.place(open, data, position, arrived_at, &skip, probe_skipped, &mut touched, None)?;
             }
             closed.extend(open.settle(&touched)?);
         }
@@ -236,6 +239,7 @@ impl Router {
         position: RecordPosition,
         arrived_at: Instant,
         skip: &dyn Fn(&Route, u64) -> bool,
+        probe_skipped: bool,
         touched: &mut Vec<Route>,
         lambda_keys: Option<&std::collections::BTreeMap<String, String>>,
     ) -> Result<(), EncodeError> {
@@ -245,6 +249,22 @@ impl Router {
             Routed::Failed { route, line } => (route, Cow::Owned(line), &b""[..]),
         };
         if skip(&route, sequence) {
+            // Its batch is claimed (it left before a crash) or is not the one being rebuilt. If
+            // the sink's encoder refused the record, it went to an error route instead, whose
+            // batch may not have left: a scratch encoder says (the batch's own never held it).
+            if probe_skipped
+                && route.error_output_type.is_none()
+                && let Some((output_type, code, message)) = open.probe(position, &data, suffix)
+            {
+                let error_route = Route::error_output(output_type);
+                if !skip(&error_route, sequence) {
+                    let line = failure_line(&data, sequence, arrival_ms, code, &message);
+                    open.append(&error_route, position, &line, b"", arrived_at)?;
+                    if !touched.contains(&error_route) {
+                        touched.push(error_route);
+                    }
+                }
+            }
             return Ok(());
         }
         let route = match open.append(&route, position, &data, suffix, arrived_at) {
@@ -279,6 +299,9 @@ impl Router {
     ) -> Result<(), EncodeError> {
         let skip =
             |route: &Route, sequence: u64| claimed.holds(route, sequence) || only.is_some_and(|only| only != route);
+        // A record an encoder refused belongs to an error route; rebuilding a sink batch needs
+        // no such record, everything else does (see `place`).
+        let probe_skipped = only.is_none_or(|only| only.error_output_type.is_some());
         let after = self.lambda.as_ref().and_then(|lambda| lambda.after.as_ref());
         let failed_route = Route::error_output(PROCESSING_FAILED_OUTPUT_TYPE);
         let mut touched: Vec<Route> = Vec::new();
@@ -313,7 +336,16 @@ impl Router {
                     ProcessedOutput::Data { data, lambda_keys } => (data, lambda_keys.as_deref()),
                 };
                 let Some(after) = after else {
-                    self.place(open, data, next_position(), arrived_at, &skip, &mut touched, lambda_keys)?;
+                    self.place(
+                        open,
+                        data,
+                        next_position(),
+                        arrived_at,
+                        &skip,
+                        probe_skipped,
+                        &mut touched,
+                        lambda_keys,
+                    )?;
                     continue;
                 };
                 if let Err(failure) = after.apply(data, &mut outputs) {
@@ -324,7 +356,16 @@ impl Router {
                     continue;
                 }
                 for transformed in &outputs {
-                    self.place(open, transformed, next_position(), arrived_at, &skip, &mut touched, lambda_keys)?;
+                    self.place(
+                        open,
+                        transformed,
+                        next_position(),
+                        arrived_at,
+                        &skip,
+                        probe_skipped,
+                        &mut touched,
+                        lambda_keys,
+                    )?;
                 }
             }
             closed.extend(open.settle(&touched)?);
@@ -379,13 +420,26 @@ impl Router {
         for (index, output) in (0u32..).zip(outputs) {
             let in_partition = match &self.partitioner {
                 None => partition.is_empty(),
-                Some(partitioner) => partitioner.partition(&output).is_ok_and(|keys| *keys == *partition),
+                Some(partitioner) => {
+                    partition_contained(partitioner.as_ref(), &output).is_ok_and(|keys| *keys == *partition)
+                }
             };
             if in_partition {
                 out.push((index, Bytes::from(output)));
             }
         }
     }
+}
+
+/// The record's partition; a partitioner that panics fails the record (a bug contained to it,
+/// the same way on every replay, so routing and reading a batch back agree).
+fn partition_contained(partitioner: &dyn Partitioner, data: &[u8]) -> Result<Arc<PartitionKeys>, PartitionFailure> {
+    spillway_sink_api::catch_panic(|| partitioner.partition(data)).unwrap_or_else(|panic| {
+        Err(PartitionFailure {
+            code: crate::processing::transform::INTERNAL_ERROR.to_string(),
+            message: format!("internal error: computing the partition keys panicked: {panic}"),
+        })
+    })
 }
 
 /// A Firehose error record (one JSON line) for a record that failed before reaching a batch.

@@ -20,13 +20,14 @@ pub mod open_batch;
 pub mod retry;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use spillway_sink_api::{Batch, EncoderFactory, RawEncoderFactory};
+use futures::{FutureExt, StreamExt};
+use spillway_sink_api::{Batch, EncodeError, EncoderFactory, Payload, RawEncoderFactory, Sink, SinkError};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -81,6 +82,8 @@ pub enum PipelineError {
     LambdaStopped,
     #[error("a blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("setting aside the records of batch {batch} failed inside: {reason}")]
+    SetAsideFailed { batch: Uuid, reason: String },
 }
 
 /// How a stream's batches are shaped.
@@ -110,7 +113,7 @@ pub struct DeliveryLoop {
 /// A batch handed to the sink, and what the loop needs when it comes back.
 struct Completed {
     intent: Intent,
-    result: Result<(), DeliveryError>,
+    result: Result<(), PipelineError>,
     /// The batch's encoded size, released from the in-flight bytes.
     payload_bytes: usize,
 }
@@ -369,14 +372,20 @@ impl DeliveryLoop {
     }
 
     /// Finish the batch's encoder (on the blocking pool), then deliver it under its intent's id.
+    ///
+    /// The last line against a bug: a batch whose encoder failed or panicked, or whose delivery
+    /// panicked, is not retried and does not stop the stream; its records are set aside in the
+    /// error output with the reason ("internal error: …", [`INTERNAL_ERROR`]), as a batch the
+    /// sink refused for good is. A rebuild after a crash fails the same way and sets the same
+    /// records aside again.
     fn send(&self, intent: Intent, closed: ClosedBatch) -> BoxFuture<'static, Completed> {
         let delivery = self.delivery.clone();
         let stream = self.stream.clone();
         let payload_bytes = closed.held_bytes;
         Box::pin(async move {
             let result = async {
-                let (parts, payload) = tokio::task::spawn_blocking(move || closed.finish()).await??;
-                let batch = Batch {
+                let (parts, finished) = tokio::task::spawn_blocking(move || closed.finish()).await?;
+                let mut batch = Batch {
                     stream,
                     id: intent.id,
                     partition: parts.route.partition.as_ref().clone(),
@@ -385,9 +394,27 @@ impl DeliveryLoop {
                     sequences: parts.sequences,
                     record_bytes: parts.record_bytes,
                     oldest_arrival_ms: parts.oldest_arrival_ms,
-                    payload,
+                    payload: Payload::default(),
                 };
-                delivery.deliver(&batch, intent.error_output_type.as_deref()).await
+                let error_output_type = intent.error_output_type.as_deref();
+                let reason = match finished {
+                    Ok(payload) => {
+                        batch.payload = payload;
+                        let delivered =
+                            AssertUnwindSafe(delivery.deliver(&batch, error_output_type)).catch_unwind().await;
+                        match delivered {
+                            Ok(result) => return result.map_err(PipelineError::from),
+                            Err(panic) => format!(
+                                "internal error: delivering the batch panicked: {}",
+                                spillway_sink_api::panic::panic_message(panic.as_ref())
+                            ),
+                        }
+                    }
+                    Err(EncodeError::Internal(reason)) => format!("internal error: {reason}"),
+                    Err(error) => format!("internal error: cannot encode the batch: {error}"),
+                };
+                batch.payload = Payload::default();
+                set_aside(&delivery, &batch, error_output_type, reason).await
             }
             .await;
             Completed { intent, result, payload_bytes }
@@ -437,6 +464,7 @@ impl DeliveryLoop {
             },
             encoder: std::sync::Mutex::new(self.encoders.new_encoder(spillway_sink_api::encode::DEFAULT_CHUNK_BYTES)),
             held_bytes: 0,
+            poisoned: None,
         }))
     }
 
@@ -543,6 +571,64 @@ impl DeliveryLoop {
                 self.delivery.metrics.partition_count_exceeded.inc();
             }
         }
+    }
+}
+
+/// Send every record of `batch` to the error output with `reason` under the sink's failure
+/// output type, instead of to the sink: the delivery path a batch the sink refused for good
+/// takes (records read back from the WAL, the error objects keyed by the batch's id, so a
+/// replay writes the same ones), with a sink that refuses every write.
+async fn set_aside(
+    delivery: &Delivery,
+    batch: &Batch,
+    error_output_type: Option<&str>,
+    reason: String,
+) -> Result<(), PipelineError> {
+    tracing::error!(stream = %batch.stream, batch = %batch.id, start = batch.start, end = batch.end, records = batch.record_count(), %reason, "a batch failed inside; its records go to the error output");
+    if error_output_type.is_some() {
+        // A batch of error records has no records of the sink to set aside: they stay in the WAL.
+        return Err(PipelineError::SetAsideFailed { batch: batch.id, reason });
+    }
+    let refusing = Delivery {
+        sink: Arc::new(RefuseAll { message: reason.clone() }),
+        error_output: delivery.error_output.clone(),
+        failure_output_type: delivery.failure_output_type,
+        recovery: delivery.recovery.clone(),
+        retry_duration: delivery.retry_duration,
+        metrics: delivery.metrics.clone(),
+        wal: delivery.wal.clone(),
+        encoders: delivery.encoders.clone(),
+        router: delivery.router.clone(),
+    };
+    match AssertUnwindSafe(refusing.deliver(batch, None)).catch_unwind().await {
+        Ok(result) => Ok(result?),
+        Err(panic) => Err(PipelineError::SetAsideFailed {
+            batch: batch.id,
+            reason: format!("{reason}; then: {}", spillway_sink_api::panic::panic_message(panic.as_ref())),
+        }),
+    }
+}
+
+/// `errorCode` of records set aside because a batch failed inside spillway.
+pub const INTERNAL_ERROR: &str = crate::processing::transform::INTERNAL_ERROR;
+
+/// The sink of [`set_aside`]: refuses every batch for good, with the reason.
+struct RefuseAll {
+    message: String,
+}
+
+#[async_trait::async_trait]
+impl Sink for RefuseAll {
+    async fn write(&self, _batch: &Batch) -> Result<(), SinkError> {
+        Err(SinkError::permanent(INTERNAL_ERROR, self.message.clone()))
+    }
+
+    async fn healthcheck(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<(), SinkError> {
+        Ok(())
     }
 }
 

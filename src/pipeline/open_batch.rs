@@ -75,6 +75,10 @@ struct OpenBatch {
     opened_at: Instant,
     /// What this batch last reported to the budget.
     held: usize,
+    /// Why the encoder cannot be trusted any more (it panicked, contained): the batch is closed
+    /// at the next settle, and its records are set aside in the error output with this reason
+    /// instead of being encoded.
+    poisoned: Option<String>,
 }
 
 /// A closed batch's identity and bookkeeping: what its intent records and its sink needs.
@@ -97,13 +101,26 @@ pub struct ClosedBatch {
     pub encoder: std::sync::Mutex<Box<dyn Encoder>>,
     /// What the encoder held when the batch closed (≈ its payload size).
     pub held_bytes: usize,
+    /// Why the batch's encoder cannot be trusted (see [`OpenBatches::append`]).
+    pub poisoned: Option<String>,
 }
 
 impl ClosedBatch {
-    /// Finish the encoder into the payload (blocking: call from the blocking pool).
-    pub fn finish(self) -> Result<(ClosedParts, Payload), EncodeError> {
+    /// Finish the encoder into the payload (blocking: call from the blocking pool). A panic of
+    /// the encoder is contained into [`EncodeError::Internal`], and so is a batch whose encoder
+    /// panicked earlier (it is not finished, only dropped): the parts come back either way, so
+    /// the batch's records can be set aside.
+    pub fn finish(self) -> (ClosedParts, Result<Payload, EncodeError>) {
         let encoder = self.encoder.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
-        Ok((self.parts, encoder.finish()?))
+        if let Some(reason) = self.poisoned {
+            // Dropping a half-changed encoder may panic too.
+            let _ = spillway_sink_api::catch_panic(move || drop(encoder));
+            return (self.parts, Err(EncodeError::Internal(reason)));
+        }
+        let finished = spillway_sink_api::catch_panic(move || encoder.finish()).unwrap_or_else(|panic| {
+            Err(EncodeError::Internal(format!("the encoder panicked finishing the batch: {panic}")))
+        });
+        (self.parts, finished)
     }
 }
 
@@ -138,7 +155,15 @@ pub struct OpenBatches {
     budget: Arc<MemoryBudget>,
     /// Batches closed early since the last `take_early_closes`.
     early_closes: Vec<EarlyClose>,
+    /// Open batches whose encoder panicked, closed at the next settle.
+    poisoned: Vec<Route>,
+    /// A sink encoder that is never finished, to learn whether it refuses a record that is not
+    /// encoded for real ([`OpenBatches::probe`]).
+    scratch: Option<Box<dyn Encoder>>,
 }
+
+/// Most bytes the scratch encoder may hold before it is replaced by a fresh one.
+const MAX_SCRATCH_BYTES: usize = 4 << 20;
 
 /// Bounds of the staging chunk an encoder may hold before it compresses.
 const MIN_CHUNK_BYTES: usize = 64 * 1024;
@@ -163,6 +188,8 @@ impl OpenBatches {
             max_partitions: max_partitions.max(1),
             budget,
             early_closes: Vec::new(),
+            poisoned: Vec::new(),
+            scratch: None,
         }
     }
 
@@ -187,6 +214,12 @@ impl OpenBatches {
     /// land before any of their batches closes, or a batch would hold part of a sequence's
     /// outputs and a rebuild from the WAL could not tell which part. [`OpenBatches::settle`]
     /// follows.
+    ///
+    /// An encoder that panics (or reports [`EncodeError::Internal`]) poisons its batch: the
+    /// record counts as the batch's, the encoder is not fed again, and the next settle closes
+    /// the batch, whose records then go to the error output with the reason instead of to the
+    /// sink (the process, the stream and the other batches go on). A rebuild after a crash
+    /// meets the same panic on the same record, so the same records are set aside again.
     pub fn append(
         &mut self,
         route: &Route,
@@ -210,6 +243,7 @@ impl OpenBatches {
                     oldest_arrival_ms: arrival_ms,
                     opened_at: arrived_at,
                     held: 0,
+                    poisoned: None,
                 };
                 if route.error_output_type.is_none() {
                     self.sink_partitions += 1;
@@ -217,24 +251,72 @@ impl OpenBatches {
                 self.batches.entry(route.clone()).or_insert(batch)
             }
         };
-        if let Err(error) = batch.encoder.push_at(position, data, suffix) {
-            // A batch opened for a record its encoder refused holds nothing: drop it, so it
-            // neither holds the watermark nor becomes an empty object.
-            if batch.sequences.is_empty() {
-                let held = batch.held;
-                self.remove(route);
-                self.budget.update(held, 0);
+        let pushed = match &batch.poisoned {
+            Some(_) => Ok(()),
+            None => spillway_sink_api::catch_panic(|| batch.encoder.push_at(position, data, suffix)).unwrap_or_else(
+                |panic| {
+                    Err(EncodeError::Internal(format!(
+                        "the encoder panicked on record {sequence} (output {}): {panic}",
+                        position.output
+                    )))
+                },
+            ),
+        };
+        match pushed {
+            Ok(()) => {}
+            Err(EncodeError::Internal(reason)) => {
+                tracing::error!(sequence, output = position.output, %reason, "an encoder failed inside; its batch's records go to the error output");
+                batch.poisoned = Some(reason);
+                self.poisoned.push(route.clone());
             }
-            return Err(error);
+            Err(error) => {
+                // A batch opened for a record its encoder refused holds nothing: drop it, so it
+                // neither holds the watermark nor becomes an empty object.
+                if batch.sequences.is_empty() {
+                    let held = batch.held;
+                    self.remove(route);
+                    self.budget.update(held, 0);
+                }
+                return Err(error);
+            }
         }
         batch.sequences.push(sequence);
         batch.record_bytes += data.len() + suffix.len();
         batch.oldest_arrival_ms = batch.oldest_arrival_ms.min(arrival_ms);
         batch.opened_at = batch.opened_at.min(arrived_at);
-        let held = batch.encoder.held_bytes() + batch.sequences.held_bytes();
+        let held = match &batch.poisoned {
+            // Its encoder is not asked again: what it held stays counted until the batch closes.
+            Some(_) => batch.held,
+            None => batch.encoder.held_bytes() + batch.sequences.held_bytes(),
+        };
         self.budget.update(batch.held, held);
         batch.held = held;
         Ok(())
+    }
+
+    /// Whether the sink's encoder refuses the record, and how ([`EncodeError::Rejected`]'s
+    /// output type, code and message), without encoding it into any batch: for a record that is
+    /// skipped (its batch left before a crash, or another batch is being rebuilt) but may have
+    /// gone to an error route. Encoders refuse deterministically and a refusal leaves them as
+    /// they were, so one scratch encoder serves, replaced when it has grown.
+    pub fn probe(
+        &mut self,
+        position: RecordPosition,
+        data: &[u8],
+        suffix: &[u8],
+    ) -> Option<(&'static str, &'static str, String)> {
+        let factory = &self.sink_encoders;
+        let scratch = self.scratch.get_or_insert_with(|| factory.new_encoder(MIN_CHUNK_BYTES));
+        match spillway_sink_api::catch_panic(|| scratch.push_at(position, data, suffix)) {
+            Ok(Err(EncodeError::Rejected { output_type, code, message })) => Some((output_type, code, message)),
+            Ok(Ok(())) if scratch.held_bytes() <= MAX_SCRATCH_BYTES => None,
+            // Grown, failed otherwise or panicked (the batch's encoder would have been poisoned
+            // and the record set aside with its batch): start afresh next time.
+            _ => {
+                self.scratch = None;
+                None
+            }
+        }
     }
 
     /// After a WAL record's outputs are appended to `touched`: close the batches that reached
@@ -243,6 +325,11 @@ impl OpenBatches {
     /// record), then the largest batches while the memory budget is exceeded.
     pub fn settle(&mut self, touched: &[Route]) -> Result<Vec<ClosedBatch>, EncodeError> {
         let mut closed = Vec::new();
+        for route in std::mem::take(&mut self.poisoned) {
+            if self.batches.contains_key(&route) {
+                closed.push(self.close(&route)?);
+            }
+        }
         for route in touched {
             if self.batches.get(route).is_some_and(|batch| batch.record_bytes >= self.size_bytes) {
                 closed.push(self.close(route)?);
@@ -314,8 +401,9 @@ impl OpenBatches {
                 record_bytes: batch.record_bytes,
                 oldest_arrival_ms: batch.oldest_arrival_ms,
             },
-            held_bytes: batch.encoder.held_bytes(),
+            held_bytes: if batch.poisoned.is_some() { batch.held } else { batch.encoder.held_bytes() },
             encoder: std::sync::Mutex::new(batch.encoder),
+            poisoned: batch.poisoned,
         })
     }
 

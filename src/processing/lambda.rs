@@ -293,7 +293,18 @@ struct ResponseMetadata {
 /// Read the response body against the ids sent (in order); the results come back in the order
 /// sent. Checked in Firehose's order: parse (and the status model), duplicated ids, missing ids;
 /// then ids that were never sent.
+///
+/// An answer nested deeper than [`spillway_sink_api::MAX_JSON_DEPTH`] is refused before it is
+/// parsed, as every JSON text spillway reads is (serde_json would stop at 127 levels, but skips an
+/// unknown field at any depth). The records the function returns are not parsed here: each
+/// stage after it that reads JSON (jq, partition keys, a format) checks them in turn.
 pub fn parse_response(body: &[u8], sent_ids: &[&str]) -> Result<Vec<RecordResult>, InvocationFailure> {
+    spillway_sink_api::check_json_depth(body).map_err(|too_deep| {
+        InvocationFailure::new(
+            JSON_PROCESSING_EXCEPTION,
+            format!("there was an error parsing returned records from the Lambda function: {too_deep}"),
+        )
+    })?;
     let response: Response = serde_json::from_slice(body).map_err(|error| {
         InvocationFailure::new(
             JSON_PROCESSING_EXCEPTION,
@@ -479,6 +490,29 @@ mod tests {
         assert_eq!(code(&format!(r#"{{"records":[{},{},{}]}}"#, ok("a"), ok("b"), ok("a"))), DUPLICATED_RECORD_ID);
         assert_eq!(code(&format!(r#"{{"records":[{},{},{}]}}"#, ok("a"), ok("b"), ok("zz"))), UNKNOWN_RECORD_ID);
         assert_eq!(code(&format!(r#"{{"records":[{},{}]}}"#, ok("a"), ok("zz"))), MISSING_RECORD_ID);
+    }
+
+    #[test]
+    fn an_answer_nested_past_the_bound_is_refused_as_malformed() {
+        let deep = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        let ok = |id: &str| format!(r#"{{"recordId":"{id}","result":"Ok","data":"{}"}}"#, b64("x"));
+        // In an unknown field, and as a partition key's value.
+        for extra in [
+            format!(r#"{{"records":[{}],"extra":{}}}"#, ok("a"), deep(100_000)),
+            format!(
+                r#"{{"records":[{{"recordId":"a","result":"Ok","data":"{}","metadata":{{"partitionKeys":{{"k":{}}}}}}}]}}"#,
+                b64("x"),
+                deep(10_000)
+            ),
+        ] {
+            let failure = parse_response(extra.as_bytes(), &["a"]).unwrap_err();
+            assert_eq!(failure.code, JSON_PROCESSING_EXCEPTION);
+            assert!(failure.message.contains("JSON nested deeper than 100 levels"), "{failure}");
+        }
+        // A deep record in `data` is the record's business, not the answer's.
+        let deep_data = format!(r#"{{"records":[{{"recordId":"a","result":"Ok","data":"{}"}}]}}"#, b64(deep(10_000)));
+        let results = parse_response(deep_data.as_bytes(), &["a"]).unwrap();
+        assert_eq!(results, [RecordResult::Ok { data: deep(10_000).into_bytes(), partition_keys: None }]);
     }
 
     #[test]

@@ -158,6 +158,9 @@ impl PartitionKeys {
         if self.keys.is_empty() {
             return Ok(PartitionValues::none());
         }
+        // On both paths, so they agree: jaq's reader recurses once per level without a bound.
+        spillway_sink_api::check_json_depth(record)
+            .map_err(|too_deep| KeyError::new(format!("the record cannot be read: {too_deep}")))?;
         match &self.fast {
             Some(tree) => self.evaluate_fast(tree, record),
             None => self.evaluate_jq(record),
@@ -694,6 +697,24 @@ mod tests {
         let long = format!(r#"{{"service":"{}"}}"#, "x".repeat(MAX_VALUE_LEN + 1));
         let error = partition_keys.evaluate(long.as_bytes()).unwrap_err();
         assert!(error.message.contains("at most 512"), "{error}");
+    }
+
+    #[test]
+    fn a_record_nested_past_the_bound_has_no_partition_on_either_path() {
+        let deep = format!(r#"{{"service":"api","x":{}1{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        for expression in [".service", ".service | ascii_upcase"] {
+            let error = compile(&[("service", expression)]).evaluate(deep.as_bytes()).unwrap_err();
+            assert_eq!(error.code, METADATA_EXTRACTION_FAILED);
+            assert_eq!(
+                error.message,
+                "the record cannot be read: JSON nested deeper than 100 levels (the bracket at byte 120 opens level 101)",
+                "{expression}"
+            );
+        }
+        let at_bound = format!(r#"{{"service":"api","x":{}1{}}}"#, "[".repeat(99), "]".repeat(99));
+        for expression in [".service", ".service | ascii_upcase"] {
+            assert!(compile(&[("service", expression)]).evaluate(at_bound.as_bytes()).is_ok(), "{expression}");
+        }
     }
 
     #[test]

@@ -27,6 +27,12 @@ pub const PROCESSING_FAILED_OUTPUT_TYPE: &str = "processing-failed";
 pub const JQ_NON_JSON_RECORD: &str = "Jq.NonJsonRecord";
 /// `errorCode` of a record on which the jq filter raised an error.
 pub const JQ_FILTER_ERROR: &str = "Jq.FilterError";
+/// `errorCode` of a record nested deeper than [`spillway_sink_api::MAX_JSON_DEPTH`]: jq never
+/// reads it (its reader and filters recurse once per level; see `spillway_sink_api::json_depth`).
+pub const JQ_RECORD_TOO_DEEP: &str = "Jq.RecordTooDeep";
+
+/// `errorCode` of a record on which a transform panicked (a bug, contained to that record).
+pub const INTERNAL_ERROR: &str = "Spillway.InternalError";
 
 /// `errorCode` of a record the `decompress` transform cannot gunzip.
 pub const DECOMPRESSION_FAILED: &str = "Decompression.Failed";
@@ -232,7 +238,24 @@ impl Transforms {
     /// The record's outputs after every stage, into `out` (cleared first). One failure anywhere
     /// fails the whole record: its other outputs are discarded, so a record is either
     /// transformed completely or sent to the error output as it arrived.
+    ///
+    /// A stage that panics fails the record as [`INTERNAL_ERROR`] ("internal error: …"): the
+    /// same record panics the same way when a batch is rebuilt or read back, so it is routed to
+    /// the error output every time, and the stream goes on.
     pub fn apply(&self, record: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), TransformFailure> {
+        let applied = spillway_sink_api::catch_panic(|| self.apply_stages(record, out)).unwrap_or_else(|panic| {
+            Err(TransformFailure {
+                code: INTERNAL_ERROR,
+                message: format!("internal error: a transform panicked: {panic}"),
+            })
+        });
+        if applied.is_err() {
+            out.clear();
+        }
+        applied
+    }
+
+    fn apply_stages(&self, record: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), TransformFailure> {
         out.clear();
         let Some((first, rest)) = self.stages.split_first() else {
             out.push(record.to_vec());
@@ -259,7 +282,12 @@ struct JqTransform {
 impl Transform for JqTransform {
     fn apply(&self, record: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), TransformFailure> {
         // A record that ends with the producer's newline is still one JSON value.
-        let input = jaq_json::read::parse_single(record.trim_ascii()).map_err(|error| TransformFailure {
+        let record = record.trim_ascii();
+        spillway_sink_api::check_json_depth(record).map_err(|too_deep| TransformFailure {
+            code: JQ_RECORD_TOO_DEEP,
+            message: format!("jq cannot read the record: {too_deep}"),
+        })?;
+        let input = jaq_json::read::parse_single(record).map_err(|error| TransformFailure {
             code: JQ_NON_JSON_RECORD,
             message: format!("non JSON record provided: {error}"),
         })?;
@@ -432,6 +460,90 @@ mod tests {
             run(&[TransformConfig::Jq { expr: ".s".into(), raw_output: false }], r#"{"s":"q\""}"#).unwrap(),
             [r#""q\"""#]
         );
+    }
+
+    /// `depth` levels of alternating objects and arrays around a number.
+    fn nested_record(depth: usize) -> String {
+        let (mut open, mut close) = (String::new(), String::new());
+        for level in 0..depth {
+            if level % 2 == 0 {
+                open.push_str(r#"{"a":"#);
+                close.insert(0, '}');
+            } else {
+                open.push('[');
+                close.insert(0, ']');
+            }
+        }
+        format!("{open}1{close}")
+    }
+
+    #[test]
+    fn a_record_nested_past_the_bound_is_failed_before_jq_reads_it() {
+        // 10,000 levels overflowed the stack in jaq's reader and aborted the process.
+        let failure = run(&[jq(".")], &nested_record(10_000)).unwrap_err();
+        assert_eq!(failure.code, JQ_RECORD_TOO_DEEP);
+        assert_eq!(
+            failure.message,
+            "jq cannot read the record: JSON nested deeper than 100 levels (the bracket at byte 300 opens level 101)"
+        );
+        let at_bound = nested_record(spillway_sink_api::MAX_JSON_DEPTH);
+        assert_eq!(run(&[jq(".")], &at_bound).unwrap(), std::slice::from_ref(&at_bound));
+        // A stage after one that made the record deeper checks again.
+        let deeper = run(&[jq("[.]"), jq(".")], &at_bound).unwrap_err();
+        assert_eq!(deeper.code, JQ_RECORD_TOO_DEEP);
+    }
+
+    #[test]
+    fn jq_recursion_at_the_depth_bound_needs_a_fraction_of_a_thread_stack() {
+        // Tokio's and rayon's threads have 2 MiB. Measured in a debug build (frames are largest
+        // there), reading, filtering, printing and dropping a record costs about 3.7 KiB of
+        // stack per level for the deepest of these filters (walk + tojson: ~390 KiB at 100
+        // levels), so a 2 MiB thread overflows near 540 levels: 100 leaves a margin of five.
+        let record = nested_record(spillway_sink_api::MAX_JSON_DEPTH);
+        let filters =
+            [".", "[..] | length", "walk(.) | tojson", "[paths] | length", "del(..|.a?)", "(..|numbers) |= . + 1"];
+        let outputs = std::thread::Builder::new()
+            .stack_size(512 * 1024)
+            .spawn(move || {
+                let run_one = |filter: &&str| run(&[jq(filter)], &record).map(|mut out| out.remove(0));
+                filters.iter().map(run_one).collect::<Vec<_>>()
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let record = nested_record(spillway_sink_api::MAX_JSON_DEPTH);
+        let expected = [
+            Ok(record.clone()),
+            Ok("101".to_string()),
+            Ok(serde_json::to_string(&record).unwrap()),
+            Ok("100".to_string()),
+            Ok("{}".to_string()),
+            Ok(record.replace('1', "2")),
+        ];
+        assert_eq!(outputs, expected);
+    }
+
+    struct PanicsOn(&'static [u8]);
+
+    impl Transform for PanicsOn {
+        fn apply(&self, record: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), TransformFailure> {
+            out.push(record.to_vec());
+            assert_ne!(record, self.0, "a bug in a transform");
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_transform_that_panics_fails_only_that_record_as_an_internal_error() {
+        let transforms = Transforms { stages: vec![Box::new(PanicsOn(b"poison"))] };
+        let mut out = vec![b"left over".to_vec()];
+        let failure = transforms.apply(b"poison", &mut out).unwrap_err();
+        assert_eq!(failure.code, INTERNAL_ERROR);
+        assert!(failure.message.starts_with("internal error: a transform panicked: "), "{failure}");
+        assert!(failure.message.contains("a bug in a transform"), "{failure}");
+        assert!(out.is_empty(), "no output of a failed record is kept");
+        transforms.apply(b"fine", &mut out).unwrap();
+        assert_eq!(out, [b"fine".to_vec()]);
     }
 
     #[test]

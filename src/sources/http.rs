@@ -175,6 +175,11 @@ fn split_lines(body: &Bytes) -> Result<Vec<Bytes>, String> {
         if let Err(parse) = serde_json::from_slice::<serde::de::IgnoredAny>(&record) {
             return Err(format!("line {}: invalid JSON: {parse}", index + 1));
         }
+        // Refused here rather than acknowledged: a stage of delivery that parses it (jq,
+        // partition keys, a format) could only send it to the error output.
+        if let Err(too_deep) = spillway_sink_api::check_json_depth(&record) {
+            return Err(format!("line {}: {too_deep}", index + 1));
+        }
         records.push(record);
     }
     Ok(records)
@@ -199,5 +204,22 @@ mod tests {
         let over = Bytes::from("1\n".repeat(MAX_NDJSON_RECORDS + 1));
         let message = split_lines(&over).unwrap_err();
         assert!(message.contains(&format!("more than {MAX_NDJSON_RECORDS} records")), "{message}");
+    }
+
+    #[test]
+    fn a_line_nested_past_the_depth_bound_is_refused_naming_it() {
+        let depth = spillway_sink_api::MAX_JSON_DEPTH;
+        let at_bound = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let body = Bytes::from(format!("{{\"a\":1}}\n{at_bound}\n{deep}\n"));
+        let message = split_lines(&body).unwrap_err();
+        assert_eq!(
+            message,
+            format!(
+                "line 3: JSON nested deeper than {depth} levels (the bracket at byte {depth} opens level {})",
+                depth + 1
+            )
+        );
+        assert_eq!(split_lines(&Bytes::from(format!("{at_bound}\n"))).map(|records| records.len()), Ok(1));
     }
 }

@@ -105,6 +105,11 @@ pub enum EncodeError {
     Rejected { output_type: &'static str, code: &'static str, message: String },
     #[error("a compression worker stopped")]
     WorkerLost,
+    /// The encoder (or one of its pool jobs) panicked; the panic was contained (see
+    /// [`crate::panic`]). Its state cannot be trusted any more: the pipeline sets aside the
+    /// records it holds, with this reason, instead of finishing it.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// Where a record sits in its stream: its WAL sequence, which output of that WAL record it is
@@ -207,7 +212,7 @@ pub struct RawEncoder {
     done: Vec<Bytes>,
     done_len: usize,
     /// Chunks being compressed on the pool, in order, with their raw size.
-    pending: VecDeque<(mpsc::Receiver<io::Result<Compressed>>, usize)>,
+    pending: VecDeque<(mpsc::Receiver<Result<Compressed, EncodeError>>, usize)>,
     /// gzip only: the CRC-32 and length of everything compressed so far, for the trailer.
     crc: crc32fast::Hasher,
 }
@@ -245,11 +250,15 @@ impl RawEncoder {
         let raw_len = chunk.len();
         let (sender, receiver) = mpsc::sync_channel(1);
         let compression = self.compression;
+        // A panic in a rayon job aborts the process (rayon's default): contained into an error.
         rayon::spawn_fifo(move || {
-            let compressed = compress_chunk(compression, &chunk).map(|mut compressed| {
-                compressed.staging = chunk;
-                compressed
-            });
+            let compressed = crate::catch_panic(|| compress_chunk(compression, &chunk))
+                .map_err(|panic| EncodeError::Internal(format!("compressing a chunk panicked: {panic}")))
+                .and_then(|compressed| compressed.map_err(EncodeError::Io))
+                .map(|mut compressed| {
+                    compressed.staging = chunk;
+                    compressed
+                });
             let _ = sender.send(compressed);
         });
         self.pending.push_back((receiver, raw_len));

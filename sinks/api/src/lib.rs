@@ -7,6 +7,8 @@
 //! - [`sink`]: the `Sink` trait (one attempt per call; retries belong to the pipeline).
 //! - [`error`]: `SinkError`, classified as retriable, permanent or partial.
 //! - [`codec`]: the compressions every byte-oriented sink shares (none, gzip, zstd).
+//! - [`json_depth`]: the nesting bound every JSON parse honours, checked before parsing.
+//! - [`panic`]: containing a panic into an "internal error" of one record or batch.
 //! - [`secret`]: `Secret`, a configuration value (credential, password) that never shows in logs.
 //! - [`testkit`]: an in-memory sink and the conformance checks every sink must pass.
 
@@ -15,6 +17,8 @@ pub mod civil;
 pub mod codec;
 pub mod encode;
 pub mod error;
+pub mod json_depth;
+pub mod panic;
 pub mod secret;
 pub mod sink;
 pub mod testkit;
@@ -25,5 +29,7 @@ pub use encode::{
     EncodeError, Encoder, EncoderFactory, Payload, RawEncoder, RawEncoderFactory, RecordPosition, Refusal,
 };
 pub use error::{ErrorClass, RecordFailure, SinkError};
+pub use json_depth::{MAX_JSON_DEPTH, TooDeep, check_json_depth};
+pub use panic::catch_panic;
 pub use secret::Secret;
 pub use sink::{ErrorOutput, Sink};

@@ -161,6 +161,11 @@ impl BulkEncoder {
                 return Ok(());
             }
         };
+        // Before the document id is read from it (serde_json) and before OpenSearch parses it.
+        if let Err(too_deep) = spillway_sink_api::check_json_depth(document) {
+            self.refuse(record_index, "OpenSearch.InvalidRecord", format!("the record cannot be indexed: {too_deep}"));
+            return Ok(());
+        }
         let field_id = match &self.settings.document_id {
             DocumentId::FromField(path) => match id_from_field(document, path) {
                 Ok(id) => Some(id),
@@ -394,6 +399,27 @@ mod tests {
         assert_eq!(bodies.len(), 2);
         assert_eq!(lines(&bodies[0])[3], r#"{"id":"b","x":"y z"}"#, "pretty JSON joined onto one line");
         assert_eq!(lines(&bodies[1])[0], r#"{"index":{"_index":"app-1970-01-01-00","_id":"3"}}"#);
+    }
+
+    #[test]
+    fn a_document_nested_past_the_bound_is_refused_not_sent() {
+        let mut encoder = BulkEncoder::new(settings(DocumentId::FromField(".id".into()), 1 << 20));
+        let deep = format!(r#"{{"id":"d","x":{}1{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        let records: [&[u8]; 3] = [br#"{"id":"a"}"#, deep.as_bytes(), br#"{"id":"b"}"#];
+        for (sequence, data) in records.iter().enumerate() {
+            encoder.push_at(RecordPosition { sequence: sequence as u64, output: 0, arrival_ms: 0 }, data, b"").unwrap();
+        }
+        let (manifest, bodies) = split_payload(&Box::new(encoder).finish().unwrap()).unwrap();
+        assert_eq!(
+            manifest.refused,
+            [Refused {
+                index: 1,
+                code: "OpenSearch.InvalidRecord".into(),
+                message: "the record cannot be indexed: JSON nested deeper than 100 levels (the bracket at byte 113 opens level 101)".into(),
+            }]
+        );
+        assert_eq!(manifest.request_positions(), vec![vec![0, 2]]);
+        assert!(!lines(&bodies[0]).iter().any(|line| line.contains("[[[")), "never sent to OpenSearch");
     }
 
     #[test]

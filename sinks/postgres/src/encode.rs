@@ -126,6 +126,7 @@ pub fn rows_from_raw(shape: Arc<TableShape>, raw: &[u8]) -> Result<Bytes, Encode
 /// One record as one COPY text row (without the newline), or why it cannot be one.
 pub fn encode_row(shape: &TableShape, data: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     let text = std::str::from_utf8(data).map_err(|error| format!("the record is not UTF-8: {error}"))?;
+    spillway_sink_api::check_json_depth(data).map_err(|too_deep| too_deep_reason(&too_deep))?;
     if shape.whole_record {
         let value: &RawValue =
             serde_json::from_str(text).map_err(|error| format!("the record is not JSON: {error}"))?;
@@ -152,6 +153,12 @@ pub fn encode_row(shape: &TableShape, data: &[u8], out: &mut Vec<u8>) -> Result<
     Ok(())
 }
 
+/// Why a record nested too deep becomes no row: checked before serde_json reads it and before
+/// PostgreSQL would parse a `json` / `jsonb` value of it (which fails the whole COPY).
+fn too_deep_reason(too_deep: &spillway_sink_api::TooDeep) -> String {
+    format!("the record cannot be a row: {too_deep}")
+}
+
 /// Why a record cannot become a binary row: the error output's code and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
@@ -170,6 +177,7 @@ impl Refused {
 pub fn encode_binary_row(shape: &TableShape, data: &[u8], out: &mut Vec<u8>) -> Result<(), Refused> {
     let text =
         std::str::from_utf8(data).map_err(|error| Refused::invalid(format!("the record is not UTF-8: {error}")))?;
+    spillway_sink_api::check_json_depth(data).map_err(|too_deep| Refused::invalid(too_deep_reason(&too_deep)))?;
     let count =
         i16::try_from(shape.columns.len()).map_err(|_| Refused::invalid("more than 32767 columns".to_string()))?;
     out.extend_from_slice(&count.to_be_bytes());
@@ -446,6 +454,25 @@ mod tests {
         let rows = late.finish().unwrap().to_bytes();
         assert_eq!(rows_from_raw(cell.get().unwrap().clone(), &raw).unwrap(), rows);
         assert_eq!(lines(&rows).len(), 3);
+    }
+
+    #[test]
+    fn a_record_nested_past_the_bound_is_refused_in_text_and_in_binary() {
+        let deep = format!(r#"{{"s":"a","x":{}1{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        let reason =
+            "the record cannot be a row: JSON nested deeper than 100 levels (the bracket at byte 112 opens level 101)";
+        let mut table = shape(&[("s", ColumnKind::Scalar)]);
+        assert_eq!(row(&table, &deep).unwrap_err(), reason);
+        // Whole records into jsonb: PostgreSQL would fail the whole COPY on it.
+        table.whole_record = true;
+        table.columns[0].binary = Some(BinaryType::Jsonb);
+        let mut out = Vec::new();
+        assert_eq!(
+            encode_binary_row(&table, deep.as_bytes(), &mut out).unwrap_err(),
+            Refused { code: "Postgres.InvalidRecord".into(), message: reason.into() }
+        );
+        let at_bound = format!(r#"{{"x":{}1{}}}"#, "[".repeat(99), "]".repeat(99));
+        assert!(encode_binary_row(&table, at_bound.as_bytes(), &mut out).is_ok());
     }
 
     #[test]

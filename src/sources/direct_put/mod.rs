@@ -279,9 +279,13 @@ async fn dispatch(ingest: &Arc<Ingest>, uri: &Uri, headers: &HeaderMap, body: Bo
 }
 
 /// Parse a request body. sonic-rs (SIMD) rather than serde_json: parsing the base64 text of a
-/// `PutRecordBatch` was the largest per-byte cost of ingest after compression.
+/// `PutRecordBatch` was the largest per-byte cost of ingest after compression. The nesting bound
+/// is checked first: sonic-rs skips an unknown field by recursing once per level, without a bound,
+/// so a body nested 100,000 deep would overflow the stack and abort the process.
 pub(crate) fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     let body = if body.is_empty() { b"{}".as_slice() } else { body };
+    spillway_sink_api::check_json_depth(body)
+        .map_err(|too_deep| ApiError::serialization(format!("malformed request body: {too_deep}")))?;
     sonic_rs::from_slice(body).map_err(|error| ApiError::serialization(format!("malformed request body: {error}")))
 }
 

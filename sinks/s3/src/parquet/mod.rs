@@ -377,7 +377,7 @@ struct RowGroups {
     /// A chunk sent to the pool holds the file's first row group.
     first_sent: bool,
     /// Jobs on the pool, in order, with the bytes they hold.
-    pending: VecDeque<(mpsc::Receiver<Result<Converted, ParquetError>>, usize)>,
+    pending: VecDeque<(mpsc::Receiver<Result<Converted, EncodeError>>, usize)>,
     /// Records the pool refused, in push order.
     refused: Vec<Refusal>,
 }
@@ -674,8 +674,14 @@ impl RowGroups {
         };
         self.first_sent = true;
         let (sender, receiver) = mpsc::sync_channel(1);
+        // A panic in a rayon job aborts the process (rayon's default): contained into an error
+        // that sets the batch aside.
         rayon::spawn_fifo(move || {
-            let _ = sender.send(job.run(chunk));
+            let converted =
+                spillway_sink_api::catch_panic(|| job.run(chunk).map_err(io_error)).unwrap_or_else(|panic| {
+                    Err(EncodeError::Internal(format!("parquet: converting records panicked: {panic}")))
+                });
+            let _ = sender.send(converted);
         });
         self.pending.push_back((receiver, bytes));
         Ok(())
@@ -710,7 +716,11 @@ impl RowGroups {
         }
         let (sender, receiver) = mpsc::sync_channel(1);
         rayon::spawn_fifo(move || {
-            let encoded = encode_row_group(writers, &schema, &rows);
+            let encoded =
+                spillway_sink_api::catch_panic(|| encode_row_group(writers, &schema, &rows).map_err(io_error))
+                    .unwrap_or_else(|panic| {
+                        Err(EncodeError::Internal(format!("parquet: encoding a row group panicked: {panic}")))
+                    });
             let _ = sender
                 .send(encoded.map(|chunks| Converted { groups: vec![Group::Encoded(chunks)], ..Default::default() }));
         });
@@ -742,7 +752,7 @@ impl RowGroups {
             }
         };
         self.pending.pop_front();
-        let converted = converted.map_err(io_error)?;
+        let converted = converted?;
         if let Some(file) = converted.file {
             self.file = Some(file);
         }
@@ -828,6 +838,13 @@ impl Encoder for ParquetEncoder {
 
     fn push_at(&mut self, position: RecordPosition, data: &[u8], _delimiter: &[u8]) -> Result<(), EncodeError> {
         self.pushed += 1;
+        // Before any parser sees it (inference, the builders, a pool job): sonic-rs skips an
+        // unknown field by recursing once per level, without a bound.
+        spillway_sink_api::check_json_depth(data).map_err(|too_deep| EncodeError::Rejected {
+            output_type: FORMAT_CONVERSION_FAILED,
+            code: PARSE_ERROR,
+            message: format!("the record cannot be read: {too_deep}"),
+        })?;
         if let State::Holding(_) = self.state
             && self.shared.table.frozen().is_some()
         {
@@ -1052,6 +1069,36 @@ mod tests {
         config.schema.columns.clear();
         let problems = config.validate();
         assert!(problems.iter().any(|(field, _)| field == "schema.infer.records"), "{problems:?}");
+    }
+
+    #[test]
+    fn a_record_nested_past_the_bound_is_refused_before_inference_or_conversion() {
+        let deep = format!(r#"{{"id":9,"x":{}1{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        let refused = |result: Result<(), EncodeError>| match result {
+            Err(EncodeError::Rejected { output_type, code, message }) => (output_type, code, message),
+            other => panic!("not refused: {other:?}"),
+        };
+        let reason =
+            "the record cannot be read: JSON nested deeper than 100 levels (the bracket at byte 111 opens level 101)";
+        // While the table is inferred, and with a given table (inline and on the pool).
+        let mut inferring = infer_config(2).encoder_factory().unwrap().new_encoder(1 << 20);
+        assert_eq!(
+            refused(inferring.push(deep.as_bytes(), b"")),
+            (FORMAT_CONVERSION_FAILED, PARSE_ERROR, reason.into())
+        );
+        for threads in [1, 2] {
+            let mut given = config(&[("id", "bigint")]);
+            given.threads = Some(threads);
+            let mut encoder = given.encoder_factory().unwrap().new_encoder(1 << 20);
+            encoder.push(br#"{"id":1}"#, b"").unwrap();
+            assert_eq!(
+                refused(encoder.push(deep.as_bytes(), b"")),
+                (FORMAT_CONVERSION_FAILED, PARSE_ERROR, reason.into())
+            );
+            encoder.push(br#"{"id":2}"#, b"").unwrap();
+            let payload = encoder.finish().unwrap();
+            assert!(payload.refused().is_empty() && !payload.is_empty(), "{threads} threads");
+        }
     }
 
     fn infer_config(records: usize) -> ParquetConfig {
