@@ -116,6 +116,8 @@ struct Completed {
     result: Result<(), PipelineError>,
     /// The batch's encoded size, released from the in-flight bytes.
     payload_bytes: usize,
+    /// The bytes of its records, which stop counting against the WAL limit once it left.
+    record_bytes: u64,
 }
 
 /// The loop's bookkeeping of batches between "closed" and "watermark passed".
@@ -126,6 +128,9 @@ struct Ledger {
     in_flight_starts: BTreeMap<u64, (usize, i64)>,
     /// Done intents above the watermark, removed once it passes their end.
     done: Vec<Intent>,
+    /// Ends and record bytes of the batches that left above the watermark in this run: what
+    /// the WAL limit no longer counts ([`Wal::delivered_ahead`]).
+    delivered_ahead: Vec<(u64, u64)>,
     /// The checkpoint as stored.
     stored: u64,
 }
@@ -274,6 +279,7 @@ impl DeliveryLoop {
                     in_flight_bytes = in_flight_bytes.saturating_sub(completed.payload_bytes);
                     let intent = completed.intent;
                     ledger.remove_in_flight(intent.start);
+                    ledger.delivered_ahead.push((intent.end, completed.record_bytes));
                     // The next batch goes first: the sink (a database connection) would otherwise
                     // idle through the checkpoint's and intents' fsyncs below.
                     self.dispatch(&mut closed_queue, &mut in_flight, &mut in_flight_bytes, &mut ledger).await?;
@@ -383,8 +389,10 @@ impl DeliveryLoop {
         let stream = self.stream.clone();
         let payload_bytes = closed.held_bytes;
         Box::pin(async move {
+            let mut record_bytes = 0;
             let result = async {
                 let (parts, finished) = tokio::task::spawn_blocking(move || closed.finish()).await?;
+                record_bytes = parts.record_bytes as u64;
                 let mut batch = Batch {
                     stream,
                     id: intent.id,
@@ -417,7 +425,7 @@ impl DeliveryLoop {
                 set_aside(&delivery, &batch, error_output_type, reason).await
             }
             .await;
-            Completed { intent, result, payload_bytes }
+            Completed { intent, result, payload_bytes, record_bytes }
         })
     }
 
@@ -486,7 +494,11 @@ impl DeliveryLoop {
             tokio::task::spawn_blocking(move || intents.record(&done)).await??;
         }
         ledger.done.push(intent);
-        self.advance_watermark(ledger, assembler, queue).await
+        self.advance_watermark(ledger, assembler, queue).await?;
+        // What left above the watermark stops counting against the WAL limit at once, while
+        // the watermark (the trim point) waits for an older batch.
+        self.wal.delivered_ahead(ledger.delivered_ahead.iter().map(|(_, bytes)| bytes).sum());
+        Ok(())
     }
 
     /// The lowest sequence not yet delivered: nothing below it is unread, open, queued or in flight.
@@ -525,6 +537,9 @@ impl DeliveryLoop {
         ledger.stored = watermark;
         self.remove_intents(passed).await?;
         assembler.release_claims_below(watermark);
+        // The smaller figure before the trim, so the WAL never counts less than is undelivered.
+        ledger.delivered_ahead.retain(|(end, _)| *end > watermark);
+        self.wal.delivered_ahead(ledger.delivered_ahead.iter().map(|(_, bytes)| bytes).sum());
         self.wal.trim(watermark);
         Ok(())
     }
