@@ -762,7 +762,8 @@ async fn processors_of_an_api_created_stream_split_records_and_call_the_function
         .send()
         .await
         .expect("create");
-    // Describe gives back what was created, in Firehose's processor shapes.
+    // Describe gives back the processors as they were created (order and parameters), so
+    // Terraform sees no change.
     let described = client.describe_delivery_stream().delivery_stream_name("app-logs").send().await.unwrap();
     let description = described.delivery_stream_description().unwrap();
     let s3 = description.destinations()[0].extended_s3_destination_description().unwrap();
@@ -773,7 +774,7 @@ async fn processors_of_an_api_created_stream_split_records_and_call_the_function
         .iter()
         .map(|processor| processor.r#type().as_str().to_string())
         .collect();
-    assert_eq!(kinds, ["AppendDelimiterToRecord", "RecordDeAggregation", "Lambda"]);
+    assert_eq!(kinds, ["RecordDeAggregation", "Lambda", "AppendDelimiterToRecord"]);
 
     // Two records of three JSON sub-records each: 6 sub-records, 2 dropped by the function.
     let aggregated = [

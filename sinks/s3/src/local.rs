@@ -27,13 +27,20 @@ pub(crate) struct LocalWriter {
 }
 
 impl LocalWriter {
-    /// Blocking: create the stream's staging folder and remove what a crash left in it. The
-    /// folder is per stream, so a stream created later never removes another one's writes.
+    /// Blocking: remove what a crash left in the stream's staging folder (made at the first
+    /// write, so a sink that never writes leaves none). The folder is per stream, so a stream
+    /// created later never removes another one's writes.
     pub fn open(root: &Path, stream: &str) -> std::io::Result<LocalWriter> {
         let staging = root.join(STAGING_DIR).join(stream);
-        std::fs::create_dir_all(&staging)?;
+        let entries = match std::fs::read_dir(&staging) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(LocalWriter { root: root.to_path_buf(), staging });
+            }
+            Err(error) => return Err(error),
+        };
         let mut removed = 0usize;
-        for entry in std::fs::read_dir(&staging)? {
+        for entry in entries {
             let path = entry?.path();
             match std::fs::remove_file(&path) {
                 Ok(()) => removed += 1,
@@ -70,7 +77,7 @@ impl LocalWriter {
         let result = (|| {
             let mut file = match File::create_new(&staged) {
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                    // The output folder was removed and made again (an operator, a remount).
+                    // The first write, or the output folder was removed and made again.
                     std::fs::create_dir_all(&self.staging)?;
                     File::create_new(&staged)?
                 }
@@ -167,9 +174,17 @@ mod tests {
     async fn an_output_folder_made_again_gets_its_staging_folder_back() {
         let root = tempfile::tempdir().unwrap();
         let writer = LocalWriter::open(root.path(), "s").unwrap();
+        writer.write("first", vec![Bytes::from_static(b"1")]).await.unwrap();
         std::fs::remove_dir_all(root.path().join(STAGING_DIR)).unwrap();
         writer.write("k", vec![Bytes::from_static(b"x")]).await.unwrap();
         assert_eq!(std::fs::read(root.path().join("k")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn a_sink_that_never_writes_leaves_no_staging_folder() {
+        let root = tempfile::tempdir().unwrap();
+        LocalWriter::open(root.path(), "s").unwrap();
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
     }
 
     #[test]
