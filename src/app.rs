@@ -16,35 +16,29 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::catalog::{self, CatalogError};
-use crate::checkpoint::{CheckpointError, write_atomically};
+use crate::checkpoint::write_atomically;
 use crate::config::Config;
 use crate::data_dir::DataDirLock;
 use crate::metrics::Metrics;
-use crate::pipeline::{IntentError, MemoryBudget, PipelineError};
+use crate::pipeline::MemoryBudget;
 use crate::server::health::{self, Readiness};
 use crate::server::serve::{ConnectionLimits, ConnectionStats};
 use crate::server::tls::TlsError;
 use crate::sources::Ingest;
-use crate::streams::{Lifecycle, StreamEnv};
+use crate::streams::{Lifecycle, StreamEnv, StreamError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("cannot use data_dir {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("stream {stream}: {source}")]
-    Checkpoint { stream: String, source: CheckpointError },
-    #[error("stream {stream}: {source}")]
     Catalog { stream: String, source: CatalogError },
-    #[error("stream {stream}: {source}")]
-    Intent { stream: String, source: IntentError },
-    #[error("stream {stream}: cannot build its sink: {source}")]
-    Sink { stream: String, source: Box<spillway_sink_api::SinkError> },
     #[error("stream {stream}: {message}")]
     Processing { stream: String, message: String },
+    #[error(transparent)]
+    Stream(#[from] StreamError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
-    #[error("stream {stream}: delivery stopped: {source}")]
-    Pipeline { stream: String, source: PipelineError },
     #[error("http server failed: {0}")]
     Server(std::io::Error),
     #[error(transparent)]
@@ -223,7 +217,7 @@ impl App {
         let first_error = self.lifecycle.shutdown(deadline, self.grace).await;
         tracing::info!("stopped");
         match first_error {
-            Some(error) => Err(error),
+            Some(error) => Err(error.into()),
             None => Ok(()),
         }
     }

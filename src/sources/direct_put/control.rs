@@ -30,7 +30,7 @@ use crate::catalog::{self, EncryptionRecord, StreamOrigin, StreamRecord, StreamS
 use crate::config::{Config, StreamConfig};
 use crate::sinks::{DESTINATION_ID, DescribeContext};
 use crate::sources::{Ingest, StreamIngest};
-use crate::streams::{Lifecycle, StopMode};
+use crate::streams::{Lifecycle, StopMode, StreamError};
 
 /// Operations answered here.
 pub const OPERATIONS: &[&str] = &[
@@ -552,7 +552,7 @@ fn spawn_delete(ingest: Arc<Ingest>, name: String, mode: StopMode) {
 #[derive(Debug, thiserror::Error)]
 enum DeleteError {
     #[error(transparent)]
-    App(#[from] crate::app::AppError),
+    Stream(#[from] StreamError),
     #[error("cannot remove {path}: {source}")]
     Io { path: std::path::PathBuf, source: std::io::Error },
     #[error(transparent)]
