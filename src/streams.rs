@@ -16,9 +16,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::catalog::StreamRecord;
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::config::{LimitsConfig, StreamConfig, WalConfig};
+use crate::control::catalog::StreamRecord;
 use crate::metrics::{Metrics, StreamMetrics, WalSize};
 use crate::pipeline::invoker::Invoker;
 use crate::pipeline::{
