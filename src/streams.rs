@@ -140,7 +140,7 @@ impl Lifecycle {
     }
 
     /// The stream's folder under `data_dir` (WAL, checkpoint, intents).
-    pub fn stream_dir(&self, name: &str) -> PathBuf {
+    fn stream_dir(&self, name: &str) -> PathBuf {
         stream_dir(&self.env.data_dir, name)
     }
 

@@ -26,7 +26,7 @@ use serde_json::json;
 
 use crate::wal::{FramedRecords, Records};
 
-pub use wire::{ApiError, REQUEST_ID_HEADER, with_request_id};
+pub use wire::{ApiError, with_request_id};
 use wire::{CONTENT_TYPE, TARGET_PREFIX, ok_json, parse};
 
 use super::{Ingest, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_RECORD_BYTES, MAX_REQUEST_BODY_BYTES, decode_off_runtime};
