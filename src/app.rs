@@ -1,7 +1,8 @@
-//! Wiring: starts every stream — the YAML ones, then those created through the API (from the
-//! catalog under `data_dir`) — through [`crate::streams::Lifecycle`], serves the HTTP front, and
-//! shuts down in order: stop intake → flush buffers → finish deliveries → commit checkpoints →
-//! close the WAL. A stream whose WAL cannot be opened (damage, I/O) is marked stopped with the
+//! Wiring: builds the catalog ([`FolderCatalog`] under `data_dir`) and the stream lifecycle, starts
+//! every stream — the YAML ones, then those created through the API (from the catalog) — through
+//! [`crate::streams::Lifecycle`], hands both to the control plane ([`crate::control`]) through
+//! [`Ingest`], serves the HTTP front, and shuts down in order: stop intake → flush buffers →
+//! finish deliveries → commit checkpoints → close the WAL. A stream whose WAL cannot be opened (damage, I/O) is marked stopped with the
 //! reason and gets no delivery loop; every other stream runs.
 
 use std::collections::BTreeMap;
@@ -15,36 +16,30 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::catalog::{self, CatalogError};
-use crate::checkpoint::{CheckpointError, write_atomically};
+use crate::checkpoint::write_atomically;
 use crate::config::Config;
+use crate::control::catalog::{self, Catalog, CatalogError, FolderCatalog};
 use crate::data_dir::DataDirLock;
 use crate::metrics::Metrics;
-use crate::pipeline::{IntentError, MemoryBudget, PipelineError};
+use crate::pipeline::MemoryBudget;
 use crate::server::health::{self, Readiness};
 use crate::server::serve::{ConnectionLimits, ConnectionStats};
 use crate::server::tls::TlsError;
 use crate::sources::Ingest;
-use crate::streams::{Lifecycle, StreamEnv};
+use crate::streams::{Lifecycle, StreamEnv, StreamError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("cannot use data_dir {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("stream {stream}: {source}")]
-    Checkpoint { stream: String, source: CheckpointError },
-    #[error("stream {stream}: {source}")]
     Catalog { stream: String, source: CatalogError },
-    #[error("stream {stream}: {source}")]
-    Intent { stream: String, source: IntentError },
-    #[error("stream {stream}: cannot build its sink: {source}")]
-    Sink { stream: String, source: Box<spillway_sink_api::SinkError> },
     #[error("stream {stream}: {message}")]
     Processing { stream: String, message: String },
+    #[error(transparent)]
+    Stream(#[from] StreamError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
-    #[error("stream {stream}: delivery stopped: {source}")]
-    Pipeline { stream: String, source: PipelineError },
     #[error("http server failed: {0}")]
     Server(std::io::Error),
     #[error(transparent)]
@@ -96,21 +91,21 @@ impl App {
             region: config.server.region.clone(),
             account_id: config.server.account_id.clone(),
         }));
+        let stream_catalog: Arc<dyn Catalog> = Arc::new(FolderCatalog::new(data_dir.clone()));
         let now_ms = chrono::Utc::now().timestamp_millis();
         let mut streams = BTreeMap::new();
         for stream in &config.streams {
-            let record = catalog::load_yaml_record(
-                &lifecycle.stream_dir(&stream.name),
-                &stream.name,
-                &catalog::fingerprint(stream),
-                now_ms,
-            )
-            .map_err(|source| AppError::Catalog { stream: stream.name.clone(), source })?;
+            let record = stream_catalog
+                .load_yaml_record(&stream.name, &catalog::fingerprint(stream), now_ms)
+                .await
+                .map_err(|source| AppError::Catalog { stream: stream.name.clone(), source })?;
             let ingest = lifecycle.start(stream, record).await?;
             streams.insert(stream.name.clone(), ingest);
         }
         // Streams created through the API, as they were last described.
-        let api_records = catalog::load_api_records(&data_dir)
+        let api_records = stream_catalog
+            .load_api_records()
+            .await
             .map_err(|source| AppError::Catalog { stream: String::new(), source })?;
         let mut deleting = Vec::new();
         for mut record in api_records {
@@ -122,7 +117,7 @@ impl App {
                 tracing::warn!(stream = %record.name, "a YAML stream has the name of an API-created stream; the YAML one is used");
                 continue;
             }
-            let stream_config = crate::sources::direct_put::control::stream_config_for(&config, &record)
+            let stream_config = crate::control::stream_config_for(&config, &record)
                 .map_err(|message| AppError::Processing { stream: record.name.clone(), message })?;
             if record.status == catalog::StreamStatus::Deleting {
                 deleting.push(record.name.clone());
@@ -140,11 +135,11 @@ impl App {
         let healthcheck_interval = Duration::from_secs(config.server.healthcheck_interval_seconds);
         let ingest = Arc::new(
             Ingest::new(config, streams, metrics, record_id_prefix, readiness.clone())
-                .with_lifecycle(lifecycle.clone()),
+                .with_control(lifecycle.clone(), stream_catalog),
         );
         // A delete interrupted by a restart resumes: deliver what is left, then remove.
         for name in deleting {
-            crate::sources::direct_put::control::resume_delete(ingest.clone(), name);
+            crate::control::resume_delete(ingest.clone(), name);
         }
         let (stop_intake, mut intake_rx) = watch::channel(false);
         // Healthchecks run beside intake: `/ready` answers pending until their first round.
@@ -223,7 +218,7 @@ impl App {
         let first_error = self.lifecycle.shutdown(deadline, self.grace).await;
         tracing::info!("stopped");
         match first_error {
-            Some(error) => Err(error),
+            Some(error) => Err(error.into()),
             None => Ok(()),
         }
     }

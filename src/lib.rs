@@ -5,11 +5,15 @@
 //!
 //! Module map (a record's way through, see DESIGN.md):
 //! - [`config`]: YAML model, `${ENV}` interpolation, validation with YAML paths and positions.
-//! - [`sources`]: push handlers (`direct_put`, `http`) appending to the WAL through `Ingest`;
-//!   the Firehose control plane in `sources::direct_put::control`; pull sources (`file`, and the
-//!   shard sources `kinesis` and `dynamodb_streams` over the shared core `sources::shards`).
+//! - [`sources`]: push handlers (`direct_put`, `http`) appending to the WAL through `Ingest`
+//!   (`direct_put` also owns the Firehose API's wire protocol and hands control operations to
+//!   [`control`]); pull sources (`file`, and the shard sources `kinesis` and `dynamodb_streams`
+//!   over the shared core `sources::shards`).
+//! - [`control`]: the Firehose control plane: create / describe / update / delete / tags /
+//!   encryption, Firehose's S3 destination shapes ↔ `StreamConfig` (`control::s3_destination`),
+//!   and the catalog of stream records behind a trait (`control::catalog`: a folder under
+//!   `data_dir` today).
 //! - [`streams`]: one stream's lifecycle (WAL, sink, delivery loop), for YAML and API streams.
-//! - [`catalog`]: stream status, version, tags; API-created streams persisted under `data_dir`.
 //! - [`wal`]: segment files with checksums, group commit, recovery, trimming.
 //! - [`processing`]: what a record's content decides: transforms, its dynamic partition (jq
 //!   keys), the Lambda transform's protocol (`processing::lambda`).
@@ -20,14 +24,15 @@
 //! - [`sinks`]: the registry mapping a YAML `sink.type` to a sink crate.
 //! - [`server`]: the HTTP router (`/`, `/streams/{name}/records`, `/health`, `/metrics`).
 //! - [`metrics`]: Prometheus / OpenMetrics instruments (prometheus-client) and scrape-time gauges.
-//! - [`app`]: wiring and ordered shutdown.
+//! - [`app`]: wiring (the catalog, the lifecycle, the control plane, the server) and ordered
+//!   shutdown; nothing below it imports it.
 //! - [`client`]: the `put` and `bench` commands' Firehose client side.
 
 pub mod app;
-pub mod catalog;
 pub mod checkpoint;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod data_dir;
 pub mod metrics;
 pub mod pipeline;

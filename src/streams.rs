@@ -16,20 +16,36 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::app::AppError;
-use crate::catalog::StreamRecord;
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::config::{LimitsConfig, StreamConfig, WalConfig};
+use crate::control::catalog::StreamRecord;
 use crate::metrics::{Metrics, StreamMetrics, WalSize};
 use crate::pipeline::invoker::Invoker;
 use crate::pipeline::{
-    BatchingOptions, Delivery, DeliveryLoop, IntentLog, JqPartitioner, LambdaRouting, LambdaStage, MemoryBudget,
-    Partitioner, PipelineError, Router,
+    BatchingOptions, Delivery, DeliveryLoop, IntentError, IntentLog, JqPartitioner, LambdaRouting, LambdaStage,
+    MemoryBudget, Partitioner, PipelineError, Router,
 };
 use crate::processing::{Chain, PartitionKeys};
 use crate::server::health::{CheckedSink, Readiness};
 use crate::sources::StreamIngest;
 use crate::wal::{Wal, WalOptions};
+
+/// Why a stream could not be built or removed, or why its delivery ended.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("cannot use data_dir {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("stream {stream}: {source}")]
+    Checkpoint { stream: String, source: CheckpointError },
+    #[error("stream {stream}: {source}")]
+    Intent { stream: String, source: IntentError },
+    #[error("stream {stream}: cannot build its sink: {source}")]
+    Sink { stream: String, source: Box<spillway_sink_api::SinkError> },
+    #[error("stream {stream}: {message}")]
+    Processing { stream: String, message: String },
+    #[error("stream {stream}: delivery stopped: {source}")]
+    Pipeline { stream: String, source: PipelineError },
+}
 
 /// What every stream's build shares.
 pub struct StreamEnv {
@@ -124,7 +140,7 @@ impl Lifecycle {
     }
 
     /// The stream's folder under `data_dir` (WAL, checkpoint, intents).
-    pub fn stream_dir(&self, name: &str) -> PathBuf {
+    fn stream_dir(&self, name: &str) -> PathBuf {
         stream_dir(&self.env.data_dir, name)
     }
 
@@ -135,13 +151,13 @@ impl Lifecycle {
     /// Open the stream's WAL (on the blocking pool), build its sink and start its delivery loop.
     /// A WAL that cannot be opened stops only this stream: it is returned marked stopped with
     /// the reason, and gets no delivery loop.
-    pub async fn start(&self, config: &StreamConfig, record: StreamRecord) -> Result<StreamIngest, AppError> {
+    pub async fn start(&self, config: &StreamConfig, record: StreamRecord) -> Result<StreamIngest, StreamError> {
         let name = config.name.clone();
         let opened = {
             let (dir, options) = (self.stream_dir(&name), self.wal_options(config));
             let name = name.clone();
             tokio::task::spawn_blocking(move || open_wal(&name, &dir, options)).await.map_err(|join| {
-                AppError::DataDir { path: self.stream_dir(&config.name), source: std::io::Error::other(join) }
+                StreamError::DataDir { path: self.stream_dir(&config.name), source: std::io::Error::other(join) }
             })??
         };
         let wal = opened.wal.clone();
@@ -181,7 +197,7 @@ impl Lifecycle {
 
     /// Stop the stream's delivery after it delivered what it holds, then start it again with
     /// `config` (a new destination) on the same WAL. Appends continue meanwhile.
-    pub async fn restart(&self, config: &StreamConfig, record: StreamRecord) -> Result<StreamIngest, AppError> {
+    pub async fn restart(&self, config: &StreamConfig, record: StreamRecord) -> Result<StreamIngest, StreamError> {
         let name = config.name.clone();
         let had_delivery = self.running().get(&name).is_some_and(|current| current.delivery.is_some());
         let stop_result = self.stop_delivery(&name, StopMode::Drain).await;
@@ -212,7 +228,7 @@ impl Lifecycle {
 
     /// End the stream's delivery (see [`StopMode`]), close its WAL and forget it. Returns the
     /// WAL's committed end and the checkpoint, so the caller can tell whether anything is left.
-    pub async fn remove(&self, name: &str, mode: StopMode) -> Result<Removed, AppError> {
+    pub async fn remove(&self, name: &str, mode: StopMode) -> Result<Removed, StreamError> {
         let readers = self.running().get_mut(name).map(|stream| std::mem::take(&mut stream.readers));
         if let Some(readers) = readers {
             readers.stop(tokio::time::Instant::now() + Duration::from_secs(30)).await;
@@ -236,8 +252,8 @@ impl Lifecycle {
             checkpoint.load()
         })
         .await
-        .map_err(|join| AppError::DataDir { path: dir.clone(), source: std::io::Error::other(join) })?
-        .map_err(|source| AppError::Checkpoint { stream, source })?;
+        .map_err(|join| StreamError::DataDir { path: dir.clone(), source: std::io::Error::other(join) })?
+        .map_err(|source| StreamError::Checkpoint { stream, source })?;
         Ok(Removed { committed, delivered })
     }
 
@@ -259,7 +275,7 @@ impl Lifecycle {
 
     /// Stop every stream's delivery (each drains what its WAL holds) until `deadline`, then
     /// close every WAL. The first delivery error is returned.
-    pub async fn shutdown(&self, deadline: tokio::time::Instant, grace: Duration) -> Option<AppError> {
+    pub async fn shutdown(&self, deadline: tokio::time::Instant, grace: Duration) -> Option<StreamError> {
         let tasks: Vec<(String, DeliveryTask)> = {
             let mut running = self.running();
             running.iter_mut().filter_map(|(name, stream)| Some((name.clone(), stream.delivery.take()?))).collect()
@@ -273,7 +289,7 @@ impl Lifecycle {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(source))) => {
                     tracing::error!(%stream, error = %source, "delivery stopped with an error");
-                    first_error.get_or_insert(AppError::Pipeline { stream, source });
+                    first_error.get_or_insert(StreamError::Pipeline { stream, source });
                 }
                 Ok(Err(join)) => tracing::error!(%stream, error = %join, "delivery task failed"),
                 Err(_) => {
@@ -324,14 +340,14 @@ impl Lifecycle {
         wal: &Wal,
         metrics: &Arc<StreamMetrics>,
         stopped: &Arc<OnceLock<String>>,
-    ) -> Result<DeliveryTask, AppError> {
+    ) -> Result<DeliveryTask, StreamError> {
         let name = config.name.clone();
         let stream_dir = self.stream_dir(&name);
         let built = config
             .sink
             .build(&name, version_id)
             .await
-            .map_err(|source| AppError::Sink { stream: name.clone(), source: Box::new(source) })?;
+            .map_err(|source| StreamError::Sink { stream: name.clone(), source: Box::new(source) })?;
         // A destination that is down is not a reason to refuse records (they wait in the WAL),
         // but the operator should hear about it at once, not at the first batch.
         match tokio::time::timeout(SINK_CHECK_TIMEOUT, built.sink.healthcheck()).await {
@@ -349,13 +365,13 @@ impl Lifecycle {
         let partitioner: Option<Arc<dyn Partitioner>> = if partition_keys.is_empty() {
             None
         } else {
-            let compiled = PartitionKeys::compile(&partition_keys).map_err(|problems| AppError::Processing {
+            let compiled = PartitionKeys::compile(&partition_keys).map_err(|problems| StreamError::Processing {
                 stream: name.clone(),
                 message: problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
             })?;
             Some(Arc::new(JqPartitioner::new(compiled)))
         };
-        let chain = Chain::build(&config.processing.transforms).map_err(|problems| AppError::Processing {
+        let chain = Chain::build(&config.processing.transforms).map_err(|problems| StreamError::Processing {
             stream: name.clone(),
             message: problems
                 .iter()
@@ -369,7 +385,7 @@ impl Lifecycle {
             let stream_arn =
                 format!("arn:aws:firehose:{}:{}:deliverystream/{name}", self.env.region, self.env.account_id);
             let invoker = Invoker::new(lambda, stream_arn, self.env.region.clone(), metrics.processing.clone())
-                .map_err(|error| AppError::Processing { stream: name.clone(), message: error.to_string() })?;
+                .map_err(|error| StreamError::Processing { stream: name.clone(), message: error.to_string() })?;
             let lambda_keys: std::collections::BTreeSet<String> = config
                 .sink
                 .partition_keys_in_prefix()
@@ -413,8 +429,8 @@ impl Lifecycle {
             let dir = stream_dir.clone();
             tokio::task::spawn_blocking(move || IntentLog::open(&dir))
                 .await
-                .map_err(|join| AppError::DataDir { path: stream_dir.clone(), source: std::io::Error::other(join) })?
-                .map_err(|source| AppError::Intent { stream: name.clone(), source })?
+                .map_err(|join| StreamError::DataDir { path: stream_dir.clone(), source: std::io::Error::other(join) })?
+                .map_err(|source| StreamError::Intent { stream: name.clone(), source })?
         };
         let delivery_loop = DeliveryLoop {
             stream: name.clone(),
@@ -485,12 +501,12 @@ struct OpenedWal {
 }
 
 /// Blocking: create the stream's folder and open its WAL from the stored checkpoint.
-fn open_wal(name: &str, stream_dir: &Path, options: WalOptions) -> Result<OpenedWal, AppError> {
+fn open_wal(name: &str, stream_dir: &Path, options: WalOptions) -> Result<OpenedWal, StreamError> {
     std::fs::create_dir_all(stream_dir)
-        .map_err(|source| AppError::DataDir { path: stream_dir.to_path_buf(), source })?;
+        .map_err(|source| StreamError::DataDir { path: stream_dir.to_path_buf(), source })?;
     let delivered = Checkpoint::new(stream_dir)
         .load()
-        .map_err(|source| AppError::Checkpoint { stream: name.to_string(), source })?;
+        .map_err(|source| StreamError::Checkpoint { stream: name.to_string(), source })?;
     let started = std::time::Instant::now();
     let wal_dir = options.dir.clone();
     let (wal, report) = match Wal::open(options, delivered) {

@@ -49,7 +49,11 @@ fn harness(server_yaml: &str, limits_yaml: &str) -> Harness {
         "s".to_string(),
         StreamIngest {
             config: stream_config,
-            record: Arc::new(crate::catalog::StreamRecord::new("s", crate::catalog::StreamOrigin::Yaml, 0)),
+            record: Arc::new(crate::control::catalog::StreamRecord::new(
+                "s",
+                crate::control::catalog::StreamOrigin::Yaml,
+                0,
+            )),
             wal,
             metrics: stream_metrics,
             stopped: Arc::default(),

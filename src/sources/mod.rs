@@ -22,8 +22,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use crate::catalog::{StreamRecord, StreamStatus};
 use crate::config::{Config, StreamConfig};
+use crate::control::catalog::{Catalog, StreamRecord, StreamStatus};
 use crate::metrics::{Metrics, StreamMetrics};
 use crate::server::health::Readiness;
 use crate::streams::Lifecycle;
@@ -198,6 +198,8 @@ pub struct Ingest {
     /// Builds, restarts and stops streams at runtime; `None` in router tests that need no
     /// control plane.
     pub lifecycle: Option<Arc<Lifecycle>>,
+    /// Where the control plane keeps stream records; `None` with `lifecycle`.
+    pub catalog: Option<Arc<dyn Catalog>>,
     pub config: Config,
     pub metrics: Arc<Metrics>,
     /// Permits are KiB of request bodies held in memory; a request waits for its share.
@@ -336,6 +338,7 @@ impl Ingest {
         Self {
             streams: RwLock::new(streams),
             lifecycle: None,
+            catalog: None,
             readiness,
             config,
             metrics,
@@ -347,9 +350,11 @@ impl Ingest {
         }
     }
 
-    /// Attach the runtime stream lifecycle (create, update, delete through the API).
-    pub fn with_lifecycle(mut self, lifecycle: Arc<Lifecycle>) -> Self {
+    /// Attach what the control plane changes streams with at runtime (create, update, delete
+    /// through the API): the stream lifecycle and the catalog.
+    pub fn with_control(mut self, lifecycle: Arc<Lifecycle>, catalog: Arc<dyn Catalog>) -> Self {
         self.lifecycle = Some(lifecycle);
+        self.catalog = Some(catalog);
         self
     }
 

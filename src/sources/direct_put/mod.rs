@@ -1,14 +1,17 @@
 //! The Firehose API over AWS JSON 1.1: `POST /` with `X-Amz-Target: Firehose_20150804.<Operation>`.
-//! This module owns the wire protocol (dispatch, error shapes, `x-amzn-RequestId` on every
-//! response) and the data plane: `PutRecord` and `PutRecordBatch` append to the WAL. The control
-//! plane (create, describe, update, delete, tags, encryption) is in [`control`]. Request limits,
-//! response shapes and `__type` error names follow Firehose so AWS SDKs, the AWS CLI, Terraform
-//! and Fluent Bit work unchanged. Requests are SigV4-verified only with `server.auth`
+//! This module owns the wire protocol ([`wire`]: error shapes, parsing, `x-amzn-RequestId` on
+//! every response; [`validation`]: the service model's constraints, AWS-worded), the dispatch on
+//! the target, and the data plane: `PutRecord` and `PutRecordBatch` append to the WAL. Control
+//! operations (create, describe, update, delete, tags, encryption) are handed to the control
+//! plane, [`crate::control`], which answers in the same wire protocol. Request limits, response
+//! shapes and `__type` error names follow Firehose so AWS SDKs, the AWS CLI, Terraform and Fluent
+//! Bit work unchanged. Requests are SigV4-verified only with `server.auth`
 //! ([`crate::server::sigv4`]); without it, bind to loopback or a trusted network.
+//!
+//! Must not: create, change or delete streams (the control plane does).
 
-pub mod control;
-pub mod s3_destination;
 pub mod validation;
+pub mod wire;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -19,134 +22,14 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::wal::{FramedRecords, Records};
 
-use super::{
-    Ingest, IngestError, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_RECORD_BYTES, MAX_REQUEST_BODY_BYTES,
-    decode_off_runtime,
-};
+pub use wire::{ApiError, with_request_id};
+use wire::{CONTENT_TYPE, TARGET_PREFIX, ok_json, parse};
 
-const TARGET_PREFIX: &str = "Firehose_20150804.";
-const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
-
-/// A Firehose error response: HTTP status, `__type`, message.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    fn unknown_target(target: &str) -> ApiError {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "UnknownOperationException",
-            format!("missing or unknown X-Amz-Target {target:?}; expected {TARGET_PREFIX}<Operation>"),
-        )
-    }
-
-    /// SigV4 refusals: 400 with AWS's type and message, logged without the signature.
-    pub(crate) fn from_auth(error: crate::server::sigv4::AuthError) -> ApiError {
-        tracing::debug!(code = error.code(), %error, "request refused by server.auth");
-        ApiError { status: StatusCode::BAD_REQUEST, code: error.code(), message: error.to_string() }
-    }
-
-    pub(crate) fn code(&self) -> &'static str {
-        self.code
-    }
-    pub(crate) fn message(&self) -> &str {
-        &self.message
-    }
-    /// A model-constraint violation, worded as AWS words it (see [`validation`]).
-    pub(crate) fn validation(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "ValidationException", message)
-    }
-    pub(crate) fn resource_in_use(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "ResourceInUseException", message)
-    }
-    pub(crate) fn concurrent_modification(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "ConcurrentModificationException", message)
-    }
-    pub(crate) fn limit_exceeded(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "LimitExceededException", message)
-    }
-    pub(crate) fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", message)
-    }
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
-    }
-    pub(crate) fn invalid_argument(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "InvalidArgumentException", message)
-    }
-    pub(crate) fn serialization(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "SerializationException", message)
-    }
-    pub(crate) fn not_found(stream: &str, ingest: &Ingest) -> Self {
-        let message = format!("Firehose {stream} under account {} not found.", ingest.config.server.account_id);
-        Self::new(StatusCode::BAD_REQUEST, "ResourceNotFoundException", message)
-    }
-    /// The answer to a body over [`MAX_REQUEST_BODY_BYTES`] (refused by the router's body limit
-    /// before the handler runs); `declared` is the request's `Content-Length`, when it had one.
-    pub(crate) fn body_too_large(declared: Option<usize>) -> Self {
-        let size = declared.map_or_else(|| "over the limit".to_string(), |bytes| format!("of {bytes} bytes"));
-        Self::invalid_argument(format!(
-            "request body {size} exceeds the {} MiB request limit (the records of one call may total at most {} MiB)",
-            MAX_REQUEST_BODY_BYTES >> 20,
-            MAX_BATCH_BYTES >> 20
-        ))
-    }
-    /// The answer to a request not completed within `server.request_timeout_seconds` (a body
-    /// that trickles in). AWS SDKs retry `RequestTimeoutException` as a transient error.
-    pub(crate) fn request_timeout(seconds: u64) -> Self {
-        Self::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "RequestTimeoutException",
-            format!("request not completed within {seconds} seconds"),
-        )
-    }
-    fn from_ingest(error: IngestError, stream: &str, ingest: &Ingest) -> Self {
-        match error {
-            IngestError::UnknownStream => Self::not_found(stream, ingest),
-            IngestError::Throttled => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableException", "Slow down.")
-            }
-            // SDKs retry ServiceUnavailableException; a full disk is an outage, not a bad request.
-            IngestError::DiskFull => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailableException",
-                "Slow down. The write-ahead log's disk is full.",
-            ),
-            error @ IngestError::NotPushable { .. } => Self::invalid_argument(error.to_string()),
-            IngestError::NotActive(status) => Self::resource_in_use(format!(
-                "Firehose {stream} under account {} is in the {} state and takes no records.",
-                ingest.config.server.account_id,
-                status.as_str()
-            )),
-            IngestError::Internal(message) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", message),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = json!({ "__type": self.code, "message": self.message }).to_string();
-        let mut response = (self.status, body).into_response();
-        let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
-        headers.insert("x-amzn-errortype", HeaderValue::from_static(self.code));
-        response
-    }
-}
-
-pub(crate) fn ok_json(value: Value) -> Response {
-    let mut response = (StatusCode::OK, value.to_string()).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
-    response
-}
+use super::{Ingest, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_RECORD_BYTES, MAX_REQUEST_BODY_BYTES, decode_off_runtime};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -198,19 +81,6 @@ pub async fn handle(State(ingest): State<Arc<Ingest>>, uri: Uri, headers: Header
     with_request_id(&mut response);
     response
 }
-
-/// Every AWS response names its request: `x-amzn-RequestId` (SDKs put it in their errors and
-/// debug logs). Responses made outside the handler (limits) get one too, through the router.
-pub fn with_request_id(response: &mut Response) {
-    if response.headers().contains_key(REQUEST_ID_HEADER) {
-        return;
-    }
-    if let Ok(value) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, value);
-    }
-}
-
-pub const REQUEST_ID_HEADER: &str = "x-amzn-requestid";
 
 async fn dispatch(ingest: &Arc<Ingest>, uri: &Uri, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     let timeout_seconds = ingest.config.server.request_timeout_seconds;
@@ -265,8 +135,8 @@ async fn dispatch(ingest: &Arc<Ingest>, uri: &Uri, headers: &HeaderMap, body: Bo
     match operation {
         "PutRecord" => put_record(ingest, body).await,
         "PutRecordBatch" => put_record_batch(ingest, body).await,
-        other if control::OPERATIONS.contains(&other) => {
-            tokio::time::timeout_at(deadline, control::dispatch(ingest, other, &body))
+        other if crate::control::OPERATIONS.contains(&other) => {
+            tokio::time::timeout_at(deadline, crate::control::dispatch(ingest, other, &body))
                 .await
                 .map_err(|_| ApiError::request_timeout(timeout_seconds))?
         }
@@ -276,17 +146,6 @@ async fn dispatch(ingest: &Arc<Ingest>, uri: &Uri, headers: &HeaderMap, body: Bo
             format!("operation {other} is not supported by spillway"),
         )),
     }
-}
-
-/// Parse a request body. sonic-rs (SIMD) rather than serde_json: parsing the base64 text of a
-/// `PutRecordBatch` was the largest per-byte cost of ingest after compression. The nesting bound
-/// is checked first: sonic-rs skips an unknown field by recursing once per level, without a bound,
-/// so a body nested 100,000 deep would overflow the stack and abort the process.
-pub(crate) fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
-    let body = if body.is_empty() { b"{}".as_slice() } else { body };
-    spillway_sink_api::check_json_depth(body)
-        .map_err(|too_deep| ApiError::serialization(format!("malformed request body: {too_deep}")))?;
-    sonic_rs::from_slice(body).map_err(|error| ApiError::serialization(format!("malformed request body: {error}")))
 }
 
 /// Decode records' base64 data into one buffer laid out as the WAL frame holds it (one

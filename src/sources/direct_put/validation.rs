@@ -6,7 +6,7 @@
 //!
 //! Must not: check business rules (those are `InvalidArgumentException` and friends).
 
-use super::ApiError;
+use super::wire::ApiError;
 
 /// Collects violations; [`Violations::finish`] turns them into one `ValidationException`.
 #[derive(Default)]

@@ -17,14 +17,14 @@ use spillway_sink_api::Compression;
 
 use base64::Engine as _;
 
-use super::ApiError;
-use super::validation::Violations;
 use crate::config::{
     BufferingConfig, Config, DynamicPartitioningConfig, ProcessingConfig, RecordDelimiter, RetryConfig, SourceConfig,
     StreamConfig,
 };
 use crate::processing::{DecompressFormat, SubRecordType, TransformConfig};
 use crate::sinks::SinkConfig;
+use crate::sources::direct_put::validation::Violations;
+use crate::sources::direct_put::wire::ApiError;
 
 /// Firehose's `CompressionFormat` enum.
 const COMPRESSION_FORMATS: &[&str] = &["UNCOMPRESSED", "GZIP", "ZIP", "Snappy", "HADOOP_SNAPPY"];

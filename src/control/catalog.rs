@@ -1,22 +1,25 @@
 //! The stream catalog: what the control plane knows about each stream beyond its delivery
 //! configuration — where its definition comes from (YAML or the API), its Firehose status,
-//! `VersionId`, creation and update times, tags and the recorded encryption status — and how that
-//! is persisted under `data_dir`:
+//! `VersionId`, creation and update times, tags and the recorded encryption status — and where
+//! that is kept: behind the [`Catalog`] trait, so the app picks the store (a folder under
+//! `data_dir` today, [`FolderCatalog`]; PostgreSQL in cluster mode later).
 //!
+//! [`FolderCatalog`] keeps:
 //! - API-created streams: `data_dir/api-streams/<name>.json`, the whole record including the
 //!   destination as the API received it (`ExtendedS3DestinationConfiguration`), so the stream is
 //!   rebuilt from it at start-up.
 //! - YAML streams: `data_dir/streams/<name>/stream.json`, only the creation time, the version and a
 //!   fingerprint of the configuration; a changed fingerprint at start-up bumps the version.
 //!
-//! Every write replaces the file atomically ([`write_atomically`]). The functions here do blocking
-//! file I/O: call them from `spawn_blocking` (or at start-up, before serving).
+//! Every write replaces the file atomically ([`write_atomically`]); the file I/O runs on the
+//! blocking pool, never on the async runtime.
 //!
 //! Must not: build streams or talk HTTP.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::write_atomically;
@@ -27,6 +30,8 @@ pub enum CatalogError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("stream catalog file {path} is unreadable: {source}")]
     Parse { path: PathBuf, source: serde_json::Error },
+    #[error("a stream catalog task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
 }
 
 /// Who owns a stream's definition: YAML streams are read-only to the API.
@@ -120,13 +125,76 @@ impl StreamRecord {
     }
 }
 
-/// The folder of API-created streams' records.
-pub fn api_streams_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("api-streams")
+/// Where stream records are kept. Records of API-created streams are the streams' definitions
+/// (loaded at start-up, saved on every change, removed with the stream); a YAML stream's record
+/// only counts its versions.
+#[async_trait]
+pub trait Catalog: Send + Sync {
+    /// A YAML stream's record: created on first start, its version bumped when `fingerprint` (of
+    /// the stream's configuration) differs from the one stored.
+    async fn load_yaml_record(&self, name: &str, fingerprint: &str, now_ms: i64) -> Result<StreamRecord, CatalogError>;
+    /// Every API-created stream's record, in name order.
+    async fn load_api_records(&self) -> Result<Vec<StreamRecord>, CatalogError>;
+    /// Store an API-created stream's record, replacing the one it had.
+    async fn save_api_record(&self, record: &StreamRecord) -> Result<(), CatalogError>;
+    /// Forget an API-created stream; a name with no record is not an error.
+    async fn remove_api_record(&self, name: &str) -> Result<(), CatalogError>;
 }
 
-fn api_record_path(data_dir: &Path, name: &str) -> PathBuf {
-    api_streams_dir(data_dir).join(format!("{name}.json"))
+/// The catalog in files under `data_dir` (see the module header for the layout).
+#[derive(Debug, Clone)]
+pub struct FolderCatalog {
+    data_dir: PathBuf,
+}
+
+impl FolderCatalog {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self { data_dir: data_dir.into() }
+    }
+
+    /// A YAML stream's record file, in the stream's own folder (`crate::streams::stream_dir`).
+    fn yaml_record_path(&self, name: &str) -> PathBuf {
+        self.data_dir.join("streams").join(name).join("stream.json")
+    }
+
+    fn api_record_path(&self, name: &str) -> PathBuf {
+        api_streams_dir(&self.data_dir).join(format!("{name}.json"))
+    }
+
+    /// Run blocking file I/O on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        work: impl FnOnce() -> Result<T, CatalogError> + Send + 'static,
+    ) -> Result<T, CatalogError> {
+        tokio::task::spawn_blocking(work).await?
+    }
+}
+
+#[async_trait]
+impl Catalog for FolderCatalog {
+    async fn load_yaml_record(&self, name: &str, fingerprint: &str, now_ms: i64) -> Result<StreamRecord, CatalogError> {
+        let (path, name, fingerprint) = (self.yaml_record_path(name), name.to_string(), fingerprint.to_string());
+        Self::blocking(move || load_yaml_record(&path, &name, &fingerprint, now_ms)).await
+    }
+
+    async fn load_api_records(&self) -> Result<Vec<StreamRecord>, CatalogError> {
+        let dir = api_streams_dir(&self.data_dir);
+        Self::blocking(move || load_api_records(&dir)).await
+    }
+
+    async fn save_api_record(&self, record: &StreamRecord) -> Result<(), CatalogError> {
+        let (path, record) = (self.api_record_path(&record.name), record.clone());
+        Self::blocking(move || write_record(&path, &record)).await
+    }
+
+    async fn remove_api_record(&self, name: &str) -> Result<(), CatalogError> {
+        let path = self.api_record_path(name);
+        Self::blocking(move || remove_record(&path)).await
+    }
+}
+
+/// The folder of API-created streams' records.
+fn api_streams_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("api-streams")
 }
 
 fn read_record(path: &Path) -> Result<Option<StreamRecord>, CatalogError> {
@@ -148,17 +216,24 @@ fn write_record(path: &Path, record: &StreamRecord) -> Result<(), CatalogError> 
     write_atomically(path, &bytes).map_err(io)
 }
 
-/// Every API-created stream's record, in name order.
-pub fn load_api_records(data_dir: &Path) -> Result<Vec<StreamRecord>, CatalogError> {
-    let dir = api_streams_dir(data_dir);
-    let entries = match std::fs::read_dir(&dir) {
+fn remove_record(path: &Path) -> Result<(), CatalogError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(CatalogError::Io { path: path.to_path_buf(), source }),
+    }
+}
+
+/// Blocking: every record in `dir`, in name order.
+fn load_api_records(dir: &Path) -> Result<Vec<StreamRecord>, CatalogError> {
+    let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(CatalogError::Io { path: dir, source }),
+        Err(source) => return Err(CatalogError::Io { path: dir.to_path_buf(), source }),
     };
     let mut records = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|source| CatalogError::Io { path: dir.clone(), source })?;
+        let entry = entry.map_err(|source| CatalogError::Io { path: dir.to_path_buf(), source })?;
         let path = entry.path();
         // Leftover temporary files of an interrupted atomic write are not records.
         if path.extension().is_none_or(|extension| extension != "json") {
@@ -172,29 +247,10 @@ pub fn load_api_records(data_dir: &Path) -> Result<Vec<StreamRecord>, CatalogErr
     Ok(records)
 }
 
-pub fn save_api_record(data_dir: &Path, record: &StreamRecord) -> Result<(), CatalogError> {
-    write_record(&api_record_path(data_dir, &record.name), record)
-}
-
-pub fn remove_api_record(data_dir: &Path, name: &str) -> Result<(), CatalogError> {
-    let path = api_record_path(data_dir, name);
-    match std::fs::remove_file(&path) {
-        Ok(()) => Ok(()),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(CatalogError::Io { path, source }),
-    }
-}
-
-/// A YAML stream's record: created on first start, its version bumped when `fingerprint` (of
-/// the stream's configuration) differs from the one stored.
-pub fn load_yaml_record(
-    stream_dir: &Path,
-    name: &str,
-    fingerprint: &str,
-    now_ms: i64,
-) -> Result<StreamRecord, CatalogError> {
-    let path = stream_dir.join("stream.json");
-    let record = match read_record(&path)? {
+/// Blocking: the YAML stream's record at `path`, created or its version bumped (see
+/// [`Catalog::load_yaml_record`]).
+fn load_yaml_record(path: &Path, name: &str, fingerprint: &str, now_ms: i64) -> Result<StreamRecord, CatalogError> {
+    let record = match read_record(path)? {
         Some(stored) if stored.fingerprint.as_deref() == Some(fingerprint) => return Ok(stored),
         Some(stored) => StreamRecord {
             version_id: stored.version_id + 1,
@@ -207,7 +263,7 @@ pub fn load_yaml_record(
             ..StreamRecord::new(name, StreamOrigin::Yaml, now_ms)
         },
     };
-    write_record(&path, &record)?;
+    write_record(path, &record)?;
     Ok(record)
 }
 
@@ -220,33 +276,37 @@ pub fn fingerprint(config: &impl std::fmt::Debug) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn yaml_record_keeps_its_creation_time_and_counts_config_changes() {
+    #[tokio::test]
+    async fn yaml_record_keeps_its_creation_time_and_counts_config_changes() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let first = load_yaml_record(dir.path(), "s", "a", 1_000).expect("created");
+        let catalog = FolderCatalog::new(dir.path());
+        let first = catalog.load_yaml_record("s", "a", 1_000).await.expect("created");
         assert_eq!((first.version_id, first.create_timestamp_ms), (1, 1_000));
-        let same = load_yaml_record(dir.path(), "s", "a", 2_000).expect("loaded");
+        assert!(dir.path().join("streams/s/stream.json").is_file(), "kept in the stream's folder");
+        let same = catalog.load_yaml_record("s", "a", 2_000).await.expect("loaded");
         assert_eq!(same, first, "unchanged config: same record");
-        let changed = load_yaml_record(dir.path(), "s", "b", 3_000).expect("bumped");
+        let changed = catalog.load_yaml_record("s", "b", 3_000).await.expect("bumped");
         assert_eq!(
             (changed.version_id, changed.create_timestamp_ms, changed.last_update_timestamp_ms),
             (2, 1_000, 3_000)
         );
     }
 
-    #[test]
-    fn api_records_round_trip_and_are_listed_by_name() {
+    #[tokio::test]
+    async fn api_records_round_trip_and_are_listed_by_name() {
         let dir = tempfile::tempdir().expect("tempdir");
+        let catalog = FolderCatalog::new(dir.path());
         for name in ["b", "a"] {
             let mut record = StreamRecord::new(name, StreamOrigin::Api, 5);
             record.tags.insert("team".into(), "data".into());
             record.destination = Some(serde_json::json!({ "BucketARN": "arn:aws:s3:::x" }));
-            save_api_record(dir.path(), &record).expect("saved");
+            catalog.save_api_record(&record).await.expect("saved");
         }
-        let loaded = load_api_records(dir.path()).expect("loaded");
+        let loaded = catalog.load_api_records().await.expect("loaded");
         assert_eq!(loaded.iter().map(|record| record.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(loaded[0].tags.get("team").map(String::as_str), Some("data"));
-        remove_api_record(dir.path(), "a").expect("removed");
-        assert_eq!(load_api_records(dir.path()).expect("loaded").len(), 1);
+        catalog.remove_api_record("a").await.expect("removed");
+        catalog.remove_api_record("a").await.expect("removing twice is fine");
+        assert_eq!(catalog.load_api_records().await.expect("loaded").len(), 1);
     }
 }

@@ -1,11 +1,15 @@
 //! The Firehose control plane: `CreateDeliveryStream`, `DescribeDeliveryStream`,
 //! `ListDeliveryStreams`, `UpdateDestination`, `DeleteDeliveryStream`, the tag operations and
 //! `Start/StopDeliveryStreamEncryption`, with Firehose's request and response shapes (botocore
-//! `firehose/2015-08-04/service-2.json`) and error types.
+//! `firehose/2015-08-04/service-2.json`) and error types, answered in the wire protocol of
+//! [`crate::sources::direct_put::wire`] (the Firehose endpoint hands these operations here).
+//! [`s3_destination`] turns Firehose's destination shapes into a `StreamConfig`; [`catalog`]
+//! keeps each stream's record behind the [`catalog::Catalog`] trait. The app builds the catalog
+//! and the stream lifecycle and hands both down through [`Ingest`].
 //!
 //! - Streams created here are built by [`crate::streams::Lifecycle`], the code YAML streams run
-//!   through, and persisted in the catalog (`data_dir/api-streams/<name>.json`), so they survive a
-//!   restart. YAML streams are read-only here (`ResourceInUseException`).
+//!   through, and persisted in the catalog, so they survive a restart. YAML streams are read-only
+//!   here (`ResourceInUseException`).
 //! - Changes run one at a time (the lifecycle's control lock) in a spawned task: a client that
 //!   disconnects, or the request deadline, cannot leave a change half done.
 //! - Delete: the stream stops taking records at once (`DELETING`), delivers everything it
@@ -16,7 +20,10 @@
 //! - Encryption: status transitions are recorded and reported; the WAL is not encrypted (data at
 //!   rest is the disk's business) — out of scope.
 //!
-//! Must not: append records or deliver.
+//! Must not: append records or deliver; import the app.
+
+pub mod catalog;
+pub mod s3_destination;
 
 use std::sync::Arc;
 
@@ -24,13 +31,13 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::validation::Violations;
-use super::{ApiError, ok_json, parse, s3_destination};
-use crate::catalog::{self, EncryptionRecord, StreamOrigin, StreamRecord, StreamStatus};
 use crate::config::{Config, StreamConfig};
 use crate::sinks::{DESTINATION_ID, DescribeContext};
+use crate::sources::direct_put::validation::Violations;
+use crate::sources::direct_put::wire::{ApiError, ok_json, parse};
 use crate::sources::{Ingest, StreamIngest};
-use crate::streams::{Lifecycle, StopMode};
+use crate::streams::{Lifecycle, StopMode, StreamError};
+use catalog::{Catalog, EncryptionRecord, StreamOrigin, StreamRecord, StreamStatus};
 
 /// Operations answered here.
 pub const OPERATIONS: &[&str] = &[
@@ -93,6 +100,10 @@ fn lifecycle(ingest: &Ingest) -> Result<Arc<Lifecycle>, ApiError> {
     ingest.lifecycle.clone().ok_or_else(|| ApiError::internal("streams cannot be changed in this process"))
 }
 
+fn stream_catalog(ingest: &Ingest) -> Result<Arc<dyn Catalog>, ApiError> {
+    ingest.catalog.clone().ok_or_else(|| ApiError::internal("streams cannot be changed in this process"))
+}
+
 /// The stream configuration of an API-created stream's catalog record (at start-up).
 pub fn stream_config_for(config: &Config, record: &StreamRecord) -> Result<StreamConfig, String> {
     let destination = record.destination.as_ref().ok_or("the catalog record has no destination")?;
@@ -106,14 +117,9 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Persist an API stream's record (on the blocking pool).
+/// Persist an API stream's record in the catalog.
 async fn save(ingest: &Ingest, record: &StreamRecord) -> Result<(), ApiError> {
-    let data_dir = ingest.config.data_dir.clone();
-    let record = record.clone();
-    tokio::task::spawn_blocking(move || catalog::save_api_record(&data_dir, &record))
-        .await
-        .map_err(|join| ApiError::internal(join.to_string()))?
-        .map_err(|error| ApiError::internal(error.to_string()))
+    stream_catalog(ingest)?.save_api_record(record).await.map_err(|error| ApiError::internal(error.to_string()))
 }
 
 fn stream_name_of(body: &Value) -> Result<String, ApiError> {
@@ -282,9 +288,7 @@ async fn create(ingest: &Arc<Ingest>, lifecycle: &Lifecycle, body: &[u8]) -> Res
     let mut started = match lifecycle.start(&stream_config, record.clone()).await {
         Ok(started) => started,
         Err(error) => {
-            let data_dir = ingest.config.data_dir.clone();
-            let removed_name = name.clone();
-            let _ = tokio::task::spawn_blocking(move || catalog::remove_api_record(&data_dir, &removed_name)).await;
+            let _ = stream_catalog(ingest)?.remove_api_record(&name).await;
             return Err(ApiError::invalid_argument(format!("cannot create {name}: {error}")));
         }
     };
@@ -552,14 +556,14 @@ fn spawn_delete(ingest: Arc<Ingest>, name: String, mode: StopMode) {
 #[derive(Debug, thiserror::Error)]
 enum DeleteError {
     #[error(transparent)]
-    App(#[from] crate::app::AppError),
+    Stream(#[from] StreamError),
     #[error("cannot remove {path}: {source}")]
     Io { path: std::path::PathBuf, source: std::io::Error },
     #[error(transparent)]
     Catalog(#[from] catalog::CatalogError),
     #[error("a blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
-    #[error("no stream lifecycle in this process")]
+    #[error("no stream lifecycle or catalog in this process")]
     NoLifecycle,
     #[error("refusing to remove files of {0:?}: the name does not stay inside data_dir/streams")]
     OutsideOwnFolder(String),
@@ -567,6 +571,7 @@ enum DeleteError {
 
 async fn finish_delete(ingest: &Arc<Ingest>, name: &str, mode: StopMode) -> Result<(), DeleteError> {
     let lifecycle = ingest.lifecycle.clone().ok_or(DeleteError::NoLifecycle)?;
+    let catalog = ingest.catalog.clone().ok_or(DeleteError::NoLifecycle)?;
     let removed = lifecycle.remove(name, mode).await?;
     let _one_at_a_time = lifecycle.control.lock().await;
     let data_dir = ingest.config.data_dir.clone();
@@ -574,7 +579,7 @@ async fn finish_delete(ingest: &Arc<Ingest>, name: &str, mode: StopMode) -> Resu
         .ok_or_else(|| DeleteError::OutsideOwnFolder(name.to_string()))?;
     let kept = removed.has_undelivered();
     let set_aside = data_dir.join("deleted-streams").join(format!("{name}-{}", now_ms()));
-    let (files, aside, stream) = (stream_dir.clone(), set_aside.clone(), name.to_string());
+    let (files, aside) = (stream_dir.clone(), set_aside.clone());
     tokio::task::spawn_blocking(move || -> Result<(), DeleteError> {
         if kept {
             let parent = aside.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
@@ -587,10 +592,10 @@ async fn finish_delete(ingest: &Arc<Ingest>, name: &str, mode: StopMode) -> Resu
                 Err(source) => return Err(DeleteError::Io { path: files.clone(), source }),
             }
         }
-        catalog::remove_api_record(&data_dir, &stream)?;
         Ok(())
     })
     .await??;
+    catalog.remove_api_record(name).await?;
     if kept {
         tracing::warn!(
             stream = %name,
