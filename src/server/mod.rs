@@ -64,42 +64,27 @@ pub fn router(ingest: Arc<Ingest>) -> Router {
 /// right (unknown key, scope, date, required headers unsigned) before its body is touched: the
 /// oversized-body drain and the body budget come after this.
 async fn firehose_signature(State(ingest): State<Arc<Ingest>>, request: Request, next: Next) -> Response {
-    if let Some(auth) = &ingest.config.server.auth {
-        let checked = sigv4::precheck(
-            auth,
-            request.method().as_str(),
-            request.uri(),
-            request.headers(),
-            sigv4::FIREHOSE_API_SIGNED_HEADERS,
-            SystemTime::now(),
-        )
-        .map(|_| ());
-        if let Err(error) = checked {
-            let mut response = direct_put::ApiError::from_auth(error).into_response();
-            direct_put::with_request_id(&mut response);
-            return response;
-        }
+    if let Err(error) = precheck(&ingest, &request, sigv4::FIREHOSE_API_SIGNED_HEADERS) {
+        let mut response = direct_put::ApiError::from_auth(error).into_response();
+        direct_put::with_request_id(&mut response);
+        return response;
     }
     next.run(request).await
 }
 
 /// [`firehose_signature`] for NDJSON puts (no `x-amz-target` to sign there).
 async fn ndjson_signature(State(ingest): State<Arc<Ingest>>, request: Request, next: Next) -> Response {
-    if let Some(auth) = &ingest.config.server.auth {
-        let checked = sigv4::precheck(
-            auth,
-            request.method().as_str(),
-            request.uri(),
-            request.headers(),
-            sigv4::NDJSON_SIGNED_HEADERS,
-            SystemTime::now(),
-        )
-        .map(|_| ());
-        if let Err(error) = checked {
-            return http::auth_error(error);
-        }
+    if let Err(error) = precheck(&ingest, &request, sigv4::NDJSON_SIGNED_HEADERS) {
+        return http::auth_error(error);
     }
     next.run(request).await
+}
+
+/// The body-free part of the signature check, when `server.auth` is on.
+fn precheck(ingest: &Ingest, request: &Request, required: &[&str]) -> Result<(), sigv4::AuthError> {
+    let Some(auth) = &ingest.config.server.auth else { return Ok(()) };
+    sigv4::precheck(auth, request.method().as_str(), request.uri(), request.headers(), required, SystemTime::now())
+        .map(|_| ())
 }
 
 async fn status_signature(State(ingest): State<Arc<Ingest>>, request: Request, next: Next) -> Response {
