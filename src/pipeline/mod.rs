@@ -136,6 +136,10 @@ struct Ledger {
 }
 
 impl Ledger {
+    fn delivered_ahead_bytes(&self) -> u64 {
+        self.delivered_ahead.iter().map(|(_, bytes)| bytes).sum()
+    }
+
     fn add_in_flight(&mut self, start: u64, oldest_arrival_ms: i64) {
         let (count, oldest) = self.in_flight_starts.entry(start).or_insert((0, oldest_arrival_ms));
         *count += 1;
@@ -494,10 +498,11 @@ impl DeliveryLoop {
             tokio::task::spawn_blocking(move || intents.record(&done)).await??;
         }
         ledger.done.push(intent);
-        self.advance_watermark(ledger, assembler, queue).await?;
-        // What left above the watermark stops counting against the WAL limit at once, while
-        // the watermark (the trim point) waits for an older batch.
-        self.wal.delivered_ahead(ledger.delivered_ahead.iter().map(|(_, bytes)| bytes).sum());
+        if !self.advance_watermark(ledger, assembler, queue).await? {
+            // What left above the watermark stops counting against the WAL limit at once, while
+            // the watermark (the trim point) waits for an older batch.
+            self.wal.delivered_ahead(ledger.delivered_ahead_bytes());
+        }
         Ok(())
     }
 
@@ -514,17 +519,18 @@ impl DeliveryLoop {
         watermark
     }
 
-    /// Store the watermark as the checkpoint when it moved, drop intents below it, trim the WAL.
+    /// Store the watermark as the checkpoint when it moved, drop intents below it, trim the WAL;
+    /// whether it moved.
     async fn advance_watermark(
         &self,
         ledger: &mut Ledger,
         assembler: &mut Assembler,
         queue: &VecDeque<ClosedBatch>,
-    ) -> Result<(), PipelineError> {
+    ) -> Result<bool, PipelineError> {
         self.note_freshness(ledger, assembler, queue);
         let watermark = self.watermark(ledger, assembler, queue);
         if watermark <= ledger.stored {
-            return Ok(());
+            return Ok(false);
         }
         let passed: Vec<Intent> = {
             let (passed, kept) =
@@ -539,9 +545,9 @@ impl DeliveryLoop {
         assembler.release_claims_below(watermark);
         // The smaller figure before the trim, so the WAL never counts less than is undelivered.
         ledger.delivered_ahead.retain(|(end, _)| *end > watermark);
-        self.wal.delivered_ahead(ledger.delivered_ahead.iter().map(|(_, bytes)| bytes).sum());
+        self.wal.delivered_ahead(ledger.delivered_ahead_bytes());
         self.wal.trim(watermark);
-        Ok(())
+        Ok(true)
     }
 
     /// Update the data freshness and open partition gauges: the oldest arrival among the

@@ -128,11 +128,9 @@ fn ingest_error(failure: IngestError) -> Response {
         IngestError::Throttled => {
             error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableException", "Slow down.".into())
         }
-        IngestError::DiskFull => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailableException",
-            "Slow down. The write-ahead log's disk is full.".into(),
-        ),
+        disk_full @ IngestError::DiskFull => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableException", disk_full.to_string())
+        }
         IngestError::UnknownStream => {
             error(StatusCode::NOT_FOUND, "ResourceNotFoundException", "stream is not configured".into())
         }

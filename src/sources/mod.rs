@@ -310,7 +310,7 @@ pub enum IngestError {
     #[error("stream is {0:?}")]
     NotActive(StreamStatus),
     /// The WAL's disk has no room: nothing was appended, a retry later can succeed.
-    #[error("the wal disk is full")]
+    #[error("Slow down. The write-ahead log's disk is full.")]
     DiskFull,
     #[error("{0}")]
     Internal(String),

@@ -191,37 +191,28 @@ pub fn plausible_payload_lens(bytes: &[u8], first_sequence: u64) -> Vec<usize> {
     if found_sequence != first_sequence {
         return lens;
     }
-    // Records, each a u32 length and its bytes.
-    let mut at = PAYLOAD_FIXED_LEN;
-    for _ in 0..count {
-        let Some(len) = read_u32(at) else { return lens };
-        at += 4 + len as usize;
-        if at > bytes.len() {
-            return lens;
+    // Past `count` fields, each a little-endian length of `width` bytes and its bytes.
+    let skip = |mut at: usize, count: u32, width: usize| -> Option<usize> {
+        for _ in 0..count {
+            let len = if width == 2 { read_u16(at).map(usize::from) } else { read_u32(at).map(|len| len as usize) };
+            at += width + len?;
+            if at > bytes.len() {
+                return None;
+            }
         }
-    }
+        Some(at)
+    };
+    // Records, each a u32 length and its bytes.
+    let Some(at) = skip(PAYLOAD_FIXED_LEN, count, 4) else { return lens };
     lens.push(at);
     // A source position: two u16-prefixed fields.
-    for _ in 0..2 {
-        let Some(len) = read_u16(at) else { return lens };
-        at += 2 + len as usize;
-        if at > bytes.len() {
-            return lens;
-        }
-    }
+    let Some(at) = skip(at, 2, 2) else { return lens };
     lens.push(at);
     // Record metadata: a u32 count (the record count), then u32-prefixed entries.
     if read_u32(at) != Some(count) {
         return lens;
     }
-    at += 4;
-    for _ in 0..count {
-        let Some(len) = read_u32(at) else { return lens };
-        at += 4 + len as usize;
-        if at > bytes.len() {
-            return lens;
-        }
-    }
+    let Some(at) = skip(at + 4, count, 4) else { return lens };
     lens.push(at);
     lens
 }

@@ -99,11 +99,9 @@ impl ApiError {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableException", "Slow down.")
             }
             // SDKs retry ServiceUnavailableException; a full disk is an outage, not a bad request.
-            IngestError::DiskFull => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailableException",
-                "Slow down. The write-ahead log's disk is full.",
-            ),
+            disk_full @ IngestError::DiskFull => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableException", disk_full.to_string())
+            }
             error @ IngestError::NotPushable { .. } => Self::invalid_argument(error.to_string()),
             IngestError::NotActive(status) => Self::resource_in_use(format!(
                 "Firehose {stream} under account {} is in the {} state and takes no records.",
