@@ -238,11 +238,11 @@ async fn validate_connect(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     };
     let mut failed = false;
     for stream in &config.streams {
-        match stream.sink.check_connection(&stream.name).await {
-            Ok(what) => println!("stream {}: {} sink: {what}", stream.name, stream.sink.type_name()),
+        match stream.sink.descriptor().check_connection(&stream.name).await {
+            Ok(what) => println!("stream {}: {} sink: {what}", stream.name, stream.sink.descriptor().type_name()),
             Err(error) => {
                 failed = true;
-                eprintln!("stream {}: {} sink: {error}", stream.name, stream.sink.type_name());
+                eprintln!("stream {}: {} sink: {error}", stream.name, stream.sink.descriptor().type_name());
             }
         }
     }

@@ -164,7 +164,7 @@ impl Lifecycle {
         let probe_wal = wal.clone();
         let metrics = self.env.metrics.register(
             &name,
-            config.sink.type_name(),
+            config.sink.descriptor().type_name(),
             Box::new(move || WalSize {
                 undelivered_bytes: probe_wal.undelivered_bytes(),
                 disk_bytes: probe_wal.disk_bytes(),
@@ -345,6 +345,7 @@ impl Lifecycle {
         let stream_dir = self.stream_dir(&name);
         let built = config
             .sink
+            .descriptor()
             .build(&name, version_id)
             .await
             .map_err(|source| StreamError::Sink { stream: name.clone(), source: Box::new(source) })?;
@@ -388,6 +389,7 @@ impl Lifecycle {
                 .map_err(|error| StreamError::Processing { stream: name.clone(), message: error.to_string() })?;
             let lambda_keys: std::collections::BTreeSet<String> = config
                 .sink
+                .descriptor()
                 .partition_keys_in_prefix()
                 .unwrap_or_default()
                 .into_iter()
@@ -413,7 +415,7 @@ impl Lifecycle {
             metrics: metrics.clone(),
             recovery: recovery.clone(),
         };
-        self.env.readiness.add_sink(&name, config.sink.type_name());
+        self.env.readiness.add_sink(&name, config.sink.descriptor().type_name());
         let delivery = Arc::new(Delivery {
             sink: built.sink,
             error_output: built.error_output,
@@ -445,7 +447,7 @@ impl Lifecycle {
                 size_bytes: (config.buffering.size_mib << 20) as usize,
                 interval: Duration::from_secs(config.buffering.interval_seconds),
                 max_partitions: config.processing.max_active_partitions(),
-                full_batches_in_flight: config.sink.full_batches_in_flight(),
+                full_batches_in_flight: config.sink.descriptor().full_batches_in_flight(),
             },
             budget: self.env.budget.clone(),
         };

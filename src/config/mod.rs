@@ -380,7 +380,10 @@ impl StreamConfig {
     pub fn retry_duration_seconds(&self) -> u64 {
         match &self.processing.dynamic_partitioning {
             Some(dynamic) if dynamic.enabled => dynamic.retry_duration_seconds,
-            _ => self.retry.duration_seconds.unwrap_or_else(|| self.sink.default_retry_duration_seconds()),
+            _ => self
+                .retry
+                .duration_seconds
+                .unwrap_or_else(|| self.sink.descriptor().limits().default_retry_duration_seconds),
         }
     }
 }
@@ -716,7 +719,7 @@ impl Config {
             if !seen.insert(stream.name.as_str()) {
                 push(at("name"), format!("duplicate stream name {:?}", stream.name));
             }
-            let size_range = stream.sink.buffer_size_range_mib();
+            let size_range = stream.sink.descriptor().limits().buffer_size_mib;
             if !size_range.contains(&stream.buffering.size_mib) {
                 push(
                     at("buffering.size_mib"),
@@ -724,7 +727,7 @@ impl Config {
                         "must be between {} and {} for a {} sink (got {})",
                         size_range.start(),
                         size_range.end(),
-                        stream.sink.type_name(),
+                        stream.sink.descriptor().type_name(),
                         stream.buffering.size_mib
                     ),
                 );
@@ -744,7 +747,7 @@ impl Config {
                     ),
                 );
             }
-            let retry_range = stream.sink.retry_duration_range_seconds();
+            let retry_range = stream.sink.descriptor().limits().retry_duration_seconds;
             if let Some(duration_seconds) = stream.retry.duration_seconds
                 && !retry_range.contains(&duration_seconds)
             {
@@ -754,18 +757,18 @@ impl Config {
                         "must be between {} and {} for a {} sink (got {})",
                         retry_range.start(),
                         retry_range.end(),
-                        stream.sink.type_name(),
+                        stream.sink.descriptor().type_name(),
                         duration_seconds
                     ),
                 );
             }
-            let sink_problems = stream.sink.validate();
-            let sink_reported = |field: &str| sink_problems.iter().any(|problem| problem.path == field);
+            let sink_problems = stream.sink.descriptor().validate();
+            let sink_reported = |field: &str| sink_problems.iter().any(|problem| problem.field == field);
             for problem in dynamic_partitioning_problems(stream, &sink_reported) {
                 push(at(&problem.path), problem.message);
             }
             for problem in sink_problems {
-                push(at(&format!("sink.{}", problem.path)), problem.message);
+                push(at(&format!("sink.{}", problem.field)), problem.message);
             }
             for (field, message) in stream.source.validate() {
                 push(at(&format!("source.{field}")), message);
@@ -830,8 +833,11 @@ fn dynamic_partitioning_problems(stream: &StreamConfig, sink_reported: &dyn Fn(&
     let lambda_partitioning = stream.processing.dynamic_partitioning.as_ref().is_some_and(|dynamic| dynamic.enabled);
 
     if let Some(dynamic) = &stream.processing.dynamic_partitioning {
-        if !stream.sink.supports_dynamic_partitioning() {
-            push(block, format!("is not supported by a {} sink (Firehose: S3 only)", stream.sink.type_name()));
+        if !stream.sink.descriptor().supports_dynamic_partitioning() {
+            push(
+                block,
+                format!("is not supported by a {} sink (Firehose: S3 only)", stream.sink.descriptor().type_name()),
+            );
         }
         if dynamic.enabled && dynamic.keys.is_empty() && !has_lambda {
             push(
@@ -864,13 +870,16 @@ fn dynamic_partitioning_problems(stream: &StreamConfig, sink_reported: &dyn Fn(&
             }
         }
         // Firehose requires an error output prefix whenever dynamic partitioning is enabled.
-        if dynamic.enabled && !stream.sink.has_error_output_prefix() && !sink_reported("error_output_prefix") {
+        if dynamic.enabled
+            && !stream.sink.descriptor().has_error_output_prefix()
+            && !sink_reported("error_output_prefix")
+        {
             push("sink.error_output_prefix", "is required when dynamic partitioning is enabled".into());
         }
     }
 
     // An unparsable prefix is reported by the sink's own validation.
-    let Ok(named) = stream.sink.partition_keys_in_prefix() else {
+    let Ok(named) = stream.sink.descriptor().partition_keys_in_prefix() else {
         return problems;
     };
     let mut reported = BTreeSet::new();

@@ -26,7 +26,7 @@ pub fn preflight(config: &Config) -> Vec<Problem> {
         problems.push(Problem { path: "data_dir".into(), message });
     }
     for (index, stream) in config.streams.iter().enumerate() {
-        for (field, folder) in stream.sink.local_folders() {
+        for (field, folder) in stream.sink.descriptor().local_folders() {
             if let Err(message) = writable_folder(&folder) {
                 problems.push(Problem { path: format!("streams[{index}].sink.{field}"), message });
             }

@@ -23,6 +23,7 @@
 //! Must not: append records or deliver; import the app.
 
 pub mod catalog;
+pub mod processors;
 pub mod s3_destination;
 
 use std::sync::Arc;
@@ -347,11 +348,22 @@ fn description(ingest: &Ingest, stream: &StreamIngest) -> Value {
     let record = &stream.record;
     let destination = record.destination.as_ref();
     let member = |key: &str| destination.and_then(|destination| destination.get(key));
+    let config = &stream.config;
     let context = DescribeContext {
         account_id: &ingest.config.server.account_id,
         role_arn: member("RoleARN").and_then(Value::as_str),
         bucket_arn: member("BucketARN").and_then(Value::as_str),
         cloud_watch_logging_options: member("CloudWatchLoggingOptions"),
+        buffer_size_mib: config.buffering.size_mib,
+        buffer_interval_seconds: config.buffering.interval_seconds,
+        retry_duration_seconds: config.retry_duration_seconds(),
+        processing_configuration: processors::processing_configuration(config),
+        dynamic_partitioning_configuration: config.processing.dynamic_partitioning.as_ref().map(|dynamic| {
+            json!({
+                "Enabled": dynamic.enabled,
+                "RetryOptions": { "DurationInSeconds": dynamic.retry_duration_seconds },
+            })
+        }),
     };
     let mut encryption = json!({ "Status": record.encryption.status });
     if let Some(key_type) = &record.encryption.key_type {
@@ -369,7 +381,7 @@ fn description(ingest: &Ingest, stream: &StreamIngest) -> Value {
         "VersionId": record.version_id.to_string(),
         "CreateTimestamp": record.create_timestamp_ms as f64 / 1000.0,
         "LastUpdateTimestamp": record.last_update_timestamp_ms as f64 / 1000.0,
-        "Destinations": [stream.config.sink.describe_destination(&stream.config, &context)],
+        "Destinations": [config.sink.descriptor().describe_destination(&context)],
         "HasMoreDestinations": false,
     });
     if let Some(members) = description.as_object_mut() {

@@ -48,7 +48,7 @@ pub async fn status(State(ingest): State<Arc<Ingest>>) -> Response {
         .map(|(stream, name)| StreamStatus {
             name,
             source: stream.config.source.type_name(),
-            sink: stream.config.sink.type_name(),
+            sink: stream.config.sink.descriptor().type_name(),
             last_error: stream.metrics.last_error(),
         })
         .collect();

@@ -6,6 +6,8 @@
 //! - [`encode`]: the `Encoder` an open batch is held in, and the raw (+ gzip / zstd) encoder.
 //! - [`sink`]: the `Sink` trait (one attempt per call; retries belong to the pipeline).
 //! - [`error`]: `SinkError`, classified as retriable, permanent or partial.
+//! - [`descriptor`]: `SinkDescriptor`, what a sink type tells spillway about itself (ranges,
+//!   validation, build, Firehose's description), and `BuiltSink`.
 //! - [`codec`]: the compressions every byte-oriented sink shares (none, gzip, zstd).
 //! - [`json_depth`]: the nesting bound every JSON parse honours, checked before parsing.
 //! - [`panic`]: containing a panic into an "internal error" of one record or batch.
@@ -15,6 +17,7 @@
 pub mod batch;
 pub mod civil;
 pub mod codec;
+pub mod descriptor;
 pub mod encode;
 pub mod error;
 pub mod json_depth;
@@ -25,6 +28,9 @@ pub mod testkit;
 
 pub use batch::{Batch, LAMBDA_PARTITION_KEY_PREFIX, PartitionKeys, Record, SequenceSet, lambda_partition_key};
 pub use codec::Compression;
+pub use descriptor::{
+    BuiltSink, ConfigProblem, DESTINATION_ID, DescribeContext, FirehoseLimits, PartitionKeySource, SinkDescriptor,
+};
 pub use encode::{
     EncodeError, Encoder, EncoderFactory, Payload, RawEncoder, RawEncoderFactory, RecordPosition, Refusal,
 };

@@ -4,7 +4,7 @@
 //! Must not: connect, or read files.
 
 use serde::Deserialize;
-use spillway_sink_api::Secret;
+use spillway_sink_api::{ConfigProblem, Secret};
 use spillway_sink_s3::S3SinkConfig;
 
 use crate::index::IndexRotation;
@@ -133,13 +133,6 @@ pub struct BackupConfig {
     pub mode: BackupMode,
     /// An `s3` sink block (without `type`): url, prefix, error_output_prefix, credentials, ….
     pub sink: Box<S3SinkConfig>,
-}
-
-/// One problem, with its path relative to the `sink` key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    pub field: String,
-    pub message: String,
 }
 
 impl OpenSearchSinkConfig {

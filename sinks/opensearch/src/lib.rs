@@ -3,6 +3,8 @@
 //!
 //! Module map:
 //! - [`config`]: the YAML block and its pure validation.
+//! - [`descriptor`]: the sink as the registry sees it (`SinkDescriptor`): Firehose's ranges and
+//!   the `AmazonopensearchserviceDestinationDescription`.
 //! - [`index`]: index names with Firehose's rotation suffixes (hour, day, US week, month).
 //! - [`bulk`]: the encoder an open batch is held in: the `_bulk` body, built as records arrive.
 //! - [`sink`]: POST `_bulk`, read each item's outcome, split on 413.
@@ -13,6 +15,7 @@
 pub mod backup;
 pub mod bulk;
 pub mod config;
+pub mod descriptor;
 pub mod error;
 pub mod index;
 pub mod sigv4;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use spillway_sink_api::{Compression, EncoderFactory, ErrorOutput, Secret, Sink, SinkError};
+use spillway_sink_api::{BuiltSink, Compression, ConfigProblem, Secret, SinkError};
 use spillway_sink_s3::{Destination, OutputFormat, S3SinkConfig};
 
 use crate::error::PgError;
@@ -109,15 +109,6 @@ pub struct PostgresSinkConfig {
     pub iam_role: Option<String>,
 }
 
-/// A built Postgres or Redshift sink: what the pipeline needs of it.
-pub struct BuiltPostgresSink {
-    pub sink: Arc<dyn Sink>,
-    pub encoders: Arc<dyn EncoderFactory>,
-    pub error_output: Arc<dyn ErrorOutput>,
-    /// `!{firehose:error-output-type}` of records this sink could not load.
-    pub failure_output_type: &'static str,
-}
-
 fn default_batches_table() -> String {
     "spillway_batches".to_string()
 }
@@ -128,19 +119,6 @@ fn default_max_connections() -> usize {
 
 fn default_timeout_seconds() -> u64 {
     300
-}
-
-/// One validation problem; `field` is relative to the `sink` key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    pub field: String,
-    pub message: String,
-}
-
-impl ConfigProblem {
-    fn new(field: &str, message: impl Into<String>) -> Self {
-        Self { field: field.to_string(), message: message.into() }
-    }
 }
 
 impl PostgresSinkConfig {
@@ -363,11 +341,11 @@ impl PostgresSinkConfig {
 
     /// Build the sink of this block's mode, with the encoder and error output the pipeline uses;
     /// staged objects carry `version_id` (Firehose's `VersionId`) in their names.
-    pub async fn build_sink(&self, stream: &str, version_id: u64) -> Result<BuiltPostgresSink, SinkError> {
+    pub async fn build_sink(&self, stream: &str, version_id: u64) -> Result<BuiltSink, SinkError> {
         match self.mode {
             Mode::Stdin => {
                 let sink = Arc::new(self.build(stream).await?);
-                Ok(BuiltPostgresSink {
+                Ok(BuiltSink {
                     encoders: Arc::new(sink.encoder_factory()),
                     error_output: sink.error_output(),
                     sink,
@@ -385,7 +363,7 @@ impl PostgresSinkConfig {
         stream: &str,
         version_id: u64,
         executor: Arc<dyn CopyExecutor>,
-    ) -> Result<BuiltPostgresSink, SinkError> {
+    ) -> Result<BuiltSink, SinkError> {
         let problems = self.validate();
         if !problems.is_empty() {
             let listed: Vec<String> =
@@ -421,7 +399,7 @@ impl PostgresSinkConfig {
             executor,
             timeout: Duration::from_secs(self.timeout_seconds),
         });
-        Ok(BuiltPostgresSink {
+        Ok(BuiltSink {
             sink: Arc::new(sink),
             encoders: staging_sink.encoder_factory(),
             error_output: Arc::new(RedshiftErrorOutput { staging, backup }),

@@ -10,6 +10,7 @@
 //!
 //! Module map:
 //! - [`config`]: `PostgresSinkConfig` (the YAML `sink:` block), pure `validate`, `build`, `check`.
+//! - [`descriptor`]: the sink as the registry sees it (`SinkDescriptor`): ranges, description.
 //! - [`schema`]: the target table's columns and types from the catalog; the batches table.
 //! - [`encode`]: the COPY encoder (text lines or binary tuples, one per record, rejected records
 //!   kept in place).
@@ -23,6 +24,7 @@
 
 pub mod binary;
 pub mod config;
+pub mod descriptor;
 pub mod encode;
 pub mod error;
 pub mod pool;
@@ -31,7 +33,7 @@ pub mod redshift_sink;
 pub mod schema;
 pub mod sink;
 
-pub use config::{BuiltPostgresSink, CopyFormatChoice, Mode, POSTGRES_FAILED_OUTPUT_TYPE, PostgresSinkConfig};
+pub use config::{CopyFormatChoice, Mode, POSTGRES_FAILED_OUTPUT_TYPE, PostgresSinkConfig};
 pub use redshift_sink::{CopyExecutor, ManifestCopy, REDSHIFT_FAILED_OUTPUT_TYPE, RedshiftCopy};
 pub use schema::{CopyFormat, TableShape};
 pub use sink::PostgresSink;

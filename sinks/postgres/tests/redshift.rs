@@ -18,9 +18,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use spillway_sink_api::testkit::{ReadBack, check_conformance, encode_batch};
 use spillway_sink_api::{Batch, PartitionKeys, Record};
 use spillway_sink_postgres::error::PgError;
-use spillway_sink_postgres::{
-    BuiltPostgresSink, CopyExecutor, ManifestCopy, PostgresSinkConfig, REDSHIFT_FAILED_OUTPUT_TYPE,
-};
+use spillway_sink_postgres::{CopyExecutor, ManifestCopy, PostgresSinkConfig, REDSHIFT_FAILED_OUTPUT_TYPE};
 use tokio_postgres::{Client, NoTls, Transaction};
 use uuid::Uuid;
 
@@ -160,7 +158,7 @@ async fn build(
     prefix: &str,
     errors: &std::path::Path,
     executor: Arc<EmulatedRedshift>,
-) -> BuiltPostgresSink {
+) -> spillway_sink_api::BuiltSink {
     config(table, prefix, errors).build_redshift(stream, 1, executor).await.expect("build")
 }
 

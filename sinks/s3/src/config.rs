@@ -14,7 +14,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::{BackoffConfig, ObjectStore, RetryConfig};
 use serde::Deserialize;
-use spillway_sink_api::{Compression, EncoderFactory, RawEncoderFactory, Secret, SinkError};
+use spillway_sink_api::{Compression, ConfigProblem, EncoderFactory, RawEncoderFactory, Secret, SinkError};
 
 use crate::key::{PrefixKind, PrefixTemplate};
 use crate::sink::{S3Sink, StoreKind};
@@ -106,19 +106,6 @@ pub enum OutputFormat {
     Json,
     /// Firehose's record format conversion: JSON records → Parquet rows of a schema.
     Parquet(crate::parquet::ParquetConfig),
-}
-
-/// One validation problem; `field` is relative to the `sink` key (e.g. `prefix`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    pub field: String,
-    pub message: String,
-}
-
-impl ConfigProblem {
-    fn new(field: &str, message: impl Into<String>) -> Self {
-        Self { field: field.to_string(), message: message.into() }
-    }
 }
 
 /// A local folder's path, relative ones resolved from the working directory.

@@ -102,11 +102,7 @@ pub enum RenderError {
 }
 
 /// Where a partition key comes from (only the name matters for rendering).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PartitionKeySource {
-    Query,
-    Lambda,
-}
+pub use spillway_sink_api::PartitionKeySource;
 
 /// One piece of a parsed prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,6 +4,8 @@
 //!
 //! Module map:
 //! - [`config`]: `S3SinkConfig` (the YAML `sink:` block), pure `validate`, and `build`.
+//! - [`descriptor`]: the sink as the registry sees it (`SinkDescriptor`): Firehose's S3 ranges
+//!   and the `ExtendedS3DestinationDescription`.
 //! - [`key`]: prefix expressions (`!{timestamp:..}`, `!{firehose:..}`, partition keys) and
 //!   Firehose object names; pure.
 //! - [`parquet`]: the Parquet encoder (`format: {type: parquet}`): JSON records → typed column
@@ -19,6 +21,7 @@
 
 pub mod config;
 mod credentials;
+pub mod descriptor;
 pub mod error;
 pub mod key;
 mod local;
@@ -26,8 +29,10 @@ pub mod parquet;
 pub mod sink;
 pub mod timestamp;
 
-pub use config::{ConfigProblem, Destination, OutputFormat, S3SinkConfig};
+pub use config::{Destination, OutputFormat, S3SinkConfig};
+pub use descriptor::bucket_arn_for_url;
 pub use error::is_destination_state;
 pub use key::{PrefixError, PrefixKind, PrefixTemplate};
 pub use local::STAGING_DIR;
 pub use sink::S3Sink;
+pub use spillway_sink_api::ConfigProblem;
