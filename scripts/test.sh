@@ -83,6 +83,7 @@ step() { # NAME CMD...: run one step, record its time, stop at its failure
 }
 
 step "cargo fmt" cargo fmt --all --check
+step "doc links" python3 scripts/check-doc-links.py
 
 services_started=1
 step "services up" scripts/services.sh up

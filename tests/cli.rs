@@ -31,7 +31,7 @@ fn validate_accepts_the_shipped_examples() {
     examples.sort();
     assert!(examples.len() >= 5, "{examples:?}");
     // `validate` also checks what `run` needs on the machine; give the TLS example the files its
-    // README section makes (run from a folder of its own, so nothing lands in the repository).
+    // header comment makes (run from a folder of its own, so nothing lands in the repository).
     let work = tempfile::tempdir().unwrap();
     std::fs::create_dir(work.path().join("tls")).unwrap();
     for file in ["server.pem", "server-key.pem"] {

@@ -10,7 +10,7 @@
 //! The live path is [`LambdaStage::run`], a task feeding a bounded channel. A batch rebuilt after
 //! a crash and the records of a batch read back for a retry are processed again with
 //! [`LambdaStage::process_range`]: the function is invoked again, which is exact only for a
-//! deterministic function (see the README).
+//! deterministic function (see docs/processing.md, "Lambda transform").
 //!
 //! Must not: route, partition or encode records, or write intents and checkpoints.
 

@@ -120,7 +120,7 @@ fn parse_authorization(value: &str) -> Result<Authorization<'_>, AuthError> {
 /// every one of them.
 pub const FIREHOSE_API_SIGNED_HEADERS: &[&str] = &["host", "x-amz-date", "x-amz-target", "content-type"];
 /// What an NDJSON put must sign. curl (`--aws-sigv4`) sends no `x-amz-target`, and signs
-/// `content-type` only when it is given with `-H`, so the README's command gives it.
+/// `content-type` only when it is given with `-H`, so the command in docs/security.md gives it.
 pub const NDJSON_SIGNED_HEADERS: &[&str] = &["host", "x-amz-date", "content-type"];
 /// What a read-only `GET` (`/metrics`, the status page) must sign: it has no body or content type.
 pub const READ_SIGNED_HEADERS: &[&str] = &["host", "x-amz-date"];

@@ -11,7 +11,7 @@ use spillway_sink_s3::timestamp::{JavaPattern, Zone};
 const EXPECTED: &str = include_str!("fixtures/java_time/expected.tsv");
 
 /// Where spillway knowingly differs: `z` prints the IANA abbreviation, which is digits for
-/// Asia/Kathmandu (`+0545`) where Java prints `NPT` (documented in the README).
+/// Asia/Kathmandu (`+0545`) where Java prints `NPT` (documented in docs/sinks.md, "Object keys").
 fn known_difference(zone: &str, pattern: &str) -> bool {
     zone == "Asia/Kathmandu" && matches!(pattern, "z" | "zz" | "zzz")
 }
