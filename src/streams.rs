@@ -83,7 +83,12 @@ struct Readers {
 impl Readers {
     fn spawn(config: &StreamConfig, wal: &Wal, metrics: &Arc<StreamMetrics>) -> Self {
         let (stop, stop_rx) = watch::channel(false);
-        let tasks = config.source.spawn_readers(&config.name, wal, metrics, stop_rx);
+        let tasks = config.source.descriptor().spawn_readers(crate::sources::ReaderContext {
+            stream: &config.name,
+            wal,
+            metrics,
+            stop: stop_rx,
+        });
         if tasks.is_empty() { Self::default() } else { Self { stop: Some(stop), tasks } }
     }
 
@@ -328,7 +333,7 @@ impl Lifecycle {
             segment_bytes: self.env.wal.segment_mib << 20,
             max_bytes: self.env.limits.max_wal_mib << 20,
             full_wait: Duration::from_millis(self.env.limits.full_wait_ms),
-            track_positions: !config.source.accepts_puts(),
+            track_positions: !config.source.descriptor().accepts_puts(),
         }
     }
 

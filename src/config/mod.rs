@@ -770,7 +770,7 @@ impl Config {
             for problem in sink_problems {
                 push(at(&format!("sink.{}", problem.field)), problem.message);
             }
-            for (field, message) in stream.source.validate() {
+            for (field, message) in stream.source.descriptor().validate() {
                 push(at(&format!("source.{field}")), message);
             }
         }

@@ -36,7 +36,7 @@ use crate::config::{Config, StreamConfig};
 use crate::sinks::{DESTINATION_ID, DescribeContext};
 use crate::sources::direct_put::validation::Violations;
 use crate::sources::direct_put::wire::{ApiError, ok_json, parse};
-use crate::sources::{Ingest, StreamIngest};
+use crate::sources::{Ingest, SourceDescribeContext, StreamIngest};
 use crate::streams::{Lifecycle, StopMode, StreamError};
 use catalog::{Catalog, EncryptionRecord, StreamOrigin, StreamRecord, StreamStatus};
 
@@ -377,7 +377,7 @@ fn description(ingest: &Ingest, stream: &StreamIngest) -> Value {
         "DeliveryStreamARN": stream_arn(ingest, &record.name),
         "DeliveryStreamStatus": record.status.as_str(),
         "DeliveryStreamEncryptionConfiguration": encryption,
-        "DeliveryStreamType": stream.config.source.delivery_stream_type(),
+        "DeliveryStreamType": stream.config.source.descriptor().delivery_stream_type(),
         "VersionId": record.version_id.to_string(),
         "CreateTimestamp": record.create_timestamp_ms as f64 / 1000.0,
         "LastUpdateTimestamp": record.last_update_timestamp_ms as f64 / 1000.0,
@@ -387,11 +387,12 @@ fn description(ingest: &Ingest, stream: &StreamIngest) -> Value {
     if let Some(members) = description.as_object_mut() {
         let given = |member: &str| record.source.as_ref().and_then(|source| source.get(member)).and_then(Value::as_str);
         let role_arn = given("RoleARN");
-        members.extend(stream.config.source.describe_source(
-            &ingest.config.server,
+        members.extend(config.source.descriptor().describe_source(&SourceDescribeContext {
+            account_id: &ingest.config.server.account_id,
+            region: &ingest.config.server.region,
             role_arn,
-            record.create_timestamp_ms,
-        ));
+            delivery_start_ms: record.create_timestamp_ms,
+        }));
         // An API-created Kinesis-sourced stream is described with the ARN it was given.
         if let (Some(stream_arn), Some(source)) = (
             given("KinesisStreamARN"),
@@ -444,7 +445,7 @@ fn list(ingest: &Ingest, body: &[u8]) -> Result<Response, ApiError> {
         let Some(wanted) = request.delivery_stream_type.as_deref() else {
             return true;
         };
-        ingest.stream(name).is_some_and(|stream| stream.config.source.delivery_stream_type() == wanted)
+        ingest.stream(name).is_some_and(|stream| stream.config.source.descriptor().delivery_stream_type() == wanted)
     };
     let names: Vec<String> = ingest
         .stream_names()
@@ -706,7 +707,7 @@ async fn set_encryption(ingest: &Arc<Ingest>, body: &[u8], enable: bool) -> Resu
         EncryptionRecord::default()
     };
     let stream = changeable(ingest, &name)?;
-    if enable && stream.config.source.delivery_stream_type() == "KinesisStreamAsSource" {
+    if enable && stream.config.source.descriptor().delivery_stream_type() == "KinesisStreamAsSource" {
         return Err(refuse_encryption_for_kinesis_source());
     }
     // Recorded only: spillway's WAL is not encrypted (out of scope); ENABLING / DISABLING are

@@ -235,7 +235,7 @@ pub fn merge_update(stored: &Value, update: &Value) -> Value {
 /// `AWS_ENDPOINT_URL`, the credential chain), by name in the ARN's region.
 pub fn source_config(kinesis_source: Option<&Value>) -> Result<SourceConfig, ApiError> {
     let Some(kinesis_source) = kinesis_source else {
-        return Ok(SourceConfig::DirectPut);
+        return Ok(SourceConfig::default());
     };
     let member = "kinesisStreamSourceConfiguration";
     let stream_arn = kinesis_source.get("KinesisStreamARN").and_then(Value::as_str);
@@ -262,7 +262,7 @@ pub fn source_config(kinesis_source: Option<&Value>) -> Result<SourceConfig, Api
     let source = serde_json::json!({ "type": "kinesis", "stream_name": stream_name, "region": region });
     let source: SourceConfig = serde_json::from_value(source)
         .map_err(|error| ApiError::invalid_argument(format!("cannot read {member}: {error}")))?;
-    let problems = source.validate();
+    let problems = source.descriptor().validate();
     if let Some((field, message)) = problems.first() {
         return Err(ApiError::invalid_argument(format!("KinesisStreamARN: {field}: {message}")));
     }
@@ -533,7 +533,7 @@ mod tests {
             "S3BackupMode": "Disabled",
         });
         let stream =
-            stream_config(&config(), "s", &destination, "extendedS3DestinationConfiguration", SourceConfig::DirectPut)
+            stream_config(&config(), "s", &destination, "extendedS3DestinationConfiguration", SourceConfig::default())
                 .expect("converts");
         let SinkConfig::S3(s3) = &stream.sink else { panic!("an s3 sink") };
         assert_eq!(s3.url, "file://./buckets/logs");
@@ -569,7 +569,7 @@ mod tests {
             std::path::Path::new("t.yaml"),
         )
         .expect("config");
-        let stream = stream_config(&with_lambda, "s", &destination, "d", SourceConfig::DirectPut).unwrap();
+        let stream = stream_config(&with_lambda, "s", &destination, "d", SourceConfig::default()).unwrap();
         let transforms = &stream.processing.transforms;
         assert_eq!(transforms.len(), 3, "{transforms:?}");
         assert!(matches!(transforms[0], TransformConfig::CloudwatchLogs { data_message_extraction: false }));
@@ -587,16 +587,16 @@ mod tests {
         by_lambda["DynamicPartitioningConfiguration"] = serde_json::json!({ "Enabled": true });
         by_lambda["Prefix"] = "team=!{partitionKeyFromLambda:team}/".into();
         by_lambda["ErrorOutputPrefix"] = "errors/!{firehose:error-output-type}/".into();
-        let stream = stream_config(&with_lambda, "s", &by_lambda, "d", SourceConfig::DirectPut).unwrap();
+        let stream = stream_config(&with_lambda, "s", &by_lambda, "d", SourceConfig::default()).unwrap();
         let partitioning = stream.processing.dynamic_partitioning.expect("enabled");
         assert!(partitioning.enabled && partitioning.keys.is_empty());
         by_lambda["ProcessingConfiguration"]["Processors"] = serde_json::json!([]);
-        let error = stream_config(&with_lambda, "s", &by_lambda, "d", SourceConfig::DirectPut).expect_err("no keys");
+        let error = stream_config(&with_lambda, "s", &by_lambda, "d", SourceConfig::default()).expect_err("no keys");
         assert!(error.message().contains("neither a MetadataExtraction processor nor a Lambda processor"));
 
         // Refused, each with its reason.
         let refused = |config: &Config, processors: Vec<Value>| {
-            let error = stream_config(config, "s", &with_processors(processors), "d", SourceConfig::DirectPut);
+            let error = stream_config(config, "s", &with_processors(processors), "d", SourceConfig::default());
             error.expect_err("refused").message().to_string()
         };
         let lambda = processor("Lambda", &[("LambdaArn", lambda_arn)]);
@@ -615,15 +615,15 @@ mod tests {
         let with = |key: &str, value: Value| merge_update(&base, &serde_json::json!({ key: value }));
         for format in ["ZIP", "Snappy", "HADOOP_SNAPPY"] {
             let created =
-                stream_config(&config(), "s", &with("CompressionFormat", format.into()), "d", SourceConfig::DirectPut);
+                stream_config(&config(), "s", &with("CompressionFormat", format.into()), "d", SourceConfig::default());
             assert!(created.is_ok(), "{format}");
         }
         let error =
-            stream_config(&config(), "s", &with("CompressionFormat", "BROTLI".into()), "d", SourceConfig::DirectPut)
+            stream_config(&config(), "s", &with("CompressionFormat", "BROTLI".into()), "d", SourceConfig::default())
                 .expect_err("enum");
         assert_eq!(error.code(), "ValidationException");
         assert!(error.message().contains("at 'd.compressionFormat'"), "{}", error.message());
-        let error = stream_config(&config(), "s", &serde_json::json!({ "RoleARN": "r" }), "d", SourceConfig::DirectPut)
+        let error = stream_config(&config(), "s", &serde_json::json!({ "RoleARN": "r" }), "d", SourceConfig::default())
             .expect_err("required");
         assert!(error.message().contains("Value null at 'd.bucketARN'"), "{}", error.message());
     }

@@ -47,7 +47,7 @@ pub async fn status(State(ingest): State<Arc<Ingest>>) -> Response {
         .filter_map(|name| Some((ingest.stream(&name)?, name)))
         .map(|(stream, name)| StreamStatus {
             name,
-            source: stream.config.source.type_name(),
+            source: stream.config.source.descriptor().type_name(),
             sink: stream.config.sink.descriptor().type_name(),
             last_error: stream.metrics.last_error(),
         })

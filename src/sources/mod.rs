@@ -6,6 +6,7 @@
 //! Must not: buffer or deliver; that is the pipeline's job.
 
 mod aws;
+pub mod descriptor;
 pub mod direct_put;
 pub mod dynamodb_streams;
 pub mod file;
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Deserialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Config, StreamConfig};
 use crate::control::catalog::{Catalog, StreamRecord, StreamStatus};
@@ -28,142 +29,47 @@ use crate::metrics::{Metrics, StreamMetrics};
 use crate::server::health::Readiness;
 use crate::streams::Lifecycle;
 use crate::wal::{Records, Wal};
+pub use descriptor::{ReaderContext, SourceDescribeContext, SourceDescriptor};
 
-/// The source registry: the one place that maps a YAML `source.type` to a source. Push sources
-/// (the Firehose API and NDJSON) are served by the HTTP router and append through [`Ingest`];
-/// pull sources run a reader task per stream that appends with its shard position
-/// ([`crate::wal::Wal::append_pulled`]) and resumes from [`crate::wal::Wal::positions`]. Adding
-/// a source is a module plus one variant here.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum SourceConfig {
-    /// Records pushed with the Firehose API (`PutRecord`, `PutRecordBatch`) or as NDJSON.
-    #[default]
-    DirectPut,
-    /// Lines of a tailed log file.
-    File(file::FileSourceConfig),
-    /// The shards of a Kinesis data stream.
-    Kinesis(kinesis::KinesisSourceConfig),
-    /// The shards of a DynamoDB table's stream.
-    DynamodbStreams(dynamodb_streams::DynamodbStreamsSourceConfig),
+/// Declares [`SourceConfig`] (a YAML `source:` block, tagged by `type`; Direct PUT when absent)
+/// with one variant per line and [`SourceConfig::descriptor`], so no other code matches on source
+/// types. Push sources (the Firehose API and NDJSON) are served by the HTTP router and append
+/// through [`Ingest`]; pull sources run reader tasks that append with their positions
+/// ([`crate::wal::Wal::append_pulled`]) and resume from [`crate::wal::Wal::positions`].
+macro_rules! source_registry {
+    ($($(#[cfg($cfg:meta)])? $variant:ident($config:ty) = $type_name:literal,)+) => {
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(tag = "type")]
+        pub enum SourceConfig {
+            $($(#[cfg($cfg)])? #[serde(rename = $type_name)] $variant($config),)+
+        }
+
+        impl SourceConfig {
+            /// What this source type says about itself.
+            pub fn descriptor(&self) -> &dyn SourceDescriptor {
+                match self {
+                    $($(#[cfg($cfg)])? SourceConfig::$variant(config) => config,)+
+                }
+            }
+        }
+    };
 }
 
-impl SourceConfig {
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            SourceConfig::DirectPut => "direct_put",
-            SourceConfig::File(_) => "file",
-            SourceConfig::Kinesis(_) => "kinesis",
-            SourceConfig::DynamodbStreams(_) => "dynamodb_streams",
-        }
-    }
+source_registry! {
+    // Records pushed with the Firehose API (`PutRecord`, `PutRecordBatch`) or as NDJSON.
+    DirectPut(direct_put::source::DirectPutSourceConfig) = "direct_put",
+    // Lines of tailed log files.
+    File(file::FileSourceConfig) = "file",
+    // The shards of a Kinesis data stream.
+    Kinesis(kinesis::KinesisSourceConfig) = "kinesis",
+    // The shards of a DynamoDB table's stream.
+    DynamodbStreams(dynamodb_streams::DynamodbStreamsSourceConfig) = "dynamodb_streams",
+}
 
-    /// Firehose's `DeliveryStreamType` for this source. A tailed file and a DynamoDB stream have
-    /// no Firehose equivalent: they are reported as `DirectPut` (strict SDKs refuse enum values
-    /// they do not know), with the source in [`SourceConfig::describe_source`].
-    pub fn delivery_stream_type(&self) -> &'static str {
-        match self {
-            SourceConfig::DirectPut | SourceConfig::File(_) | SourceConfig::DynamodbStreams(_) => "DirectPut",
-            SourceConfig::Kinesis(_) => "KinesisStreamAsSource",
-        }
-    }
-
-    /// The members `DescribeDeliveryStream` adds for this source: `Source` with a
-    /// `KinesisStreamSourceDescription` (`KinesisStreamARN`, `RoleARN`, `DeliveryStartTimestamp`)
-    /// as AWS reports a Kinesis-sourced stream; for a tailed file the spillway extension member
-    /// `SpillwaySourceDescription` (SDKs ignore unknown members); nothing for Direct PUT.
-    /// `role_arn` is the one an API-created stream was given (default
-    /// `arn:aws:iam::<account>:role/spillway`); `delivery_start_ms` is when the stream started
-    /// reading (its first start).
-    pub fn describe_source(
-        &self,
-        server: &crate::config::ServerConfig,
-        role_arn: Option<&str>,
-        delivery_start_ms: i64,
-    ) -> serde_json::Map<String, serde_json::Value> {
-        let mut members = serde_json::Map::new();
-        match self {
-            SourceConfig::DirectPut => {}
-            SourceConfig::File(file) => {
-                members.insert(
-                    "SpillwaySourceDescription".into(),
-                    serde_json::json!({ "Type": "file", "Paths": file.paths, "Exclude": file.exclude }),
-                );
-            }
-            SourceConfig::DynamodbStreams(dynamodb) => {
-                members.insert(
-                    "SpillwaySourceDescription".into(),
-                    serde_json::json!({
-                        "Type": "dynamodb_streams",
-                        "TableName": dynamodb.table_name,
-                        "StreamARN": dynamodb.stream_arn,
-                    }),
-                );
-            }
-            SourceConfig::Kinesis(kinesis) => {
-                let stream_arn = kinesis.stream_arn.clone().unwrap_or_else(|| {
-                    let region = kinesis.region.as_deref().unwrap_or(&server.region);
-                    let name = kinesis.stream_name.as_deref().unwrap_or_default();
-                    format!("arn:aws:kinesis:{region}:{}:stream/{name}", server.account_id)
-                });
-                members.insert(
-                    "Source".into(),
-                    serde_json::json!({
-                        "KinesisStreamSourceDescription": {
-                            "KinesisStreamARN": stream_arn,
-                            "RoleARN": role_arn.map_or_else(
-                                || format!("arn:aws:iam::{}:role/spillway", server.account_id),
-                                str::to_string,
-                            ),
-                            "DeliveryStartTimestamp": delivery_start_ms as f64 / 1000.0,
-                        }
-                    }),
-                );
-            }
-        }
-        members
-    }
-
-    /// Whether clients may push records into the stream (Firehose: only `DirectPut` streams
-    /// accept `PutRecord`).
-    pub fn accepts_puts(&self) -> bool {
-        matches!(self, SourceConfig::DirectPut)
-    }
-
-    /// Problems as (field under `source`, message). Pure.
-    pub fn validate(&self) -> Vec<(String, String)> {
-        match self {
-            SourceConfig::DirectPut => Vec::new(),
-            SourceConfig::File(config) => config.validate(),
-            SourceConfig::Kinesis(config) => config.validate(),
-            SourceConfig::DynamodbStreams(config) => config.validate(),
-        }
-    }
-
-    /// Start the stream's pull readers, if it has any; they stop when `stop` turns true.
-    pub fn spawn_readers(
-        &self,
-        stream: &str,
-        wal: &Wal,
-        metrics: &Arc<StreamMetrics>,
-        stop: watch::Receiver<bool>,
-    ) -> Vec<tokio::task::JoinHandle<()>> {
-        match self {
-            SourceConfig::DirectPut => Vec::new(),
-            SourceConfig::File(config) => {
-                vec![tokio::spawn(file::run(stream.to_string(), config.clone(), wal.clone(), metrics.clone(), stop))]
-            }
-            SourceConfig::Kinesis(config) => {
-                vec![tokio::spawn(kinesis::run(stream.to_string(), config.clone(), wal.clone(), metrics.clone(), stop))]
-            }
-            SourceConfig::DynamodbStreams(config) => vec![tokio::spawn(dynamodb_streams::run(
-                stream.to_string(),
-                config.clone(),
-                wal.clone(),
-                metrics.clone(),
-                stop,
-            ))],
-        }
+impl Default for SourceConfig {
+    /// A stream without a `source:` block takes Direct PUT records.
+    fn default() -> Self {
+        SourceConfig::DirectPut(Default::default())
     }
 }
 
@@ -419,10 +325,10 @@ impl Ingest {
     pub async fn append(&self, stream: &str, records: impl Into<Records>) -> Result<Range<u64>, IngestError> {
         let records = records.into();
         let target = self.stream(stream).ok_or(IngestError::UnknownStream)?;
-        if !target.config.source.accepts_puts() {
+        if !target.config.source.descriptor().accepts_puts() {
             return Err(IngestError::NotPushable {
                 stream: stream.to_string(),
-                source_type: target.config.source.type_name(),
+                source_type: target.config.source.descriptor().type_name(),
             });
         }
         if target.record.status != StreamStatus::Active {
@@ -557,5 +463,29 @@ mod tests {
         assert_eq!(log.note("a", 2, at(10)), Some(ThrottleSummary { puts: 10, records: 20 }));
         assert_eq!(log.note("a", 1, at(11)), None);
         assert_eq!(log.note("a", 1, at(25)), Some(ThrottleSummary { puts: 2, records: 2 }));
+    }
+}
+
+#[cfg(test)]
+mod registry_tests {
+    use super::*;
+
+    #[test]
+    fn every_type_parses_by_its_name_and_names_itself() {
+        let blocks = [
+            ("direct_put", "type: direct_put\n"),
+            ("file", "type: file\npaths: /var/log/app.log\n"),
+            ("kinesis", "type: kinesis\nstream_name: s\n"),
+            ("dynamodb_streams", "type: dynamodb_streams\ntable_name: t\n"),
+        ];
+        for (name, yaml) in blocks {
+            let config: SourceConfig = serde_yaml_ng::from_str(yaml).unwrap_or_else(|error| panic!("{name}: {error}"));
+            assert_eq!(config.descriptor().type_name(), name);
+        }
+        assert_eq!(SourceConfig::default().descriptor().type_name(), "direct_put");
+        let unknown = serde_yaml_ng::from_str::<SourceConfig>("type: kafka\n").expect_err("unknown type");
+        assert!(unknown.to_string().contains("expected one of `direct_put`, `file`"), "{unknown}");
+        let extra = serde_yaml_ng::from_str::<SourceConfig>("type: direct_put\nport: 1\n").expect_err("no options");
+        assert!(extra.to_string().contains("unknown field `port`"), "{extra}");
     }
 }

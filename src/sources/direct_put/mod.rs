@@ -10,6 +10,7 @@
 //!
 //! Must not: create, change or delete streams (the control plane does).
 
+pub mod source;
 pub mod validation;
 pub mod wire;
 

@@ -13,6 +13,7 @@
 //! Must not: decide lineage or positions (the core's), or buffer beyond one response per shard.
 
 pub mod record;
+mod source;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -23,6 +23,7 @@
 //! anything before the WAL append.
 
 mod lines;
+mod source;
 mod tail;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

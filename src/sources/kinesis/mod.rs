@@ -26,6 +26,7 @@
 
 pub mod kpl;
 pub mod metadata;
+mod source;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
