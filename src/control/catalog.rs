@@ -97,6 +97,10 @@ pub struct StreamRecord {
     /// updates merged in). `None` for YAML streams.
     #[serde(default)]
     pub destination: Option<serde_json::Value>,
+    /// API streams: which of [`super::destinations::API_DESTINATIONS`] `destination` is (`None`
+    /// in records written before there was more than S3: S3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_type: Option<String>,
     /// API streams created as `KinesisStreamAsSource`: the `KinesisStreamSourceConfiguration` as
     /// received (`KinesisStreamARN`, `RoleARN`). `None` for Direct PUT and YAML streams.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,6 +123,7 @@ impl StreamRecord {
             tags: BTreeMap::new(),
             encryption: EncryptionRecord::default(),
             destination: None,
+            destination_type: None,
             source: None,
             fingerprint: None,
         }

@@ -3,7 +3,9 @@
 //! `Start/StopDeliveryStreamEncryption`, with Firehose's request and response shapes (botocore
 //! `firehose/2015-08-04/service-2.json`) and error types, answered in the wire protocol of
 //! [`crate::sources::direct_put::wire`] (the Firehose endpoint hands these operations here).
-//! [`s3_destination`] turns Firehose's destination shapes into a `StreamConfig`; [`catalog`]
+//! [`destinations`] lists the destination types the API creates, each with the module that turns
+//! its shapes into a `StreamConfig` ([`s3_destination`]); [`processors`] renders a stream's
+//! processing back into Firehose's `ProcessingConfiguration`; [`catalog`]
 //! keeps each stream's record behind the [`catalog::Catalog`] trait. The app builds the catalog
 //! and the stream lifecycle and hands both down through [`Ingest`].
 //!
@@ -23,6 +25,7 @@
 //! Must not: append records or deliver; import the app.
 
 pub mod catalog;
+pub mod destinations;
 pub mod processors;
 pub mod s3_destination;
 
@@ -58,13 +61,6 @@ pub const OPERATIONS: &[&str] = &[
 const MAX_TAGS: usize = 50;
 const DELIVERY_STREAM_TYPES: &[&str] = &["DirectPut", "KinesisStreamAsSource", "MSKAsSource", "DatabaseAsSource"];
 const KEY_TYPES: &[&str] = &["AWS_OWNED_CMK", "CUSTOMER_MANAGED_CMK"];
-/// The destination members spillway can create; every other `…DestinationConfiguration` is
-/// refused by name.
-const SUPPORTED_DESTINATIONS: &[(&str, &str)] = &[
-    ("ExtendedS3DestinationConfiguration", "extendedS3DestinationConfiguration"),
-    ("S3DestinationConfiguration", "s3DestinationConfiguration"),
-];
-
 pub async fn dispatch(ingest: &Arc<Ingest>, operation: &str, body: &[u8]) -> Result<Response, ApiError> {
     match operation {
         "DescribeDeliveryStream" => describe(ingest, body),
@@ -108,10 +104,12 @@ fn stream_catalog(ingest: &Ingest) -> Result<Arc<dyn Catalog>, ApiError> {
 /// The stream configuration of an API-created stream's catalog record (at start-up).
 pub fn stream_config_for(config: &Config, record: &StreamRecord) -> Result<StreamConfig, String> {
     let destination = record.destination.as_ref().ok_or("the catalog record has no destination")?;
+    let kind = destinations::by_name(record.destination_type.as_deref())
+        .ok_or_else(|| format!("the catalog record's destination type {:?} is unknown", record.destination_type))?;
     let describe_error = |error: ApiError| format!("{}: {}", error.code(), error.message());
     let source = s3_destination::source_config(record.source.as_ref()).map_err(describe_error)?;
-    s3_destination::stream_config(config, &record.name, destination, "extendedS3DestinationConfiguration", source)
-        .map_err(describe_error)
+    let member = destinations::member_path(kind.create_members[0]);
+    (kind.stream_config)(config, &record.name, destination, &member, source).map_err(describe_error)
 }
 
 fn now_ms() -> i64 {
@@ -247,17 +245,19 @@ async fn create(ingest: &Arc<Ingest>, lifecycle: &Lifecycle, body: &[u8]) -> Res
             members.keys().filter(|key| key.ends_with("DestinationConfiguration")).map(String::as_str).collect()
         })
         .unwrap_or_default();
-    let (destination_key, destination_member) = match given.as_slice() {
+    let (destination_key, kind) = match given.as_slice() {
         [] => {
-            return Err(ApiError::invalid_argument(
-                "a destination configuration is required (ExtendedS3DestinationConfiguration)",
-            ));
+            return Err(ApiError::invalid_argument(format!(
+                "a destination configuration is required ({})",
+                destinations::create_members()
+            )));
         }
-        [one] => match SUPPORTED_DESTINATIONS.iter().find(|(key, _)| key == one) {
-            Some(supported) => *supported,
+        [one] => match destinations::by_create_member(one) {
+            Some(kind) => (*one, kind),
             None => {
                 return Err(ApiError::invalid_argument(format!(
-                    "{one} is not supported by spillway; supported: ExtendedS3DestinationConfiguration, S3DestinationConfiguration"
+                    "{one} is not supported by spillway; supported: {}",
+                    destinations::create_members()
                 )));
             }
         },
@@ -276,13 +276,15 @@ async fn create(ingest: &Arc<Ingest>, lifecycle: &Lifecycle, body: &[u8]) -> Res
             existing.record.status.as_str()
         )));
     }
-    let stream_config = s3_destination::stream_config(&ingest.config, &name, &destination, destination_member, source)?;
+    let stream_config =
+        (kind.stream_config)(&ingest.config, &name, &destination, &destinations::member_path(destination_key), source)?;
 
     let mut record = StreamRecord::new(&name, StreamOrigin::Api, now_ms());
     record.source = kinesis_source;
     record.tags = tags.into_iter().collect();
     record.encryption = encryption.unwrap_or_default();
     record.destination = Some(destination);
+    record.destination_type = Some(kind.name.to_string());
     // Described as CREATING until the build below is done.
     record.status = StreamStatus::Creating;
     save(ingest, &record).await?;
@@ -404,10 +406,13 @@ fn description(ingest: &Ingest, stream: &StreamIngest) -> Value {
     // An API stream's processors come back as they were sent: spillway's own rendering of a
     // `MetadataExtractionQuery` (key order, spacing) would show Terraform a change on every plan.
     if let Some(sent) = member("ProcessingConfiguration")
-        && let Some(described) =
-            description.pointer_mut("/Destinations/0/ExtendedS3DestinationDescription").and_then(Value::as_object_mut)
+        && let Some(destination) = description.pointer_mut("/Destinations/0").and_then(Value::as_object_mut)
     {
-        described.insert("ProcessingConfiguration".to_string(), sent.clone());
+        for described in destination.values_mut().filter_map(Value::as_object_mut) {
+            if described.contains_key("ProcessingConfiguration") {
+                described.insert("ProcessingConfiguration".to_string(), sent.clone());
+            }
+        }
     }
     description
 }
@@ -494,14 +499,16 @@ async fn update_destination(ingest: &Arc<Ingest>, lifecycle: &Lifecycle, body: &
         .as_object()
         .map(|members| members.keys().filter(|key| key.ends_with("DestinationUpdate")).map(String::as_str).collect())
         .unwrap_or_default();
-    let update = match updates.as_slice() {
-        [] => Value::Object(serde_json::Map::new()),
-        [key] if *key == "ExtendedS3DestinationUpdate" || *key == "S3DestinationUpdate" => {
-            request.get(*key).cloned().unwrap_or(Value::Null)
-        }
+    let kind = destinations::by_name(stream.record.destination_type.as_deref())
+        .ok_or_else(|| ApiError::internal(format!("{name}'s destination type is unknown")))?;
+    let (update, update_member) = match updates.as_slice() {
+        [] => (Value::Object(serde_json::Map::new()), kind.update_members[0]),
+        [key] if kind.update_members.contains(key) => (request.get(*key).cloned().unwrap_or(Value::Null), *key),
         [other] => {
             return Err(ApiError::invalid_argument(format!(
-                "{other} is not supported by spillway: this stream's destination is S3 (ExtendedS3DestinationUpdate)"
+                "{other} is not supported by spillway: this stream's destination is {} ({})",
+                kind.name,
+                kind.update_members.join(", ")
             )));
         }
         several => {
@@ -514,8 +521,8 @@ async fn update_destination(ingest: &Arc<Ingest>, lifecycle: &Lifecycle, body: &
     let stored = stream.record.destination.clone().unwrap_or(Value::Null);
     let merged = s3_destination::merge_update(&stored, &update);
     let source = s3_destination::source_config(stream.record.source.as_ref())?;
-    let stream_config =
-        s3_destination::stream_config(&ingest.config, &name, &merged, "extendedS3DestinationUpdate", source)?;
+    let member = destinations::member_path(update_member);
+    let stream_config = (kind.stream_config)(&ingest.config, &name, &merged, &member, source)?;
     let record = StreamRecord {
         version_id: stream.record.version_id + 1,
         last_update_timestamp_ms: now_ms(),
