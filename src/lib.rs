@@ -25,7 +25,8 @@
 //! - [`data_dir`]: the exclusive lock that keeps a second process off a data directory.
 //! - [`sinks`]: the registry mapping a YAML `sink.type` to a sink crate.
 //! - [`server`]: the HTTP router (`/`, `/streams/{name}/records`, `/health`, `/metrics`).
-//! - [`metrics`]: Prometheus / OpenMetrics instruments (prometheus-client) and scrape-time gauges.
+//! - [`metrics`]: Prometheus / OpenMetrics instruments (prometheus-client) and scrape-time gauges;
+//!   a leaf every layer reports into, importing none of them.
 //! - [`app`]: wiring (the catalog, the lifecycle, the control plane, the server) and ordered
 //!   shutdown; nothing below it imports it.
 //! - [`client`]: the `put` and `bench` commands' Firehose client side.
