@@ -16,6 +16,8 @@
 //! - [`streams`]: one stream's lifecycle (WAL, sink, delivery loop), for YAML and API streams.
 //! - [`wal`]: segment files with checksums, group commit, recovery, trimming, and setting damaged
 //!   segments aside (`wal::quarantine`).
+//! - [`record_metadata`]: what a pull source knows about each record (a Kinesis sequence number,
+//!   a partition key), kept in its WAL frame in Firehose's names and read by the Lambda stage.
 //! - [`processing`]: what a record's content decides: transforms, its dynamic partition (jq
 //!   keys), the Lambda transform's protocol (`processing::lambda`).
 //! - [`pipeline`]: buffer → intent → sink → checkpoint, with retries and the error output; a
@@ -44,6 +46,7 @@ pub mod metrics;
 pub mod operate;
 pub mod pipeline;
 pub mod processing;
+pub mod record_metadata;
 pub mod server;
 pub mod sinks;
 pub mod sources;
