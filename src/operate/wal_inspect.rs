@@ -13,7 +13,7 @@ use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::pipeline::{Intent, IntentError, IntentLog};
 use crate::wal::SegmentStatus;
 use crate::wal::quarantine::{self as wal_quarantine, QuarantineError, Survey};
-pub use crate::wal::quarantine::{QUARANTINE_DIR, QuarantineOutcome, SetAside};
+pub use crate::wal::quarantine::{QuarantineOutcome, SetAside};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {

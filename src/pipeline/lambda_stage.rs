@@ -465,10 +465,13 @@ mod tests {
         })
     }
 
+    /// A record as `process` sends it: id, data, metadata member.
+    type Sent = (String, Bytes, Option<Arc<[u8]>>);
+
     /// The event records of `frame`, as the stage would send them.
     fn event_records(frame: Frame) -> Vec<serde_json::Value> {
         let prepared = stage().prepare(&[frame]);
-        let sent: Vec<(String, Bytes, Option<Arc<[u8]>>)> = prepared
+        let sent: Vec<Sent> = prepared
             .iter()
             .flat_map(|record| record.items.iter().map(move |item| (record.sequence, item)))
             .map(|(sequence, item)| match item {
