@@ -2,10 +2,12 @@
 //! error output. Stored locally as a small file replaced atomically (write, fsync, rename, fsync
 //! the directory), so a crash leaves either the old or the new value.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+// Kept here too for the callers that import it from the checkpoint (`app`, `control::catalog`).
+pub use crate::atomic_file::write_atomically;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -45,19 +47,6 @@ impl Checkpoint {
         let bytes = serde_json::to_vec(&Stored { delivered }).unwrap_or_default();
         write_atomically(&self.path, &bytes).map_err(|source| CheckpointError::Io { path: self.path.clone(), source })
     }
-}
-
-/// Replace `path` with `bytes` so that a crash leaves the old or the new content, never a mix.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let temporary = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -14,29 +14,39 @@
 //!   and the catalog of stream records behind a trait (`control::catalog`: a folder under
 //!   `data_dir` today).
 //! - [`streams`]: one stream's lifecycle (WAL, sink, delivery loop), for YAML and API streams.
-//! - [`wal`]: segment files with checksums, group commit, recovery, trimming.
+//! - [`wal`]: segment files with checksums, group commit, recovery, trimming, and setting damaged
+//!   segments aside (`wal::quarantine`).
+//! - [`record_metadata`]: what a pull source knows about each record (a Kinesis sequence number,
+//!   a partition key), kept in its WAL frame in Firehose's names and read by the Lambda stage.
 //! - [`processing`]: what a record's content decides: transforms, its dynamic partition (jq
 //!   keys), the Lambda transform's protocol (`processing::lambda`).
 //! - [`pipeline`]: buffer → intent → sink → checkpoint, with retries and the error output; a
 //!   Lambda transform's stage (`pipeline::lambda_stage`) and HTTP invoker (`pipeline::invoker`).
 //! - [`checkpoint`]: the per-stream delivered position.
+//! - [`atomic_file`]: replacing a small file crash-safely (checkpoint, intents, positions, catalog).
 //! - [`data_dir`]: the exclusive lock that keeps a second process off a data directory.
 //! - [`sinks`]: the registry mapping a YAML `sink.type` to a sink crate.
 //! - [`server`]: the HTTP router (`/`, `/streams/{name}/records`, `/health`, `/metrics`).
-//! - [`metrics`]: Prometheus / OpenMetrics instruments (prometheus-client) and scrape-time gauges.
+//! - [`metrics`]: Prometheus / OpenMetrics instruments (prometheus-client) and scrape-time gauges;
+//!   a leaf every layer reports into, importing none of them.
 //! - [`app`]: wiring (the catalog, the lifecycle, the control plane, the server) and ordered
 //!   shutdown; nothing below it imports it.
 //! - [`client`]: the `put` and `bench` commands' Firehose client side.
+//! - [`operate`]: the operator's `wal inspect` / `wal quarantine` tools, above the WAL, the
+//!   checkpoint and the intents they read together.
 
 pub mod app;
+pub mod atomic_file;
 pub mod checkpoint;
 pub mod client;
 pub mod config;
 pub mod control;
 pub mod data_dir;
 pub mod metrics;
+pub mod operate;
 pub mod pipeline;
 pub mod processing;
+pub mod record_metadata;
 pub mod server;
 pub mod sinks;
 pub mod sources;

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use spillway::app::App;
 use spillway::client::{bench, codec_bench, put, status};
 use spillway::config;
-use spillway::wal::inspect;
+use spillway::operate::wal_inspect as inspect;
 
 /// jemalloc returns freed memory to the system; glibc's per-thread arenas keep large freed
 /// buffers (batches, compressed objects), which more than doubled peak RSS with 64 MiB buffers.

@@ -15,7 +15,7 @@
 //! Must not: block or do I/O on the update paths (counters are atomics, histograms a short lock).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -28,7 +28,20 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::pipeline::MemoryBudget;
+/// A memory budget read at scrape time: bytes held now and the limit (the pipeline's open-batch
+/// budget, `limits.max_open_batches_mib`). A trait, so this module imports nothing it reports on.
+pub trait BudgetGauge: Send + Sync {
+    fn held(&self) -> usize;
+    fn limit(&self) -> usize;
+}
+
+/// The HTTP front's connection counts, updated by the server and read at scrape time.
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    /// Connections refused since start (over the cap, answered or closed at once).
+    pub refused: AtomicU64,
+    pub open: AtomicU64,
+}
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -584,12 +597,12 @@ impl Metrics {
     }
 
     /// Export the HTTP front's connection counts (open, refused over `server.max_connections`).
-    pub fn register_connection_stats(&self, stats: Arc<crate::server::serve::ConnectionStats>) {
+    pub fn register_connection_stats(&self, stats: Arc<ConnectionStats>) {
         *self.scraped.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stats);
     }
 
     /// Export the open-batch memory budget's use (`limits.max_open_batches_mib`).
-    pub fn register_open_batch_budget(&self, budget: Arc<MemoryBudget>) {
+    pub fn register_open_batch_budget(&self, budget: Arc<dyn BudgetGauge>) {
         *self.scraped.budget.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(budget);
     }
 
@@ -608,8 +621,8 @@ impl Metrics {
 #[derive(Default)]
 struct Scraped {
     streams: Mutex<BTreeMap<String, ScrapedStream>>,
-    budget: Mutex<Option<Arc<MemoryBudget>>>,
-    connections: Mutex<Option<Arc<crate::server::serve::ConnectionStats>>>,
+    budget: Mutex<Option<Arc<dyn BudgetGauge>>>,
+    connections: Mutex<Option<Arc<ConnectionStats>>>,
 }
 
 struct ScrapedStream {
@@ -810,8 +823,16 @@ mod tests {
     fn histograms_and_the_open_batch_budget_are_exported() {
         let metrics = Metrics::default();
         let logs = metrics.register("logs", "s3", Box::new(WalSize::default));
-        let budget = MemoryBudget::new(1 << 20);
-        metrics.register_open_batch_budget(budget);
+        struct Budget;
+        impl BudgetGauge for Budget {
+            fn held(&self) -> usize {
+                0
+            }
+            fn limit(&self) -> usize {
+                1 << 20
+            }
+        }
+        metrics.register_open_batch_budget(Arc::new(Budget));
         logs.batch_size.observe(5000.0);
         logs.put_latency.observe(0.002);
         observe_wal_fsync(Duration::from_millis(1));

@@ -335,7 +335,7 @@ async fn four_shards_with_kpl_aggregates_reach_two_delivery_streams_once_each() 
 /// Kinesis metadata: partition key, sequence number, subsequence number within a KPL aggregate,
 /// arrival time.
 fn assert_wal_keeps_record_metadata(wal_dir: &Path) {
-    use spillway::sources::kinesis::metadata::RecordMetadata;
+    use spillway::sources::kinesis::metadata::KinesisMetadata;
     let options = spillway::wal::WalOptions {
         dir: wal_dir.to_path_buf(),
         fsync: spillway::config::FsyncPolicy::Always,
@@ -363,7 +363,7 @@ fn assert_wal_keeps_record_metadata(wal_dir: &Path) {
         );
         assert_eq!(frame.metadata.len(), frame.records.len(), "one metadata entry per record");
         for (record, entry) in frame.records.iter().zip(&frame.metadata) {
-            let metadata = RecordMetadata::decode(entry.clone()).expect("a kinesis metadata entry");
+            let metadata = KinesisMetadata::decode(entry).expect("a kinesis metadata entry");
             assert!(metadata.approximate_arrival_ms > 1_700_000_000_000, "{metadata:?}");
             assert!(metadata.sequence_number.len() > 20, "{metadata:?}");
             let text = String::from_utf8_lossy(record);

@@ -13,7 +13,7 @@ use spillway_sink_api::PartitionKeys;
 use uuid::Uuid;
 
 use super::open_batch::Route;
-use crate::checkpoint::write_atomically;
+use crate::atomic_file::write_atomically;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -31,9 +31,9 @@ use super::retry::DeliveryError;
 use crate::processing::Transforms;
 use crate::processing::lambda::{
     EventRecord, MAX_PAYLOAD_BYTES, PROCESSING_FAILED_STATUS, PROCESSING_FAILED_STATUS_MESSAGE, RecordResult,
-    encode_event, event_record_len,
+    encode_event, event_record_len, metadata_member,
 };
-use crate::sources::kinesis::metadata::RecordMetadata;
+use crate::record_metadata::RecordMetadata;
 use crate::wal::{Frame, Wal, WalError};
 
 /// Most record bytes read from the WAL in one blocking step.
@@ -74,8 +74,17 @@ struct Prepared {
 }
 
 enum Item {
-    Send { data: Bytes, kinesis: Option<serde_json::Value> },
-    Failed { data: Bytes, code: &'static str, message: String },
+    /// `metadata`: the record's source metadata as its event member, shared by every output of
+    /// the transforms before the Lambda.
+    Send {
+        data: Bytes,
+        metadata: Option<Arc<[u8]>>,
+    },
+    Failed {
+        data: Bytes,
+        code: &'static str,
+        message: String,
+    },
 }
 
 /// An invocation being filled.
@@ -248,21 +257,21 @@ impl LambdaStage {
         let mut prepared = Vec::new();
         let mut outputs = Vec::new();
         for frame in frames {
-            let shard = frame.source.as_ref().and_then(|source| crate::sources::kinesis::shard_id_of(&source.shard));
+            let frame_shard = frame.source.as_ref().map(|source| source.shard.as_str());
             for (offset, data) in frame.records.iter().enumerate() {
                 let sequence = frame.first_sequence + offset as u64;
-                let kinesis = match (shard, frame.metadata.get(offset)) {
-                    (Some(shard), Some(entry)) => {
-                        RecordMetadata::decode(entry.clone()).map(|metadata| metadata.to_lambda_json(shard))
-                    }
-                    _ => None,
-                };
+                // Records of a push source have no entry: nothing is decoded or allocated.
+                let metadata = frame
+                    .metadata
+                    .get(offset)
+                    .and_then(|entry| RecordMetadata::decode(entry, frame_shard))
+                    .map(|metadata| Arc::<[u8]>::from(metadata_member(&metadata)));
                 let items = match &self.before {
-                    None => vec![Item::Send { data: data.clone(), kinesis }],
+                    None => vec![Item::Send { data: data.clone(), metadata }],
                     Some(before) => match before.apply(data, &mut outputs) {
                         Ok(()) => outputs
                             .drain(..)
-                            .map(|output| Item::Send { data: Bytes::from(output), kinesis: kinesis.clone() })
+                            .map(|output| Item::Send { data: Bytes::from(output), metadata: metadata.clone() })
                             .collect(),
                         Err(failure) => {
                             vec![Item::Failed { data: data.clone(), code: failure.code, message: failure.message }]
@@ -284,9 +293,10 @@ impl LambdaStage {
         record: Prepared,
     ) {
         let (record_bytes, event_bytes) = record.items.iter().fold((0, 0), |(bytes, event), item| match item {
-            Item::Send { data, kinesis } => {
-                (bytes + data.len(), event + event_record_len(data.len(), kinesis.is_some()))
-            }
+            Item::Send { data, metadata } => (
+                bytes + data.len(),
+                event + event_record_len(data.len(), metadata.as_ref().map_or(0, |member| member.len())),
+            ),
             Item::Failed { .. } => (bytes, event),
         });
         if let Some(current) = open.as_ref()
@@ -313,9 +323,9 @@ impl LambdaStage {
             let mut sent = Vec::new();
             for record in &invocation.records {
                 for (index, item) in record.items.iter().enumerate() {
-                    if let Item::Send { data, kinesis } = item {
+                    if let Item::Send { data, metadata } = item {
                         ids.push(format!("{}-{index}", record.sequence));
-                        sent.push((record.arrival_ms, data.clone(), kinesis.clone()));
+                        sent.push((record.arrival_ms, data.clone(), metadata.clone()));
                     }
                 }
             }
@@ -330,11 +340,11 @@ impl LambdaStage {
                         let records: Vec<EventRecord<'_>> = sent
                             .iter()
                             .zip(ids.iter())
-                            .map(|((arrival_ms, data, kinesis), id)| EventRecord {
+                            .map(|((arrival_ms, data, metadata), id)| EventRecord {
                                 record_id: id,
                                 approximate_arrival_timestamp: *arrival_ms,
                                 data,
-                                kinesis_record_metadata: kinesis.clone(),
+                                metadata_member: metadata.as_deref(),
                             })
                             .collect();
                         let invocation_id = Uuid::new_v4().to_string();
@@ -428,5 +438,103 @@ async fn sleep_until_option(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::processing::lambda::LambdaConfig;
+    use crate::record_metadata::MetadataWriter;
+    use crate::wal::SourcePosition;
+
+    fn stage() -> Arc<LambdaStage> {
+        let config: LambdaConfig = serde_json::from_str(r#"{"url": "http://127.0.0.1:9/invoke"}"#).unwrap();
+        let invoker = Invoker::new(
+            &config,
+            "arn:aws:firehose:us-east-1:1:deliverystream/s".into(),
+            "us-east-1".into(),
+            Default::default(),
+        )
+        .unwrap();
+        Arc::new(LambdaStage {
+            invoker: Arc::new(invoker),
+            before: None,
+            size_bytes: 1 << 20,
+            interval: Duration::ZERO,
+        })
+    }
+
+    /// A record as `process` sends it: id, data, metadata member.
+    type Sent = (String, Bytes, Option<Arc<[u8]>>);
+
+    /// The event records of `frame`, as the stage would send them.
+    fn event_records(frame: Frame) -> Vec<serde_json::Value> {
+        let prepared = stage().prepare(&[frame]);
+        let sent: Vec<Sent> = prepared
+            .iter()
+            .flat_map(|record| record.items.iter().map(move |item| (record.sequence, item)))
+            .map(|(sequence, item)| match item {
+                Item::Send { data, metadata } => (format!("{sequence}-0"), data.clone(), metadata.clone()),
+                Item::Failed { .. } => panic!("no transform before the lambda"),
+            })
+            .collect();
+        let records: Vec<EventRecord<'_>> = sent
+            .iter()
+            .map(|(id, data, metadata)| EventRecord {
+                record_id: id,
+                approximate_arrival_timestamp: 7,
+                data,
+                metadata_member: metadata.as_deref(),
+            })
+            .collect();
+        let event: serde_json::Value = serde_json::from_slice(&encode_event("i", "a", "r", &records)).unwrap();
+        event["records"].as_array().unwrap().clone()
+    }
+
+    /// A record's metadata becomes the object its source named, whatever the source: the
+    /// frame's shard filled in, fields as written; a record without metadata has no member.
+    #[test]
+    fn each_record_s_source_metadata_becomes_its_event_member() {
+        let kinesis_like = MetadataWriter::new("kinesisRecordMetadata")
+            .frame_shard("shardId", "kinesis:".len())
+            .text("partitionKey", "pk-1")
+            .integer("approximateArrivalTimestamp", 1_764_115_200_123)
+            .text("sequenceNumber", "4959")
+            .integer("subsequenceNumber", 0)
+            .finish();
+        let kafka_like =
+            MetadataWriter::new("mskRecordMetadata").text("offset", "17").text("partitionId", "3").finish();
+        let frame = Frame {
+            first_sequence: 40,
+            arrival_ms: 7,
+            records: vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+            source: Some(SourcePosition { shard: "kinesis:shardId-000000000002".into(), position: "seq:4959".into() }),
+            metadata: vec![kinesis_like, kafka_like],
+        };
+        let records = event_records(frame);
+        assert_eq!(
+            records[0]["kinesisRecordMetadata"],
+            serde_json::json!({
+                "shardId": "shardId-000000000002",
+                "partitionKey": "pk-1",
+                "approximateArrivalTimestamp": 1_764_115_200_123_i64,
+                "sequenceNumber": "4959",
+                "subsequenceNumber": 0,
+            })
+        );
+        assert_eq!(records[1]["mskRecordMetadata"], serde_json::json!({ "offset": "17", "partitionId": "3" }));
+        assert!(records[1].get("kinesisRecordMetadata").is_none());
+
+        let pushed = Frame {
+            first_sequence: 0,
+            arrival_ms: 7,
+            records: vec![Bytes::from_static(b"c")],
+            source: None,
+            metadata: Vec::new(),
+        };
+        let records = event_records(pushed);
+        let members: Vec<&String> = records[0].as_object().unwrap().keys().collect();
+        assert_eq!(members.len(), 3, "recordId, approximateArrivalTimestamp, data only: {members:?}");
     }
 }

@@ -65,6 +65,17 @@ impl MemoryBudget {
     }
 }
 
+/// What `/metrics` shows of the budget (`spillway_open_batch_bytes`, `_limit_bytes`).
+impl crate::metrics::BudgetGauge for MemoryBudget {
+    fn held(&self) -> usize {
+        MemoryBudget::held(self)
+    }
+
+    fn limit(&self) -> usize {
+        MemoryBudget::limit(self)
+    }
+}
+
 struct OpenBatch {
     encoder: Box<dyn Encoder>,
     start: u64,

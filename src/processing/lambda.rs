@@ -3,7 +3,9 @@
 //! reading and checking of the function's response.
 //!
 //! Event: `{"invocationId", "deliveryStreamArn", "region", "records": [{"recordId",
-//! "approximateArrivalTimestamp", "data" (base64), "kinesisRecordMetadata"? }]}`. Response:
+//! "approximateArrivalTimestamp", "data" (base64), <the record's source metadata>? }]}`, the last
+//! being the object its source named (`"kinesisRecordMetadata": {…}`, see
+//! [`crate::record_metadata`]). Response:
 //! `{"records": [{"recordId", "result": "Ok" | "Dropped" | "ProcessingFailed", "data" (base64),
 //! "metadata": {"partitionKeys": {k: v}}}]}`. Every record sent must come back exactly once; a
 //! response that breaks that, is not JSON or has a bad result fails the whole invocation with
@@ -17,6 +19,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;
 use spillway_sink_api::Secret;
+
+use crate::record_metadata::RecordMetadata;
 
 /// `errorCode`: the response is not JSON, or does not follow the status model (no `records`,
 /// a `result` that is not `Ok` / `Dropped` / `ProcessingFailed`, data that is not base64).
@@ -164,7 +168,18 @@ pub struct EventRecord<'a> {
     pub record_id: &'a str,
     pub approximate_arrival_timestamp: i64,
     pub data: &'a [u8],
-    pub kinesis_record_metadata: Option<serde_json::Value>,
+    /// The record's source metadata as its event member ([`metadata_member`]).
+    pub metadata_member: Option<&'a [u8]>,
+}
+
+/// A record's source metadata as a member of its event record, `"kinesisRecordMetadata":{…}`:
+/// rendered once per record, then copied into each invocation that sends it.
+pub fn metadata_member(metadata: &RecordMetadata) -> Vec<u8> {
+    let mut member = Vec::with_capacity(64);
+    write_json(&mut member, &metadata.object);
+    member.push(b':');
+    write_json(&mut member, &metadata.to_json());
+    member
 }
 
 /// The invocation event's JSON body, written straight into one buffer sized for it: each
@@ -182,7 +197,7 @@ pub fn encode_event(
         + region.len()
         + records
             .iter()
-            .map(|record| event_record_len(record.data.len(), record.kinesis_record_metadata.is_some()))
+            .map(|record| event_record_len(record.data.len(), record.metadata_member.map_or(0, <[u8]>::len)))
             .sum::<usize>();
     let mut out = Vec::with_capacity(capacity);
     out.extend_from_slice(b"{\"invocationId\":");
@@ -203,9 +218,9 @@ pub fn encode_event(
         out.extend_from_slice(b",\"data\":\"");
         base64_simd::STANDARD.encode_append(record.data, &mut out);
         out.push(b'"');
-        if let Some(metadata) = &record.kinesis_record_metadata {
-            out.extend_from_slice(b",\"kinesisRecordMetadata\":");
-            write_json(&mut out, metadata);
+        if let Some(member) = record.metadata_member {
+            out.push(b',');
+            out.extend_from_slice(member);
         }
         out.push(b'}');
     }
@@ -222,12 +237,10 @@ fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
 /// The event size of one record beyond its data's base64, for the payload cap: its id, its
 /// timestamp and the JSON punctuation, generously.
 pub const EVENT_RECORD_OVERHEAD: usize = 160;
-/// Kinesis metadata adds about this much per record.
-pub const KINESIS_METADATA_OVERHEAD: usize = 320;
-
-/// The bytes a record of `data_len` bytes takes in the event.
-pub fn event_record_len(data_len: usize, with_kinesis_metadata: bool) -> usize {
-    data_len.div_ceil(3) * 4 + EVENT_RECORD_OVERHEAD + if with_kinesis_metadata { KINESIS_METADATA_OVERHEAD } else { 0 }
+/// The bytes a record of `data_len` bytes, with a metadata member of `metadata_len` bytes (0:
+/// none), takes in the event.
+pub fn event_record_len(data_len: usize, metadata_len: usize) -> usize {
+    data_len.div_ceil(3) * 4 + EVENT_RECORD_OVERHEAD + metadata_len
 }
 
 /// What the function decided for one record.
@@ -388,7 +401,7 @@ mod tests {
             record_id: "7-0",
             approximate_arrival_timestamp: 1_764_115_200_123,
             data: b"hello",
-            kinesis_record_metadata: None,
+            metadata_member: None,
         }];
         let body = encode_event("inv", "arn:aws:firehose:us-east-1:1:deliverystream/s", "us-east-1", &records);
         let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -399,11 +412,17 @@ mod tests {
         assert_eq!(event["records"][0]["approximateArrivalTimestamp"], 1_764_115_200_123i64);
         assert_eq!(event["records"][0]["data"], b64("hello"));
         assert!(event["records"][0].get("kinesisRecordMetadata").is_none());
-        assert!(event_record_len(5, false) >= body.len() - 120);
+        assert!(event_record_len(5, 0) >= body.len() - 120);
     }
 
     #[test]
     fn the_written_event_is_the_json_serde_would_write() {
+        let entry = crate::record_metadata::MetadataWriter::new("kinesisRecordMetadata")
+            .frame_shard("shardId", "kinesis:".len())
+            .text("partitionKey", "k\"1")
+            .text("sequenceNumber", "49")
+            .finish();
+        let member = metadata_member(&RecordMetadata::decode(&entry, Some("kinesis:shardId-000000000001")).unwrap());
         let metadata =
             serde_json::json!({ "shardId": "shardId-000000000001", "partitionKey": "k\"1", "sequenceNumber": "49" });
         let binary: Vec<u8> = (0..=255u8).collect();
@@ -412,20 +431,10 @@ mod tests {
                 record_id: "a\"b\\c\u{1}é",
                 approximate_arrival_timestamp: -5,
                 data: &binary,
-                kinesis_record_metadata: None,
+                metadata_member: None,
             },
-            EventRecord {
-                record_id: "2",
-                approximate_arrival_timestamp: 0,
-                data: b"",
-                kinesis_record_metadata: Some(metadata.clone()),
-            },
-            EventRecord {
-                record_id: "3",
-                approximate_arrival_timestamp: i64::MAX,
-                data: b"ab",
-                kinesis_record_metadata: None,
-            },
+            EventRecord { record_id: "2", approximate_arrival_timestamp: 0, data: b"", metadata_member: Some(&member) },
+            EventRecord { record_id: "3", approximate_arrival_timestamp: i64::MAX, data: b"ab", metadata_member: None },
         ];
         let body = encode_event("id\n", "arn:aws:firehose:eu-west-1:1:deliverystream/s", "eu-west-1", &records);
         let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -442,7 +451,7 @@ mod tests {
         assert_eq!(event, expected);
         let estimate: usize = records
             .iter()
-            .map(|record| event_record_len(record.data.len(), record.kinesis_record_metadata.is_some()))
+            .map(|record| event_record_len(record.data.len(), record.metadata_member.map_or(0, <[u8]>::len)))
             .sum();
         assert!(body.len() <= estimate + 200, "the buffer is sized for the event");
         let empty = encode_event("i", "a", "r", &[]);

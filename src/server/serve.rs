@@ -76,12 +76,8 @@ impl ConnectionLimits {
     }
 }
 
-/// Connections refused since start (over the cap, answered or closed at once).
-#[derive(Debug, Default)]
-pub struct ConnectionStats {
-    pub refused: AtomicU64,
-    pub open: AtomicU64,
-}
+/// The connection counts `serve` keeps, exported on `/metrics`.
+pub use crate::metrics::ConnectionStats;
 
 /// Accept and serve connections until `shutdown` resolves; then stop accepting, let every
 /// connection finish its current request (idle ones close at once) and return.

@@ -14,8 +14,8 @@
 
 mod committed;
 mod frame;
-pub mod inspect;
 mod positions;
+pub mod quarantine;
 mod reader;
 mod records;
 mod segment;
@@ -31,10 +31,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
+pub use committed::CommittedMark;
 pub use frame::{Frame, MAX_SOURCE_FIELD_LEN, SourcePosition};
 pub use reader::WalReader;
 pub use records::{FramedRecords, Records};
-pub use segment::ScanError;
+pub use segment::{Scan, ScanError, SegmentStatus};
 
 use crate::config::FsyncPolicy;
 

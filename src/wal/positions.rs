@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::segment::ReadOutcome;
 use super::{SourcePosition, WalError};
-use crate::checkpoint::write_atomically;
+use crate::atomic_file::write_atomically;
 
 const FILE_NAME: &str = "positions.json";
 

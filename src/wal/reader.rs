@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use super::segment::{self, ReadOutcome, SegmentFile};
 use super::tail::Tail;
-use super::{Frame, WalError, inspect};
+use super::{Frame, WalError, quarantine};
 
 pub struct WalReader {
     dir: PathBuf,
@@ -125,7 +125,7 @@ impl WalReader {
 
     /// Move past the set-aside range holding the position, or fail with `WalError::Gap`.
     fn skip_set_aside_range(&mut self) -> Result<(), WalError> {
-        let set_aside = inspect::set_aside_ranges(&self.dir)?;
+        let set_aside = quarantine::set_aside_ranges(&self.dir)?;
         let Some(range) = set_aside.iter().find(|range| range.contains(self.next_sequence)) else {
             return Err(WalError::Gap { sequence: self.next_sequence });
         };

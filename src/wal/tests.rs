@@ -407,43 +407,41 @@ async fn damage_followed_by_good_frames_in_the_last_segment_fails_the_open_namin
 #[tokio::test]
 async fn quarantining_a_damaged_last_segment_skips_exactly_its_range_and_never_reuses_sequences() {
     let data_dir = tempfile::tempdir().unwrap();
-    let paths = inspect::StreamPaths::new(data_dir.path(), "s");
-    let (last, second_frame_offset, _) = three_frames_in_one_segment(&paths.wal_dir).await;
+    let wal_dir = data_dir.path().join("s").join("wal");
+    let (last, second_frame_offset, _) = three_frames_in_one_segment(&wal_dir).await;
     let mut bytes = std::fs::read(&last.path).unwrap();
     bytes[second_frame_offset as usize + 40] ^= 0xff;
     std::fs::write(&last.path, &bytes).unwrap();
-    let inspection = inspect::inspect(data_dir.path(), "s").unwrap().to_string();
-    assert!(inspection.contains(&format!("DAMAGED at offset {second_frame_offset}")), "{inspection}");
+    assert_damaged_at(&wal_dir, second_frame_offset);
 
-    let inspect::QuarantineOutcome::SetAside(set_aside) = inspect::quarantine(data_dir.path(), "s", None).unwrap()
-    else {
+    let quarantine::QuarantineOutcome::SetAside(set_aside) = quarantine::quarantine(&wal_dir, None).unwrap() else {
         panic!("a damaged segment is set aside");
     };
     assert_eq!((set_aside.start, set_aside.end), (3, 6), "resync saves the third frame: only frame two is set aside");
     assert_eq!(std::fs::read(&set_aside.quarantined_segment).unwrap(), bytes, "the original bytes are kept");
     assert_eq!(std::fs::metadata(&last.path).unwrap().len(), second_frame_offset, "good frames stay");
 
-    let (wal, report) = Wal::open(options(&paths.wal_dir), 0).unwrap();
+    let (wal, report) = Wal::open(options(&wal_dir), 0).unwrap();
     assert_eq!(report.next_sequence, 9, "sequences continue after the saved frame");
     wal.append(0, records("d", 2)).await.unwrap();
     let all = read_all(&wal, 0);
     let prefixes: Vec<_> = all.iter().map(|record| String::from_utf8_lossy(&record[..6]).to_string()).collect();
     assert_eq!(prefixes, ["a-0000", "a-0001", "a-0002", "c-0000", "c-0001", "c-0002", "d-0000", "d-0001"]);
     wal.close();
-    let again = inspect::quarantine(data_dir.path(), "s", None).unwrap();
-    assert!(matches!(again, inspect::QuarantineOutcome::NothingToDo(_)), "{again:?}");
+    let again = quarantine::quarantine(&wal_dir, None).unwrap();
+    assert!(matches!(again, quarantine::QuarantineOutcome::NothingToDo(_)), "{again:?}");
 }
 
 #[tokio::test]
 async fn quarantining_a_damaged_middle_segment_lets_the_reader_skip_to_the_next_segment() {
     let data_dir = tempfile::tempdir().unwrap();
-    let paths = inspect::StreamPaths::new(data_dir.path(), "s");
-    let (wal, _) = Wal::open(options(&paths.wal_dir), 0).unwrap();
+    let wal_dir = data_dir.path().join("s").join("wal");
+    let (wal, _) = Wal::open(options(&wal_dir), 0).unwrap();
     for round in 0..10 {
         wal.append(0, records(&format!("r{round}"), 10)).await.unwrap();
     }
     wal.close();
-    let segments = segment::list(&paths.wal_dir).unwrap();
+    let segments = segment::list(&wal_dir).unwrap();
     assert!(segments.len() >= 3);
     let damaged = &segments[1];
     let next_first_sequence = segments[2].first_sequence;
@@ -451,20 +449,19 @@ async fn quarantining_a_damaged_middle_segment_lets_the_reader_skip_to_the_next_
     bytes[200] ^= 0xff;
     std::fs::write(&damaged.path, &bytes).unwrap();
 
-    let (wal, _) = Wal::open(options(&paths.wal_dir), 0).unwrap();
+    let (wal, _) = Wal::open(options(&wal_dir), 0).unwrap();
     let committed = *wal.committed().borrow();
     assert!(matches!(wal.reader(0).read(committed, usize::MAX), Err(WalError::Corrupt { .. })));
     wal.close();
 
     let named = Some(damaged.path.file_name().unwrap().as_ref());
-    let inspect::QuarantineOutcome::SetAside(set_aside) = inspect::quarantine(data_dir.path(), "s", named).unwrap()
-    else {
+    let quarantine::QuarantineOutcome::SetAside(set_aside) = quarantine::quarantine(&wal_dir, named).unwrap() else {
         panic!("the named segment is set aside");
     };
     // Byte 200 is in the segment's first frame; the frames after it verify and are kept.
     assert_eq!((set_aside.start, set_aside.end), (damaged.first_sequence, damaged.first_sequence + 10));
     assert!(set_aside.end < next_first_sequence);
-    let (wal, _) = Wal::open(options(&paths.wal_dir), 0).unwrap();
+    let (wal, _) = Wal::open(options(&wal_dir), 0).unwrap();
     assert_eq!(read_all(&wal, 0).len(), 90);
     assert_eq!(read_all(&wal, set_aside.start + 1).len() as u64, 100 - set_aside.end, "from inside the range");
 }
@@ -882,26 +879,24 @@ async fn the_mark_follows_the_synced_length_while_running_at_most_once_per_inter
 #[tokio::test]
 async fn a_flipped_byte_in_the_acknowledged_last_frame_fails_the_open_and_can_be_set_aside() {
     let data_dir = tempfile::tempdir().unwrap();
-    let paths = inspect::StreamPaths::new(data_dir.path(), "s");
-    let (last, _, third_frame_offset) = three_frames_in_one_segment(&paths.wal_dir).await;
+    let wal_dir = data_dir.path().join("s").join("wal");
+    let (last, _, third_frame_offset) = three_frames_in_one_segment(&wal_dir).await;
     let bytes = rewrite(&last.path, |bytes| bytes[third_frame_offset as usize + 40] ^= 0x01);
 
-    let message = open_error(&paths.wal_dir);
+    let message = open_error(&wal_dir);
     assert!(message.contains(&last.path.display().to_string()), "{message}");
     assert!(message.contains(&format!("offset {third_frame_offset}: checksum mismatch")), "{message}");
     assert!(message.contains("committed length"), "{message}");
     assert_eq!(std::fs::read(&last.path).unwrap(), bytes, "nothing is cut");
-    let inspection = inspect::inspect(data_dir.path(), "s").unwrap().to_string();
-    assert!(inspection.contains(&format!("DAMAGED at offset {third_frame_offset}")), "{inspection}");
+    assert_damaged_at(&wal_dir, third_frame_offset);
 
-    let inspect::QuarantineOutcome::SetAside(set_aside) = inspect::quarantine(data_dir.path(), "s", None).unwrap()
-    else {
+    let quarantine::QuarantineOutcome::SetAside(set_aside) = quarantine::quarantine(&wal_dir, None).unwrap() else {
         panic!("the damaged last frame is set aside");
     };
     assert_eq!(set_aside.start, 6);
     assert!(set_aside.end >= 9, "the set-aside range covers the frame's records: {set_aside:?}");
     assert_eq!(std::fs::read(&set_aside.quarantined_segment).unwrap(), bytes, "the original bytes are kept");
-    let (wal, report) = Wal::open(options(&paths.wal_dir), 0).unwrap();
+    let (wal, report) = Wal::open(options(&wal_dir), 0).unwrap();
     assert!(report.truncated_tail.is_none());
     assert_eq!(report.next_sequence, set_aside.end, "no sequence of the damaged frame is reused");
     let all = read_all(&wal, 0);
@@ -1025,4 +1020,14 @@ async fn an_append_whose_requester_is_gone_while_it_waits_for_room_is_not_writte
     let range = wal.append(0, records("next", 10)).await.expect("room after the trim");
     assert_eq!(range, 20..30, "the abandoned append took no sequences");
     wal.close();
+}
+
+/// The survey `spillway wal inspect` shows names the damage in `wal_dir` at `offset`.
+fn assert_damaged_at(wal_dir: &Path, offset: u64) {
+    let survey = quarantine::survey(wal_dir).unwrap();
+    let damaged_at = |report: &quarantine::SegmentReport| match &report.scan.status {
+        SegmentStatus::Damaged { offset, .. } => Some(*offset),
+        _ => None,
+    };
+    assert!(survey.segments.iter().any(|report| damaged_at(report) == Some(offset)), "{survey:?}");
 }

@@ -17,8 +17,8 @@
 //!   positions.
 //!
 //! - **Record metadata**: every user record's sequence number, subsequence number, partition key
-//!   and approximate arrival time go into its frame ([`metadata`]), for the Lambda event's
-//!   `kinesisRecordMetadata` and error records.
+//!   and approximate arrival time go into its frame ([`metadata`], the generic
+//!   [`crate::record_metadata`] entry), for the Lambda event's `kinesisRecordMetadata`.
 //!
 //! KPL de-aggregation lives in [`kpl`], the per-record metadata in [`metadata`].
 //!
@@ -39,13 +39,16 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use self::kpl::Deaggregated;
-use self::metadata::RecordMetadata;
+use self::metadata::KinesisMetadata;
 use super::shards::{
     self, Fetched, Initial, ReadError, ReadingOptions, Settings, ShardApi, ShardInfo, SourceRecord, Start,
     TimestampStarts, UserRecord, classify,
 };
 use crate::metrics::{ShardMetrics, StreamMetrics};
 use crate::wal::Wal;
+
+/// The source type: the shard core keys a shard's WAL position `kinesis:<shard id>`.
+pub(crate) const KIND: &str = "kinesis";
 
 /// The `source:` block of a stream whose `type` is `kinesis`.
 #[derive(Debug, Clone, Deserialize)]
@@ -168,12 +171,6 @@ fn parse_timestamp(text: &str) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(text).ok().map(|time| time.timestamp_millis())
 }
 
-/// The Kinesis shard id of a frame's source, when the frame came from a Kinesis shard (the
-/// shard core keys positions `kinesis:<shard id>`).
-pub fn shard_id_of(source_shard: &str) -> Option<&str> {
-    source_shard.strip_prefix("kinesis:")
-}
-
 impl KinesisSourceConfig {
     /// The core's reading settings.
     fn settings(&self) -> Settings {
@@ -230,7 +227,7 @@ struct Kinesis {
 #[async_trait::async_trait]
 impl ShardApi for Kinesis {
     fn kind(&self) -> &'static str {
-        "kinesis"
+        KIND
     }
 
     fn display_name(&self) -> String {
@@ -323,7 +320,7 @@ impl Kinesis {
         let partition_key = partition_key.unwrap_or_default();
         let approximate_arrival_ms = approximate_arrival_timestamp.and_then(|time| time.to_millis().ok()).unwrap_or(0);
         let plain = |data: Bytes| {
-            let metadata = RecordMetadata {
+            let metadata = KinesisMetadata {
                 sequence_number: sequence_number.clone(),
                 subsequence_number: 0,
                 partition_key: partition_key.clone(),
@@ -339,7 +336,7 @@ impl Kinesis {
                 .into_iter()
                 .enumerate()
                 .map(|(index, sub_record)| {
-                    let metadata = RecordMetadata {
+                    let metadata = KinesisMetadata {
                         sequence_number: sequence_number.clone(),
                         subsequence_number: index as u32,
                         partition_key: sub_record.partition_key,

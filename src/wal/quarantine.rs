@@ -1,13 +1,13 @@
-//! The operator's view of one stream's files, for `spillway wal inspect` and
-//! `spillway wal quarantine`, and the set-aside records the reader honours.
+//! Setting damaged WAL bytes aside, for `spillway wal quarantine`, and the set-aside records the
+//! reader honours; plus the checked survey of a WAL folder that `spillway wal inspect` shows.
 //!
-//! Owns: the `wal-quarantine/` folder next to a stream's `wal/` folder, the JSON record of each
-//! set-aside range in it, and reading a stream's checkpoint, segments and intents for display.
+//! Owns: the `wal-quarantine/` folder next to a stream's `wal/` folder and the JSON record of each
+//! set-aside range in it.
 //! Must not: run while spillway runs on the same data_dir (it reads and rewrites the files
-//! directly), delete any segment bytes (damaged segments are moved, never removed), or hand
-//! out sequences (it only makes sure the writer's next sequence is above anything set aside).
+//! directly), delete any segment bytes (damaged segments are moved, never removed), hand out
+//! sequences (it only makes sure the writer's next sequence is above anything set aside), or read
+//! what lies above the WAL (checkpoints, intents: the operator tool in `crate::operate` does).
 
-use std::fmt;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,44 +17,29 @@ use serde::{Deserialize, Serialize};
 use super::WalError;
 use super::committed::{self, CommittedMark};
 use super::segment::{self, Scan, SegmentFile, SegmentStatus, TailPolicy};
-use crate::checkpoint::{Checkpoint, CheckpointError, write_atomically};
-use crate::pipeline::{Intent, IntentError, IntentLog};
+use crate::atomic_file::write_atomically;
 
 pub const QUARANTINE_DIR: &str = "wal-quarantine";
 
 #[derive(Debug, thiserror::Error)]
-pub enum InspectError {
+pub enum QuarantineError {
     #[error("i/o error in {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Scan(#[from] segment::ScanError),
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-    #[error(transparent)]
-    Intent(#[from] IntentError),
     #[error("set-aside record {path} is unreadable: {source}")]
     Record { path: PathBuf, source: serde_json::Error },
     #[error("{path} already exists in the quarantine folder; move it away first")]
     AlreadyQuarantined { path: PathBuf },
 }
 
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> InspectError + '_ {
-    move |source| InspectError::Io { path: path.to_path_buf(), source }
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> QuarantineError + '_ {
+    move |source| QuarantineError::Io { path: path.to_path_buf(), source }
 }
 
-/// Where a stream keeps its files under `data_dir`.
-#[derive(Debug, Clone)]
-pub struct StreamPaths {
-    pub stream_dir: PathBuf,
-    pub wal_dir: PathBuf,
-    pub quarantine_dir: PathBuf,
-}
-
-impl StreamPaths {
-    pub fn new(data_dir: &Path, stream: &str) -> Self {
-        let stream_dir = data_dir.join("streams").join(stream);
-        Self { wal_dir: stream_dir.join("wal"), quarantine_dir: stream_dir.join(QUARANTINE_DIR), stream_dir }
-    }
+/// The quarantine folder of the WAL in `wal_dir`: its sibling.
+pub fn quarantine_dir(wal_dir: &Path) -> PathBuf {
+    wal_dir.parent().unwrap_or(wal_dir).join(QUARANTINE_DIR)
 }
 
 /// A range of sequences an operator set aside: records in `[start, end)` are not delivered;
@@ -81,18 +66,18 @@ impl SetAside {
 /// The set-aside ranges recorded next to the WAL in `wal_dir`, by start. No quarantine folder
 /// means none.
 pub fn set_aside_ranges(wal_dir: &Path) -> Result<Vec<SetAside>, WalError> {
-    let quarantine_dir = wal_dir.parent().unwrap_or(wal_dir).join(QUARANTINE_DIR);
+    let quarantine_dir = quarantine_dir(wal_dir);
     read_set_aside_records(&quarantine_dir).map_err(|error| WalError::Io {
         path: quarantine_dir.clone(),
         source: std::io::Error::other(error.to_string()),
     })
 }
 
-fn read_set_aside_records(quarantine_dir: &Path) -> Result<Vec<SetAside>, InspectError> {
+fn read_set_aside_records(quarantine_dir: &Path) -> Result<Vec<SetAside>, QuarantineError> {
     let entries = match std::fs::read_dir(quarantine_dir) {
         Ok(entries) => entries,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(InspectError::Io { path: quarantine_dir.to_path_buf(), source }),
+        Err(source) => return Err(QuarantineError::Io { path: quarantine_dir.to_path_buf(), source }),
     };
     let mut records = Vec::new();
     for entry in entries {
@@ -101,14 +86,14 @@ fn read_set_aside_records(quarantine_dir: &Path) -> Result<Vec<SetAside>, Inspec
             continue;
         }
         let bytes = std::fs::read(&path).map_err(io_error(&path))?;
-        let record = serde_json::from_slice(&bytes).map_err(|source| InspectError::Record { path, source })?;
+        let record = serde_json::from_slice(&bytes).map_err(|source| QuarantineError::Record { path, source })?;
         records.push(record);
     }
     records.sort_by_key(|record: &SetAside| record.start);
     Ok(records)
 }
 
-/// One segment as `inspect` shows it.
+/// One segment with its full scan.
 #[derive(Debug)]
 pub struct SegmentReport {
     pub path: PathBuf,
@@ -116,57 +101,39 @@ pub struct SegmentReport {
     pub scan: Scan,
 }
 
-/// Everything `spillway wal inspect` prints about a stream.
+/// What a WAL folder holds, checked: every segment checksummed, the committed mark, and the
+/// set-aside ranges recorded next to it.
 #[derive(Debug)]
-pub struct Inspection {
-    pub stream: String,
-    pub paths: StreamPaths,
-    pub checkpoint: u64,
+pub struct Survey {
     pub segments: Vec<SegmentReport>,
     /// How far the last segment was recorded as synced (see `committed`).
     pub committed_mark: Option<CommittedMark>,
     pub set_aside: Vec<SetAside>,
-    /// Recorded intents: pending (to re-send) and done (to skip) batches above the checkpoint.
-    pub pending_intents: Vec<Intent>,
 }
 
-/// Read a stream's checkpoint, checksum every segment, list set-aside ranges and recorded intents.
-pub fn inspect(data_dir: &Path, stream: &str) -> Result<Inspection, InspectError> {
-    let paths = StreamPaths::new(data_dir, stream);
-    let checkpoint = Checkpoint::new(&paths.stream_dir).load()?;
-    let committed_mark = load_mark(&paths.wal_dir)?;
+/// Checksum every segment of the WAL in `wal_dir` and list its set-aside ranges. A missing folder
+/// holds nothing.
+pub fn survey(wal_dir: &Path) -> Result<Survey, QuarantineError> {
+    let committed_mark = load_mark(wal_dir)?;
     let mut segments = Vec::new();
-    for (segment, scan) in scan_all(&paths.wal_dir, committed_mark)? {
+    for (segment, scan) in scan_all(wal_dir, committed_mark)? {
         segments.push(SegmentReport { path: segment.path, first_sequence: segment.first_sequence, scan });
     }
-    let set_aside = read_set_aside_records(&paths.quarantine_dir)?;
-    let pending_intents = if paths.stream_dir.join("intents").is_dir() {
-        IntentLog::open(&paths.stream_dir)?.load()?
-    } else {
-        Vec::new()
-    };
-    Ok(Inspection {
-        stream: stream.to_string(),
-        paths,
-        checkpoint,
-        segments,
-        committed_mark,
-        set_aside,
-        pending_intents,
-    })
+    let set_aside = read_set_aside_records(&quarantine_dir(wal_dir))?;
+    Ok(Survey { segments, committed_mark, set_aside })
 }
 
-fn load_mark(wal_dir: &Path) -> Result<Option<CommittedMark>, InspectError> {
+fn load_mark(wal_dir: &Path) -> Result<Option<CommittedMark>, QuarantineError> {
     committed::load(wal_dir).map_err(io_error(&committed::path(wal_dir)))
 }
 
 /// Every segment with its full scan; the last one may have a torn tail above the committed mark,
 /// the others may not.
-fn scan_all(wal_dir: &Path, mark: Option<CommittedMark>) -> Result<Vec<(SegmentFile, Scan)>, InspectError> {
+fn scan_all(wal_dir: &Path, mark: Option<CommittedMark>) -> Result<Vec<(SegmentFile, Scan)>, QuarantineError> {
     let segments = match segment::list(wal_dir) {
         Ok(segments) => segments,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(InspectError::Io { path: wal_dir.to_path_buf(), source }),
+        Err(source) => return Err(QuarantineError::Io { path: wal_dir.to_path_buf(), source }),
     };
     let last_index = segments.len().saturating_sub(1);
     let mut scanned = Vec::with_capacity(segments.len());
@@ -178,68 +145,6 @@ fn scan_all(wal_dir: &Path, mark: Option<CommittedMark>) -> Result<Vec<(SegmentF
     Ok(scanned)
 }
 
-impl fmt::Display for Inspection {
-    fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(out, "stream {}", self.stream)?;
-        writeln!(out, "  stream dir:  {}", self.paths.stream_dir.display())?;
-        writeln!(out, "  wal:         {}", self.paths.wal_dir.display())?;
-        writeln!(out, "  quarantine:  {}", self.paths.quarantine_dir.display())?;
-        writeln!(out, "  checkpoint:  {} (every record below it is delivered)", self.checkpoint)?;
-        match &self.committed_mark {
-            Some(mark) => writeln!(
-                out,
-                "  committed:   {} bytes of segment {} (records below {}) recorded as synced",
-                mark.len, mark.segment_first_sequence, mark.end_sequence
-            )?,
-            None => writeln!(out, "  committed:   no mark recorded")?,
-        }
-        writeln!(out, "segments ({}):", self.segments.len())?;
-        for segment in &self.segments {
-            let scan = &segment.scan;
-            let status = match &scan.status {
-                SegmentStatus::Ok => "ok".to_string(),
-                SegmentStatus::TornTail { offset, reason } => {
-                    format!("torn tail at offset {offset} ({reason}); the next start cuts it")
-                }
-                SegmentStatus::Damaged { offset, reason } => format!("DAMAGED at offset {offset}: {reason}"),
-            };
-            writeln!(
-                out,
-                "  {}  {} bytes  sequences {}..{}  {} frames  {} records  {status}",
-                segment.path.display(),
-                scan.file_len,
-                segment.first_sequence,
-                scan.end_sequence,
-                scan.frames,
-                scan.records,
-            )?;
-        }
-        writeln!(out, "set aside ({}):", self.set_aside.len())?;
-        for range in &self.set_aside {
-            writeln!(
-                out,
-                "  sequences {}..{} from {} (damaged at offset {}: {}), kept in {}",
-                range.start,
-                range.end,
-                range.original_segment.display(),
-                range.damaged_offset,
-                range.reason,
-                range.quarantined_segment.display()
-            )?;
-        }
-        writeln!(out, "intents ({}):", self.pending_intents.len())?;
-        for intent in &self.pending_intents {
-            let route = match (&intent.error_output_type, intent.partition.is_empty()) {
-                (Some(error_output_type), _) => format!("  error output {error_output_type}"),
-                (None, false) => format!("  partition {:?}", intent.partition),
-                (None, true) => String::new(),
-            };
-            writeln!(out, "  {}  start {}  end {}  {:?}{route}", intent.id, intent.start, intent.end, intent.state)?;
-        }
-        Ok(())
-    }
-}
-
 /// What `quarantine` did.
 #[derive(Debug)]
 pub enum QuarantineOutcome {
@@ -248,21 +153,21 @@ pub enum QuarantineOutcome {
     SetAside(SetAside),
 }
 
-/// Move a damaged segment (the first damaged one, or the one named by file name or path) into
-/// `wal-quarantine/`, keep its good frames before the damage in the WAL under the same name,
-/// and record the set-aside range so the reader skips it knowingly.
+/// Move a damaged segment of the WAL in `wal_dir` (the first damaged one, or the one named by file
+/// name or path) into `wal-quarantine/`, keep its good frames before the damage in the WAL under
+/// the same name, and record the set-aside range so the reader skips it knowingly.
 ///
 /// Crash-safe order: the record first, then a hard link of the original into the quarantine
 /// folder, then the segment where the WAL continues (frames that verify after the damage, or an
 /// empty segment above the set-aside range when the damaged one was the last), then the good
 /// prefix replaces the original by rename. Running it again after a crash finds the same damage
 /// and sets the same range aside.
-pub fn quarantine(data_dir: &Path, stream: &str, named: Option<&Path>) -> Result<QuarantineOutcome, InspectError> {
-    let paths = StreamPaths::new(data_dir, stream);
-    let mark = load_mark(&paths.wal_dir)?;
-    let scanned = scan_all(&paths.wal_dir, mark)?;
+pub fn quarantine(wal_dir: &Path, named: Option<&Path>) -> Result<QuarantineOutcome, QuarantineError> {
+    let quarantine_dir = quarantine_dir(wal_dir);
+    let mark = load_mark(wal_dir)?;
+    let scanned = scan_all(wal_dir, mark)?;
     if scanned.is_empty() {
-        return Ok(QuarantineOutcome::NothingToDo(format!("no wal segments in {}", paths.wal_dir.display())));
+        return Ok(QuarantineOutcome::NothingToDo(format!("no wal segments in {}", wal_dir.display())));
     }
     let target_index = match named {
         Some(named) => {
@@ -273,7 +178,7 @@ pub fn quarantine(data_dir: &Path, stream: &str, named: Option<&Path>) -> Result
                     return Ok(QuarantineOutcome::NothingToDo(format!(
                         "no segment named {} in {}",
                         named.display(),
-                        paths.wal_dir.display()
+                        wal_dir.display()
                     )));
                 }
             }
@@ -281,10 +186,7 @@ pub fn quarantine(data_dir: &Path, stream: &str, named: Option<&Path>) -> Result
         None => match scanned.iter().position(|(_, scan)| matches!(scan.status, SegmentStatus::Damaged { .. })) {
             Some(index) => index,
             None => {
-                return Ok(QuarantineOutcome::NothingToDo(format!(
-                    "no damaged segment in {}",
-                    paths.wal_dir.display()
-                )));
+                return Ok(QuarantineOutcome::NothingToDo(format!("no damaged segment in {}", wal_dir.display())));
             }
         },
     };
@@ -325,7 +227,7 @@ pub fn quarantine(data_dir: &Path, stream: &str, named: Option<&Path>) -> Result
         }
     };
     let file_name = segment.path.file_name().unwrap_or(segment.path.as_os_str()).to_owned();
-    let quarantined_segment = paths.quarantine_dir.join(&file_name);
+    let quarantined_segment = quarantine_dir.join(&file_name);
     let record = SetAside {
         start: good_end,
         end: set_aside_end,
@@ -336,40 +238,40 @@ pub fn quarantine(data_dir: &Path, stream: &str, named: Option<&Path>) -> Result
         kept_bytes: scan.valid_len,
     };
 
-    std::fs::create_dir_all(&paths.quarantine_dir).map_err(io_error(&paths.quarantine_dir))?;
+    std::fs::create_dir_all(&quarantine_dir).map_err(io_error(&quarantine_dir))?;
     let mut record_name = file_name.clone();
     record_name.push(".json");
-    let record_path = paths.quarantine_dir.join(record_name);
+    let record_path = quarantine_dir.join(record_name);
     let record_json = serde_json::to_vec_pretty(&record).unwrap_or_default();
     write_atomically(&record_path, &record_json).map_err(io_error(&record_path))?;
 
     link_into_quarantine(&segment.path, &quarantined_segment)?;
-    sync_dir(&paths.quarantine_dir)?;
+    sync_dir(&quarantine_dir)?;
 
     match &salvage {
         Some(chain) => {
-            let salvaged = segment::segment_path(&paths.wal_dir, chain.first_sequence);
+            let salvaged = segment::segment_path(wal_dir, chain.first_sequence);
             let temporary = salvaged.with_extension("salvage");
             copy_range(&segment.path, &temporary, chain.offset, scan.file_len - chain.offset)?;
             std::fs::rename(&temporary, &salvaged).map_err(io_error(&salvaged))?;
-            sync_dir(&paths.wal_dir)?;
+            sync_dir(wal_dir)?;
         }
         None if next_segment.is_none() => {
             // The damaged segment was the last one: the writer continues from the last
             // segment's end, so start an empty segment at the end of the set-aside range.
-            let continuation = segment::segment_path(&paths.wal_dir, set_aside_end);
+            let continuation = segment::segment_path(wal_dir, set_aside_end);
             File::options().create(true).append(true).open(&continuation).map_err(io_error(&continuation))?;
-            sync_dir(&paths.wal_dir)?;
+            sync_dir(wal_dir)?;
         }
         None => {}
     }
 
     let mut temporary_name = file_name;
     temporary_name.push(".rewrite");
-    let temporary = paths.wal_dir.join(temporary_name);
+    let temporary = wal_dir.join(temporary_name);
     copy_range(&segment.path, &temporary, 0, scan.valid_len)?;
     std::fs::rename(&temporary, &segment.path).map_err(io_error(&segment.path))?;
-    sync_dir(&paths.wal_dir)?;
+    sync_dir(wal_dir)?;
     Ok(QuarantineOutcome::SetAside(record))
 }
 
@@ -386,7 +288,7 @@ fn resynced_frames_after_damage(
     segment: &SegmentFile,
     scan: &Scan,
     damaged_offset: u64,
-) -> Result<Option<ResyncedFrames>, InspectError> {
+) -> Result<Option<ResyncedFrames>, QuarantineError> {
     let mut file = File::open(&segment.path).map_err(io_error(&segment.path))?;
     let resynced = segment::find_verifiable_frame(&mut file, damaged_offset + 1, scan.file_len, scan.end_sequence)
         .map_err(io_error(&segment.path))?;
@@ -408,13 +310,13 @@ fn resynced_frames_after_damage(
     }
 }
 
-fn link_into_quarantine(original: &Path, quarantined: &Path) -> Result<(), InspectError> {
+fn link_into_quarantine(original: &Path, quarantined: &Path) -> Result<(), QuarantineError> {
     if let Ok(existing) = std::fs::metadata(quarantined) {
         let original_metadata = std::fs::metadata(original).map_err(io_error(original))?;
         if same_file(&existing, &original_metadata) {
             return Ok(()); // an earlier, interrupted run linked it already
         }
-        return Err(InspectError::AlreadyQuarantined { path: quarantined.to_path_buf() });
+        return Err(QuarantineError::AlreadyQuarantined { path: quarantined.to_path_buf() });
     }
     if std::fs::hard_link(original, quarantined).is_ok() {
         return Ok(());
@@ -436,7 +338,7 @@ fn same_file(_left: &std::fs::Metadata, _right: &std::fs::Metadata) -> bool {
 }
 
 /// Write `len` bytes of `source` from `offset` to a new file `destination`, synced.
-fn copy_range(source: &Path, destination: &Path, offset: u64, len: u64) -> Result<(), InspectError> {
+fn copy_range(source: &Path, destination: &Path, offset: u64, len: u64) -> Result<(), QuarantineError> {
     let mut input = File::open(source).map_err(io_error(source))?;
     std::io::Seek::seek(&mut input, std::io::SeekFrom::Start(offset)).map_err(io_error(source))?;
     let mut output = File::create(destination).map_err(io_error(destination))?;
@@ -444,12 +346,12 @@ fn copy_range(source: &Path, destination: &Path, offset: u64, len: u64) -> Resul
         std::io::copy(&mut std::io::Read::take(&mut input, len), &mut output).map_err(io_error(destination))?;
     if copied != len {
         let short = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("copied {copied} of {len} bytes"));
-        return Err(InspectError::Io { path: source.to_path_buf(), source: short });
+        return Err(QuarantineError::Io { path: source.to_path_buf(), source: short });
     }
     output.flush().map_err(io_error(destination))?;
     output.sync_all().map_err(io_error(destination))
 }
 
-fn sync_dir(dir: &Path) -> Result<(), InspectError> {
+fn sync_dir(dir: &Path) -> Result<(), QuarantineError> {
     File::open(dir).and_then(|dir| dir.sync_all()).map_err(io_error(dir))
 }
