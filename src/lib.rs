@@ -14,6 +14,8 @@
 //!   and the catalog of stream records behind a trait (`control::catalog`: a folder under
 //!   `data_dir` today).
 //! - [`streams`]: one stream's lifecycle (WAL, sink, delivery loop), for YAML and API streams.
+//! - [`reload`]: SIGHUP / `--watch-config`: re-read the file, apply added, changed and removed
+//!   YAML streams through the lifecycle, or keep the running configuration and say why.
 //! - [`wal`]: segment files with checksums, group commit, recovery, trimming.
 //! - [`processing`]: what a record's content decides: transforms, its dynamic partition (jq
 //!   keys), the Lambda transform's protocol (`processing::lambda`).
@@ -37,6 +39,7 @@ pub mod data_dir;
 pub mod metrics;
 pub mod pipeline;
 pub mod processing;
+pub mod reload;
 pub mod server;
 pub mod sinks;
 pub mod sources;
