@@ -363,6 +363,12 @@ async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
             let mut config = config::load_file(&path).map_err(|error| anyhow::anyhow!("{error}"))?;
             let overrides = config::Overrides { listen, data_dir };
             overrides.apply(&mut config);
+            tracing::debug!(
+                listen = %config.server.listen,
+                data_dir = %config.data_dir.display(),
+                streams = config.streams.len(),
+                "configuration loaded"
+            );
             for warning in config.warnings() {
                 tracing::warn!(path = %warning.path, "{}", warning.message);
             }
