@@ -498,8 +498,8 @@ pub fn log_stream(config: &StreamConfig, message: &str) {
     tracing::info!(
         stream = %config.name,
         source = %config.source.summary(),
-        sink = config.sink.type_name(),
-        destination = %config.sink.destination(),
+        sink = config.sink.descriptor().type_name(),
+        destination = %config.sink.descriptor().destination(),
         "{message}"
     );
 }

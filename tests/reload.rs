@@ -187,7 +187,9 @@ async fn sighup_adds_changes_and_removes_streams_while_records_flow_and_refuses_
     put_ids(&client, "from-api", 0, 1).await.expect("the api stream still takes records");
 
     // A syntax error, then a validation error: the running configuration stays, the log says why.
-    rewrite(&path, &format!("{}  - name: broken\n    sink: {{ type: s3, url: [unclosed\n", config(&[a_after.clone()])));
+    let broken =
+        format!("{}  - name: broken\n    sink: {{ type: s3, url: [unclosed\n", config(std::slice::from_ref(&a_after)));
+    rewrite(&path, &broken);
     common::signal(&spillway.child, "HUP");
     wait_for_log(&spillway, "kept the running configuration", 1).await;
     let invalid = config(&[a_after.clone(), stream("b", "b", "", 1), d.clone()])
