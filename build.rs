@@ -40,19 +40,20 @@ fn git(args: &[&str]) -> Option<String> {
     (!text.is_empty()).then_some(text)
 }
 
-/// `HEAD`, the ref it names and `packed-refs`, as paths git reports (worktrees keep HEAD apart
-/// from the refs); only those that exist, since cargo re-runs a script on every build while a
-/// watched path is missing.
+/// `HEAD` and the branch ref it names, as paths git reports (worktrees keep HEAD apart from the
+/// refs), or `packed-refs` when that ref is packed (then it is not a file of its own); only paths
+/// that exist, since cargo re-runs a script on every build while a watched path is missing.
 fn git_paths_to_watch() -> Vec<String> {
-    let mut names = vec!["HEAD".to_string(), "packed-refs".to_string()];
+    let path_of = |name: &str| git(&["rev-parse", "--path-format=absolute", "--git-path", name]);
+    let exists = |path: &String| std::path::Path::new(path).exists();
+    let mut paths: Vec<String> = path_of("HEAD").into_iter().filter(exists).collect();
     if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
-        names.push(branch);
+        match path_of(&branch).filter(exists) {
+            Some(loose) => paths.push(loose),
+            None => paths.extend(path_of("packed-refs").filter(exists)),
+        }
     }
-    names
-        .iter()
-        .filter_map(|name| git(&["rev-parse", "--path-format=absolute", "--git-path", name]))
-        .filter(|path| std::path::Path::new(path).exists())
-        .collect()
+    paths
 }
 
 /// `YYYY-MM-DD` of a Unix time in UTC (Howard Hinnant's days-to-civil algorithm).
