@@ -495,11 +495,13 @@ impl Removed {
 
 /// Log what a stream reads and where it delivers (at start-up, and when a reload adds or changes it).
 pub fn log_stream(config: &StreamConfig, message: &str) {
+    let (source, sink) = (config.source.descriptor(), config.sink.descriptor());
     tracing::info!(
         stream = %config.name,
-        source = %config.source.summary(),
-        sink = config.sink.descriptor().type_name(),
-        destination = %config.sink.descriptor().destination(),
+        source = %source.type_name(),
+        origin = ?source.origin(),
+        sink = %sink.type_name(),
+        destination = ?sink.destination(),
         "{message}"
     );
 }

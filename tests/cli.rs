@@ -268,7 +268,9 @@ fn log_level_flag_sets_the_level_and_wins_over_spillway_log() {
     assert!(log.contains(" DEBUG spillway: configuration loaded"), "debug lines with --log-level debug:\n{log}");
     // The start-up summary: each stream with its source and destination, and the status page.
     assert!(
-        log.contains("stream ready stream=app-logs source=direct_put sink=\"s3\" destination=file://./out"),
+        log.contains(
+            "stream ready stream=app-logs source=direct_put origin=\"Firehose API and NDJSON\" sink=s3 destination=\"file://./out\""
+        ),
         "{log}"
     );
     assert!(log.contains(&format!("status page at {}/", debug.endpoint)), "{log}");
