@@ -3,7 +3,9 @@
 //! [`crate::streams::Lifecycle`], hands both to the control plane ([`crate::control`]) through
 //! [`Ingest`], serves the HTTP front, and shuts down in order: stop intake → flush buffers →
 //! finish deliveries → commit checkpoints → close the WAL. A stream whose WAL cannot be opened (damage, I/O) is marked stopped with the
-//! reason and gets no delivery loop; every other stream runs.
+//! reason and gets no delivery loop; every other stream runs. [`App::reloader`] hands the same
+//! streams to [`crate::reload`] for SIGHUP and `--watch-config`; shutdown waits for a reload
+//! under way and allows no new one.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,6 +24,7 @@ use crate::control::catalog::{self, Catalog, CatalogError, FolderCatalog};
 use crate::data_dir::DataDirLock;
 use crate::metrics::Metrics;
 use crate::pipeline::MemoryBudget;
+use crate::reload::Reloader;
 use crate::server::health::{self, Readiness};
 use crate::server::serve::{ConnectionLimits, ConnectionStats};
 use crate::server::tls::TlsError;
@@ -56,6 +59,8 @@ pub struct App {
     stop_intake: watch::Sender<bool>,
     server: JoinHandle<Result<(), std::io::Error>>,
     lifecycle: Arc<Lifecycle>,
+    ingest: Arc<Ingest>,
+    reloader: Option<Arc<Reloader>>,
     grace: Duration,
     readiness: Arc<Readiness>,
     /// Released when the app is dropped (after shutdown) or the process dies.
@@ -153,7 +158,8 @@ impl App {
         crate::server::serve::warn_if_over_open_file_limit(limits.max_connections);
         let connection_stats = Arc::new(ConnectionStats::default());
         ingest.metrics.register_connection_stats(connection_stats.clone());
-        let router = crate::server::router(ingest);
+        log_streams(&ingest, &endpoint_of(addr, tls_acceptor.is_some()));
+        let router = crate::server::router(ingest.clone());
         let stopped = async move {
             let _ = intake_rx.wait_for(|stop| *stop).await;
         };
@@ -166,7 +172,18 @@ impl App {
             connection_stats,
             stopped,
         ));
-        Ok(App { addr, https, stop_intake, server, lifecycle, grace, readiness, _data_dir_lock: data_dir_lock })
+        Ok(App {
+            addr,
+            https,
+            stop_intake,
+            server,
+            lifecycle,
+            ingest,
+            reloader: None,
+            grace,
+            readiness,
+            _data_dir_lock: data_dir_lock,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -175,8 +192,15 @@ impl App {
 
     /// The endpoint clients use: `http://…`, or `https://…` with `server.tls`.
     pub fn endpoint(&self) -> String {
-        let scheme = if self.https { "https" } else { "http" };
-        format!("{scheme}://{}", self.addr)
+        endpoint_of(self.addr, self.https)
+    }
+
+    /// What applies `path` (the file this app started from, read with `overrides`) to the
+    /// running streams on a reload; shutdown closes it.
+    pub fn reloader(&mut self, path: PathBuf, overrides: crate::config::Overrides) -> Arc<Reloader> {
+        let reloader = Arc::new(Reloader::new(self.ingest.clone(), path, overrides));
+        self.reloader = Some(reloader.clone());
+        reloader
     }
 
     /// Run until `signal` resolves (or a delivery loop fails), then shut down in order.
@@ -203,6 +227,9 @@ impl App {
         let _ = self.stop_intake.send(true);
         // One deadline for the whole shutdown: draining connections and finishing deliveries.
         let deadline = tokio::time::Instant::now() + self.grace;
+        if let Some(reloader) = &self.reloader {
+            reloader.close(deadline).await;
+        }
         self.lifecycle.stop_readers(deadline).await;
         // Connections that never finish (a client that stalls its headers, idle keep-alives) must
         // not hold the shutdown past the grace period.
@@ -222,6 +249,21 @@ impl App {
             None => Ok(()),
         }
     }
+}
+
+fn endpoint_of(addr: SocketAddr, https: bool) -> String {
+    let scheme = if https { "https" } else { "http" };
+    format!("{scheme}://{addr}")
+}
+
+/// The start-up summary: each stream with its source and destination, and the status page.
+fn log_streams(ingest: &Ingest, endpoint: &str) {
+    for name in ingest.stream_names() {
+        if let Some(stream) = ingest.stream(&name) {
+            crate::streams::log_stream(&stream.config, "stream ready");
+        }
+    }
+    tracing::info!("status page at {endpoint}/");
 }
 
 /// A random id made once per data directory; it seeds batch ids and record ids, so two

@@ -14,6 +14,8 @@
 //!   and the catalog of stream records behind a trait (`control::catalog`: a folder under
 //!   `data_dir` today).
 //! - [`streams`]: one stream's lifecycle (WAL, sink, delivery loop), for YAML and API streams.
+//! - [`reload`]: SIGHUP / `--watch-config`: re-read the file, apply added, changed and removed
+//!   YAML streams through the lifecycle, or keep the running configuration and say why.
 //! - [`wal`]: segment files with checksums, group commit, recovery, trimming, and setting damaged
 //!   segments aside (`wal::quarantine`).
 //! - [`record_metadata`]: what a pull source knows about each record (a Kinesis sequence number,
@@ -47,6 +49,7 @@ pub mod operate;
 pub mod pipeline;
 pub mod processing;
 pub mod record_metadata;
+pub mod reload;
 pub mod server;
 pub mod sinks;
 pub mod sources;

@@ -2,8 +2,10 @@
 //! `wal inspect|quarantine`. The only place that uses
 //! `anyhow`; everything below it returns typed errors.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,6 +14,7 @@ use spillway::app::App;
 use spillway::client::{bench, codec_bench, put, status};
 use spillway::config;
 use spillway::operate::wal_inspect as inspect;
+use spillway::reload::{Reloader, watch::ConfigWatch};
 
 /// jemalloc returns freed memory to the system; glibc's per-thread arenas keep large freed
 /// buffers (batches, compressed objects), which more than doubled peak RSS with 64 MiB buffers.
@@ -26,13 +29,27 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static malloc_conf: &u8 = &b"narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0];
 
+/// `spillway --version`: the version, the commit and the day it was built (see `build.rs`).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SPILLWAY_GIT_COMMIT"),
+    ", built ",
+    env!("SPILLWAY_BUILD_DATE"),
+    ")"
+);
+
 #[derive(Parser)]
-#[command(name = "spillway", version, about = "Firehose-compatible delivery: streams in, buffered durable objects out")]
+#[command(name = "spillway", version = VERSION, about = "Firehose-compatible delivery: streams in, buffered durable objects out")]
 struct Cli {
-    /// Log format on stderr: `text` (human-readable) or `json` (one object per line). The level
-    /// filter is `SPILLWAY_LOG` (e.g. `info,spillway=debug`).
+    /// Log format on stderr: `text` (human-readable) or `json` (one object per line).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SPILLWAY_LOG_FORMAT")]
     log_format: LogFormat,
+    /// Log level of spillway's own messages (libraries stay at `info` at most). Without it, the
+    /// filter is `SPILLWAY_LOG` (e.g. `info,spillway=debug`), else `info`; this flag wins over
+    /// `SPILLWAY_LOG`.
+    #[arg(long, global = true, value_enum)]
+    log_level: Option<LogLevel>,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,10 +60,36 @@ enum LogFormat {
     Json,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// The filter directives: debug and trace only for spillway's own targets (the sink crates'
+    /// `spillway_sink_*` included), so the AWS SDK and hyper do not drown them.
+    fn directives(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "info,spillway=debug",
+            LogLevel::Trace => "info,spillway=trace",
+        }
+    }
+}
+
 /// Logs go to stderr (stdout carries command output and the `listening` line).
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SPILLWAY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+fn init_logs(format: LogFormat, level: Option<LogLevel>) {
+    let filter = match level {
+        Some(level) => tracing_subscriber::EnvFilter::new(level.directives()),
+        None => tracing_subscriber::EnvFilter::try_from_env("SPILLWAY_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
@@ -58,10 +101,24 @@ fn init_logs(format: LogFormat) {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the Firehose API and deliver every configured stream until SIGTERM / Ctrl-C.
+    /// SIGHUP re-reads the configuration file and applies its streams (a file with problems is
+    /// refused and the running configuration kept).
     Run {
         /// Configuration file (YAML).
         #[arg(short, long, default_value = "config/local.yaml")]
         config: PathBuf,
+        /// Address to listen on, instead of the file's `server.listen`.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// Data folder (WAL, checkpoints, created streams), instead of the file's `data_dir`.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Reload the configuration when the file's contents change, as on SIGHUP.
+        #[arg(long)]
+        watch_config: bool,
+        /// How often `--watch-config` looks at the file.
+        #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+        watch_interval_seconds: f64,
     },
     /// Check a configuration file and list every problem; exits non-zero if there is one.
     Validate {
@@ -183,7 +240,7 @@ enum WalCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format);
+    init_logs(cli.log_format, cli.log_level);
     let result = match cli.command {
         Command::Validate { config, connect: false } => validate(&config),
         Command::Wal { command } => wal_command(command),
@@ -302,14 +359,33 @@ async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Validate { config, connect: true } => validate_connect(&config).await,
         Command::Validate { .. } | Command::Wal { .. } => unreachable!("runs without a runtime"),
-        Command::Run { config } => {
-            let config = config::load_file(&config).map_err(|error| anyhow::anyhow!("{error}"))?;
+        Command::Run { config: path, listen, data_dir, watch_config, watch_interval_seconds } => {
+            let mut config = config::load_file(&path).map_err(|error| anyhow::anyhow!("{error}"))?;
+            let overrides = config::Overrides { listen, data_dir };
+            overrides.apply(&mut config);
+            tracing::debug!(
+                listen = %config.server.listen,
+                data_dir = %config.data_dir.display(),
+                streams = config.streams.len(),
+                "configuration loaded"
+            );
             for warning in config.warnings() {
                 tracing::warn!(path = %warning.path, "{}", warning.message);
             }
+            let watch_interval = Duration::try_from_secs_f64(watch_interval_seconds)
+                .ok()
+                .filter(|interval| !interval.is_zero())
+                .context("--watch-interval-seconds must be a positive number")?;
             let signals = ShutdownSignals::install().context("cannot install signal handlers")?;
-            ignore_hangups().context("cannot install the SIGHUP handler")?;
-            let app = App::start(config).await?;
+            // Before the server announces itself: a SIGHUP sent right after start reloads
+            // instead of ending the process (its default action).
+            let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("cannot install the SIGHUP handler")?;
+            tracing::info!(version = VERSION, config = %path.display(), "starting");
+            let mut app = App::start(config).await?;
+            let reloader = app.reloader(path.clone(), overrides);
+            let watch = if watch_config { Some(ConfigWatch::new(&path, watch_interval).await) } else { None };
+            tokio::spawn(reload_on_triggers(reloader, hangups, watch));
             println!("spillway listening on {}", app.endpoint());
             app.run_until(signals.first_then_exit_on_second()).await?;
             Ok(ExitCode::SUCCESS)
@@ -385,18 +461,33 @@ fn parse_codec(name: &str) -> Result<codec_bench::Codec, String> {
     codec_bench::Codec::parse(name).ok_or_else(|| format!("`{name}` is not gzip or zstd"))
 }
 
-/// SIGHUP's default action ends the process without a word (a closed terminal, a careless
-/// `kill -HUP` meant as "reload"). Configuration reload is not built yet: log and carry on.
-fn ignore_hangups() -> std::io::Result<()> {
-    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
-            tracing::warn!(
-                "SIGHUP received: reloading the configuration is not supported yet; ignored (restart to apply changes)"
-            );
+/// Reload on every SIGHUP and, with `--watch-config`, on every change of the file's contents.
+/// Signals that arrive during a reload are merged into one more reload after it.
+async fn reload_on_triggers(
+    reloader: Arc<Reloader>,
+    mut hangups: tokio::signal::unix::Signal,
+    mut watch: Option<ConfigWatch>,
+) {
+    loop {
+        let trigger = tokio::select! {
+            received = hangups.recv() => match received {
+                Some(()) => "SIGHUP",
+                None => return,
+            },
+            () = next_change(&mut watch) => "file changed",
+        };
+        if let spillway::reload::ReloadOutcome::ShuttingDown = reloader.reload(trigger).await {
+            return;
         }
-    });
-    Ok(())
+    }
+}
+
+/// The next change of the watched file; never, without `--watch-config`.
+async fn next_change(watch: &mut Option<ConfigWatch>) {
+    match watch {
+        Some(watch) => watch.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// SIGTERM and SIGINT (Ctrl-C) handlers, installed before the server announces itself so a

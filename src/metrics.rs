@@ -521,6 +521,7 @@ pub struct Metrics {
     registry: Registry,
     families: Families,
     scraped: Arc<Scraped>,
+    reloads: ConfigReloads,
 }
 
 impl Default for Metrics {
@@ -529,7 +530,40 @@ impl Default for Metrics {
         let families = Families::register(&mut registry);
         let scraped = Arc::new(Scraped::default());
         registry.register_collector(Box::new(scraped.clone()));
-        Self { registry, families, scraped }
+        let reloads = ConfigReloads::register(&mut registry);
+        Self { registry, families, scraped, reloads }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
+}
+
+/// Configuration reloads (SIGHUP, `--watch-config`) by result, and when the last one was applied.
+struct ConfigReloads {
+    total: Family<ReloadLabels, Counter>,
+    last_applied_seconds: Gauge,
+}
+
+impl ConfigReloads {
+    fn register(registry: &mut Registry) -> Self {
+        let reloads = Self { total: Family::default(), last_applied_seconds: Gauge::default() };
+        // Both series exist from the start, so a rate or an alert on `rejected` sees a 0 first.
+        for result in ["applied", "rejected"] {
+            let _series = reloads.total.get_or_create_owned(&ReloadLabels { result });
+        }
+        registry.register(
+            "spillway_config_reloads",
+            "configuration reloads by result: applied, or rejected (the running configuration was kept)",
+            reloads.total.clone(),
+        );
+        registry.register(
+            "spillway_config_last_reload_success_timestamp_seconds",
+            "unix time of the last applied configuration reload (0: none since start)",
+            reloads.last_applied_seconds.clone(),
+        );
+        reloads
     }
 }
 
@@ -604,6 +638,15 @@ impl Metrics {
     /// Export the open-batch memory budget's use (`limits.max_open_batches_mib`).
     pub fn register_open_batch_budget(&self, budget: Arc<dyn BudgetGauge>) {
         *self.scraped.budget.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(budget);
+    }
+
+    /// Count one configuration reload: `applied`, or rejected (the running configuration kept).
+    pub fn note_config_reload(&self, applied: bool, now_seconds: i64) {
+        let result = if applied { "applied" } else { "rejected" };
+        self.reloads.total.get_or_create(&ReloadLabels { result }).inc();
+        if applied {
+            self.reloads.last_applied_seconds.set(now_seconds);
+        }
     }
 
     /// Every metric in the OpenMetrics text format ([`CONTENT_TYPE`]).

@@ -1,6 +1,7 @@
 //! Stream lifecycle: the one place a stream is built — WAL, sink, delivery loop — from its
-//! `StreamConfig`, and stopped again. YAML streams at start-up and API-created streams at runtime
-//! (create, update, delete) go through the same functions, so both run the same code.
+//! `StreamConfig`, and stopped again. YAML streams at start-up and at a reload
+//! ([`crate::reload`]) and API-created streams at runtime (create, update, delete) go through the
+//! same functions, so all of them run the same code.
 //!
 //! Each stream's delivery loop has its own stop channel: stopping one stream (delete, or a new
 //! destination) lets its loop deliver what the WAL holds and end, without touching the others.
@@ -204,7 +205,12 @@ impl Lifecycle {
     /// `config` (a new destination) on the same WAL. Appends continue meanwhile.
     pub async fn restart(&self, config: &StreamConfig, record: StreamRecord) -> Result<StreamIngest, StreamError> {
         let name = config.name.clone();
-        let had_delivery = self.running().get(&name).is_some_and(|current| current.delivery.is_some());
+        // A stream whose WAL could not be opened (stopped from its start, no delivery) stays
+        // stopped; one whose last restart failed to build its delivery gets a new one.
+        let delivers = self
+            .running()
+            .get(&name)
+            .is_some_and(|current| current.delivery.is_some() || current.stopped.get().is_none());
         let stop_result = self.stop_delivery(&name, StopMode::Drain).await;
         let current = self.running().get(&name).map(|current| (current.wal.clone(), current.metrics.clone()));
         let Some((wal, metrics)) = current else {
@@ -216,10 +222,10 @@ impl Lifecycle {
         }
         // A stream whose WAL could not be opened has no delivery to restart and stays stopped.
         let stopped = match self.running().get(&name) {
-            Some(current) if !had_delivery => current.stopped.clone(),
+            Some(current) if !delivers => current.stopped.clone(),
             _ => Arc::new(OnceLock::new()),
         };
-        let delivery = if had_delivery {
+        let delivery = if delivers {
             Some(self.start_delivery(config, record.version_id, &wal, &metrics, &stopped).await?)
         } else {
             None
@@ -485,6 +491,19 @@ impl Removed {
     pub fn has_undelivered(&self) -> bool {
         self.committed > self.delivered
     }
+}
+
+/// Log what a stream reads and where it delivers (at start-up, and when a reload adds or changes it).
+pub fn log_stream(config: &StreamConfig, message: &str) {
+    let (source, sink) = (config.source.descriptor(), config.sink.descriptor());
+    tracing::info!(
+        stream = %config.name,
+        source = %source.type_name(),
+        origin = ?source.origin(),
+        sink = %sink.type_name(),
+        destination = ?sink.destination(),
+        "{message}"
+    );
 }
 
 pub fn stream_dir(data_dir: &Path, name: &str) -> PathBuf {

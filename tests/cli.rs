@@ -178,7 +178,24 @@ fn version_and_help() {
     let dir = tempfile::tempdir().unwrap();
     let (code, stdout, _) = spillway(&["--version"], dir.path());
     assert_eq!(code, 0);
-    assert!(stdout.starts_with("spillway "));
+    // `spillway 0.1.0 (commit 4bac0f5, built 2026-01-31)`: the commit this binary was built from
+    // (`unknown` outside a git checkout) and the build's UTC date.
+    let version = stdout.trim().strip_prefix(&format!("spillway {} (commit ", env!("CARGO_PKG_VERSION")));
+    let (commit, date) = version
+        .and_then(|rest| rest.strip_suffix(')'))
+        .and_then(|rest| rest.split_once(", built "))
+        .unwrap_or_else(|| panic!("unexpected --version: {stdout}"));
+    let checked_out = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string());
+    assert_eq!(commit, checked_out.as_deref().unwrap_or("unknown"), "{stdout}");
+    let date_shape = date.len() == 10
+        && date.char_indices().all(|(at, c)| if at == 4 || at == 7 { c == '-' } else { c.is_ascii_digit() });
+    assert!(date_shape, "a YYYY-MM-DD build date: {stdout}");
     let (code, stdout, _) = spillway(&["--help"], dir.path());
     assert_eq!(code, 0);
     for command in ["run", "validate", "put", "bench"] {
@@ -205,4 +222,80 @@ async fn put_sends_every_line_of_a_file() {
     assert_eq!(server.terminate(), 0);
     let objects = local_objects(&dir.path().join("out"));
     assert_eq!(common::concat_in_sent_order(objects, lines.as_bytes()), lines.into_bytes());
+}
+
+#[tokio::test]
+async fn listen_and_data_dir_flags_win_over_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // The file names a port and a folder; the flags name others.
+    let yaml = local_yaml(5, 900, "").replace("data_dir: ./data", "data_dir: ./from-file");
+    let config = dir.path().join("spillway.yaml");
+    std::fs::write(&config, yaml.replace("listen: 127.0.0.1:0", "listen: 127.0.0.1:1")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let server = Spillway::start_with_args(dir.path(), &config, &["--listen", &listen, "--data-dir", "./from-flag"]);
+    assert_eq!(server.endpoint, format!("http://{listen}"));
+    server.wait_ready().await;
+    let client = server.client().await;
+    client
+        .put_record()
+        .delivery_stream_name("app-logs")
+        .record(
+            aws_sdk_firehose::types::Record::builder()
+                .data(aws_sdk_firehose::primitives::Blob::new("hello"))
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("put");
+    let wal = dir.path().join("from-flag/streams/app-logs/wal");
+    assert!(
+        common::files_under(&wal).iter().any(|file| std::fs::metadata(file).unwrap().len() > 0),
+        "wal in --data-dir"
+    );
+    assert!(!dir.path().join("from-file").exists(), "the file's data_dir is not used");
+    assert_eq!(server.terminate(), 0);
+}
+
+#[test]
+fn log_level_flag_sets_the_level_and_wins_over_spillway_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("spillway.yaml");
+    std::fs::write(&config, local_yaml(5, 900, "")).unwrap();
+    let debug = Spillway::start_with_options(dir.path(), &config, &["--log-level", "debug"], &[], &["SPILLWAY_LOG"]);
+    let log = wait_for_line(&debug, "status page at");
+    assert!(log.contains(" DEBUG spillway: configuration loaded"), "debug lines with --log-level debug:\n{log}");
+    // The start-up summary: each stream with its source and destination, and the status page.
+    assert!(
+        log.contains(
+            "stream ready stream=app-logs source=direct_put origin=\"Firehose API and NDJSON\" sink=s3 destination=\"file://./out\""
+        ),
+        "{log}"
+    );
+    assert!(log.contains(&format!("status page at {}/", debug.endpoint)), "{log}");
+    assert_eq!(debug.terminate(), 0);
+
+    // The harness sets SPILLWAY_LOG=info,spillway=debug; the flag wins over it.
+    // The start-up lines (streams, status page) are written before the listening line.
+    let warn = Spillway::start_with_args(dir.path(), &config, &["--log-level", "warn"]);
+    let log = warn.log_text();
+    assert_eq!(warn.terminate(), 0);
+    assert!(
+        !log.contains(" INFO ") && !log.contains(" DEBUG "),
+        "only warnings and errors with --log-level warn:\n{log}"
+    );
+}
+
+/// The log once it holds `line` (bounded wait).
+fn wait_for_line(server: &Spillway, line: &str) -> String {
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        let log = server.log_text();
+        if log.contains(line) {
+            return log;
+        }
+        assert!(std::time::Instant::now() < deadline, "no {line:?} in the log:\n{log}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

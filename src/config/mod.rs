@@ -4,6 +4,7 @@
 //! or the disk.
 
 mod interpolate;
+mod overrides;
 mod preflight;
 mod yaml;
 
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+pub use overrides::Overrides;
 pub use preflight::preflight;
 pub use yaml::{ConfigError, load_file, parse_str};
 

@@ -74,6 +74,33 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl ConfigError {
+    /// Every problem on a line of its own, each naming the file (for logs, where one event per
+    /// problem reads better than one multi-line message); the same texts `validate` prints.
+    pub fn messages(&self) -> Vec<String> {
+        match self {
+            ConfigError::Read { .. } | ConfigError::Syntax { .. } => {
+                self.to_string().lines().map(str::to_string).collect()
+            }
+            ConfigError::MissingVariables { path, missing } => missing
+                .iter()
+                .map(|variable| {
+                    format!(
+                        "{}: line {} column {}: environment variable ${{{}}} not set",
+                        path.display(),
+                        variable.line,
+                        variable.column,
+                        variable.name
+                    )
+                })
+                .collect(),
+            ConfigError::Invalid { path, problems } => {
+                problems.iter().map(|problem| format!("{}: {problem}", path.display())).collect()
+            }
+        }
+    }
+}
+
 /// Read, interpolate, parse and validate a configuration file.
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     let text =

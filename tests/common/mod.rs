@@ -39,6 +39,22 @@ impl Spillway {
 
     /// Start with extra environment variables set and others removed.
     pub fn start_with_env(dir: &Path, config: &Path, set: &[(&str, &str)], remove: &[&str]) -> Spillway {
+        Self::start_with_options(dir, config, &[], set, remove)
+    }
+
+    /// Start with extra `run` arguments (`--watch-config`, `--listen`, …).
+    pub fn start_with_args(dir: &Path, config: &Path, args: &[&str]) -> Spillway {
+        Self::start_with_options(dir, config, args, &[], &[])
+    }
+
+    /// Start with extra `run` arguments, environment variables set and others removed.
+    pub fn start_with_options(
+        dir: &Path,
+        config: &Path,
+        args: &[&str],
+        set: &[(&str, &str)],
+        remove: &[&str],
+    ) -> Spillway {
         let log = dir.join(format!(
             "spillway-{}.log",
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
@@ -48,6 +64,7 @@ impl Spillway {
         command
             .args(["run", "--config"])
             .arg(config)
+            .args(args)
             .current_dir(dir)
             .env("SPILLWAY_LOG", "info,spillway=debug")
             .stdout(Stdio::piped())
