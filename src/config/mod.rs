@@ -387,14 +387,14 @@ impl StreamConfig {
         }
     }
 
-    /// What is appended to every record: `processing.record_delimiter` when set; unset, `newline`
-    /// for a `file` source (its records are lines cut without their newline, so back to back they
-    /// would run together) and `none` for the others (Firehose's default: bytes as sent).
+    /// What is appended to every record: `processing.record_delimiter` when set; unset, the
+    /// source decides ([`crate::sources::SourceDescriptor::newline_by_default`]: `newline` for a
+    /// `file` source) and otherwise Firehose's default, `none` (bytes as sent).
     pub fn record_delimiter(&self) -> RecordDelimiter {
-        match (self.processing.record_delimiter, &self.source) {
-            (Some(chosen), _) => chosen,
-            (None, SourceConfig::File(_)) => RecordDelimiter::Newline,
-            (None, _) => RecordDelimiter::None,
+        match self.processing.record_delimiter {
+            Some(chosen) => chosen,
+            None if self.source.descriptor().newline_by_default() => RecordDelimiter::Newline,
+            None => RecordDelimiter::None,
         }
     }
 }
