@@ -392,7 +392,7 @@ impl Lifecycle {
                 .join("; "),
         })?;
         let before = Some(Arc::new(chain.before)).filter(|transforms| !transforms.is_empty());
-        let mut router = Router::new(partitioner, before.clone(), config.processing.record_delimiter);
+        let mut router = Router::new(partitioner, before.clone(), config.record_delimiter());
         if let Some(lambda) = &chain.lambda {
             let stream_arn =
                 format!("arn:aws:firehose:{}:{}:deliverystream/{name}", self.env.region, self.env.account_id);

@@ -307,3 +307,44 @@ async fn read_from_end_skips_only_what_was_there_at_the_first_start() {
     assert!(counts.keys().all(|line| !line.starts_with("old-") && !line.starts_with("debug")), "{counts:?}");
     assert!(counts.values().all(|&count| count == 1), "{counts:?}");
 }
+
+/// A line source keeps its lines apart by default: a `file` stream without
+/// `processing.record_delimiter` delivers each line followed by `\n`, as it was in the file;
+/// `record_delimiter: none` still writes the records back to back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_stream_ends_each_line_with_a_newline_unless_told_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream_yaml = |name: &str, processing: &str| {
+        let log = dir.path().join(format!("{name}.log"));
+        append_lines(&log, ["alpha", "beta", "gamma"].map(String::from));
+        format!(
+            "\x20 - name: {name}\n\
+             \x20   source: {{ type: file, path: {}, poll_interval_ms: 20 }}\n\
+             {processing}\
+             \x20   buffering: {{ size_mib: 1, interval_seconds: 1 }}\n\
+             \x20   sink: {{ type: s3, url: file://./out-{name} }}\n",
+            log.display()
+        )
+    };
+    let yaml = format!(
+        "server:\n  listen: 127.0.0.1:0\n  shutdown_grace_seconds: 30\n\
+         data_dir: ./data\n\
+         streams:\n{}{}",
+        stream_yaml("by-default", ""),
+        stream_yaml("back-to-back", "\x20   processing: { record_delimiter: none }\n"),
+    );
+    let spillway = Spillway::start(dir.path(), &yaml);
+    let delivered_text = |name: &str| {
+        let objects = local_objects(&dir.path().join(format!("out-{name}")));
+        String::from_utf8(objects.into_iter().flat_map(|(_, body)| body).collect()).unwrap()
+    };
+    for (name, expected) in [("by-default", "alpha\nbeta\ngamma\n"), ("back-to-back", "alphabetagamma")] {
+        let delivered = eventually(Duration::from_secs(20), &format!("{name}'s three lines"), || {
+            let text = delivered_text(name);
+            (text.len() >= expected.len()).then_some(text)
+        })
+        .await;
+        assert_eq!(delivered, expected, "{name}");
+    }
+    assert_eq!(spillway.terminate(), 0);
+}

@@ -388,14 +388,26 @@ impl StreamConfig {
                 .unwrap_or_else(|| self.sink.descriptor().limits().default_retry_duration_seconds),
         }
     }
+
+    /// What is appended to every record: `processing.record_delimiter` when set; unset, the
+    /// source decides ([`crate::sources::SourceDescriptor::newline_by_default`]: `newline` for a
+    /// `file` source) and otherwise Firehose's default, `none` (bytes as sent).
+    pub fn record_delimiter(&self) -> RecordDelimiter {
+        match self.processing.record_delimiter {
+            Some(chosen) => chosen,
+            None if self.source.descriptor().newline_by_default() => RecordDelimiter::Newline,
+            None => RecordDelimiter::None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessingConfig {
-    /// Firehose's `AppendDelimiterToRecord`: `newline` appends `\n` to every record.
+    /// Firehose's `AppendDelimiterToRecord`: `newline` appends `\n` to every record. Unset, the
+    /// source decides: read it through [`StreamConfig::record_delimiter`].
     #[serde(default)]
-    pub record_delimiter: RecordDelimiter,
+    pub record_delimiter: Option<RecordDelimiter>,
     /// Firehose's `DynamicPartitioningConfiguration` plus its `MetadataExtraction` processor:
     /// records are grouped by the values of jq keys, named in the sink prefix as
     /// `!{partitionKeyFromQuery:<key>}`.
@@ -1185,5 +1197,28 @@ mod tests {
         );
         let yaml = "streams:\n  - name: s\n    processing: { transforms: [ { type: lambda, url: 'http://x/', retries: 2 } ] }\n    sink: { type: s3, url: 'file://out' }\n";
         assert!(parse_str(yaml, Path::new("test.yaml")).is_err(), "unknown fields are refused");
+    }
+
+    #[test]
+    fn the_record_delimiter_defaults_to_newline_for_a_file_source_only() {
+        let delimiter = |source: &str, processing: &str| {
+            let yaml = format!(
+                "streams:\n  - name: s\n    source: {source}\n{processing}    sink: {{ type: s3, url: 'file://out' }}\n"
+            );
+            let config = parse_str(&yaml, Path::new("test.yaml")).unwrap();
+            config.streams[0].record_delimiter()
+        };
+        let file = "{ type: file, path: /var/log/app.log }";
+        assert_eq!(delimiter(file, ""), RecordDelimiter::Newline);
+        assert_eq!(delimiter(file, "    processing: { record_delimiter: none }\n"), RecordDelimiter::None);
+        assert_eq!(
+            delimiter(file, "    processing: { record_delimiter: newline_if_missing }\n"),
+            RecordDelimiter::NewlineIfMissing
+        );
+        assert_eq!(delimiter("{ type: direct_put }", ""), RecordDelimiter::None);
+        assert_eq!(
+            delimiter("{ type: direct_put }", "    processing: { record_delimiter: newline }\n"),
+            RecordDelimiter::Newline
+        );
     }
 }

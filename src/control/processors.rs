@@ -24,7 +24,7 @@ pub fn processing_configuration(stream: &StreamConfig) -> Value {
             ],
         }));
     }
-    if stream.processing.record_delimiter != RecordDelimiter::None {
+    if stream.record_delimiter() != RecordDelimiter::None {
         processors.push(json!({ "Type": "AppendDelimiterToRecord", "Parameters": [] }));
     }
     processors.extend(stream.processing.transforms.iter().flat_map(firehose_processors));

@@ -410,7 +410,7 @@ pub fn stream_config(
     let stream = StreamConfig {
         name: name.to_string(),
         source,
-        processing: ProcessingConfig { record_delimiter, dynamic_partitioning, transforms },
+        processing: ProcessingConfig { record_delimiter: Some(record_delimiter), dynamic_partitioning, transforms },
         buffering: BufferingConfig {
             size_mib: hints.size_in_mbs.map_or(5, |size| size as u64),
             interval_seconds: hints.interval_in_seconds.map_or(300, |interval| interval as u64),
@@ -538,7 +538,7 @@ mod tests {
         let SinkConfig::S3(s3) = &stream.sink else { panic!("an s3 sink") };
         assert_eq!(s3.url, "file://./buckets/logs");
         assert_eq!(s3.prefix.as_deref(), Some("p/"));
-        assert_eq!(stream.processing.record_delimiter, RecordDelimiter::Newline);
+        assert_eq!(stream.record_delimiter(), RecordDelimiter::Newline);
         assert_eq!((stream.buffering.size_mib, stream.buffering.interval_seconds), (1, 60));
     }
 

@@ -1,8 +1,9 @@
 //! The live status page: `GET /` serves one HTML file embedded in the binary (no build toolchain,
 //! no assets to ship) whose script polls `/metrics` and `GET /api/status` every two seconds and
-//! draws, per stream, source, sink, records/s and MiB/s in and out with a five-minute chart,
-//! data freshness, WAL backlog, open partitions, retries, error-output records and the last
-//! error with its time. `POST /` stays the Firehose API.
+//! draws, per stream, source, sink and where it writes, records/s and bytes/s in and out with a
+//! five-minute chart, data freshness, WAL backlog, open partitions, retries, error-output records
+//! and the last error with its time, wrapped on a row of its own. It fits a 1,280 px wide
+//! window. `POST /` stays the Firehose API.
 //!
 //! Must not: compute rates on the server; the page derives them from two scrapes, as
 //! `spillway status` does, so the server keeps no history.
@@ -36,6 +37,8 @@ pub struct StreamStatus {
     pub name: String,
     pub source: &'static str,
     pub sink: &'static str,
+    /// Where the sink writes (folder or bucket and prefix, table, index).
+    pub destination: String,
     pub last_error: Option<LastError>,
 }
 
@@ -49,6 +52,7 @@ pub async fn status(State(ingest): State<Arc<Ingest>>) -> Response {
             name,
             source: stream.config.source.descriptor().type_name(),
             sink: stream.config.sink.descriptor().type_name(),
+            destination: stream.config.sink.descriptor().destination(),
             last_error: stream.metrics.last_error(),
         })
         .collect();

@@ -45,6 +45,13 @@ pub trait SourceDescriptor: std::fmt::Debug + Send + Sync {
         Vec::new()
     }
 
+    /// Whether `processing.record_delimiter` defaults to `newline` rather than Firehose's `none`:
+    /// true for a source whose records are lines cut without their newline, which back to back
+    /// would run together.
+    fn newline_by_default(&self) -> bool {
+        false
+    }
+
     /// Whether clients may push records into the stream (Firehose: only `DirectPut` streams
     /// accept `PutRecord`); a stream that does not is read by [`SourceDescriptor::spawn_readers`]
     /// and its frames carry positions.

@@ -20,6 +20,11 @@ impl SourceDescriptor for FileSourceConfig {
         FileSourceConfig::validate(self)
     }
 
+    /// A line is read without its newline; objects keep one line per line unless told otherwise.
+    fn newline_by_default(&self) -> bool {
+        true
+    }
+
     fn spawn_readers(&self, context: ReaderContext<'_>) -> Vec<JoinHandle<()>> {
         let ReaderContext { stream, wal, metrics, stop } = context;
         vec![tokio::spawn(super::run(stream.to_string(), self.clone(), wal.clone(), metrics.clone(), stop))]
