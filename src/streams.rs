@@ -161,10 +161,14 @@ impl Lifecycle {
         let name = config.name.clone();
         let opened = {
             let (dir, options) = (self.stream_dir(&name), self.wal_options(config));
+            let numbering = numbering(&self.env.data_dir, &name);
             let name = name.clone();
-            tokio::task::spawn_blocking(move || open_wal(&name, &dir, options)).await.map_err(|join| {
-                StreamError::DataDir { path: self.stream_dir(&config.name), source: std::io::Error::other(join) }
-            })??
+            tokio::task::spawn_blocking(move || open_wal(&name, &dir, &numbering, options)).await.map_err(
+                |join| StreamError::DataDir {
+                    path: self.stream_dir(&config.name),
+                    source: std::io::Error::other(join),
+                },
+            )??
         };
         let wal = opened.wal.clone();
         let probe_wal = wal.clone();
@@ -527,12 +531,36 @@ struct OpenedWal {
 }
 
 /// Blocking: create the stream's folder and open its WAL from the stored checkpoint.
-fn open_wal(name: &str, stream_dir: &Path, options: WalOptions) -> Result<OpenedWal, StreamError> {
+/// Where the numbering of a deleted stream is kept (its next sequence), so that a stream created
+/// again under the name continues it: batch ids, object names and document ids derive from
+/// sequences, and a repeat would be skipped as already loaded (PostgreSQL) or overwrite an old
+/// document (OpenSearch).
+pub fn numbering(data_dir: &Path, name: &str) -> Checkpoint {
+    Checkpoint::new(&numbering_dir(data_dir, name))
+}
+
+/// The folder [`numbering`] is kept in (created by whoever stores it).
+pub fn numbering_dir(data_dir: &Path, name: &str) -> PathBuf {
+    data_dir.join("stream-numbering").join(name)
+}
+
+fn open_wal(
+    name: &str,
+    stream_dir: &Path,
+    numbering: &Checkpoint,
+    options: WalOptions,
+) -> Result<OpenedWal, StreamError> {
     std::fs::create_dir_all(stream_dir)
         .map_err(|source| StreamError::DataDir { path: stream_dir.to_path_buf(), source })?;
-    let delivered = Checkpoint::new(stream_dir)
-        .load()
-        .map_err(|source| StreamError::Checkpoint { stream: name.to_string(), source })?;
+    let checkpoint_error = |source| StreamError::Checkpoint { stream: name.to_string(), source };
+    // A fresh folder under a deleted stream's name starts where that stream's numbering ended.
+    let checkpoint = Checkpoint::new(stream_dir);
+    let mut delivered = checkpoint.load().map_err(checkpoint_error)?;
+    let kept = numbering.load().map_err(checkpoint_error)?;
+    if kept > delivered {
+        checkpoint.store(kept).map_err(checkpoint_error)?;
+        delivered = kept;
+    }
     let started = std::time::Instant::now();
     let wal_dir = options.dir.clone();
     let (wal, report) = match Wal::open(options, delivered) {

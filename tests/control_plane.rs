@@ -268,6 +268,42 @@ async fn an_api_stream_survives_a_restart_and_keeps_delivering() {
     assert_eq!(gone, Err("ResourceNotFoundException".to_string()), "still gone after a restart");
 }
 
+/// A stream deleted and created again under its name continues its numbering: batch ids, object
+/// names and document ids derive from WAL sequences, and a repeat would be skipped as already
+/// loaded (PostgreSQL) or overwrite an old document (OpenSearch).
+#[tokio::test]
+async fn a_stream_created_again_continues_its_numbering() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spillway = Spillway::start(dir.path(), &yaml());
+    let client = spillway.client().await;
+    let bucket = dir.path().join("buckets/again-bucket");
+    let delivered_sequence = || {
+        let text = std::fs::read_to_string(dir.path().join("data/streams/again/checkpoint.json")).ok()?;
+        serde_json::from_str::<serde_json::Value>(&text).ok()?["delivered"].as_u64()
+    };
+    for (round, lines) in [["a", "b", "c"].as_slice(), ["d", "e"].as_slice()].into_iter().enumerate() {
+        client
+            .create_delivery_stream()
+            .delivery_stream_name("again")
+            .extended_s3_destination_configuration(terraform_destination("again-bucket", &format!("round{round}/")))
+            .send()
+            .await
+            .expect("created");
+        put_lines(&client, "again", lines).await;
+        let total = if round == 0 { 3 } else { 5 };
+        eventually(WAIT, "delivery", || (delivered_lines(&bucket).len() == total).then_some(())).await;
+        eventually(WAIT, "the checkpoint", || (delivered_sequence() == Some(total as u64)).then_some(())).await;
+        if round == 0 {
+            client.delete_delivery_stream().delivery_stream_name("again").send().await.expect("deleted");
+            wait_for(&client, "again", "ResourceNotFoundException", |status| {
+                status.as_ref().is_err_and(|code| code == "ResourceNotFoundException")
+            })
+            .await;
+        }
+    }
+    assert_eq!(spillway.terminate(), 0);
+}
+
 /// A stream's name and a bucket ARN's name become folders: a name made only of dots (which would
 /// name every stream's folder, or `data_dir`) and a bucket that leaves `buckets/` are refused,
 /// and the records another stream acknowledged meanwhile are still delivered.

@@ -581,6 +581,8 @@ enum DeleteError {
     Io { path: std::path::PathBuf, source: std::io::Error },
     #[error(transparent)]
     Catalog(#[from] catalog::CatalogError),
+    #[error("cannot keep the stream's numbering: {0}")]
+    Numbering(#[from] crate::checkpoint::CheckpointError),
     #[error("a blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
     #[error("no stream lifecycle or catalog in this process")]
@@ -598,6 +600,14 @@ async fn finish_delete(ingest: &Arc<Ingest>, name: &str, mode: StopMode) -> Resu
     let stream_dir = crate::streams::owned_stream_dir(&data_dir, name)
         .ok_or_else(|| DeleteError::OutsideOwnFolder(name.to_string()))?;
     let kept = removed.has_undelivered();
+    // Written before the files go: a stream created again under this name continues the numbering.
+    let (numbering, next_sequence) = (crate::streams::numbering(&data_dir, name), removed.committed);
+    let numbering_dir = crate::streams::numbering_dir(&data_dir, name);
+    tokio::task::spawn_blocking(move || -> Result<(), DeleteError> {
+        std::fs::create_dir_all(&numbering_dir).map_err(|source| DeleteError::Io { path: numbering_dir, source })?;
+        Ok(numbering.store(next_sequence)?)
+    })
+    .await??;
     let set_aside = data_dir.join("deleted-streams").join(format!("{name}-{}", now_ms()));
     let (files, aside) = (stream_dir.clone(), set_aside.clone());
     tokio::task::spawn_blocking(move || -> Result<(), DeleteError> {

@@ -31,7 +31,16 @@ impl SinkDescriptor for OpenSearchSinkConfig {
     }
 
     fn destination(&self) -> String {
-        format!("{} index {}", self.url, self.index)
+        // A user name and password in the url never reach a log line or the status page.
+        let url = match url::Url::parse(&self.url) {
+            Ok(mut url) => {
+                let _ = url.set_username("");
+                let _ = url.set_password(None);
+                url.to_string()
+            }
+            Err(_) => "(invalid url)".to_string(),
+        };
+        format!("{url} index {}", self.index)
     }
 
     fn local_folders(&self) -> Vec<(String, PathBuf)> {
@@ -96,5 +105,19 @@ impl SinkDescriptor for OpenSearchSinkConfig {
             "DestinationId": DESTINATION_ID,
             "AmazonopensearchserviceDestinationDescription": description,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_destination_never_shows_credentials_from_the_url() {
+        let config: OpenSearchSinkConfig = serde_yaml_ng::from_str(
+            "url: https://admin:secret@search.example:9200\nindex: logs\nbackup: {sink: {url: file://./b}}\n",
+        )
+        .expect("config");
+        assert_eq!(config.destination(), "https://search.example:9200/ index logs");
     }
 }
