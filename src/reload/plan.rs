@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::{Config, StreamConfig};
+use spillway_sink_api::same_configuration;
+
 use crate::control::catalog::fingerprint;
 
 /// A YAML stream whose configuration changed.
@@ -58,11 +60,12 @@ pub fn plan(
     for stream in &new.streams {
         match running_streams.get(&stream.name) {
             None => plan.added.push(stream.clone()),
-            Some(old) if fingerprint(old) == fingerprint(stream) => plan.unchanged.push(stream.name.clone()),
+            // Secrets count: a rotated password is a change to apply.
+            Some(old) if same_configuration(old, stream) => plan.unchanged.push(stream.name.clone()),
             Some(old) => plan.changed.push(Change {
                 old: old.clone(),
                 new: stream.clone(),
-                source_changed: fingerprint(&old.source) != fingerprint(&stream.source),
+                source_changed: !same_configuration(&old.source, &stream.source),
             }),
         }
     }
@@ -147,6 +150,23 @@ mod tests {
         let plan = plan(&running, &running_streams(&running), &BTreeSet::new(), &new).expect("no conflict");
         assert_eq!(plan.changed.len(), 1);
         assert!(plan.changed[0].source_changed);
+    }
+
+    #[test]
+    fn a_rotated_credential_is_a_change() {
+        let with_key = |key: &str| {
+            config(&format!(
+                "streams:\n  - {{ name: a, sink: {{ type: s3, url: 's3://bucket-a', access_key_id: k, secret_access_key: {key} }} }}\n"
+            ))
+        };
+        let running = with_key("old-secret");
+        let same = plan(&running, &running_streams(&running), &BTreeSet::new(), &with_key("old-secret")).expect("plan");
+        assert_eq!(same.unchanged, ["a"]);
+        let rotated =
+            plan(&running, &running_streams(&running), &BTreeSet::new(), &with_key("new-secret")).expect("plan");
+        assert_eq!(rotated.changed.len(), 1, "{rotated:?}");
+        assert!(!rotated.changed[0].source_changed);
+        assert!(!format!("{rotated:?}").contains("new-secret"), "the plan never shows a secret");
     }
 
     #[test]
