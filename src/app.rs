@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::checkpoint::write_atomically;
 use crate::config::Config;
+use crate::control::Control;
 use crate::control::catalog::{self, Catalog, CatalogError, FolderCatalog};
 use crate::data_dir::DataDirLock;
 use crate::metrics::Metrics;
@@ -60,6 +61,7 @@ pub struct App {
     server: JoinHandle<Result<(), std::io::Error>>,
     lifecycle: Arc<Lifecycle>,
     ingest: Arc<Ingest>,
+    control: Control,
     reloader: Option<Arc<Reloader>>,
     grace: Duration,
     readiness: Arc<Readiness>,
@@ -138,13 +140,14 @@ impl App {
         let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
         let record_id_prefix = instance_id.simple().to_string();
         let healthcheck_interval = Duration::from_secs(config.server.healthcheck_interval_seconds);
+        let control = Control { lifecycle: lifecycle.clone(), catalog: stream_catalog };
         let ingest = Arc::new(
             Ingest::new(config, streams, metrics, record_id_prefix, readiness.clone())
-                .with_control(lifecycle.clone(), stream_catalog),
+                .with_control(Arc::new(control.clone())),
         );
         // A delete interrupted by a restart resumes: deliver what is left, then remove.
         for name in deleting {
-            crate::control::resume_delete(ingest.clone(), name);
+            crate::control::resume_delete(control.clone(), ingest.clone(), name);
         }
         let (stop_intake, mut intake_rx) = watch::channel(false);
         // Healthchecks run beside intake: `/ready` answers pending until their first round.
@@ -179,6 +182,7 @@ impl App {
             server,
             lifecycle,
             ingest,
+            control,
             reloader: None,
             grace,
             readiness,
@@ -198,7 +202,7 @@ impl App {
     /// What applies `path` (the file this app started from, read with `overrides`) to the
     /// running streams on a reload; shutdown closes it.
     pub fn reloader(&mut self, path: PathBuf, overrides: crate::config::Overrides) -> Arc<Reloader> {
-        let reloader = Arc::new(Reloader::new(self.ingest.clone(), path, overrides));
+        let reloader = Arc::new(Reloader::new(self.ingest.clone(), self.control.clone(), path, overrides));
         self.reloader = Some(reloader.clone());
         reloader
     }

@@ -13,6 +13,8 @@
 //!   encryption, Firehose's S3 destination shapes ↔ `StreamConfig` (`control::s3_destination`),
 //!   and the catalog of stream records behind a trait (`control::catalog`: a folder under
 //!   `data_dir` today).
+//! - [`stream_record`]: what is recorded about a stream beside its configuration (status,
+//!   version, times, tags); the stream table carries it, the control plane's catalog keeps it.
 //! - [`streams`]: one stream's lifecycle (WAL, sink, delivery loop), for YAML and API streams.
 //! - [`reload`]: SIGHUP / `--watch-config`: re-read the file, apply added, changed and removed
 //!   YAML streams through the lifecycle, or keep the running configuration and say why.
@@ -53,5 +55,6 @@ pub mod reload;
 pub mod server;
 pub mod sinks;
 pub mod sources;
+pub mod stream_record;
 pub mod streams;
 pub mod wal;

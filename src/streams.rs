@@ -19,7 +19,6 @@ use uuid::Uuid;
 
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::config::{LimitsConfig, StreamConfig, WalConfig};
-use crate::control::catalog::StreamRecord;
 use crate::metrics::{Metrics, StreamMetrics, WalSize};
 use crate::pipeline::invoker::Invoker;
 use crate::pipeline::{
@@ -29,6 +28,7 @@ use crate::pipeline::{
 use crate::processing::{Chain, PartitionKeys};
 use crate::server::health::{CheckedSink, Readiness};
 use crate::sources::StreamIngest;
+use crate::stream_record::StreamRecord;
 use crate::wal::{Wal, WalOptions};
 
 /// Why a stream could not be built or removed, or why its delivery ended.

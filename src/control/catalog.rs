@@ -16,13 +16,12 @@
 //!
 //! Must not: build streams or talk HTTP.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::write_atomically;
+pub use crate::stream_record::{EncryptionRecord, StreamOrigin, StreamRecord, StreamStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -32,102 +31,6 @@ pub enum CatalogError {
     Parse { path: PathBuf, source: serde_json::Error },
     #[error("a stream catalog task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
-}
-
-/// Who owns a stream's definition: YAML streams are read-only to the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StreamOrigin {
-    Yaml,
-    Api,
-}
-
-/// Firehose's `DeliveryStreamStatus` values spillway reports. A stream is built before
-/// `CreateDeliveryStream` answers, so `CREATING` is only seen by a describe racing the create.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum StreamStatus {
-    Creating,
-    Active,
-    Deleting,
-}
-
-impl StreamStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StreamStatus::Creating => "CREATING",
-            StreamStatus::Active => "ACTIVE",
-            StreamStatus::Deleting => "DELETING",
-        }
-    }
-}
-
-/// Firehose's `DeliveryStreamEncryptionConfiguration`, recorded only: spillway does not encrypt
-/// its WAL (data at rest is the disk's business), so this is bookkeeping for tools that set it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EncryptionRecord {
-    /// `ENABLED` or `DISABLED` (the transitions through `ENABLING` / `DISABLING` are immediate).
-    pub status: String,
-    pub key_type: Option<String>,
-    pub key_arn: Option<String>,
-}
-
-impl Default for EncryptionRecord {
-    fn default() -> Self {
-        Self { status: "DISABLED".to_string(), key_type: None, key_arn: None }
-    }
-}
-
-/// One stream's catalog entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StreamRecord {
-    pub name: String,
-    pub origin: StreamOrigin,
-    pub status: StreamStatus,
-    /// Firehose's `VersionId`: 1 at creation, +1 per destination change; object names carry it.
-    pub version_id: u64,
-    pub create_timestamp_ms: i64,
-    pub last_update_timestamp_ms: i64,
-    /// Tags in key order (at most 50, as Firehose allows).
-    #[serde(default)]
-    pub tags: BTreeMap<String, String>,
-    #[serde(default)]
-    pub encryption: EncryptionRecord,
-    /// API streams: the destination as received (`ExtendedS3DestinationConfiguration` members,
-    /// updates merged in). `None` for YAML streams.
-    #[serde(default)]
-    pub destination: Option<serde_json::Value>,
-    /// API streams: which of [`super::destinations::API_DESTINATIONS`] `destination` is (`None`
-    /// in records written before there was more than S3: S3).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub destination_type: Option<String>,
-    /// API streams created as `KinesisStreamAsSource`: the `KinesisStreamSourceConfiguration` as
-    /// received (`KinesisStreamARN`, `RoleARN`). `None` for Direct PUT and YAML streams.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<serde_json::Value>,
-    /// YAML streams: a fingerprint of the configuration the version was counted for.
-    #[serde(default)]
-    pub fingerprint: Option<String>,
-}
-
-impl StreamRecord {
-    /// A fresh record, version 1, created now.
-    pub fn new(name: &str, origin: StreamOrigin, now_ms: i64) -> Self {
-        Self {
-            name: name.to_string(),
-            origin,
-            status: StreamStatus::Active,
-            version_id: 1,
-            create_timestamp_ms: now_ms,
-            last_update_timestamp_ms: now_ms,
-            tags: BTreeMap::new(),
-            encryption: EncryptionRecord::default(),
-            destination: None,
-            destination_type: None,
-            source: None,
-            fingerprint: None,
-        }
-    }
 }
 
 /// Where stream records are kept. Records of API-created streams are the streams' definitions

@@ -6,8 +6,9 @@
 //! [`destinations`] lists the destination types the API creates, each with the module that turns
 //! its shapes into a `StreamConfig` ([`s3_destination`]); [`processors`] renders a stream's
 //! processing back into Firehose's `ProcessingConfiguration`; [`catalog`]
-//! keeps each stream's record behind the [`catalog::Catalog`] trait. The app builds the catalog
-//! and the stream lifecycle and hands both down through [`Ingest`].
+//! keeps each stream's record behind the [`catalog::Catalog`] trait. The app builds [`Control`]
+//! (the stream lifecycle and the catalog) and plugs it into the Firehose endpoint as its
+//! [`ControlPlane`] port, so the data plane never imports this module.
 //!
 //! - Streams created here are built by [`crate::streams::Lifecycle`], the code YAML streams run
 //!   through, and persisted in the catalog, so they survive a restart. YAML streams are read-only
@@ -16,7 +17,8 @@
 //!   disconnects, or the request deadline, cannot leave a change half done.
 //! - Delete: the stream stops taking records at once (`DELETING`), delivers everything it
 //!   accepted, then its files and catalog entry are removed and describe answers
-//!   `ResourceNotFoundException`. With `AllowForceDelete` it stops without delivering; a WAL that
+//!   `ResourceNotFoundException`; its numbering is kept, so a stream created again under the
+//!   name never repeats a batch id. With `AllowForceDelete` it stops without delivering; a WAL that
 //!   still holds undelivered records (forced, or a put racing the delete) is moved to
 //!   `data_dir/deleted-streams/` instead of being removed, so nothing vanishes silently.
 //! - Encryption: status transitions are recorded and reported; the WAL is not encrypted (data at
@@ -37,6 +39,7 @@ use serde_json::{Value, json};
 
 use crate::config::{Config, StreamConfig};
 use crate::sinks::{DESTINATION_ID, DescribeContext};
+use crate::sources::direct_put::ControlPlane;
 use crate::sources::direct_put::validation::Violations;
 use crate::sources::direct_put::wire::{ApiError, ok_json, parse};
 use crate::sources::{Ingest, SourceDescribeContext, StreamIngest};
@@ -61,44 +64,56 @@ pub const OPERATIONS: &[&str] = &[
 const MAX_TAGS: usize = 50;
 const DELIVERY_STREAM_TYPES: &[&str] = &["DirectPut", "KinesisStreamAsSource", "MSKAsSource", "DatabaseAsSource"];
 const KEY_TYPES: &[&str] = &["AWS_OWNED_CMK", "CUSTOMER_MANAGED_CMK"];
-pub async fn dispatch(ingest: &Arc<Ingest>, operation: &str, body: &[u8]) -> Result<Response, ApiError> {
-    match operation {
-        "DescribeDeliveryStream" => describe(ingest, body),
-        "ListDeliveryStreams" => list(ingest, body),
-        "ListTagsForDeliveryStream" => list_tags(ingest, body),
-        // Changes: serialised, and run to completion even if the client goes away.
-        _ => {
-            let ingest = ingest.clone();
-            let operation = operation.to_string();
-            let body = body.to_vec();
-            tokio::spawn(async move { change(&ingest, &operation, &body).await })
-                .await
-                .map_err(|join| ApiError::internal(format!("the {join} control task failed")))?
+/// The control plane as the Firehose endpoint calls it: the stream lifecycle it starts, restarts
+/// and stops streams through, and the catalog it keeps their records in.
+#[derive(Clone)]
+pub struct Control {
+    pub lifecycle: Arc<Lifecycle>,
+    pub catalog: Arc<dyn Catalog>,
+}
+
+#[async_trait::async_trait]
+impl ControlPlane for Control {
+    fn answers(&self, operation: &str) -> bool {
+        OPERATIONS.contains(&operation)
+    }
+
+    async fn call(&self, ingest: &Arc<Ingest>, operation: &str, body: &[u8]) -> Result<Response, ApiError> {
+        match operation {
+            "DescribeDeliveryStream" => describe(ingest, body),
+            "ListDeliveryStreams" => list(ingest, body),
+            "ListTagsForDeliveryStream" => list_tags(ingest, body),
+            // Changes: serialised, and run to completion even if the client goes away.
+            _ => {
+                let (control, ingest) = (self.clone(), ingest.clone());
+                let operation = operation.to_string();
+                let body = body.to_vec();
+                tokio::spawn(async move { control.change(&ingest, &operation, &body).await })
+                    .await
+                    .map_err(|join| ApiError::internal(format!("the {join} control task failed")))?
+            }
         }
     }
 }
 
-async fn change(ingest: &Arc<Ingest>, operation: &str, body: &[u8]) -> Result<Response, ApiError> {
-    let lifecycle = lifecycle(ingest)?;
-    let _one_at_a_time = lifecycle.control.lock().await;
-    match operation {
-        "CreateDeliveryStream" => create(ingest, &lifecycle, body).await,
-        "DeleteDeliveryStream" => delete(ingest, body).await,
-        "UpdateDestination" => update_destination(ingest, &lifecycle, body).await,
-        "TagDeliveryStream" => tag(ingest, body).await,
-        "UntagDeliveryStream" => untag(ingest, body).await,
-        "StartDeliveryStreamEncryption" => set_encryption(ingest, body, true).await,
-        "StopDeliveryStreamEncryption" => set_encryption(ingest, body, false).await,
-        other => Err(ApiError::internal(format!("operation {other} has no handler"))),
+impl Control {
+    async fn change(&self, ingest: &Arc<Ingest>, operation: &str, body: &[u8]) -> Result<Response, ApiError> {
+        let _one_at_a_time = self.lifecycle.control.lock().await;
+        match operation {
+            "CreateDeliveryStream" => create(self, ingest, body).await,
+            "DeleteDeliveryStream" => delete(self, ingest, body).await,
+            "UpdateDestination" => update_destination(self, ingest, body).await,
+            "TagDeliveryStream" => tag(self, ingest, body).await,
+            "UntagDeliveryStream" => untag(self, ingest, body).await,
+            "StartDeliveryStreamEncryption" => set_encryption(self, ingest, body, true).await,
+            "StopDeliveryStreamEncryption" => set_encryption(self, ingest, body, false).await,
+            other => Err(ApiError::internal(format!("operation {other} has no handler"))),
+        }
     }
-}
 
-fn lifecycle(ingest: &Ingest) -> Result<Arc<Lifecycle>, ApiError> {
-    ingest.lifecycle.clone().ok_or_else(|| ApiError::internal("streams cannot be changed in this process"))
-}
-
-fn stream_catalog(ingest: &Ingest) -> Result<Arc<dyn Catalog>, ApiError> {
-    ingest.catalog.clone().ok_or_else(|| ApiError::internal("streams cannot be changed in this process"))
+    async fn save(&self, record: &StreamRecord) -> Result<(), ApiError> {
+        self.catalog.save_api_record(record).await.map_err(|error| ApiError::internal(error.to_string()))
+    }
 }
 
 /// The stream configuration of an API-created stream's catalog record (at start-up).
@@ -117,10 +132,6 @@ fn now_ms() -> i64 {
 }
 
 /// Persist an API stream's record in the catalog.
-async fn save(ingest: &Ingest, record: &StreamRecord) -> Result<(), ApiError> {
-    stream_catalog(ingest)?.save_api_record(record).await.map_err(|error| ApiError::internal(error.to_string()))
-}
-
 fn stream_name_of(body: &Value) -> Result<String, ApiError> {
     let name = body.get("DeliveryStreamName").and_then(Value::as_str);
     let mut violations = Violations::new();
@@ -204,7 +215,7 @@ fn valid_tag_text(text: &str) -> bool {
     text.chars().all(|c| c.is_alphanumeric() || c.is_whitespace() || "_.:/=+-@%".contains(c))
 }
 
-async fn create(ingest: &Arc<Ingest>, lifecycle: &Lifecycle, body: &[u8]) -> Result<Response, ApiError> {
+async fn create(control: &Control, ingest: &Arc<Ingest>, body: &[u8]) -> Result<Response, ApiError> {
     let request: Value = parse(body)?;
     let name = stream_name_of(&request)?;
     let stream_type = request.get("DeliveryStreamType").and_then(Value::as_str).unwrap_or("DirectPut");
@@ -287,16 +298,16 @@ async fn create(ingest: &Arc<Ingest>, lifecycle: &Lifecycle, body: &[u8]) -> Res
     record.destination_type = Some(kind.name.to_string());
     // Described as CREATING until the build below is done.
     record.status = StreamStatus::Creating;
-    save(ingest, &record).await?;
-    let mut started = match lifecycle.start(&stream_config, record.clone()).await {
+    control.save(&record).await?;
+    let mut started = match control.lifecycle.start(&stream_config, record.clone()).await {
         Ok(started) => started,
         Err(error) => {
-            let _ = stream_catalog(ingest)?.remove_api_record(&name).await;
+            let _ = control.catalog.remove_api_record(&name).await;
             return Err(ApiError::invalid_argument(format!("cannot create {name}: {error}")));
         }
     };
     record.status = StreamStatus::Active;
-    save(ingest, &record).await?;
+    control.save(&record).await?;
     started.record = Arc::new(record.clone());
     ingest.put_stream(&name, started);
     tracing::info!(stream = %name, "delivery stream created through the api");
@@ -464,7 +475,7 @@ fn list(ingest: &Ingest, body: &[u8]) -> Result<Response, ApiError> {
     Ok(ok_json(json!({ "DeliveryStreamNames": page, "HasMoreDeliveryStreams": has_more })))
 }
 
-async fn update_destination(ingest: &Arc<Ingest>, lifecycle: &Lifecycle, body: &[u8]) -> Result<Response, ApiError> {
+async fn update_destination(control: &Control, ingest: &Arc<Ingest>, body: &[u8]) -> Result<Response, ApiError> {
     let request: Value = parse(body)?;
     let name = stream_name_of(&request)?;
     let version = request.get("CurrentDeliveryStreamVersionId").and_then(Value::as_str);
@@ -529,9 +540,10 @@ async fn update_destination(ingest: &Arc<Ingest>, lifecycle: &Lifecycle, body: &
         destination: Some(merged),
         ..StreamRecord::clone(&stream.record)
     };
-    save(ingest, &record).await?;
+    control.save(&record).await?;
     // The old loop delivers what it holds under the old destination; the new one takes over.
-    let restarted = lifecycle
+    let restarted = control
+        .lifecycle
         .restart(&stream_config, record)
         .await
         .map_err(|error| ApiError::internal(format!("cannot restart {name} with its new destination: {error}")))?;
@@ -540,7 +552,7 @@ async fn update_destination(ingest: &Arc<Ingest>, lifecycle: &Lifecycle, body: &
     Ok(ok_json(json!({})))
 }
 
-async fn delete(ingest: &Arc<Ingest>, body: &[u8]) -> Result<Response, ApiError> {
+async fn delete(control: &Control, ingest: &Arc<Ingest>, body: &[u8]) -> Result<Response, ApiError> {
     let request: Value = parse(body)?;
     let name = stream_name_of(&request)?;
     let force = request.get("AllowForceDelete").and_then(Value::as_bool).unwrap_or(false);
@@ -554,20 +566,20 @@ async fn delete(ingest: &Arc<Ingest>, body: &[u8]) -> Result<Response, ApiError>
         return Ok(ok_json(json!({})));
     }
     let record = StreamRecord { status: StreamStatus::Deleting, ..StreamRecord::clone(&stream.record) };
-    save(ingest, &record).await?;
+    control.save(&record).await?;
     ingest.update_record(&name, record);
-    spawn_delete(ingest.clone(), name, if force { StopMode::Abort } else { StopMode::Drain });
+    spawn_delete(control.clone(), ingest.clone(), name, if force { StopMode::Abort } else { StopMode::Drain });
     Ok(ok_json(json!({})))
 }
 
 /// Finish a delete that a restart interrupted (the catalog says `DELETING`).
-pub fn resume_delete(ingest: Arc<Ingest>, name: String) {
-    spawn_delete(ingest, name, StopMode::Drain);
+pub fn resume_delete(control: Control, ingest: Arc<Ingest>, name: String) {
+    spawn_delete(control, ingest, name, StopMode::Drain);
 }
 
-fn spawn_delete(ingest: Arc<Ingest>, name: String, mode: StopMode) {
+fn spawn_delete(control: Control, ingest: Arc<Ingest>, name: String, mode: StopMode) {
     tokio::spawn(async move {
-        if let Err(error) = finish_delete(&ingest, &name, mode).await {
+        if let Err(error) = finish_delete(&control, &ingest, &name, mode).await {
             tracing::error!(stream = %name, %error, "delete did not finish; the stream stays DELETING and is retried at the next start");
         }
     });
@@ -585,15 +597,12 @@ enum DeleteError {
     Numbering(#[from] crate::checkpoint::CheckpointError),
     #[error("a blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
-    #[error("no stream lifecycle or catalog in this process")]
-    NoLifecycle,
     #[error("refusing to remove files of {0:?}: the name does not stay inside data_dir/streams")]
     OutsideOwnFolder(String),
 }
 
-async fn finish_delete(ingest: &Arc<Ingest>, name: &str, mode: StopMode) -> Result<(), DeleteError> {
-    let lifecycle = ingest.lifecycle.clone().ok_or(DeleteError::NoLifecycle)?;
-    let catalog = ingest.catalog.clone().ok_or(DeleteError::NoLifecycle)?;
+async fn finish_delete(control: &Control, ingest: &Arc<Ingest>, name: &str, mode: StopMode) -> Result<(), DeleteError> {
+    let (lifecycle, catalog) = (&control.lifecycle, &control.catalog);
     let removed = lifecycle.remove(name, mode).await?;
     let _one_at_a_time = lifecycle.control.lock().await;
     let data_dir = ingest.config.data_dir.clone();
@@ -662,7 +671,7 @@ fn list_tags(ingest: &Ingest, body: &[u8]) -> Result<Response, ApiError> {
     Ok(ok_json(json!({ "Tags": tags, "HasMoreTags": has_more })))
 }
 
-async fn tag(ingest: &Arc<Ingest>, body: &[u8]) -> Result<Response, ApiError> {
+async fn tag(control: &Control, ingest: &Arc<Ingest>, body: &[u8]) -> Result<Response, ApiError> {
     let request: Value = parse(body)?;
     let name = stream_name_of(&request)?;
     let tags = parse_tags(request.get("Tags"), "tags", true)?;
@@ -677,12 +686,12 @@ async fn tag(ingest: &Arc<Ingest>, body: &[u8]) -> Result<Response, ApiError> {
             record.tags.len()
         )));
     }
-    save(ingest, &record).await?;
+    control.save(&record).await?;
     ingest.update_record(&name, record);
     Ok(ok_json(json!({})))
 }
 
-async fn untag(ingest: &Arc<Ingest>, body: &[u8]) -> Result<Response, ApiError> {
+async fn untag(control: &Control, ingest: &Arc<Ingest>, body: &[u8]) -> Result<Response, ApiError> {
     let request: Value = parse(body)?;
     let name = stream_name_of(&request)?;
     let keys: Option<Vec<String>> = match request.get("TagKeys") {
@@ -703,12 +712,17 @@ async fn untag(ingest: &Arc<Ingest>, body: &[u8]) -> Result<Response, ApiError> 
     for key in keys.unwrap_or_default() {
         record.tags.remove(&key);
     }
-    save(ingest, &record).await?;
+    control.save(&record).await?;
     ingest.update_record(&name, record);
     Ok(ok_json(json!({})))
 }
 
-async fn set_encryption(ingest: &Arc<Ingest>, body: &[u8], enable: bool) -> Result<Response, ApiError> {
+async fn set_encryption(
+    control: &Control,
+    ingest: &Arc<Ingest>,
+    body: &[u8],
+    enable: bool,
+) -> Result<Response, ApiError> {
     let request: Value = parse(body)?;
     let name = stream_name_of(&request)?;
     let encryption = if enable {
@@ -730,7 +744,7 @@ async fn set_encryption(ingest: &Arc<Ingest>, body: &[u8], enable: bool) -> Resu
     // Recorded only: spillway's WAL is not encrypted (out of scope); ENABLING / DISABLING are
     // passed through at once.
     let record = StreamRecord { encryption, ..StreamRecord::clone(&stream.record) };
-    save(ingest, &record).await?;
+    control.save(&record).await?;
     ingest.update_record(&name, record);
     Ok(ok_json(json!({})))
 }

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::{self, Config, Overrides, StreamConfig};
+use crate::control::Control;
 use crate::control::catalog::{self, Catalog, StreamOrigin};
 use crate::sources::Ingest;
 use crate::streams::{Lifecycle, StopMode, StreamError};
@@ -62,6 +63,7 @@ pub struct Applied {
 /// Applies the configuration file to the running process; one reload at a time.
 pub struct Reloader {
     ingest: Arc<Ingest>,
+    control: Control,
     path: PathBuf,
     overrides: Overrides,
     one_at_a_time: tokio::sync::Mutex<()>,
@@ -79,8 +81,15 @@ enum ApplyError {
 impl Reloader {
     /// `path` is the file `run` started from; `overrides` the command line's, applied to every
     /// read as they were at start.
-    pub fn new(ingest: Arc<Ingest>, path: PathBuf, overrides: Overrides) -> Self {
-        Self { ingest, path, overrides, one_at_a_time: tokio::sync::Mutex::new(()), closed: AtomicBool::new(false) }
+    pub fn new(ingest: Arc<Ingest>, control: Control, path: PathBuf, overrides: Overrides) -> Self {
+        Self {
+            ingest,
+            control,
+            path,
+            overrides,
+            one_at_a_time: tokio::sync::Mutex::new(()),
+            closed: AtomicBool::new(false),
+        }
     }
 
     /// No reload starts after this; waits (until `deadline`) for one under way to finish, so
@@ -149,9 +158,7 @@ impl Reloader {
     }
 
     async fn apply(&self, new: &Config) -> ReloadOutcome {
-        let (Some(lifecycle), Some(catalog)) = (self.ingest.lifecycle.clone(), self.ingest.catalog.clone()) else {
-            return ReloadOutcome::Rejected(vec!["streams cannot be changed in this process".to_string()]);
-        };
+        let (lifecycle, catalog) = (self.control.lifecycle.clone(), self.control.catalog.clone());
         // Never beside a control-plane change (create, update, delete through the API).
         let _one_change_at_a_time = lifecycle.control.lock().await;
         let (running_streams, api_streams) = self.running_streams();

@@ -24,10 +24,9 @@ use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Config, StreamConfig};
-use crate::control::catalog::{Catalog, StreamRecord, StreamStatus};
 use crate::metrics::{Metrics, StreamMetrics};
 use crate::server::health::Readiness;
-use crate::streams::Lifecycle;
+use crate::stream_record::{StreamRecord, StreamStatus};
 use crate::wal::{Records, Wal};
 pub use descriptor::{ReaderContext, SourceDescribeContext, SourceDescriptor};
 
@@ -101,11 +100,9 @@ pub struct Ingest {
     /// handlers take a snapshot of one entry ([`Ingest::stream`]) and never hold the lock across
     /// an `.await`.
     streams: RwLock<BTreeMap<String, Arc<StreamIngest>>>,
-    /// Builds, restarts and stops streams at runtime; `None` in router tests that need no
+    /// Answers the Firehose endpoint's control operations; `None` in router tests that need no
     /// control plane.
-    pub lifecycle: Option<Arc<Lifecycle>>,
-    /// Where the control plane keeps stream records; `None` with `lifecycle`.
-    pub catalog: Option<Arc<dyn Catalog>>,
+    pub control: Option<Arc<dyn direct_put::ControlPlane>>,
     pub config: Config,
     pub metrics: Arc<Metrics>,
     /// Permits are KiB of request bodies held in memory; a request waits for its share.
@@ -243,8 +240,7 @@ impl Ingest {
         let streams = streams.into_iter().map(|(name, stream)| (name, Arc::new(stream))).collect();
         Self {
             streams: RwLock::new(streams),
-            lifecycle: None,
-            catalog: None,
+            control: None,
             readiness,
             config,
             metrics,
@@ -256,11 +252,9 @@ impl Ingest {
         }
     }
 
-    /// Attach what the control plane changes streams with at runtime (create, update, delete
-    /// through the API): the stream lifecycle and the catalog.
-    pub fn with_control(mut self, lifecycle: Arc<Lifecycle>, catalog: Arc<dyn Catalog>) -> Self {
-        self.lifecycle = Some(lifecycle);
-        self.catalog = Some(catalog);
+    /// Attach the control plane that answers the endpoint's control operations.
+    pub fn with_control(mut self, control: Arc<dyn direct_put::ControlPlane>) -> Self {
+        self.control = Some(control);
         self
     }
 

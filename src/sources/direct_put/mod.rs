@@ -73,6 +73,17 @@ impl RecordIn<'_> {
     }
 }
 
+/// The endpoint's operations that are not puts (create, describe, update, delete, tags,
+/// encryption): the control plane answers them in this module's wire protocol. A port, so that
+/// the data plane does not depend on the control plane built above it (the app wires them).
+#[async_trait::async_trait]
+pub trait ControlPlane: Send + Sync {
+    /// Whether `operation` (the `X-Amz-Target` suffix) is one of the control plane's.
+    fn answers(&self, operation: &str) -> bool;
+
+    async fn call(&self, ingest: &Arc<Ingest>, operation: &str, body: &[u8]) -> Result<Response, ApiError>;
+}
+
 /// `POST /`: dispatch on `X-Amz-Target`.
 pub async fn handle(State(ingest): State<Arc<Ingest>>, uri: Uri, headers: HeaderMap, body: Body) -> Response {
     let mut response = match dispatch(&ingest, &uri, &headers, body).await {
@@ -136,8 +147,9 @@ async fn dispatch(ingest: &Arc<Ingest>, uri: &Uri, headers: &HeaderMap, body: Bo
     match operation {
         "PutRecord" => put_record(ingest, body).await,
         "PutRecordBatch" => put_record_batch(ingest, body).await,
-        other if crate::control::OPERATIONS.contains(&other) => {
-            tokio::time::timeout_at(deadline, crate::control::dispatch(ingest, other, &body))
+        other if ingest.control.as_ref().is_some_and(|control| control.answers(other)) => {
+            let control = ingest.control.as_ref().ok_or_else(|| ApiError::internal("no control plane"))?;
+            tokio::time::timeout_at(deadline, control.call(ingest, other, &body))
                 .await
                 .map_err(|_| ApiError::request_timeout(timeout_seconds))?
         }
