@@ -73,3 +73,9 @@ pub trait SourceDescriptor: std::fmt::Debug + Send + Sync {
     /// extension member `SpillwaySourceDescription`, which SDKs ignore).
     fn describe_source(&self, context: &SourceDescribeContext<'_>) -> Map<String, Value>;
 }
+
+/// The members of a source Firehose has no type for: the spillway extension member
+/// `SpillwaySourceDescription` (SDKs ignore members they do not know).
+pub fn spillway_source_description(description: Value) -> Map<String, Value> {
+    Map::from_iter([("SpillwaySourceDescription".to_string(), description)])
+}

@@ -6,7 +6,7 @@ use serde_json::{Map, Value, json};
 use tokio::task::JoinHandle;
 
 use super::DynamodbStreamsSourceConfig;
-use crate::sources::descriptor::{ReaderContext, SourceDescribeContext, SourceDescriptor};
+use crate::sources::descriptor::{ReaderContext, SourceDescribeContext, SourceDescriptor, spillway_source_description};
 
 impl SourceDescriptor for DynamodbStreamsSourceConfig {
     fn type_name(&self) -> &'static str {
@@ -31,11 +31,10 @@ impl SourceDescriptor for DynamodbStreamsSourceConfig {
     }
 
     fn describe_source(&self, _context: &SourceDescribeContext<'_>) -> Map<String, Value> {
-        let mut members = Map::new();
-        members.insert(
-            "SpillwaySourceDescription".into(),
-            json!({ "Type": "dynamodb_streams", "TableName": self.table_name, "StreamARN": self.stream_arn }),
-        );
-        members
+        spillway_source_description(json!({
+            "Type": "dynamodb_streams",
+            "TableName": self.table_name,
+            "StreamARN": self.stream_arn,
+        }))
     }
 }

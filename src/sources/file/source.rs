@@ -5,7 +5,7 @@ use serde_json::{Map, Value, json};
 use tokio::task::JoinHandle;
 
 use super::FileSourceConfig;
-use crate::sources::descriptor::{ReaderContext, SourceDescribeContext, SourceDescriptor};
+use crate::sources::descriptor::{ReaderContext, SourceDescribeContext, SourceDescriptor, spillway_source_description};
 
 impl SourceDescriptor for FileSourceConfig {
     fn type_name(&self) -> &'static str {
@@ -31,11 +31,6 @@ impl SourceDescriptor for FileSourceConfig {
     }
 
     fn describe_source(&self, _context: &SourceDescribeContext<'_>) -> Map<String, Value> {
-        let mut members = Map::new();
-        members.insert(
-            "SpillwaySourceDescription".into(),
-            json!({ "Type": "file", "Paths": self.paths, "Exclude": self.exclude }),
-        );
-        members
+        spillway_source_description(json!({ "Type": "file", "Paths": self.paths, "Exclude": self.exclude }))
     }
 }
