@@ -96,7 +96,7 @@ impl LeaseStore {
     pub fn new(cluster: &ResolvedCluster, stats: Arc<ClusterStats>) -> Result<Self, ClusterError> {
         // Two connections: the heartbeat never waits behind a long claim.
         let pool = Pool::new(cluster.coordinator.clone(), cluster.ca_file.as_deref(), 2)
-            .map_err(|error| ClusterError::Unreachable(error.to_string()))?;
+            .map_err(|error| ClusterError::Unreachable(super::error_chain(&error)))?;
         let lease = Duration::from_secs(cluster.lease_seconds);
         Ok(Self {
             pool,
@@ -129,7 +129,8 @@ impl LeaseStore {
         operation: impl AsyncFnOnce(&mut Client) -> Result<T, ClusterError>,
     ) -> Result<T, ClusterError> {
         let work = async {
-            let mut pooled = self.pool.get().await.map_err(|error| ClusterError::Unreachable(error.to_string()))?;
+            let mut pooled =
+                self.pool.get().await.map_err(|error| ClusterError::Unreachable(super::error_chain(&error)))?;
             let result = operation(pooled.client()).await;
             pooled.release(!matches!(result, Err(ClusterError::Unreachable(_))));
             result

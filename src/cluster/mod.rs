@@ -74,12 +74,27 @@ impl From<tokio_postgres::Error> for ClusterError {
 }
 
 /// tokio-postgres's text, with the server's own message for database errors (`db error` alone
-/// says nothing).
+/// says nothing) and the causes of a failed connection (`error connecting to server` alone
+/// neither).
 fn describe_pg_error(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
-        None => error.to_string(),
+        None => error_chain(error),
     }
+}
+
+/// An error and its sources, `: `-joined, each said once.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// This node's membership: the lease store and the task that heartbeats and renews every

@@ -26,9 +26,9 @@ pub async fn read(cluster: &ClusterConfig) -> Result<ClusterStatus, ClusterError
     let coordinator =
         cluster.coordinator_config().map_err(|message| ClusterError::Config(format!("coordinator {message}")))?;
     let pool = Pool::new(coordinator, cluster.ca_file.as_deref(), 1)
-        .map_err(|error| ClusterError::Unreachable(error.to_string()))?;
+        .map_err(|error| ClusterError::Unreachable(super::error_chain(&error)))?;
     let work = async {
-        let mut pooled = pool.get().await.map_err(|error| ClusterError::Unreachable(error.to_string()))?;
+        let mut pooled = pool.get().await.map_err(|error| ClusterError::Unreachable(super::error_chain(&error)))?;
         let client = pooled.client();
         let exists: bool =
             client.query_one("SELECT to_regclass('spillway_cluster_schema') IS NOT NULL", &[]).await?.get(0);
