@@ -226,7 +226,9 @@ mod tests {
     #[test]
     fn hands_off_only_what_helps_and_only_to_live_requesters() {
         // (owners, requests on a's leases: (lease index, requester), hand-offs)
-        let table: [(&[&str], &[(usize, &str)], &[&str]); 4] = [
+        /// (owners, requests on a's leases as (lease index, requester), expected hand-offs)
+        type Case<'a> = (&'a [&'a str], &'a [(usize, &'a str)], &'a [&'a str]);
+        let table: [Case; 4] = [
             (&["a", "a", "a", "a"], &[(0, "b")], &["s0"]),
             (&["a", "a", "b"], &[(0, "b")], &[]),
             (&["a", "a", "a", "a", "a", "a"], &[(0, "b"), (1, "b"), (2, "b"), (3, "b")], &["s0", "s1", "s2"]),
