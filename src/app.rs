@@ -5,7 +5,8 @@
 //! finish deliveries → commit checkpoints → close the WAL. A stream whose WAL cannot be opened (damage, I/O) is marked stopped with the
 //! reason and gets no delivery loop; every other stream runs. [`App::reloader`] hands the same
 //! streams to [`crate::reload`] for SIGHUP and `--watch-config`; shutdown waits for a reload
-//! under way and allows no new one.
+//! under way and allows no new one. With `cluster:` the node joins the cluster before any stream
+//! starts ([`crate::cluster::Membership`]) and leaves it last on shutdown.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::checkpoint::write_atomically;
+use crate::cluster::Membership;
 use crate::config::Config;
 use crate::control::Control;
 use crate::control::catalog::{self, Catalog, CatalogError, FolderCatalog};
@@ -50,6 +52,8 @@ pub enum AppError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Lock(#[from] crate::data_dir::LockError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// A running spillway: the HTTP server and the streams' lifecycle (one delivery loop per stream).
@@ -65,6 +69,8 @@ pub struct App {
     reloader: Option<Arc<Reloader>>,
     grace: Duration,
     readiness: Arc<Readiness>,
+    /// Cluster mode: this node's membership (heartbeat, leases); left on shutdown.
+    membership: Option<Membership>,
     /// Released when the app is dropped (after shutdown) or the process dies.
     _data_dir_lock: DataDirLock,
 }
@@ -82,11 +88,28 @@ impl App {
             None => None,
         };
 
+        // Bound before any stream starts: a port in use stops the start with nothing begun, and
+        // cluster mode advertises the port actually bound.
+        let addr = config.server.listen;
+        let listener = TcpListener::bind(addr).await.map_err(|source| AppError::Listen { addr, source })?;
+        let addr = listener.local_addr().map_err(|source| AppError::Listen { addr, source })?;
+
         let metrics = Arc::new(Metrics::default());
         let budget = MemoryBudget::new((config.limits.max_open_batches_mib << 20) as usize);
         metrics.register_open_batch_budget(budget.clone());
         // Sinks join it as their streams start (YAML now, API streams at any time).
         let readiness = Readiness::new(std::iter::empty());
+        // Cluster mode: join before any stream starts, so an unreachable coordinator, refused
+        // credentials or a newer schema stop the start with nothing begun.
+        let membership = match &config.cluster {
+            Some(cluster) => {
+                let resolved = cluster.resolve(&data_dir, addr).map_err(crate::cluster::ClusterError::Config)?;
+                let stats = Arc::new(crate::metrics::ClusterStats::default());
+                metrics.register_cluster(stats.clone());
+                Some(Membership::join(&resolved, stats, readiness.clone()).await?)
+            }
+            None => None,
+        };
         let lifecycle = Arc::new(Lifecycle::new(StreamEnv {
             data_dir: data_dir.clone(),
             wal: config.wal.clone(),
@@ -97,6 +120,7 @@ impl App {
             readiness: readiness.clone(),
             region: config.server.region.clone(),
             account_id: config.server.account_id.clone(),
+            cluster_mode: membership.is_some(),
         }));
         let stream_catalog: Arc<dyn Catalog> = Arc::new(FolderCatalog::new(data_dir.clone()));
         let now_ms = chrono::Utc::now().timestamp_millis();
@@ -134,9 +158,6 @@ impl App {
             streams.insert(name, ingest);
         }
 
-        let addr = config.server.listen;
-        let listener = TcpListener::bind(addr).await.map_err(|source| AppError::Listen { addr, source })?;
-        let addr = listener.local_addr().map_err(|source| AppError::Listen { addr, source })?;
         let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
         let record_id_prefix = instance_id.simple().to_string();
         let healthcheck_interval = Duration::from_secs(config.server.healthcheck_interval_seconds);
@@ -186,6 +207,7 @@ impl App {
             reloader: None,
             grace,
             readiness,
+            membership,
             _data_dir_lock: data_dir_lock,
         })
     }
@@ -247,6 +269,9 @@ impl App {
         }
         tracing::info!("flushing buffers");
         let first_error = self.lifecycle.shutdown(deadline, self.grace).await;
+        if let Some(membership) = self.membership {
+            membership.leave().await;
+        }
         tracing::info!("stopped");
         match first_error {
             Some(error) => Err(error.into()),

@@ -36,6 +36,8 @@
 //! - [`app`]: wiring (the catalog, the lifecycle, the control plane, the server) and ordered
 //!   shutdown; nothing below it imports it.
 //! - [`client`]: the `put` and `bench` commands' Firehose client side.
+//! - [`cluster`]: cluster mode's foundation: the `cluster:` block, the coordinator's schema in
+//!   PostgreSQL, the lease store with fencing, the balancer, membership and `cluster status`.
 //! - [`operate`]: the operator's `wal inspect` / `wal quarantine` tools, above the WAL, the
 //!   checkpoint and the intents they read together.
 
@@ -43,6 +45,7 @@ pub mod app;
 pub mod atomic_file;
 pub mod checkpoint;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod data_dir;

@@ -1,5 +1,5 @@
 //! The `spillway` command line: `run`, `validate`, `put`, `bench`, `health`, `status`,
-//! `wal inspect|quarantine`. The only place that uses
+//! `wal inspect|quarantine`, `cluster status`. The only place that uses
 //! `anyhow`; everything below it returns typed errors.
 
 use std::net::SocketAddr;
@@ -209,6 +209,23 @@ enum Command {
         #[command(subcommand)]
         command: WalCommand,
     },
+    /// Cluster mode (`cluster:` in the configuration): look at the cluster through its
+    /// coordinator.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Print every node (alive, dead or stopped, with its last heartbeat's age by the database
+    /// clock) and every lease with its owner, epoch and expiry. Reads the file's `cluster:`
+    /// block; writes nothing.
+    Status {
+        #[arg(short, long, default_value = "config/local.yaml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -359,6 +376,16 @@ async fn run_async(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Validate { config, connect: true } => validate_connect(&config).await,
         Command::Validate { .. } | Command::Wal { .. } => unreachable!("runs without a runtime"),
+        Command::Cluster { command: ClusterCommand::Status { config: path } } => {
+            let config = config::load_file(&path).map_err(|error| anyhow::anyhow!("{error}"))?;
+            let Some(cluster) = &config.cluster else {
+                eprintln!("{} has no cluster: block (spillway runs as a single node)", path.display());
+                return Ok(ExitCode::FAILURE);
+            };
+            let status = spillway::cluster::status::read(cluster).await?;
+            print!("{}", status.render());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run { config: path, listen, data_dir, watch_config, watch_interval_seconds } => {
             let mut config = config::load_file(&path).map_err(|error| anyhow::anyhow!("{error}"))?;
             let overrides = config::Overrides { listen, data_dir };

@@ -43,6 +43,21 @@ pub struct ConnectionStats {
     pub open: AtomicU64,
 }
 
+/// Cluster mode's state, updated by the lease store and read at scrape time (exported only in
+/// cluster mode).
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Leases this node holds now.
+    pub leases_held: AtomicI64,
+    /// Expired leases of another owner (or an earlier run) this node took over.
+    pub lease_takeovers: AtomicU64,
+    /// Writes conditional on (owner, epoch) that touched no row, renewals included: this node
+    /// had lost the lease.
+    pub fenced_writes: AtomicU64,
+    /// 1 when the last heartbeat reached the coordinator, else 0.
+    pub coordinator_up: AtomicI64,
+}
+
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -635,6 +650,11 @@ impl Metrics {
         *self.scraped.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stats);
     }
 
+    /// Export cluster mode's lease and coordinator state (`spillway_cluster_*`).
+    pub fn register_cluster(&self, stats: Arc<ClusterStats>) {
+        *self.scraped.cluster.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stats);
+    }
+
     /// Export the open-batch memory budget's use (`limits.max_open_batches_mib`).
     pub fn register_open_batch_budget(&self, budget: Arc<dyn BudgetGauge>) {
         *self.scraped.budget.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(budget);
@@ -666,6 +686,7 @@ struct Scraped {
     streams: Mutex<BTreeMap<String, ScrapedStream>>,
     budget: Mutex<Option<Arc<dyn BudgetGauge>>>,
     connections: Mutex<Option<Arc<ConnectionStats>>>,
+    cluster: Mutex<Option<Arc<ClusterStats>>>,
 }
 
 struct ScrapedStream {
@@ -756,6 +777,37 @@ impl Collector for Scraped {
                 None,
                 refused.metric_type(),
             )?)?;
+        }
+        let cluster = self.cluster.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if let Some(cluster) = cluster {
+            let gauges = [
+                ("spillway_cluster_leases_held", "leases this node holds", &cluster.leases_held),
+                (
+                    "spillway_cluster_coordinator_up",
+                    "1 when the last heartbeat reached the cluster coordinator, else 0",
+                    &cluster.coordinator_up,
+                ),
+            ];
+            for (name, help, value) in gauges {
+                let gauge = ConstGauge::new(value.load(Ordering::Relaxed));
+                gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+            }
+            let counters = [
+                (
+                    "spillway_cluster_lease_takeovers",
+                    "expired leases of another owner this node took over",
+                    &cluster.lease_takeovers,
+                ),
+                (
+                    "spillway_cluster_fenced_writes",
+                    "writes conditional on a lease's owner and epoch that found the lease moved on (renewals included)",
+                    &cluster.fenced_writes,
+                ),
+            ];
+            for (name, help, value) in counters {
+                let counter = ConstCounter::new(value.load(Ordering::Relaxed));
+                counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+            }
         }
         if let Some(usage) = process_usage() {
             let cpu = ConstCounter::new(usage.cpu_seconds);

@@ -46,6 +46,9 @@ pub enum StreamError {
     Processing { stream: String, message: String },
     #[error("stream {stream}: delivery stopped: {source}")]
     Pipeline { stream: String, source: PipelineError },
+    /// The stream cannot run in this mode (a shard source in cluster mode, for now).
+    #[error("stream {stream}: {message}")]
+    Refused { stream: String, message: String },
 }
 
 /// What every stream's build shares.
@@ -61,6 +64,8 @@ pub struct StreamEnv {
     /// `server.region` / `server.account_id`: the `region` and `deliveryStreamArn` of Lambda events.
     pub region: String,
     pub account_id: String,
+    /// Cluster mode (`cluster:`): streams whose source cannot be shared yet are refused.
+    pub cluster_mode: bool,
 }
 
 /// A stream's running parts: its WAL and, unless the WAL could not be opened, its delivery task.
@@ -159,6 +164,12 @@ impl Lifecycle {
     /// the reason, and gets no delivery loop.
     pub async fn start(&self, config: &StreamConfig, record: StreamRecord) -> Result<StreamIngest, StreamError> {
         let name = config.name.clone();
+        // YAML streams are refused by validation already; this also covers API-created ones.
+        if self.env.cluster_mode
+            && let Some(message) = crate::cluster::refuse_source(config.source.descriptor().type_name())
+        {
+            return Err(StreamError::Refused { stream: name, message });
+        }
         let opened = {
             let (dir, options) = (self.stream_dir(&name), self.wal_options(config));
             let numbering = numbering(&self.env.data_dir, &name);

@@ -51,7 +51,8 @@ fn validate_accepts_the_shipped_examples() {
 }
 
 /// Values for the `${VAR}` references of the shipped examples.
-const EXAMPLE_ENV: &[(&str, &str)] = &[("AWS_ACCESS_KEY_ID", "k"), ("AWS_SECRET_ACCESS_KEY", "s")];
+const EXAMPLE_ENV: &[(&str, &str)] =
+    &[("AWS_ACCESS_KEY_ID", "k"), ("AWS_SECRET_ACCESS_KEY", "s"), ("SPILLWAY_COORDINATOR_PASSWORD", "p")];
 
 #[test]
 fn validate_requires_dynamic_partitioning_for_partition_keys_in_the_prefix() {

@@ -42,6 +42,10 @@ pub struct Config {
     /// is created through the API (`CreateDeliveryStream`).
     #[serde(default)]
     pub streams: Vec<StreamConfig>,
+    /// Cluster mode: nodes sharing work through PostgreSQL (see `docs/cluster.md`). Absent: one
+    /// node, no coordinator.
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// `api_defaults`: what an API-created stream's destination does not say. Firehose's
@@ -724,9 +728,20 @@ impl Config {
             );
         }
 
+        if let Some(cluster) = &self.cluster {
+            for (field, message) in cluster.validate(self.server.listen) {
+                push(format!("cluster.{field}"), message);
+            }
+        }
+
         let mut seen = BTreeSet::new();
         for (index, stream) in self.streams.iter().enumerate() {
             let at = |field: &str| format!("streams[{index}].{field}");
+            if self.cluster.is_some()
+                && let Some(refusal) = crate::cluster::refuse_source(stream.source.descriptor().type_name())
+            {
+                push(at("source.type"), refusal);
+            }
             if !is_valid_stream_name(&stream.name) {
                 push(at("name"), format!("{:?} must be 1-64 characters of [a-zA-Z0-9_.-]", stream.name));
             }
@@ -961,6 +976,29 @@ mod tests {
     }
 
     const PARTITIONED_SINK: &str = "{ type: s3, url: 'file://out', prefix: 'svc=!{partitionKeyFromQuery:service}/', error_output_prefix: 'errors/!{firehose:error-output-type}/' }";
+
+    #[test]
+    fn cluster_mode_checks_its_block_and_refuses_shard_sources() {
+        let yaml = "cluster: { coordinator: 'postgres://spillway:pw@db/spillway', lease_seconds: 1 }\n\
+                    streams:\n\
+                    \x20 - name: k\n\
+                    \x20   source: { type: kinesis, stream_name: orders, region: us-east-1 }\n\
+                    \x20   sink: { type: s3, url: 'file://out' }\n\
+                    \x20 - name: p\n\
+                    \x20   sink: { type: s3, url: 'file://out' }\n";
+        let config = parse_str(yaml, Path::new("test.yaml")).unwrap_err().to_string();
+        assert!(config.contains("cluster.lease_seconds: must be between 2 and 300 (got 1)"), "{config}");
+        assert!(
+            config.contains("streams[0].source.type: a kinesis source cannot run in cluster mode yet: shard sharing is not available yet; see docs/cluster.md"),
+            "{config}"
+        );
+        assert!(!config.contains("streams[1]"), "{config}");
+        // Without `cluster:` the same streams are valid.
+        let single =
+            yaml.replace("cluster: { coordinator: 'postgres://spillway:pw@db/spillway', lease_seconds: 1 }\n", "");
+        let config = parse_str(&single, Path::new("test.yaml")).unwrap();
+        assert!(config.cluster.is_none());
+    }
 
     #[test]
     fn server_auth_needs_keys_and_hides_secrets() {

@@ -16,7 +16,7 @@
 //!   anything a put racing the removal left in the WAL.
 //! - Streams created through the API are never removed or replaced; a YAML stream taking an API
 //!   stream's name refuses the file.
-//! - Settings read only at start (`server.listen`, TLS, `data_dir`, `wal`, `limits`, …) are logged
+//! - Settings read only at start (`server.listen`, TLS, `data_dir`, `wal`, `limits`, `cluster`, …) are logged
 //!   as needing a restart; the rest is applied.
 //!
 //! Must not: answer HTTP or change API streams; import the app.

@@ -87,6 +87,7 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<String> {
         ("wal", fingerprint(&running.wal), fingerprint(&new.wal)),
         ("limits", fingerprint(&running.limits), fingerprint(&new.limits)),
         ("api_defaults", fingerprint(&running.api_defaults), fingerprint(&new.api_defaults)),
+        ("cluster", fingerprint(&running.cluster), fingerprint(&new.cluster)),
     ];
     let mut differ: Vec<String> =
         named.iter().filter(|(_, old, new)| old != new).map(|(path, _, _)| path.to_string()).collect();

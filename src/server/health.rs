@@ -3,8 +3,9 @@
 //! - `GET /health`: the process is alive and serving HTTP; always 200 (a restart would not mend
 //!   a stopped stream, so liveness must not fail for one).
 //! - `GET /ready`: 200 when the configuration is loaded and every WAL recovered (both true once
-//!   the server listens), no stream has stopped, every sink's last healthcheck passed, and
-//!   spillway is not shutting down; otherwise 503 with one line per reason.
+//!   the server listens), no stream has stopped, every sink's last healthcheck passed, in
+//!   cluster mode the coordinator answered the last heartbeat, and spillway is not shutting
+//!   down; otherwise 503 with one line per reason.
 //!
 //! Sink healthchecks run in the background ([`run_healthchecks`]), every
 //! `server.healthcheck_interval_seconds`, each bounded by [`HEALTHCHECK_TIMEOUT`]; a probe only
@@ -47,6 +48,10 @@ pub struct Readiness {
     wal_disk: Mutex<Option<String>>,
     /// Fast path of `wal_disk` for every append: whether it holds a reason.
     wal_disk_full: AtomicBool,
+    /// Cluster mode: this node's id (for the status page).
+    cluster_node: Mutex<Option<String>>,
+    /// Cluster mode: why the coordinator cannot be used now, if it cannot.
+    coordinator: Mutex<Option<String>>,
 }
 
 impl Readiness {
@@ -100,6 +105,20 @@ impl Readiness {
         *current = reason;
     }
 
+    /// Cluster mode: this node's id, shown on the status page.
+    pub fn set_cluster_node(&self, node_id: Option<String>) {
+        *self.cluster_node.lock().unwrap_or_else(PoisonError::into_inner) = node_id;
+    }
+
+    pub fn cluster_node(&self) -> Option<String> {
+        self.cluster_node.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Cluster mode: the coordinator cannot be reached (`Some(why)`), or answers again (`None`).
+    pub fn set_coordinator_problem(&self, reason: Option<String>) {
+        *self.coordinator.lock().unwrap_or_else(PoisonError::into_inner) = reason;
+    }
+
     /// Every reason not to be ready, in a stable order; empty when ready.
     pub fn reasons(&self, stopped_streams: &[(String, String)]) -> Vec<String> {
         let mut reasons = Vec::new();
@@ -108,6 +127,9 @@ impl Readiness {
         }
         if let Some(why) = &*self.wal_disk.lock().unwrap_or_else(PoisonError::into_inner) {
             reasons.push(format!("wal disk full: {why}"));
+        }
+        if let Some(why) = &*self.coordinator.lock().unwrap_or_else(PoisonError::into_inner) {
+            reasons.push(why.clone());
         }
         for (stream, reason) in stopped_streams {
             reasons.push(format!("stream {stream} stopped: {reason}"));
@@ -250,5 +272,14 @@ mod tests {
         assert!(readiness.reasons(&[]).is_empty());
         readiness.set_shutting_down();
         assert_eq!(readiness.reasons(&[]), vec!["shutting down"]);
+    }
+
+    #[test]
+    fn an_unreachable_coordinator_is_a_reason_until_it_answers() {
+        let readiness = Readiness::new(std::iter::empty());
+        readiness.set_coordinator_problem(Some("cluster coordinator unreachable: connection refused".into()));
+        assert_eq!(readiness.reasons(&[]), vec!["cluster coordinator unreachable: connection refused"]);
+        readiness.set_coordinator_problem(None);
+        assert!(readiness.reasons(&[]).is_empty());
     }
 }

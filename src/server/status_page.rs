@@ -29,6 +29,9 @@ pub async fn page() -> Html<&'static str> {
 pub struct Status {
     pub ready: bool,
     pub reasons: Vec<String>,
+    /// Cluster mode: this node's `cluster.node_id` (absent in single-node mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
     pub streams: Vec<StreamStatus>,
 }
 
@@ -56,5 +59,6 @@ pub async fn status(State(ingest): State<Arc<Ingest>>) -> Response {
             last_error: stream.metrics.last_error(),
         })
         .collect();
-    Json(Status { ready: reasons.is_empty(), reasons, streams }).into_response()
+    let node_id = ingest.readiness.cluster_node();
+    Json(Status { ready: reasons.is_empty(), reasons, node_id, streams }).into_response()
 }

@@ -1,0 +1,91 @@
+//! The coordinator's tables, created and migrated by spillway itself. Each migration is a list of
+//! statements with a version; [`migrate`] applies the missing ones in one transaction under a
+//! transaction-scoped advisory lock, so nodes starting together serialize here and each sees
+//! the others' work. A database whose schema is newer than this binary knows is refused: an old
+//! node must not write rows whose meaning changed.
+//!
+//! Must not: drop or rewrite data in a migration without a version of its own.
+
+use tokio_postgres::Client;
+
+use super::ClusterError;
+
+/// The advisory lock key every spillway migration takes (`pg_advisory_xact_lock`): an arbitrary
+/// constant ("spillway" in ASCII, truncated), the same on every node.
+const MIGRATION_LOCK: i64 = 0x7370_696c_6c77_6179;
+
+/// Migrations in order; the index + 1 is the version.
+const MIGRATIONS: &[&[&str]] = &[
+    // 1: nodes and leases.
+    &[
+        // One node per `node_id`; `incarnation` tells two processes with one id apart. Times are
+        // the database's clock. `lease_seconds` is the node's own, so liveness is judged by the
+        // period the node promised.
+        "CREATE TABLE spillway_nodes (
+            node_id text PRIMARY KEY,
+            incarnation text NOT NULL,
+            advertise text NOT NULL,
+            version text NOT NULL,
+            lease_seconds double precision NOT NULL,
+            started_at timestamptz NOT NULL DEFAULT now(),
+            heartbeat_at timestamptz NOT NULL DEFAULT now(),
+            stopped_at timestamptz
+        )",
+        // One lease per shareable unit of work (`kinesis:<stream>:<shard>`, …). `epoch` is the
+        // fencing token: +1 whenever the owner changes. `requested_by` / `requested_at`: a
+        // hand-off request, which also reserves the lease for the requester for one lease period
+        // after it is released. `parent_keys` / `finished`: a child waits until its parents are
+        // finished (shard split and merge order).
+        "CREATE TABLE spillway_leases (
+            lease_key text PRIMARY KEY,
+            owner text,
+            epoch bigint NOT NULL DEFAULT 0,
+            expires_at timestamptz NOT NULL DEFAULT now(),
+            requested_by text,
+            requested_at timestamptz,
+            parent_keys text[] NOT NULL DEFAULT '{}',
+            finished boolean NOT NULL DEFAULT false,
+            updated_at timestamptz NOT NULL DEFAULT now()
+        )",
+        "CREATE INDEX spillway_leases_owner ON spillway_leases (owner)",
+    ],
+];
+
+/// The schema version this binary writes and understands.
+pub const CURRENT_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// Bring the schema to [`CURRENT_VERSION`]; returns the version found before.
+pub async fn migrate(client: &mut Client) -> Result<i32, ClusterError> {
+    let transaction = client.transaction().await?;
+    transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    transaction
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS spillway_cluster_schema (
+                version integer PRIMARY KEY,
+                applied_at timestamptz NOT NULL DEFAULT now(),
+                applied_by text NOT NULL
+            )",
+        )
+        .await?;
+    let found: i32 =
+        transaction.query_one("SELECT coalesce(max(version), 0) FROM spillway_cluster_schema", &[]).await?.get(0);
+    if found > CURRENT_VERSION {
+        return Err(ClusterError::SchemaTooNew { found, known: CURRENT_VERSION });
+    }
+    let applied_by = format!("spillway {}", env!("CARGO_PKG_VERSION"));
+    for (index, statements) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        for statement in *statements {
+            transaction.batch_execute(statement).await?;
+        }
+        let version = index as i32 + 1;
+        transaction
+            .execute(
+                "INSERT INTO spillway_cluster_schema (version, applied_by) VALUES ($1, $2)",
+                &[&version, &applied_by],
+            )
+            .await?;
+        tracing::info!(version, "cluster schema migrated");
+    }
+    transaction.commit().await?;
+    Ok(found)
+}
