@@ -1,13 +1,12 @@
 //! What a reload would change: the running YAML streams against the new file's (added, changed,
 //! removed, unchanged), and the settings that differ but only take effect at the next start.
+//! Secrets count as settings (compared in memory, never shown).
 //! Pure: compares configurations, starts and stops nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::{Config, StreamConfig};
 use spillway_sink_api::same_configuration;
-
-use crate::control::catalog::fingerprint;
 
 /// A YAML stream whose configuration changed.
 #[derive(Debug)]
@@ -80,26 +79,26 @@ pub fn plan(
 fn needs_restart(running: &Config, new: &Config) -> Vec<String> {
     let (old_server, new_server) = (&running.server, &new.server);
     let named = [
-        ("server.listen", fingerprint(&old_server.listen), fingerprint(&new_server.listen)),
-        ("server.tls", fingerprint(&old_server.tls), fingerprint(&new_server.tls)),
-        ("server.auth", fingerprint(&old_server.auth), fingerprint(&new_server.auth)),
-        ("data_dir", fingerprint(&running.data_dir), fingerprint(&new.data_dir)),
-        ("wal", fingerprint(&running.wal), fingerprint(&new.wal)),
-        ("limits", fingerprint(&running.limits), fingerprint(&new.limits)),
-        ("api_defaults", fingerprint(&running.api_defaults), fingerprint(&new.api_defaults)),
-        ("cluster", fingerprint(&running.cluster), fingerprint(&new.cluster)),
+        ("server.listen", !same_configuration(&old_server.listen, &new_server.listen)),
+        ("server.tls", !same_configuration(&old_server.tls, &new_server.tls)),
+        ("server.auth", !same_configuration(&old_server.auth, &new_server.auth)),
+        ("data_dir", !same_configuration(&running.data_dir, &new.data_dir)),
+        ("wal", !same_configuration(&running.wal, &new.wal)),
+        ("limits", !same_configuration(&running.limits, &new.limits)),
+        ("api_defaults", !same_configuration(&running.api_defaults, &new.api_defaults)),
+        ("cluster", !same_configuration(&running.cluster, &new.cluster)),
     ];
     let mut differ: Vec<String> =
-        named.iter().filter(|(_, old, new)| old != new).map(|(path, _, _)| path.to_string()).collect();
+        named.iter().filter(|(_, differs)| *differs).map(|(path, _)| path.to_string()).collect();
     // Any other server setting (region, timeouts, connection limits): named as the section.
     let other_server = |server: &crate::config::ServerConfig| {
         let mut rest = server.clone();
         rest.listen = running.server.listen;
         rest.tls = None;
         rest.auth = None;
-        fingerprint(&rest)
+        rest
     };
-    if other_server(old_server) != other_server(new_server) {
+    if !same_configuration(&other_server(old_server), &other_server(new_server)) {
         differ.push("server (region, account_id, timeouts or connection limits)".to_string());
     }
     differ
