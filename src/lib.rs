@@ -20,6 +20,7 @@
 //!   YAML streams through the lifecycle, or keep the running configuration and say why.
 //! - [`wal`]: segment files with checksums, group commit, recovery, trimming, and setting damaged
 //!   segments aside (`wal::quarantine`).
+//! - [`readiness`]: what `/ready` answers from (sink health, the WAL disk, the coordinator).
 //! - [`record_metadata`]: what a pull source knows about each record (a Kinesis sequence number,
 //!   a partition key), kept in its WAL frame in Firehose's names and read by the Lambda stage.
 //! - [`processing`]: what a record's content decides: transforms, its dynamic partition (jq
@@ -30,6 +31,8 @@
 //! - [`atomic_file`]: replacing a small file crash-safely (checkpoint, intents, positions, catalog).
 //! - [`data_dir`]: the exclusive lock that keeps a second process off a data directory.
 //! - [`sinks`]: the registry mapping a YAML `sink.type` to a sink crate.
+//! - [`sigv4`]: verifying SigV4-signed requests (`server.auth`), for the HTTP front and the push
+//!   sources.
 //! - [`server`]: the HTTP router (`/`, `/streams/{name}/records`, `/health`, `/metrics`).
 //! - [`metrics`]: Prometheus / OpenMetrics instruments (prometheus-client) and scrape-time gauges;
 //!   a leaf every layer reports into, importing none of them.
@@ -53,9 +56,11 @@ pub mod metrics;
 pub mod operate;
 pub mod pipeline;
 pub mod processing;
+pub mod readiness;
 pub mod record_metadata;
 pub mod reload;
 pub mod server;
+pub mod sigv4;
 pub mod sinks;
 pub mod sources;
 pub mod stream_record;

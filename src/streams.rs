@@ -26,7 +26,8 @@ use crate::pipeline::{
     MemoryBudget, Partitioner, PipelineError, Router,
 };
 use crate::processing::{Chain, PartitionKeys};
-use crate::server::health::{CheckedSink, Readiness};
+use crate::readiness::CheckedSink;
+use crate::readiness::Readiness;
 use crate::sources::StreamIngest;
 use crate::stream_record::StreamRecord;
 use crate::wal::{Wal, WalOptions};

@@ -31,7 +31,7 @@ pub use config::{ClusterConfig, ResolvedCluster};
 pub use leases::LeaseStore;
 
 use crate::metrics::ClusterStats;
-use crate::server::health::Readiness;
+use crate::readiness::Readiness;
 
 /// Source types whose shards nodes will share through leases; until the readers take leases,
 /// cluster mode refuses them (two nodes would each read every shard).

@@ -26,11 +26,11 @@ use futures::StreamExt;
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::config::OpenRoute;
+use crate::sigv4;
 use crate::sources::{Ingest, MAX_REQUEST_BODY_BYTES, declared_body_len, direct_put, http};
 
 pub mod health;
 pub mod serve;
-pub mod sigv4;
 pub mod status_page;
 #[cfg(test)]
 mod tests;

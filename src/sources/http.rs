@@ -20,7 +20,7 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::{Ingest, IngestError, MAX_RECORD_BYTES, MAX_REQUEST_BODY_BYTES, declared_body_len, decode_off_runtime};
-use crate::server::sigv4;
+use crate::sigv4;
 
 /// Most records (non-blank lines) in one request. Firehose caps a call at 500 records; NDJSON
 /// senders (curl, log shippers) batch more small lines, so the cap is higher, but bounded: a 6 MiB
@@ -53,7 +53,7 @@ pub(crate) fn request_timeout(seconds: u64) -> Response {
 }
 
 /// The answer to a request refused by `server.auth`: 403 with AWS's error type and message.
-pub(crate) fn auth_error(failure: crate::server::sigv4::AuthError) -> Response {
+pub(crate) fn auth_error(failure: crate::sigv4::AuthError) -> Response {
     tracing::debug!(code = failure.code(), error = %failure, "request refused by server.auth");
     error(StatusCode::FORBIDDEN, failure.code(), failure.to_string())
 }

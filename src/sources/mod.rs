@@ -25,7 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Config, StreamConfig};
 use crate::metrics::{Metrics, StreamMetrics};
-use crate::server::health::Readiness;
+use crate::readiness::Readiness;
 use crate::stream_record::{StreamRecord, StreamStatus};
 use crate::wal::{Records, Wal};
 pub use descriptor::{ReaderContext, SourceDescribeContext, SourceDescriptor};

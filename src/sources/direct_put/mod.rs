@@ -6,7 +6,7 @@
 //! plane, [`crate::control`], which answers in the same wire protocol. Request limits, response
 //! shapes and `__type` error names follow Firehose so AWS SDKs, the AWS CLI, Terraform and Fluent
 //! Bit work unchanged. Requests are SigV4-verified only with `server.auth`
-//! ([`crate::server::sigv4`]); without it, bind to loopback or a trusted network.
+//! ([`crate::sigv4`]); without it, bind to loopback or a trusted network.
 //!
 //! Must not: create, change or delete streams (the control plane does).
 
@@ -107,12 +107,12 @@ async fn dispatch(ingest: &Arc<Ingest>, uri: &Uri, headers: &HeaderMap, body: Bo
     // already; this is the same check, here to hold the result), the rest once the body is read.
     let signature = match &ingest.config.server.auth {
         Some(auth) => Some(
-            crate::server::sigv4::precheck(
+            crate::sigv4::precheck(
                 auth,
                 "POST",
                 uri,
                 headers,
-                crate::server::sigv4::FIREHOSE_API_SIGNED_HEADERS,
+                crate::sigv4::FIREHOSE_API_SIGNED_HEADERS,
                 std::time::SystemTime::now(),
             )
             .map_err(ApiError::from_auth)?,

@@ -33,7 +33,7 @@ impl ApiError {
     }
 
     /// SigV4 refusals: 400 with AWS's type and message, logged without the signature.
-    pub(crate) fn from_auth(error: crate::server::sigv4::AuthError) -> ApiError {
+    pub(crate) fn from_auth(error: crate::sigv4::AuthError) -> ApiError {
         tracing::debug!(code = error.code(), %error, "request refused by server.auth");
         ApiError { status: StatusCode::BAD_REQUEST, code: error.code(), message: error.to_string() }
     }
