@@ -1038,6 +1038,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "sink-postgres")]
     fn redshift_retries_for_an_hour_by_default_within_firehose_range_and_postgres_for_a_day() {
         let stream = |mode: &str, retry: &str| {
             format!(
