@@ -78,7 +78,6 @@ async fn opensearch_bulk_count_search_and_templates() {
     assert_ne!(health["status"], "red");
 }
 
-#[cfg(feature = "source-kinesis")]
 #[tokio::test]
 #[ignore = "needs services: scripts/test.sh"]
 async fn kinesis_put_and_get_records() {
@@ -115,7 +114,6 @@ async fn kinesis_put_and_get_records() {
     assert_eq!(records.records()[0].data().as_ref(), b"hello kinesis");
 }
 
-#[cfg(feature = "source-dynamodb-streams")]
 #[tokio::test]
 #[ignore = "needs services: scripts/test.sh"]
 async fn dynamodb_streams_see_item_changes() {
