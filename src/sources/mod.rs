@@ -535,6 +535,15 @@ mod registry_tests {
                 assert!(error.contains(&expected), "{error}");
             }
         }
+        // The control plane reads `KinesisStreamAsSource` through JSON: the same answer there.
+        let from_api = serde_json::json!({ "type": "kinesis", "stream_name": "s", "region": "eu-west-1" });
+        match serde_json::from_value::<SourceConfig>(from_api) {
+            Ok(config) => assert!(cfg!(feature = "source-kinesis"), "{config:?}"),
+            Err(error) => assert!(
+                !cfg!(feature = "source-kinesis") && error.to_string().contains("cargo feature `source-kinesis`"),
+                "{error}"
+            ),
+        }
         assert_eq!(SourceConfig::default().descriptor().type_name(), "direct_put");
         let unknown = serde_yaml_ng::from_str::<SourceConfig>("type: kafka\n").expect_err("unknown type");
         assert!(unknown.to_string().contains("expected one of `direct_put`, `file`"), "{unknown}");
