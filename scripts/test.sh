@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command: starts the real test services, runs fmt + clippy + the whole test
 # suite including the service-backed (#[ignore = "needs services: scripts/test.sh"]) tests,
-# and stops the services again, also on failure.
+# then clippy and a few test targets again in the smallest feature set (`--no-default-features
+# --features source-file`), and stops the services again, also on failure.
 #
 #   scripts/test.sh                    # everything
 #   scripts/test.sh --test s3_minio    # extra arguments go to `cargo test`
@@ -100,3 +101,17 @@ step "services up again (no-op)" up_again_is_a_noop
 
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test" cargo test --workspace "${cargo_args[@]}" -- --include-ignored "${test_args[@]}"
+
+# The smallest build users make (Cargo.toml `[features]`, docs/architecture.md "Build"): no
+# PostgreSQL, OpenSearch, Kinesis or DynamoDB code. Compiles the spillway crate a second time (the
+# dependencies are shared with the steps above) and runs the tests that say most about it: the
+# unit tests, the CLI (a left-out type is refused by name and feature), Direct PUT and the file
+# source. Only in a full run; `scripts/test.sh --test x` runs what it names.
+subset=(-p spillway --no-default-features --features source-file)
+if ((${#cargo_args[@]} == 0 && ${#test_args[@]} == 0)); then
+	step "cargo clippy (feature subset)" cargo clippy "${subset[@]}" --all-targets -- -D warnings
+	step "cargo test (feature subset)" cargo test "${subset[@]}" --lib --test cli --test direct_put --test file_source \
+		-- --include-ignored
+else
+	log "feature subset: skipped (a run with arguments runs only what it names)"
+fi

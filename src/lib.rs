@@ -8,7 +8,7 @@
 //! - [`sources`]: push handlers (`direct_put`, `http`) appending to the WAL through `Ingest`
 //!   (`direct_put` also owns the Firehose API's wire protocol and hands control operations to
 //!   [`control`]); pull sources (`file`, and the shard sources `kinesis` and `dynamodb_streams`
-//!   over the shared core `sources::shards`).
+//!   over the shared core `sources::shards`), each behind its cargo feature.
 //! - [`control`]: the Firehose control plane: create / describe / update / delete / tags /
 //!   encryption, Firehose's S3 destination shapes ↔ `StreamConfig` (`control::s3_destination`),
 //!   and the catalog of stream records behind a trait (`control::catalog`: a folder under
@@ -30,7 +30,8 @@
 //! - [`checkpoint`]: the per-stream delivered position.
 //! - [`atomic_file`]: replacing a small file crash-safely (checkpoint, intents, positions, catalog).
 //! - [`data_dir`]: the exclusive lock that keeps a second process off a data directory.
-//! - [`sinks`]: the registry mapping a YAML `sink.type` to a sink crate.
+//! - [`sinks`]: the registry mapping a YAML `sink.type` to a sink crate (`postgres` and
+//!   `opensearch` behind cargo features; a left-out type is refused by name and feature).
 //! - [`sigv4`]: verifying SigV4-signed requests (`server.auth`), for the HTTP front and the push
 //!   sources.
 //! - [`server`]: the HTTP router (`/`, `/streams/{name}/records`, `/health`, `/metrics`).

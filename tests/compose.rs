@@ -3,7 +3,8 @@
 //! healthcheck runs a tool its image has, spillway's config file exists where the Dockerfile puts
 //! it and validates with the service's environment, every `${VAR}` it reads is set or defaulted,
 //! and the MinIO credentials, bucket and endpoint agree across services and with
-//! `scripts/services.sh`.
+//! `scripts/services.sh`; the image ships the stripped `dist` build. Needs the sinks the compose
+//! profiles use (`required-features` in Cargo.toml): the image builds every default feature.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -118,6 +119,21 @@ fn healthchecks_use_tools_their_images_have() {
     // The Dockerfile's own HEALTHCHECK uses the same subcommand.
     let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
     assert!(dockerfile.contains("HEALTHCHECK") && dockerfile.contains(r#"["spillway", "health", "--ready"]"#));
+}
+
+/// The image ships the stripped build: the Dockerfile builds the `dist` profile from the lock
+/// file and copies that binary, and `dist` in Cargo.toml strips symbols and debug info.
+#[test]
+fn the_image_ships_the_stripped_dist_build() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let build = dockerfile.lines().find(|line| line.starts_with("RUN cargo build")).expect("a cargo build step");
+    assert!(build.contains("--profile dist") && build.contains("--locked"), "{build}");
+    assert!(dockerfile.contains("COPY --from=build /src/target/dist/spillway /usr/local/bin/spillway"));
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    let dist = manifest.split("[profile.dist]").nth(1).expect("a dist profile").split("\n[").next().unwrap_or_default();
+    for setting in ["inherits = \"release\"", "strip = true", "debug = false"] {
+        assert!(dist.lines().any(|line| line.trim() == setting), "[profile.dist] lacks {setting}: {dist}");
+    }
 }
 
 /// `${NAME}` and `${NAME:-default}` references in a config file: (name, has a default).

@@ -694,6 +694,7 @@ async fn terraform_sequence_with_the_aws_cli_v2() {
 /// `KinesisStreamAsSource` with `Source.KinesisStreamSourceDescription`; a tailed file is
 /// `DirectPut` with the file in the `SpillwaySourceDescription` extension; `ListDeliveryStreams`
 /// filters by type; a source type spillway does not have (MSK) is refused by name.
+#[cfg(all(feature = "source-kinesis", feature = "source-file"))]
 #[tokio::test]
 #[ignore = "needs services: scripts/test.sh"]
 async fn describe_reports_kinesis_and_file_sources() {
@@ -795,6 +796,7 @@ async fn describe_reports_kinesis_and_file_sources() {
 /// (kinesalite, reached through `AWS_ENDPOINT_URL_KINESIS`, the standard AWS configuration) from
 /// `LATEST`, as Firehose does, and delivers every record once; it is described with the ARNs it
 /// was given, refuses `PutRecord`, survives a restart and is gone after delete.
+#[cfg(feature = "source-kinesis")]
 #[tokio::test]
 #[ignore = "needs services: scripts/test.sh"]
 async fn an_api_created_kinesis_sourced_stream_reads_its_stream() {

@@ -254,6 +254,7 @@ async fn local_objects_are_staged_out_of_readers_way_and_a_crash_s_leftovers_are
     );
 }
 
+#[cfg(feature = "sink-opensearch")]
 #[tokio::test]
 async fn intake_opens_at_once_while_a_sink_hangs_and_ready_says_pending() {
     // An OpenSearch that accepts connections and never answers.

@@ -620,6 +620,7 @@ async fn sigkill_rounds_deliver_each_record_once_with_a_deterministic_function()
 
 /// A Kinesis source: each event record carries `kinesisRecordMetadata` with the shard, the
 /// partition key and the sequence number Kinesis gave the record.
+#[cfg(feature = "source-kinesis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs services: scripts/test.sh"]
 async fn kinesis_records_carry_their_metadata_in_the_event() {

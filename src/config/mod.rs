@@ -1076,6 +1076,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "sink-postgres")]
     fn redshift_retries_for_an_hour_by_default_within_firehose_range_and_postgres_for_a_day() {
         let stream = |mode: &str, retry: &str| {
             format!(

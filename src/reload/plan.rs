@@ -142,6 +142,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "source-file")]
     fn a_new_source_is_told_apart_from_a_new_destination() {
         let running = config(STREAMS);
         let new = config(

@@ -5,13 +5,20 @@
 //!
 //! Must not: buffer or deliver; that is the pipeline's job.
 
+// Each pulled source is built with its cargo feature (Cargo.toml `[features]`); Direct PUT and
+// NDJSON always are.
+#[cfg(any(feature = "source-kinesis", feature = "source-dynamodb-streams"))]
 mod aws;
 pub mod descriptor;
 pub mod direct_put;
+#[cfg(feature = "source-dynamodb-streams")]
 pub mod dynamodb_streams;
+#[cfg(feature = "source-file")]
 pub mod file;
 pub mod http;
+#[cfg(feature = "source-kinesis")]
 pub mod kinesis;
+#[cfg(any(feature = "source-kinesis", feature = "source-dynamodb-streams"))]
 pub mod shards;
 
 use std::collections::{BTreeMap, HashMap};
@@ -34,22 +41,50 @@ pub use descriptor::{ReaderContext, SourceDescribeContext, SourceDescriptor};
 /// with one variant per line and [`SourceConfig::descriptor`], so no other code matches on source
 /// types. Push sources (the Firehose API and NDJSON) are served by the HTTP router and append
 /// through [`Ingest`]; pull sources run reader tasks that append with their positions
-/// ([`crate::wal::Wal::append_pulled`]) and resume from [`crate::wal::Wal::positions`].
+/// ([`crate::wal::Wal::append_pulled`]) and resume from [`crate::wal::Wal::positions`]. A line may
+/// name the cargo feature that builds it: without that feature its type still parses, into a
+/// `not_built` value that refuses it by name and feature rather than serde's bare "unknown variant".
 macro_rules! source_registry {
-    ($($(#[cfg($cfg:meta)])? $variant:ident($config:ty) = $type_name:literal,)+) => {
+    ($($(#[cfg(feature = $feature:literal)])? $variant:ident($config:ty) = $type_name:literal,)+) => {
         #[derive(Debug, Clone, Deserialize)]
         #[serde(tag = "type")]
+        // A left-out type's variant is empty and never built: no size to even out by boxing.
+        #[allow(clippy::large_enum_variant)]
         pub enum SourceConfig {
-            $($(#[cfg($cfg)])? #[serde(rename = $type_name)] $variant($config),)+
+            $(
+                $(#[cfg(feature = $feature)])? #[serde(rename = $type_name)] $variant($config),
+                $(#[cfg(not(feature = $feature))] #[serde(rename = $type_name)] $variant(not_built::$variant),)?
+            )+
         }
 
         impl SourceConfig {
             /// What this source type says about itself.
             pub fn descriptor(&self) -> &dyn SourceDescriptor {
                 match self {
-                    $($(#[cfg($cfg)])? SourceConfig::$variant(config) => config,)+
+                    $(
+                        $(#[cfg(feature = $feature)])? SourceConfig::$variant(config) => config,
+                        $(#[cfg(not(feature = $feature))] SourceConfig::$variant(never) => match never.0 {},)?
+                    )+
                 }
             }
+        }
+
+        /// The source types this binary was built without: each parses only to refuse itself.
+        mod not_built {
+            $($(
+                #[cfg(not(feature = $feature))]
+                #[derive(Debug, Clone)]
+                pub struct $variant(pub std::convert::Infallible);
+
+                #[cfg(not(feature = $feature))]
+                impl<'de> serde::Deserialize<'de> for $variant {
+                    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+                        Err(serde::de::Error::custom(concat!(
+                            "source type `", $type_name, "` is not built into this binary (cargo feature `", $feature, "`)"
+                        )))
+                    }
+                }
+            )?)+
         }
     };
 }
@@ -58,10 +93,13 @@ source_registry! {
     // Records pushed with the Firehose API (`PutRecord`, `PutRecordBatch`) or as NDJSON.
     DirectPut(direct_put::source::DirectPutSourceConfig) = "direct_put",
     // Lines of tailed log files.
+    #[cfg(feature = "source-file")]
     File(file::FileSourceConfig) = "file",
     // The shards of a Kinesis data stream.
+    #[cfg(feature = "source-kinesis")]
     Kinesis(kinesis::KinesisSourceConfig) = "kinesis",
     // The shards of a DynamoDB table's stream.
+    #[cfg(feature = "source-dynamodb-streams")]
     DynamodbStreams(dynamodb_streams::DynamodbStreamsSourceConfig) = "dynamodb_streams",
 }
 
@@ -464,17 +502,41 @@ mod tests {
 mod registry_tests {
     use super::*;
 
+    /// Every registered type parses by its name; one whose feature this build left out is refused
+    /// by name and feature (the subset build in scripts/test.sh runs the refusals).
     #[test]
-    fn every_type_parses_by_its_name_and_names_itself() {
+    fn every_type_parses_by_its_name_or_names_the_feature_it_needs() {
         let blocks = [
-            ("direct_put", "type: direct_put\n"),
-            ("file", "type: file\npaths: /var/log/app.log\n"),
-            ("kinesis", "type: kinesis\nstream_name: s\n"),
-            ("dynamodb_streams", "type: dynamodb_streams\ntable_name: t\n"),
+            ("direct_put", "type: direct_put\n", true, ""),
+            ("file", "type: file\npaths: /var/log/app.log\n", cfg!(feature = "source-file"), "source-file"),
+            ("kinesis", "type: kinesis\nstream_name: s\n", cfg!(feature = "source-kinesis"), "source-kinesis"),
+            (
+                "dynamodb_streams",
+                "type: dynamodb_streams\ntable_name: t\n",
+                cfg!(feature = "source-dynamodb-streams"),
+                "source-dynamodb-streams",
+            ),
         ];
-        for (name, yaml) in blocks {
-            let config: SourceConfig = serde_yaml_ng::from_str(yaml).unwrap_or_else(|error| panic!("{name}: {error}"));
-            assert_eq!(config.descriptor().type_name(), name);
+        for (name, yaml, built, feature) in blocks {
+            let parsed = serde_yaml_ng::from_str::<SourceConfig>(yaml);
+            if built {
+                let config = parsed.unwrap_or_else(|error| panic!("{name}: {error}"));
+                assert_eq!(config.descriptor().type_name(), name);
+            } else {
+                let error = parsed.expect_err(name).to_string();
+                let expected =
+                    format!("source type `{name}` is not built into this binary (cargo feature `{feature}`)");
+                assert!(error.contains(&expected), "{error}");
+            }
+        }
+        // The control plane reads `KinesisStreamAsSource` through JSON: the same answer there.
+        let from_api = serde_json::json!({ "type": "kinesis", "stream_name": "s", "region": "eu-west-1" });
+        let parsed = serde_json::from_value::<SourceConfig>(from_api);
+        if cfg!(feature = "source-kinesis") {
+            assert_eq!(parsed.expect("kinesis from the API").descriptor().type_name(), "kinesis");
+        } else {
+            let error = parsed.expect_err("kinesis left out").to_string();
+            assert!(error.contains("source type `kinesis` is not built into this binary"), "{error}");
         }
         assert_eq!(SourceConfig::default().descriptor().type_name(), "direct_put");
         let unknown = serde_yaml_ng::from_str::<SourceConfig>("type: kafka\n").expect_err("unknown type");
