@@ -6,7 +6,8 @@
 //! reason and gets no delivery loop; every other stream runs. [`App::reloader`] hands the same
 //! streams to [`crate::reload`] for SIGHUP and `--watch-config`; shutdown waits for a reload
 //! under way and allows no new one. With `cluster:` the node joins the cluster before any stream
-//! starts ([`crate::cluster::Membership`]) and leaves it last on shutdown.
+//! starts ([`crate::cluster::Membership`]), keeps its catalog in the coordinator (every node runs
+//! every API-created stream, [`crate::control::follow`]), and leaves the cluster last on shutdown.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -101,12 +102,15 @@ impl App {
         let readiness = Readiness::new(std::iter::empty());
         // Cluster mode: join before any stream starts, so an unreachable coordinator, refused
         // credentials or a newer schema stop the start with nothing begun.
-        let membership = match &config.cluster {
-            Some(cluster) => {
-                let resolved = cluster.resolve(&data_dir, addr).map_err(crate::cluster::ClusterError::Config)?;
+        let resolved_cluster = match &config.cluster {
+            Some(cluster) => Some(cluster.resolve(&data_dir, addr).map_err(crate::cluster::ClusterError::Config)?),
+            None => None,
+        };
+        let mut membership = match &resolved_cluster {
+            Some(resolved) => {
                 let stats = Arc::new(crate::metrics::ClusterStats::default());
                 metrics.register_cluster(stats.clone());
-                Some(Membership::join(&resolved, stats, readiness.clone()).await?)
+                Some(Membership::join(resolved, stats, readiness.clone()).await?)
             }
             None => None,
         };
@@ -122,7 +126,20 @@ impl App {
             account_id: config.server.account_id.clone(),
             cluster_mode: membership.is_some(),
         }));
-        let stream_catalog: Arc<dyn Catalog> = Arc::new(FolderCatalog::new(data_dir.clone()));
+        // Cluster mode: the catalog every node shares, and the same YAML streams on every node.
+        let stream_catalog: Arc<dyn Catalog> = match (&membership, &resolved_cluster) {
+            (Some(joined), Some(resolved)) => match shared_catalog(&config, joined, resolved).await {
+                Ok(shared) => shared,
+                Err(error) => {
+                    // Leave, so the refused node does not count as alive until its lease runs out.
+                    if let Some(joined) = membership.take() {
+                        joined.leave().await;
+                    }
+                    return Err(error.into());
+                }
+            },
+            _ => Arc::new(FolderCatalog::new(data_dir.clone())),
+        };
         let now_ms = chrono::Utc::now().timestamp_millis();
         let mut streams = BTreeMap::new();
         for stream in &config.streams {
@@ -140,9 +157,15 @@ impl App {
             .map_err(|source| AppError::Catalog { stream: String::new(), source })?;
         let mut deleting = Vec::new();
         for mut record in api_records {
-            // A create interrupted by a crash: the stream builds now, so it is active.
+            // A create interrupted by a crash: the stream builds now, so it is active, and so
+            // recorded (later changes replace the record only as it was last read; in cluster mode
+            // every node follows, and a create that then fails on its node removes the record).
             if record.status == catalog::StreamStatus::Creating {
                 record.status = catalog::StreamStatus::Active;
+                stream_catalog
+                    .save_api_record(&record)
+                    .await
+                    .map_err(|source| AppError::Catalog { stream: record.name.clone(), source })?;
             }
             if streams.contains_key(&record.name) {
                 tracing::warn!(stream = %record.name, "a YAML stream has the name of an API-created stream; the YAML one is used");
@@ -171,6 +194,16 @@ impl App {
             crate::control::resume_delete(control.clone(), ingest.clone(), name);
         }
         let (stop_intake, mut intake_rx) = watch::channel(false);
+        // Cluster mode: other nodes' API changes reach this node within a third of a lease.
+        if let Some(joined) = &membership {
+            let period = joined.store().lease_duration() / 3;
+            tokio::spawn(crate::control::follow::follow(
+                control.clone(),
+                ingest.clone(),
+                period,
+                stop_intake.subscribe(),
+            ));
+        }
         // Healthchecks run beside intake: `/ready` answers pending until their first round.
         tokio::spawn(health::run_healthchecks(
             lifecycle.clone(),
@@ -224,7 +257,11 @@ impl App {
     /// What applies `path` (the file this app started from, read with `overrides`) to the
     /// running streams on a reload; shutdown closes it.
     pub fn reloader(&mut self, path: PathBuf, overrides: crate::config::Overrides) -> Arc<Reloader> {
-        let reloader = Arc::new(Reloader::new(self.ingest.clone(), self.control.clone(), path, overrides));
+        let mut reloader = Reloader::new(self.ingest.clone(), self.control.clone(), path, overrides);
+        if let Some(membership) = &self.membership {
+            reloader = reloader.with_cluster(membership.store().clone());
+        }
+        let reloader = Arc::new(reloader);
         self.reloader = Some(reloader.clone());
         reloader
     }
@@ -278,6 +315,19 @@ impl App {
             None => Ok(()),
         }
     }
+}
+
+/// Cluster mode's catalog: refuses this node if its YAML streams differ from a live node's,
+/// then the shared catalog in the coordinator.
+async fn shared_catalog(
+    config: &Config,
+    membership: &Membership,
+    resolved: &crate::cluster::ResolvedCluster,
+) -> Result<Arc<dyn Catalog>, crate::cluster::ClusterError> {
+    let fingerprints =
+        config.streams.iter().map(|stream| (stream.name.clone(), catalog::fingerprint(stream))).collect();
+    crate::cluster::catalog::check_yaml_streams(membership.store(), &fingerprints).await?;
+    Ok(Arc::new(crate::cluster::catalog::PostgresCatalog::new(resolved)?))
 }
 
 fn endpoint_of(addr: SocketAddr, https: bool) -> String {

@@ -5,7 +5,10 @@
 //! once; a node killed with SIGKILL shows dead after its lease, one stopped with SIGTERM shows
 //! stopped; a shard source is refused in cluster mode; a coordinator that refuses, does not
 //! answer or rejects the user fails the start fast; a coordinator outage turns `/ready` false
-//! while Direct PUT keeps working, and the node recovers by itself.
+//! while Direct PUT keeps working, and the node recovers by itself. A stream created through the
+//! API on one node runs on every node (the shared catalog), follows updates and tags made through
+//! another, survives a restart of every node and is deleted through a third; a node whose YAML
+//! streams differ from a live node's is refused with the stream named.
 
 mod common;
 
@@ -281,4 +284,290 @@ async fn a_coordinator_outage_turns_ready_false_puts_keep_working_and_the_node_r
     assert_eq!(node.metric("spillway_cluster_coordinator_up").await, Some(1.0));
     assert!(node.log_text().contains("cluster coordinator reachable again"), "{}", node.log_text());
     assert_eq!(node.terminate(), 0);
+}
+
+/// A node's YAML with the Firehose API's streams delivering under `buckets/{bucket}` in `root`
+/// (shared by every node) besides the YAML stream.
+fn api_node_yaml(root: &Path) -> String {
+    let yaml = node_yaml(&root.join("shared-out"), "");
+    yaml.replacen(
+        "cluster:",
+        &format!("api_defaults:\n  s3:\n    url: 'file://{}/buckets/{{bucket}}'\ncluster:", root.display()),
+        1,
+    )
+}
+
+async fn describe(client: &aws_sdk_firehose::Client, name: &str) -> Result<(String, String, Option<String>), String> {
+    use aws_sdk_firehose::error::ProvideErrorMetadata;
+    match client.describe_delivery_stream().delivery_stream_name(name).send().await {
+        Ok(output) => {
+            let description = output.delivery_stream_description().expect("description");
+            let prefix = description
+                .destinations()
+                .first()
+                .and_then(|destination| destination.extended_s3_destination_description())
+                .and_then(|s3| s3.prefix())
+                .map(str::to_string);
+            Ok((
+                description.delivery_stream_status().as_str().to_string(),
+                description.version_id().to_string(),
+                prefix,
+            ))
+        }
+        Err(error) => Err(error.into_service_error().code().unwrap_or("unknown").to_string()),
+    }
+}
+
+/// Poll `describe` on `node` until `accept` holds (bounded by [`WAIT`]).
+async fn wait_describe(
+    node: &Spillway,
+    name: &str,
+    what: &str,
+    accept: impl Fn(&Result<(String, String, Option<String>), String>) -> bool,
+) {
+    let client = node.client().await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let answer = describe(&client, name).await;
+        if accept(&answer) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} on {}: still {answer:?}", node.endpoint);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn put_api_lines(node: &Spillway, stream: &str, lines: &[String]) {
+    let client = node.client().await;
+    for chunk in lines.chunks(100) {
+        let records: Vec<Record> = chunk
+            .iter()
+            .map(|line| Record::builder().data(Blob::new(line.as_bytes().to_vec())).build().unwrap())
+            .collect();
+        let output =
+            client.put_record_batch().delivery_stream_name(stream).set_records(Some(records)).send().await.unwrap();
+        assert_eq!(output.failed_put_count(), 0);
+    }
+}
+
+fn lines_under(folder: &Path) -> Vec<String> {
+    let mut lines: Vec<String> = local_objects(folder)
+        .into_iter()
+        .flat_map(|(_, body)| String::from_utf8(body).unwrap().lines().map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[tokio::test]
+#[ignore = "needs services: scripts/test.sh"]
+async fn an_api_stream_created_on_one_node_runs_on_every_node_survives_restarts_and_is_deleted_through_another() {
+    use aws_sdk_firehose::types::{
+        BufferingHints, ExtendedS3DestinationConfiguration, ExtendedS3DestinationUpdate, ProcessingConfiguration,
+        Processor, ProcessorType, Tag,
+    };
+    let coordinator = fresh_database().await;
+    let root = tempfile::tempdir().unwrap();
+    let yaml = api_node_yaml(root.path());
+    let dirs: Vec<_> = (0..3).map(|index| root.path().join(format!("node-{index}"))).collect();
+    let start_all = || dirs.iter().map(|dir| start_node(dir, &yaml, &coordinator)).collect::<Vec<Spillway>>();
+    let nodes = start_all();
+    for node in &nodes {
+        node.wait_ready().await;
+    }
+
+    let destination = ExtendedS3DestinationConfiguration::builder()
+        .role_arn("arn:aws:iam::000000000000:role/firehose")
+        .bucket_arn("arn:aws:s3:::shared")
+        .prefix("v1/")
+        .buffering_hints(BufferingHints::builder().size_in_mbs(1).interval_in_seconds(1).build())
+        .processing_configuration(
+            ProcessingConfiguration::builder()
+                .enabled(true)
+                .processors(Processor::builder().r#type(ProcessorType::AppendDelimiterToRecord).build().unwrap())
+                .build(),
+        )
+        .build()
+        .unwrap();
+    let first = nodes[0].client().await;
+    first
+        .create_delivery_stream()
+        .delivery_stream_name("orders")
+        .extended_s3_destination_configuration(destination)
+        .send()
+        .await
+        .expect("created through node 0");
+    // The name is taken cluster-wide at once, even on a node that does not run it yet.
+    let again = nodes[1]
+        .client()
+        .await
+        .create_delivery_stream()
+        .delivery_stream_name("orders")
+        .extended_s3_destination_configuration(
+            ExtendedS3DestinationConfiguration::builder()
+                .role_arn("arn:aws:iam::000000000000:role/firehose")
+                .bucket_arn("arn:aws:s3:::other")
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await;
+    let code = again.map(|_| String::new()).map_err(|error| {
+        use aws_sdk_firehose::error::ProvideErrorMetadata;
+        error.into_service_error().code().unwrap_or_default().to_string()
+    });
+    assert_eq!(code, Err("ResourceInUseException".to_string()), "a second create of the name through node 1");
+    for node in &nodes {
+        wait_describe(
+            node,
+            "orders",
+            "the stream running",
+            |answer| matches!(answer, Ok((status, _, _)) if status == "ACTIVE"),
+        )
+        .await;
+    }
+
+    // Fed through every node: each delivers what it accepted, once.
+    let bucket = root.path().join("buckets/shared");
+    let mut sent = Vec::new();
+    for (index, node) in nodes.iter().enumerate() {
+        let lines: Vec<String> = (0..200).map(|line| format!("{{\"via\":{index},\"n\":{line}}}")).collect();
+        put_api_lines(node, "orders", &lines).await;
+        sent.extend(lines);
+    }
+    sent.sort();
+    eventually(WAIT, "every record put through every node", || {
+        let lines = lines_under(&bucket);
+        (lines.len() >= sent.len()).then_some(())
+    })
+    .await;
+    assert_eq!(lines_under(&bucket), sent, "every record exactly once");
+
+    // Changed through node 1, tagged through node 2: every node follows.
+    let second = nodes[1].client().await;
+    second
+        .update_destination()
+        .delivery_stream_name("orders")
+        .current_delivery_stream_version_id("1")
+        .destination_id("destinationId-000000000001")
+        .extended_s3_destination_update(ExtendedS3DestinationUpdate::builder().prefix("v2/").build())
+        .send()
+        .await
+        .expect("updated through node 1");
+    nodes[2]
+        .client()
+        .await
+        .tag_delivery_stream()
+        .delivery_stream_name("orders")
+        .tags(Tag::builder().key("team").value("data").build().unwrap())
+        .send()
+        .await
+        .expect("tagged through node 2");
+    for node in &nodes {
+        wait_describe(
+            node,
+            "orders",
+            "the update",
+            |answer| matches!(answer, Ok((_, version, Some(prefix))) if version == "2" && prefix == "v2/"),
+        )
+        .await;
+        let client = node.client().await;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let tags = client.list_tags_for_delivery_stream().delivery_stream_name("orders").send().await.unwrap();
+            if tags.tags().iter().any(|tag| tag.key() == "team" && tag.value() == Some("data")) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the tag on {}: {:?}", node.endpoint, tags.tags());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // Every node restarted: the stream is still there on each, and still fed.
+    for node in nodes {
+        assert_eq!(node.terminate(), 0);
+    }
+    let nodes = start_all();
+    for node in &nodes {
+        node.wait_ready().await;
+        let answer = describe(&node.client().await, "orders").await;
+        assert!(matches!(&answer, Ok((status, version, _)) if status == "ACTIVE" && version == "2"), "{answer:?}");
+    }
+    let after: Vec<String> = (0..100).map(|line| format!("{{\"after_restart\":{line}}}")).collect();
+    put_api_lines(&nodes[2], "orders", &after).await;
+    sent.extend(after);
+    sent.sort();
+    eventually(WAIT, "the records put after the restart", || (lines_under(&bucket).len() >= sent.len()).then_some(()))
+        .await;
+
+    // Put through node 0, deleted through node 2: node 0 still delivers what it accepted.
+    let last: Vec<String> = (0..100).map(|line| format!("{{\"before_delete\":{line}}}")).collect();
+    put_api_lines(&nodes[0], "orders", &last).await;
+    sent.extend(last);
+    sent.sort();
+    nodes[2].client().await.delete_delivery_stream().delivery_stream_name("orders").send().await.expect("deleted");
+    for node in &nodes {
+        wait_describe(
+            node,
+            "orders",
+            "the delete",
+            |answer| matches!(answer, Err(code) if code == "ResourceNotFoundException"),
+        )
+        .await;
+    }
+    assert_eq!(lines_under(&bucket), sent, "every record exactly once, the last ones delivered before the delete");
+    let coordinator_db = pg::connect(&coordinator).await;
+    let rows: i64 = coordinator_db
+        .query_one("SELECT count(*) FROM spillway_streams WHERE origin = 'api'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "the catalog forgot the stream");
+    for node in nodes {
+        assert_eq!(node.terminate(), 0);
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs services: scripts/test.sh"]
+async fn a_node_whose_yaml_streams_differ_from_a_live_node_is_refused_naming_the_stream() {
+    let coordinator = fresh_database().await;
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("out");
+    let yaml = node_yaml(&out, "");
+    let first = start_node(&root.path().join("node-0"), &yaml, &coordinator);
+    first.wait_ready().await;
+    let first_id = node_id_of(&first).await;
+
+    let refused = |name: &str, yaml: &str| {
+        let dir = root.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("spillway.yaml"), yaml).unwrap();
+        let (code, _, stderr, _) =
+            run_spillway(&dir, &["run", "--config", "spillway.yaml"], &coordinator, Duration::from_secs(30));
+        assert_ne!(code, 0, "{name} started: {stderr}");
+        stderr
+    };
+    let changed = refused("changed", &yaml.replace("interval_seconds: 1", "interval_seconds: 2"));
+    assert!(
+        changed.contains(&format!(
+            "stream `app-logs` differs from the cluster's: live node {first_id} runs it with another configuration"
+        )),
+        "{changed}"
+    );
+    let extra = format!("{yaml}\x20 - name: extra\n\x20   sink: {{ type: s3, url: 'file://{}' }}\n", out.display());
+    let stderr = refused("extra", &extra);
+    assert!(
+        stderr.contains(&format!("stream `extra` differs from the cluster's: live node {first_id} does not run it")),
+        "{stderr}"
+    );
+    let states = cluster_states(&root.path().join("node-0"), &coordinator);
+    assert_eq!(states.values().filter(|state| *state == "alive").count(), 1, "refused nodes left: {states:?}");
+
+    // Once the node with the old file stops, the new file is the cluster's.
+    assert_eq!(first.terminate(), 0);
+    let changed_dir = root.path().join("changed");
+    let second = start_node(&changed_dir, &yaml.replace("interval_seconds: 1", "interval_seconds: 2"), &coordinator);
+    second.wait_ready().await;
+    assert_eq!(second.terminate(), 0);
 }

@@ -21,7 +21,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use spillway_sink_postgres::pool::Pool;
 use tokio::time::Instant;
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
@@ -30,6 +29,7 @@ use uuid::Uuid;
 use super::ClusterError;
 use super::balance::LeaseState;
 use super::config::ResolvedCluster;
+use super::coordinator::Coordinator;
 use crate::metrics::ClusterStats;
 
 /// A lease this node holds: its fencing epoch, and until when it may act on it without a newer
@@ -79,14 +79,12 @@ pub struct LeaseSpec {
 }
 
 pub struct LeaseStore {
-    pool: Pool,
+    coordinator: Coordinator,
     node_id: String,
     advertise: String,
     /// Tells this process from an earlier (or a concurrent) one with the same `node_id`.
     incarnation: String,
     lease: Duration,
-    /// Longest any one statement round may take; past it the coordinator counts as unreachable.
-    timeout: Duration,
     held: Mutex<BTreeMap<String, HeldLease>>,
     stats: Arc<ClusterStats>,
 }
@@ -95,16 +93,14 @@ impl LeaseStore {
     /// A store for this node (no connection is made yet).
     pub fn new(cluster: &ResolvedCluster, stats: Arc<ClusterStats>) -> Result<Self, ClusterError> {
         // Two connections: the heartbeat never waits behind a long claim.
-        let pool = Pool::new(cluster.coordinator.clone(), cluster.ca_file.as_deref(), 2)
-            .map_err(|error| ClusterError::Unreachable(super::error_chain(&error)))?;
+        let coordinator = Coordinator::new(cluster, 2)?;
         let lease = Duration::from_secs(cluster.lease_seconds);
         Ok(Self {
-            pool,
+            coordinator,
             node_id: cluster.node_id.clone(),
             advertise: cluster.advertise.clone(),
             incarnation: Uuid::new_v4().to_string(),
             lease,
-            timeout: lease.max(Duration::from_secs(2)),
             held: Mutex::new(BTreeMap::new()),
             stats,
         })
@@ -122,23 +118,12 @@ impl LeaseStore {
         self.lease.as_secs_f64()
     }
 
-    /// Run `operation` on a pooled client within [`Self::timeout`]. A client that saw a
-    /// connection-level error (or the timeout) is not reused.
-    async fn with_client<T>(
+    /// Run `operation` on a pooled client within the coordinator's bound.
+    pub(crate) async fn with_client<T>(
         &self,
         operation: impl AsyncFnOnce(&mut Client) -> Result<T, ClusterError>,
     ) -> Result<T, ClusterError> {
-        let work = async {
-            let mut pooled =
-                self.pool.get().await.map_err(|error| ClusterError::Unreachable(super::error_chain(&error)))?;
-            let result = operation(pooled.client()).await;
-            pooled.release(!matches!(result, Err(ClusterError::Unreachable(_))));
-            result
-        };
-        match tokio::time::timeout(self.timeout, work).await {
-            Ok(result) => result,
-            Err(_elapsed) => Err(ClusterError::Unreachable(format!("no answer within {} s", self.timeout.as_secs()))),
-        }
+        self.coordinator.with_client(operation).await
     }
 
     /// Create or migrate the schema (see [`super::schema`]).

@@ -16,7 +16,9 @@
 //! Without `cluster:` nothing here runs and no PostgreSQL is contacted.
 
 pub mod balance;
+pub mod catalog;
 pub mod config;
+pub mod coordinator;
 pub mod leases;
 pub mod schema;
 pub mod status;
@@ -65,6 +67,11 @@ pub enum ClusterError {
     Fenced { key: String, epoch: i64 },
     #[error("cluster: {0}")]
     Config(String),
+    #[error(
+        "stream `{stream}` differs from the cluster's: live node {node} {how}; every node's YAML streams must be \
+         the same (give this node the same streams, or stop the other nodes first)"
+    )]
+    YamlDiffers { stream: String, node: String, how: String },
 }
 
 impl From<tokio_postgres::Error> for ClusterError {

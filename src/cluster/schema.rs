@@ -49,6 +49,22 @@ const MIGRATIONS: &[&[&str]] = &[
         )",
         "CREATE INDEX spillway_leases_owner ON spillway_leases (owner)",
     ],
+    // 2: the shared stream catalog, and each node's YAML streams.
+    &[
+        // Every stream's catalog record (`StreamRecord` as JSON): API-created streams whole (their
+        // definition, tags, version), YAML streams only their version count and fingerprint. A
+        // YAML stream and an API stream may share a name (the YAML one runs), hence the key.
+        "CREATE TABLE spillway_streams (
+            origin text NOT NULL CHECK (origin IN ('yaml', 'api')),
+            name text NOT NULL,
+            record jsonb NOT NULL,
+            updated_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (origin, name)
+        )",
+        // The fingerprints of the YAML streams a node runs ({name: fingerprint}), compared at
+        // every start: a node whose file differs from a live node's is refused.
+        "ALTER TABLE spillway_nodes ADD COLUMN yaml_streams jsonb",
+    ],
 ];
 
 /// The schema version this binary writes and understands.

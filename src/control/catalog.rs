@@ -2,7 +2,8 @@
 //! configuration — where its definition comes from (YAML or the API), its Firehose status,
 //! `VersionId`, creation and update times, tags and the recorded encryption status — and where
 //! that is kept: behind the [`Catalog`] trait, so the app picks the store (a folder under
-//! `data_dir` today, [`FolderCatalog`]; PostgreSQL in cluster mode later).
+//! `data_dir`, [`FolderCatalog`]; PostgreSQL in cluster mode, `crate::cluster::catalog`, which
+//! every node reads so that each runs every API-created stream).
 //!
 //! [`FolderCatalog`] keeps:
 //! - API-created streams: `data_dir/api-streams/<name>.json`, the whole record including the
@@ -31,6 +32,8 @@ pub enum CatalogError {
     Parse { path: PathBuf, source: serde_json::Error },
     #[error("a stream catalog task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("the shared stream catalog: {0}")]
+    Coordinator(String),
 }
 
 /// Where stream records are kept. Records of API-created streams are the streams' definitions
@@ -43,10 +46,22 @@ pub trait Catalog: Send + Sync {
     async fn load_yaml_record(&self, name: &str, fingerprint: &str, now_ms: i64) -> Result<StreamRecord, CatalogError>;
     /// Every API-created stream's record, in name order.
     async fn load_api_records(&self) -> Result<Vec<StreamRecord>, CatalogError>;
+    /// Store a new API-created stream's record; `false` (nothing written) when a record of that
+    /// name exists already (in cluster mode, another node may have created it a moment ago).
+    async fn insert_api_record(&self, record: &StreamRecord) -> Result<bool, CatalogError>;
     /// Store an API-created stream's record, replacing the one it had.
     async fn save_api_record(&self, record: &StreamRecord) -> Result<(), CatalogError>;
-    /// Forget an API-created stream; a name with no record is not an error.
-    async fn remove_api_record(&self, name: &str) -> Result<(), CatalogError>;
+    /// Replace an API-created stream's record only if the stored one is still `current`; `false`
+    /// (nothing written) when it changed meanwhile (another node's change, in cluster mode).
+    async fn replace_api_record(&self, current: &StreamRecord, new: &StreamRecord) -> Result<bool, CatalogError>;
+    /// Whether other processes change this catalog too (cluster mode): the control plane then
+    /// catches up with it before each change.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Forget an API-created stream — this incarnation of it (same creation time), never a
+    /// stream created again under the name meanwhile; a record missing is not an error.
+    async fn remove_api_record(&self, record: &StreamRecord) -> Result<(), CatalogError>;
 }
 
 /// The catalog in files under `data_dir` (see the module header for the layout).
@@ -94,9 +109,37 @@ impl Catalog for FolderCatalog {
         Self::blocking(move || write_record(&path, &record)).await
     }
 
-    async fn remove_api_record(&self, name: &str) -> Result<(), CatalogError> {
-        let path = self.api_record_path(name);
-        Self::blocking(move || remove_record(&path)).await
+    async fn insert_api_record(&self, record: &StreamRecord) -> Result<bool, CatalogError> {
+        let (path, record) = (self.api_record_path(&record.name), record.clone());
+        Self::blocking(move || {
+            if read_record(&path)?.is_some() {
+                return Ok(false);
+            }
+            write_record(&path, &record)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn replace_api_record(&self, current: &StreamRecord, new: &StreamRecord) -> Result<bool, CatalogError> {
+        let (path, current, new) = (self.api_record_path(&new.name), current.clone(), new.clone());
+        Self::blocking(move || {
+            if read_record(&path)?.as_ref() != Some(&current) {
+                return Ok(false);
+            }
+            write_record(&path, &new)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn remove_api_record(&self, record: &StreamRecord) -> Result<(), CatalogError> {
+        let (path, created) = (self.api_record_path(&record.name), record.create_timestamp_ms);
+        Self::blocking(move || match read_record(&path)? {
+            Some(stored) if stored.create_timestamp_ms != created => Ok(()),
+            _ => remove_record(&path),
+        })
+        .await
     }
 }
 
@@ -213,8 +256,19 @@ mod tests {
         let loaded = catalog.load_api_records().await.expect("loaded");
         assert_eq!(loaded.iter().map(|record| record.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(loaded[0].tags.get("team").map(String::as_str), Some("data"));
-        catalog.remove_api_record("a").await.expect("removed");
-        catalog.remove_api_record("a").await.expect("removing twice is fine");
+        let mut tagged = loaded[0].clone();
+        tagged.tags.insert("env".into(), "prod".into());
+        assert!(catalog.replace_api_record(&loaded[0], &tagged).await.expect("replace"));
+        assert!(!catalog.replace_api_record(&loaded[0], &tagged).await.expect("replace"), "stale: refused");
+        let loaded = catalog.load_api_records().await.expect("loaded");
+        assert_eq!(loaded[0], tagged);
+        let newer = StreamRecord::new("a", StreamOrigin::Api, 9);
+        assert!(!catalog.insert_api_record(&newer).await.expect("insert"), "a exists");
+        catalog.remove_api_record(&newer).await.expect("another incarnation: nothing removed");
+        assert_eq!(catalog.load_api_records().await.expect("loaded").len(), 2);
+        catalog.remove_api_record(&loaded[0]).await.expect("removed");
+        catalog.remove_api_record(&loaded[0]).await.expect("removing twice is fine");
         assert_eq!(catalog.load_api_records().await.expect("loaded").len(), 1);
+        assert!(catalog.insert_api_record(&newer).await.expect("insert"), "a is free again");
     }
 }

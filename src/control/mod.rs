@@ -6,7 +6,8 @@
 //! [`destinations`] lists the destination types the API creates, each with the module that turns
 //! its shapes into a `StreamConfig` ([`s3_destination`]); [`processors`] renders a stream's
 //! processing back into Firehose's `ProcessingConfiguration`; [`catalog`]
-//! keeps each stream's record behind the [`catalog::Catalog`] trait. The app builds [`Control`]
+//! keeps each stream's record behind the [`catalog::Catalog`] trait; in cluster mode [`follow`]
+//! applies other nodes' changes of the shared catalog here. The app builds [`Control`]
 //! (the stream lifecycle and the catalog) and plugs it into the Firehose endpoint as its
 //! [`ControlPlane`] port, so the data plane never imports this module.
 //!
@@ -28,6 +29,7 @@
 
 pub mod catalog;
 pub mod destinations;
+pub mod follow;
 pub mod processors;
 pub mod s3_destination;
 
@@ -99,6 +101,12 @@ impl ControlPlane for Control {
 impl Control {
     async fn change(&self, ingest: &Arc<Ingest>, operation: &str, body: &[u8]) -> Result<Response, ApiError> {
         let _one_at_a_time = self.lifecycle.control.lock().await;
+        // Cluster mode: start from the catalog as it is now, not as this node last followed it.
+        if self.catalog.shared()
+            && let Err(error) = follow::sync(self, ingest).await
+        {
+            return Err(ApiError::internal(format!("cannot read the shared stream catalog: {error}")));
+        }
         match operation {
             "CreateDeliveryStream" => create(self, ingest, body).await,
             "DeleteDeliveryStream" => delete(self, ingest, body).await,
@@ -111,8 +119,21 @@ impl Control {
         }
     }
 
-    async fn save(&self, record: &StreamRecord) -> Result<(), ApiError> {
-        self.catalog.save_api_record(record).await.map_err(|error| ApiError::internal(error.to_string()))
+    /// Replace `current` (the record this change started from) by `new` in the catalog, or
+    /// `ConcurrentModificationException` if it changed meanwhile (through another node).
+    async fn save(&self, current: &StreamRecord, new: &StreamRecord) -> Result<(), ApiError> {
+        let replaced = self
+            .catalog
+            .replace_api_record(current, new)
+            .await
+            .map_err(|error| ApiError::internal(error.to_string()))?;
+        if !replaced {
+            return Err(ApiError::concurrent_modification(format!(
+                "Firehose {} was changed through another node meanwhile; describe it and try again",
+                new.name
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -296,18 +317,27 @@ async fn create(control: &Control, ingest: &Arc<Ingest>, body: &[u8]) -> Result<
     record.encryption = encryption.unwrap_or_default();
     record.destination = Some(destination);
     record.destination_type = Some(kind.name.to_string());
-    // Described as CREATING until the build below is done.
+    // Described as CREATING until the build below is done. Inserted, not saved: in cluster mode
+    // another node may have created the name a moment ago and not be running it here yet.
     record.status = StreamStatus::Creating;
-    control.save(&record).await?;
+    let inserted =
+        control.catalog.insert_api_record(&record).await.map_err(|error| ApiError::internal(error.to_string()))?;
+    if !inserted {
+        return Err(ApiError::resource_in_use(format!(
+            "Firehose {name} under account {} already exists.",
+            ingest.config.server.account_id
+        )));
+    }
     let mut started = match control.lifecycle.start(&stream_config, record.clone()).await {
         Ok(started) => started,
         Err(error) => {
-            let _ = control.catalog.remove_api_record(&name).await;
+            let _ = control.catalog.remove_api_record(&record).await;
             return Err(ApiError::invalid_argument(format!("cannot create {name}: {error}")));
         }
     };
+    let creating = record.clone();
     record.status = StreamStatus::Active;
-    control.save(&record).await?;
+    control.save(&creating, &record).await?;
     started.record = Arc::new(record.clone());
     ingest.put_stream(&name, started);
     tracing::info!(stream = %name, "delivery stream created through the api");
@@ -540,7 +570,7 @@ async fn update_destination(control: &Control, ingest: &Arc<Ingest>, body: &[u8]
         destination: Some(merged),
         ..StreamRecord::clone(&stream.record)
     };
-    control.save(&record).await?;
+    control.save(&stream.record, &record).await?;
     // The old loop delivers what it holds under the old destination; the new one takes over.
     let restarted = control
         .lifecycle
@@ -566,20 +596,27 @@ async fn delete(control: &Control, ingest: &Arc<Ingest>, body: &[u8]) -> Result<
         return Ok(ok_json(json!({})));
     }
     let record = StreamRecord { status: StreamStatus::Deleting, ..StreamRecord::clone(&stream.record) };
-    control.save(&record).await?;
+    control.save(&stream.record, &record).await?;
     ingest.update_record(&name, record);
-    spawn_delete(control.clone(), ingest.clone(), name, if force { StopMode::Abort } else { StopMode::Drain });
+    spawn_delete(control.clone(), ingest.clone(), name, if force { StopMode::Abort } else { StopMode::Drain }, true);
     Ok(ok_json(json!({})))
 }
 
 /// Finish a delete that a restart interrupted (the catalog says `DELETING`).
 pub fn resume_delete(control: Control, ingest: Arc<Ingest>, name: String) {
-    spawn_delete(control, ingest, name, StopMode::Drain);
+    spawn_delete(control, ingest, name, StopMode::Drain, true);
 }
 
-fn spawn_delete(control: Control, ingest: Arc<Ingest>, name: String, mode: StopMode) {
+/// Delete a stream here because another node deleted it (cluster mode): deliver what this node
+/// accepted for it, remove its files; the catalog record is the deleting node's to remove.
+pub fn follow_delete(control: Control, ingest: Arc<Ingest>, name: String) {
+    spawn_delete(control, ingest, name, StopMode::Drain, false);
+}
+
+/// `forget_record`: remove the catalog record once done (the node that was asked to delete).
+fn spawn_delete(control: Control, ingest: Arc<Ingest>, name: String, mode: StopMode, forget_record: bool) {
     tokio::spawn(async move {
-        if let Err(error) = finish_delete(&control, &ingest, &name, mode).await {
+        if let Err(error) = finish_delete(&control, &ingest, &name, mode, forget_record).await {
             tracing::error!(stream = %name, %error, "delete did not finish; the stream stays DELETING and is retried at the next start");
         }
     });
@@ -601,8 +638,15 @@ enum DeleteError {
     OutsideOwnFolder(String),
 }
 
-async fn finish_delete(control: &Control, ingest: &Arc<Ingest>, name: &str, mode: StopMode) -> Result<(), DeleteError> {
+async fn finish_delete(
+    control: &Control,
+    ingest: &Arc<Ingest>,
+    name: &str,
+    mode: StopMode,
+    forget_record: bool,
+) -> Result<(), DeleteError> {
     let (lifecycle, catalog) = (&control.lifecycle, &control.catalog);
+    let record = ingest.stream(name).map(|stream| StreamRecord::clone(&stream.record));
     let removed = lifecycle.remove(name, mode).await?;
     let _one_at_a_time = lifecycle.control.lock().await;
     let data_dir = ingest.config.data_dir.clone();
@@ -634,7 +678,9 @@ async fn finish_delete(control: &Control, ingest: &Arc<Ingest>, name: &str, mode
         Ok(())
     })
     .await??;
-    catalog.remove_api_record(name).await?;
+    if forget_record && let Some(record) = &record {
+        catalog.remove_api_record(record).await?;
+    }
     if kept {
         tracing::warn!(
             stream = %name,
@@ -686,7 +732,7 @@ async fn tag(control: &Control, ingest: &Arc<Ingest>, body: &[u8]) -> Result<Res
             record.tags.len()
         )));
     }
-    control.save(&record).await?;
+    control.save(&stream.record, &record).await?;
     ingest.update_record(&name, record);
     Ok(ok_json(json!({})))
 }
@@ -712,7 +758,7 @@ async fn untag(control: &Control, ingest: &Arc<Ingest>, body: &[u8]) -> Result<R
     for key in keys.unwrap_or_default() {
         record.tags.remove(&key);
     }
-    control.save(&record).await?;
+    control.save(&stream.record, &record).await?;
     ingest.update_record(&name, record);
     Ok(ok_json(json!({})))
 }
@@ -744,7 +790,7 @@ async fn set_encryption(
     // Recorded only: spillway's WAL is not encrypted (out of scope); ENABLING / DISABLING are
     // passed through at once.
     let record = StreamRecord { encryption, ..StreamRecord::clone(&stream.record) };
-    control.save(&record).await?;
+    control.save(&stream.record, &record).await?;
     ingest.update_record(&name, record);
     Ok(ok_json(json!({})))
 }

@@ -68,6 +68,8 @@ pub struct Reloader {
     overrides: Overrides,
     one_at_a_time: tokio::sync::Mutex<()>,
     closed: AtomicBool,
+    /// Cluster mode: where this node's YAML streams are published after a reload changes them.
+    cluster: Option<Arc<crate::cluster::LeaseStore>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +91,14 @@ impl Reloader {
             overrides,
             one_at_a_time: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
+            cluster: None,
         }
+    }
+
+    /// Cluster mode: publish the node's YAML streams after each reload that changes them.
+    pub fn with_cluster(mut self, store: Arc<crate::cluster::LeaseStore>) -> Self {
+        self.cluster = Some(store);
+        self
     }
 
     /// No reload starts after this; waits (until `deadline`) for one under way to finish, so
@@ -118,6 +127,7 @@ impl Reloader {
             ReloadOutcome::Applied(applied) => {
                 self.ingest.metrics.note_config_reload(true, now_seconds);
                 log_applied(applied);
+                self.publish_yaml_streams(applied).await;
             }
             ReloadOutcome::Rejected(problems) => {
                 self.ingest.metrics.note_config_reload(false, now_seconds);
@@ -206,6 +216,21 @@ impl Reloader {
             }
         }
         ReloadOutcome::Applied(applied)
+    }
+
+    /// Cluster mode: record the YAML streams as they run now, so a node starting next is
+    /// compared with them. Not compared here: during a rolling reload the nodes differ for a
+    /// moment, and refusing the reload would keep them apart.
+    async fn publish_yaml_streams(&self, applied: &Applied) {
+        let Some(store) = &self.cluster else { return };
+        if applied.added.is_empty() && applied.changed.is_empty() && applied.removed.is_empty() {
+            return;
+        }
+        let (yaml, _) = self.running_streams();
+        let fingerprints = yaml.iter().map(|(name, stream)| (name.clone(), catalog::fingerprint(stream))).collect();
+        if let Err(error) = crate::cluster::catalog::publish_yaml_streams(store, &fingerprints).await {
+            tracing::warn!(%error, "cannot record this node's new YAML streams in the cluster; a node starting with them may be refused until it is");
+        }
     }
 
     /// The YAML streams as they run now, and the names of the API-created ones.
