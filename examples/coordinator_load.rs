@@ -88,18 +88,25 @@ async fn run(url: &str) -> Result<(), Error> {
     }
     let mut held = 0;
     for leases in [100usize, 1_000, 10_000] {
-        let specs: Vec<LeaseSpec> =
-            (held..leases).map(|shard| LeaseSpec { key: format!("kinesis:bench:{shard:05}"), parents: vec![] }).collect();
+        let specs: Vec<LeaseSpec> = (held..leases)
+            .map(|shard| LeaseSpec { key: format!("kinesis:bench:{shard:05}"), parents: vec![] })
+            .collect();
         first.ensure_leases(&specs).await?;
         let keys: Vec<String> = specs.iter().map(|spec| spec.key.clone()).collect();
         let claimed = first.claim(&keys, keys.len()).await?;
         held += claimed.len();
         assert_eq!(held, leases, "claimed every lease");
-        row(&format!("renew_all, {leases} leases held"), timed(30, || async { Ok(first.renew_all().await.map(drop)?) }).await?);
+        row(
+            &format!("renew_all, {leases} leases held"),
+            timed(30, || async { Ok(first.renew_all().await.map(drop)?) }).await?,
+        );
         row(&format!("scan, {leases} leases"), timed(30, || async { Ok(first.scan().await.map(drop)?) }).await?);
     }
     row("heartbeat", timed(30, || async { Ok(first.heartbeat().await?) }).await?);
-    row("catalog poll, 100 API streams", timed(30, || async { Ok(catalog.load_api_records().await.map(drop)?) }).await?);
+    row(
+        "catalog poll, 100 API streams",
+        timed(30, || async { Ok(catalog.load_api_records().await.map(drop)?) }).await?,
+    );
     first.deregister().await?;
 
     // 40 nodes × 250 leases each: the same 10,000 leases, handed out.

@@ -8,7 +8,9 @@
 //! while Direct PUT keeps working, and the node recovers by itself. A stream created through the
 //! API on one node runs on every node (the shared catalog), follows updates and tags made through
 //! another, survives a restart of every node and is deleted through a third; a node whose YAML
-//! streams differ from a live node's is refused with the stream named.
+//! streams differ from a live node's is refused with the stream named. During a coordinator
+//! outage two nodes keep delivering an API stream fed through both, a create is refused as
+//! `ServiceUnavailableException`, and both catch up when it returns.
 
 mod common;
 
@@ -570,4 +572,101 @@ async fn a_node_whose_yaml_streams_differ_from_a_live_node_is_refused_naming_the
     let second = start_node(&changed_dir, &yaml.replace("interval_seconds: 1", "interval_seconds: 2"), &coordinator);
     second.wait_ready().await;
     assert_eq!(second.terminate(), 0);
+}
+
+#[tokio::test]
+#[ignore = "needs services: scripts/test.sh"]
+async fn during_a_coordinator_outage_streams_keep_delivering_api_changes_are_refused_and_both_nodes_catch_up() {
+    use aws_sdk_firehose::error::ProvideErrorMetadata;
+    use aws_sdk_firehose::types::{
+        BufferingHints, ExtendedS3DestinationConfiguration, ProcessingConfiguration, Processor, ProcessorType,
+    };
+    let server = OwnPostgres::start();
+    let coordinator = server.url("postgres");
+    let root = tempfile::tempdir().unwrap();
+    let yaml = api_node_yaml(root.path());
+    let nodes: Vec<Spillway> =
+        (0..2).map(|index| start_node(&root.path().join(format!("node-{index}")), &yaml, &coordinator)).collect();
+    for node in &nodes {
+        node.wait_ready().await;
+    }
+    let destination = |bucket: &str| {
+        ExtendedS3DestinationConfiguration::builder()
+            .role_arn("arn:aws:iam::000000000000:role/firehose")
+            .bucket_arn(format!("arn:aws:s3:::{bucket}"))
+            .buffering_hints(BufferingHints::builder().size_in_mbs(1).interval_in_seconds(1).build())
+            .processing_configuration(
+                ProcessingConfiguration::builder()
+                    .enabled(true)
+                    .processors(Processor::builder().r#type(ProcessorType::AppendDelimiterToRecord).build().unwrap())
+                    .build(),
+            )
+            .build()
+            .unwrap()
+    };
+    let create = async |node: &Spillway, name: &str| {
+        node.client()
+            .await
+            .create_delivery_stream()
+            .delivery_stream_name(name)
+            .extended_s3_destination_configuration(destination(name))
+            .send()
+            .await
+            .map(drop)
+            .map_err(|error| {
+                let error = error.into_service_error();
+                (error.code().unwrap_or_default().to_string(), error.message().unwrap_or_default().to_string())
+            })
+    };
+    create(&nodes[0], "before").await.expect("created before the outage");
+    wait_describe(
+        &nodes[1],
+        "before",
+        "the stream on node 1",
+        |answer| matches!(answer, Ok((status, _, _)) if status == "ACTIVE"),
+    )
+    .await;
+
+    server.stop();
+    for node in &nodes {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while reqwest::get(format!("{}/ready", node.endpoint)).await.unwrap().status() != 503 {
+            assert!(Instant::now() < deadline, "/ready of {} with the coordinator down", node.endpoint);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // Streams run as they are: the API stream is fed through both nodes and delivered.
+    let mut sent = Vec::new();
+    for (index, node) in nodes.iter().enumerate() {
+        let lines: Vec<String> = (0..100).map(|line| format!("{{\"outage_via\":{index},\"n\":{line}}}")).collect();
+        put_api_lines(node, "before", &lines).await;
+        sent.extend(lines);
+    }
+    sent.sort();
+    let bucket = root.path().join("buckets/before");
+    eventually(WAIT, "the puts made during the outage", || (lines_under(&bucket).len() >= sent.len()).then_some(()))
+        .await;
+    assert_eq!(lines_under(&bucket), sent);
+    // A change needs the catalog: refused as an outage the client may retry, with the reason.
+    let (code, message) = create(&nodes[1], "during").await.expect_err("no catalog, no create");
+    assert_eq!(code, "ServiceUnavailableException", "{message}");
+    assert!(message.contains("cluster coordinator unreachable"), "{message}");
+
+    server.start_again();
+    for node in &nodes {
+        node.wait_ready().await;
+    }
+    create(&nodes[1], "after").await.expect("created once the coordinator is back");
+    wait_describe(
+        &nodes[0],
+        "after",
+        "the stream created after the outage",
+        |answer| matches!(answer, Ok((status, _, _)) if status == "ACTIVE"),
+    )
+    .await;
+    let (code, _) = create(&nodes[0], "during").await.map(|()| (String::new(), String::new())).unwrap_or_else(|e| e);
+    assert_eq!(code, "", "the name refused during the outage is free");
+    for node in nodes {
+        assert_eq!(node.terminate(), 0);
+    }
 }

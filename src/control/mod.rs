@@ -102,10 +102,8 @@ impl Control {
     async fn change(&self, ingest: &Arc<Ingest>, operation: &str, body: &[u8]) -> Result<Response, ApiError> {
         let _one_at_a_time = self.lifecycle.control.lock().await;
         // Cluster mode: start from the catalog as it is now, not as this node last followed it.
-        if self.catalog.shared()
-            && let Err(error) = follow::sync(self, ingest).await
-        {
-            return Err(ApiError::internal(format!("cannot read the shared stream catalog: {error}")));
+        if self.catalog.shared() {
+            follow::sync(self, ingest).await.map_err(catalog_error)?;
         }
         match operation {
             "CreateDeliveryStream" => create(self, ingest, body).await,
@@ -122,11 +120,7 @@ impl Control {
     /// Replace `current` (the record this change started from) by `new` in the catalog, or
     /// `ConcurrentModificationException` if it changed meanwhile (through another node).
     async fn save(&self, current: &StreamRecord, new: &StreamRecord) -> Result<(), ApiError> {
-        let replaced = self
-            .catalog
-            .replace_api_record(current, new)
-            .await
-            .map_err(|error| ApiError::internal(error.to_string()))?;
+        let replaced = self.catalog.replace_api_record(current, new).await.map_err(catalog_error)?;
         if !replaced {
             return Err(ApiError::concurrent_modification(format!(
                 "Firehose {} was changed through another node meanwhile; describe it and try again",
@@ -134,6 +128,14 @@ impl Control {
             )));
         }
         Ok(())
+    }
+}
+
+/// A catalog that cannot be reached is an outage the client retries; anything else is ours.
+fn catalog_error(error: catalog::CatalogError) -> ApiError {
+    match error {
+        catalog::CatalogError::Coordinator(_) => ApiError::service_unavailable(error.to_string()),
+        other => ApiError::internal(other.to_string()),
     }
 }
 
@@ -320,8 +322,7 @@ async fn create(control: &Control, ingest: &Arc<Ingest>, body: &[u8]) -> Result<
     // Described as CREATING until the build below is done. Inserted, not saved: in cluster mode
     // another node may have created the name a moment ago and not be running it here yet.
     record.status = StreamStatus::Creating;
-    let inserted =
-        control.catalog.insert_api_record(&record).await.map_err(|error| ApiError::internal(error.to_string()))?;
+    let inserted = control.catalog.insert_api_record(&record).await.map_err(catalog_error)?;
     if !inserted {
         return Err(ApiError::resource_in_use(format!(
             "Firehose {name} under account {} already exists.",

@@ -57,6 +57,10 @@ impl ApiError {
     pub(crate) fn limit_exceeded(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "LimitExceededException", message)
     }
+    /// An outage the client should retry (SDKs retry `ServiceUnavailableException`).
+    pub(crate) fn service_unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableException", message)
+    }
     pub(crate) fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", message)
     }
