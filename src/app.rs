@@ -72,6 +72,9 @@ pub struct App {
     readiness: Arc<Readiness>,
     /// Cluster mode: this node's membership (heartbeat, leases); left on shutdown.
     membership: Option<Membership>,
+    /// Cluster mode: the task applying other nodes' catalog changes; awaited on shutdown, so it
+    /// never starts a stream the shutdown would not stop.
+    follower: Option<JoinHandle<()>>,
     /// Released when the app is dropped (after shutdown) or the process dies.
     _data_dir_lock: DataDirLock,
 }
@@ -156,11 +159,16 @@ impl App {
             .await
             .map_err(|source| AppError::Catalog { stream: String::new(), source })?;
         let mut deleting = Vec::new();
+        let cluster_mode = membership.is_some();
         for mut record in api_records {
-            // A create interrupted by a crash: the stream builds now, so it is active, and so
-            // recorded (later changes replace the record only as it was last read; in cluster mode
-            // every node follows, and a create that then fails on its node removes the record).
             if record.status == catalog::StreamStatus::Creating {
+                // Cluster mode: another node may be building it right now; the follower starts it
+                // once it is active (and promotes it if its creator died in the middle).
+                if cluster_mode {
+                    continue;
+                }
+                // A create interrupted by a crash: the stream builds now, so it is active, and so
+                // recorded (later changes replace the record only as it was last read).
                 record.status = catalog::StreamStatus::Active;
                 stream_catalog
                     .save_api_record(&record)
@@ -171,14 +179,26 @@ impl App {
                 tracing::warn!(stream = %record.name, "a YAML stream has the name of an API-created stream; the YAML one is used");
                 continue;
             }
-            let stream_config = crate::control::stream_config_for(&config, &record)
-                .map_err(|message| AppError::Processing { stream: record.name.clone(), message })?;
-            if record.status == catalog::StreamStatus::Deleting {
-                deleting.push(record.name.clone());
-            }
             let name = record.name.clone();
-            let ingest = lifecycle.start(&stream_config, record).await?;
-            streams.insert(name, ingest);
+            let is_deleting = record.status == catalog::StreamStatus::Deleting;
+            let started = match crate::control::stream_config_for(&config, &record) {
+                Ok(stream_config) => lifecycle.start(&stream_config, record).await.map_err(AppError::from),
+                Err(message) => Err(AppError::Processing { stream: name.clone(), message }),
+            };
+            match started {
+                Ok(ingest) => {
+                    if is_deleting {
+                        deleting.push(name.clone());
+                    }
+                    streams.insert(name, ingest);
+                }
+                // One node that cannot run a stream the others run (a sink type left out of its
+                // build, say) still serves the rest.
+                Err(error) if cluster_mode => {
+                    tracing::error!(stream = %name, %error, "a stream of the shared catalog cannot run on this node");
+                }
+                Err(error) => return Err(error),
+            }
         }
 
         let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
@@ -195,15 +215,15 @@ impl App {
         }
         let (stop_intake, mut intake_rx) = watch::channel(false);
         // Cluster mode: other nodes' API changes reach this node within a third of a lease.
-        if let Some(joined) = &membership {
+        let follower = membership.as_ref().map(|joined| {
             let period = joined.store().lease_duration() / 3;
             tokio::spawn(crate::control::follow::follow(
                 control.clone(),
                 ingest.clone(),
                 period,
                 stop_intake.subscribe(),
-            ));
-        }
+            ))
+        });
         // Healthchecks run beside intake: `/ready` answers pending until their first round.
         tokio::spawn(health::run_healthchecks(
             lifecycle.clone(),
@@ -241,6 +261,7 @@ impl App {
             grace,
             readiness,
             membership,
+            follower,
             _data_dir_lock: data_dir_lock,
         })
     }
@@ -292,6 +313,11 @@ impl App {
         let deadline = tokio::time::Instant::now() + self.grace;
         if let Some(reloader) = &self.reloader {
             reloader.close(deadline).await;
+        }
+        if let Some(follower) = self.follower
+            && tokio::time::timeout_at(deadline, follower).await.is_err()
+        {
+            tracing::warn!("applying a change of the shared stream catalog is still under way at shutdown");
         }
         self.lifecycle.stop_readers(deadline).await;
         // Connections that never finish (a client that stalls its headers, idle keep-alives) must

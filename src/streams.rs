@@ -171,6 +171,10 @@ impl Lifecycle {
         {
             return Err(StreamError::Refused { stream: name, message });
         }
+        // Two delivery loops on one WAL would deliver its records twice.
+        if self.running().contains_key(&name) {
+            return Err(StreamError::Refused { stream: name, message: "it runs already".to_string() });
+        }
         let opened = {
             let (dir, options) = (self.stream_dir(&name), self.wal_options(config));
             let numbering = numbering(&self.env.data_dir, &name);

@@ -268,3 +268,71 @@ async fn a_node_id_held_by_a_live_process_is_refused_and_a_dead_ones_is_taken() 
     assert!(started.elapsed() < Duration::from_secs(4));
     assert!(matches!(first.heartbeat().await, Err(ClusterError::Replaced { .. })));
 }
+
+/// The shared stream catalog on real PostgreSQL, as two nodes see it.
+#[tokio::test]
+#[ignore = "needs services: scripts/test.sh"]
+async fn the_shared_catalog_takes_a_name_once_replaces_only_what_was_read_and_skips_an_unreadable_record() {
+    use spillway::cluster::catalog::PostgresCatalog;
+    use spillway::control::catalog::{Catalog, CatalogError, StreamOrigin, StreamRecord};
+    let url = fresh_database().await;
+    let (first_node, _) = joined(&url, "node-a", 5).await;
+    let catalog = |node: &str| {
+        PostgresCatalog::new(&ResolvedCluster {
+            coordinator: url.parse().unwrap(),
+            ca_file: None,
+            node_id: node.to_string(),
+            advertise: format!("{node}.test:4573"),
+            lease_seconds: 5,
+        })
+        .unwrap()
+    };
+    let (a, b) = (catalog("node-a"), catalog("node-b"));
+
+    let mut record = StreamRecord::new("orders", StreamOrigin::Api, 1_000);
+    record.destination =
+        Some(serde_json::json!({ "BucketARN": "arn:aws:s3:::x", "BufferingHints": { "SizeInMBs": 5 } }));
+    assert!(a.insert_api_record(&record).await.unwrap());
+    let again = StreamRecord::new("orders", StreamOrigin::Api, 2_000);
+    assert!(!b.insert_api_record(&again).await.unwrap(), "the name is taken for every node");
+
+    // Both read version 1; b changes it first; a's change of what it read is refused.
+    let read_by_a = a.load_api_records().await.unwrap().remove(0);
+    assert_eq!(read_by_a, record, "read back as written (numbers, nested objects)");
+    let mut tagged = record.clone();
+    tagged.tags.insert("team".into(), "data".into());
+    assert!(b.replace_api_record(&record, &tagged).await.unwrap());
+    let updated = StreamRecord { version_id: 2, ..read_by_a.clone() };
+    assert!(!a.replace_api_record(&read_by_a, &updated).await.unwrap(), "a lost update is refused");
+    assert_eq!(a.load_api_records().await.unwrap(), vec![tagged.clone()]);
+
+    // Removing by incarnation: an older record's removal leaves a newer one of the name alone.
+    a.remove_api_record(&again).await.unwrap();
+    assert_eq!(a.load_api_records().await.unwrap().len(), 1);
+
+    // A record the server refuses (a NUL character, which jsonb cannot hold) is refused data,
+    // not an outage.
+    let mut refused = StreamRecord::new("nul", StreamOrigin::Api, 3_000);
+    refused.destination = Some(serde_json::json!({ "Prefix": "a\u{0}b" }));
+    let error = a.insert_api_record(&refused).await.unwrap_err();
+    assert!(matches!(error, CatalogError::Rejected(_)), "{error}");
+
+    // A record this spillway cannot read is skipped, the others still load.
+    let admin = pg::connect(&url).await;
+    admin
+        .execute(
+            "INSERT INTO spillway_streams (origin, name, record) VALUES ('api', 'broken', '{\"name\": 7}'::jsonb)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let loaded = b.load_api_records().await.unwrap();
+    assert_eq!(loaded.iter().map(|record| record.name.as_str()).collect::<Vec<_>>(), ["orders"]);
+
+    // YAML records count versions once for the cluster.
+    let first = a.load_yaml_record("logs", "f1", 10).await.unwrap();
+    assert_eq!(b.load_yaml_record("logs", "f1", 20).await.unwrap(), first);
+    assert_eq!(b.load_yaml_record("logs", "f2", 30).await.unwrap().version_id, 2);
+    assert_eq!(a.load_yaml_record("logs", "f2", 40).await.unwrap().version_id, 2);
+    first_node.deregister().await.unwrap();
+}

@@ -31,7 +31,10 @@ impl PostgresCatalog {
         &self,
         operation: impl AsyncFnOnce(&mut Client) -> Result<T, ClusterError>,
     ) -> Result<T, CatalogError> {
-        self.coordinator.with_client(operation).await.map_err(|error| CatalogError::Coordinator(error.to_string()))
+        self.coordinator.with_client(operation).await.map_err(|error| match error {
+            ClusterError::Rejected(_) => CatalogError::Rejected(error.to_string()),
+            other => CatalogError::Coordinator(other.to_string()),
+        })
     }
 }
 
@@ -96,7 +99,16 @@ impl Catalog for PostgresCatalog {
             let rows = client
                 .query("SELECT name, record::text FROM spillway_streams WHERE origin = 'api' ORDER BY name", &[])
                 .await?;
-            rows.iter().map(|row| from_json(row.get(0), row.get(1))).collect()
+            // One unreadable record (written by a newer spillway, or by hand) must not stop the
+            // others from running or every change from being made.
+            Ok(rows
+                .iter()
+                .filter_map(|row| {
+                    from_json(row.get(0), row.get(1))
+                        .inspect_err(|error| tracing::error!(%error, "skipping a catalog record"))
+                        .ok()
+                })
+                .collect())
         })
         .await
     }
@@ -131,15 +143,29 @@ impl Catalog for PostgresCatalog {
 
     async fn replace_api_record(&self, current: &StreamRecord, new: &StreamRecord) -> Result<bool, CatalogError> {
         self.with_client(async |client| {
-            // jsonb equality ignores key order and spacing: the record as this node last read it.
-            let replaced = client
-                .execute(
-                    "UPDATE spillway_streams SET record = $3::text::jsonb, updated_at = now()
-                     WHERE origin = 'api' AND name = $1 AND record = $2::text::jsonb",
-                    &[&new.name, &to_json(current)?, &to_json(new)?],
+            let transaction = client.transaction().await?;
+            let stored = transaction
+                .query_opt(
+                    "SELECT record::text FROM spillway_streams WHERE origin = 'api' AND name = $1 FOR UPDATE",
+                    &[&new.name],
                 )
                 .await?;
-            Ok(replaced == 1)
+            // Compared as this binary reads them (not as jsonb): a field only a newer spillway
+            // writes does not make every change of an older node fail.
+            let Some(stored) = stored else { return Ok(false) };
+            let stored: String = stored.get(0);
+            if from_json(&new.name, &stored).ok().as_ref() != Some(current) {
+                return Ok(false);
+            }
+            transaction
+                .execute(
+                    "UPDATE spillway_streams SET record = $2::text::jsonb, updated_at = now()
+                     WHERE origin = 'api' AND name = $1",
+                    &[&new.name, &to_json(new)?],
+                )
+                .await?;
+            transaction.commit().await?;
+            Ok(true)
         })
         .await
     }

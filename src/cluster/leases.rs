@@ -160,7 +160,7 @@ impl LeaseStore {
                  ON CONFLICT (node_id) DO UPDATE SET incarnation = excluded.incarnation,
                      advertise = excluded.advertise, version = excluded.version,
                      lease_seconds = excluded.lease_seconds, started_at = now(), heartbeat_at = now(),
-                     stopped_at = NULL
+                     stopped_at = NULL, yaml_streams = NULL
                  WHERE n.stopped_at IS NOT NULL OR n.incarnation = excluded.incarnation
                      OR n.heartbeat_at <= now() - n.lease_seconds * interval '1 second'
                  RETURNING node_id",

@@ -67,6 +67,8 @@ pub enum ClusterError {
     Fenced { key: String, epoch: i64 },
     #[error("cluster: {0}")]
     Config(String),
+    #[error("the cluster coordinator refused the data: {0}")]
+    Rejected(String),
     #[error(
         "stream `{stream}` differs from the cluster's: live node {node} {how}; every node's YAML streams must be \
          the same (give this node the same streams, or stop the other nodes first)"
@@ -76,7 +78,14 @@ pub enum ClusterError {
 
 impl From<tokio_postgres::Error> for ClusterError {
     fn from(error: tokio_postgres::Error) -> Self {
-        ClusterError::Unreachable(describe_pg_error(&error))
+        // Data exceptions and integrity violations (SQLSTATE classes 22, 23) are about what was
+        // written, not about reaching the server: retrying them cannot help.
+        let refused_data = error.as_db_error().is_some_and(|db| matches!(&db.code().code()[..2], "22" | "23"));
+        if refused_data {
+            ClusterError::Rejected(describe_pg_error(&error))
+        } else {
+            ClusterError::Unreachable(describe_pg_error(&error))
+        }
     }
 }
 

@@ -34,6 +34,8 @@ pub enum CatalogError {
     Join(#[from] tokio::task::JoinError),
     #[error("the shared stream catalog: {0}")]
     Coordinator(String),
+    #[error("the shared stream catalog refused the record: {0}")]
+    Rejected(String),
 }
 
 /// Where stream records are kept. Records of API-created streams are the streams' definitions

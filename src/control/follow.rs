@@ -11,7 +11,9 @@
 //! - a record `DELETING`, or gone: the stream stops taking records here, delivers what this node
 //!   accepted, and its files go (the record is the deleting node's to remove).
 //!
-//! A record `CREATING` is left alone: its node is still building it. A failed read of the catalog
+//! A record `CREATING` is left alone while its node builds it; one older than five minutes (its
+//! node died in the middle) is marked `ACTIVE`. A record created again under a running name
+//! (another creation time) replaces the old stream: the old one is deleted here first. A failed read of the catalog
 //! is logged once and retried next period; the streams keep running as they are. The control
 //! plane also calls [`sync`] before each change, so a change starts from the catalog as it is;
 //! its write is conditional on the record it started from (`ConcurrentModificationException` if
@@ -82,11 +84,25 @@ async fn apply(control: &Control, ingest: &Arc<Ingest>, records: Vec<StreamRecor
         listed.insert(record.name.clone());
         let name = record.name.clone();
         let Some(running) = ingest.stream(&name) else {
-            if record.status == StreamStatus::Active {
-                start(control, ingest, record).await;
+            match record.status {
+                StreamStatus::Active => start(control, ingest, record).await,
+                StreamStatus::Creating => promote_if_abandoned(control, record).await,
+                StreamStatus::Deleting => {}
             }
             continue;
         };
+        // Deleted and created again under the name since this node last looked: the old one goes
+        // (delivering what this node accepted for it); the new one starts next round.
+        if running.record.origin == StreamOrigin::Api
+            && running.record.status != StreamStatus::Deleting
+            && running.record.create_timestamp_ms != record.create_timestamp_ms
+        {
+            tracing::info!(stream = %name, "deleted and created again through another node; delivering what this node holds for the old one first");
+            let old = StreamRecord { status: StreamStatus::Deleting, ..StreamRecord::clone(&running.record) };
+            ingest.update_record(&name, old);
+            follow_delete(control.clone(), ingest.clone(), name);
+            continue;
+        }
         let running_record = &running.record;
         // A YAML stream of the same name wins; one being deleted here finishes first.
         if running_record.origin == StreamOrigin::Yaml
@@ -124,6 +140,25 @@ async fn apply(control: &Control, ingest: &Arc<Ingest>, records: Vec<StreamRecor
         let record = StreamRecord { status: StreamStatus::Deleting, ..StreamRecord::clone(&running.record) };
         ingest.update_record(&name, record);
         follow_delete(control.clone(), ingest.clone(), name);
+    }
+}
+
+/// How long a record may stay `CREATING` before the follower takes its creator for dead (a create
+/// takes seconds: its sink is built and checked once).
+const ABANDONED_CREATE_MS: i64 = 5 * 60 * 1000;
+
+/// A record left `CREATING` by a node that died in the middle of the create: marked `ACTIVE`
+/// (if still unchanged), so every node runs it from the next round on.
+async fn promote_if_abandoned(control: &Control, record: StreamRecord) {
+    let age_ms = chrono::Utc::now().timestamp_millis() - record.last_update_timestamp_ms;
+    if age_ms < ABANDONED_CREATE_MS {
+        return;
+    }
+    let active = StreamRecord { status: StreamStatus::Active, ..record.clone() };
+    match control.catalog.replace_api_record(&record, &active).await {
+        Ok(true) => tracing::warn!(stream = %record.name, "a create left unfinished by its node is taken as done"),
+        Ok(false) => {}
+        Err(error) => tracing::warn!(stream = %record.name, %error, "cannot finish an abandoned create"),
     }
 }
 

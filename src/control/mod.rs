@@ -135,6 +135,7 @@ impl Control {
 fn catalog_error(error: catalog::CatalogError) -> ApiError {
     match error {
         catalog::CatalogError::Coordinator(_) => ApiError::service_unavailable(error.to_string()),
+        catalog::CatalogError::Rejected(_) => ApiError::invalid_argument(error.to_string()),
         other => ApiError::internal(other.to_string()),
     }
 }
@@ -336,9 +337,15 @@ async fn create(control: &Control, ingest: &Arc<Ingest>, body: &[u8]) -> Result<
             return Err(ApiError::invalid_argument(format!("cannot create {name}: {error}")));
         }
     };
-    let creating = record.clone();
+    // Saved without comparing: the only other writer of a CREATING record is a node promoting it
+    // at start-up, which writes this very record.
     record.status = StreamStatus::Active;
-    control.save(&creating, &record).await?;
+    if let Err(error) = control.catalog.save_api_record(&record).await {
+        // Not created after all: nothing may keep running for it.
+        let _ = control.lifecycle.remove(&name, StopMode::Abort).await;
+        let _ = control.catalog.remove_api_record(&record).await;
+        return Err(catalog_error(error));
+    }
     started.record = Arc::new(record.clone());
     ingest.put_stream(&name, started);
     tracing::info!(stream = %name, "delivery stream created through the api");
@@ -573,11 +580,23 @@ async fn update_destination(control: &Control, ingest: &Arc<Ingest>, body: &[u8]
     };
     control.save(&stream.record, &record).await?;
     // The old loop delivers what it holds under the old destination; the new one takes over.
-    let restarted = control
-        .lifecycle
-        .restart(&stream_config, record)
-        .await
-        .map_err(|error| ApiError::internal(format!("cannot restart {name} with its new destination: {error}")))?;
+    let restarted = match control.lifecycle.restart(&stream_config, record.clone()).await {
+        Ok(restarted) => restarted,
+        Err(error) => {
+            // Back to the definition that runs: in the catalog (so the next change compares with
+            // what is described) and in the delivery loop.
+            let _ = control.catalog.replace_api_record(&record, &stream.record).await;
+            match control.lifecycle.restart(&stream.config, StreamRecord::clone(&stream.record)).await {
+                Ok(previous) => ingest.put_stream(&name, previous),
+                Err(again) => {
+                    tracing::error!(stream = %name, error = %again, "the previous destination does not start again either")
+                }
+            }
+            return Err(ApiError::internal(format!(
+                "cannot restart {name} with its new destination: {error}; it keeps its previous one"
+            )));
+        }
+    };
     ingest.put_stream(&name, restarted);
     tracing::info!(stream = %name, version_id = stream.record.version_id + 1, "destination updated through the api");
     Ok(ok_json(json!({})))
