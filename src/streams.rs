@@ -437,6 +437,8 @@ impl Lifecycle {
                 keys: lambda_keys.into_iter().collect(),
             });
         }
+        let counted = built.sink.clone();
+        metrics.set_sink_requests(Arc::new(move || counted.request_counts()));
         let recovery = crate::pipeline::retry::Recovery::default();
         let checked = CheckedSink {
             stream: name.clone(),

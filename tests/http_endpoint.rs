@@ -369,6 +369,22 @@ async fn the_contract_is_followed_and_failed_requests_are_retried_under_their_id
         expected.iter().all(|record| delivered.contains_key(record)).then_some(())
     })
     .await;
+    // The sink's own request counts, by outcome, on /metrics beside the pipeline's.
+    let metric = |name: &str| {
+        let spillway = &spillway;
+        let name = name.to_string();
+        async move { spillway.metric(&name).await.unwrap_or_default() }
+    };
+    assert!(metric(r#"spillway_sink_requests_total{stream="intake",sink="http_endpoint",outcome="200"}"#).await >= 3.0);
+    for outcome in ["5xx", "3xx", "timeout"] {
+        let series = format!(r#"spillway_sink_requests_total{{stream="intake",outcome="{outcome}"}}"#);
+        assert!(metric(&series).await >= 1.0, "{series}");
+    }
+    assert!(metric(r#"spillway_sink_requests_total{stream="intake",outcome="invalid_response"}"#).await >= 2.0);
+    assert!(metric(r#"spillway_sink_request_bytes_total{stream="intake"}"#).await > 0.0);
+    assert!(metric(r#"spillway_sink_request_records_total{stream="intake"}"#).await > sent.len() as f64);
+    assert!(metric(r#"spillway_delivered_records_total{stream="intake"}"#).await >= sent.len() as f64);
+    assert!(metric(r#"spillway_delivery_retries_total{stream="intake"}"#).await >= 1.0);
     assert_eq!(spillway.terminate(), 0);
     receiver.assert_no_violations();
     let delivered = receiver.delivered();
@@ -422,6 +438,8 @@ async fn a_413_splits_the_request_and_a_single_refused_record_goes_to_the_backup
         normal.iter().all(|record| delivered.contains_key(record)).then_some(())
     })
     .await;
+    let refused = spillway.metric(r#"spillway_sink_requests_total{stream="split",outcome="413"}"#).await;
+    assert!(refused.unwrap_or_default() >= 2.0, "413 answers counted: {refused:?}");
     assert_eq!(spillway.terminate(), 0);
     receiver.assert_no_violations();
     assert_eq!(backup.len(), 1, "only the refused record: {backup:?}");

@@ -38,4 +38,4 @@ pub use error::{ErrorClass, RecordFailure, SinkError};
 pub use json_depth::{MAX_JSON_DEPTH, TooDeep, check_json_depth};
 pub use panic::catch_panic;
 pub use secret::{Secret, same_configuration};
-pub use sink::{ErrorOutput, Sink};
+pub use sink::{ErrorOutput, RequestCounts, Sink};

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
-use spillway_sink_api::{Batch, RecordFailure, Sink, SinkError};
+use spillway_sink_api::{Batch, RecordFailure, RequestCounts, Sink, SinkError};
 use spillway_sink_s3::S3Sink;
 use uuid::Uuid;
 
@@ -459,5 +459,14 @@ impl Sink for HttpEndpointSink {
 
     async fn close(&self) -> Result<(), SinkError> {
         Ok(())
+    }
+
+    fn request_counts(&self) -> Option<RequestCounts> {
+        let stats = self.stats.snapshot();
+        Some(RequestCounts {
+            by_outcome: stats.by_outcome.into_iter().collect(),
+            records: stats.records_sent,
+            bytes: stats.bytes_sent,
+        })
     }
 }
