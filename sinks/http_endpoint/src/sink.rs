@@ -144,7 +144,7 @@ impl HttpEndpointSink {
         headers.insert("x-amz-firehose-protocol-version", HeaderValue::from_static("1.0"));
         headers.insert("x-amz-firehose-source-arn", value(stream_arn, "the stream's arn")?);
         headers.insert("x-amz-firehose-common-attributes", value(&config.common_attributes_header(), "common_attributes")?);
-        if let Some(key) = &config.access_key {
+        if let Some(key) = config.access_key.as_ref().filter(|key| !key.expose().is_empty()) {
             let mut key = value(key.expose(), "access_key")?;
             key.set_sensitive(true);
             headers.insert("x-amz-firehose-access-key", key);
