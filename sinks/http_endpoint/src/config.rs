@@ -98,7 +98,8 @@ impl HttpEndpointSinkConfig {
             Err(error) => problems.push(ConfigProblem::new("url", format!("{:?} is not a url: {error}", self.url))),
         }
         if self.url.len() > 1000 {
-            problems.push(ConfigProblem::new("url", format!("must be at most 1000 characters (got {})", self.url.len())));
+            problems
+                .push(ConfigProblem::new("url", format!("must be at most 1000 characters (got {})", self.url.len())));
         }
         if let Some(name) = &self.name
             && !(1..=256).contains(&name.len())
@@ -108,7 +109,8 @@ impl HttpEndpointSinkConfig {
         if let Some(key) = &self.access_key {
             let key = key.expose();
             if key.len() > 4096 {
-                problems.push(ConfigProblem::new("access_key", format!("must be at most 4096 bytes (got {})", key.len())));
+                problems
+                    .push(ConfigProblem::new("access_key", format!("must be at most 4096 bytes (got {})", key.len())));
             } else if reqwest::header::HeaderValue::from_str(key).is_err() {
                 problems.push(ConfigProblem::new("access_key", "must be visible ASCII (it is sent as a header)"));
             }
@@ -150,7 +152,8 @@ impl HttpEndpointSinkConfig {
             if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 problems.push(ConfigProblem::new(&field, "is not a valid header name"));
             } else if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
-                problems.push(ConfigProblem::new(&field, "is written by spillway (Firehose's protocol) and cannot be set"));
+                problems
+                    .push(ConfigProblem::new(&field, "is written by spillway (Firehose's protocol) and cannot be set"));
             }
             if reqwest::header::HeaderValue::from_str(value).is_err() {
                 problems.push(ConfigProblem::new(&field, "the value must be visible ASCII"));

@@ -119,6 +119,9 @@ mod tests {
             status(500, None).message,
             "The following response was received from the endpoint destination. 500: {}"
         );
-        assert_eq!(RequestError::InvalidResponse("x".into()).into_sink_error().code, "HttpEndpoint.InvalidResponseFromDestination");
+        assert_eq!(
+            RequestError::InvalidResponse("x".into()).into_sink_error().code,
+            "HttpEndpoint.InvalidResponseFromDestination"
+        );
     }
 }

@@ -51,6 +51,18 @@ struct Request {
     count: usize,
 }
 
+impl Request {
+    /// Each of the request's records failed with `error` (retriable as the error is).
+    fn failures<'a>(&self, error: &'a SinkError) -> impl Iterator<Item = RecordFailure> + 'a {
+        (self.first_index..self.first_index + self.count).map(|index| RecordFailure {
+            index,
+            retriable: error.is_retriable(),
+            code: error.code.clone(),
+            message: error.message.clone(),
+        })
+    }
+}
+
 /// A request to send again, remembered by id and size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Planned {
@@ -143,7 +155,10 @@ impl HttpEndpointSink {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert("x-amz-firehose-protocol-version", HeaderValue::from_static("1.0"));
         headers.insert("x-amz-firehose-source-arn", value(stream_arn, "the stream's arn")?);
-        headers.insert("x-amz-firehose-common-attributes", value(&config.common_attributes_header(), "common_attributes")?);
+        headers.insert(
+            "x-amz-firehose-common-attributes",
+            value(&config.common_attributes_header(), "common_attributes")?,
+        );
         if let Some(key) = config.access_key.as_ref().filter(|key| !key.expose().is_empty()) {
             let mut key = value(key.expose(), "access_key")?;
             key.set_sensitive(true);
@@ -178,7 +193,12 @@ impl HttpEndpointSink {
                 let mut first_index = 0;
                 for planned in plan {
                     let group = &records[first_index..first_index + planned.count];
-                    requests.push(Request { id: planned.id, array: join_records(group), first_index, count: planned.count });
+                    requests.push(Request {
+                        id: planned.id,
+                        array: join_records(group),
+                        first_index,
+                        count: planned.count,
+                    });
                     first_index += planned.count;
                 }
                 return requests;
@@ -251,7 +271,10 @@ impl HttpEndpointSink {
         let parsed = serde_json::from_slice::<ResponseBody>(&read).ok();
         if status == 200 {
             let Some(parsed) = parsed else {
-                return Err(RequestError::InvalidResponse(format!("200 with a body that is not JSON: {}", excerpt(&read))));
+                return Err(RequestError::InvalidResponse(format!(
+                    "200 with a body that is not JSON: {}",
+                    excerpt(&read)
+                )));
             };
             if parsed.request_id.as_deref() != Some(id) {
                 return Err(RequestError::InvalidResponse(format!(
@@ -282,7 +305,9 @@ impl HttpEndpointSink {
                 Err(error) if error.status() == Some(413) && request.count > 1 => {
                     let records = records_of(&request.array);
                     if records.len() != request.count {
-                        outcome.retriable.push((request, invalid_payload("a request's records cannot be told apart")));
+                        // Never with this crate's encoder; the records go to the backup, not lost.
+                        let error = invalid_payload("a request's records cannot be told apart");
+                        outcome.permanent.extend(request.failures(&error));
                         continue;
                     }
                     self.stats.split();
@@ -306,14 +331,7 @@ impl HttpEndpointSink {
                     if error.is_retriable() {
                         outcome.retriable.push((request, error));
                     } else {
-                        outcome.permanent.extend((request.first_index..request.first_index + request.count).map(
-                            |index| RecordFailure {
-                                index,
-                                retriable: false,
-                                code: error.code.clone(),
-                                message: error.message.clone(),
-                            },
-                        ));
+                        outcome.permanent.extend(request.failures(&error));
                     }
                 }
             }
@@ -363,18 +381,22 @@ async fn backup_all_records(backup: &S3Sink, batch: &Batch, requests: &[Request]
     let payload = tokio::task::spawn_blocking(move || -> Result<_, SinkError> {
         let mut encoder = encoders.new_encoder(spillway_sink_api::encode::DEFAULT_CHUNK_BYTES);
         let failed = |error: spillway_sink_api::EncodeError| {
-            SinkError::permanent("HttpEndpoint.BackupEncoding", "cannot encode the backup of all records").with_source(error)
+            SinkError::permanent("HttpEndpoint.BackupEncoding", "cannot encode the backup of all records")
+                .with_source(error)
         };
         for array in &arrays {
             for record in records_of(array) {
-                let data = record_data(&record).ok_or_else(|| invalid_payload("a record of the batch is not base64"))?;
+                let data =
+                    record_data(&record).ok_or_else(|| invalid_payload("a record of the batch is not base64"))?;
                 encoder.push(&data, b"").map_err(failed)?;
             }
         }
         encoder.finish().map_err(failed)
     })
     .await
-    .map_err(|error| SinkError::retriable("HttpEndpoint.BackupEncoding", "encoding the backup failed").with_source(error))??;
+    .map_err(|error| {
+        SinkError::retriable("HttpEndpoint.BackupEncoding", "encoding the backup failed").with_source(error)
+    })??;
     backup.write_once(&Batch { payload, ..batch.clone() }).await
 }
 
@@ -429,18 +451,14 @@ impl Sink for HttpEndpointSink {
             return Err(error);
         }
         // Some taken, some not: only the failed records come back; remember how they were grouped.
-        let plan = outcome.retriable.iter().map(|(request, _)| Planned { id: request.id, count: request.count }).collect();
+        let plan =
+            outcome.retriable.iter().map(|(request, _)| Planned { id: request.id, count: request.count }).collect();
         if let Ok(mut plans) = self.plans.lock() {
             plans.remember(batch.id, plan);
         }
         let mut failures = outcome.permanent;
         for (request, error) in &outcome.retriable {
-            failures.extend((request.first_index..request.first_index + request.count).map(|index| RecordFailure {
-                index,
-                retriable: true,
-                code: error.code.clone(),
-                message: error.message.clone(),
-            }));
+            failures.extend(request.failures(error));
         }
         failures.sort_by_key(|failure| failure.index);
         let mut error = SinkError::partial(failures);
