@@ -771,10 +771,8 @@ impl Collector for Scraped {
                 age.encode(freshness.encode_family(&stream.labels)?)?;
             }
             drop(freshness);
-            let counts: Vec<(&ScrapedStream, spillway_sink_api::RequestCounts)> = streams
-                .values()
-                .filter_map(|stream| Some((stream, stream.metrics.sink_requests()?)))
-                .collect();
+            let counts: Vec<(&ScrapedStream, spillway_sink_api::RequestCounts)> =
+                streams.values().filter_map(|stream| Some((stream, stream.metrics.sink_requests()?))).collect();
             if !counts.is_empty() {
                 let mut requests = encoder.encode_descriptor(
                     "spillway_sink_requests",

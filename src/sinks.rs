@@ -111,6 +111,9 @@ mod tests {
             }
         }
         let unknown = serde_yaml_ng::from_str::<SinkConfig>("type: kafka\n").expect_err("unknown type");
-        assert!(unknown.to_string().contains("expected one of `s3`, `postgres`, `opensearch`, `http_endpoint`"), "{unknown}");
+        assert!(
+            unknown.to_string().contains("expected one of `s3`, `postgres`, `opensearch`, `http_endpoint`"),
+            "{unknown}"
+        );
     }
 }

@@ -16,7 +16,9 @@ use serde_json::{Map, Value, json};
 use spillway_sink_api::Compression;
 
 use super::s3_destination::{ProcessingIn, bucket_of_arn, check_like_yaml, record_transforms};
-use crate::config::{BufferingConfig, Config, ProcessingConfig, RecordDelimiter, RetryConfig, SourceConfig, StreamConfig};
+use crate::config::{
+    BufferingConfig, Config, ProcessingConfig, RecordDelimiter, RetryConfig, SourceConfig, StreamConfig,
+};
 use crate::sinks::SinkConfig;
 use crate::sources::direct_put::validation::Violations;
 use crate::sources::direct_put::wire::ApiError;
@@ -176,9 +178,11 @@ pub fn stream_config(
     let processing = parsed.processing_configuration.unwrap_or_default();
     let mut transforms = Vec::new();
     if processing.enabled.unwrap_or(!processing.processors.is_empty()) {
-        if let Some(processor) = processing.processors.iter().find(|processor| {
-            matches!(processor.kind.as_str(), "MetadataExtraction" | "AppendDelimiterToRecord")
-        }) {
+        if let Some(processor) = processing
+            .processors
+            .iter()
+            .find(|processor| matches!(processor.kind.as_str(), "MetadataExtraction" | "AppendDelimiterToRecord"))
+        {
             return Err(invalid(format!(
                 "the {} processor is for S3 destinations; an HttpEndpoint destination does not take it",
                 processor.kind
@@ -223,7 +227,9 @@ pub fn stream_config(
             interval_seconds: hints.interval_in_seconds.map_or(300, |interval| interval as u64),
         },
         sink,
-        retry: RetryConfig { duration_seconds: Some(retry.duration_in_seconds.map_or(300, |duration| duration as u64)) },
+        retry: RetryConfig {
+            duration_seconds: Some(retry.duration_in_seconds.map_or(300, |duration| duration as u64)),
+        },
     };
     check_like_yaml(config, &stream)?;
     Ok(stream)

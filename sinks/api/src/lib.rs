@@ -29,7 +29,8 @@ pub mod testkit;
 pub use batch::{Batch, LAMBDA_PARTITION_KEY_PREFIX, PartitionKeys, Record, SequenceSet, lambda_partition_key};
 pub use codec::Compression;
 pub use descriptor::{
-    BuildContext, BuiltSink, ConfigProblem, DESTINATION_ID, DescribeContext, FirehoseLimits, PartitionKeySource, SinkDescriptor,
+    BuildContext, BuiltSink, ConfigProblem, DESTINATION_ID, DescribeContext, FirehoseLimits, PartitionKeySource,
+    SinkDescriptor,
 };
 pub use encode::{
     EncodeError, Encoder, EncoderFactory, Payload, RawEncoder, RawEncoderFactory, RecordPosition, Refusal,

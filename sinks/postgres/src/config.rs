@@ -325,9 +325,10 @@ impl PostgresSinkConfig {
                 problems.iter().map(|problem| format!("{}: {}", problem.field, problem.message)).collect();
             return Err(SinkError::permanent("Postgres.InvalidConfiguration", listed.join("; ")));
         }
-        let backup_config = self.backup.as_ref().ok_or_else(|| {
-            SinkError::permanent("Postgres.InvalidConfiguration", "backup is required in stdin mode")
-        })?;
+        let backup_config = self
+            .backup
+            .as_ref()
+            .ok_or_else(|| SinkError::permanent("Postgres.InvalidConfiguration", "backup is required in stdin mode"))?;
         let backup = Arc::new(backup_config.sink.build(stream)?);
         let pool = Pool::new(self.connection_config()?, self.ca_file.as_deref(), self.max_connections)?;
         let sink = PostgresSink::new(stream, pool, self.clone(), backup);

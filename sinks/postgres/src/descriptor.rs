@@ -60,7 +60,11 @@ impl SinkDescriptor for PostgresSinkConfig {
     }
 
     fn has_error_output_prefix(&self) -> bool {
-        self.backup.as_ref().map(|backup| &backup.sink).or(self.s3_staging.as_ref()).is_some_and(|backup| backup.error_output_prefix.is_some())
+        self.backup
+            .as_ref()
+            .map(|backup| &backup.sink)
+            .or(self.s3_staging.as_ref())
+            .is_some_and(|backup| backup.error_output_prefix.is_some())
     }
 
     fn full_batches_in_flight(&self) -> Option<usize> {
