@@ -735,6 +735,9 @@ impl Scraped {
     }
 }
 
+/// Picks one total out of a sink's request counts.
+type RequestCountOf = fn(&spillway_sink_api::RequestCounts) -> u64;
+
 /// Picks one gauge out of a stream's WAL size.
 type WalGaugeOf = fn(&WalSize) -> u64;
 
@@ -770,7 +773,6 @@ impl Collector for Scraped {
                 let age = ConstGauge::new(stream.metrics.data_freshness_seconds(now_ms));
                 age.encode(freshness.encode_family(&stream.labels)?)?;
             }
-            drop(freshness);
             let counts: Vec<(&ScrapedStream, spillway_sink_api::RequestCounts)> =
                 streams.values().filter_map(|stream| Some((stream, stream.metrics.sink_requests()?))).collect();
             if !counts.is_empty() {
@@ -790,8 +792,7 @@ impl Collector for Scraped {
                         ConstCounter::new(*value).encode(requests.encode_family(&labels)?)?;
                     }
                 }
-                drop(requests);
-                let totals: [(&str, &str, fn(&spillway_sink_api::RequestCounts) -> u64); 2] = [
+                let totals: [(&str, &str, RequestCountOf); 2] = [
                     ("spillway_sink_request_records", "records the sink's requests carried, retries included", |c| {
                         c.records
                     }),
