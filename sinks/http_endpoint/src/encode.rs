@@ -139,14 +139,10 @@ fn encoded_record_len(len: usize) -> usize {
     RECORD_OPEN.len() + len.div_ceil(3) * 4 + RECORD_CLOSE.len() + 1
 }
 
-/// Append the base64 of `data` to `out`, encoded in place (no intermediate string).
+/// Append the base64 of `data` to `out`, encoded in place by base64-simd (the Direct PUT
+/// intake's decoder; several times the scalar encoder's speed on long records).
 fn base64_extend(data: &[u8], out: &mut Vec<u8>) -> Result<(), EncodeError> {
-    let start = out.len();
-    out.resize(start + data.len().div_ceil(3) * 4, 0);
-    let written = base64::engine::general_purpose::STANDARD
-        .encode_slice(data, &mut out[start..])
-        .map_err(|error| EncodeError::Record(error.to_string()))?;
-    out.truncate(start + written);
+    base64_simd::STANDARD.encode_append(data, out);
     Ok(())
 }
 
