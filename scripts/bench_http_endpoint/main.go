@@ -1,7 +1,8 @@
 // Benchmark helpers for scripts/bench_http_endpoint.sh, standard library only:
 //
 //	receiver ADDR          a Firehose HTTP endpoint receiver that answers 200 at once: it reads
-//	                       the whole body, counts records (occurrences of {"data":), and answers
+//	                       the whole body (gunzipped when sent with Content-Encoding: gzip),
+//	                       counts records (occurrences of {"data":), and answers
 //	                       {"requestId", "timestamp"}; GET /stats prints "requests records bytes".
 //	post URL DIR CLIENTS   the reference client: POSTs every file of DIR (pre-built request
 //	                       bodies) with the protocol's headers, CLIENTS at a time, and prints
@@ -10,6 +11,7 @@ package main
 
 import (
 	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -50,7 +52,16 @@ func receiver(addr string) {
 		fmt.Fprintf(w, "%d %d %d\n", requests.Load(), records.Load(), received.Load())
 	})
 	http.HandleFunc("/intake", func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(r.Body)
+		var reader io.Reader = r.Body
+		if r.Header.Get("Content-Encoding") == "gzip" {
+			unzipped, err := gzip.NewReader(r.Body)
+			if err != nil {
+				http.Error(w, err.Error(), 400)
+				return
+			}
+			reader = unzipped
+		}
+		body, err := io.ReadAll(reader)
 		if err != nil {
 			http.Error(w, err.Error(), 500)
 			return
@@ -109,6 +120,9 @@ func post(url, dir string, clients int) {
 				request.Header.Set("X-Amz-Firehose-Request-Id", fmt.Sprintf("ref-%d", i))
 				request.Header.Set("X-Amz-Firehose-Source-Arn", "arn:aws:firehose:us-east-1:000000000000:deliverystream/bench")
 				request.Header.Set("X-Amz-Firehose-Common-Attributes", `{"commonAttributes":{}}`)
+				if bytes.HasPrefix(bodies[i], []byte{0x1f, 0x8b}) {
+					request.Header.Set("Content-Encoding", "gzip")
+				}
 				response, err := client.Do(request)
 				if err != nil {
 					panic(err)
