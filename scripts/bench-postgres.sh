@@ -162,7 +162,7 @@ streams:
       url: $1
       table: bench_spillway_$suffix${COPY_FORMAT:+
       copy_format: $COPY_FORMAT}
-      s3_backup: { url: 'file://$work/errors' }
+      backup: { sink: { url: 'file://$work/errors' } }
 EOF
 }
 start_spillway() {

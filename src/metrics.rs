@@ -144,6 +144,8 @@ pub struct StreamMetrics {
     last_error: Arc<Mutex<Option<LastError>>>,
     /// Per-shard instruments of a pulled source (Kinesis, …).
     pub source: SourceMetrics,
+    /// The current sink's own request counts, set when the sink is built.
+    sink_requests: Arc<Mutex<Option<SinkRequestsProbe>>>,
 }
 
 /// A stream's Lambda invocations: outcomes, durations (first attempt to answer, retries
@@ -174,6 +176,17 @@ impl Default for ProcessingMetrics {
 fn processing_duration_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 16))
 }
+
+/// A stream, its sink type and a request outcome, for a sink's own request counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkOutcomeLabels {
+    stream: String,
+    sink: String,
+    outcome: String,
+}
+
+/// Reads a sink's request counts at scrape time (see `Sink::request_counts`).
+pub type SinkRequestsProbe = Arc<dyn Fn() -> Option<spillway_sink_api::RequestCounts> + Send + Sync>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
@@ -373,6 +386,7 @@ impl Default for StreamMetrics {
             oldest_undelivered_arrival_ms: Arc::default(),
             last_error: Arc::default(),
             source: SourceMetrics::default(),
+            sink_requests: Arc::default(),
         }
     }
 }
@@ -382,6 +396,18 @@ impl StreamMetrics {
     /// oldest record it holds (open, queued or in flight), or `None` when it holds none.
     pub fn set_oldest_undelivered(&self, arrival_ms: Option<i64>) {
         self.oldest_undelivered_arrival_ms.store(arrival_ms.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Export the sink's own request counts (`spillway_sink_requests_total`, …); a rebuilt sink
+    /// (a destination update) replaces the previous one's.
+    pub fn set_sink_requests(&self, probe: SinkRequestsProbe) {
+        *self.sink_requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(probe);
+    }
+
+    /// The sink's request counts now, if it keeps any.
+    pub fn sink_requests(&self) -> Option<spillway_sink_api::RequestCounts> {
+        let probe = self.sink_requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        probe.and_then(|probe| probe())
     }
 
     /// Remember a delivery error (a failed write, records routed to the error output).
@@ -611,6 +637,7 @@ impl Metrics {
             oldest_undelivered_arrival_ms: Arc::default(),
             last_error: Arc::default(),
             source: SourceMetrics { stream: stream.to_string(), families: f.source.clone(), shards: Arc::default() },
+            sink_requests: Arc::default(),
         });
         let stream_state = ScrapedStream { labels: by_sink, wal_size, metrics: metrics.clone() };
         self.scraped.streams().insert(stream.to_string(), stream_state);
@@ -708,6 +735,9 @@ impl Scraped {
     }
 }
 
+/// Picks one total out of a sink's request counts.
+type RequestCountOf = fn(&spillway_sink_api::RequestCounts) -> u64;
+
 /// Picks one gauge out of a stream's WAL size.
 type WalGaugeOf = fn(&WalSize) -> u64;
 
@@ -742,6 +772,40 @@ impl Collector for Scraped {
             for (stream, _) in &sizes {
                 let age = ConstGauge::new(stream.metrics.data_freshness_seconds(now_ms));
                 age.encode(freshness.encode_family(&stream.labels)?)?;
+            }
+            let counts: Vec<(&ScrapedStream, spillway_sink_api::RequestCounts)> =
+                streams.values().filter_map(|stream| Some((stream, stream.metrics.sink_requests()?))).collect();
+            if !counts.is_empty() {
+                let mut requests = encoder.encode_descriptor(
+                    "spillway_sink_requests",
+                    "requests the sink sent, by outcome (200, 3xx, 413, 4xx, 5xx, timeout, connection, …)",
+                    None,
+                    MetricType::Counter,
+                )?;
+                for (stream, counts) in &counts {
+                    for (outcome, value) in &counts.by_outcome {
+                        let labels = SinkOutcomeLabels {
+                            stream: stream.labels.stream.clone(),
+                            sink: stream.labels.sink.clone(),
+                            outcome: outcome.to_string(),
+                        };
+                        ConstCounter::new(*value).encode(requests.encode_family(&labels)?)?;
+                    }
+                }
+                let totals: [(&str, &str, RequestCountOf); 2] = [
+                    ("spillway_sink_request_records", "records the sink's requests carried, retries included", |c| {
+                        c.records
+                    }),
+                    ("spillway_sink_request_bytes", "request body bytes the sink sent (after compression)", |c| {
+                        c.bytes
+                    }),
+                ];
+                for (name, help, value) in totals {
+                    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                    for (stream, counts) in &counts {
+                        ConstCounter::new(value(counts)).encode(metric.encode_family(&stream.labels)?)?;
+                    }
+                }
             }
         }
         let budget = self.budget.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();

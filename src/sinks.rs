@@ -65,6 +65,9 @@ sink_registry! {
     // Documents into OpenSearch / Elasticsearch through `_bulk`, failed ones to an S3 backup.
     #[cfg(feature = "sink-opensearch")]
     Opensearch(spillway_sink_opensearch::OpenSearchSinkConfig) = "opensearch",
+    // Firehose's HTTP endpoint delivery protocol (Datadog, New Relic, any receiver of it).
+    #[cfg(feature = "sink-http-endpoint")]
+    HttpEndpoint(spillway_sink_http_endpoint::HttpEndpointSinkConfig) = "http_endpoint",
 }
 
 #[cfg(test)]
@@ -79,7 +82,7 @@ mod tests {
             ("s3", "type: s3\nurl: file://./out\n", true, ""),
             (
                 "postgres",
-                "type: postgres\nurl: postgres://u@localhost/db\ntable: t\ns3_backup: {url: file://./b}\n",
+                "type: postgres\nurl: postgres://u@localhost/db\ntable: t\nbackup: {sink: {url: file://./b}}\n",
                 cfg!(feature = "sink-postgres"),
                 "sink-postgres",
             ),
@@ -88,6 +91,12 @@ mod tests {
                 "type: opensearch\nurl: http://localhost:9200\nindex: i\nbackup: {sink: {url: file://./b}}\n",
                 cfg!(feature = "sink-opensearch"),
                 "sink-opensearch",
+            ),
+            (
+                "http_endpoint",
+                "type: http_endpoint\nurl: https://intake.example\nbackup: {sink: {url: file://./b}}\n",
+                cfg!(feature = "sink-http-endpoint"),
+                "sink-http-endpoint",
             ),
         ];
         for (name, yaml, built, feature) in blocks {
@@ -102,6 +111,9 @@ mod tests {
             }
         }
         let unknown = serde_yaml_ng::from_str::<SinkConfig>("type: kafka\n").expect_err("unknown type");
-        assert!(unknown.to_string().contains("expected one of `s3`, `postgres`, `opensearch`"), "{unknown}");
+        assert!(
+            unknown.to_string().contains("expected one of `s3`, `postgres`, `opensearch`, `http_endpoint`"),
+            "{unknown}"
+        );
     }
 }

@@ -374,10 +374,12 @@ impl Lifecycle {
     ) -> Result<DeliveryTask, StreamError> {
         let name = config.name.clone();
         let stream_dir = self.stream_dir(&name);
+        let stream_arn = format!("arn:aws:firehose:{}:{}:deliverystream/{name}", self.env.region, self.env.account_id);
+        let context = spillway_sink_api::BuildContext { stream: &name, version_id, stream_arn: &stream_arn };
         let built = config
             .sink
             .descriptor()
-            .build(&name, version_id)
+            .build_in(&context)
             .await
             .map_err(|source| StreamError::Sink { stream: name.clone(), source: Box::new(source) })?;
         // A destination that is down is not a reason to refuse records (they wait in the WAL),
@@ -439,6 +441,8 @@ impl Lifecycle {
                 keys: lambda_keys.into_iter().collect(),
             });
         }
+        let counted = built.sink.clone();
+        metrics.set_sink_requests(Arc::new(move || counted.request_counts()));
         let recovery = crate::pipeline::retry::Recovery::default();
         let checked = CheckedSink {
             stream: name.clone(),

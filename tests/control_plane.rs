@@ -515,6 +515,120 @@ print('ok')
     assert_eq!(lines, ["{\"n\":1}"], "the record accepted before the update and the delete was delivered");
 }
 
+/// A stream created with boto3's `HttpEndpointDestinationConfiguration`, fed, described (the
+/// access key never echoed) and updated, delivering to a receiver the script runs itself, written
+/// from AWS's published contract: it checks the protocol headers and the body of every request.
+#[cfg(feature = "sink-http-endpoint")]
+#[tokio::test]
+#[ignore = "needs services: scripts/test.sh"]
+async fn an_http_endpoint_stream_with_boto3() {
+    let python = common::s3::env("SPILLWAY_TEST_PYTHON");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spillway = Spillway::start(dir.path(), &yaml());
+    let script = r#"
+import base64, gzip, json, os, sys, threading, time, boto3
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+received, problems = [], []
+
+class Intake(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+    def do_GET(self):
+        self.send_response(405); self.send_header('Content-Length', '0'); self.end_headers()
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers['Content-Length']))
+        if self.headers.get('Content-Encoding') == 'gzip':
+            body = gzip.decompress(body)
+        request = json.loads(body)
+        request_id = self.headers['X-Amz-Firehose-Request-Id']
+        checks = {
+            'protocol': self.headers.get('X-Amz-Firehose-Protocol-Version') == '1.0',
+            'content type': self.headers.get('Content-Type') == 'application/json',
+            'access key': self.headers.get('X-Amz-Firehose-Access-Key') == 'py-key',
+            'source arn': self.headers.get('X-Amz-Firehose-Source-Arn') == 'arn:aws:firehose:us-east-1:000000000000:deliverystream/py-http',
+            'request id': request['requestId'] == request_id,
+            'timestamp': abs(request['timestamp'] - time.time() * 1000) < 600000,
+            'records': 1 <= len(request['records']) <= 10000,
+        }
+        problems.extend(name for name, ok in checks.items() if not ok)
+        attributes = json.loads(self.headers['X-Amz-Firehose-Common-Attributes'])['commonAttributes']
+        received.append((request_id, attributes, [base64.b64decode(r['data']) for r in request['records']]))
+        answer = json.dumps({'requestId': request_id, 'timestamp': int(time.time() * 1000)}).encode()
+        self.send_response(200)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+server = ThreadingHTTPServer(('127.0.0.1', 0), Intake)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+url = 'http://127.0.0.1:%d/intake' % server.server_address[1]
+
+fh = boto3.client('firehose', endpoint_url=os.environ['ENDPOINT'], region_name='us-east-1',
+                  aws_access_key_id='test', aws_secret_access_key='test')
+name = 'py-http'
+destination = {
+    'EndpointConfiguration': {'Url': url, 'Name': 'py intake', 'AccessKey': 'py-key'},
+    'BufferingHints': {'SizeInMBs': 1, 'IntervalInSeconds': 1},
+    'CloudWatchLoggingOptions': {'Enabled': False},
+    'RequestConfiguration': {'ContentEncoding': 'GZIP',
+                             'CommonAttributes': [{'AttributeName': 'env', 'AttributeValue': 'test'}]},
+    'RoleARN': 'arn:aws:iam::000000000000:role/firehose',
+    'RetryOptions': {'DurationInSeconds': 60},
+    'S3BackupMode': 'FailedDataOnly',
+    'S3Configuration': {'RoleARN': 'arn:aws:iam::000000000000:role/firehose',
+                        'BucketARN': 'arn:aws:s3:::py-http-backup', 'CompressionFormat': 'GZIP'},
+}
+fh.create_delivery_stream(DeliveryStreamName=name, DeliveryStreamType='DirectPut',
+                          HttpEndpointDestinationConfiguration=destination)
+while fh.describe_delivery_stream(DeliveryStreamName=name)['DeliveryStreamDescription']['DeliveryStreamStatus'] != 'ACTIVE':
+    time.sleep(0.1)
+
+def wait_for(count):
+    deadline = time.time() + 60
+    while sum(len(records) for _, _, records in received) < count:
+        if time.time() > deadline:
+            sys.exit('records not delivered: %r' % received)
+        time.sleep(0.1)
+
+fh.put_record_batch(DeliveryStreamName=name, Records=[{'Data': b'{"n":%d}' % n} for n in range(3)])
+wait_for(3)
+d = fh.describe_delivery_stream(DeliveryStreamName=name)['DeliveryStreamDescription']
+http = d['Destinations'][0]['HttpEndpointDestinationDescription']
+assert http['EndpointConfiguration'] == {'Url': url, 'Name': 'py intake'}, http['EndpointConfiguration']
+assert 'py-key' not in json.dumps(d, default=str), 'the access key is never echoed'
+assert http['RequestConfiguration'] == destination['RequestConfiguration'], http['RequestConfiguration']
+assert http['BufferingHints'] == {'SizeInMBs': 1, 'IntervalInSeconds': 1}, http['BufferingHints']
+assert http['RetryOptions'] == {'DurationInSeconds': 60}, http['RetryOptions']
+assert http['S3BackupMode'] == 'FailedDataOnly'
+assert http['S3DestinationDescription']['CompressionFormat'] == 'GZIP'
+fh.update_destination(DeliveryStreamName=name, CurrentDeliveryStreamVersionId=d['VersionId'],
+                      DestinationId=d['Destinations'][0]['DestinationId'],
+                      HttpEndpointDestinationUpdate={'RequestConfiguration': {
+                          'ContentEncoding': 'NONE',
+                          'CommonAttributes': [{'AttributeName': 'env', 'AttributeValue': 'prod'}]}})
+d = fh.describe_delivery_stream(DeliveryStreamName=name)['DeliveryStreamDescription']
+assert d['VersionId'] == '2', d['VersionId']
+assert d['Destinations'][0]['HttpEndpointDestinationDescription']['RequestConfiguration']['ContentEncoding'] == 'NONE'
+fh.put_record(DeliveryStreamName=name, Record={'Data': b'{"n":3}'})
+wait_for(4)
+assert received[-1][1] == {'env': 'prod'}, received[-1]
+records = sorted(r for _, _, batch in received for r in batch)
+assert records == [b'{"n":%d}' % n for n in range(4)], records
+assert not problems, problems
+fh.delete_delivery_stream(DeliveryStreamName=name)
+print('ok')
+"#;
+    let output = std::process::Command::new(python)
+        .args(["-c", script])
+        .env("ENDPOINT", &spillway.endpoint)
+        .output()
+        .expect("run python");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ok");
+}
+
 /// One AWS CLI call against spillway: `Ok(stdout)` or `Err(stderr)`.
 fn aws_cli(cli: &str, endpoint: &str, args: &[&str]) -> Result<String, String> {
     let output = std::process::Command::new(cli)

@@ -32,7 +32,7 @@ fn yaml(url: &str, table: &str, extra_sink: &str) -> String {
          \x20     type: postgres\n\
          \x20     url: {url}\n\
          \x20     table: {table}\n\
-         \x20     s3_backup: {{ url: 'file://./errors' }}\n\
+         \x20     backup: {{ sink: {{ url: 'file://./errors' }} }}\n\
          {extra_sink}"
     )
 }
@@ -98,7 +98,7 @@ async fn json_values_land_as_postgres_types() {
     config.push_str(&format!(
         "\x20 - name: whole\n\
          \x20   buffering: {{ size_mib: 1, interval_seconds: 1 }}\n\
-         \x20   sink: {{ type: postgres, url: '{}', table: {whole}, record_column: doc, s3_backup: {{ url: 'file://./errors' }} }}\n",
+         \x20   sink: {{ type: postgres, url: '{}', table: {whole}, record_column: doc, backup: {{ sink: {{ url: 'file://./errors' }} }} }}\n",
         pg::shared_url()
     ));
     let spillway = Spillway::start(dir.path(), &config);
@@ -193,7 +193,7 @@ async fn binary_and_text_copy_load_the_same_rows_and_refuse_the_same_records() {
     config.push_str(&format!(
         "\x20 - name: text\n\
          \x20   buffering: {{ size_mib: 1, interval_seconds: 1 }}\n\
-         \x20   sink: {{ type: postgres, url: '{}', table: {text_table}, copy_format: text, s3_backup: {{ url: 'file://./errors' }} }}\n",
+         \x20   sink: {{ type: postgres, url: '{}', table: {text_table}, copy_format: text, backup: {{ sink: {{ url: 'file://./errors' }} }} }}\n",
         pg::shared_url()
     ));
     let spillway = Spillway::start(dir.path(), &config);

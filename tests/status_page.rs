@@ -1,5 +1,6 @@
 //! The status page in headless Chromium at 1,280 × 800 while records flow: it renders every
-//! configured stream with its source, sink and where the sink writes, non-zero records/s and
+//! configured stream with its source, sink and where the sink writes (and the HTTP endpoint's
+//! requests by outcome), non-zero records/s and
 //! bytes/s for the loaded stream, totals that match `/metrics` read before and after, and a
 //! failing stream's long last error wrapped inside the window (nothing reaches past 1,280 px,
 //! nothing is clipped). A screenshot is kept as `status-page.png` in cargo's
@@ -54,7 +55,13 @@ fn yaml() -> String {
          \x20     type: opensearch\n\
          \x20     url: {}\n\
          \x20     index: events\n\
-         \x20     backup: {{ sink: {{ url: file://./backup }} }}\n",
+         \x20     backup: {{ sink: {{ url: file://./backup }} }}\n\
+         \x20 - name: intake\n\
+         \x20   buffering: {{ size_mib: 1, interval_seconds: 1 }}\n\
+         \x20   sink:\n\
+         \x20     type: http_endpoint\n\
+         \x20     url: http://127.0.0.1:1/intake\n\
+         \x20     backup: {{ sink: {{ url: file://./intake-backup }} }}\n",
         unreachable_url()
     )
 }
@@ -243,7 +250,8 @@ const READ_PAGE: &str = r##"(async () => {
     const busy = page.streams.busy;
     return busy && positive(busy.fields.in_records_per_second) && positive(busy.fields.in_bytes_per_second)
       && positive(busy.fields.out_records_per_second) && positive(busy.fields.out_bytes_per_second)
-      && page.errors.failing !== undefined;
+      && page.errors.failing !== undefined && page.streams.intake !== undefined
+      && (page.streams.intake.fields.requests || "").includes("connection");
   };
   const deadline = Date.now() + 30000;
   let page = read();
@@ -281,7 +289,8 @@ async fn the_status_page_fits_1280_px_and_shows_destinations_live_rates_and_the_
                 client.put_record_batch().delivery_stream_name("busy").set_records(batch).send().await.unwrap();
                 if puts.is_multiple_of(10) {
                     let record = Record::builder().data(Blob::new(format!("{{\"put\":{puts}}}"))).build().unwrap();
-                    client.put_record().delivery_stream_name("failing").record(record).send().await.unwrap();
+                    client.put_record().delivery_stream_name("failing").record(record.clone()).send().await.unwrap();
+                    client.put_record().delivery_stream_name("intake").record(record).send().await.unwrap();
                 }
                 puts += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -326,6 +335,7 @@ async fn the_status_page_fits_1280_px_and_shows_destinations_live_rates_and_the_
         ("busy", "direct_put", "s3", "file://./out-busy (prefix logs/)".to_string()),
         ("quiet", "direct_put", "s3", "file://./out-quiet".to_string()),
         ("failing", "direct_put", "opensearch", format!("{} index events", unreachable_url())),
+        ("intake", "direct_put", "http_endpoint", "http://127.0.0.1:1/intake".to_string()),
     ];
     for (name, source, sink, destination) in destinations {
         assert_eq!(
@@ -334,6 +344,10 @@ async fn the_status_page_fits_1280_px_and_shows_destinations_live_rates_and_the_
             "{page:#}"
         );
     }
+
+    // A sink that counts its requests (the HTTP endpoint) shows them by outcome.
+    let requests = field("intake", "requests");
+    assert!(requests.starts_with("requests: connection ") && requests.ends_with(" sent"), "{page:#}");
 
     // Live rates: the page derives them from two scrapes; under load both are above zero.
     let leading_number = |text: &str| text.split(' ').next().and_then(|number| number.parse::<f64>().ok());

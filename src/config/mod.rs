@@ -1095,7 +1095,7 @@ mod tests {
         assert_eq!(paths(&problems), ["streams[0].retry.duration_seconds"]);
         assert!(problems[0].message.contains("between 0 and 7200"), "{}", problems[0].message);
 
-        let yaml = "streams:\n  - name: s\n    sink: { type: postgres, url: 'postgres://h/db', table: t, s3_backup: { url: 'file://e' } }\n";
+        let yaml = "streams:\n  - name: s\n    sink: { type: postgres, url: 'postgres://h/db', table: t, backup: { sink: { url: 'file://e' } } }\n";
         let config = parse_str(yaml, Path::new("test.yaml")).unwrap();
         assert_eq!(config.validate(), []);
         assert_eq!(config.streams[0].retry_duration_seconds(), 86_400);

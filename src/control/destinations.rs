@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use super::s3_destination;
+use super::{http_endpoint_destination, s3_destination};
 use crate::config::{Config, SourceConfig, StreamConfig};
 use crate::sources::direct_put::wire::ApiError;
 
@@ -25,12 +25,22 @@ pub struct ApiDestination {
     pub stream_config: ToStreamConfig,
 }
 
-pub const API_DESTINATIONS: &[ApiDestination] = &[ApiDestination {
-    name: "ExtendedS3",
-    create_members: &["ExtendedS3DestinationConfiguration", "S3DestinationConfiguration"],
-    update_members: &["ExtendedS3DestinationUpdate", "S3DestinationUpdate"],
-    stream_config: s3_destination::stream_config,
-}];
+pub const API_DESTINATIONS: &[ApiDestination] = &[
+    ApiDestination {
+        name: "ExtendedS3",
+        create_members: &["ExtendedS3DestinationConfiguration", "S3DestinationConfiguration"],
+        update_members: &["ExtendedS3DestinationUpdate", "S3DestinationUpdate"],
+        stream_config: s3_destination::stream_config,
+    },
+    // Built only with the `http_endpoint` sink (`sink-http-endpoint`); without it the stream
+    // configuration names the missing feature.
+    ApiDestination {
+        name: "HttpEndpoint",
+        create_members: &["HttpEndpointDestinationConfiguration"],
+        update_members: &["HttpEndpointDestinationUpdate"],
+        stream_config: http_endpoint_destination::stream_config,
+    },
+];
 
 /// The type a catalog record names; records written before the field existed are S3.
 pub fn by_name(name: Option<&str>) -> Option<&'static ApiDestination> {
@@ -64,7 +74,8 @@ mod tests {
     #[test]
     fn members_find_their_type_and_paths_read_as_aws_writes_them() {
         assert_eq!(by_create_member("S3DestinationConfiguration").map(|d| d.name), Some("ExtendedS3"));
-        assert!(by_create_member("HttpEndpointDestinationConfiguration").is_none());
+        assert_eq!(by_create_member("HttpEndpointDestinationConfiguration").map(|d| d.name), Some("HttpEndpoint"));
+        assert!(by_create_member("RedshiftDestinationConfiguration").is_none());
         assert_eq!(by_name(None).map(|d| d.name), Some("ExtendedS3"));
         assert_eq!(member_path("ExtendedS3DestinationUpdate"), "extendedS3DestinationUpdate");
     }

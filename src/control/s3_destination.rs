@@ -72,17 +72,17 @@ struct BufferingHintsIn {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct ProcessingIn {
-    enabled: Option<bool>,
+pub(super) struct ProcessingIn {
+    pub(super) enabled: Option<bool>,
     #[serde(default)]
-    processors: Vec<ProcessorIn>,
+    pub(super) processors: Vec<ProcessorIn>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct ProcessorIn {
+pub(super) struct ProcessorIn {
     #[serde(rename = "Type")]
-    kind: String,
+    pub(super) kind: String,
     #[serde(default)]
     parameters: Vec<ParameterIn>,
 }
@@ -103,7 +103,7 @@ impl ProcessorIn {
 /// The record transforms Firehose's processors ask for, in the order Firehose applies them:
 /// `Decompression` (with `CloudWatchLogProcessing`: one `cloudwatch_logs` transform), then
 /// `RecordDeAggregation`, then `Lambda`.
-fn record_transforms(processors: &[ProcessorIn], config: &Config) -> Result<Vec<TransformConfig>, ApiError> {
+pub(super) fn record_transforms(processors: &[ProcessorIn], config: &Config) -> Result<Vec<TransformConfig>, ApiError> {
     let find = |kind: &str| processors.iter().find(|processor| processor.kind == kind);
     let invalid = |message: String| ApiError::invalid_argument(message);
     let mut transforms = Vec::new();
@@ -423,7 +423,7 @@ pub fn stream_config(
 }
 
 /// The same validation a YAML stream gets, its problems listed in one `InvalidArgumentException`.
-fn check_like_yaml(config: &Config, stream: &StreamConfig) -> Result<(), ApiError> {
+pub(super) fn check_like_yaml(config: &Config, stream: &StreamConfig) -> Result<(), ApiError> {
     let alone = Config { streams: vec![stream.clone()], ..config.clone() };
     let problems: Vec<String> = alone
         .validate()

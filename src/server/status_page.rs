@@ -1,8 +1,9 @@
 //! The live status page: `GET /` serves one HTML file embedded in the binary (no build toolchain,
 //! no assets to ship) whose script polls `/metrics` and `GET /api/status` every two seconds and
 //! draws, per stream, source, sink and where it writes, records/s and bytes/s in and out with a
-//! five-minute chart, data freshness, WAL backlog, open partitions, retries, error-output records
-//! and the last error with its time, wrapped on a row of its own. It fits a 1,280 px wide
+//! five-minute chart, data freshness, WAL backlog, open partitions, retries, error-output records,
+//! a sink's own requests by outcome (the HTTP endpoint's), and the last error with its time,
+//! wrapped on a row of its own. It fits a 1,280 px wide
 //! window. `POST /` stays the Firehose API.
 //!
 //! Must not: compute rates on the server; the page derives them from two scrapes, as

@@ -61,6 +61,16 @@ pub struct BuiltSink {
     pub failure_output_type: &'static str,
 }
 
+/// Who a sink is built for: the stream's name, its Firehose `VersionId` (in object names) and
+/// ARN (`arn:aws:firehose:<region>:<account>:deliverystream/<name>`, which the HTTP endpoint
+/// sends as `X-Amz-Firehose-Source-Arn`).
+#[derive(Debug, Clone, Copy)]
+pub struct BuildContext<'a> {
+    pub stream: &'a str,
+    pub version_id: u64,
+    pub stream_arn: &'a str,
+}
+
 /// What a destination description needs besides the sink's own configuration: the stream's
 /// settings in Firehose's shapes and the identities the API was given (an API-created stream
 /// names its role and bucket; a YAML stream names neither).
@@ -150,6 +160,13 @@ pub trait SinkDescriptor: std::fmt::Debug + Send + Sync {
     /// Build the sink; object names (where the sink has them) carry `version_id`, the stream's
     /// Firehose `VersionId`.
     async fn build(&self, stream: &str, version_id: u64) -> Result<BuiltSink, SinkError>;
+
+    /// [`SinkDescriptor::build`] with everything spillway knows of the stream; what the
+    /// pipeline calls. A sink that needs more than the name and version (the stream's ARN)
+    /// overrides this one; the others build from the name and version alone.
+    async fn build_in(&self, context: &BuildContext<'_>) -> Result<BuiltSink, SinkError> {
+        self.build(context.stream, context.version_id).await
+    }
 
     /// `validate --connect`: reach the destination without writing data; says what was checked.
     async fn check_connection(&self, stream: &str) -> Result<String, SinkError>;

@@ -29,7 +29,8 @@ pub mod testkit;
 pub use batch::{Batch, LAMBDA_PARTITION_KEY_PREFIX, PartitionKeys, Record, SequenceSet, lambda_partition_key};
 pub use codec::Compression;
 pub use descriptor::{
-    BuiltSink, ConfigProblem, DESTINATION_ID, DescribeContext, FirehoseLimits, PartitionKeySource, SinkDescriptor,
+    BuildContext, BuiltSink, ConfigProblem, DESTINATION_ID, DescribeContext, FirehoseLimits, PartitionKeySource,
+    SinkDescriptor,
 };
 pub use encode::{
     EncodeError, Encoder, EncoderFactory, Payload, RawEncoder, RawEncoderFactory, RecordPosition, Refusal,
@@ -38,4 +39,4 @@ pub use error::{ErrorClass, RecordFailure, SinkError};
 pub use json_depth::{MAX_JSON_DEPTH, TooDeep, check_json_depth};
 pub use panic::catch_panic;
 pub use secret::{Secret, same_configuration};
-pub use sink::{ErrorOutput, Sink};
+pub use sink::{ErrorOutput, RequestCounts, Sink};

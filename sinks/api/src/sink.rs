@@ -16,6 +16,24 @@ pub trait Sink: Send + Sync + 'static {
 
     /// Release connections; called once after the last write.
     async fn close(&self) -> Result<(), SinkError>;
+
+    /// Requests sent so far, by outcome, for a sink whose writes are requests it counts itself
+    /// (the HTTP endpoint: `200`, `5xx`, `timeout`, …); read when `/metrics` is scraped. `None`
+    /// (the default): the sink has no such counts, and the pipeline's own metrics describe it.
+    fn request_counts(&self) -> Option<RequestCounts> {
+        None
+    }
+}
+
+/// A sink's request counters since it was built.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    /// Requests by outcome (`200`, `3xx`, `413`, `4xx`, `5xx`, `timeout`, `connection`, …).
+    pub by_outcome: Vec<(&'static str, u64)>,
+    /// Records the requests carried (a retried request counts again).
+    pub records: u64,
+    /// Request body bytes as sent (after compression).
+    pub bytes: u64,
 }
 
 /// Where records that could not be delivered are written, as Firehose error JSON documents

@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 use spillway_sink_api::{ConfigProblem, Secret};
-use spillway_sink_s3::S3SinkConfig;
+pub use spillway_sink_s3::{BackupConfig, BackupMode};
 
 use crate::index::IndexRotation;
 
@@ -116,25 +116,6 @@ fn default_sigv4_service() -> String {
     "es".to_string()
 }
 
-/// Firehose's `S3BackupMode`: `failed_only` (`FailedDocumentsOnly`, default) or `all`
-/// (`AllDocuments`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BackupMode {
-    #[default]
-    FailedOnly,
-    All,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackupConfig {
-    #[serde(default)]
-    pub mode: BackupMode,
-    /// An `s3` sink block (without `type`): url, prefix, error_output_prefix, credentials, ….
-    pub sink: Box<S3SinkConfig>,
-}
-
 impl OpenSearchSinkConfig {
     /// Every problem, each with its field path.
     pub fn validate(&self) -> Vec<ConfigProblem> {
@@ -181,9 +162,7 @@ impl OpenSearchSinkConfig {
                 }
             }
         }
-        for problem in self.backup.sink.validate() {
-            push(&format!("backup.sink.{}", problem.field), problem.message);
-        }
+        problems.extend(self.backup.validate());
         problems
     }
 }

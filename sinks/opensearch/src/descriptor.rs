@@ -44,12 +44,7 @@ impl SinkDescriptor for OpenSearchSinkConfig {
     }
 
     fn local_folders(&self) -> Vec<(String, PathBuf)> {
-        self.backup
-            .sink
-            .local_folders()
-            .into_iter()
-            .map(|(field, path)| (format!("backup.sink.{field}"), path))
-            .collect()
+        self.backup.local_folders()
     }
 
     fn has_error_output_prefix(&self) -> bool {

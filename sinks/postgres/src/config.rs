@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use spillway_sink_api::{BuiltSink, Compression, ConfigProblem, Secret, SinkError};
-use spillway_sink_s3::{Destination, OutputFormat, S3SinkConfig};
+use spillway_sink_s3::{BackupConfig, BackupMode, Destination, OutputFormat, S3SinkConfig};
 
 use crate::error::PgError;
 use crate::pool::Pool;
@@ -94,10 +94,11 @@ pub struct PostgresSinkConfig {
     #[serde(default = "default_timeout_seconds")]
     pub timeout_seconds: u64,
     /// Where records the database refused are written (Firehose error JSON under
-    /// `error_output_prefix`): an S3 sink block (`url: file://…` or `s3://…`). Required in stdin
-    /// mode; in s3_manifest mode the default is `s3_staging` (its error output prefix).
+    /// `error_output_prefix`): `backup: { mode: failed_only, sink: { url: file://… | s3://… } }`,
+    /// the block every non-S3 sink has. Required in stdin mode; in s3_manifest mode the default
+    /// is `s3_staging` (its error output prefix). Only `failed_only` is supported.
     #[serde(default)]
-    pub s3_backup: Option<Box<S3SinkConfig>>,
+    pub backup: Option<BackupConfig>,
     /// s3_manifest mode: where batches are staged for Redshift's COPY (Firehose's
     /// `S3Configuration`): an `s3://` S3 sink block with a literal prefix.
     #[serde(default)]
@@ -185,19 +186,23 @@ impl PostgresSinkConfig {
         if self.timeout_seconds == 0 {
             problems.push(ConfigProblem::new("timeout_seconds", "must be at least 1"));
         }
-        if let Some(backup) = &self.s3_backup {
-            for problem in backup.validate() {
-                problems.push(ConfigProblem::new(&format!("s3_backup.{}", problem.field), problem.message));
+        if let Some(backup) = &self.backup {
+            if backup.mode == BackupMode::All {
+                problems.push(ConfigProblem::new(
+                    "backup.mode",
+                    "must be failed_only: the postgres sink keeps no copy of delivered rows",
+                ));
             }
+            problems.extend(backup.validate());
         }
         problems
     }
 
     fn validate_stdin(&self, problems: &mut Vec<ConfigProblem>) {
-        if self.s3_backup.is_none() {
+        if self.backup.is_none() {
             problems.push(ConfigProblem::new(
-                "s3_backup",
-                "is required: where records PostgreSQL refuses go (an S3 sink block, e.g. { url: file://./var/errors })",
+                "backup",
+                "is required: where records PostgreSQL refuses go (e.g. { sink: { url: file://./var/errors } })",
             ));
         }
         if self.s3_staging.is_some() {
@@ -320,10 +325,11 @@ impl PostgresSinkConfig {
                 problems.iter().map(|problem| format!("{}: {}", problem.field, problem.message)).collect();
             return Err(SinkError::permanent("Postgres.InvalidConfiguration", listed.join("; ")));
         }
-        let backup_config = self.s3_backup.as_ref().ok_or_else(|| {
-            SinkError::permanent("Postgres.InvalidConfiguration", "s3_backup is required in stdin mode")
-        })?;
-        let backup = Arc::new(backup_config.build(stream)?);
+        let backup_config = self
+            .backup
+            .as_ref()
+            .ok_or_else(|| SinkError::permanent("Postgres.InvalidConfiguration", "backup is required in stdin mode"))?;
+        let backup = Arc::new(backup_config.sink.build(stream)?);
         let pool = Pool::new(self.connection_config()?, self.ca_file.as_deref(), self.max_connections)?;
         let sink = PostgresSink::new(stream, pool, self.clone(), backup);
         match tokio::time::timeout(Duration::from_secs(self.timeout_seconds), sink.prepare()).await {
@@ -377,8 +383,8 @@ impl PostgresSinkConfig {
         };
         let credentials = self.copy_credentials().ok_or_else(|| invalid("iam_role is required"))?;
         let staging_sink = Arc::new(staging_config.build_versioned(stream, version_id)?);
-        let backup = match &self.s3_backup {
-            Some(backup) => Arc::new(backup.build_versioned(stream, version_id)?),
+        let backup = match &self.backup {
+            Some(backup) => Arc::new(backup.sink.build_versioned(stream, version_id)?),
             None => staging_sink.clone(),
         };
         let staging = Arc::new(Staging {
@@ -451,7 +457,7 @@ mod tests {
         config.validate().into_iter().map(|problem| problem.field).collect()
     }
 
-    const BACKUP: &str = r#""s3_backup": {"url": "file://./errors"}"#;
+    const BACKUP: &str = r#""backup": {"sink": {"url": "file://./errors"}}"#;
 
     #[test]
     fn a_minimal_block_is_valid_and_secrets_stay_hidden() {
@@ -468,14 +474,14 @@ mod tests {
         let config = parse(
             r#"{"url": "mysql://x", "table": " ", "columns": ["a", "a", ""], "record_column": "doc",
                  "max_connections": 0, "timeout_seconds": 0, "iam_role": "arn:x",
-                 "s3_backup": {"url": "ftp://nope"}}"#,
+                 "backup": {"sink": {"url": "ftp://nope"}}}"#,
         );
         assert_eq!(
             fields(&config),
-            ["url", "table", "iam_role", "record_column", "max_connections", "timeout_seconds", "s3_backup.url"]
+            ["url", "table", "iam_role", "record_column", "max_connections", "timeout_seconds", "backup.sink.url"]
         );
         let config = parse(r#"{"url": "postgres://h/db", "table": "t"}"#);
-        assert_eq!(fields(&config), ["s3_backup"]);
+        assert_eq!(fields(&config), ["backup"]);
         let config =
             parse(&format!(r#"{{"url": "postgres://h/db", "table": "t", "columns": ["a", "a", ""], {BACKUP}}}"#));
         assert_eq!(fields(&config), ["columns[1]", "columns[2]"]);

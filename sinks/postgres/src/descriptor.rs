@@ -49,7 +49,7 @@ impl SinkDescriptor for PostgresSinkConfig {
     }
 
     fn local_folders(&self) -> Vec<(String, PathBuf)> {
-        let backup = self.s3_backup.iter().map(|s3| ("s3_backup", s3));
+        let backup = self.backup.iter().map(|backup| ("backup.sink", &backup.sink));
         let staging = self.s3_staging.iter().map(|s3| ("s3_staging", s3));
         backup
             .chain(staging)
@@ -60,7 +60,11 @@ impl SinkDescriptor for PostgresSinkConfig {
     }
 
     fn has_error_output_prefix(&self) -> bool {
-        self.s3_backup.as_ref().or(self.s3_staging.as_ref()).is_some_and(|backup| backup.error_output_prefix.is_some())
+        self.backup
+            .as_ref()
+            .map(|backup| &backup.sink)
+            .or(self.s3_staging.as_ref())
+            .is_some_and(|backup| backup.error_output_prefix.is_some())
     }
 
     fn full_batches_in_flight(&self) -> Option<usize> {

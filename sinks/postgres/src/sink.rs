@@ -9,7 +9,7 @@
 //! under a savepoint; when it fails on a row's content, the rows before the line PostgreSQL
 //! names are loaded, that row is tried alone, and the rest continues (without a line number the
 //! range is bisected). Refused rows come back as permanent per-record failures with the
-//! message and SQLSTATE; the pipeline writes them to the error output (`s3_backup`).
+//! message and SQLSTATE; the pipeline writes them to the error output (`backup`).
 //!
 //! Must not: retry (the pipeline does), or keep a connection that saw an error.
 

@@ -31,7 +31,7 @@ fn config(table: &str, errors: &std::path::Path) -> PostgresSinkConfig {
     let block = serde_json::json!({
         "url": url(),
         "table": table,
-        "s3_backup": { "url": format!("file://{}", errors.display()) },
+        "backup": { "sink": { "url": format!("file://{}", errors.display()) } },
     });
     serde_json::from_value(block).expect("sink block")
 }

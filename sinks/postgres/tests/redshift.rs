@@ -72,7 +72,7 @@ fn config(table: &str, prefix: &str, errors: &std::path::Path) -> PostgresSinkCo
             "access_key_id": env("SPILLWAY_TEST_S3_ACCESS_KEY"),
             "secret_access_key": env("SPILLWAY_TEST_S3_SECRET_KEY"),
         },
-        "s3_backup": { "url": format!("file://{}", errors.display()) },
+        "backup": { "sink": { "url": format!("file://{}", errors.display()) } },
     });
     serde_json::from_value(block).expect("sink block")
 }

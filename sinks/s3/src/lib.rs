@@ -3,6 +3,7 @@
 //! layout and prefix expressions. Depends only on `spillway-sink-api` and `object_store`.
 //!
 //! Module map:
+//! - [`backup`]: the `backup: { mode, sink }` block every non-S3 sink shares.
 //! - [`config`]: `S3SinkConfig` (the YAML `sink:` block), pure `validate`, and `build`.
 //! - [`descriptor`]: the sink as the registry sees it (`SinkDescriptor`): Firehose's S3 ranges
 //!   and the `ExtendedS3DestinationDescription`.
@@ -19,6 +20,7 @@
 //! - `credentials`: the standard AWS credential chain (profiles, SSO, roles) when the YAML names
 //!   no keys.
 
+pub mod backup;
 pub mod config;
 mod credentials;
 pub mod descriptor;
@@ -29,6 +31,7 @@ pub mod parquet;
 pub mod sink;
 pub mod timestamp;
 
+pub use backup::{BackupConfig, BackupMode};
 pub use config::{Destination, OutputFormat, S3SinkConfig};
 pub use descriptor::bucket_arn_for_url;
 pub use error::is_destination_state;

@@ -1,0 +1,3 @@
+module spillway.dev/bench_http_endpoint
+
+go 1.21
