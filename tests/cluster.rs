@@ -112,16 +112,7 @@ async fn node_id_of(node: &Spillway) -> String {
 }
 
 async fn put_lines(node: &Spillway, lines: &[String]) {
-    let client = node.client().await;
-    for chunk in lines.chunks(100) {
-        let records: Vec<Record> = chunk
-            .iter()
-            .map(|line| Record::builder().data(Blob::new(line.as_bytes().to_vec())).build().unwrap())
-            .collect();
-        let output =
-            client.put_record_batch().delivery_stream_name("app-logs").set_records(Some(records)).send().await.unwrap();
-        assert_eq!(output.failed_put_count(), 0);
-    }
+    put_api_lines(node, "app-logs", lines).await;
 }
 
 #[tokio::test]
@@ -155,18 +146,13 @@ async fn three_nodes_join_deliver_their_own_puts_once_and_a_killed_node_shows_de
         put_lines(node, &lines).await;
         sent.extend(lines);
     }
-    let delivered = eventually(WAIT, "every record in the shared folder", || {
-        let lines: Vec<String> = local_objects(&out)
-            .into_iter()
-            .flat_map(|(_, body)| String::from_utf8(body).unwrap().lines().map(str::to_string).collect::<Vec<_>>())
-            .collect();
+    let got = eventually(WAIT, "every record in the shared folder", || {
+        let lines = lines_under(&out);
         (lines.len() >= sent.len()).then_some(lines)
     })
     .await;
     let mut expected = sent.clone();
     expected.sort();
-    let mut got = delivered;
-    got.sort();
     assert_eq!(got, expected, "every record exactly once: none missing, none twice");
 
     // kill -9: after its lease the node shows dead; SIGTERM: shown stopped at once.
@@ -352,6 +338,26 @@ async fn put_api_lines(node: &Spillway, stream: &str, lines: &[String]) {
     }
 }
 
+/// An S3 destination into bucket `bucket` (1 MiB / 1 s buffers, newline after each record).
+fn api_destination(bucket: &str, prefix: Option<&str>) -> aws_sdk_firehose::types::ExtendedS3DestinationConfiguration {
+    use aws_sdk_firehose::types::{
+        BufferingHints, ExtendedS3DestinationConfiguration, ProcessingConfiguration, Processor, ProcessorType,
+    };
+    ExtendedS3DestinationConfiguration::builder()
+        .role_arn("arn:aws:iam::000000000000:role/firehose")
+        .bucket_arn(format!("arn:aws:s3:::{bucket}"))
+        .set_prefix(prefix.map(str::to_string))
+        .buffering_hints(BufferingHints::builder().size_in_mbs(1).interval_in_seconds(1).build())
+        .processing_configuration(
+            ProcessingConfiguration::builder()
+                .enabled(true)
+                .processors(Processor::builder().r#type(ProcessorType::AppendDelimiterToRecord).build().unwrap())
+                .build(),
+        )
+        .build()
+        .unwrap()
+}
+
 fn lines_under(folder: &Path) -> Vec<String> {
     let mut lines: Vec<String> = local_objects(folder)
         .into_iter()
@@ -364,10 +370,7 @@ fn lines_under(folder: &Path) -> Vec<String> {
 #[tokio::test]
 #[ignore = "needs services: scripts/test.sh"]
 async fn an_api_stream_created_on_one_node_runs_on_every_node_survives_restarts_and_is_deleted_through_another() {
-    use aws_sdk_firehose::types::{
-        BufferingHints, ExtendedS3DestinationConfiguration, ExtendedS3DestinationUpdate, ProcessingConfiguration,
-        Processor, ProcessorType, Tag,
-    };
+    use aws_sdk_firehose::types::{ExtendedS3DestinationConfiguration, ExtendedS3DestinationUpdate, Tag};
     let coordinator = fresh_database().await;
     let root = tempfile::tempdir().unwrap();
     let yaml = api_node_yaml(root.path());
@@ -378,19 +381,7 @@ async fn an_api_stream_created_on_one_node_runs_on_every_node_survives_restarts_
         node.wait_ready().await;
     }
 
-    let destination = ExtendedS3DestinationConfiguration::builder()
-        .role_arn("arn:aws:iam::000000000000:role/firehose")
-        .bucket_arn("arn:aws:s3:::shared")
-        .prefix("v1/")
-        .buffering_hints(BufferingHints::builder().size_in_mbs(1).interval_in_seconds(1).build())
-        .processing_configuration(
-            ProcessingConfiguration::builder()
-                .enabled(true)
-                .processors(Processor::builder().r#type(ProcessorType::AppendDelimiterToRecord).build().unwrap())
-                .build(),
-        )
-        .build()
-        .unwrap();
+    let destination = api_destination("shared", Some("v1/"));
     let first = nodes[0].client().await;
     first
         .create_delivery_stream()
@@ -578,9 +569,6 @@ async fn a_node_whose_yaml_streams_differ_from_a_live_node_is_refused_naming_the
 #[ignore = "needs services: scripts/test.sh"]
 async fn during_a_coordinator_outage_streams_keep_delivering_api_changes_are_refused_and_both_nodes_catch_up() {
     use aws_sdk_firehose::error::ProvideErrorMetadata;
-    use aws_sdk_firehose::types::{
-        BufferingHints, ExtendedS3DestinationConfiguration, ProcessingConfiguration, Processor, ProcessorType,
-    };
     let server = OwnPostgres::start();
     let coordinator = server.url("postgres");
     let root = tempfile::tempdir().unwrap();
@@ -590,26 +578,12 @@ async fn during_a_coordinator_outage_streams_keep_delivering_api_changes_are_ref
     for node in &nodes {
         node.wait_ready().await;
     }
-    let destination = |bucket: &str| {
-        ExtendedS3DestinationConfiguration::builder()
-            .role_arn("arn:aws:iam::000000000000:role/firehose")
-            .bucket_arn(format!("arn:aws:s3:::{bucket}"))
-            .buffering_hints(BufferingHints::builder().size_in_mbs(1).interval_in_seconds(1).build())
-            .processing_configuration(
-                ProcessingConfiguration::builder()
-                    .enabled(true)
-                    .processors(Processor::builder().r#type(ProcessorType::AppendDelimiterToRecord).build().unwrap())
-                    .build(),
-            )
-            .build()
-            .unwrap()
-    };
     let create = async |node: &Spillway, name: &str| {
         node.client()
             .await
             .create_delivery_stream()
             .delivery_stream_name(name)
-            .extended_s3_destination_configuration(destination(name))
+            .extended_s3_destination_configuration(api_destination(name, None))
             .send()
             .await
             .map(drop)
