@@ -85,7 +85,7 @@ async fn apply(control: &Control, ingest: &Arc<Ingest>, records: Vec<StreamRecor
         let name = record.name.clone();
         let Some(running) = ingest.stream(&name) else {
             match record.status {
-                StreamStatus::Active => start(control, ingest, record).await,
+                StreamStatus::Active => run(control, ingest, record, false).await,
                 StreamStatus::Creating => promote_if_abandoned(control, record).await,
                 StreamStatus::Deleting => {}
             }
@@ -119,7 +119,7 @@ async fn apply(control: &Control, ingest: &Arc<Ingest>, records: Vec<StreamRecor
                 follow_delete(control.clone(), ingest.clone(), name);
             }
             StreamStatus::Active if definition_changed(running_record, &record) => {
-                restart(control, ingest, record).await;
+                run(control, ingest, record, true).await;
             }
             StreamStatus::Active => {
                 ingest.update_record(&name, record);
@@ -162,43 +162,28 @@ async fn promote_if_abandoned(control: &Control, record: StreamRecord) {
     }
 }
 
-async fn start(control: &Control, ingest: &Arc<Ingest>, record: StreamRecord) {
-    let name = record.name.clone();
-    let stream_config = match stream_config_for(&ingest.config, &record) {
-        Ok(stream_config) => stream_config,
-        Err(message) => {
-            tracing::error!(stream = %name, %message, "a stream created through another node cannot run here");
-            return;
-        }
-    };
-    match control.lifecycle.start(&stream_config, record).await {
-        Ok(started) => {
-            ingest.put_stream(&name, started);
-            tracing::info!(stream = %name, "delivery stream created through another node; running here too");
-        }
-        Err(error) => {
-            tracing::error!(stream = %name, %error, "a stream created through another node cannot start here")
-        }
-    }
-}
-
-async fn restart(control: &Control, ingest: &Arc<Ingest>, record: StreamRecord) {
+/// Start a stream created through another node, or (`restart`) rebuild one changed there.
+async fn run(control: &Control, ingest: &Arc<Ingest>, record: StreamRecord, restart: bool) {
     let name = record.name.clone();
     let version_id = record.version_id;
+    let what = if restart { "changed" } else { "created" };
     let stream_config = match stream_config_for(&ingest.config, &record) {
         Ok(stream_config) => stream_config,
         Err(message) => {
-            tracing::error!(stream = %name, %message, "a stream changed through another node cannot run here");
+            tracing::error!(stream = %name, %message, "a stream {what} through another node cannot run here");
             return;
         }
     };
-    match control.lifecycle.restart(&stream_config, record).await {
-        Ok(restarted) => {
-            ingest.put_stream(&name, restarted);
-            tracing::info!(stream = %name, version_id, "destination updated through another node; restarted here");
+    let started = if restart {
+        control.lifecycle.restart(&stream_config, record).await
+    } else {
+        control.lifecycle.start(&stream_config, record).await
+    };
+    match started {
+        Ok(stream) => {
+            ingest.put_stream(&name, stream);
+            tracing::info!(stream = %name, version_id, "delivery stream {what} through another node; running here too");
         }
-        Err(error) => {
-            tracing::error!(stream = %name, %error, "a stream changed through another node cannot restart here")
-        }
+        Err(error) => tracing::error!(stream = %name, %error, "a stream {what} through another node cannot run here"),
     }
 }
