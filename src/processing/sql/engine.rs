@@ -119,12 +119,14 @@ impl SqlTransform {
                     }
                 }
             }
-            // One record's error (a failing cast, say) fails the batch: read each record alone,
-            // so the error lands on the records that raise it, as a rebuilt batch would have it.
-            Err(_) if read.len() > 1 => {
-                for index in read {
-                    outcomes[index] = self.given(columns, program, &records[index..=index]).remove(0);
-                }
+            // One record's error (a failing cast, say) fails the batch: evaluate each half again,
+            // down to single records, so the error lands on the records that raise it alone (a
+            // batch that evaluates gives each row what it gives alone: the kernels are row-wise).
+            Err(_) if records.len() > 1 => {
+                let middle = records.len() / 2;
+                let mut halves = self.given(columns, program, &records[..middle]);
+                halves.extend(self.given(columns, program, &records[middle..]));
+                return halves;
             }
             Err(error) => outcomes[read[0]] = Err(query_failed(&error)),
         }
