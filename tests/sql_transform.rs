@@ -4,20 +4,24 @@
 //! fit the table land under `processing-failed/` while the others are delivered; queries that do
 //! not parse, name an unknown column or are not stateless are refused by `spillway validate`.
 //!
-//! No crash test of its own: the transform runs where jq's does (the assembler's routing of each
-//! record read from the WAL, and the rebuilding of a recorded batch from the same records), and
-//! each record's outputs depend on that record alone, so tests/transforms.rs's SIGKILL rounds
-//! cover its delivery path; `processing::transform` tests that a micro-batch gives each record
-//! what it gives alone.
+//! Seeded SIGKILL rounds with an `sql` stage after a jq split and dynamic partitions: the
+//! transform runs where jq's does (the assembler's routing of the records read from the WAL, and
+//! the rebuilding of a recorded batch from the same records), but on micro-batches of all the
+//! records read at once, so the rounds check that a rebuilt batch holds the same rows: every kept
+//! row once, none twice, each record set aside once.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use aws_sdk_firehose::primitives::Blob;
 use aws_sdk_firehose::types::Record;
 use base64::Engine;
 use common::{Spillway, local_objects};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 fn yaml(transforms: &str) -> String {
@@ -254,5 +258,149 @@ fn queries_that_do_not_plan_are_refused_by_validate_with_datafusions_message() {
         assert!(!ok, "{query} is refused");
         assert!(stderr.contains(path), "{query}: the path in {stderr}");
         assert!(stderr.contains(message), "{query}: `{message}` in {stderr}");
+    }
+}
+
+/// Seeded SIGKILL rounds (`SPILLWAY_CHAOS_SEED`, `SPILLWAY_CHAOS_ROUNDS`, default 10) while a
+/// client puts records that jq splits in two and SQL filters (ids divisible by 3 dropped), with a
+/// computed column, into three dynamic partitions: every kept output of an acknowledged record
+/// arrives exactly once with its computed value, nothing arrives twice, and each round's record
+/// that does not fit the table (a string id) is set aside exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_rounds_deliver_every_kept_row_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let transforms = "\x20       - { type: jq, expr: '.batch[]' }\n\
+        \x20       - type: sql\n\
+        \x20         query: \"SELECT id, service, id * 2 AS twice FROM records WHERE id % 3 <> 0\"\n\
+        \x20         schema: { columns: [ { name: id, type: bigint }, { name: service, type: string } ] }\n\
+        \x20     dynamic_partitioning: { keys: { service: .service } }\n";
+    let yaml = yaml(transforms)
+        .replace("interval_seconds: 60", "interval_seconds: 1")
+        .replace("prefix: 'logs/'", "prefix: 'logs/service=!{partitionKeyFromQuery:service}/'");
+    let seed: u64 = std::env::var("SPILLWAY_CHAOS_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or(11);
+    let rounds: usize = std::env::var("SPILLWAY_CHAOS_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(10);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let acknowledged = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let mut misfits_acknowledged = Vec::new();
+    let misfit = |round: usize| format!(r#"{{"batch":[{{"id":"bad-{round}","service":"svc-0"}}]}}"#);
+    let mut next_id = 0u64;
+    for round in 0..rounds {
+        let spillway = Spillway::start(dir.path(), &yaml);
+        let client = spillway.client().await;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let first_id = next_id;
+        next_id += 1_000_000;
+        let pusher = tokio::spawn({
+            let (acknowledged, stop, client) = (acknowledged.clone(), stop.clone(), client.clone());
+            async move {
+                let mut id = first_id;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let ids: Vec<u64> = (id..id + 50).collect();
+                    id += 50;
+                    let records = ids.iter().map(|id| {
+                        let data = format!(
+                            r#"{{"batch":[{{"id":{id},"service":"svc-{}"}},{{"id":{},"service":"svc-{}"}}]}}"#,
+                            id % 3,
+                            id + 500_000,
+                            (id + 1) % 3
+                        );
+                        Record::builder().data(Blob::new(data)).build().unwrap()
+                    });
+                    let sent = client
+                        .put_record_batch()
+                        .delivery_stream_name("app-logs")
+                        .set_records(Some(records.collect()))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(output) if output.failed_put_count() == 0 => acknowledged.lock().unwrap().extend(ids),
+                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..600))).await;
+        let sent = client
+            .put_record()
+            .delivery_stream_name("app-logs")
+            .record(Record::builder().data(Blob::new(misfit(round))).build().unwrap())
+            .send()
+            .await;
+        if sent.is_ok() {
+            misfits_acknowledged.push(round);
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..1500))).await;
+        spillway.kill();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        pusher.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    let kept: Vec<u64> = acknowledged.iter().flat_map(|id| [*id, id + 500_000]).filter(|id| id % 3 != 0).collect();
+    let final_run = Spillway::start(dir.path(), &yaml);
+    let delivered = || {
+        let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+        for (key, body) in local_objects(&dir.path().join("out")) {
+            if !key.starts_with("logs/") {
+                continue;
+            }
+            for line in body.split(|&byte| byte == b'\n').filter(|line| !line.is_empty()) {
+                let row: Value = serde_json::from_slice(line).expect("a JSON line");
+                let id = row["id"].as_u64().unwrap();
+                let service = row["service"].as_str().unwrap();
+                assert!(key.starts_with(&format!("logs/service={service}/")), "{row} under {key}");
+                assert_eq!(row["twice"].as_u64(), Some(id * 2), "{row}");
+                *counts.entry(id).or_default() += 1;
+            }
+        }
+        counts
+    };
+    let set_aside = || {
+        let mut rounds: BTreeMap<String, (usize, String)> = BTreeMap::new();
+        for line in lines_under(&local_objects(&dir.path().join("out")), "errors/") {
+            let raw = base64::engine::general_purpose::STANDARD.decode(line["rawData"].as_str().unwrap()).unwrap();
+            let code = line["errorCode"].as_str().unwrap_or_default().to_string();
+            rounds.entry(String::from_utf8(raw).unwrap()).or_insert((0, code)).0 += 1;
+        }
+        rounds
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    while std::time::Instant::now() < deadline {
+        let counts = delivered();
+        let misfits = set_aside();
+        if kept.iter().all(|id| counts.contains_key(id))
+            && misfits_acknowledged.iter().all(|round| misfits.contains_key(&misfit(*round)))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(final_run.terminate(), 0);
+
+    let counts = delivered();
+    assert!(kept.len() > 1_000, "the client got work done: {}", kept.len());
+    let missing: Vec<&u64> = kept.iter().filter(|id| !counts.contains_key(id)).collect();
+    let duplicated: Vec<(&u64, &usize)> = counts.iter().filter(|(_, count)| **count > 1).collect();
+    let filtered_out: Vec<&u64> = counts.keys().filter(|id| *id % 3 == 0).collect();
+    assert!(
+        missing.is_empty() && duplicated.is_empty() && filtered_out.is_empty(),
+        "seed {seed}, {rounds} rounds: {} rows missing (first {:?}), {} duplicated (first {:?}), {} the WHERE drops",
+        missing.len(),
+        missing.first(),
+        duplicated.len(),
+        duplicated.first(),
+        filtered_out.len()
+    );
+    let misfits = set_aside();
+    assert!(misfits_acknowledged.len() * 2 >= rounds, "most misfit puts were acknowledged: {misfits_acknowledged:?}");
+    for round in &misfits_acknowledged {
+        assert!(
+            misfits.contains_key(&misfit(*round)),
+            "seed {seed}: acknowledged misfit of round {round} not set aside"
+        );
+    }
+    for (record, (count, code)) in &misfits {
+        assert!(record.contains("bad-"), "seed {seed}: only misfits are set aside, got {record} ({code})");
+        assert_eq!((*count, code.as_str()), (1, "Sql.MalformedData"), "seed {seed}: {record}");
     }
 }
