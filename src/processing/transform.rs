@@ -312,8 +312,12 @@ impl Transforms {
     }
 
     fn apply_batch_stages(&self, records: &[&[u8]]) -> Vec<Outcome> {
-        let mut outcomes: Vec<Outcome> = records.iter().map(|record| Ok(vec![record.to_vec()])).collect();
-        for stage in &self.stages {
+        // A batch stage first reads the records where they are (no copy of each).
+        let (mut outcomes, rest): (Vec<Outcome>, &[Stage]) = match self.stages.split_first() {
+            Some((Stage::Batch(transform), rest)) => (transform.apply_batch(records), rest),
+            _ => (records.iter().map(|record| Ok(vec![record.to_vec()])).collect(), &self.stages[..]),
+        };
+        for stage in rest {
             match stage {
                 Stage::Record(transform) => {
                     for outcome in outcomes.iter_mut() {
