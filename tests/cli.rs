@@ -66,7 +66,7 @@ fn validate_accepts_the_shipped_examples() {
     }
 }
 
-/// The sink and source types behind a cargo feature: (YAML type, feature, built into this binary).
+/// The sink, source and transform types behind a cargo feature: (YAML type, feature, built into this binary).
 const OPTIONAL_TYPES: &[(&str, &str, bool)] = &[
     ("postgres", "sink-postgres", cfg!(feature = "sink-postgres")),
     ("opensearch", "sink-opensearch", cfg!(feature = "sink-opensearch")),
@@ -74,6 +74,7 @@ const OPTIONAL_TYPES: &[(&str, &str, bool)] = &[
     ("kinesis", "source-kinesis", cfg!(feature = "source-kinesis")),
     ("dynamodb_streams", "source-dynamodb-streams", cfg!(feature = "source-dynamodb-streams")),
     ("file", "source-file", cfg!(feature = "source-file")),
+    ("sql", "transform-sql", cfg!(feature = "transform-sql")),
 ];
 
 /// A binary built without `sink-postgres` (scripts/test.sh builds one) refuses a PostgreSQL sink

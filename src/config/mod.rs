@@ -843,6 +843,8 @@ fn dynamic_partitioning_problems(stream: &StreamConfig, sink_reported: &dyn Fn(&
         for (index, reason) in bad {
             let field = match stream.processing.transforms.get(index) {
                 Some(crate::processing::TransformConfig::Lambda(_)) => "",
+                // Reported field by field below.
+                Some(crate::processing::TransformConfig::Sql(_)) => continue,
                 _ => ".expr",
             };
             push(&format!("processing.transforms[{index}]{field}"), reason);
@@ -853,6 +855,11 @@ fn dynamic_partitioning_problems(stream: &StreamConfig, sink_reported: &dyn Fn(&
         if let crate::processing::TransformConfig::Lambda(lambda) = transform {
             has_lambda = true;
             for (field, message) in lambda.validate() {
+                push(&format!("processing.transforms[{index}].{field}"), message);
+            }
+        }
+        if let crate::processing::TransformConfig::Sql(sql) = transform {
+            for (field, message) in sql.validate() {
                 push(&format!("processing.transforms[{index}].{field}"), message);
             }
         }

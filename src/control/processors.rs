@@ -31,7 +31,7 @@ pub fn processing_configuration(stream: &StreamConfig) -> Value {
     json!({ "Enabled": !processors.is_empty(), "Processors": processors })
 }
 
-/// The Firehose processors a transform is (none for `jq`, which Firehose has only as
+/// The Firehose processors a transform is (none for `sql`, nor for `jq`, which Firehose has only as
 /// `MetadataExtraction` for partition keys).
 fn firehose_processors(transform: &TransformConfig) -> Vec<Value> {
     let processor = |kind: &str, parameters: &[(&str, String)]| {
@@ -41,7 +41,8 @@ fn firehose_processors(transform: &TransformConfig) -> Vec<Value> {
     };
     let gzip = || processor("Decompression", &[("CompressionFormat", "GZIP".into())]);
     match transform {
-        TransformConfig::Jq { .. } => Vec::new(),
+        // Firehose has no SQL processor (Kinesis Data Analytics was a separate service).
+        TransformConfig::Jq { .. } | TransformConfig::Sql(_) => Vec::new(),
         TransformConfig::Decompress { .. } => vec![gzip()],
         TransformConfig::CloudwatchLogs { data_message_extraction } => vec![
             gzip(),

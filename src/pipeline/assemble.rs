@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use super::lambda_stage::{LambdaStage, ProcessedChunk, ProcessedOutput, ProcessedRecord};
 use super::open_batch::{ClosedBatch, EarlyClose, OpenBatches, Route};
 use crate::config::RecordDelimiter;
+use crate::processing::transform::Outcome;
 use crate::processing::{PROCESSING_FAILED_OUTPUT_TYPE, Transforms};
 use crate::wal::{Frame, WalError, WalReader};
 
@@ -177,8 +178,19 @@ impl Router {
         Routed::Sink { route: Route::sink(Arc::new(merged)), data }
     }
 
+    /// With a batch transform (`sql`), the transform outcomes of every record of `frames`, in
+    /// order: one micro-batch for all the records read at once. Each outcome is what the record
+    /// alone gives, so how the WAL is read never changes a batch.
+    fn batch_outcomes(&self, frames: &[Frame]) -> Option<std::vec::IntoIter<Outcome>> {
+        let transforms = self.transforms.as_ref().filter(|transforms| transforms.has_batch_stage())?;
+        let records: Vec<&[u8]> = frames.iter().flat_map(|frame| frame.records.iter().map(|data| &data[..])).collect();
+        Some(transforms.apply_batch(&records).into_iter())
+    }
+
     /// Feed one frame's records into `open`, skipping claimed ones (and, when rebuilding one
-    /// batch, records of other routes).
+    /// batch, records of other routes). `outcomes`: the frame's records' transform outcomes from
+    /// [`Router::batch_outcomes`] (consumed in order), else each record is transformed here.
+    #[allow(clippy::too_many_arguments)]
     fn feed(
         &self,
         frame: &Frame,
@@ -187,6 +199,7 @@ impl Router {
         only: Option<&Route>,
         arrived_at: Instant,
         closed: &mut Vec<ClosedBatch>,
+        mut outcomes: Option<&mut std::vec::IntoIter<Outcome>>,
     ) -> Result<(), EncodeError> {
         let skip =
             |route: &Route, sequence: u64| claimed.holds(route, sequence) || only.is_some_and(|only| only != route);
@@ -208,7 +221,11 @@ impl Router {
         for (offset, data) in frame.records.iter().enumerate() {
             let sequence = frame.first_sequence + offset as u64;
             touched.clear();
-            if let Err(failure) = transforms.apply(data, &mut outputs) {
+            let applied = match outcomes.as_mut().and_then(|outcomes| outcomes.next()) {
+                Some(outcome) => outcome.map(|list| outputs = list),
+                None => transforms.apply(data, &mut outputs),
+            };
+            if let Err(failure) = applied {
                 // Firehose's processing-failed records carry the record as it arrived.
                 let route = Route::error_output(PROCESSING_FAILED_OUTPUT_TYPE);
                 if !skip(&route, sequence) {
@@ -529,12 +546,13 @@ impl Assembler {
         let frames = self.reader.read(committed, max_bytes)?;
         let (now, now_ms) = (Instant::now(), chrono::Utc::now().timestamp_millis());
         let mut closed = Vec::new();
+        let mut outcomes = self.router.batch_outcomes(&frames);
         for frame in &frames {
             // The interval counts from arrival: records recovered after a restart that are already
             // older than the interval close their batch at once.
             let age = Duration::from_millis(now_ms.saturating_sub(frame.arrival_ms).max(0) as u64);
             let arrived_at = now.checked_sub(age).unwrap_or(now);
-            self.router.feed(frame, &mut self.open, &self.claimed, None, arrived_at, &mut closed)?;
+            self.router.feed(frame, &mut self.open, &self.claimed, None, arrived_at, &mut closed, outcomes.as_mut())?;
         }
         Ok(closed)
     }
@@ -595,10 +613,14 @@ pub fn rebuild(
         if frames.is_empty() {
             break;
         }
-        for mut frame in frames {
+        let mut frames = frames;
+        for frame in &mut frames {
             let keep = (end.saturating_sub(frame.first_sequence) as usize).min(frame.records.len());
             frame.records.truncate(keep);
-            router.feed(&frame, &mut open, &nothing_claimed, Some(route), now, &mut closed)?;
+        }
+        let mut outcomes = router.batch_outcomes(&frames);
+        for frame in &frames {
+            router.feed(frame, &mut open, &nothing_claimed, Some(route), now, &mut closed, outcomes.as_mut())?;
         }
     }
     closed.extend(open.close_due(now, true)?);

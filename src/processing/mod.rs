@@ -7,6 +7,7 @@
 pub mod jq;
 pub mod lambda;
 pub mod partition;
+pub mod sql;
 pub mod transform;
 
 pub use partition::{

@@ -6,6 +6,10 @@
 //! Transforms must be deterministic: a batch is rebuilt from the WAL after a crash by running
 //! them again, and the rebuilt batch must hold the same records.
 //!
+//! An `sql` entry is a [`BatchTransform`]: it reads records in micro-batches (the records the
+//! assembler reads at once) for speed, and gives each record exactly the outputs it would give
+//! that record alone, so the batching never shows in what is delivered.
+//!
 //! A `lambda` entry is not a [`Transform`]: it does HTTP I/O, so the delivery loop runs it as an
 //! async stage (`pipeline::lambda`). [`Chain`] splits the list around it: the transforms before
 //! it run on each record as it is read, those after it on the function's outputs.
@@ -18,6 +22,7 @@ use serde::Deserialize;
 
 use super::jq::{JqFilter, compile_jq, jq_error_text};
 use super::lambda::LambdaConfig;
+use super::sql::SqlConfig;
 
 /// `!{firehose:error-output-type}` of records a transform failed (Firehose's folder for records
 /// its processing Lambda failed).
@@ -87,6 +92,8 @@ pub enum TransformConfig {
     /// Firehose's `Lambda` processor: records are sent, in invocations, to an HTTP function
     /// speaking Firehose's event / response JSON (see `processing::lambda`).
     Lambda(LambdaConfig),
+    /// A stateless SQL query over the table `records` (see `processing::sql`).
+    Sql(SqlConfig),
 }
 
 fn default_true() -> bool {
@@ -117,11 +124,19 @@ impl TransformConfig {
             TransformConfig::CloudwatchLogs { .. } => "cloudwatch_logs",
             TransformConfig::RecordDeaggregation { .. } => "record_deaggregation",
             TransformConfig::Lambda(_) => "lambda",
+            TransformConfig::Sql(_) => "sql",
         }
     }
 
     /// Compile; the error names what is wrong with the expression.
-    pub fn build(&self) -> Result<Box<dyn Transform>, String> {
+    pub fn build(&self) -> Result<Stage, String> {
+        if let TransformConfig::Sql(config) = self {
+            return build_sql(config);
+        }
+        self.build_record_transform().map(Stage::Record)
+    }
+
+    fn build_record_transform(&self) -> Result<Box<dyn Transform>, String> {
         match self {
             TransformConfig::Jq { expr, raw_output } => {
                 Ok(Box::new(JqTransform { filter: compile_jq(expr)?, raw_output: *raw_output }))
@@ -147,8 +162,20 @@ impl TransformConfig {
             TransformConfig::Lambda(_) => {
                 Err("a lambda transform is not a record-by-record transform (see processing::transform::Chain)".into())
             }
+            TransformConfig::Sql(_) => Err("an sql transform is a batch transform".into()),
         }
     }
+}
+
+#[cfg(feature = "transform-sql")]
+fn build_sql(config: &SqlConfig) -> Result<Stage, String> {
+    let transform = super::sql::engine::SqlTransform::build(config)?;
+    Ok(Stage::Batch(Box::new(transform)))
+}
+
+#[cfg(not(feature = "transform-sql"))]
+fn build_sql(_config: &SqlConfig) -> Result<Stage, String> {
+    Err(super::sql::FEATURE_MISSING.into())
 }
 
 /// A stream's `processing.transforms` split around its Lambda (at most one, as Firehose has one
@@ -208,9 +235,38 @@ pub trait Transform: Send + Sync + 'static {
     fn apply(&self, record: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), TransformFailure>;
 }
 
+/// A transform that reads records in micro-batches: one outcome per record, in order, each
+/// exactly what the record alone (a batch of one) gives.
+pub trait BatchTransform: Send + Sync + 'static {
+    fn apply_batch(&self, records: &[&[u8]]) -> Vec<Result<Vec<Vec<u8>>, TransformFailure>>;
+}
+
+/// One compiled entry of `processing.transforms`.
+pub enum Stage {
+    Record(Box<dyn Transform>),
+    Batch(Box<dyn BatchTransform>),
+}
+
+impl Stage {
+    /// The record's outputs appended to `out` (what a batch of one gives).
+    fn apply(&self, record: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), TransformFailure> {
+        match self {
+            Stage::Record(transform) => transform.apply(record, out),
+            Stage::Batch(transform) => {
+                let outcome = transform.apply_batch(&[record]).into_iter().next().unwrap_or_else(|| Ok(Vec::new()));
+                out.extend(outcome?);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What [`Transforms::apply_batch`] gives per record: its outputs, or why it failed.
+pub type Outcome = Result<Vec<Vec<u8>>, TransformFailure>;
+
 /// A stream's transforms, in order; the outputs of one are the inputs of the next.
 pub struct Transforms {
-    stages: Vec<Box<dyn Transform>>,
+    stages: Vec<Stage>,
 }
 
 impl Transforms {
@@ -233,6 +289,76 @@ impl Transforms {
 
     pub fn is_empty(&self) -> bool {
         self.stages.is_empty()
+    }
+
+    /// Whether a stage reads micro-batches (then [`Transforms::apply_batch`] is the fast path).
+    pub fn has_batch_stage(&self) -> bool {
+        self.stages.iter().any(|stage| matches!(stage, Stage::Batch(_)))
+    }
+
+    /// Every record's outcome after every stage, in order: for each record, exactly what
+    /// [`Transforms::apply`] gives it. A panic anywhere re-runs the records one by one, so it
+    /// fails only the record that causes it.
+    pub fn apply_batch(&self, records: &[&[u8]]) -> Vec<Outcome> {
+        spillway_sink_api::catch_panic(|| self.apply_batch_stages(records)).unwrap_or_else(|_| {
+            records
+                .iter()
+                .map(|record| {
+                    let mut out = Vec::new();
+                    self.apply(record, &mut out).map(|()| out)
+                })
+                .collect()
+        })
+    }
+
+    fn apply_batch_stages(&self, records: &[&[u8]]) -> Vec<Outcome> {
+        // A batch stage first reads the records where they are (no copy of each).
+        let (mut outcomes, rest): (Vec<Outcome>, &[Stage]) = match self.stages.split_first() {
+            Some((Stage::Batch(transform), rest)) => (transform.apply_batch(records), rest),
+            _ => (records.iter().map(|record| Ok(vec![record.to_vec()])).collect(), &self.stages[..]),
+        };
+        for stage in rest {
+            match stage {
+                Stage::Record(transform) => {
+                    for outcome in outcomes.iter_mut() {
+                        let Ok(items) = outcome else { continue };
+                        let mut next = Vec::new();
+                        let applied = items.iter().try_for_each(|item| transform.apply(item, &mut next));
+                        *outcome = applied.map(|()| next);
+                    }
+                }
+                Stage::Batch(transform) => {
+                    // Every live item of every record in one batch; `owners[i]` is item i's record.
+                    let mut owners = Vec::new();
+                    let mut items: Vec<&[u8]> = Vec::new();
+                    for (index, outcome) in outcomes.iter().enumerate() {
+                        if let Ok(list) = outcome {
+                            owners.extend(std::iter::repeat_n(index, list.len()));
+                            items.extend(list.iter().map(Vec::as_slice));
+                        }
+                    }
+                    let results = transform.apply_batch(&items);
+                    let mut next: Vec<Outcome> = outcomes
+                        .iter()
+                        .map(|outcome| match outcome {
+                            Ok(_) => Ok(Vec::new()),
+                            Err(failure) => Err(failure.clone()),
+                        })
+                        .collect();
+                    for (owner, result) in owners.into_iter().zip(results) {
+                        // The first failing item fails the record, as one by one.
+                        if let Ok(list) = &mut next[owner] {
+                            match result {
+                                Ok(outputs) => list.extend(outputs),
+                                Err(failure) => next[owner] = Err(failure),
+                            }
+                        }
+                    }
+                    outcomes = next;
+                }
+            }
+        }
+        outcomes
     }
 
     /// The record's outputs after every stage, into `out` (cleared first). One failure anywhere
@@ -535,7 +661,7 @@ mod tests {
 
     #[test]
     fn a_transform_that_panics_fails_only_that_record_as_an_internal_error() {
-        let transforms = Transforms { stages: vec![Box::new(PanicsOn(b"poison"))] };
+        let transforms = Transforms { stages: vec![Stage::Record(Box::new(PanicsOn(b"poison")))] };
         let mut out = vec![b"left over".to_vec()];
         let failure = transforms.apply(b"poison", &mut out).unwrap_err();
         assert_eq!(failure.code, INTERNAL_ERROR);
