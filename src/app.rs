@@ -128,6 +128,8 @@ impl App {
             region: config.server.region.clone(),
             account_id: config.server.account_id.clone(),
             cluster_mode: membership.is_some(),
+            wals: Arc::default(),
+            drain_timeout: Duration::from_secs(config.server.shutdown_grace_seconds),
         }));
         // Cluster mode: the catalog every node shares, and the same YAML streams on every node.
         let stream_catalog: Arc<dyn Catalog> = match (&membership, &resolved_cluster) {
@@ -153,6 +155,8 @@ impl App {
             let ingest = lifecycle.start(stream, record).await?;
             streams.insert(stream.name.clone(), ingest);
         }
+        // Readers removed from the file while spillway was stopped no longer hold any WAL.
+        lifecycle.release_stale_holds(&crate::config::stream_readers(&config.streams)).await;
         // Streams created through the API, as they were last described.
         let api_records = stream_catalog
             .load_api_records()

@@ -30,7 +30,7 @@ use crate::readiness::CheckedSink;
 use crate::readiness::Readiness;
 use crate::sources::StreamIngest;
 use crate::stream_record::StreamRecord;
-use crate::wal::{Wal, WalOptions};
+use crate::wal::{Wal, WalDirectory, WalOptions};
 
 /// Why a stream could not be built or removed, or why its delivery ended.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +67,12 @@ pub struct StreamEnv {
     pub account_id: String,
     /// Cluster mode (`cluster:`): streams whose source cannot be shared yet are refused.
     pub cluster_mode: bool,
+    /// The running streams' WALs by name, for streams that read another stream.
+    pub wals: Arc<WalDirectory>,
+    /// How long a stream removed or restarted with [`StopMode::Drain`] may take to deliver what
+    /// it holds (`server.shutdown_grace_seconds`); a destination that is down must not hang a
+    /// reload or a delete. What it could not deliver stays in its WAL.
+    pub drain_timeout: Duration,
 }
 
 /// A stream's running parts: its WAL and, unless the WAL could not be opened, its delivery task.
@@ -88,11 +94,12 @@ struct Readers {
 }
 
 impl Readers {
-    fn spawn(config: &StreamConfig, wal: &Wal, metrics: &Arc<StreamMetrics>) -> Self {
+    fn spawn(config: &StreamConfig, wal: &Wal, wals: &Arc<WalDirectory>, metrics: &Arc<StreamMetrics>) -> Self {
         let (stop, stop_rx) = watch::channel(false);
         let tasks = config.source.descriptor().spawn_readers(crate::sources::ReaderContext {
             stream: &config.name,
             wal,
+            wals,
             metrics,
             stop: stop_rx,
         });
@@ -213,7 +220,16 @@ impl Lifecycle {
             },
         };
         // A stream whose WAL could not be opened reads nothing.
-        let readers = if delivery.is_some() { Readers::spawn(config, &wal, &metrics) } else { Readers::default() };
+        // Streams reading this one find its WAL here (a WAL that could not be opened has nothing
+        // to give them).
+        if delivery.is_some() {
+            self.env.wals.insert(&name, wal.clone());
+        }
+        let readers = if delivery.is_some() {
+            Readers::spawn(config, &wal, &self.env.wals, &metrics)
+        } else {
+            Readers::default()
+        };
         self.running().insert(
             name,
             Running { wal: wal.clone(), metrics: metrics.clone(), stopped: stopped.clone(), delivery, readers },
@@ -264,6 +280,10 @@ impl Lifecycle {
         if let Some(readers) = readers {
             readers.stop(tokio::time::Instant::now() + Duration::from_secs(30)).await;
         }
+        // Streams reading this one wait for it to come back. Its own holds on other WALs stay
+        // until the configuration no longer names it ([`Lifecycle::release_stale_holds`]): a
+        // stream removed to restart with a changed source comes back at once.
+        self.env.wals.remove(name);
         let stop_result = self.stop_delivery(name, mode).await;
         let Some(running) = self.running().remove(name) else {
             return Ok(Removed { committed: 0, delivered: 0 });
@@ -286,6 +306,46 @@ impl Lifecycle {
         .map_err(|join| StreamError::DataDir { path: dir.clone(), source: std::io::Error::other(join) })?
         .map_err(|source| StreamError::Checkpoint { stream, source })?;
         Ok(Removed { committed, delivered })
+    }
+
+    /// Drop `reader`'s holds on every running stream's WAL: it reads none of them any more.
+    async fn release_holds(&self, reader: &str) {
+        for (upstream, wal) in self.env.wals.all() {
+            if !wal.holders().iter().any(|holder| holder == reader) {
+                continue;
+            }
+            let reader_name = reader.to_string();
+            let released = tokio::task::spawn_blocking(move || wal.release_hold(&reader_name)).await;
+            match released {
+                Ok(Ok(())) => {
+                    tracing::info!(stream = %upstream, reader = %reader, "a stream that read this one no longer does; its wal is no longer kept for it")
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(stream = %upstream, reader = %reader, %error, "cannot release a removed reader's hold on the wal")
+                }
+                Err(join) => {
+                    tracing::warn!(stream = %upstream, reader = %reader, error = %join, "cannot release a removed reader's hold on the wal")
+                }
+            }
+        }
+    }
+
+    /// Release every hold on a running stream's WAL whose reader is not in `readers` (each
+    /// upstream stream with the streams that read it now): at start-up (a reader removed from
+    /// the file while spillway was stopped) and after a reload.
+    pub async fn release_stale_holds(&self, readers: &BTreeMap<String, Vec<String>>) {
+        let mut stale = std::collections::BTreeSet::new();
+        for (upstream, wal) in self.env.wals.all() {
+            let current = readers.get(&upstream);
+            for holder in wal.holders() {
+                if !current.is_some_and(|current| current.contains(&holder)) {
+                    stale.insert(holder);
+                }
+            }
+        }
+        for reader in stale {
+            self.release_holds(&reader).await;
+        }
     }
 
     /// The sinks of every running delivery, for the background healthchecks.
@@ -345,9 +405,20 @@ impl Lifecycle {
             return Ok(());
         }
         let _ = delivery.stop.send(true);
-        match delivery.task.await {
-            Ok(result) => result,
-            Err(join) => Err(PipelineError::Join(join)),
+        let mut task = delivery.task;
+        match tokio::time::timeout(self.env.drain_timeout, &mut task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(PipelineError::Join(join)),
+            Err(_) => {
+                tracing::warn!(
+                    stream = %name,
+                    grace_seconds = self.env.drain_timeout.as_secs(),
+                    "delivery did not finish within the grace period (is the destination down?); undelivered records stay in the wal"
+                );
+                task.abort();
+                let _ = task.await;
+                Ok(())
+            }
         }
     }
 

@@ -173,7 +173,9 @@ pub struct ServerConfig {
     #[serde(default = "default_account_id")]
     pub account_id: String,
     /// On SIGTERM / Ctrl-C, how long to wait for buffers to flush and deliveries to finish before
-    /// exiting anyway (what is left stays in the WAL and is delivered on the next start).
+    /// exiting anyway (what is left stays in the WAL and is delivered on the next start). Also how
+    /// long a stream removed by a reload, deleted or given a new destination may take to deliver
+    /// what it holds before its delivery is stopped anyway (what is left stays in its WAL).
     #[serde(default = "default_shutdown_grace_seconds")]
     pub shutdown_grace_seconds: u64,
     /// A request whose body has not fully arrived within this many seconds is answered
@@ -734,6 +736,9 @@ impl Config {
             }
         }
 
+        for (index, problem) in stream_reading_problems(&self.streams) {
+            push(format!("streams[{index}].source.stream"), problem);
+        }
         let mut seen = BTreeSet::new();
         for (index, stream) in self.streams.iter().enumerate() {
             let at = |field: &str| format!("streams[{index}].{field}");
@@ -944,6 +949,56 @@ fn dynamic_partitioning_problems(stream: &StreamConfig, sink_reported: &dyn Fn(&
                 format!("uses !{{partitionKeyFromLambda:{name}}} but processing.dynamic_partitioning is not enabled"),
             ),
             PartitionKeySource::Lambda => {}
+        }
+    }
+    problems
+}
+
+/// Each stream that other streams read, with the names of those readers (`source: { type: stream }`).
+pub fn stream_readers(streams: &[StreamConfig]) -> BTreeMap<String, Vec<String>> {
+    let mut readers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for stream in streams {
+        if let Some(upstream) = stream.source.descriptor().reads_stream() {
+            readers.entry(upstream.to_string()).or_default().push(stream.name.clone());
+        }
+    }
+    readers
+}
+
+/// A stream read by another must be a stream of the file, not the reader itself, and readers may
+/// not form a cycle (records would go round for ever). Problems as (stream index, message).
+fn stream_reading_problems(streams: &[StreamConfig]) -> Vec<(usize, String)> {
+    let upstream_of: BTreeMap<&str, &str> = streams
+        .iter()
+        .filter_map(|stream| Some((stream.name.as_str(), stream.source.descriptor().reads_stream()?)))
+        .collect();
+    let names: BTreeSet<&str> = streams.iter().map(|stream| stream.name.as_str()).collect();
+    let mut problems = Vec::new();
+    for (index, stream) in streams.iter().enumerate() {
+        let Some(upstream) = stream.source.descriptor().reads_stream() else { continue };
+        if upstream == stream.name {
+            problems.push((index, "a stream cannot read itself".to_string()));
+        } else if !names.contains(upstream) {
+            problems.push((
+                index,
+                format!("no stream named {upstream:?} in this file (a stream reads only another YAML stream)"),
+            ));
+        } else {
+            // Follow the chain of upstreams; it ends at a stream that reads no stream, or comes back.
+            let mut chain = vec![stream.name.as_str()];
+            let mut next = upstream;
+            while let Some(&after) = upstream_of.get(next) {
+                chain.push(next);
+                if after == stream.name {
+                    chain.push(after);
+                    problems.push((index, format!("streams read each other in a cycle: {}", chain.join(" -> "))));
+                    break;
+                }
+                if chain.len() > streams.len() {
+                    break;
+                }
+                next = after;
+            }
         }
     }
     problems

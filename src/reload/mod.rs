@@ -215,6 +215,10 @@ impl Reloader {
                 }
             }
         }
+        // A reader removed from the file (or now reading another stream) holds no WAL any more.
+        let (yaml, _) = self.running_streams();
+        let yaml: Vec<StreamConfig> = yaml.into_values().collect();
+        lifecycle.release_stale_holds(&crate::config::stream_readers(&yaml)).await;
         ReloadOutcome::Applied(applied)
     }
 

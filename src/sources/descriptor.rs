@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::metrics::StreamMetrics;
-use crate::wal::Wal;
+use crate::wal::{Wal, WalDirectory};
 
 /// What a source description needs besides the source's own block.
 #[derive(Debug, Clone)]
@@ -29,6 +29,8 @@ pub struct SourceDescribeContext<'a> {
 pub struct ReaderContext<'a> {
     pub stream: &'a str,
     pub wal: &'a Wal,
+    /// The running streams' WALs, for a source that reads another stream.
+    pub wals: &'a Arc<WalDirectory>,
     pub metrics: &'a Arc<StreamMetrics>,
     pub stop: watch::Receiver<bool>,
 }
@@ -57,6 +59,12 @@ pub trait SourceDescriptor: std::fmt::Debug + Send + Sync {
     /// and its frames carry positions.
     fn accepts_puts(&self) -> bool {
         false
+    }
+
+    /// The stream whose WAL this source reads, for a source that reads another stream of the
+    /// same process: configuration checks that it exists and that no stream reads itself.
+    fn reads_stream(&self) -> Option<&str> {
+        None
     }
 
     /// Start the stream's pull readers, if it has any.

@@ -20,6 +20,7 @@ pub mod http;
 pub mod kinesis;
 #[cfg(any(feature = "source-kinesis", feature = "source-dynamodb-streams"))]
 pub mod shards;
+pub mod stream;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -101,6 +102,8 @@ source_registry! {
     // The shards of a DynamoDB table's stream.
     #[cfg(feature = "source-dynamodb-streams")]
     DynamodbStreams(dynamodb_streams::DynamodbStreamsSourceConfig) = "dynamodb_streams",
+    // Another stream of the same process, as a second reader of its WAL.
+    Stream(stream::StreamSourceConfig) = "stream",
 }
 
 impl Default for SourceConfig {

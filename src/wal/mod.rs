@@ -13,7 +13,9 @@
 //! Must not: interpret record bytes, or know about batches and sinks.
 
 mod committed;
+mod directory;
 mod frame;
+mod holds;
 mod positions;
 pub mod quarantine;
 mod reader;
@@ -32,6 +34,7 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
 pub use committed::CommittedMark;
+pub use directory::WalDirectory;
 pub use frame::{Frame, MAX_SOURCE_FIELD_LEN, SourcePosition};
 pub use reader::WalReader;
 pub use records::{FramedRecords, Records};
@@ -112,6 +115,8 @@ pub struct Wal {
     positions: positions::SharedPositions,
     /// The newest frames written, for [`Wal::delivery_reader`].
     tail: Arc<tail::Tail>,
+    /// Other streams reading this WAL: segments are kept until they copied them too.
+    holds: Arc<holds::Holds>,
 }
 
 impl Wal {
@@ -160,6 +165,9 @@ impl Wal {
         let (recovered_positions, position_frames_read) =
             if options.track_positions { positions::recover(&options.dir)? } else { Default::default() };
         let positions: positions::SharedPositions = Arc::new(std::sync::Mutex::new(recovered_positions));
+        let holds = Arc::new(holds::Holds::load(&options.dir, delivered).map_err(io_error(&options.dir))?);
+        // A reader's hold below the checkpoint keeps segments the checkpoint alone would delete.
+        let trim_point = holds.trim_point();
         let report = RecoveryReport {
             segments: segments.len(),
             bytes: disk_bytes,
@@ -177,9 +185,9 @@ impl Wal {
             tail: tail.clone(),
         };
         let (commands, writer) =
-            writer::WriterThread::spawn(options.clone(), segments, next_sequence, delivered, published)?;
+            writer::WriterThread::spawn(options.clone(), segments, next_sequence, trim_point, published)?;
         let writer = Some(Arc::new(writer));
-        let wal = Wal { commands, committed, disk_bytes, dir: options.dir, writer, positions, tail };
+        let wal = Wal { commands, committed, disk_bytes, dir: options.dir, writer, positions, tail, holds };
         Ok((wal, report))
     }
 
@@ -191,7 +199,17 @@ impl Wal {
         let (commands, _no_writer) = std::sync::mpsc::channel();
         let (_never_committed, committed) = watch::channel(0);
         let disk_bytes = Arc::new(AtomicU64::new(held_bytes));
-        Wal { commands, committed, disk_bytes, dir, writer: None, positions: Arc::default(), tail: Arc::default() }
+        let holds = Arc::new(holds::Holds::empty(&dir));
+        Wal {
+            commands,
+            committed,
+            disk_bytes,
+            dir,
+            writer: None,
+            positions: Arc::default(),
+            tail: Arc::default(),
+            holds,
+        }
     }
 
     /// Append one request's records as a single frame (all or nothing). Resolves once the frame
@@ -263,8 +281,10 @@ impl Wal {
     /// Release the budget of records below `delivered` (the checkpoint), waking appends that
     /// wait for room, and delete segments whose records are all below it.
     pub fn trim(&self, delivered: u64) {
+        // Segments another stream has not copied yet stay (see `holds`).
+        let trim_point = self.holds.delivered(delivered);
         // A stopped writer has nothing left to trim; the next start trims instead.
-        let _ = self.commands.send(writer::Command::Trim { delivered });
+        let _ = self.commands.send(writer::Command::Trim { delivered: trim_point });
     }
 
     /// Bytes of records above the last trim point that were delivered already (batches of
@@ -272,7 +292,53 @@ impl Wal {
     /// `max_wal_mib` at once, while the trim point waits for the oldest batch. Send a smaller
     /// value before the `trim` that passes those records, so the count never dips below the truth.
     pub fn delivered_ahead(&self, bytes: u64) {
+        // Records another stream still has to copy keep counting.
+        let bytes = if self.holds.readers().is_empty() { bytes } else { 0 };
         let _ = self.commands.send(writer::Command::DeliveredAhead { bytes });
+    }
+
+    /// Hold this WAL for `reader` (a stream reading it) from `position` on: segments holding
+    /// records at or after it are kept, whatever this stream delivered. The hold survives restarts
+    /// (see `holds`). Blocking file I/O.
+    pub fn hold(&self, reader: &str, position: u64) -> Result<(), WalError> {
+        let trim_point = self.holds.hold(reader, position).map_err(|source| self.holds_error(source))?;
+        let _ = self.commands.send(writer::Command::Trim { delivered: trim_point });
+        Ok(())
+    }
+
+    /// Hold this WAL for a new `reader` from the oldest record it still holds (atomically with
+    /// respect to trims, so nothing from there on is deleted meanwhile). Blocking file I/O.
+    /// Returns the position.
+    pub fn hold_from_trim_point(&self, reader: &str) -> Result<u64, WalError> {
+        self.holds.hold_at_trim_point(reader).map_err(|source| self.holds_error(source))
+    }
+
+    /// The first sequence of the oldest segment on disk (the committed end when there is none).
+    /// Blocking file I/O.
+    pub fn oldest_sequence(&self) -> Result<u64, WalError> {
+        let segments = segment::list(&self.dir).map_err(|source| WalError::Io { path: self.dir.clone(), source })?;
+        Ok(segments.first().map_or(*self.committed.borrow(), |segment| segment.first_sequence))
+    }
+
+    /// `reader` reads this WAL no more (it was removed): drop its hold. Blocking file I/O.
+    pub fn release_hold(&self, reader: &str) -> Result<(), WalError> {
+        let trim_point = self.holds.release(reader).map_err(|source| self.holds_error(source))?;
+        let _ = self.commands.send(writer::Command::Trim { delivered: trim_point });
+        Ok(())
+    }
+
+    /// Where `reader`'s hold stands, if it has one.
+    pub fn hold_position(&self, reader: &str) -> Option<u64> {
+        self.holds.position(reader)
+    }
+
+    /// The streams holding this WAL.
+    pub fn holders(&self) -> Vec<String> {
+        self.holds.readers()
+    }
+
+    fn holds_error(&self, source: std::io::Error) -> WalError {
+        WalError::Io { path: self.dir.join("readers"), source }
     }
 
     /// The sequence below which every record is durably appended; changes on every commit.
@@ -305,6 +371,9 @@ impl Wal {
 
     /// Stop the writer after the queued appends, syncing the last segment.
     pub fn close(&self) {
+        if let Err(error) = self.holds.persist() {
+            tracing::warn!(wal = %self.dir.display(), %error, "cannot save where other streams read this wal; it keeps a few more records for them until they move on");
+        }
         let _ = self.commands.send(writer::Command::Shutdown);
         if let Some(writer) = &self.writer {
             writer.join();

@@ -26,7 +26,7 @@ impl SourceDescriptor for DynamodbStreamsSourceConfig {
     }
 
     fn spawn_readers(&self, context: ReaderContext<'_>) -> Vec<JoinHandle<()>> {
-        let ReaderContext { stream, wal, metrics, stop } = context;
+        let ReaderContext { stream, wal, metrics, stop, .. } = context;
         vec![tokio::spawn(super::run(stream.to_string(), self.clone(), wal.clone(), metrics.clone(), stop))]
     }
 
