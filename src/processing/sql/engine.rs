@@ -213,7 +213,7 @@ impl BatchTransform for SqlTransform {
 
 /// Read one record into the builders, or refuse it leaving them as they were (the Parquet
 /// format's reader: the same JSON walk and OpenX key rules).
-fn read_row(rows: &mut StructColumn, data: &[u8]) -> Result<(), TransformFailure> {
+pub(super) fn read_row(rows: &mut StructColumn, data: &[u8]) -> Result<(), TransformFailure> {
     let before = rows.len();
     let mut deserializer = sonic_rs::Deserializer::from_slice(data);
     let read = RowSeed(rows).deserialize(&mut deserializer).and_then(|()| deserializer.end());
@@ -232,12 +232,12 @@ fn query_failed(error: &DataFusionError) -> TransformFailure {
 }
 
 /// DataFusion's message on one line (its context is on lines of its own).
-fn one_line(error: &DataFusionError) -> String {
+pub(super) fn one_line(error: &DataFusionError) -> String {
     error.strip_backtrace().replace("\ncaused by\n", ": ").replace('\n', " ")
 }
 
 /// The table's rows as a record batch, with `extra` all-NULL columns after them.
-fn batch_of(array: arrow::array::StructArray, extra: &[Arc<Field>]) -> Result<RecordBatch, DataFusionError> {
+pub(super) fn batch_of(array: arrow::array::StructArray, extra: &[Arc<Field>]) -> Result<RecordBatch, DataFusionError> {
     let rows = array.len();
     let (fields, mut columns, _valid) = array.into_parts();
     let mut all_fields: Vec<Arc<Field>> = fields.iter().cloned().collect();
@@ -250,7 +250,7 @@ fn batch_of(array: arrow::array::StructArray, extra: &[Arc<Field>]) -> Result<Re
 }
 
 /// One step of a compiled query, bottom up.
-enum Step {
+pub(super) enum Step {
     /// The table scan's column selection.
     Select(Vec<usize>),
     Filter(Arc<dyn PhysicalExpr>),
@@ -262,14 +262,21 @@ enum Step {
 
 /// A query compiled for one table.
 pub struct Program {
-    steps: Vec<Step>,
+    pub(super) steps: Vec<Step>,
     /// All-NULL columns appended to the table (columns the query names that records lack).
-    missing: Vec<Arc<Field>>,
+    pub(super) missing: Vec<Arc<Field>>,
 }
 
 impl Program {
     /// Each output row as (input row, compact JSON object), in input order.
-    fn run(&self, batch: RecordBatch) -> Result<Vec<(usize, Vec<u8>)>, DataFusionError> {
+    pub(super) fn run(&self, batch: RecordBatch) -> Result<Vec<(usize, Vec<u8>)>, DataFusionError> {
+        let (rows, batch) = self.evaluate(batch)?;
+        let lines = to_json_lines(&batch)?;
+        Ok(rows.into_iter().zip(lines).collect())
+    }
+
+    /// The query's output batch, with the input row of each output row.
+    pub(super) fn evaluate(&self, batch: RecordBatch) -> Result<(Vec<usize>, RecordBatch), DataFusionError> {
         let mut batch = if self.missing.is_empty() { batch } else { widen(batch, &self.missing)? };
         let mut rows: ArrayRef = Arc::new(UInt32Array::from_iter_values(0..batch.num_rows() as u32));
         for step in &self.steps {
@@ -298,9 +305,8 @@ impl Program {
                 }
             }
         }
-        let lines = to_json_lines(&batch)?;
         let rows = rows.as_primitive::<arrow::datatypes::UInt32Type>();
-        Ok(rows.values().iter().map(|&row| row as usize).zip(lines).collect())
+        Ok((rows.values().iter().map(|&row| row as usize).collect(), batch))
     }
 }
 
@@ -318,7 +324,7 @@ fn widen(batch: RecordBatch, missing: &[Arc<Field>]) -> Result<RecordBatch, Data
 
 /// One compact JSON object per row; NULL columns are written as `null` (a selected column is
 /// always there).
-fn to_json_lines(batch: &RecordBatch) -> Result<Vec<Vec<u8>>, DataFusionError> {
+pub(super) fn to_json_lines(batch: &RecordBatch) -> Result<Vec<Vec<u8>>, DataFusionError> {
     let mut buffer = Vec::with_capacity(batch.get_array_memory_size() / 2 + batch.num_rows());
     {
         let mut writer = arrow::json::WriterBuilder::new()
@@ -341,7 +347,7 @@ fn to_json_lines(batch: &RecordBatch) -> Result<Vec<Vec<u8>>, DataFusionError> {
 }
 
 /// DataFusion's function registry and the one table, for its SQL planner.
-struct Catalog {
+pub(super) struct Catalog {
     functions: HashMap<String, Arc<ScalarUDF>>,
     aggregates: HashMap<String, Arc<AggregateUDF>>,
     higher_order: HashMap<String, Arc<HigherOrderUDF>>,
@@ -350,7 +356,7 @@ struct Catalog {
 }
 
 impl Catalog {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let mut functions = HashMap::new();
         let scalar = datafusion_functions::all_default_functions()
             .into_iter()
@@ -417,6 +423,13 @@ impl Catalog {
     }
 
     fn plan_once(&self, query: &str, schema: SchemaRef) -> Result<Vec<Step>, Planned> {
+        let plan = self.logical_plan(query, schema)?;
+        let props = ExecutionProps::new();
+        compile(&plan, &props)
+    }
+
+    /// `query` as DataFusion's analyzed and simplified logical plan over `schema`.
+    pub(super) fn logical_plan(&self, query: &str, schema: SchemaRef) -> Result<LogicalPlan, Planned> {
         let dialect = datafusion_sql::sqlparser::dialect::GenericDialect {};
         let mut statements = datafusion_sql::parser::DFParser::parse_sql_with_dialect(query, &dialect)?;
         if statements.len() != 1 {
@@ -440,13 +453,11 @@ impl Catalog {
             datafusion_optimizer::simplify_expressions::SimplifyExpressions::new(),
         )]);
         let context = datafusion_optimizer::OptimizerContext::new().without_query_execution_start_time();
-        let plan = simplify.optimize(plan, &context, |_, _| {})?;
-        let props = ExecutionProps::new();
-        compile(&plan, &props)
+        Ok(simplify.optimize(plan, &context, |_, _| {})?)
     }
 }
 
-enum Planned {
+pub(super) enum Planned {
     DataFusion(DataFusionError),
     NotStateless(String),
 }
@@ -458,7 +469,18 @@ impl From<DataFusionError> for Planned {
 }
 
 /// A query's plan as steps, refusing anything that is not one record in, its rows out.
-fn compile(plan: &LogicalPlan, props: &ExecutionProps) -> Result<Vec<Step>, Planned> {
+pub(super) fn compile(plan: &LogicalPlan, props: &ExecutionProps) -> Result<Vec<Step>, Planned> {
+    compile_above(plan, props, false)
+}
+
+/// [`compile`]; with `aggregate_is_input`, an aggregate node is where the steps start (its
+/// output is evaluated apart, by a windowed query), so only the nodes above it are compiled.
+pub(super) fn compile_above(
+    plan: &LogicalPlan,
+    props: &ExecutionProps,
+    aggregate_is_input: bool,
+) -> Result<Vec<Step>, Planned> {
+    let compile = |plan: &LogicalPlan, props: &ExecutionProps| compile_above(plan, props, aggregate_is_input);
     let context = datafusion_expr::physical_planning_context::PhysicalPlanningContext::default();
     match plan {
         LogicalPlan::Projection(projection) => {
@@ -493,6 +515,7 @@ fn compile(plan: &LogicalPlan, props: &ExecutionProps) -> Result<Vec<Step>, Plan
             }
             Ok(scan.projection.clone().map(Step::Select).into_iter().collect())
         }
+        LogicalPlan::Aggregate(_) if aggregate_is_input => Ok(Vec::new()),
         LogicalPlan::Aggregate(_) => Err(Planned::NotStateless(
             "aggregates (GROUP BY, count, sum, avg, …) need a window, and windows are not supported yet: a stateless sql transform maps each record on its own".into(),
         )),

@@ -21,7 +21,11 @@ use serde::Deserialize;
 use spillway_sink_s3::parquet::schema::{ColumnConfig, Table};
 
 #[cfg(feature = "transform-sql")]
+pub mod aggregate;
+#[cfg(feature = "transform-sql")]
 pub mod engine;
+#[cfg(feature = "transform-sql")]
+pub mod window;
 
 /// `errorCode` of a record an `sql` transform cannot read as JSON.
 pub const SQL_NON_JSON_RECORD: &str = "Sql.NonJsonRecord";
@@ -56,6 +60,190 @@ pub struct SqlConfig {
     /// OpenX `ConvertDotsInJsonKeysToUnderscores` (default false).
     #[serde(default)]
     pub convert_dots_in_json_keys_to_underscores: bool,
+    /// Run the (aggregating) query once per window instead of once per record (see `window`).
+    #[serde(default)]
+    pub window: Option<WindowConfig>,
+}
+
+/// `errorCode` of a record whose every window had closed when it was read (later than
+/// `allowed_lateness_seconds`).
+pub const SQL_LATE_RECORD: &str = "Sql.LateRecord";
+/// `errorCode` of a record whose event time is missing or cannot be read.
+pub const SQL_INVALID_EVENT_TIME: &str = "Sql.InvalidEventTime";
+/// `errorCode` of a record that would open a group past `window.max_groups` in a window.
+pub const SQL_TOO_MANY_GROUPS: &str = "Sql.TooManyGroups";
+
+/// `window:` of a windowed `sql` transform.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    #[serde(rename = "type")]
+    pub kind: WindowKind,
+    /// Window length, 1 s to 7 days. Windows are aligned to the Unix epoch (a 60 s window starts
+    /// on the minute).
+    pub size_seconds: u64,
+    /// Sliding windows: a new window starts every `slide_seconds` (a divisor of `size_seconds`).
+    #[serde(default)]
+    pub slide_seconds: Option<u64>,
+    /// Which time places a record in windows: `arrival` (default: when spillway took it in) or
+    /// `{ field: .path.to.time, format }`.
+    #[serde(default)]
+    pub time: WindowTime,
+    /// How far event time may run behind the newest time seen before a record is late: a
+    /// window closes when the newest time seen minus this passes its end.
+    #[serde(default)]
+    pub allowed_lateness_seconds: u64,
+    /// What happens to a late record: `error_output` (default, `Sql.LateRecord`) or `drop`
+    /// (counted only).
+    #[serde(default)]
+    pub late_records: LateRecords,
+    /// Most groups one window holds; a record that would open another goes to the error
+    /// output (`Sql.TooManyGroups`). Bounds the memory of open windows.
+    #[serde(default = "default_max_groups")]
+    pub max_groups: usize,
+}
+
+fn default_max_groups() -> usize {
+    100_000
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowKind {
+    Tumbling,
+    Sliding,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum WindowTime {
+    Named(NamedTime),
+    Field {
+        /// A jq path of object keys (`.ts`, `.event.time`).
+        field: String,
+        #[serde(default)]
+        format: TimeFormat,
+    },
+}
+
+impl Default for WindowTime {
+    fn default() -> Self {
+        WindowTime::Named(NamedTime::Arrival)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NamedTime {
+    Arrival,
+}
+
+/// How an event time field is read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeFormat {
+    /// A string is ISO 8601 / RFC 3339; a number is epoch seconds below 10^11, else milliseconds.
+    #[default]
+    Auto,
+    Iso8601,
+    EpochSeconds,
+    EpochMilliseconds,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LateRecords {
+    #[default]
+    ErrorOutput,
+    Drop,
+}
+
+/// Longest window.
+pub const MAX_WINDOW_SECONDS: u64 = 7 * 24 * 3600;
+/// Most groups all open windows of one stream may hold together (≈ 1 KiB of accumulator state
+/// each at most for the usual aggregates: ≤ ~10 GiB is refused well before; see docs).
+pub const MAX_OPEN_GROUPS: u64 = 10_000_000;
+
+impl WindowConfig {
+    pub fn size_ms(&self) -> i64 {
+        (self.size_seconds * 1000) as i64
+    }
+
+    pub fn slide_ms(&self) -> i64 {
+        (self.slide_seconds.unwrap_or(self.size_seconds) * 1000) as i64
+    }
+
+    pub fn lateness_ms(&self) -> i64 {
+        (self.allowed_lateness_seconds * 1000) as i64
+    }
+
+    /// Windows open at once at most: those a record belongs to, plus those the lateness keeps.
+    pub fn max_open_windows(&self) -> u64 {
+        let slide = self.slide_seconds.unwrap_or(self.size_seconds).max(1);
+        self.size_seconds.div_ceil(slide) + self.allowed_lateness_seconds.div_ceil(slide) + 1
+    }
+
+    /// The object keys of `time.field`.
+    pub fn time_path(&self) -> Option<Vec<String>> {
+        match &self.time {
+            WindowTime::Named(NamedTime::Arrival) => None,
+            WindowTime::Field { field, .. } => {
+                Some(field.trim_start_matches('.').split('.').map(str::to_string).collect())
+            }
+        }
+    }
+
+    fn validate(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if !(1..=MAX_WINDOW_SECONDS).contains(&self.size_seconds) {
+            problems.push(("window.size_seconds".into(), format!("must be between 1 and {MAX_WINDOW_SECONDS}")));
+        }
+        match (self.kind, self.slide_seconds) {
+            (WindowKind::Tumbling, Some(_)) => problems.push((
+                "window.slide_seconds".into(),
+                "only sliding windows slide (a tumbling window's slide is its size)".into(),
+            )),
+            (WindowKind::Sliding, None) => {
+                problems.push(("window.slide_seconds".into(), "a sliding window needs it".into()))
+            }
+            (WindowKind::Sliding, Some(slide)) => {
+                if slide == 0 || !self.size_seconds.is_multiple_of(slide) || slide > self.size_seconds {
+                    problems.push(("window.slide_seconds".into(), "must divide size_seconds".into()));
+                }
+            }
+            (WindowKind::Tumbling, None) => {}
+        }
+        if self.allowed_lateness_seconds > MAX_WINDOW_SECONDS {
+            problems.push(("window.allowed_lateness_seconds".into(), format!("at most {MAX_WINDOW_SECONDS}")));
+        }
+        if let WindowTime::Field { field, .. } = &self.time {
+            let valid = field.starts_with('.')
+                && field[1..].split('.').all(|key| {
+                    !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                });
+            if !valid {
+                problems.push((
+                    "window.time.field".into(),
+                    format!("{field:?} is not a path of object keys such as `.ts` or `.event.time`"),
+                ));
+            }
+        }
+        if self.max_groups == 0 {
+            problems.push(("window.max_groups".into(), "must be at least 1".into()));
+        }
+        let open = self.max_open_windows().saturating_mul(self.max_groups as u64);
+        if open > MAX_OPEN_GROUPS {
+            problems.push((
+                "window.max_groups".into(),
+                format!(
+                    "{} windows open at once × {} groups = {open} groups could be open, over the bound of {MAX_OPEN_GROUPS}: lower max_groups, the lateness or the number of windows a record is in",
+                    self.max_open_windows(),
+                    self.max_groups
+                ),
+            ));
+        }
+        problems
+    }
 }
 
 fn default_true() -> bool {
@@ -132,10 +320,38 @@ impl SqlConfig {
                 }
             }
         }
-        if let Err(message) = self.check_query(table) {
-            problems.push(("query".into(), message));
+        match &self.window {
+            None => {
+                if let Err(message) = self.check_query(table) {
+                    problems.push(("query".into(), message));
+                }
+            }
+            Some(window) => {
+                problems.extend(window.validate());
+                match table {
+                    None => problems.push((
+                        "schema".into(),
+                        "a windowed query needs given columns (`schema.columns` or `schema.file`): its groups keep one type per column".into(),
+                    )),
+                    Some(table) => {
+                        if let Err(message) = self.check_windowed_query(&table) {
+                            problems.push(("query".into(), message));
+                        }
+                    }
+                }
+            }
         }
         problems
+    }
+
+    #[cfg(feature = "transform-sql")]
+    fn check_windowed_query(&self, table: &Table) -> Result<(), String> {
+        aggregate::check(&self.query, table.arrow_schema())
+    }
+
+    #[cfg(not(feature = "transform-sql"))]
+    fn check_windowed_query(&self, _table: &Table) -> Result<(), String> {
+        Err(FEATURE_MISSING.into())
     }
 
     #[cfg(feature = "transform-sql")]
