@@ -119,6 +119,35 @@ impl RecordMetadata {
     }
 }
 
+/// The object a source writes for a record it refuses itself (a windowed query's late record):
+/// the pipeline files the record in the error output under `processing-failed` with the entry's
+/// `errorCode` and `errorMessage`, instead of delivering it.
+pub const FAILED_RECORD: &str = "spillwayFailedRecord";
+
+/// The codes a source may refuse a record with (`Item::Failed` and the error records take a
+/// static code); anything else reads as `Spillway.SourceRefused`.
+const FAILURE_CODES: [&str; 6] = [
+    crate::processing::sql::SQL_LATE_RECORD,
+    crate::processing::sql::SQL_INVALID_EVENT_TIME,
+    crate::processing::sql::SQL_TOO_MANY_GROUPS,
+    crate::processing::sql::SQL_QUERY_FAILED,
+    crate::processing::sql::SQL_MALFORMED_DATA,
+    crate::processing::sql::SQL_NON_JSON_RECORD,
+];
+
+/// A [`FAILED_RECORD`] entry.
+pub fn failed_record(code: &str, message: &str) -> Bytes {
+    MetadataWriter::new(FAILED_RECORD).text("errorCode", code).text("errorMessage", message).finish()
+}
+
+/// The code and message of a record its source refused, if `entry` says so.
+pub fn source_failure(entry: &[u8]) -> Option<(&'static str, String)> {
+    let metadata = RecordMetadata::decode(entry, None).filter(|metadata| metadata.object == FAILED_RECORD)?;
+    let written = metadata.text("errorCode").unwrap_or_default();
+    let code = FAILURE_CODES.iter().find(|code| **code == written).copied().unwrap_or("Spillway.SourceRefused");
+    Some((code, metadata.text("errorMessage").unwrap_or_default().to_string()))
+}
+
 /// Writes one record's entry: `MetadataWriter::new("kinesisRecordMetadata").text("partitionKey",
 /// key)…finish()`. Names are cut to 255 bytes and texts to 65,535 (at a character boundary); a
 /// 256th field is left out.

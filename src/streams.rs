@@ -100,6 +100,7 @@ impl Readers {
             stream: &config.name,
             wal,
             wals,
+            transforms: &config.processing.transforms,
             metrics,
             stop: stop_rx,
         });

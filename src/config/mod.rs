@@ -867,6 +867,12 @@ fn dynamic_partitioning_problems(stream: &StreamConfig, sink_reported: &dyn Fn(&
             for (field, message) in sql.validate() {
                 push(&format!("processing.transforms[{index}].{field}"), message);
             }
+            if sql.window.is_some() && (index != 0 || stream.source.descriptor().reads_stream().is_none()) {
+                push(
+                    &format!("processing.transforms[{index}].window"),
+                    "a windowed sql transform runs where a stream reads another stream: make it the first transform of a stream with `source: { type: stream, stream: <the intake> }`".into(),
+                );
+            }
         }
     }
     let block = "processing.dynamic_partitioning";

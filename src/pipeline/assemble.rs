@@ -207,9 +207,25 @@ impl Router {
         // no such record, everything else does (see `place`).
         let probe_skipped = only.is_none_or(|only| only.error_output_type.is_some());
         let mut touched: Vec<Route> = Vec::new();
+        // A record its source refused goes to the error output as it is.
+        let refused =
+            |offset: usize| frame.metadata.get(offset).and_then(|entry| crate::record_metadata::source_failure(entry));
+        let file_refused = |offset: usize, data: &[u8], open: &mut OpenBatches, closed: &mut Vec<ClosedBatch>| {
+            let Some((code, message)) = refused(offset) else { return Ok(false) };
+            let sequence = frame.first_sequence + offset as u64;
+            let route = Route::error_output(PROCESSING_FAILED_OUTPUT_TYPE);
+            if !skip(&route, sequence) {
+                let line = failure_line(data, sequence, frame.arrival_ms, code, &message);
+                closed.extend(open.push(&route, sequence, &line, b"", frame.arrival_ms, arrived_at)?);
+            }
+            Ok::<bool, EncodeError>(true)
+        };
         let Some(transforms) = &self.transforms else {
             for (offset, data) in frame.records.iter().enumerate() {
                 let sequence = frame.first_sequence + offset as u64;
+                if !frame.metadata.is_empty() && file_refused(offset, data, open, closed)? {
+                    continue;
+                }
                 touched.clear();
                 let position = RecordPosition { sequence, output: 0, arrival_ms: frame.arrival_ms };
                 self.place(open, data, position, arrived_at, &skip, probe_skipped, &mut touched, None)?;
@@ -220,6 +236,11 @@ impl Router {
         let mut outputs = Vec::new();
         for (offset, data) in frame.records.iter().enumerate() {
             let sequence = frame.first_sequence + offset as u64;
+            if !frame.metadata.is_empty() && file_refused(offset, data, open, closed)? {
+                // Its batch outcome (computed with the others) is not used.
+                let _ = outcomes.as_mut().and_then(|outcomes| outcomes.next());
+                continue;
+            }
             touched.clear();
             let applied = match outcomes.as_mut().and_then(|outcomes| outcomes.next()) {
                 Some(outcome) => outcome.map(|list| outputs = list),

@@ -260,6 +260,13 @@ impl LambdaStage {
             let frame_shard = frame.source.as_ref().map(|source| source.shard.as_str());
             for (offset, data) in frame.records.iter().enumerate() {
                 let sequence = frame.first_sequence + offset as u64;
+                if let Some((code, message)) =
+                    frame.metadata.get(offset).and_then(|entry| crate::record_metadata::source_failure(entry))
+                {
+                    let items = vec![Item::Failed { data: data.clone(), code, message }];
+                    prepared.push(Prepared { sequence, arrival_ms: frame.arrival_ms, items });
+                    continue;
+                }
                 // Records of a push source have no entry: nothing is decoded or allocated.
                 let metadata = frame
                     .metadata

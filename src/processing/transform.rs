@@ -128,6 +128,12 @@ impl TransformConfig {
         }
     }
 
+    /// Whether the entry runs in the stream's reader rather than in its delivery: a windowed
+    /// `sql` (see `sources::stream`).
+    pub fn runs_in_reader(&self) -> bool {
+        matches!(self, TransformConfig::Sql(config) if config.window.is_some())
+    }
+
     /// Compile; the error names what is wrong with the expression.
     pub fn build(&self) -> Result<Stage, String> {
         if let TransformConfig::Sql(config) = self {
@@ -191,6 +197,14 @@ impl Chain {
     /// Compile every transform; on failure, `(index, reason)` of each bad one (indices in the
     /// whole list). A second Lambda is refused.
     pub fn build(configs: &[TransformConfig]) -> Result<Self, Vec<(usize, String)>> {
+        // A windowed `sql` first runs where the stream reads another stream (its records are
+        // already the windows' rows): the chain is what follows it.
+        let skip = usize::from(configs.first().is_some_and(TransformConfig::runs_in_reader));
+        Self::build_all(&configs[skip..])
+            .map_err(|problems| problems.into_iter().map(|(index, reason)| (index + skip, reason)).collect())
+    }
+
+    fn build_all(configs: &[TransformConfig]) -> Result<Self, Vec<(usize, String)>> {
         let lambda_at = configs.iter().position(|config| matches!(config, TransformConfig::Lambda(_)));
         let Some(lambda_at) = lambda_at else {
             return Ok(Self { before: Transforms::build(configs)?, lambda: None, after: Transforms::empty() });

@@ -31,6 +31,9 @@ pub struct ReaderContext<'a> {
     pub wal: &'a Wal,
     /// The running streams' WALs, for a source that reads another stream.
     pub wals: &'a Arc<WalDirectory>,
+    /// The stream's `processing.transforms`, for a source that runs the first of them while it
+    /// reads (a windowed `sql`, in a stream reading another stream).
+    pub transforms: &'a [crate::processing::TransformConfig],
     pub metrics: &'a Arc<StreamMetrics>,
     pub stop: watch::Receiver<bool>,
 }

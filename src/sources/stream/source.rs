@@ -32,10 +32,17 @@ impl SourceDescriptor for StreamSourceConfig {
     }
 
     fn spawn_readers(&self, context: ReaderContext<'_>) -> Vec<JoinHandle<()>> {
-        let ReaderContext { stream, wal, wals, metrics, stop } = context;
+        let ReaderContext { stream, wal, wals, metrics, stop, transforms } = context;
+        // A windowed sql first in the stream's transforms runs here: the stream's WAL gets the
+        // windows' rows (and the records it refuses), not copies.
+        let window = match transforms.first() {
+            Some(crate::processing::TransformConfig::Sql(sql)) if sql.window.is_some() => Some(sql.clone()),
+            _ => None,
+        };
         vec![tokio::spawn(super::run(
             stream.to_string(),
             self.clone(),
+            window,
             wal.clone(),
             wals.clone(),
             metrics.clone(),
