@@ -133,6 +133,11 @@ pub struct StreamMetrics {
     pub partition_count_exceeded: Counter,
     /// Partitions with an open batch right now.
     pub open_partitions: Gauge,
+    /// A windowed sql transform's open windows, the rows its closed windows gave, and the
+    /// records that came after their windows had closed.
+    pub sql_open_windows: Gauge,
+    pub sql_window_rows: Counter,
+    pub sql_late_records: Counter,
     /// 1 when the sink's last healthcheck passed, else 0.
     pub sink_up: Gauge,
     /// Lambda transform invocations (Firehose's `ExecuteProcessing.*` and `SucceedProcessing.*`).
@@ -381,6 +386,9 @@ impl Default for StreamMetrics {
             delivery_latency: delivery_latency_buckets(),
             partition_count_exceeded: Counter::default(),
             open_partitions: Gauge::default(),
+            sql_open_windows: Gauge::default(),
+            sql_window_rows: Counter::default(),
+            sql_late_records: Counter::default(),
             sink_up: Gauge::default(),
             processing: ProcessingMetrics::default(),
             oldest_undelivered_arrival_ms: Arc::default(),
@@ -462,6 +470,9 @@ struct Families {
     delivery_latency: HistogramFamily<SinkLabels>,
     partition_count_exceeded: CounterFamily,
     open_partitions: Family<StreamLabels, Gauge>,
+    sql_open_windows: Family<StreamLabels, Gauge>,
+    sql_window_rows: CounterFamily,
+    sql_late_records: CounterFamily,
     sink_up: Family<SinkLabels, Gauge>,
     source: SourceFamilies,
     processing: ProcessingFamilies,
@@ -485,6 +496,9 @@ impl Families {
             delivery_latency: Family::new_with_constructor(delivery_latency_buckets),
             partition_count_exceeded: Family::default(),
             open_partitions: Family::default(),
+            sql_open_windows: Family::default(),
+            sql_window_rows: Family::default(),
+            sql_late_records: Family::default(),
             sink_up: Family::default(),
             source: SourceFamilies::default(),
             processing: ProcessingFamilies::register(registry),
@@ -542,6 +556,21 @@ impl Families {
             f.partition_count_exceeded.clone(),
         );
         registry.register("spillway_open_partitions", "partitions with an open batch", f.open_partitions.clone());
+        registry.register(
+            "spillway_sql_open_windows",
+            "windows of a windowed sql transform not yet closed",
+            f.sql_open_windows.clone(),
+        );
+        registry.register(
+            "spillway_sql_window_rows",
+            "rows given by the closed windows of a windowed sql transform",
+            f.sql_window_rows.clone(),
+        );
+        registry.register(
+            "spillway_sql_late_records",
+            "records read after every window they belong to had closed (error output, or dropped)",
+            f.sql_late_records.clone(),
+        );
         registry.register(
             "spillway_sink_up",
             "1 when the sink's last background healthcheck passed, else 0",
@@ -632,6 +661,9 @@ impl Metrics {
             delivery_latency: f.delivery_latency.get_or_create_owned(&by_sink),
             partition_count_exceeded: f.partition_count_exceeded.get_or_create_owned(&by_stream),
             open_partitions: f.open_partitions.get_or_create_owned(&by_stream),
+            sql_open_windows: f.sql_open_windows.get_or_create_owned(&by_stream),
+            sql_window_rows: f.sql_window_rows.get_or_create_owned(&by_stream),
+            sql_late_records: f.sql_late_records.get_or_create_owned(&by_stream),
             sink_up: f.sink_up.get_or_create_owned(&by_sink),
             processing: f.processing.instruments(stream),
             oldest_undelivered_arrival_ms: Arc::default(),
@@ -658,6 +690,9 @@ impl Metrics {
         f.put_latency.remove(&by_stream);
         f.partition_count_exceeded.remove(&by_stream);
         f.open_partitions.remove(&by_stream);
+        f.sql_open_windows.remove(&by_stream);
+        f.sql_window_rows.remove(&by_stream);
+        f.sql_late_records.remove(&by_stream);
         f.delivered_records.remove(&by_sink);
         f.delivered_bytes.remove(&by_sink);
         f.delivered_batches.remove(&by_sink);

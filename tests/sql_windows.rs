@@ -186,9 +186,15 @@ print(json.dumps([list(row) for row in rows]))
         (delivered().len() >= windows_expected.len() && failures(dir.path()).len() >= late.len() + 2 * 18).then_some(())
     })
     .await;
+    let late_metric = spillway.metric("spillway_sql_late_records_total{stream=\"windows\"}").await;
+    let rows_metric = spillway.metric("spillway_sql_window_rows_total{stream=\"windows\"}").await;
+    let open_metric = spillway.metric("spillway_sql_open_windows{stream=\"windows\"}").await;
     assert_eq!(spillway.terminate(), 0);
 
     let delivered = delivered();
+    assert_eq!(late_metric, Some(late.len() as f64), "late records counted");
+    assert_eq!(rows_metric, Some(windows_expected.len() as f64), "window rows counted");
+    assert_eq!(open_metric, Some(1.0), "the flush record's window is open");
     assert_eq!(
         delivered.keys().collect::<Vec<_>>(),
         windows_expected.keys().collect::<Vec<_>>(),

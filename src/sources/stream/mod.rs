@@ -249,6 +249,7 @@ impl Reader {
         // idle, the watermark moves on with the clock.
         let mut last_fed = (stage.as_ref().map_or(i64::MIN, WindowStage::max_time), tokio::time::Instant::now());
         let mut held = from;
+        let mut reported_late = 0;
         loop {
             let end = *committed.borrow_and_update();
             let mut outputs = Vec::new();
@@ -299,6 +300,11 @@ impl Reader {
                     }
                 }
             }
+            if let Some(current) = stage.as_ref() {
+                self.metrics.sql_late_records.inc_by(current.late_records - reported_late);
+                reported_late = current.late_records;
+                self.metrics.sql_open_windows.set(current.open_windows() as i64);
+            }
             if outputs.is_empty() {
                 continue;
             }
@@ -330,6 +336,8 @@ impl Reader {
             if !self.append_with_retry(None, records, metadata, source, stop).await {
                 return Ok(());
             }
+            self.metrics.sql_window_rows.inc_by(rows);
+            self.metrics.sql_open_windows.set(current.open_windows() as i64);
             tracing::debug!(stream = %self.stream, rows, open_windows = current.open_windows(), "window rows appended");
             if position.hold != held {
                 self.hold(upstream, position.hold).await?;
