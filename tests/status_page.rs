@@ -61,7 +61,14 @@ fn yaml() -> String {
          \x20   sink:\n\
          \x20     type: http_endpoint\n\
          \x20     url: http://127.0.0.1:1/intake\n\
-         \x20     backup: {{ sink: {{ url: file://./intake-backup }} }}\n",
+         \x20     backup: {{ sink: {{ url: file://./intake-backup }} }}\n\
+         \x20 - name: per-second\n\
+         \x20   source: {{ type: stream, stream: busy }}\n\
+         \x20   processing:\n\
+         \x20     transforms:\n\
+         \x20       - {{ type: sql, query: 'SELECT count(*) AS n FROM records', schema: {{ columns: [ {{ name: put, type: bigint }} ] }}, window: {{ type: tumbling, size_seconds: 1 }} }}\n\
+         \x20   buffering: {{ size_mib: 1, interval_seconds: 1 }}\n\
+         \x20   sink: {{ type: s3, url: file://./out-windows }}\n",
         unreachable_url()
     )
 }
@@ -251,7 +258,8 @@ const READ_PAGE: &str = r##"(async () => {
     return busy && positive(busy.fields.in_records_per_second) && positive(busy.fields.in_bytes_per_second)
       && positive(busy.fields.out_records_per_second) && positive(busy.fields.out_bytes_per_second)
       && page.errors.failing !== undefined && page.streams.intake !== undefined
-      && (page.streams.intake.fields.requests || "").includes("connection");
+      && (page.streams.intake.fields.requests || "").includes("connection")
+      && page.streams["per-second"] !== undefined && /· [1-9][0-9]* rows/.test(page.streams["per-second"].fields.windows || "");
   };
   const deadline = Date.now() + 30000;
   let page = read();
@@ -344,6 +352,14 @@ async fn the_status_page_fits_1280_px_and_shows_destinations_live_rates_and_the_
             "{page:#}"
         );
     }
+
+    // A windowed sql transform shows its windows; other streams show none.
+    let windows = field("per-second", "windows");
+    assert!(
+        windows.starts_with("windows: ") && windows.ends_with(" · 0 late") && !windows.contains(" · 0 rows"),
+        "{page:#}"
+    );
+    assert!(page["streams"]["busy"]["fields"].get("windows").is_none(), "{page:#}");
 
     // A sink that counts its requests (the HTTP endpoint) shows them by outcome.
     let requests = field("intake", "requests");

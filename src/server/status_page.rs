@@ -2,7 +2,8 @@
 //! no assets to ship) whose script polls `/metrics` and `GET /api/status` every two seconds and
 //! draws, per stream, source, sink and where it writes, records/s and bytes/s in and out with a
 //! five-minute chart, data freshness, WAL backlog, open partitions, retries, error-output records,
-//! a sink's own requests by outcome (the HTTP endpoint's), and the last error with its time,
+//! a sink's own requests by outcome (the HTTP endpoint's), a windowed sql transform's open
+//! windows, rows and late records, and the last error with its time,
 //! wrapped on a row of its own. It fits a 1,280 px wide
 //! window. `POST /` stays the Firehose API.
 //!
@@ -43,6 +44,8 @@ pub struct StreamStatus {
     pub sink: &'static str,
     /// Where the sink writes (folder or bucket and prefix, table, index).
     pub destination: String,
+    /// Whether the stream runs a windowed sql transform (the page then shows its windows).
+    pub windowed: bool,
     pub last_error: Option<LastError>,
 }
 
@@ -57,6 +60,7 @@ pub async fn status(State(ingest): State<Arc<Ingest>>) -> Response {
             source: stream.config.source.descriptor().type_name(),
             sink: stream.config.sink.descriptor().type_name(),
             destination: stream.config.sink.descriptor().destination(),
+            windowed: stream.config.processing.transforms.first().is_some_and(|first| first.runs_in_reader()),
             last_error: stream.metrics.last_error(),
         })
         .collect();
