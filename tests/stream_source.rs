@@ -1,6 +1,6 @@
 //! Streams that read another stream (`source: { type: stream }`), YAML in and objects out on the
-//! local sink: one Direct PUT intake feeds a raw archive, a jq filter and an SQL projection, each
-//! delivering every record of its own once; seeded SIGKILL rounds under load, after which the
+//! local sink: one Direct PUT intake feeds a raw archive, a jq filter, an SQL projection and
+//! windowed SQL counts, each delivering every record of its own once; seeded SIGKILL rounds under load, after which the
 //! archive and two readers hold every acknowledged record exactly once and the upstream's WAL is
 //! trimmed; a reader that cannot deliver holds the upstream's WAL until intake is throttled, and
 //! removing it from the file (a reload) lets the upstream go on; configurations that read an
@@ -83,7 +83,7 @@ async fn put(client: &aws_sdk_firehose::Client, records: &[Value]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_intake_feeds_a_raw_archive_a_filter_and_a_projection() {
+async fn one_intake_feeds_a_raw_archive_a_filter_a_projection_and_windowed_counts() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = config(&[
         stream("app-logs", "", ""),
@@ -93,6 +93,12 @@ async fn one_intake_feeds_a_raw_archive_a_filter_and_a_projection() {
             &reads("app-logs"),
             "{ type: sql, query: 'SELECT id, service, latency_ms * 1000 AS latency_us FROM records', \
              schema: { columns: [ { name: id, type: bigint }, { name: service, type: string }, { name: latency_ms, type: double } ] } }",
+        ),
+        stream(
+            "counts",
+            &reads("app-logs"),
+            "{ type: sql, query: 'SELECT service, count(*) AS n FROM records GROUP BY service', \
+             schema: { columns: [ { name: service, type: string } ] }, window: { type: tumbling, size_seconds: 1 } }",
         ),
     ]);
     let spillway = Spillway::start(dir.path(), &yaml);
@@ -106,9 +112,11 @@ async fn one_intake_feeds_a_raw_archive_a_filter_and_a_projection() {
     put(&client, &sent).await;
     let errors: Vec<&Value> = sent.iter().filter(|record| record["status"].as_u64() >= Some(500)).collect();
     eventually(Duration::from_secs(60), "every stream delivered its records", || {
+        let counted: u64 = lines_under(dir.path(), "counts/").iter().map(|row| row["n"].as_u64().unwrap_or(0)).sum();
         let done = lines_under(dir.path(), "app-logs/").len() == sent.len()
             && lines_under(dir.path(), "server-errors/").len() == errors.len()
-            && lines_under(dir.path(), "latency/").len() == sent.len();
+            && lines_under(dir.path(), "latency/").len() == sent.len()
+            && counted == sent.len() as u64;
         done.then_some(())
     })
     .await;
@@ -129,6 +137,13 @@ async fn one_intake_feeds_a_raw_archive_a_filter_and_a_projection() {
         assert_eq!(row, &expected);
     }
     assert_eq!(metric, Some(sent.len() as f64), "the reading stream counts what it copied as its intake");
+    // Per-second counts by arrival: every record counted once, in its service's rows.
+    let mut counted: BTreeMap<String, u64> = BTreeMap::new();
+    for row in lines_under(dir.path(), "counts/") {
+        assert!(row["window_start"].is_string() && row["window_end"].is_string(), "{row}");
+        *counted.entry(row["service"].as_str().unwrap().to_string()).or_default() += row["n"].as_u64().unwrap();
+    }
+    assert_eq!(counted, BTreeMap::from([("auth".to_string(), 1000), ("search".to_string(), 1000)]));
     assert!(lines_under(dir.path(), "errors/").is_empty(), "nothing failed");
 }
 
