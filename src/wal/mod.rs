@@ -112,6 +112,9 @@ pub struct Wal {
     positions: positions::SharedPositions,
     /// The newest frames written, for [`Wal::delivery_reader`].
     tail: Arc<tail::Tail>,
+    /// The checkpoint as [`Wal::trim`] last heard it: a pull source that reports delivered
+    /// positions back to its service (Kafka's `commit_offsets_to_group`) follows it.
+    delivered: Arc<watch::Sender<u64>>,
 }
 
 impl Wal {
@@ -179,7 +182,8 @@ impl Wal {
         let (commands, writer) =
             writer::WriterThread::spawn(options.clone(), segments, next_sequence, delivered, published)?;
         let writer = Some(Arc::new(writer));
-        let wal = Wal { commands, committed, disk_bytes, dir: options.dir, writer, positions, tail };
+        let delivered = Arc::new(watch::Sender::new(delivered));
+        let wal = Wal { commands, committed, disk_bytes, dir: options.dir, writer, positions, tail, delivered };
         Ok((wal, report))
     }
 
@@ -191,7 +195,16 @@ impl Wal {
         let (commands, _no_writer) = std::sync::mpsc::channel();
         let (_never_committed, committed) = watch::channel(0);
         let disk_bytes = Arc::new(AtomicU64::new(held_bytes));
-        Wal { commands, committed, disk_bytes, dir, writer: None, positions: Arc::default(), tail: Arc::default() }
+        Wal {
+            commands,
+            committed,
+            disk_bytes,
+            dir,
+            writer: None,
+            positions: Arc::default(),
+            tail: Arc::default(),
+            delivered: Arc::new(watch::Sender::new(0)),
+        }
     }
 
     /// Append one request's records as a single frame (all or nothing). Resolves once the frame
@@ -263,6 +276,11 @@ impl Wal {
     /// Release the budget of records below `delivered` (the checkpoint), waking appends that
     /// wait for room, and delete segments whose records are all below it.
     pub fn trim(&self, delivered: u64) {
+        self.delivered.send_if_modified(|current| {
+            let moved = delivered > *current;
+            *current = (*current).max(delivered);
+            moved
+        });
         // A stopped writer has nothing left to trim; the next start trims instead.
         let _ = self.commands.send(writer::Command::Trim { delivered });
     }
@@ -273,6 +291,12 @@ impl Wal {
     /// value before the `trim` that passes those records, so the count never dips below the truth.
     pub fn delivered_ahead(&self, bytes: u64) {
         let _ = self.commands.send(writer::Command::DeliveredAhead { bytes });
+    }
+
+    /// The checkpoint: every record below it is delivered (or in the error output). Changes with
+    /// every [`Wal::trim`].
+    pub fn delivered(&self) -> watch::Receiver<u64> {
+        self.delivered.subscribe()
     }
 
     /// The sequence below which every record is durably appended; changes on every commit.
