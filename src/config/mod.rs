@@ -60,6 +60,24 @@ pub struct ApiDefaultsConfig {
     /// Where a `Lambda` processor's `LambdaArn` is invoked; without it such a processor is refused.
     #[serde(default)]
     pub lambda: Option<ApiLambdaDefaults>,
+    /// How an `MSKSourceConfiguration`'s `MSKClusterARN` is reached, by ARN; a stream naming a
+    /// cluster not listed is refused.
+    #[serde(default)]
+    pub msk: BTreeMap<String, ApiMskCluster>,
+}
+
+/// `api_defaults.msk.<cluster ARN>`: the `kafka` source's connection fields for that cluster
+/// (same names and meaning as in `streams[].source`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiMskCluster {
+    pub bootstrap_servers: String,
+    #[serde(default)]
+    pub auth: Option<serde_json::Value>,
+    #[serde(default)]
+    pub tls: Option<serde_json::Value>,
+    #[serde(default)]
+    pub librdkafka_options: Option<serde_json::Value>,
 }
 
 /// `api_defaults.lambda`: how a `LambdaArn` becomes the HTTP function a `lambda` transform calls.
