@@ -75,8 +75,7 @@ pub struct KafkaSourceConfig {
 }
 
 /// `start`: `earliest`, `latest` or `{ at_timestamp: <RFC 3339> }`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum StartFrom {
     /// The oldest record each partition retains.
     Earliest,
@@ -88,7 +87,29 @@ pub enum StartFrom {
     AtTimestamp(String),
 }
 
-/// `auth`: `none` (the default) or `{ type: sasl_plain | sasl_scram | msk_iam, … }`.
+impl<'de> Deserialize<'de> for StartFrom {
+    /// A bare word or a one-key map, from YAML and from the control plane's JSON alike (YAML's
+    /// own enum syntax would want a `!tag`).
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Word(String),
+            Map(BTreeMap<String, String>),
+        }
+        let expected = "`earliest`, `latest` or `{ at_timestamp: <RFC 3339 time> }`";
+        match Either::deserialize(deserializer)? {
+            Either::Word(word) if word == "earliest" => Ok(StartFrom::Earliest),
+            Either::Word(word) if word == "latest" => Ok(StartFrom::Latest),
+            Either::Map(map) if map.len() == 1 && map.contains_key("at_timestamp") => {
+                Ok(StartFrom::AtTimestamp(map.into_values().next().unwrap_or_default()))
+            }
+            _ => Err(serde::de::Error::custom(format!("start must be {expected}"))),
+        }
+    }
+}
+
+/// `auth`: `none` (the default) or `{ type: sasl_plain | sasl_scram, … }` (`msk_iam` is refused).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub enum AuthConfig {
     #[default]
