@@ -557,3 +557,114 @@ fn validate_names_every_kafka_source_problem() {
         assert!(text.contains(expected), "{expected} missing from:\n{text}");
     }
 }
+
+/// `CreateDeliveryStream` with `MSKAsSource` through the real `aws-sdk-firehose`: the cluster ARN
+/// is reached through `api_defaults.msk`, the topic is read from `ReadFromTimestamp` (the epoch:
+/// the earliest record), `DescribeDeliveryStream` answers `Source.MSKSourceDescription`, the
+/// stream refuses `PutRecord`, and a cluster not listed is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn an_msk_as_source_stream_created_through_the_api_reads_its_topic() {
+    use aws_sdk_firehose::primitives::{Blob, DateTime};
+    use aws_sdk_firehose::types::{
+        AuthenticationConfiguration, BufferingHints, CompressionFormat, Connectivity, DeliveryStreamType,
+        ExtendedS3DestinationConfiguration, MskSourceConfiguration, Record,
+    };
+    const CLUSTER: &str = "arn:aws:kafka:us-east-1:123456789012:cluster/orders/6b3f0c1e-1111-2222-3333-444455556666-2";
+    const ROLE: &str = "arn:aws:iam::123456789012:role/firehose-msk";
+    let bootstrap = bootstrap();
+    let topic = unique_topic("api");
+    create_topic(&bootstrap, &topic, 2);
+    let expected = produce(&bootstrap, &topic, 2, 40, "api");
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "server:\n  listen: 127.0.0.1:0\ndata_dir: ./data\n\
+         api_defaults:\n  s3: {{ url: 'file://./buckets/{{bucket}}' }}\n  msk:\n    '{CLUSTER}': {{ bootstrap_servers: '{bootstrap}' }}\n"
+    );
+    let spillway = Spillway::start(dir.path(), &yaml);
+    let client = spillway.client().await;
+    let msk = |cluster: &str| {
+        MskSourceConfiguration::builder()
+            .msk_cluster_arn(cluster)
+            .topic_name(&topic)
+            .authentication_configuration(
+                AuthenticationConfiguration::builder()
+                    .role_arn(ROLE)
+                    .connectivity(Connectivity::Private)
+                    .build()
+                    .unwrap(),
+            )
+            .read_from_timestamp(DateTime::from_secs(0))
+            .build()
+            .unwrap()
+    };
+    let destination = ExtendedS3DestinationConfiguration::builder()
+        .role_arn(ROLE)
+        .bucket_arn("arn:aws:s3:::msk-bucket")
+        .prefix("orders/")
+        .buffering_hints(BufferingHints::builder().size_in_mbs(1).interval_in_seconds(1).build())
+        .compression_format(CompressionFormat::Uncompressed)
+        .build()
+        .unwrap();
+    client
+        .create_delivery_stream()
+        .delivery_stream_name("from-msk")
+        .delivery_stream_type(DeliveryStreamType::MskAsSource)
+        .msk_source_configuration(msk(CLUSTER))
+        .extended_s3_destination_configuration(destination.clone())
+        .send()
+        .await
+        .expect("created");
+
+    // Records are written back to back (no delimiter): read them out by their JSON braces.
+    let delivered = || -> Vec<String> {
+        let mut lines = Vec::new();
+        for (_, body) in local_objects(&dir.path().join("buckets/msk-bucket")) {
+            let text = String::from_utf8_lossy(&body).replace("}{", "}\n{");
+            lines.extend(text.lines().map(str::to_string));
+        }
+        lines
+    };
+    eventually(Duration::from_secs(60), "the topic's records in the bucket", || {
+        (delivered().len() >= expected.len()).then_some(())
+    })
+    .await;
+    let lines = delivered();
+    assert_eq!(lines.len(), expected.len(), "once each");
+    assert_eq!(lines.into_iter().collect::<BTreeSet<_>>(), expected);
+
+    let described = client.describe_delivery_stream().delivery_stream_name("from-msk").send().await.unwrap();
+    let description = described.delivery_stream_description().unwrap();
+    assert_eq!(description.delivery_stream_type(), &DeliveryStreamType::MskAsSource);
+    let source = description.source().and_then(|source| source.msk_source_description()).expect("MSKSourceDescription");
+    assert_eq!(source.msk_cluster_arn(), Some(CLUSTER));
+    assert_eq!(source.topic_name(), Some(topic.as_str()));
+    let authentication = source.authentication_configuration().unwrap();
+    assert_eq!(authentication.role_arn(), ROLE);
+    assert_eq!(authentication.connectivity(), &Connectivity::Private);
+    assert!(source.delivery_start_timestamp().is_some());
+    assert_eq!(source.read_from_timestamp().map(DateTime::secs), Some(0));
+
+    let put = client
+        .put_record()
+        .delivery_stream_name("from-msk")
+        .record(Record::builder().data(Blob::new("x")).build().unwrap())
+        .send()
+        .await
+        .expect_err("an MSK-sourced stream takes no puts");
+    assert_eq!(put.into_service_error().meta().code(), Some("InvalidArgumentException"));
+
+    let unknown = client
+        .create_delivery_stream()
+        .delivery_stream_name("from-elsewhere")
+        .delivery_stream_type(DeliveryStreamType::MskAsSource)
+        .msk_source_configuration(msk("arn:aws:kafka:us-east-1:123456789012:cluster/other/0000-1"))
+        .extended_s3_destination_configuration(destination)
+        .send()
+        .await
+        .expect_err("an unknown cluster is refused");
+    let unknown = unknown.into_service_error();
+    assert_eq!(unknown.meta().code(), Some("InvalidArgumentException"));
+    assert!(unknown.meta().message().unwrap_or_default().contains("api_defaults.msk"), "{unknown:?}");
+    assert_eq!(spillway.terminate(), 0);
+}
