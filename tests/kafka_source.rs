@@ -668,3 +668,105 @@ async fn an_msk_as_source_stream_created_through_the_api_reads_its_topic() {
     assert!(unknown.meta().message().unwrap_or_default().contains("api_defaults.msk"), "{unknown:?}");
     assert_eq!(spillway.terminate(), 0);
 }
+
+/// What the stub HTTP endpoint receiver took, by record.
+#[derive(Default)]
+struct Taken(Mutex<BTreeMap<Vec<u8>, usize>>);
+
+/// A Firehose HTTP endpoint receiver that takes records of up to 1 MiB and refuses a request
+/// holding a larger one with 413 (as Datadog, New Relic and Splunk intakes do; a request over
+/// axum's 2 MiB body limit gets axum's own 413).
+async fn receive(
+    State(taken): State<Arc<Taken>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> (axum::http::StatusCode, axum::Json<Value>) {
+    let request_id =
+        headers.get("x-amz-firehose-request-id").and_then(|value| value.to_str().ok()).unwrap_or_default().to_string();
+    let timestamp = chrono::Utc::now().timestamp_millis();
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let base64 = base64::engine::general_purpose::STANDARD;
+    let records: Vec<Vec<u8>> = parsed["records"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|record| base64.decode(record["data"].as_str().unwrap_or_default()).unwrap_or_default())
+        .collect();
+    if records.iter().any(|record| record.len() > 1 << 20) {
+        let answer =
+            json!({ "requestId": request_id, "timestamp": timestamp, "errorMessage": "record larger than 1 MiB" });
+        return (axum::http::StatusCode::PAYLOAD_TOO_LARGE, axum::Json(answer));
+    }
+    let mut taken = taken.0.lock().unwrap();
+    for record in records {
+        *taken.entry(record).or_insert(0) += 1;
+    }
+    (axum::http::StatusCode::OK, axum::Json(json!({ "requestId": request_id, "timestamp": timestamp })))
+}
+
+/// A 1.5 MiB Kafka record that the destination refuses (413 for it alone) goes to the error
+/// output with the receiver's message; the records around it are delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn a_record_larger_than_the_destination_takes_goes_to_the_error_output() {
+    let bootstrap = bootstrap();
+    let topic = unique_topic("poison");
+    tool(&["create", &bootstrap, &topic, "1", "8388608"]);
+    let mut expected = produce(&bootstrap, &topic, 1, 20, "before");
+    tool(&["big", &bootstrap, &topic, "0", "1572864"]);
+    expected.extend(produce(&bootstrap, &topic, 1, 20, "after"));
+
+    let taken = Arc::new(Taken::default());
+    let app = axum::Router::new().route("/", axum::routing::post(receive)).with_state(taken.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "server:\n  listen: 127.0.0.1:0\ndata_dir: ./data\nstreams:\n\
+         \x20 - name: poisoned\n\
+         \x20   source: {{ type: kafka, bootstrap_servers: '{bootstrap}', topics: [{topic}], start: earliest }}\n\
+         \x20   buffering: {{ size_mib: 4, interval_seconds: 1 }}\n\
+         \x20   retry: {{ duration_seconds: 5 }}\n\
+         \x20   sink:\n\
+         \x20     type: http_endpoint\n\
+         \x20     url: '{url}'\n\
+         \x20     backup: {{ mode: failed_only, sink: {{ url: 'file://./backup' }} }}\n"
+    );
+    let spillway = Spillway::start(dir.path(), &yaml);
+    let backup = || -> Vec<Value> {
+        local_objects(&dir.path().join("backup"))
+            .into_iter()
+            .flat_map(|(_, body)| {
+                body.split(|byte| *byte == b'\n')
+                    .filter(|line| !line.is_empty())
+                    .map(|line| serde_json::from_slice::<Value>(line).expect("an error record"))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let refused = eventually(Duration::from_secs(60), "the large record in the error output", || {
+        let found = backup();
+        (!found.is_empty()).then_some(found)
+    })
+    .await;
+    eventually(Duration::from_secs(30), "the other records taken", || {
+        let taken = taken.0.lock().unwrap();
+        expected.iter().all(|line| taken.contains_key(line.as_bytes())).then_some(())
+    })
+    .await;
+    assert_eq!(spillway.terminate(), 0);
+    assert_eq!(refused.len(), 1, "only the large record");
+    let raw = base64::engine::general_purpose::STANDARD.decode(refused[0]["rawData"].as_str().unwrap()).unwrap();
+    assert_eq!(raw.len(), 1_572_864);
+    assert!(raw.starts_with(br#"{"poison":"zzz"#));
+    // axum's own body limit (2 MiB) answers the 413 before the handler sees the request.
+    let message = refused[0]["errorMessage"].as_str().unwrap_or_default();
+    assert!(message.contains("413"), "{message}");
+    assert_eq!(refused[0]["errorCode"], "HttpEndpoint.DestinationException");
+    let taken = taken.0.lock().unwrap();
+    assert_eq!(taken.len(), expected.len(), "nothing else");
+    assert!(taken.values().all(|count| *count == 1), "each record once");
+}

@@ -1,14 +1,16 @@
 """Topic admin and producers for tests/kafka_source.rs, on PyPI's kafka-python (the venv of
 scripts/services.sh: SPILLWAY_TEST_PYTHON).
 
-  create BOOTSTRAP TOPIC PARTITIONS            create a topic (replication factor 1)
+  create BOOTSTRAP TOPIC PARTITIONS [MAX_MESSAGE_BYTES]
+                                               create a topic (replication factor 1)
   partitions BOOTSTRAP TOPIC TOTAL             grow a topic to TOTAL partitions
   produce BOOTSTRAP TOPIC PARTITIONS PER_PARTITION RATE TAG
       PER_PARTITION records to each partition, RATE records/s in all (0: as fast as possible):
       {"k": "<TAG>p<partition>", "n": <number within the partition>, "pad": "..."}; prints the count
   one BOOTSTRAP TOPIC PARTITION VALUE [--key KEY] [--header NAME=VALUE]...
       one record (no --key: a null key); prints its offset
-  fill BOOTSTRAP TOPIC PARTITIONS MIB      MIB of 1 KiB JSON lines, spread over the partitions
+  big BOOTSTRAP TOPIC PARTITION BYTES          one record {"poison": "zzz…"} of BYTES bytes; prints its offset
+  fill BOOTSTRAP TOPIC PARTITIONS MIB          MIB of 1 KiB JSON lines, spread over the partitions
 
 Every producer waits for all in-sync replicas (acks=all) and is idempotent, so a retried send never
 writes a record twice: a duplicate in spillway's output is spillway's.
@@ -38,9 +40,12 @@ def admin(bootstrap):
     return KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
 
 
-def create(bootstrap, topic, partitions):
+def create(bootstrap, topic, partitions, max_message_bytes=None):
     client = admin(bootstrap)
-    client.create_topics([NewTopic(name=topic, num_partitions=int(partitions), replication_factor=1)])
+    configs = {"max.message.bytes": max_message_bytes} if max_message_bytes else {}
+    client.create_topics(
+        [NewTopic(name=topic, num_partitions=int(partitions), replication_factor=1, topic_configs=configs)]
+    )
     # Wait until the metadata lists every partition (creation is asynchronous in KRaft).
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -97,6 +102,17 @@ def one(bootstrap, topic, partition, value, rest):
     print(metadata.offset)
 
 
+def big(bootstrap, topic, partition, size):
+    head, tail = b'{"poison":"', b'"}'
+    value = head + b"z" * (int(size) - len(head) - len(tail)) + tail
+    out = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, max_request_size=16 << 20
+    )
+    metadata = out.send(topic, value=value, partition=int(partition)).get(timeout=60)
+    out.close()
+    print(metadata.offset)
+
+
 def fill(bootstrap, topic, partitions, mib):
     partitions, total = int(partitions), int(mib) * 1024
     out = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20, batch_size=1 << 20, compression_type=None)
@@ -119,6 +135,8 @@ def main(argv):
         produce(*args)
     elif command == "one":
         one(args[0], args[1], args[2], args[3], args[4:])
+    elif command == "big":
+        big(*args)
     elif command == "fill":
         fill(*args)
     else:
