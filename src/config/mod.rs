@@ -1027,6 +1027,23 @@ mod tests {
         assert!(config.cluster.is_none());
     }
 
+    /// A kafka source is refused in cluster mode like the shard sources: partitions are not
+    /// shared through leases yet.
+    #[test]
+    #[cfg(feature = "source-kafka")]
+    fn cluster_mode_refuses_a_kafka_source() {
+        let yaml = "cluster: { coordinator: 'postgres://spillway:pw@db/spillway' }\n\
+                    streams:\n\
+                    \x20 - name: k\n\
+                    \x20   source: { type: kafka, bootstrap_servers: 'b:9092', topics: [orders] }\n\
+                    \x20   sink: { type: s3, url: 'file://out' }\n";
+        let refused = parse_str(yaml, Path::new("test.yaml")).unwrap_err().to_string();
+        assert!(
+            refused.contains("streams[0].source.type: a kafka source cannot run in cluster mode yet: shard sharing is not available yet"),
+            "{refused}"
+        );
+    }
+
     #[test]
     fn server_auth_needs_keys_and_hides_secrets() {
         let yaml = "server: { auth: { access_keys: [ { access_key_id: AKID, secret_access_key: s3cr3t } ] } }\n";
