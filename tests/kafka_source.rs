@@ -770,3 +770,28 @@ async fn a_record_larger_than_the_destination_takes_goes_to_the_error_output() {
     assert_eq!(taken.len(), expected.len(), "nothing else");
     assert!(taken.values().all(|count| *count == 1), "each record once");
 }
+
+/// `commit_offsets_to_group`: once records are delivered, each partition's next offset is
+/// committed to the group (what lag tools read); spillway itself never reads it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn delivered_offsets_are_committed_to_the_group_for_lag_tools() {
+    let bootstrap = bootstrap();
+    let topic = unique_topic("commit");
+    let group = format!("{topic}-group");
+    create_topic(&bootstrap, &topic, 2);
+    let expected = produce(&bootstrap, &topic, 2, 50, "committed");
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(", start: earliest, commit_offsets_to_group: {group}");
+    let yaml = config_yaml(&[stream_yaml("committing", &bootstrap, &topic, "out", &extra)]);
+    let spillway = Spillway::start(dir.path(), &yaml);
+    wait_for_lines(dir.path(), "out", expected.len(), Duration::from_secs(30)).await;
+    let wanted = json!({ format!("{topic}:0"): 50, format!("{topic}:1"): 50 });
+    eventually(Duration::from_secs(30), "the delivered offsets committed to the group", || {
+        let committed: Value = serde_json::from_str(&tool(&["committed", &bootstrap, &group])).ok()?;
+        (committed == wanted).then_some(())
+    })
+    .await;
+    assert_eq!(spillway.terminate(), 0);
+    assert_exactly_once(dir.path(), "out", &expected);
+}

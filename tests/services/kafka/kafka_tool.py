@@ -11,6 +11,7 @@ scripts/services.sh: SPILLWAY_TEST_PYTHON).
       one record (no --key: a null key); prints its offset
   big BOOTSTRAP TOPIC PARTITION BYTES          one record {"poison": "zzz…"} of BYTES bytes; prints its offset
   fill BOOTSTRAP TOPIC PARTITIONS MIB          MIB of 1 KiB JSON lines, spread over the partitions
+  committed BOOTSTRAP GROUP                    the group's committed offsets: {"<topic>:<partition>": offset}
 
 Every producer waits for all in-sync replicas (acks=all) and is idempotent, so a retried send never
 writes a record twice: a duplicate in spillway's output is spillway's.
@@ -113,6 +114,15 @@ def big(bootstrap, topic, partition, size):
     print(metadata.offset)
 
 
+def committed(bootstrap, group):
+    client = admin(bootstrap)
+    answer = client.list_group_offsets({group: None})
+    client.close()
+    # One group asked for: its {TopicPartition: OffsetAndMetadata}, keyed by group or not.
+    offsets = answer.get(group, answer) if isinstance(answer, dict) else answer
+    print(json.dumps({f"{tp.topic}:{tp.partition}": meta.offset for tp, meta in offsets.items()}))
+
+
 def fill(bootstrap, topic, partitions, mib):
     partitions, total = int(partitions), int(mib) * 1024
     out = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20, batch_size=1 << 20, compression_type=None)
@@ -137,6 +147,8 @@ def main(argv):
         one(args[0], args[1], args[2], args[3], args[4:])
     elif command == "big":
         big(*args)
+    elif command == "committed":
+        committed(*args)
     elif command == "fill":
         fill(*args)
     else:
