@@ -520,6 +520,16 @@ async fn bad_brokers_topics_and_credentials_are_reported_by_cause() {
         found.iter().all(|count| *count > 0).then_some(())
     })
     .await;
+    // The status page's API shows each stream's problem as its last error.
+    let status: Value = reqwest::get(format!("{}/api/status", spillway.endpoint)).await.unwrap().json().await.unwrap();
+    let last_error = |name: &str| -> String {
+        let streams = status["streams"].as_array().cloned().unwrap_or_default();
+        let stream = streams.into_iter().find(|stream| stream["name"] == name).unwrap_or(Value::Null);
+        stream["last_error"]["message"].as_str().unwrap_or_default().to_string()
+    };
+    assert!(last_error("unreachable").contains("Connection refused"), "{status}");
+    assert!(last_error("unknown-topic").contains("not found in the cluster"), "{status}");
+    assert!(last_error("wrong-password").contains("uthentication"), "{status}");
     // Reported with backoff, not in a hot loop: a handful of lines per problem in this time.
     let unknown = reported("unknown-topic", "not found in the cluster");
     assert!(unknown < 20, "the unknown topic was reported {unknown} times");

@@ -10,8 +10,9 @@
 //!   in the WAL before its records; then the `kafka` → `started:<ms>` marker. Partitions found
 //!   later (metadata refresh) start at their beginning.
 //! - Cluster trouble (unreachable brokers, failed authentication, a missing topic) is logged as an
-//!   error naming the cause at most once per metadata refresh, never in a hot loop; librdkafka
-//!   reconnects by itself, and the reader resumes from the WAL's positions.
+//!   error naming the cause, and shown as the stream's last error (status page, `/api/status`),
+//!   with backoff (1 s doubling to 60 s), never in a hot loop; librdkafka reconnects by itself,
+//!   and the reader resumes from the WAL's positions.
 //! - `commit_offsets_to_group`: the appender remembers each frame's end sequence and commits a
 //!   partition's `next` offset once the WAL's checkpoint passes it (delivered or error output).
 //!
@@ -227,6 +228,7 @@ async fn read(
             start: config.start.clone(),
             refresh: Duration::from_millis(config.metadata_refresh_interval_ms),
             display_servers: config.bootstrap_servers.clone(),
+            metrics: metrics.clone(),
             positions,
             started,
         };
@@ -399,6 +401,8 @@ struct Poller {
     start: StartFrom,
     refresh: Duration,
     display_servers: String,
+    /// The stream's last error (status page, `/api/status`) names cluster trouble too.
+    metrics: Arc<StreamMetrics>,
     /// The WAL's positions at start.
     positions: BTreeMap<Partition, i64>,
     /// The first assignment was recorded before (a partition without a position is new).
@@ -444,6 +448,7 @@ impl Poller {
                             Some(cause) => format!("{problem}; cause: {cause}"),
                             None => problem,
                         };
+                        self.metrics.note_error(format!("cannot read the kafka cluster's metadata: {problem}"));
                         tracing::error!(
                             stream = %self.stream,
                             servers = %self.display_servers,
@@ -498,6 +503,7 @@ impl Poller {
                 Some(Err(error)) => {
                     if let Some(message) = consume_errors.due(&error) {
                         let cause = consumer.context().take_last_error().unwrap_or_default();
+                        self.metrics.note_error(format!("kafka read failed: {message} {cause}"));
                         tracing::error!(stream = %self.stream, error = %message, %cause, "kafka read failed; librdkafka retries");
                     }
                     if !flush_all(sender, &mut pending) {
