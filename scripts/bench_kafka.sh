@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark the kafka source: a preloaded Kafka topic (the broker of scripts/services.sh) →
 # spillway → local folder (gzip), against Kafka's own console consumer reading the same topic to
-# /dev/null in the same run. Fills a new topic of --partitions partitions with --mib MiB of ~1 KiB
+# /dev/null in the same run. Fills a new topic of --partitions partitions with --mib MiB of 1 KiB
 # JSON records (kafka-python from the test venv), then times:
 #   1. spillway (release binary) reading it from `earliest` until every record is delivered
 #      (in the WAL, gzip-compressed, in objects on disk);
@@ -11,16 +11,18 @@
 #
 #   scripts/bench_kafka.sh                     # 256 MiB, 6 partitions
 #   scripts/bench_kafka.sh --mib 512 --partitions 12
+#   scripts/bench_kafka.sh --topic bench-kafka-…   # again on a topic an earlier run filled
 #
 # Needs: scripts/services.sh up (kafka), the release binary ($CARGO_TARGET_DIR/release/spillway).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-mib=256 partitions=6 port=4598 binary="${CARGO_TARGET_DIR:-target}/release/spillway"
+mib=256 partitions=6 port=4598 topic= binary="${CARGO_TARGET_DIR:-target}/release/spillway"
 while (($#)); do
 	case "$1" in
 	--mib) mib=$2; shift 2 ;;
 	--partitions) partitions=$2; shift 2 ;;
+	--topic) topic=$2; shift 2 ;;
 	--port) port=$2; shift 2 ;;
 	--binary) binary=$2; shift 2 ;;
 	*) echo "unknown option $1" >&2; exit 2 ;;
@@ -34,14 +36,19 @@ tool=tests/services/kafka/kafka_tool.py
 work="$(mktemp -d)"
 spillway_pid=
 trap 'if [[ -n "$spillway_pid" ]]; then kill "$spillway_pid" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
-topic="bench-kafka-$$-$(date +%s)"
-
 echo "cpu: $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "filling $topic: $partitions partition(s), $mib MiB of ~1 KiB JSON records"
-fill_started="$(date +%s.%N)"
-"$SPILLWAY_TEST_PYTHON" "$tool" create "$SPILLWAY_TEST_KAFKA_BOOTSTRAP" "$topic" "$partitions"
-records="$("$SPILLWAY_TEST_PYTHON" "$tool" fill "$SPILLWAY_TEST_KAFKA_BOOTSTRAP" "$topic" "$partitions" "$mib")"
-echo "filled $records records in $(awk -v a="$fill_started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
+if [[ -z "$topic" ]]; then
+	topic="bench-kafka-$$-$(date +%s)"
+	echo "filling $topic: $partitions partition(s), $mib MiB of 1 KiB JSON records"
+	fill_started="$(date +%s.%N)"
+	"$SPILLWAY_TEST_PYTHON" "$tool" create "$SPILLWAY_TEST_KAFKA_BOOTSTRAP" "$topic" "$partitions"
+	records="$("$SPILLWAY_TEST_PYTHON" "$tool" fill "$SPILLWAY_TEST_KAFKA_BOOTSTRAP" "$topic" "$partitions" "$mib")"
+	echo "filled $records records in $(awk -v a="$fill_started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
+else
+	# `fill` writes MIB × 1024 records.
+	records=$((mib * 1024))
+	echo "reading $topic again: $records records"
+fi
 
 # 1. spillway
 cat >"$work/spillway.yaml" <<EOF
@@ -51,7 +58,7 @@ streams:
   - name: bench
     source: { type: kafka, bootstrap_servers: '$SPILLWAY_TEST_KAFKA_BOOTSTRAP', topics: [$topic], start: earliest }
     processing: { record_delimiter: newline }
-    buffering: { size_mib: 64, interval_seconds: 5 }
+    buffering: { size_mib: 64, interval_seconds: 1 }
     sink: { type: s3, url: 'file://./out', compression: gzip }
 EOF
 metric() { # NAME_PREFIX: the first sample starting with it, or nothing

@@ -10,7 +10,7 @@ scripts/services.sh: SPILLWAY_TEST_PYTHON).
   one BOOTSTRAP TOPIC PARTITION VALUE [--key KEY] [--header NAME=VALUE]...
       one record (no --key: a null key); prints its offset
   big BOOTSTRAP TOPIC PARTITION BYTES          one record {"poison": "zzz…"} of BYTES bytes; prints its offset
-  fill BOOTSTRAP TOPIC PARTITIONS MIB          MIB of 1 KiB JSON lines, spread over the partitions
+  fill BOOTSTRAP TOPIC PARTITIONS MIB          MIB of 1 KiB JSON records (MIB × 1024), spread over the partitions
   committed BOOTSTRAP GROUP                    the group's committed offsets: {"<topic>:<partition>": offset}
 
 Every producer waits for all in-sync replicas (acks=all) and is idempotent, so a retried send never
@@ -126,9 +126,10 @@ def committed(bootstrap, group):
 def fill(bootstrap, topic, partitions, mib):
     partitions, total = int(partitions), int(mib) * 1024
     out = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=20, batch_size=1 << 20, compression_type=None)
-    pad = "y" * 960
     for n in range(total):
-        value = json.dumps({"n": n, "pad": pad}).encode()
+        head = f'{{"n":{n},"pad":"'
+        # Exactly 1 KiB per record, so MIB MiB are MIB × 1024 records.
+        value = (head + "y" * (1024 - len(head) - 2) + '"}').encode()
         out.send(topic, value=value, partition=n % partitions)
     out.flush(timeout=600)
     out.close()
