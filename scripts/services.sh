@@ -28,6 +28,7 @@ MINIO_MODULE="github.com/minio/minio"
 MINIO_VERSION="v0.0.0-20260212201848-7aac2a2c5b7c"
 OPENSEARCH_VERSION="2.19.6" # in tests/services/opensearch/pom.xml
 KINESALITE_VERSION="3.3.3"  # in tests/services/kinesalite/package.json
+KAFKA_VERSION="4.1.1"       # in tests/services/kafka/pom.xml
 
 # ---- fixed test endpoints (127.0.0.1 only; 18000-18099, none of the system defaults) --------
 HOST=127.0.0.1
@@ -38,6 +39,9 @@ OPENSEARCH_PORT=18092
 OPENSEARCH_TRANSPORT_PORT=18093
 KINESALITE_PORT=18045
 MOTO_PORT=18050
+KAFKA_PORT=18094            # PLAINTEXT
+KAFKA_CONTROLLER_PORT=18095 # KRaft controller (not for clients)
+KAFKA_SASL_PORT=18096       # SASL_PLAINTEXT, PLAIN user spillway / spillwaysecret
 
 S3_ACCESS_KEY=spillwaytest
 S3_SECRET_KEY=spillwaytestsecret
@@ -45,7 +49,7 @@ S3_REGION=us-east-1
 S3_BUCKET=spillway-test
 PG_DB=spillway_test
 
-SERVICES=(postgres minio opensearch kinesalite moto)
+SERVICES=(postgres minio opensearch kinesalite moto kafka)
 
 # ---- small helpers ------------------------------------------------------------------------
 log() { printf '[services] %s\n' "$*" >&2; }
@@ -86,6 +90,7 @@ cmd_marker() {
 	opensearch) echo "dev.spillway.testsvc.OpenSearchLauncher" ;;
 	kinesalite) echo "kinesalite-local.js" ;;
 	moto) echo "moto_server" ;;
+	kafka) echo "spillway-test-kafka.properties" ;;
 	esac
 }
 
@@ -107,6 +112,7 @@ service_port() {
 	opensearch) echo "$OPENSEARCH_PORT" ;;
 	kinesalite) echo "$KINESALITE_PORT" ;;
 	moto) echo "$MOTO_PORT" ;;
+	kafka) echo "$KAFKA_PORT" ;;
 	esac
 }
 
@@ -128,6 +134,9 @@ ready_kinesalite() { # an unsigned request gets a real Kinesis error (HTTP 403 A
 	[[ "$code" == 403 || "$code" == 400 ]]
 }
 ready_moto() { curl -sf -o /dev/null --max-time 2 "http://$HOST:$MOTO_PORT/moto-api/"; }
+ready_kafka() { # the broker logs this once it has joined the KRaft quorum and serves clients
+	port_open "$KAFKA_PORT" && grep -q "Kafka Server started" "$LOGS/kafka.log" 2>/dev/null
+}
 
 ready_timeout() {
 	case "$1" in
@@ -136,6 +145,7 @@ ready_timeout() {
 	opensearch) echo 180 ;;
 	kinesalite) echo 30 ;;
 	moto) echo 90 ;;
+	kafka) echo 90 ;;
 	esac
 }
 
@@ -375,6 +385,46 @@ start_kinesalite() {
 	echo $! >"$(pid_file kinesalite)"
 }
 
+# ---- Apache Kafka (jars from Maven Central, one KRaft node) -----------------------------------
+KAFKA_SRC="$ROOT/tests/services/kafka"
+KAFKA_BUILD="$CACHE/kafka/build"
+
+kafka_classpath() { echo "$KAFKA_BUILD/target/lib/*"; }
+
+install_kafka() {
+	local stamp="$KAFKA_BUILD/.stamp" want
+	want="$(hash_of "$KAFKA_SRC/pom.xml")"
+	if [[ -d "$KAFKA_BUILD/target/lib" && "$(cat "$stamp" 2>/dev/null)" == "$want" ]]; then
+		return 0
+	fi
+	command -v mvn >/dev/null || die "mvn not found"
+	command -v java >/dev/null || die "java not found"
+	rm -rf "$KAFKA_BUILD"
+	mkdir -p "$KAFKA_BUILD"
+	cp "$KAFKA_SRC/pom.xml" "$KAFKA_BUILD/"
+	mvn -B -q -Dmaven.repo.local="$CACHE/m2" -f "$KAFKA_BUILD/pom.xml" package
+	echo "$want" >"$stamp"
+}
+
+# A throwaway broker: storage formatted anew on every start. The properties file's name is the
+# command-line marker services.sh recognises the process by.
+start_kafka() {
+	local home="$RUN/kafka" props
+	rm -rf "$home"
+	mkdir -p "$home/data"
+	props="$home/spillway-test-kafka.properties"
+	sed -e "s#@HOST@#$HOST#g" -e "s#@PORT@#$KAFKA_PORT#g" -e "s#@CONTROLLER_PORT@#$KAFKA_CONTROLLER_PORT#g" \
+		-e "s#@SASL_PORT@#$KAFKA_SASL_PORT#g" -e "s#@DATA@#$home/data#g" "$KAFKA_SRC/server.properties" >"$props"
+	java -Xmx256m -cp "$(kafka_classpath)" kafka.tools.StorageTool format -t "$(java -cp "$(kafka_classpath)" kafka.tools.StorageTool random-uuid 2>/dev/null)" \
+		-c "$props" >"$home/format.log" 2>&1 || {
+		tail_log "$home/format.log"
+		die "formatting the kafka storage failed"
+	}
+	java -Xms256m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true -Djava.io.tmpdir="$home" \
+		-cp "$(kafka_classpath)" kafka.Kafka "$props" </dev/null >"$LOGS/kafka.log" 2>&1 9>&- &
+	echo $! >"$(pid_file kafka)"
+}
+
 # ---- Python venv (test readers + moto) ----------------------------------------------------
 PY_SRC="$ROOT/tests/services/python"
 
@@ -437,7 +487,7 @@ cmd_install() {
 	install_postgres
 	install_test_tools
 	# the rest are independent downloads/builds: run them side by side
-	for name in minio opensearch kinesalite venv; do
+	for name in minio opensearch kinesalite kafka venv; do
 		rm -f "$INSTALL_LOGS/$name.time"
 		(
 			start="$(now)"
@@ -477,6 +527,9 @@ cmd_up() {
 		fi
 		if [[ "$svc" == opensearch ]] && port_open "$OPENSEARCH_TRANSPORT_PORT"; then
 			die "port 127.0.0.1:$OPENSEARCH_TRANSPORT_PORT (OpenSearch transport) is taken by another process"
+		fi
+		if [[ "$svc" == kafka ]] && { port_open "$KAFKA_CONTROLLER_PORT" || port_open "$KAFKA_SASL_PORT"; }; then
+			die "port 127.0.0.1:$KAFKA_CONTROLLER_PORT or $KAFKA_SASL_PORT (Kafka) is taken by another process"
 		fi
 		log "starting $svc on 127.0.0.1:$port (log: $(service_log "$svc"))"
 		"start_$svc"
@@ -526,8 +579,8 @@ cmd_status() {
 		fi
 		printf '%-11s %-32s 127.0.0.1:%s\n' "$svc" "$state" "$(service_port "$svc")"
 	done
-	printf 'versions: MinIO %s, OpenSearch %s, kinesalite %s, %s, %s\n' "$MINIO_VERSION" "$OPENSEARCH_VERSION" \
-		"$KINESALITE_VERSION" "$(grep -o '^moto[^ ]*' "$PY_SRC/requirements.txt")" \
+	printf 'versions: MinIO %s, OpenSearch %s, kinesalite %s, Kafka %s, %s, %s\n' "$MINIO_VERSION" "$OPENSEARCH_VERSION" \
+		"$KINESALITE_VERSION" "$KAFKA_VERSION" "$(grep -o '^moto[^ ]*' "$PY_SRC/requirements.txt")" \
 		"$( (pg_bin >/dev/null && "$(pg_bin)/postgres" --version) || echo 'PostgreSQL not installed')"
 	printf 'cache: %s\nlogs:  %s\n' "$CACHE" "$LOGS"
 	return "$all"
@@ -546,6 +599,9 @@ cmd_env() {
 		"SPILLWAY_TEST_OPENSEARCH_URL=http://$HOST:$OPENSEARCH_PORT" \
 		"SPILLWAY_TEST_KINESIS_ENDPOINT=http://$HOST:$KINESALITE_PORT" \
 		"SPILLWAY_TEST_DYNAMODB_ENDPOINT=http://$HOST:$MOTO_PORT" \
+		"SPILLWAY_TEST_KAFKA_BOOTSTRAP=$HOST:$KAFKA_PORT" \
+		"SPILLWAY_TEST_KAFKA_SASL_BOOTSTRAP=$HOST:$KAFKA_SASL_PORT" \
+		"SPILLWAY_TEST_KAFKA_CLASSPATH=$(kafka_classpath)" \
 		"SPILLWAY_TEST_PYTHON=$(venv_python)" \
 		"SPILLWAY_TEST_AWS_CLI_V1=$CACHE/venv/bin/aws" \
 		"SPILLWAY_TEST_AWS_CLI_V2=/usr/bin/aws"; do

@@ -1,5 +1,5 @@
 //! What a pull source knows about each record beyond its bytes (a Kinesis sequence number and
-//! partition key; a Kafka offset later), as one small named object in Firehose's own words: the
+//! partition key; a Kafka offset and partition), as one small named object in Firehose's own words: the
 //! Lambda event record carries it as is (`"kinesisRecordMetadata": {"shardId", …}`). Each source
 //! owns its object's name and field names and writes the entry with a [`MetadataWriter`]; the
 //! WAL keeps one entry per record of a frame, opaque to it ([`crate::wal::Frame::metadata`]);

@@ -74,6 +74,7 @@ const OPTIONAL_TYPES: &[(&str, &str, bool)] = &[
     ("kinesis", "source-kinesis", cfg!(feature = "source-kinesis")),
     ("dynamodb_streams", "source-dynamodb-streams", cfg!(feature = "source-dynamodb-streams")),
     ("file", "source-file", cfg!(feature = "source-file")),
+    ("kafka", "source-kafka", cfg!(feature = "source-kafka")),
     ("sql", "transform-sql", cfg!(feature = "transform-sql")),
 ];
 

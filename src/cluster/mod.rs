@@ -35,9 +35,9 @@ pub use leases::LeaseStore;
 use crate::metrics::ClusterStats;
 use crate::readiness::Readiness;
 
-/// Source types whose shards nodes will share through leases; until the readers take leases,
-/// cluster mode refuses them (two nodes would each read every shard).
-pub const SHARD_SOURCE_TYPES: &[&str] = &["kinesis", "dynamodb_streams"];
+/// Source types whose shards (Kafka: partitions) nodes will share through leases; until the
+/// readers take leases, cluster mode refuses them (two nodes would each read every shard).
+pub const SHARD_SOURCE_TYPES: &[&str] = &["kinesis", "dynamodb_streams", "kafka"];
 
 /// Why a stream with `source_type` cannot run in cluster mode, if it cannot.
 pub fn refuse_source(source_type: &str) -> Option<String> {

@@ -60,6 +60,24 @@ pub struct ApiDefaultsConfig {
     /// Where a `Lambda` processor's `LambdaArn` is invoked; without it such a processor is refused.
     #[serde(default)]
     pub lambda: Option<ApiLambdaDefaults>,
+    /// How an `MSKSourceConfiguration`'s `MSKClusterARN` is reached, by ARN; a stream naming a
+    /// cluster not listed is refused.
+    #[serde(default)]
+    pub msk: BTreeMap<String, ApiMskCluster>,
+}
+
+/// `api_defaults.msk.<cluster ARN>`: the `kafka` source's connection fields for that cluster
+/// (same names and meaning as in `streams[].source`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiMskCluster {
+    pub bootstrap_servers: String,
+    #[serde(default)]
+    pub auth: Option<serde_json::Value>,
+    #[serde(default)]
+    pub tls: Option<serde_json::Value>,
+    #[serde(default)]
+    pub librdkafka_options: Option<serde_json::Value>,
 }
 
 /// `api_defaults.lambda`: how a `LambdaArn` becomes the HTTP function a `lambda` transform calls.
@@ -1068,6 +1086,23 @@ mod tests {
             yaml.replace("cluster: { coordinator: 'postgres://spillway:pw@db/spillway', lease_seconds: 1 }\n", "");
         let config = parse_str(&single, Path::new("test.yaml")).unwrap();
         assert!(config.cluster.is_none());
+    }
+
+    /// A kafka source is refused in cluster mode like the shard sources: partitions are not
+    /// shared through leases yet.
+    #[test]
+    #[cfg(feature = "source-kafka")]
+    fn cluster_mode_refuses_a_kafka_source() {
+        let yaml = "cluster: { coordinator: 'postgres://spillway:pw@db/spillway' }\n\
+                    streams:\n\
+                    \x20 - name: k\n\
+                    \x20   source: { type: kafka, bootstrap_servers: 'b:9092', topics: [orders] }\n\
+                    \x20   sink: { type: s3, url: 'file://out' }\n";
+        let refused = parse_str(yaml, Path::new("test.yaml")).unwrap_err().to_string();
+        assert!(
+            refused.contains("streams[0].source.type: a kafka source cannot run in cluster mode yet: shard sharing is not available yet"),
+            "{refused}"
+        );
     }
 
     #[test]

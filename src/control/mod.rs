@@ -31,6 +31,7 @@ pub mod catalog;
 pub mod destinations;
 pub mod follow;
 pub mod http_endpoint_destination;
+pub mod msk_source;
 pub mod processors;
 pub mod s3_destination;
 
@@ -147,9 +148,18 @@ pub fn stream_config_for(config: &Config, record: &StreamRecord) -> Result<Strea
     let kind = destinations::by_name(record.destination_type.as_deref())
         .ok_or_else(|| format!("the catalog record's destination type {:?} is unknown", record.destination_type))?;
     let describe_error = |error: ApiError| format!("{}: {}", error.code(), error.message());
-    let source = s3_destination::source_config(record.source.as_ref()).map_err(describe_error)?;
+    let source = stream_source(config, record.source.as_ref()).map_err(describe_error)?;
     let member = destinations::member_path(kind.create_members[0]);
     (kind.stream_config)(config, &record.name, destination, &member, source).map_err(describe_error)
+}
+
+/// The source of an API-created stream from what its request said: Direct PUT, a Kinesis stream
+/// (`KinesisStreamSourceConfiguration`) or an MSK topic (`MSKSourceConfiguration`).
+fn stream_source(config: &Config, given: Option<&Value>) -> Result<crate::sources::SourceConfig, ApiError> {
+    match given {
+        Some(msk) if msk.get("MSKClusterARN").is_some() => msk_source::source_config(config, msk),
+        kinesis => s3_destination::source_config(kinesis),
+    }
 }
 
 fn now_ms() -> i64 {
@@ -253,28 +263,40 @@ async fn create(control: &Control, ingest: &Arc<Ingest>, body: &[u8]) -> Result<
         None => None,
     };
     let kinesis_source = request.get("KinesisStreamSourceConfiguration").cloned();
-    match (stream_type, &kinesis_source) {
-        ("DirectPut", None) | ("KinesisStreamAsSource", Some(_)) => {}
-        ("DirectPut", Some(_)) => {
+    let msk_source = request.get("MSKSourceConfiguration").cloned();
+    match (stream_type, &kinesis_source, &msk_source) {
+        ("DirectPut", None, None) | ("KinesisStreamAsSource", Some(_), None) | ("MSKAsSource", None, Some(_)) => {}
+        ("DirectPut" | "MSKAsSource", Some(_), _) => {
             return Err(ApiError::invalid_argument(
                 "KinesisStreamSourceConfiguration is only allowed with DeliveryStreamType KinesisStreamAsSource",
             ));
         }
-        ("KinesisStreamAsSource", None) => {
+        ("DirectPut" | "KinesisStreamAsSource", _, Some(_)) => {
+            return Err(ApiError::invalid_argument(
+                "MSKSourceConfiguration is only allowed with DeliveryStreamType MSKAsSource",
+            ));
+        }
+        ("KinesisStreamAsSource", None, None) => {
             return Err(ApiError::invalid_argument(
                 "KinesisStreamSourceConfiguration is required with DeliveryStreamType KinesisStreamAsSource",
             ));
         }
-        (other, _) => {
+        ("MSKAsSource", None, None) => {
+            return Err(ApiError::invalid_argument(
+                "MSKSourceConfiguration is required with DeliveryStreamType MSKAsSource",
+            ));
+        }
+        (other, _, _) => {
             return Err(ApiError::invalid_argument(format!(
-                "DeliveryStreamType {other} is not supported by spillway (DirectPut and KinesisStreamAsSource are)"
+                "DeliveryStreamType {other} is not supported by spillway (DirectPut, KinesisStreamAsSource and MSKAsSource are)"
             )));
         }
     }
     if stream_type == "KinesisStreamAsSource" && encryption.is_some() {
         return Err(refuse_encryption_for_kinesis_source());
     }
-    let source = s3_destination::source_config(kinesis_source.as_ref())?;
+    let given_source = kinesis_source.or(msk_source);
+    let source = stream_source(&ingest.config, given_source.as_ref())?;
     let given: Vec<&str> = request
         .as_object()
         .map(|members| {
@@ -316,7 +338,7 @@ async fn create(control: &Control, ingest: &Arc<Ingest>, body: &[u8]) -> Result<
         (kind.stream_config)(&ingest.config, &name, &destination, &destinations::member_path(destination_key), source)?;
 
     let mut record = StreamRecord::new(&name, StreamOrigin::Api, now_ms());
-    record.source = kinesis_source;
+    record.source = given_source;
     record.tags = tags.into_iter().collect();
     record.encryption = encryption.unwrap_or_default();
     record.destination = Some(destination);
@@ -452,6 +474,13 @@ fn description(ingest: &Ingest, stream: &StreamIngest) -> Value {
         ) {
             source["KinesisStreamARN"] = json!(stream_arn);
         }
+        // An MSK-sourced one with the authentication configuration it was given (its role).
+        if let (Some(authentication), Some(source)) = (
+            record.source.as_ref().and_then(|source| source.get("AuthenticationConfiguration")),
+            members.get_mut("Source").and_then(|source| source.get_mut("MSKSourceDescription")),
+        ) {
+            source["AuthenticationConfiguration"] = authentication.clone();
+        }
     }
     // An API stream's processors come back as they were sent: spillway's own rendering of a
     // `MetadataExtractionQuery` (key order, spacing) would show Terraform a change on every plan.
@@ -570,7 +599,7 @@ async fn update_destination(control: &Control, ingest: &Arc<Ingest>, body: &[u8]
     };
     let stored = stream.record.destination.clone().unwrap_or(Value::Null);
     let merged = s3_destination::merge_update(&stored, &update);
-    let source = s3_destination::source_config(stream.record.source.as_ref())?;
+    let source = stream_source(&ingest.config, stream.record.source.as_ref())?;
     let member = destinations::member_path(update_member);
     let stream_config = (kind.stream_config)(&ingest.config, &name, &merged, &member, source)?;
     let record = StreamRecord {

@@ -215,7 +215,9 @@ pub fn encode_event(
         write_json(&mut out, &record.record_id);
         out.extend_from_slice(b",\"approximateArrivalTimestamp\":");
         write_json(&mut out, &record.approximate_arrival_timestamp);
-        out.extend_from_slice(b",\"data\":\"");
+        // Firehose names an MSK record's bytes `kafkaRecordValue` (in the answer too).
+        let msk = record.metadata_member.is_some_and(|member| member.starts_with(MSK_MEMBER));
+        out.extend_from_slice(if msk { b",\"kafkaRecordValue\":\"" } else { b",\"data\":\"" });
         base64_simd::STANDARD.encode_append(record.data, &mut out);
         out.push(b'"');
         if let Some(member) = record.metadata_member {
@@ -227,6 +229,9 @@ pub fn encode_event(
     out.extend_from_slice(b"]}");
     out
 }
+
+/// The start of an MSK record's metadata member (see [`metadata_member`]).
+const MSK_MEMBER: &[u8] = b"\"mskRecordMetadata\":";
 
 /// `value` as JSON (serde_json's escaping) at the end of `out`.
 fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
@@ -283,7 +288,8 @@ struct ResponseRecord<'a> {
     #[serde(borrow)]
     record_id: Cow<'a, str>,
     result: ResultValue,
-    #[serde(default, borrow)]
+    /// `kafkaRecordValue` in an answer about MSK records.
+    #[serde(default, borrow, alias = "kafkaRecordValue")]
     data: Option<Cow<'a, str>>,
     #[serde(default)]
     metadata: Option<ResponseMetadata>,
@@ -456,6 +462,39 @@ mod tests {
         assert!(body.len() <= estimate + 200, "the buffer is sized for the event");
         let empty = encode_event("i", "a", "r", &[]);
         assert_eq!(serde_json::from_slice::<serde_json::Value>(&empty).unwrap()["records"], serde_json::json!([]));
+    }
+
+    /// Firehose's MSK shape: an MSK record's bytes are `kafkaRecordValue`, in the event and in
+    /// the answer.
+    #[test]
+    fn msk_records_travel_as_kafka_record_value() {
+        let entry = crate::record_metadata::MetadataWriter::new("mskRecordMetadata")
+            .text("offset", "17")
+            .text("partitionId", "3")
+            .integer("approximateArrivalTimestamp", 1_764_115_200_123)
+            .finish();
+        let member = metadata_member(&RecordMetadata::decode(&entry, Some("kafka:orders:3")).unwrap());
+        let records = [EventRecord {
+            record_id: "1",
+            approximate_arrival_timestamp: 5,
+            data: b"hi",
+            metadata_member: Some(&member),
+        }];
+        let event: serde_json::Value = serde_json::from_slice(&encode_event("i", "a", "r", &records)).unwrap();
+        assert_eq!(
+            event["records"][0],
+            serde_json::json!({
+                "recordId": "1",
+                "approximateArrivalTimestamp": 5,
+                "kafkaRecordValue": b64("hi"),
+                "mskRecordMetadata": { "offset": "17", "partitionId": "3", "approximateArrivalTimestamp": 1_764_115_200_123_i64 },
+            })
+        );
+        let answer = format!(r#"{{"records":[{{"recordId":"1","result":"Ok","kafkaRecordValue":"{}"}}]}}"#, b64("HI"));
+        assert_eq!(
+            parse_response(answer.as_bytes(), &["1"]).unwrap(),
+            [RecordResult::Ok { data: b"HI".to_vec(), partition_keys: None }]
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Sources: where records come from. Pushed sources (the Firehose Direct PUT API and NDJSON over
 //! HTTP) append to the stream's WAL through [`Ingest`] and acknowledge only after the append.
-//! Pulled sources (`file`, and `kinesis` / `dynamodb_streams`, thin adapters over the shard-reader
-//! core in [`shards`]) append with their position in each frame.
+//! Pulled sources (`file`, `kafka`, and `kinesis` / `dynamodb_streams`, thin adapters over the
+//! shard-reader core in [`shards`]) append with their position in each frame.
 //!
 //! Must not: buffer or deliver; that is the pipeline's job.
 
@@ -16,6 +16,8 @@ pub mod dynamodb_streams;
 #[cfg(feature = "source-file")]
 pub mod file;
 pub mod http;
+#[cfg(feature = "source-kafka")]
+pub mod kafka;
 #[cfg(feature = "source-kinesis")]
 pub mod kinesis;
 #[cfg(any(feature = "source-kinesis", feature = "source-dynamodb-streams"))]
@@ -102,6 +104,9 @@ source_registry! {
     // The shards of a DynamoDB table's stream.
     #[cfg(feature = "source-dynamodb-streams")]
     DynamodbStreams(dynamodb_streams::DynamodbStreamsSourceConfig) = "dynamodb_streams",
+    // The partitions of Kafka / Amazon MSK topics.
+    #[cfg(feature = "source-kafka")]
+    Kafka(kafka::KafkaSourceConfig) = "kafka",
     // Another stream of the same process, as a second reader of its WAL.
     Stream(stream::StreamSourceConfig) = "stream",
 }
@@ -519,6 +524,12 @@ mod registry_tests {
                 cfg!(feature = "source-dynamodb-streams"),
                 "source-dynamodb-streams",
             ),
+            (
+                "kafka",
+                "type: kafka\nbootstrap_servers: b:9092\ntopics: [t]\n",
+                cfg!(feature = "source-kafka"),
+                "source-kafka",
+            ),
         ];
         for (name, yaml, built, feature) in blocks {
             let parsed = serde_yaml_ng::from_str::<SourceConfig>(yaml);
@@ -542,7 +553,7 @@ mod registry_tests {
             assert!(error.contains("source type `kinesis` is not built into this binary"), "{error}");
         }
         assert_eq!(SourceConfig::default().descriptor().type_name(), "direct_put");
-        let unknown = serde_yaml_ng::from_str::<SourceConfig>("type: kafka\n").expect_err("unknown type");
+        let unknown = serde_yaml_ng::from_str::<SourceConfig>("type: pulsar\n").expect_err("unknown type");
         assert!(unknown.to_string().contains("expected one of `direct_put`, `file`"), "{unknown}");
         let extra = serde_yaml_ng::from_str::<SourceConfig>("type: direct_put\nport: 1\n").expect_err("no options");
         assert!(extra.to_string().contains("unknown field `port`"), "{extra}");

@@ -117,6 +117,9 @@ pub struct Wal {
     tail: Arc<tail::Tail>,
     /// Other streams reading this WAL: segments are kept until they copied them too.
     holds: Arc<holds::Holds>,
+    /// The checkpoint as [`Wal::trim`] last heard it: a pull source that reports delivered
+    /// positions back to its service (Kafka's `commit_offsets_to_group`) follows it.
+    delivered: Arc<watch::Sender<u64>>,
 }
 
 impl Wal {
@@ -187,7 +190,8 @@ impl Wal {
         let (commands, writer) =
             writer::WriterThread::spawn(options.clone(), segments, next_sequence, trim_point, published)?;
         let writer = Some(Arc::new(writer));
-        let wal = Wal { commands, committed, disk_bytes, dir: options.dir, writer, positions, tail, holds };
+        let delivered = Arc::new(watch::Sender::new(delivered));
+        let wal = Wal { commands, committed, disk_bytes, dir: options.dir, writer, positions, tail, holds, delivered };
         Ok((wal, report))
     }
 
@@ -209,6 +213,7 @@ impl Wal {
             positions: Arc::default(),
             tail: Arc::default(),
             holds,
+            delivered: Arc::new(watch::Sender::new(0)),
         }
     }
 
@@ -281,6 +286,11 @@ impl Wal {
     /// Release the budget of records below `delivered` (the checkpoint), waking appends that
     /// wait for room, and delete segments whose records are all below it.
     pub fn trim(&self, delivered: u64) {
+        self.delivered.send_if_modified(|current| {
+            let moved = delivered > *current;
+            *current = (*current).max(delivered);
+            moved
+        });
         // Segments another stream has not copied yet stay (see `holds`).
         let trim_point = self.holds.delivered(delivered);
         // A stopped writer has nothing left to trim; the next start trims instead.
@@ -339,6 +349,12 @@ impl Wal {
 
     fn holds_error(&self, source: std::io::Error) -> WalError {
         WalError::Io { path: self.dir.join("readers"), source }
+    }
+
+    /// The checkpoint: every record below it is delivered (or in the error output). Changes with
+    /// every [`Wal::trim`].
+    pub fn delivered(&self) -> watch::Receiver<u64> {
+        self.delivered.subscribe()
     }
 
     /// The sequence below which every record is durably appended; changes on every commit.
