@@ -19,7 +19,7 @@ use std::time::Duration;
 use aws_sdk_firehose::primitives::Blob;
 use aws_sdk_firehose::types::Record;
 use base64::Engine;
-use common::{Spillway, local_objects};
+use common::{Spillway, json_lines_under, local_objects, put_in_batches};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -57,38 +57,10 @@ const FILTER_AND_PROJECT: &str = "\x20       - { type: jq, expr: 'if type == \"o
     \x20             - { name: latency_ms, type: double }\n\
     \x20             - { name: message, type: string }\n";
 
-async fn put(client: &aws_sdk_firehose::Client, records: &[String]) {
-    for chunk in records.chunks(400) {
-        let records = chunk.iter().map(|data| Record::builder().data(Blob::new(data.as_bytes())).build().unwrap());
-        let output = client
-            .put_record_batch()
-            .delivery_stream_name("app-logs")
-            .set_records(Some(records.collect()))
-            .send()
-            .await
-            .expect("put");
-        assert_eq!(output.failed_put_count(), 0);
-    }
-}
-
-/// JSON lines of the objects whose key starts with `prefix`.
-fn lines_under(objects: &[(String, Vec<u8>)], prefix: &str) -> Vec<Value> {
-    objects
-        .iter()
-        .filter(|(key, _)| key.starts_with(prefix))
-        .flat_map(|(_, body)| {
-            body.split(|&byte| byte == b'\n')
-                .filter(|line| !line.is_empty())
-                .map(|line| serde_json::from_slice(line).expect("a JSON line"))
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 /// `rawData` → `errorCode` of the records under `processing-failed/`.
 fn failures(objects: &[(String, Vec<u8>)]) -> BTreeMap<String, String> {
     let mut failures = BTreeMap::new();
-    for line in lines_under(objects, "errors/processing-failed/") {
+    for line in json_lines_under(objects, "errors/processing-failed/") {
         let raw = base64::engine::general_purpose::STANDARD.decode(line["rawData"].as_str().unwrap()).unwrap();
         assert!(line["errorMessage"].as_str().is_some_and(|message| !message.is_empty()), "{line}");
         failures.insert(String::from_utf8(raw).unwrap(), line["errorCode"].as_str().unwrap().to_string());
@@ -134,7 +106,7 @@ async fn a_filter_and_projection_deliver_what_the_same_computation_gives() {
     records.extend(bad.iter().map(|(record, _)| record.to_string()));
     // A record without `latency_ms` or `status`: NULL in the table, so the WHERE drops it.
     records.push(r#"{"id":7000,"service":"auth"}"#.into());
-    put(&client, &records).await;
+    put_in_batches(&client, "app-logs", &records, 400).await;
     assert_eq!(spillway.terminate(), 0);
 
     let objects = local_objects(&dir.path().join("out"));
@@ -151,7 +123,7 @@ async fn a_filter_and_projection_deliver_what_the_same_computation_gives() {
             })
         })
         .collect();
-    let delivered = sorted_by_id(lines_under(&objects, "logs/"));
+    let delivered = sorted_by_id(json_lines_under(&objects, "logs/"));
     assert!(expected.len() > 500, "the filter keeps a good share: {}", expected.len());
     assert_eq!(delivered.len(), expected.len(), "every kept row exactly once");
     assert_eq!(delivered, sorted_by_id(expected));
@@ -181,11 +153,11 @@ async fn inferred_types_are_each_records_own() {
         "[1]".into(),
         r#"{"id":8,"bytes":"lots"}"#.into(),
     ];
-    put(&client, &records).await;
+    put_in_batches(&client, "app-logs", &records, 400).await;
     assert_eq!(spillway.terminate(), 0);
 
     let objects = local_objects(&dir.path().join("out"));
-    let delivered = sorted_by_id(lines_under(&objects, "logs/"));
+    let delivered = sorted_by_id(json_lines_under(&objects, "logs/"));
     assert_eq!(
         delivered,
         [
@@ -207,15 +179,7 @@ async fn inferred_types_are_each_records_own() {
 }
 
 fn validate(transforms: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("spillway.yaml");
-    std::fs::write(&config, yaml(transforms)).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
-        .args(["validate", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+    common::validate_yaml(&yaml(transforms))
 }
 
 fn with_query(query: &str) -> String {
@@ -357,7 +321,7 @@ async fn sigkill_rounds_deliver_every_kept_row_once() {
     };
     let set_aside = || {
         let mut rounds: BTreeMap<String, (usize, String)> = BTreeMap::new();
-        for line in lines_under(&local_objects(&dir.path().join("out")), "errors/") {
+        for line in json_lines_under(&local_objects(&dir.path().join("out")), "errors/") {
             let raw = base64::engine::general_purpose::STANDARD.decode(line["rawData"].as_str().unwrap()).unwrap();
             let code = line["errorCode"].as_str().unwrap_or_default().to_string();
             rounds.entry(String::from_utf8(raw).unwrap()).or_insert((0, code)).0 += 1;

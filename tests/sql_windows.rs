@@ -19,7 +19,7 @@ use std::time::Duration;
 use aws_sdk_firehose::primitives::Blob;
 use aws_sdk_firehose::types::Record;
 use base64::Engine;
-use common::{Spillway, eventually, local_objects};
+use common::{Spillway, eventually, local_json_lines, put_in_batches, validate_yaml};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -50,43 +50,15 @@ fn config(query: &str, window: &str) -> String {
     )
 }
 
-fn lines_under(dir: &std::path::Path, prefix: &str) -> Vec<Value> {
-    local_objects(&dir.join("out"))
-        .into_iter()
-        .filter(|(key, _)| key.starts_with(prefix))
-        .flat_map(|(_, body)| {
-            body.split(|&byte| byte == b'\n')
-                .filter(|line| !line.is_empty())
-                .map(|line| serde_json::from_slice(line).expect("a JSON line"))
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 /// `rawData` → `errorCode` of the records in the error output.
 fn failures(dir: &std::path::Path) -> BTreeMap<String, String> {
-    lines_under(dir, "errors/")
+    local_json_lines(&dir.join("out"), "errors/")
         .into_iter()
         .map(|line| {
             let raw = base64::engine::general_purpose::STANDARD.decode(line["rawData"].as_str().unwrap()).unwrap();
             (String::from_utf8(raw).unwrap(), line["errorCode"].as_str().unwrap().to_string())
         })
         .collect()
-}
-
-/// Put records one batch after another, so the WAL holds them in this order.
-async fn put_in_order(client: &aws_sdk_firehose::Client, records: &[String]) {
-    for chunk in records.chunks(250) {
-        let records = chunk.iter().map(|data| Record::builder().data(Blob::new(data.as_bytes())).build().unwrap());
-        let output = client
-            .put_record_batch()
-            .delivery_stream_name("app-logs")
-            .set_records(Some(records.collect()))
-            .send()
-            .await
-            .expect("put");
-        assert_eq!(output.failed_put_count(), 0);
-    }
 }
 
 fn iso(millis: i64) -> String {
@@ -129,7 +101,7 @@ async fn event_time_windows_equal_duckdb_over_the_records_on_time() {
     // A record an hour later closes every window before it.
     let flush_ts = base + 3_600_000;
     records.push(json!({"ts": iso(flush_ts), "service": "flush", "latency_ms": 0.0}).to_string());
-    put_in_order(&client, &records).await;
+    put_in_batches(&client, "app-logs", &records, 250).await;
 
     // The test's own classification, record by record in WAL order: late when the newest time
     // seen before it, less the lateness, has passed its window's end.
@@ -176,7 +148,7 @@ print(json.dumps([list(row) for row in rows]))
     };
     let delivered = || -> BTreeMap<(String, String), Vec<Value>> {
         let mut by_window: BTreeMap<(String, String), Vec<Value>> = BTreeMap::new();
-        for row in lines_under(dir.path(), "windows/") {
+        for row in local_json_lines(&dir.path().join("out"), "windows/") {
             let key = (row["window_start"].as_str().unwrap().to_string(), row["service"].as_str().unwrap().to_string());
             by_window.entry(key).or_default().push(row);
         }
@@ -220,7 +192,7 @@ print(json.dumps([list(row) for row in rows]))
     assert_eq!(invalid, records.iter().filter(|record| !record.contains("\"ts\":\"2026")).count());
     assert_eq!(failed.len(), late.len() + invalid, "nothing else failed");
     // The archive holds every record as sent.
-    assert_eq!(lines_under(dir.path(), "archive/").len(), records.len());
+    assert_eq!(local_json_lines(&dir.path().join("out"), "archive/").len(), records.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,10 +203,10 @@ async fn arrival_time_windows_close_while_the_stream_is_idle() {
     let spillway = Spillway::start(dir.path(), &yaml);
     let client = spillway.client().await;
     let records: Vec<String> = (0..100).map(|i| json!({"service": "a", "latency_ms": i as f64}).to_string()).collect();
-    put_in_order(&client, &records).await;
+    put_in_batches(&client, "app-logs", &records, 250).await;
     // No more records: the window still closes, by the clock.
     let rows = eventually(Duration::from_secs(30), "the idle stream's window closed", || {
-        let rows = lines_under(dir.path(), "windows/");
+        let rows = local_json_lines(&dir.path().join("out"), "windows/");
         let total: u64 = rows.iter().map(|row| row["n"].as_u64().unwrap()).sum();
         (total == 100).then_some(rows)
     })
@@ -305,7 +277,7 @@ async fn sigkill_rounds_give_every_window_once_with_the_uninterrupted_result() {
     // Idle now: every window closes by the clock once the archive is complete.
     let acknowledged = acknowledged.lock().unwrap().clone();
     let expected = || {
-        let archive = lines_under(dir.path(), "archive/");
+        let archive = local_json_lines(&dir.path().join("out"), "archive/");
         let mut windows: BTreeMap<(i64, String), (u64, f64, f64, f64)> = BTreeMap::new();
         for record in &archive {
             let start = record["ts"].as_i64().unwrap().div_euclid(2000) * 2000;
@@ -325,7 +297,7 @@ async fn sigkill_rounds_give_every_window_once_with_the_uninterrupted_result() {
     };
     let delivered = || {
         let mut rows: BTreeMap<(i64, String), Vec<Value>> = BTreeMap::new();
-        for row in lines_under(dir.path(), "windows/") {
+        for row in local_json_lines(&dir.path().join("out"), "windows/") {
             let start =
                 chrono::DateTime::parse_from_rfc3339(row["window_start"].as_str().unwrap()).unwrap().timestamp_millis();
             rows.entry((start, row["service"].as_str().unwrap().to_string())).or_default().push(row);
@@ -378,26 +350,14 @@ async fn sigkill_rounds_give_every_window_once_with_the_uninterrupted_result() {
     );
 }
 
-fn validate(yaml: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("spillway.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
-        .args(["validate", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
-}
-
 #[test]
 fn windows_that_cannot_run_are_refused_by_validate() {
     let good =
         config("SELECT service, count(*) AS n FROM records GROUP BY service", "{ type: tumbling, size_seconds: 60 }");
-    let (ok, stderr) = validate(&good);
+    let (ok, stderr) = validate_yaml(&good);
     assert!(ok, "{stderr}");
     let refused = |yaml: String, message: &str| {
-        let (ok, stderr) = validate(&yaml);
+        let (ok, stderr) = validate_yaml(&yaml);
         assert!(!ok && stderr.contains(message), "`{message}` in {stderr}");
     };
     // Not an aggregate, an unknown column, a bad slide, no schema.

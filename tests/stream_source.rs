@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use aws_sdk_firehose::primitives::Blob;
 use aws_sdk_firehose::types::Record;
-use common::{Spillway, eventually, local_objects};
+use common::{Spillway, eventually, local_json_lines, put_in_batches, validate_yaml};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -46,40 +46,12 @@ fn config(streams: &[String]) -> String {
     )
 }
 
-/// JSON lines of the objects under `prefix`, with how often each was delivered.
-fn lines_under(dir: &std::path::Path, prefix: &str) -> Vec<Value> {
-    local_objects(&dir.join("out"))
-        .into_iter()
-        .filter(|(key, _)| key.starts_with(prefix))
-        .flat_map(|(_, body)| {
-            body.split(|&byte| byte == b'\n')
-                .filter(|line| !line.is_empty())
-                .map(|line| serde_json::from_slice(line).expect("a JSON line"))
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 fn id_counts(lines: &[Value]) -> BTreeMap<u64, usize> {
     let mut counts = BTreeMap::new();
     for line in lines {
         *counts.entry(line["id"].as_u64().expect("an id")).or_default() += 1;
     }
     counts
-}
-
-async fn put(client: &aws_sdk_firehose::Client, records: &[Value]) {
-    for chunk in records.chunks(400) {
-        let records = chunk.iter().map(|record| Record::builder().data(Blob::new(record.to_string())).build().unwrap());
-        let output = client
-            .put_record_batch()
-            .delivery_stream_name("app-logs")
-            .set_records(Some(records.collect()))
-            .send()
-            .await
-            .expect("put");
-        assert_eq!(output.failed_put_count(), 0);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,13 +81,14 @@ async fn one_intake_feeds_a_raw_archive_a_filter_a_projection_and_windowed_count
             json!({"id": id, "service": service, "status": status, "latency_ms": id as f64 / 4.0})
         })
         .collect();
-    put(&client, &sent).await;
+    put_in_batches(&client, "app-logs", &sent.iter().map(Value::to_string).collect::<Vec<_>>(), 400).await;
     let errors: Vec<&Value> = sent.iter().filter(|record| record["status"].as_u64() >= Some(500)).collect();
     eventually(Duration::from_secs(60), "every stream delivered its records", || {
-        let counted: u64 = lines_under(dir.path(), "counts/").iter().map(|row| row["n"].as_u64().unwrap_or(0)).sum();
-        let done = lines_under(dir.path(), "app-logs/").len() == sent.len()
-            && lines_under(dir.path(), "server-errors/").len() == errors.len()
-            && lines_under(dir.path(), "latency/").len() == sent.len()
+        let counted: u64 =
+            local_json_lines(&dir.path().join("out"), "counts/").iter().map(|row| row["n"].as_u64().unwrap_or(0)).sum();
+        let done = local_json_lines(&dir.path().join("out"), "app-logs/").len() == sent.len()
+            && local_json_lines(&dir.path().join("out"), "server-errors/").len() == errors.len()
+            && local_json_lines(&dir.path().join("out"), "latency/").len() == sent.len()
             && counted == sent.len() as u64;
         done.then_some(())
     })
@@ -124,13 +97,13 @@ async fn one_intake_feeds_a_raw_archive_a_filter_a_projection_and_windowed_count
     assert_eq!(spillway.terminate(), 0);
 
     // The archive: every record as sent, in order within each object, once.
-    let mut archived = lines_under(dir.path(), "app-logs/");
+    let mut archived = local_json_lines(&dir.path().join("out"), "app-logs/");
     archived.sort_by_key(|line| line["id"].as_u64());
     assert_eq!(archived, sent);
-    let mut filtered = lines_under(dir.path(), "server-errors/");
+    let mut filtered = local_json_lines(&dir.path().join("out"), "server-errors/");
     filtered.sort_by_key(|line| line["id"].as_u64());
     assert_eq!(filtered.iter().collect::<Vec<_>>(), errors);
-    let mut projected = lines_under(dir.path(), "latency/");
+    let mut projected = local_json_lines(&dir.path().join("out"), "latency/");
     projected.sort_by_key(|line| line["id"].as_u64());
     for (row, record) in projected.iter().zip(&sent) {
         let expected = json!({"id": record["id"], "service": record["service"], "latency_us": record["latency_ms"].as_f64().unwrap() * 1000.0});
@@ -139,12 +112,12 @@ async fn one_intake_feeds_a_raw_archive_a_filter_a_projection_and_windowed_count
     assert_eq!(metric, Some(sent.len() as f64), "the reading stream counts what it copied as its intake");
     // Per-second counts by arrival: every record counted once, in its service's rows.
     let mut counted: BTreeMap<String, u64> = BTreeMap::new();
-    for row in lines_under(dir.path(), "counts/") {
+    for row in local_json_lines(&dir.path().join("out"), "counts/") {
         assert!(row["window_start"].is_string() && row["window_end"].is_string(), "{row}");
         *counted.entry(row["service"].as_str().unwrap().to_string()).or_default() += row["n"].as_u64().unwrap();
     }
     assert_eq!(counted, BTreeMap::from([("auth".to_string(), 1000), ("search".to_string(), 1000)]));
-    assert!(lines_under(dir.path(), "errors/").is_empty(), "nothing failed");
+    assert!(local_json_lines(&dir.path().join("out"), "errors/").is_empty(), "nothing failed");
 }
 
 /// Seeded SIGKILL rounds (`SPILLWAY_CHAOS_SEED`, `SPILLWAY_CHAOS_ROUNDS`, default 10) while a
@@ -204,7 +177,7 @@ async fn sigkill_rounds_every_reader_delivers_every_record_once() {
     let evens: Vec<u64> = acknowledged.iter().copied().filter(|id| id % 2 == 0).collect();
     let final_run = Spillway::start(dir.path(), &yaml);
     let complete = |prefix: &str, expected: &[u64]| {
-        let counts = id_counts(&lines_under(dir.path(), prefix));
+        let counts = id_counts(&local_json_lines(&dir.path().join("out"), prefix));
         expected.iter().all(|id| counts.contains_key(id))
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
@@ -229,7 +202,7 @@ async fn sigkill_rounds_every_reader_delivers_every_record_once() {
 
     assert!(acknowledged.len() > 2_000, "the client got work done: {}", acknowledged.len());
     for (prefix, expected) in [("app-logs/", &acknowledged), ("copy/", &acknowledged), ("evens/", &evens)] {
-        let counts = id_counts(&lines_under(dir.path(), prefix));
+        let counts = id_counts(&local_json_lines(&dir.path().join("out"), prefix));
         let missing: Vec<&u64> = expected.iter().filter(|id| !counts.contains_key(id)).collect();
         let duplicated: Vec<(&u64, &usize)> = counts.iter().filter(|(_, count)| **count > 1).collect();
         assert!(
@@ -285,7 +258,7 @@ async fn a_stuck_reader_holds_the_upstream_until_it_is_removed() {
     assert!(refused.contains("ServiceUnavailableException"), "{refused}");
     // The archive itself delivered everything it acknowledged: only the reader holds the WAL.
     eventually(Duration::from_secs(30), "the archive delivered what it acknowledged", || {
-        (lines_under(dir.path(), "app-logs/").len() as u64 == acknowledged).then_some(())
+        (local_json_lines(&dir.path().join("out"), "app-logs/").len() as u64 == acknowledged).then_some(())
     })
     .await;
     let hold = dir.path().join("data/streams/app-logs/wal/readers/stuck.hold");
@@ -306,37 +279,28 @@ async fn a_stuck_reader_holds_the_upstream_until_it_is_removed() {
     }
     assert!(accepted, "intake resumed once no reader held the wal");
     eventually(Duration::from_secs(30), "the new record was archived", || {
-        id_counts(&lines_under(dir.path(), "app-logs/")).contains_key(&5_000).then_some(())
+        id_counts(&local_json_lines(&dir.path().join("out"), "app-logs/")).contains_key(&5_000).then_some(())
     })
     .await;
     assert!(spillway.log_text().contains("no longer does; its wal is no longer kept for it"));
     assert_eq!(spillway.terminate(), 0);
 }
 
-fn validate(yaml: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("spillway.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
-        .args(["validate", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
-}
-
 #[test]
 fn reading_an_unknown_stream_itself_or_in_a_cycle_is_refused() {
-    let (ok, stderr) = validate(&config(&[stream("app-logs", "", ""), stream("copy", &reads("app-log"), "")]));
+    let (ok, stderr) = validate_yaml(&config(&[stream("app-logs", "", ""), stream("copy", &reads("app-log"), "")]));
     assert!(
         !ok && stderr.contains("streams[1].source.stream") && stderr.contains("no stream named \"app-log\""),
         "{stderr}"
     );
-    let (ok, stderr) = validate(&config(&[stream("app-logs", &reads("app-logs"), "")]));
+    let (ok, stderr) = validate_yaml(&config(&[stream("app-logs", &reads("app-logs"), "")]));
     assert!(!ok && stderr.contains("a stream cannot read itself"), "{stderr}");
-    let (ok, stderr) =
-        validate(&config(&[stream("a", &reads("c"), ""), stream("b", &reads("a"), ""), stream("c", &reads("b"), "")]));
+    let (ok, stderr) = validate_yaml(&config(&[
+        stream("a", &reads("c"), ""),
+        stream("b", &reads("a"), ""),
+        stream("c", &reads("b"), ""),
+    ]));
     assert!(!ok && stderr.contains("streams read each other in a cycle: a -> c -> b -> a"), "{stderr}");
-    let (ok, stderr) = validate(&config(&[stream("app-logs", "", ""), stream("copy", &reads("app-logs"), "")]));
+    let (ok, stderr) = validate_yaml(&config(&[stream("app-logs", "", ""), stream("copy", &reads("app-logs"), "")]));
     assert!(ok, "{stderr}");
 }

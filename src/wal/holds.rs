@@ -85,6 +85,7 @@ impl Holds {
     }
 
     /// Where the reader's hold stands (None: it holds nothing).
+    #[cfg(test)]
     pub fn position(&self, reader: &str) -> Option<u64> {
         self.state().holds.get(reader).map(|hold| hold.position)
     }

@@ -337,11 +337,6 @@ impl Wal {
         Ok(())
     }
 
-    /// Where `reader`'s hold stands, if it has one.
-    pub fn hold_position(&self, reader: &str) -> Option<u64> {
-        self.holds.position(reader)
-    }
-
     /// The streams holding this WAL.
     pub fn holders(&self) -> Vec<String> {
         self.holds.readers()

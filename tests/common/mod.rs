@@ -252,3 +252,50 @@ pub fn concat_in_sent_order(mut objects: Vec<(String, Vec<u8>)>, expected: &[u8]
     objects.sort_by_key(|(_, body)| position(body).unwrap_or(usize::MAX));
     objects.into_iter().flat_map(|(_, body)| body).collect()
 }
+
+/// The JSON lines of the objects whose key starts with `prefix`.
+pub fn json_lines_under(objects: &[(String, Vec<u8>)], prefix: &str) -> Vec<serde_json::Value> {
+    objects
+        .iter()
+        .filter(|(key, _)| key.starts_with(prefix))
+        .flat_map(|(_, body)| {
+            body.split(|&byte| byte == b'\n')
+                .filter(|line| !line.is_empty())
+                .map(|line| serde_json::from_slice(line).expect("a JSON line"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The JSON lines of the local folder `root`'s objects under `prefix`.
+pub fn local_json_lines(root: &Path, prefix: &str) -> Vec<serde_json::Value> {
+    json_lines_under(&local_objects(root), prefix)
+}
+
+/// Put `records` into `stream` in `PutRecordBatch`es of `batch_len`, one after another (so the
+/// WAL holds them in this order); every record must be accepted.
+pub async fn put_in_batches(client: &Client, stream: &str, records: &[String], batch_len: usize) {
+    use aws_sdk_firehose::primitives::Blob;
+    use aws_sdk_firehose::types::Record;
+    for chunk in records.chunks(batch_len) {
+        let records = chunk.iter().map(|data| Record::builder().data(Blob::new(data.as_bytes())).build().unwrap());
+        let output = client
+            .put_record_batch()
+            .delivery_stream_name(stream)
+            .set_records(Some(records.collect()))
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(output.failed_put_count(), 0);
+    }
+}
+
+/// `spillway validate` on `yaml`: whether it passed, and what it wrote to stderr.
+pub fn validate_yaml(yaml: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("spillway.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_spillway")).args(["validate", "--config"]).arg(&config).output().unwrap();
+    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+}

@@ -38,7 +38,7 @@ use super::{
 #[derive(Debug, Clone, PartialEq)]
 pub enum WindowOutput {
     /// A closed window's rows (JSON objects with `window_start` and `window_end` first).
-    Rows { window_end_ms: i64, rows: Vec<Bytes> },
+    Rows { rows: Vec<Bytes> },
     /// A record that goes to the error output.
     Failed { sequence: u64, data: Bytes, code: &'static str, message: String },
     /// A late record dropped (`late_records: drop`), for the metric.
@@ -337,7 +337,7 @@ impl WindowStage {
                     let prefix =
                         format!("{{\"window_start\":\"{}\",\"window_end\":\"{}\"", rfc3339(start), rfc3339(end));
                     let rows = rows.into_iter().map(|row| with_window(&prefix, &row)).collect();
-                    out.push(WindowOutput::Rows { window_end_ms: end, rows });
+                    out.push(WindowOutput::Rows { rows });
                 }
                 Err(error) => {
                     tracing::error!(window_start = %rfc3339(start), error = %one_line(&error), "a window's query failed; the window gives no rows");
