@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::checkpoint::write_atomically;
 use crate::cluster::Membership;
+use crate::cluster::shard_state::ShardStates;
 use crate::config::Config;
 use crate::control::Control;
 use crate::control::catalog::{self, Catalog, CatalogError, FolderCatalog};
@@ -117,6 +118,10 @@ impl App {
             }
             None => None,
         };
+        let shard_states = match (&membership, &resolved_cluster) {
+            (Some(joined), Some(resolved)) => Some(Arc::new(ShardStates::new(resolved, joined.store().clone())?)),
+            _ => None,
+        };
         let lifecycle = Arc::new(Lifecycle::new(StreamEnv {
             data_dir: data_dir.clone(),
             wal: config.wal.clone(),
@@ -128,6 +133,7 @@ impl App {
             region: config.server.region.clone(),
             account_id: config.server.account_id.clone(),
             cluster_mode: membership.is_some(),
+            shard_states,
             wals: Arc::default(),
             drain_timeout: Duration::from_secs(config.server.shutdown_grace_seconds),
         }));

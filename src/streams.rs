@@ -22,8 +22,8 @@ use crate::config::{LimitsConfig, StreamConfig, WalConfig};
 use crate::metrics::{Metrics, StreamMetrics, WalSize};
 use crate::pipeline::invoker::Invoker;
 use crate::pipeline::{
-    BatchingOptions, Delivery, DeliveryLoop, IntentError, IntentLog, JqPartitioner, LambdaRouting, LambdaStage,
-    MemoryBudget, Partitioner, PipelineError, Router,
+    BatchingOptions, Delivery, DeliveryLoop, DeliveryState, FileState, IntentError, IntentLog, JqPartitioner,
+    LambdaRouting, LambdaStage, MemoryBudget, Partitioner, PipelineError, Router,
 };
 use crate::processing::{Chain, PartitionKeys};
 use crate::readiness::CheckedSink;
@@ -67,6 +67,9 @@ pub struct StreamEnv {
     pub account_id: String,
     /// Cluster mode (`cluster:`): streams whose source cannot be shared yet are refused.
     pub cluster_mode: bool,
+    /// Cluster mode: shard sources share their shards through leases, their state in the
+    /// coordinator (see [`crate::cluster::sharing`]).
+    pub shard_states: Option<Arc<crate::cluster::shard_state::ShardStates>>,
     /// The running streams' WALs by name, for streams that read another stream.
     pub wals: Arc<WalDirectory>,
     /// How long a stream removed or restarted with [`StopMode::Drain`] may take to deliver what
@@ -121,11 +124,46 @@ impl Readers {
 /// How long the start-up sink check may take before the stream starts anyway.
 const SINK_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
-struct DeliveryTask {
+/// A running delivery loop.
+pub struct DeliveryTask {
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), PipelineError>>,
     /// The sink this delivery writes to, for the background healthchecks.
     checked: CheckedSink,
+}
+
+impl DeliveryTask {
+    /// Close open batches, deliver everything committed, end; abort after `timeout` (what is
+    /// left stays in the WAL). `Ok(false)` when the timeout cut it short.
+    pub async fn drain(self, timeout: Duration) -> Result<bool, PipelineError> {
+        let _ = self.stop.send(true);
+        let mut task = self.task;
+        match tokio::time::timeout(timeout, &mut task).await {
+            Ok(Ok(result)) => result.map(|()| true),
+            Ok(Err(join)) => Err(PipelineError::Join(join)),
+            Err(_) => {
+                task.abort();
+                let _ = task.await;
+                Ok(false)
+            }
+        }
+    }
+
+    /// End now; undelivered records stay in the WAL.
+    pub async fn abort(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+
+    /// The loop ended (delivered everything after a stop, or failed).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Wait for the loop to end by itself.
+    pub async fn join(self) -> Result<(), PipelineError> {
+        self.task.await?
+    }
 }
 
 /// How a stream's delivery ends.
@@ -175,7 +213,7 @@ impl Lifecycle {
         let name = config.name.clone();
         // YAML streams are refused by validation already; this also covers API-created ones.
         if self.env.cluster_mode
-            && let Some(message) = crate::cluster::refuse_source(config.source.descriptor().type_name())
+            && let Some(message) = crate::cluster::refuse_source(config.source.descriptor())
         {
             return Err(StreamError::Refused { stream: name, message });
         }
@@ -226,16 +264,38 @@ impl Lifecycle {
         if delivery.is_some() {
             self.env.wals.insert(&name, wal.clone());
         }
-        let readers = if delivery.is_some() {
-            Readers::spawn(config, &wal, &self.env.wals, &metrics)
-        } else {
+        let readers = if delivery.is_none() {
             Readers::default()
+        } else if let Some(shared) = self.shared_shards(config, record.version_id, &metrics) {
+            shared
+        } else {
+            Readers::spawn(config, &wal, &self.env.wals, &metrics)
         };
         self.running().insert(
             name,
             Running { wal: wal.clone(), metrics: metrics.clone(), stopped: stopped.clone(), delivery, readers },
         );
         Ok(StreamIngest { config: config.clone(), record: Arc::new(record), wal, metrics, stopped })
+    }
+
+    /// Cluster mode, a shard source: the task that leases the stream's shards and runs a
+    /// sub-stream per shard held, in place of the readers (the stream's own WAL stays empty).
+    fn shared_shards(&self, config: &StreamConfig, version_id: u64, metrics: &Arc<StreamMetrics>) -> Option<Readers> {
+        let states = self.env.shard_states.as_ref()?;
+        let source = config.source.descriptor().shard_source(&config.name)?;
+        let shared = crate::cluster::sharing::SharedStream {
+            config: config.clone(),
+            version_id,
+            metrics: metrics.clone(),
+            states: states.clone(),
+            builder: self.delivery_builder(),
+            stream_dir: self.stream_dir(&config.name),
+            wal: self.wal_options(config),
+            drain_timeout: self.env.drain_timeout,
+        };
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(crate::cluster::sharing::run(shared, source, stopped));
+        Some(Readers { stop: Some(stop), tasks: vec![task] })
     }
 
     /// Stop the stream's delivery after it delivered what it holds, then start it again with
@@ -401,26 +461,17 @@ impl Lifecycle {
         let delivery = self.running().get_mut(name).and_then(|stream| stream.delivery.take());
         let Some(delivery) = delivery else { return Ok(()) };
         if mode == StopMode::Abort {
-            delivery.task.abort();
-            let _ = delivery.task.await;
+            delivery.abort().await;
             return Ok(());
         }
-        let _ = delivery.stop.send(true);
-        let mut task = delivery.task;
-        match tokio::time::timeout(self.env.drain_timeout, &mut task).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(join)) => Err(PipelineError::Join(join)),
-            Err(_) => {
-                tracing::warn!(
-                    stream = %name,
-                    grace_seconds = self.env.drain_timeout.as_secs(),
-                    "delivery did not finish within the grace period (is the destination down?); undelivered records stay in the wal"
-                );
-                task.abort();
-                let _ = task.await;
-                Ok(())
-            }
+        if !delivery.drain(self.env.drain_timeout).await? {
+            tracing::warn!(
+                stream = %name,
+                grace_seconds = self.env.drain_timeout.as_secs(),
+                "delivery did not finish within the grace period (is the destination down?); undelivered records stay in the wal"
+            );
         }
+        Ok(())
     }
 
     fn wal_options(&self, config: &StreamConfig) -> WalOptions {
@@ -435,7 +486,8 @@ impl Lifecycle {
         }
     }
 
-    /// Build the sink and the delivery loop for `config` over `wal`, and spawn the loop.
+    /// Build the sink and the delivery loop for `config` over `wal`, and spawn the loop; its
+    /// checkpoint and intents are files in the stream's folder.
     async fn start_delivery(
         &self,
         config: &StreamConfig,
@@ -446,7 +498,62 @@ impl Lifecycle {
     ) -> Result<DeliveryTask, StreamError> {
         let name = config.name.clone();
         let stream_dir = self.stream_dir(&name);
-        let stream_arn = format!("arn:aws:firehose:{}:{}:deliverystream/{name}", self.env.region, self.env.account_id);
+        let intents = {
+            let dir = stream_dir.clone();
+            tokio::task::spawn_blocking(move || IntentLog::open(&dir))
+                .await
+                .map_err(|join| StreamError::DataDir { path: stream_dir.clone(), source: std::io::Error::other(join) })?
+                .map_err(|source| StreamError::Intent { stream: name.clone(), source })?
+        };
+        let state = FileState::new(Checkpoint::new(&stream_dir), intents);
+        let place =
+            DeliveryPlace { wal: wal.clone(), state, instance_id: self.env.instance_id, stopped: stopped.clone() };
+        self.delivery_builder().spawn(config, version_id, metrics, place).await
+    }
+
+    /// What building a delivery loop needs from the environment, for tasks that build their own
+    /// (a shared shard's, in cluster mode).
+    pub fn delivery_builder(&self) -> DeliveryBuilder {
+        DeliveryBuilder {
+            region: self.env.region.clone(),
+            account_id: self.env.account_id.clone(),
+            budget: self.env.budget.clone(),
+            readiness: self.env.readiness.clone(),
+        }
+    }
+}
+
+/// Where a delivery loop reads, keeps its state and reports that it stopped.
+pub struct DeliveryPlace {
+    pub wal: Wal,
+    pub state: Arc<dyn DeliveryState>,
+    /// Seeds batch ids (see [`crate::pipeline::Intent::new`]).
+    pub instance_id: Uuid,
+    pub stopped: Arc<OnceLock<String>>,
+}
+
+/// Builds a stream's sink and delivery loop (see [`Lifecycle::delivery_builder`]).
+#[derive(Clone)]
+pub struct DeliveryBuilder {
+    region: String,
+    account_id: String,
+    budget: Arc<MemoryBudget>,
+    readiness: Arc<Readiness>,
+}
+
+impl DeliveryBuilder {
+    /// Build the sink and the delivery loop for `config` at `place`, and spawn the loop.
+    pub async fn spawn(
+        &self,
+        config: &StreamConfig,
+        version_id: u64,
+        metrics: &Arc<StreamMetrics>,
+        place: DeliveryPlace,
+    ) -> Result<DeliveryTask, StreamError> {
+        let DeliveryPlace { wal, state, instance_id, stopped } = place;
+        let wal = &wal;
+        let name = config.name.clone();
+        let stream_arn = format!("arn:aws:firehose:{}:{}:deliverystream/{name}", self.region, self.account_id);
         let context = spillway_sink_api::BuildContext { stream: &name, version_id, stream_arn: &stream_arn };
         let built = config
             .sink
@@ -488,9 +595,8 @@ impl Lifecycle {
         let before = Some(Arc::new(chain.before)).filter(|transforms| !transforms.is_empty());
         let mut router = Router::new(partitioner, before.clone(), config.record_delimiter());
         if let Some(lambda) = &chain.lambda {
-            let stream_arn =
-                format!("arn:aws:firehose:{}:{}:deliverystream/{name}", self.env.region, self.env.account_id);
-            let invoker = Invoker::new(lambda, stream_arn, self.env.region.clone(), metrics.processing.clone())
+            let stream_arn = format!("arn:aws:firehose:{}:{}:deliverystream/{name}", self.region, self.account_id);
+            let invoker = Invoker::new(lambda, stream_arn, self.region.clone(), metrics.processing.clone())
                 .map_err(|error| StreamError::Processing { stream: name.clone(), message: error.to_string() })?;
             let lambda_keys: std::collections::BTreeSet<String> = config
                 .sink
@@ -522,7 +628,7 @@ impl Lifecycle {
             metrics: metrics.clone(),
             recovery: recovery.clone(),
         };
-        self.env.readiness.add_sink(&name, config.sink.descriptor().type_name());
+        self.readiness.add_sink(&name, config.sink.descriptor().type_name());
         let delivery = Arc::new(Delivery {
             sink: built.sink,
             error_output: built.error_output,
@@ -534,20 +640,12 @@ impl Lifecycle {
             encoders: built.encoders.clone(),
             router: router.clone(),
         });
-        let intents = {
-            let dir = stream_dir.clone();
-            tokio::task::spawn_blocking(move || IntentLog::open(&dir))
-                .await
-                .map_err(|join| StreamError::DataDir { path: stream_dir.clone(), source: std::io::Error::other(join) })?
-                .map_err(|source| StreamError::Intent { stream: name.clone(), source })?
-        };
         let delivery_loop = DeliveryLoop {
             stream: name.clone(),
             wal: wal.clone(),
-            checkpoint: Checkpoint::new(&stream_dir),
-            intents,
+            state,
             delivery,
-            instance_id: self.env.instance_id,
+            instance_id,
             router,
             encoders: built.encoders,
             batching: BatchingOptions {
@@ -556,7 +654,7 @@ impl Lifecycle {
                 max_partitions: config.processing.max_active_partitions(),
                 full_batches_in_flight: config.sink.descriptor().full_batches_in_flight(),
             },
-            budget: self.env.budget.clone(),
+            budget: self.budget.clone(),
         };
         let (stop, stop_rx) = watch::channel(false);
         let run = delivery_loop.run(stop_rx);

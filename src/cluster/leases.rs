@@ -494,7 +494,7 @@ impl LeaseStore {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn forget(&self, key: &str, epoch: i64) {
+    pub(crate) fn forget(&self, key: &str, epoch: i64) {
         let mut held = self.lock_held();
         if held.get(key).is_some_and(|lease| lease.epoch == epoch) {
             held.remove(key);
@@ -502,7 +502,7 @@ impl LeaseStore {
         self.stats.leases_held.store(held.len() as i64, Ordering::Relaxed);
     }
 
-    fn fenced(&self, key: &str, epoch: i64) -> ClusterError {
+    pub(crate) fn fenced(&self, key: &str, epoch: i64) -> ClusterError {
         self.stats.fenced_writes.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(lease = %key, epoch, "write refused: the lease has moved on (fenced)");
         ClusterError::Fenced { key: key.to_string(), epoch }

@@ -1,9 +1,11 @@
 //! Cluster mode (`cluster:` in the YAML): several spillway nodes share work through leases in
 //! PostgreSQL, the coordinator. This part is the foundation: the configuration, the versioned
 //! schema, the lease store with its fencing, the balancer, and the node's membership (register,
-//! heartbeat, renew, leave). Shard readers do not take leases yet, so a stream with a shard
-//! source (`kinesis`, `dynamodb_streams`) is refused in cluster mode; push and file sources run
-//! on every node as in single-node mode. See `docs/cluster.md`.
+//! heartbeat, renew, leave), and shard sharing: the shards of `kinesis` and `dynamodb_streams`
+//! sources are leased one by one and read and delivered by their owner, with what a next owner
+//! needs in the coordinator. A `kafka` source is refused in cluster mode (its partitions are not
+//! shared yet); push and file sources run on every node as in single-node mode. See
+//! `docs/cluster.md`.
 //!
 //! Module map:
 //! - [`config`]: the `cluster:` block, its validation and its defaults (node id, advertise).
@@ -11,6 +13,8 @@
 //! - [`leases`]: [`leases::LeaseStore`]: registration, heartbeat, claim / renew / release /
 //!   hand-off, conditional writes fenced by (owner, epoch).
 //! - [`balance`]: the pure balancer (fair share, one expired take per scan, hand-off rules).
+//! - [`shard_state`]: a shared shard's resume point, checkpoint and intents (fenced writes).
+//! - [`sharing`]: one task per shard-source stream: leases, sub-streams, hand-over.
 //! - [`status`]: `spillway cluster status`.
 //!
 //! Without `cluster:` nothing here runs and no PostgreSQL is contacted.
@@ -21,6 +25,8 @@ pub mod config;
 pub mod coordinator;
 pub mod leases;
 pub mod schema;
+pub mod shard_state;
+pub mod sharing;
 pub mod status;
 
 use std::sync::Arc;
@@ -35,15 +41,13 @@ pub use leases::LeaseStore;
 use crate::metrics::ClusterStats;
 use crate::readiness::Readiness;
 
-/// Source types whose shards (Kafka: partitions) nodes will share through leases; until the
-/// readers take leases, cluster mode refuses them (two nodes would each read every shard).
-pub const SHARD_SOURCE_TYPES: &[&str] = &["kinesis", "dynamodb_streams", "kafka"];
-
-/// Why a stream with `source_type` cannot run in cluster mode, if it cannot.
-pub fn refuse_source(source_type: &str) -> Option<String> {
-    SHARD_SOURCE_TYPES.contains(&source_type).then(|| {
+/// Why a stream with `source` cannot run in cluster mode, if it cannot: a pull source whose
+/// units of work nodes do not share yet (Kafka's partitions), which two nodes would both read.
+pub fn refuse_source(source: &dyn crate::sources::SourceDescriptor) -> Option<String> {
+    let type_name = source.type_name();
+    (type_name == "kafka").then(|| {
         format!(
-            "a {source_type} source cannot run in cluster mode yet: shard sharing is not available yet; see docs/cluster.md"
+            "a {type_name} source cannot run in cluster mode yet: its partitions are not shared between nodes yet; see docs/cluster.md"
         )
     })
 }

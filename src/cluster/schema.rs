@@ -65,6 +65,29 @@ const MIGRATIONS: &[&[&str]] = &[
         // every start: a node whose file differs from a live node's is refused.
         "ALTER TABLE spillway_nodes ADD COLUMN yaml_streams jsonb",
     ],
+    // 3: what a shared shard's next owner carries on from (see `shard_state`).
+    &[
+        // Per shard lease: `generation` seeds the shard's batch ids (new when the row is made, so
+        // a stream deleted and created again never reuses one); the resume point (a frame
+        // boundary's WAL sequence and the shard position after that frame, at or below the
+        // checkpoint); the checkpoint (every record below it delivered).
+        "CREATE TABLE spillway_shard_state (
+            lease_key text PRIMARY KEY,
+            generation text NOT NULL,
+            resume_sequence bigint NOT NULL DEFAULT 0,
+            resume_position text,
+            checkpoint bigint NOT NULL DEFAULT 0,
+            updated_at timestamptz NOT NULL DEFAULT now()
+        )",
+        // The intents of batches above the checkpoint (the delivery loop's `Intent` as JSON).
+        "CREATE TABLE spillway_shard_intents (
+            lease_key text NOT NULL,
+            batch_id text NOT NULL,
+            start_sequence bigint NOT NULL,
+            intent jsonb NOT NULL,
+            PRIMARY KEY (lease_key, batch_id)
+        )",
+    ],
 ];
 
 /// The schema version this binary writes and understands.

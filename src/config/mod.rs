@@ -761,7 +761,7 @@ impl Config {
         for (index, stream) in self.streams.iter().enumerate() {
             let at = |field: &str| format!("streams[{index}].{field}");
             if self.cluster.is_some()
-                && let Some(refusal) = crate::cluster::refuse_source(stream.source.descriptor().type_name())
+                && let Some(refusal) = crate::cluster::refuse_source(stream.source.descriptor())
             {
                 push(at("source.type"), refusal);
             }

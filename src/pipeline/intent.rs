@@ -38,6 +38,10 @@ pub struct Intent {
     pub error_output_type: Option<String>,
     #[serde(default)]
     pub state: IntentState,
+    /// The batch's oldest arrival time (Unix ms) as first closed: its object key's time. A
+    /// re-send uses it, so the batch lands on the same key whoever rebuilds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_arrival_ms: Option<i64>,
 }
 
 impl Intent {
@@ -59,6 +63,7 @@ impl Intent {
             partition: route.partition.as_ref().clone(),
             error_output_type: route.error_output_type.clone(),
             state: IntentState::Pending,
+            oldest_arrival_ms: None,
         }
     }
 

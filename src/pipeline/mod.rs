@@ -18,6 +18,7 @@ pub mod invoker;
 pub mod lambda_stage;
 pub mod open_batch;
 pub mod retry;
+pub mod state;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -32,7 +33,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::checkpoint::{Checkpoint, CheckpointError};
+use crate::checkpoint::CheckpointError;
 use crate::wal::{Wal, WalError};
 pub use assemble::{
     AssembleError, Assembler, Claimed, JqPartitioner, LambdaRouting, PartitionFailure, Partitioner, Router,
@@ -41,6 +42,7 @@ pub use intent::{Intent, IntentError, IntentLog, IntentState};
 pub use lambda_stage::{LambdaStage, StageError};
 pub use open_batch::{ClosedBatch, MemoryBudget, OpenBatches, Route};
 pub use retry::{Delivery, DeliveryError};
+pub use state::{DeliveryState, FileState};
 
 /// Batches written concurrently per stream (S3 PUTs are latency-bound; many partitions close at
 /// once when their intervals pass).
@@ -84,6 +86,10 @@ pub enum PipelineError {
     Join(#[from] tokio::task::JoinError),
     #[error("setting aside the records of batch {batch} failed inside: {reason}")]
     SetAsideFailed { batch: Uuid, reason: String },
+    /// The coordinator's copy of the checkpoint and intents (a shared shard in cluster mode)
+    /// could not be written or read; `fenced` when another node owns the shard now.
+    #[error("delivery state: {reason}")]
+    State { reason: String, fenced: bool },
 }
 
 /// How a stream's batches are shaped.
@@ -99,8 +105,8 @@ pub struct BatchingOptions {
 pub struct DeliveryLoop {
     pub stream: String,
     pub wal: Wal,
-    pub checkpoint: Checkpoint,
-    pub intents: IntentLog,
+    /// The checkpoint and the intents (files, or the coordinator for a shared shard).
+    pub state: Arc<dyn DeliveryState>,
     pub delivery: Arc<Delivery>,
     /// Seeds batch ids: the same (instance, stream, route, first sequence) gives the same id.
     pub instance_id: Uuid,
@@ -167,11 +173,7 @@ impl Ledger {
 impl DeliveryLoop {
     /// Run until `stop` turns true and every committed record is delivered.
     pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), PipelineError> {
-        let (checkpoint, intents) = (self.checkpoint.clone(), self.intents.clone());
-        let (stored, recorded) = tokio::task::spawn_blocking(move || -> Result<(u64, Vec<Intent>), PipelineError> {
-            Ok((checkpoint.load()?, intents.load()?))
-        })
-        .await??;
+        let (stored, recorded) = self.state.load().await?;
 
         let mut ledger = Ledger { stored, ..Ledger::default() };
         let mut in_flight: FuturesUnordered<BoxFuture<'static, Completed>> = FuturesUnordered::new();
@@ -195,7 +197,7 @@ impl DeliveryLoop {
                 }
             }
         }
-        self.remove_intents(stale).await?;
+        self.state.forget(stale).await?;
 
         let open = OpenBatches::new(
             self.encoders.clone(),
@@ -365,19 +367,12 @@ impl DeliveryLoop {
         let prepared: Vec<(Intent, ClosedBatch)> = ready
             .into_iter()
             .map(|closed| {
-                let intent = Intent::new(&self.instance_id, &self.stream, &closed.route, closed.start, closed.end);
+                let mut intent = Intent::new(&self.instance_id, &self.stream, &closed.route, closed.start, closed.end);
+                intent.oldest_arrival_ms = Some(closed.oldest_arrival_ms).filter(|&arrival_ms| arrival_ms > 0);
                 (intent, closed)
             })
             .collect();
-        let intents = self.intents.clone();
-        let to_record: Vec<Intent> = prepared.iter().map(|(intent, _)| intent.clone()).collect();
-        tokio::task::spawn_blocking(move || -> Result<(), IntentError> {
-            for intent in &to_record {
-                intents.record(intent)?;
-            }
-            Ok(())
-        })
-        .await??;
+        self.state.record(prepared.iter().map(|(intent, _)| intent.clone()).collect()).await?;
         Ok(prepared)
     }
 
@@ -405,7 +400,9 @@ impl DeliveryLoop {
                     end: parts.end,
                     sequences: parts.sequences,
                     record_bytes: parts.record_bytes,
-                    oldest_arrival_ms: parts.oldest_arrival_ms,
+                    // The recorded time: a batch re-read by another node (cluster mode) has
+                    // its records' arrival on that node's clock, but keeps its object key.
+                    oldest_arrival_ms: intent.oldest_arrival_ms.unwrap_or(parts.oldest_arrival_ms),
                     payload: Payload::default(),
                 };
                 let error_output_type = intent.error_output_type.as_deref();
@@ -494,8 +491,7 @@ impl DeliveryLoop {
             // Records of other batches below it are still on their way: remember that this one
             // left, so a restart skips its records instead of sending them again.
             intent.state = IntentState::Done;
-            let (intents, done) = (self.intents.clone(), intent.clone());
-            tokio::task::spawn_blocking(move || intents.record(&done)).await??;
+            self.state.record(vec![intent.clone()]).await?;
         }
         ledger.done.push(intent);
         if !self.advance_watermark(ledger, assembler, queue).await? {
@@ -538,10 +534,8 @@ impl DeliveryLoop {
             ledger.done = kept;
             passed
         };
-        let checkpoint = self.checkpoint.clone();
-        tokio::task::spawn_blocking(move || checkpoint.store(watermark)).await??;
+        self.state.advance(watermark, passed).await?;
         ledger.stored = watermark;
-        self.remove_intents(passed).await?;
         assembler.release_claims_below(watermark);
         // The smaller figure before the trim, so the WAL never counts less than is undelivered.
         ledger.delivered_ahead.retain(|(end, _)| *end > watermark);
@@ -568,21 +562,6 @@ impl DeliveryLoop {
         let metrics = &self.delivery.metrics;
         metrics.set_oldest_undelivered(oldest);
         metrics.open_partitions.set(assembler.partition_count() as i64);
-    }
-
-    async fn remove_intents(&self, intents: Vec<Intent>) -> Result<(), PipelineError> {
-        if intents.is_empty() {
-            return Ok(());
-        }
-        let log = self.intents.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), IntentError> {
-            for intent in &intents {
-                log.remove(intent)?;
-            }
-            Ok(())
-        })
-        .await??;
-        Ok(())
     }
 
     fn note_early_closes(&self, assembler: &mut Assembler) {

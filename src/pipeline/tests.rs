@@ -10,6 +10,7 @@ use spillway_sink_api::testkit::{MemoryEncoderFactory, MemorySink};
 use spillway_sink_api::{EncodeError, PartitionKeys, RecordFailure, RecordPosition, SinkError};
 
 use super::*;
+use crate::checkpoint::Checkpoint;
 use crate::config::{FsyncPolicy, RecordDelimiter};
 use crate::metrics::StreamMetrics;
 use crate::wal::WalOptions;
@@ -74,8 +75,7 @@ impl Harness {
         DeliveryLoop {
             stream: "s".into(),
             wal: self.wal.clone(),
-            checkpoint: Checkpoint::new(&self.stream_dir),
-            intents: IntentLog::open(&self.stream_dir).unwrap(),
+            state: FileState::new(Checkpoint::new(&self.stream_dir), IntentLog::open(&self.stream_dir).unwrap()),
             delivery: self.delivery(self.sink.clone(), retry, router.clone()),
             instance_id: Uuid::from_u128(7),
             router,

@@ -5,11 +5,13 @@
 
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::metrics::StreamMetrics;
+use crate::sources::shards::SharedShardSource;
 use crate::wal::{Wal, WalDirectory};
 
 /// What a source description needs besides the source's own block.
@@ -72,6 +74,12 @@ pub trait SourceDescriptor: std::fmt::Debug + Send + Sync {
 
     /// Start the stream's pull readers, if it has any.
     fn spawn_readers(&self, context: ReaderContext<'_>) -> Vec<JoinHandle<()>>;
+
+    /// For a shard source whose shards nodes share in cluster mode (one lease per shard): its
+    /// shard adapter and reading settings. `None`: the source cannot be shared.
+    fn shard_source(&self, _stream: &str) -> Option<BoxFuture<'static, SharedShardSource>> {
+        None
+    }
 
     /// Firehose's `DeliveryStreamType`. A source with no Firehose equivalent is reported as
     /// `DirectPut` (strict SDKs refuse enum values they do not know), with itself in

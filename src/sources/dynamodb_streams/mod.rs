@@ -173,6 +173,12 @@ pub async fn run(
     metrics: Arc<StreamMetrics>,
     stop: watch::Receiver<bool>,
 ) {
+    let source = shared_source(config).await;
+    shards::run(stream, source.api, source.settings, wal, metrics, stop).await;
+}
+
+/// The adapter and settings, also for shards shared in cluster mode.
+pub(crate) async fn shared_source(config: DynamodbStreamsSourceConfig) -> shards::SharedShardSource {
     let shared = super::aws::shared_config(config.region()).await;
     let mut streams = aws_sdk_dynamodbstreams::config::Builder::from(&shared).timeout_config(super::aws::timeouts());
     let mut tables = aws_sdk_dynamodb::config::Builder::from(&shared).timeout_config(super::aws::timeouts());
@@ -187,7 +193,7 @@ pub async fn run(
         streams: aws_sdk_dynamodbstreams::Client::from_conf(streams.build()),
         tables: aws_sdk_dynamodb::Client::from_conf(tables.build()),
     });
-    shards::run(stream, api, settings, wal, metrics, stop).await;
+    shards::SharedShardSource { api, settings }
 }
 
 /// The DynamoDB Streams adapter of the shard-reader core.

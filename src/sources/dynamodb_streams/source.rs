@@ -2,11 +2,13 @@
 //! shards; described with the spillway extension member `SpillwaySourceDescription` (Firehose
 //! has no DynamoDB source).
 
+use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
 use tokio::task::JoinHandle;
 
 use super::DynamodbStreamsSourceConfig;
 use crate::sources::descriptor::{ReaderContext, SourceDescribeContext, SourceDescriptor, spillway_source_description};
+use crate::sources::shards::SharedShardSource;
 
 impl SourceDescriptor for DynamodbStreamsSourceConfig {
     fn type_name(&self) -> &'static str {
@@ -28,6 +30,12 @@ impl SourceDescriptor for DynamodbStreamsSourceConfig {
     fn spawn_readers(&self, context: ReaderContext<'_>) -> Vec<JoinHandle<()>> {
         let ReaderContext { stream, wal, metrics, stop, .. } = context;
         vec![tokio::spawn(super::run(stream.to_string(), self.clone(), wal.clone(), metrics.clone(), stop))]
+    }
+
+    fn shard_source(&self, stream: &str) -> Option<BoxFuture<'static, SharedShardSource>> {
+        let _ = stream;
+        let config = self.clone();
+        Some(Box::pin(async move { super::shared_source(config).await }))
     }
 
     fn describe_source(&self, _context: &SourceDescribeContext<'_>) -> Map<String, Value> {

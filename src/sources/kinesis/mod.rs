@@ -210,10 +210,15 @@ pub async fn run(
     metrics: Arc<StreamMetrics>,
     stop: watch::Receiver<bool>,
 ) {
+    let source = shared_source(stream.clone(), config).await;
+    shards::run(stream, source.api, source.settings, wal, metrics, stop).await;
+}
+
+/// The adapter and settings, also for shards shared in cluster mode.
+pub(crate) async fn shared_source(stream: String, config: KinesisSourceConfig) -> shards::SharedShardSource {
     let client = build_client(&config).await;
     let settings = config.settings();
-    let api = Arc::new(Kinesis { config, client, stream: stream.clone() });
-    shards::run(stream, api, settings, wal, metrics, stop).await;
+    shards::SharedShardSource { api: Arc::new(Kinesis { config, client, stream }), settings }
 }
 
 /// The Kinesis adapter of the shard-reader core.

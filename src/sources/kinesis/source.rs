@@ -1,11 +1,13 @@
 //! The `kinesis` source as the registry sees it: one reader task for the stream's shards;
 //! described as AWS describes a `KinesisStreamAsSource` stream.
 
+use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
 use tokio::task::JoinHandle;
 
 use super::KinesisSourceConfig;
 use crate::sources::descriptor::{ReaderContext, SourceDescribeContext, SourceDescriptor};
+use crate::sources::shards::SharedShardSource;
 
 impl SourceDescriptor for KinesisSourceConfig {
     fn type_name(&self) -> &'static str {
@@ -27,6 +29,11 @@ impl SourceDescriptor for KinesisSourceConfig {
     fn spawn_readers(&self, context: ReaderContext<'_>) -> Vec<JoinHandle<()>> {
         let ReaderContext { stream, wal, metrics, stop, .. } = context;
         vec![tokio::spawn(super::run(stream.to_string(), self.clone(), wal.clone(), metrics.clone(), stop))]
+    }
+
+    fn shard_source(&self, stream: &str) -> Option<BoxFuture<'static, SharedShardSource>> {
+        let (config, stream) = (self.clone(), stream.to_string());
+        Some(Box::pin(async move { super::shared_source(stream, config).await }))
     }
 
     fn delivery_stream_type(&self) -> &'static str {

@@ -288,6 +288,75 @@ pub(crate) struct Context {
     pub metrics: Arc<StreamMetrics>,
     /// Permits for `GetRecords` responses in memory (`max_concurrent_reads`).
     pub reads: Arc<tokio::sync::Semaphore>,
+    /// Cluster mode: where each durable frame ends and the shard position after it.
+    pub boundaries: Option<Arc<Boundaries>>,
+}
+
+/// A shard source nodes share in cluster mode: its adapter and reading settings
+/// (see [`crate::sources::SourceDescriptor::shard_source`]).
+pub struct SharedShardSource {
+    pub api: Arc<dyn ShardApi>,
+    pub settings: Settings,
+}
+
+/// The frame boundaries of one shard's WAL not yet below the checkpoint: (sequence after the
+/// frame, the shard's position after it). A shared shard's resume point is the highest one at or
+/// below the checkpoint: re-reading from that position gives the records the same sequences.
+#[derive(Debug, Default)]
+pub struct Boundaries {
+    entries: std::sync::Mutex<std::collections::VecDeque<(u64, String)>>,
+}
+
+impl Boundaries {
+    fn push(&self, end: u64, position: String) {
+        self.lock().push_back((end, position));
+    }
+
+    /// The highest boundary at or below `sequence`, forgetting it and every one before it.
+    pub fn take_at_or_below(&self, sequence: u64) -> Option<(u64, String)> {
+        let mut entries = self.lock();
+        let mut found = None;
+        while entries.front().is_some_and(|(end, _)| *end <= sequence) {
+            found = entries.pop_front();
+        }
+        found
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(u64, String)>> {
+        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// How a shard's reading ended, for a caller that reads one shard (cluster mode).
+pub use reader::Outcome;
+
+/// Where one shard read on its own (cluster mode) goes.
+pub struct ShardTarget {
+    pub stream: String,
+    pub wal: Wal,
+    pub metrics: Arc<StreamMetrics>,
+    /// Told every durable frame's end and position.
+    pub boundaries: Arc<Boundaries>,
+}
+
+/// Cluster mode: read one shard into the target's WAL from `start` until it is finished or `stop`.
+pub(crate) async fn read_one_shard(
+    source: &SharedShardSource,
+    target: ShardTarget,
+    shard_id: &str,
+    start: Start,
+    stop: watch::Receiver<bool>,
+) -> Outcome {
+    let context = Context {
+        stream: target.stream,
+        api: source.api.clone(),
+        settings: source.settings.clone(),
+        wal: target.wal,
+        metrics: target.metrics,
+        reads: Arc::new(tokio::sync::Semaphore::new(source.settings.max_concurrent_reads)),
+        boundaries: Some(target.boundaries),
+    };
+    reader::read_shard(&context, shard_id, start, stop).await
 }
 
 impl Context {
@@ -311,7 +380,8 @@ pub async fn run(
     let source = api.display_name();
     let reads = Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent_reads));
     let discovery = settings.discovery_interval;
-    let context = Arc::new(Context { stream: stream.clone(), api, settings, wal: wal.clone(), metrics, reads });
+    let context =
+        Arc::new(Context { stream: stream.clone(), api, settings, wal: wal.clone(), metrics, reads, boundaries: None });
     let mut finished: BTreeSet<String> = BTreeSet::new();
     let mut started: BTreeSet<String> = BTreeSet::new();
     let mut readers: JoinSet<(String, reader::Outcome)> = JoinSet::new();

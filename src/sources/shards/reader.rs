@@ -429,7 +429,12 @@ async fn append(
         let appended =
             context.wal.append_pulled_with_metadata(arrival_ms, records.clone(), source.clone(), metadata.clone());
         match appended.await {
-            Ok(_) => return true,
+            Ok(sequences) => {
+                if let Some(boundaries) = &context.boundaries {
+                    boundaries.push(sequences.end, source.position.clone());
+                }
+                return true;
+            }
             Err(error @ WalError::Full { .. }) => {
                 tracing::debug!(stream = %context.stream, shard = shard_id, %error, "wal full; the {kind} reader waits");
             }
