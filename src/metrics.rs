@@ -54,6 +54,9 @@ pub struct ClusterStats {
     /// Writes conditional on (owner, epoch) that touched no row, renewals included: this node
     /// had lost the lease.
     pub fenced_writes: AtomicU64,
+    /// Leases this node gave up for another node after delivering their open batches (a
+    /// balancing request, SIGTERM, a reload).
+    pub lease_handoffs: AtomicU64,
     /// 1 when the last heartbeat reached the coordinator, else 0.
     pub coordinator_up: AtomicI64,
 }
@@ -896,6 +899,11 @@ impl Collector for Scraped {
                     "spillway_cluster_lease_takeovers",
                     "expired leases of another owner this node took over",
                     &cluster.lease_takeovers,
+                ),
+                (
+                    "spillway_cluster_lease_handoffs",
+                    "leases handed over to another node after their open batches were delivered",
+                    &cluster.lease_handoffs,
                 ),
                 (
                     "spillway_cluster_fenced_writes",

@@ -86,6 +86,9 @@ struct Running {
     delivery: Option<DeliveryTask>,
     /// The pull source's readers (a tailed file, …) and their stop switch; none for push sources.
     readers: Readers,
+    /// Cluster mode, a shard source: the task running the sub-streams of the shards this node
+    /// leases (see [`crate::cluster::sharing`]); stopping it hands every shard over.
+    shared: Option<Readers>,
 }
 
 /// A stream's pull-source reader tasks; they append to the WAL independently of delivery, so a
@@ -264,16 +267,15 @@ impl Lifecycle {
         if delivery.is_some() {
             self.env.wals.insert(&name, wal.clone());
         }
-        let readers = if delivery.is_none() {
-            Readers::default()
-        } else if let Some(shared) = self.shared_shards(config, record.version_id, &metrics) {
-            shared
-        } else {
+        let shared = if delivery.is_some() { self.shared_shards(config, record.version_id, &metrics) } else { None };
+        let readers = if delivery.is_some() && shared.is_none() {
             Readers::spawn(config, &wal, &self.env.wals, &metrics)
+        } else {
+            Readers::default()
         };
         self.running().insert(
             name,
-            Running { wal: wal.clone(), metrics: metrics.clone(), stopped: stopped.clone(), delivery, readers },
+            Running { wal: wal.clone(), metrics: metrics.clone(), stopped: stopped.clone(), delivery, readers, shared },
         );
         Ok(StreamIngest { config: config.clone(), record: Arc::new(record), wal, metrics, stopped })
     }
@@ -327,9 +329,20 @@ impl Lifecycle {
         } else {
             None
         };
+        // Shared shards deliver through sub-streams of their own: hand them over and start
+        // again with the new destination.
+        let shared = self.running().get_mut(&name).and_then(|current| current.shared.take());
+        let mut restarted = None;
+        if let Some(readers) = shared {
+            readers.stop(tokio::time::Instant::now() + self.env.drain_timeout + Duration::from_secs(30)).await;
+            restarted = self.shared_shards(config, record.version_id, &metrics);
+        }
         if let Some(current) = self.running().get_mut(&name) {
             current.delivery = delivery;
             current.stopped = stopped.clone();
+            if restarted.is_some() {
+                current.shared = restarted;
+            }
         }
         Ok(StreamIngest { config: config.clone(), record: Arc::new(record), wal, metrics, stopped })
     }
@@ -340,6 +353,11 @@ impl Lifecycle {
         let readers = self.running().get_mut(name).map(|stream| std::mem::take(&mut stream.readers));
         if let Some(readers) = readers {
             readers.stop(tokio::time::Instant::now() + Duration::from_secs(30)).await;
+        }
+        let shared = self.running().get_mut(name).and_then(|stream| stream.shared.take());
+        if let Some(shared) = shared {
+            let handed_over = tokio::time::Instant::now() + self.env.drain_timeout + Duration::from_secs(30);
+            shared.stop(handed_over).await;
         }
         // Streams reading this one wait for it to come back. Its own holds on other WALs stay
         // until the configuration no longer names it ([`Lifecycle::release_stale_holds`]): a
@@ -419,7 +437,17 @@ impl Lifecycle {
 
     /// Stop every pull source's readers (intake ends with them), waiting until `deadline` at most.
     pub async fn stop_readers(&self, deadline: tokio::time::Instant) {
-        let all: Vec<Readers> = self.running().values_mut().map(|stream| std::mem::take(&mut stream.readers)).collect();
+        // Shared shards are handed over here too: each delivers its open batches, then releases.
+        let all: Vec<Readers> = self
+            .running()
+            .values_mut()
+            .flat_map(|stream| [std::mem::take(&mut stream.readers), stream.shared.take().unwrap_or_default()])
+            .collect();
+        for readers in &all {
+            if let Some(stop) = &readers.stop {
+                let _ = stop.send(true);
+            }
+        }
         for readers in all {
             readers.stop(deadline).await;
         }

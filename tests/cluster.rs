@@ -3,7 +3,8 @@
 //! for the outage test). Three nodes join and `spillway cluster status` lists them; Direct PUT
 //! to each node is delivered by that node into one shared local folder, every record exactly
 //! once; a node killed with SIGKILL shows dead after its lease, one stopped with SIGTERM shows
-//! stopped; a shard source is refused in cluster mode; a coordinator that refuses, does not
+//! stopped; a kafka source is refused in cluster mode (Kinesis and DynamoDB Streams shards are
+//! shared: `tests/cluster_shards.rs`); a coordinator that refuses, does not
 //! answer or rejects the user fails the start fast; a coordinator outage turns `/ready` false
 //! while Direct PUT keeps working, and the node recovers by itself. A stream created through the
 //! API on one node runs on every node (the shared catalog), follows updates and tags made through
@@ -25,16 +26,6 @@ use common::pg::{self, OwnPostgres};
 use common::{Spillway, WAIT, eventually, local_objects};
 
 const COORDINATOR_VARIABLE: &str = "SPILLWAY_TEST_COORDINATOR";
-
-/// A new database on the shared server; its url.
-async fn fresh_database() -> String {
-    let shared = pg::shared_url();
-    let admin = pg::connect(&shared).await;
-    let name = pg::unique_table("spw_cluster");
-    admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
-    let (server, _) = shared.rsplit_once('/').expect("a url ending in /database");
-    format!("{server}/{name}")
-}
 
 /// A node's YAML: its own data_dir, a Direct PUT stream into `out`, the coordinator read from
 /// the environment (`${…}`, as a password would be).
@@ -118,7 +109,7 @@ async fn put_lines(node: &Spillway, lines: &[String]) {
 #[tokio::test]
 #[ignore = "needs services: scripts/test.sh"]
 async fn three_nodes_join_deliver_their_own_puts_once_and_a_killed_node_shows_dead() {
-    let coordinator = fresh_database().await;
+    let coordinator = pg::fresh_database("spw_cluster").await;
     let root = tempfile::tempdir().unwrap();
     let out = root.path().join("shared-out");
     let yaml = node_yaml(&out, "");
@@ -179,20 +170,20 @@ async fn three_nodes_join_deliver_their_own_puts_once_and_a_killed_node_shows_de
 
 #[tokio::test]
 #[ignore = "needs services: scripts/test.sh"]
-async fn a_shard_source_is_refused_in_cluster_mode() {
+async fn a_kafka_source_is_refused_in_cluster_mode() {
     let root = tempfile::tempdir().unwrap();
     let yaml = "server:\n  listen: 127.0.0.1:0\ndata_dir: ./data\n\
                 cluster: { coordinator: '${SPILLWAY_TEST_COORDINATOR}' }\n\
                 streams:\n\
                 \x20 - name: orders\n\
-                \x20   source: { type: kinesis, stream_name: orders, region: us-east-1 }\n\
+                \x20   source: { type: kafka, bootstrap_servers: '127.0.0.1:9', topics: [orders] }\n\
                 \x20   sink: { type: s3, url: 'file://./out' }\n";
     std::fs::write(root.path().join("spillway.yaml"), yaml).unwrap();
     let (code, _, stderr, _) =
         run_spillway(root.path(), &["run", "--config", "spillway.yaml"], &pg::shared_url(), Duration::from_secs(30));
     assert_ne!(code, 0);
     assert!(
-        stderr.contains("streams[0].source.type: a kinesis source cannot run in cluster mode yet: shard sharing is not available yet; see docs/cluster.md"),
+        stderr.contains("streams[0].source.type: a kafka source cannot run in cluster mode yet: its partitions are not shared between nodes yet; see docs/cluster.md"),
         "{stderr}"
     );
     assert!(!root.path().join("data").exists(), "refused before anything was written");
@@ -371,7 +362,7 @@ fn lines_under(folder: &Path) -> Vec<String> {
 #[ignore = "needs services: scripts/test.sh"]
 async fn an_api_stream_created_on_one_node_runs_on_every_node_survives_restarts_and_is_deleted_through_another() {
     use aws_sdk_firehose::types::{ExtendedS3DestinationConfiguration, ExtendedS3DestinationUpdate, Tag};
-    let coordinator = fresh_database().await;
+    let coordinator = pg::fresh_database("spw_cluster").await;
     let root = tempfile::tempdir().unwrap();
     let yaml = api_node_yaml(root.path());
     let dirs: Vec<_> = (0..3).map(|index| root.path().join(format!("node-{index}"))).collect();
@@ -524,7 +515,7 @@ async fn an_api_stream_created_on_one_node_runs_on_every_node_survives_restarts_
 #[tokio::test]
 #[ignore = "needs services: scripts/test.sh"]
 async fn a_node_whose_yaml_streams_differ_from_a_live_node_is_refused_naming_the_stream() {
-    let coordinator = fresh_database().await;
+    let coordinator = pg::fresh_database("spw_cluster").await;
     let root = tempfile::tempdir().unwrap();
     let out = root.path().join("out");
     let yaml = node_yaml(&out, "");

@@ -17,16 +17,6 @@ use spillway::cluster::leases::LeaseSpec;
 use spillway::cluster::{ClusterError, LeaseStore, ResolvedCluster};
 use spillway::metrics::ClusterStats;
 
-/// A new database on the shared server; its url.
-async fn fresh_database() -> String {
-    let shared = pg::shared_url();
-    let admin = pg::connect(&shared).await;
-    let name = pg::unique_table("spw_cluster");
-    admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
-    let (server, _) = shared.rsplit_once('/').expect("a url ending in /database");
-    format!("{server}/{name}")
-}
-
 fn store(url: &str, node_id: &str, lease_seconds: u64) -> (LeaseStore, Arc<ClusterStats>) {
     let resolved = ResolvedCluster {
         coordinator: url.parse().expect("a postgres url"),
@@ -63,7 +53,7 @@ fn claimed_keys(claims: &[spillway::cluster::leases::Claimed]) -> BTreeSet<Strin
 #[tokio::test]
 #[ignore = "needs services: scripts/test.sh"]
 async fn leases_split_renew_expire_to_a_higher_epoch_and_the_old_owner_is_fenced() {
-    let url = fresh_database().await;
+    let url = pg::fresh_database("spw_cluster").await;
     let (a, a_stats) = joined(&url, "node-a", 2).await;
     let (b, b_stats) = joined(&url, "node-b", 2).await;
     let all = keys(6);
@@ -126,7 +116,7 @@ async fn leases_split_renew_expire_to_a_higher_epoch_and_the_old_owner_is_fenced
 #[tokio::test]
 #[ignore = "needs services: scripts/test.sh"]
 async fn a_hand_off_request_reserves_the_released_lease_for_the_requester() {
-    let url = fresh_database().await;
+    let url = pg::fresh_database("spw_cluster").await;
     let (a, _) = joined(&url, "node-a", 5).await;
     let (b, _) = joined(&url, "node-b", 5).await;
     let (c, _) = joined(&url, "node-c", 5).await;
@@ -157,7 +147,7 @@ async fn a_hand_off_request_reserves_the_released_lease_for_the_requester() {
 #[tokio::test]
 #[ignore = "needs services: scripts/test.sh"]
 async fn children_wait_until_their_parents_are_finished() {
-    let url = fresh_database().await;
+    let url = pg::fresh_database("spw_cluster").await;
     let (a, _) = joined(&url, "node-a", 5).await;
     let specs = [
         LeaseSpec { key: "kinesis:s:parent".into(), parents: vec![] },
@@ -177,7 +167,7 @@ async fn children_wait_until_their_parents_are_finished() {
 #[tokio::test]
 #[ignore = "needs services: scripts/test.sh"]
 async fn concurrent_claimers_never_get_the_same_lease() {
-    let url = fresh_database().await;
+    let url = pg::fresh_database("spw_cluster").await;
     let mut stores = Vec::new();
     for index in 0..6 {
         stores.push(Arc::new(joined(&url, &format!("node-{index}"), 30).await.0));
@@ -207,7 +197,7 @@ async fn concurrent_claimers_never_get_the_same_lease() {
 #[tokio::test]
 #[ignore = "needs services: scripts/test.sh"]
 async fn nodes_starting_together_migrate_once_and_a_newer_schema_is_refused() {
-    let url = fresh_database().await;
+    let url = pg::fresh_database("spw_cluster").await;
     let migrations = (0..8).map(|index| {
         let url = url.clone();
         tokio::spawn(async move {
@@ -246,7 +236,7 @@ async fn nodes_starting_together_migrate_once_and_a_newer_schema_is_refused() {
 #[tokio::test]
 #[ignore = "needs services: scripts/test.sh"]
 async fn a_node_id_held_by_a_live_process_is_refused_and_a_dead_ones_is_taken() {
-    let url = fresh_database().await;
+    let url = pg::fresh_database("spw_cluster").await;
     let (first, _) = joined(&url, "node-a", 2).await;
     let first = Arc::new(first);
     let beating = {
@@ -275,7 +265,7 @@ async fn a_node_id_held_by_a_live_process_is_refused_and_a_dead_ones_is_taken() 
 async fn the_shared_catalog_takes_a_name_once_replaces_only_what_was_read_and_skips_an_unreadable_record() {
     use spillway::cluster::catalog::PostgresCatalog;
     use spillway::control::catalog::{Catalog, CatalogError, StreamOrigin, StreamRecord};
-    let url = fresh_database().await;
+    let url = pg::fresh_database("spw_cluster").await;
     let (first_node, _) = joined(&url, "node-a", 5).await;
     let catalog = |node: &str| {
         PostgresCatalog::new(&ResolvedCluster {

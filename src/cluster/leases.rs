@@ -502,6 +502,11 @@ impl LeaseStore {
         self.stats.leases_held.store(held.len() as i64, Ordering::Relaxed);
     }
 
+    /// Count a lease handed over to another node.
+    pub(crate) fn note_handoff(&self) {
+        self.stats.lease_handoffs.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn fenced(&self, key: &str, epoch: i64) -> ClusterError {
         self.stats.fenced_writes.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(lease = %key, epoch, "write refused: the lease has moved on (fenced)");

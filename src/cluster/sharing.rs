@@ -65,7 +65,7 @@ struct SubStream {
     wal: Wal,
     delivery: DeliveryTask,
     reader_stop: watch::Sender<bool>,
-    /// `None` when nothing is left to read (a closed shard read to its end earlier).
+    /// `None` once it ended.
     reader: Option<JoinHandle<Outcome>>,
     /// The reader read the closed shard to its end.
     read_to_end: bool,
@@ -278,7 +278,10 @@ async fn hand_over(stream: &SharedStream, leases: &Arc<super::LeaseStore>, key: 
     let wal = sub.wal;
     let _ = tokio::task::spawn_blocking(move || wal.close()).await;
     match leases.release(key, sub.epoch).await {
-        Ok(()) => tracing::info!(lease = %key, "shard lease handed over"),
+        Ok(()) => {
+            leases.note_handoff();
+            tracing::info!(lease = %key, "shard lease handed over");
+        }
         Err(error) => tracing::warn!(lease = %key, %error, "cannot release the shard lease; it expires by itself"),
     }
 }
@@ -312,10 +315,9 @@ async fn start(
         }
         None => first_start(stream, source, shards, key, shard_id, epoch).await?,
     };
-    let has_pending = resume.checkpoint > resume.sequence || start.is_some();
-    if start.is_none() && !has_pending {
-        return Ok(None);
-    }
+    // A closed position is stored only once the checkpoint passed it: nothing is left to read
+    // or deliver.
+    let Some(start) = start else { return Ok(None) };
     let sub = open(stream, source, key, shard_id, epoch, &resume, start).await?;
     tracing::info!(stream = %stream.config.name, lease = %key, epoch, resume_sequence = resume.sequence, checkpoint = resume.checkpoint, position = ?resume.position, "reading a shared shard");
     Ok(Some(sub))
@@ -360,7 +362,7 @@ async fn open(
     shard_id: &str,
     epoch: i64,
     resume: &ShardResume,
-    start: Option<Start>,
+    start: Start,
 ) -> Result<SubStream, StartError> {
     let dir = stream.stream_dir.join("shards").join(sanitize(shard_id));
     let options = WalOptions { dir: dir.join("wal"), track_positions: true, ..stream.wal.clone() };
@@ -392,7 +394,7 @@ async fn open(
         }
     };
     let (reader_stop, reader_stopped) = watch::channel(false);
-    let reader = start.map(|start| {
+    let reader = {
         let target = ShardTarget {
             stream: stream.config.name.clone(),
             wal: wal.clone(),
@@ -401,9 +403,8 @@ async fn open(
         };
         let (source, shard_id) = (source.clone(), shard_id.to_string());
         tokio::spawn(async move { shards::read_one_shard(&source, target, &shard_id, start, reader_stopped).await })
-    });
-    let read_to_end = reader.is_none();
-    Ok(SubStream { epoch, wal, delivery, reader_stop, reader, read_to_end })
+    };
+    Ok(SubStream { epoch, wal, delivery, reader_stop, reader: Some(reader), read_to_end: false })
 }
 
 /// A shard id as one folder name (ids are `[A-Za-z0-9_.-]` in both services; anything else is

@@ -26,6 +26,16 @@ pub fn shared_url() -> String {
 }
 
 /// A table name no other test uses.
+/// A new database on the shared server, named from `prefix`; its url.
+pub async fn fresh_database(prefix: &str) -> String {
+    let shared = shared_url();
+    let admin = connect(&shared).await;
+    let name = unique_table(prefix);
+    admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
+    let (server, _) = shared.rsplit_once('/').expect("a url ending in /database");
+    format!("{server}/{name}")
+}
+
 pub fn unique_table(prefix: &str) -> String {
     format!("{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
