@@ -11,6 +11,7 @@ mod common;
 #[path = "common/kinesis.rs"]
 mod kinesis_common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,19 +26,35 @@ const COORDINATOR_VARIABLE: &str = "SPILLWAY_TEST_COORDINATOR";
 const LEASE_SECONDS: u64 = 2;
 const LEASE: Duration = Duration::from_secs(LEASE_SECONDS);
 
-fn node_yaml(kinesis_stream: &str, out: &Path) -> String {
+/// Three streams read the same Kinesis stream, each sharing its shards on its own: a plain
+/// local folder, a local folder partitioned by key (many batches per range: done intents above
+/// the watermark), and a PostgreSQL table.
+fn node_yaml(kinesis_stream: &str, root: &Path, table: &str) -> String {
+    let source = format!(
+        "{{ type: kinesis, stream_name: {kinesis_stream}, endpoint: '{}', region: us-east-1, poll_interval_ms: 200, shard_discovery_interval_ms: 500, starting_position: TRIM_HORIZON }}",
+        endpoint()
+    );
     format!(
         "server:\n  listen: 127.0.0.1:0\n  shutdown_grace_seconds: 20\n\
          data_dir: ./data\n\
          cluster:\n  coordinator: '${{{COORDINATOR_VARIABLE}}}'\n  lease_seconds: {LEASE_SECONDS}\n\
          streams:\n\
          \x20 - name: orders\n\
-         \x20   source: {{ type: kinesis, stream_name: {kinesis_stream}, endpoint: '{}', region: us-east-1, poll_interval_ms: 200, shard_discovery_interval_ms: 500, starting_position: TRIM_HORIZON }}\n\
+         \x20   source: {source}\n\
          \x20   processing: {{ record_delimiter: newline }}\n\
          \x20   buffering: {{ size_mib: 1, interval_seconds: 1 }}\n\
-         \x20   sink: {{ type: s3, url: 'file://{}', compression: gzip }}\n",
-        endpoint(),
-        out.display()
+         \x20   sink: {{ type: s3, url: 'file://{root}/out', compression: gzip }}\n\
+         \x20 - name: by-key\n\
+         \x20   source: {source}\n\
+         \x20   processing: {{ record_delimiter: newline, dynamic_partitioning: {{ keys: {{ k: .k }} }} }}\n\
+         \x20   buffering: {{ size_mib: 1, interval_seconds: 1 }}\n\
+         \x20   sink: {{ type: s3, url: 'file://{root}/by-key', prefix: 'k=!{{partitionKeyFromQuery:k}}/', error_output_prefix: 'errors/' }}\n\
+         \x20 - name: rows\n\
+         \x20   source: {source}\n\
+         \x20   buffering: {{ size_mib: 1, interval_seconds: 1 }}\n\
+         \x20   sink: {{ type: postgres, url: '{}', table: {table}, backup: {{ sink: {{ url: 'file://{root}/pg-errors' }} }} }}\n",
+        pg::shared_url(),
+        root = root.display(),
     )
 }
 
@@ -82,35 +99,54 @@ impl Node {
         }
     }
 
-    async fn leases(&self) -> usize {
-        self.metric("spillway_cluster_leases_held").await as usize
+    /// The node's `cluster.node_id`, from its status API.
+    async fn node_id(&self) -> String {
+        let status: serde_json::Value =
+            reqwest::get(format!("{}/api/status", self.process().endpoint)).await.unwrap().json().await.unwrap();
+        status["node_id"].as_str().expect("the status API names the node in cluster mode").to_string()
     }
 }
 
-/// Leases held per running node (stopped or killed nodes count 0).
-async fn lease_counts(nodes: &[Node], running: &[bool]) -> Vec<usize> {
-    let mut counts = Vec::new();
-    for (node, up) in nodes.iter().zip(running) {
-        counts.push(if *up { node.leases().await } else { 0 });
+/// Valid leases per stream and owner, as the coordinator holds them.
+async fn lease_owners(coordinator: &str) -> BTreeMap<String, BTreeMap<String, usize>> {
+    let client = pg::connect(coordinator).await;
+    let rows = client
+        .query(
+            "SELECT split_part(lease_key, ':', 2), owner, count(*) FROM spillway_leases
+             WHERE owner IS NOT NULL AND expires_at > now() AND NOT finished GROUP BY 1, 2",
+            &[],
+        )
+        .await
+        .unwrap_or_default();
+    let mut owners: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for row in rows {
+        let count: i64 = row.get(2);
+        owners.entry(row.get(0)).or_default().insert(row.get(1), count as usize);
     }
-    counts
+    owners
 }
 
-/// Wait until the running nodes hold `shards` leases between them, each within one of the
-/// others; how long it took.
-async fn wait_balanced(nodes: &[Node], running: &[bool], shards: usize, bound: Duration, what: &str) -> Duration {
+/// Wait until, for each of `streams`, the `live` nodes hold its `shards` active leases between
+/// them, each within one of the others; how long it took.
+async fn wait_balanced(coordinator: &str, live: &[&str], shards: usize, bound: Duration, what: &str) -> Duration {
     let started = Instant::now();
     loop {
-        let counts = lease_counts(nodes, running).await;
-        let live: Vec<usize> = counts.iter().zip(running).filter(|(_, up)| **up).map(|(count, _)| *count).collect();
-        let (max, min) = (live.iter().max().copied().unwrap_or(0), live.iter().min().copied().unwrap_or(0));
-        if live.iter().sum::<usize>() == shards && max - min <= 1 {
+        let owners = lease_owners(coordinator).await;
+        let balanced = STREAMS.iter().all(|stream| {
+            let held = owners.get(*stream).cloned().unwrap_or_default();
+            let counts: Vec<usize> = live.iter().map(|node| held.get(*node).copied().unwrap_or(0)).collect();
+            let (max, min) = (counts.iter().max().copied().unwrap_or(0), counts.iter().min().copied().unwrap_or(0));
+            held.values().sum::<usize>() == shards && counts.iter().sum::<usize>() == shards && max - min <= 1
+        });
+        if balanced {
             return started.elapsed();
         }
-        assert!(started.elapsed() < bound, "{what}: not balanced within {bound:?}: leases per node {counts:?}");
+        assert!(started.elapsed() < bound, "{what}: not balanced over {live:?} within {bound:?}: {owners:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+const STREAMS: [&str; 3] = ["orders", "by-key", "rows"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs services: scripts/test.sh"]
@@ -120,14 +156,28 @@ async fn three_nodes_share_shards_through_kills_stops_restarts_and_a_split_deliv
     let mut rng = StdRng::seed_from_u64(seed);
     let client = kinesis().await;
     let name = unique_name("shared");
-    let mut shards = 6;
+    let mut shards = 4;
     let _stream = create_stream(&client, &name, shards as i32).await;
     let coordinator = pg::fresh_database("spw_shards").await;
-    let root = tempfile::tempdir().unwrap();
-    let out = root.path().join("out");
-    let yaml = node_yaml(&name, &out);
+    let db = pg::connect(&pg::shared_url()).await;
+    let table = pg::unique_table("shared_rows");
+    db.batch_execute(&format!("CREATE TABLE {table} (k text, n bigint, pad text)")).await.unwrap();
+    // SPILLWAY_TEST_KEEP=1 keeps the folders (logs) after the test.
+    let root = tempfile::Builder::new()
+        .prefix("spw-shards")
+        .disable_cleanup(std::env::var_os("SPILLWAY_TEST_KEEP").is_some())
+        .tempdir()
+        .unwrap();
+    eprintln!("nodes' folders and logs under {}", root.path().display());
+    let yaml = node_yaml(&name, root.path(), &table);
     let mut nodes: Vec<Node> = (0..3).map(|index| Node::new(root.path(), index, &yaml, &coordinator)).collect();
-    let mut running = vec![true; 3];
+    let mut ids = Vec::new();
+    for node in &nodes {
+        ids.push(node.node_id().await);
+    }
+    let live = |down: Option<usize>| -> Vec<&str> {
+        ids.iter().enumerate().filter(|(index, _)| Some(*index) != down).map(|(_, id)| id.as_str()).collect()
+    };
 
     let (stop, written) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let keys = 24;
@@ -140,35 +190,31 @@ async fn three_nodes_share_shards_through_kills_stops_restarts_and_a_split_deliv
         Duration::from_millis(20),
     ));
 
-    let took = wait_balanced(&nodes, &running, shards, Duration::from_secs(30), "at start").await;
-    eprintln!("{shards} shards balanced over 3 nodes {took:?} after the nodes answered");
+    let took = wait_balanced(&coordinator, &live(None), shards, Duration::from_secs(30), "at start").await;
+    eprintln!("{shards} shards of 3 streams balanced over 3 nodes {took:?} after the nodes answered");
 
     let rounds = 4;
     let mut fenced_seen = 0.0;
     for round in 0..rounds {
         let victim = rng.random_range(0..nodes.len());
         if round % 2 == 0 {
-            // SIGKILL: the others take its shards within two lease periods (plus one scan).
-            let held = nodes[victim].leases().await;
+            // SIGKILL: the others take its shards within two lease periods (plus a scan).
             nodes[victim].process.take().expect("running").kill();
-            running[victim] = false;
-            let moved = wait_balanced(&nodes, &running, shards, 2 * LEASE + LEASE, "after a kill").await;
-            eprintln!("round {round}: killed node {victim} ({held} leases); its shards moved in {moved:?}");
+            let moved = wait_balanced(&coordinator, &live(Some(victim)), shards, 3 * LEASE, "after a kill").await;
+            eprintln!("round {round}: killed node {victim}; its shards moved in {moved:?}");
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..1500))).await;
             nodes[victim].start();
-            running[victim] = true;
-            let back = wait_balanced(&nodes, &running, shards, Duration::from_secs(30), "after a restart").await;
+            let back =
+                wait_balanced(&coordinator, &live(None), shards, Duration::from_secs(30), "after a restart").await;
             eprintln!("round {round}: node {victim} restarted and got its share back by hand-off in {back:?}");
         } else {
             // SIGSTOP past the lease: the others take its shards; when it continues, what it
             // still tries to write is fenced.
             let before = nodes[victim].metric("spillway_cluster_fenced_writes_total").await;
             signal(&nodes[victim].process().child, "STOP");
-            running[victim] = false;
-            let moved = wait_balanced(&nodes, &running, shards, 3 * LEASE + LEASE, "after a stop").await;
+            let moved = wait_balanced(&coordinator, &live(Some(victim)), shards, 4 * LEASE, "after a stop").await;
             signal(&nodes[victim].process().child, "CONT");
-            running[victim] = true;
-            let back = wait_balanced(&nodes, &running, shards, Duration::from_secs(30), "after SIGCONT").await;
+            let back = wait_balanced(&coordinator, &live(None), shards, Duration::from_secs(30), "after SIGCONT").await;
             let fenced = nodes[victim].metric("spillway_cluster_fenced_writes_total").await - before;
             fenced_seen += fenced;
             eprintln!(
@@ -177,9 +223,9 @@ async fn three_nodes_share_shards_through_kills_stops_restarts_and_a_split_deliv
         }
         if round == 1 {
             split_first_shard(&client, &name).await;
-            // Two children, and the parent finishes once read to its end and delivered.
+            // Two children; the parent finishes once read to its end and delivered.
             shards += 1;
-            eprintln!("split a shard: {shards} active leases once the parent is finished");
+            eprintln!("split a shard: {shards} active leases per stream once the parent is finished");
         }
     }
     assert!(fenced_seen > 0.0, "a node stopped past its lease had its late writes fenced");
@@ -187,13 +233,35 @@ async fn three_nodes_share_shards_through_kills_stops_restarts_and_a_split_deliv
     stop.store(true, Ordering::Relaxed);
     producer.await.unwrap();
     let expected = expected_lines(keys, written.load(Ordering::Relaxed));
-    wait_for_lines(root.path(), "out", expected.len(), Duration::from_secs(90)).await;
+    for out in ["out", "by-key"] {
+        wait_for_lines(root.path(), out, expected.len(), Duration::from_secs(90)).await;
+    }
+    pg::wait_rows(&db, &table, expected.len() as i64, Duration::from_secs(90)).await;
+    let mut handed_over = 0.0;
     for node in &mut nodes {
+        handed_over += node.metric("spillway_cluster_lease_handoffs_total").await;
         assert_eq!(node.process.take().expect("running").terminate(), 0, "a clean stop hands every lease over");
     }
+    assert!(handed_over > 0.0, "restarted nodes got their share by hand-off");
     assert_exactly_once(root.path(), "out", &expected);
     assert_key_order(&delivered_objects(root.path(), "out"));
-    eprintln!("{} records over {keys} keys, {rounds} rounds: every record once, in key order", expected.len());
+    assert_exactly_once(root.path(), "by-key", &expected);
+    let rows = db
+        .query(&format!("SELECT k, n, count(*) FROM {table} GROUP BY k, n HAVING count(*) > 1 LIMIT 5"), &[])
+        .await
+        .unwrap();
+    assert!(
+        rows.is_empty(),
+        "rows loaded twice: {:?}",
+        rows.iter().map(|row| (row.get::<_, String>(0), row.get::<_, i64>(1))).collect::<Vec<_>>()
+    );
+    assert_eq!(pg::count(&db, &table).await, expected.len() as i64, "every record one row");
+    let errors = common::files_under(&root.path().join("pg-errors"));
+    assert!(errors.is_empty(), "nothing went to the PostgreSQL sink's error output: {errors:?}");
+    eprintln!(
+        "{} records over {keys} keys, {rounds} rounds, 3 streams: every record once, in key order",
+        expected.len()
+    );
 }
 
 async fn split_first_shard(client: &aws_sdk_kinesis::Client, stream: &str) {

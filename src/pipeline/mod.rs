@@ -189,6 +189,11 @@ impl DeliveryLoop {
             match intent.state {
                 IntentState::Done => ledger.done.push(intent),
                 IntentState::Pending => {
+                    // A shared shard's next owner (cluster mode) starts with an empty WAL that
+                    // its reader fills again: the batch is rebuilt once its records are back.
+                    if !self.wait_committed(intent.end, &mut stop).await {
+                        return Ok(());
+                    }
                     let closed = self.rebuild(&intent).await?;
                     tracing::info!(stream = %self.stream, batch = %intent.id, start = intent.start, end = intent.end, records = closed.sequences.len(), "re-sending a batch recorded before a restart");
                     ledger.add_in_flight(intent.start, closed.oldest_arrival_ms);
@@ -310,6 +315,28 @@ impl DeliveryLoop {
                 _ = stop.changed(), if !stopping => {
                     stopping = true;
                 }
+            }
+        }
+    }
+
+    /// Wait until the WAL holds every sequence below `end`; false when asked to stop first (or
+    /// the WAL closed).
+    async fn wait_committed(&self, end: u64, stop: &mut watch::Receiver<bool>) -> bool {
+        let mut committed = self.wal.committed();
+        loop {
+            if *committed.borrow_and_update() >= end {
+                return true;
+            }
+            if *stop.borrow() {
+                return false;
+            }
+            tokio::select! {
+                changed = committed.changed() => {
+                    if changed.is_err() {
+                        return false;
+                    }
+                }
+                _ = stop.changed() => return false,
             }
         }
     }
