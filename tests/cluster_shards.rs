@@ -280,3 +280,78 @@ async fn split_first_shard(client: &aws_sdk_kinesis::Client, stream: &str) {
         .unwrap();
     wait_active(client, stream).await;
 }
+
+/// The coordinator stopped in the middle of a run: the nodes stop reading shards within a lease
+/// period (no two owners), `/ready` says why, and when it is back they take their shards again
+/// and deliver every record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn a_coordinator_restarted_mid_run_loses_and_repeats_nothing_and_every_node_reads_again() {
+    let server = pg::OwnPostgres::start();
+    let coordinator = server.url("postgres");
+    let client = kinesis().await;
+    let name = unique_name("outage");
+    let shards = 4;
+    let _stream = create_stream(&client, &name, shards as i32).await;
+    let db = pg::connect(&pg::shared_url()).await;
+    let table = pg::unique_table("outage_rows");
+    db.batch_execute(&format!("CREATE TABLE {table} (k text, n bigint, pad text)")).await.unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let yaml = node_yaml(&name, root.path(), &table);
+    let nodes: Vec<Node> = (0..2).map(|index| Node::new(root.path(), index, &yaml, &coordinator)).collect();
+    let mut ids = Vec::new();
+    for node in &nodes {
+        ids.push(node.node_id().await);
+    }
+    let live: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let (stop, written) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let keys = 16;
+    let producer = tokio::spawn(produce(
+        client.clone(),
+        name.clone(),
+        keys,
+        stop.clone(),
+        written.clone(),
+        Duration::from_millis(20),
+    ));
+    wait_balanced(&coordinator, &live, shards, Duration::from_secs(30), "at start").await;
+
+    server.stop();
+    for node in &nodes {
+        // `/ready` says why, and past a lease period without renewal no shard is read.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let response = reqwest::get(format!("{}/ready", node.process().endpoint)).await.unwrap();
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap();
+            let active = node.metric("spillway_source_active_shards").await;
+            if status == 503 && body.contains("cluster coordinator unreachable") && active == 0.0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "during the outage: /ready {status} {body}, {active} shards read");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    tokio::time::sleep(LEASE).await;
+    server.start_again();
+    let back = wait_balanced(&coordinator, &live, shards, Duration::from_secs(60), "after the outage").await;
+    eprintln!("coordinator back: shards balanced again in {back:?}");
+    for node in &nodes {
+        node.process().wait_ready().await;
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    producer.await.unwrap();
+    let expected = expected_lines(keys, written.load(Ordering::Relaxed));
+    for out in ["out", "by-key"] {
+        wait_for_lines(root.path(), out, expected.len(), Duration::from_secs(90)).await;
+    }
+    pg::wait_rows(&db, &table, expected.len() as i64, Duration::from_secs(90)).await;
+    for mut node in nodes {
+        assert_eq!(node.process.take().expect("running").terminate(), 0);
+    }
+    assert_exactly_once(root.path(), "out", &expected);
+    assert_exactly_once(root.path(), "by-key", &expected);
+    assert_eq!(pg::count(&db, &table).await, expected.len() as i64, "every record one row");
+    eprintln!("{} records across a coordinator restart: every record once", expected.len());
+}

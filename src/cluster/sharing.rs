@@ -127,7 +127,10 @@ pub async fn run(stream: SharedStream, source: BoxFuture<'static, SharedShardSou
         for key in lost {
             if let Some(sub) = running.remove(&key) {
                 tracing::warn!(stream = %name, lease = %key, "lease no longer held; the shard's reading and delivery stop");
+                let epoch = sub.epoch;
                 sub.abort().await;
+                // Not renewed any more: once it expires it is claimed afresh (by this node too).
+                leases.forget(&key, epoch);
             }
         }
         // Closed shards read to their end: deliver the rest, finish the lease (children may
@@ -142,7 +145,7 @@ pub async fn run(stream: SharedStream, source: BoxFuture<'static, SharedShardSou
                     let epoch = sub.epoch;
                     sub.abort().await;
                     tracing::warn!(stream = %name, lease = %key, "shard delivery stopped; releasing its lease");
-                    let _ = leases.release(&key, epoch).await;
+                    give_up(&leases, &key, epoch).await;
                 }
             } else if sub.read_to_end
                 && let Some(sub) = running.remove(&key)
@@ -180,7 +183,7 @@ pub async fn run(stream: SharedStream, source: BoxFuture<'static, SharedShardSou
                                     }
                                     Err(error) => {
                                         tracing::warn!(stream = %name, lease = %claim.key, %error, "cannot start the shard; releasing its lease");
-                                        let _ = leases.release(&claim.key, claim.epoch).await;
+                                        give_up(&leases, &claim.key, claim.epoch).await;
                                     }
                                 }
                             }
@@ -256,8 +259,16 @@ async fn finish_shard(stream: &SharedStream, leases: &Arc<super::LeaseStore>, ke
         },
         outcome => {
             tracing::warn!(stream = %name, lease = %key, ?outcome, "a closed shard's last batches did not leave; releasing its lease");
-            let _ = leases.release(key, epoch).await;
+            give_up(leases, key, epoch).await;
         }
+    }
+}
+
+/// Give a lease back to be claimed afresh; when the coordinator does not answer, stop renewing
+/// it (it expires and is taken over).
+async fn give_up(leases: &Arc<super::LeaseStore>, key: &str, epoch: i64) {
+    if leases.release(key, epoch).await.is_err() {
+        leases.forget(key, epoch);
     }
 }
 
@@ -282,7 +293,10 @@ async fn hand_over(stream: &SharedStream, leases: &Arc<super::LeaseStore>, key: 
             leases.note_handoff();
             tracing::info!(lease = %key, "shard lease handed over");
         }
-        Err(error) => tracing::warn!(lease = %key, %error, "cannot release the shard lease; it expires by itself"),
+        Err(error) => {
+            leases.forget(key, sub.epoch);
+            tracing::warn!(lease = %key, %error, "cannot release the shard lease; it expires by itself");
+        }
     }
 }
 
