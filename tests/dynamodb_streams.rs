@@ -4,7 +4,8 @@
 //! of items arrive once; SIGTERM and seeded SIGKILL rounds while a producer writes lose and repeat
 //! nothing; `LATEST` skips what was there before the first start but not what arrived while
 //! spillway was down; a table without a stream and an unknown table are named in clear errors; a
-//! full WAL pauses reading without loss.
+//! full WAL pauses reading without loss. In cluster mode, a killed owner's shard moves to the
+//! other node and every item arrives once.
 //! moto has one shard per stream and never rolls it over: lineage is covered by the shard core's
 //! unit tests (`src/sources/shards`).
 
@@ -613,4 +614,83 @@ async fn a_full_wal_pauses_the_reader_and_loses_nothing() {
     assert_eq!(spillway.terminate(), 0);
     assert!(counts.values().all(|count| *count == 1), "each once");
     assert_eq!(counts.keys().cloned().collect::<BTreeSet<_>>(), expected);
+}
+
+/// Cluster mode (one round, as the Kinesis suite's `cluster_shards` does in several): two nodes
+/// on one coordinator share the table stream's shards through leases; the owner is killed with
+/// SIGKILL while items are written, the other takes its shard over within two lease periods and
+/// every item arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn in_cluster_mode_a_killed_owners_shard_moves_and_every_item_arrives_once() {
+    let client = dynamodb();
+    let table = unique_name("cluster");
+    let (_table, _) = create_table(&client, &table, Some(StreamViewType::NewImage)).await;
+    let coordinator = common::pg::fresh_database("spw_ddb_cluster").await;
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("out");
+    let yaml = format!(
+        "server:\n  listen: 127.0.0.1:0\n  shutdown_grace_seconds: 20\ndata_dir: ./data\n\
+         cluster: {{ coordinator: '{coordinator}', lease_seconds: 2 }}\nstreams:\n{}",
+        stream_yaml("items", &format!("table_name: {table}, starting_position: TRIM_HORIZON"), "out")
+            .replace("'file://./out'", &format!("'file://{}'", out.display()))
+    );
+    let mut nodes: Vec<Option<Spillway>> = (0..2)
+        .map(|index| {
+            let dir = root.path().join(format!("node-{index}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            Some(start(&dir, &yaml))
+        })
+        .collect();
+    let (stop, written) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let producer = tokio::spawn({
+        let (client, table, stop, written) = (client.clone(), table.clone(), stop.clone(), written.clone());
+        async move {
+            let mut next = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                put_items(&client, &table, "item", next..next + 25).await;
+                next += 25;
+                written.store(next, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    // The node reading the shard (the other holds no lease).
+    let owner = lease_holder(&nodes).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    nodes[owner].take().expect("running").kill();
+    let other = 1 - owner;
+    let started = std::time::Instant::now();
+    loop {
+        let held = nodes[other].as_ref().expect("running").metric("spillway_cluster_leases_held").await;
+        if held.unwrap_or(0.0) >= 1.0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(6), "the shard did not move within two lease periods");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("the killed owner's shard moved in {:?}", started.elapsed());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    producer.await.unwrap();
+    let total = written.load(Ordering::Relaxed);
+    wait_for_ids(root.path(), "out", total as usize, Duration::from_secs(90)).await;
+    assert_eq!(nodes[other].take().expect("running").terminate(), 0);
+    assert_exactly_once(root.path(), "out", &ids("item", 0..total));
+    eprintln!("{total} items across a killed owner: each delivered once");
+}
+
+/// Index of the node that holds a lease (bounded wait).
+async fn lease_holder(nodes: &[Option<Spillway>]) -> usize {
+    let started = std::time::Instant::now();
+    loop {
+        for (index, node) in nodes.iter().enumerate() {
+            let held = node.as_ref().expect("running").metric("spillway_cluster_leases_held").await;
+            if held.unwrap_or(0.0) >= 1.0 {
+                return index;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no node took the table stream's shard");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
