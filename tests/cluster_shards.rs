@@ -237,6 +237,23 @@ async fn three_nodes_share_shards_through_kills_stops_restarts_and_a_split_deliv
         wait_for_lines(root.path(), out, expected.len(), Duration::from_secs(90)).await;
     }
     pg::wait_rows(&db, &table, expected.len() as i64, Duration::from_secs(90)).await;
+    // `spillway cluster status` names each shard's owner and how far it is delivered.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["cluster", "status", "--config", "spillway.yaml"])
+        .current_dir(&nodes[0].dir)
+        .env(COORDINATOR_VARIABLE, &coordinator)
+        .output()
+        .expect("spillway cluster status");
+    let text = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(status.status.success(), "{text}{}", String::from_utf8_lossy(&status.stderr));
+    assert!(text.contains("DELIVERED") && text.contains("BATCHES"), "{text}");
+    let orders: Vec<&str> = text.lines().filter(|line| line.starts_with("kinesis:orders:")).collect();
+    assert_eq!(orders.len(), shards + 1, "every shard of `orders` and the finished parent: {text}");
+    for line in orders.iter().filter(|line| !line.contains("finished")) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert!(ids.iter().any(|id| id == fields[1]), "owned by a node: {line}");
+        assert!(fields[5].parse::<u64>().is_ok_and(|delivered| delivered > 0), "delivered up to a sequence: {line}");
+    }
     let mut handed_over = 0.0;
     for node in &mut nodes {
         handed_over += node.metric("spillway_cluster_lease_handoffs_total").await;

@@ -1,5 +1,7 @@
 //! `spillway cluster status`: the nodes (alive, dead or stopped, heartbeat age by the database's
-//! clock) and the leases of each node (epoch, expiry), read straight from the coordinator with
+//! clock), the leases of each node (epoch, expiry) and, for shard leases, how far the shard is
+//! delivered (the checkpoint, batches in flight, when it last moved), read straight from the
+//! coordinator with
 //! the `cluster:` block of a configuration file. Read-only: it neither migrates nor registers.
 //!
 //! Must not: write to the coordinator.
@@ -19,6 +21,19 @@ pub struct ClusterStatus {
     pub schema_version: i32,
     pub nodes: Vec<NodeRow>,
     pub leases: Vec<LeaseRow>,
+    /// Shard leases' delivery progress, by lease key.
+    pub progress: BTreeMap<String, ShardProgress>,
+}
+
+/// How far a shared shard is delivered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardProgress {
+    /// Every record below this WAL sequence is delivered.
+    pub checkpoint: i64,
+    /// Batches recorded above the checkpoint (pending or done).
+    pub batches_in_flight: i64,
+    /// Seconds since the checkpoint or the resume point last moved (the database's clock).
+    pub moved_seconds_ago: f64,
 }
 
 /// Read the coordinator named in `cluster`.
@@ -43,7 +58,27 @@ pub async fn read(cluster: &ClusterConfig) -> Result<ClusterStatus, ClusterError
             return Err(ClusterError::Config("the cluster schema is not created yet".to_string()));
         }
         let (nodes, leases) = read_cluster(client, cluster.lease_seconds as f64).await?;
-        Ok(ClusterStatus { schema_version, nodes, leases })
+        let mut progress = BTreeMap::new();
+        if schema_version >= 3 {
+            let rows = client
+                .query(
+                    "SELECT s.lease_key, s.checkpoint,
+                         (SELECT count(*) FROM spillway_shard_intents i WHERE i.lease_key = s.lease_key),
+                         extract(epoch FROM now() - s.updated_at)::float8
+                     FROM spillway_shard_state s",
+                    &[],
+                )
+                .await?;
+            for row in rows {
+                let progress_row = ShardProgress {
+                    checkpoint: row.get(1),
+                    batches_in_flight: row.get(2),
+                    moved_seconds_ago: row.get(3),
+                };
+                progress.insert(row.get::<_, String>(0), progress_row);
+            }
+        }
+        Ok(ClusterStatus { schema_version, nodes, leases, progress })
     };
     match tokio::time::timeout(std::time::Duration::from_secs(15), work).await {
         Ok(result) => result,
@@ -92,7 +127,11 @@ impl ClusterStatus {
             return out;
         }
         let _ = writeln!(out);
-        let _ = writeln!(out, "{:<40} {:<40} {:>6} {:>10}  NOTE", "LEASE", "OWNER", "EPOCH", "EXPIRES");
+        let _ = writeln!(
+            out,
+            "{:<40} {:<40} {:>6} {:>10} {:>10} {:>8} {:>9}  NOTE",
+            "LEASE", "OWNER", "EPOCH", "EXPIRES", "DELIVERED", "BATCHES", "MOVED"
+        );
         for (owner, leases) in &per_owner {
             for lease in leases {
                 let expires = if lease.expires_in_seconds >= 0.0 {
@@ -110,13 +149,25 @@ impl ClusterStatus {
                 if let Some(requester) = &lease.state.requested_by {
                     notes.push(format!("requested by {requester}"));
                 }
+                let progress = self.progress.get(&lease.state.key);
+                let (delivered, batches, moved) = match progress {
+                    Some(progress) => (
+                        progress.checkpoint.to_string(),
+                        progress.batches_in_flight.to_string(),
+                        format!("{:.1}s ago", progress.moved_seconds_ago),
+                    ),
+                    None => ("-".to_string(), "-".to_string(), "-".to_string()),
+                };
                 let _ = writeln!(
                     out,
-                    "{:<40} {:<40} {:>6} {:>10}  {}",
+                    "{:<40} {:<40} {:>6} {:>10} {:>10} {:>8} {:>9}  {}",
                     lease.state.key,
                     owner.unwrap_or("-"),
                     lease.epoch,
                     if owner.is_some() { expires.as_str() } else { "-" },
+                    delivered,
+                    batches,
+                    moved,
                     notes.join(", ")
                 );
             }
