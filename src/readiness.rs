@@ -32,6 +32,8 @@ pub struct Readiness {
     wal_disk_full: AtomicBool,
     /// Cluster mode: this node's id (for the status page).
     cluster_node: Mutex<Option<String>>,
+    /// Cluster mode: the leases this node held at the last renewal.
+    cluster_leases: Mutex<Vec<String>>,
     /// Cluster mode: why the coordinator cannot be used now, if it cannot.
     coordinator: Mutex<Option<String>>,
 }
@@ -93,6 +95,15 @@ impl Readiness {
 
     pub fn cluster_node(&self) -> Option<String> {
         self.cluster_node.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Cluster mode: the leases this node holds, as of the last renewal round.
+    pub fn set_cluster_leases(&self, leases: Vec<String>) {
+        *self.cluster_leases.lock().unwrap_or_else(PoisonError::into_inner) = leases;
+    }
+
+    pub fn cluster_leases(&self) -> Vec<String> {
+        self.cluster_leases.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Cluster mode: the coordinator cannot be reached (`Some(why)`), or answers again (`None`).

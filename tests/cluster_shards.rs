@@ -192,6 +192,24 @@ async fn three_nodes_share_shards_through_kills_stops_restarts_and_a_split_deliv
 
     let took = wait_balanced(&coordinator, &live(None), shards, Duration::from_secs(30), "at start").await;
     eprintln!("{shards} shards of 3 streams balanced over 3 nodes {took:?} after the nodes answered");
+    // The status API (and page) names the node and the shard leases it holds.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status: serde_json::Value =
+            reqwest::get(format!("{}/api/status", nodes[0].process().endpoint)).await.unwrap().json().await.unwrap();
+        let leases: Vec<&str> = status["leases"]
+            .as_array()
+            .map(|leases| leases.iter().filter_map(|lease| lease.as_str()).collect())
+            .unwrap_or_default();
+        if status["node_id"] == ids[0].as_str()
+            && leases.len() >= STREAMS.len()
+            && leases.iter().all(|lease| lease.starts_with("kinesis:"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the status API does not list the node's leases: {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let rounds = 4;
     let mut fenced_seen = 0.0;

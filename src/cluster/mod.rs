@@ -210,6 +210,7 @@ async fn keep_alive(
                 reachable = true;
                 stats.coordinator_up.store(1, Ordering::Relaxed);
                 readiness.set_coordinator_problem(None);
+                readiness.set_cluster_leases(store.held().into_keys().collect());
                 for (lease, requester) in renewal.requests {
                     tracing::debug!(%lease, %requester, "hand-off requested");
                 }

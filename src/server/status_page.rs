@@ -34,6 +34,9 @@ pub struct Status {
     /// Cluster mode: this node's `cluster.node_id` (absent in single-node mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,
+    /// Cluster mode: the leases this node holds (`<kind>:<stream>:<shard>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leases: Option<Vec<String>>,
     pub streams: Vec<StreamStatus>,
 }
 
@@ -65,5 +68,6 @@ pub async fn status(State(ingest): State<Arc<Ingest>>) -> Response {
         })
         .collect();
     let node_id = ingest.readiness.cluster_node();
-    Json(Status { ready: reasons.is_empty(), reasons, node_id, streams }).into_response()
+    let leases = node_id.as_ref().map(|_| ingest.readiness.cluster_leases());
+    Json(Status { ready: reasons.is_empty(), reasons, node_id, leases, streams }).into_response()
 }
