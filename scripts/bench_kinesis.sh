@@ -6,16 +6,24 @@
 # MiB/s, spillway's CPU-s/GiB (its /metrics) and kinesalite's CPU-s/GiB over the same window
 # (from /proc), since the endpoint's own cost is part of what a reader pays.
 #
+# --modes single,cluster drains the same filled stream in both modes, --runs times each, in
+# turn: `cluster` is one node with a `cluster:` block (a fresh database on the services'
+# PostgreSQL each run, dropped at the end), so its shards are leased and each is a sub-stream.
+#
 #   scripts/bench_kinesis.sh --shards 1
 #   scripts/bench_kinesis.sh --shards 4 --records 400000
+#   scripts/bench_kinesis.sh --shards 4 --records 400000 --modes single,cluster --runs 3
 #
 # Needs: scripts/services.sh up (kinesalite), the release binary ($CARGO_TARGET_DIR/release/spillway).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 shards=1 records=200000 record_bytes=200 port=4597 binary="${CARGO_TARGET_DIR:-target}/release/spillway"
+modes=single runs=1
 while (($#)); do
 	case "$1" in
+	--modes) modes=$2; shift 2 ;;
+	--runs) runs=$2; shift 2 ;;
 	--shards) shards=$2; shift 2 ;;
 	--records) records=$2; shift 2 ;;
 	--record-bytes) record_bytes=$2; shift 2 ;;
@@ -34,7 +42,13 @@ delete_stream() {
 	"$SPILLWAY_TEST_PYTHON" -c 'import sys, boto3; boto3.client("kinesis", endpoint_url=sys.argv[1], region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x").delete_stream(StreamName=sys.argv[2])' \
 		"$SPILLWAY_TEST_KINESIS_ENDPOINT" "$stream" 2>/dev/null || true
 }
-trap 'kill "$spillway_pid" 2>/dev/null || true; delete_stream; rm -rf "$work"' EXIT
+database="bench_cluster_$$"
+drop_database() {
+	if [[ ",$modes," == *",cluster,"* ]]; then
+		psql "$SPILLWAY_TEST_PG_URL" -qc "DROP DATABASE IF EXISTS $database" >/dev/null 2>&1 || true
+	fi
+}
+trap 'kill "$spillway_pid" 2>/dev/null || true; delete_stream; drop_database; rm -rf "$work"' EXIT
 spillway_pid=
 stream="bench-kinesis-$$-$(date +%s)"
 
@@ -57,9 +71,27 @@ for first in range(0, records, 500):
 print(f"filled in {time.time() - started:.1f} s")
 EOF
 
-cat >"$work/spillway.yaml" <<EOF
+coordinator="${SPILLWAY_TEST_PG_URL%/*}/$database"
+
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+metric() { # NAME_PREFIX: the sum of the samples starting with it, or nothing
+	curl -sf "http://127.0.0.1:$port/metrics" 2>/dev/null | awk -v name="$1" 'index($0, name) == 1 { sum += $NF; found = 1 } END { if (found) print sum }' || true
+}
+ticks_per_second="$(getconf CLK_TCK)"
+
+# Drain the whole stream once in MODE (single | cluster) from a fresh data_dir; print the figures.
+drain() {
+	local mode=$1 run_dir="$work/$1-$2" cluster_block=""
+	mkdir -p "$run_dir"
+	if [[ $mode == cluster ]]; then
+		# A fresh database each run: the shards' state starts empty, as on a first start.
+		psql "$SPILLWAY_TEST_PG_URL" -qc "DROP DATABASE IF EXISTS $database" -c "CREATE DATABASE $database" >/dev/null
+		cluster_block="cluster: { coordinator: '$coordinator' }"
+	fi
+	cat >"$run_dir/spillway.yaml" <<EOF
 server: { listen: 127.0.0.1:$port }
 data_dir: ./data
+$cluster_block
 streams:
   - name: bench
     source: { type: kinesis, stream_name: $stream, endpoint: '$SPILLWAY_TEST_KINESIS_ENDPOINT', region: us-east-1, starting_position: TRIM_HORIZON, poll_interval_ms: 200 }
@@ -67,36 +99,38 @@ streams:
     buffering: { size_mib: 5, interval_seconds: 1 }
     sink: { type: s3, url: 'file://./out', compression: gzip }
 EOF
-
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-metric() { # NAME_PREFIX: the first sample starting with it, or nothing
-	curl -sf "http://127.0.0.1:$port/metrics" 2>/dev/null | awk -v name="$1" 'index($0, name) == 1 { print $NF; exit }' || true
+	local kinesalite_before started delivered=0 ended kinesalite_after spillway_cpu bytes peak_rss objects
+	kinesalite_before="$(cpu_ticks "$kinesalite_pid")"
+	started="$(date +%s.%N)"
+	(cd "$run_dir" && AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x SPILLWAY_LOG=warn exec "$binary" run --config spillway.yaml >/dev/null 2>"$run_dir/spillway.log") &
+	spillway_pid=$!
+	while ((delivered < records)); do
+		sleep 0.2
+		delivered="$(metric 'spillway_delivered_records_total{stream="bench"')"
+		delivered="${delivered%%.*}"
+		delivered="${delivered:-0}"
+		kill -0 "$spillway_pid" 2>/dev/null || { cat "$run_dir/spillway.log" >&2; exit 1; }
+	done
+	ended="$(date +%s.%N)"
+	kinesalite_after="$(cpu_ticks "$kinesalite_pid")"
+	spillway_cpu="$(metric 'process_cpu_seconds_total')"
+	bytes="$(metric 'spillway_incoming_bytes_total{stream="bench"')"
+	peak_rss="$(metric 'process_peak_rss_bytes')"
+	kill -TERM "$spillway_pid"
+	wait "$spillway_pid" || true
+	spillway_pid=
+	objects="$(find "$run_dir/out" -type f -not -path '*/.spillway-staging/*' | wc -l)"
+	awk -v mode="$mode" -v records="$records" -v bytes="$bytes" -v start="$started" -v end="$ended" -v cpu="$spillway_cpu" \
+		-v kin_before="$kinesalite_before" -v kin_after="$kinesalite_after" -v tck="$ticks_per_second" -v rss="$peak_rss" \
+		-v shards="$shards" -v objects="$objects" 'BEGIN {
+		seconds = end - start; gib = bytes / 1073741824; kin = (kin_after - kin_before) / tck
+		printf "%s, %d shard(s): %d records (%.1f MiB) drained in %.2f s = %.0f records/s, %.2f MiB/s, %d objects\n", mode, shards, records, bytes / 1048576, seconds, records / seconds, bytes / 1048576 / seconds, objects
+		printf "  spillway CPU %.2f s = %.1f CPU-s/GiB, peak RSS %.0f MiB; kinesalite CPU %.2f s = %.1f CPU-s/GiB (its share of the window: %.0f%%)\n", cpu, cpu / gib, rss / 1048576, kin, kin / gib, 100 * kin / seconds
+	}'
 }
-ticks_per_second="$(getconf CLK_TCK)"
-kinesalite_before="$(cpu_ticks "$kinesalite_pid")"
-started="$(date +%s.%N)"
-(cd "$work" && AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x SPILLWAY_LOG=warn exec "$binary" run --config spillway.yaml >/dev/null 2>"$work/spillway.log") &
-spillway_pid=$!
-delivered=0
-while ((delivered < records)); do
-	sleep 0.2
-	delivered="$(metric 'spillway_delivered_records_total{stream="bench"')"
-	delivered="${delivered%%.*}"
-	delivered="${delivered:-0}"
-	kill -0 "$spillway_pid" 2>/dev/null || { cat "$work/spillway.log" >&2; exit 1; }
+
+for ((run = 1; run <= runs; run++)); do
+	for mode in ${modes//,/ }; do
+		drain "$mode" "$run"
+	done
 done
-ended="$(date +%s.%N)"
-kinesalite_after="$(cpu_ticks "$kinesalite_pid")"
-spillway_cpu="$(metric 'process_cpu_seconds_total')"
-bytes="$(metric 'spillway_incoming_bytes_total{stream="bench"')"
-peak_rss="$(metric 'process_peak_rss_bytes')"
-kill -TERM "$spillway_pid"
-wait "$spillway_pid" || true
-spillway_pid=
-awk -v records="$records" -v bytes="$bytes" -v start="$started" -v end="$ended" -v cpu="$spillway_cpu" \
-	-v kin_before="$kinesalite_before" -v kin_after="$kinesalite_after" -v tck="$ticks_per_second" -v rss="$peak_rss" \
-	-v shards="$shards" 'BEGIN {
-	seconds = end - start; gib = bytes / 1073741824; kin = (kin_after - kin_before) / tck
-	printf "%d shard(s): %d records (%.1f MiB) drained in %.2f s = %.0f records/s, %.2f MiB/s\n", shards, records, bytes / 1048576, seconds, records / seconds, bytes / 1048576 / seconds
-	printf "spillway CPU %.2f s = %.1f CPU-s/GiB, peak RSS %.0f MiB; kinesalite CPU %.2f s = %.1f CPU-s/GiB (its share of the window: %.0f%%)\n", cpu, cpu / gib, rss / 1048576, kin, kin / gib, 100 * kin / seconds
-}'
