@@ -63,6 +63,8 @@ pub fn lease_key(kind: &str, stream: &str, shard_id: &str) -> String {
 struct SubStream {
     epoch: i64,
     wal: Wal,
+    /// The shard's local folder (its WAL): a cache, removed when the shard leaves this node.
+    dir: PathBuf,
     delivery: DeliveryTask,
     reader_stop: watch::Sender<bool>,
     /// `None` once it ended.
@@ -237,8 +239,7 @@ impl SubStream {
             let _ = reader.await;
         }
         self.delivery.abort().await;
-        let wal = self.wal;
-        let _ = tokio::task::spawn_blocking(move || wal.close()).await;
+        close_and_clear(self.wal, self.dir).await;
     }
 }
 
@@ -247,8 +248,7 @@ impl SubStream {
 async fn finish_shard(stream: &SharedStream, leases: &Arc<super::LeaseStore>, key: &str, sub: SubStream) {
     let epoch = sub.epoch;
     let delivered = sub.delivery.drain(stream.drain_timeout).await;
-    let wal = sub.wal;
-    let _ = tokio::task::spawn_blocking(move || wal.close()).await;
+    close_and_clear(sub.wal, sub.dir).await;
     let name = &stream.config.name;
     match delivered {
         Ok(true) => match leases.finish(key, epoch).await {
@@ -262,6 +262,20 @@ async fn finish_shard(stream: &SharedStream, leases: &Arc<super::LeaseStore>, ke
             give_up(leases, key, epoch).await;
         }
     }
+}
+
+/// Close a shard's WAL and remove its local folder (whoever owns the shard next starts from the
+/// coordinator's state, never from this cache).
+async fn close_and_clear(wal: Wal, dir: PathBuf) {
+    let _ = tokio::task::spawn_blocking(move || {
+        wal.close();
+        if let Err(error) = std::fs::remove_dir_all(&dir)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %dir.display(), %error, "cannot remove a shard's local folder");
+        }
+    })
+    .await;
 }
 
 /// Give a lease back to be claimed afresh; when the coordinator does not answer, stop renewing
@@ -286,8 +300,7 @@ async fn hand_over(stream: &SharedStream, leases: &Arc<super::LeaseStore>, key: 
             tracing::warn!(lease = %key, ?outcome, "the shard's batches did not all leave before the hand-over; the next owner re-sends them")
         }
     }
-    let wal = sub.wal;
-    let _ = tokio::task::spawn_blocking(move || wal.close()).await;
+    close_and_clear(sub.wal, sub.dir).await;
     match leases.release(key, sub.epoch).await {
         Ok(()) => {
             leases.note_handoff();
@@ -381,6 +394,7 @@ async fn open(
     let dir = stream.stream_dir.join("shards").join(sanitize(shard_id));
     let options = WalOptions { dir: dir.join("wal"), track_positions: true, ..stream.wal.clone() };
     let resume_sequence = resume.sequence;
+    let shard_dir = dir.clone();
     let opened = tokio::task::spawn_blocking(move || {
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
@@ -418,7 +432,7 @@ async fn open(
         let (source, shard_id) = (source.clone(), shard_id.to_string());
         tokio::spawn(async move { shards::read_one_shard(&source, target, &shard_id, start, reader_stopped).await })
     };
-    Ok(SubStream { epoch, wal, delivery, reader_stop, reader: Some(reader), read_to_end: false })
+    Ok(SubStream { epoch, wal, dir: shard_dir, delivery, reader_stop, reader: Some(reader), read_to_end: false })
 }
 
 /// A shard id as one folder name (ids are `[A-Za-z0-9_.-]` in both services; anything else is
