@@ -20,7 +20,7 @@ pub mod http;
 pub mod kafka;
 #[cfg(feature = "source-kinesis")]
 pub mod kinesis;
-#[cfg(any(feature = "source-kinesis", feature = "source-dynamodb-streams"))]
+// Always built: cluster mode's shard sharing runs on it whatever sources a build has.
 pub mod shards;
 pub mod stream;
 

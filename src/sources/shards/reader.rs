@@ -14,8 +14,10 @@
 
 use std::time::Duration;
 
-// The SDKs share these types (aws-smithy re-exports): one classifier serves every adapter.
+// The SDKs share these types (aws-smithy re-exports): one classifier serves every AWS adapter.
+#[cfg(any(feature = "source-kinesis", feature = "source-dynamodb-streams"))]
 use aws_sdk_kinesis::config::http::HttpResponse;
+#[cfg(any(feature = "source-kinesis", feature = "source-dynamodb-streams"))]
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use bytes::Bytes;
 use rand::Rng;
@@ -72,6 +74,7 @@ pub enum ReadError {
 
 /// Classify any Kinesis or DynamoDB (Streams) call's error by its code (the SDK's typed variants
 /// differ per operation).
+#[cfg(any(feature = "source-kinesis", feature = "source-dynamodb-streams"))]
 pub fn classify<E>(error: SdkError<E, HttpResponse>) -> ReadError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -104,6 +107,7 @@ where
 }
 
 /// The error with its sources, for a non-service failure (dispatch, timeout, bad response).
+#[cfg(any(feature = "source-kinesis", feature = "source-dynamodb-streams"))]
 fn aws_smithy_error_text(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
