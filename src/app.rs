@@ -132,7 +132,6 @@ impl App {
             readiness: readiness.clone(),
             region: config.server.region.clone(),
             account_id: config.server.account_id.clone(),
-            cluster_mode: membership.is_some(),
             shard_states,
             wals: Arc::default(),
             drain_timeout: Duration::from_secs(config.server.shutdown_grace_seconds),

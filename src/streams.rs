@@ -65,8 +65,6 @@ pub struct StreamEnv {
     /// `server.region` / `server.account_id`: the `region` and `deliveryStreamArn` of Lambda events.
     pub region: String,
     pub account_id: String,
-    /// Cluster mode (`cluster:`): streams whose source cannot be shared yet are refused.
-    pub cluster_mode: bool,
     /// Cluster mode: shard sources share their shards through leases, their state in the
     /// coordinator (see [`crate::cluster::sharing`]).
     pub shard_states: Option<Arc<crate::cluster::shard_state::ShardStates>>,
@@ -214,12 +212,6 @@ impl Lifecycle {
     /// the reason, and gets no delivery loop.
     pub async fn start(&self, config: &StreamConfig, record: StreamRecord) -> Result<StreamIngest, StreamError> {
         let name = config.name.clone();
-        // YAML streams are refused by validation already; this also covers API-created ones.
-        if self.env.cluster_mode
-            && let Some(message) = crate::cluster::refuse_source(config.source.descriptor())
-        {
-            return Err(StreamError::Refused { stream: name, message });
-        }
         // Two delivery loops on one WAL would deliver its records twice.
         if self.running().contains_key(&name) {
             return Err(StreamError::Refused { stream: name, message: "it runs already".to_string() });

@@ -3,8 +3,7 @@
 //! for the outage test). Three nodes join and `spillway cluster status` lists them; Direct PUT
 //! to each node is delivered by that node into one shared local folder, every record exactly
 //! once; a node killed with SIGKILL shows dead after its lease, one stopped with SIGTERM shows
-//! stopped; a kafka source is refused in cluster mode (Kinesis and DynamoDB Streams shards are
-//! shared: `tests/cluster_shards.rs`); a coordinator that refuses, does not
+//! stopped (shard sources: `tests/cluster_shards.rs`); a coordinator that refuses, does not
 //! answer or rejects the user fails the start fast; a coordinator outage turns `/ready` false
 //! while Direct PUT keeps working, and the node recovers by itself. A stream created through the
 //! API on one node runs on every node (the shared catalog), follows updates and tags made through
@@ -166,27 +165,6 @@ async fn three_nodes_join_deliver_their_own_puts_once_and_a_killed_node_shows_de
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     survivor.wait_ready().await;
-}
-
-#[tokio::test]
-#[ignore = "needs services: scripts/test.sh"]
-async fn a_kafka_source_is_refused_in_cluster_mode() {
-    let root = tempfile::tempdir().unwrap();
-    let yaml = "server:\n  listen: 127.0.0.1:0\ndata_dir: ./data\n\
-                cluster: { coordinator: '${SPILLWAY_TEST_COORDINATOR}' }\n\
-                streams:\n\
-                \x20 - name: orders\n\
-                \x20   source: { type: kafka, bootstrap_servers: '127.0.0.1:9', topics: [orders] }\n\
-                \x20   sink: { type: s3, url: 'file://./out' }\n";
-    std::fs::write(root.path().join("spillway.yaml"), yaml).unwrap();
-    let (code, _, stderr, _) =
-        run_spillway(root.path(), &["run", "--config", "spillway.yaml"], &pg::shared_url(), Duration::from_secs(30));
-    assert_ne!(code, 0);
-    assert!(
-        stderr.contains("streams[0].source.type: a kafka source cannot run in cluster mode yet: its partitions are not shared between nodes yet; see docs/cluster.md"),
-        "{stderr}"
-    );
-    assert!(!root.path().join("data").exists(), "refused before anything was written");
 }
 
 #[tokio::test]

@@ -805,3 +805,73 @@ async fn delivered_offsets_are_committed_to_the_group_for_lag_tools() {
     assert_eq!(spillway.terminate(), 0);
     assert_exactly_once(dir.path(), "out", &expected);
 }
+
+/// Cluster mode: two nodes on one coordinator lease the topic's 6 partitions between them while
+/// kafka-python writes; one node is killed with SIGKILL (its partitions move to the other within
+/// two lease periods), then started again (it gets its share back by hand-off). Every record
+/// once, each partition in offset order within every object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn in_cluster_mode_partitions_are_leased_and_a_killed_nodes_partitions_move() {
+    let bootstrap = bootstrap();
+    let topic = unique_topic("cluster");
+    let partitions = 6;
+    create_topic(&bootstrap, &topic, partitions);
+    let coordinator = common::pg::fresh_database("spw_kafka_cluster").await;
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("out");
+    let yaml = config_yaml(&[stream_yaml("leased", &bootstrap, &topic, "out", ", start: earliest")])
+        .replace(
+            "data_dir: ./data\n",
+            &format!("data_dir: ./data\ncluster: {{ coordinator: '{coordinator}', lease_seconds: 2 }}\n"),
+        )
+        .replace("'file://./out'", &format!("'file://{}'", out.display()));
+    let node_dir = |index: usize| {
+        let dir = root.path().join(format!("node-{index}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    };
+    let mut nodes: Vec<Option<Spillway>> = (0..2).map(|index| Some(Spillway::start(&node_dir(index), &yaml))).collect();
+    let per_partition = 800u64;
+    let mut producer = Command::new(env("SPILLWAY_TEST_PYTHON"))
+        .arg(TOOL)
+        .args(["produce", &bootstrap, &topic, &partitions.to_string(), &per_partition.to_string(), "400", "lease"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the producer");
+    let held = async |node: &Option<Spillway>| match node {
+        Some(node) => node.metric("spillway_cluster_leases_held").await.unwrap_or(0.0) as u32,
+        None => 0,
+    };
+    // Both nodes read: 3 partitions each.
+    let started = Instant::now();
+    while held(&nodes[0]).await + held(&nodes[1]).await != partitions || held(&nodes[0]).await != 3 {
+        assert!(started.elapsed() < Duration::from_secs(30), "the partitions were not shared 3/3");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nodes[0].take().expect("running").kill();
+    let killed = Instant::now();
+    while held(&nodes[1]).await != partitions {
+        assert!(killed.elapsed() < Duration::from_secs(10), "the killed node's partitions did not move");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("the killed node's partitions moved in {:?}", killed.elapsed());
+    nodes[0] = Some(Spillway::start(&node_dir(0), &yaml));
+    let restarted = Instant::now();
+    while held(&nodes[0]).await != 3 {
+        assert!(restarted.elapsed() < Duration::from_secs(30), "the restarted node did not get its share back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = tokio::task::spawn_blocking(move || producer.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "the producer failed");
+    let expected = expected_lines(partitions, per_partition, "lease");
+    wait_for_lines(root.path(), "out", expected.len(), Duration::from_secs(60)).await;
+    for node in &mut nodes {
+        assert_eq!(node.take().expect("running").terminate(), 0);
+    }
+    assert_exactly_once(root.path(), "out", &expected);
+    assert_partition_order(&delivered_objects(root.path(), "out"));
+    eprintln!("{} records over {partitions} leased partitions: each once, in partition order", expected.len());
+}

@@ -2,10 +2,9 @@
 //! PostgreSQL, the coordinator. This part is the foundation: the configuration, the versioned
 //! schema, the lease store with its fencing, the balancer, and the node's membership (register,
 //! heartbeat, renew, leave), and shard sharing: the shards of `kinesis` and `dynamodb_streams`
-//! sources are leased one by one and read and delivered by their owner, with what a next owner
-//! needs in the coordinator. A `kafka` source is refused in cluster mode (its partitions are not
-//! shared yet); push and file sources run on every node as in single-node mode. See
-//! `docs/cluster.md`.
+//! sources and the partitions of `kafka` sources are leased one by one and read and delivered by
+//! their owner, with what a next owner needs in the coordinator; push and file sources run on
+//! every node as in single-node mode. See `docs/cluster.md`.
 //!
 //! Module map:
 //! - [`config`]: the `cluster:` block, its validation and its defaults (node id, advertise).
@@ -40,17 +39,6 @@ pub use leases::LeaseStore;
 
 use crate::metrics::ClusterStats;
 use crate::readiness::Readiness;
-
-/// Why a stream with `source` cannot run in cluster mode, if it cannot: a pull source whose
-/// units of work nodes do not share yet (Kafka's partitions), which two nodes would both read.
-pub fn refuse_source(source: &dyn crate::sources::SourceDescriptor) -> Option<String> {
-    let type_name = source.type_name();
-    (type_name == "kafka").then(|| {
-        format!(
-            "a {type_name} source cannot run in cluster mode yet: its partitions are not shared between nodes yet; see docs/cluster.md"
-        )
-    })
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {

@@ -760,10 +760,10 @@ impl Config {
         let mut seen = BTreeSet::new();
         for (index, stream) in self.streams.iter().enumerate() {
             let at = |field: &str| format!("streams[{index}].{field}");
-            if self.cluster.is_some()
-                && let Some(refusal) = crate::cluster::refuse_source(stream.source.descriptor())
-            {
-                push(at("source.type"), refusal);
+            if self.cluster.is_some() {
+                for (field, message) in stream.source.descriptor().validate_in_cluster() {
+                    push(at(&format!("source.{field}")), message);
+                }
             }
             if !is_valid_stream_name(&stream.name) {
                 push(at("name"), format!("{:?} must be 1-64 characters of [a-zA-Z0-9_.-]", stream.name));
@@ -1085,18 +1085,23 @@ mod tests {
         assert!(config.cluster.is_none());
     }
 
-    /// A kafka source is refused in cluster mode: its partitions are not shared through leases yet.
+    /// Every pull source runs in cluster mode: shard and partition sources share their shards
+    /// through leases.
     #[test]
     #[cfg(feature = "source-kafka")]
-    fn cluster_mode_refuses_a_kafka_source() {
+    fn cluster_mode_accepts_a_kafka_source() {
         let yaml = "cluster: { coordinator: 'postgres://spillway:pw@db/spillway' }\n\
                     streams:\n\
                     \x20 - name: k\n\
                     \x20   source: { type: kafka, bootstrap_servers: 'b:9092', topics: [orders] }\n\
                     \x20   sink: { type: s3, url: 'file://out' }\n";
-        let refused = parse_str(yaml, Path::new("test.yaml")).unwrap_err().to_string();
+        let config = parse_str(yaml, Path::new("test.yaml")).unwrap();
+        assert!(config.cluster.is_some());
+        // Group commits are the single-node reader's.
+        let committing = yaml.replace("topics: [orders]", "topics: [orders], commit_offsets_to_group: lag");
+        let refused = parse_str(&committing, Path::new("test.yaml")).unwrap_err().to_string();
         assert!(
-            refused.contains("streams[0].source.type: a kafka source cannot run in cluster mode yet: its partitions are not shared between nodes yet; see docs/cluster.md"),
+            refused.contains("streams[0].source.commit_offsets_to_group: is not available in cluster mode yet"),
             "{refused}"
         );
     }

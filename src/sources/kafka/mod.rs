@@ -21,6 +21,7 @@
 
 pub mod metadata;
 mod reader;
+mod shards;
 mod source;
 
 use std::collections::BTreeMap;
@@ -360,7 +361,7 @@ impl KafkaSourceConfig {
     }
 
     /// The topic filter: a name list or an anchored pattern. Validated before use.
-    fn topic_filter(&self) -> TopicFilter {
+    pub(crate) fn topic_filter(&self) -> TopicFilter {
         match (&self.topics, &self.topic_pattern) {
             (_, Some(pattern)) => match regex::Regex::new(&format!("^(?:{pattern})$")) {
                 Ok(regex) => TopicFilter::Pattern(regex),
@@ -463,7 +464,7 @@ fn topic_name_problem(topic: &str) -> Option<String> {
 
 /// Which topics are read.
 #[derive(Debug, Clone)]
-enum TopicFilter {
+pub(crate) enum TopicFilter {
     Names(Vec<String>),
     Pattern(regex::Regex),
 }

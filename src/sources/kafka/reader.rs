@@ -49,7 +49,7 @@ const LINGER: Duration = Duration::from_millis(200);
 const POLL: Duration = Duration::from_millis(100);
 /// Metadata, watermark and timestamp lookups: a broker that does not answer within this is
 /// reported and asked again at the next refresh.
-const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// A failed metadata read (unreachable cluster, refused credentials, missing topic) is reported
 /// and tried again after this, doubling up to [`REPORT_BACKOFF_MAX`]: never a hot loop.
 const REPORT_BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -60,7 +60,7 @@ const HANDOVER_FRAMES: usize = 4;
 const STARTED_KEY: &str = KIND;
 
 /// A partition: topic and number.
-type Partition = (String, i32);
+pub(super) type Partition = (String, i32);
 
 /// The WAL position key of a partition: `kafka:<topic>:<partition>` (topic names have no `:`).
 fn position_key(topic: &str, partition: i32) -> String {
@@ -111,7 +111,7 @@ enum Handover {
 
 /// librdkafka's callbacks: logs through `tracing`, the latest cluster-wide error kept for the
 /// reader's reports (librdkafka says *why* a broker is unreachable only here).
-struct ReaderContext {
+pub(super) struct ReaderContext {
     stream: String,
     last_error: Mutex<Option<String>>,
 }
@@ -162,7 +162,7 @@ impl ClientContext for ReaderContext {
 
 impl ConsumerContext for ReaderContext {}
 
-type KafkaConsumer = BaseConsumer<ReaderContext>;
+pub(super) type KafkaConsumer = BaseConsumer<ReaderContext>;
 
 /// Read the configured topics until `stop`, appending to `wal`. A consumer that cannot even be
 /// created (a bad librdkafka option) is reported and tried again with backoff; the task ends only
@@ -197,7 +197,7 @@ pub async fn run(
     }
 }
 
-fn create_consumer(stream: &str, config: &KafkaSourceConfig) -> Result<KafkaConsumer, KafkaError> {
+pub(super) fn create_consumer(stream: &str, config: &KafkaSourceConfig) -> Result<KafkaConsumer, KafkaError> {
     let mut client_config = ClientConfig::new();
     for (key, value) in config.client_properties() {
         client_config.set(key, value);
@@ -580,76 +580,89 @@ impl Poller {
         Ok(true)
     }
 
-    /// The partitions of the topics read, by the cluster's metadata. A named topic the cluster
-    /// does not have is reported (and the others read); none found at all is an error.
     fn list_partitions(&self, consumer: &KafkaConsumer) -> Result<Vec<Partition>, String> {
-        let why = |error: KafkaError| error.to_string();
-        let mut partitions = Vec::new();
-        match &self.filter {
-            TopicFilter::Names(names) => {
-                let mut missing = Vec::new();
-                for name in names {
-                    let metadata = consumer.fetch_metadata(Some(name), LOOKUP_TIMEOUT).map_err(why)?;
-                    for topic in metadata.topics() {
-                        match topic.error() {
-                            None => {
-                                partitions.extend(topic.partitions().iter().map(|p| (topic.name().to_string(), p.id())))
-                            }
-                            Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => missing.push(name.clone()),
-                            Some(code) => {
-                                return Err(format!("topic {name}: {}", RDKafkaErrorCode::from(code)));
-                            }
+        list_partitions(consumer, &self.filter, &self.stream, &self.display_servers)
+    }
+
+    fn resolve_start(&self, consumer: &KafkaConsumer, partition: &Partition, start: &StartFrom) -> Result<i64, String> {
+        resolve_start(consumer, partition, start)
+    }
+}
+
+/// The partitions of the topics read, by the cluster's metadata. A named topic the cluster
+/// does not have is reported (and the others read); none found at all is an error.
+pub(super) fn list_partitions(
+    consumer: &KafkaConsumer,
+    filter: &TopicFilter,
+    stream: &str,
+    display_servers: &str,
+) -> Result<Vec<Partition>, String> {
+    let why = |error: KafkaError| error.to_string();
+    let mut partitions = Vec::new();
+    match filter {
+        TopicFilter::Names(names) => {
+            let mut missing = Vec::new();
+            for name in names {
+                let metadata = consumer.fetch_metadata(Some(name), LOOKUP_TIMEOUT).map_err(why)?;
+                for topic in metadata.topics() {
+                    match topic.error() {
+                        None => {
+                            partitions.extend(topic.partitions().iter().map(|p| (topic.name().to_string(), p.id())))
+                        }
+                        Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => missing.push(name.clone()),
+                        Some(code) => {
+                            return Err(format!("topic {name}: {}", RDKafkaErrorCode::from(code)));
                         }
                     }
                 }
-                if !missing.is_empty() {
-                    let problem = format!("topic(s) {} not found in the cluster", missing.join(", "));
-                    if partitions.is_empty() {
-                        return Err(problem);
-                    }
-                    tracing::error!(stream = %self.stream, servers = %self.display_servers, "{problem}; reading the others");
-                }
             }
-            TopicFilter::Pattern(pattern) => {
-                let metadata = consumer.fetch_metadata(None, LOOKUP_TIMEOUT).map_err(why)?;
-                for topic in metadata.topics() {
-                    if topic.name().starts_with("__") || !pattern.is_match(topic.name()) || topic.error().is_some() {
-                        continue;
-                    }
-                    partitions.extend(topic.partitions().iter().map(|p| (topic.name().to_string(), p.id())));
-                }
+            if !missing.is_empty() {
+                let problem = format!("topic(s) {} not found in the cluster", missing.join(", "));
                 if partitions.is_empty() {
-                    tracing::warn!(stream = %self.stream, pattern = %pattern.as_str(), "no kafka topic matches the pattern yet");
+                    return Err(problem);
                 }
+                tracing::error!(stream = %stream, servers = %display_servers, "{problem}; reading the others");
             }
         }
-        Ok(partitions)
-    }
-
-    /// The offset a partition without a position starts at.
-    fn resolve_start(&self, consumer: &KafkaConsumer, partition: &Partition, start: &StartFrom) -> Result<i64, String> {
-        let (topic, id) = (partition.0.as_str(), partition.1);
-        let watermarks = || {
-            consumer
-                .fetch_watermarks(topic, id, LOOKUP_TIMEOUT)
-                .map_err(|error| format!("cannot read the offsets of {topic}:{id}: {error}"))
-        };
-        match start {
-            StartFrom::Earliest => Ok(watermarks()?.0),
-            StartFrom::Latest => Ok(watermarks()?.1),
-            StartFrom::AtTimestamp(text) => {
-                let at_ms = parse_timestamp(text).unwrap_or(0);
-                let mut list = TopicPartitionList::new();
-                list.add_partition_offset(topic, id, Offset::Offset(at_ms))
-                    .map_err(|error| format!("cannot look up {topic}:{id} by time: {error}"))?;
-                let found = consumer
-                    .offsets_for_times(list, LOOKUP_TIMEOUT)
-                    .map_err(|error| format!("cannot look up {topic}:{id} by time: {error}"))?;
-                match found.find_partition(topic, id).map(|element| element.offset()) {
-                    Some(Offset::Offset(offset)) => Ok(offset),
-                    // No record at or after the time yet: from the end.
-                    _ => Ok(watermarks()?.1),
+        TopicFilter::Pattern(pattern) => {
+            let metadata = consumer.fetch_metadata(None, LOOKUP_TIMEOUT).map_err(why)?;
+            for topic in metadata.topics() {
+                if topic.name().starts_with("__") || !pattern.is_match(topic.name()) || topic.error().is_some() {
+                    continue;
                 }
+                partitions.extend(topic.partitions().iter().map(|p| (topic.name().to_string(), p.id())));
+            }
+            if partitions.is_empty() {
+                tracing::warn!(stream = %stream, pattern = %pattern.as_str(), "no kafka topic matches the pattern yet");
+            }
+        }
+    }
+    Ok(partitions)
+}
+
+/// The offset a partition without a position starts at.
+pub(super) fn resolve_start(consumer: &KafkaConsumer, partition: &Partition, start: &StartFrom) -> Result<i64, String> {
+    let (topic, id) = (partition.0.as_str(), partition.1);
+    let watermarks = || {
+        consumer
+            .fetch_watermarks(topic, id, LOOKUP_TIMEOUT)
+            .map_err(|error| format!("cannot read the offsets of {topic}:{id}: {error}"))
+    };
+    match start {
+        StartFrom::Earliest => Ok(watermarks()?.0),
+        StartFrom::Latest => Ok(watermarks()?.1),
+        StartFrom::AtTimestamp(text) => {
+            let at_ms = parse_timestamp(text).unwrap_or(0);
+            let mut list = TopicPartitionList::new();
+            list.add_partition_offset(topic, id, Offset::Offset(at_ms))
+                .map_err(|error| format!("cannot look up {topic}:{id} by time: {error}"))?;
+            let found = consumer
+                .offsets_for_times(list, LOOKUP_TIMEOUT)
+                .map_err(|error| format!("cannot look up {topic}:{id} by time: {error}"))?;
+            match found.find_partition(topic, id).map(|element| element.offset()) {
+                Some(Offset::Offset(offset)) => Ok(offset),
+                // No record at or after the time yet: from the end.
+                _ => Ok(watermarks()?.1),
             }
         }
     }

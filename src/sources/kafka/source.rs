@@ -1,11 +1,13 @@
 //! The `kafka` source as the registry sees it: one reader task for the stream's topics; described
 //! as AWS describes an `MSKAsSource` stream (`Source.MSKSourceDescription`).
 
+use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
 use tokio::task::JoinHandle;
 
 use super::{AuthConfig, KafkaSourceConfig, StartFrom};
 use crate::sources::descriptor::{ReaderContext, SourceDescribeContext, SourceDescriptor};
+use crate::sources::shards::SharedShardSource;
 
 impl SourceDescriptor for KafkaSourceConfig {
     fn type_name(&self) -> &'static str {
@@ -23,6 +25,24 @@ impl SourceDescriptor for KafkaSourceConfig {
     fn spawn_readers(&self, context: ReaderContext<'_>) -> Vec<JoinHandle<()>> {
         let ReaderContext { stream, wal, metrics, stop, .. } = context;
         vec![tokio::spawn(super::run(stream.to_string(), self.clone(), wal.clone(), metrics.clone(), stop))]
+    }
+
+    /// Offsets are committed to a group by the single-node reader only.
+    fn validate_in_cluster(&self) -> Vec<(String, String)> {
+        match &self.commit_offsets_to_group {
+            Some(_) => vec![(
+                "commit_offsets_to_group".to_string(),
+                "is not available in cluster mode yet (partitions are leased and read by several nodes); remove it"
+                    .to_string(),
+            )],
+            None => Vec::new(),
+        }
+    }
+
+    /// Cluster mode: each partition is a shard nodes lease (see `super::shards`).
+    fn shard_source(&self, stream: &str) -> Option<BoxFuture<'static, SharedShardSource>> {
+        let source = super::shards::shared_source(stream.to_string(), self.clone());
+        Some(Box::pin(async move { source }))
     }
 
     fn delivery_stream_type(&self) -> &'static str {

@@ -32,9 +32,9 @@ use tokio::task::JoinSet;
 use crate::metrics::{ShardMetrics, StreamMetrics};
 use crate::wal::Wal;
 
-pub use reader::{Backoff, ReadError};
 #[cfg(any(feature = "source-kinesis", feature = "source-dynamodb-streams"))]
 pub use reader::classify;
+pub use reader::{Backoff, ReadError};
 
 /// A shard's cursor as the WAL keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
