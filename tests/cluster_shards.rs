@@ -1,6 +1,6 @@
 //! Shard sharing in cluster mode end to end: real `spillway run` processes with a `cluster:`
 //! block on one PostgreSQL (`scripts/services.sh`, a database of the test's own) read one
-//! kinesalite stream while the real `aws-sdk-kinesis` produces into it. The nodes split the
+//! kinesalite stream of 8 shards while four producers (the real `aws-sdk-kinesis`) write into it. The nodes split the
 //! shards between them; in seeded rounds a node is killed with SIGKILL (its shards move to the
 //! others within two lease periods, then it restarts and gets its share back by hand-off) or
 //! stopped with SIGSTOP past its lease (the others take its shards; when it continues, its late
@@ -11,7 +11,7 @@ mod common;
 #[path = "common/kinesis.rs"]
 mod kinesis_common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -161,7 +161,7 @@ async fn three_nodes_share_shards_through_kills_stops_restarts_and_a_split_deliv
     let mut rng = StdRng::seed_from_u64(seed);
     let client = kinesis().await;
     let name = unique_name("shared");
-    let mut shards = 4;
+    let mut shards = 8;
     let _stream = create_stream(&client, &name, shards as i32).await;
     let coordinator = pg::fresh_database("spw_shards").await;
     let db = pg::connect(&pg::shared_url()).await;
@@ -184,16 +184,25 @@ async fn three_nodes_share_shards_through_kills_stops_restarts_and_a_split_deliv
         ids.iter().enumerate().filter(|(index, _)| Some(*index) != down).map(|(_, id)| id.as_str()).collect()
     };
 
-    let (stop, written) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-    let keys = 24;
-    let producer = tokio::spawn(produce(
-        client.clone(),
-        name.clone(),
-        keys,
-        stop.clone(),
-        written.clone(),
-        Duration::from_millis(20),
-    ));
+    // Four producers, 8 keys each.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (producers, keys_each) = (4u64, 8u64);
+    let keys = producers * keys_each;
+    let written: Vec<Arc<AtomicU64>> = (0..producers).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let tasks: Vec<_> = (0..producers)
+        .map(|index| {
+            let range = index * keys_each..(index + 1) * keys_each;
+            let pace = Duration::from_millis(20);
+            tokio::spawn(produce_keys(
+                client.clone(),
+                name.clone(),
+                range,
+                stop.clone(),
+                written[index as usize].clone(),
+                pace,
+            ))
+        })
+        .collect();
 
     let took = wait_balanced(&coordinator, &live(None), shards, Duration::from_secs(30), "at start").await;
     eprintln!("{shards} shards of 3 streams balanced over 3 nodes {took:?} after the nodes answered");
@@ -223,7 +232,7 @@ async fn three_nodes_share_shards_through_kills_stops_restarts_and_a_split_deliv
         if round % 2 == 0 {
             // SIGKILL: the others take its shards within two lease periods (plus a scan).
             nodes[victim].process.take().expect("running").kill();
-            let moved = wait_balanced(&coordinator, &live(Some(victim)), shards, 3 * LEASE, "after a kill").await;
+            let moved = wait_balanced(&coordinator, &live(Some(victim)), shards, 4 * LEASE, "after a kill").await;
             eprintln!("round {round}: killed node {victim}; its shards moved in {moved:?}");
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..1500))).await;
             nodes[victim].start();
@@ -254,8 +263,15 @@ async fn three_nodes_share_shards_through_kills_stops_restarts_and_a_split_deliv
     assert!(fenced_seen > 0.0, "a node stopped past its lease had its late writes fenced");
 
     stop.store(true, Ordering::Relaxed);
-    producer.await.unwrap();
-    let expected = expected_lines(keys, written.load(Ordering::Relaxed));
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let expected: BTreeSet<String> = (0..producers)
+        .flat_map(|index| {
+            let range = index * keys_each..(index + 1) * keys_each;
+            expected_lines_of(range, written[index as usize].load(Ordering::Relaxed))
+        })
+        .collect();
     for out in ["out", "by-key"] {
         wait_for_lines(root.path(), out, expected.len(), Duration::from_secs(90)).await;
     }

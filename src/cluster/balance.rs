@@ -56,6 +56,12 @@ pub fn fair_share(active_leases: usize, live_nodes: usize) -> usize {
 }
 
 /// The plan for `me`, given the live nodes (`me` counts as live) and every lease.
+/// A stable number for a node id (FNV-1a), to spread nodes' choices.
+fn spread(node: &str) -> usize {
+    node.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3))
+        as usize
+}
+
 pub fn plan(me: &str, live_nodes: &[String], leases: &[LeaseState]) -> Plan {
     let mut live: BTreeSet<&str> = live_nodes.iter().map(String::as_str).collect();
     live.insert(me);
@@ -86,11 +92,15 @@ pub fn plan(me: &str, live_nodes: &[String], leases: &[LeaseState]) -> Plan {
         .collect();
     room -= plan.claim_free.len();
     if room > 0 {
-        plan.take_expired = active
-            .iter()
-            .filter(|lease| lease.owner.is_some() && lease.expired)
-            .find(claimable)
-            .map(|lease| lease.key.clone());
+        // Nodes start at different places among the expired leases (by their id), so the
+        // survivors of a dead node take different ones in the same scan instead of all reaching
+        // for the first and all but one coming back empty.
+        let expired: Vec<&&LeaseState> =
+            active.iter().filter(|lease| lease.owner.is_some() && lease.expired).filter(claimable).collect();
+        if !expired.is_empty() {
+            let offset = spread(me) % expired.len();
+            plan.take_expired = Some(expired[offset].key.clone());
+        }
     }
 
     let gained = plan.claim_free.len() + usize::from(plan.take_expired.is_some());
@@ -186,8 +196,11 @@ mod tests {
             lease.expired = true;
         }
         let plan = plan("a", &nodes(&["a"]), &all);
-        assert_eq!(plan.take_expired.as_deref(), Some("s0"));
+        assert!(plan.take_expired.is_some(), "{plan:?}");
         assert!(plan.claim_free.is_empty() && plan.request.is_none(), "{plan:?}");
+        // Two survivors reach for different expired leases in the same scan.
+        let (x, y) = (super::plan("x", &nodes(&["x", "y"]), &all), super::plan("y", &nodes(&["x", "y"]), &all));
+        assert_ne!(x.take_expired, y.take_expired, "{x:?} / {y:?}");
     }
 
     #[test]

@@ -206,6 +206,7 @@ pub fn assert_key_order(objects: &[Vec<String>]) {
     }
 }
 
+/// Write one record to each of `keys` every `pace` until `stop`; `written` counts the rounds.
 pub async fn produce(
     client: Client,
     stream: String,
@@ -214,10 +215,22 @@ pub async fn produce(
     written: Arc<AtomicU64>,
     pace: Duration,
 ) {
+    produce_keys(client, stream, 0..keys, stop, written, pace).await;
+}
+
+/// [`produce`] for the keys `keys` (several producers write disjoint ranges).
+pub async fn produce_keys(
+    client: Client,
+    stream: String,
+    keys: std::ops::Range<u64>,
+    stop: Arc<AtomicBool>,
+    written: Arc<AtomicU64>,
+    pace: Duration,
+) {
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let entries: Vec<(String, Vec<u8>)> =
-            (0..keys).map(|key| (format!("key-{key}"), record(&format!("key-{key}"), n))).collect();
+            keys.clone().map(|key| (format!("key-{key}"), record(&format!("key-{key}"), n))).collect();
         put(&client, &stream, &entries).await;
         n += 1;
         written.store(n, Ordering::Relaxed);
@@ -226,7 +239,11 @@ pub async fn produce(
 }
 
 pub fn expected_lines(keys: u64, per_key: u64) -> BTreeSet<String> {
-    (0..keys)
-        .flat_map(|key| (0..per_key).map(move |n| String::from_utf8(record(&format!("key-{key}"), n)).unwrap()))
+    expected_lines_of(0..keys, per_key)
+}
+
+/// What [`produce_keys`] wrote for `keys` in `per_key` rounds.
+pub fn expected_lines_of(keys: std::ops::Range<u64>, per_key: u64) -> BTreeSet<String> {
+    keys.flat_map(|key| (0..per_key).map(move |n| String::from_utf8(record(&format!("key-{key}"), n)).unwrap()))
         .collect()
 }
