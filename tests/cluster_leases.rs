@@ -115,7 +115,7 @@ async fn leases_split_renew_expire_to_a_higher_epoch_and_the_old_owner_is_fenced
 
 #[tokio::test]
 #[ignore = "needs services: scripts/test.sh"]
-async fn a_hand_off_request_reserves_the_released_lease_for_the_requester() {
+async fn a_hand_off_request_reserves_the_released_lease_for_a_live_requester() {
     let url = pg::fresh_database("spw_cluster").await;
     let (a, _) = joined(&url, "node-a", 5).await;
     let (b, _) = joined(&url, "node-b", 5).await;
@@ -142,6 +142,13 @@ async fn a_hand_off_request_reserves_the_released_lease_for_the_requester() {
     // A second release with the old epoch is fenced.
     let again = a.release(&wanted.key, wanted.epoch).await;
     assert!(matches!(again, Err(ClusterError::Fenced { .. })), "{again:?}");
+    // A requester that is gone by the time the owner lets go reserves nothing.
+    let next = held[1].clone();
+    assert!(c.request_handoff(&next.key).await.unwrap());
+    c.deregister().await.unwrap();
+    a.release(&next.key, next.epoch).await.unwrap();
+    let (d, _) = joined(&url, "node-d", 5).await;
+    assert_eq!(claimed_keys(&d.claim(&[next.key.clone()], 1).await.unwrap()), BTreeSet::from([next.key.clone()]));
 }
 
 #[tokio::test]

@@ -240,11 +240,12 @@ async fn three_nodes_share_shards_through_kills_stops_restarts_and_a_split_deliv
                 wait_balanced(&coordinator, &live(None), shards, Duration::from_secs(30), "after a restart").await;
             eprintln!("round {round}: node {victim} restarted and got its share back by hand-off in {back:?}");
         } else {
-            // SIGSTOP past the lease: the others take its shards; when it continues, what it
-            // still tries to write is fenced.
+            // SIGSTOP past the lease: the others take its shards (and any they were handing
+            // over to it when it stopped, once delivered); when it continues, what it still tries
+            // to write is fenced.
             let before = nodes[victim].metric("spillway_cluster_fenced_writes_total").await;
             signal(&nodes[victim].process().child, "STOP");
-            let moved = wait_balanced(&coordinator, &live(Some(victim)), shards, 4 * LEASE, "after a stop").await;
+            let moved = wait_balanced(&coordinator, &live(Some(victim)), shards, 6 * LEASE, "after a stop").await;
             signal(&nodes[victim].process().child, "CONT");
             let back = wait_balanced(&coordinator, &live(None), shards, Duration::from_secs(30), "after SIGCONT").await;
             let fenced = nodes[victim].metric("spillway_cluster_fenced_writes_total").await - before;

@@ -369,15 +369,21 @@ impl LeaseStore {
         Ok(renewal)
     }
 
-    /// Give a lease up (hand-off or shutdown); a pending request keeps it reserved for the
-    /// requester for one lease period. [`ClusterError::Fenced`] when it was no longer ours.
+    /// Give a lease up (hand-off or shutdown); a pending request of a node still alive keeps it
+    /// reserved for that requester for one lease period (a requester that died meanwhile reserves
+    /// nothing: anyone may claim it at once). [`ClusterError::Fenced`] when it was no longer ours.
     pub async fn release(&self, key: &str, epoch: i64) -> Result<(), ClusterError> {
         let updated = self
             .with_client(async |client| {
                 Ok(client
                     .execute(
-                        "UPDATE spillway_leases SET owner = NULL, expires_at = now(), updated_at = now(),
-                             requested_at = CASE WHEN requested_by IS NULL THEN NULL ELSE now() END
+                        "WITH requester_alive AS (
+                             SELECT EXISTS (SELECT 1 FROM spillway_leases l JOIN spillway_nodes n ON n.node_id = l.requested_by
+                                            WHERE l.lease_key = $1 AND n.stopped_at IS NULL
+                                              AND n.heartbeat_at > now() - n.lease_seconds * interval '1 second') AS alive)
+                         UPDATE spillway_leases SET owner = NULL, expires_at = now(), updated_at = now(),
+                             requested_by = CASE WHEN (SELECT alive FROM requester_alive) THEN requested_by END,
+                             requested_at = CASE WHEN (SELECT alive FROM requester_alive) THEN now() END
                          WHERE lease_key = $1 AND owner = $2 AND epoch = $3",
                         &[&key, &self.node_id, &epoch],
                     )
