@@ -148,7 +148,10 @@ async fn a_hand_off_request_reserves_the_released_lease_for_a_live_requester() {
     c.deregister().await.unwrap();
     a.release(&next.key, next.epoch).await.unwrap();
     let (d, _) = joined(&url, "node-d", 5).await;
-    assert_eq!(claimed_keys(&d.claim(&[next.key.clone()], 1).await.unwrap()), BTreeSet::from([next.key.clone()]));
+    assert_eq!(
+        claimed_keys(&d.claim(std::slice::from_ref(&next.key), 1).await.unwrap()),
+        BTreeSet::from([next.key.clone()])
+    );
 }
 
 #[tokio::test]
