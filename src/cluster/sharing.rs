@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use super::balance;
 use super::leases::LeaseSpec;
@@ -85,7 +85,11 @@ pub async fn run(stream: SharedStream, source: BoxFuture<'static, SharedShardSou
     let mut shards: BTreeMap<String, shards::ShardInfo> = BTreeMap::new();
     let mut next_discovery = tokio::time::Instant::now();
     let mut running: BTreeMap<String, SubStream> = BTreeMap::new();
+    // Shards on their way out (handed over, or closed and finishing): their drains run beside
+    // the loop, so a slow destination never holds up claims and take-overs of other shards.
+    let mut leaving: JoinSet<()> = JoinSet::new();
     loop {
+        while leaving.try_join_next().is_some() {}
         if *stop.borrow() {
             break;
         }
@@ -152,7 +156,7 @@ pub async fn run(stream: SharedStream, source: BoxFuture<'static, SharedShardSou
             } else if sub.read_to_end
                 && let Some(sub) = running.remove(&key)
             {
-                finish_shard(&stream, &leases, &key, sub).await;
+                leaving.spawn(finish_shard(name.clone(), stream.drain_timeout, leases.clone(), key, sub));
             }
         }
 
@@ -165,7 +169,7 @@ pub async fn run(stream: SharedStream, source: BoxFuture<'static, SharedShardSou
                 for key in &plan.hand_off {
                     if let Some(sub) = running.remove(key) {
                         tracing::info!(stream = %name, lease = %key, "handing a shard over on request");
-                        hand_over(&stream, &leases, key, sub).await;
+                        leaving.spawn(hand_over(stream.drain_timeout, leases.clone(), key.clone(), sub));
                     }
                 }
                 let mut candidates = plan.claim_free.clone();
@@ -213,11 +217,10 @@ pub async fn run(stream: SharedStream, source: BoxFuture<'static, SharedShardSou
         }
     }
     // Hand everything over: each shard's open batches delivered, then its lease released.
-    let handovers = running.into_iter().map(|(key, sub)| {
-        let (stream, leases) = (&stream, &leases);
-        async move { hand_over(stream, leases, &key, sub).await }
-    });
-    futures::future::join_all(handovers).await;
+    for (key, sub) in running {
+        leaving.spawn(hand_over(stream.drain_timeout, leases.clone(), key, sub));
+    }
+    while leaving.join_next().await.is_some() {}
     stream.metrics.source.set_active_shards(0);
 }
 
@@ -245,11 +248,17 @@ impl SubStream {
 
 /// A closed shard was read to its end: deliver what is left, then finish its lease (its children
 /// may be claimed). If the last batches do not leave in time, release it instead.
-async fn finish_shard(stream: &SharedStream, leases: &Arc<super::LeaseStore>, key: &str, sub: SubStream) {
+async fn finish_shard(
+    name: String,
+    drain_timeout: Duration,
+    leases: Arc<super::LeaseStore>,
+    key: String,
+    sub: SubStream,
+) {
+    let (key, leases) = (key.as_str(), &leases);
     let epoch = sub.epoch;
-    let delivered = sub.delivery.drain(stream.drain_timeout).await;
+    let delivered = sub.delivery.drain(drain_timeout).await;
     close_and_clear(sub.wal, sub.dir).await;
-    let name = &stream.config.name;
     match delivered {
         Ok(true) => match leases.finish(key, epoch).await {
             Ok(()) => {
@@ -287,14 +296,15 @@ async fn give_up(leases: &Arc<super::LeaseStore>, key: &str, epoch: i64) {
 }
 
 /// Stop the shard's reader, deliver what it read (bounded by the drain timeout), release.
-async fn hand_over(stream: &SharedStream, leases: &Arc<super::LeaseStore>, key: &str, sub: SubStream) {
+async fn hand_over(drain_timeout: Duration, leases: Arc<super::LeaseStore>, key: String, sub: SubStream) {
+    let key = key.as_str();
     let _ = sub.reader_stop.send(true);
     if let Some(reader) = sub.reader
         && tokio::time::timeout(READER_STOP, reader).await.is_err()
     {
         tracing::warn!(lease = %key, "the shard reader did not stop in time");
     }
-    match sub.delivery.drain(stream.drain_timeout).await {
+    match sub.delivery.drain(drain_timeout).await {
         Ok(true) => {}
         outcome => {
             tracing::warn!(lease = %key, ?outcome, "the shard's batches did not all leave before the hand-over; the next owner re-sends them")
