@@ -23,9 +23,20 @@ impl Coordinator {
     /// `connections` clients at most; rounds bounded by `lease_seconds` (at least 2 s). No
     /// connection is made yet.
     pub fn new(cluster: &ResolvedCluster, connections: usize) -> Result<Self, ClusterError> {
-        let pool = Pool::new(cluster.coordinator.clone(), cluster.ca_file.as_deref(), connections)
-            .map_err(|error| ClusterError::Unreachable(super::error_chain(&error)))?;
         let timeout = Duration::from_secs(cluster.lease_seconds).max(Duration::from_secs(2));
+        // A node paused inside a transaction (SIGSTOP, a VM freeze) would keep its row locks —
+        // a lease row locked `FOR SHARE` by a fenced write — and every other node's claim of that
+        // lease would skip it for as long as the pause lasts. The server ends such a session
+        // after one lease period; the paused node's write then fails, as its lease has.
+        let mut coordinator = cluster.coordinator.clone();
+        let setting = format!("-c idle_in_transaction_session_timeout={}", timeout.as_millis());
+        let options = match coordinator.get_options() {
+            Some(given) if !given.trim().is_empty() => format!("{given} {setting}"),
+            _ => setting,
+        };
+        coordinator.options(&options);
+        let pool = Pool::new(coordinator, cluster.ca_file.as_deref(), connections)
+            .map_err(|error| ClusterError::Unreachable(super::error_chain(&error)))?;
         Ok(Self { pool, timeout })
     }
 
