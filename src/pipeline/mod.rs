@@ -410,51 +410,66 @@ impl DeliveryLoop {
     /// error output with the reason ("internal error: …", [`INTERNAL_ERROR`]), as a batch the
     /// sink refused for good is. A rebuild after a crash fails the same way and sets the same
     /// records aside again.
+    ///
+    /// The delivery runs as a task of its own: a request moves on (its response read, the next
+    /// request of the batch sent) while this loop waits on the WAL or on an fsync, instead of
+    /// only when the loop polls it. Dropping the returned future (the loop stopping) aborts it.
     fn send(&self, intent: Intent, closed: ClosedBatch) -> BoxFuture<'static, Completed> {
         let delivery = self.delivery.clone();
         let stream = self.stream.clone();
         let payload_bytes = closed.held_bytes;
+        let task = AbortOnDrop(tokio::spawn(Self::deliver_closed(delivery, stream, intent.clone(), closed)));
         Box::pin(async move {
-            let mut record_bytes = 0;
-            let result = async {
-                let (parts, finished) = tokio::task::spawn_blocking(move || closed.finish()).await?;
-                record_bytes = parts.record_bytes as u64;
-                let mut batch = Batch {
-                    stream,
-                    id: intent.id,
-                    partition: parts.route.partition.as_ref().clone(),
-                    start: parts.start,
-                    end: parts.end,
-                    sequences: parts.sequences,
-                    record_bytes: parts.record_bytes,
-                    // The recorded time: a batch re-read by another node (cluster mode) has
-                    // its records' arrival on that node's clock, but keeps its object key.
-                    oldest_arrival_ms: intent.oldest_arrival_ms.unwrap_or(parts.oldest_arrival_ms),
-                    payload: Payload::default(),
-                };
-                let error_output_type = intent.error_output_type.as_deref();
-                let reason = match finished {
-                    Ok(payload) => {
-                        batch.payload = payload;
-                        let delivered =
-                            AssertUnwindSafe(delivery.deliver(&batch, error_output_type)).catch_unwind().await;
-                        match delivered {
-                            Ok(result) => return result.map_err(PipelineError::from),
-                            Err(panic) => format!(
-                                "internal error: delivering the batch panicked: {}",
-                                spillway_sink_api::panic::panic_message(panic.as_ref())
-                            ),
-                        }
-                    }
-                    Err(EncodeError::Internal(reason)) => format!("internal error: {reason}"),
-                    Err(error) => format!("internal error: cannot encode the batch: {error}"),
-                };
-                batch.payload = Payload::default();
-                set_aside(&delivery, &batch, error_output_type, reason).await
+            match task.join().await {
+                Ok(completed) => completed,
+                // Only a panic outside `deliver`'s own guard (or a runtime shutting down) lands here.
+                Err(join) => {
+                    Completed { intent, result: Err(PipelineError::Join(join)), payload_bytes, record_bytes: 0 }
+                }
             }
-            .await;
-            Completed { intent, result, payload_bytes, record_bytes }
         })
+    }
+
+    async fn deliver_closed(delivery: Arc<Delivery>, stream: String, intent: Intent, closed: ClosedBatch) -> Completed {
+        let payload_bytes = closed.held_bytes;
+        let mut record_bytes = 0;
+        let result = async {
+            let (parts, finished) = tokio::task::spawn_blocking(move || closed.finish()).await?;
+            record_bytes = parts.record_bytes as u64;
+            let mut batch = Batch {
+                stream,
+                id: intent.id,
+                partition: parts.route.partition.as_ref().clone(),
+                start: parts.start,
+                end: parts.end,
+                sequences: parts.sequences,
+                record_bytes: parts.record_bytes,
+                // The recorded time: a batch re-read by another node (cluster mode) has its
+                // records' arrival on that node's clock, but keeps its object key.
+                oldest_arrival_ms: intent.oldest_arrival_ms.unwrap_or(parts.oldest_arrival_ms),
+                payload: Payload::default(),
+            };
+            let error_output_type = intent.error_output_type.as_deref();
+            let reason = match finished {
+                Ok(payload) => {
+                    batch.payload = payload;
+                    let delivered = AssertUnwindSafe(delivery.deliver(&batch, error_output_type)).catch_unwind().await;
+                    match delivered {
+                        Ok(result) => return result.map_err(PipelineError::from),
+                        Err(panic) => format!(
+                            "internal error: delivering the batch panicked: {}",
+                            spillway_sink_api::panic::panic_message(panic.as_ref())
+                        ),
+                    }
+                }
+                Err(EncodeError::Internal(reason)) => format!("internal error: {reason}"),
+                Err(error) => format!("internal error: cannot encode the batch: {error}"),
+            };
+            batch.payload = Payload::default();
+            set_aside(&delivery, &batch, error_output_type, reason).await
+        }
+        .await;
+        Completed { intent, result, payload_bytes, record_bytes }
     }
 
     /// Rebuild a pending intent's batch from the WAL, under its recorded id. With a Lambda
@@ -659,16 +674,24 @@ impl Sink for RefuseAll {
     }
 }
 
-/// A spawned task aborted when its owner goes away (the Lambda stage of a stopped loop).
-struct AbortOnDrop(tokio::task::JoinHandle<Result<(), StageError>>);
+/// A spawned task aborted when its owner goes away (the Lambda stage, a batch's delivery, of a
+/// stopped loop).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> AbortOnDrop<T> {
+    async fn join(mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
 }
 
-type LambdaStageHandle = (tokio::sync::mpsc::Receiver<lambda_stage::ProcessedChunk>, AbortOnDrop);
+type LambdaStageHandle =
+    (tokio::sync::mpsc::Receiver<lambda_stage::ProcessedChunk>, AbortOnDrop<Result<(), StageError>>);
 
 async fn next_chunk(stage: &mut Option<LambdaStageHandle>) -> Option<lambda_stage::ProcessedChunk> {
     match stage {

@@ -217,28 +217,28 @@ impl HttpEndpointSink {
             .collect()
     }
 
-    /// The request's body: the contract's envelope around its record array, gzipped if configured.
-    async fn body(&self, request: &Request, timestamp: i64) -> Result<Bytes, RequestError> {
+    /// The request's body: the contract's envelope around its record array, gzipped if
+    /// configured. Uncompressed, the record array is not copied: the body is the envelope's head,
+    /// the array and its tail, written one after the other.
+    async fn body(&self, request: &Request, timestamp: i64) -> Result<RequestBody, RequestError> {
         let id = request.id.hyphenated().to_string();
-        let head = format!(r#"{{"requestId":"{id}","timestamp":{timestamp},"records":["#);
-        let mut body = Vec::with_capacity(head.len() + request.array.len() + 2);
-        body.extend_from_slice(head.as_bytes());
-        body.extend_from_slice(&request.array);
-        body.extend_from_slice(b"]}");
+        let head = Bytes::from(format!(r#"{{"requestId":"{id}","timestamp":{timestamp},"records":["#));
+        let parts = [head, request.array.clone(), Bytes::from_static(b"]}")];
         if !self.gzip {
-            return Ok(Bytes::from(body));
+            return Ok(RequestBody::new(parts));
         }
         // Up to 64 MiB to compress: off the async runtime.
-        tokio::task::spawn_blocking(move || gzip(&body))
+        let compressed = tokio::task::spawn_blocking(move || gzip(&parts))
             .await
-            .map_err(|error| RequestError::Compression(error.to_string()))?
+            .map_err(|error| RequestError::Compression(error.to_string()))??;
+        Ok(RequestBody::new([compressed]))
     }
 
     /// One POST, its response read as the contract says.
     async fn post(&self, request: &Request) -> Result<(), RequestError> {
         let timestamp = chrono::Utc::now().timestamp_millis();
         let body = self.body(request, timestamp).await?;
-        let sent_bytes = body.len();
+        let sent_bytes = body.len() as usize;
         let id = request.id.hyphenated().to_string();
         let result = self.exchange(&id, body).await;
         let outcome = match &result {
@@ -249,13 +249,13 @@ impl HttpEndpointSink {
         result
     }
 
-    async fn exchange(&self, id: &str, body: Bytes) -> Result<(), RequestError> {
+    async fn exchange(&self, id: &str, body: RequestBody) -> Result<(), RequestError> {
         let mut response = self
             .client
             .post(&self.url)
             .headers(self.headers.clone())
             .header(REQUEST_ID_HEADER, id)
-            .body(body)
+            .body(reqwest::Body::wrap(body))
             .send()
             .await
             .map_err(transport_error)?;
@@ -340,6 +340,49 @@ impl HttpEndpointSink {
     }
 }
 
+/// A request body made of parts sent one after the other, with its exact length (so the request
+/// carries `Content-Length`, as Firehose's do, rather than chunked encoding).
+struct RequestBody {
+    parts: VecDeque<Bytes>,
+    remaining: u64,
+}
+
+impl RequestBody {
+    fn new(parts: impl IntoIterator<Item = Bytes>) -> Self {
+        let parts: VecDeque<Bytes> = parts.into_iter().filter(|part| !part.is_empty()).collect();
+        let remaining = parts.iter().map(|part| part.len() as u64).sum();
+        Self { parts, remaining }
+    }
+
+    fn len(&self) -> u64 {
+        self.remaining
+    }
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let next = self.parts.pop_front();
+        if let Some(part) = &next {
+            self.remaining -= part.len() as u64;
+        }
+        std::task::Poll::Ready(next.map(|part| Ok(http_body::Frame::data(part))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
+}
+
 /// A request's id: the batch id, where its first record sits in the stream, and its size.
 pub fn request_id(batch: Uuid, entry: &RequestEntry) -> Uuid {
     let name = format!("request {}.{} {}", entry.first_sequence, entry.first_output, entry.count);
@@ -364,10 +407,12 @@ fn invalid_payload(message: &str) -> SinkError {
     SinkError::permanent("HttpEndpoint.InvalidPayload", message.to_string())
 }
 
-fn gzip(body: &[u8]) -> Result<Bytes, RequestError> {
+fn gzip(parts: &[Bytes]) -> Result<Bytes, RequestError> {
     let mut encoder = spillway_sink_api::RawEncoder::new(spillway_sink_api::Compression::Gzip, 1 << 20);
     use spillway_sink_api::Encoder;
-    encoder.push(body, b"").map_err(|error| RequestError::Compression(error.to_string()))?;
+    for part in parts {
+        encoder.push(part, b"").map_err(|error| RequestError::Compression(error.to_string()))?;
+    }
     let payload = Box::new(encoder).finish().map_err(|error| RequestError::Compression(error.to_string()))?;
     Ok(payload.to_bytes())
 }
