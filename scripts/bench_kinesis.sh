@@ -85,7 +85,7 @@ drain() {
 	mkdir -p "$run_dir"
 	if [[ $mode == cluster ]]; then
 		# A fresh database each run: the shards' state starts empty, as on a first start.
-		psql "$SPILLWAY_TEST_PG_URL" -qc "DROP DATABASE IF EXISTS $database" -c "CREATE DATABASE $database" >/dev/null
+		psql "$SPILLWAY_TEST_PG_URL" -qc "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $database" -c "CREATE DATABASE $database" >/dev/null
 		cluster_block="cluster: { coordinator: '$coordinator' }"
 	fi
 	cat >"$run_dir/spillway.yaml" <<EOF
