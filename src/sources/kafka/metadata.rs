@@ -29,6 +29,25 @@ pub struct KafkaMetadata {
 }
 
 impl KafkaMetadata {
+    /// What a consumed record says about itself.
+    pub fn of(message: &impl rdkafka::message::Message) -> KafkaMetadata {
+        use rdkafka::message::Headers;
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers.iter().map(|header| (header.key.to_string(), header.value.map(<[u8]>::to_vec))).collect()
+            })
+            .unwrap_or_default();
+        KafkaMetadata {
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
+            key: message.key().map(<[u8]>::to_vec),
+            headers,
+        }
+    }
+
     /// The frame entry.
     pub fn encode(&self) -> Bytes {
         let base64 = base64::engine::general_purpose::STANDARD;

@@ -29,7 +29,7 @@ use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use tokio::sync::{mpsc, watch};
@@ -471,23 +471,7 @@ impl Poller {
                     let partition = (message.topic().to_string(), message.partition());
                     let offset = message.offset();
                     let data = Bytes::copy_from_slice(message.payload().unwrap_or_default());
-                    let headers = message
-                        .headers()
-                        .map(|headers| {
-                            headers
-                                .iter()
-                                .map(|header| (header.key.to_string(), header.value.map(<[u8]>::to_vec)))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    let metadata = KafkaMetadata {
-                        topic: partition.0.clone(),
-                        partition: partition.1,
-                        offset,
-                        timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
-                        key: message.key().map(<[u8]>::to_vec),
-                        headers,
-                    };
+                    let metadata = KafkaMetadata::of(&message);
                     let entry = pending.entry(partition.clone()).or_default();
                     entry.since.get_or_insert_with(Instant::now);
                     entry.bytes += data.len() as u64;

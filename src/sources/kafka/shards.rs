@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rdkafka::consumer::Consumer;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::metadata::KafkaMetadata;
@@ -216,27 +216,10 @@ impl PartitionReader {
                     if message.offset() < next_offset {
                         continue;
                     }
-                    let headers = message
-                        .headers()
-                        .map(|headers| {
-                            headers
-                                .iter()
-                                .map(|header| (header.key.to_string(), header.value.map(<[u8]>::to_vec)))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    let timestamp_ms = message.timestamp().to_millis().unwrap_or(0);
-                    let metadata = KafkaMetadata {
-                        topic: topic.to_string(),
-                        partition: id,
-                        offset: message.offset(),
-                        timestamp_ms,
-                        key: message.key().map(<[u8]>::to_vec),
-                        headers,
-                    };
+                    let metadata = KafkaMetadata::of(&message);
                     records.push(SourceRecord {
                         sequence_number: message.offset().to_string(),
-                        created_ms: Some(timestamp_ms),
+                        created_ms: Some(metadata.timestamp_ms),
                         users: vec![UserRecord {
                             data: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
                             metadata: Some(metadata.encode()),
