@@ -160,11 +160,6 @@ impl DeliveryTask {
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
     }
-
-    /// Wait for the loop to end by itself.
-    pub async fn join(self) -> Result<(), PipelineError> {
-        self.task.await?
-    }
 }
 
 /// How a stream's delivery ends.

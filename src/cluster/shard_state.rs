@@ -94,21 +94,6 @@ impl ShardStates {
         .await
     }
 
-    /// Forget the shards of a deleted stream (`<kind>:<stream>:` prefix): state, intents, leases.
-    pub async fn forget_stream(&self, prefix: &str) -> Result<(), ClusterError> {
-        let pattern = format!("{}%", prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
-        self.coordinator
-            .with_client(async |client| {
-                let transaction = client.transaction().await?;
-                for table in ["spillway_shard_intents", "spillway_shard_state", "spillway_leases"] {
-                    transaction.execute(&format!("DELETE FROM {table} WHERE lease_key LIKE $1"), &[&pattern]).await?;
-                }
-                transaction.commit().await?;
-                Ok(())
-            })
-            .await
-    }
-
     /// The delivery loop's state store for one owned shard.
     pub fn delivery_state(
         self: &Arc<Self>,

@@ -379,13 +379,9 @@ async fn first_start(
         Initial::Latest if info.is_some_and(|info| info.closed) => None,
         Initial::Latest => {
             let now = chrono::Utc::now().timestamp_millis();
+            // Fenced: while this node holds the lease nobody else records a start meanwhile.
             stream.states.set_start(key, epoch, &Position::StartedAt(now).render()).await?;
-            let resume = stream.states.open(key, epoch).await?;
-            match resume.position.as_deref().and_then(Position::parse) {
-                Some(Position::StartedAt(ms)) => Some(Start::AtTimestamp(ms)),
-                Some(Position::After(sequence)) => Some(Start::After(sequence)),
-                _ => Some(Start::AtTimestamp(now)),
-            }
+            Some(Start::AtTimestamp(now))
         }
     })
 }
