@@ -122,6 +122,13 @@ impl App {
             (Some(joined), Some(resolved)) => Some(Arc::new(ShardStates::new(resolved, joined.store().clone())?)),
             _ => None,
         };
+        let replication = match (&shard_states, &config.wal.replication) {
+            (Some(states), Some(replication)) => Some(Arc::new(
+                crate::cluster::replication::Replication::new(replication.clone(), states.clone())
+                    .map_err(|message| crate::cluster::ClusterError::Config(format!("wal.replication: {message}")))?,
+            )),
+            _ => None,
+        };
         let lifecycle = Arc::new(Lifecycle::new(StreamEnv {
             data_dir: data_dir.clone(),
             wal: config.wal.clone(),
@@ -133,6 +140,7 @@ impl App {
             region: config.server.region.clone(),
             account_id: config.server.account_id.clone(),
             shard_states,
+            replication,
             wals: Arc::default(),
             drain_timeout: Duration::from_secs(config.server.shutdown_grace_seconds),
         }));

@@ -107,6 +107,14 @@ fn fsync_buckets() -> Histogram {
 /// Every WAL's fsyncs in this process (group commit: one fsync acknowledges many puts).
 static WAL_FSYNC_SECONDS: LazyLock<Histogram> = LazyLock::new(fsync_buckets);
 
+/// The replicated WAL (cluster mode, `wal.replication`), all streams of this node: segment
+/// objects stored and indexed, their bytes, how long each took (upload + index), and the bytes
+/// appended locally that wait for their segment (puts not yet acknowledged).
+pub static WAL_REPLICATION_SEGMENTS: LazyLock<Counter> = LazyLock::new(Counter::default);
+pub static WAL_REPLICATION_BYTES: LazyLock<Counter> = LazyLock::new(Counter::default);
+pub static WAL_REPLICATION_SECONDS: LazyLock<Histogram> = LazyLock::new(fsync_buckets);
+pub static WAL_REPLICATION_PENDING_BYTES: LazyLock<Gauge> = LazyLock::new(Gauge::default);
+
 /// Record one WAL fsync's duration; called by the WAL writer around `sync_data`.
 pub fn observe_wal_fsync(elapsed: Duration) {
     WAL_FSYNC_SECONDS.observe(elapsed.as_secs_f64());
@@ -518,7 +526,7 @@ impl Families {
         );
         registry.register(
             "spillway_put_latency_seconds",
-            "time a put waits for its records to be durable in the wal",
+            "time a put waits until it is acknowledged: durable in the wal (with wal.replication: stored and indexed)",
             f.put_latency.clone(),
         );
         registry.register("spillway_delivered_records", "records delivered to the sink", f.delivered_records.clone());
@@ -583,6 +591,26 @@ impl Families {
             "spillway_wal_fsync_seconds",
             "duration of wal fsyncs (group commit), all streams",
             WAL_FSYNC_SECONDS.clone(),
+        );
+        registry.register(
+            "spillway_wal_replication_segments",
+            "replicated wal segment objects stored and indexed (cluster mode, wal.replication)",
+            WAL_REPLICATION_SEGMENTS.clone(),
+        );
+        registry.register(
+            "spillway_wal_replication_bytes",
+            "bytes of replicated wal segment objects stored and indexed",
+            WAL_REPLICATION_BYTES.clone(),
+        );
+        registry.register(
+            "spillway_wal_replication_seconds",
+            "time to store and index one replicated wal segment (object put + index row)",
+            WAL_REPLICATION_SECONDS.clone(),
+        );
+        registry.register(
+            "spillway_wal_replication_pending_bytes",
+            "bytes appended to the local wal whose segment is not yet stored and indexed (puts waiting)",
+            WAL_REPLICATION_PENDING_BYTES.clone(),
         );
         families.source.register(registry);
         families

@@ -68,6 +68,9 @@ pub struct StreamEnv {
     /// Cluster mode: shard sources share their shards through leases, their state in the
     /// coordinator (see [`crate::cluster::sharing`]).
     pub shard_states: Option<Arc<crate::cluster::shard_state::ShardStates>>,
+    /// Cluster mode with `wal.replication`: push streams take puts through an ingest slot whose
+    /// segments are replicated (see [`crate::cluster::replication`]).
+    pub replication: Option<Arc<crate::cluster::replication::Replication>>,
     /// The running streams' WALs by name, for streams that read another stream.
     pub wals: Arc<WalDirectory>,
     /// How long a stream removed or restarted with [`StopMode::Drain`] may take to deliver what
@@ -85,8 +88,11 @@ struct Running {
     /// The pull source's readers (a tailed file, …) and their stop switch; none for push sources.
     readers: Readers,
     /// Cluster mode, a shard source: the task running the sub-streams of the shards this node
-    /// leases (see [`crate::cluster::sharing`]); stopping it hands every shard over.
+    /// leases (see [`crate::cluster::sharing`]); stopping it hands every shard over. With
+    /// `wal.replication`, a push stream's task adopting dead nodes' ingest slots.
     shared: Option<Readers>,
+    /// With `wal.replication`, a push stream's ingest slot: `wal` is its local cache.
+    intake: Option<Arc<crate::cluster::replication::IntakeSlot>>,
 }
 
 /// A stream's pull-source reader tasks; they append to the WAL independently of delivery, so a
@@ -211,7 +217,23 @@ impl Lifecycle {
         if self.running().contains_key(&name) {
             return Err(StreamError::Refused { stream: name, message: "it runs already".to_string() });
         }
-        let opened = {
+        // With `wal.replication` a push stream takes puts through a new ingest slot.
+        let replication = self.env.replication.clone().filter(|_| config.source.descriptor().accepts_puts());
+        let intake = match &replication {
+            Some(replication) => {
+                let slot = crate::cluster::replication::IntakeSlot::open(replication, &name, self.wal_options(config))
+                    .await
+                    .map_err(|message| StreamError::Refused {
+                        stream: name.clone(),
+                        message: format!("cannot open an ingest slot: {message}"),
+                    })?;
+                Some(Arc::new(slot))
+            }
+            None => None,
+        };
+        let opened = if let Some(slot) = &intake {
+            OpenedWal { wal: slot.wal.clone(), failure: None }
+        } else {
             let (dir, options) = (self.stream_dir(&name), self.wal_options(config));
             let numbering = numbering(&self.env.data_dir, &name);
             let name = name.clone();
@@ -238,15 +260,21 @@ impl Lifecycle {
                 let _ = stopped.set(reason);
                 None
             }
-            None => match self.start_delivery(config, record.version_id, &wal, &metrics, &stopped).await {
-                Ok(delivery) => Some(delivery),
-                Err(error) => {
-                    // Nothing was accepted yet through this build: undo it.
-                    self.env.metrics.unregister(&name);
-                    let _ = tokio::task::spawn_blocking(move || wal.close()).await;
-                    return Err(error);
+            None => {
+                match self.start_delivery(config, record.version_id, &wal, &metrics, &stopped, intake.as_deref()).await
+                {
+                    Ok(delivery) => Some(delivery),
+                    Err(error) => {
+                        // Nothing was accepted yet through this build: undo it.
+                        self.env.metrics.unregister(&name);
+                        if let Some(slot) = &intake {
+                            slot.close(Duration::from_secs(5)).await;
+                        }
+                        let _ = tokio::task::spawn_blocking(move || wal.close()).await;
+                        return Err(error);
+                    }
                 }
-            },
+            }
         };
         // A stream whose WAL could not be opened reads nothing.
         // Streams reading this one find its WAL here (a WAL that could not be opened has nothing
@@ -254,7 +282,13 @@ impl Lifecycle {
         if delivery.is_some() {
             self.env.wals.insert(&name, wal.clone());
         }
-        let shared = if delivery.is_some() { self.shared_shards(config, record.version_id, &metrics) } else { None };
+        let shared = if delivery.is_none() {
+            None
+        } else if replication.is_some() {
+            self.orphan_slots(config, record.version_id, &metrics)
+        } else {
+            self.shared_shards(config, record.version_id, &metrics)
+        };
         let readers = if delivery.is_some() && shared.is_none() {
             Readers::spawn(config, &wal, &self.env.wals, &metrics)
         } else {
@@ -262,9 +296,18 @@ impl Lifecycle {
         };
         self.running().insert(
             name,
-            Running { wal: wal.clone(), metrics: metrics.clone(), stopped: stopped.clone(), delivery, readers, shared },
+            Running {
+                wal: wal.clone(),
+                metrics: metrics.clone(),
+                stopped: stopped.clone(),
+                delivery,
+                readers,
+                shared,
+                intake: intake.clone(),
+            },
         );
-        Ok(StreamIngest { config: config.clone(), record: Arc::new(record), wal, metrics, stopped })
+        let replica = intake.map(|slot| slot.replica.clone());
+        Ok(StreamIngest { config: config.clone(), record: Arc::new(record), wal, metrics, stopped, replica })
     }
 
     /// Cluster mode, a shard source: the task that leases the stream's shards and runs a
@@ -287,6 +330,22 @@ impl Lifecycle {
         Some(Readers { stop: Some(stop), tasks: vec![task] })
     }
 
+    /// With `wal.replication`, a push stream: the task adopting dead nodes' ingest slots.
+    fn orphan_slots(&self, config: &StreamConfig, version_id: u64, metrics: &Arc<StreamMetrics>) -> Option<Readers> {
+        let orphans = crate::cluster::replication::recovery::OrphanSlots {
+            replication: self.env.replication.clone()?,
+            config: config.clone(),
+            version_id,
+            metrics: metrics.clone(),
+            builder: self.delivery_builder(),
+            stream_dir: self.stream_dir(&config.name),
+            wal: self.wal_options(config),
+        };
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(crate::cluster::replication::recovery::run(orphans, stopped));
+        Some(Readers { stop: Some(stop), tasks: vec![task] })
+    }
+
     /// Stop the stream's delivery after it delivered what it holds, then start it again with
     /// `config` (a new destination) on the same WAL. Appends continue meanwhile.
     pub async fn restart(&self, config: &StreamConfig, record: StreamRecord) -> Result<StreamIngest, StreamError> {
@@ -298,8 +357,11 @@ impl Lifecycle {
             .get(&name)
             .is_some_and(|current| current.delivery.is_some() || current.stopped.get().is_none());
         let stop_result = self.stop_delivery(&name, StopMode::Drain).await;
-        let current = self.running().get(&name).map(|current| (current.wal.clone(), current.metrics.clone()));
-        let Some((wal, metrics)) = current else {
+        let current = self
+            .running()
+            .get(&name)
+            .map(|current| (current.wal.clone(), current.metrics.clone(), current.intake.clone()));
+        let Some((wal, metrics, intake)) = current else {
             return self.start(config, record).await;
         };
         if let Err(error) = stop_result {
@@ -312,7 +374,7 @@ impl Lifecycle {
             _ => Arc::new(OnceLock::new()),
         };
         let delivery = if delivers {
-            Some(self.start_delivery(config, record.version_id, &wal, &metrics, &stopped).await?)
+            Some(self.start_delivery(config, record.version_id, &wal, &metrics, &stopped, intake.as_deref()).await?)
         } else {
             None
         };
@@ -322,7 +384,11 @@ impl Lifecycle {
         let mut restarted = None;
         if let Some(readers) = shared {
             readers.stop(tokio::time::Instant::now() + self.env.drain_timeout + Duration::from_secs(30)).await;
-            restarted = self.shared_shards(config, record.version_id, &metrics);
+            restarted = if intake.is_some() {
+                self.orphan_slots(config, record.version_id, &metrics)
+            } else {
+                self.shared_shards(config, record.version_id, &metrics)
+            };
         }
         if let Some(current) = self.running().get_mut(&name) {
             current.delivery = delivery;
@@ -331,7 +397,8 @@ impl Lifecycle {
                 current.shared = restarted;
             }
         }
-        Ok(StreamIngest { config: config.clone(), record: Arc::new(record), wal, metrics, stopped })
+        let replica = intake.map(|slot| slot.replica.clone());
+        Ok(StreamIngest { config: config.clone(), record: Arc::new(record), wal, metrics, stopped, replica })
     }
 
     /// End the stream's delivery (see [`StopMode`]), close its WAL and forget it. Returns the
@@ -359,6 +426,9 @@ impl Lifecycle {
         }
         self.env.metrics.unregister(name);
         self.env.readiness.remove_sink(name);
+        if let Some(slot) = &running.intake {
+            slot.close(self.env.drain_timeout).await;
+        }
         let wal = running.wal;
         let committed = *wal.committed().borrow();
         let dir = self.stream_dir(name);
@@ -464,6 +534,10 @@ impl Lifecycle {
                 }
             }
         }
+        let slots: Vec<_> = self.running().values().filter_map(|stream| stream.intake.clone()).collect();
+        for slot in slots {
+            slot.close(grace).await;
+        }
         let wals: Vec<Wal> = self.running().values().map(|stream| stream.wal.clone()).collect();
         for wal in wals {
             let _ = tokio::task::spawn_blocking(move || wal.close()).await;
@@ -510,7 +584,18 @@ impl Lifecycle {
         wal: &Wal,
         metrics: &Arc<StreamMetrics>,
         stopped: &Arc<OnceLock<String>>,
+        intake: Option<&crate::cluster::replication::IntakeSlot>,
     ) -> Result<DeliveryTask, StreamError> {
+        if let Some(slot) = intake {
+            // An ingest slot's delivery sees what is replicated; its state is the slot's rows.
+            let place = DeliveryPlace {
+                wal: slot.gated.clone(),
+                state: slot.delivery_state(),
+                instance_id: slot.generation,
+                stopped: stopped.clone(),
+            };
+            return self.delivery_builder().spawn(config, version_id, metrics, place).await;
+        }
         let name = config.name.clone();
         let stream_dir = self.stream_dir(&name);
         let intents = {

@@ -237,6 +237,29 @@ impl LeaseStore {
         .await
     }
 
+    /// Create a new lease already owned by this node (epoch 1): a key nobody else can know yet
+    /// (a fresh ingest slot), so no other node can claim it between its creation and its claim.
+    pub async fn create_owned(&self, key: &str) -> Result<i64, ClusterError> {
+        let sent = Instant::now();
+        let lease_seconds = self.lease_seconds();
+        let epoch: i64 = self
+            .with_client(async |client| {
+                let row = client
+                    .query_one(
+                        "INSERT INTO spillway_leases (lease_key, owner, epoch, expires_at)
+                         VALUES ($1, $2, 1, now() + $3 * interval '1 second') RETURNING epoch",
+                        &[&key, &self.node_id, &lease_seconds],
+                    )
+                    .await?;
+                Ok(row.get(0))
+            })
+            .await?;
+        let mut held = self.lock_held();
+        held.insert(key.to_string(), HeldLease { epoch, valid_until: sent + self.lease });
+        self.stats.leases_held.store(held.len() as i64, Ordering::Relaxed);
+        Ok(epoch)
+    }
+
     /// Claim up to `max` of `candidates` that are free (or reserved for this node), not
     /// finished and not waiting for a parent, plus — only while room is left — at most one
     /// expired lease of another (or an earlier) owner. Each claim raises the epoch by one.

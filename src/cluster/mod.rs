@@ -23,6 +23,7 @@ pub mod catalog;
 pub mod config;
 pub mod coordinator;
 pub mod leases;
+pub mod replication;
 pub mod schema;
 pub mod shard_state;
 pub mod sharing;

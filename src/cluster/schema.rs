@@ -88,6 +88,21 @@ const MIGRATIONS: &[&[&str]] = &[
             PRIMARY KEY (lease_key, batch_id)
         )",
     ],
+    // 4: the replicated WAL's segment index (see `replication`).
+    &[
+        // One row per segment object of an ingest slot (`ingest:<stream>:<slot>`): the WAL
+        // sequences `[first_sequence, end_sequence)` it holds and its key in the object store.
+        // Written only under the slot's lease (fenced), before any put in it is acknowledged.
+        "CREATE TABLE spillway_wal_segments (
+            lease_key text NOT NULL,
+            first_sequence bigint NOT NULL,
+            end_sequence bigint NOT NULL,
+            object_key text NOT NULL,
+            bytes bigint NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (lease_key, first_sequence)
+        )",
+    ],
 ];
 
 /// The schema version this binary writes and understands.

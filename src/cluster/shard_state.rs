@@ -104,8 +104,16 @@ impl ShardStates {
         Arc::new(ShardDeliveryState { states: self.clone(), key: key.to_string(), epoch, boundaries })
     }
 
+    /// Run `operation` on a pooled client (reads that need no fencing).
+    pub(crate) async fn with_client<T>(
+        &self,
+        operation: impl AsyncFnOnce(&mut tokio_postgres::Client) -> Result<T, ClusterError>,
+    ) -> Result<T, ClusterError> {
+        self.coordinator.with_client(operation).await
+    }
+
     /// Run `work` in a transaction only while this node owns `key` at `epoch`.
-    async fn fenced<T>(
+    pub(crate) async fn fenced<T>(
         &self,
         key: &str,
         epoch: i64,

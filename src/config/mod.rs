@@ -334,6 +334,10 @@ pub struct WalConfig {
     /// A new segment file starts when the current one reaches this size.
     #[serde(default = "default_segment_mib")]
     pub segment_mib: u64,
+    /// Cluster mode only: acknowledge a put once its segment is in object storage and indexed
+    /// in the coordinator (see `docs/cluster.md`, "Replicated WAL").
+    #[serde(default)]
+    pub replication: Option<crate::cluster::replication::ReplicationConfig>,
 }
 
 impl Default for WalConfig {
@@ -342,6 +346,7 @@ impl Default for WalConfig {
             fsync: FsyncPolicy::default(),
             fsync_interval_ms: default_fsync_interval_ms(),
             segment_mib: default_segment_mib(),
+            replication: None,
         }
     }
 }
@@ -751,6 +756,18 @@ impl Config {
         if let Some(cluster) = &self.cluster {
             for (field, message) in cluster.validate(self.server.listen) {
                 push(format!("cluster.{field}"), message);
+            }
+        }
+        if let Some(replication) = &self.wal.replication {
+            if self.cluster.is_none() {
+                push(
+                    "wal.replication".into(),
+                    "needs cluster mode (`cluster:`): the segment index and the ingest slots live in its coordinator"
+                        .into(),
+                );
+            }
+            for (field, message) in replication.validate() {
+                push(format!("wal.replication.{field}"), message);
             }
         }
 

@@ -57,6 +57,7 @@ fn harness(server_yaml: &str, limits_yaml: &str) -> Harness {
             wal,
             metrics: stream_metrics,
             stopped: Arc::default(),
+            replica: None,
         },
     )]);
     let readiness = crate::server::health::Readiness::new(std::iter::empty());

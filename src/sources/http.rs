@@ -128,7 +128,7 @@ fn ingest_error(failure: IngestError) -> Response {
         IngestError::Throttled => {
             error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableException", "Slow down.".into())
         }
-        disk_full @ IngestError::DiskFull => {
+        disk_full @ (IngestError::DiskFull | IngestError::NotReplicated(_)) => {
             error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableException", disk_full.to_string())
         }
         IngestError::UnknownStream => {

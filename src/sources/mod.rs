@@ -138,6 +138,9 @@ pub struct StreamIngest {
     /// Set when the stream's delivery stopped (e.g. a corrupt WAL segment): intake stops too,
     /// so nothing more piles up behind a stream that cannot deliver.
     pub stopped: Arc<std::sync::OnceLock<String>>,
+    /// With `wal.replication`: a put is acknowledged only once this says its records are stored
+    /// and indexed.
+    pub replica: Option<crate::cluster::replication::Replica>,
 }
 
 /// Shared by every push handler: the streams by name, and the memory budget for request bodies.
@@ -261,6 +264,11 @@ pub enum IngestError {
     /// The WAL's disk has no room: nothing was appended, a retry later can succeed.
     #[error("Slow down. The write-ahead log's disk is full.")]
     DiskFull,
+    /// Cluster mode with `wal.replication`: the records' segment is not stored and indexed in
+    /// time (object store or coordinator slow or unreachable). They may still be delivered; the
+    /// client retries (as after any `ServiceUnavailableException`).
+    #[error("{0}")]
+    NotReplicated(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -382,7 +390,23 @@ impl Ingest {
         let bytes = records.byte_len() as u64;
         let arrival_ms = chrono::Utc::now().timestamp_millis();
         let started = Instant::now();
-        match target.wal.append(arrival_ms, records).await {
+        let appended = match target.wal.append(arrival_ms, records).await {
+            Ok(range) => match &target.replica {
+                Some(replica) => match replica.acknowledged(range.end).await {
+                    Ok(()) => Ok(range),
+                    Err(error) => {
+                        target.metrics.throttled_records.inc_by(count);
+                        if let Some(summary) = self.throttled_puts.note(stream, count, Instant::now()) {
+                            tracing::warn!(stream, refused_puts = summary.puts, %error, "puts not replicated in time; answering ServiceUnavailableException");
+                        }
+                        return Err(IngestError::NotReplicated(error.to_string()));
+                    }
+                },
+                None => Ok(range),
+            },
+            Err(error) => Err(error),
+        };
+        match appended {
             Ok(range) => {
                 self.readiness.set_wal_disk_full(None);
                 let metrics: &StreamMetrics = &target.metrics;

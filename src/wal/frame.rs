@@ -256,6 +256,31 @@ fn decode_source(cursor: &mut Bytes) -> Result<SourcePosition, DecodeError> {
     Ok(SourcePosition { shard, position })
 }
 
+/// Frames laid end to end as the WAL writes them (a replicated segment object holds exactly
+/// these bytes): each frame checked and decoded, in order. Fails at the first frame that is
+/// cut short or does not verify, naming its offset.
+pub fn decode_all(bytes: Bytes) -> Result<Vec<Frame>, String> {
+    let mut frames = Vec::new();
+    let mut offset = 0;
+    while offset < bytes.len() {
+        let Some(header) = bytes.get(offset..offset + HEADER_LEN) else {
+            return Err(format!("frame header cut short at offset {offset}"));
+        };
+        let mut fixed = [0; HEADER_LEN];
+        fixed.copy_from_slice(header);
+        let (payload_len, checksum) = parse_header(&fixed);
+        let start = offset + HEADER_LEN;
+        let Some(end) = start.checked_add(payload_len).filter(|end| *end <= bytes.len()) else {
+            return Err(format!("frame at offset {offset} is cut short"));
+        };
+        let frame = decode(bytes.slice(start..end), checksum)
+            .map_err(|error| format!("frame at offset {offset} does not verify: {error:?}"))?;
+        frames.push(frame);
+        offset = end;
+    }
+    Ok(frames)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,5 +374,22 @@ mod tests {
             decode(Bytes::from(payload), checksum).unwrap_err(),
             DecodeError::Malformed("record count larger than the payload can hold")
         );
+    }
+
+    #[test]
+    fn frames_laid_end_to_end_decode_in_order_and_damage_is_named() {
+        let mut bytes = Vec::new();
+        encode(7, 1, &[Bytes::from_static(b"a"), Bytes::from_static(b"bc")], None, &[], &mut bytes);
+        encode(9, 2, &[Bytes::from_static(b"d")], None, &[], &mut bytes);
+        let frames = decode_all(Bytes::from(bytes.clone())).unwrap();
+        assert_eq!(
+            frames.iter().map(|frame| (frame.first_sequence, frame.records.len())).collect::<Vec<_>>(),
+            [(7, 2), (9, 1)]
+        );
+        let cut = decode_all(Bytes::from(bytes[..bytes.len() - 1].to_vec())).unwrap_err();
+        assert!(cut.contains("cut short"), "{cut}");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        assert!(decode_all(Bytes::from(bytes)).unwrap_err().contains("does not verify"));
     }
 }

@@ -35,7 +35,7 @@ use tokio::sync::{oneshot, watch};
 
 pub use committed::CommittedMark;
 pub use directory::WalDirectory;
-pub use frame::{Frame, MAX_SOURCE_FIELD_LEN, SourcePosition};
+pub use frame::{Frame, MAX_SOURCE_FIELD_LEN, SourcePosition, decode_all as decode_frames};
 pub use reader::WalReader;
 pub use records::{FramedRecords, Records};
 pub use segment::{Scan, ScanError, SegmentStatus};
@@ -378,6 +378,33 @@ impl Wal {
     /// time: a frame it takes is gone from memory, and any other reader reads the file.
     pub fn delivery_reader(&self, from: u64) -> WalReader {
         WalReader::with_tail(self.dir.clone(), from, self.tail.clone())
+    }
+
+    /// A handle whose [`Wal::committed`] is `gate` instead of the writer's own: readers given it
+    /// (a delivery loop) see records only once the gate passed them — in cluster mode with
+    /// `wal.replication`, once their segment object is stored and indexed. Appends, trims and
+    /// everything else are the same WAL's.
+    pub fn gated(&self, gate: watch::Receiver<u64>) -> Wal {
+        Wal { committed: gate, ..self.clone() }
+    }
+
+    /// Frames `[from, committed)` encoded as the WAL writes them, stopping once about
+    /// `max_bytes` are read: what a replicated segment object holds (see [`decode_frames`]).
+    /// Returns the bytes and the sequence after the last record. Blocking file I/O.
+    pub fn encode_frames(reader: &mut WalReader, committed: u64, max_bytes: usize) -> Result<(Vec<u8>, u64), WalError> {
+        let frames = reader.read(committed, max_bytes)?;
+        let mut out = Vec::with_capacity(max_bytes.min(64 << 20));
+        for frame in &frames {
+            frame::encode(
+                frame.first_sequence,
+                frame.arrival_ms,
+                &frame.records,
+                frame.source.as_ref(),
+                &frame.metadata,
+                &mut out,
+            );
+        }
+        Ok((out, reader.position()))
     }
 
     /// Stop the writer after the queued appends, syncing the last segment.

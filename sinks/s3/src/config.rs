@@ -396,6 +396,39 @@ impl S3SinkConfig {
         }))
     }
 
+    /// A block naming only where objects go: every other field at its default. For parts of
+    /// spillway that keep objects of their own with the S3 sink's connection options (the
+    /// replicated WAL's segments); set the connection fields on the result.
+    pub fn for_url(url: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            prefix: None,
+            error_output_prefix: None,
+            custom_time_zone: None,
+            error_output_url: None,
+            compression: Compression::default(),
+            format: OutputFormat::default(),
+            file_extension: None,
+            endpoint: None,
+            region: None,
+            path_style: None,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            allow_http: None,
+            multipart_threshold_mib: default_multipart_threshold_mib(),
+            part_size_mib: default_part_size_mib(),
+        }
+    }
+
+    /// The object store `url` names (a folder, created if missing, or the S3 bucket), with this
+    /// block's connection options. No request is sent.
+    pub fn object_store(&self) -> Result<Arc<dyn ObjectStore>, SinkError> {
+        let destination = Destination::parse(&self.url)
+            .map_err(|message| SinkError::permanent("S3.InvalidConfiguration", message))?;
+        Ok(self.build_store(destination)?.0)
+    }
+
     fn build_store(&self, destination: Destination) -> Result<(Arc<dyn ObjectStore>, StoreKind), SinkError> {
         Ok(match destination {
             Destination::LocalDir(path) => (Arc::new(self.build_local(&path)?), StoreKind::Local),

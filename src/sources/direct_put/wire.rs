@@ -103,7 +103,7 @@ impl ApiError {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableException", "Slow down.")
             }
             // SDKs retry ServiceUnavailableException; a full disk is an outage, not a bad request.
-            disk_full @ IngestError::DiskFull => {
+            disk_full @ (IngestError::DiskFull | IngestError::NotReplicated(_)) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableException", disk_full.to_string())
             }
             error @ IngestError::NotPushable { .. } => Self::invalid_argument(error.to_string()),
