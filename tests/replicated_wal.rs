@@ -87,7 +87,7 @@ async fn produce(
             endpoints[(state % endpoints.len() as u64) as usize].clone()
         };
         if !clients.contains_key(&endpoint) {
-            clients.insert(endpoint.clone(), common::firehose_client(&endpoint).await);
+            clients.insert(endpoint.clone(), client_without_retries(&endpoint).await);
         }
         let client = &clients[&endpoint];
         let ids: Vec<String> = (0..20).map(|i| format!("p{producer}-{:08}", n + i)).collect();
@@ -121,6 +121,20 @@ async fn produce(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// The SDK's own retries would send a refused put's records again under the same ids; a put
+/// refused with `ServiceUnavailableException` may still be delivered (as with Firehose), so the
+/// ledger needs each id sent once.
+async fn client_without_retries(endpoint: &str) -> aws_sdk_firehose::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_firehose::config::Credentials::new("test", "test", None, None, "test"))
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .load()
+        .await;
+    aws_sdk_firehose::Client::new(&config)
 }
 
 fn delivered_counts(out: &Path) -> BTreeMap<String, usize> {
@@ -188,7 +202,11 @@ struct Cluster {
 
 impl Cluster {
     async fn start(yaml_for: impl Fn(&Path) -> String) -> Cluster {
-        let root = tempfile::tempdir().unwrap();
+        let mut root = tempfile::tempdir().unwrap();
+        if std::env::var_os("SPILLWAY_TEST_KEEP").is_some() {
+            root.disable_cleanup(true);
+            eprintln!("keeping {}", root.path().display());
+        }
         let out = root.path().join("out");
         let coordinator = common::pg::fresh_database("replicated_wal").await;
         let yaml = yaml_for(&out);
@@ -243,6 +261,7 @@ async fn killing_nodes_and_deleting_their_disks_loses_and_duplicates_nothing_ack
 
     let rounds = 3;
     let mut takeovers = Vec::new();
+    let mut killed_slots = BTreeSet::new();
     for round in 0..rounds {
         tokio::time::sleep(Duration::from_millis(1_500 + (seed >> round) % 2_000)).await;
         let victim = ((seed >> (round * 3)) % 3) as usize;
@@ -250,6 +269,7 @@ async fn killing_nodes_and_deleting_their_disks_loses_and_duplicates_nothing_ack
         let node_id = node_id_of(&node).await;
         let slots = slot_leases(&cluster.coordinator, Some(&node_id)).await;
         assert!(!slots.is_empty(), "node {node_id} holds an ingest slot");
+        killed_slots.extend(slots.iter().cloned());
         cluster.refresh_endpoints();
         node.kill();
         let killed = Instant::now();
@@ -294,15 +314,169 @@ async fn killing_nodes_and_deleting_their_disks_loses_and_duplicates_nothing_ack
         .sum();
     assert!(adopted > 0, "survivors delivered records read back from the dead nodes' segments");
     eprintln!("records delivered from adopted slots: {adopted}");
-    // Delivered segments are deleted: what is left in the bucket belongs to the live slots.
+    // Delivered segments are deleted with their index rows; what is left in the bucket are
+    // objects a killed node stored but never indexed (never acknowledged), which the sweep
+    // removes after `orphan_grace_seconds`.
     let nodes: Vec<Spillway> = cluster.nodes.iter_mut().filter_map(Option::take).collect();
     for node in nodes {
         assert_eq!(node.terminate(), 0);
     }
-    let left = s3::objects(&s3, &bucket, "wal/").await;
-    assert!(
-        left.is_empty(),
-        "segments left after every node stopped cleanly: {:?}",
-        left.iter().map(|o| &o.0).collect::<Vec<_>>()
-    );
+    let coordinator = common::pg::connect(&cluster.coordinator).await;
+    let indexed: i64 = coordinator.query_one("SELECT count(*) FROM spillway_wal_segments", &[]).await.unwrap().get(0);
+    assert_eq!(indexed, 0, "every segment delivered and forgotten");
+    assert!(slot_leases(&cluster.coordinator, None).await.is_empty(), "every ingest slot retired");
+    let left: Vec<String> = s3::objects(&s3, &bucket, "wal/").await.into_iter().map(|(key, _)| key).collect();
+    let of_killed =
+        |key: &String| killed_slots.iter().any(|slot: &String| key.contains(slot.rsplit(':').next().unwrap()));
+    assert!(left.iter().all(of_killed), "only killed nodes' unindexed objects are left: {left:?}");
+    eprintln!("objects left for the sweep (stored by killed nodes, never indexed): {}", left.len());
+}
+
+/// A MinIO of the test's own on a fixed port, so it can be stopped and started again.
+struct OwnMinio {
+    port: u16,
+    data: tempfile::TempDir,
+    process: Option<std::process::Child>,
+}
+
+impl OwnMinio {
+    async fn start() -> OwnMinio {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut minio = OwnMinio { port, data: tempfile::tempdir().unwrap(), process: None };
+        minio.resume().await;
+        minio
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn resume(&mut self) {
+        let process = std::process::Command::new(s3::env("SPILLWAY_TEST_MINIO_BIN"))
+            .args(["server", "--address", &format!("127.0.0.1:{}", self.port), "--console-address", "127.0.0.1:0"])
+            .arg(self.data.path())
+            .env("MINIO_ROOT_USER", s3::env("SPILLWAY_TEST_S3_ACCESS_KEY"))
+            .env("MINIO_ROOT_PASSWORD", s3::env("SPILLWAY_TEST_S3_SECRET_KEY"))
+            .env("MINIO_BROWSER", "off")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start minio");
+        self.process = Some(process);
+        let http = reqwest::Client::new();
+        for _ in 0..300 {
+            let ready = http.get(format!("{}/minio/health/ready", self.endpoint())).send().await;
+            if ready.is_ok_and(|answer| answer.status().is_success()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("minio on {} not ready", self.endpoint());
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill().unwrap();
+            process.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for OwnMinio {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn acknowledged(ledger: &Mutex<Ledger>) -> usize {
+    ledger.lock().unwrap().acknowledged.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn an_object_store_outage_refuses_puts_as_service_unavailable_and_loses_nothing_acknowledged() {
+    let _serial = SERIAL.lock().await;
+    let mut minio = OwnMinio::start().await;
+    let s3 = s3::client_for(&minio.endpoint()).await;
+    let bucket = s3::new_bucket(&s3).await;
+    let minio_endpoint = minio.endpoint();
+    let cluster = Cluster::start(|out| node_yaml(out, &bucket, &minio_endpoint, 2_000)).await;
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let producers: Vec<_> = (0..4)
+        .map(|producer| tokio::spawn(produce(producer, cluster.endpoints.clone(), ledger.clone(), stop.clone(), 7)))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    minio.stop();
+    // Puts already past their segment finish; give them an ack timeout to settle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = acknowledged(&ledger);
+    tokio::time::sleep(Duration::from_secs(17)).await;
+    let during = acknowledged(&ledger) - before;
+    let refused = ledger.lock().unwrap().errors.get("ServiceUnavailableException").copied().unwrap_or(0);
+    minio.resume().await;
+    let resumed = eventually(WAIT, "intake resumes once the object store is back", || {
+        (acknowledged(&ledger) > before + during + 200).then_some(())
+    });
+    resumed.await;
+    stop.store(true, Ordering::Relaxed);
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
+    eprintln!("acknowledged {} ({during} during the outage), errors {:?}", ledger.acknowledged.len(), ledger.errors);
+    assert_eq!(during, 0, "no put is acknowledged while its segment cannot be stored");
+    assert!(refused > 0, "puts during the outage are refused with ServiceUnavailableException: {:?}", ledger.errors);
+    wait_delivered(&cluster.out, &ledger).await;
+    tokio::time::sleep(Duration::from_secs(BUFFER_SECONDS + 1)).await;
+    assert_exactly_once(&ledger, &delivered_counts(&cluster.out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn a_node_paused_past_its_lease_exits_instead_of_acknowledging_what_nobody_would_deliver() {
+    let _serial = SERIAL.lock().await;
+    let endpoint = s3::env("SPILLWAY_TEST_S3_ENDPOINT");
+    let s3 = s3::client().await;
+    let bucket = s3::new_bucket(&s3).await;
+    let mut cluster = Cluster::start(|out| node_yaml(out, &bucket, &endpoint, 5_000)).await;
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let producers: Vec<_> = (0..4)
+        .map(|producer| tokio::spawn(produce(producer, cluster.endpoints.clone(), ledger.clone(), stop.clone(), 11)))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let paused = cluster.nodes[2].as_ref().unwrap();
+    let node_id = node_id_of(paused).await;
+    let slots = slot_leases(&cluster.coordinator, Some(&node_id)).await;
+    common::signal(&paused.child, "STOP");
+    // Past the lease: the others adopt and retire its slot.
+    eventually(WAIT, "the paused node's slot adopted and retired", || {
+        let remaining = futures::executor::block_on(slot_leases(&cluster.coordinator, None));
+        slots.is_disjoint(&remaining).then_some(())
+    })
+    .await;
+    let paused = cluster.nodes[2].as_mut().unwrap();
+    common::signal(&paused.child, "CONT");
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = paused.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the fenced node kept running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(75), "the fenced node exits with 75");
+    assert!(paused.log_text().contains("ingest slot was taken over while it was cut off"));
+    cluster.restart(2).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
+    eprintln!("acknowledged {}, errors {:?}", ledger.acknowledged.len(), ledger.errors);
+    wait_delivered(&cluster.out, &ledger).await;
+    tokio::time::sleep(Duration::from_secs(BUFFER_SECONDS + 1)).await;
+    assert_exactly_once(&ledger, &delivered_counts(&cluster.out));
 }

@@ -210,6 +210,8 @@ impl Replicator {
         let mut delivered = self.wal.delivered();
         let mut cleaned = 0;
         let mut stopping = false;
+        let leases = self.replication.states.leases().clone();
+        let mut lease_check = tokio::time::interval(leases.lease_duration() / 6);
         loop {
             let head = *committed.borrow_and_update();
             if head > read_to && buffer.len() < max_bytes {
@@ -284,6 +286,13 @@ impl Replicator {
                         if now > cleaned && self.clean_below(now).await {
                             cleaned = now;
                         }
+                    }
+                }
+                _ = lease_check.tick() => {
+                    // Lost at a renewal: another node adopted this slot while this one was cut off.
+                    if leases.held().get(&self.key).is_none_or(|held| held.epoch != self.epoch) {
+                        let error = ClusterError::Fenced { key: self.key.clone(), epoch: self.epoch };
+                        fenced_exit(&self.key, &error);
                     }
                 }
                 changed = stop.changed(), if !stopping => {
