@@ -1,5 +1,7 @@
 //! `${VAR}` and `${VAR:-default}` in the configuration text, so secrets stay in the environment.
 //! `$$` writes a literal `$`. Runs on the raw text before parsing, which keeps line numbers intact.
+//! Comment lines (first non-blank character `#`) are left as they are: a commented-out example
+//! naming a variable needs no value.
 
 /// A reference to an unset variable without a default.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +16,10 @@ pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Resul
     let mut out = String::with_capacity(text.len());
     let mut missing = Vec::new();
     for (line_index, line) in text.split_inclusive('\n').enumerate() {
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+            continue;
+        }
         let mut rest = line;
         while let Some(dollar) = rest.find('$') {
             out.push_str(&rest[..dollar]);
@@ -69,6 +75,12 @@ mod tests {
     fn replaces_variables_and_defaults() {
         let text = "a: ${KEY}\nb: ${NOPE:-fallback}\nc: ${EMPTY:-x}\nd: $$HOME\ne: cost $5\n";
         assert_eq!(interpolate(text, env).unwrap(), "a: secret\nb: fallback\nc: \nd: $HOME\ne: cost $5\n");
+    }
+
+    #[test]
+    fn comment_lines_are_left_alone() {
+        let text = "# key: ${NOPE}\n  #   also: ${NOPE}\na: ${KEY} # ${KEY}\n";
+        assert_eq!(interpolate(text, env).unwrap(), "# key: ${NOPE}\n  #   also: ${NOPE}\na: secret # secret\n");
     }
 
     #[test]

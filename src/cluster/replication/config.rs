@@ -30,9 +30,13 @@ pub struct ReplicationConfig {
     #[serde(default)]
     pub allow_http: Option<bool>,
     /// Group commit: a segment is cut at most this long after its first frame was written, or
-    /// earlier when it reaches `max_segment_mib` (see `docs/cluster.md` for the trade-off).
+    /// earlier when it reaches `max_segment_mib`, or — while fewer than `uploads_in_flight`
+    /// segments are being stored — as soon as it holds `min_segment_kib` (big puts do not wait
+    /// for the delay; small ones are grouped). See `docs/cluster.md` for the trade-off.
     #[serde(default = "default_max_delay_ms")]
     pub max_delay_ms: u64,
+    #[serde(default = "default_min_segment_kib")]
+    pub min_segment_kib: u64,
     #[serde(default = "default_max_segment_mib")]
     pub max_segment_mib: u64,
     /// Segments being stored at once per stream (acknowledged in order).
@@ -49,6 +53,9 @@ pub struct ReplicationConfig {
 
 fn default_max_delay_ms() -> u64 {
     50
+}
+fn default_min_segment_kib() -> u64 {
+    1024
 }
 fn default_max_segment_mib() -> u64 {
     8
@@ -77,6 +84,7 @@ impl ReplicationConfig {
         };
         range("max_delay_ms", self.max_delay_ms, 0, 10_000);
         range("max_segment_mib", self.max_segment_mib, 1, 256);
+        range("min_segment_kib", self.min_segment_kib, 1, self.max_segment_mib.clamp(1, 256) * 1024);
         range("uploads_in_flight", self.uploads_in_flight as u64, 1, 64);
         range("ack_timeout_ms", self.ack_timeout_ms, 100, 600_000);
         range("orphan_grace_seconds", self.orphan_grace_seconds, 60, 30 * 86_400);

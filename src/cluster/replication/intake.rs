@@ -196,6 +196,7 @@ impl Replicator {
     async fn run(self, mut stop: watch::Receiver<bool>) {
         let config = &self.replication.config;
         let max_bytes = (config.max_segment_mib << 20) as usize;
+        let min_bytes = (config.min_segment_kib << 10) as usize;
         let max_delay = Duration::from_millis(config.max_delay_ms);
         let mut committed = self.wal.committed();
         let mut reader = Some(self.wal.reader(0));
@@ -246,7 +247,7 @@ impl Replicator {
             let due = oldest.map(|oldest| oldest + max_delay);
             let cut = !buffer.is_empty()
                 && uploads.len() < config.uploads_in_flight
-                && (buffer.len() >= max_bytes || stopping || due.is_some_and(|due| Instant::now() >= due));
+                && (buffer.len() >= min_bytes || stopping || due.is_some_and(|due| Instant::now() >= due));
             if cut {
                 let bytes = Bytes::from(std::mem::take(&mut buffer));
                 in_flight.push_back(bytes.len() as u64);
