@@ -480,3 +480,60 @@ async fn a_node_paused_past_its_lease_exits_instead_of_acknowledging_what_nobody
     tokio::time::sleep(Duration::from_secs(BUFFER_SECONDS + 1)).await;
     assert_exactly_once(&ledger, &delivered_counts(&cluster.out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn a_coordinator_outage_refuses_puts_fences_nobody_and_loses_nothing_acknowledged() {
+    let _serial = SERIAL.lock().await;
+    let server = common::pg::OwnPostgres::start();
+    let coordinator = server.url("postgres");
+    let endpoint = s3::env("SPILLWAY_TEST_S3_ENDPOINT");
+    let s3 = s3::client().await;
+    let bucket = s3::new_bucket(&s3).await;
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("out");
+    let yaml = node_yaml(&out, &bucket, &endpoint, 2_000);
+    let mut nodes: Vec<Spillway> =
+        (0..2).map(|index| start_node(&root.path().join(format!("node{index}")), &yaml, &coordinator)).collect();
+    for node in &nodes {
+        node.wait_ready().await;
+    }
+    let endpoints = Arc::new(Mutex::new(nodes.iter().map(|node| node.endpoint.clone()).collect::<Vec<_>>()));
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let producers: Vec<_> = (0..4)
+        .map(|producer| tokio::spawn(produce(producer, endpoints.clone(), ledger.clone(), stop.clone(), 5)))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server.stop();
+    // Four lease periods without the coordinator: no segment can be indexed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = acknowledged(&ledger);
+    tokio::time::sleep(Duration::from_secs(4 * LEASE_SECONDS)).await;
+    let during = acknowledged(&ledger) - before;
+    server.start_again();
+    eventually(WAIT, "intake resumes once the coordinator is back", || {
+        (acknowledged(&ledger) > before + during + 200).then_some(())
+    })
+    .await;
+    // Adoption waits a lease period after the outage: long enough for a wrongful take-over.
+    tokio::time::sleep(Duration::from_secs(3 * LEASE_SECONDS)).await;
+    stop.store(true, Ordering::Relaxed);
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    for node in &mut nodes {
+        assert!(
+            node.child.try_wait().unwrap().is_none(),
+            "no live node was fenced after the outage: {}",
+            node.log_text()
+        );
+    }
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
+    eprintln!("acknowledged {} ({during} during the outage), errors {:?}", ledger.acknowledged.len(), ledger.errors);
+    assert_eq!(during, 0, "no put is acknowledged while its segment cannot be indexed");
+    assert!(ledger.errors.get("ServiceUnavailableException").is_some_and(|n| *n > 0), "{:?}", ledger.errors);
+    wait_delivered(&out, &ledger).await;
+    tokio::time::sleep(Duration::from_secs(BUFFER_SECONDS + 1)).await;
+    assert_exactly_once(&ledger, &delivered_counts(&out));
+}

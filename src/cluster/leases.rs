@@ -87,6 +87,8 @@ pub struct LeaseStore {
     lease: Duration,
     held: Mutex<BTreeMap<String, HeldLease>>,
     stats: Arc<ClusterStats>,
+    /// Since when the coordinator has answered every heartbeat round (`None`: the last failed).
+    reachable_since: Mutex<Option<Instant>>,
 }
 
 impl LeaseStore {
@@ -103,6 +105,7 @@ impl LeaseStore {
             lease,
             held: Mutex::new(BTreeMap::new()),
             stats,
+            reachable_since: Mutex::new(Some(Instant::now())),
         })
     }
 
@@ -529,6 +532,27 @@ impl LeaseStore {
             held.remove(key);
         }
         self.stats.leases_held.store(held.len() as i64, Ordering::Relaxed);
+    }
+
+    /// Record whether the last heartbeat round reached the coordinator.
+    pub(crate) fn note_reachable(&self, reachable: bool) {
+        let mut since = self.reachable_since.lock().unwrap_or_else(PoisonError::into_inner);
+        match (reachable, *since) {
+            (true, None) => *since = Some(Instant::now()),
+            (false, _) => *since = None,
+            (true, Some(_)) => {}
+        }
+    }
+
+    /// How long the coordinator has answered every heartbeat round. After an outage every live
+    /// node needs up to a third of a lease to renew what it holds: until this node has been back
+    /// for a whole lease period, an expired lease may belong to a live node that has not renewed
+    /// yet.
+    pub fn reachable_for(&self) -> Duration {
+        self.reachable_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map_or(Duration::ZERO, |since| since.elapsed())
     }
 
     /// Count a lease handed over to another node.

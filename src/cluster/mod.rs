@@ -197,6 +197,7 @@ async fn keep_alive(
                     tracing::info!("cluster coordinator reachable again");
                 }
                 reachable = true;
+                store.note_reachable(true);
                 stats.coordinator_up.store(1, Ordering::Relaxed);
                 readiness.set_coordinator_problem(None);
                 readiness.set_cluster_leases(store.held().into_keys().collect());
@@ -209,6 +210,7 @@ async fn keep_alive(
                     tracing::warn!(%error, "cluster heartbeat failed; /ready answers 503 until the coordinator answers");
                 }
                 reachable = false;
+                store.note_reachable(false);
                 stats.coordinator_up.store(0, Ordering::Relaxed);
                 let reason = match &error {
                     ClusterError::Unreachable(_) => error.to_string(),

@@ -165,6 +165,26 @@ struct ShardDeliveryState {
     boundaries: Arc<Boundaries>,
 }
 
+/// Run a state read or write (an expression, evaluated again on each try), waiting out a
+/// coordinator that does not answer (backoff 100 ms to 5 s): delivery pauses with it instead of
+/// stopping the stream. A fenced or refused write returns at once. (A shard's sub-stream is
+/// stopped meanwhile anyway once its lease is past its local deadline, see `sharing`.)
+macro_rules! patiently {
+    ($state:expr, $operation:expr) => {{
+        let mut delay = std::time::Duration::from_millis(100);
+        loop {
+            match $operation {
+                Err(ClusterError::Unreachable(reason)) => {
+                    tracing::warn!(lease = %$state.key, %reason, "coordinator unreachable; delivery waits for it to record its state");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                }
+                other => break other.map_err(state_error),
+            }
+        }
+    }};
+}
+
 fn state_error(error: ClusterError) -> PipelineError {
     let fenced = matches!(error, ClusterError::Fenced { .. });
     PipelineError::State { reason: error.to_string(), fenced }
@@ -174,31 +194,32 @@ fn state_error(error: ClusterError) -> PipelineError {
 impl DeliveryState for ShardDeliveryState {
     async fn load(&self) -> Result<(u64, Vec<Intent>), PipelineError> {
         let key = &self.key;
-        let loaded = self
-            .states
-            .coordinator
-            .with_client(async |client| {
-                let checkpoint = client
-                    .query_opt("SELECT checkpoint FROM spillway_shard_state WHERE lease_key = $1", &[key])
-                    .await?
-                    .map_or(0, |row| sequence(row.get(0)));
-                let rows = client
+        let loaded = patiently!(self, {
+            self.states
+                .coordinator
+                .with_client(async |client| {
+                    let checkpoint = client
+                        .query_opt("SELECT checkpoint FROM spillway_shard_state WHERE lease_key = $1", &[key])
+                        .await?
+                        .map_or(0, |row| sequence(row.get(0)));
+                    let rows = client
                     .query(
                         "SELECT intent::text FROM spillway_shard_intents WHERE lease_key = $1 ORDER BY start_sequence",
                         &[key],
                     )
                     .await?;
-                let mut intents = Vec::with_capacity(rows.len());
-                for row in rows {
-                    let text: String = row.get(0);
-                    let intent: Intent = serde_json::from_str(&text)
-                        .map_err(|error| ClusterError::Rejected(format!("shard {key}: unreadable intent: {error}")))?;
-                    intents.push(intent);
-                }
-                Ok((checkpoint, intents))
-            })
-            .await
-            .map_err(state_error)?;
+                    let mut intents = Vec::with_capacity(rows.len());
+                    for row in rows {
+                        let text: String = row.get(0);
+                        let intent: Intent = serde_json::from_str(&text).map_err(|error| {
+                            ClusterError::Rejected(format!("shard {key}: unreadable intent: {error}"))
+                        })?;
+                        intents.push(intent);
+                    }
+                    Ok((checkpoint, intents))
+                })
+                .await
+        })?;
         Ok(loaded)
     }
 
@@ -211,22 +232,23 @@ impl DeliveryState for ShardDeliveryState {
                 (intent.id.to_string(), stored(intent.start), json)
             })
             .collect();
-        self.states
-            .fenced(key, self.epoch, async |transaction| {
-                let upsert = transaction
-                    .prepare(
-                        "INSERT INTO spillway_shard_intents (lease_key, batch_id, start_sequence, intent)
+        patiently!(self, {
+            self.states
+                .fenced(key, self.epoch, async |transaction| {
+                    let upsert = transaction
+                        .prepare(
+                            "INSERT INTO spillway_shard_intents (lease_key, batch_id, start_sequence, intent)
                          VALUES ($1, $2, $3, $4::text::jsonb)
                          ON CONFLICT (lease_key, batch_id) DO UPDATE SET intent = excluded.intent",
-                    )
-                    .await?;
-                for (id, start, json) in &rows {
-                    transaction.execute(&upsert, &[key, id, start, json]).await?;
-                }
-                Ok(())
-            })
-            .await
-            .map_err(state_error)
+                        )
+                        .await?;
+                    for (id, start, json) in &rows {
+                        transaction.execute(&upsert, &[key, id, start, json]).await?;
+                    }
+                    Ok(())
+                })
+                .await
+        })
     }
 
     async fn advance(&self, watermark: u64, passed: Vec<Intent>) -> Result<(), PipelineError> {
@@ -238,29 +260,30 @@ impl DeliveryState for ShardDeliveryState {
         };
         let passed: Vec<String> = passed.iter().map(|intent| intent.id.to_string()).collect();
         let checkpoint = stored(watermark);
-        self.states
-            .fenced(key, self.epoch, async |transaction| {
-                transaction
-                    .execute(
-                        "UPDATE spillway_shard_state SET checkpoint = $2,
+        patiently!(self, {
+            self.states
+                .fenced(key, self.epoch, async |transaction| {
+                    transaction
+                        .execute(
+                            "UPDATE spillway_shard_state SET checkpoint = $2,
                              resume_sequence = coalesce($3, resume_sequence),
                              resume_position = coalesce($4, resume_position), updated_at = now()
                          WHERE lease_key = $1",
-                        &[key, &checkpoint, &resume_sequence, &resume_position],
-                    )
-                    .await?;
-                if !passed.is_empty() {
-                    transaction
-                        .execute(
-                            "DELETE FROM spillway_shard_intents WHERE lease_key = $1 AND batch_id = ANY($2)",
-                            &[key, &passed],
+                            &[key, &checkpoint, &resume_sequence, &resume_position],
                         )
                         .await?;
-                }
-                Ok(())
-            })
-            .await
-            .map_err(state_error)
+                    if !passed.is_empty() {
+                        transaction
+                            .execute(
+                                "DELETE FROM spillway_shard_intents WHERE lease_key = $1 AND batch_id = ANY($2)",
+                                &[key, &passed],
+                            )
+                            .await?;
+                    }
+                    Ok(())
+                })
+                .await
+        })
     }
 
     async fn forget(&self, stale: Vec<Intent>) -> Result<(), PipelineError> {
@@ -269,17 +292,18 @@ impl DeliveryState for ShardDeliveryState {
         }
         let key = &self.key;
         let stale: Vec<String> = stale.iter().map(|intent| intent.id.to_string()).collect();
-        self.states
-            .fenced(key, self.epoch, async |transaction| {
-                transaction
-                    .execute(
-                        "DELETE FROM spillway_shard_intents WHERE lease_key = $1 AND batch_id = ANY($2)",
-                        &[key, &stale],
-                    )
-                    .await?;
-                Ok(())
-            })
-            .await
-            .map_err(state_error)
+        patiently!(self, {
+            self.states
+                .fenced(key, self.epoch, async |transaction| {
+                    transaction
+                        .execute(
+                            "DELETE FROM spillway_shard_intents WHERE lease_key = $1 AND batch_id = ANY($2)",
+                            &[key, &stale],
+                        )
+                        .await?;
+                    Ok(())
+                })
+                .await
+        })
     }
 }

@@ -43,29 +43,11 @@ pub async fn run(orphans: OrphanSlots, mut stop: watch::Receiver<bool>) {
     let mut next_sweep = tokio::time::Instant::now() + period * 3;
     loop {
         while adopting.try_join_next().is_some() {}
-        match leases.scan().await {
-            Ok((_, rows)) => {
-                let held = leases.held();
-                let candidates: Vec<String> = rows
-                    .into_iter()
-                    .filter(|row| row.state.key.starts_with(&prefix) && !row.state.finished)
-                    .filter(|row| row.state.owner.is_none() || row.state.expired)
-                    .filter(|row| !held.contains_key(&row.state.key))
-                    .map(|row| row.state.key)
-                    .collect();
-                if !candidates.is_empty() {
-                    match leases.claim(&candidates, 1).await {
-                        Ok(claimed) => {
-                            for claim in claimed {
-                                let (orphans, stop) = (orphans.clone(), stop.clone());
-                                adopting.spawn(async move { adopt(&orphans, claim.key, claim.epoch, stop).await });
-                            }
-                        }
-                        Err(error) => tracing::debug!(%error, "cannot claim an orphan ingest slot"),
-                    }
-                }
-            }
-            Err(error) => tracing::debug!(%error, "cannot scan the ingest slots"),
+        // A slot is adopted only by a node that has reached the coordinator for a whole lease
+        // period: right after an outage every slot looks expired, and its live owner needs a
+        // renewal round to claim it back; adopting it then would fence a live node.
+        if leases.reachable_for() >= leases.lease_duration() {
+            claim_one(&orphans, &prefix, &mut adopting, &stop).await;
         }
         if tokio::time::Instant::now() >= next_sweep {
             sweep(&orphans).await;
@@ -80,6 +62,38 @@ pub async fn run(orphans: OrphanSlots, mut stop: watch::Receiver<bool>) {
         }
     }
     while adopting.join_next().await.is_some() {}
+}
+
+/// Claim one expired (or released) slot of the stream, if any, and start delivering it.
+async fn claim_one(orphans: &Arc<OrphanSlots>, prefix: &str, adopting: &mut JoinSet<()>, stop: &watch::Receiver<bool>) {
+    let leases = orphans.replication.states.leases();
+    let rows = match leases.scan().await {
+        Ok((_, rows)) => rows,
+        Err(error) => {
+            tracing::debug!(%error, "cannot scan the ingest slots");
+            return;
+        }
+    };
+    let held = leases.held();
+    let candidates: Vec<String> = rows
+        .into_iter()
+        .filter(|row| row.state.key.starts_with(prefix) && !row.state.finished)
+        .filter(|row| row.state.owner.is_none() || row.state.expired)
+        .filter(|row| !held.contains_key(&row.state.key))
+        .map(|row| row.state.key)
+        .collect();
+    if candidates.is_empty() {
+        return;
+    }
+    match leases.claim(&candidates, 1).await {
+        Ok(claimed) => {
+            for claim in claimed {
+                let (orphans, stop) = (orphans.clone(), stop.clone());
+                adopting.spawn(async move { adopt(&orphans, claim.key, claim.epoch, stop).await });
+            }
+        }
+        Err(error) => tracing::debug!(%error, "cannot claim an orphan ingest slot"),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
