@@ -537,3 +537,46 @@ async fn a_coordinator_outage_refuses_puts_fences_nobody_and_loses_nothing_ackno
     tokio::time::sleep(Duration::from_secs(BUFFER_SECONDS + 1)).await;
     assert_exactly_once(&ledger, &delivered_counts(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn objects_no_slot_indexes_are_swept_once_older_than_the_grace_period() {
+    // Not serialized: one node of its own; it only waits for the sweep.
+    let coordinator = common::pg::fresh_database("replicated_wal_sweep").await;
+    let endpoint = s3::env("SPILLWAY_TEST_S3_ENDPOINT");
+    let s3 = s3::client().await;
+    let bucket = s3::new_bucket(&s3).await;
+    let root = tempfile::tempdir().unwrap();
+    let yaml = node_yaml(&root.path().join("out"), &bucket, &endpoint, 5_000)
+        .replace("    ack_timeout_ms: 5000\n", "    ack_timeout_ms: 5000\n    orphan_grace_seconds: 60\n");
+    assert!(yaml.contains("orphan_grace_seconds: 60"));
+    let node = start_node(&root.path().join("node"), &yaml, &coordinator);
+    node.wait_ready().await;
+    // What a node that died between storing a segment and indexing it leaves behind.
+    let put = |key: &'static str| {
+        let (s3, bucket) = (s3.clone(), bucket.clone());
+        async move {
+            s3.put_object().bucket(&bucket).key(key).body(b"never indexed".to_vec().into()).send().await.unwrap();
+        }
+    };
+    let old = "wal/app-logs/0123456789abcdef0123456789abcdef/00000000000000000000-00000000000000000010.frames";
+    let young = "wal/app-logs/0123456789abcdef0123456789abcdef/00000000000000000010-00000000000000000020.frames";
+    put(old).await;
+    let placed = Instant::now();
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    put(young).await;
+    let keys = || async { s3::objects(&s3, &bucket, "wal/").await.into_iter().map(|(key, _)| key).collect::<Vec<_>>() };
+    let deadline = placed + Duration::from_secs(60 + 60 + 30);
+    loop {
+        let now = keys().await;
+        if !now.iter().any(|key| key == old) {
+            assert!(now.iter().any(|key| key == young), "an object younger than the grace period is kept: {now:?}");
+            eprintln!("swept {:?} after it was placed", placed.elapsed());
+            break;
+        }
+        assert!(Instant::now() < deadline, "the unindexed object older than the grace period is still there");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    assert!(placed.elapsed() >= Duration::from_secs(60), "nothing is swept before the grace period");
+    assert!(node.log_text().contains("never acknowledged (older than the grace period)"));
+}
