@@ -820,7 +820,9 @@ async fn in_cluster_mode_partitions_are_leased_and_a_killed_nodes_partitions_mov
     let coordinator = common::pg::fresh_database("spw_kafka_cluster").await;
     let root = tempfile::tempdir().unwrap();
     let out = root.path().join("out");
-    let yaml = config_yaml(&[stream_yaml("leased", &bootstrap, &topic, "out", ", start: earliest")])
+    let group = format!("{topic}-group");
+    let extra = format!(", start: earliest, commit_offsets_to_group: {group}");
+    let yaml = config_yaml(&[stream_yaml("leased", &bootstrap, &topic, "out", &extra)])
         .replace(
             "data_dir: ./data\n",
             &format!("data_dir: ./data\ncluster: {{ coordinator: '{coordinator}', lease_seconds: 2 }}\n"),
@@ -868,6 +870,14 @@ async fn in_cluster_mode_partitions_are_leased_and_a_killed_nodes_partitions_mov
     assert!(status.success(), "the producer failed");
     let expected = expected_lines(partitions, per_partition, "lease");
     wait_for_lines(root.path(), "out", expected.len(), Duration::from_secs(60)).await;
+    // Each partition's owner (whichever node it is by then) committed its delivered offsets.
+    let wanted: Value =
+        (0..partitions).map(|partition| (format!("{topic}:{partition}"), json!(per_partition))).collect();
+    eventually(Duration::from_secs(30), "the delivered offsets committed to the group", || {
+        let committed: Value = serde_json::from_str(&tool(&["committed", &bootstrap, &group])).ok()?;
+        (committed == wanted).then_some(())
+    })
+    .await;
     for node in &mut nodes {
         assert_eq!(node.take().expect("running").terminate(), 0);
     }

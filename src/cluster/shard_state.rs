@@ -100,8 +100,9 @@ impl ShardStates {
         key: &str,
         epoch: i64,
         boundaries: Arc<Boundaries>,
+        on_delivered: Option<OnDelivered>,
     ) -> Arc<dyn DeliveryState> {
-        Arc::new(ShardDeliveryState { states: self.clone(), key: key.to_string(), epoch, boundaries })
+        Arc::new(ShardDeliveryState { states: self.clone(), key: key.to_string(), epoch, boundaries, on_delivered })
     }
 
     /// Run `operation` on a pooled client (reads that need no fencing).
@@ -156,6 +157,10 @@ fn stored(sequence: u64) -> i64 {
     i64::try_from(sequence).unwrap_or(i64::MAX)
 }
 
+/// Told the shard position (the sequence of its record) up to which everything is delivered,
+/// after each checkpoint the coordinator recorded.
+pub type OnDelivered = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// A delivery loop's checkpoint and intents for one owned shard, in the coordinator.
 struct ShardDeliveryState {
     states: Arc<ShardStates>,
@@ -163,6 +168,7 @@ struct ShardDeliveryState {
     epoch: i64,
     /// The shard's frame boundaries: the resume point moves with the checkpoint.
     boundaries: Arc<Boundaries>,
+    on_delivered: Option<OnDelivered>,
 }
 
 /// Run a state read or write (an expression, evaluated again on each try), waiting out a
@@ -260,7 +266,7 @@ impl DeliveryState for ShardDeliveryState {
         };
         let passed: Vec<String> = passed.iter().map(|intent| intent.id.to_string()).collect();
         let checkpoint = stored(watermark);
-        patiently!(self, {
+        let advanced = patiently!(self, {
             self.states
                 .fenced(key, self.epoch, async |transaction| {
                     transaction
@@ -283,7 +289,15 @@ impl DeliveryState for ShardDeliveryState {
                     Ok(())
                 })
                 .await
-        })
+        });
+        if advanced.is_ok()
+            && let (Some(on_delivered), Some(position)) = (&self.on_delivered, &resume_position)
+            && let Some(crate::sources::shards::Position::After(sequence)) =
+                crate::sources::shards::Position::parse(position)
+        {
+            on_delivered(&sequence);
+        }
+        advanced
     }
 
     async fn forget(&self, stale: Vec<Intent>) -> Result<(), PipelineError> {

@@ -414,9 +414,13 @@ async fn open(
     .map_err(StartError::Local)?;
     let wal = opened;
     let boundaries = Arc::new(Boundaries::default());
+    let on_delivered: crate::cluster::shard_state::OnDelivered = {
+        let (api, shard_id) = (source.api.clone(), shard_id.to_string());
+        Arc::new(move |sequence: &str| api.delivered(&shard_id, sequence))
+    };
     let place = DeliveryPlace {
         wal: wal.clone(),
-        state: stream.states.delivery_state(key, epoch, boundaries.clone()),
+        state: stream.states.delivery_state(key, epoch, boundaries.clone(), Some(on_delivered)),
         instance_id: resume.generation,
         stopped: Arc::new(OnceLock::new()),
     };

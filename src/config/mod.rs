@@ -777,11 +777,6 @@ impl Config {
         let mut seen = BTreeSet::new();
         for (index, stream) in self.streams.iter().enumerate() {
             let at = |field: &str| format!("streams[{index}].{field}");
-            if self.cluster.is_some() {
-                for (field, message) in stream.source.descriptor().validate_in_cluster() {
-                    push(at(&format!("source.{field}")), message);
-                }
-            }
             if !is_valid_stream_name(&stream.name) {
                 push(at("name"), format!("{:?} must be 1-64 characters of [a-zA-Z0-9_.-]", stream.name));
             }
@@ -1114,13 +1109,9 @@ mod tests {
                     \x20   sink: { type: s3, url: 'file://out' }\n";
         let config = parse_str(yaml, Path::new("test.yaml")).unwrap();
         assert!(config.cluster.is_some());
-        // Group commits are the single-node reader's.
+        // Each partition's owner commits its delivered offsets to the group.
         let committing = yaml.replace("topics: [orders]", "topics: [orders], commit_offsets_to_group: lag");
-        let refused = parse_str(&committing, Path::new("test.yaml")).unwrap_err().to_string();
-        assert!(
-            refused.contains("streams[0].source.commit_offsets_to_group: is not available in cluster mode yet"),
-            "{refused}"
-        );
+        assert!(parse_str(&committing, Path::new("test.yaml")).is_ok());
     }
 
     #[test]

@@ -75,11 +75,6 @@ pub trait SourceDescriptor: std::fmt::Debug + Send + Sync {
     /// Start the stream's pull readers, if it has any.
     fn spawn_readers(&self, context: ReaderContext<'_>) -> Vec<JoinHandle<()>>;
 
-    /// Problems of this block in cluster mode only, as (field under `source`, message). Pure.
-    fn validate_in_cluster(&self) -> Vec<(String, String)> {
-        Vec::new()
-    }
-
     /// For a shard source whose shards nodes share in cluster mode (one lease per shard): its
     /// shard adapter and reading settings. `None`: the source cannot be shared.
     fn shard_source(&self, _stream: &str) -> Option<BoxFuture<'static, SharedShardSource>> {

@@ -146,7 +146,7 @@ impl IntakeSlot {
 
     /// The delivery loop's state: rows under the slot's lease.
     pub fn delivery_state(&self) -> Arc<dyn DeliveryState> {
-        self.replication.states.delivery_state(&self.key, self.epoch, Arc::new(Boundaries::default()))
+        self.replication.states.delivery_state(&self.key, self.epoch, Arc::new(Boundaries::default()), None)
     }
 
     /// Stop taking puts: replicate what the WAL holds (bounded by `timeout`), then retire the

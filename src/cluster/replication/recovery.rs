@@ -184,7 +184,7 @@ async fn deliver_slot(
     };
     let place = DeliveryPlace {
         wal: wal.clone(),
-        state: replication.states.delivery_state(key, epoch, Arc::new(Boundaries::default())),
+        state: replication.states.delivery_state(key, epoch, Arc::new(Boundaries::default()), None),
         instance_id: resume.generation,
         stopped: Arc::new(OnceLock::new()),
     };

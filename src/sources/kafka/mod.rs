@@ -14,7 +14,8 @@
 //!   from then on a partition without a position is new (added after reading began) and is read
 //!   from its beginning, whatever `start` says.
 //! - **`commit_offsets_to_group`**: offsets whose records are delivered (the WAL trimmed past
-//!   them) are committed to that group, for lag tools only; spillway never reads them back.
+//!   them) are committed to that group, for lag tools only; spillway never reads them back. In
+//!   cluster mode each partition's owner commits them (`shards::KafkaPartitions::delivered`).
 //!
 //! Must not: subscribe with a group (two rebalancing readers would each skip what the other
 //! read), move a position before the WAL append that carries it, or log a credential.

@@ -188,6 +188,30 @@ impl ShardApi for KafkaPartitions {
         let limit = usize::try_from(limit).unwrap_or(1).max(1);
         blocking(move || reader.fetch(&partition, offset, limit)).await
     }
+
+    /// `commit_offsets_to_group`: the partition's next offset after what is delivered, committed
+    /// asynchronously by whichever node owns the partition now (outside any group membership:
+    /// spillway assigns partitions itself). Informational, as in single-node mode.
+    fn delivered(&self, shard_id: &str, sequence: &str) {
+        if self.config.commit_offsets_to_group.is_none() {
+            return;
+        }
+        let (Ok((topic, id)), Ok(offset)) = (partition_of(shard_id), sequence.parse::<i64>()) else { return };
+        let consumer = match self.lookup() {
+            Ok(consumer) => consumer,
+            Err(error) => {
+                tracing::warn!(stream = %self.stream, %error, "cannot commit delivered offsets to the consumer group");
+                return;
+            }
+        };
+        let mut list = TopicPartitionList::new();
+        let committed = list
+            .add_partition_offset(&topic, id, Offset::Offset(offset + 1))
+            .and_then(|()| consumer.commit(&list, rdkafka::consumer::CommitMode::Async));
+        if let Err(error) = committed {
+            tracing::warn!(stream = %self.stream, partition = %shard_id, %error, "cannot commit delivered offsets to the consumer group");
+        }
+    }
 }
 
 impl PartitionReader {

@@ -28,17 +28,6 @@ impl SourceDescriptor for KafkaSourceConfig {
     }
 
     /// Offsets are committed to a group by the single-node reader only.
-    fn validate_in_cluster(&self) -> Vec<(String, String)> {
-        match &self.commit_offsets_to_group {
-            Some(_) => vec![(
-                "commit_offsets_to_group".to_string(),
-                "is not available in cluster mode yet (partitions are leased and read by several nodes); remove it"
-                    .to_string(),
-            )],
-            None => Vec::new(),
-        }
-    }
-
     /// Cluster mode: each partition is a shard nodes lease (see `super::shards`).
     fn shard_source(&self, stream: &str) -> Option<BoxFuture<'static, SharedShardSource>> {
         let source = super::shards::shared_source(stream.to_string(), self.clone());

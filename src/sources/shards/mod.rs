@@ -158,6 +158,10 @@ pub trait ShardApi: Send + Sync + 'static {
         limit: i32,
         metrics: &ShardMetrics,
     ) -> Result<Fetched, ReadError>;
+    /// Cluster mode: every record of the shard up to and including `sequence` is delivered. A
+    /// source that reports progress to its service (Kafka's `commit_offsets_to_group`) does it
+    /// here, without blocking; the WAL and the coordinator stay the truth.
+    fn delivered(&self, _shard_id: &str, _sequence: &str) {}
 }
 
 /// The reading options every shard source has, as its config holds them.
