@@ -173,6 +173,51 @@ async fn wait_delivered(out: &Path, ledger: &Ledger) {
     .await;
 }
 
+/// Four producers sending to random endpoints until [`Producers::finish`].
+struct Producers {
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Producers {
+    fn start(endpoints: &Arc<Mutex<Vec<String>>>, seed: u64) -> Producers {
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..4)
+            .map(|producer| tokio::spawn(produce(producer, endpoints.clone(), ledger.clone(), stop.clone(), seed)))
+            .collect();
+        Producers { ledger, stop, tasks }
+    }
+
+    fn acknowledged(&self) -> usize {
+        self.ledger.lock().unwrap().acknowledged.len()
+    }
+
+    fn refused(&self) -> usize {
+        self.ledger.lock().unwrap().errors.get("ServiceUnavailableException").copied().unwrap_or(0)
+    }
+
+    /// Stop sending and hand over what was sent.
+    async fn finish(self) -> Ledger {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let ledger = std::mem::take(&mut *self.ledger.lock().unwrap());
+        eprintln!("acknowledged {}, failed {} ({:?})", ledger.acknowledged.len(), ledger.failed.len(), ledger.errors);
+        ledger
+    }
+}
+
+/// Every acknowledged record delivered, then (late batches given their moment to show a
+/// duplicate) each exactly once.
+async fn assert_delivered_once(out: &Path, ledger: &Ledger) {
+    wait_delivered(out, ledger).await;
+    tokio::time::sleep(Duration::from_secs(BUFFER_SECONDS + 1)).await;
+    assert_exactly_once(ledger, &delivered_counts(out));
+}
+
 async fn slot_leases(coordinator: &str, owner: Option<&str>) -> BTreeSet<String> {
     let client = common::pg::connect(coordinator).await;
     let rows = client
@@ -253,11 +298,7 @@ async fn killing_nodes_and_deleting_their_disks_loses_and_duplicates_nothing_ack
     let s3 = s3::client().await;
     let bucket = s3::new_bucket(&s3).await;
     let mut cluster = Cluster::start(|out| node_yaml(out, &bucket, &endpoint, 5_000)).await;
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let producers: Vec<_> = (0..4)
-        .map(|producer| tokio::spawn(produce(producer, cluster.endpoints.clone(), ledger.clone(), stop.clone(), seed)))
-        .collect();
+    let producers = Producers::start(&cluster.endpoints, seed);
 
     let rounds = 3;
     let mut takeovers = Vec::new();
@@ -285,17 +326,9 @@ async fn killing_nodes_and_deleting_their_disks_loses_and_duplicates_nothing_ack
         cluster.restart(victim).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    for producer in producers {
-        producer.await.unwrap();
-    }
-    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
-    eprintln!("acknowledged {}, failed {} ({:?})", ledger.acknowledged.len(), ledger.failed.len(), ledger.errors);
+    let ledger = producers.finish().await;
     assert!(ledger.acknowledged.len() > 1_000, "the producers got through: {}", ledger.acknowledged.len());
-    wait_delivered(&cluster.out, &ledger).await;
-    // Late batches of the nodes still running have their moment to show a duplicate.
-    tokio::time::sleep(Duration::from_secs(BUFFER_SECONDS + 1)).await;
-    assert_exactly_once(&ledger, &delivered_counts(&cluster.out));
+    assert_delivered_once(&cluster.out, &ledger).await;
     // 2 × lease + one buffer interval, plus the slack this shared 2-core machine needs (the
     // figures are printed above; docs/benchmarks.md has the measured spread).
     let bound = Duration::from_secs(2 * LEASE_SECONDS + BUFFER_SECONDS + 4);
@@ -388,10 +421,6 @@ impl Drop for OwnMinio {
     }
 }
 
-fn acknowledged(ledger: &Mutex<Ledger>) -> usize {
-    ledger.lock().unwrap().acknowledged.len()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs services: scripts/test.sh"]
 async fn an_object_store_outage_refuses_puts_as_service_unavailable_and_loses_nothing_acknowledged() {
@@ -401,35 +430,24 @@ async fn an_object_store_outage_refuses_puts_as_service_unavailable_and_loses_no
     let bucket = s3::new_bucket(&s3).await;
     let minio_endpoint = minio.endpoint();
     let cluster = Cluster::start(|out| node_yaml(out, &bucket, &minio_endpoint, 2_000)).await;
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let producers: Vec<_> = (0..4)
-        .map(|producer| tokio::spawn(produce(producer, cluster.endpoints.clone(), ledger.clone(), stop.clone(), 7)))
-        .collect();
+    let producers = Producers::start(&cluster.endpoints, 7);
     tokio::time::sleep(Duration::from_secs(3)).await;
     minio.stop();
     // Puts already past their segment finish; give them an ack timeout to settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let before = acknowledged(&ledger);
+    let before = producers.acknowledged();
     tokio::time::sleep(Duration::from_secs(17)).await;
-    let during = acknowledged(&ledger) - before;
-    let refused = ledger.lock().unwrap().errors.get("ServiceUnavailableException").copied().unwrap_or(0);
+    let during = producers.acknowledged() - before;
+    let refused = producers.refused();
     minio.resume().await;
     let resumed = eventually(WAIT, "intake resumes once the object store is back", || {
-        (acknowledged(&ledger) > before + during + 200).then_some(())
+        (producers.acknowledged() > before + during + 200).then_some(())
     });
     resumed.await;
-    stop.store(true, Ordering::Relaxed);
-    for producer in producers {
-        producer.await.unwrap();
-    }
-    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
-    eprintln!("acknowledged {} ({during} during the outage), errors {:?}", ledger.acknowledged.len(), ledger.errors);
+    let ledger = producers.finish().await;
     assert_eq!(during, 0, "no put is acknowledged while its segment cannot be stored");
     assert!(refused > 0, "puts during the outage are refused with ServiceUnavailableException: {:?}", ledger.errors);
-    wait_delivered(&cluster.out, &ledger).await;
-    tokio::time::sleep(Duration::from_secs(BUFFER_SECONDS + 1)).await;
-    assert_exactly_once(&ledger, &delivered_counts(&cluster.out));
+    assert_delivered_once(&cluster.out, &ledger).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -440,11 +458,7 @@ async fn a_node_paused_past_its_lease_exits_instead_of_acknowledging_what_nobody
     let s3 = s3::client().await;
     let bucket = s3::new_bucket(&s3).await;
     let mut cluster = Cluster::start(|out| node_yaml(out, &bucket, &endpoint, 5_000)).await;
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let producers: Vec<_> = (0..4)
-        .map(|producer| tokio::spawn(produce(producer, cluster.endpoints.clone(), ledger.clone(), stop.clone(), 11)))
-        .collect();
+    let producers = Producers::start(&cluster.endpoints, 11);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let paused = cluster.nodes[2].as_ref().unwrap();
     let node_id = node_id_of(paused).await;
@@ -470,15 +484,8 @@ async fn a_node_paused_past_its_lease_exits_instead_of_acknowledging_what_nobody
     assert!(paused.log_text().contains("ingest slot was taken over while it was cut off"));
     cluster.restart(2).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, Ordering::Relaxed);
-    for producer in producers {
-        producer.await.unwrap();
-    }
-    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
-    eprintln!("acknowledged {}, errors {:?}", ledger.acknowledged.len(), ledger.errors);
-    wait_delivered(&cluster.out, &ledger).await;
-    tokio::time::sleep(Duration::from_secs(BUFFER_SECONDS + 1)).await;
-    assert_exactly_once(&ledger, &delivered_counts(&cluster.out));
+    let ledger = producers.finish().await;
+    assert_delivered_once(&cluster.out, &ledger).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -499,29 +506,22 @@ async fn a_coordinator_outage_refuses_puts_fences_nobody_and_loses_nothing_ackno
         node.wait_ready().await;
     }
     let endpoints = Arc::new(Mutex::new(nodes.iter().map(|node| node.endpoint.clone()).collect::<Vec<_>>()));
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let producers: Vec<_> = (0..4)
-        .map(|producer| tokio::spawn(produce(producer, endpoints.clone(), ledger.clone(), stop.clone(), 5)))
-        .collect();
+    let producers = Producers::start(&endpoints, 5);
     tokio::time::sleep(Duration::from_secs(3)).await;
     server.stop();
     // Four lease periods without the coordinator: no segment can be indexed.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let before = acknowledged(&ledger);
+    let before = producers.acknowledged();
     tokio::time::sleep(Duration::from_secs(4 * LEASE_SECONDS)).await;
-    let during = acknowledged(&ledger) - before;
+    let during = producers.acknowledged() - before;
     server.start_again();
     eventually(WAIT, "intake resumes once the coordinator is back", || {
-        (acknowledged(&ledger) > before + during + 200).then_some(())
+        (producers.acknowledged() > before + during + 200).then_some(())
     })
     .await;
     // Adoption waits a lease period after the outage: long enough for a wrongful take-over.
     tokio::time::sleep(Duration::from_secs(3 * LEASE_SECONDS)).await;
-    stop.store(true, Ordering::Relaxed);
-    for producer in producers {
-        producer.await.unwrap();
-    }
+    let ledger = producers.finish().await;
     for node in &mut nodes {
         assert!(
             node.child.try_wait().unwrap().is_none(),
@@ -529,13 +529,9 @@ async fn a_coordinator_outage_refuses_puts_fences_nobody_and_loses_nothing_ackno
             node.log_text()
         );
     }
-    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
-    eprintln!("acknowledged {} ({during} during the outage), errors {:?}", ledger.acknowledged.len(), ledger.errors);
     assert_eq!(during, 0, "no put is acknowledged while its segment cannot be indexed");
     assert!(ledger.errors.get("ServiceUnavailableException").is_some_and(|n| *n > 0), "{:?}", ledger.errors);
-    wait_delivered(&out, &ledger).await;
-    tokio::time::sleep(Duration::from_secs(BUFFER_SECONDS + 1)).await;
-    assert_exactly_once(&ledger, &delivered_counts(&out));
+    assert_delivered_once(&out, &ledger).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -518,25 +518,7 @@ mod tests {
     use super::*;
 
     fn config(url: &str) -> S3SinkConfig {
-        S3SinkConfig {
-            url: url.to_string(),
-            prefix: None,
-            error_output_prefix: None,
-            custom_time_zone: None,
-            error_output_url: None,
-            compression: Compression::None,
-            format: OutputFormat::Json,
-            file_extension: None,
-            endpoint: None,
-            region: None,
-            path_style: None,
-            access_key_id: None,
-            secret_access_key: None,
-            session_token: None,
-            allow_http: None,
-            multipart_threshold_mib: default_multipart_threshold_mib(),
-            part_size_mib: default_part_size_mib(),
-        }
+        S3SinkConfig::for_url(url)
     }
 
     fn fields(problems: &[ConfigProblem]) -> Vec<&str> {
