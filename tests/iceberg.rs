@@ -309,11 +309,16 @@ async fn sigkill_rounds_with_pyiceberg_committing_beside_append_every_acknowledg
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut python_rows = 0usize;
     for round in 0..rounds {
-        // Every other round, data files are written some time before their commit, so a kill
-        // often falls between the two.
-        let delay = if round % 2 == 0 { "0".to_string() } else { rng.random_range(200..1500u64).to_string() };
-        let spillway =
-            Spillway::start_with_env(dir.path(), &config, &[("SPILLWAY_ICEBERG_TEST_COMMIT_DELAY_MS", &delay)], &[]);
+        // Rounds alternate: data files written some time before their commit (a kill often falls
+        // between the two: orphan files), a commit answered some time after it (a kill there
+        // leaves a committed batch to be re-sent), neither.
+        let delay = rng.random_range(200..1500u64).to_string();
+        let hook = match round % 3 {
+            0 => "SPILLWAY_ICEBERG_TEST_COMMIT_DELAY_MS",
+            1 => "SPILLWAY_ICEBERG_TEST_ACK_DELAY_MS",
+            _ => "SPILLWAY_ICEBERG_TEST_NO_DELAY",
+        };
+        let spillway = Spillway::start_with_env(dir.path(), &config, &[(hook, &delay)], &[]);
         let stop = Arc::new(AtomicBool::new(false));
         let pushers = tokio::spawn(push_until_stopped(
             spillway.endpoint.clone(),
@@ -347,6 +352,13 @@ async fn sigkill_rounds_with_pyiceberg_committing_beside_append_every_acknowledg
     assert!(invented.is_empty(), "seed {seed}: rows nobody sent: {invented:?}");
     let (files, batches) = catalog.assert_files_and_batches_once(table);
     assert_eq!(final_run.terminate(), 0);
+    // Data files in the bucket that no snapshot references: written by an attempt killed before
+    // its commit.
+    let bucket = catalog.warehouse.trim_start_matches("s3://").split('/').next().unwrap().to_string();
+    let s3 = common::s3::client().await;
+    let stored = common::s3::objects(&s3, &bucket, "warehouse/").await;
+    let parquet_objects = stored.iter().filter(|(key, _)| key.ends_with(".parquet")).count();
+    let orphans = parquet_objects.saturating_sub(files);
     let logs: String = common::files_under(dir.path())
         .iter()
         .filter(|path| path.extension().is_some_and(|extension| extension == "log"))
@@ -355,7 +367,8 @@ async fn sigkill_rounds_with_pyiceberg_committing_beside_append_every_acknowledg
     let already = logs.matches("batch already committed, not appended again").count();
     eprintln!(
         "seed {seed}: {rounds} SIGKILL rounds, {} acknowledged, {} unknown at a kill, {} rows, {files} live data files, \
-         {batches} spillway commits, {already} re-sent batches found already committed",
+         {batches} spillway commits, {already} re-sent batches found already committed, {orphans} orphan data files \
+         (kills between files and commit)",
         ledger.acknowledged.len(),
         ledger.unknown.len(),
         rows.len()

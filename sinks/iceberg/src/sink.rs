@@ -168,7 +168,7 @@ impl IcebergSink {
         }
         let files = self.write_data_files(&table, converted.rows, batch).await?;
         let file_count = files.len() as u64;
-        if let Some(delay) = test_commit_delay() {
+        if let Some(delay) = test_delay(TestDelay::BeforeCommit) {
             tokio::time::sleep(delay).await;
         }
         let catalog = self.catalog().await?;
@@ -192,6 +192,9 @@ impl IcebergSink {
         transaction.commit(catalog.as_ref()).await.map_err(|error| error::commit_failed(&self.table_name, error))?;
         self.counts.commits.fetch_add(1, Ordering::Relaxed);
         self.counts.data_files.fetch_add(file_count, Ordering::Relaxed);
+        if let Some(delay) = test_delay(TestDelay::AfterCommit) {
+            tokio::time::sleep(delay).await;
+        }
         tracing::debug!(stream = %batch.stream, batch = %batch.id, table = %self.table_name, files = file_count, "batch committed");
         Ok(converted.misfits)
     }
@@ -230,17 +233,27 @@ impl IcebergSink {
     }
 }
 
-/// Test hook: `SPILLWAY_ICEBERG_TEST_COMMIT_DELAY_MS` holds every commit back this long after
-/// its data files are written, so a crash test's kills fall between the two.
-fn test_commit_delay() -> Option<Duration> {
-    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
-    *DELAY.get_or_init(|| {
-        std::env::var("SPILLWAY_ICEBERG_TEST_COMMIT_DELAY_MS")
+#[derive(Clone, Copy)]
+enum TestDelay {
+    BeforeCommit,
+    AfterCommit,
+}
+
+/// Test hooks for crash tests: `SPILLWAY_ICEBERG_TEST_COMMIT_DELAY_MS` holds every commit back
+/// this long after its data files are written, `SPILLWAY_ICEBERG_TEST_ACK_DELAY_MS` holds the
+/// answer back after the commit, so a test's kills fall between the steps.
+fn test_delay(which: TestDelay) -> Option<Duration> {
+    static DELAYS: std::sync::OnceLock<[Option<Duration>; 2]> = std::sync::OnceLock::new();
+    let read = |name: &str| {
+        std::env::var(name)
             .ok()
             .and_then(|millis| millis.parse().ok())
             .filter(|millis| *millis > 0)
             .map(Duration::from_millis)
-    })
+    };
+    let delays = DELAYS
+        .get_or_init(|| [read("SPILLWAY_ICEBERG_TEST_COMMIT_DELAY_MS"), read("SPILLWAY_ICEBERG_TEST_ACK_DELAY_MS")]);
+    delays[which as usize]
 }
 
 /// Whether a snapshot of the table already carries this batch.

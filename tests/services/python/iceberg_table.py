@@ -4,6 +4,7 @@ in a SQL catalog (PostgreSQL) whose warehouse is in MinIO. One JSON document on 
 usage: iceberg_table.py <catalog-uri> <warehouse> <table> <command> [args]
 commands: create [partitioned|plain], read, append <first> <count>, inspect
 """
+import datetime
 import json
 import os
 import sys
@@ -67,9 +68,20 @@ elif command == "append":
     first, count = int(args[0]), int(args[1])
     table = catalog.load_table(name)
     ids = [f"py-{n}" for n in range(first, first + count)]
+    at = datetime.datetime(2026, 12, 7, 12, tzinfo=datetime.timezone.utc)
     data = pa.table(
-        {"id": pa.array(ids, pa.string()), "client": pa.array([-1] * count, pa.int32())},
-        schema=pa.schema([pa.field("id", pa.string(), nullable=False), pa.field("client", pa.int32())]),
+        {
+            "id": pa.array(ids, pa.string()),
+            "client": pa.array([-1] * count, pa.int32()),
+            "at": pa.array([at] * count, pa.timestamp("us", tz="UTC")),
+            "kind": pa.array(["python"] * count, pa.string()),
+        },
+        schema=pa.schema([
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("client", pa.int32()),
+            pa.field("at", pa.timestamp("us", tz="UTC")),
+            pa.field("kind", pa.string()),
+        ]),
     )
     table.append(data)
     print(json.dumps({"appended": count}))
