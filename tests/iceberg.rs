@@ -60,13 +60,17 @@ impl Catalog {
              \x20       region: ${{SPILLWAY_TEST_S3_REGION}}\n\
              \x20       access_key_id: ${{SPILLWAY_TEST_S3_ACCESS_KEY}}\n\
              \x20       secret_access_key: ${{SPILLWAY_TEST_S3_SECRET_KEY}}\n\
-             \x20     backup: {{ sink: {{ url: 'file://./errors' }} }}\n",
+             \x20     backup: {{ sink: {{ url: 'file://./errors', error_output_prefix: 'errors/!{{firehose:error-output-type}}/' }} }}\n",
             uri = self.uri,
             warehouse = self.warehouse,
         )
     }
 
     fn yaml(&self, table: &str) -> String {
+        self.yaml_with(table, "")
+    }
+
+    fn yaml_with(&self, table: &str, stream_extra: &str) -> String {
         format!(
             "server: {{ listen: 127.0.0.1:0, shutdown_grace_seconds: 60 }}\n\
              data_dir: ./data\n\
@@ -74,7 +78,7 @@ impl Catalog {
              \x20 - name: rows\n\
              \x20   buffering: {{ size_mib: 1, interval_seconds: 1 }}\n\
              \x20   retry: {{ duration_seconds: 600 }}\n\
-             {}",
+             {stream_extra}{}",
             self.sink_yaml(table)
         )
     }
@@ -230,6 +234,31 @@ async fn a_missing_table_is_named_at_validate_connect_and_waited_for_at_run_time
         .output()
         .unwrap();
     assert!(passed.status.success(), "{}", String::from_utf8_lossy(&passed.stderr));
+    assert_eq!(spillway.terminate(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn partition_keys_route_one_stream_to_several_tables() {
+    let catalog = Catalog::new("iceberg_routes").await;
+    catalog.py("db.clicks", &["create", "plain"]);
+    catalog.py("db.views", &["create", "partitioned"]);
+    let dir = tempfile::tempdir().unwrap();
+    let routing = "    processing:\n      dynamic_partitioning: { keys: { t: .kind } }\n";
+    let spillway = Spillway::start(dir.path(), &catalog.yaml_with("'db.!{partitionKeyFromQuery:t}'", routing));
+    let records: Vec<String> = (0..200)
+        .map(|n| {
+            let kind = if n % 4 == 0 { "clicks" } else { "views" };
+            format!(r#"{{"id":"t{n}","kind":"{kind}","at":"2026-12-07T10:00:00Z"}}"#)
+        })
+        .collect();
+    put(&spillway.client().await, &records).await;
+    let (clicks, _) = catalog.wait_rows("db.clicks", 50).await;
+    let (views, _) = catalog.wait_rows("db.views", 150).await;
+    assert_eq!((clicks.len(), views.len()), (50, 150));
+    assert!(clicks.values().all(|row| row["kind"] == "clicks"));
+    catalog.assert_files_and_batches_once("db.clicks");
+    catalog.assert_files_and_batches_once("db.views");
     assert_eq!(spillway.terminate(), 0);
 }
 

@@ -19,6 +19,7 @@ use spillway_sink_s3::{BackupConfig, BackupMode, S3Connection};
 use crate::convert::KeyMatching;
 use crate::encode::LengthPrefixedEncoderFactory;
 use crate::error::INVALID_CONFIGURATION;
+use crate::route::TableTemplate;
 use crate::sink::{IcebergSink, SinkParts};
 use crate::storage::BucketStorageFactory;
 
@@ -28,7 +29,8 @@ use crate::storage::BucketStorageFactory;
 pub struct IcebergSinkConfig {
     pub catalog: CatalogConfig,
     /// The table, `namespace.name` (nested namespaces: `a.b.name`). It must exist (as Firehose
-    /// requires); its current schema decides the columns.
+    /// requires); its current schema decides the columns. May name dynamic partition keys
+    /// (`analytics.!{partitionKeyFromQuery:table}`): each batch goes to the table its keys name.
     pub table: String,
     /// How to reach an `s3://` warehouse: the S3 sink's `endpoint`, `region`, `path_style`,
     /// credentials and `allow_http`.
@@ -89,6 +91,15 @@ fn default_catalog_name() -> String {
     "default".to_string()
 }
 
+/// `namespace.name` as iceberg's identifier.
+pub fn table_ident(name: &str) -> Result<TableIdent, String> {
+    let parts: Vec<&str> = name.split('.').collect();
+    if parts.len() < 2 || parts.iter().any(|part| part.trim().is_empty()) {
+        return Err(format!("`{name}` must be namespace.name"));
+    }
+    TableIdent::from_strs(parts).map_err(|error| error.to_string())
+}
+
 /// Where a warehouse keeps its files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Warehouse {
@@ -115,8 +126,15 @@ impl Warehouse {
 impl IcebergSinkConfig {
     pub fn validate(&self) -> Vec<ConfigProblem> {
         let mut problems = Vec::new();
-        if let Err(message) = self.table_ident() {
-            problems.push(ConfigProblem::new("table", message));
+        match TableTemplate::parse(&self.table) {
+            Ok(template) => {
+                if let Some(literal) = template.literal()
+                    && let Err(message) = table_ident(&literal)
+                {
+                    problems.push(ConfigProblem::new("table", message));
+                }
+            }
+            Err(message) => problems.push(ConfigProblem::new("table", message)),
         }
         match &self.catalog {
             CatalogConfig::Sql { uri, warehouse, name } => {
@@ -174,15 +192,6 @@ impl IcebergSinkConfig {
             || s3.allow_http.is_some()
     }
 
-    /// `table` as iceberg's identifier.
-    pub fn table_ident(&self) -> Result<TableIdent, String> {
-        let parts: Vec<&str> = self.table.split('.').collect();
-        if parts.len() < 2 || parts.iter().any(|part| part.trim().is_empty()) {
-            return Err(format!("`{}` must be namespace.name", self.table));
-        }
-        TableIdent::from_strs(parts).map_err(|error| error.to_string())
-    }
-
     fn invalid(message: String) -> SinkError {
         SinkError::permanent(INVALID_CONFIGURATION, message)
     }
@@ -207,7 +216,7 @@ impl IcebergSinkConfig {
                 problems.iter().map(|problem| format!("{}: {}", problem.field, problem.message)).collect();
             return Err(Self::invalid(listed.join("; ")));
         }
-        let table = self.table_ident().map_err(Self::invalid)?;
+        let table = TableTemplate::parse(&self.table).map_err(Self::invalid)?;
         let CatalogConfig::Sql { uri, warehouse, name } = &self.catalog;
         let storage: Arc<dyn StorageFactory> = match Warehouse::parse(warehouse).map_err(Self::invalid)? {
             Warehouse::Bucket(bucket) => {
@@ -253,7 +262,7 @@ mod tests {
              table: db.events\ns3: {endpoint: 'http://127.0.0.1:9000'}\nbackup: {sink: {url: 'file:///tmp/b'}}\n",
         );
         assert_eq!(good.validate(), vec![]);
-        assert_eq!(good.table_ident().expect("ident").name(), "events");
+        assert_eq!(table_ident(&good.table).expect("ident").name(), "events");
 
         let bad = parse(
             "catalog: {type: sql, uri: 'mysql://x', warehouse: 'gs://wh'}\ntable: events\n\
@@ -264,6 +273,20 @@ mod tests {
             fields,
             vec!["table", "catalog.uri", "catalog.warehouse", "target_file_size_mib", "timeout_seconds", "backup"]
         );
+    }
+
+    #[test]
+    fn a_table_may_name_partition_keys() {
+        let routed = parse(
+            "catalog: {type: sql, uri: 'postgres://u@h/db', warehouse: 'file:///wh'}\n\
+             table: 'db.!{partitionKeyFromQuery:t}'\nbackup: {sink: {url: 'file:///tmp/b'}}\n",
+        );
+        assert_eq!(routed.validate(), vec![]);
+        let broken = parse(
+            "catalog: {type: sql, uri: 'postgres://u@h/db', warehouse: 'file:///wh'}\n\
+             table: 'db.!{nope}'\nbackup: {sink: {url: 'file:///tmp/b'}}\n",
+        );
+        assert_eq!(broken.validate()[0].field, "table");
     }
 
     #[test]

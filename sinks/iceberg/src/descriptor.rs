@@ -8,10 +8,12 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use spillway_sink_api::{
-    BuiltSink, ConfigProblem, DESTINATION_ID, DescribeContext, FirehoseLimits, SinkDescriptor, SinkError,
+    BuiltSink, ConfigProblem, DESTINATION_ID, DescribeContext, FirehoseLimits, PartitionKeySource, SinkDescriptor,
+    SinkError,
 };
 
 use crate::config::{CatalogConfig, IcebergSinkConfig};
+use crate::route::TableTemplate;
 
 #[async_trait]
 impl SinkDescriptor for IcebergSinkConfig {
@@ -39,6 +41,15 @@ impl SinkDescriptor for IcebergSinkConfig {
 
     fn local_folders(&self) -> Vec<(String, PathBuf)> {
         self.backup.iter().flat_map(|backup| backup.local_folders()).collect()
+    }
+
+    fn partition_keys_in_prefix(&self) -> Result<Vec<(PartitionKeySource, String)>, String> {
+        Ok(TableTemplate::parse(&self.table)?.keys())
+    }
+
+    /// Dynamic partition keys route batches to tables (`table: db.!{partitionKeyFromQuery:t}`).
+    fn supports_dynamic_partitioning(&self) -> bool {
+        true
     }
 
     fn has_error_output_prefix(&self) -> bool {

@@ -6,6 +6,7 @@
 use spillway_sink_api::SinkError;
 
 pub const INVALID_CONFIGURATION: &str = "Iceberg.InvalidConfiguration";
+pub const INVALID_TABLE_NAME: &str = "Iceberg.InvalidTableName";
 pub const TABLE_NOT_FOUND: &str = "Iceberg.TableNotFound";
 pub const CATALOG_UNAVAILABLE: &str = "Iceberg.CatalogUnavailable";
 pub const UNSUPPORTED_SCHEMA: &str = "Iceberg.UnsupportedSchema";

@@ -14,6 +14,7 @@
 //! - [`encode`]: the open batch: records as sent, length-prefixed.
 //! - [`convert`]: records into the table's schema (the S3 sink's column builders), misfits.
 //! - [`bridge`]: arrow 59 arrays to arrow 58 through the C Data Interface (the only `unsafe`).
+//! - [`route`]: the table of a batch, from `table` and the batch's dynamic partition keys.
 //! - [`sink`]: `IcebergSink`: the committed-batch check, data files, the commit.
 //! - [`storage`]: iceberg's `Storage` over `object_store` for `s3://` warehouses.
 //! - [`error`]: iceberg-rust's errors classified into `SinkError`.
@@ -24,6 +25,7 @@ pub mod convert;
 pub mod descriptor;
 pub mod encode;
 pub mod error;
+pub mod route;
 pub mod sink;
 pub mod storage;
 

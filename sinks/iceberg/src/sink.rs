@@ -9,6 +9,7 @@
 //!    `spillway.stream`, `spillway.writer` and the WAL range the batch completes. iceberg-rust
 //!    retries a commit that lost the race with another writer (the SQL catalog's conditional
 //!    `UPDATE` changed no row, so nothing was committed) against the refreshed table.
+//!
 //! Records that do not fit the table are reported as a partial failure (they go to the error
 //! output), also when the batch was already committed, so a crash between the commit and the
 //! error output loses none of them.
@@ -32,15 +33,17 @@ use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::partitioning::PartitioningWriter;
 use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
-use iceberg::{Catalog, CatalogBuilder, TableIdent};
+use iceberg::{Catalog, CatalogBuilder};
 use iceberg_catalog_sql::{SqlCatalog, SqlCatalogBuilder};
 use spillway_sink_api::{Batch, ErrorOutput, RecordFailure, RequestCounts, Secret, Sink, SinkError};
 use spillway_sink_s3::S3Sink;
 use tokio::sync::OnceCell;
 
+use crate::config::table_ident;
 use crate::convert::{self, Converted, KeyMatching, Misfit};
 use crate::encode;
-use crate::error::{self, CATALOG_UNAVAILABLE, INTERNAL, TIMEOUT, UNSUPPORTED_SCHEMA};
+use crate::error::{self, CATALOG_UNAVAILABLE, INTERNAL, INVALID_TABLE_NAME, TIMEOUT, UNSUPPORTED_SCHEMA};
+use crate::route::TableTemplate;
 
 /// Snapshot summary keys spillway writes (Iceberg's Kafka Connect sink keeps its offsets the
 /// same way).
@@ -56,7 +59,7 @@ pub struct SinkParts {
     pub catalog_uri: Secret,
     pub warehouse: String,
     pub storage: Arc<dyn StorageFactory>,
-    pub table: TableIdent,
+    pub table: TableTemplate,
     pub matching: Arc<KeyMatching>,
     pub target_file_size: Option<usize>,
     pub timeout: Duration,
@@ -65,7 +68,6 @@ pub struct SinkParts {
 
 pub struct IcebergSink {
     parts: SinkParts,
-    table_name: String,
     catalog: OnceCell<Arc<SqlCatalog>>,
     counts: Counts,
 }
@@ -82,8 +84,7 @@ struct Counts {
 
 impl IcebergSink {
     pub fn new(parts: SinkParts) -> Self {
-        let table_name = parts.table.to_string();
-        Self { parts, table_name, catalog: OnceCell::new(), counts: Counts::default() }
+        Self { parts, catalog: OnceCell::new(), counts: Counts::default() }
     }
 
     pub fn error_output(&self) -> Arc<dyn ErrorOutput> {
@@ -116,15 +117,26 @@ impl IcebergSink {
     }
 
     /// The table as the catalog has it now.
-    pub async fn load_table(&self) -> Result<Table, SinkError> {
+    pub async fn load_table(&self, name: &str) -> Result<Table, SinkError> {
+        let ident = table_ident(name).map_err(|message| SinkError::permanent(INVALID_TABLE_NAME, message))?;
         let catalog = self.catalog().await?;
-        catalog.load_table(&self.parts.table).await.map_err(|error| error::load_failed(&self.table_name, error))
+        catalog.load_table(&ident).await.map_err(|error| error::load_failed(name, error))
     }
 
     /// `validate --connect`: the catalog answers, the table exists and spillway can fill its
-    /// columns.
+    /// columns (for a table named by partition keys: the catalog answers).
     pub async fn check(&self) -> Result<String, SinkError> {
-        let table = self.load_table().await?;
+        let Some(name) = self.parts.table.literal() else {
+            let namespaces = self.catalog().await?.list_namespaces(None).await.map_err(|error| {
+                SinkError::retriable(CATALOG_UNAVAILABLE, "cannot list the catalog's namespaces").with_source(error)
+            })?;
+            return Ok(format!(
+                "iceberg catalog `{}` answers ({} namespaces); tables are named per batch by partition keys",
+                self.parts.catalog_name,
+                namespaces.len()
+            ));
+        };
+        let table = self.load_table(&name).await?;
         let schema = table.metadata().current_schema();
         convert::columns_of(schema).map_err(|message| SinkError::retriable(UNSUPPORTED_SCHEMA, message))?;
         let spec = table.metadata().default_partition_spec();
@@ -136,16 +148,15 @@ impl IcebergSink {
             format!("partitioned by {}", fields.join(", "))
         };
         Ok(format!(
-            "iceberg table {} in catalog `{}`: {} columns, {partitioning}, {} snapshots",
-            self.table_name,
+            "iceberg table {name} in catalog `{}`: {} columns, {partitioning}, {} snapshots",
             self.parts.catalog_name,
             schema.as_struct().fields().len(),
             table.metadata().snapshots().count()
         ))
     }
 
-    async fn write_once(&self, batch: &Batch) -> Result<Vec<Misfit>, SinkError> {
-        let table = self.load_table().await?;
+    async fn write_once(&self, batch: &Batch, table_name: &str) -> Result<Vec<Misfit>, SinkError> {
+        let table = self.load_table(table_name).await?;
         let schema = table.metadata().current_schema().clone();
         let payload = batch.payload.to_bytes();
         let matching = self.parts.matching.clone();
@@ -160,13 +171,16 @@ impl IcebergSink {
 
         if committed(&table, batch) {
             self.counts.already_committed.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(stream = %batch.stream, batch = %batch.id, table = %self.table_name, "batch already committed, not appended again");
+            tracing::info!(stream = %batch.stream, batch = %batch.id, table = %table_name, "batch already committed, not appended again");
             return Ok(converted.misfits);
         }
         if converted.rows.num_rows() == 0 {
             return Ok(converted.misfits);
         }
-        let files = self.write_data_files(&table, converted.rows, batch).await?;
+        let files = self
+            .write_data_files(&table, converted.rows, batch)
+            .await
+            .map_err(|error| error::write_failed(table_name, error))?;
         let file_count = files.len() as u64;
         if let Some(delay) = test_delay(TestDelay::BeforeCommit) {
             tokio::time::sleep(delay).await;
@@ -188,14 +202,14 @@ impl IcebergSink {
             .set_commit_uuid(batch.id)
             .set_snapshot_properties(properties)
             .add_data_files(files);
-        let transaction = append.apply(transaction).map_err(|error| error::commit_failed(&self.table_name, error))?;
-        transaction.commit(catalog.as_ref()).await.map_err(|error| error::commit_failed(&self.table_name, error))?;
+        let transaction = append.apply(transaction).map_err(|error| error::commit_failed(table_name, error))?;
+        transaction.commit(catalog.as_ref()).await.map_err(|error| error::commit_failed(table_name, error))?;
         self.counts.commits.fetch_add(1, Ordering::Relaxed);
         self.counts.data_files.fetch_add(file_count, Ordering::Relaxed);
         if let Some(delay) = test_delay(TestDelay::AfterCommit) {
             tokio::time::sleep(delay).await;
         }
-        tracing::debug!(stream = %batch.stream, batch = %batch.id, table = %self.table_name, files = file_count, "batch committed");
+        tracing::debug!(stream = %batch.stream, batch = %batch.id, table = %table_name, files = file_count, "batch committed");
         Ok(converted.misfits)
     }
 
@@ -205,31 +219,29 @@ impl IcebergSink {
         table: &Table,
         rows: arrow_array_58::RecordBatch,
         batch: &Batch,
-    ) -> Result<Vec<DataFile>, SinkError> {
-        let failed = |error| error::write_failed(&self.table_name, error);
+    ) -> iceberg::Result<Vec<DataFile>> {
         let metadata = table.metadata();
         let schema = metadata.current_schema().clone();
-        let properties = metadata.table_properties().map_err(failed)?;
+        let properties = metadata.table_properties()?;
         let target_file_size = self.parts.target_file_size.unwrap_or(properties.write_target_file_size_bytes);
         let parquet = ParquetWriterBuilder::new(writer_properties(metadata.properties()), schema.clone());
-        let locations = DefaultLocationGenerator::new(metadata).map_err(failed)?;
+        let locations = DefaultLocationGenerator::new(metadata)?;
         let names = DefaultFileNameGenerator::new(batch.id.to_string(), None, DataFileFormat::Parquet);
         let rolling =
             RollingFileWriterBuilder::new(parquet, target_file_size, table.file_io().clone(), locations, names);
         let builder = DataFileWriterBuilder::new(rolling);
         let spec = metadata.default_partition_spec().clone();
         if spec.is_unpartitioned() {
-            let mut writer = builder.build(None).await.map_err(failed)?;
-            writer.write(rows).await.map_err(failed)?;
-            return writer.close().await.map_err(failed);
+            let mut writer = builder.build(None).await?;
+            writer.write(rows).await?;
+            return writer.close().await;
         }
-        let splitter =
-            iceberg::arrow::RecordBatchPartitionSplitter::try_new_with_computed_values(schema, spec).map_err(failed)?;
+        let splitter = iceberg::arrow::RecordBatchPartitionSplitter::try_new_with_computed_values(schema, spec)?;
         let mut writer = FanoutWriter::new(builder);
-        for (partition, rows) in splitter.split(&rows).map_err(failed)? {
-            writer.write(partition, rows).await.map_err(failed)?;
+        for (partition, rows) in splitter.split(&rows)? {
+            writer.write(partition, rows).await?;
         }
-        writer.close().await.map_err(failed)
+        writer.close().await
     }
 }
 
@@ -300,11 +312,18 @@ impl Sink for IcebergSink {
         if batch.is_empty() {
             return Ok(());
         }
-        let outcome = match tokio::time::timeout(self.parts.timeout, self.write_once(batch)).await {
+        // A table named by partition keys that cannot be rendered sends the batch to the error
+        // output: retrying renders the same name.
+        let table_name = self
+            .parts
+            .table
+            .render(&batch.partition)
+            .map_err(|message| SinkError::permanent(INVALID_TABLE_NAME, message))?;
+        let outcome = match tokio::time::timeout(self.parts.timeout, self.write_once(batch, &table_name)).await {
             Ok(outcome) => outcome,
             Err(_) => Err(SinkError::retriable(
                 TIMEOUT,
-                format!("writing to table {} took more than {:?}", self.table_name, self.parts.timeout),
+                format!("writing to table {table_name} took more than {:?}", self.parts.timeout),
             )),
         };
         match outcome {
@@ -321,7 +340,7 @@ impl Sink for IcebergSink {
     }
 
     async fn healthcheck(&self) -> Result<(), SinkError> {
-        self.load_table().await.map(|_| ())
+        self.check().await.map(|_| ())
     }
 
     async fn close(&self) -> Result<(), SinkError> {
