@@ -403,3 +403,109 @@ async fn sigkill_rounds_with_pyiceberg_committing_beside_append_every_acknowledg
         rows.len()
     );
 }
+
+/// A stream created through the Firehose API with the Rust SDK's
+/// `IcebergDestinationConfiguration` (catalog from `api_defaults.iceberg_catalog`), fed, described;
+/// what spillway cannot do (`UniqueKeys`) is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn an_iceberg_stream_created_through_the_firehose_api() {
+    use aws_sdk_firehose::types::{
+        BufferingHints, CatalogConfiguration, DeliveryStreamStatus, DestinationTableConfiguration,
+        IcebergDestinationConfiguration, S3DestinationConfiguration,
+    };
+    let catalog = Catalog::new("iceberg_api").await;
+    catalog.py("db.api", &["create", "partitioned"]);
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "server: {{ listen: 127.0.0.1:0, shutdown_grace_seconds: 60 }}\n\
+         data_dir: ./data\n\
+         api_defaults:\n\
+         \x20 iceberg_catalog: {{ type: sql, uri: '{uri}', warehouse: 's3://unused/elsewhere' }}\n\
+         \x20 s3:\n\
+         \x20   url: 'file://./buckets/{{bucket}}'\n\
+         \x20   endpoint: ${{SPILLWAY_TEST_S3_ENDPOINT}}\n\
+         \x20   region: ${{SPILLWAY_TEST_S3_REGION}}\n\
+         \x20   access_key_id: ${{SPILLWAY_TEST_S3_ACCESS_KEY}}\n\
+         \x20   secret_access_key: ${{SPILLWAY_TEST_S3_SECRET_KEY}}\n",
+        uri = catalog.uri
+    );
+    let spillway = Spillway::start(dir.path(), &yaml);
+    let client = spillway.client().await;
+    let destination = |unique_keys: Vec<String>| {
+        IcebergDestinationConfiguration::builder()
+            .destination_table_configuration_list(
+                DestinationTableConfiguration::builder()
+                    .destination_database_name("db")
+                    .destination_table_name("api")
+                    .set_unique_keys((!unique_keys.is_empty()).then_some(unique_keys))
+                    .s3_error_output_prefix("iceberg-errors/")
+                    .build()
+                    .unwrap(),
+            )
+            .buffering_hints(BufferingHints::builder().size_in_mbs(1).interval_in_seconds(1).build())
+            .role_arn("arn:aws:iam::123456789012:role/firehose")
+            .catalog_configuration(
+                CatalogConfiguration::builder()
+                    .catalog_arn("arn:aws:glue:us-east-1:123456789012:catalog")
+                    .warehouse_location(catalog.warehouse.clone())
+                    .build(),
+            )
+            .s3_configuration(
+                S3DestinationConfiguration::builder()
+                    .role_arn("arn:aws:iam::123456789012:role/firehose")
+                    .bucket_arn("arn:aws:s3:::api-backup")
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap()
+    };
+    let refused = client
+        .create_delivery_stream()
+        .delivery_stream_name("upserts")
+        .iceberg_destination_configuration(destination(vec!["id".into()]))
+        .send()
+        .await
+        .expect_err("UniqueKeys are refused");
+    let refused = format!("{:?}", refused.into_service_error());
+    assert!(refused.contains("InvalidArgumentException") && refused.contains("UniqueKeys"), "{refused}");
+
+    client
+        .create_delivery_stream()
+        .delivery_stream_name("rows")
+        .iceberg_destination_configuration(destination(Vec::new()))
+        .send()
+        .await
+        .expect("create");
+    let deadline = Instant::now() + WAIT;
+    let described = loop {
+        let described = client.describe_delivery_stream().delivery_stream_name("rows").send().await.expect("describe");
+        let description = described.delivery_stream_description().cloned().expect("description");
+        if description.delivery_stream_status() == &DeliveryStreamStatus::Active {
+            break description;
+        }
+        assert!(Instant::now() < deadline, "stream not active: {:?}", description.delivery_stream_status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let iceberg = described.destinations()[0].iceberg_destination_description().expect("iceberg description");
+    assert_eq!(iceberg.destination_table_configuration_list()[0].destination_table_name(), "api");
+    assert_eq!(iceberg.destination_table_configuration_list()[0].destination_database_name(), "db");
+    let catalog_described = iceberg.catalog_configuration().expect("catalog");
+    assert_eq!(catalog_described.catalog_arn(), Some("arn:aws:glue:us-east-1:123456789012:catalog"));
+    assert_eq!(catalog_described.warehouse_location(), Some(catalog.warehouse.as_str()));
+
+    let records: Vec<String> =
+        (0..120).map(|n| format!(r#"{{"id":"api{n}","kind":"k","at":"2026-12-07T10:00:00Z"}}"#)).collect();
+    put(&client, &records).await;
+    put(&client, &["not json".to_string()]).await;
+    let (rows, _) = catalog.wait_rows("db.api", 120).await;
+    assert_eq!(rows.len(), 120);
+    let errors = common::eventually(WAIT, "the misfit in the backup bucket's error prefix", || {
+        let found = common::local_json_lines(&dir.path().join("buckets/api-backup"), "iceberg-errors/");
+        (!found.is_empty()).then_some(found)
+    })
+    .await;
+    assert_eq!(errors[0]["errorCode"], "DataFormatConversion.ParseError");
+    assert_eq!(spillway.terminate(), 0);
+}

@@ -54,6 +54,10 @@ pub struct IcebergSinkConfig {
     /// retried; a retry never appends a batch twice.
     #[serde(default = "default_timeout_seconds")]
     pub timeout_seconds: u64,
+    /// The Firehose `CatalogARN` this catalog stands for, described back by
+    /// `DescribeDeliveryStream` (set by `CreateDeliveryStream`); default the account's Glue catalog.
+    #[serde(default)]
+    pub catalog_arn: Option<String>,
     /// Where records that do not fit the table go (Firehose error JSON under
     /// `error_output_prefix`): `backup: { sink: { url: file://… | s3://…, error_output_prefix } }`,
     /// the block every non-S3 sink has. Required; only `mode: failed_only`.

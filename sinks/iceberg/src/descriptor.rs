@@ -84,7 +84,12 @@ impl SinkDescriptor for IcebergSinkConfig {
                 "RetryOptions": { "DurationInSeconds": context.retry_duration_seconds },
                 "RoleARN": context.role_arn(),
                 "AppendOnly": true,
-                "CatalogConfiguration": { "WarehouseLocation": warehouse, "SpillwayCatalogName": name },
+                "CatalogConfiguration": {
+                    "CatalogARN": self.catalog_arn.clone().unwrap_or_else(|| format!("arn:aws:glue:us-east-1:{}:catalog", context.account_id)),
+                    "WarehouseLocation": warehouse,
+                    "SpillwayCatalogName": name,
+                },
+                "S3DestinationDescription": self.backup.as_ref().map(|backup| backup.sink.describe_backup(context)),
                 "BufferingHints": context.buffering_hints(),
                 "CloudWatchLoggingOptions": context.cloud_watch_logging_options(),
                 "ProcessingConfiguration": context.processing_configuration,
