@@ -1,7 +1,7 @@
 //! The Iceberg sink as spillway's registry sees it ([`SinkDescriptor`]): Firehose's Iceberg
-//! destination ranges (buffer 1-128 MiB, retry 0-7200 s, default 300 s... spillway keeps the
-//! S3 default of a day, since records wait in the WAL while a table is missing) and its
-//! `IcebergDestinationDescription`.
+//! buffer range (1-128 MiB); for retries spillway keeps the S3 sink's range and default (a
+//! day: records wait in the WAL while a table is missing) rather than Firehose's 0-7200 s; and
+//! its `IcebergDestinationDescription`.
 
 use std::path::PathBuf;
 

@@ -177,10 +177,17 @@ impl IcebergSink {
         if converted.rows.num_rows() == 0 {
             return Ok(converted.misfits);
         }
-        let files = self
-            .write_data_files(&table, converted.rows, batch)
-            .await
-            .map_err(|error| error::write_failed(table_name, error))?;
+        // Parquet encoding is CPU work: the writers run on a blocking thread, which drives their
+        // uploads through the runtime's handle.
+        let runtime = tokio::runtime::Handle::current();
+        let (writer_table, rows, batch_id) = (table.clone(), converted.rows, batch.id);
+        let target_file_size = self.parts.target_file_size;
+        let files = tokio::task::spawn_blocking(move || {
+            runtime.block_on(write_data_files(&writer_table, rows, batch_id, target_file_size))
+        })
+        .await
+        .map_err(|error| SinkError::retriable(INTERNAL, format!("data file writing stopped: {error}")))?
+        .map_err(|error| error::write_failed(table_name, error))?;
         let file_count = files.len() as u64;
         if let Some(delay) = test_delay(TestDelay::BeforeCommit) {
             tokio::time::sleep(delay).await;
@@ -212,37 +219,36 @@ impl IcebergSink {
         tracing::debug!(stream = %batch.stream, batch = %batch.id, table = %table_name, files = file_count, "batch committed");
         Ok(converted.misfits)
     }
+}
 
-    /// One data file per partition (rolling at the target size), named `<batch id>-<n>.parquet`.
-    async fn write_data_files(
-        &self,
-        table: &Table,
-        rows: arrow_array_58::RecordBatch,
-        batch: &Batch,
-    ) -> iceberg::Result<Vec<DataFile>> {
-        let metadata = table.metadata();
-        let schema = metadata.current_schema().clone();
-        let properties = metadata.table_properties()?;
-        let target_file_size = self.parts.target_file_size.unwrap_or(properties.write_target_file_size_bytes);
-        let parquet = ParquetWriterBuilder::new(writer_properties(metadata.properties()), schema.clone());
-        let locations = DefaultLocationGenerator::new(metadata)?;
-        let names = DefaultFileNameGenerator::new(batch.id.to_string(), None, DataFileFormat::Parquet);
-        let rolling =
-            RollingFileWriterBuilder::new(parquet, target_file_size, table.file_io().clone(), locations, names);
-        let builder = DataFileWriterBuilder::new(rolling);
-        let spec = metadata.default_partition_spec().clone();
-        if spec.is_unpartitioned() {
-            let mut writer = builder.build(None).await?;
-            writer.write(rows).await?;
-            return writer.close().await;
-        }
-        let splitter = iceberg::arrow::RecordBatchPartitionSplitter::try_new_with_computed_values(schema, spec)?;
-        let mut writer = FanoutWriter::new(builder);
-        for (partition, rows) in splitter.split(&rows)? {
-            writer.write(partition, rows).await?;
-        }
-        writer.close().await
+/// One data file per partition (rolling at the target size), named `<batch id>-<n>.parquet`.
+async fn write_data_files(
+    table: &Table,
+    rows: arrow_array_58::RecordBatch,
+    batch_id: uuid::Uuid,
+    target_file_size: Option<usize>,
+) -> iceberg::Result<Vec<DataFile>> {
+    let metadata = table.metadata();
+    let schema = metadata.current_schema().clone();
+    let properties = metadata.table_properties()?;
+    let target_file_size = target_file_size.unwrap_or(properties.write_target_file_size_bytes);
+    let parquet = ParquetWriterBuilder::new(writer_properties(metadata.properties()), schema.clone());
+    let locations = DefaultLocationGenerator::new(metadata)?;
+    let names = DefaultFileNameGenerator::new(batch_id.to_string(), None, DataFileFormat::Parquet);
+    let rolling = RollingFileWriterBuilder::new(parquet, target_file_size, table.file_io().clone(), locations, names);
+    let builder = DataFileWriterBuilder::new(rolling);
+    let spec = metadata.default_partition_spec().clone();
+    if spec.is_unpartitioned() {
+        let mut writer = builder.build(None).await?;
+        writer.write(rows).await?;
+        return writer.close().await;
     }
+    let splitter = iceberg::arrow::RecordBatchPartitionSplitter::try_new_with_computed_values(schema, spec)?;
+    let mut writer = FanoutWriter::new(builder);
+    for (partition, rows) in splitter.split(&rows)? {
+        writer.write(partition, rows).await?;
+    }
+    writer.close().await
 }
 
 #[derive(Clone, Copy)]
