@@ -238,17 +238,32 @@ async fn write_data_files(
     let rolling = RollingFileWriterBuilder::new(parquet, target_file_size, table.file_io().clone(), locations, names);
     let builder = DataFileWriterBuilder::new(rolling);
     let spec = metadata.default_partition_spec().clone();
+    // The rolling writer checks the size between writes: rows go in slices, so a file rolls near
+    // the target size even within one batch.
     if spec.is_unpartitioned() {
         let mut writer = builder.build(None).await?;
-        writer.write(rows).await?;
+        for slice in slices(&rows) {
+            writer.write(slice).await?;
+        }
         return writer.close().await;
     }
     let splitter = iceberg::arrow::RecordBatchPartitionSplitter::try_new_with_computed_values(schema, spec)?;
     let mut writer = FanoutWriter::new(builder);
     for (partition, rows) in splitter.split(&rows)? {
-        writer.write(partition, rows).await?;
+        for slice in slices(&rows) {
+            writer.write(partition.clone(), slice).await?;
+        }
     }
     writer.close().await
+}
+
+/// Rows written at once (zero-copy slices of the batch).
+const ROWS_PER_WRITE: usize = 16_384;
+
+fn slices(rows: &arrow_array_58::RecordBatch) -> impl Iterator<Item = arrow_array_58::RecordBatch> + '_ {
+    (0..rows.num_rows())
+        .step_by(ROWS_PER_WRITE)
+        .map(|offset| rows.slice(offset, ROWS_PER_WRITE.min(rows.num_rows() - offset)))
 }
 
 #[derive(Clone, Copy)]

@@ -204,3 +204,34 @@ async fn a_resent_batch_reports_the_same_misfits_without_appending_again() {
         "{counts:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn a_batch_past_the_target_file_size_rolls_into_several_files() {
+    let (errors, warehouse) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (catalog, mut config) = setup("rolling", errors.path(), warehouse.path()).await;
+    config.target_file_size_mib = Some(1);
+    let sink = config.build("rolling", 1).expect("build");
+    // ~6 MiB of messages that barely compress.
+    let records: Vec<Record> = (0..60_000u64)
+        .map(|sequence| {
+            let noise: String =
+                (0..6).map(|n| format!("{:016x}", (sequence * 7 + n).wrapping_mul(0x9E37_79B9_7F4A_7C15))).collect();
+            Record {
+                data: Bytes::from(format!(r#"{{"sequence":{sequence},"message":"{noise}"}}"#)),
+                arrival_ms: 1_765_000_000_000,
+                sequence,
+                output: 0,
+            }
+        })
+        .collect();
+    let batch = encode_batch(&LengthPrefixedEncoderFactory, "rolling", Uuid::new_v4(), PartitionKeys::new(), &records);
+    sink.write(&batch).await.expect("write");
+    let table = catalog.load_table(&TableIdent::from_strs(["db", "rolling"]).unwrap()).await.unwrap();
+    let snapshot = table.metadata().current_snapshot().expect("a snapshot");
+    let summary = &snapshot.summary().additional_properties;
+    let files: u64 = summary.get("added-data-files").and_then(|files| files.parse().ok()).expect("added-data-files");
+    let rows: u64 = summary.get("added-records").and_then(|rows| rows.parse().ok()).expect("added-records");
+    assert_eq!(rows, 60_000);
+    assert!((3..=12).contains(&files), "{files} files of about 1 MiB for ~5 MiB of Parquet");
+}
