@@ -438,7 +438,7 @@ install_venv() {
 	python3 -m venv "$CACHE/venv"
 	"$CACHE/venv/bin/pip" install -q --disable-pip-version-check --cache-dir "$CACHE/pip" \
 		-r "$PY_SRC/requirements.txt" -c "$PY_SRC/constraints.txt"
-	"$CACHE/venv/bin/python" -c 'import boto3, pyarrow, duckdb, moto, snappy'
+	"$CACHE/venv/bin/python" -c 'import boto3, pyarrow, duckdb, moto, snappy, pyiceberg, pyiceberg_core'
 	"$CACHE/venv/bin/aws" --version
 	echo "$want" >"$stamp"
 }

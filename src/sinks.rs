@@ -68,6 +68,9 @@ sink_registry! {
     // Firehose's HTTP endpoint delivery protocol (Datadog, New Relic, any receiver of it).
     #[cfg(feature = "sink-http-endpoint")]
     HttpEndpoint(spillway_sink_http_endpoint::HttpEndpointSinkConfig) = "http_endpoint",
+    // Appends to an existing Apache Iceberg table (SQL catalog), effectively once per batch.
+    #[cfg(feature = "sink-iceberg")]
+    Iceberg(spillway_sink_iceberg::IcebergSinkConfig) = "iceberg",
 }
 
 #[cfg(test)]
@@ -98,6 +101,12 @@ mod tests {
                 cfg!(feature = "sink-http-endpoint"),
                 "sink-http-endpoint",
             ),
+            (
+                "iceberg",
+                "type: iceberg\ncatalog: {type: sql, uri: 'postgres://u@localhost/db', warehouse: 'file:///tmp/wh'}\ntable: db.t\nbackup: {sink: {url: file://./b}}\n",
+                cfg!(feature = "sink-iceberg"),
+                "sink-iceberg",
+            ),
         ];
         for (name, yaml, built, feature) in blocks {
             let parsed = serde_yaml_ng::from_str::<SinkConfig>(yaml);
@@ -112,7 +121,7 @@ mod tests {
         }
         let unknown = serde_yaml_ng::from_str::<SinkConfig>("type: kafka\n").expect_err("unknown type");
         assert!(
-            unknown.to_string().contains("expected one of `s3`, `postgres`, `opensearch`, `http_endpoint`"),
+            unknown.to_string().contains("expected one of `s3`, `postgres`, `opensearch`, `http_endpoint`, `iceberg`"),
             "{unknown}"
         );
     }

@@ -71,6 +71,7 @@ const OPTIONAL_TYPES: &[(&str, &str, bool)] = &[
     ("postgres", "sink-postgres", cfg!(feature = "sink-postgres")),
     ("opensearch", "sink-opensearch", cfg!(feature = "sink-opensearch")),
     ("http_endpoint", "sink-http-endpoint", cfg!(feature = "sink-http-endpoint")),
+    ("iceberg", "sink-iceberg", cfg!(feature = "sink-iceberg")),
     ("kinesis", "source-kinesis", cfg!(feature = "source-kinesis")),
     ("dynamodb_streams", "source-dynamodb-streams", cfg!(feature = "source-dynamodb-streams")),
     ("file", "source-file", cfg!(feature = "source-file")),

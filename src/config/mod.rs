@@ -64,6 +64,11 @@ pub struct ApiDefaultsConfig {
     /// cluster not listed is refused.
     #[serde(default)]
     pub msk: BTreeMap<String, ApiMskCluster>,
+    /// How an `IcebergDestinationConfiguration`'s `CatalogConfiguration` is reached: the
+    /// `iceberg` sink's `catalog:` block (`{type: sql, uri, warehouse, name}`); the request's
+    /// `WarehouseLocation` replaces `warehouse`. Without it such a destination is refused.
+    #[serde(default)]
+    pub iceberg_catalog: Option<serde_json::Value>,
 }
 
 /// `api_defaults.msk.<cluster ARN>`: the `kafka` source's connection fields for that cluster

@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use super::{http_endpoint_destination, s3_destination};
+use super::{http_endpoint_destination, iceberg_destination, s3_destination};
 use crate::config::{Config, SourceConfig, StreamConfig};
 use crate::sources::direct_put::wire::ApiError;
 
@@ -39,6 +39,13 @@ pub const API_DESTINATIONS: &[ApiDestination] = &[
         create_members: &["HttpEndpointDestinationConfiguration"],
         update_members: &["HttpEndpointDestinationUpdate"],
         stream_config: http_endpoint_destination::stream_config,
+    },
+    // Built only with the `iceberg` sink (`sink-iceberg`), as above.
+    ApiDestination {
+        name: "Iceberg",
+        create_members: &["IcebergDestinationConfiguration"],
+        update_members: &["IcebergDestinationUpdate"],
+        stream_config: iceberg_destination::stream_config,
     },
 ];
 

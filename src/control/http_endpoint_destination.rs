@@ -86,11 +86,11 @@ struct RetryIn {
 /// `S3Configuration`: the backup bucket (`S3DestinationConfiguration`'s members).
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct S3In {
+pub(super) struct S3In {
     #[serde(rename = "RoleARN")]
-    role_arn: Option<String>,
+    pub(super) role_arn: Option<String>,
     #[serde(rename = "BucketARN")]
-    bucket_arn: Option<String>,
+    pub(super) bucket_arn: Option<String>,
     prefix: Option<String>,
     error_output_prefix: Option<String>,
     #[serde(rename = "BufferingHints")]
@@ -236,7 +236,7 @@ pub fn stream_config(
 }
 
 /// The backup's `s3` sink block from `S3Configuration`, through `api_defaults.s3`.
-fn backup_sink(config: &Config, s3: Option<&S3In>, member: &str) -> Result<Map<String, Value>, ApiError> {
+pub(super) fn backup_sink(config: &Config, s3: Option<&S3In>, member: &str) -> Result<Map<String, Value>, ApiError> {
     let invalid = |message: String| ApiError::invalid_argument(message);
     let s3 = s3.ok_or_else(|| invalid(format!("{member}.s3Configuration is required")))?;
     let bucket_arn = s3.bucket_arn.as_deref().unwrap_or_default();

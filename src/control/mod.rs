@@ -4,7 +4,7 @@
 //! `firehose/2015-08-04/service-2.json`) and error types, answered in the wire protocol of
 //! [`crate::sources::direct_put::wire`] (the Firehose endpoint hands these operations here).
 //! [`destinations`] lists the destination types the API creates, each with the module that turns
-//! its shapes into a `StreamConfig` ([`s3_destination`], [`http_endpoint_destination`]); [`processors`] renders a stream's
+//! its shapes into a `StreamConfig` ([`s3_destination`], [`http_endpoint_destination`], [`iceberg_destination`]); [`processors`] renders a stream's
 //! processing back into Firehose's `ProcessingConfiguration`; [`catalog`]
 //! keeps each stream's record behind the [`catalog::Catalog`] trait; in cluster mode [`follow`]
 //! applies other nodes' changes of the shared catalog here. The app builds [`Control`]
@@ -31,6 +31,7 @@ pub mod catalog;
 pub mod destinations;
 pub mod follow;
 pub mod http_endpoint_destination;
+pub mod iceberg_destination;
 pub mod msk_source;
 pub mod processors;
 pub mod s3_destination;

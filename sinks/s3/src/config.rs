@@ -290,18 +290,7 @@ impl S3SinkConfig {
                     .map(|field| ConfigProblem::new(field, "only applies to s3:// urls")),
             );
         }
-        if let Some(endpoint) = &self.endpoint
-            && let Err(message) = check_endpoint(endpoint)
-        {
-            problems.push(ConfigProblem::new("endpoint", message));
-        }
-        if self.access_key_id.is_some() != self.secret_access_key.is_some() {
-            let missing = if self.access_key_id.is_some() { "secret_access_key" } else { "access_key_id" };
-            problems.push(ConfigProblem::new(missing, "access_key_id and secret_access_key must be set together"));
-        }
-        if self.session_token.is_some() && self.access_key_id.is_none() {
-            problems.push(ConfigProblem::new("session_token", "needs access_key_id and secret_access_key"));
-        }
+        problems.extend(self.connection().validate());
         problems
     }
 
@@ -453,6 +442,65 @@ impl S3SinkConfig {
     }
 
     fn build_s3(&self, bucket: &str) -> Result<object_store::aws::AmazonS3, SinkError> {
+        self.connection().build_store(bucket)
+    }
+
+    /// The S3 connection options of this block (endpoint, region, addressing, credentials).
+    pub fn connection(&self) -> S3Connection {
+        S3Connection {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            path_style: self.path_style,
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            session_token: self.session_token.clone(),
+            allow_http: self.allow_http,
+        }
+    }
+}
+
+/// How to reach an S3-compatible store: the S3 sink's connection fields, which other sinks that
+/// keep files in a bucket (Iceberg's warehouse) take under the same names.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Connection {
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub path_style: Option<bool>,
+    #[serde(default)]
+    pub access_key_id: Option<Secret>,
+    #[serde(default)]
+    pub secret_access_key: Option<Secret>,
+    #[serde(default)]
+    pub session_token: Option<Secret>,
+    #[serde(default)]
+    pub allow_http: Option<bool>,
+}
+
+impl S3Connection {
+    /// Problems in the block, with fields relative to it.
+    pub fn validate(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        if let Some(endpoint) = &self.endpoint
+            && let Err(message) = check_endpoint(endpoint)
+        {
+            problems.push(ConfigProblem::new("endpoint", message));
+        }
+        if self.access_key_id.is_some() != self.secret_access_key.is_some() {
+            let missing = if self.access_key_id.is_some() { "secret_access_key" } else { "access_key_id" };
+            problems.push(ConfigProblem::new(missing, "access_key_id and secret_access_key must be set together"));
+        }
+        if self.session_token.is_some() && self.access_key_id.is_none() {
+            problems.push(ConfigProblem::new("session_token", "needs access_key_id and secret_access_key"));
+        }
+        problems
+    }
+
+    /// The client for `bucket` (no request is sent).
+    pub fn build_store(&self, bucket: &str) -> Result<object_store::aws::AmazonS3, SinkError> {
         // The pipeline owns retries; object_store only smooths over a brief blip.
         let retry =
             RetryConfig { backoff: BackoffConfig::default(), max_retries: 2, retry_timeout: Duration::from_secs(15) };

@@ -32,7 +32,7 @@ pub mod sink;
 pub mod timestamp;
 
 pub use backup::{BackupConfig, BackupMode};
-pub use config::{Destination, OutputFormat, S3SinkConfig};
+pub use config::{Destination, OutputFormat, S3Connection, S3SinkConfig};
 pub use descriptor::bucket_arn_for_url;
 pub use error::is_destination_state;
 pub use key::{PrefixError, PrefixKind, PrefixTemplate};

@@ -507,8 +507,10 @@ fn plain_columns(schema: &Schema, rows: &StructArray, limit: usize) -> Vec<Strin
     plain
 }
 
-/// Read one record into the builders, or refuse it leaving them as they were.
-fn read_row(rows: &mut StructColumn, data: &[u8]) -> Result<(), (&'static str, String)> {
+/// Read one record into the builders, or refuse it leaving them as they were (with Firehose's
+/// code, [`PARSE_ERROR`] or [`MALFORMED_DATA`], and a message). The Iceberg sink reads records
+/// into a table's columns with it too.
+pub fn read_row(rows: &mut StructColumn, data: &[u8]) -> Result<(), (&'static str, String)> {
     let before = rows.len();
     // sonic-rs: the same serde walk as serde_json, with SIMD string scanning (strings are most
     // of a log record's bytes).
