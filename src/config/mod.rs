@@ -964,6 +964,8 @@ fn dynamic_partitioning_problems(stream: &StreamConfig, sink_reported: &dyn Fn(&
     let Ok(named) = stream.sink.descriptor().partition_keys_in_prefix() else {
         return problems;
     };
+    let field = format!("sink.{}", stream.sink.descriptor().partition_keys_field());
+    let field = field.as_str();
     let mut reported = BTreeSet::new();
     for (source, name) in named {
         if !reported.insert((source == PartitionKeySource::Query, name.clone())) {
@@ -971,22 +973,21 @@ fn dynamic_partitioning_problems(stream: &StreamConfig, sink_reported: &dyn Fn(&
         }
         match source {
             PartitionKeySource::Query if enabled_keys.is_empty() => push(
-                "sink.prefix",
+                field,
                 format!("uses !{{partitionKeyFromQuery:{name}}} but processing.dynamic_partitioning is not enabled"),
             ),
-            PartitionKeySource::Query if !enabled_keys.contains_key(&name) => push(
-                "sink.prefix",
-                format!("uses !{{partitionKeyFromQuery:{name}}} but {block}.keys has no key `{name}`"),
-            ),
+            PartitionKeySource::Query if !enabled_keys.contains_key(&name) => {
+                push(field, format!("uses !{{partitionKeyFromQuery:{name}}} but {block}.keys has no key `{name}`"))
+            }
             PartitionKeySource::Query => {}
             PartitionKeySource::Lambda if !has_lambda => push(
-                "sink.prefix",
+                field,
                 format!(
                     "uses !{{partitionKeyFromLambda:{name}}}, which needs a lambda transform in processing.transforms returning partition keys"
                 ),
             ),
             PartitionKeySource::Lambda if !lambda_partitioning => push(
-                "sink.prefix",
+                field,
                 format!("uses !{{partitionKeyFromLambda:{name}}} but processing.dynamic_partitioning is not enabled"),
             ),
             PartitionKeySource::Lambda => {}
@@ -1230,6 +1231,17 @@ mod tests {
         assert_eq!(dynamic.retry_duration_seconds, 300);
         assert_eq!(config.validate(), []);
         assert_eq!(config.streams[0].processing.partition_keys().len(), 1);
+    }
+
+    /// A sink whose keys are named by another field (Iceberg's `table`) is named in the problem.
+    #[test]
+    #[cfg(feature = "sink-iceberg")]
+    fn table_keys_are_reported_under_the_table_field() {
+        let sink = "{ type: iceberg, catalog: { type: sql, uri: 'postgres://u@h/db', warehouse: 's3://w' }, \
+                    table: 'db.!{partitionKeyFromQuery:t}', backup: { sink: { url: 'file://errors' } } }";
+        let found = problems("{}", sink);
+        assert_eq!(paths(&found), ["streams[0].sink.table"], "{found:?}");
+        assert!(found[0].message.contains("not enabled"), "{}", found[0]);
     }
 
     #[test]

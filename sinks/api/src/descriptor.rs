@@ -140,6 +140,11 @@ pub trait SinkDescriptor: std::fmt::Debug + Send + Sync {
         Ok(Vec::new())
     }
 
+    /// The field of the sink's block that names those keys (problems with them point there).
+    fn partition_keys_field(&self) -> &'static str {
+        "prefix"
+    }
+
     /// Firehose supports dynamic partitioning on S3 destinations only.
     fn supports_dynamic_partitioning(&self) -> bool {
         false

@@ -43,6 +43,10 @@ impl SinkDescriptor for IcebergSinkConfig {
         self.backup.iter().flat_map(|backup| backup.local_folders()).collect()
     }
 
+    fn partition_keys_field(&self) -> &'static str {
+        "table"
+    }
+
     fn partition_keys_in_prefix(&self) -> Result<Vec<(PartitionKeySource, String)>, String> {
         Ok(TableTemplate::parse(&self.table)?.keys())
     }

@@ -211,6 +211,7 @@ impl Replicator {
         let mut delivered = self.wal.delivered();
         let mut cleaned = 0;
         let mut stopping = false;
+        let mut writer_open = true;
         let leases = self.replication.states.leases().clone();
         let mut lease_check = tokio::time::interval(leases.lease_duration() / 6);
         loop {
@@ -260,8 +261,10 @@ impl Replicator {
             }
             let wait_for_uploads = !uploads.is_empty();
             tokio::select! {
-                changed = committed.changed(), if buffer.len() < max_bytes => {
+                changed = committed.changed(), if buffer.len() < max_bytes && writer_open => {
                     if changed.is_err() {
+                        // The WAL's writer is gone: nothing more comes; finish what was read.
+                        writer_open = false;
                         stopping = true;
                     }
                 }
