@@ -282,13 +282,7 @@ impl Lifecycle {
         if delivery.is_some() {
             self.env.wals.insert(&name, wal.clone());
         }
-        let shared = if delivery.is_none() {
-            None
-        } else if replication.is_some() {
-            self.orphan_slots(config, record.version_id, &metrics)
-        } else {
-            self.shared_shards(config, record.version_id, &metrics)
-        };
+        let shared = if delivery.is_some() { self.cluster_work(config, record.version_id, &metrics) } else { None };
         let readers = if delivery.is_some() && shared.is_none() {
             Readers::spawn(config, &wal, &self.env.wals, &metrics)
         } else {
@@ -328,6 +322,16 @@ impl Lifecycle {
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(crate::cluster::sharing::run(shared, source, stopped));
         Some(Readers { stop: Some(stop), tasks: vec![task] })
+    }
+
+    /// The stream's share of cluster work: adopting dead nodes' ingest slots (a push stream with
+    /// `wal.replication`), or leasing its shards (a shard source); `None` otherwise.
+    fn cluster_work(&self, config: &StreamConfig, version_id: u64, metrics: &Arc<StreamMetrics>) -> Option<Readers> {
+        if config.source.descriptor().accepts_puts() {
+            self.orphan_slots(config, version_id, metrics)
+        } else {
+            self.shared_shards(config, version_id, metrics)
+        }
     }
 
     /// With `wal.replication`, a push stream: the task adopting dead nodes' ingest slots.
@@ -384,11 +388,7 @@ impl Lifecycle {
         let mut restarted = None;
         if let Some(readers) = shared {
             readers.stop(tokio::time::Instant::now() + self.env.drain_timeout + Duration::from_secs(30)).await;
-            restarted = if intake.is_some() {
-                self.orphan_slots(config, record.version_id, &metrics)
-            } else {
-                self.shared_shards(config, record.version_id, &metrics)
-            };
+            restarted = self.cluster_work(config, record.version_id, &metrics);
         }
         if let Some(current) = self.running().get_mut(&name) {
             current.delivery = delivery;

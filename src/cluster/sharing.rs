@@ -400,19 +400,10 @@ async fn open(
     let dir = stream.stream_dir.join("shards").join(sanitize(shard_id));
     let options = WalOptions { dir: dir.join("wal"), track_positions: true, ..stream.wal.clone() };
     let resume_sequence = resume.sequence;
-    let shard_dir = dir.clone();
-    let opened = tokio::task::spawn_blocking(move || {
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => return Err(format!("cannot clear {}: {error}", dir.display())),
-        }
-        Wal::open(options, resume_sequence).map(|(wal, _)| wal).map_err(|error| error.to_string())
-    })
-    .await
-    .map_err(|join| StartError::Local(join.to_string()))?
-    .map_err(StartError::Local)?;
-    let wal = opened;
+    let wal = tokio::task::spawn_blocking(move || Wal::open_cleared(options, resume_sequence))
+        .await
+        .map_err(|join| StartError::Local(join.to_string()))?
+        .map_err(StartError::Local)?;
     let boundaries = Arc::new(Boundaries::default());
     let on_delivered: crate::cluster::shard_state::OnDelivered = {
         let (api, shard_id) = (source.api.clone(), shard_id.to_string());
@@ -442,7 +433,7 @@ async fn open(
         let (source, shard_id) = (source.clone(), shard_id.to_string());
         tokio::spawn(async move { shards::read_one_shard(&source, target, &shard_id, start, reader_stopped).await })
     };
-    Ok(SubStream { epoch, wal, dir: shard_dir, delivery, reader_stop, reader: Some(reader), read_to_end: false })
+    Ok(SubStream { epoch, wal, dir, delivery, reader_stop, reader: Some(reader), read_to_end: false })
 }
 
 /// A shard id as one folder name (ids are `[A-Za-z0-9_.-]` in both services; anything else is

@@ -195,6 +195,18 @@ impl Wal {
         Ok((wal, report))
     }
 
+    /// Open a WAL in `options.dir` after removing whatever the folder held (a cache whose owner
+    /// carries on from state kept elsewhere: a shared shard's or an ingest slot's), numbering
+    /// from `next_sequence`. Blocking file I/O.
+    pub fn open_cleared(options: WalOptions, next_sequence: u64) -> Result<Wal, String> {
+        match std::fs::remove_dir_all(&options.dir) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(format!("cannot clear {}: {error}", options.dir.display())),
+        }
+        Wal::open(options, next_sequence).map(|(wal, _)| wal).map_err(|error| error.to_string())
+    }
+
     /// A handle for a stream whose WAL could not be opened: no writer runs, appends fail with
     /// `WalError::Closed`, nothing is committed, and the files stay as they are for an operator
     /// (`spillway wal inspect` / `quarantine`). `disk_bytes` reports what the segments hold.

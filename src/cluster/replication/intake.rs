@@ -104,17 +104,9 @@ impl IntakeSlot {
         let leases = replication.states.leases().clone();
         let epoch = leases.create_owned(&key).await.map_err(|error| error.to_string())?;
         let resume = replication.states.open(&key, epoch).await.map_err(|error| error.to_string())?;
-        let dir = options.dir.clone();
-        let wal = tokio::task::spawn_blocking(move || {
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => return Err(format!("cannot clear {}: {error}", dir.display())),
-            }
-            Wal::open(options, 0).map(|(wal, _)| wal).map_err(|error| error.to_string())
-        })
-        .await
-        .map_err(|join| join.to_string())??;
+        let wal = tokio::task::spawn_blocking(move || Wal::open_cleared(options, 0))
+            .await
+            .map_err(|join| join.to_string())??;
         let (progress_tx, progress) = watch::channel(Progress::default());
         let (replicated_tx, replicated) = watch::channel(0);
         let (stop, stopped) = watch::channel(false);

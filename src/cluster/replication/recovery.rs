@@ -168,20 +168,10 @@ async fn deliver_slot(
     }
     tracing::info!(stream = %orphans.config.name, lease = %key, epoch, checkpoint = resume.checkpoint, segments = run.len(), from = start, to = end, "adopting an ingest slot");
     let options = WalOptions { dir: dir.join("wal"), ..orphans.wal.clone() };
-    let wal = {
-        let dir = dir.to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => return Err(format!("cannot clear {}: {error}", dir.display())),
-            }
-            Wal::open(options, start).map(|(wal, _)| wal).map_err(|error| error.to_string())
-        })
+    let wal = tokio::task::spawn_blocking(move || Wal::open_cleared(options, start))
         .await
         .map_err(|join| AdoptError::Local(join.to_string()))?
-        .map_err(AdoptError::Local)?
-    };
+        .map_err(AdoptError::Local)?;
     let place = DeliveryPlace {
         wal: wal.clone(),
         state: replication.states.delivery_state(key, epoch, Arc::new(Boundaries::default()), None),
