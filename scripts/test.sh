@@ -18,6 +18,8 @@ if [[ "${CI:-}" == true ]]; then
 	# nothing here may wait for a person
 	exec </dev/null
 	export DEBIAN_FRONTEND=noninteractive CARGO_TERM_PROGRESS_WHEN=never
+	# a fresh clone builds once: incremental caches would only take disk (GBs) and time
+	export CARGO_INCREMENTAL=0
 fi
 
 log() { printf '[test.sh] %s\n' "$*" >&2; }
