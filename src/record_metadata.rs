@@ -119,6 +119,44 @@ impl RecordMetadata {
     }
 }
 
+/// A record's source metadata as routing sees it (jq partition keys read it as `$metadata`):
+/// a WAL entry still encoded, decoded only when something asks, or one already decoded (the
+/// Lambda stage's). Cheap to copy; records without metadata are [`MetadataRef::None`].
+#[derive(Debug, Clone, Copy, Default)]
+pub enum MetadataRef<'a> {
+    #[default]
+    None,
+    Entry {
+        entry: &'a [u8],
+        frame_shard: Option<&'a str>,
+    },
+    Decoded(&'a RecordMetadata),
+}
+
+impl<'a> MetadataRef<'a> {
+    /// The entry of record `offset` of `frame`, if its source wrote one.
+    pub fn of_frame(frame: &'a crate::wal::Frame, offset: usize) -> Self {
+        match frame.metadata.get(offset) {
+            None => MetadataRef::None,
+            Some(entry) => {
+                MetadataRef::Entry { entry, frame_shard: frame.source.as_ref().map(|source| source.shard.as_str()) }
+            }
+        }
+    }
+
+    /// The metadata object's fields as JSON (what the Lambda event's `…RecordMetadata` member
+    /// holds), or `None` without metadata.
+    pub fn to_json(&self) -> Option<serde_json::Value> {
+        match self {
+            MetadataRef::None => None,
+            MetadataRef::Entry { entry, frame_shard } => RecordMetadata::decode(entry, *frame_shard)
+                .filter(|metadata| metadata.object != FAILED_RECORD)
+                .map(|metadata| metadata.to_json()),
+            MetadataRef::Decoded(metadata) => Some(metadata.to_json()),
+        }
+    }
+}
+
 /// The object a source writes for a record it refuses itself (a windowed query's late record):
 /// the pipeline files the record in the error output under `processing-failed` with the entry's
 /// `errorCode` and `errorMessage`, instead of delivering it.

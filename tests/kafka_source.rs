@@ -362,6 +362,74 @@ async fn headers_and_a_null_key_reach_the_lambda_event() {
     assert!(keyed.get("headers").is_none(), "{keyed}");
 }
 
+/// Partition keys read the record's Kafka metadata (`$metadata`): objects per topic, partition
+/// and record key, each holding only its partition's and key's records in offset order; a record
+/// without a key fails its key with a message saying why and goes to the error output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn partition_keys_read_the_kafka_record_metadata() {
+    let bootstrap = bootstrap();
+    let topic = unique_topic("keys");
+    create_topic(&bootstrap, &topic, 3);
+    let expected = produce(&bootstrap, &topic, 3, 140, "m");
+    // Not JSON and without a key: the keys read only `$metadata`, and the key one has no value
+    // (`values` drops the null: jq's `null | @base64d` would decode the text "null").
+    tool(&["one", &bootstrap, &topic, "2", "plain text, no key"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "server:\n  listen: 127.0.0.1:0\ndata_dir: ./data\nstreams:\n\
+         \x20 - name: keyed\n\
+         \x20   source: {{ type: kafka, bootstrap_servers: '{bootstrap}', topics: [{topic}], start: earliest }}\n\
+         \x20   processing:\n\
+         \x20     record_delimiter: newline\n\
+         \x20     dynamic_partitioning:\n\
+         \x20       keys: {{ topic: $metadata.topic, partition: $metadata.partitionId, key: '$metadata.key | values | @base64d' }}\n\
+         \x20   buffering: {{ size_mib: 1, interval_seconds: 1 }}\n\
+         \x20   sink:\n\
+         \x20     type: s3\n\
+         \x20     url: file://./out\n\
+         \x20     prefix: 't=!{{partitionKeyFromQuery:topic}}/p=!{{partitionKeyFromQuery:partition}}/!{{partitionKeyFromQuery:key}}/'\n\
+         \x20     error_output_prefix: 'errors/!{{firehose:error-output-type}}/'\n"
+    );
+    let spillway = Spillway::start(dir.path(), &yaml);
+    wait_for_lines(dir.path(), "out", expected.len(), common::WAIT).await;
+    eventually(common::WAIT, "the keyless record in the error output", || {
+        local_objects(&dir.path().join("out")).iter().any(|(name, _)| name.starts_with("errors/")).then_some(())
+    })
+    .await;
+    assert_eq!(spillway.terminate(), 0);
+
+    assert_exactly_once(dir.path(), "out", &expected);
+    let mut objects = 0;
+    for (name, body) in local_objects(&dir.path().join("out")) {
+        if let Some(rest) = name.strip_prefix("errors/") {
+            assert!(rest.starts_with("metadata-extraction-failed/"), "{name}");
+            let failed: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(failed["errorCode"], "DynamicPartitioning.MetadataExtractionFailed");
+            assert!(failed["errorMessage"].as_str().unwrap().contains("partition key `key`"), "{failed}");
+            let raw = base64::engine::general_purpose::STANDARD.decode(failed["rawData"].as_str().unwrap()).unwrap();
+            assert_eq!(raw, b"plain text, no key");
+            continue;
+        }
+        objects += 1;
+        let (prefix, partition_and_key) = name.split_once("/p=").unwrap_or_else(|| panic!("{name}"));
+        assert_eq!(prefix, format!("t={topic}"));
+        let mut parts = partition_and_key.split('/');
+        let (partition, key) = (parts.next().unwrap(), parts.next().unwrap());
+        let mut numbers = Vec::new();
+        for line in String::from_utf8_lossy(&body).lines() {
+            let value: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(value["k"], format!("mp{partition}"), "{name}: {line}");
+            let n = value["n"].as_u64().unwrap();
+            assert_eq!(format!("key-{}", n % 7), key, "{name}: {line}");
+            numbers.push(n);
+        }
+        assert!(numbers.windows(2).all(|pair| pair[0] < pair[1]), "{name}: not in offset order: {numbers:?}");
+    }
+    assert!(objects >= 3 * 7, "one object at least per partition and key, got {objects}");
+}
+
 /// A private broker (own ports and data), for the restart test: the shared one is not stopped.
 struct PrivateBroker {
     child: Option<Child>,

@@ -21,6 +21,7 @@ use super::open_batch::{ClosedBatch, EarlyClose, OpenBatches, Route};
 use crate::config::RecordDelimiter;
 use crate::processing::transform::Outcome;
 use crate::processing::{PROCESSING_FAILED_OUTPUT_TYPE, Transforms};
+use crate::record_metadata::MetadataRef;
 use crate::wal::{Frame, WalError, WalReader};
 
 /// Why a record's partition keys could not be evaluated; the record goes to the error output.
@@ -34,7 +35,8 @@ pub struct PartitionFailure {
 /// Computes a record's dynamic partition. Must be deterministic: a batch is rebuilt from the WAL
 /// after a crash by routing its range again.
 pub trait Partitioner: Send + Sync + 'static {
-    fn partition(&self, record: &[u8]) -> Result<Arc<PartitionKeys>, PartitionFailure>;
+    /// `metadata`: what the record's source knows about it (jq keys read it as `$metadata`).
+    fn partition(&self, record: &[u8], metadata: MetadataRef<'_>) -> Result<Arc<PartitionKeys>, PartitionFailure>;
 }
 
 /// Partition keys from jq expressions (`processing.dynamic_partitioning.keys`). The map of each
@@ -55,10 +57,10 @@ impl JqPartitioner {
 }
 
 impl Partitioner for JqPartitioner {
-    fn partition(&self, record: &[u8]) -> Result<Arc<PartitionKeys>, PartitionFailure> {
+    fn partition(&self, record: &[u8], metadata: MetadataRef<'_>) -> Result<Arc<PartitionKeys>, PartitionFailure> {
         let values = self
             .keys
-            .evaluate(record)
+            .evaluate(record, metadata)
             .map_err(|error| PartitionFailure { code: error.code.to_string(), message: error.message })?;
         let mut maps = self.maps.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(map) = maps.get(&values) {
@@ -137,11 +139,12 @@ impl Router {
         data: &'a [u8],
         sequence: u64,
         arrival_ms: i64,
+        metadata: MetadataRef<'_>,
         lambda_keys: Option<&std::collections::BTreeMap<String, String>>,
     ) -> Routed<'a> {
         let keys = match &self.partitioner {
             None => self.no_partition.clone(),
-            Some(partitioner) => match partition_contained(partitioner.as_ref(), data) {
+            Some(partitioner) => match partition_contained(partitioner.as_ref(), data, metadata) {
                 Ok(keys) => keys,
                 Err(failure) => {
                     return Routed::Failed {
@@ -228,7 +231,8 @@ impl Router {
                 }
                 touched.clear();
                 let position = RecordPosition { sequence, output: 0, arrival_ms: frame.arrival_ms };
-                self.place(open, data, position, arrived_at, &skip, probe_skipped, &mut touched, None)?;
+                let metadata = MetadataRef::of_frame(frame, offset);
+                self.place(open, data, position, arrived_at, &skip, probe_skipped, &mut touched, metadata, None)?;
                 closed.extend(open.settle(&touched)?);
             }
             return Ok(());
@@ -255,9 +259,10 @@ impl Router {
                 }
                 continue;
             }
+            let metadata = MetadataRef::of_frame(frame, offset);
             for (output, data) in (0u32..).zip(&outputs) {
                 let position = RecordPosition { sequence, output, arrival_ms: frame.arrival_ms };
-                self.place(open, data, position, arrived_at, &skip, probe_skipped, &mut touched, None)?;
+                self.place(open, data, position, arrived_at, &skip, probe_skipped, &mut touched, metadata, None)?;
             }
             closed.extend(open.settle(&touched)?);
         }
@@ -279,10 +284,11 @@ impl Router {
         skip: &dyn Fn(&Route, u64) -> bool,
         probe_skipped: bool,
         touched: &mut Vec<Route>,
+        metadata: MetadataRef<'_>,
         lambda_keys: Option<&std::collections::BTreeMap<String, String>>,
     ) -> Result<(), EncodeError> {
         let RecordPosition { sequence, arrival_ms, .. } = position;
-        let (route, data, suffix) = match self.route(data, sequence, arrival_ms, lambda_keys) {
+        let (route, data, suffix) = match self.route(data, sequence, arrival_ms, metadata, lambda_keys) {
             Routed::Sink { route, data } => (route, Cow::Borrowed(data), self.delimiter.suffix_for(data)),
             Routed::Failed { route, line } => (route, Cow::Owned(line), &b""[..]),
         };
@@ -346,6 +352,7 @@ impl Router {
         let mut outputs = Vec::new();
         for record in &chunk.records {
             let (sequence, arrival_ms) = (record.sequence, record.arrival_ms);
+            let metadata = record.metadata_ref();
             let arrived_at = arrived_at(arrival_ms);
             touched.clear();
             // Numbers the outputs placed, as `sink_records_processed` counts them.
@@ -382,6 +389,7 @@ impl Router {
                         &skip,
                         probe_skipped,
                         &mut touched,
+                        metadata,
                         lambda_keys,
                     )?;
                     continue;
@@ -402,6 +410,7 @@ impl Router {
                         &skip,
                         probe_skipped,
                         &mut touched,
+                        metadata,
                         lambda_keys,
                     )?;
                 }
@@ -433,7 +442,14 @@ impl Router {
             for data in transformed {
                 let output = placed;
                 placed += 1;
-                let in_partition = match self.route(&data, record.sequence, record.arrival_ms, lambda_keys.as_deref()) {
+                let routed = self.route(
+                    &data,
+                    record.sequence,
+                    record.arrival_ms,
+                    record.metadata_ref(),
+                    lambda_keys.as_deref(),
+                );
+                let in_partition = match routed {
                     Routed::Sink { route, .. } => *route.partition == *partition,
                     Routed::Failed { .. } => false,
                 };
@@ -446,7 +462,13 @@ impl Router {
 
     /// What a sink batch of `partition` holds of one WAL record: the record itself without
     /// transforms, else those of its outputs whose partition is `partition`, in order.
-    pub fn sink_records(&self, data: &Bytes, partition: &PartitionKeys, out: &mut Vec<(u32, Bytes)>) {
+    pub fn sink_records(
+        &self,
+        data: &Bytes,
+        metadata: MetadataRef<'_>,
+        partition: &PartitionKeys,
+        out: &mut Vec<(u32, Bytes)>,
+    ) {
         let Some(transforms) = &self.transforms else {
             out.push((0, data.clone()));
             return;
@@ -459,7 +481,7 @@ impl Router {
             let in_partition = match &self.partitioner {
                 None => partition.is_empty(),
                 Some(partitioner) => {
-                    partition_contained(partitioner.as_ref(), &output).is_ok_and(|keys| *keys == *partition)
+                    partition_contained(partitioner.as_ref(), &output, metadata).is_ok_and(|keys| *keys == *partition)
                 }
             };
             if in_partition {
@@ -471,8 +493,12 @@ impl Router {
 
 /// The record's partition; a partitioner that panics fails the record (a bug contained to it,
 /// the same way on every replay, so routing and reading a batch back agree).
-fn partition_contained(partitioner: &dyn Partitioner, data: &[u8]) -> Result<Arc<PartitionKeys>, PartitionFailure> {
-    spillway_sink_api::catch_panic(|| partitioner.partition(data)).unwrap_or_else(|panic| {
+fn partition_contained(
+    partitioner: &dyn Partitioner,
+    data: &[u8],
+    metadata: MetadataRef<'_>,
+) -> Result<Arc<PartitionKeys>, PartitionFailure> {
+    spillway_sink_api::catch_panic(|| partitioner.partition(data, metadata)).unwrap_or_else(|panic| {
         Err(PartitionFailure {
             code: crate::processing::transform::INTERNAL_ERROR.to_string(),
             message: format!("internal error: computing the partition keys panicked: {panic}"),

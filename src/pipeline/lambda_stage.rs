@@ -56,6 +56,16 @@ pub struct ProcessedRecord {
     pub sequence: u64,
     pub arrival_ms: i64,
     pub outputs: Vec<ProcessedOutput>,
+    /// The WAL record's source metadata (partition keys' `$metadata`), if its source wrote any.
+    pub metadata: Option<Arc<RecordMetadata>>,
+}
+
+impl ProcessedRecord {
+    pub fn metadata_ref(&self) -> crate::record_metadata::MetadataRef<'_> {
+        self.metadata
+            .as_deref()
+            .map_or(crate::record_metadata::MetadataRef::None, crate::record_metadata::MetadataRef::Decoded)
+    }
 }
 
 /// The processed records of the WAL range `[start, end)`, every sequence of it present.
@@ -71,6 +81,7 @@ struct Prepared {
     sequence: u64,
     arrival_ms: i64,
     items: Vec<Item>,
+    source_metadata: Option<Arc<RecordMetadata>>,
 }
 
 enum Item {
@@ -264,15 +275,16 @@ impl LambdaStage {
                     frame.metadata.get(offset).and_then(|entry| crate::record_metadata::source_failure(entry))
                 {
                     let items = vec![Item::Failed { data: data.clone(), code, message }];
-                    prepared.push(Prepared { sequence, arrival_ms: frame.arrival_ms, items });
+                    prepared.push(Prepared { sequence, arrival_ms: frame.arrival_ms, items, source_metadata: None });
                     continue;
                 }
                 // Records of a push source have no entry: nothing is decoded or allocated.
-                let metadata = frame
+                let source_metadata = frame
                     .metadata
                     .get(offset)
                     .and_then(|entry| RecordMetadata::decode(entry, frame_shard))
-                    .map(|metadata| Arc::<[u8]>::from(metadata_member(&metadata)));
+                    .map(Arc::new);
+                let metadata = source_metadata.as_deref().map(|metadata| Arc::<[u8]>::from(metadata_member(metadata)));
                 let items = match &self.before {
                     None => vec![Item::Send { data: data.clone(), metadata }],
                     Some(before) => match before.apply(data, &mut outputs) {
@@ -285,7 +297,7 @@ impl LambdaStage {
                         }
                     },
                 };
-                prepared.push(Prepared { sequence, arrival_ms: frame.arrival_ms, items });
+                prepared.push(Prepared { sequence, arrival_ms: frame.arrival_ms, items, source_metadata });
             }
         }
         prepared
@@ -427,7 +439,12 @@ impl LambdaStage {
                     }
                 }
             }
-            records.push(ProcessedRecord { sequence: record.sequence, arrival_ms: record.arrival_ms, outputs });
+            records.push(ProcessedRecord {
+                sequence: record.sequence,
+                arrival_ms: record.arrival_ms,
+                outputs,
+                metadata: record.source_metadata.clone(),
+            });
         }
         ProcessedChunk { start: invocation.start, end: invocation.end, records }
     }

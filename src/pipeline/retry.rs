@@ -346,10 +346,11 @@ impl Delivery {
                     break;
                 }
                 for frame in frames {
-                    for (offset, data) in frame.records.into_iter().enumerate() {
+                    for (offset, data) in frame.records.iter().enumerate() {
                         let sequence = frame.first_sequence + offset as u64;
                         if sequences.contains(sequence) {
-                            router.sink_records(&data, &partition, &mut outputs);
+                            let metadata = crate::record_metadata::MetadataRef::of_frame(&frame, offset);
+                            router.sink_records(data, metadata, &partition, &mut outputs);
                             records.extend(outputs.drain(..).map(|(output, data)| Record {
                                 data,
                                 arrival_ms: frame.arrival_ms,

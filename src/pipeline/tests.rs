@@ -13,13 +13,14 @@ use super::*;
 use crate::checkpoint::Checkpoint;
 use crate::config::{FsyncPolicy, RecordDelimiter};
 use crate::metrics::StreamMetrics;
+use crate::record_metadata::MetadataRef;
 use crate::wal::WalOptions;
 
 /// Partitions JSON-free test records `"<key>:<n>"` by the text before the colon; `bad:` fails.
 struct PrefixPartitioner;
 
 impl Partitioner for PrefixPartitioner {
-    fn partition(&self, record: &[u8]) -> Result<Arc<PartitionKeys>, PartitionFailure> {
+    fn partition(&self, record: &[u8], _: MetadataRef<'_>) -> Result<Arc<PartitionKeys>, PartitionFailure> {
         let text = String::from_utf8_lossy(record);
         let key = text.split(':').next().unwrap_or_default().to_string();
         if key == "bad" {
@@ -755,9 +756,9 @@ async fn a_sink_write_that_panics_sets_its_batch_aside_and_the_stream_goes_on() 
 struct PanickingPartitioner;
 
 impl Partitioner for PanickingPartitioner {
-    fn partition(&self, record: &[u8]) -> Result<Arc<PartitionKeys>, PartitionFailure> {
+    fn partition(&self, record: &[u8], _: MetadataRef<'_>) -> Result<Arc<PartitionKeys>, PartitionFailure> {
         assert!(!record.starts_with(b"boom"), "a bug in a partitioner");
-        PrefixPartitioner.partition(record)
+        PrefixPartitioner.partition(record, MetadataRef::None)
     }
 }
 

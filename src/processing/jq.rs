@@ -9,6 +9,12 @@ pub type JqFilter = jaq_core::Filter<data::JustLut<Val>>;
 
 /// Compile `code`; on failure, every problem jaq found, with byte offsets into `code`.
 pub fn compile_jq(code: &str) -> Result<JqFilter, String> {
+    compile_jq_with_globals(code, &[])
+}
+
+/// The same with global variables (`$name`, in order) whose values each run passes to
+/// `Vars::new`, in the same order.
+pub fn compile_jq_with_globals(code: &str, globals: &[&str]) -> Result<JqFilter, String> {
     let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs());
     let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs());
     let loader = Loader::new(defs);
@@ -17,7 +23,7 @@ pub fn compile_jq(code: &str) -> Result<JqFilter, String> {
         let messages: Vec<String> = errors.iter().flat_map(|(_, error)| load_error_messages(code, error)).collect();
         messages.join("; ")
     })?;
-    Compiler::default().with_funs(funs).compile(modules).map_err(|errors| {
+    Compiler::default().with_funs(funs).with_global_vars(globals.iter().copied()).compile(modules).map_err(|errors| {
         let messages: Vec<String> = errors
             .iter()
             .flat_map(|(_, undefined)| undefined.iter())

@@ -20,7 +20,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use super::jq::{JqFilter, compile_jq, jq_error_text};
+use super::jq::{JqFilter, compile_jq_with_globals, jq_error_text};
+use crate::record_metadata::MetadataRef;
 use jaq_core::{Ctx, Vars, data, unwrap_valr};
 use jaq_json::{Num, Val};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -97,7 +98,15 @@ pub struct KeyCompileError {
 struct CompiledKey {
     name: String,
     filter: JqFilter,
+    /// The expression names [`METADATA_VARIABLE`].
+    reads_metadata: bool,
 }
+
+/// The variable a key expression reads a record's source metadata from: the object the Lambda
+/// event record carries (`mskRecordMetadata`: `topic`, `partitionId`, `offset`, `key`,
+/// `headers`, …; `kinesisRecordMetadata`: `shardId`, `partitionKey`, …), `null` for records
+/// without (Direct PUT, NDJSON, files). E.g. `topic: $metadata.topic`.
+pub const METADATA_VARIABLE: &str = "$metadata";
 
 /// A stream's partition keys, compiled once and shared by its delivery tasks.
 pub struct PartitionKeys {
@@ -105,6 +114,8 @@ pub struct PartitionKeys {
     keys: Vec<CompiledKey>,
     /// Present when every expression is a plain field path.
     fast: Option<FieldTree>,
+    /// Some expression names [`METADATA_VARIABLE`]: only then is a record's entry decoded.
+    reads_metadata: bool,
 }
 
 // The pipeline shares one `PartitionKeys` between tasks.
@@ -118,6 +129,7 @@ impl fmt::Debug for PartitionKeys {
         f.debug_struct("PartitionKeys")
             .field("keys", &self.keys.iter().map(|key| key.name.as_str()).collect::<Vec<_>>())
             .field("fast_path", &self.fast.is_some())
+            .field("reads_metadata", &self.reads_metadata)
             .finish()
     }
 }
@@ -129,10 +141,11 @@ impl PartitionKeys {
         let mut errors = Vec::new();
         let mut paths = Vec::with_capacity(keys.len());
         for (name, expression) in keys {
-            match compile_jq(expression) {
+            match compile_jq_with_globals(expression, &[METADATA_VARIABLE]) {
                 Ok(filter) => {
                     paths.push(field_path(expression));
-                    compiled.push(CompiledKey { name: name.clone(), filter });
+                    let reads_metadata = expression.contains(METADATA_VARIABLE);
+                    compiled.push(CompiledKey { name: name.clone(), filter, reads_metadata });
                 }
                 Err(message) => errors.push(KeyCompileError { key: name.clone(), message }),
             }
@@ -141,7 +154,9 @@ impl PartitionKeys {
             return Err(errors);
         }
         let fast = paths.into_iter().collect::<Option<Vec<_>>>().map(|paths| FieldTree::build(&paths));
-        Ok(Self { keys: compiled, fast })
+        // Textual, so a string that merely contains the name costs a decode, never a wrong value.
+        let reads_metadata = compiled.iter().any(|key| key.reads_metadata);
+        Ok(Self { keys: compiled, fast, reads_metadata })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -153,8 +168,9 @@ impl PartitionKeys {
         self.keys.iter().map(|key| key.name.as_str())
     }
 
-    /// The record's partition, or why it has none.
-    pub fn evaluate(&self, record: &[u8]) -> Result<PartitionValues, KeyError> {
+    /// The record's partition, or why it has none. `metadata`: the record's source metadata, read
+    /// only when an expression names `$metadata`.
+    pub fn evaluate(&self, record: &[u8], metadata: MetadataRef<'_>) -> Result<PartitionValues, KeyError> {
         if self.keys.is_empty() {
             return Ok(PartitionValues::none());
         }
@@ -163,7 +179,7 @@ impl PartitionKeys {
             .map_err(|too_deep| KeyError::new(format!("the record cannot be read: {too_deep}")))?;
         match &self.fast {
             Some(tree) => self.evaluate_fast(tree, record),
-            None => self.evaluate_jq(record),
+            None => self.evaluate_jq(record, metadata),
         }
     }
 
@@ -188,21 +204,52 @@ impl PartitionKeys {
         Ok(PartitionValues(values.into()))
     }
 
-    fn evaluate_jq(&self, record: &[u8]) -> Result<PartitionValues, KeyError> {
-        // serde_json decides what counts as JSON on both paths (jaq also accepts `#` comments).
-        let text = json_object_text(record)?;
-        serde_json::from_str::<IgnoredAny>(text)
-            .map_err(|error| KeyError::new(format!("non JSON record provided: {error}")))?;
-        let input = jaq_json::read::parse_single(text.as_bytes())
-            .map_err(|error| KeyError::new(format!("non JSON record provided: {error}")))?;
+    fn evaluate_jq(&self, record: &[u8], metadata: MetadataRef<'_>) -> Result<PartitionValues, KeyError> {
+        // A record that is no JSON object fails every key that reads it; with `$metadata` the
+        // keys still run (on `null`), so a text record can be partitioned by its topic.
+        let (input, not_json) = match read_json_object(record) {
+            Ok(input) => (input, None),
+            Err(not_json) if !self.reads_metadata => return Err(not_json),
+            Err(not_json) => (Val::Null, Some(not_json)),
+        };
+        let metadata = match metadata.to_json().filter(|_| self.reads_metadata) {
+            None => None,
+            // Our own JSON: it reads back.
+            Some(json) => jaq_json::read::parse_single(json.to_string().as_bytes()).ok(),
+        };
+        let without_metadata = metadata.is_none();
+        let metadata = metadata.unwrap_or(Val::Null);
         let mut values = Vec::with_capacity(self.keys.len());
         for key in &self.keys {
-            let value = run_jq(&key.filter, input.clone()).map_err(|reason| KeyError::for_key(&key.name, reason))?;
+            let failed = |reason| match &not_json {
+                // Which of the two made the key fail is not known: say both.
+                Some(not_json) => KeyError::for_key(
+                    &key.name,
+                    format!("{reason} (the record was read as null: {})", not_json.message),
+                ),
+                None if key.reads_metadata && without_metadata && reason == Reason::Null => KeyError::for_key(
+                    &key.name,
+                    "value is null or missing: this record has no source metadata ($metadata is null; the \
+                     kafka and kinesis sources give it)",
+                ),
+                None => KeyError::for_key(&key.name, reason),
+            };
+            let value = run_jq(&key.filter, input.clone(), metadata.clone()).map_err(failed)?;
             check_value(&key.name, &value)?;
             values.push((key.name.clone(), value));
         }
         Ok(PartitionValues(values.into()))
     }
+}
+
+/// The record as a jaq value, if it is a JSON object.
+fn read_json_object(record: &[u8]) -> Result<Val, KeyError> {
+    // serde_json decides what counts as JSON on both paths (jaq also accepts `#` comments).
+    let text = json_object_text(record)?;
+    serde_json::from_str::<IgnoredAny>(text)
+        .map_err(|error| KeyError::new(format!("non JSON record provided: {error}")))?;
+    jaq_json::read::parse_single(text.as_bytes())
+        .map_err(|error| KeyError::new(format!("non JSON record provided: {error}")))
 }
 
 /// Why a key has no value for a record.
@@ -286,8 +333,8 @@ fn number_text(number: f64) -> Result<String, Reason> {
 // ---------------------------------------------------------------------------------------------
 // jaq path
 
-fn run_jq(filter: &JqFilter, input: Val) -> Result<String, Reason> {
-    let context = Ctx::<data::JustLut<Val>>::new(&filter.lut, Vars::new([]));
+fn run_jq(filter: &JqFilter, input: Val, metadata: Val) -> Result<String, Reason> {
+    let context = Ctx::<data::JustLut<Val>>::new(&filter.lut, Vars::new([metadata]));
     let mut outputs = filter.id.run((context, input)).map(unwrap_valr);
     let first = match outputs.next() {
         None => return Err(Reason::NoOutput),
@@ -597,16 +644,60 @@ mod tests {
     fn values_come_out_in_key_name_order_with_jq_text() {
         let partition_keys = compile(&[("service", ".service"), ("code", ".http.code"), ("ok", ".ok")]);
         let record = br#"{"service":"api","http":{"code":200.0,"path":"/x"},"ok":true,"noise":[1,{"a":2}]}"#;
-        let partition = partition_keys.evaluate(record).unwrap();
+        let partition = partition_keys.evaluate(record, MetadataRef::None).unwrap();
         assert_eq!(partition, values(&[("code", "200"), ("ok", "true"), ("service", "api")]));
         assert_eq!(partition.as_map().get("service").map(String::as_str), Some("api"));
         assert!(PartitionValues::none().is_empty());
     }
 
+    /// A Kafka record's entry as the source writes it.
+    fn kafka_entry() -> bytes::Bytes {
+        crate::record_metadata::MetadataWriter::new("mskRecordMetadata")
+            .text("offset", "42")
+            .text("partitionId", "3")
+            .integer("approximateArrivalTimestamp", 1_700_000_000_000)
+            .text("topic", "orders")
+            .text("key", "a2V5")
+            .finish()
+    }
+
+    #[test]
+    fn keys_read_the_record_s_source_metadata_as_metadata() {
+        let entry = kafka_entry();
+        let metadata = MetadataRef::Entry { entry: &entry, frame_shard: None };
+        let keys = compile(&[
+            ("topic", "$metadata.topic"),
+            ("partition", "$metadata.partitionId"),
+            ("key", "$metadata.key | @base64d"),
+            ("customer", ".customer"),
+        ]);
+        let partition = keys.evaluate(br#"{"customer":"acme"}"#, metadata).unwrap();
+        assert_eq!(
+            partition.iter().collect::<Vec<_>>(),
+            [("customer", "acme"), ("key", "key"), ("partition", "3"), ("topic", "orders")]
+        );
+        // Only the metadata is read: a record that is not JSON still gets its partition.
+        let by_topic = compile(&[("topic", "$metadata.topic")]);
+        assert_eq!(by_topic.evaluate(b"plain text", metadata).unwrap().as_map()["topic"], "orders");
+        // A key that reads the record still needs JSON, and says so.
+        let error = keys.evaluate(b"plain text", metadata).unwrap_err();
+        assert_eq!(
+            error.message,
+            "partition key `customer`: value is null or missing (partition key values must not be null or empty) \
+             (the record was read as null: non JSON record provided: a record must be a JSON object)"
+        );
+        // Without metadata (Direct PUT) the error says why the value is missing.
+        let error = by_topic.evaluate(br#"{"a":1}"#, MetadataRef::None).unwrap_err();
+        assert!(error.message.contains("no source metadata"), "{error}");
+        // Keys that do not name it never decode it, and jq transforms do not know it.
+        assert!(!compile(&[("a", ".a")]).reads_metadata);
+        assert!(crate::processing::jq::compile_jq("$metadata").is_err());
+    }
+
     #[test]
     fn jq_expressions_are_evaluated_by_jaq() {
         let partition_keys = compile(&[("service", ".service | ascii_downcase"), ("first", ".tags[0]")]);
-        let partition = partition_keys.evaluate(br#"{"service":"API","tags":["a","b"]}"#).unwrap();
+        let partition = partition_keys.evaluate(br#"{"service":"API","tags":["a","b"]}"#, MetadataRef::None).unwrap();
         assert_eq!(partition, values(&[("first", "a"), ("service", "api")]));
     }
 
@@ -651,7 +742,7 @@ mod tests {
         let tree = partition_keys.fast.as_ref().unwrap();
         for record in records {
             let fast = partition_keys.evaluate_fast(tree, record);
-            let jq = partition_keys.evaluate_jq(record);
+            let jq = partition_keys.evaluate_jq(record, MetadataRef::None);
             let shown = String::from_utf8_lossy(record);
             match (&fast, &jq) {
                 (Ok(fast), Ok(jq)) => assert_eq!(fast, jq, "{shown}"),
@@ -671,31 +762,31 @@ mod tests {
             values(&[("a", "été"), ("b", "k/v"), ("d", "x")]),
         ];
         for (record, expected) in records.iter().zip(expected) {
-            assert_eq!(partition_keys.evaluate(record).unwrap(), expected);
+            assert_eq!(partition_keys.evaluate(record, MetadataRef::None).unwrap(), expected);
         }
         for record in &records[EXPECTED_OK..] {
-            assert!(partition_keys.evaluate(record).is_err(), "{}", String::from_utf8_lossy(record));
+            assert!(partition_keys.evaluate(record, MetadataRef::None).is_err(), "{}", String::from_utf8_lossy(record));
         }
     }
 
     #[test]
     fn errors_name_the_key_and_the_reason() {
         let partition_keys = compile(&[("service", ".service")]);
-        let error = partition_keys.evaluate(br#"{"level":"info"}"#).unwrap_err();
+        let error = partition_keys.evaluate(br#"{"level":"info"}"#, MetadataRef::None).unwrap_err();
         assert_eq!(error.code, "DynamicPartitioning.MetadataExtractionFailed");
         assert!(error.message.contains("`service`") && error.message.contains("null or missing"), "{error}");
-        let error = partition_keys.evaluate(b"plain text").unwrap_err();
+        let error = partition_keys.evaluate(b"plain text", MetadataRef::None).unwrap_err();
         assert!(error.message.starts_with("non JSON record provided"), "{error}");
 
         let jq_keys = compile(&[("many", ".xs[]"), ("none", "empty")]);
-        let error = jq_keys.evaluate(br#"{"xs":[1,2]}"#).unwrap_err();
+        let error = jq_keys.evaluate(br#"{"xs":[1,2]}"#, MetadataRef::None).unwrap_err();
         assert!(error.message.contains("`many`: expression produced more than one value"), "{error}");
-        let error = jq_keys.evaluate(br#"{"xs":[1]}"#).unwrap_err();
+        let error = jq_keys.evaluate(br#"{"xs":[1]}"#, MetadataRef::None).unwrap_err();
         assert!(error.message.contains("`none`: expression produced no value"), "{error}");
-        let error = compile(&[("bad", ".a | error(\"boom\")")]).evaluate(br#"{"a":1}"#).unwrap_err();
+        let error = compile(&[("bad", ".a | error(\"boom\")")]).evaluate(br#"{"a":1}"#, MetadataRef::None).unwrap_err();
         assert!(error.message.contains("`bad`: jq error: boom"), "{error}");
         let long = format!(r#"{{"service":"{}"}}"#, "x".repeat(MAX_VALUE_LEN + 1));
-        let error = partition_keys.evaluate(long.as_bytes()).unwrap_err();
+        let error = partition_keys.evaluate(long.as_bytes(), MetadataRef::None).unwrap_err();
         assert!(error.message.contains("at most 512"), "{error}");
     }
 
@@ -703,7 +794,7 @@ mod tests {
     fn a_record_nested_past_the_bound_has_no_partition_on_either_path() {
         let deep = format!(r#"{{"service":"api","x":{}1{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
         for expression in [".service", ".service | ascii_upcase"] {
-            let error = compile(&[("service", expression)]).evaluate(deep.as_bytes()).unwrap_err();
+            let error = compile(&[("service", expression)]).evaluate(deep.as_bytes(), MetadataRef::None).unwrap_err();
             assert_eq!(error.code, METADATA_EXTRACTION_FAILED);
             assert_eq!(
                 error.message,
@@ -713,13 +804,19 @@ mod tests {
         }
         let at_bound = format!(r#"{{"service":"api","x":{}1{}}}"#, "[".repeat(99), "]".repeat(99));
         for expression in [".service", ".service | ascii_upcase"] {
-            assert!(compile(&[("service", expression)]).evaluate(at_bound.as_bytes()).is_ok(), "{expression}");
+            assert!(
+                compile(&[("service", expression)]).evaluate(at_bound.as_bytes(), MetadataRef::None).is_ok(),
+                "{expression}"
+            );
         }
     }
 
     #[test]
     fn no_keys_means_one_partition() {
         let partition_keys = compile(&[]);
-        assert_eq!(partition_keys.evaluate(b"anything, even not JSON").unwrap(), PartitionValues::none());
+        assert_eq!(
+            partition_keys.evaluate(b"anything, even not JSON", MetadataRef::None).unwrap(),
+            PartitionValues::none()
+        );
     }
 }
