@@ -122,6 +122,8 @@ impl ReaderContext {
     }
 
     fn note_error(&self, text: String) {
+        // librdkafka names its own property; the operator writes spillway's.
+        let text = text.replace("ssl.ca.location", "tls.ca_file (librdkafka's ssl.ca.location)");
         *self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(text);
     }
 }
