@@ -390,9 +390,12 @@ start_kinesalite() {
 KAFKA_SRC="$ROOT/tests/services/kafka"
 KAFKA_BUILD="$CACHE/kafka/build"
 
+KAFKA_PY="$CACHE/kafka/python"
+
 kafka_classpath() { echo "$KAFKA_BUILD/target/lib/*"; }
 
 install_kafka() {
+	install_kafka_signer
 	local stamp="$KAFKA_BUILD/.stamp" want
 	want="$(hash_of "$KAFKA_SRC/pom.xml")"
 	if [[ -d "$KAFKA_BUILD/target/lib" && "$(cat "$stamp" 2>/dev/null)" == "$want" ]]; then
@@ -404,6 +407,20 @@ install_kafka() {
 	mkdir -p "$KAFKA_BUILD"
 	cp "$KAFKA_SRC/pom.xml" "$KAFKA_BUILD/"
 	mvn -B -q -Dmaven.repo.local="$CACHE/m2" -f "$KAFKA_BUILD/pom.xml" package
+	echo "$want" >"$stamp"
+}
+
+# AWS's reference MSK IAM signer (tests/services/kafka/requirements.txt), without its dependencies:
+# the venv's boto3 / botocore / click serve it (PYTHONPATH=$KAFKA_PY with SPILLWAY_TEST_PYTHON).
+install_kafka_signer() {
+	local stamp="$KAFKA_PY/.stamp" want
+	want="$(hash_of "$KAFKA_SRC/requirements.txt")"
+	if [[ -d "$KAFKA_PY/aws_msk_iam_sasl_signer" && "$(cat "$stamp" 2>/dev/null)" == "$want" ]]; then
+		return 0
+	fi
+	rm -rf "$KAFKA_PY"
+	python3 -m pip install -q --disable-pip-version-check --cache-dir "$CACHE/pip" --no-deps \
+		--target "$KAFKA_PY" -r "$KAFKA_SRC/requirements.txt"
 	echo "$want" >"$stamp"
 }
 
@@ -643,6 +660,7 @@ cmd_env() {
 		"SPILLWAY_TEST_KAFKA_SASL_BOOTSTRAP=$HOST:$KAFKA_SASL_PORT" \
 		"SPILLWAY_TEST_KAFKA_TLS_BOOTSTRAP=$HOST:$KAFKA_TLS_PORT" \
 		"SPILLWAY_TEST_KAFKA_CA_FILE=$KAFKA_TLS/ca.pem" \
+		"SPILLWAY_TEST_KAFKA_PYTHONPATH=$KAFKA_PY" \
 		"SPILLWAY_TEST_KAFKA_CLASSPATH=$(kafka_classpath)" \
 		"SPILLWAY_TEST_PYTHON=$(venv_python)" \
 		"SPILLWAY_TEST_AWS_CLI_V1=$CACHE/venv/bin/aws" \
