@@ -661,7 +661,7 @@ fn validate_names_every_kafka_source_problem() {
         &config,
         "streams:\n\
          \x20 - name: k\n\
-         \x20   source: { type: kafka, bootstrap_servers: 'broker', topics: ['bad topic'], start: { at_timestamp: soon }, auth: { type: msk_iam }, librdkafka_options: { enable.auto.commit: 'true' } }\n\
+         \x20   source: { type: kafka, bootstrap_servers: 'broker', topics: ['bad topic'], start: { at_timestamp: soon }, auth: { type: msk_iam, region: 'eu west 1' }, librdkafka_options: { enable.auto.commit: 'true' } }\n\
          \x20   sink: { type: s3, url: 'file://./out' }\n",
     )
     .unwrap();
@@ -673,7 +673,7 @@ fn validate_names_every_kafka_source_problem() {
         "streams[0].source.bootstrap_servers",
         "streams[0].source.topics[0]",
         "streams[0].source.start.at_timestamp",
-        "msk_iam is not supported yet",
+        "streams[0].source.auth.region",
         "streams[0].source.librdkafka_options.enable.auto.commit",
     ] {
         assert!(text.contains(expected), "{expected} missing from:\n{text}");
