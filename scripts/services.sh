@@ -43,6 +43,7 @@ KAFKA_PORT=18094            # PLAINTEXT
 KAFKA_CONTROLLER_PORT=18095 # KRaft controller (not for clients)
 KAFKA_SASL_PORT=18096       # SASL_PLAINTEXT: PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512, user spillway / spillwaysecret
 KAFKA_TLS_PORT=18097        # SSL: a certificate for 127.0.0.1 signed by the test CA ($CACHE/kafka/tls/ca.pem)
+KAFKA_IAM_PORT=18098        # SASL_SSL OAUTHBEARER: SigV4 tokens as MSK IAM (key AKIDSPILLWAYTEST, us-east-1), same certificate
 
 S3_ACCESS_KEY=spillwaytest
 S3_SECRET_KEY=spillwaytestsecret
@@ -392,22 +393,31 @@ KAFKA_BUILD="$CACHE/kafka/build"
 
 KAFKA_PY="$CACHE/kafka/python"
 
-kafka_classpath() { echo "$KAFKA_BUILD/target/lib/*"; }
+kafka_classpath() { echo "$KAFKA_BUILD/target/lib/*:$KAFKA_BUILD/target/spillway-test-kafka.jar"; }
+
+kafka_inputs_hash() {
+	(cd "$KAFKA_SRC" && find pom.xml src -type f | LC_ALL=C sort | xargs cat | sha256sum | cut -c1-16)
+}
 
 install_kafka() {
 	install_kafka_signer
 	local stamp="$KAFKA_BUILD/.stamp" want
-	want="$(hash_of "$KAFKA_SRC/pom.xml")"
-	if [[ -d "$KAFKA_BUILD/target/lib" && "$(cat "$stamp" 2>/dev/null)" == "$want" ]]; then
+	want="$(kafka_inputs_hash)"
+	if [[ -f "$KAFKA_BUILD/target/spillway-test-kafka.jar" && "$(cat "$stamp" 2>/dev/null)" == "$want" ]]; then
 		return 0
 	fi
 	command -v mvn >/dev/null || die "mvn not found"
 	command -v java >/dev/null || die "java not found"
+	# Built beside, then swapped in: a broker still running on the old jars finds a jar at each
+	# path whenever it opens one.
+	local next="$KAFKA_BUILD.next"
+	rm -rf "$next"
+	mkdir -p "$next"
+	cp -r "$KAFKA_SRC/pom.xml" "$KAFKA_SRC/src" "$next/"
+	mvn -B -q -Dmaven.repo.local="$CACHE/m2" -f "$next/pom.xml" package
+	echo "$want" >"$next/.stamp"
 	rm -rf "$KAFKA_BUILD"
-	mkdir -p "$KAFKA_BUILD"
-	cp "$KAFKA_SRC/pom.xml" "$KAFKA_BUILD/"
-	mvn -B -q -Dmaven.repo.local="$CACHE/m2" -f "$KAFKA_BUILD/pom.xml" package
-	echo "$want" >"$stamp"
+	mv "$next" "$KAFKA_BUILD"
 }
 
 # AWS's reference MSK IAM signer (tests/services/kafka/requirements.txt), without its dependencies:
@@ -468,7 +478,7 @@ start_kafka() {
 	kafka_tls
 	props="$home/spillway-test-kafka.properties"
 	sed -e "s#@HOST@#$HOST#g" -e "s#@PORT@#$KAFKA_PORT#g" -e "s#@CONTROLLER_PORT@#$KAFKA_CONTROLLER_PORT#g" \
-		-e "s#@SASL_PORT@#$KAFKA_SASL_PORT#g" -e "s#@SSL_PORT@#$KAFKA_TLS_PORT#g" \
+		-e "s#@SASL_PORT@#$KAFKA_SASL_PORT#g" -e "s#@SSL_PORT@#$KAFKA_TLS_PORT#g" -e "s#@IAM_PORT@#$KAFKA_IAM_PORT#g" \
 		-e "s#@KEYSTORE@#$KAFKA_TLS/broker-keystore.pem#g" -e "s#@DATA@#$home/data#g" \
 		"$KAFKA_SRC/server.properties" >"$props"
 	java -Xmx256m -cp "$(kafka_classpath)" kafka.tools.StorageTool format -t "$(java -cp "$(kafka_classpath)" kafka.tools.StorageTool random-uuid 2>/dev/null)" \
@@ -585,8 +595,8 @@ cmd_up() {
 		if [[ "$svc" == opensearch ]] && port_open "$OPENSEARCH_TRANSPORT_PORT"; then
 			die "port 127.0.0.1:$OPENSEARCH_TRANSPORT_PORT (OpenSearch transport) is taken by another process"
 		fi
-		if [[ "$svc" == kafka ]] && { port_open "$KAFKA_CONTROLLER_PORT" || port_open "$KAFKA_SASL_PORT" || port_open "$KAFKA_TLS_PORT"; }; then
-			die "port 127.0.0.1:$KAFKA_CONTROLLER_PORT, $KAFKA_SASL_PORT or $KAFKA_TLS_PORT (Kafka) is taken by another process"
+		if [[ "$svc" == kafka ]] && { port_open "$KAFKA_CONTROLLER_PORT" || port_open "$KAFKA_SASL_PORT" || port_open "$KAFKA_TLS_PORT" || port_open "$KAFKA_IAM_PORT"; }; then
+			die "port 127.0.0.1:$KAFKA_CONTROLLER_PORT, $KAFKA_SASL_PORT, $KAFKA_TLS_PORT or $KAFKA_IAM_PORT (Kafka) is taken by another process"
 		fi
 		log "starting $svc on 127.0.0.1:$port (log: $(service_log "$svc"))"
 		"start_$svc"
@@ -660,6 +670,7 @@ cmd_env() {
 		"SPILLWAY_TEST_KAFKA_SASL_BOOTSTRAP=$HOST:$KAFKA_SASL_PORT" \
 		"SPILLWAY_TEST_KAFKA_TLS_BOOTSTRAP=$HOST:$KAFKA_TLS_PORT" \
 		"SPILLWAY_TEST_KAFKA_CA_FILE=$KAFKA_TLS/ca.pem" \
+		"SPILLWAY_TEST_KAFKA_IAM_BOOTSTRAP=$HOST:$KAFKA_IAM_PORT" \
 		"SPILLWAY_TEST_KAFKA_PYTHONPATH=$KAFKA_PY" \
 		"SPILLWAY_TEST_KAFKA_CLASSPATH=$(kafka_classpath)" \
 		"SPILLWAY_TEST_PYTHON=$(venv_python)" \

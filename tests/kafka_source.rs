@@ -4,9 +4,10 @@
 //! (local sink). Every record arrives once, per partition in offset order, across seeded SIGKILL
 //! rounds, partitions added mid-run and a broker restart; `start: latest` and `at_timestamp`
 //! start where asked; headers and a null key reach the WAL and the Lambda event; SASL/SCRAM
-//! (SHA-512 and SHA-256) and TLS (the test CA of scripts/services.sh) deliver every record once; an
-//! unreachable broker, an unknown topic, wrong SASL credentials and a CA that did not sign the
-//! broker's certificate are reported by cause.
+//! (SHA-512 and SHA-256), TLS (the test CA of scripts/services.sh) and Amazon MSK IAM (against a
+//! listener that checks SigV4 tokens as MSK does) deliver every record once; an unreachable broker,
+//! an unknown topic, wrong SASL credentials, a CA that did not sign the broker's certificate, and
+//! an MSK IAM token for another region or none at all are reported by cause.
 
 mod common;
 
@@ -379,7 +380,7 @@ fn free_port() -> u16 {
 impl PrivateBroker {
     fn start() -> PrivateBroker {
         let home = tempfile::tempdir().unwrap();
-        let (port, controller, sasl, ssl) = (free_port(), free_port(), free_port(), free_port());
+        let (port, controller, sasl, ssl, iam) = (free_port(), free_port(), free_port(), free_port(), free_port());
         let template = std::fs::read_to_string(BROKER_PROPERTIES).unwrap();
         let properties = home.path().join("spillway-private-kafka.properties");
         // The shared broker's key and certificate (for 127.0.0.1), beside the test CA.
@@ -391,6 +392,7 @@ impl PrivateBroker {
             .replace("@CONTROLLER_PORT@", &controller.to_string())
             .replace("@SASL_PORT@", &sasl.to_string())
             .replace("@SSL_PORT@", &ssl.to_string())
+            .replace("@IAM_PORT@", &iam.to_string())
             .replace("@KEYSTORE@", &keystore.display().to_string())
             .replace("@DATA@", &home.path().join("data").display().to_string());
         std::fs::write(&properties, text).unwrap();
@@ -650,6 +652,70 @@ async fn tls_with_the_brokers_ca_delivers_and_another_ca_is_reported() {
     assert_eq!(spillway.terminate(), 0);
     assert_exactly_once(dir.path(), "out-tls", &expected);
     assert!(counts(dir.path(), "out-wrong").is_empty(), "a refused stream delivered something");
+}
+
+/// `auth: msk_iam` end to end against the test broker's IAM listener, whose validator
+/// (tests/services/kafka/src/…/MskIamValidator.java) checks OAUTHBEARER tokens as MSK's IAM access
+/// control does: a SigV4-presigned `kafka-cluster:Connect` URL signed by its one key, for
+/// us-east-1, not expired. Credentials come from the environment (the AWS chain's first
+/// provider), TLS is on with the test CA. A stream signing for another region is refused by the
+/// broker; one without any region reports that before connecting. (No real MSK is reachable from
+/// the tests: the validator is written from the SigV4 specification, and it accepts the tokens of
+/// AWS's own Python signer.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn msk_iam_authenticates_with_a_presigned_token_and_reports_what_is_missing() {
+    let bootstrap = bootstrap();
+    let iam = env("SPILLWAY_TEST_KAFKA_IAM_BOOTSTRAP");
+    let ca_file = env("SPILLWAY_TEST_KAFKA_CA_FILE");
+    let topic = unique_topic("iam");
+    create_topic(&bootstrap, &topic, 2);
+    let expected = produce(&bootstrap, &topic, 2, 40, "iam");
+    let dir = tempfile::tempdir().unwrap();
+    let msk_iam =
+        |region: &str| format!(", start: earliest, auth: {{ type: msk_iam{region} }}, tls: {{ ca_file: '{ca_file}' }}");
+    let yaml = config_yaml(&[
+        stream_yaml("iam", &iam, &topic, "out-iam", &msk_iam(", region: us-east-1")),
+        stream_yaml("iam-other-region", &iam, &topic, "out-other", &msk_iam(", region: eu-west-1")),
+        stream_yaml("iam-no-region", &iam, &topic, "out-no-region", &msk_iam("")),
+    ]);
+    let config = dir.path().join("spillway.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let nowhere = dir.path().join("no-such-aws-file").display().to_string();
+    let spillway = Spillway::start_with_env(
+        dir.path(),
+        &config,
+        &[
+            ("AWS_ACCESS_KEY_ID", "AKIDSPILLWAYTEST"),
+            ("AWS_SECRET_ACCESS_KEY", "spillway-msk-iam-test-secret"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_CONFIG_FILE", &nowhere),
+            ("AWS_SHARED_CREDENTIALS_FILE", &nowhere),
+        ],
+        &[
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+            "AWS_PROFILE",
+            "AWS_SESSION_TOKEN",
+            "AWS_ROLE_ARN",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        ],
+    );
+    wait_for_lines(dir.path(), "out-iam", expected.len(), Duration::from_secs(30)).await;
+    let other_region =
+        wait_for_last_error(&spillway, "iam-other-region", "uthentication", Duration::from_secs(40)).await;
+    eprintln!("a token for another region reported as: {other_region}");
+    assert!(other_region.contains("SASL authentication error"), "{other_region}");
+    let no_region = wait_for_last_error(&spillway, "iam-no-region", "no AWS region", Duration::from_secs(40)).await;
+    eprintln!("no region reported as: {no_region}");
+    assert!(no_region.contains("auth.region"), "{no_region}");
+    assert_eq!(spillway.terminate(), 0);
+    assert_exactly_once(dir.path(), "out-iam", &expected);
+    for out in ["out-other", "out-no-region"] {
+        assert!(counts(dir.path(), out).is_empty(), "{out} delivered something");
+    }
 }
 
 /// `spillway validate` names every problem of a kafka block (no broker needed).
