@@ -166,11 +166,15 @@ impl MskIamAuth {
         });
         let (credentials, region) = match receiver.recv_timeout(CREDENTIALS_WAIT) {
             Ok(loaded) => loaded?,
-            Err(_) => {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 return Err(format!(
                     "msk_iam: the AWS credential chain did not answer within {} s",
                     CREDENTIALS_WAIT.as_secs()
                 ));
+            }
+            // The lookup task was dropped: the runtime is shutting down.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err("msk_iam: the credential lookup was cancelled (shutting down)".to_string());
             }
         };
         presigned_token(&credentials, &region, SystemTime::now(), USER_AGENT)
