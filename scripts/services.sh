@@ -447,6 +447,7 @@ kafka_tls() {
 	fi
 	command -v openssl >/dev/null || die "openssl not found (it makes the Kafka test broker's certificates)"
 	local tmp
+	mkdir -p "$CACHE/kafka"
 	tmp="$(mktemp -d "$CACHE/kafka/tls.XXXXXX")"
 	(
 		cd "$tmp"
