@@ -41,7 +41,9 @@ KINESALITE_PORT=18045
 MOTO_PORT=18050
 KAFKA_PORT=18094            # PLAINTEXT
 KAFKA_CONTROLLER_PORT=18095 # KRaft controller (not for clients)
-KAFKA_SASL_PORT=18096       # SASL_PLAINTEXT, PLAIN user spillway / spillwaysecret
+KAFKA_SASL_PORT=18096       # SASL_PLAINTEXT: PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512, user spillway / spillwaysecret
+KAFKA_TLS_PORT=18097        # SSL: a certificate for 127.0.0.1 signed by the test CA ($CACHE/kafka/tls/ca.pem)
+KAFKA_IAM_PORT=18098        # SASL_SSL OAUTHBEARER: SigV4 tokens as MSK IAM (key AKIDSPILLWAYTEST, us-east-1), same certificate
 
 S3_ACCESS_KEY=spillwaytest
 S3_SECRET_KEY=spillwaytestsecret
@@ -389,34 +391,100 @@ start_kinesalite() {
 KAFKA_SRC="$ROOT/tests/services/kafka"
 KAFKA_BUILD="$CACHE/kafka/build"
 
-kafka_classpath() { echo "$KAFKA_BUILD/target/lib/*"; }
+KAFKA_PY="$CACHE/kafka/python"
+
+kafka_classpath() { echo "$KAFKA_BUILD/target/lib/*:$KAFKA_BUILD/target/spillway-test-kafka.jar"; }
+
+kafka_inputs_hash() {
+	(cd "$KAFKA_SRC" && find pom.xml src -type f | LC_ALL=C sort | xargs cat | sha256sum | cut -c1-16)
+}
 
 install_kafka() {
+	install_kafka_signer
 	local stamp="$KAFKA_BUILD/.stamp" want
-	want="$(hash_of "$KAFKA_SRC/pom.xml")"
-	if [[ -d "$KAFKA_BUILD/target/lib" && "$(cat "$stamp" 2>/dev/null)" == "$want" ]]; then
+	want="$(kafka_inputs_hash)"
+	if [[ -f "$KAFKA_BUILD/target/spillway-test-kafka.jar" && "$(cat "$stamp" 2>/dev/null)" == "$want" ]]; then
 		return 0
 	fi
 	command -v mvn >/dev/null || die "mvn not found"
 	command -v java >/dev/null || die "java not found"
+	# Built beside, then swapped in: a broker still running on the old jars finds a jar at each
+	# path whenever it opens one.
+	local next="$KAFKA_BUILD.next"
+	rm -rf "$next"
+	mkdir -p "$next"
+	cp -r "$KAFKA_SRC/pom.xml" "$KAFKA_SRC/src" "$next/"
+	mvn -B -q -Dmaven.repo.local="$CACHE/m2" -f "$next/pom.xml" package
+	echo "$want" >"$next/.stamp"
 	rm -rf "$KAFKA_BUILD"
-	mkdir -p "$KAFKA_BUILD"
-	cp "$KAFKA_SRC/pom.xml" "$KAFKA_BUILD/"
-	mvn -B -q -Dmaven.repo.local="$CACHE/m2" -f "$KAFKA_BUILD/pom.xml" package
+	mv "$next" "$KAFKA_BUILD"
+}
+
+# AWS's reference MSK IAM signer (tests/services/kafka/requirements.txt), without its dependencies:
+# the venv's boto3 / botocore / click serve it (PYTHONPATH=$KAFKA_PY with SPILLWAY_TEST_PYTHON).
+install_kafka_signer() {
+	local stamp="$KAFKA_PY/.stamp" want
+	want="$(hash_of "$KAFKA_SRC/requirements.txt")"
+	if [[ -d "$KAFKA_PY/aws_msk_iam_sasl_signer" && "$(cat "$stamp" 2>/dev/null)" == "$want" ]]; then
+		return 0
+	fi
+	rm -rf "$KAFKA_PY"
+	python3 -m pip install -q --disable-pip-version-check --cache-dir "$CACHE/pip" --no-deps \
+		--target "$KAFKA_PY" -r "$KAFKA_SRC/requirements.txt"
 	echo "$want" >"$stamp"
 }
 
-# A throwaway broker: storage formatted anew on every start. The properties file's name is the
-# command-line marker services.sh recognises the process by.
+# The SSL listener's test CA and server certificate (for 127.0.0.1 and localhost), made with
+# openssl once and kept in $KAFKA_TLS (made again when missing or expiring within a day):
+# ca.pem (SPILLWAY_TEST_KAFKA_CA_FILE) and broker-keystore.pem (the broker's PKCS#8 key + chain).
+KAFKA_TLS="$CACHE/kafka/tls"
+
+kafka_tls() {
+	if [[ -f "$KAFKA_TLS/ca.pem" && -f "$KAFKA_TLS/broker-keystore.pem" ]] &&
+		openssl x509 -checkend 86400 -noout -in "$KAFKA_TLS/ca.pem" >/dev/null 2>&1 &&
+		openssl x509 -checkend 86400 -noout -in "$KAFKA_TLS/broker.pem" >/dev/null 2>&1; then
+		return 0
+	fi
+	command -v openssl >/dev/null || die "openssl not found (it makes the Kafka test broker's certificates)"
+	local tmp
+	mkdir -p "$CACHE/kafka"
+	tmp="$(mktemp -d "$CACHE/kafka/tls.XXXXXX")"
+	(
+		cd "$tmp"
+		openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+			-subj "/CN=spillway test CA" -keyout ca.key -out ca.pem \
+			-addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+		openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=$HOST" \
+			-keyout broker.key -out broker.csr
+		printf '%s\n' "subjectAltName=IP:$HOST,DNS:localhost" "basicConstraints=CA:FALSE" \
+			"keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >broker.ext
+		openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+			-extfile broker.ext -out broker.pem
+		cat broker.key broker.pem >broker-keystore.pem
+		rm -f broker.csr broker.ext ca.srl
+	) >"$tmp/openssl.log" 2>&1 || {
+		tail_log "$tmp/openssl.log"
+		die "making the kafka test certificates failed"
+	}
+	rm -rf "$KAFKA_TLS"
+	mv "$tmp" "$KAFKA_TLS"
+}
+
+# A throwaway broker: storage formatted anew on every start, with the SASL listener's SCRAM users.
+# The properties file's name is the command-line marker services.sh recognises the process by.
 start_kafka() {
 	local home="$RUN/kafka" props
 	rm -rf "$home"
 	mkdir -p "$home/data"
+	kafka_tls
 	props="$home/spillway-test-kafka.properties"
 	sed -e "s#@HOST@#$HOST#g" -e "s#@PORT@#$KAFKA_PORT#g" -e "s#@CONTROLLER_PORT@#$KAFKA_CONTROLLER_PORT#g" \
-		-e "s#@SASL_PORT@#$KAFKA_SASL_PORT#g" -e "s#@DATA@#$home/data#g" "$KAFKA_SRC/server.properties" >"$props"
+		-e "s#@SASL_PORT@#$KAFKA_SASL_PORT#g" -e "s#@SSL_PORT@#$KAFKA_TLS_PORT#g" -e "s#@IAM_PORT@#$KAFKA_IAM_PORT#g" \
+		-e "s#@KEYSTORE@#$KAFKA_TLS/broker-keystore.pem#g" -e "s#@DATA@#$home/data#g" \
+		"$KAFKA_SRC/server.properties" >"$props"
 	java -Xmx256m -cp "$(kafka_classpath)" kafka.tools.StorageTool format -t "$(java -cp "$(kafka_classpath)" kafka.tools.StorageTool random-uuid 2>/dev/null)" \
-		-c "$props" >"$home/format.log" 2>&1 || {
+		-c "$props" --add-scram 'SCRAM-SHA-256=[name=spillway,password=spillwaysecret]' \
+		--add-scram 'SCRAM-SHA-512=[name=spillway,password=spillwaysecret]' >"$home/format.log" 2>&1 || {
 		tail_log "$home/format.log"
 		die "formatting the kafka storage failed"
 	}
@@ -528,8 +596,8 @@ cmd_up() {
 		if [[ "$svc" == opensearch ]] && port_open "$OPENSEARCH_TRANSPORT_PORT"; then
 			die "port 127.0.0.1:$OPENSEARCH_TRANSPORT_PORT (OpenSearch transport) is taken by another process"
 		fi
-		if [[ "$svc" == kafka ]] && { port_open "$KAFKA_CONTROLLER_PORT" || port_open "$KAFKA_SASL_PORT"; }; then
-			die "port 127.0.0.1:$KAFKA_CONTROLLER_PORT or $KAFKA_SASL_PORT (Kafka) is taken by another process"
+		if [[ "$svc" == kafka ]] && { port_open "$KAFKA_CONTROLLER_PORT" || port_open "$KAFKA_SASL_PORT" || port_open "$KAFKA_TLS_PORT" || port_open "$KAFKA_IAM_PORT"; }; then
+			die "port 127.0.0.1:$KAFKA_CONTROLLER_PORT, $KAFKA_SASL_PORT, $KAFKA_TLS_PORT or $KAFKA_IAM_PORT (Kafka) is taken by another process"
 		fi
 		log "starting $svc on 127.0.0.1:$port (log: $(service_log "$svc"))"
 		"start_$svc"
@@ -601,6 +669,10 @@ cmd_env() {
 		"SPILLWAY_TEST_DYNAMODB_ENDPOINT=http://$HOST:$MOTO_PORT" \
 		"SPILLWAY_TEST_KAFKA_BOOTSTRAP=$HOST:$KAFKA_PORT" \
 		"SPILLWAY_TEST_KAFKA_SASL_BOOTSTRAP=$HOST:$KAFKA_SASL_PORT" \
+		"SPILLWAY_TEST_KAFKA_TLS_BOOTSTRAP=$HOST:$KAFKA_TLS_PORT" \
+		"SPILLWAY_TEST_KAFKA_CA_FILE=$KAFKA_TLS/ca.pem" \
+		"SPILLWAY_TEST_KAFKA_IAM_BOOTSTRAP=$HOST:$KAFKA_IAM_PORT" \
+		"SPILLWAY_TEST_KAFKA_PYTHONPATH=$KAFKA_PY" \
 		"SPILLWAY_TEST_KAFKA_CLASSPATH=$(kafka_classpath)" \
 		"SPILLWAY_TEST_PYTHON=$(venv_python)" \
 		"SPILLWAY_TEST_AWS_CLI_V1=$CACHE/venv/bin/aws" \

@@ -1,7 +1,8 @@
 //! The `kafka` source: reads Kafka (Apache Kafka, Amazon MSK, Redpanda, …) topics with librdkafka
 //! (`rdkafka`) and appends their records to the delivery stream's WAL, each frame carrying its
 //! partition's position. The configuration block and its validation live here; the consumer
-//! thread and the appender in [`reader`], the per-record metadata in [`metadata`].
+//! thread and the appender in [`reader`], the per-record metadata in [`metadata`], the Amazon MSK
+//! IAM tokens in [`msk_iam`].
 //!
 //! - **Assignment**: spillway assigns every partition of the topics itself (`assign`, no consumer
 //!   group membership, no rebalancing): the WAL's positions are the truth, not a group's committed
@@ -16,17 +17,22 @@
 //! - **`commit_offsets_to_group`**: offsets whose records are delivered (the WAL trimmed past
 //!   them) are committed to that group, for lag tools only; spillway never reads them back. In
 //!   cluster mode each partition's owner commits them (`shards::KafkaPartitions::delivered`).
+//! - **Authentication**: SASL PLAIN / SCRAM with the configured user, or `msk_iam` (SASL
+//!   OAUTHBEARER with a SigV4-presigned token, always over TLS); TLS with the system's or a given
+//!   CA, optionally mutual.
 //!
 //! Must not: subscribe with a group (two rebalancing readers would each skip what the other
 //! read), move a position before the WAL append that carries it, or log a credential.
 
 pub mod metadata;
+mod msk_iam;
 mod reader;
 mod shards;
 mod source;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -111,7 +117,7 @@ impl<'de> Deserialize<'de> for StartFrom {
     }
 }
 
-/// `auth`: `none` (the default) or `{ type: sasl_plain | sasl_scram, … }` (`msk_iam` is refused).
+/// `auth`: `none` (the default) or `{ type: sasl_plain | sasl_scram | msk_iam, … }`.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub enum AuthConfig {
     #[default]
@@ -125,7 +131,10 @@ pub enum AuthConfig {
         password: String,
         mechanism: ScramMechanism,
     },
+    /// Amazon MSK IAM access control: SASL OAUTHBEARER with a token signed by the AWS credential
+    /// chain's credentials, over TLS (MSK's port 9098, or 9198 for public access).
     MskIam {
+        /// The cluster's region; default: the AWS chain's (`AWS_REGION`, the profile's).
         region: Option<String>,
     },
 }
@@ -251,7 +260,8 @@ fn default_true() -> bool {
 }
 
 /// librdkafka properties spillway sets itself: what it reads and when a position moves depend
-/// on them, so `librdkafka_options` may not change them.
+/// on them, so `librdkafka_options` may not change them (nor any `ssl.` property, nor the
+/// OAUTHBEARER ones [`RESERVED_PREFIXES`] name: `msk_iam` makes its own tokens).
 const RESERVED_OPTIONS: &[&str] = &[
     "bootstrap.servers",
     "metadata.broker.list",
@@ -267,6 +277,7 @@ const RESERVED_OPTIONS: &[&str] = &[
     "sasl.password",
     "isolation.level",
 ];
+const RESERVED_PREFIXES: &[&str] = &["ssl.", "sasl.oauthbearer.", "enable.sasl.oauthbearer."];
 
 /// Most characters Kafka allows in a topic name.
 const MAX_TOPIC_LEN: usize = 249;
@@ -321,12 +332,13 @@ impl KafkaSourceConfig {
                     problem("auth.password", "must not be empty (is its ${VAR} set?)".into());
                 }
             }
-            AuthConfig::MskIam { .. } => problem(
-                "auth.type",
-                "msk_iam is not supported yet: spillway does not sign MSK IAM (OAUTHBEARER) tokens; use sasl_scram \
-                 (MSK's SASL/SCRAM) or mutual TLS (tls.cert_file / tls.key_file)"
-                    .into(),
-            ),
+            AuthConfig::MskIam { region: Some(region) } => {
+                let valid = !region.is_empty() && region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+                if !valid {
+                    problem("auth.region", format!("{region:?} is not an AWS region (like eu-west-1)"));
+                }
+            }
+            AuthConfig::MskIam { region: None } => {}
         }
         if let Some(tls) = &self.tls
             && tls.cert_file.is_some() != tls.key_file.is_some()
@@ -351,7 +363,9 @@ impl KafkaSourceConfig {
             problem("max_buffered_mib", format!("must be 1-2048 (got {})", self.max_buffered_mib));
         }
         for key in self.librdkafka_options.keys() {
-            if RESERVED_OPTIONS.contains(&key.as_str()) || key.starts_with("ssl.") {
+            if RESERVED_OPTIONS.contains(&key.as_str())
+                || RESERVED_PREFIXES.iter().any(|prefix| key.starts_with(prefix))
+            {
                 problem(
                     &format!("librdkafka_options.{key}"),
                     "is set by spillway (positions, auth and TLS have their own settings)".into(),
@@ -382,6 +396,30 @@ impl KafkaSourceConfig {
         }
     }
 
+    /// TLS as configured; `msk_iam` without a `tls` block gets the defaults (the system's CAs, the
+    /// host name checked): MSK's IAM listeners only speak TLS.
+    fn effective_tls(&self) -> Option<TlsConfig> {
+        match (&self.tls, &self.auth) {
+            (Some(tls), _) => Some(tls.clone()),
+            (None, AuthConfig::MskIam { .. }) => Some(TlsConfig {
+                ca_file: None,
+                cert_file: None,
+                key_file: None,
+                key_password: None,
+                verify_hostname: true,
+            }),
+            (None, _) => None,
+        }
+    }
+
+    /// The token maker of an `msk_iam` source, which all its consumers share.
+    pub(crate) fn msk_iam(&self) -> Option<Arc<msk_iam::MskIamAuth>> {
+        match &self.auth {
+            AuthConfig::MskIam { region } => Some(msk_iam::MskIamAuth::new(region.clone())),
+            _ => None,
+        }
+    }
+
     /// librdkafka's configuration for the reader: everything but the callbacks.
     fn client_properties(&self) -> BTreeMap<String, String> {
         let mut properties: BTreeMap<String, String> = BTreeMap::new();
@@ -402,7 +440,8 @@ impl KafkaSourceConfig {
         set("queued.max.messages.kbytes", (self.max_buffered_mib * 1024).to_string());
         set("topic.metadata.refresh.interval.ms", self.metadata_refresh_interval_ms.to_string());
         let sasl = !matches!(self.auth, AuthConfig::None);
-        let protocol = match (sasl, self.tls.is_some()) {
+        let tls = self.effective_tls();
+        let protocol = match (sasl, tls.is_some()) {
             (false, false) => "plaintext",
             (false, true) => "ssl",
             (true, false) => "sasl_plaintext",
@@ -410,7 +449,9 @@ impl KafkaSourceConfig {
         };
         set("security.protocol", protocol.into());
         match &self.auth {
-            AuthConfig::None | AuthConfig::MskIam { .. } => {}
+            AuthConfig::None => {}
+            // The token comes from the client context's `generate_oauth_token` (`msk_iam`).
+            AuthConfig::MskIam { .. } => set("sasl.mechanism", "OAUTHBEARER".into()),
             AuthConfig::SaslPlain { username, password } => {
                 set("sasl.mechanism", "PLAIN".into());
                 set("sasl.username", username.clone());
@@ -426,7 +467,7 @@ impl KafkaSourceConfig {
                 set("sasl.password", password.clone());
             }
         }
-        if let Some(tls) = &self.tls {
+        if let Some(tls) = &tls {
             // OpenSSL is built into the binary: `probe` finds the system's CA bundle.
             let ca = tls.ca_file.as_ref().map_or_else(|| "probe".to_string(), |path| path.display().to_string());
             set("ssl.ca.location", ca);
@@ -511,9 +552,18 @@ mod tests {
             ["topic_pattern"]
         );
         assert_eq!(fields(&config("{ bootstrap_servers: 'b:1', topic_pattern: '(' }")), ["topic_pattern"]);
-        let iam = config("{ bootstrap_servers: 'b:9098', topics: [a], auth: { type: msk_iam } }").validate();
-        assert_eq!(iam[0].0, "auth.type");
-        assert!(iam[0].1.contains("msk_iam is not supported yet"), "{}", iam[0].1);
+        assert!(fields(&config("{ bootstrap_servers: 'b:9098', topics: [a], auth: { type: msk_iam } }")).is_empty());
+        assert_eq!(
+            fields(&config(
+                "{ bootstrap_servers: 'b:9098', topics: [a], auth: { type: msk_iam, region: 'eu west' }, \
+                 librdkafka_options: { sasl.oauthbearer.config: x, enable.sasl.oauthbearer.unsecure.jwt: 'true' } }"
+            )),
+            [
+                "auth.region",
+                "librdkafka_options.enable.sasl.oauthbearer.unsecure.jwt",
+                "librdkafka_options.sasl.oauthbearer.config"
+            ]
+        );
         assert_eq!(
             fields(&config(
                 "{ bootstrap_servers: 'b:1', topics: [a], auth: { type: sasl_plain, username: u, password: '' } }"
@@ -557,6 +607,30 @@ mod tests {
             config("{ bootstrap_servers: 'b:1', topics: [a], tls: { ca_file: /etc/ca.pem } }").client_properties();
         assert_eq!(tls["security.protocol"], "ssl");
         assert_eq!(tls["ssl.ca.location"], "/etc/ca.pem");
+    }
+
+    /// `msk_iam` is SASL OAUTHBEARER, always over TLS: the system's CAs and the host name checked
+    /// unless a `tls` block says otherwise.
+    #[test]
+    fn msk_iam_is_oauthbearer_over_tls() {
+        let iam = config(
+            "{ bootstrap_servers: 'b-1.c.kafka.eu-west-1.amazonaws.com:9098', topics: [a], auth: { type: msk_iam, region: eu-west-1 } }",
+        );
+        assert_eq!(iam.auth, AuthConfig::MskIam { region: Some("eu-west-1".into()) });
+        assert!(iam.msk_iam().is_some());
+        let properties = iam.client_properties();
+        assert_eq!(properties["security.protocol"], "sasl_ssl");
+        assert_eq!(properties["sasl.mechanism"], "OAUTHBEARER");
+        assert_eq!(properties["ssl.ca.location"], "probe");
+        assert_eq!(properties["ssl.endpoint.identification.algorithm"], "https");
+        assert!(!properties.contains_key("sasl.username"));
+        let with_ca = config(
+            "{ bootstrap_servers: 'b:9098', topics: [a], auth: { type: msk_iam }, tls: { ca_file: /etc/ca.pem } }",
+        )
+        .client_properties();
+        assert_eq!(with_ca["security.protocol"], "sasl_ssl");
+        assert_eq!(with_ca["ssl.ca.location"], "/etc/ca.pem");
+        assert!(config("{ bootstrap_servers: 'b:1', topics: [a] }").msk_iam().is_none());
     }
 
     #[test]

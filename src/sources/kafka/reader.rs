@@ -15,17 +15,23 @@
 //!   and the reader resumes from the WAL's positions.
 //! - `commit_offsets_to_group`: the appender remembers each frame's end sequence and commits a
 //!   partition's `next` offset once the WAL's checkpoint passes it (delivered or error output).
+//! - `msk_iam`: librdkafka asks the client context for an OAUTHBEARER token on the thread that
+//!   polls; the consumer thread serves that request before its first metadata read, so the first
+//!   connection already authenticates.
 //!
-//! Must not: hold more than one frame per partition besides librdkafka's bounded queue, or let a
-//! position move before its frame is durable.
+//! Must not: hold more than one frame per partition besides librdkafka's bounded queue, let a
+//! position move before its frame is durable, or poll a consumer on an async worker (an
+//! `msk_iam` token refresh waits for the credential chain there).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::error::Error;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rdkafka::ClientContext;
+use rdkafka::client::OAuthToken;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -35,6 +41,7 @@ use rdkafka::types::RDKafkaRespErr;
 use tokio::sync::{mpsc, watch};
 
 use super::metadata::KafkaMetadata;
+use super::msk_iam::MskIamAuth;
 use super::{KIND, KafkaSourceConfig, StartFrom, TopicFilter, parse_timestamp};
 use crate::metrics::{ShardMetrics, StreamMetrics};
 use crate::wal::{SourcePosition, Wal, WalError};
@@ -110,10 +117,12 @@ enum Handover {
 }
 
 /// librdkafka's callbacks: logs through `tracing`, the latest cluster-wide error kept for the
-/// reader's reports (librdkafka says *why* a broker is unreachable only here).
+/// reader's reports (librdkafka says *why* a broker is unreachable only here), and `msk_iam`'s
+/// OAUTHBEARER tokens.
 pub(super) struct ReaderContext {
     stream: String,
     last_error: Mutex<Option<String>>,
+    msk_iam: Option<Arc<MskIamAuth>>,
 }
 
 impl ReaderContext {
@@ -122,11 +131,16 @@ impl ReaderContext {
     }
 
     fn note_error(&self, text: String) {
+        // librdkafka names its own property; the operator writes spillway's.
+        let text = text.replace("ssl.ca.location", "tls.ca_file (librdkafka's ssl.ca.location)");
         *self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(text);
     }
 }
 
 impl ClientContext for ReaderContext {
+    /// librdkafka asks for a token only when `sasl.mechanism` is OAUTHBEARER (`msk_iam`).
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
     /// librdkafka's own lines go to debug (it repeats a broker failure at every reconnect); the
     /// latest error or warning is kept, and the reader's rate-limited report names it as the cause.
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
@@ -158,6 +172,29 @@ impl ClientContext for ReaderContext {
             self.note_error(text);
         }
     }
+
+    /// A fresh `msk_iam` token, on the polling thread (the blocking pool). A failure goes back to
+    /// librdkafka, which reports it as an authentication error and asks again in 10 s.
+    fn generate_oauth_token(&self, _oauthbearer_config: Option<&str>) -> Result<OAuthToken, Box<dyn Error>> {
+        let Some(auth) = &self.msk_iam else {
+            return Err("OAUTHBEARER needs auth: { type: msk_iam }".into());
+        };
+        match auth.token() {
+            Ok(token) => {
+                tracing::debug!(stream = %self.stream, expires_ms = token.expires_ms, "new msk_iam token");
+                Ok(OAuthToken {
+                    token: token.token,
+                    principal_name: "spillway".to_string(),
+                    lifetime_ms: token.expires_ms,
+                })
+            }
+            Err(error) => {
+                tracing::debug!(stream = %self.stream, %error, "no msk_iam token");
+                self.note_error(format!("authentication failed: {error}"));
+                Err(error.into())
+            }
+        }
+    }
 }
 
 impl ConsumerContext for ReaderContext {}
@@ -175,11 +212,12 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_secs(1);
+    let msk_iam = config.msk_iam();
     loop {
         if *stop.borrow() {
             return;
         }
-        let consumer = match create_consumer(&stream, &config) {
+        let consumer = match create_consumer(&stream, &config, msk_iam.clone()) {
             Ok(consumer) => Arc::new(consumer),
             Err(error) => {
                 tracing::error!(stream = %stream, %error, retry_in_ms = backoff.as_millis() as u64, "cannot create the kafka consumer; retrying");
@@ -197,14 +235,30 @@ pub async fn run(
     }
 }
 
-pub(super) fn create_consumer(stream: &str, config: &KafkaSourceConfig) -> Result<KafkaConsumer, KafkaError> {
+/// A consumer with spillway's properties; `msk_iam` (the source's shared token maker) when its
+/// `auth` is `msk_iam`.
+pub(super) fn create_consumer(
+    stream: &str,
+    config: &KafkaSourceConfig,
+    msk_iam: Option<Arc<MskIamAuth>>,
+) -> Result<KafkaConsumer, KafkaError> {
     let mut client_config = ClientConfig::new();
     for (key, value) in config.client_properties() {
         client_config.set(key, value);
     }
     client_config.set_log_level(RDKafkaLogLevel::Info);
-    let context = ReaderContext { stream: stream.to_string(), last_error: Mutex::new(None) };
+    let context = ReaderContext { stream: stream.to_string(), last_error: Mutex::new(None), msk_iam };
     client_config.create_with_context(context)
+}
+
+/// Serve the events librdkafka queued for the application (logs, errors, an OAUTHBEARER token
+/// request) without waiting. Only for a consumer with nothing assigned: a record polled here would
+/// be lost. On the blocking pool only (a token request waits for the credential chain).
+pub(super) fn serve_events(consumer: &KafkaConsumer) {
+    // Each poll serves one event; a token request is queued first (librdkafka's highest priority).
+    for _ in 0..64 {
+        let _ = consumer.poll(Duration::ZERO);
+    }
 }
 
 /// Run the consumer thread and append what it hands over until `stop`.
@@ -426,6 +480,8 @@ impl Poller {
         let mut next_refresh = Instant::now();
         let mut refresh_backoff = REPORT_BACKOFF_MIN;
         let mut consume_errors = ErrorLog::default();
+        // The first token (`msk_iam`) before the first metadata read.
+        serve_events(consumer);
         while !stopping.load(Ordering::Relaxed) {
             if Instant::now() >= next_refresh {
                 match self.refresh(consumer, sender, &mut assigned) {

@@ -7,7 +7,7 @@
 //! ([`super::reader`]).
 //!
 //! Must not: join a consumer group, or block the runtime (every librdkafka call runs on the
-//! blocking pool).
+//! blocking pool, and so does every poll, which may serve an `msk_iam` token request).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,7 +19,8 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::metadata::KafkaMetadata;
-use super::reader::{KafkaConsumer, LOOKUP_TIMEOUT, Partition, create_consumer, list_partitions};
+use super::msk_iam::MskIamAuth;
+use super::reader::{KafkaConsumer, LOOKUP_TIMEOUT, Partition, create_consumer, list_partitions, serve_events};
 use super::{KIND, KafkaSourceConfig, StartFrom, TopicFilter, parse_timestamp};
 use crate::metrics::ShardMetrics;
 use crate::sources::shards::{
@@ -47,8 +48,15 @@ pub(crate) fn shared_source(stream: String, config: KafkaSourceConfig) -> Shared
         max_concurrent_reads: 64,
     };
     let filter = config.topic_filter();
-    let api =
-        KafkaPartitions { stream, config, filter, lookup: Mutex::new(None), readers: Mutex::new(BTreeMap::new()) };
+    let msk_iam = config.msk_iam();
+    let api = KafkaPartitions {
+        stream,
+        config,
+        filter,
+        msk_iam,
+        lookup: Mutex::new(None),
+        readers: Mutex::new(BTreeMap::new()),
+    };
     SharedShardSource { api: Arc::new(api), settings }
 }
 
@@ -56,7 +64,10 @@ struct KafkaPartitions {
     stream: String,
     config: KafkaSourceConfig,
     filter: TopicFilter,
-    /// Metadata, watermark and timestamp lookups (made on first use).
+    /// `msk_iam`'s token maker, shared by every consumer of the stream.
+    msk_iam: Option<Arc<MskIamAuth>>,
+    /// Metadata, watermark and timestamp lookups (made on first use; never assigned anything, so
+    /// polling it before a lookup only serves librdkafka's events, a token request among them).
     lookup: Mutex<Option<Arc<KafkaConsumer>>>,
     /// One consumer per partition read here, by shard id.
     readers: Mutex<BTreeMap<String, Arc<PartitionReader>>>,
@@ -86,7 +97,7 @@ impl KafkaPartitions {
             return Ok(consumer.clone());
         }
         let consumer = Arc::new(
-            create_consumer(&self.stream, &self.config)
+            create_consumer(&self.stream, &self.config, self.msk_iam.clone())
                 .map_err(|error| ReadError::NeedsOperator(format!("cannot create the kafka consumer: {error}")))?,
         );
         *lookup = Some(consumer.clone());
@@ -98,7 +109,7 @@ impl KafkaPartitions {
         if let Some(reader) = readers.get(shard_id) {
             return Ok(reader.clone());
         }
-        let consumer = create_consumer(&self.stream, &self.config)
+        let consumer = create_consumer(&self.stream, &self.config, self.msk_iam.clone())
             .map_err(|error| ReadError::NeedsOperator(format!("cannot create the kafka consumer: {error}")))?;
         let reader = Arc::new(PartitionReader { consumer, next: Mutex::new(None) });
         readers.insert(shard_id.to_string(), reader.clone());
@@ -135,9 +146,11 @@ impl ShardApi for KafkaPartitions {
         let consumer = self.lookup()?;
         let (filter, stream, servers) =
             (self.filter.clone(), self.stream.clone(), self.config.bootstrap_servers.clone());
-        let partitions =
-            blocking(move || list_partitions(&consumer, &filter, &stream, &servers).map_err(ReadError::NotFound))
-                .await?;
+        let partitions = blocking(move || {
+            serve_events(&consumer);
+            list_partitions(&consumer, &filter, &stream, &servers).map_err(ReadError::NotFound)
+        })
+        .await?;
         Ok(partitions
             .iter()
             .map(|partition| (shard_id(partition), ShardInfo { parents: Vec::new(), closed: false }))
@@ -154,6 +167,7 @@ impl ShardApi for KafkaPartitions {
         let consumer = self.lookup()?;
         let start = start.clone();
         let offset = blocking(move || {
+            serve_events(&consumer);
             let watermarks = || consumer.fetch_watermarks(&topic, id, LOOKUP_TIMEOUT).map_err(transient);
             match start {
                 Start::TrimHorizon => Ok(watermarks()?.0),
