@@ -362,6 +362,30 @@ start_opensearch() {
 	echo $! >"$(pid_file opensearch)"
 }
 
+# ---- Apache Iceberg REST catalog server (jars from Maven Central; not a service: each test ---
+# starts its own on a free 127.0.0.1 port, backed by PostgreSQL and MinIO; see its pom.xml) ----
+ICEBERG_REST_SRC="$ROOT/tests/services/iceberg-rest"
+ICEBERG_REST_BUILD="$CACHE/iceberg-rest/build"
+
+iceberg_rest_classpath() {
+	echo "$ICEBERG_REST_BUILD/target/lib/*:$ICEBERG_REST_BUILD/target/spillway-test-iceberg-rest.jar"
+}
+
+install_iceberg_rest() {
+	local stamp="$ICEBERG_REST_BUILD/.stamp" want
+	want="$(cd "$ICEBERG_REST_SRC" && find pom.xml src -type f | LC_ALL=C sort | xargs cat | sha256sum | cut -c1-16)"
+	if [[ -f "$ICEBERG_REST_BUILD/target/spillway-test-iceberg-rest.jar" && "$(cat "$stamp" 2>/dev/null)" == "$want" ]]; then
+		return 0
+	fi
+	command -v mvn >/dev/null || die "mvn not found"
+	command -v java >/dev/null || die "java not found"
+	rm -rf "$ICEBERG_REST_BUILD"
+	mkdir -p "$ICEBERG_REST_BUILD"
+	cp -r "$ICEBERG_REST_SRC/pom.xml" "$ICEBERG_REST_SRC/src" "$ICEBERG_REST_BUILD/"
+	mvn -B -q -Dmaven.repo.local="$CACHE/m2" -f "$ICEBERG_REST_BUILD/pom.xml" package
+	echo "$want" >"$stamp"
+}
+
 # ---- kinesalite (npm) -------------------------------------------------------------------------
 KIN_SRC="$ROOT/tests/services/kinesalite"
 KIN_DIR="$CACHE/kinesalite"
@@ -555,7 +579,7 @@ cmd_install() {
 	install_postgres
 	install_test_tools
 	# the rest are independent downloads/builds: run them side by side
-	for name in minio opensearch kinesalite kafka venv; do
+	for name in minio opensearch kinesalite kafka iceberg_rest venv; do
 		rm -f "$INSTALL_LOGS/$name.time"
 		(
 			start="$(now)"
@@ -665,6 +689,7 @@ cmd_env() {
 		"SPILLWAY_TEST_MINIO_BIN=$CACHE/bin/minio" \
 		"SPILLWAY_TEST_PG_URL=postgres://postgres@$HOST:$PG_PORT/$PG_DB" \
 		"SPILLWAY_TEST_OPENSEARCH_URL=http://$HOST:$OPENSEARCH_PORT" \
+		"SPILLWAY_TEST_ICEBERG_REST_CLASSPATH=$(iceberg_rest_classpath)" \
 		"SPILLWAY_TEST_KINESIS_ENDPOINT=http://$HOST:$KINESALITE_PORT" \
 		"SPILLWAY_TEST_DYNAMODB_ENDPOINT=http://$HOST:$MOTO_PORT" \
 		"SPILLWAY_TEST_KAFKA_BOOTSTRAP=$HOST:$KAFKA_PORT" \

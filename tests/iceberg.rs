@@ -4,11 +4,17 @@
 //! binary. Partitioned appends read back with their types, misfits in the error output, a
 //! missing table (`validate --connect`, then delivery once it exists), pyiceberg committing
 //! beside spillway, and seeded SIGKILL rounds, with kills between data files and commit.
+//! The REST catalog the same way, through Apache Iceberg's REST catalog server
+//! (`tests/services/iceberg-rest`, started by each test on a free 127.0.0.1 port, backed by a
+//! fresh database, warehouse in MinIO, OAuth2 client credentials required): appends read back by
+//! pyiceberg's `RestCatalog`, commits answered 500 ("commit state unknown", applied or not),
+//! SIGKILL rounds, and clear errors for a missing table or namespace, refused credentials and an
+//! unreachable server.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,38 +28,197 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/services/python/iceberg_table.py");
+const REST_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/services/iceberg-rest/iceberg_rest_table.py");
 
-/// A catalog database and a warehouse bucket of the test's own.
+/// The OAuth2 clients the REST servers of these tests accept: spillway's (handed to it in
+/// `SPILLWAY_TEST_REST_CREDENTIAL`, which its YAML names) and pyiceberg's.
+const SPILLWAY_CLIENT: &str = "spillway:rest-secret-7f3a";
+const PYICEBERG_CLIENT: &str = "pyiceberg:py-secret-91c2";
+
+/// Apache Iceberg's REST catalog server of one test (`tests/services/iceberg-rest`): 127.0.0.1
+/// on a free port, its JdbcCatalog in a fresh PostgreSQL database, its tables' files in the
+/// test's MinIO bucket, the two clients above required. Killed on drop.
+struct RestServer {
+    child: Option<Child>,
+    url: String,
+    home: tempfile::TempDir,
+}
+
+impl RestServer {
+    /// Starts the server with `options` (`spillway.commit-faults=N`, `spillway.token-uses=N`:
+    /// see `IcebergRestLauncher`) and waits (bounded) until it serves.
+    fn start(pg_uri: &str, warehouse: &str, options: &[&str]) -> RestServer {
+        let home = tempfile::tempdir().unwrap();
+        let (user, address) =
+            pg_uri.trim_start_matches("postgres://").split_once('@').expect("user@host in the pg url");
+        let output = std::fs::File::create(home.path().join("stdout.log")).unwrap();
+        let log = std::fs::File::create(home.path().join("server.log")).unwrap();
+        let clients = format!("spillway.clients={SPILLWAY_CLIENT},{PYICEBERG_CLIENT}");
+        let child = Command::new("java")
+            .args([
+                "-Xms64m",
+                "-Xmx384m",
+                "-XX:TieredStopAtLevel=1",
+                "-cp",
+                &env("SPILLWAY_TEST_ICEBERG_REST_CLASSPATH"),
+            ])
+            .arg("dev.spillway.testsvc.IcebergRestLauncher")
+            .arg(format!("uri=jdbc:postgresql://{address}"))
+            .arg(format!("jdbc.user={user}"))
+            .arg(format!("warehouse={warehouse}"))
+            .arg("io-impl=org.apache.iceberg.aws.s3.S3FileIO")
+            .arg(format!("s3.endpoint={}", env("SPILLWAY_TEST_S3_ENDPOINT")))
+            .arg("s3.path-style-access=true")
+            .arg(format!("s3.access-key-id={}", env("SPILLWAY_TEST_S3_ACCESS_KEY")))
+            .arg(format!("s3.secret-access-key={}", env("SPILLWAY_TEST_S3_SECRET_KEY")))
+            .arg(format!("client.region={}", env("SPILLWAY_TEST_S3_REGION")))
+            .arg(clients)
+            .args(options)
+            .stdin(Stdio::null())
+            .stdout(output)
+            .stderr(log)
+            .spawn()
+            .expect("start the iceberg rest server");
+        let mut server = RestServer { child: Some(child), url: String::new(), home };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let text = std::fs::read_to_string(server.home.path().join("stdout.log")).unwrap_or_default();
+            if let Some(address) = text.lines().find_map(|line| line.strip_prefix("listening on ")) {
+                server.url = format!("http://{address}");
+                return server;
+            }
+            let exited = server.child.as_mut().and_then(|child| child.try_wait().ok().flatten());
+            assert!(exited.is_none() && Instant::now() < deadline, "rest server not serving:\n{}", server.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(self.home.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for RestServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A catalog database and a warehouse bucket of the test's own; with a REST server in front
+/// for a REST catalog.
 struct Catalog {
+    /// The SQL catalog's PostgreSQL url, or the REST server's.
     uri: String,
     warehouse: String,
+    rest: Option<RestServer>,
 }
 
 impl Catalog {
     async fn new(prefix: &str) -> Catalog {
         let uri = pg::fresh_database(prefix).await;
-        let s3 = common::s3::client().await;
-        let bucket = common::s3::new_bucket(&s3).await;
-        Catalog { uri, warehouse: format!("s3://{bucket}/warehouse") }
+        Catalog { uri, warehouse: Self::new_warehouse().await, rest: None }
     }
 
-    /// Run the pyiceberg script; its JSON answer.
+    /// A REST catalog: its server started with `options`.
+    async fn rest(prefix: &str, options: &[&str]) -> Catalog {
+        let pg_uri = pg::fresh_database(prefix).await;
+        let warehouse = Self::new_warehouse().await;
+        let (server_warehouse, options) =
+            (warehouse.clone(), options.iter().map(|o| o.to_string()).collect::<Vec<_>>());
+        let server = tokio::task::spawn_blocking(move || {
+            let options: Vec<&str> = options.iter().map(String::as_str).collect();
+            RestServer::start(&pg_uri, &server_warehouse, &options)
+        })
+        .await
+        .unwrap();
+        Catalog { uri: server.url.clone(), warehouse, rest: Some(server) }
+    }
+
+    async fn new_warehouse() -> String {
+        let s3 = common::s3::client().await;
+        let bucket = common::s3::new_bucket(&s3).await;
+        format!("s3://{bucket}/warehouse")
+    }
+
+    fn rest_server(&self) -> &RestServer {
+        self.rest.as_ref().expect("a rest catalog")
+    }
+
+    /// Environment spillway needs for this catalog (the REST credential its YAML names).
+    fn spillway_env(&self) -> Vec<(&'static str, &'static str)> {
+        match self.rest {
+            Some(_) => vec![("SPILLWAY_TEST_REST_CREDENTIAL", SPILLWAY_CLIENT)],
+            None => Vec::new(),
+        }
+    }
+
+    /// Run the pyiceberg script; its JSON answer. pyiceberg's `append` does not retry a commit
+    /// that lost the race with spillway's (`CommitFailedException`: nothing was committed), so
+    /// this does, a few times.
     fn py(&self, table: &str, args: &[&str]) -> Value {
-        let output = Command::new(env("SPILLWAY_TEST_PYTHON"))
-            .arg(SCRIPT)
-            .args([&self.uri, &self.warehouse, table])
-            .args(args)
+        let script = if self.rest.is_some() { REST_SCRIPT } else { SCRIPT };
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let output = Command::new(env("SPILLWAY_TEST_PYTHON"))
+                .arg(script)
+                .args([&self.uri, &self.warehouse, table])
+                .args(args)
+                .env("SPILLWAY_TEST_ICEBERG_REST_CREDENTIAL", PYICEBERG_CLIENT)
+                .output()
+                .expect("run pyiceberg");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if !output.status.success() && stderr.contains("CommitFailedException") && attempts < 5 {
+                eprintln!(
+                    "pyiceberg {args:?} lost a commit race, again: {}",
+                    stderr.lines().last().unwrap_or_default()
+                );
+                continue;
+            }
+            assert!(output.status.success(), "pyiceberg {args:?} failed: {stderr}");
+            return serde_json::from_slice(&output.stdout).expect("pyiceberg answers JSON");
+        }
+    }
+
+    /// The sink's `catalog:` block.
+    fn catalog_yaml(&self) -> String {
+        match &self.rest {
+            Some(server) => format!(
+                "{{ type: rest, uri: '{}', warehouse: '{}', credential: '${{SPILLWAY_TEST_REST_CREDENTIAL}}' }}",
+                server.url, self.warehouse
+            ),
+            None => format!("{{ type: sql, uri: '{}', warehouse: '{}' }}", self.uri, self.warehouse),
+        }
+    }
+
+    /// Start spillway on `config` with this catalog's environment and `extra` variables.
+    fn start_spillway(&self, dir: &std::path::Path, config: &std::path::Path, extra: &[(&str, &str)]) -> Spillway {
+        let mut set = self.spillway_env();
+        set.extend_from_slice(extra);
+        Spillway::start_with_env(dir, config, &set, &[])
+    }
+
+    /// `spillway validate --connect` on `config`: whether it passed, and its stdout and stderr.
+    fn validate_connect(&self, dir: &std::path::Path, config: &std::path::Path) -> (bool, String) {
+        let output = Command::new(env!("CARGO_BIN_EXE_spillway"))
+            .args(["validate", "--connect", "--config"])
+            .arg(config)
+            .current_dir(dir)
+            .envs(self.spillway_env())
             .output()
-            .expect("run pyiceberg");
-        assert!(output.status.success(), "pyiceberg {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-        serde_json::from_slice(&output.stdout).expect("pyiceberg answers JSON")
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.success(), text)
     }
 
     fn sink_yaml(&self, table: &str) -> String {
         format!(
             "    sink:\n\
              \x20     type: iceberg\n\
-             \x20     catalog: {{ type: sql, uri: '{uri}', warehouse: '{warehouse}' }}\n\
+             \x20     catalog: {catalog}\n\
              \x20     table: {table}\n\
              \x20     s3:\n\
              \x20       endpoint: ${{SPILLWAY_TEST_S3_ENDPOINT}}\n\
@@ -61,8 +226,7 @@ impl Catalog {
              \x20       access_key_id: ${{SPILLWAY_TEST_S3_ACCESS_KEY}}\n\
              \x20       secret_access_key: ${{SPILLWAY_TEST_S3_SECRET_KEY}}\n\
              \x20     backup: {{ sink: {{ url: 'file://./errors', error_output_prefix: 'errors/!{{firehose:error-output-type}}/' }} }}\n",
-            uri = self.uri,
-            warehouse = self.warehouse,
+            catalog = self.catalog_yaml(),
         )
     }
 
@@ -326,10 +490,25 @@ async fn push_until_stopped(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "needs services: scripts/test.sh"]
 async fn sigkill_rounds_with_pyiceberg_committing_beside_append_every_acknowledged_record_once() {
+    sigkill_rounds(Catalog::new("iceberg_chaos").await, 10).await;
+}
+
+/// The same through a REST catalog, fewer rounds, and every fourth commit of spillway's
+/// answered 500 by the server (applied or not): kills and ambiguous commits together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn rest_catalog_sigkill_rounds_with_unknown_commit_states_append_every_acknowledged_record_once() {
+    let catalog = Catalog::rest("iceberg_rest_chaos", &["spillway.commit-faults=4"]).await;
+    sigkill_rounds(catalog, 4).await;
+}
+
+/// `rounds` (or `SPILLWAY_CHAOS_ROUNDS`) seeded SIGKILL rounds under load, pyiceberg appending
+/// beside spillway; then every acknowledged record is in the table once, nothing was invented,
+/// and no data file or batch is in two snapshots.
+async fn sigkill_rounds(catalog: Catalog, rounds: usize) {
     let seed: u64 = std::env::var("SPILLWAY_CHAOS_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or(20261207);
-    let rounds: usize = std::env::var("SPILLWAY_CHAOS_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(10);
+    let rounds: usize = std::env::var("SPILLWAY_CHAOS_ROUNDS").ok().and_then(|n| n.parse().ok()).unwrap_or(rounds);
     let mut rng = StdRng::seed_from_u64(seed);
-    let catalog = Catalog::new("iceberg_chaos").await;
     let table = "db.chaos";
     catalog.py(table, &["create", "partitioned"]);
     let dir = tempfile::tempdir().unwrap();
@@ -347,7 +526,7 @@ async fn sigkill_rounds_with_pyiceberg_committing_beside_append_every_acknowledg
             1 => "SPILLWAY_ICEBERG_TEST_ACK_DELAY_MS",
             _ => "SPILLWAY_ICEBERG_TEST_NO_DELAY",
         };
-        let spillway = Spillway::start_with_env(dir.path(), &config, &[(hook, &delay)], &[]);
+        let spillway = catalog.start_spillway(dir.path(), &config, &[(hook, &delay)]);
         let stop = Arc::new(AtomicBool::new(false));
         let pushers = tokio::spawn(push_until_stopped(
             spillway.endpoint.clone(),
@@ -365,7 +544,7 @@ async fn sigkill_rounds_with_pyiceberg_committing_beside_append_every_acknowledg
         stop.store(true, Ordering::Relaxed);
         pushers.await.unwrap();
     }
-    let final_run = Spillway::start_with_config(dir.path(), &config);
+    let final_run = catalog.start_spillway(dir.path(), &config, &[]);
     let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     assert!(ledger.acknowledged.len() > 1000, "the clients got work done: {}", ledger.acknowledged.len());
     let (rows, _) = catalog.wait_rows(table, ledger.acknowledged.len() + python_rows).await;
@@ -382,26 +561,195 @@ async fn sigkill_rounds_with_pyiceberg_committing_beside_append_every_acknowledg
     let (files, batches) = catalog.assert_files_and_batches_once(table);
     assert_eq!(final_run.terminate(), 0);
     // Data files in the bucket that no snapshot references: written by an attempt killed before
-    // its commit.
+    // its commit (or whose commit the server refused).
     let bucket = catalog.warehouse.trim_start_matches("s3://").split('/').next().unwrap().to_string();
     let s3 = common::s3::client().await;
     let stored = common::s3::objects(&s3, &bucket, "warehouse/").await;
     let parquet_objects = stored.iter().filter(|(key, _)| key.ends_with(".parquet")).count();
     let orphans = parquet_objects.saturating_sub(files);
-    let logs: String = common::files_under(dir.path())
-        .iter()
-        .filter(|path| path.extension().is_some_and(|extension| extension == "log"))
-        .map(|path| std::fs::read_to_string(path).unwrap_or_default())
-        .collect();
+    let logs = spillway_logs(dir.path());
     let already = logs.matches("batch already committed, not appended again").count();
+    let faults = catalog.rest.as_ref().map_or(0, |server| server.log_text().matches("spillway-fault:").count());
     eprintln!(
-        "seed {seed}: {rounds} SIGKILL rounds, {} acknowledged, {} unknown at a kill, {} rows, {files} live data files, \
-         {batches} spillway commits, {already} re-sent batches found already committed, {orphans} orphan data files \
-         (kills between files and commit)",
+        "seed {seed}: {rounds} SIGKILL rounds through the {}, {} acknowledged, {} unknown at a kill, {} rows, {files} live data \
+         files, {batches} spillway commits, {already} re-sent batches found already committed, {faults} commits answered 500 \
+         by the server, {orphans} orphan data files (kills between files and commit)",
+        if catalog.rest.is_some() { "rest catalog" } else { "sql catalog" },
         ledger.acknowledged.len(),
         ledger.unknown.len(),
         rows.len()
     );
+}
+
+/// Every log file spillway wrote under `dir`, one text.
+fn spillway_logs(dir: &std::path::Path) -> String {
+    common::files_under(dir)
+        .iter()
+        .filter(|path| path.extension().is_some_and(|extension| extension == "log"))
+        .map(|path| std::fs::read_to_string(path).unwrap_or_default())
+        .collect()
+}
+
+/// Through a REST catalog (OAuth2 client credentials from `${ENV}`, tokens the server refuses
+/// after a few requests): a table pyiceberg created is appended to, and pyiceberg's
+/// `RestCatalog` reads every row with its type; `validate --connect` loads the table through the
+/// server; the credential and tokens appear in no log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn rest_catalog_appends_read_back_by_pyiceberg_with_their_types() {
+    let catalog = Catalog::rest("iceberg_rest_types", &["spillway.token-uses=12"]).await;
+    let table = "db.events";
+    catalog.py(table, &["create", "partitioned"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("spillway.yaml");
+    std::fs::write(&config, catalog.yaml(table)).unwrap();
+    let (passed, output) = catalog.validate_connect(dir.path(), &config);
+    assert!(passed, "{output}");
+    assert!(output.contains(&format!("iceberg table db.events in rest catalog {}", catalog.uri)), "{output}");
+    assert!(output.contains("partitioned by day(at_day), identity(kind), bucket[4](id_bucket)"), "{output}");
+
+    let spillway = catalog.start_spillway(dir.path(), &config, &[]);
+    let client = spillway.client().await;
+    let mut sent = 0;
+    // Several batches, so tokens run out and are renewed between them.
+    for part in 0..6 {
+        let records: Vec<String> = (0..50)
+            .map(|k| {
+                let n = part * 50 + k;
+                format!(
+                    r#"{{"id":"r{n}","client":{},"amount":{n}.5,"at":"2026-12-0{}T10:00:00Z","kind":"{}","tags":["a","b{n}"],"attrs":{{"n":{n}}}}}"#,
+                    n % 7,
+                    1 + n % 3,
+                    ["click", "view"][n % 2]
+                )
+            })
+            .collect();
+        put(&client, &records).await;
+        sent += records.len();
+        catalog.wait_rows(table, sent).await;
+    }
+    put(&client, &[r#"{"id":"bad-int","client":"seven"}"#.to_string()]).await;
+    let (rows, types) = catalog.wait_rows(table, 300).await;
+    assert_eq!(rows.len(), 300);
+    assert_eq!(types["id"], "string", "{types}");
+    assert!(types["tags"].as_str().is_some_and(|tags| tags.contains("list<element: ")), "{types}");
+    assert_eq!(types["attrs"], "struct<n: int64>");
+    assert_eq!(types["client"], "int32");
+    assert_eq!(types["amount"], "double");
+    assert_eq!(types["at"], "timestamp[us, tz=UTC]");
+    let r7 = &rows["r7"];
+    assert_eq!((r7["client"].clone(), r7["amount"].clone()), (serde_json::json!(0), serde_json::json!(7.5)));
+    assert_eq!(r7["at"], "2026-12-02T10:00:00+00:00");
+    assert_eq!(r7["tags"], serde_json::json!(["a", "b7"]));
+    assert_eq!(r7["attrs"], serde_json::json!({"n": 7}));
+    let errors = common::eventually(WAIT, "the misfit in the error output", || {
+        let found = error_records(dir.path());
+        (!found.is_empty()).then_some(found)
+    })
+    .await;
+    assert_eq!(errors[0]["errorCode"], "DataFormatConversion.MalformedData");
+    let (files, batches) = catalog.assert_files_and_batches_once(table);
+    assert!(batches >= 6, "{batches} batches");
+    assert_eq!(spillway.terminate(), 0);
+
+    let server_log = catalog.rest_server().log_text();
+    let tokens = server_log.matches("spillway-token: issued to spillway").count();
+    assert!(tokens >= 2, "spillway asked for a new token once one was refused: {tokens} tokens\n{server_log}");
+    let logs = spillway_logs(dir.path());
+    assert!(logs.contains("Iceberg.CatalogAccessDenied"), "a refused token is named");
+    let secret = SPILLWAY_CLIENT.split_once(':').unwrap().1;
+    assert!(!logs.contains(secret) && !logs.contains("issued-"), "a credential or token in spillway's log");
+    eprintln!("{files} data files, {batches} commits, {tokens} tokens issued to spillway");
+}
+
+/// A commit the server applies but answers 500, and one it answers 500 without applying (every
+/// second commit of spillway's, alternately): the next attempt reads the snapshots, finds the
+/// first batch committed and commits the second, so every record is in the table once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn rest_catalog_commits_of_unknown_state_are_settled_from_the_snapshots() {
+    let catalog = Catalog::rest("iceberg_rest_unknown", &["spillway.commit-faults=2"]).await;
+    let table = "db.unknown";
+    catalog.py(table, &["create", "plain"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("spillway.yaml");
+    std::fs::write(&config, catalog.yaml(table)).unwrap();
+    let spillway = catalog.start_spillway(dir.path(), &config, &[]);
+    let client = spillway.client().await;
+    let mut sent = 0;
+    for part in 0..6 {
+        let records: Vec<String> = (0..40).map(|k| format!(r#"{{"id":"u{}"}}"#, part * 40 + k)).collect();
+        put(&client, &records).await;
+        sent += records.len();
+        catalog.wait_rows(table, sent).await;
+    }
+    let (rows, _) = catalog.wait_rows(table, sent).await;
+    assert_eq!(rows.len(), sent);
+    catalog.assert_files_and_batches_once(table);
+    let server_log = catalog.rest_server().log_text();
+    let faults = server_log.matches("spillway-fault:").count();
+    assert!(server_log.contains(" applied, answered 500"), "{server_log}");
+    assert!(server_log.contains(" not applied, answered 500"), "{server_log}");
+    let already = spillway.metric("spillway_sink_requests_total{stream=\"rows\",outcome=\"already_committed\"}").await;
+    assert!(already.is_some_and(|count| count >= 1.0), "a batch found committed: {already:?}");
+    assert_eq!(spillway.terminate(), 0);
+    let logs = spillway_logs(dir.path());
+    assert!(logs.contains("Iceberg.CommitStateUnknown"), "the unknown commit state is named");
+    assert!(logs.contains("batch already committed, not appended again"));
+    eprintln!("{faults} commits answered 500, {} batches", rows.len() / 40);
+}
+
+/// `validate --connect` through a REST catalog names what is wrong: a missing table, a missing
+/// namespace, a refused credential, an unreachable server; no secret is echoed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn rest_catalog_problems_are_named_at_validate_connect() {
+    let catalog = Catalog::rest("iceberg_rest_errors", &[]).await;
+    catalog.py("db.present", &["create", "plain"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("spillway.yaml");
+    let check = |yaml: String| {
+        std::fs::write(&config, yaml).unwrap();
+        let (passed, output) = catalog.validate_connect(dir.path(), &config);
+        assert!(!passed, "{output}");
+        output
+    };
+    let missing_table = check(catalog.yaml("db.absent"));
+    assert!(
+        missing_table.contains(&format!("table db.absent does not exist in the rest catalog {}", catalog.uri)),
+        "{missing_table}"
+    );
+    let missing_namespace = check(catalog.yaml("nowhere.events"));
+    assert!(
+        missing_namespace.contains("table nowhere.events does not exist in the rest catalog"),
+        "{missing_namespace}"
+    );
+    assert!(missing_namespace.contains("Iceberg.TableNotFound"), "{missing_namespace}");
+
+    let refused =
+        check(catalog.yaml("db.present").replace("${SPILLWAY_TEST_REST_CREDENTIAL}", "spillway:wrong-secret-5d1"));
+    assert!(refused.contains("refused spillway's credentials"), "{refused}");
+    assert!(refused.contains("Iceberg.CatalogAccessDenied"), "{refused}");
+    assert!(!refused.contains("wrong-secret-5d1"), "the credential is echoed: {refused}");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let unreachable = check(catalog.yaml("db.present").replace(&catalog.uri, &format!("http://127.0.0.1:{closed}")));
+    assert!(
+        unreachable.contains(&format!("the rest catalog http://127.0.0.1:{closed} cannot be reached")),
+        "{unreachable}"
+    );
+    assert!(unreachable.contains("Iceberg.CatalogUnavailable"), "{unreachable}");
+
+    // https:// to a server that speaks plain HTTP: the TLS handshake (rustls with aws-lc-rs)
+    // fails, and says so.
+    let https_uri = catalog.uri.replace("http://", "https://");
+    let not_tls = check(catalog.yaml("db.present").replace(&catalog.uri, &https_uri));
+    assert!(not_tls.contains(&format!("the rest catalog {https_uri} cannot be reached")), "{not_tls}");
+
+    std::fs::write(&config, catalog.yaml("db.present")).unwrap();
+    let (passed, output) = catalog.validate_connect(dir.path(), &config);
+    assert!(passed, "{output}");
+    assert!(!output.contains(SPILLWAY_CLIENT.split_once(':').unwrap().1), "{output}");
 }
 
 /// A stream created through the Firehose API with the Rust SDK's

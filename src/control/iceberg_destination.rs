@@ -4,7 +4,7 @@
 //! botocore's Firehose model: `DestinationTableConfigurationList` (one table, named by
 //! `DestinationDatabaseName` + `DestinationTableName`; its `S3ErrorOutputPrefix`),
 //! `CatalogConfiguration` (`CatalogARN`, `WarehouseLocation`) reached through
-//! `api_defaults.iceberg_catalog`, `BufferingHints` 1–128 MB and 0–900 s, `RetryOptions` 0–7200 s,
+//! `api_defaults.iceberg_catalog` (a SQL or a REST catalog block), `BufferingHints` 1–128 MB and 0–900 s, `RetryOptions` 0–7200 s,
 //! `S3BackupMode` FailedDataOnly, `S3Configuration` for the error output. What spillway cannot do
 //! (`UniqueKeys` upserts, several tables in one list, table creation, schema evolution,
 //! `AllData` backups) is refused by name.
@@ -223,4 +223,40 @@ pub fn stream_config(
     };
     check_like_yaml(config, &stream)?;
     Ok(stream)
+}
+
+#[cfg(all(test, feature = "sink-iceberg"))]
+mod tests {
+    use super::*;
+
+    /// `api_defaults.iceberg_catalog` may be a REST catalog: its block is the sink's, with the
+    /// request's `WarehouseLocation` as `warehouse` (sent to the server), its credential kept.
+    #[test]
+    fn a_rest_catalog_default_makes_a_rest_sink() {
+        let config = crate::config::parse_str(
+            "api_defaults:\n\
+             \x20 s3: { url: 'file://./buckets/{bucket}' }\n\
+             \x20 iceberg_catalog: { type: rest, uri: 'https://catalog.example/api', credential: 'spillway:s3cret' }\n",
+            std::path::Path::new("t.yaml"),
+        )
+        .expect("config");
+        let destination = serde_json::json!({
+            "DestinationTableConfigurationList": [{ "DestinationDatabaseName": "db", "DestinationTableName": "events" }],
+            "RoleARN": "arn:aws:iam::000000000000:role/firehose",
+            "CatalogConfiguration": { "CatalogARN": "arn:aws:glue:us-east-1:000000000000:catalog", "WarehouseLocation": "lake" },
+            "S3Configuration": { "RoleARN": "arn:aws:iam::000000000000:role/firehose", "BucketARN": "arn:aws:s3:::backup" },
+        });
+        let stream =
+            stream_config(&config, "s", &destination, "icebergDestinationConfiguration", SourceConfig::default())
+                .expect("converts");
+        let SinkConfig::Iceberg(sink) = &stream.sink else { panic!("an iceberg sink") };
+        let spillway_sink_iceberg::CatalogConfig::Rest { uri, warehouse, credential, .. } = &sink.catalog else {
+            panic!("a rest catalog: {:?}", sink.catalog)
+        };
+        assert_eq!(uri, "https://catalog.example/api");
+        assert_eq!(warehouse.as_deref(), Some("lake"));
+        assert_eq!(credential.as_ref().map(|credential| credential.expose()), Some("spillway:s3cret"));
+        assert_eq!(sink.table, "db.events");
+        assert!(!format!("{:?}", sink.catalog).contains("s3cret"));
+    }
 }

@@ -1,7 +1,7 @@
-//! `IcebergSinkConfig`: the YAML `sink:` block of `type: iceberg`, its pure validation, and
-//! `build`, which sends nothing: the catalog is reached at the first write (or `validate
-//! --connect`), so a stream starts while its table does not exist yet and its records wait in
-//! the WAL until it does.
+//! `IcebergSinkConfig`: the YAML `sink:` block of `type: iceberg` (a SQL or a REST catalog), its
+//! pure validation, and `build`, which sends nothing: the catalog is reached at the first write
+//! (or `validate --connect`), so a stream starts while its table does not exist yet and its
+//! records wait in the WAL until it does.
 //!
 //! Must not: touch the network or disk in `validate` or `build`.
 
@@ -65,7 +65,8 @@ pub struct IcebergSinkConfig {
     pub backup: Option<BackupConfig>,
 }
 
-/// `catalog:`: where the table's metadata pointer lives.
+/// `catalog:`: where the table's metadata pointer lives. Secrets are `Secret`s (their `Debug`
+/// shows `***`), so neither a logged configuration nor an error names them.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum CatalogConfig {
@@ -81,6 +82,58 @@ pub enum CatalogConfig {
         #[serde(default = "default_catalog_name")]
         name: String,
     },
+    /// An Iceberg REST catalog (Iceberg's REST server, Apache Polaris, Lakekeeper, Nessie,
+    /// Gravitino, …) through iceberg-rust's REST client. The server decides where each table
+    /// keeps its files; spillway reaches `s3://` locations with the `s3:` options.
+    Rest {
+        /// `http(s)://host:port[/path]`: requests go to `<uri>/v1/…`.
+        uri: String,
+        /// Sent to the server at connection (`GET /v1/config?warehouse=…`): a location or the
+        /// name the server knows a warehouse by. Optional.
+        #[serde(default)]
+        warehouse: Option<String>,
+        /// OAuth2 client credentials, `client_id:client_secret` (or a secret alone), exchanged
+        /// at the token endpoint for a bearer token, again after the catalog refuses one.
+        #[serde(default)]
+        credential: Option<Secret>,
+        /// A bearer token sent as is (takes precedence over `credential` until refused).
+        #[serde(default)]
+        token: Option<Secret>,
+        /// The OAuth2 token endpoint; default `<uri>/v1/oauth/tokens`.
+        #[serde(default)]
+        oauth2_server_uri: Option<String>,
+        /// The OAuth2 scope asked for; default `catalog`.
+        #[serde(default)]
+        scope: Option<String>,
+        /// Extra HTTP headers on every request (values are secrets: they may carry keys).
+        #[serde(default)]
+        headers: BTreeMap<String, Secret>,
+        /// Further iceberg-rust REST properties: `prefix`, `audience`, `resource`.
+        #[serde(default)]
+        properties: BTreeMap<String, String>,
+    },
+}
+
+/// The REST catalog properties `properties:` may set; the others have fields of their own (or,
+/// for the warehouse's files, the `s3:` block).
+pub const REST_PROPERTIES: [&str; 3] = ["prefix", "audience", "resource"];
+
+impl CatalogConfig {
+    /// The catalog in messages: its type and where it is, never a secret.
+    pub fn label(&self) -> String {
+        match self {
+            CatalogConfig::Sql { name, .. } => format!("sql catalog `{name}`"),
+            CatalogConfig::Rest { uri, .. } => format!("rest catalog {}", uri.trim_end_matches('/')),
+        }
+    }
+
+    /// The warehouse location, where the configuration names one.
+    pub fn warehouse(&self) -> Option<&str> {
+        match self {
+            CatalogConfig::Sql { warehouse, .. } => Some(warehouse),
+            CatalogConfig::Rest { warehouse, .. } => warehouse.as_deref(),
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -141,6 +194,7 @@ impl IcebergSinkConfig {
             Err(message) => problems.push(ConfigProblem::new("table", message)),
         }
         match &self.catalog {
+            CatalogConfig::Rest { .. } => problems.extend(validate_rest(&self.catalog)),
             CatalogConfig::Sql { uri, warehouse, name } => {
                 let uri = uri.expose();
                 if !(uri.starts_with("postgres://") || uri.starts_with("postgresql://")) {
@@ -187,7 +241,7 @@ impl IcebergSinkConfig {
         problems
     }
 
-    fn s3_set(&self) -> bool {
+    pub(crate) fn s3_set(&self) -> bool {
         let s3 = &self.s3;
         s3.endpoint.is_some()
             || s3.region.is_some()
@@ -221,13 +275,16 @@ impl IcebergSinkConfig {
             return Err(Self::invalid(listed.join("; ")));
         }
         let table = TableTemplate::parse(&self.table).map_err(Self::invalid)?;
-        let CatalogConfig::Sql { uri, warehouse, name } = &self.catalog;
-        let storage: Arc<dyn StorageFactory> = match Warehouse::parse(warehouse).map_err(Self::invalid)? {
-            Warehouse::Bucket(bucket) => {
-                let store = self.s3.build_store(&bucket)?;
-                Arc::new(BucketStorageFactory::new(bucket, Arc::new(store)))
-            }
-            Warehouse::Local => Arc::new(LocalFsStorageFactory),
+        let storage: Arc<dyn StorageFactory> = match &self.catalog {
+            CatalogConfig::Sql { warehouse, .. } => match Warehouse::parse(warehouse).map_err(Self::invalid)? {
+                Warehouse::Bucket(bucket) => {
+                    let store = self.s3.build_store(&bucket)?;
+                    Arc::new(BucketStorageFactory::new(bucket, Arc::new(store)))
+                }
+                Warehouse::Local => Arc::new(LocalFsStorageFactory),
+            },
+            // The server decides where tables live: clients for the buckets they name.
+            CatalogConfig::Rest { .. } => Arc::new(BucketStorageFactory::any_bucket(self.s3.clone())),
         };
         let backup = self.backup.as_ref().ok_or_else(|| Self::invalid("backup is required".to_string()))?;
         let error_output = Arc::new(backup.sink.build_versioned(stream, version_id)?);
@@ -238,9 +295,7 @@ impl IcebergSinkConfig {
         };
         Ok(IcebergSink::new(SinkParts {
             stream: stream.to_string(),
-            catalog_name: name.clone(),
-            catalog_uri: uri.clone(),
-            warehouse: warehouse.clone(),
+            catalog: self.catalog.clone(),
             storage,
             table,
             matching: Arc::new(matching),
@@ -249,6 +304,89 @@ impl IcebergSinkConfig {
             error_output,
         }))
     }
+}
+
+/// A `type: rest` catalog block's problems, with fields under `catalog.`.
+fn validate_rest(catalog: &CatalogConfig) -> Vec<ConfigProblem> {
+    let CatalogConfig::Rest { uri, warehouse, credential, token, oauth2_server_uri, scope, headers, properties } =
+        catalog
+    else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    if let Err(message) = check_http_url(uri) {
+        problems.push(ConfigProblem::new("catalog.uri", message));
+    }
+    if warehouse.as_ref().is_some_and(|warehouse| warehouse.trim().is_empty()) {
+        problems.push(ConfigProblem::new("catalog.warehouse", "must not be empty (or leave it out)"));
+    }
+    if let Some(credential) = credential {
+        let credential = credential.expose();
+        let (client_id, secret) = credential.split_once(':').unwrap_or(("", credential));
+        if secret.is_empty() || (credential.contains(':') && client_id.is_empty()) {
+            problems
+                .push(ConfigProblem::new("catalog.credential", "must be client_id:client_secret (or a secret alone)"));
+        }
+    }
+    if token.as_ref().is_some_and(|token| token.expose().trim().is_empty()) {
+        problems.push(ConfigProblem::new("catalog.token", "must not be empty (or leave it out)"));
+    }
+    if let Some(endpoint) = oauth2_server_uri {
+        if credential.is_none() {
+            problems.push(ConfigProblem::new("catalog.oauth2_server_uri", "only applies with a credential"));
+        }
+        if let Err(message) = check_http_url(endpoint) {
+            problems.push(ConfigProblem::new("catalog.oauth2_server_uri", message));
+        }
+    }
+    if scope.is_some() && credential.is_none() {
+        problems.push(ConfigProblem::new("catalog.scope", "only applies with a credential"));
+    }
+    for (name, value) in headers {
+        let field = format!("catalog.headers.{name}");
+        if name.is_empty() || !name.bytes().all(is_header_name_byte) {
+            problems.push(ConfigProblem::new(&field, "is not an HTTP header name"));
+        }
+        if value.expose().bytes().any(|byte| (byte < 0x20 && byte != b'\t') || byte == 0x7f) {
+            problems.push(ConfigProblem::new(&field, "the value holds control characters"));
+        }
+    }
+    for key in properties.keys() {
+        if !REST_PROPERTIES.contains(&key.as_str()) {
+            problems.push(ConfigProblem::new(
+                &format!("catalog.properties.{key}"),
+                format!(
+                    "not one spillway passes ({}); credentials, token, scope and headers have fields of their own, and the warehouse's files are reached with the `s3:` options",
+                    REST_PROPERTIES.join(", ")
+                ),
+            ));
+        }
+    }
+    problems
+}
+
+/// An `http://` or `https://` url without credentials, query or fragment.
+fn check_http_url(text: &str) -> Result<(), String> {
+    // Nothing is echoed before the url is known to hold no credentials.
+    let url = url::Url::parse(text).map_err(|error| format!("is not a url: {error}"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not hold credentials: use `credential` or `token`".to_string());
+    }
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("`{text}` must be an http:// or https:// url"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("`{text}` names no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("`{text}` must have no query or fragment"));
+    }
+    Ok(())
+}
+
+/// RFC 9110 `tchar`.
+fn is_header_name_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
 #[cfg(test)]
@@ -291,6 +429,54 @@ mod tests {
              table: 'db.!{nope}'\nbackup: {sink: {url: 'file:///tmp/b'}}\n",
         );
         assert_eq!(broken.validate()[0].field, "table");
+    }
+
+    #[test]
+    fn a_rest_catalog_block_validates_and_hides_its_secrets() {
+        let good = parse(
+            "catalog: {type: rest, uri: 'https://catalog.example/api', warehouse: lake, credential: 'spillway:s3cret', \
+             scope: catalog, oauth2_server_uri: 'https://idp.example/token', headers: {X-Tenant: t1}, \
+             properties: {audience: lake}}\n\
+             table: db.events\ns3: {region: eu-west-1}\nbackup: {sink: {url: 'file:///tmp/b'}}\n",
+        );
+        assert_eq!(good.validate(), vec![]);
+        assert_eq!(good.catalog.label(), "rest catalog https://catalog.example/api");
+        let shown = format!("{good:?}");
+        assert!(!shown.contains("s3cret") && !shown.contains("t1"), "{shown}");
+        let token = parse(
+            "catalog: {type: rest, uri: 'http://127.0.0.1:8181/', token: abc}\ntable: db.t\n\
+             backup: {sink: {url: 'file:///tmp/b'}}\n",
+        );
+        assert_eq!(token.validate(), vec![]);
+
+        let bad = parse(
+            "catalog: {type: rest, uri: 'http://user:pw@127.0.0.1:8181', warehouse: '', credential: ':x', token: '', \
+             oauth2_server_uri: 'ftp://idp', headers: {'bad header': v, X-Ok: \"a\\u0001\"}, properties: {token: t, prefix: p}}\n\
+             table: db.t\nbackup: {sink: {url: 'file:///tmp/b'}}\n",
+        );
+        let problems = bad.validate();
+        let fields: Vec<&str> = problems.iter().map(|problem| problem.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "catalog.uri",
+                "catalog.warehouse",
+                "catalog.credential",
+                "catalog.token",
+                "catalog.oauth2_server_uri",
+                "catalog.headers.X-Ok",
+                "catalog.headers.bad header",
+                "catalog.properties.token"
+            ]
+        );
+        let messages = format!("{problems:?}");
+        assert!(!messages.contains("pw"), "{messages}");
+        let scoped = parse(
+            "catalog: {type: rest, uri: 'http://h', scope: s, oauth2_server_uri: 'http://idp'}\ntable: db.t\n\
+             backup: {sink: {url: 'file:///tmp/b'}}\n",
+        );
+        let fields: Vec<String> = scoped.validate().into_iter().map(|problem| problem.field).collect();
+        assert_eq!(fields, vec!["catalog.oauth2_server_uri", "catalog.scope"]);
     }
 
     #[test]

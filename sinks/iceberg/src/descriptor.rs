@@ -34,9 +34,12 @@ impl SinkDescriptor for IcebergSinkConfig {
     }
 
     fn destination(&self) -> String {
-        // The catalog uri may hold a password: only the table and warehouse are shown.
-        let CatalogConfig::Sql { warehouse, .. } = &self.catalog;
-        format!("Iceberg table {} (warehouse {warehouse})", self.table)
+        // A SQL catalog's uri may hold a password: only the table and warehouse are shown; a
+        // REST catalog's uri holds none (validation refuses one).
+        match &self.catalog {
+            CatalogConfig::Sql { warehouse, .. } => format!("Iceberg table {} (warehouse {warehouse})", self.table),
+            CatalogConfig::Rest { .. } => format!("Iceberg table {} ({})", self.table, self.catalog.label()),
+        }
     }
 
     fn local_folders(&self) -> Vec<(String, PathBuf)> {
@@ -74,7 +77,14 @@ impl SinkDescriptor for IcebergSinkConfig {
     }
 
     fn describe_destination(&self, context: &DescribeContext<'_>) -> Value {
-        let CatalogConfig::Sql { warehouse, name, .. } = &self.catalog;
+        let mut catalog = json!({
+            "CatalogARN": self.catalog_arn.clone().unwrap_or_else(|| format!("arn:aws:glue:us-east-1:{}:catalog", context.account_id)),
+            "WarehouseLocation": self.catalog.warehouse(),
+        });
+        match &self.catalog {
+            CatalogConfig::Sql { name, .. } => catalog["SpillwayCatalogName"] = json!(name),
+            CatalogConfig::Rest { uri, .. } => catalog["SpillwayCatalogUri"] = json!(uri),
+        }
         let (database, table) = self.table.rsplit_once('.').unwrap_or(("", self.table.as_str()));
         json!({
             "DestinationId": DESTINATION_ID,
@@ -88,11 +98,7 @@ impl SinkDescriptor for IcebergSinkConfig {
                 "RetryOptions": { "DurationInSeconds": context.retry_duration_seconds },
                 "RoleARN": context.role_arn(),
                 "AppendOnly": true,
-                "CatalogConfiguration": {
-                    "CatalogARN": self.catalog_arn.clone().unwrap_or_else(|| format!("arn:aws:glue:us-east-1:{}:catalog", context.account_id)),
-                    "WarehouseLocation": warehouse,
-                    "SpillwayCatalogName": name,
-                },
+                "CatalogConfiguration": catalog,
                 "S3DestinationDescription": self.backup.as_ref().map(|backup| backup.sink.describe_backup(context)),
                 "BufferingHints": context.buffering_hints(),
                 "CloudWatchLoggingOptions": context.cloud_watch_logging_options(),

@@ -8,7 +8,13 @@
 //! 3. commits them as one `fast_append` whose snapshot summary carries `spillway.batch-id`,
 //!    `spillway.stream`, `spillway.writer` and the WAL range the batch completes. iceberg-rust
 //!    retries a commit that lost the race with another writer (the SQL catalog's conditional
-//!    `UPDATE` changed no row, so nothing was committed) against the refreshed table.
+//!    `UPDATE` changed no row, a REST catalog answered 409: nothing was committed) against the
+//!    refreshed table. Any other failed commit may or may not have been applied (a REST
+//!    catalog's 5xx, "commit state unknown", or an answer lost with the connection): the
+//!    attempt fails, and the pipeline's next attempt settles it at step 1.
+//!
+//! The catalog (SQL or REST) is one `dyn Catalog` (see [`crate::catalog`]); nothing here
+//! depends on which.
 //!
 //! Records that do not fit the table are reported as a partial failure (they go to the error
 //! output), also when the batch was already committed, so a crash between the commit and the
@@ -22,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use iceberg::Catalog;
 use iceberg::io::StorageFactory;
 use iceberg::spec::{DataFile, DataFileFormat};
 use iceberg::table::Table;
@@ -33,16 +40,15 @@ use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::partitioning::PartitioningWriter;
 use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
-use iceberg::{Catalog, CatalogBuilder};
-use iceberg_catalog_sql::{SqlCatalog, SqlCatalogBuilder};
-use spillway_sink_api::{Batch, ErrorOutput, RecordFailure, RequestCounts, Secret, Sink, SinkError};
+use spillway_sink_api::{Batch, ErrorOutput, RecordFailure, RequestCounts, Sink, SinkError};
 use spillway_sink_s3::S3Sink;
 use tokio::sync::OnceCell;
 
-use crate::config::table_ident;
+use crate::catalog::{self, Connected};
+use crate::config::{CatalogConfig, table_ident};
 use crate::convert::{self, Converted, KeyMatching, Misfit};
 use crate::encode;
-use crate::error::{self, CATALOG_UNAVAILABLE, INTERNAL, INVALID_TABLE_NAME, TIMEOUT, UNSUPPORTED_SCHEMA};
+use crate::error::{self, CATALOG_ACCESS_DENIED, INTERNAL, INVALID_TABLE_NAME, TIMEOUT, UNSUPPORTED_SCHEMA};
 use crate::route::TableTemplate;
 
 /// Snapshot summary keys spillway writes (Iceberg's Kafka Connect sink keeps its offsets the
@@ -55,9 +61,7 @@ pub const SUMMARY_WAL_END: &str = "spillway.wal-end";
 
 pub struct SinkParts {
     pub stream: String,
-    pub catalog_name: String,
-    pub catalog_uri: Secret,
-    pub warehouse: String,
+    pub catalog: CatalogConfig,
     pub storage: Arc<dyn StorageFactory>,
     pub table: TableTemplate,
     pub matching: Arc<KeyMatching>,
@@ -68,7 +72,7 @@ pub struct SinkParts {
 
 pub struct IcebergSink {
     parts: SinkParts,
-    catalog: OnceCell<Arc<SqlCatalog>>,
+    catalog: OnceCell<Connected>,
     counts: Counts,
 }
 
@@ -91,36 +95,32 @@ impl IcebergSink {
         self.parts.error_output.clone()
     }
 
-    /// The catalog, connected at first use (and again after a failed attempt).
-    async fn catalog(&self) -> Result<&Arc<SqlCatalog>, SinkError> {
+    /// The catalog, connected at first use (a failed connection is tried again by the next
+    /// attempt).
+    async fn connected(&self) -> Result<&Connected, SinkError> {
         self.catalog
-            .get_or_try_init(|| async {
-                let props = HashMap::from([
-                    (
-                        iceberg_catalog_sql::SQL_CATALOG_PROP_URI.to_string(),
-                        self.parts.catalog_uri.expose().to_string(),
-                    ),
-                    (iceberg_catalog_sql::SQL_CATALOG_PROP_WAREHOUSE.to_string(), self.parts.warehouse.clone()),
-                    ("pool.max-connections".to_string(), "4".to_string()),
-                ]);
-                let catalog = SqlCatalogBuilder::default()
-                    .with_storage_factory(self.parts.storage.clone())
-                    .load(self.parts.catalog_name.clone(), props)
-                    .await
-                    .map_err(|error| {
-                        SinkError::retriable(CATALOG_UNAVAILABLE, "cannot connect to the sql catalog")
-                            .with_source(error)
-                    })?;
-                Ok(Arc::new(catalog))
-            })
+            .get_or_try_init(|| catalog::connect(&self.parts.catalog, self.parts.storage.clone(), self.parts.timeout))
             .await
+    }
+
+    async fn catalog(&self) -> Result<&Arc<dyn Catalog>, SinkError> {
+        Ok(&self.connected().await?.catalog)
+    }
+
+    /// A refused token is forgotten, so the next attempt asks for a new one.
+    async fn after_failure(&self, error: &SinkError) {
+        if error.code == CATALOG_ACCESS_DENIED
+            && let Some(connected) = self.catalog.get()
+        {
+            connected.forget_token().await;
+        }
     }
 
     /// The table as the catalog has it now.
     pub async fn load_table(&self, name: &str) -> Result<Table, SinkError> {
         let ident = table_ident(name).map_err(|message| SinkError::permanent(INVALID_TABLE_NAME, message))?;
         let catalog = self.catalog().await?;
-        catalog.load_table(&ident).await.map_err(|error| error::load_failed(name, error))
+        catalog.load_table(&ident).await.map_err(|error| error::load_failed(&self.parts.catalog, name, error))
     }
 
     /// `validate --connect`: the catalog answers, the table exists and spillway can fill its
@@ -128,11 +128,11 @@ impl IcebergSink {
     pub async fn check(&self) -> Result<String, SinkError> {
         let Some(name) = self.parts.table.literal() else {
             let namespaces = self.catalog().await?.list_namespaces(None).await.map_err(|error| {
-                SinkError::retriable(CATALOG_UNAVAILABLE, "cannot list the catalog's namespaces").with_source(error)
+                error::catalog_failed(&self.parts.catalog, "cannot list the catalog's namespaces", error)
             })?;
             return Ok(format!(
-                "iceberg catalog `{}` answers ({} namespaces); tables are named per batch by partition keys",
-                self.parts.catalog_name,
+                "iceberg {} answers ({} namespaces); tables are named per batch by partition keys",
+                self.parts.catalog.label(),
                 namespaces.len()
             ));
         };
@@ -148,8 +148,8 @@ impl IcebergSink {
             format!("partitioned by {}", fields.join(", "))
         };
         Ok(format!(
-            "iceberg table {name} in catalog `{}`: {} columns, {partitioning}, {} snapshots",
-            self.parts.catalog_name,
+            "iceberg table {name} in {}: {} columns, {partitioning}, {} snapshots",
+            self.parts.catalog.label(),
             schema.as_struct().fields().len(),
             table.metadata().snapshots().count()
         ))
@@ -209,8 +209,13 @@ impl IcebergSink {
             .set_commit_uuid(batch.id)
             .set_snapshot_properties(properties)
             .add_data_files(files);
-        let transaction = append.apply(transaction).map_err(|error| error::commit_failed(table_name, error))?;
-        transaction.commit(catalog.as_ref()).await.map_err(|error| error::commit_failed(table_name, error))?;
+        let transaction = append.apply(transaction).map_err(|error| error::commit_not_built(table_name, error))?;
+        // A commit whose outcome is unknown fails this attempt; the next one finds the batch in
+        // the snapshots if it was applied after all.
+        transaction
+            .commit(catalog.as_ref())
+            .await
+            .map_err(|error| error::commit_failed(&self.parts.catalog, table_name, error))?;
         self.counts.commits.fetch_add(1, Ordering::Relaxed);
         self.counts.data_files.fetch_add(file_count, Ordering::Relaxed);
         if let Some(delay) = test_delay(TestDelay::AfterCommit) {
@@ -355,13 +360,18 @@ impl Sink for IcebergSink {
             }
             Err(error) => {
                 self.counts.failed.fetch_add(1, Ordering::Relaxed);
+                self.after_failure(&error).await;
                 Err(error)
             }
         }
     }
 
     async fn healthcheck(&self) -> Result<(), SinkError> {
-        self.check().await.map(|_| ())
+        let outcome = self.check().await.map(|_| ());
+        if let Err(error) = &outcome {
+            self.after_failure(error).await;
+        }
+        outcome
     }
 
     async fn close(&self) -> Result<(), SinkError> {

@@ -3,12 +3,17 @@
 //! (MinIO, AWS), with the same endpoint, addressing and credentials options as the S3 sink.
 //! iceberg 0.10 ships only local and in-memory storage; its S3 storage lives in a separate
 //! OpenDAL-based crate, which would bring a second S3 client into the binary.
+//! A SQL catalog's warehouse is one bucket, whose client is made with the sink; a REST catalog's
+//! server decides where its tables live, so clients are made for the buckets the tables name,
+//! from the same options, on first use (vended credentials in the server's answers are not
+//! used).
 //!
 //! Must not: retry (object_store's own short retry aside; the pipeline retries batches), or
-//! reach outside its one bucket.
+//! reach outside its one bucket (when it has one).
 
+use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -19,54 +24,92 @@ use iceberg::{Error, ErrorKind, Result};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
+use spillway_sink_s3::S3Connection;
 
-/// Makes [`BucketStorage`] for one bucket. Serializable only because iceberg's factories are
-/// (`typetag`); a deserialized copy has no client and refuses every operation.
+/// The S3 clients a storage reaches objects with.
+#[derive(Debug)]
+pub enum Stores {
+    /// One bucket and its client.
+    One { bucket: String, store: Arc<dyn ObjectStore> },
+    /// Any bucket, each client made from `connection` when a path first names its bucket.
+    AnyBucket { connection: S3Connection, made: Mutex<HashMap<String, Arc<dyn ObjectStore>>> },
+}
+
+impl Stores {
+    /// The client and object key of `path` (`s3://<bucket>/<key>`, also `s3a://`, `s3n://`).
+    fn locate(&self, path: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
+        let rest = ["s3://", "s3a://", "s3n://"]
+            .iter()
+            .find_map(|scheme| path.strip_prefix(scheme))
+            .ok_or_else(|| Error::new(ErrorKind::DataInvalid, format!("`{path}` is not an s3:// path")))?;
+        let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+        let key = Path::parse(key).map_err(|error| Error::new(ErrorKind::DataInvalid, format!("`{path}`: {error}")))?;
+        match self {
+            Stores::One { bucket: own, store } => {
+                if bucket != own {
+                    let message = format!("`{path}` is outside the warehouse bucket `{own}`");
+                    return Err(Error::new(ErrorKind::DataInvalid, message));
+                }
+                Ok((store.clone(), key))
+            }
+            Stores::AnyBucket { connection, made } => {
+                if bucket.is_empty() {
+                    return Err(Error::new(ErrorKind::DataInvalid, format!("`{path}` names no bucket")));
+                }
+                let mut made =
+                    made.lock().map_err(|_| Error::new(ErrorKind::Unexpected, "s3 client cache poisoned"))?;
+                if let Some(store) = made.get(bucket) {
+                    return Ok((store.clone(), key));
+                }
+                let store: Arc<dyn ObjectStore> = Arc::new(connection.build_store(bucket).map_err(|error| {
+                    Error::new(ErrorKind::Unexpected, format!("cannot make an s3 client for bucket `{bucket}`"))
+                        .with_source(error)
+                })?);
+                made.insert(bucket.to_string(), store.clone());
+                Ok((store, key))
+            }
+        }
+    }
+}
+
+/// Makes [`BucketStorage`]. Serializable only because iceberg's factories are (`typetag`); a
+/// deserialized copy has no client and refuses every operation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BucketStorageFactory {
-    bucket: String,
     #[serde(skip)]
-    store: Option<Arc<dyn ObjectStore>>,
+    stores: Option<Arc<Stores>>,
 }
 
 impl BucketStorageFactory {
+    /// Storage in `bucket` only, through `store`.
     pub fn new(bucket: String, store: Arc<dyn ObjectStore>) -> Self {
-        Self { bucket, store: Some(store) }
+        Self { stores: Some(Arc::new(Stores::One { bucket, store })) }
+    }
+
+    /// Storage in whichever buckets the paths name, with clients made from `connection`.
+    pub fn any_bucket(connection: S3Connection) -> Self {
+        Self { stores: Some(Arc::new(Stores::AnyBucket { connection, made: Mutex::new(HashMap::new()) })) }
     }
 }
 
 #[typetag::serde]
 impl StorageFactory for BucketStorageFactory {
     fn build(&self, _config: &StorageConfig) -> Result<Arc<dyn Storage>> {
-        Ok(Arc::new(BucketStorage { bucket: self.bucket.clone(), store: self.store.clone() }))
+        Ok(Arc::new(BucketStorage { stores: self.stores.clone() }))
     }
 }
 
-/// `s3://<bucket>/<key>` (also `s3a://`, `s3n://`) paths in one bucket.
+/// `s3://<bucket>/<key>` (also `s3a://`, `s3n://`) paths.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BucketStorage {
-    bucket: String,
     #[serde(skip)]
-    store: Option<Arc<dyn ObjectStore>>,
+    stores: Option<Arc<Stores>>,
 }
 
 impl BucketStorage {
-    fn store(&self) -> Result<&Arc<dyn ObjectStore>> {
-        self.store.as_ref().ok_or_else(|| Error::new(ErrorKind::Unexpected, "storage has no s3 client"))
-    }
-
-    /// The object key of `path`, which must name this storage's bucket.
-    fn key(&self, path: &str) -> Result<Path> {
-        let rest = ["s3://", "s3a://", "s3n://"]
-            .iter()
-            .find_map(|scheme| path.strip_prefix(scheme))
-            .ok_or_else(|| Error::new(ErrorKind::DataInvalid, format!("`{path}` is not an s3:// path")))?;
-        let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket != self.bucket {
-            let message = format!("`{path}` is outside the warehouse bucket `{}`", self.bucket);
-            return Err(Error::new(ErrorKind::DataInvalid, message));
-        }
-        Path::parse(key).map_err(|error| Error::new(ErrorKind::DataInvalid, format!("`{path}`: {error}")))
+    /// The client and object key of `path`.
+    fn locate(&self, path: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
+        self.stores.as_ref().ok_or_else(|| Error::new(ErrorKind::Unexpected, "storage has no s3 client"))?.locate(path)
     }
 }
 
@@ -83,7 +126,8 @@ fn io_error(error: object_store::Error) -> Error {
 #[typetag::serde]
 impl Storage for BucketStorage {
     async fn exists(&self, path: &str) -> Result<bool> {
-        match self.store()?.head(&self.key(path)?).await {
+        let (store, key) = self.locate(path)?;
+        match store.head(&key).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(error) => Err(io_error(error)),
@@ -91,43 +135,43 @@ impl Storage for BucketStorage {
     }
 
     async fn metadata(&self, path: &str) -> Result<FileMetadata> {
-        let meta = self.store()?.head(&self.key(path)?).await.map_err(io_error)?;
+        let (store, key) = self.locate(path)?;
+        let meta = store.head(&key).await.map_err(io_error)?;
         Ok(FileMetadata { size: meta.size })
     }
 
     async fn read(&self, path: &str) -> Result<Bytes> {
-        let got = self.store()?.get(&self.key(path)?).await.map_err(io_error)?;
+        let (store, key) = self.locate(path)?;
+        let got = store.get(&key).await.map_err(io_error)?;
         got.bytes().await.map_err(io_error)
     }
 
     async fn reader(&self, path: &str) -> Result<Box<dyn FileRead>> {
-        Ok(Box::new(BucketRead { store: self.store()?.clone(), key: self.key(path)? }))
+        let (store, key) = self.locate(path)?;
+        Ok(Box::new(BucketRead { store, key }))
     }
 
     async fn write(&self, path: &str, bs: Bytes) -> Result<()> {
-        self.store()?.put(&self.key(path)?, PutPayload::from_bytes(bs)).await.map_err(io_error)?;
+        let (store, key) = self.locate(path)?;
+        store.put(&key, PutPayload::from_bytes(bs)).await.map_err(io_error)?;
         Ok(())
     }
 
     async fn writer(&self, path: &str) -> Result<Box<dyn FileWrite>> {
-        Ok(Box::new(BucketWrite {
-            store: self.store()?.clone(),
-            key: self.key(path)?,
-            chunks: Vec::new(),
-            closed: false,
-        }))
+        let (store, key) = self.locate(path)?;
+        Ok(Box::new(BucketWrite { store, key, chunks: Vec::new(), closed: false }))
     }
 
     async fn delete(&self, path: &str) -> Result<()> {
-        match self.store()?.delete(&self.key(path)?).await {
+        let (store, key) = self.locate(path)?;
+        match store.delete(&key).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(error) => Err(io_error(error)),
         }
     }
 
     async fn delete_prefix(&self, path: &str) -> Result<()> {
-        let store = self.store()?.clone();
-        let prefix = self.key(path)?;
+        let (store, prefix) = self.locate(path)?;
         let locations = store.list(Some(&prefix)).map(|meta| meta.map(|meta| meta.location)).boxed();
         let mut deleted = store.delete_stream(locations);
         while let Some(result) = deleted.next().await {
