@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Check the relative links of the repository's Markdown: every linked file exists and every
-`#anchor` names a heading of its page (GitHub's slugs). Prints each broken link and exits 1.
+`#anchor` names a heading of its page (GitHub's slugs) or an `<a id>` in it. Prints each broken link and exits 1.
 
     scripts/check-doc-links.py            # README.md and docs/*.md
     scripts/check-doc-links.py FILE...    # those files only
@@ -35,6 +35,8 @@ def anchors(path):
     seen = {}
     result = set()
     for line in lines_outside_code(path.read_text(encoding="utf-8")):
+        # explicit anchors (`<a id="x"></a>`) for places inside a section
+        result.update(re.findall(r'<a id="([^"]+)"></a>', line))
         match = re.match(r"^#{1,6} (.*)$", line)
         if not match:
             continue

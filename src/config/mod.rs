@@ -65,7 +65,8 @@ pub struct ApiDefaultsConfig {
     #[serde(default)]
     pub msk: BTreeMap<String, ApiMskCluster>,
     /// How an `IcebergDestinationConfiguration`'s `CatalogConfiguration` is reached: the
-    /// `iceberg` sink's `catalog:` block (`{type: sql, uri, warehouse, name}`); the request's
+    /// `iceberg` sink's `catalog:` block (`{type: sql, uri, warehouse, name}` or `{type: rest,
+    /// uri, warehouse, credential | token, …}`); the request's
     /// `WarehouseLocation` replaces `warehouse`. Without it such a destination is refused.
     #[serde(default)]
     pub iceberg_catalog: Option<serde_json::Value>,
