@@ -401,6 +401,9 @@ async fn a_missing_table_is_named_at_validate_connect_and_waited_for_at_run_time
     assert_eq!(spillway.terminate(), 0);
 }
 
+/// Records routed by a jq key to two tables; Firehose's `operation` key: `insert` appends,
+/// `update` / `delete` (no row-delta commit) and an unknown operation go to the error output with
+/// their codes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs services: scripts/test.sh"]
 async fn partition_keys_route_one_stream_to_several_tables() {
@@ -408,21 +411,114 @@ async fn partition_keys_route_one_stream_to_several_tables() {
     catalog.py("db.clicks", &["create", "plain"]);
     catalog.py("db.views", &["create", "partitioned"]);
     let dir = tempfile::tempdir().unwrap();
-    let routing = "    processing:\n      dynamic_partitioning: { keys: { t: .kind } }\n";
+    let routing = "    processing:\n      dynamic_partitioning: { keys: { t: .kind, operation: .op } }\n";
     let spillway = Spillway::start(dir.path(), &catalog.yaml_with("'db.!{partitionKeyFromQuery:t}'", routing));
+    let operation = |n: usize| match n % 10 {
+        1 => "update",
+        2 => "DELETE",
+        3 => "upsert",
+        _ => "insert",
+    };
+    let kind = |n: usize| if n.is_multiple_of(4) { "clicks" } else { "views" };
     let records: Vec<String> = (0..200)
+        .map(|n| format!(r#"{{"id":"t{n}","kind":"{}","op":"{}","at":"2026-12-07T10:00:00Z"}}"#, kind(n), operation(n)))
+        .collect();
+    put(&spillway.client().await, &records).await;
+    let inserts = |table: &str| (0..200).filter(|n| kind(*n) == table && operation(*n) == "insert").count();
+    let (clicks, _) = catalog.wait_rows("db.clicks", inserts("clicks")).await;
+    let (views, _) = catalog.wait_rows("db.views", inserts("views")).await;
+    assert_eq!((clicks.len(), views.len()), (inserts("clicks"), inserts("views")));
+    assert!(clicks.values().all(|row| row["kind"] == "clicks"));
+    let refused = |n: &usize| operation(*n) != "insert";
+    common::eventually(WAIT, "every update, delete and upsert in the error output", || {
+        (error_records(dir.path()).len() >= (0..200).filter(refused).count()).then_some(())
+    })
+    .await;
+    let mut codes = BTreeMap::new();
+    for record in error_records(dir.path()) {
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::STANDARD.decode(record["rawData"].as_str().unwrap()).unwrap();
+        let row: Value = serde_json::from_slice(&raw).unwrap();
+        let code = record["errorCode"].as_str().unwrap().to_string();
+        assert!(record["errorMessage"].as_str().unwrap().contains(row["op"].as_str().unwrap()), "{record}");
+        codes.entry(code).or_insert_with(BTreeSet::new).insert(row["op"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        codes,
+        BTreeMap::from([
+            ("Iceberg.InvalidOperation".to_string(), BTreeSet::from(["upsert".to_string()])),
+            ("Iceberg.UnsupportedOperation".to_string(), BTreeSet::from(["DELETE".to_string(), "update".to_string()])),
+        ])
+    );
+    catalog.assert_files_and_batches_once("db.clicks");
+    catalog.assert_files_and_batches_once("db.views");
+    assert_eq!(spillway.terminate(), 0);
+}
+
+/// A Lambda function in the test: returns every record unchanged with Firehose's `otfMetadata`
+/// naming its table (`db.<kind>`) and operation (`op`).
+async fn otf_function(body: axum::body::Bytes) -> axum::Json<Value> {
+    use base64::Engine as _;
+    let event: Value = serde_json::from_slice(&body).expect("event");
+    let records = event["records"].as_array().cloned().unwrap_or_default();
+    let answered: Vec<Value> = records
+        .iter()
+        .map(|record| {
+            let data = base64::engine::general_purpose::STANDARD.decode(record["data"].as_str().unwrap()).unwrap();
+            let row: Value = serde_json::from_slice(&data).unwrap();
+            serde_json::json!({
+                "recordId": record["recordId"],
+                "result": "Ok",
+                "data": record["data"],
+                "metadata": { "otfMetadata": {
+                    "destinationDatabaseName": "db",
+                    "destinationTableName": row["kind"],
+                    "operation": row["op"],
+                } },
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "records": answered }))
+}
+
+/// Firehose's other way to route: a Lambda's `otfMetadata` names each record's database, table
+/// and operation; the table comes from `!{partitionKeyFromLambda:…}` of those names, and an
+/// `update` the function asks for is refused, not appended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn a_lambda_s_otf_metadata_routes_records_to_their_table() {
+    let catalog = Catalog::new("iceberg_otf").await;
+    catalog.py("db.clicks", &["create", "plain"]);
+    catalog.py("db.views", &["create", "plain"]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/invoke", listener.local_addr().unwrap());
+    let app = axum::Router::new().route("/invoke", axum::routing::post(otf_function));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let processing = format!(
+        "    processing:\n      dynamic_partitioning: {{ enabled: true }}\n      transforms:\n        - {{ type: lambda, url: '{url}', buffer_interval_seconds: 0 }}\n"
+    );
+    let table = "'!{partitionKeyFromLambda:destinationDatabaseName}.!{partitionKeyFromLambda:destinationTableName}'";
+    let spillway = Spillway::start(dir.path(), &catalog.yaml_with(table, &processing));
+    let records: Vec<String> = (0..60)
         .map(|n| {
-            let kind = if n % 4 == 0 { "clicks" } else { "views" };
-            format!(r#"{{"id":"t{n}","kind":"{kind}","at":"2026-12-07T10:00:00Z"}}"#)
+            let kind = if n % 3 == 0 { "clicks" } else { "views" };
+            let op = if n == 7 { "update" } else { "insert" };
+            format!(r#"{{"id":"l{n}","kind":"{kind}","op":"{op}","at":"2026-12-07T10:00:00Z"}}"#)
         })
         .collect();
     put(&spillway.client().await, &records).await;
-    let (clicks, _) = catalog.wait_rows("db.clicks", 50).await;
-    let (views, _) = catalog.wait_rows("db.views", 150).await;
-    assert_eq!((clicks.len(), views.len()), (50, 150));
-    assert!(clicks.values().all(|row| row["kind"] == "clicks"));
-    catalog.assert_files_and_batches_once("db.clicks");
-    catalog.assert_files_and_batches_once("db.views");
+    let (clicks, _) = catalog.wait_rows("db.clicks", 20).await;
+    let (views, _) = catalog.wait_rows("db.views", 39).await;
+    assert_eq!((clicks.len(), views.len()), (20, 39));
+    assert!(views.values().all(|row| row["kind"] == "views"));
+    let errors = common::eventually(WAIT, "the update in the error output", || {
+        let errors = error_records(dir.path());
+        (!errors.is_empty()).then_some(errors)
+    })
+    .await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["errorCode"], "Iceberg.UnsupportedOperation");
     assert_eq!(spillway.terminate(), 0);
 }
 

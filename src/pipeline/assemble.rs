@@ -24,6 +24,9 @@ use crate::processing::{PROCESSING_FAILED_OUTPUT_TYPE, Transforms};
 use crate::record_metadata::MetadataRef;
 use crate::wal::{Frame, WalError, WalReader};
 
+/// The Lambda key (from `otfMetadata`) that names a record's table operation.
+const OTF_OPERATION: &str = "operation";
+
 /// Why a record's partition keys could not be evaluated; the record goes to the error output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionFailure {
@@ -154,11 +157,15 @@ impl Router {
                 }
             },
         };
-        let Some(lambda) = self.lambda.as_ref().filter(|lambda| !lambda.keys.is_empty()) else {
+        // A Lambda's `otfMetadata.operation` reaches the sink whether or not a prefix names it.
+        let operation = lambda_keys.and_then(|returned| returned.get(OTF_OPERATION));
+        let Some(lambda) = self.lambda.as_ref().filter(|lambda| !lambda.keys.is_empty() || operation.is_some()) else {
             return Routed::Sink { route: Route::sink(keys), data };
         };
         let mut merged = (*keys).clone();
-        for name in lambda.keys.iter() {
+        let optional = operation.is_some() && !lambda.keys.iter().any(|name| name == OTF_OPERATION);
+        let optional = optional.then_some(OTF_OPERATION);
+        for name in lambda.keys.iter().map(String::as_str).chain(optional) {
             let checked = match lambda_keys.and_then(|returned| returned.get(name)) {
                 None => Err(crate::processing::KeyError {
                     code: crate::processing::METADATA_EXTRACTION_FAILED,

@@ -7,7 +7,7 @@
 //! being the object its source named (`"kinesisRecordMetadata": {…}`, see
 //! [`crate::record_metadata`]). Response:
 //! `{"records": [{"recordId", "result": "Ok" | "Dropped" | "ProcessingFailed", "data" (base64),
-//! "metadata": {"partitionKeys": {k: v}}}]}`. Every record sent must come back exactly once; a
+//! "metadata": {"partitionKeys": {k: v}, "otfMetadata": {…}}}]}`. Every record sent must come back exactly once; a
 //! response that breaks that, is not JSON or has a bad result fails the whole invocation with
 //! Firehose's error code.
 //!
@@ -307,7 +307,17 @@ enum ResultValue {
 struct ResponseMetadata {
     #[serde(default)]
     partition_keys: Option<BTreeMap<String, serde_json::Value>>,
+    /// Firehose's routing of a record to an Apache Iceberg table and its operation.
+    #[serde(default)]
+    otf_metadata: Option<BTreeMap<String, serde_json::Value>>,
 }
+
+/// The fields of a response record's `metadata.otfMetadata` (Firehose's Iceberg routing). A
+/// function that returns them gives the record these partition keys, under the same names, as
+/// if it had returned them in `partitionKeys` (which win where both name one): the `iceberg`
+/// sink's `table` reads the first two as `!{partitionKeyFromLambda:…}`, and `operation` (insert,
+/// update, delete) always reaches it, named or not.
+pub const OTF_METADATA_KEYS: [&str; 3] = ["destinationDatabaseName", "destinationTableName", "operation"];
 
 /// Read the response body against the ids sent (in order); the results come back in the order
 /// sent. Checked in Firehose's order: parse (and the status model), duplicated ids, missing ids;
@@ -370,24 +380,37 @@ fn read_result(record: &ResponseRecord) -> Result<RecordResult, InvocationFailur
             let data = base64_simd::STANDARD
                 .decode_to_vec(encoded)
                 .map_err(|error| malformed(format!("data is not base64: {error}")))?;
-            let partition_keys = match record.metadata.as_ref().and_then(|metadata| metadata.partition_keys.as_ref()) {
-                None => None,
-                Some(keys) => {
-                    let mut texts = BTreeMap::new();
-                    for (name, value) in keys {
-                        let text = match value {
-                            serde_json::Value::String(text) => text.clone(),
-                            serde_json::Value::Number(number) => number.to_string(),
-                            serde_json::Value::Bool(flag) => flag.to_string(),
-                            _ => return Err(malformed(format!("partition key `{name}` is not a string"))),
-                        };
-                        texts.insert(name.clone(), text);
-                    }
-                    Some(texts)
+            let metadata = record.metadata.as_ref();
+            let keys = metadata.and_then(|metadata| metadata.partition_keys.as_ref());
+            let otf = metadata.and_then(|metadata| metadata.otf_metadata.as_ref());
+            if keys.is_none() && otf.is_none() {
+                return Ok(RecordResult::Ok { data, partition_keys: None });
+            }
+            let mut texts = BTreeMap::new();
+            for (name, value) in keys.into_iter().flatten() {
+                let text =
+                    key_text(value).ok_or_else(|| malformed(format!("partition key `{name}` is not a string")))?;
+                texts.insert(name.clone(), text);
+            }
+            for (name, value) in otf.into_iter().flatten() {
+                if !OTF_METADATA_KEYS.contains(&name.as_str()) || texts.contains_key(name) || value.is_null() {
+                    continue;
                 }
-            };
-            Ok(RecordResult::Ok { data, partition_keys })
+                let text = key_text(value).ok_or_else(|| malformed(format!("otfMetadata `{name}` is not a string")))?;
+                texts.insert(name.clone(), text);
+            }
+            Ok(RecordResult::Ok { data, partition_keys: Some(texts) })
         }
+    }
+}
+
+/// A partition key's value as text: strings, numbers and booleans.
+fn key_text(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(text) => Some(text.clone()),
+        serde_json::Value::Number(number) => Some(number.to_string()),
+        serde_json::Value::Bool(flag) => Some(flag.to_string()),
+        _ => None,
     }
 }
 
@@ -514,6 +537,29 @@ mod tests {
                 RecordResult::ProcessingFailed
             ]
         );
+    }
+
+    #[test]
+    fn otf_metadata_gives_partition_keys_which_partition_keys_override() {
+        let body = format!(
+            r#"{{"records":[{{"recordId":"a","result":"Ok","data":"{}","metadata":{{
+                "partitionKeys":{{"destinationTableName":"from_keys"}},
+                "otfMetadata":{{"destinationDatabaseName":"analytics","destinationTableName":"orders","operation":"update","other":1}}}}}}]}}"#,
+            b64("HI")
+        );
+        let results = parse_response(body.as_bytes(), &["a"]).unwrap();
+        let keys = BTreeMap::from([
+            ("destinationDatabaseName".to_string(), "analytics".to_string()),
+            ("destinationTableName".to_string(), "from_keys".to_string()),
+            ("operation".to_string(), "update".to_string()),
+        ]);
+        assert_eq!(results, [RecordResult::Ok { data: b"HI".to_vec(), partition_keys: Some(keys) }]);
+        let bad = format!(
+            r#"{{"records":[{{"recordId":"a","result":"Ok","data":"{}","metadata":{{"otfMetadata":{{"operation":["x"]}}}}}}]}}"#,
+            b64("HI")
+        );
+        let failure = parse_response(bad.as_bytes(), &["a"]).unwrap_err();
+        assert!(failure.message.contains("otfMetadata `operation` is not a string"), "{}", failure.message);
     }
 
     #[test]

@@ -12,6 +12,12 @@ use crate::config::CatalogConfig;
 
 pub const INVALID_CONFIGURATION: &str = "Iceberg.InvalidConfiguration";
 pub const INVALID_TABLE_NAME: &str = "Iceberg.InvalidTableName";
+/// A record whose operation (partition key or Lambda `otfMetadata` `operation`) is `update` or
+/// `delete`: iceberg-rust 0.10 has no row-delta commit, so spillway only appends, and refuses
+/// these rather than append them as inserts.
+pub const UNSUPPORTED_OPERATION: &str = "Iceberg.UnsupportedOperation";
+/// An operation that is none of `insert`, `update`, `delete`.
+pub const INVALID_OPERATION: &str = "Iceberg.InvalidOperation";
 pub const TABLE_NOT_FOUND: &str = "Iceberg.TableNotFound";
 pub const CATALOG_UNAVAILABLE: &str = "Iceberg.CatalogUnavailable";
 pub const UNSUPPORTED_SCHEMA: &str = "Iceberg.UnsupportedSchema";

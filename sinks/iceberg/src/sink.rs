@@ -332,12 +332,40 @@ fn partial(misfits: Vec<Misfit>) -> Result<(), SinkError> {
     Err(SinkError::partial(failures))
 }
 
+/// The partition key that names a batch's operation, as a jq key (Firehose's JSONQuery
+/// `operation`) or from a Lambda's `otfMetadata`.
+const OPERATION_KEY: &str = "operation";
+
+/// Firehose's operations are `insert` (the default), `update` and `delete`; only appends are
+/// made, so the other two send the batch (all its records share the key) to the error output.
+fn check_operation(partition: &spillway_sink_api::PartitionKeys) -> Result<(), SinkError> {
+    let lambda_key = spillway_sink_api::lambda_partition_key(OPERATION_KEY);
+    let Some(operation) = partition.get(OPERATION_KEY).or_else(|| partition.get(&lambda_key)) else {
+        return Ok(());
+    };
+    match operation.to_ascii_lowercase().as_str() {
+        "insert" => Ok(()),
+        "update" | "delete" => Err(SinkError::permanent(
+            error::UNSUPPORTED_OPERATION,
+            format!(
+                "operation {operation} is not supported: spillway only appends (iceberg-rust 0.10 has no \
+                 row-delta commit for updates or deletes by UniqueKeys); the record is not applied"
+            ),
+        )),
+        _ => Err(SinkError::permanent(
+            error::INVALID_OPERATION,
+            format!("operation {operation:?} is none of insert, update, delete"),
+        )),
+    }
+}
+
 #[async_trait]
 impl Sink for IcebergSink {
     async fn write(&self, batch: &Batch) -> Result<(), SinkError> {
         if batch.is_empty() {
             return Ok(());
         }
+        check_operation(&batch.partition)?;
         // A table named by partition keys that cannot be rendered sends the batch to the error
         // output: retrying renders the same name.
         let table_name = self
