@@ -110,16 +110,25 @@ impl Drop for RestServer {
 /// A catalog database and a warehouse bucket of the test's own; with a REST server in front
 /// for a REST catalog.
 struct Catalog {
-    /// The SQL catalog's PostgreSQL url, or the REST server's.
+    /// The SQL catalog's PostgreSQL or SQLite url, or the REST server's.
     uri: String,
     warehouse: String,
     rest: Option<RestServer>,
+    /// The folder of a SQLite catalog's file.
+    _sqlite_home: Option<tempfile::TempDir>,
 }
 
 impl Catalog {
     async fn new(prefix: &str) -> Catalog {
         let uri = pg::fresh_database(prefix).await;
-        Catalog { uri, warehouse: Self::new_warehouse().await, rest: None }
+        Catalog { uri, warehouse: Self::new_warehouse().await, rest: None, _sqlite_home: None }
+    }
+
+    /// A SQL catalog in a SQLite file of its own (created by pyiceberg's first call).
+    async fn sqlite() -> Catalog {
+        let home = tempfile::tempdir().unwrap();
+        let uri = format!("sqlite://{}/catalog.db", home.path().display());
+        Catalog { uri, warehouse: Self::new_warehouse().await, rest: None, _sqlite_home: Some(home) }
     }
 
     /// A REST catalog: its server started with `options`.
@@ -134,7 +143,7 @@ impl Catalog {
         })
         .await
         .unwrap();
-        Catalog { uri: server.url.clone(), warehouse, rest: Some(server) }
+        Catalog { uri: server.url.clone(), warehouse, rest: Some(server), _sqlite_home: None }
     }
 
     async fn new_warehouse() -> String {
@@ -398,6 +407,36 @@ async fn a_missing_table_is_named_at_validate_connect_and_waited_for_at_run_time
         .output()
         .unwrap();
     assert!(passed.status.success(), "{}", String::from_utf8_lossy(&passed.stderr));
+    assert_eq!(spillway.terminate(), 0);
+}
+
+/// The SQL catalog in a SQLite file (pyiceberg's and Java's `JdbcCatalog` layout, as in
+/// PostgreSQL): spillway appends, pyiceberg reads every row with its types.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn a_sqlite_catalog_appends_read_back_by_pyiceberg() {
+    let catalog = Catalog::sqlite().await;
+    catalog.py("db.events", &["create", "partitioned"]);
+    let dir = tempfile::tempdir().unwrap();
+    let spillway = Spillway::start(dir.path(), &catalog.yaml("db.events"));
+    let records: Vec<String> = (0..120)
+        .map(|n| {
+            format!(
+                r#"{{"id":"s{n}","client":{n},"amount":{n}.5,"kind":"k{}","at":"2026-12-0{}T10:00:00Z"}}"#,
+                n % 3,
+                1 + n % 5
+            )
+        })
+        .collect();
+    put(&spillway.client().await, &records).await;
+    let (rows, types) = catalog.wait_rows("db.events", 120).await;
+    assert_eq!(rows.len(), 120);
+    assert_eq!(rows["s7"]["client"], 7);
+    assert_eq!(rows["s7"]["amount"], 7.5);
+    assert_eq!(types["client"], "int32", "{types}");
+    assert_eq!(types["at"], "timestamp[us, tz=UTC]");
+    let (files, batches) = catalog.assert_files_and_batches_once("db.events");
+    assert!(files >= 5 && batches >= 1, "one file per day partition at least: {files} files, {batches} batches");
     assert_eq!(spillway.terminate(), 0);
 }
 

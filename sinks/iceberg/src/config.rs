@@ -73,7 +73,8 @@ pub enum CatalogConfig {
     /// Iceberg's SQL (JDBC) catalog in PostgreSQL: the `iceberg_tables` table pyiceberg's
     /// `SqlCatalog` and Java's `JdbcCatalog` keep.
     Sql {
-        /// `postgres://user:password@host:port/database`.
+        /// `postgres://user:password@host:port/database`, or a SQLite file:
+        /// `sqlite:///abs/path/catalog.db` (`?mode=rwc` creates it when missing).
         uri: Secret,
         /// `s3://bucket/path` or `file:///path`: where the catalog's tables keep their files.
         warehouse: String,
@@ -197,8 +198,8 @@ impl IcebergSinkConfig {
             CatalogConfig::Rest { .. } => problems.extend(validate_rest(&self.catalog)),
             CatalogConfig::Sql { uri, warehouse, name } => {
                 let uri = uri.expose();
-                if !(uri.starts_with("postgres://") || uri.starts_with("postgresql://")) {
-                    problems.push(ConfigProblem::new("catalog.uri", "must be a postgres:// url"));
+                if !["postgres://", "postgresql://", "sqlite:"].iter().any(|scheme| uri.starts_with(scheme)) {
+                    problems.push(ConfigProblem::new("catalog.uri", "must be a postgres:// or sqlite: url"));
                 }
                 match Warehouse::parse(warehouse) {
                     Ok(Warehouse::Local) if self.s3_set() => {

@@ -1,5 +1,5 @@
 """pyiceberg side of tests/iceberg.rs: creates, reads, appends to and inspects an Iceberg table
-in a SQL catalog (PostgreSQL) whose warehouse is in MinIO. One JSON document on stdout.
+in a SQL catalog (PostgreSQL or SQLite) whose warehouse is in MinIO. One JSON document on stdout.
 
 usage: iceberg_table.py <catalog-uri> <warehouse> <table> <command> [args]
 commands: create [partitioned|plain], read, append <first> <count>, inspect
@@ -19,9 +19,14 @@ from pyiceberg.types import (DoubleType, IntegerType, ListType, LongType, Nested
 
 uri, warehouse, name, command = sys.argv[1:5]
 args = sys.argv[5:]
+if uri.startswith("sqlite://"):
+    # sqlx's sqlite:///abs/path is SQLAlchemy's sqlite:////abs/path
+    sql_uri = "sqlite:///" + uri[len("sqlite://"):].split("?", 1)[0]
+else:
+    sql_uri = uri.replace("postgres://", "postgresql+psycopg2://", 1)
 catalog = SqlCatalog(
     "default",
-    uri=uri.replace("postgres://", "postgresql+psycopg2://", 1),
+    uri=sql_uri,
     warehouse=warehouse,
     **{
         "s3.endpoint": os.environ["SPILLWAY_TEST_S3_ENDPOINT"],
