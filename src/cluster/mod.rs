@@ -92,19 +92,8 @@ fn describe_pg_error(error: &tokio_postgres::Error) -> String {
     }
 }
 
-/// An error and its sources, `: `-joined, each said once.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text = format!("{text}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    text
-}
+/// An error and its sources (see [`spillway_sink_api::error_chain`]).
+pub(crate) use spillway_sink_api::error_chain;
 
 /// This node's membership: the lease store and the task that heartbeats and renews every
 /// `lease_seconds / 3`, reporting the coordinator's reachability to `/ready` and `/metrics`.

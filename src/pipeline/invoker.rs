@@ -219,7 +219,7 @@ impl Invoker {
                 format!("the function did not answer within {} s (timeout_seconds)", self.timeout.as_secs()),
             );
         }
-        retriable(CONNECTION_FAILED, format!("cannot reach {}: {}", self.url, error_chain(error)))
+        retriable(CONNECTION_FAILED, format!("cannot reach {}: {}", self.url, spillway_sink_api::error_chain(error)))
     }
 }
 
@@ -229,16 +229,4 @@ fn retriable(code: &'static str, message: String) -> AttemptError {
 
 fn permanent(code: &'static str, message: String) -> AttemptError {
     AttemptError { failure: InvocationFailure { code, message }, retriable: false }
-}
-
-/// reqwest's error and its causes ("error sending request: connection refused").
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

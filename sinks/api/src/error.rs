@@ -99,3 +99,20 @@ impl StdError for SinkError {
         self.source.as_deref().map(|source| source as &(dyn StdError + 'static))
     }
 }
+
+/// An error and its sources, `: `-joined, each said once ("error sending request: connection
+/// refused"): what logs and error records show of an error from a client library, whose own
+/// `Display` often leaves the cause out.
+pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -35,7 +35,7 @@ pub use descriptor::{
 pub use encode::{
     EncodeError, Encoder, EncoderFactory, Payload, RawEncoder, RawEncoderFactory, RecordPosition, Refusal,
 };
-pub use error::{ErrorClass, RecordFailure, SinkError};
+pub use error::{ErrorClass, RecordFailure, SinkError, error_chain};
 pub use json_depth::{MAX_JSON_DEPTH, TooDeep, check_json_depth};
 pub use panic::catch_panic;
 pub use secret::{Secret, same_configuration};

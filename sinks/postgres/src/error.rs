@@ -106,14 +106,7 @@ pub fn describe(error: &PgError) -> String {
     let PgError::Postgres(postgres) = error else { return error.to_string() };
     let Some(db) = postgres.as_db_error() else {
         // Connection-level: "connection closed", "error connecting to server: …".
-        let mut message = postgres.to_string();
-        let mut source = std::error::Error::source(postgres);
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        return message;
+        return spillway_sink_api::error_chain(postgres);
     };
     let mut message = format!("{} (SQLSTATE {})", db.message(), db.code().code());
     if let Some(detail) = db.detail() {

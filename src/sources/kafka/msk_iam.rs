@@ -206,10 +206,9 @@ impl MskIamAuth {
         let Some(provider) = provider else {
             return Err("msk_iam: no AWS credential provider is configured".to_string());
         };
-        let credentials = provider
-            .provide_credentials()
-            .await
-            .map_err(|error| format!("msk_iam: cannot load AWS credentials: {}", with_causes(&error)))?;
+        let credentials = provider.provide_credentials().await.map_err(|error| {
+            format!("msk_iam: cannot load AWS credentials: {}", spillway_sink_api::error_chain(&error))
+        })?;
         let stamped = match credentials.expiry() {
             Some(_) => credentials.clone(),
             // Remember when credentials without an expiry were loaded, to load them again later.
@@ -229,18 +228,6 @@ impl MskIamAuth {
 /// Whether cached credentials may sign another token.
 fn fresh(credentials: &Credentials, now: SystemTime) -> bool {
     credentials.expiry().is_some_and(|expiry| expiry.duration_since(now).is_ok_and(|left| left > REFRESH_BEFORE_EXPIRY))
-}
-
-/// A credential error with its causes (the chain's own message says which provider failed).
-fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

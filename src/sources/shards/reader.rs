@@ -80,7 +80,7 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let SdkError::ServiceError(context) = &error else {
-        return ReadError::Transient(aws_smithy_error_text(&error));
+        return ReadError::Transient(spillway_sink_api::error_chain(&error));
     };
     let service = context.err();
     let text = format!("{}: {}", service.code().unwrap_or("unknown"), service.message().unwrap_or(""));
@@ -104,19 +104,6 @@ where
         _ if context.raw().status().is_server_error() => ReadError::Transient(text),
         _ => ReadError::NeedsOperator(text),
     }
-}
-
-/// The error with its sources, for a non-service failure (dispatch, timeout, bad response).
-#[cfg(any(feature = "source-kinesis", feature = "source-dynamodb-streams"))]
-fn aws_smithy_error_text(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Exponential backoff with full jitter.
