@@ -1,8 +1,9 @@
-//! The requests an open batch is held in. Each record becomes `{"data":"<base64>"}` as it
-//! arrives, appended to the current request's `records` array; a request is closed at 10,000
-//! records or when the next record would take its body past `max_body_mib`, so a batch is one or
-//! more requests, each a whole request body but for its `requestId` and `timestamp` (added when
-//! it is sent: the id is derived from the batch id, which the encoder does not know).
+//! The requests an open batch is held in. Each record becomes `{"data":"<base64>"}` in its
+//! request's `records` array; a request is closed at 10,000 records or when the next record would
+//! take its body past `max_body_mib`, so a batch is one or more requests, each a whole request
+//! body but for its `requestId` and `timestamp` (added when it is sent: the id is derived from
+//! the batch id, which the encoder does not know). Requests are planned as records arrive (from
+//! their encoded sizes) and encoded when the batch is finished.
 //!
 //! Payload layout: chunk 0 is [`Manifest`] (JSON), chunks 1.. are the requests' record arrays
 //! without their brackets (`{"data":"…"},{"data":"…"}`). Base64 has no `}` nor `,`, so `},{`
@@ -100,13 +101,21 @@ impl EncoderFactory for RequestEncoderFactory {
     }
 }
 
+/// Plans a batch's requests as records arrive and encodes them in [`Encoder::finish`]: pushing a
+/// record only copies its bytes (the pipeline's one reader thread routes every record of a
+/// stream, so work done here is not spread over cores), while `finish` runs on the blocking pool
+/// per batch, several at once, and writes each array at its exact size.
 pub struct RequestEncoder {
     max_body_bytes: usize,
+    /// The requests closed so far.
     manifest: Manifest,
-    arrays: Vec<Bytes>,
-    /// The open request's record array and its entry (`count` 0: none open).
-    current: Vec<u8>,
+    /// Every record's bytes (its delimiter included), back to back, and where each one ends.
+    raw: Vec<u8>,
+    ends: Vec<usize>,
+    /// The open request (`count` 0: none open) and its record array's length once encoded.
     entry: RequestEntry,
+    current_len: usize,
+    /// The closed requests' record arrays' length once encoded.
     held: usize,
 }
 
@@ -115,9 +124,10 @@ impl RequestEncoder {
         Self {
             max_body_bytes,
             manifest: Manifest::default(),
-            arrays: Vec::new(),
-            current: Vec::new(),
+            raw: Vec::new(),
+            ends: Vec::new(),
             entry: RequestEntry { count: 0, first_sequence: 0, first_output: 0 },
+            current_len: 0,
             held: 0,
         }
     }
@@ -126,24 +136,16 @@ impl RequestEncoder {
         if self.entry.count == 0 {
             return;
         }
-        let array = std::mem::take(&mut self.current);
-        self.held += array.len();
-        self.arrays.push(Bytes::from(array));
+        self.held += self.current_len;
         self.manifest.requests.push(self.entry);
         self.entry.count = 0;
+        self.current_len = 0;
     }
 }
 
 /// Bytes `{"data":"<base64 of len bytes>"}` takes, with its separating comma.
 fn encoded_record_len(len: usize) -> usize {
     RECORD_OPEN.len() + len.div_ceil(3) * 4 + RECORD_CLOSE.len() + 1
-}
-
-/// Append the base64 of `data` to `out`, encoded in place by base64-simd (the Direct PUT
-/// intake's decoder; several times the scalar encoder's speed on long records).
-fn base64_extend(data: &[u8], out: &mut Vec<u8>) -> Result<(), EncodeError> {
-    base64_simd::STANDARD.encode_append(data, out);
-    Ok(())
 }
 
 impl Encoder for RequestEncoder {
@@ -166,32 +168,27 @@ impl Encoder for RequestEncoder {
             });
         }
         let full = self.entry.count >= MAX_RECORDS_PER_REQUEST
-            || self.current.len() + record_len + ENVELOPE_BYTES > self.max_body_bytes;
+            || self.current_len + record_len + ENVELOPE_BYTES > self.max_body_bytes;
         if self.entry.count > 0 && full {
             self.close_request();
         }
         if self.entry.count == 0 {
             self.entry = RequestEntry { count: 0, first_sequence: position.sequence, first_output: position.output };
+            // The first record has no comma before it.
+            self.current_len = record_len - 1;
         } else {
-            self.current.push(b',');
+            self.current_len += record_len;
         }
-        self.current.extend_from_slice(RECORD_OPEN);
-        if delimiter.is_empty() {
-            base64_extend(data, &mut self.current)?;
-        } else {
-            // One base64 run over record and delimiter (padding only at the very end).
-            let mut joined = Vec::with_capacity(raw_len);
-            joined.extend_from_slice(data);
-            joined.extend_from_slice(delimiter);
-            base64_extend(&joined, &mut self.current)?;
-        }
-        self.current.extend_from_slice(RECORD_CLOSE);
+        // Record and delimiter are one base64 run (padding only at the very end).
+        self.raw.extend_from_slice(data);
+        self.raw.extend_from_slice(delimiter);
+        self.ends.push(self.raw.len());
         self.entry.count += 1;
         Ok(())
     }
 
     fn held_bytes(&self) -> usize {
-        self.held + self.current.capacity()
+        self.held + self.current_len
     }
 
     fn finish(mut self: Box<Self>) -> Result<Payload, EncodeError> {
@@ -200,9 +197,28 @@ impl Encoder for RequestEncoder {
             return Ok(Payload::default());
         }
         let manifest = serde_json::to_vec(&self.manifest).map_err(|error| EncodeError::Record(error.to_string()))?;
-        let mut chunks = Vec::with_capacity(self.arrays.len() + 1);
+        let mut chunks = Vec::with_capacity(self.manifest.requests.len() + 1);
         chunks.push(Bytes::from(manifest));
-        chunks.append(&mut self.arrays);
+        let (mut record, mut start) = (0, 0);
+        for request in &self.manifest.requests {
+            let ends = &self.ends[record..record + request.count];
+            record += request.count;
+            let size =
+                ends.iter().fold((start, 0), |(from, size), &end| (end, size + encoded_record_len(end - from))).1;
+            let mut array = Vec::with_capacity(size);
+            for &end in ends {
+                if !array.is_empty() {
+                    array.push(b',');
+                }
+                array.extend_from_slice(RECORD_OPEN);
+                // base64-simd (the Direct PUT intake's decoder too): several times the scalar
+                // encoder's speed on long records.
+                base64_simd::STANDARD.encode_append(&self.raw[start..end], &mut array);
+                array.extend_from_slice(RECORD_CLOSE);
+                start = end;
+            }
+            chunks.push(Bytes::from(array));
+        }
         Ok(Payload::from_chunks(chunks))
     }
 }
@@ -231,6 +247,27 @@ mod tests {
         assert_eq!(record_data(&records[1]).unwrap(), b"cde");
         assert_eq!(join_records(&records), arrays[0]);
         assert_eq!(records_of(&arrays[1]).len(), 1);
+    }
+
+    #[test]
+    fn arrays_are_written_at_their_planned_size_with_each_delimiter_in_its_record() {
+        let mut encoder = Box::new(RequestEncoder::new(ENVELOPE_BYTES + 64));
+        let records: [&[u8]; 5] = [b"a", b"bc", b"", b"defg", b"hijklmnopq"];
+        for (sequence, data) in (0..).zip(records) {
+            encoder.push_at(position(sequence), data, b"\n").unwrap();
+        }
+        let held = encoder.held_bytes();
+        let payload = encoder.finish().unwrap();
+        let (manifest, arrays) = split_payload(&payload).unwrap();
+        assert!(manifest.requests.len() > 1, "{manifest:?}");
+        assert_eq!(held, arrays.iter().map(Bytes::len).sum::<usize>(), "held bytes are the arrays' size");
+        let decoded: Vec<Vec<u8>> =
+            arrays.iter().flat_map(records_of).map(|record| record_data(&record).unwrap()).collect();
+        let expected: Vec<Vec<u8>> = records.iter().map(|data| [*data, b"\n"].concat()).collect();
+        assert_eq!(decoded, expected);
+        for array in &arrays {
+            assert!(array.len() + ENVELOPE_BYTES <= ENVELOPE_BYTES + 64, "a body past the limit");
+        }
     }
 
     #[test]
