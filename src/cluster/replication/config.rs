@@ -5,7 +5,7 @@ use std::sync::Arc;
 use object_store::ObjectStore;
 use serde::Deserialize;
 use spillway_sink_api::Secret;
-use spillway_sink_s3::S3SinkConfig;
+use spillway_sink_s3::{S3Connection, S3SinkConfig};
 
 /// `wal.replication` (cluster mode only): segment objects in an object store, indexed in the
 /// coordinator. The connection fields are the S3 sink's.
@@ -72,14 +72,16 @@ fn default_orphan_grace_seconds() -> u64 {
 
 impl ReplicationConfig {
     /// Every problem with its field (under `wal.replication.`); pure.
-    pub fn validate(&self) -> Vec<(&'static str, String)> {
-        let mut problems = Vec::new();
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut problems: Vec<(String, String)> = Vec::new();
         if let Err(message) = self.split_url() {
-            problems.push(("url", message));
+            problems.push(("url".into(), message));
         }
+        // The S3 sink's checks of the same fields (endpoint, credentials given together).
+        problems.extend(self.connection().validate().into_iter().map(|problem| (problem.field, problem.message)));
         let mut range = |field: &'static str, value: u64, min: u64, max: u64| {
             if !(min..=max).contains(&value) {
-                problems.push((field, format!("must be between {min} and {max} (got {value})")));
+                problems.push((field.into(), format!("must be between {min} and {max} (got {value})")));
             }
         };
         range("max_delay_ms", self.max_delay_ms, 0, 10_000);
@@ -109,18 +111,26 @@ impl ReplicationConfig {
         Ok((url, if prefix.is_empty() { String::new() } else { format!("{prefix}/") }))
     }
 
+    /// The S3 connection options of this block, as the S3 sink reads them.
+    fn connection(&self) -> S3Connection {
+        S3Connection {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            path_style: self.path_style,
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            session_token: self.session_token.clone(),
+            allow_http: self.allow_http,
+        }
+    }
+
     /// The object store and the key prefix every segment key starts with. No request is sent.
     pub fn open(&self) -> Result<(Arc<dyn ObjectStore>, String), String> {
         let (url, prefix) = self.split_url()?;
-        let mut s3 = S3SinkConfig::for_url(&url);
-        s3.endpoint = self.endpoint.clone();
-        s3.region = self.region.clone();
-        s3.path_style = self.path_style;
-        s3.access_key_id = self.access_key_id.clone();
-        s3.secret_access_key = self.secret_access_key.clone();
-        s3.session_token = self.session_token.clone();
-        s3.allow_http = self.allow_http;
-        let store = s3.object_store().map_err(|error| error.to_string())?;
+        let store = S3SinkConfig::for_url(&url)
+            .with_connection(self.connection())
+            .object_store()
+            .map_err(|error| error.to_string())?;
         Ok((store, prefix))
     }
 }
@@ -140,8 +150,10 @@ mod tests {
         assert_eq!(config.split_url().unwrap(), ("s3://spillway-wal".to_string(), "cluster-a/".to_string()));
         assert_eq!(block("url: s3://spillway-wal").split_url().unwrap().1, "");
         let bad = block("{ url: 'http://x', max_segment_mib: 0, ack_timeout_ms: 5 }");
-        let fields: Vec<&str> = bad.validate().iter().map(|(field, _)| *field).collect();
+        let fields: Vec<String> = bad.validate().into_iter().map(|(field, _)| field).collect();
         assert_eq!(fields, ["url", "max_segment_mib", "ack_timeout_ms"]);
         assert!(block("url: s3://b/../x").validate()[0].1.contains("`..`"));
+        let keys = block("{ url: 's3://b', access_key_id: k }").validate();
+        assert_eq!(keys[0].0, "secret_access_key", "{keys:?}");
     }
 }
