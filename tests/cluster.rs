@@ -22,9 +22,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_firehose::primitives::Blob;
 use aws_sdk_firehose::types::Record;
 use common::pg::{self, OwnPostgres};
-use common::{Spillway, WAIT, eventually, local_objects};
-
-const COORDINATOR_VARIABLE: &str = "SPILLWAY_TEST_COORDINATOR";
+use common::{COORDINATOR_VARIABLE, Spillway, WAIT, eventually, local_objects, start_node};
 
 /// A node's YAML: its own data_dir, a Direct PUT stream into `out`, the coordinator read from
 /// the environment (`${…}`, as a password would be).
@@ -40,13 +38,6 @@ fn node_yaml(out: &Path, extra_cluster: &str) -> String {
          \x20   sink: {{ type: s3, url: 'file://{}' }}\n",
         out.display()
     )
-}
-
-fn start_node(dir: &Path, yaml: &str, coordinator: &str) -> Spillway {
-    std::fs::create_dir_all(dir).unwrap();
-    let config = dir.join("spillway.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    Spillway::start_with_env(dir, &config, &[(COORDINATOR_VARIABLE, coordinator)], &[])
 }
 
 /// `spillway <args>` run to its end (bounded): (exit code, stdout, stderr, how long it took).

@@ -17,12 +17,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Spillway, pg, signal};
+use common::{COORDINATOR_VARIABLE, Spillway, pg, signal};
 use kinesis_common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const COORDINATOR_VARIABLE: &str = "SPILLWAY_TEST_COORDINATOR";
 const LEASE_SECONDS: u64 = 2;
 const LEASE: Duration = Duration::from_secs(LEASE_SECONDS);
 

@@ -19,9 +19,8 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_firehose::primitives::Blob;
 use aws_sdk_firehose::types::Record;
-use common::{Spillway, WAIT, eventually, s3};
+use common::{COORDINATOR_VARIABLE, Spillway, WAIT, eventually, s3, start_node};
 
-const COORDINATOR_VARIABLE: &str = "SPILLWAY_TEST_COORDINATOR";
 const LEASE_SECONDS: u64 = 2;
 const BUFFER_SECONDS: u64 = 1;
 
@@ -48,13 +47,6 @@ fn node_yaml(out: &Path, bucket: &str, endpoint: &str, ack_timeout_ms: u64) -> S
          \x20   sink: {{ type: s3, url: 'file://{}' }}\n",
         out.display()
     )
-}
-
-fn start_node(dir: &Path, yaml: &str, coordinator: &str) -> Spillway {
-    std::fs::create_dir_all(dir).unwrap();
-    let config = dir.join("spillway.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    Spillway::start_with_env(dir, &config, &[(COORDINATOR_VARIABLE, coordinator)], &[])
 }
 
 /// What the producers sent: acknowledged ids, and ids whose put failed (delivered at most once).

@@ -17,6 +17,18 @@ use aws_sdk_firehose::config::{BehaviorVersion, Credentials, Region};
 
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// The variable cluster tests' YAML names the coordinator's url by (`${SPILLWAY_TEST_COORDINATOR}`).
+pub const COORDINATOR_VARIABLE: &str = "SPILLWAY_TEST_COORDINATOR";
+
+/// One cluster node: `yaml` written to `<dir>/spillway.yaml` (`dir` created), started with its
+/// coordinator's url in [`COORDINATOR_VARIABLE`].
+pub fn start_node(dir: &Path, yaml: &str, coordinator: &str) -> Spillway {
+    std::fs::create_dir_all(dir).expect("node folder");
+    let config = dir.join("spillway.yaml");
+    std::fs::write(&config, yaml).expect("write config");
+    Spillway::start_with_env(dir, &config, &[(COORDINATOR_VARIABLE, coordinator)], &[])
+}
+
 /// A spillway process; killed (SIGKILL) on drop if still running.
 pub struct Spillway {
     pub child: Child,

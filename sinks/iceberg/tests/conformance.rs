@@ -205,17 +205,14 @@ impl ReadBack for TableReadBack {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs services: scripts/test.sh"]
-async fn iceberg_sink_passes_conformance() {
-    let (errors, warehouse) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (catalog, config) = setup("conformance", errors.path(), warehouse.path()).await;
+/// The sink API's conformance suite on table `db.conformance` of `catalog`, read back from it.
+async fn run_conformance(config: &IcebergSinkConfig, catalog: impl Catalog + 'static, errors: &std::path::Path) {
     let sink = config.build("conformance", 1).expect("build");
     let error_output = sink.error_output();
     let reader = TableReadBack {
         catalog: Arc::new(catalog),
         table: TableIdent::from_strs(["db", "conformance"]).unwrap(),
-        errors: errors.path().to_path_buf(),
+        errors: errors.to_path_buf(),
     };
     check_conformance(
         &sink,
@@ -226,6 +223,14 @@ async fn iceberg_sink_passes_conformance() {
         PartitionKeys::new(),
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs services: scripts/test.sh"]
+async fn iceberg_sink_passes_conformance() {
+    let (errors, warehouse) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (catalog, config) = setup("conformance", errors.path(), warehouse.path()).await;
+    run_conformance(&config, catalog, errors.path()).await;
 }
 
 /// The same suite through a REST catalog: the warehouse a prefix of the services' bucket, read
@@ -253,22 +258,7 @@ async fn iceberg_sink_passes_conformance_through_a_rest_catalog() {
         .await
         .expect("rest catalog");
     create_table(&catalog, "conformance").await;
-    let sink = config.build("conformance", 1).expect("build");
-    let error_output = sink.error_output();
-    let reader = TableReadBack {
-        catalog: Arc::new(catalog),
-        table: TableIdent::from_strs(["db", "conformance"]).unwrap(),
-        errors: errors.path().to_path_buf(),
-    };
-    check_conformance(
-        &sink,
-        error_output.as_ref(),
-        &LengthPrefixedEncoderFactory,
-        &reader,
-        "conformance",
-        PartitionKeys::new(),
-    )
-    .await;
+    run_conformance(&config, catalog, errors.path()).await;
     drop(server);
 }
 
