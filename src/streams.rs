@@ -698,9 +698,8 @@ impl DeliveryBuilder {
             let stream_arn = format!("arn:aws:firehose:{}:{}:deliverystream/{name}", self.region, self.account_id);
             let invoker = Invoker::new(lambda, stream_arn, self.region.clone(), metrics.processing.clone())
                 .map_err(|error| StreamError::Processing { stream: name.clone(), message: error.to_string() })?;
-            let lambda_keys: std::collections::BTreeSet<String> = config
-                .sink
-                .descriptor()
+            let descriptor = config.sink.descriptor();
+            let lambda_keys: std::collections::BTreeSet<String> = descriptor
                 .partition_keys_in_prefix()
                 .unwrap_or_default()
                 .into_iter()
@@ -717,6 +716,7 @@ impl DeliveryBuilder {
                 stage: Arc::new(stage),
                 after: Some(Arc::new(chain.after)).filter(|transforms| !transforms.is_empty()),
                 keys: lambda_keys.into_iter().collect(),
+                optional_keys: descriptor.optional_lambda_keys().iter().map(|key| key.to_string()).collect(),
             });
         }
         let counted = built.sink.clone();

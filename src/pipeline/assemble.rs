@@ -24,9 +24,6 @@ use crate::processing::{PROCESSING_FAILED_OUTPUT_TYPE, Transforms};
 use crate::record_metadata::MetadataRef;
 use crate::wal::{Frame, WalError, WalReader};
 
-/// The Lambda key (from `otfMetadata`) that names a record's table operation.
-const OTF_OPERATION: &str = "operation";
-
 /// Why a record's partition keys could not be evaluated; the record goes to the error output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionFailure {
@@ -88,6 +85,8 @@ pub struct LambdaRouting {
     /// The keys the sink prefix names as `!{partitionKeyFromLambda:k}`: every record the
     /// function returns must carry each in `metadata.partitionKeys`.
     pub keys: Arc<[String]>,
+    /// Keys the sink reads when the function returns them (`SinkDescriptor::optional_lambda_keys`).
+    pub optional_keys: Arc<[String]>,
 }
 
 /// Routing shared by the live path, the rebuilding of recorded batches and the reading back of
@@ -157,16 +156,17 @@ impl Router {
                 }
             },
         };
-        // A Lambda's `otfMetadata.operation` reaches the sink whether or not a prefix names it.
-        let operation = lambda_keys.and_then(|returned| returned.get(OTF_OPERATION));
-        let Some(lambda) = self.lambda.as_ref().filter(|lambda| !lambda.keys.is_empty() || operation.is_some()) else {
+        let returned = |name: &str| lambda_keys.and_then(|returned| returned.get(name));
+        let Some(lambda) = self.lambda.as_ref().filter(|lambda| {
+            !lambda.keys.is_empty() || lambda.optional_keys.iter().any(|name| returned(name).is_some())
+        }) else {
             return Routed::Sink { route: Route::sink(keys), data };
         };
         let mut merged = (*keys).clone();
-        let optional = operation.is_some() && !lambda.keys.iter().any(|name| name == OTF_OPERATION);
-        let optional = optional.then_some(OTF_OPERATION);
-        for name in lambda.keys.iter().map(String::as_str).chain(optional) {
-            let checked = match lambda_keys.and_then(|returned| returned.get(name)) {
+        let optional =
+            lambda.optional_keys.iter().filter(|name| returned(name).is_some() && !lambda.keys.contains(name));
+        for name in lambda.keys.iter().chain(optional) {
+            let checked = match returned(name) {
                 None => Err(crate::processing::KeyError {
                     code: crate::processing::METADATA_EXTRACTION_FAILED,
                     message: format!("the lambda returned no partition key `{name}` (metadata.partitionKeys)"),

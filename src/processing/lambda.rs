@@ -315,8 +315,8 @@ struct ResponseMetadata {
 /// The fields of a response record's `metadata.otfMetadata` (Firehose's Iceberg routing). A
 /// function that returns them gives the record these partition keys, under the same names, as
 /// if it had returned them in `partitionKeys` (which win where both name one): the `iceberg`
-/// sink's `table` reads the first two as `!{partitionKeyFromLambda:…}`, and `operation` (insert,
-/// update, delete) always reaches it, named or not.
+/// sink's `table` reads the first two as `!{partitionKeyFromLambda:…}`, and it reads `operation`
+/// (insert, update, delete) without naming it (`SinkDescriptor::optional_lambda_keys`).
 pub const OTF_METADATA_KEYS: [&str; 3] = ["destinationDatabaseName", "destinationTableName", "operation"];
 
 /// Read the response body against the ids sent (in order); the results come back in the order

@@ -145,6 +145,13 @@ pub trait SinkDescriptor: std::fmt::Debug + Send + Sync {
         "prefix"
     }
 
+    /// Lambda partition keys the sink reads from a batch's partition when a function returns them,
+    /// although its prefix does not name them (Iceberg's `operation`): they become part of the
+    /// partition when present, and a record without them is not refused.
+    fn optional_lambda_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Firehose supports dynamic partitioning on S3 destinations only.
     fn supports_dynamic_partitioning(&self) -> bool {
         false

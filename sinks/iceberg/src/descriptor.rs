@@ -50,6 +50,10 @@ impl SinkDescriptor for IcebergSinkConfig {
         "table"
     }
 
+    fn optional_lambda_keys(&self) -> &'static [&'static str] {
+        &[crate::sink::OPERATION_KEY]
+    }
+
     fn partition_keys_in_prefix(&self) -> Result<Vec<(PartitionKeySource, String)>, String> {
         Ok(TableTemplate::parse(&self.table)?.keys())
     }

@@ -334,7 +334,7 @@ fn partial(misfits: Vec<Misfit>) -> Result<(), SinkError> {
 
 /// The partition key that names a batch's operation, as a jq key (Firehose's JSONQuery
 /// `operation`) or from a Lambda's `otfMetadata`.
-const OPERATION_KEY: &str = "operation";
+pub const OPERATION_KEY: &str = "operation";
 
 /// Firehose's operations are `insert` (the default), `update` and `delete`; only appends are
 /// made, so the other two send the batch (all its records share the key) to the error output.
