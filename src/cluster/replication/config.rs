@@ -153,7 +153,7 @@ mod tests {
         let fields: Vec<String> = bad.validate().into_iter().map(|(field, _)| field).collect();
         assert_eq!(fields, ["url", "max_segment_mib", "ack_timeout_ms"]);
         assert!(block("url: s3://b/../x").validate()[0].1.contains("`..`"));
-        let keys = block("{ url: 's3://b', access_key_id: k }").validate();
+        let keys = block("{ url: 's3://spillway-wal', access_key_id: k }").validate();
         assert_eq!(keys[0].0, "secret_access_key", "{keys:?}");
     }
 }
