@@ -143,22 +143,44 @@ pub enum DecodeError {
     Malformed(&'static str),
 }
 
-/// Verify and decode a payload read after its header.
-pub fn decode(payload: Bytes, checksum: u32) -> Result<Frame, DecodeError> {
-    if crc32c::crc32c(&payload) != checksum {
+/// The records a stored frame holds, by sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameSpan {
+    pub first_sequence: u64,
+    pub count: u64,
+}
+
+impl FrameSpan {
+    pub fn end_sequence(&self) -> u64 {
+        self.first_sequence + self.count
+    }
+}
+
+/// Check a payload against its checksum and read which records it holds, without decoding them
+/// (what copying frames as they are stored needs: the replicated WAL's segments).
+pub fn verify(payload: &[u8], checksum: u32) -> Result<FrameSpan, DecodeError> {
+    if crc32c::crc32c(payload) != checksum {
         return Err(DecodeError::Checksum);
     }
-    if payload.len() < PAYLOAD_FIXED_LEN {
-        return Err(DecodeError::Malformed("payload shorter than its fixed fields"));
-    }
-    let mut cursor = payload.clone();
-    let first_sequence = cursor.get_u64_le();
-    let arrival_ms = cursor.get_i64_le();
-    let count = cursor.get_u32_le() as usize;
-    // `count` comes from the file: never allocate more than the payload can hold.
-    if count > cursor.remaining() / MIN_RECORD_LEN {
+    let mut fixed =
+        payload.get(..PAYLOAD_FIXED_LEN).ok_or(DecodeError::Malformed("payload shorter than its fixed fields"))?;
+    let first_sequence = fixed.get_u64_le();
+    let _arrival_ms = fixed.get_i64_le();
+    let count = fixed.get_u32_le() as usize;
+    // `count` comes from the file: never trust (or allocate for) more than the payload can hold.
+    if count > (payload.len() - PAYLOAD_FIXED_LEN) / MIN_RECORD_LEN {
         return Err(DecodeError::Malformed("record count larger than the payload can hold"));
     }
+    Ok(FrameSpan { first_sequence, count: count as u64 })
+}
+
+/// Verify and decode a payload read after its header.
+pub fn decode(payload: Bytes, checksum: u32) -> Result<Frame, DecodeError> {
+    let span = verify(&payload, checksum)?;
+    let count = span.count as usize;
+    let mut cursor = payload.slice(PAYLOAD_FIXED_LEN..);
+    let first_sequence = span.first_sequence;
+    let arrival_ms = (&payload[8..16]).get_i64_le();
     let mut records = Vec::with_capacity(count);
     for _ in 0..count {
         if cursor.remaining() < 4 {

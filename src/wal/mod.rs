@@ -400,25 +400,6 @@ impl Wal {
         Wal { committed: gate, ..self.clone() }
     }
 
-    /// Frames `[from, committed)` encoded as the WAL writes them, stopping once about
-    /// `max_bytes` are read: what a replicated segment object holds (see [`decode_frames`]).
-    /// Returns the bytes and the sequence after the last record. Blocking file I/O.
-    pub fn encode_frames(reader: &mut WalReader, committed: u64, max_bytes: usize) -> Result<(Vec<u8>, u64), WalError> {
-        let frames = reader.read(committed, max_bytes)?;
-        let mut out = Vec::with_capacity(max_bytes.min(64 << 20));
-        for frame in &frames {
-            frame::encode(
-                frame.first_sequence,
-                frame.arrival_ms,
-                &frame.records,
-                frame.source.as_ref(),
-                &frame.metadata,
-                &mut out,
-            );
-        }
-        Ok((out, reader.position()))
-    }
-
     /// Stop the writer after the queued appends, syncing the last segment.
     pub fn close(&self) {
         if let Err(error) = self.holds.persist() {

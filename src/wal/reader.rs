@@ -12,6 +12,9 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
+use super::frame;
 use super::segment::{self, ReadOutcome, SegmentFile};
 use super::tail::Tail;
 use super::{Frame, WalError, quarantine};
@@ -78,6 +81,45 @@ impl WalReader {
         Ok(frames)
     }
 
+    /// Whole frames from the reader's position up to `committed` (exclusive), appended to `out`
+    /// as they are stored (their checksums verified, their records not decoded), stopping once
+    /// about `max_bytes` are appended: the replicated WAL stores exactly these bytes. For a
+    /// reader without a tail, whose position is a frame boundary (it re-encodes a first frame
+    /// that starts before it).
+    pub fn read_stored(&mut self, committed: u64, max_bytes: usize, out: &mut Vec<u8>) -> Result<(), WalError> {
+        let start = out.len();
+        while self.next_sequence < committed && out.len() - start < max_bytes {
+            let frame_start = out.len();
+            let read = |file: &mut File, offset, file_len| segment::read_frame_stored(file, offset, file_len, out);
+            let Some(span) = self.next_from_file(read)? else { continue };
+            if span.end_sequence() <= self.next_sequence {
+                out.truncate(frame_start);
+                continue;
+            }
+            if span.first_sequence < self.next_sequence {
+                // Not a frame boundary: keep the records from the position on, as `read` does.
+                let stored = Bytes::copy_from_slice(&out[frame_start..]);
+                out.truncate(frame_start);
+                let mut frames = frame::decode_all(stored).map_err(|reason| WalError::Corrupt {
+                    path: self.dir.clone(),
+                    offset: 0,
+                    reason,
+                })?;
+                let Some(mut frame) = frames.pop() else { continue };
+                let skip = (self.next_sequence - frame.first_sequence) as usize;
+                frame.records.drain(..skip);
+                if !frame.metadata.is_empty() {
+                    frame.metadata.drain(..skip);
+                }
+                frame.first_sequence = self.next_sequence;
+                let source = frame.source.as_ref();
+                frame::encode(frame.first_sequence, frame.arrival_ms, &frame.records, source, &frame.metadata, out);
+            }
+            self.next_sequence = span.end_sequence();
+        }
+        Ok(())
+    }
+
     /// The next whole frame, moving to the following segment at the end of one. None when the
     /// position jumped over a range set aside by `spillway wal quarantine`.
     fn next_frame(&mut self) -> Result<Option<Frame>, WalError> {
@@ -86,6 +128,14 @@ impl WalReader {
             self.resume = Some((taken.segment_first_sequence, taken.next_offset));
             return Ok(Some(taken.frame));
         }
+        self.next_from_file(segment::read_frame)
+    }
+
+    /// The next frame of the segment files as `read` returns it (decoded, or copied as stored).
+    fn next_from_file<F>(
+        &mut self,
+        mut read: impl FnMut(&mut File, u64, u64) -> std::io::Result<ReadOutcome<F>>,
+    ) -> Result<Option<F>, WalError> {
         loop {
             if self.open.is_none() {
                 self.open = Some(match self.resume.take() {
@@ -96,7 +146,7 @@ impl WalReader {
             let Some(open) = self.open.as_mut() else { continue };
             let io_error = |source| WalError::Io { path: open.segment.path.clone(), source };
             let file_len = open.file.metadata().map_err(io_error)?.len();
-            match segment::read_frame(&mut open.file, open.offset, file_len).map_err(io_error)? {
+            match read(&mut open.file, open.offset, file_len).map_err(io_error)? {
                 ReadOutcome::Frame { frame, next_offset } => {
                     open.offset = next_offset;
                     return Ok(Some(frame));

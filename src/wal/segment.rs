@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use bytes::{Bytes, BytesMut};
 
 use super::committed::CommittedMark;
-use super::frame::{self, DecodeError, Frame, HEADER_LEN};
+use super::frame::{self, DecodeError, Frame, FrameSpan, HEADER_LEN};
 
 const EXTENSION: &str = "wal";
 
@@ -59,11 +59,12 @@ pub fn list(dir: &Path) -> io::Result<Vec<SegmentFile>> {
     Ok(segments)
 }
 
-/// What reading at an offset found.
+/// What reading at an offset found: a decoded [`Frame`], or with [`read_frame_stored`] the
+/// [`FrameSpan`] of a frame copied as stored.
 #[derive(Debug)]
-pub enum ReadOutcome {
+pub enum ReadOutcome<F = Frame> {
     Frame {
-        frame: Frame,
+        frame: F,
         next_offset: u64,
     },
     /// The file ends exactly at the offset.
@@ -84,12 +85,54 @@ pub enum ReadOutcome {
 
 /// Read the frame at `offset` of `file`, whose length is `file_len`.
 pub fn read_frame(file: &mut File, offset: u64, file_len: u64) -> io::Result<ReadOutcome> {
+    let mut stored = Vec::new();
+    let (checksum, frame_end) = match read_stored(file, offset, file_len, &mut stored)? {
+        Ok(read) => read,
+        Err(outcome) => return Ok(outcome),
+    };
+    let payload = Bytes::from(stored).slice(HEADER_LEN..);
+    Ok(match frame::decode(payload, checksum) {
+        Ok(frame) => ReadOutcome::Frame { frame, next_offset: frame_end },
+        Err(error) => damaged(error, frame_end, checksum),
+    })
+}
+
+/// Append the frame at `offset` to `out` as it is stored (header and payload), its checksum
+/// verified but its records not decoded; `out` is left as it was unless a frame is returned.
+pub fn read_frame_stored(
+    file: &mut File,
+    offset: u64,
+    file_len: u64,
+    out: &mut Vec<u8>,
+) -> io::Result<ReadOutcome<FrameSpan>> {
+    let start = out.len();
+    let (checksum, frame_end) = match read_stored(file, offset, file_len, out)? {
+        Ok(read) => read,
+        Err(outcome) => return Ok(outcome),
+    };
+    Ok(match frame::verify(&out[start + HEADER_LEN..], checksum) {
+        Ok(span) => ReadOutcome::Frame { frame: span, next_offset: frame_end },
+        Err(error) => {
+            out.truncate(start);
+            damaged(error, frame_end, checksum)
+        }
+    })
+}
+
+/// Append the bytes of the frame at `offset` to `out` (nothing checked but its length), and
+/// return its checksum and where it ends; or what lies there instead (never a frame).
+fn read_stored<F>(
+    file: &mut File,
+    offset: u64,
+    file_len: u64,
+    out: &mut Vec<u8>,
+) -> io::Result<Result<(u32, u64), ReadOutcome<F>>> {
     if offset == file_len {
-        return Ok(ReadOutcome::End);
+        return Ok(Err(ReadOutcome::End));
     }
     if file_len - offset < HEADER_LEN as u64 {
         let reason = "file ends inside a frame header".into();
-        return Ok(ReadOutcome::Damaged { reason, frame_end: file_len, cut_short: true, checksum: 0 });
+        return Ok(Err(ReadOutcome::Damaged { reason, frame_end: file_len, cut_short: true, checksum: 0 }));
     }
     file.seek(SeekFrom::Start(offset))?;
     let mut header = [0u8; HEADER_LEN];
@@ -98,29 +141,34 @@ pub fn read_frame(file: &mut File, offset: u64, file_len: u64) -> io::Result<Rea
     let frame_end = offset + HEADER_LEN as u64 + payload_len as u64;
     if payload_len == 0 {
         // crc32c of an empty payload is 0, so an all-zero header would otherwise verify.
-        return Ok(ReadOutcome::Damaged { reason: "zero-length frame".into(), frame_end, cut_short: false, checksum });
+        let reason = "zero-length frame".into();
+        return Ok(Err(ReadOutcome::Damaged { reason, frame_end, cut_short: false, checksum }));
     }
     if frame_end > file_len {
-        return Ok(ReadOutcome::Damaged {
+        return Ok(Err(ReadOutcome::Damaged {
             reason: format!("frame of {payload_len} bytes runs past the end of the file"),
             frame_end: file_len,
             cut_short: true,
             checksum,
-        });
+        }));
     }
-    let mut payload = BytesMut::zeroed(payload_len);
-    file.read_exact(&mut payload)?;
-    let payload: Bytes = payload.freeze();
-    match frame::decode(payload, checksum) {
-        Ok(frame) => Ok(ReadOutcome::Frame { frame, next_offset: frame_end }),
-        Err(error) => {
-            let reason = match error {
-                DecodeError::Checksum => "checksum mismatch".to_string(),
-                DecodeError::Malformed(what) => what.to_string(),
-            };
-            Ok(ReadOutcome::Damaged { reason, frame_end, cut_short: false, checksum })
-        }
+    let start = out.len();
+    out.reserve(HEADER_LEN + payload_len);
+    out.extend_from_slice(&header);
+    out.resize(start + HEADER_LEN + payload_len, 0);
+    if let Err(error) = file.read_exact(&mut out[start + HEADER_LEN..]) {
+        out.truncate(start);
+        return Err(error);
     }
+    Ok(Ok((checksum, frame_end)))
+}
+
+fn damaged<F>(error: DecodeError, frame_end: u64, checksum: u32) -> ReadOutcome<F> {
+    let reason = match error {
+        DecodeError::Checksum => "checksum mismatch".to_string(),
+        DecodeError::Malformed(what) => what.to_string(),
+    };
+    ReadOutcome::Damaged { reason, frame_end, cut_short: false, checksum }
 }
 
 /// How a scan treats bad bytes after the last good frame.

@@ -616,6 +616,51 @@ async fn record_metadata_reads_back_aligned_with_its_records_from_any_position()
 }
 
 #[tokio::test]
+async fn frames_copied_as_stored_decode_to_what_the_reader_reads_from_any_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(WalOptions { track_positions: true, ..options(dir.path()) }, 0).unwrap();
+    for round in 0..12u64 {
+        let metadata: Vec<Bytes> = (0..10).map(|index| Bytes::from(format!("meta-{round}-{index}"))).collect();
+        let position = shard_position("s", round);
+        wal.append_pulled_with_metadata(round as i64, records(&format!("r{round}"), 10), position, metadata)
+            .await
+            .unwrap();
+    }
+    let segments = segment::list(dir.path()).unwrap().len();
+    assert!(segments > 1, "the copy crosses segments: {segments}");
+    let committed = *wal.committed().borrow();
+    for from in [0, 10, 37, 119] {
+        let mut stored = b"earlier".to_vec();
+        let mut reader = wal.reader(from);
+        reader.read_stored(committed, usize::MAX, &mut stored).unwrap();
+        assert_eq!(reader.position(), committed);
+        assert_eq!(&stored[..7], b"earlier", "appended after what the buffer held");
+        let copied = frame::decode_all(Bytes::from(stored).slice(7..)).unwrap();
+        let read = wal.reader(from).read(committed, usize::MAX).unwrap();
+        assert_eq!(format!("{copied:?}"), format!("{read:?}"), "from {from}");
+    }
+    // Bounded by size: whole frames, the reader goes on where the copy stopped.
+    let mut reader = wal.reader(0);
+    let (mut first, mut rest) = (Vec::new(), Vec::new());
+    reader.read_stored(committed, 1, &mut first).unwrap();
+    assert_eq!(reader.position(), 10, "one frame");
+    reader.read_stored(committed, usize::MAX, &mut rest).unwrap();
+    let records_of = |bytes: Vec<u8>| -> Vec<Bytes> {
+        frame::decode_all(Bytes::from(bytes)).unwrap().into_iter().flat_map(|frame| frame.records).collect()
+    };
+    let mut all = records_of(first);
+    all.extend(records_of(rest));
+    assert_eq!(all, read_all(&wal, 0));
+    // A damaged frame is refused, naming its segment, and leaves the buffer as it was.
+    let damaged = damage_first_segment(dir.path(), 30);
+    let mut stored = b"kept".to_vec();
+    let error = wal.reader(0).read_stored(committed, usize::MAX, &mut stored).unwrap_err();
+    assert!(error.to_string().contains(&damaged.path.display().to_string()), "{error}");
+    assert_eq!(stored, b"kept");
+    wal.close();
+}
+
+#[tokio::test]
 async fn the_delivery_reader_takes_new_frames_from_memory_not_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let (wal, _) = Wal::open(WalOptions { segment_bytes: 1 << 20, ..options(dir.path()) }, 0).unwrap();

@@ -512,6 +512,22 @@ impl S3Connection {
 
     /// The client for `bucket` (no request is sent).
     pub fn build_store(&self, bucket: &str) -> Result<object_store::aws::AmazonS3, SinkError> {
+        Self::finish(bucket, self.builder(bucket))
+    }
+
+    /// The client for `bucket`, once its builder has taken any option of the caller's own.
+    pub fn finish(bucket: &str, builder: AmazonS3Builder) -> Result<object_store::aws::AmazonS3, SinkError> {
+        builder.build().map_err(|error| {
+            SinkError::permanent(
+                "S3.InvalidConfiguration",
+                format!("cannot configure the S3 client for bucket `{bucket}`"),
+            )
+            .with_source(error)
+        })
+    }
+
+    /// The client's builder for `bucket` with this block's options.
+    pub fn builder(&self, bucket: &str) -> AmazonS3Builder {
         // The pipeline owns retries; object_store only smooths over a brief blip.
         let retry =
             RetryConfig { backoff: BackoffConfig::default(), max_retries: 2, retry_timeout: Duration::from_secs(15) };
@@ -543,13 +559,7 @@ impl S3Connection {
         } else {
             builder = builder.with_credentials(Arc::new(crate::credentials::AwsChainCredentials::default()));
         }
-        builder.build().map_err(|error| {
-            SinkError::permanent(
-                "S3.InvalidConfiguration",
-                format!("cannot configure the S3 client for bucket `{bucket}`"),
-            )
-            .with_source(error)
-        })
+        builder
     }
 }
 

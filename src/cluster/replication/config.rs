@@ -5,7 +5,7 @@ use std::sync::Arc;
 use object_store::ObjectStore;
 use serde::Deserialize;
 use spillway_sink_api::Secret;
-use spillway_sink_s3::{S3Connection, S3SinkConfig};
+use spillway_sink_s3::{Destination, S3Connection, S3SinkConfig};
 
 /// `wal.replication` (cluster mode only): segment objects in an object store, indexed in the
 /// coordinator. The connection fields are the S3 sink's.
@@ -127,10 +127,20 @@ impl ReplicationConfig {
     /// The object store and the key prefix every segment key starts with. No request is sent.
     pub fn open(&self) -> Result<(Arc<dyn ObjectStore>, String), String> {
         let (url, prefix) = self.split_url()?;
-        let store = S3SinkConfig::for_url(&url)
-            .with_connection(self.connection())
-            .object_store()
-            .map_err(|error| error.to_string())?;
+        let store: Arc<dyn ObjectStore> = match Destination::parse(&url)? {
+            // Segment bodies go unsigned (`UNSIGNED-PAYLOAD`, as botocore sends to S3 over
+            // HTTPS): every frame carries its own CRC32C, checked when a segment is read back,
+            // so hashing each body with SHA-256 on both ends bought nothing but CPU.
+            Destination::S3 { bucket } => {
+                let connection = self.connection();
+                let builder = connection.builder(&bucket).with_unsigned_payload(true);
+                Arc::new(S3Connection::finish(&bucket, builder).map_err(|error| error.to_string())?)
+            }
+            Destination::LocalDir(_) => S3SinkConfig::for_url(&url)
+                .with_connection(self.connection())
+                .object_store()
+                .map_err(|error| error.to_string())?,
+        };
         Ok((store, prefix))
     }
 }

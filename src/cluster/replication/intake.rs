@@ -211,22 +211,29 @@ impl Replicator {
             if head > read_to && buffer.len() < max_bytes {
                 let Some(mut taken) = reader.take() else { break };
                 let room = max_bytes - buffer.len();
+                // The frames are copied as stored, straight onto the segment being filled.
+                if buffer.is_empty() {
+                    buffer_first = read_to;
+                }
+                let mut filling = std::mem::take(&mut buffer);
+                if filling.capacity() == 0 {
+                    // Room for a whole segment at once: no regrowing copies (pages are touched
+                    // only as frames arrive).
+                    filling.reserve(max_bytes);
+                }
                 let read = tokio::task::spawn_blocking(move || {
-                    let read = Wal::encode_frames(&mut taken, head, room);
-                    (taken, read)
+                    let read = taken.read_stored(head, room, &mut filling);
+                    (taken, filling, read)
                 })
                 .await;
                 match read {
-                    Ok((taken, Ok((bytes, end)))) => {
+                    Ok((taken, filled, Ok(()))) => {
+                        buffer = filled;
+                        read_to = taken.position();
                         reader = Some(taken);
-                        if buffer.is_empty() {
-                            buffer_first = read_to;
-                        }
-                        buffer.extend_from_slice(&bytes);
-                        read_to = end;
                         oldest.get_or_insert_with(Instant::now);
                     }
-                    Ok((_, Err(error))) => {
+                    Ok((_, _, Err(error))) => {
                         self.fail(format!("cannot read the local wal: {error}"));
                         return;
                     }
