@@ -43,8 +43,8 @@ trap 'kill "${server:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
 echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); binary $bin"
 
 # p-quantile of a Prometheus histogram (bucket upper bound where the cumulative count reaches it).
-quantile() { # metrics-file q
-	awk -v q="$2" -F'[ ]' '/^spillway_put_latency_seconds_bucket\{/ && /stream="bench"/ {
+quantile() { # metrics-file q [histogram]
+	awk -v q="$2" -v name="${3:-spillway_put_latency_seconds}" -F'[ ]' 'index($0, name "_bucket{") == 1 && (/stream="bench"/ || !/stream=/) {
 		match($0, /le="[^"]+"/); le = substr($0, RSTART + 4, RLENGTH - 5); les[n] = le; counts[n++] = $NF }
 		END { total = counts[n - 1]; for (i = 0; i < n; i++) if (counts[i] >= q * total) { print les[i]; exit } }' "$1"
 }
@@ -104,13 +104,18 @@ run() { # mode clients
 	cpu=$(sed -n 's/.*(\([0-9.]*\) CPU-s\/GiB).*/\1/p' "$dir/bench")
 	p50=$(quantile "$dir/metrics" 0.5)
 	p99=$(quantile "$dir/metrics" 0.99)
+	local store_p50="-" store_p99="-"
+	if [[ $mode == replicated ]]; then
+		store_p50=$(quantile "$dir/metrics" 0.5 spillway_wal_replication_seconds)
+		store_p99=$(quantile "$dir/metrics" 0.99 spillway_wal_replication_seconds)
+	fi
 	segments=$(awk '/^spillway_wal_replication_segments_total / {print $2}' "$dir/metrics")
 	local per_gib
 	per_gib=$(awk -v s="${segments:-0}" -v m="$total_mib" 'BEGIN { printf "%.0f", s * 1024 / m }')
 	local minio_cpu
 	minio_cpu=$(awk -v t=$((minio_after - minio_before)) -v hz="$(getconf CLK_TCK)" -v m="$total_mib" 'BEGIN { printf "%.1f", t / hz * 1024 / m }')
-	printf '%-10s clients %-3s accepted %7s MiB/s  drained %7s MiB/s  CPU %6s CPU-s/GiB (MinIO %s)  ack p50 <= %-8s p99 <= %-8s segments/GiB %s\n' \
-		"$mode" "$clients" "$accepted" "$drained" "$cpu" "$minio_cpu" "${p50}s" "${p99}s" "$per_gib"
+	printf '%-10s clients %-3s accepted %7s MiB/s  drained %7s MiB/s  CPU %6s CPU-s/GiB (MinIO %s)  ack p50 <= %-8s p99 <= %-8s segments/GiB %s  store+index p50 <= %s p99 <= %s\n' \
+		"$mode" "$clients" "$accepted" "$drained" "$cpu" "$minio_cpu" "${p50}s" "${p99}s" "$per_gib" "${store_p50}s" "${store_p99}s"
 }
 
 for clients in $clients_list; do

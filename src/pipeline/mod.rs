@@ -675,11 +675,11 @@ impl Sink for RefuseAll {
 }
 
 /// A spawned task aborted when its owner goes away (the Lambda stage, a batch's delivery, of a
-/// stopped loop).
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+/// stopped loop; a replicated WAL's uploads).
+pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
 
 impl<T> AbortOnDrop<T> {
-    async fn join(mut self) -> Result<T, tokio::task::JoinError> {
+    pub(crate) async fn join(mut self) -> Result<T, tokio::task::JoinError> {
         (&mut self.0).await
     }
 }

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::segments::SegmentRow;
 use super::{Replication, slot_lease_key};
 use crate::cluster::ClusterError;
-use crate::pipeline::DeliveryState;
+use crate::pipeline::{AbortOnDrop, DeliveryState};
 use crate::sources::shards::Boundaries;
 use crate::wal::{Wal, WalOptions};
 
@@ -184,6 +184,18 @@ struct Replicator {
 
 type Upload = BoxFuture<'static, Result<(u64, u64), ClusterError>>;
 
+/// An upload as a task of its own: it moves on (its PUT, then its index row) while the loop
+/// reads the WAL, instead of only when the loop polls it. Dropping it (the loop stopping)
+/// aborts it.
+fn spawned(store: impl Future<Output = Result<(u64, u64), ClusterError>> + Send + 'static) -> Upload {
+    let task = AbortOnDrop(tokio::spawn(store));
+    Box::pin(async move {
+        task.join()
+            .await
+            .unwrap_or_else(|join| Err(ClusterError::Rejected(format!("a wal segment upload stopped: {join}"))))
+    })
+}
+
 impl Replicator {
     async fn run(self, mut stop: watch::Receiver<bool>) {
         let config = &self.replication.config;
@@ -200,8 +212,14 @@ impl Replicator {
         let mut oldest: Option<Instant> = None;
         let mut uploads: FuturesOrdered<Upload> = FuturesOrdered::new();
         let mut in_flight: VecDeque<u64> = VecDeque::new();
-        let mut delivered = self.wal.delivered();
-        let mut cleaned = 0;
+        // Clean-up runs beside the loop: its requests must not hold up the uploads.
+        let _cleaner = AbortOnDrop(tokio::spawn(clean_delivered(
+            self.replication.clone(),
+            self.stream.clone(),
+            self.key.clone(),
+            self.epoch,
+            self.wal.delivered(),
+        )));
         let mut stopping = false;
         let mut writer_open = true;
         let leases = self.replication.states.leases().clone();
@@ -251,7 +269,7 @@ impl Replicator {
             if cut {
                 let bytes = Bytes::from(std::mem::take(&mut buffer));
                 in_flight.push_back(bytes.len() as u64);
-                uploads.push_back(Box::pin(self.store(buffer_first, read_to, bytes)));
+                uploads.push_back(spawned(self.store(buffer_first, read_to, bytes)));
                 oldest = None;
                 continue;
             }
@@ -282,14 +300,6 @@ impl Replicator {
                         }
                     }
                     self.note_pending(&buffer, &in_flight);
-                }
-                changed = delivered.changed() => {
-                    if changed.is_ok() {
-                        let now = *delivered.borrow_and_update();
-                        if now > cleaned && self.clean_below(now).await {
-                            cleaned = now;
-                        }
-                    }
                 }
                 _ = lease_check.tick() => {
                     // Lost at a renewal: another node adopted this slot while this one was cut off.
@@ -351,21 +361,31 @@ impl Replicator {
             Ok((first, end))
         }
     }
+}
 
-    /// Forget and delete the segments every record of which is delivered. False when it must
-    /// be tried again.
-    async fn clean_below(&self, delivered: u64) -> bool {
-        match self.replication.index.delete_below(&self.key, self.epoch, delivered).await {
+/// Forget and delete a slot's segments as delivery passes them (every record of a segment
+/// delivered); a failed attempt is tried again at the next move.
+async fn clean_delivered(
+    replication: Arc<Replication>,
+    stream: String,
+    key: String,
+    epoch: i64,
+    mut delivered: watch::Receiver<u64>,
+) {
+    let mut cleaned = 0;
+    while delivered.changed().await.is_ok() {
+        let now = *delivered.borrow_and_update();
+        if now <= cleaned {
+            continue;
+        }
+        match replication.index.delete_below(&key, epoch, now).await {
             Ok(keys) => {
-                if let Err(error) = self.replication.segments.delete(&keys).await {
-                    tracing::debug!(stream = %self.stream, %error, "cannot delete delivered wal segments; the sweep will");
+                cleaned = now;
+                if let Err(error) = replication.segments.delete(&keys).await {
+                    tracing::debug!(%stream, %error, "cannot delete delivered wal segments; the sweep will");
                 }
-                true
             }
-            Err(error) => {
-                tracing::debug!(stream = %self.stream, %error, "cannot forget delivered wal segments yet");
-                false
-            }
+            Err(error) => tracing::debug!(%stream, %error, "cannot forget delivered wal segments yet"),
         }
     }
 }
