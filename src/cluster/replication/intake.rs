@@ -104,6 +104,7 @@ impl IntakeSlot {
         let leases = replication.states.leases().clone();
         let epoch = leases.create_owned(&key).await.map_err(|error| error.to_string())?;
         let resume = replication.states.open(&key, epoch).await.map_err(|error| error.to_string())?;
+        let options = super::cache_options(options);
         let wal = tokio::task::spawn_blocking(move || Wal::open_cleared(options, 0))
             .await
             .map_err(|join| join.to_string())??;

@@ -27,6 +27,8 @@ pub use intake::{FENCED_EXIT_CODE, IntakeSlot, Replica, ReplicaError};
 
 use super::ClusterError;
 use super::shard_state::ShardStates;
+use crate::config::FsyncPolicy;
+use crate::wal::WalOptions;
 use segments::{SegmentIndex, SegmentStore};
 
 /// What every stream's slots share on this node.
@@ -47,6 +49,14 @@ impl Replication {
             states,
         })
     }
+}
+
+/// A slot's local WAL is a cache: what a put is acknowledged on is its segment in the object
+/// store and the index, and a slot's local files are never read after a restart (a new slot
+/// starts empty; an adopted one is rebuilt from its segments). So it is not fsynced before the
+/// replicator reads it (`wal.fsync: always` would only add a disk flush to every put's wait).
+pub fn cache_options(options: WalOptions) -> WalOptions {
+    WalOptions { fsync: FsyncPolicy::Interval, ..options }
 }
 
 /// The lease of one ingest slot.

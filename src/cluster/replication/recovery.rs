@@ -167,7 +167,7 @@ async fn deliver_slot(
         run.push(row);
     }
     tracing::info!(stream = %orphans.config.name, lease = %key, epoch, checkpoint = resume.checkpoint, segments = run.len(), from = start, to = end, "adopting an ingest slot");
-    let options = WalOptions { dir: dir.join("wal"), ..orphans.wal.clone() };
+    let options = super::cache_options(WalOptions { dir: dir.join("wal"), ..orphans.wal.clone() });
     let wal = tokio::task::spawn_blocking(move || Wal::open_cleared(options, start))
         .await
         .map_err(|join| AdoptError::Local(join.to_string()))?
