@@ -54,7 +54,7 @@ impl HttpEndpointSinkConfig {
         let sink = HttpEndpointSink::new(self, stream_arn, all_records)?;
         Ok(BuiltHttpEndpoint {
             sink: Arc::new(sink),
-            encoders: Arc::new(RequestEncoderFactory { max_body_bytes: (self.max_body_mib << 20) as usize }),
+            encoders: Arc::new(RequestEncoderFactory::new((self.max_body_mib << 20) as usize)),
             backup,
         })
     }
