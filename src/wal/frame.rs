@@ -143,14 +143,15 @@ pub enum DecodeError {
     Malformed(&'static str),
 }
 
-/// The records a stored frame holds, by sequence.
+/// A stored frame's fixed fields: which records it holds, by sequence, and when they arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FrameSpan {
+pub struct FrameHead {
     pub first_sequence: u64,
+    pub arrival_ms: i64,
     pub count: u64,
 }
 
-impl FrameSpan {
+impl FrameHead {
     pub fn end_sequence(&self) -> u64 {
         self.first_sequence + self.count
     }
@@ -158,29 +159,27 @@ impl FrameSpan {
 
 /// Check a payload against its checksum and read which records it holds, without decoding them
 /// (what copying frames as they are stored needs: the replicated WAL's segments).
-pub fn verify(payload: &[u8], checksum: u32) -> Result<FrameSpan, DecodeError> {
+pub fn verify(payload: &[u8], checksum: u32) -> Result<FrameHead, DecodeError> {
     if crc32c::crc32c(payload) != checksum {
         return Err(DecodeError::Checksum);
     }
     let mut fixed =
         payload.get(..PAYLOAD_FIXED_LEN).ok_or(DecodeError::Malformed("payload shorter than its fixed fields"))?;
     let first_sequence = fixed.get_u64_le();
-    let _arrival_ms = fixed.get_i64_le();
+    let arrival_ms = fixed.get_i64_le();
     let count = fixed.get_u32_le() as usize;
     // `count` comes from the file: never trust (or allocate for) more than the payload can hold.
     if count > (payload.len() - PAYLOAD_FIXED_LEN) / MIN_RECORD_LEN {
         return Err(DecodeError::Malformed("record count larger than the payload can hold"));
     }
-    Ok(FrameSpan { first_sequence, count: count as u64 })
+    Ok(FrameHead { first_sequence, arrival_ms, count: count as u64 })
 }
 
 /// Verify and decode a payload read after its header.
 pub fn decode(payload: Bytes, checksum: u32) -> Result<Frame, DecodeError> {
-    let span = verify(&payload, checksum)?;
-    let count = span.count as usize;
+    let FrameHead { first_sequence, arrival_ms, count } = verify(&payload, checksum)?;
+    let count = count as usize;
     let mut cursor = payload.slice(PAYLOAD_FIXED_LEN..);
-    let first_sequence = span.first_sequence;
-    let arrival_ms = (&payload[8..16]).get_i64_le();
     let mut records = Vec::with_capacity(count);
     for _ in 0..count {
         if cursor.remaining() < 4 {

@@ -65,15 +65,7 @@ impl WalReader {
             if frame.end_sequence() <= self.next_sequence {
                 continue;
             }
-            if frame.first_sequence < self.next_sequence {
-                let skip = (self.next_sequence - frame.first_sequence) as usize;
-                frame.records.drain(..skip);
-                if !frame.metadata.is_empty() {
-                    // Keep one metadata entry per record.
-                    frame.metadata.drain(..skip);
-                }
-                frame.first_sequence = self.next_sequence;
-            }
+            cut_before(&mut frame, self.next_sequence);
             self.next_sequence = frame.end_sequence();
             bytes += frame.records.iter().map(|record| record.len()).sum::<usize>();
             frames.push(frame);
@@ -91,12 +83,12 @@ impl WalReader {
         while self.next_sequence < committed && out.len() - start < max_bytes {
             let frame_start = out.len();
             let read = |file: &mut File, offset, file_len| segment::read_frame_stored(file, offset, file_len, out);
-            let Some(span) = self.next_from_file(read)? else { continue };
-            if span.end_sequence() <= self.next_sequence {
+            let Some(head) = self.next_from_file(read)? else { continue };
+            if head.end_sequence() <= self.next_sequence {
                 out.truncate(frame_start);
                 continue;
             }
-            if span.first_sequence < self.next_sequence {
+            if head.first_sequence < self.next_sequence {
                 // Not a frame boundary: keep the records from the position on, as `read` does.
                 let stored = Bytes::copy_from_slice(&out[frame_start..]);
                 out.truncate(frame_start);
@@ -106,16 +98,11 @@ impl WalReader {
                     reason,
                 })?;
                 let Some(mut frame) = frames.pop() else { continue };
-                let skip = (self.next_sequence - frame.first_sequence) as usize;
-                frame.records.drain(..skip);
-                if !frame.metadata.is_empty() {
-                    frame.metadata.drain(..skip);
-                }
-                frame.first_sequence = self.next_sequence;
+                cut_before(&mut frame, self.next_sequence);
                 let source = frame.source.as_ref();
                 frame::encode(frame.first_sequence, frame.arrival_ms, &frame.records, source, &frame.metadata, out);
             }
-            self.next_sequence = span.end_sequence();
+            self.next_sequence = head.end_sequence();
         }
         Ok(())
     }
@@ -217,6 +204,20 @@ impl WalReader {
         let segments = segment::list(&self.dir).map_err(|source| WalError::Io { path: self.dir.clone(), source })?;
         Ok(segments.into_iter().find(|segment| segment.first_sequence == sequence))
     }
+}
+
+/// Drop the records of `frame` before `sequence` (a reader's position inside it).
+fn cut_before(frame: &mut Frame, sequence: u64) {
+    if frame.first_sequence >= sequence {
+        return;
+    }
+    let skip = (sequence - frame.first_sequence) as usize;
+    frame.records.drain(..skip);
+    if !frame.metadata.is_empty() {
+        // Keep one metadata entry per record.
+        frame.metadata.drain(..skip);
+    }
+    frame.first_sequence = sequence;
 }
 
 fn open_at_start(segment: SegmentFile) -> Result<OpenSegment, WalError> {

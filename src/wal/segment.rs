@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use bytes::{Bytes, BytesMut};
 
 use super::committed::CommittedMark;
-use super::frame::{self, DecodeError, Frame, FrameSpan, HEADER_LEN};
+use super::frame::{self, DecodeError, Frame, FrameHead, HEADER_LEN};
 
 const EXTENSION: &str = "wal";
 
@@ -60,7 +60,7 @@ pub fn list(dir: &Path) -> io::Result<Vec<SegmentFile>> {
 }
 
 /// What reading at an offset found: a decoded [`Frame`], or with [`read_frame_stored`] the
-/// [`FrameSpan`] of a frame copied as stored.
+/// [`FrameHead`] of a frame copied as stored.
 #[derive(Debug)]
 pub enum ReadOutcome<F = Frame> {
     Frame {
@@ -104,14 +104,14 @@ pub fn read_frame_stored(
     offset: u64,
     file_len: u64,
     out: &mut Vec<u8>,
-) -> io::Result<ReadOutcome<FrameSpan>> {
+) -> io::Result<ReadOutcome<FrameHead>> {
     let start = out.len();
     let (checksum, frame_end) = match read_stored(file, offset, file_len, out)? {
         Ok(read) => read,
         Err(outcome) => return Ok(outcome),
     };
     Ok(match frame::verify(&out[start + HEADER_LEN..], checksum) {
-        Ok(span) => ReadOutcome::Frame { frame: span, next_offset: frame_end },
+        Ok(head) => ReadOutcome::Frame { frame: head, next_offset: frame_end },
         Err(error) => {
             out.truncate(start);
             damaged(error, frame_end, checksum)

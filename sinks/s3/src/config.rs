@@ -445,17 +445,6 @@ impl S3SinkConfig {
         self.connection().build_store(bucket)
     }
 
-    /// The same block with these connection options (what [`S3SinkConfig::connection`] reads).
-    pub fn with_connection(mut self, connection: S3Connection) -> Self {
-        let S3Connection { endpoint, region, path_style, access_key_id, secret_access_key, session_token, allow_http } =
-            connection;
-        (self.endpoint, self.region, self.path_style) = (endpoint, region, path_style);
-        (self.access_key_id, self.secret_access_key, self.session_token) =
-            (access_key_id, secret_access_key, session_token);
-        self.allow_http = allow_http;
-        self
-    }
-
     /// The S3 connection options of this block (endpoint, region, addressing, credentials).
     pub fn connection(&self) -> S3Connection {
         S3Connection {

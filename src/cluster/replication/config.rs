@@ -136,10 +136,9 @@ impl ReplicationConfig {
                 let builder = connection.builder(&bucket).with_unsigned_payload(true);
                 Arc::new(S3Connection::finish(&bucket, builder).map_err(|error| error.to_string())?)
             }
-            Destination::LocalDir(_) => S3SinkConfig::for_url(&url)
-                .with_connection(self.connection())
-                .object_store()
-                .map_err(|error| error.to_string())?,
+            Destination::LocalDir(_) => {
+                S3SinkConfig::for_url(&url).object_store().map_err(|error| error.to_string())?
+            }
         };
         Ok((store, prefix))
     }

@@ -183,18 +183,13 @@ struct Replicator {
     replicated: watch::Sender<u64>,
 }
 
-type Upload = BoxFuture<'static, Result<(u64, u64), ClusterError>>;
+type Upload = BoxFuture<'static, Result<Result<(u64, u64), ClusterError>, tokio::task::JoinError>>;
 
 /// An upload as a task of its own: it moves on (its PUT, then its index row) while the loop
 /// reads the WAL, instead of only when the loop polls it. Dropping it (the loop stopping)
 /// aborts it.
 fn spawned(store: impl Future<Output = Result<(u64, u64), ClusterError>> + Send + 'static) -> Upload {
-    let task = AbortOnDrop(tokio::spawn(store));
-    Box::pin(async move {
-        task.join()
-            .await
-            .unwrap_or_else(|join| Err(ClusterError::Rejected(format!("a wal segment upload stopped: {join}"))))
-    })
+    Box::pin(AbortOnDrop(tokio::spawn(store)).join())
 }
 
 impl Replicator {
@@ -290,13 +285,17 @@ impl Replicator {
                 Some(stored) = uploads.next(), if wait_for_uploads => {
                     in_flight.pop_front();
                     match stored {
-                        Ok((_, end)) => {
+                        Ok(Ok((_, end))) => {
                             self.progress.send_modify(|progress| progress.replicated = end);
                             self.replicated.send_replace(end);
                         }
-                        Err(error) => {
+                        Ok(Err(error)) => {
                             fenced_exit(&self.key, &error);
                             self.fail(error.to_string());
+                            return;
+                        }
+                        Err(join) => {
+                            self.fail(format!("a wal segment upload stopped: {join}"));
                             return;
                         }
                     }
